@@ -1,0 +1,64 @@
+# flanneld-xdp — the project's verbs. Run as root: tests and the demo create network namespaces and
+# load BPF programs. `make deps` installs Debian packages the first time (apt-get), nothing after.
+
+SWIFT      ?= swift
+PREFIX     ?= /usr/local
+CONFIG     ?= debug
+BPF_CLANG  ?= $(shell command -v /opt/swift/usr/bin/clang 2>/dev/null || command -v clang)
+MULTIARCH  := $(shell gcc -print-multiarch 2>/dev/null || echo $$(uname -m)-linux-gnu)
+BPF_CFLAGS := -target bpf -O2 -g -Wall -Wextra -Werror -Wno-unused-parameter \
+              -ISources/CBPF/include -Ibpf -I/usr/include/$(MULTIARCH)
+BPF_SRCS   := $(wildcard bpf/*.bpf.c)
+BPF_OBJS   := $(patsubst bpf/%.bpf.c,build/bpf/%.bpf.o,$(BPF_SRCS))
+BPF_HDRS   := $(wildcard bpf/*.h) Sources/CBPF/include/fxdp_shared.h
+
+# Debian packages the build, the tests, the demo and the bench use.
+DEB_PACKAGES := libbpf-dev libelf-dev libmnl-dev zlib1g-dev clang llvm bpftool iproute2 etcd-server \
+                etcd-client iperf3 tcpdump openssl libcap2-bin procps kmod
+
+.PHONY: all deps build bpf test demo bench fuzz install clean cleanup-lab
+
+all: build
+
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing Debian packages:" $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+bpf: $(BPF_OBJS)
+
+build/bpf/%.bpf.o: bpf/%.bpf.c $(BPF_HDRS)
+	@mkdir -p $(dir $@)
+	$(BPF_CLANG) $(BPF_CFLAGS) -c $< -o $@
+
+build: deps bpf
+	BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c $(CONFIG)
+
+test: deps bpf
+	BPF_CLANG=$(BPF_CLANG) $(SWIFT) build --build-tests
+	BPF_CLANG=$(BPF_CLANG) $(SWIFT) test --skip-build $(if $(FILTER),--filter $(FILTER),)
+
+demo: deps bpf
+	BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release
+	./scripts/demo.sh $$(BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release --show-bin-path)/flanneld-xdp
+
+bench: deps bpf
+	BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release
+	./scripts/bench.sh $$(BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release --show-bin-path) $(if $(QUICK),--quick,)
+
+fuzz: deps bpf
+	BPF_CLANG=$(BPF_CLANG) $(SWIFT) build --build-tests
+	FXDP_FUZZ_LONG=1 $(SWIFT) test --skip-build --filter Fuzz
+
+install: build
+	BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release
+	install -D -m 0755 $$(BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release --show-bin-path)/flanneld-xdp $(DESTDIR)$(PREFIX)/bin/flanneld-xdp
+	install -d $(DESTDIR)$(PREFIX)/lib/flanneld-xdp
+	install -m 0644 $(BPF_OBJS) $(DESTDIR)$(PREFIX)/lib/flanneld-xdp/
+	@if [ -f contrib/systemd/flanneld-xdp.service ]; then \
+	  install -D -m 0644 contrib/systemd/flanneld-xdp.service $(DESTDIR)$(PREFIX)/lib/systemd/system/flanneld-xdp.service; fi
+
+clean:
+	rm -rf build .build

@@ -1,0 +1,98 @@
+// swift-tools-version:6.1
+//
+// Module seams (see docs/DESIGN.md):
+//   NetTypes            value types shared by every layer (IPv4 address/subnet, MAC, Peer)
+//   Leases              etcd → config, subnet leases, subnet.env (knows nothing of the kernel)
+//   CBPF                C bridge: libbpf, libmnl, the kernel/user shared header, shims
+//   BPFLoader           general safe Swift over libbpf (knows nothing of flannel)
+//   Netlink             small safe Swift over libmnl: links, addresses, routes, neighbours, fdb
+//   BPFDataplane        flannel's BPF data path: embedded objects, typed maps, attach policy
+//   UserspaceDataplane  TUN + UDP fallback speaking the same VXLAN (and legacy udp) framing
+//   FlannelDaemon       the daemon as a library: flags, reconciler, services, healthz, sd_notify
+//   flanneld-xdp        the executable (thin main)
+import PackageDescription
+
+let package = Package(
+    name: "flanneld-xdp",
+    products: [
+        .executable(name: "flanneld-xdp", targets: ["flanneld-xdp"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.30.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        .package(url: "https://github.com/apple/swift-atomics", from: "1.2.0"),
+    ],
+    targets: [
+        .target(
+            name: "CBPF",
+            linkerSettings: [
+                .linkedLibrary("bpf"), .linkedLibrary("elf"), .linkedLibrary("z"), .linkedLibrary("mnl"),
+            ]
+        ),
+        .target(name: "NetTypes"),
+        .target(
+            name: "BPFLoader",
+            dependencies: ["CBPF", .product(name: "Logging", package: "swift-log")]
+        ),
+        .target(
+            name: "Netlink",
+            dependencies: ["CBPF", "NetTypes", .product(name: "Logging", package: "swift-log")]
+        ),
+        .target(
+            name: "Leases",
+            dependencies: [
+                "NetTypes",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]
+        ),
+        .plugin(name: "BPFObjectEmbedder", capability: .buildTool()),
+        .target(
+            name: "BPFDataplane",
+            dependencies: [
+                "CBPF", "BPFLoader", "NetTypes", "Netlink",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            plugins: ["BPFObjectEmbedder"]
+        ),
+        .target(
+            name: "UserspaceDataplane",
+            dependencies: [
+                "CBPF", "NetTypes",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Atomics", package: "swift-atomics"),
+            ]
+        ),
+        .target(
+            name: "FlannelDaemon",
+            dependencies: [
+                "NetTypes", "Leases", "BPFLoader", "BPFDataplane", "UserspaceDataplane", "Netlink", "CBPF",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(name: "flanneld-xdp", dependencies: ["FlannelDaemon"]),
+        // Test-only helpers: real etcd launcher, netns lab, packet builder, privilege checks.
+        .target(
+            name: "TestSupport",
+            dependencies: ["CBPF", "NetTypes", .product(name: "Logging", package: "swift-log")]
+        ),
+        .testTarget(name: "NetTypesTests", dependencies: ["NetTypes"]),
+        .testTarget(name: "BPFLoaderTests", dependencies: ["BPFLoader", "CBPF", "TestSupport"]),
+        .testTarget(name: "BPFDataplaneTests", dependencies: ["BPFDataplane", "BPFLoader", "CBPF", "NetTypes", "Netlink", "TestSupport"]),
+        .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "NetTypes", "CBPF", "TestSupport"]),
+        .testTarget(name: "LeasesTests", dependencies: ["Leases", "NetTypes", "TestSupport"]),
+        .testTarget(name: "UserspaceDataplaneTests", dependencies: ["UserspaceDataplane", "NetTypes", "CBPF", "TestSupport"]),
+        .testTarget(name: "FlannelDaemonTests", dependencies: ["FlannelDaemon", "Leases", "NetTypes", "TestSupport"]),
+    ]
+)

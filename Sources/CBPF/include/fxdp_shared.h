@@ -1,0 +1,117 @@
+/* fxdp_shared.h — every type the BPF programs and the Swift daemon share.
+ *
+ * Included by the programs in bpf/ (through -I Sources/CBPF/include) and by Swift through the CBPF module,
+ * so each map key/value, the config record and the counter enum exist exactly once. Only
+ * <linux/types.h> types; addresses are byte arrays in network order (bpftool prints them readably);
+ * ports and VNIs are host order. Sizes are pinned below and by Swift MemoryLayout tests: changing a
+ * layout means bumping FXDP_ABI_VERSION, which is part of every pin name, so an upgraded daemon
+ * never reads a map written with an older layout.
+ */
+#ifndef FXDP_SHARED_H
+#define FXDP_SHARED_H
+
+#include <linux/types.h>
+
+#define FXDP_ABI_VERSION 1
+
+/* Pinned map names (under the --bpffs folder, default /sys/fs/bpf/flanneld-xdp). libbpf pins by
+ * the map's own name, so these are the names the maps are declared with in bpf/. */
+#define FXDP_MAP_PEERS    "fxdp_peers_v1"
+#define FXDP_MAP_NODES    "fxdp_nodes_v1"
+#define FXDP_MAP_CONFIG   "fxdp_config_v1"
+#define FXDP_MAP_COUNTERS "fxdp_counters_v1"
+
+#define FXDP_MAX_PEERS 65536
+#define FXDP_VXLAN_OVERHEAD 50 /* outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8 */
+
+/* fxdp_peers: LPM trie, remote pod subnet → where to send it. Written by the daemon's reconciler. */
+struct fxdp_peer_key {
+	__u32 prefixlen; /* LPM prefix length in bits (0..32) */
+	__u8 subnet[4];  /* remote pod subnet, network order */
+};
+
+/* Peer flags. */
+#define FXDP_PEER_F_DIRECT 0x1 /* DirectRouting: peer on our L2, route sends unencapsulated (informational) */
+
+struct fxdp_peer_value {
+	__u8 node_ip[4];  /* the peer's PublicIP (outer destination), network order */
+	__u8 vtep_mac[6]; /* the peer's VtepMAC (inner destination) */
+	__u16 flags;      /* FXDP_PEER_F_* */
+};
+
+/* fxdp_nodes: hash, peer node IP → presence. The decap source check: only VXLAN from these
+ * addresses is accepted. Written by the reconciler alongside fxdp_peers. */
+struct fxdp_node_key {
+	__u8 node_ip[4];
+};
+
+struct fxdp_node_value {
+	__u32 subnets; /* how many peer subnets this node IP carries (informational) */
+};
+
+/* fxdp_config: array of one, the node's own settings. Written by the daemon at start-up. */
+struct fxdp_config {
+	__u8 node_ip[4];          /* our PublicIP: outer source */
+	__u8 vtep_mac[6];         /* our VtepMAC: inner source, and inner dst we accept */
+	__u16 udp_port;           /* VXLAN UDP port, host order (flannel: 8472) */
+	__u32 vni;                /* host order (flannel: 1) */
+	__u32 underlay_ifindex;   /* the --iface interface the encapsulated packet leaves by */
+	__u32 overlay_ifindex;    /* flannel.<VNI> */
+	__u16 overlay_mtu;        /* underlay MTU - 50 */
+	__u16 flags;              /* FXDP_CFG_F_* */
+	__u8 underlay_mac[6];     /* the underlay interface's MAC: outer source, decap inner dst */
+	__u8 _pad[2];
+};
+
+#define FXDP_CFG_F_ENABLED 0x1 /* config filled: until set, programs pass everything to the kernel */
+
+/* fxdp_counters: per-CPU array indexed by enum fxdp_counter, value fxdp_count. Codes are stable:
+ * never renumber, only append (a dashboard keyed by number must keep meaning the same thing).
+ * Every packet a program sees bumps exactly one counter. */
+enum fxdp_counter {
+	/* encap (TC egress on flannel.<VNI>) */
+	FXDP_C_ENCAP_OK = 0,            /* encapsulated and redirected to the underlay */
+	FXDP_C_ENCAP_PASS_NOT_IPV4 = 1, /* not IPv4: left to the kernel vxlan device */
+	FXDP_C_ENCAP_PASS_NO_PEER = 2,  /* no peer for the destination: left to the kernel */
+	FXDP_C_ENCAP_PASS_DISABLED = 3, /* config not filled yet: left to the kernel */
+	FXDP_C_ENCAP_DROP_MALFORMED = 4, /* truncated or bad IPv4 header */
+	FXDP_C_ENCAP_DROP_ADJUST = 5,   /* bpf_skb_adjust_room / store failed */
+	FXDP_C_ENCAP_DROP_FIB = 6,      /* no route/neighbour to the peer's node IP */
+	FXDP_C_ENCAP_DROP_TOO_BIG = 7,  /* non-GSO packet longer than the overlay MTU */
+	FXDP_C_ENCAP_DROP_TTL = 8,      /* inner TTL <= 1 (reserved: the kernel forwards before us) */
+
+	/* decap (XDP on the underlay, or the TC-ingress source check in front of kernel decap) */
+	FXDP_C_DECAP_OK = 16,             /* XDP: outer headers stripped, inner packet passed up */
+	FXDP_C_DECAP_CHECK_OK = 17,       /* TC check: valid VXLAN from a peer, left to kernel decap */
+	FXDP_C_DECAP_PASS_NOT_VXLAN = 18, /* not UDP to our VXLAN port: untouched */
+	FXDP_C_DECAP_PASS_DISABLED = 19,  /* config not filled yet: untouched */
+	FXDP_C_DECAP_DROP_NOT_PEER = 20,  /* VXLAN from a source that is not a known peer node */
+	FXDP_C_DECAP_DROP_BAD_VNI = 21,   /* VXLAN with another VNI, or without the I flag */
+	FXDP_C_DECAP_DROP_MALFORMED = 22, /* truncated outer/VXLAN/inner headers, bad IHL */
+	FXDP_C_DECAP_DROP_FRAGMENT = 23,  /* outer IPv4 first fragment of a datagram to our VXLAN port */
+	FXDP_C_DECAP_DROP_IP_OPTIONS = 24,/* outer IPv4 with options on a datagram to our VXLAN port */
+	FXDP_C_DECAP_DROP_INNER = 25,     /* inner frame not IPv4, or not addressed to our VtepMAC */
+	FXDP_C_DECAP_DROP_ADJUST = 26,    /* bpf_xdp_adjust_head failed */
+	FXDP_C_DECAP_PASS_FRAGMENT = 27,  /* outer non-first fragment: cannot be classified, untouched */
+
+	FXDP_C_MAX = 32
+};
+
+struct fxdp_count {
+	__u64 packets;
+	__u64 bytes;
+};
+
+#ifdef __cplusplus
+#define FXDP_STATIC_ASSERT static_assert
+#else
+#define FXDP_STATIC_ASSERT _Static_assert
+#endif
+FXDP_STATIC_ASSERT(sizeof(struct fxdp_peer_key) == 8, "fxdp_peer_key layout");
+FXDP_STATIC_ASSERT(sizeof(struct fxdp_peer_value) == 12, "fxdp_peer_value layout");
+FXDP_STATIC_ASSERT(sizeof(struct fxdp_node_key) == 4, "fxdp_node_key layout");
+FXDP_STATIC_ASSERT(sizeof(struct fxdp_node_value) == 4, "fxdp_node_value layout");
+FXDP_STATIC_ASSERT(sizeof(struct fxdp_config) == 36, "fxdp_config layout");
+FXDP_STATIC_ASSERT(sizeof(struct fxdp_count) == 16, "fxdp_count layout");
+
+#endif /* FXDP_SHARED_H */

@@ -1,0 +1,8 @@
+import FlannelDaemon
+
+@main
+struct FlanneldXDPMain {
+    static func main() async {
+        print("flanneld-xdp: not yet")
+    }
+}

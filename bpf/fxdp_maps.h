@@ -1,0 +1,48 @@
+/* fxdp_maps.h — the maps every flanneld-xdp program shares, one block each: key → value, and who
+ * writes it. All are pinned by name (LIBBPF_PIN_BY_NAME) under the daemon's bpffs folder, so they
+ * outlive the daemon and a restart reuses them; the names carry the ABI version (fxdp_shared.h). */
+#ifndef FXDP_MAPS_H
+#define FXDP_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "fxdp_shared.h"
+
+/* Remote pod subnet (LPM) → peer node IP + VtepMAC. Writer: the daemon's reconciler. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, FXDP_MAX_PEERS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct fxdp_peer_key);
+	__type(value, struct fxdp_peer_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fxdp_peers_v1 SEC(".maps");
+
+/* Peer node IP → presence: the decap source check. Writer: the reconciler, with fxdp_peers. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FXDP_MAX_PEERS);
+	__type(key, struct fxdp_node_key);
+	__type(value, struct fxdp_node_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fxdp_nodes_v1 SEC(".maps");
+
+/* Index 0 → this node's settings. Writer: the daemon at start-up (and on config change). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fxdp_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fxdp_config_v1 SEC(".maps");
+
+/* enum fxdp_counter → packets/bytes, per CPU. Writer: the programs; the daemon sums across CPUs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FXDP_C_MAX);
+	__type(key, __u32);
+	__type(value, struct fxdp_count);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fxdp_counters_v1 SEC(".maps");
+
+#endif
