@@ -1,0 +1,14 @@
+/// Something that holds peers for the data path: the BPF maps, the userspace path's table, the
+/// kernel's routes/neighbours/fdb. The reconciler reads what a table holds *now* (never a remembered
+/// copy), compares it with the peers the leases call for, and applies only the difference; a
+/// periodic full pass repairs drift (someone deleted an entry, a map was recreated).
+public protocol PeerTable: AnyObject, Sendable {
+    /// A short name for logs and metrics ("bpf-maps", "kernel-vxlan", "userspace").
+    var tableName: String { get }
+    /// The peers this table holds at this moment, read back from the underlying store.
+    func currentPeers() throws -> Set<Peer>
+    /// Adds `peer`, or replaces the entry for `peer.subnet` if one exists.
+    func upsert(_ peer: Peer) throws
+    /// Removes the entry for `peer.subnet`; removing an absent entry is not an error.
+    func remove(_ peer: Peer) throws
+}
