@@ -146,3 +146,25 @@ struct OwnedFD: ~Copyable {
     init(_ raw: Int32) { self.raw = raw }
     deinit { if raw >= 0 { close(raw) } }
 }
+
+/// Runs a libbpf call that returns a status and collects the warnings libbpf printed meanwhile
+/// (for netlink calls these carry the kernel's extack message, e.g. "Parent Qdisc doesn't exists").
+func withLibbpfMessages(_ body: () -> Int32) -> (status: Int32, messages: String) {
+    cbpf_libbpf_capture_begin()
+    let status = body()
+    var messages = ""
+    if let raw = cbpf_libbpf_capture_end() {
+        messages = String(cString: raw).trimmingTrailingNewlines()
+        free(raw)
+    }
+    return (status, messages.isEmpty ? "" : "libbpf said:\n" + messages.tailLines(20))
+}
+
+/// The `sz` to put in a libbpf opts struct: the end of its last field (libbpf's `T__last_field`).
+/// libbpf rejects an opts struct whose bytes past the fields it knows are not zero, and Swift
+/// leaves tail padding undefined (copies may fill it with garbage), so neither `.size` nor
+/// `.stride` is safe when the C struct ends in padding (`size_t :0`).
+func libbpfOptsSize<T, Field>(_ lastField: KeyPath<T, Field>) -> Int {
+    guard let offset = MemoryLayout<T>.offset(of: lastField) else { return MemoryLayout<T>.size }
+    return offset + MemoryLayout<Field>.size
+}
