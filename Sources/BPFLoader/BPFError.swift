@@ -39,7 +39,15 @@ public struct BPFError: Error, CustomStringConvertible, Sendable, Equatable {
     }
 
     public var strerror: String {
-        guard errno != 0, let text = Glibc.strerror(errno) else { return "no system error" }
+        guard errno != 0 else { return "no system error" }
+        if errno >= 4000 {
+            // libbpf's own codes (LIBBPF_ERRNO__FORMAT etc.), which Glibc does not know.
+            var buffer = [CChar](repeating: 0, count: 256)
+            if libbpf_strerror(-errno, &buffer, buffer.count) == 0 {
+                return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            }
+        }
+        guard let text = Glibc.strerror(errno) else { return "errno \(errno)" }
         return String(cString: text)
     }
 

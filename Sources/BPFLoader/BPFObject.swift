@@ -222,6 +222,15 @@ public struct BPFProgram: Sendable, Hashable {
         self.name = name
     }
 
+    /// Pins the program at `path` on a bpffs (keeps it loaded after the process exits).
+    public func pin(at path: String) throws(BPFError) {
+        let ret = bpf_obj_pin(fd, path)
+        if ret != 0 {
+            throw BPFError.libbpf("bpf_obj_pin(\(name) at \(path))", returned: Int(ret),
+                                  hint: "the folder must be on a bpffs (BPFFS.ensureMounted) and the name free")
+        }
+    }
+
     /// What the kernel knows about this program (id, tag, type, maps).
     public func info() throws(BPFError) -> BPFProgramInfo {
         try BPFProgramInfo(fd: fd, operation: "bpf_prog_get_info_by_fd(\(name))")

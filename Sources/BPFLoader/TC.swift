@@ -38,6 +38,7 @@ public enum TC {
     public static func attach(_ program: BPFProgram, ifindex: Int32, direction: TCDirection, handle: UInt32, priority: UInt32) throws(BPFError) {
         let operation = "bpf_tc_attach(\(program.name), ifindex \(ifindex), \(direction), handle \(handle), priority \(priority))"
         try validate(operation, ifindex: ifindex, handle: handle, priority: priority)
+        try requireProgramType(program, BPF_PROG_TYPE_SCHED_CLS, operation: operation, section: "SEC(\"tc\")")
         var hook = hook(ifindex, direction.attachPoint)
         let (created, createMessages) = withLibbpfMessages { bpf_tc_hook_create(&hook) }
         if created != 0 && -created != EEXIST {

@@ -130,10 +130,17 @@ struct XDPAttachTests {
         let object = try loadFixture("loader_fixture")
         let program = try object.program(named: "xdp_fixture")
         try NetnsLab.with { lab in
-            try lab.run {
-                #expect(throws: BPFError.self) { try XDP.attach(program, ifindex: 9999, mode: .generic, replacing: nil) }
-                #expect(throws: BPFError.self) { try XDP.attachedProgramID(ifindex: 9999, mode: .generic) }
+            let va = try lab.ifindex("va")
+            let tcProgram = try object.program(named: "tc_mark")
+            let (attachError, queryError, typeError) = try lab.run {
+                (#expect(throws: BPFError.self) { try XDP.attach(program, ifindex: 9999, mode: .generic, replacing: nil) },
+                 #expect(throws: BPFError.self) { try XDP.attachedProgramID(ifindex: 9999, mode: .generic) },
+                 #expect(throws: BPFError.self) { try XDP.attach(tcProgram, ifindex: va, mode: .generic, replacing: nil) })
             }
+            #expect(attachError?.errno == ENODEV)
+            #expect(queryError?.errno == ENODEV)
+            #expect(typeError?.detail.contains("needs type") == true)
+            #expect(try lab.run { try XDP.attachedProgramID(ifindex: va, mode: .generic) } == nil)
         }
     }
 }
@@ -230,7 +237,12 @@ struct TCAttachTests {
                 #expect(throws: BPFError.self) { try TC.attach(mark, ifindex: va, direction: .egress, handle: 0, priority: 1) }
                 #expect(throws: BPFError.self) { try TC.attach(mark, ifindex: va, direction: .egress, handle: 1, priority: 70_000) }
                 #expect(throws: BPFError.self) { try TC.attach(mark, ifindex: 0, direction: .egress, handle: 1, priority: 1) }
-                #expect(throws: BPFError.self) { try TC.attach(mark, ifindex: 9999, direction: .egress, handle: 1, priority: 1) }
+                let noDevice = #expect(throws: BPFError.self) { try TC.attach(mark, ifindex: 9999, direction: .egress, handle: 1, priority: 1) }
+                #expect(noDevice?.errno == ENODEV)
+                let wrongType = #expect(throws: BPFError.self) {
+                    try TC.attach(object.program(named: "xdp_fixture"), ifindex: va, direction: .egress, handle: 1, priority: 1)
+                }
+                #expect(wrongType?.detail.contains("needs type") == true)
             }
         }
     }

@@ -46,6 +46,22 @@ struct PinTests {
         }
     }
 
+    @Test func programPinOutlivesTheObject() throws {
+        try withPrivateBPFFS { root in
+            let id: UInt32
+            do {
+                let object = try loadFixture("loader_fixture")
+                let program = try object.program(named: "tc_drop")
+                id = try program.info().id
+                try program.pin(at: "\(root)/tc_drop")
+            }
+            // The object is closed; the pin keeps the program loaded under the same id.
+            #expect(try BPFProgramInfo.forID(id).name == "tc_drop")
+            let show = try sh(["/usr/sbin/bpftool", "-j", "prog", "show", "pinned", "\(root)/tc_drop"])
+            #expect(show.stdout.contains("\"id\":\(id)"), "\(show.stdout)")
+        }
+    }
+
     @Test func anotherProcessPinsAndExitsThenSwiftReads() throws {
         try withPrivateBPFFS { root in
             let pinPath = "\(root)/external"
