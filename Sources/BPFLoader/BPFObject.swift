@@ -212,6 +212,10 @@ public struct BPFObject: ~Copyable {
     }
 }
 
+// @unchecked: the object can move to another task or actor. Mutation (load, initial values) takes
+// `mutating`/exclusive access; the non-mutating methods only read libbpf's program and map tables.
+extension BPFObject: @unchecked Sendable {}
+
 /// A loaded program: its fd and C function name. Non-owning: valid while its BPFObject lives.
 public struct BPFProgram: Sendable, Hashable {
     public let fd: Int32
