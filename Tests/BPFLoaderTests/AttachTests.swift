@@ -161,8 +161,18 @@ struct TCAttachTests {
                 #expect(try TC.attachedProgramID(ifindex: va, direction: direction, handle: 1, priority: 1) == markID)
                 // Another slot of ours beside it.
                 try TC.attach(mark, ifindex: va, direction: direction, handle: 2, priority: 2)
-                // Replace in place.
-                try TC.attach(drop, ifindex: va, direction: direction, handle: 1, priority: 1)
+            }
+            // Replace in place: a watcher in the namespace never finds the slot empty.
+            let watcher = SlotWatcher()
+            watcher.start(namespace: lab.name) { try TC.attachedProgramID(ifindex: va, direction: direction, handle: 1, priority: 1) }
+            watcher.waitForSamples(50)
+            try lab.run { try TC.attach(drop, ifindex: va, direction: direction, handle: 1, priority: 1) }
+            watcher.waitForSamples(50)
+            watcher.finish()
+            let sawEmpty = watcher.sawEmpty.load(ordering: .acquiring)
+            #expect(!sawEmpty)
+            #expect(watcher.seen.withLock { $0 } == [markID, dropID])
+            try lab.run {
                 #expect(try TC.attachedProgramID(ifindex: va, direction: direction, handle: 1, priority: 1) == dropID)
                 #expect(try TC.attachedProgramID(ifindex: va, direction: direction, handle: 2, priority: 2) == markID)
                 // Detach one slot, refusing when the expected program is not there.
