@@ -307,7 +307,7 @@ public final class NetnsLab: @unchecked Sendable {
             throw LabError(command: [LabTools.iperf3, "-c", "\(serverIP)"], status: last.status, stderr: last.stderr + last.stdout)
         }
         guard let bps = Self.jsonNumber(after: "\"sum_received\"", key: "\"bits_per_second\"", in: last.stdout) else {
-            throw LabError(command: [LabTools.iperf3, "-c", "\(serverIP)"], message: "no sum_received in iperf3 JSON")
+            throw LabError(command: [LabTools.iperf3, "-c", "\(serverIP)"], message: "no sum_received in iperf3 JSON: \(last.stdout.prefix(2000))")
         }
         return bps
     }
