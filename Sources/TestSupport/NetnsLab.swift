@@ -102,7 +102,7 @@ public final class NetnsLab: @unchecked Sendable {
     }
 
     /// Like `sh` but returns the status and output instead of throwing on a non-zero exit.
-    public func run(_ ns: String?, _ args: [String]) throws -> CommandResult {
+    public func run(_ ns: String?, _ args: [String]) throws -> LabCommandResult {
         try CommandRunner.run(Self.argv(ns, args))
     }
 
@@ -298,7 +298,7 @@ public final class NetnsLab: @unchecked Sendable {
         defer { server.terminate(grace: 1) }
         // The server needs a moment to listen; iperf3 -J reports "Connection refused" inside its JSON
         // (and may still exit 0), so success is judged by the JSON holding a receiver summary.
-        var last = CommandResult(status: -1, stdout: "", stderr: "")
+        var last = LabCommandResult(status: -1, stdout: "", stderr: "")
         for _ in 0..<50 {
             last = try run(clientNS, [LabTools.iperf3, "-c", "\(serverIP)", "-p", "\(port)", "-t", "\(seconds)", "-J"])
             if let bps = Self.jsonNumber(after: "\"sum_received\"", key: "\"bits_per_second\"", in: last.stdout) { return bps }
