@@ -242,6 +242,11 @@ public final class NetnsLab: @unchecked Sendable {
         }
     }
 
+    /// Deletes `flannel.<vni>` (its neighbours, fdb entries and routes go with it), as after flanneld.
+    public func removeFlannelStandIn(node: LabNode, vni: UInt32 = 1) throws {
+        try sh(node.name, ["link", "del", "flannel.\(vni)"])
+    }
+
     /// host-gw / DirectRouting style: `<peer subnet> via <peer PublicIP> dev eth0`.
     public func addHostGWRoute(on node: LabNode, peer: Peer) throws {
         try sh(node.name, ["route", "replace", "\(peer.subnet)", "via", "\(peer.publicIP)", "dev", node.underlayIfname])

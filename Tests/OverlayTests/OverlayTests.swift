@@ -212,6 +212,8 @@ import Testing
         try hostGW.remove(peerB)
 
         // DirectRouting in the vxlan table: the direct peer gets the host-gw style route.
+        #expect(try Overlay.isDirectlyReachable(b.nodeIP, netlink: &nlA))
+        #expect(try !Overlay.isDirectlyReachable(IPv4Address("10.77.0.1")!, netlink: &nlA))
         let dev = try FlannelVXLANDevice.ensure(vni: 1, localIP: a.nodeIP, underlayIndex: eth0A.index,
                                                 subnet: a.podSubnet, network: Self.network, netlink: &nlA)
         let table = try KernelVXLANPeerTable(device: dev, network: Self.network, networkNamespace: "/run/netns/\(a.name)")
