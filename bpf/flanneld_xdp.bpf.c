@@ -19,7 +19,7 @@
  * | encap              | IPv4 header truncated, version != 4, IHL < 5             | TC_ACT_SHOT      | ENCAP_DROP_MALFORMED    |
  * | encap              | destination in no peer subnet                            | TC_ACT_OK        | ENCAP_PASS_NO_PEER      |
  * | encap              | non-GSO > overlay MTU, or > 65535 once encapsulated      | TC_ACT_OK        | ENCAP_PASS_TOO_BIG      |
- * | encap              | fib lookup to the peer node fails (no route, ...)        | TC_ACT_SHOT      | ENCAP_DROP_FIB          |
+ * | encap              | fib lookup fails (no route, forwarding off, ...)         | TC_ACT_OK        | ENCAP_PASS_FIB          |
  * | encap              | adjust_room / store_bytes fails                          | TC_ACT_SHOT      | ENCAP_DROP_ADJUST       |
  * | encap              | encapsulated, neighbour known                            | TC_ACT_REDIRECT  | ENCAP_OK                |
  * | encap              | encapsulated, neighbour unresolved (bpf_redirect_neigh)  | TC_ACT_REDIRECT  | ENCAP_OK_NEIGH          |
@@ -128,7 +128,9 @@ int fxdp_encap(struct __sk_buff *skb)
 	    (skb->gso_size == 0 && cfg->overlay_mtu != 0 && len - ETH_HLEN > cfg->overlay_mtu))
 		return fxdp_count_verdict(FXDP_C_ENCAP_PASS_TOO_BIG, len, TC_ACT_OK);
 
-	/* Route to the peer node before touching the packet, so a failure leaves it intact.
+	/* Route to the peer node before touching the packet, so that on failure the untouched packet
+	 * can go on to the kernel vxlan device, which routes (or drops) it as stock flannel would.
+	 * The helper also refuses when forwarding is off on the underlay (FWD_DISABLED).
 	 * tot_len 0: with skb->len every GSO packet would come back FRAG_NEEDED (PITFALLS). */
 	struct bpf_fib_lookup fib = {};
 	fib.family = AF_INET;
@@ -138,7 +140,7 @@ int fxdp_encap(struct __sk_buff *skb)
 	fib.tot_len = 0;
 	long fib_rc = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
 	if (fib_rc != BPF_FIB_LKUP_RET_SUCCESS && fib_rc != BPF_FIB_LKUP_RET_NO_NEIGH)
-		return fxdp_count_verdict(FXDP_C_ENCAP_DROP_FIB, len, TC_ACT_SHOT);
+		return fxdp_count_verdict(FXDP_C_ENCAP_PASS_FIB, len, TC_ACT_OK);
 
 	struct fxdp_encap_headers h = {};
 	if (fib_rc == BPF_FIB_LKUP_RET_SUCCESS) {

@@ -11,7 +11,7 @@ public enum FXDPCounter: UInt32, CaseIterable, Sendable, CustomStringConvertible
     case encapPassDisabled = 3
     case encapDropMalformed = 4
     case encapDropAdjust = 5
-    case encapDropFIB = 6
+    case encapPassFIB = 6
     case encapPassTooBig = 7
     case encapOKNeigh = 8
 
@@ -44,7 +44,7 @@ public enum FXDPCounter: UInt32, CaseIterable, Sendable, CustomStringConvertible
         case .encapPassDisabled: "encap_pass_disabled"
         case .encapDropMalformed: "encap_drop_malformed"
         case .encapDropAdjust: "encap_drop_adjust"
-        case .encapDropFIB: "encap_drop_fib"
+        case .encapPassFIB: "encap_pass_fib"
         case .encapPassTooBig: "encap_pass_too_big"
         case .encapOKNeigh: "encap_ok_neigh"
         case .decapOK: "decap_ok"

@@ -22,7 +22,7 @@ import Testing
             (.encapOK, FXDP_C_ENCAP_OK), (.encapPassNotIPv4, FXDP_C_ENCAP_PASS_NOT_IPV4),
             (.encapPassNoPeer, FXDP_C_ENCAP_PASS_NO_PEER), (.encapPassDisabled, FXDP_C_ENCAP_PASS_DISABLED),
             (.encapDropMalformed, FXDP_C_ENCAP_DROP_MALFORMED), (.encapDropAdjust, FXDP_C_ENCAP_DROP_ADJUST),
-            (.encapDropFIB, FXDP_C_ENCAP_DROP_FIB), (.encapPassTooBig, FXDP_C_ENCAP_PASS_TOO_BIG),
+            (.encapPassFIB, FXDP_C_ENCAP_PASS_FIB), (.encapPassTooBig, FXDP_C_ENCAP_PASS_TOO_BIG),
             (.encapOKNeigh, FXDP_C_ENCAP_OK_NEIGH),
             (.decapOK, FXDP_C_DECAP_OK), (.decapCheckOK, FXDP_C_DECAP_CHECK_OK),
             (.decapPassNotVXLAN, FXDP_C_DECAP_PASS_NOT_VXLAN), (.decapPassDisabled, FXDP_C_DECAP_PASS_DISABLED),

@@ -78,7 +78,8 @@ enum fxdp_counter {
 	FXDP_C_ENCAP_PASS_DISABLED = 3,  /* config not filled yet: left to the kernel */
 	FXDP_C_ENCAP_DROP_MALFORMED = 4, /* truncated IPv4 header, bad version or IHL */
 	FXDP_C_ENCAP_DROP_ADJUST = 5,    /* bpf_skb_adjust_room / store failed */
-	FXDP_C_ENCAP_DROP_FIB = 6,       /* no route to the peer's node IP (fib lookup failed) */
+	FXDP_C_ENCAP_PASS_FIB = 6,       /* bpf_fib_lookup gave no next hop (no route to the peer node,
+	                                  * forwarding off on the underlay): left to the kernel device */
 	FXDP_C_ENCAP_PASS_TOO_BIG = 7,   /* non-GSO longer than the overlay MTU, or > 64 KiB once
 	                                  * encapsulated: left to the kernel, which handles it as flannel */
 	FXDP_C_ENCAP_OK_NEIGH = 8,       /* encapsulated, next hop MAC unresolved: bpf_redirect_neigh */
