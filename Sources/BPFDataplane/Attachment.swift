@@ -85,6 +85,16 @@ public struct AttachmentState: Sendable, Equatable, CustomStringConvertible {
     public var xdpProgramID: UInt32?
     public var xdpMode: XDPMode?
 
+    public init(encapProgramID: UInt32? = nil, decapCheckProgramID: UInt32? = nil, xdpProgramID: UInt32? = nil, xdpMode: XDPMode? = nil) {
+        self.encapProgramID = encapProgramID
+        self.decapCheckProgramID = decapCheckProgramID
+        self.xdpProgramID = xdpProgramID
+        self.xdpMode = xdpMode
+    }
+
+    /// True when nothing is attached in our slots.
+    public var isEmpty: Bool { encapProgramID == nil && decapCheckProgramID == nil && xdpProgramID == nil }
+
     public var decapMode: DecapMode? {
         if xdpProgramID != nil { return .xdp }
         if decapCheckProgramID != nil { return .kernel }
