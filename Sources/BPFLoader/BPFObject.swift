@@ -66,7 +66,7 @@ public struct BPFObject: ~Copyable {
         _ call: (UnsafePointer<bpf_object_open_opts>) -> OpaquePointer?
     ) throws(BPFError) -> OpaquePointer {
         var opts = bpf_object_open_opts()
-        opts.sz = MemoryLayout<bpf_object_open_opts>.stride
+        opts.sz = libbpfOptsSize(\bpf_object_open_opts.kernel_log_level)
         // The strings only need to live through the open call: libbpf copies the object name and
         // builds (strdup) each map's pin path from the root while opening.
         let result: OpaquePointer? = withOptionalCString(name) { namePtr in
@@ -222,6 +222,15 @@ public struct BPFProgram: Sendable, Hashable {
         self.name = name
     }
 
+    /// Pins the program at `path` on a bpffs (keeps it loaded after the process exits).
+    public func pin(at path: String) throws(BPFError) {
+        let ret = bpf_obj_pin(fd, path)
+        if ret != 0 {
+            throw BPFError.libbpf("bpf_obj_pin(\(name) at \(path))", returned: Int(ret),
+                                  hint: "the folder must be on a bpffs (BPFFS.ensureMounted) and the name free")
+        }
+    }
+
     /// What the kernel knows about this program (id, tag, type, maps).
     public func info() throws(BPFError) -> BPFProgramInfo {
         try BPFProgramInfo(fd: fd, operation: "bpf_prog_get_info_by_fd(\(name))")
@@ -306,7 +315,7 @@ extension BPFProgram {
         }
         var output = [UInt8](repeating: 0, count: outputCapacity)
         var opts = bpf_test_run_opts()
-        opts.sz = MemoryLayout<bpf_test_run_opts>.stride
+        opts.sz = libbpfOptsSize(\bpf_test_run_opts.batch_size)
         opts.repeat = Int32(clamping: count)
         let ret: Int32 = packet.withUnsafeBytes { input in
             output.withUnsafeMutableBytes { out in
