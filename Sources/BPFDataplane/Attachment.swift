@@ -173,7 +173,13 @@ extension FlannelBPF {
         let attached = try BPFProgramInfo.forID(attachedID)
         let wanted = try program.info()
         return attached.name.hasPrefix(programPrefix) && attached.tag == wanted.tag
-            && attached.mapIDs.sorted() == wanted.mapIDs.sorted()
+            && ourMaps(attached.mapIDs) == ourMaps(wanted.mapIDs)
+    }
+
+    /// The ids of the pinned fxdp_* maps among `ids` (libbpf's internal maps, like .rodata, are
+    /// per load and say nothing about behaviour once their content is the same code's).
+    static func ourMaps(_ ids: [UInt32]) -> [UInt32] {
+        ids.filter { (try? BPFMapInfo.forID($0).name.hasPrefix(programPrefix)) == true }.sorted()
     }
 
     private func ensureTC(_ program: BPFProgram, ifindex: Int32, direction: TCDirection) throws {

@@ -98,7 +98,7 @@ public final class FlannelBPF: @unchecked Sendable {
     public func counters() throws -> [FXDPCounter: FXDPCount] {
         var result: [FXDPCounter: FXDPCount] = [:]
         for counter in FXDPCounter.allCases {
-            let perCPU = try counterMap.lookup(counter.rawValue) ?? []
+            let perCPU = try counterMap.lookup(counter.rawValue)
             var total = FXDPCount()
             for v in perCPU {
                 total.packets &+= v.packets
