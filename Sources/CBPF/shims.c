@@ -184,6 +184,8 @@ int cbpf_if_set_mtu(const char *name, int mtu)
 	int rc = ioctl(fd, SIOCSIFMTU, &ifr) == 0 ? 0 : -errno;
 	close(fd);
 	return rc;
+}
+
 /* --- BPFLoader: libbpf logging and capture, bpffs checks --------------------------------------- */
 
 #include <stdarg.h>
