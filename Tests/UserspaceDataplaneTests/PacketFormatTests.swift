@@ -91,26 +91,21 @@ import Testing
         #expect(delivered < 20_000)
     }
 
-    @Test func icmpNetUnreachableIsWellFormedAndLimited() throws {
-        var fds: [Int32] = [-1, -1]
-        #expect(pipe(&fds) == 0)
-        defer { close(fds[0]); close(fds[1]) }
-        _ = fcntl(fds[0], F_SETFL, O_NONBLOCK)
-        var responder = ICMPResponder(source: IPv4Address("10.5.1.0")!.value, ratePerSecond: 3, prefixLength: 0)
+    @Test func icmpNetUnreachableIsWellFormedAndLimited() {
+        var responder = ICMPResponder(source: IPv4Address("10.5.1.0")!.value, ratePerSecond: 3)
         var tally = Tally()
         let offender = ipv4Packet(source: IPv4Address("10.5.1.2")!, destination: IPv4Address("10.5.99.2")!, payloadLength: 40)
+        var composed = 0
         for _ in 0..<10 {
             offender.withUnsafeBytes { raw in
-                responder.reply(
-                    to: raw.baseAddress!, headerLength: 20, totalLength: offender.count,
-                    code: ICMPResponder.codeNetUnreachable, mtu: 0, tunFD: fds[1], tally: &tally)
+                if responder.compose(to: raw.baseAddress!, headerLength: 20, totalLength: offender.count,
+                                     code: ICMPResponder.codeNetUnreachable, mtu: 0, tally: &tally) != nil { composed += 1 }
             }
         }
-        #expect(tally.values[Counter.icmpSent] == 3)
+        #expect(composed == 3)
         #expect(tally.values[Counter.icmpRateLimited] == 7)
-        var reply = [UInt8](repeating: 0, count: 256)
-        let n = read(fds[0], &reply, 56)  // one reply: 20 + 8 + 20 + 8
-        #expect(n == 56)
+        let reply = Array(responder.lastReply)
+        #expect(reply.count == 56)  // 20 + 8 + 20 + 8
         #expect(Array(reply[12..<16]) == [10, 5, 1, 0])
         #expect(Array(reply[16..<20]) == [10, 5, 1, 2])
         #expect(reply[9] == 1 && reply[20] == 3 && reply[21] == 0)
@@ -121,13 +116,13 @@ import Testing
         // Never an error about an ICMP error.
         var errorOffender = offender
         errorOffender[20] = 3
-        var quiet = ICMPResponder(source: 1, ratePerSecond: 100, prefixLength: 0)
+        var quiet = ICMPResponder(source: 1, ratePerSecond: 100)
         var tally2 = Tally()
-        errorOffender.withUnsafeBytes { raw in
-            quiet.reply(to: raw.baseAddress!, headerLength: 20, totalLength: errorOffender.count,
-                        code: ICMPResponder.codeNetUnreachable, mtu: 0, tunFD: fds[1], tally: &tally2)
+        let none = errorOffender.withUnsafeBytes { raw in
+            quiet.compose(to: raw.baseAddress!, headerLength: 20, totalLength: errorOffender.count,
+                          code: ICMPResponder.codeNetUnreachable, mtu: 0, tally: &tally2)
         }
-        #expect(tally2.values[Counter.icmpSent] == 0)
+        #expect(none == nil)
     }
 
     /// A TCP super-packet cut by the segmenter comes back as MTU-size segments with valid
@@ -214,5 +209,32 @@ import Testing
         c.queues = 0
         #expect(c.validationProblems().count == 4)
         #expect(throws: UserspaceError.self) { try UserspaceDataplane(config: c, logger: .init(label: "t")) }
+    }
+}
+
+@Suite struct PartialChecksumRepairTests {
+    func tcpPacket(partial: Bool) -> [UInt8] {
+        var p: [UInt8] = [0x45, 0, 0, 44, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 5, 2, 2, 10, 5, 1, 2]
+        p += [0x14, 0x51, 0x30, 0x39, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x12, 0xff, 0xff, 0, 0, 0, 0, 1, 2, 3, 4]
+        let pseudo = Wire.sum(Array(p[12..<20]), 8) + 6 + 24
+        var folded = pseudo
+        while folded >> 16 != 0 { folded = (folded & 0xffff) + (folded >> 16) }
+        if partial {
+            p[36] = UInt8(folded >> 8); p[37] = UInt8(folded & 0xff)
+        } else {
+            let c = Wire.finish(Wire.sum(Array(p[20...]), 24, into: pseudo))
+            p[36] = UInt8(c >> 8); p[37] = UInt8(c & 0xff)
+        }
+        return p
+    }
+
+    @Test func partialInnerChecksumIsCompletedAndRealOneKept() {
+        var partial = tcpPacket(partial: true)
+        let full = tcpPacket(partial: false)
+        partial.withUnsafeMutableBytes { Wire.repairPartialChecksum($0.baseAddress!, headerLength: 20, totalLength: 44) }
+        #expect(partial == full)
+        var untouched = full
+        untouched.withUnsafeMutableBytes { Wire.repairPartialChecksum($0.baseAddress!, headerLength: 20, totalLength: 44) }
+        #expect(untouched == full)
     }
 }

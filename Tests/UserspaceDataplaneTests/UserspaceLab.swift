@@ -120,3 +120,25 @@ func eventually(timeout: Double = 3, _ condition: () throws -> Bool) rethrows ->
     }
     return try condition()
 }
+
+/// iperf3 single stream from `client` to a one-off server on `server`; returns the receiver's bits
+/// per second, or throws with everything iperf3 printed.
+func iperf(_ lab: NetnsLab, from client: LabNode, to server: LabNode, seconds: Int = 2, port: UInt16 = 5201) throws -> Double {
+    let daemon = try lab.spawn(server.podNamespace, [LabTools.iperf3, "-s", "-1", "-B", "\(server.podIP)", "-p", "\(port)"])
+    defer { daemon.terminate(grace: 1) }
+    var result = try lab.run(client.podNamespace, ["/bin/true"])
+    for _ in 0..<30 {
+        result = try lab.run(client.podNamespace, [LabTools.iperf3, "-c", "\(server.podIP)", "-p", "\(port)", "-t", "\(seconds)", "-J", "--connect-timeout", "2000"])
+        if result.status == 0 || !(result.stdout + result.stderr).contains("refused") { break }
+        usleep(100_000)
+    }
+    let text = result.stdout
+    guard result.status == 0, let section = text.firstRange(of: "\"sum_received\""),
+          let key = text[section.upperBound...].firstRange(of: "\"bits_per_second\"")
+    else {
+        let message: String = "iperf3 failed: " + String(text.suffix(1500)) + "; server: " + String(daemon.output().suffix(800))
+        throw LabError(command: ["iperf3", "-c", "\(server.podIP)"], status: result.status, stderr: result.stderr, message: message)
+    }
+    let number = text[key.upperBound...].drop { $0 == ":" || $0 == " " || $0 == "\t" }.prefix { "0123456789.e+-".contains($0) }
+    return Double(String(number)) ?? 0
+}

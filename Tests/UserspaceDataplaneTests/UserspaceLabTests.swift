@@ -31,7 +31,7 @@ struct UserspaceLabTests {
         // The node itself (not only pods) reaches the remote pod through the TUN.
         #expect(try lab.ping(from: nodes[0].name, to: nodes[1].podIP, count: 2, interval: 0.1).received == 2)
 
-        let bps = try lab.tcpThroughput(from: nodes[0].podNamespace, to: nodes[1].podNamespace, serverIP: nodes[1].podIP, seconds: 2)
+        let bps = try iperf(lab, from: nodes[0], to: nodes[1], seconds: 2)
         print("userspace vxlan single-stream TCP: \(gbps(bps)) Gbit/s")
         #expect(bps > 10e6)
         let ca = a.dataplane.counters, cb = b.dataplane.counters
@@ -51,7 +51,7 @@ struct UserspaceLabTests {
         defer { us.forEach { $0.dataplane.stop() } }
         try meshPeers(us)
         for a in nodes { for b in nodes where a.name != b.name { try expectPing(lab, from: a, to: b, count: 2) } }
-        let bps = try lab.tcpThroughput(from: nodes[2].podNamespace, to: nodes[0].podNamespace, serverIP: nodes[0].podIP, seconds: 1)
+        let bps = try iperf(lab, from: nodes[2], to: nodes[0], seconds: 1)
         #expect(bps > 10e6)
     }
 
@@ -109,8 +109,8 @@ struct UserspaceLabTests {
         try expectPing(lab, from: nodes[1], to: nodes[0])
         try expectPing(lab, from: nodes[2], to: nodes[0])
         try expectPing(lab, from: nodes[0], to: nodes[2])
-        let out = try lab.tcpThroughput(from: nodes[0].podNamespace, to: nodes[1].podNamespace, serverIP: nodes[1].podIP, seconds: 1)
-        let back = try lab.tcpThroughput(from: nodes[2].podNamespace, to: nodes[0].podNamespace, serverIP: nodes[0].podIP, seconds: 1)
+        let out = try iperf(lab, from: nodes[0], to: nodes[1], seconds: 1)
+        let back = try iperf(lab, from: nodes[2], to: nodes[0], seconds: 1)
         print("userspace → kernel vxlan \(gbps(out)) Gbit/s, kernel → userspace \(gbps(back)) Gbit/s")
         #expect(out > 10e6 && back > 10e6)
         let c = a.dataplane.counters
@@ -130,7 +130,7 @@ struct UserspaceLabTests {
         try expectPing(lab, from: nodes[1], to: nodes[0])
         let full = try lab.run(nodes[0].podNamespace, [LabTools.ping, "-n", "-M", "do", "-s", "\(1472 - 28)", "-c", "2", "-i", "0.1", "-W", "1", "\(nodes[1].podIP)"])
         #expect(full.stdout.contains(" 0% packet loss"), "\(full.stdout)")
-        let bps = try lab.tcpThroughput(from: nodes[0].podNamespace, to: nodes[1].podNamespace, serverIP: nodes[1].podIP, seconds: 1)
+        let bps = try iperf(lab, from: nodes[0], to: nodes[1], seconds: 1)
         #expect(bps > 10e6)
         // The wire format: the raw IPv4 packet as the UDP payload to port 8285 (checked by a
         // hand-made datagram from node b that node a delivers to its pod... as an echo request).
@@ -260,7 +260,7 @@ struct UserspaceLabTests {
         try expectPing(lab, from: nodes[1], to: nodes[0])
         let full = try lab.run(nodes[0].podNamespace, [LabTools.ping, "-n", "-M", "do", "-s", "1422", "-c", "2", "-i", "0.1", "-W", "1", "\(nodes[1].podIP)"])
         #expect(full.stdout.contains(" 0% packet loss"), "\(full.stdout)")
-        let bps = try lab.tcpThroughput(from: nodes[0].podNamespace, to: nodes[1].podNamespace, serverIP: nodes[1].podIP, seconds: 2)
+        let bps = try iperf(lab, from: nodes[0], to: nodes[1], seconds: 2)
         let ca = a.dataplane.counters
         print("userspace vxlan + TSO/GSO single-stream TCP: \(gbps(bps)) Gbit/s; \(ca)")
         #expect(bps > 10e6)
@@ -279,8 +279,8 @@ struct UserspaceLabTests {
         try meshPeers(us)
         try expectPing(lab, from: nodes[0], to: nodes[1], count: 1)
         try expectPing(lab, from: nodes[2], to: nodes[3], count: 1)
-        let k = try lab.tcpThroughput(from: nodes[0].podNamespace, to: nodes[1].podNamespace, serverIP: nodes[1].podIP, seconds: 2)
-        let u = try lab.tcpThroughput(from: nodes[2].podNamespace, to: nodes[3].podNamespace, serverIP: nodes[3].podIP, seconds: 2)
+        let k = try iperf(lab, from: nodes[0], to: nodes[1], seconds: 2)
+        let u = try iperf(lab, from: nodes[2], to: nodes[3], seconds: 2)
         print("single-stream TCP: kernel vxlan \(gbps(k)) Gbit/s, userspace (offloads) \(gbps(u)) Gbit/s, ratio \(ratio(u / k))")
         #expect(u > 10e6 && k > 10e6)
     }
