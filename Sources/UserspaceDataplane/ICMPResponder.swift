@@ -1,0 +1,108 @@
+// ICMP errors the userspace path writes back into the TUN, as a router would: destination net
+// unreachable (type 3 code 0) for a destination no peer subnet holds — flannel's udp backend does
+// the same — and fragmentation needed (type 3 code 4, with the overlay MTU) for a DF packet longer
+// than the MTU, so the sender learns the path MTU.
+//
+// Rules followed from RFC 1812 / the kernel's icmp_send: never answer an ICMP error, a non-first
+// fragment, or a packet from 0.0.0.0, multicast or broadcast; quote the offender's IP header and
+// first 8 bytes of payload. The reply's source is the TUN's address (`icmpSourceIP`, flannel uses
+// the TUN address too), TTL 64. A token bucket per worker limits replies (the kernel's
+// icmp_ratelimit idea); suppressed replies are counted.
+import Glibc
+
+struct ICMPResponder: ~Copyable {
+    private let buffer: UnsafeMutableRawPointer
+    private let capacity = 256
+    /// Bytes of zeroed virtio_net_hdr written before the packet when the TUN uses IFF_VNET_HDR.
+    private let prefixLength: Int
+    private let source: UInt32
+    private let ratePerSecond: Int
+    private var tokens: Int
+    private var lastRefillNanos: UInt64 = 0
+
+    init(source: UInt32, ratePerSecond: Int, prefixLength: Int) {
+        buffer = .allocate(byteCount: capacity, alignment: 8)
+        buffer.initializeMemory(as: UInt8.self, repeating: 0, count: capacity)
+        self.source = source
+        self.ratePerSecond = ratePerSecond
+        self.prefixLength = prefixLength
+        tokens = ratePerSecond
+    }
+
+    deinit { buffer.deallocate() }
+
+    static let destinationUnreachable: UInt8 = 3
+    static let codeNetUnreachable: UInt8 = 0
+    static let codeFragmentationNeeded: UInt8 = 4
+
+    /// Sends an ICMP error about `packet` (an IPv4 packet whose header `checkIPv4` accepted) into `tunFD`.
+    mutating func reply(
+        to packet: UnsafeRawPointer, headerLength: Int, totalLength: Int, code: UInt8, mtu: UInt16,
+        tunFD: Int32, tally: inout Tally
+    ) {
+        let protocolNumber = packet.load(fromByteOffset: 9, as: UInt8.self)
+        let fragmentOffset = Wire.load16(packet, 6) & 0x1fff
+        let offenderSource = Wire.load32(packet, 12)
+        let offenderDestination = Wire.load32(packet, 16)
+        if fragmentOffset != 0 || offenderSource == 0 || offenderSource >> 28 == 0xe
+            || offenderDestination >> 28 >= 0xe || offenderDestination == 0xffff_ffff
+        {
+            return
+        }
+        if protocolNumber == 1 {  // ICMP: never about an ICMP error (types 3, 4, 5, 11, 12)
+            guard totalLength >= headerLength + 1 else { return }
+            switch packet.load(fromByteOffset: headerLength, as: UInt8.self) {
+            case 3, 4, 5, 11, 12: return
+            default: break
+            }
+        }
+        guard takeToken() else {
+            tally.bump(Counter.icmpRateLimited)
+            return
+        }
+        let quoted = min(totalLength, headerLength + 8)
+        let icmpLength = 8 + quoted
+        let ipLength = 20 + icmpLength
+        guard prefixLength + ipLength <= capacity else { return }
+        let ip = buffer + prefixLength
+        // IPv4 header
+        Wire.store16(ip, 0, 0x4500)
+        Wire.store16(ip, 2, UInt16(ipLength))
+        Wire.store32(ip, 4, 0)  // id 0, no DF: the reply is small
+        Wire.store16(ip, 8, 64 << 8 | 1)  // TTL 64, protocol ICMP
+        Wire.store16(ip, 10, 0)
+        Wire.store32(ip, 12, source)
+        Wire.store32(ip, 16, offenderSource)
+        Wire.store16(ip, 10, Wire.finish(Wire.sum(ip, 20)))
+        // ICMP header + quote
+        let icmp = ip + 20
+        Wire.store16(icmp, 0, UInt16(ICMPResponder.destinationUnreachable) << 8 | UInt16(code))
+        Wire.store16(icmp, 2, 0)
+        Wire.store16(icmp, 4, 0)
+        Wire.store16(icmp, 6, code == ICMPResponder.codeFragmentationNeeded ? mtu : 0)
+        (icmp + 8).copyMemory(from: packet, byteCount: quoted)
+        Wire.store16(icmp, 2, Wire.finish(Wire.sum(icmp, icmpLength)))
+        let written = write(tunFD, buffer, prefixLength + ipLength)
+        if written == prefixLength + ipLength {
+            tally.bump(Counter.icmpSent)
+        } else {
+            tally.drop(.tunWriteError)
+        }
+    }
+
+    private mutating func takeToken() -> Bool {
+        guard ratePerSecond > 0 else { return false }
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &now)
+        let nanos = UInt64(now.tv_sec) &* 1_000_000_000 &+ UInt64(now.tv_nsec)
+        let elapsed = nanos &- lastRefillNanos
+        if elapsed >= 1_000_000_000 / UInt64(ratePerSecond) {
+            let earned = Int(min(elapsed / (1_000_000_000 / UInt64(ratePerSecond)), UInt64(ratePerSecond)))
+            tokens = min(ratePerSecond, tokens + earned)
+            lastRefillNanos = nanos
+        }
+        guard tokens > 0 else { return false }
+        tokens -= 1
+        return true
+    }
+}
