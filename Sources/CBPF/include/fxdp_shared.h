@@ -67,34 +67,42 @@ struct fxdp_config {
 
 /* fxdp_counters: per-CPU array indexed by enum fxdp_counter, value fxdp_count. Codes are stable:
  * never renumber, only append (a dashboard keyed by number must keep meaning the same thing).
- * Every packet a program sees bumps exactly one counter. */
+ * Every packet a program sees bumps exactly one counter; `packets` counts what the program saw
+ * (a GSO super-packet is one), `bytes` its length as the program received it.
+ * The verdict table in bpf/flanneld_xdp.bpf.c says which verdict goes with each code. */
 enum fxdp_counter {
 	/* encap (TC egress on flannel.<VNI>) */
-	FXDP_C_ENCAP_OK = 0,            /* encapsulated and redirected to the underlay */
-	FXDP_C_ENCAP_PASS_NOT_IPV4 = 1, /* not IPv4: left to the kernel vxlan device */
-	FXDP_C_ENCAP_PASS_NO_PEER = 2,  /* no peer for the destination: left to the kernel */
-	FXDP_C_ENCAP_PASS_DISABLED = 3, /* config not filled yet: left to the kernel */
-	FXDP_C_ENCAP_DROP_MALFORMED = 4, /* truncated or bad IPv4 header */
-	FXDP_C_ENCAP_DROP_ADJUST = 5,   /* bpf_skb_adjust_room / store failed */
-	FXDP_C_ENCAP_DROP_FIB = 6,      /* no route/neighbour to the peer's node IP */
-	FXDP_C_ENCAP_DROP_TOO_BIG = 7,  /* non-GSO packet longer than the overlay MTU */
-	FXDP_C_ENCAP_DROP_TTL = 8,      /* inner TTL <= 1 (reserved: the kernel forwards before us) */
+	FXDP_C_ENCAP_OK = 0,             /* encapsulated, next hop from bpf_fib_lookup, bpf_redirect */
+	FXDP_C_ENCAP_PASS_NOT_IPV4 = 1,  /* not IPv4: left to the kernel vxlan device */
+	FXDP_C_ENCAP_PASS_NO_PEER = 2,   /* no peer for the destination: left to the kernel */
+	FXDP_C_ENCAP_PASS_DISABLED = 3,  /* config not filled yet: left to the kernel */
+	FXDP_C_ENCAP_DROP_MALFORMED = 4, /* truncated IPv4 header, bad version or IHL */
+	FXDP_C_ENCAP_DROP_ADJUST = 5,    /* bpf_skb_adjust_room / store failed */
+	FXDP_C_ENCAP_PASS_FIB = 6,       /* bpf_fib_lookup gave no next hop (no route to the peer node,
+	                                  * forwarding off on the underlay): left to the kernel device */
+	FXDP_C_ENCAP_PASS_TOO_BIG = 7,   /* non-GSO longer than the overlay MTU, or > 64 KiB once
+	                                  * encapsulated: left to the kernel, which handles it as flannel */
+	FXDP_C_ENCAP_OK_NEIGH = 8,       /* encapsulated, next hop MAC unresolved: bpf_redirect_neigh */
 
 	/* decap (XDP on the underlay, or the TC-ingress source check in front of kernel decap) */
 	FXDP_C_DECAP_OK = 16,             /* XDP: outer headers stripped, inner packet passed up */
 	FXDP_C_DECAP_CHECK_OK = 17,       /* TC check: valid VXLAN from a peer, left to kernel decap */
-	FXDP_C_DECAP_PASS_NOT_VXLAN = 18, /* not UDP to our VXLAN port: untouched */
+	FXDP_C_DECAP_PASS_NOT_VXLAN = 18, /* IPv4 but not UDP to our VXLAN port: untouched */
 	FXDP_C_DECAP_PASS_DISABLED = 19,  /* config not filled yet: untouched */
 	FXDP_C_DECAP_DROP_NOT_PEER = 20,  /* VXLAN from a source that is not a known peer node */
-	FXDP_C_DECAP_DROP_BAD_VNI = 21,   /* VXLAN with another VNI, or without the I flag */
-	FXDP_C_DECAP_DROP_MALFORMED = 22, /* truncated outer/VXLAN/inner headers, bad IHL */
+	FXDP_C_DECAP_DROP_BAD_VNI = 21,   /* VXLAN with another VNI, without the I flag, or reserved bits set */
+	FXDP_C_DECAP_DROP_MALFORMED = 22, /* truncated outer IPv4/UDP/VXLAN/inner headers, bad version or IHL */
 	FXDP_C_DECAP_DROP_FRAGMENT = 23,  /* outer IPv4 first fragment of a datagram to our VXLAN port */
 	FXDP_C_DECAP_DROP_IP_OPTIONS = 24,/* outer IPv4 with options on a datagram to our VXLAN port */
-	FXDP_C_DECAP_DROP_INNER = 25,     /* inner frame not IPv4, or not addressed to our VtepMAC */
+	FXDP_C_DECAP_DROP_INNER_NOT_OURS = 25, /* inner Ethernet destination is not our VtepMAC */
 	FXDP_C_DECAP_DROP_ADJUST = 26,    /* bpf_xdp_adjust_head failed */
 	FXDP_C_DECAP_PASS_FRAGMENT = 27,  /* outer non-first fragment: cannot be classified, untouched */
+	FXDP_C_DECAP_PASS_NOT_IPV4 = 28,  /* Ethernet type not IPv4 (ARP, IPv6, ...): untouched */
+	FXDP_C_DECAP_PASS_VLAN = 29,      /* 802.1Q/802.1ad tagged: belongs to a VLAN device, untouched */
+	FXDP_C_DECAP_PASS_SHORT = 30,     /* shorter than an Ethernet header: left to the kernel (drops it) */
+	FXDP_C_DECAP_DROP_INNER_NOT_IPV4 = 31, /* inner Ethernet type is not IPv4 */
 
-	FXDP_C_MAX = 32
+	FXDP_C_MAX = 64
 };
 
 struct fxdp_count {

@@ -1,0 +1,234 @@
+// Attachment — where the programs run and how a restart leaves traffic alone.
+//
+// Design: encap runs in TC egress on flannel.<VNI>. Decap runs either as XDP on the underlay
+// (DecapMode.xdp) or as a TC-ingress source check in front of the kernel vxlan device's own decap
+// (DecapMode.kernel). The default is chosen per interface by driver: on virtual devices (veth and
+// friends, the container-in-VM case) native XDP copies frames and disables the peer's TSO, and the
+// kernel's decap measured faster (PITFALLS, `make bench`); physical NICs whose drivers have native
+// XDP get XDP. Either can be forced.
+//
+// Restart semantics: attachments outlive the process. On attach, a slot that already holds our
+// program with the same tag and the same maps is left alone (program ids unchanged, no blip);
+// anything else of ours is replaced atomically (cls_bpf replace, XDP_FLAGS_REPLACE with the old id);
+// a slot held by a program that is not ours (name without the fxdp_ prefix) is refused. Switching
+// decap mode removes our other decap attachment. detachAll removes only programs named fxdp_*.
+
+import BPFLoader
+import CBPF
+import Glibc
+import Logging
+
+public enum DecapMode: String, Sendable, CaseIterable, CustomStringConvertible {
+    /// XDP on the underlay strips VXLAN from peers before the stack.
+    case xdp
+    /// The kernel vxlan device decapsulates; a TC-ingress program checks source and VNI first.
+    case kernel
+
+    public var description: String { rawValue }
+
+    /// Drivers with native XDP that is worth it (no per-packet copy): physical NICs and virtio_net.
+    public static let nativeXDPDrivers: Set<String> = [
+        "mlx5_core", "mlx4_en", "i40e", "ice", "ixgbe", "ixgbevf", "igb", "igc", "bnxt_en", "virtio_net",
+        "ena", "nfp", "qede", "sfc", "mvneta", "mvpp2", "stmmac", "fec", "gve", "hv_netvsc", "tsnep",
+        "thunder-nicvf", "lan966x-switch", "cpsw", "dpaa2-eth", "enetc", "atlantic", "octeontx2-nicpf",
+    ]
+
+    /// The default for a driver name (as ethtool -i reports it): xdp for native-XDP NICs, kernel for
+    /// everything else (veth, bridge, bond, unknown).
+    public static func defaultMode(driver: String?) -> DecapMode {
+        guard let driver, nativeXDPDrivers.contains(driver) else { return .kernel }
+        return .xdp
+    }
+
+    /// The default for an interface of the calling thread's network namespace.
+    public static func defaultMode(ifindex: Int32) -> DecapMode {
+        defaultMode(driver: InterfaceDriver.name(ifindex: ifindex))
+    }
+}
+
+/// Reads an interface's driver with the ethtool GDRVINFO ioctl (works in any network namespace,
+/// unlike /sys/class/net, which shows the namespace sysfs was mounted in).
+public enum InterfaceDriver {
+    public static func name(ifindex: Int32) -> String? {
+        var nameBuffer = [CChar](repeating: 0, count: Int(IF_NAMESIZE) + 1)
+        guard if_indextoname(UInt32(bitPattern: ifindex), &nameBuffer) != nil else { return nil }
+        let bytes = nameBuffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
+        return name(interface: String(decoding: bytes, as: UTF8.self))
+    }
+
+    public static func name(interface: String) -> String? {
+        let sock = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard sock >= 0 else { return nil }
+        defer { close(sock) }
+        // struct ethtool_drvinfo: u32 cmd, char driver[32], ... 196 bytes in all.
+        var info = [UInt8](repeating: 0, count: 196)
+        info[0] = 3 // ETHTOOL_GDRVINFO (little-endian u32)
+        var req = ifreq()
+        let bytes = Array(interface.utf8.prefix(Int(IF_NAMESIZE) - 1))
+        withUnsafeMutableBytes(of: &req.ifr_ifrn.ifrn_name) { raw in
+            for (i, b) in bytes.enumerated() { raw[i] = b }
+        }
+        let ret = info.withUnsafeMutableBytes { buffer -> Int32 in
+            req.ifr_ifru.ifru_data = buffer.baseAddress!.assumingMemoryBound(to: CChar.self)
+            return ioctl(sock, 0x8946 /* SIOCETHTOOL */, &req)
+        }
+        guard ret == 0 else { return nil }
+        let driver = info[4..<36].prefix { $0 != 0 }
+        return driver.isEmpty ? nil : String(decoding: driver, as: UTF8.self)
+    }
+}
+
+/// Which of our programs sit where, as read from the kernel.
+public struct AttachmentState: Sendable, Equatable, CustomStringConvertible {
+    public var encapProgramID: UInt32?
+    public var decapCheckProgramID: UInt32?
+    public var xdpProgramID: UInt32?
+    public var xdpMode: XDPMode?
+
+    public init(encapProgramID: UInt32? = nil, decapCheckProgramID: UInt32? = nil, xdpProgramID: UInt32? = nil, xdpMode: XDPMode? = nil) {
+        self.encapProgramID = encapProgramID
+        self.decapCheckProgramID = decapCheckProgramID
+        self.xdpProgramID = xdpProgramID
+        self.xdpMode = xdpMode
+    }
+
+    /// True when nothing is attached in our slots.
+    public var isEmpty: Bool { encapProgramID == nil && decapCheckProgramID == nil && xdpProgramID == nil }
+
+    public var decapMode: DecapMode? {
+        if xdpProgramID != nil { return .xdp }
+        if decapCheckProgramID != nil { return .kernel }
+        return nil
+    }
+
+    public var description: String {
+        "encap \(encapProgramID.map(String.init) ?? "-"), decap check \(decapCheckProgramID.map(String.init) ?? "-"), "
+            + "xdp \(xdpProgramID.map { "\($0) (\(xdpMode!))" } ?? "-")"
+    }
+}
+
+/// The filter slots we own. Other agents' filters in other slots are never touched.
+public enum FXDPSlots {
+    public static let tcHandle: UInt32 = 0xFD01
+    public static let tcPriority: UInt32 = 0xFD
+}
+
+extension FlannelBPF {
+    /// Attaches encap on the overlay's egress and decap on the underlay in `mode`, keeping what is
+    /// already attached when it is the same program (see the file's design note). Acts in the
+    /// calling thread's network namespace. Returns the resulting state.
+    @discardableResult
+    public func attach(overlayIfindex: Int32, underlayIfindex: Int32, mode: DecapMode) throws -> AttachmentState {
+        let encap = try program(.encap)
+        try ensureTC(encap, ifindex: overlayIfindex, direction: .egress)
+        switch mode {
+        case .xdp:
+            try ensureXDP(try program(.decapXDP), ifindex: underlayIfindex)
+            try FlannelBPF.detachOurTC(ifindex: underlayIfindex, direction: .ingress)
+        case .kernel:
+            try ensureTC(try program(.decapCheck), ifindex: underlayIfindex, direction: .ingress)
+            try FlannelBPF.detachOurXDP(ifindex: underlayIfindex)
+        }
+        return try FlannelBPF.attachmentState(overlayIfindex: overlayIfindex, underlayIfindex: underlayIfindex)
+    }
+
+    /// What is attached in our slots (ours or not: check the ids' names if it matters).
+    public static func attachmentState(overlayIfindex: Int32, underlayIfindex: Int32) throws -> AttachmentState {
+        var state = AttachmentState()
+        state.encapProgramID = try TC.attachedProgramID(ifindex: overlayIfindex, direction: .egress,
+                                                        handle: FXDPSlots.tcHandle, priority: FXDPSlots.tcPriority)
+        state.decapCheckProgramID = try TC.attachedProgramID(ifindex: underlayIfindex, direction: .ingress,
+                                                             handle: FXDPSlots.tcHandle, priority: FXDPSlots.tcPriority)
+        if let id = try XDP.attachedProgramID(ifindex: underlayIfindex, mode: .native) {
+            state.xdpProgramID = id
+            state.xdpMode = .native
+        } else if let id = try XDP.attachedProgramID(ifindex: underlayIfindex, mode: .generic) {
+            state.xdpProgramID = id
+            state.xdpMode = .generic
+        }
+        return state
+    }
+
+    /// Removes our programs (names fxdp_*) from both interfaces; others' stay. With `removePins`
+    /// also deletes <bpffs>/flanneld-xdp (the maps go once nothing holds them).
+    public static func detachAll(overlayIfindex: Int32?, underlayIfindex: Int32?, removePins: Bool = false,
+                                 bpffs: String = "/sys/fs/bpf") throws {
+        if let overlayIfindex {
+            try detachOurTC(ifindex: overlayIfindex, direction: .egress)
+        }
+        if let underlayIfindex {
+            try detachOurTC(ifindex: underlayIfindex, direction: .ingress)
+            try detachOurXDP(ifindex: underlayIfindex)
+        }
+        if removePins { try FlannelBPF.removePins(bpffs: bpffs) }
+    }
+
+    static func isOurs(_ id: UInt32) -> Bool {
+        guard let info = try? BPFProgramInfo.forID(id) else { return false }
+        return info.name.hasPrefix(programPrefix)
+    }
+
+    /// Same code (tag) and same maps: the attached program behaves exactly like `program`.
+    static func isSame(attachedID: UInt32, as program: BPFProgram) throws -> Bool {
+        let attached = try BPFProgramInfo.forID(attachedID)
+        let wanted = try program.info()
+        return attached.name.hasPrefix(programPrefix) && attached.tag == wanted.tag
+            && ourMaps(attached.mapIDs) == ourMaps(wanted.mapIDs)
+    }
+
+    /// The ids of the pinned fxdp_* maps among `ids` (libbpf's internal maps, like .rodata, are
+    /// per load and say nothing about behaviour once their content is the same code's).
+    static func ourMaps(_ ids: [UInt32]) -> [UInt32] {
+        ids.filter { (try? BPFMapInfo.forID($0).name.hasPrefix(programPrefix)) == true }.sorted()
+    }
+
+    private func ensureTC(_ program: BPFProgram, ifindex: Int32, direction: TCDirection) throws {
+        let slot = (handle: FXDPSlots.tcHandle, priority: FXDPSlots.tcPriority)
+        if let id = try TC.attachedProgramID(ifindex: ifindex, direction: direction, handle: slot.handle, priority: slot.priority) {
+            if try FlannelBPF.isSame(attachedID: id, as: program) { return }
+            guard FlannelBPF.isOurs(id) else {
+                throw DataplaneError(operation: "attach(\(program.name), ifindex \(ifindex) \(direction))", errno: EEXIST,
+                                     detail: "program id \(id) in TC slot \(slot.handle):\(slot.priority) is not ours",
+                                     hint: "another agent uses our filter slot; remove it (tc filter del) if it is stale")
+            }
+        }
+        try TC.attach(program, ifindex: ifindex, direction: direction, handle: slot.handle, priority: slot.priority)
+    }
+
+    private func ensureXDP(_ program: BPFProgram, ifindex: Int32) throws {
+        for mode in [XDPMode.native, .generic] {
+            guard let id = try XDP.attachedProgramID(ifindex: ifindex, mode: mode) else { continue }
+            if try FlannelBPF.isSame(attachedID: id, as: program) { return }
+            guard FlannelBPF.isOurs(id) else {
+                throw DataplaneError(operation: "attach(\(program.name), ifindex \(ifindex) xdp)", errno: EEXIST,
+                                     detail: "XDP program id \(id) (\(mode)) on the underlay is not ours",
+                                     hint: "another XDP program owns this interface; remove it (ip link set dev … xdp off) or use --decap-mode=kernel")
+            }
+            try XDP.attach(program, ifindex: ifindex, mode: mode, replacing: id)
+            return
+        }
+        do {
+            try XDP.attach(program, ifindex: ifindex, mode: .native, replacing: nil)
+        } catch {
+            // No native XDP in this driver: generic still works (slower; the default avoids it).
+            guard error.errno == EOPNOTSUPP || error.errno == EINVAL else { throw error }
+            try XDP.attach(program, ifindex: ifindex, mode: .generic, replacing: nil)
+        }
+    }
+
+    static func detachOurTC(ifindex: Int32, direction: TCDirection) throws {
+        guard let id = try TC.attachedProgramID(ifindex: ifindex, direction: direction,
+                                                handle: FXDPSlots.tcHandle, priority: FXDPSlots.tcPriority),
+              isOurs(id) else { return }
+        try TC.detach(ifindex: ifindex, direction: direction, handle: FXDPSlots.tcHandle,
+                      priority: FXDPSlots.tcPriority, expectedProgramID: id)
+    }
+
+    static func detachOurXDP(ifindex: Int32) throws {
+        for mode in [XDPMode.native, .generic] {
+            if let id = try XDP.attachedProgramID(ifindex: ifindex, mode: mode), isOurs(id) {
+                try XDP.detach(ifindex: ifindex, mode: mode, expectedProgramID: id)
+            }
+        }
+    }
+}

@@ -1,0 +1,87 @@
+// FXDPCounter — the Swift names of the C counter codes (enum fxdp_counter in fxdp_shared.h).
+// The raw values ARE the C values (a test compares every case with the imported C constant), and
+// like them they are never renumbered: dashboards key on them.
+
+import CBPF
+
+public enum FXDPCounter: UInt32, CaseIterable, Sendable, CustomStringConvertible {
+    case encapOK = 0
+    case encapPassNotIPv4 = 1
+    case encapPassNoPeer = 2
+    case encapPassDisabled = 3
+    case encapDropMalformed = 4
+    case encapDropAdjust = 5
+    case encapPassFIB = 6
+    case encapPassTooBig = 7
+    case encapOKNeigh = 8
+
+    case decapOK = 16
+    case decapCheckOK = 17
+    case decapPassNotVXLAN = 18
+    case decapPassDisabled = 19
+    case decapDropNotPeer = 20
+    case decapDropBadVNI = 21
+    case decapDropMalformed = 22
+    case decapDropFragment = 23
+    case decapDropIPOptions = 24
+    case decapDropInnerNotOurs = 25
+    case decapDropAdjust = 26
+    case decapPassFragment = 27
+    case decapPassNotIPv4 = 28
+    case decapPassVLAN = 29
+    case decapPassShort = 30
+    case decapDropInnerNotIPv4 = 31
+
+    /// The C constant this case mirrors.
+    public var cValue: fxdp_counter { fxdp_counter(rawValue: rawValue) }
+
+    /// The metric-style name, the C name without FXDP_C_ in lower case: "encap_ok", "decap_drop_not_peer".
+    public var name: String {
+        switch self {
+        case .encapOK: "encap_ok"
+        case .encapPassNotIPv4: "encap_pass_not_ipv4"
+        case .encapPassNoPeer: "encap_pass_no_peer"
+        case .encapPassDisabled: "encap_pass_disabled"
+        case .encapDropMalformed: "encap_drop_malformed"
+        case .encapDropAdjust: "encap_drop_adjust"
+        case .encapPassFIB: "encap_pass_fib"
+        case .encapPassTooBig: "encap_pass_too_big"
+        case .encapOKNeigh: "encap_ok_neigh"
+        case .decapOK: "decap_ok"
+        case .decapCheckOK: "decap_check_ok"
+        case .decapPassNotVXLAN: "decap_pass_not_vxlan"
+        case .decapPassDisabled: "decap_pass_disabled"
+        case .decapDropNotPeer: "decap_drop_not_peer"
+        case .decapDropBadVNI: "decap_drop_bad_vni"
+        case .decapDropMalformed: "decap_drop_malformed"
+        case .decapDropFragment: "decap_drop_fragment"
+        case .decapDropIPOptions: "decap_drop_ip_options"
+        case .decapDropInnerNotOurs: "decap_drop_inner_not_ours"
+        case .decapDropAdjust: "decap_drop_adjust"
+        case .decapPassFragment: "decap_pass_fragment"
+        case .decapPassNotIPv4: "decap_pass_not_ipv4"
+        case .decapPassVLAN: "decap_pass_vlan"
+        case .decapPassShort: "decap_pass_short"
+        case .decapDropInnerNotIPv4: "decap_drop_inner_not_ipv4"
+        }
+    }
+
+    public var description: String { name }
+
+    /// True for the codes whose packets the program dropped.
+    public var isDrop: Bool { name.contains("_drop_") }
+
+    /// Size of the C counter array (FXDP_C_MAX).
+    public static var arraySize: UInt32 { UInt32(FXDP_C_MAX.rawValue) }
+}
+
+/// Packets and bytes of one counter, summed over CPUs.
+public struct FXDPCount: Sendable, Equatable, CustomStringConvertible {
+    public var packets: UInt64
+    public var bytes: UInt64
+    public init(packets: UInt64 = 0, bytes: UInt64 = 0) {
+        self.packets = packets
+        self.bytes = bytes
+    }
+    public var description: String { "\(packets) packets, \(bytes) bytes" }
+}

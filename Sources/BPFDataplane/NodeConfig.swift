@@ -1,0 +1,80 @@
+// NodeConfig — this node's settings as the programs read them (struct fxdp_config, map
+// fxdp_config_v1 index 0). Swift-side it uses NetTypes values; `cValue` / `init(c:)` convert.
+
+import CBPF
+import NetTypes
+
+public struct NodeConfig: Sendable, Equatable, CustomStringConvertible {
+    /// PublicIP: outer source address.
+    public var nodeIP: IPv4Address
+    /// flannel.<VNI>'s MAC: inner source, and the inner destination decap accepts.
+    public var vtepMAC: MACAddress
+    public var vni: UInt32
+    /// VXLAN UDP port (flannel: 8472).
+    public var udpPort: UInt16
+    /// The --iface interface (in the daemon's network namespace).
+    public var underlayIfindex: Int32
+    /// Its MAC: the decap re-addresses stripped frames to it.
+    public var underlayMAC: MACAddress
+    /// flannel.<VNI>.
+    public var overlayIfindex: Int32
+    /// Underlay MTU − 50; 0 disables the encap's non-GSO size check.
+    public var overlayMTU: UInt16
+    /// False: every program passes every packet to the kernel (counted as *_pass_disabled).
+    public var enabled: Bool
+
+    public init(nodeIP: IPv4Address, vtepMAC: MACAddress, vni: UInt32 = 1, udpPort: UInt16 = 8472,
+                underlayIfindex: Int32, underlayMAC: MACAddress, overlayIfindex: Int32, overlayMTU: UInt16,
+                enabled: Bool = true) {
+        self.nodeIP = nodeIP
+        self.vtepMAC = vtepMAC
+        self.vni = vni
+        self.udpPort = udpPort
+        self.underlayIfindex = underlayIfindex
+        self.underlayMAC = underlayMAC
+        self.overlayIfindex = overlayIfindex
+        self.overlayMTU = overlayMTU
+        self.enabled = enabled
+    }
+
+    public init(c: fxdp_config) {
+        nodeIP = IPv4Address(tuple: c.node_ip)
+        vtepMAC = MACAddress(tuple: c.vtep_mac)
+        vni = c.vni
+        udpPort = c.udp_port
+        underlayIfindex = Int32(bitPattern: c.underlay_ifindex)
+        underlayMAC = MACAddress(tuple: c.underlay_mac)
+        overlayIfindex = Int32(bitPattern: c.overlay_ifindex)
+        overlayMTU = c.overlay_mtu
+        enabled = c.flags & UInt16(FXDP_CFG_F_ENABLED) != 0
+    }
+
+    public var cValue: fxdp_config {
+        var c = fxdp_config()
+        c.node_ip = nodeIP.tuple
+        c.vtep_mac = vtepMAC.tuple
+        c.udp_port = udpPort
+        c.vni = vni
+        c.underlay_ifindex = UInt32(bitPattern: underlayIfindex)
+        c.overlay_ifindex = UInt32(bitPattern: overlayIfindex)
+        c.overlay_mtu = overlayMTU
+        c.flags = enabled ? UInt16(FXDP_CFG_F_ENABLED) : 0
+        c.underlay_mac = underlayMAC.tuple
+        return c
+    }
+
+    /// Checks what the programs rely on; returns the problem, or nil.
+    public var problem: String? {
+        if vni == 0 || vni > 0xFF_FFFF { return "VNI \(vni) is outside 1...16777215" }
+        if udpPort == 0 { return "UDP port 0" }
+        if underlayIfindex <= 0 { return "underlay ifindex \(underlayIfindex)" }
+        if vtepMAC.isZero || vtepMAC.isMulticast { return "VtepMAC \(vtepMAC) is not a unicast address" }
+        if underlayMAC.isZero { return "underlay MAC is zero" }
+        return nil
+    }
+
+    public var description: String {
+        "node \(nodeIP) vtep \(vtepMAC) vni \(vni) port \(udpPort) underlay #\(underlayIfindex) \(underlayMAC) "
+            + "overlay #\(overlayIfindex) mtu \(overlayMTU)\(enabled ? "" : " (disabled)")"
+    }
+}

@@ -1,0 +1,80 @@
+/* fxdp_parsing.h — bounds-checked header parsing with a cursor.
+ *
+ * Each parse_* checks that the whole header lies before `end`, returns a pointer to it and advances
+ * the cursor; NULL means truncated (the cursor is then left where it was). The IPv4 parser checks
+ * version and IHL before it trusts the variable length. Nothing here can read out of bounds: the
+ * verifier sees the comparison against `end` before every access.
+ */
+#ifndef FXDP_PARSING_H
+#define FXDP_PARSING_H
+
+#include <linux/types.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "fxdp_consts.h"
+
+struct fxdp_cursor {
+	void *pos;
+	void *end;
+};
+
+static __always_inline struct ethhdr *fxdp_parse_eth(struct fxdp_cursor *c)
+{
+	struct ethhdr *eth = c->pos;
+	if ((void *)(eth + 1) > c->end)
+		return NULL;
+	c->pos = eth + 1;
+	return eth;
+}
+
+enum fxdp_ipv4_parse {
+	FXDP_IPV4_OK = 0,
+	FXDP_IPV4_TRUNCATED = 1, /* fewer bytes than the fixed header or than IHL says */
+	FXDP_IPV4_BAD = 2,       /* version is not 4, IHL < 5, or total length shorter than the header */
+};
+
+/* Parses an IPv4 header including its options; on success the cursor is at the L4 header. */
+static __always_inline enum fxdp_ipv4_parse fxdp_parse_ipv4(struct fxdp_cursor *c, struct iphdr **out)
+{
+	struct iphdr *ip = c->pos;
+	if ((void *)(ip + 1) > c->end)
+		return FXDP_IPV4_TRUNCATED;
+	if (ip->version != 4 || ip->ihl < 5)
+		return FXDP_IPV4_BAD;
+	__u32 hdr_len = ip->ihl * 4;
+	if (bpf_ntohs(ip->tot_len) < hdr_len)
+		return FXDP_IPV4_BAD;
+	if (c->pos + hdr_len > c->end)
+		return FXDP_IPV4_TRUNCATED;
+	c->pos += hdr_len;
+	*out = ip;
+	return FXDP_IPV4_OK;
+}
+
+static __always_inline struct udphdr *fxdp_parse_udp(struct fxdp_cursor *c)
+{
+	struct udphdr *udp = c->pos;
+	if ((void *)(udp + 1) > c->end)
+		return NULL;
+	c->pos = udp + 1;
+	return udp;
+}
+
+static __always_inline struct fxdp_vxlanhdr *fxdp_parse_vxlan(struct fxdp_cursor *c)
+{
+	struct fxdp_vxlanhdr *vx = c->pos;
+	if ((void *)(vx + 1) > c->end)
+		return NULL;
+	c->pos = vx + 1;
+	return vx;
+}
+
+static __always_inline int fxdp_mac_equal(const __u8 *a, const __u8 *b)
+{
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] && a[5] == b[5];
+}
+
+#endif
