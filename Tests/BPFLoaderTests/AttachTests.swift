@@ -57,7 +57,7 @@ struct XDPAttachTests {
         let first = try object.program(named: "xdp_fixture")
         let second = try object.program(named: "xdp_other")
         let firstID = try first.info().id, secondID = try second.info().id
-        try NetnsLab.with { lab in
+        try VethLab.with { lab in
             let va = try lab.ifindex("va")
             try lab.run {
                 #expect(try XDP.attachedProgramID(ifindex: va, mode: mode) == nil)
@@ -108,7 +108,7 @@ struct XDPAttachTests {
         let oursID = try ours.info().id
         let foreignFile = try Fixtures.file("foreign")
         defer { unlink(foreignFile) }
-        try NetnsLab.with { lab in
+        try VethLab.with { lab in
             try sh(["/usr/sbin/ip", "-n", lab.name, "link", "set", "dev", "vb", "xdpgeneric", "obj", foreignFile, "sec", "xdp"])
             let vb = try lab.ifindex("vb")
             try lab.run {
@@ -129,7 +129,7 @@ struct XDPAttachTests {
     @Test func badInterfaceIsAnError() throws {
         let object = try loadFixture("loader_fixture")
         let program = try object.program(named: "xdp_fixture")
-        try NetnsLab.with { lab in
+        try VethLab.with { lab in
             let va = try lab.ifindex("va")
             let tcProgram = try object.program(named: "tc_mark")
             let (attachError, queryError, typeError) = try lab.run {
@@ -152,7 +152,7 @@ struct TCAttachTests {
         let object = try loadFixture("loader_fixture")
         let mark = try object.program(named: "tc_mark"), drop = try object.program(named: "tc_drop")
         let markID = try mark.info().id, dropID = try drop.info().id
-        try NetnsLab.with { lab in
+        try VethLab.with { lab in
             let va = try lab.ifindex("va")
             try lab.run {
                 // No clsact yet: the slot reads as empty, not as an error.
@@ -199,7 +199,7 @@ struct TCAttachTests {
         let object = try loadFixture("loader_fixture")
         let drop = try object.program(named: "tc_drop")
         let counts = try object.perCPUMap(named: "fx_counts", key: UInt32.self, value: UInt64.self)
-        try NetnsLab.with { lab in
+        try VethLab.with { lab in
             try sh(["/usr/sbin/ip", "-n", lab.name, "addr", "add", "192.168.77.1/24", "dev", "va"])
             try sh(["/usr/sbin/ip", "-n", lab.name, "neigh", "add", "192.168.77.9", "lladdr", "02:00:00:00:00:09",
                     "dev", "va", "nud", "permanent"])
@@ -221,7 +221,7 @@ struct TCAttachTests {
         let markID = try mark.info().id
         let foreignFile = try Fixtures.file("foreign")
         defer { unlink(foreignFile) }
-        try NetnsLab.with { lab in
+        try VethLab.with { lab in
             let tc = ["/usr/sbin/tc", "-n", lab.name]
             try sh(tc + ["qdisc", "add", "dev", "va", "clsact"])
             try sh(tc + ["filter", "add", "dev", "va", "egress", "prio", "9", "handle", "9", "bpf", "da", "obj", foreignFile, "sec", "tc"])
@@ -245,7 +245,7 @@ struct TCAttachTests {
     @Test func badSlotIsAnError() throws {
         let object = try loadFixture("loader_fixture")
         let mark = try object.program(named: "tc_mark")
-        try NetnsLab.with { lab in
+        try VethLab.with { lab in
             let va = try lab.ifindex("va")
             try lab.run {
                 #expect(throws: BPFError.self) { try TC.attach(mark, ifindex: va, direction: .egress, handle: 0, priority: 1) }

@@ -9,7 +9,7 @@ struct NetnsThreadTests {
     struct Marker: Error, Equatable { var value: Int }
 
     @Test func runsInsideTheNamespace() throws {
-        try NetnsLab.with { lab in
+        try VethLab.with { lab in
             let inside = try NetnsThread.run(namespace: lab.name) { (if_nametoindex("va"), if_nametoindex("vb")) }
             #expect(inside.0 > 0 && inside.1 > 0)
             // The worker thread is in the namespace; the calling thread stays where it was.
@@ -22,7 +22,7 @@ struct NetnsThreadTests {
     }
 
     @Test func rethrowsAndReportsMissingNamespace() throws {
-        try NetnsLab.with { lab in
+        try VethLab.with { lab in
             let thrown = #expect(throws: Marker.self) { try NetnsThread.run(namespace: lab.name) { throw Marker(value: 7) } }
             #expect(thrown == Marker(value: 7))
         }
