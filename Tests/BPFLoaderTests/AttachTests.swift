@@ -43,9 +43,12 @@ final class SlotWatcher: Sendable {
         }
     }
 
+    private let joined = Atomic<Bool>(false)
+
+    /// Stops and joins the watcher; safe to call again (from a defer after a failure).
     func finish() {
         stop.store(true, ordering: .releasing)
-        finished.wait()
+        if !joined.exchange(true, ordering: .acquiringAndReleasing) { finished.wait() }
     }
 }
 
@@ -77,6 +80,7 @@ struct XDPAttachTests {
 
             // Atomic replace: a watcher in the namespace never sees the slot empty.
             let watcher = SlotWatcher()
+            defer { watcher.finish() }
             watcher.start(namespace: lab.name) { try XDP.attachedProgramID(ifindex: va, mode: mode) }
             watcher.waitForSamples(50)
             try lab.run { try XDP.attach(second, ifindex: va, mode: mode, replacing: firstID) }
@@ -164,6 +168,7 @@ struct TCAttachTests {
             }
             // Replace in place: a watcher in the namespace never finds the slot empty.
             let watcher = SlotWatcher()
+            defer { watcher.finish() }
             watcher.start(namespace: lab.name) { try TC.attachedProgramID(ifindex: va, direction: direction, handle: 1, priority: 1) }
             watcher.waitForSamples(50)
             try lab.run { try TC.attach(drop, ifindex: va, direction: direction, handle: 1, priority: 1) }
