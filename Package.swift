@@ -86,6 +86,15 @@ let package = Package(
             ]
         ),
         .executableTarget(name: "flanneld-xdp", dependencies: ["FlannelDaemon"]),
+        .executableTarget(
+            name: "fxdp-lab",
+            dependencies: [
+                "TestSupport", "NetTypes", "Leases", "BPFLoader", "BPFDataplane", "UserspaceDataplane", "Overlay",
+                "Netlink", "CBPF",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // Test-only helpers: real etcd launcher, netns lab, packet builder, privilege checks.
         .target(
             name: "TestSupport",
