@@ -107,9 +107,11 @@ int fxdp_encap(struct __sk_buff *skb)
 	if (skb->protocol != bpf_htons(ETH_P_IP))
 		return fxdp_count_verdict(FXDP_C_ENCAP_PASS_NOT_IPV4, len, TC_ACT_OK);
 
-	/* Headers of forwarded packets can sit in paged data: make the 34 bytes we read linear. */
-	if ((long)skb->data + ETH_HLEN + (long)sizeof(struct iphdr) > (long)skb->data_end)
-		bpf_skb_pull_data(skb, ETH_HLEN + sizeof(struct iphdr));
+	/* Headers of forwarded packets can sit in paged data: make the Ethernet and IPv4 headers
+	 * (options included) linear. No-op when they already are. */
+	__u32 want = len < ETH_HLEN + 60 ? (__u32)len : ETH_HLEN + 60;
+	if ((long)skb->data + want > (long)skb->data_end)
+		bpf_skb_pull_data(skb, want);
 	struct fxdp_cursor cur = { .pos = (void *)(long)skb->data, .end = (void *)(long)skb->data_end };
 	struct iphdr *inner_ip = NULL;
 	if (!fxdp_parse_eth(&cur) || fxdp_parse_ipv4(&cur, &inner_ip) != FXDP_IPV4_OK || !inner_ip)

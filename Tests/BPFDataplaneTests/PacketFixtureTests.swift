@@ -260,6 +260,28 @@ struct PacketFixtureTests {
         }
     }
 
+    @Test func forwardingOffLeavesEncapToTheKernel() throws {
+        let lab = try PacketLab()
+        defer { lab.close() }
+        // bpf_fib_lookup answers FWD_DISABLED when the underlay does not forward; every flannel node
+        // forwards, but if one does not, the kernel device must still carry the traffic.
+        try lab.ns.sh(["sysctl", "-qw", "net.ipv4.conf.all.forwarding=0"])
+        let input = PacketLab.overlayFrame(PacketLab.podPacket())
+        let r = try lab.run(.encap, input)
+        #expect(r.verdict == "TC_ACT_OK" && r.output == input)
+        #expect(r.moved == [.encapPassFIB: FXDPCount(packets: 1, bytes: UInt64(input.count))])
+    }
+
+    @Test func driverIsReadInTheNamespace() throws {
+        let lab = try PacketLab()
+        defer { lab.close() }
+        let (veth, lo) = try lab.ns.run { (InterfaceDriver.name(ifindex: lab.config.underlayIfindex), InterfaceDriver.name(ifindex: 1)) }
+        #expect(veth == "veth")
+        #expect(lo == nil || lo == "")
+        #expect(try lab.ns.run { DecapMode.defaultMode(ifindex: lab.config.underlayIfindex) } == .kernel)
+        #expect(InterfaceDriver.name(interface: "no-such-if0") == nil)
+    }
+
     @Test func disabledConfigPassesEverything() throws {
         let lab = try PacketLab()
         defer { lab.close() }
