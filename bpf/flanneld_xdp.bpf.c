@@ -32,6 +32,7 @@
  * | decap (both)       | non-first fragment (no UDP header to classify)           | PASS / OK        | DECAP_PASS_FRAGMENT     |
  * | decap (both)       | UDP header truncated                                     | DROP / SHOT      | DECAP_DROP_MALFORMED    |
  * | decap (both)       | UDP to another port                                      | PASS / OK        | DECAP_PASS_NOT_VXLAN    |
+ * | decap (both)       | to our port but another destination IP (transit)         | PASS / OK        | DECAP_PASS_OTHER_HOST   |
  * | decap (both)       | to our port, first fragment (MF)                         | DROP / SHOT      | DECAP_DROP_FRAGMENT     |
  * | decap (both)       | to our port, outer IPv4 options                          | DROP / SHOT      | DECAP_DROP_IP_OPTIONS   |
  * | decap (both)       | to our port, source not in fxdp_nodes                    | DROP / SHOT      | DECAP_DROP_NOT_PEER     |
@@ -225,6 +226,10 @@ static __always_inline __u32 fxdp_classify_decap(void *data, void *data_end, con
 		return FXDP_C_DECAP_DROP_MALFORMED;
 	if (udp->dest != bpf_htons(cfg->udp_port))
 		return FXDP_C_DECAP_PASS_NOT_VXLAN;
+
+	/* VXLAN for another host that we merely route: the kernel forwards it as before. */
+	if (!fxdp_ip_equal(&ip->daddr, cfg->node_ip))
+		return FXDP_C_DECAP_PASS_OTHER_HOST;
 
 	/* From here on the datagram is addressed to the VXLAN socket: anything wrong is dropped. */
 	if (ip->frag_off & bpf_htons(FXDP_IP_MF))
