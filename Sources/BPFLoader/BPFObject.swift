@@ -193,6 +193,21 @@ public struct BPFObject: ~Copyable {
         }
     }
 
+    /// Typed form of `setInitialValue(mapNamed:bytes:)`: `T` must have the map's value size, e.g. a
+    /// C struct holding every `const volatile` global of the object for ".rodata".
+    public mutating func setInitialValue<T: BitwiseCopyable>(mapNamed mapName: String, value: T) throws(BPFError) {
+        let bytes = withUnsafeBytes(of: value) { Array($0) }
+        let map = try findMap(mapName, operation: "bpf_map__set_initial_value(\(name).\(mapName))")
+        let valueSize = Int(bpf_map__value_size(map))
+        // C sizeof may include tail padding Swift's size leaves out: pad with zeros up to it.
+        guard valueSize >= bytes.count, valueSize <= MemoryLayout<T>.stride else {
+            throw BPFError.invalid("bpf_map__set_initial_value(\(name).\(mapName))",
+                                   "\(T.self) is \(bytes.count) bytes, the map's value is \(valueSize) bytes",
+                                   hint: "mirror every global of that section, in order, in one C struct")
+        }
+        try setInitialValue(mapNamed: mapName, bytes: bytes + [UInt8](repeating: 0, count: valueSize - bytes.count))
+    }
+
     /// Changes a map's max_entries before load.
     public mutating func setMaxEntries(mapNamed mapName: String, _ maxEntries: UInt32) throws(BPFError) {
         let operation = "bpf_map__set_max_entries(\(name).\(mapName))"
@@ -211,6 +226,10 @@ public struct BPFObject: ~Copyable {
         return String(cString: path)
     }
 }
+
+// @unchecked: the object can move to another task or actor. Mutation (load, initial values) takes
+// `mutating`/exclusive access; the non-mutating methods only read libbpf's program and map tables.
+extension BPFObject: @unchecked Sendable {}
 
 /// A loaded program: its fd and C function name. Non-owning: valid while its BPFObject lives.
 public struct BPFProgram: Sendable, Hashable {

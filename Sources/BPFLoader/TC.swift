@@ -78,6 +78,8 @@ public enum TC {
 
     /// Removes the filter at (handle, priority) if present; leaves other filters and the qdisc.
     /// - Parameter expectedProgramID: when given, refuses (EEXIST) if another program is in the slot.
+    ///   Checked just before the delete: netlink has no compare-and-delete for filters, so this
+    ///   guards against a slot taken over earlier, not against a race in the same instant.
     public static func detach(ifindex: Int32, direction: TCDirection, handle: UInt32, priority: UInt32, expectedProgramID: UInt32? = nil) throws(BPFError) {
         let operation = "bpf_tc_detach(ifindex \(ifindex), \(direction), handle \(handle), priority \(priority))"
         try validate(operation, ifindex: ifindex, handle: handle, priority: priority)

@@ -13,6 +13,179 @@ int cbpf_unshare_net(void)
 	return unshare(CLONE_NEWNET) == 0 ? 0 : -errno;
 }
 
+/* userspace data path */
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <netinet/udp.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <linux/if_tun.h>
+
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+
+int cbpf_udp_socket(uint32_t addr, uint16_t port, int reuseport, int gro, int bufsize)
+{
+	int one = 1;
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
+		goto fail;
+	if (gro && setsockopt(fd, IPPROTO_UDP, UDP_GRO, &one, sizeof(one)) < 0)
+		goto fail;
+	if (bufsize > 0) {
+		/* FORCE variants ignore rmem_max/wmem_max (we run as root); fall back quietly. */
+		if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &bufsize, sizeof(bufsize)) < 0)
+			setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bufsize, sizeof(bufsize));
+		if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &bufsize, sizeof(bufsize)) < 0)
+			setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bufsize, sizeof(bufsize));
+	}
+	struct sockaddr_in sin;
+	memset(&sin, 0, sizeof(sin));
+	sin.sin_family = AF_INET;
+	sin.sin_port = htons(port);
+	sin.sin_addr.s_addr = addr;
+	if (bind(fd, (struct sockaddr *)&sin, sizeof(sin)) < 0)
+		goto fail;
+	return fd;
+fail:;
+	int err = errno;
+	close(fd);
+	return -err;
+}
+
+int cbpf_udp_recv_batch(int fd, struct cbpf_dgram *d, unsigned n)
+{
+	struct mmsghdr msgs[CBPF_DGRAM_BATCH_MAX];
+	struct iovec iov[CBPF_DGRAM_BATCH_MAX];
+	struct sockaddr_in from[CBPF_DGRAM_BATCH_MAX];
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} ctl[CBPF_DGRAM_BATCH_MAX];
+
+	if (n > CBPF_DGRAM_BATCH_MAX)
+		n = CBPF_DGRAM_BATCH_MAX;
+	memset(msgs, 0, sizeof(msgs[0]) * n);
+	for (unsigned i = 0; i < n; i++) {
+		iov[i].iov_base = d[i].data;
+		iov[i].iov_len = d[i].len;
+		msgs[i].msg_hdr.msg_iov = &iov[i];
+		msgs[i].msg_hdr.msg_iovlen = 1;
+		msgs[i].msg_hdr.msg_name = &from[i];
+		msgs[i].msg_hdr.msg_namelen = sizeof(from[i]);
+		msgs[i].msg_hdr.msg_control = ctl[i].buf;
+		msgs[i].msg_hdr.msg_controllen = sizeof(ctl[i].buf);
+	}
+	int got = recvmmsg(fd, msgs, n, MSG_DONTWAIT, NULL);
+	if (got < 0)
+		return -errno;
+	for (int i = 0; i < got; i++) {
+		d[i].len = msgs[i].msg_len;
+		d[i].truncated = (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) != 0;
+		d[i].segment = 0;
+		if (msgs[i].msg_hdr.msg_namelen >= sizeof(struct sockaddr_in) && from[i].sin_family == AF_INET) {
+			d[i].addr = from[i].sin_addr.s_addr;
+			d[i].port = ntohs(from[i].sin_port);
+		} else {
+			d[i].addr = 0;
+			d[i].port = 0;
+		}
+		for (struct cmsghdr *c = CMSG_FIRSTHDR(&msgs[i].msg_hdr); c; c = CMSG_NXTHDR(&msgs[i].msg_hdr, c)) {
+			if (c->cmsg_level == IPPROTO_UDP && c->cmsg_type == UDP_GRO) {
+				int seg;
+				memcpy(&seg, CMSG_DATA(c), sizeof(seg));
+				d[i].segment = (uint16_t)seg;
+			}
+		}
+	}
+	return got;
+}
+
+int cbpf_udp_send_batch(int fd, const struct cbpf_dgram *d, unsigned n)
+{
+	struct mmsghdr msgs[CBPF_DGRAM_BATCH_MAX];
+	struct iovec iov[CBPF_DGRAM_BATCH_MAX];
+	struct sockaddr_in to[CBPF_DGRAM_BATCH_MAX];
+	union {
+		char buf[CMSG_SPACE(sizeof(uint16_t))];
+		struct cmsghdr align;
+	} ctl[CBPF_DGRAM_BATCH_MAX];
+
+	if (n > CBPF_DGRAM_BATCH_MAX)
+		n = CBPF_DGRAM_BATCH_MAX;
+	memset(msgs, 0, sizeof(msgs[0]) * n);
+	for (unsigned i = 0; i < n; i++) {
+		iov[i].iov_base = d[i].data;
+		iov[i].iov_len = d[i].len;
+		memset(&to[i], 0, sizeof(to[i]));
+		to[i].sin_family = AF_INET;
+		to[i].sin_port = htons(d[i].port);
+		to[i].sin_addr.s_addr = d[i].addr;
+		msgs[i].msg_hdr.msg_iov = &iov[i];
+		msgs[i].msg_hdr.msg_iovlen = 1;
+		msgs[i].msg_hdr.msg_name = &to[i];
+		msgs[i].msg_hdr.msg_namelen = sizeof(to[i]);
+		if (d[i].segment) {
+			memset(ctl[i].buf, 0, sizeof(ctl[i].buf));
+			msgs[i].msg_hdr.msg_control = ctl[i].buf;
+			msgs[i].msg_hdr.msg_controllen = sizeof(ctl[i].buf);
+			struct cmsghdr *c = CMSG_FIRSTHDR(&msgs[i].msg_hdr);
+			c->cmsg_level = IPPROTO_UDP;
+			c->cmsg_type = UDP_SEGMENT;
+			c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+			uint16_t seg = d[i].segment;
+			memcpy(CMSG_DATA(c), &seg, sizeof(seg));
+		}
+	}
+	int sent = sendmmsg(fd, msgs, n, 0);
+	return sent < 0 ? -errno : sent;
+}
+
+int cbpf_tun_open(const char *name, int flags)
+{
+	struct ifreq ifr;
+	int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC | O_NONBLOCK);
+	if (fd < 0)
+		return -errno;
+	memset(&ifr, 0, sizeof(ifr));
+	strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+	ifr.ifr_flags = (short)flags;
+	if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+		int err = errno;
+		close(fd);
+		return -err;
+	}
+	return fd;
+}
+
+int cbpf_tun_set_offload(int fd, unsigned int offloads)
+{
+	return ioctl(fd, TUNSETOFFLOAD, (unsigned long)offloads) == 0 ? 0 : -errno;
+}
+
+int cbpf_if_set_mtu(const char *name, int mtu)
+{
+	struct ifreq ifr;
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	memset(&ifr, 0, sizeof(ifr));
+	strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+	ifr.ifr_mtu = mtu;
+	int rc = ioctl(fd, SIOCSIFMTU, &ifr) == 0 ? 0 : -errno;
+	close(fd);
+	return rc;
+}
+
 /* --- BPFLoader: libbpf logging and capture, bpffs checks --------------------------------------- */
 
 #include <stdarg.h>
@@ -26,6 +199,7 @@ int cbpf_unshare_net(void)
 #define CBPF_CAPTURE_KEEP (64 * 1024)
 
 static _Atomic(cbpf_log_sink_fn) cbpf_log_sink;
+static atomic_int cbpf_print_installed;
 static _Thread_local int cbpf_capture_active;
 static _Thread_local char *cbpf_capture_buf;
 static _Thread_local size_t cbpf_capture_len;
@@ -84,12 +258,16 @@ static int cbpf_libbpf_print(enum libbpf_print_level level, const char *format, 
 void cbpf_libbpf_set_log_sink(cbpf_log_sink_fn sink)
 {
 	atomic_store(&cbpf_log_sink, sink);
+	atomic_store(&cbpf_print_installed, 1);
 	libbpf_set_print(cbpf_libbpf_print);
 }
 
 void cbpf_libbpf_capture_begin(void)
 {
-	libbpf_set_print(cbpf_libbpf_print);
+	/* Install our printer once; later libbpf_set_print calls by others are left alone. */
+	int expected = 0;
+	if (atomic_compare_exchange_strong(&cbpf_print_installed, &expected, 1))
+		libbpf_set_print(cbpf_libbpf_print);
 	cbpf_capture_active = 1;
 	cbpf_capture_len = 0;
 	if (cbpf_capture_buf != NULL)

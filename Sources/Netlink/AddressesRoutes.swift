@@ -172,4 +172,19 @@ extension NetlinkSocket {
         let all = try dump(req, describe: { "dump" }).compactMap(Self.parseRoute)
         return table.map { t in all.filter { $0.table == t } } ?? all
     }
+
+    /// `ip route get <address>`: the route the kernel would use to reach `address` (its gateway,
+    /// output device, preferred source), or nil if it is unreachable.
+    public mutating func routeGet(to address: IPv4Address) throws(NetlinkError) -> Route? {
+        let req = NetlinkRequest(type: RT.getRoute)
+        var hdr: [UInt8] = [RT.afInet, 32, 0, 0, 0, 0, 0, 0]
+        hdr.appendU32(0)
+        req.putFixedHeader(hdr)
+        req.put(RT.rtaDst, address.bytes)
+        do {
+            return try execute(req, describe: { "get \(address)" }).compactMap(Self.parseRoute).first
+        } catch where error.errno == ENETUNREACH || error.errno == EHOSTUNREACH {
+            return nil
+        }
+    }
 }

@@ -118,25 +118,33 @@ public final class KernelVXLANPeerTable: PeerTable {
     public func remove(_ peer: Peer) throws {
         try netlink.withLock { nl throws(OverlayError) in
             do throws(NetlinkError) {
-                // Route first: nothing is sent towards the peer once its fdb entry is gone.
-                let routes = try nl.routes().filter { $0.destination == peer.subnet && $0.type == 1 }
-                for r in routes where r.outputIndex == device.index || (r.outputIndex == device.underlayIndex && isPeerDestination(r.destination)) {
+                // Route first: nothing is sent towards the peer once its fdb entry is gone. Both
+                // kinds are tried (a peer may have switched between vxlan and direct); a route
+                // that is not there is fine. No dumps here: removal stays O(1) per peer.
+                try ignoringMissing { () throws(NetlinkError) in
+                    try nl.deleteRoute(Route(destination: peer.subnet, outputIndex: device.index))
+                }
+                if isPeerDestination(peer.subnet) {
                     try ignoringMissing { () throws(NetlinkError) in
-                        try nl.deleteRoute(Route(destination: r.destination, gateway: r.gateway, outputIndex: r.outputIndex))
+                        try nl.deleteRoute(Route(destination: peer.subnet, outputIndex: device.underlayIndex))
                     }
                 }
                 guard !peer.direct else { return }
-                let neighbour = try nl.neighbours(index: device.index).first { $0.address == peer.subnet.address }
-                // The fdb entry: the peer's own MAC, or whatever the neighbour pointed at.
-                for mac in Set([peer.vtepMAC, neighbour?.mac].compactMap { $0 }) {
+                // The fdb entry is keyed by the VtepMAC; a peer read back without one (its
+                // neighbour was missing) has none left to remove, unless the neighbour says otherwise.
+                var mac = peer.vtepMAC
+                if mac == nil {
+                    mac = try nl.neighbours(index: device.index).first { $0.address == peer.subnet.address }?.mac
+                }
+                if let mac {
+                    // Without a destination the whole entry for the MAC goes, whichever PublicIP it
+                    // points at now (a VtepMAC belongs to exactly one peer).
                     try ignoringMissing { () throws(NetlinkError) in
-                        try nl.deleteFDB(FDBEntry(index: device.index, mac: mac,
-                                                  destination: mac == peer.vtepMAC && peer.publicIP != IPv4Address(0) ? peer.publicIP : nil,
-                                                  state: [], flags: .self))
+                        try nl.deleteFDB(FDBEntry(index: device.index, mac: mac, destination: nil, state: [], flags: .self))
                     }
                 }
-                if neighbour != nil {
-                    try ignoringMissing { () throws(NetlinkError) in try nl.deleteNeighbour(address: peer.subnet.address, index: device.index) }
+                try ignoringMissing { () throws(NetlinkError) in
+                    try nl.deleteNeighbour(address: peer.subnet.address, index: device.index)
                 }
             } catch {
                 throw .netlink(error, while: "removing peer \(peer) from \(device.name)")

@@ -11,6 +11,17 @@ import NetTypes
 import Netlink
 
 public enum Overlay {
+    /// flanneld's DirectRouting test: `address` is reached without a gateway (it is on one of our
+    /// links' subnets), so a peer there can get a plain route instead of the vxlan triple.
+    public static func isDirectlyReachable(_ address: IPv4Address, netlink nl: inout NetlinkSocket) throws(OverlayError) -> Bool {
+        do {
+            guard let route = try nl.routeGet(to: address) else { return false }
+            return route.gateway == nil
+        } catch {
+            throw .netlink(error, while: "checking whether \(address) is directly reachable")
+        }
+    }
+
     /// What `removeAll` did.
     public struct Removal: Hashable, Sendable {
         public var deletedDevice: String?

@@ -43,9 +43,12 @@ final class SlotWatcher: Sendable {
         }
     }
 
+    private let joined = Atomic<Bool>(false)
+
+    /// Stops and joins the watcher; safe to call again (from a defer after a failure).
     func finish() {
         stop.store(true, ordering: .releasing)
-        finished.wait()
+        if !joined.exchange(true, ordering: .acquiringAndReleasing) { finished.wait() }
     }
 }
 
@@ -57,7 +60,7 @@ struct XDPAttachTests {
         let first = try object.program(named: "xdp_fixture")
         let second = try object.program(named: "xdp_other")
         let firstID = try first.info().id, secondID = try second.info().id
-        try NetnsLab.with { lab in
+        try VethLab.with { lab in
             let va = try lab.ifindex("va")
             try lab.run {
                 #expect(try XDP.attachedProgramID(ifindex: va, mode: mode) == nil)
@@ -77,6 +80,7 @@ struct XDPAttachTests {
 
             // Atomic replace: a watcher in the namespace never sees the slot empty.
             let watcher = SlotWatcher()
+            defer { watcher.finish() }
             watcher.start(namespace: lab.name) { try XDP.attachedProgramID(ifindex: va, mode: mode) }
             watcher.waitForSamples(50)
             try lab.run { try XDP.attach(second, ifindex: va, mode: mode, replacing: firstID) }
@@ -108,7 +112,7 @@ struct XDPAttachTests {
         let oursID = try ours.info().id
         let foreignFile = try Fixtures.file("foreign")
         defer { unlink(foreignFile) }
-        try NetnsLab.with { lab in
+        try VethLab.with { lab in
             try sh(["/usr/sbin/ip", "-n", lab.name, "link", "set", "dev", "vb", "xdpgeneric", "obj", foreignFile, "sec", "xdp"])
             let vb = try lab.ifindex("vb")
             try lab.run {
@@ -129,7 +133,7 @@ struct XDPAttachTests {
     @Test func badInterfaceIsAnError() throws {
         let object = try loadFixture("loader_fixture")
         let program = try object.program(named: "xdp_fixture")
-        try NetnsLab.with { lab in
+        try VethLab.with { lab in
             let va = try lab.ifindex("va")
             let tcProgram = try object.program(named: "tc_mark")
             let (attachError, queryError, typeError) = try lab.run {
@@ -152,7 +156,7 @@ struct TCAttachTests {
         let object = try loadFixture("loader_fixture")
         let mark = try object.program(named: "tc_mark"), drop = try object.program(named: "tc_drop")
         let markID = try mark.info().id, dropID = try drop.info().id
-        try NetnsLab.with { lab in
+        try VethLab.with { lab in
             let va = try lab.ifindex("va")
             try lab.run {
                 // No clsact yet: the slot reads as empty, not as an error.
@@ -161,8 +165,19 @@ struct TCAttachTests {
                 #expect(try TC.attachedProgramID(ifindex: va, direction: direction, handle: 1, priority: 1) == markID)
                 // Another slot of ours beside it.
                 try TC.attach(mark, ifindex: va, direction: direction, handle: 2, priority: 2)
-                // Replace in place.
-                try TC.attach(drop, ifindex: va, direction: direction, handle: 1, priority: 1)
+            }
+            // Replace in place: a watcher in the namespace never finds the slot empty.
+            let watcher = SlotWatcher()
+            defer { watcher.finish() }
+            watcher.start(namespace: lab.name) { try TC.attachedProgramID(ifindex: va, direction: direction, handle: 1, priority: 1) }
+            watcher.waitForSamples(50)
+            try lab.run { try TC.attach(drop, ifindex: va, direction: direction, handle: 1, priority: 1) }
+            watcher.waitForSamples(50)
+            watcher.finish()
+            let sawEmpty = watcher.sawEmpty.load(ordering: .acquiring)
+            #expect(!sawEmpty)
+            #expect(watcher.seen.withLock { $0 } == [markID, dropID])
+            try lab.run {
                 #expect(try TC.attachedProgramID(ifindex: va, direction: direction, handle: 1, priority: 1) == dropID)
                 #expect(try TC.attachedProgramID(ifindex: va, direction: direction, handle: 2, priority: 2) == markID)
                 // Detach one slot, refusing when the expected program is not there.
@@ -185,19 +200,23 @@ struct TCAttachTests {
     }
 
     @Test func attachedFilterSeesTraffic() throws {
-        // tc_drop on va egress: the ARP requests a ping to an absent neighbour sends out of va
-        // run through it (and are dropped).
+        // tc_drop on va egress: UDP datagrams sent out of va run through it (and are dropped).
         let object = try loadFixture("loader_fixture")
         let drop = try object.program(named: "tc_drop")
         let counts = try object.perCPUMap(named: "fx_counts", key: UInt32.self, value: UInt64.self)
-        try NetnsLab.with { lab in
+        try VethLab.with { lab in
             try sh(["/usr/sbin/ip", "-n", lab.name, "addr", "add", "192.168.77.1/24", "dev", "va"])
+            try sh(["/usr/sbin/ip", "-n", lab.name, "neigh", "add", "192.168.77.9", "lladdr", "02:00:00:00:00:09",
+                    "dev", "va", "nud", "permanent"])
             let va = try lab.ifindex("va")
             try lab.run { try TC.attach(drop, ifindex: va, direction: .egress, handle: 1, priority: 1) }
-            let ping = ["/usr/sbin/ip", "netns", "exec", lab.name, "/usr/bin/ping", "-c", "2", "-i", "0.3", "-W", "1", "192.168.77.9"]
-            _ = try sh(ping, check: false)
-            #expect(try counts.sum(6) > 0)
+            let sent = try lab.run { sendUDP(to: (192, 168, 77, 9), port: 9, count: 3) }
+            #expect(sent >= 1)
+            #expect(try counts.sum(6) >= 1)
             try lab.run { try TC.detach(ifindex: va, direction: .egress, handle: 1, priority: 1) }
+            let before = try counts.sum(6)
+            _ = try lab.run { sendUDP(to: (192, 168, 77, 9), port: 9, count: 3) }
+            #expect(try counts.sum(6) == before)
         }
     }
 
@@ -207,7 +226,7 @@ struct TCAttachTests {
         let markID = try mark.info().id
         let foreignFile = try Fixtures.file("foreign")
         defer { unlink(foreignFile) }
-        try NetnsLab.with { lab in
+        try VethLab.with { lab in
             let tc = ["/usr/sbin/tc", "-n", lab.name]
             try sh(tc + ["qdisc", "add", "dev", "va", "clsact"])
             try sh(tc + ["filter", "add", "dev", "va", "egress", "prio", "9", "handle", "9", "bpf", "da", "obj", foreignFile, "sec", "tc"])
@@ -231,7 +250,7 @@ struct TCAttachTests {
     @Test func badSlotIsAnError() throws {
         let object = try loadFixture("loader_fixture")
         let mark = try object.program(named: "tc_mark")
-        try NetnsLab.with { lab in
+        try VethLab.with { lab in
             let va = try lab.ifindex("va")
             try lab.run {
                 #expect(throws: BPFError.self) { try TC.attach(mark, ifindex: va, direction: .egress, handle: 0, priority: 1) }
@@ -246,4 +265,27 @@ struct TCAttachTests {
             }
         }
     }
+}
+
+/// Sends `count` small UDP datagrams from the calling thread's namespace; returns how many
+/// sendto calls were accepted (a TC drop may make the kernel report an error).
+func sendUDP(to address: (UInt8, UInt8, UInt8, UInt8), port: UInt16, count: Int) -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+    guard fd >= 0 else { return 0 }
+    defer { close(fd) }
+    var destination = sockaddr_in()
+    destination.sin_family = sa_family_t(AF_INET)
+    destination.sin_port = port.bigEndian
+    withUnsafeMutableBytes(of: &destination.sin_addr) { $0.copyBytes(from: [address.0, address.1, address.2, address.3]) }
+    var accepted = 0
+    let payload: [UInt8] = Array("fxld".utf8)
+    for _ in 0..<count {
+        let ret = withUnsafePointer(to: &destination) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                sendto(fd, payload, payload.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        if ret >= 0 { accepted += 1 }
+    }
+    return accepted
 }

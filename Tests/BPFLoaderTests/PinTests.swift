@@ -21,6 +21,20 @@ struct PinTests {
         #expect(!BPFFS.isMounted(at: path))
     }
 
+    @Test func folderInsideABPFFSIsNotMountedAgain() throws {
+        try withPrivateBPFFS { root in
+            let nested = "\(root)/project/v1"
+            try BPFFS.ensureMounted(at: nested)
+            #expect(BPFFS.isMounted(at: nested))
+            let mounts = try String(contentsOfFile: "/proc/self/mounts", encoding: .utf8)
+            #expect(!mounts.contains(nested))
+            // Pins made there are visible through the parent instance.
+            let object = try loadFixture("loader_fixture")
+            try object.map(named: "fx_hash", key: UInt32.self, value: FxValue.self).pin(at: "\(nested)/fx_hash")
+            _ = try BPFMap.openPinned(path: "\(root)/project/v1/fx_hash", key: UInt32.self, value: FxValue.self)
+        }
+    }
+
     @Test func swiftPinsAndAnotherProcessReads() throws {
         try withPrivateBPFFS { root in
             let pinPath = "\(root)/fx_hash"

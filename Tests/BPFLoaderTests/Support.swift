@@ -118,11 +118,11 @@ func withPrivateBPFFS<T>(_ body: (String) throws -> T) throws -> T {
 }
 
 /// A network namespace with a veth pair va <-> vb inside, both up; deleted after `body`.
-struct NetnsLab {
+struct VethLab {
     let name: String
 
-    static func with<T>(_ body: (NetnsLab) throws -> T) throws -> T {
-        let lab = NetnsLab(name: UniqueName.make("-ns"))
+    static func with<T>(_ body: (VethLab) throws -> T) throws -> T {
+        let lab = VethLab(name: UniqueName.make("-ns"))
         try sh(["/usr/sbin/ip", "netns", "add", lab.name])
         defer { _ = try? sh(["/usr/sbin/ip", "netns", "del", lab.name], check: false) }
         try sh(["/usr/sbin/ip", "-n", lab.name, "link", "add", "va", "type", "veth", "peer", "name", "vb"])

@@ -145,6 +145,12 @@ import Testing
         #expect(try nl.routes(table: 300).map(\.destination.description) == ["10.5.4.0/24"])
         try nl.deleteRoute(Route(destination: IPv4Subnet(cidr: "10.5.4.0/24")!, table: 300))
         #expect(try nl.routes(table: 300).isEmpty)
+        // Route look-up, as `ip route get`.
+        let toPeer = try #require(try nl.routeGet(to: IPv4Address("10.5.3.7")!))
+        #expect(toPeer.gateway == IPv4Address("10.5.3.0") && toPeer.outputIndex == vx.index)
+        let onWire = try #require(try nl.routeGet(to: IPv4Address("192.168.77.200")!))
+        #expect(onWire.gateway == nil && onWire.outputIndex == eth0.index && onWire.preferredSource == node.nodeIP)
+        #expect(try nl.routeGet(to: IPv4Address("8.8.8.8")!) == nil) // no default route in the lab
         // Gateway not reachable without onlink: the kernel's own reason is carried.
         do {
             try nl.addRoute(Route(destination: IPv4Subnet(cidr: "10.5.9.0/24")!, gateway: IPv4Address("10.5.9.0")!, outputIndex: vx.index))

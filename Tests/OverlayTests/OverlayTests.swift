@@ -85,6 +85,15 @@ import Testing
         for key in a2.keys.sorted() { #expect(a2[key] == b2[key], "\(key) differs after removal") }
         #expect(try table.currentPeers() == Set([peers(3)[0], peers(3)[2]]))
         try table.remove(peers(3)[1]) // already gone: not an error
+
+        // A peer that moved to another PublicIP (same VtepMAC): the fdb entry is replaced, not added.
+        var moved = peers(3)[2]
+        moved.publicIP = IPv4Address("192.168.77.99")!
+        try table.upsert(moved)
+        let fdb = try swiftLab.sh(mine.name, [LabTools.bridge, "fdb", "show", "dev", "flannel.1"])
+        #expect(fdb.split(separator: "\n").filter { $0.contains("\(moved.vtepMAC!)") }.map(String.init)
+                == ["\(moved.vtepMAC!) dst 192.168.77.99 self permanent"])
+        #expect(try table.currentPeers() == Set([peers(3)[0], moved]))
     }
 
     @Test("pods ping both ways between a CLI-reference node and a Swift-Overlay node",
@@ -212,6 +221,8 @@ import Testing
         try hostGW.remove(peerB)
 
         // DirectRouting in the vxlan table: the direct peer gets the host-gw style route.
+        #expect(try Overlay.isDirectlyReachable(b.nodeIP, netlink: &nlA))
+        #expect(try !Overlay.isDirectlyReachable(IPv4Address("10.77.0.1")!, netlink: &nlA))
         let dev = try FlannelVXLANDevice.ensure(vni: 1, localIP: a.nodeIP, underlayIndex: eth0A.index,
                                                 subnet: a.podSubnet, network: Self.network, netlink: &nlA)
         let table = try KernelVXLANPeerTable(device: dev, network: Self.network, networkNamespace: "/run/netns/\(a.name)")
@@ -258,6 +269,31 @@ import Testing
         // Idempotent.
         let again = try Overlay.removeAll(vni: 1, network: Self.network, underlayIndex: eth0.index, netlink: &nl)
         #expect(again.deletedDevice == nil && again.deletedRoutes.isEmpty)
+    }
+    @Test("1000 peers: upsert, read back through multi-part dumps, remove", .enabled(if: root, Privileges.skipReason))
+    func manyPeers() throws {
+        let lab = try NetnsLab(tag: "ovm")
+        defer { lab.cleanup() }
+        let node = try lab.makeCluster(nodes: 1)[0]
+        var nl = try NetlinkSocket(networkNamespace: "/run/netns/\(node.name)")
+        let eth0 = try #require(try nl.link(named: "eth0"))
+        let big = IPv4Subnet(cidr: "10.0.0.0/8")!
+        let dev = try FlannelVXLANDevice.ensure(vni: 1, localIP: node.nodeIP, underlayIndex: eth0.index,
+                                                subnet: node.podSubnet, network: big, netlink: &nl)
+        let table = try KernelVXLANPeerTable(device: dev, network: big, networkNamespace: "/run/netns/\(node.name)")
+        var many: [Peer] = []
+        for i in 0..<1000 {
+            let hi = UInt8(i / 250), lo = UInt8(i % 250)
+            let subnet = IPv4Subnet(address: IPv4Address(10, 100 + hi, lo, 0), prefixLength: 24)!
+            let mac = MACAddress(bytes: [0x0e, 0, 0, 0, UInt8(i >> 8), UInt8(i & 0xff)])
+            many.append(Peer(subnet: subnet, publicIP: IPv4Address(172, 20, hi, lo + 1), vtepMAC: mac))
+        }
+        for p in many { try table.upsert(p) }
+        #expect(try table.currentPeers() == Set(many))
+        #expect(try lab.sh(node.name, ["route", "show", "dev", "flannel.1"]).split(separator: "\n").count == 1000)
+        for p in many { try table.remove(p) }
+        #expect(try table.currentPeers().isEmpty)
+        #expect(try lab.sh(node.name, ["neigh", "show", "dev", "flannel.1"]).isEmpty)
     }
 }
 

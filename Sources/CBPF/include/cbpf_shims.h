@@ -10,6 +10,37 @@ int cbpf_setns_net(int fd);
 /* unshare(CLONE_NEWNET) on the calling thread; returns 0 or -errno. */
 int cbpf_unshare_net(void);
 
+/* userspace data path */
+/* One UDP datagram in a batch. `data` points into a buffer the caller owns (preallocated, reused).
+ * recv: `len` is the capacity on input and the received length on output, `addr`/`port` the
+ * sender; send: `len` is the length, `addr`/`port` the destination. `addr` holds the 4 address
+ * bytes in network order (as in struct in_addr); `port` is host order. `segment` is the UDP GSO
+ * segment size to send with (0 = one datagram) or the GRO segment size the kernel reported. */
+struct cbpf_dgram {
+	uint8_t *data;
+	uint32_t len;
+	uint32_t addr;
+	uint16_t port;
+	uint16_t segment;
+	uint32_t truncated; /* recv: 1 when MSG_TRUNC was set (datagram larger than the buffer) */
+};
+#define CBPF_DGRAM_BATCH_MAX 64
+/* A UDP socket bound to addr:port (addr network order), SO_REUSEPORT when `reuseport`, UDP_GRO when
+ * `gro`, buffers of `bufsize` bytes when > 0. Returns the fd or -errno. */
+int cbpf_udp_socket(uint32_t addr, uint16_t port, int reuseport, int gro, int bufsize);
+/* recvmmsg(MSG_DONTWAIT) of up to n (<= CBPF_DGRAM_BATCH_MAX) datagrams; returns the count or -errno. */
+int cbpf_udp_recv_batch(int fd, struct cbpf_dgram *d, unsigned n);
+/* sendmmsg of n datagrams (UDP_SEGMENT cmsg when segment != 0); returns how many went out or -errno
+ * when the first one failed. */
+int cbpf_udp_send_batch(int fd, const struct cbpf_dgram *d, unsigned n);
+/* Opens /dev/net/tun and attaches it to interface `name` with TUNSETIFF `flags` (IFF_TUN, IFF_NO_PI,
+ * IFF_MULTI_QUEUE, IFF_VNET_HDR). Returns the fd or -errno. The fd is O_CLOEXEC|O_NONBLOCK. */
+int cbpf_tun_open(const char *name, int flags);
+/* TUNSETOFFLOAD; returns 0 or -errno. */
+int cbpf_tun_set_offload(int fd, unsigned int offloads);
+/* SIOCSIFMTU on interface `name` in the calling thread's network namespace; 0 or -errno. */
+int cbpf_if_set_mtu(const char *name, int mtu);
+
 /* --- BPFLoader: libbpf logging and capture, bpffs checks --------------------------------------- */
 
 /* Receives every libbpf message, already formatted (libbpf hands out a va_list, which Swift cannot

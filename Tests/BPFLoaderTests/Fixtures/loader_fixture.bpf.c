@@ -109,3 +109,13 @@ int tc_drop(struct __sk_buff *skb)
 	count(6);
 	return TC_ACT_SHOT;
 }
+
+/* Read-only config the loader fills before load (libbpf's ".rodata" map). */
+const volatile __u32 fx_config_verdict = XDP_PASS;
+
+/* XDP: returns the configured verdict. */
+SEC("xdp")
+int xdp_config(struct xdp_md *ctx)
+{
+	return fx_config_verdict;
+}

@@ -1,0 +1,212 @@
+// The command tree. The root command is the daemon itself (flanneld has no `run` verb, and a unit
+// file says `flanneld-xdp --iface eth0`); the inspection and cleanup verbs are subcommands.
+
+import ArgumentParser
+import Glibc
+
+public enum FlannelDaemonVersion {
+    public static let string = "0.1.0"
+}
+
+public struct FlanneldXDP: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "flanneld-xdp",
+        abstract: "flannel's node agent with a BPF VXLAN data path: same flags, files, etcd keys and wire as flanneld.",
+        usage: """
+            flanneld-xdp [<options>]
+            flanneld-xdp <subcommand> [<options>]
+            """,
+        discussion: """
+            Flags take flanneld's forms too: -iface=eth0, -iface eth0, --iface=eth0, --iface eth0; booleans as \
+            --ip-masq or --ip-masq=true. Every flag can also come from FLANNELD_<NAME> (e.g. FLANNELD_IFACE, \
+            FLANNELD_ETCD_ENDPOINTS); a flag on the command line beats its variable.
+            """,
+        version: FlannelDaemonVersion.string,
+        subcommands: [Cleanup.self, Status.self, Peers.self, Stats.self]
+    )
+
+    @OptionGroup public var options: FlannelOptions
+
+    public init() {}
+
+    public func run() async throws {
+        try await Daemon.run(options)
+    }
+
+    /// What the Go-style normaliser must know: every long flag of each command and whether it takes a value.
+    public static let flagNormalizer = GoFlagNormalizer(
+        rootFlags: [
+            GoFlagSpec("iface"), GoFlagSpec("iface-regex"), GoFlagSpec("public-ip"),
+            GoFlagSpec("etcd-endpoints"), GoFlagSpec("etcd-prefix"), GoFlagSpec("etcd-keyfile"),
+            GoFlagSpec("etcd-certfile"), GoFlagSpec("etcd-cafile"), GoFlagSpec("etcd-username"),
+            GoFlagSpec("etcd-password"), GoFlagSpec("etcd-api"),
+            GoFlagSpec("subnet-file"), GoFlagSpec("subnet-lease-renew-margin"), GoFlagSpec("ip-masq", .boolean),
+            GoFlagSpec("dataplane"), GoFlagSpec("bpffs"),
+            GoFlagSpec("healthz-ip"), GoFlagSpec("healthz-port"), GoFlagSpec("metrics-port"),
+            GoFlagSpec("log-level"),
+            GoFlagSpec("version", .boolean, fromEnvironment: false), GoFlagSpec("help", .boolean, fromEnvironment: false),
+        ],
+        subcommandFlags: [
+            "cleanup": [
+                GoFlagSpec("keep-kernel-path", .boolean), GoFlagSpec("bpffs"), GoFlagSpec("log-level"),
+                GoFlagSpec("help", .boolean, fromEnvironment: false), GoFlagSpec("version", .boolean, fromEnvironment: false),
+            ],
+            "status": [GoFlagSpec("bpffs"), GoFlagSpec("help", .boolean, fromEnvironment: false), GoFlagSpec("version", .boolean, fromEnvironment: false)],
+            "peers": [
+                GoFlagSpec("bpffs"), GoFlagSpec("json", .boolean, fromEnvironment: false),
+                GoFlagSpec("help", .boolean, fromEnvironment: false), GoFlagSpec("version", .boolean, fromEnvironment: false),
+            ],
+            "stats": [GoFlagSpec("bpffs"), GoFlagSpec("help", .boolean, fromEnvironment: false), GoFlagSpec("version", .boolean, fromEnvironment: false)],
+        ]
+    )
+
+    /// The verbs besides the daemon itself. They are parsed on their own, not through the root: the
+    /// root carries the daemon's flags, and argument-parser lets a parent's flags appear after a
+    /// subcommand, so `cleanup --bpffs X` would fill the root's --bpffs and `cleanup --iface eth0`
+    /// would pass silently.
+    public static let verbs: [String: any AsyncParsableCommand.Type] = [
+        "cleanup": Cleanup.self, "status": Status.self, "peers": Peers.self, "stats": Stats.self,
+    ]
+
+    /// Parses Go-style arguments plus `FLANNELD_*` variables into a command (throws argument-parser errors).
+    public static func parseGoStyle(_ arguments: [String], environment: [String: String]) throws -> any ParsableCommand {
+        let normalized = try flagNormalizer.normalize(arguments, environment: environment)
+        if let first = normalized.first, let verb = verbs[first] {
+            return try verb.parseAsRoot(Array(normalized.dropFirst()))
+        }
+        return try parseAsRoot(normalized)
+    }
+
+    /// The program's entry: normalise, parse, run, and exit non-zero with a message on any error.
+    public static func entry() async {
+        let arguments = Array(CommandLine.arguments.dropFirst())
+        let normalized: [String]
+        do {
+            normalized = try flagNormalizer.normalize(arguments, environment: processEnvironment())
+        } catch {
+            exit(withError: error)
+        }
+        guard let first = normalized.first, let verb = verbs[first] else {
+            await main(normalized)
+            return
+        }
+        let rest = Array(normalized.dropFirst())
+        if rest.contains("--help") || rest.contains("-h") {
+            print(helpMessage(for: verb))
+            Glibc.exit(0)
+        }
+        do {
+            var command = try verb.parseAsRoot(rest)
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            let code = exitCode(for: error)
+            if code == .success {
+                print(verb.fullMessage(for: error))
+            } else {
+                var standardError = StandardError()
+                let hint = code == .validationFailure ? "\nSee 'flanneld-xdp \(first) --help'." : ""
+                print("Error: \(message(for: error))\(hint)", to: &standardError)
+            }
+            Glibc.exit(code.rawValue)
+        }
+    }
+
+    /// The process environment without Foundation.
+    public static func processEnvironment() -> [String: String] {
+        var result: [String: String] = [:]
+        var cursor = environ
+        while let entry = cursor.pointee {
+            let text = String(cString: entry)
+            if let eq = text.firstIndex(of: "=") {
+                result[String(text[..<eq])] = String(text[text.index(after: eq)...])
+            }
+            cursor += 1
+        }
+        return result
+    }
+}
+
+struct StandardError: TextOutputStream {
+    mutating func write(_ text: String) {
+        var bytes = Array(text.utf8)
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes.withUnsafeMutableBytes { Glibc.write(2, $0.baseAddress! + offset, $0.count - offset) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { return }
+            offset += n
+        }
+    }
+}
+
+public struct CommonInspectionOptions: ParsableArguments, Sendable {
+    @Option(name: .customLong("bpffs"), help: "bpffs mount under which the BPF maps and programs are pinned.")
+    public var bpffs: String = "/sys/fs/bpf"
+
+    public init() {}
+}
+
+public struct Cleanup: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        abstract: "Remove what flanneld-xdp set up on this node (BPF programs, pins, the flannel.<VNI> device, its routes) and nothing else.",
+        discussion: "The lease in etcd is left alone: it expires by its TTL or is reused when the node comes back.",
+        version: FlannelDaemonVersion.string
+    )
+
+    @Flag(name: .customLong("keep-kernel-path"),
+          help: "Detach the BPF programs and remove the pins, but keep flannel.<VNI> and the kernel routes so stock flanneld can take the node over without a gap.")
+    public var keepKernelPath: Bool = false
+
+    @OptionGroup public var inspection: CommonInspectionOptions
+    @OptionGroup(title: "Logging") public var logging: LoggingOptions
+
+    public init() {}
+
+    public func run() async throws {
+        try await Daemon.cleanup(bpffs: inspection.bpffs, keepKernelPath: keepKernelPath, logLevel: logging.logLevel)
+    }
+}
+
+/// Raised by the inspection verbs that are not written yet, so that scripts see a failure, not silence.
+public struct NotImplementedYet: Error, CustomStringConvertible {
+    public var verb: String
+    public var description: String {
+        "`flanneld-xdp \(verb)` is not implemented yet (tracked in issue 8); read the pinned maps with `bpftool map dump pinned <bpffs>/...` meanwhile"
+    }
+}
+
+public struct Status: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        abstract: "Show the data path in use, interface, subnet and lease (not implemented yet).",
+        version: FlannelDaemonVersion.string
+    )
+    @OptionGroup public var inspection: CommonInspectionOptions
+    public init() {}
+    public func run() async throws { throw NotImplementedYet(verb: "status") }
+}
+
+public struct Peers: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        abstract: "List the peers held in the pinned maps (not implemented yet).",
+        version: FlannelDaemonVersion.string
+    )
+    @Flag(name: .customLong("json"), help: "Print JSON for scripts.")
+    public var json: Bool = false
+    @OptionGroup public var inspection: CommonInspectionOptions
+    public init() {}
+    public func run() async throws { throw NotImplementedYet(verb: "peers") }
+}
+
+public struct Stats: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        abstract: "Show the data path counters with drop reasons by name (not implemented yet).",
+        version: FlannelDaemonVersion.string
+    )
+    @OptionGroup public var inspection: CommonInspectionOptions
+    public init() {}
+    public func run() async throws { throw NotImplementedYet(verb: "stats") }
+}

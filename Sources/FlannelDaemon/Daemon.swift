@@ -1,0 +1,335 @@
+// Start-up and shutdown of the node agent (the stages themselves are in Startup.swift). SIGTERM and
+// SIGINT stop the services and nothing else: the data path, the device, the routes and the lease
+// stay, so a restart or upgrade does not disturb traffic and gets the same subnet back. Only
+// `cleanup` removes what is ours.
+
+import BPFDataplane
+import Glibc
+import Leases
+import Logging
+import NetTypes
+import ServiceLifecycle
+import Synchronization
+import UserspaceDataplane
+
+/// The data path that start-up settled on, and the tables the reconciler drives, in order.
+public struct DataplaneSetup: Sendable {
+    public var summary: String
+    public var tables: [PeerTableBinding]
+    /// Kept alive while the daemon runs: its threads carry the traffic.
+    public var userspace: UserspaceDataplane?
+}
+
+public enum Daemon {
+    /// Installs the stderr log handler once per process, at `level`.
+    public static func bootstrapLogging(level: Logger.Level) {
+        LoggingBootstrap.once(level: level)
+    }
+
+    static func makeLogger(_ level: LogLevelChoice) -> Logger {
+        var logger = Logger(label: "flanneld-xdp")
+        logger.logLevel = level.level
+        return logger
+    }
+
+    public static func run(_ options: FlannelOptions, components: DaemonComponents = .system) async throws {
+        bootstrapLogging(level: options.logging.logLevel.level)
+        let logger = makeLogger(options.logging.logLevel)
+        logger.info("flanneld-xdp \(FlannelDaemonVersion.string) starting")
+        if options.subnet.ipMasq {
+            logger.warning("--ip-masq is accepted but not implemented yet (issue 8): no masquerade rules are installed")
+        }
+        if options.serving.metricsPort != 0 {
+            logger.warning("--metrics-port is accepted but /metrics is not implemented yet (issue 8)")
+        }
+        let readiness = Readiness()
+
+        // The health server answers /healthz from the start and /readyz with the reasons while starting.
+        var health: HealthServer?
+        if options.serving.healthzPort != 0 {
+            let server = HealthServer(host: options.serving.healthzIP.description, port: options.serving.healthzPort,
+                                      readiness: readiness, logger: logger)
+            try await server.start()
+            health = server
+        }
+        do {
+            let services = try await start(options, components: components, readiness: readiness, logger: logger)
+            var all: [any Service] = services
+            if let health { all.insert(HealthServerRunning(server: health), at: 0) }
+            let group = ServiceGroup(configuration: ServiceGroupConfiguration(
+                services: all.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0, successTerminationBehavior: .gracefullyShutdownGroup) },
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+            try await group.run()
+            logger.info("stopped; the data path, the routes and the lease are left in place (run `flanneld-xdp cleanup` to remove them)")
+        } catch {
+            await health?.stop()
+            throw error
+        }
+        await health?.stop()
+    }
+
+    /// Everything up to READY=1; returns the services to run.
+    static func start(_ options: FlannelOptions, components: DaemonComponents, readiness: Readiness,
+                      logger: Logger) async throws -> [any Service] {
+        // 1. Interface and public IP.
+        let external = try InterfaceSelection.selectFromSystem(options.interface)
+        logger.info("using interface \(external.interface.name) (index \(external.interface.index), mtu \(external.interface.mtu)), local IP \(external.interfaceAddress), public IP \(external.publicIP)")
+
+        // 2. etcd and the network config (waits while etcd is away or the config is missing/bad).
+        let registry = try await Startup.connectRegistry(options.etcd, logger: logger)
+        var managerOptions = SubnetManagerOptions()
+        managerOptions.renewMargin = .seconds(options.subnet.subnetLeaseRenewMargin * 60)
+        let manager = SubnetManager(registry: registry, options: managerOptions, logger: logger)
+        let (config, backend) = try await Startup.readConfig(manager, logger: logger)
+        logger.info("network \(config.network), subnets /\(config.subnetLen), backend \(backend), etcd API \(registry.apiVersion)")
+
+        // 3. Data path preparation that the lease depends on (the VtepMAC).
+        let mtu = Startup.overlayMTU(underlayMTU: external.interface.mtu, config: config, backend: backend)
+        let prepared = try prepareDataplane(options, backend: backend, config: config, external: external, mtu: mtu,
+                                            components: components, logger: logger)
+
+        // 4. The lease; a previous subnet.env's subnet is preferred when it is free.
+        let previous = Startup.previousSubnet(subnetFile: options.subnet.subnetFile, network: config.network, logger: logger)
+        let attributes = LeaseAttributes.forBackend(config.backend, publicIP: external.publicIP, vtepMAC: prepared.vtepMAC)
+        let lease = try await Startup.acquireLease(manager, config: config, attributes: attributes,
+                                                   previousSubnet: previous, logger: logger)
+        logger.info("lease \(lease.subnet) for \(external.publicIP)\(previous == lease.subnet ? " (same as before)" : "")")
+
+        // 5. Attach the data path for this subnet.
+        let setup = try attachDataplane(prepared, options: options, lease: lease, config: config, external: external,
+                                        mtu: mtu, components: components, logger: logger)
+        readiness.set(.dataplaneAttached, ok: true)
+        logger.info("data path: \(setup.summary)")
+
+        // 6. Fill the tables from the lease snapshot.
+        let policy = DesiredPeerPolicy(ownSubnet: lease.subnet, backend: backend, underlaySubnet: external.underlaySubnet)
+        let reconciler = Reconciler(tables: setup.tables, readiness: readiness, logger: logger)
+        let events = PeerEventCursor(manager.watchPeers(config: config))
+        let snapshot = try await Startup.firstSnapshot(events)
+        let (peers, skipped) = policy.peers(from: snapshot.map(RemoteLease.init))
+        for skip in skipped { logger.info("lease \(skip.lease.subnet) ignored: \(skip.reason)") }
+        await reconciler.setDesired(peers)
+        let firstPass = await reconciler.reconcile()
+        if !firstPass.succeeded {
+            logger.error("filling the peer tables failed; not ready until a retry succeeds: \(firstPass)")
+        }
+
+        // 7. subnet.env, then tell systemd.
+        let env = SubnetEnv(network: config.network, subnet: lease.subnet, mtu: mtu, ipMasq: options.subnet.ipMasq)
+        try env.write(to: options.subnet.subnetFile)
+        readiness.set(.subnetFileWritten, ok: true)
+        logger.info("wrote \(options.subnet.subnetFile): FLANNEL_SUBNET=\(lease.subnet.host(1))/\(lease.subnet.prefixLength) FLANNEL_MTU=\(mtu)")
+        do {
+            try components.notifier.ready(status: "subnet \(lease.subnet), \(peers.count) peer(s), \(setup.summary)")
+        } catch {
+            logger.error("\(error)")
+        }
+
+        // The watch continues where the snapshot left it; the services take over.
+        var services: [any Service] = [
+            ReconcileService(reconciler: reconciler, interval: .seconds(60)),
+            LeaseWatchService(events: events, initial: snapshot, policy: policy, reconciler: reconciler, logger: logger),
+            LeaseRenewService(manager: manager, logger: logger),
+        ]
+        if let userspace = setup.userspace {
+            services.append(UserspaceDataplaneService(dataplane: userspace, logger: logger))
+        }
+        return services
+    }
+
+    /// What the data path needs before the lease exists.
+    struct PreparedDataplane: Sendable {
+        var vtepMAC: MACAddress?
+        var device: VXLANDevice?
+        var bpf: FlannelBPF?
+        var decapMode: DecapMode?
+        /// Why BPF is not used (auto fell back), for the summary.
+        var fallbackReason: String?
+        var userspace: Bool
+    }
+
+    static func prepareDataplane(_ options: FlannelOptions, backend: BackendKind, config: NetworkConfig,
+                                 external: ExternalInterface, mtu: Int, components: DaemonComponents,
+                                 logger: Logger) throws -> PreparedDataplane {
+        let choice = options.dataplane.dataplane
+        switch backend {
+        case .hostGW:
+            return PreparedDataplane(userspace: false)
+        case .udp:
+            return PreparedDataplane(userspace: true)
+        case .vxlan:
+            break
+        }
+        if choice == .userspace {
+            return PreparedDataplane(vtepMAC: Startup.stableUserspaceVTEPMAC(publicIP: external.publicIP), userspace: true)
+        }
+        // Load BPF first: when it cannot load, auto goes to the userspace path without ever creating
+        // a kernel vxlan device (which would hold the VXLAN port the userspace path needs).
+        let bpf: FlannelBPF
+        do {
+            bpf = try FlannelBPF(bpffs: options.dataplane.bpffs, logger: logger)
+        } catch {
+            guard choice == .auto else { throw StartupError.dataplaneRequired(choice: choice, reason: "\(error)") }
+            logger.warning("BPF data path unavailable (\(error)); using the userspace path")
+            return PreparedDataplane(vtepMAC: Startup.stableUserspaceVTEPMAC(publicIP: external.publicIP),
+                                     fallbackReason: "\(error)", userspace: true)
+        }
+        guard let overlay = components.overlay else {
+            throw StartupError.overlayUnavailable(stage: "creating or adopting flannel.\(config.backend.vni)")
+        }
+        let device = try overlay.ensureVXLANDevice(VXLANDeviceSpec(
+            vni: config.backend.vni, underlayIfindex: external.interface.index, localIP: external.interfaceAddress,
+            port: config.backend.port, mtu: mtu, gbp: config.backend.gbp, learning: config.backend.learning))
+        logger.info("\(device.adopted ? "adopted" : "created") \(device.name) (index \(device.ifindex), VtepMAC \(device.mac), mtu \(device.mtu))")
+        let mode: DecapMode = switch choice {
+        case .xdp: .xdp
+        case .tc: .kernel
+        default: DecapMode.defaultMode(ifindex: external.interface.index)
+        }
+        return PreparedDataplane(vtepMAC: device.mac, device: device, bpf: bpf, decapMode: mode, userspace: false)
+    }
+
+    static func attachDataplane(_ prepared: PreparedDataplane, options: FlannelOptions, lease: Lease, config: NetworkConfig,
+                                external: ExternalInterface, mtu: Int, components: DaemonComponents,
+                                logger: Logger) throws -> DataplaneSetup {
+        let choice = options.dataplane.dataplane
+        if prepared.userspace {
+            return try startUserspace(prepared, lease: lease, config: config, external: external, mtu: mtu,
+                                      components: components, logger: logger)
+        }
+        guard let overlay = components.overlay else {
+            throw StartupError.overlayUnavailable(stage: "the kernel routes for the \(config.backend.type) backend")
+        }
+        guard let device = prepared.device, let bpf = prepared.bpf, let mode = prepared.decapMode else {
+            // host-gw: plain routes via the peers' node IPs.
+            let table = try overlay.hostGWPeerTable(underlayIfindex: external.interface.index)
+            return DataplaneSetup(summary: "host-gw routes", tables: [PeerTableBinding(table)])
+        }
+        try overlay.configureVXLANDevice(device, subnet: lease.subnet, network: config.network)
+        let kernel = try overlay.kernelVXLANPeerTable(device: device, underlayIfindex: external.interface.index)
+        let kernelBinding = PeerTableBinding(kernel)
+        do {
+            let node = NodeConfig(nodeIP: external.interfaceAddress, vtepMAC: device.mac, vni: config.backend.vni,
+                                  udpPort: config.backend.port, underlayIfindex: external.interface.index,
+                                  underlayMAC: try Startup.interfaceMAC(name: external.interface.name),
+                                  overlayIfindex: device.ifindex, overlayMTU: UInt16(clamping: mtu))
+            try bpf.writeConfig(node)
+            let state = try bpf.attach(overlayIfindex: device.ifindex, underlayIfindex: external.interface.index, mode: mode)
+            // BPF maps first (encap takes the packet before the kernel would), then the kernel's
+            // routes/neighbours/fdb: the routes steer pod traffic into flannel.<VNI> and stay as the
+            // fallback path. DirectRouting peers are plain routes only.
+            let maps = try bpf.peerTable()
+            return DataplaneSetup(summary: "BPF (\(mode == .xdp ? "XDP" : "TC") decap; \(state)) over \(device.name)",
+                                  tables: [PeerTableBinding(maps, selects: { !$0.direct }), kernelBinding])
+        } catch {
+            guard choice == .auto else { throw StartupError.dataplaneRequired(choice: choice, reason: "\(error)") }
+            // The device and its kernel routes already carry traffic: staying on them is safer than
+            // tearing the device down for the userspace path.
+            logger.warning("attaching the BPF programs failed (\(error)); traffic stays on the kernel vxlan path of \(device.name)")
+            return DataplaneSetup(summary: "kernel vxlan on \(device.name) (BPF attach failed)", tables: [kernelBinding])
+        }
+    }
+
+    static func startUserspace(_ prepared: PreparedDataplane, lease: Lease, config: NetworkConfig, external: ExternalInterface,
+                               mtu: Int, components: DaemonComponents, logger: Logger) throws -> DataplaneSetup {
+        guard let overlay = components.overlay else {
+            throw StartupError.overlayUnavailable(stage: "addressing the userspace path's TUN")
+        }
+        let encapsulation: UserspaceConfig.Encapsulation
+        let tunName: String
+        if let mac = prepared.vtepMAC {
+            encapsulation = .vxlan(vni: config.backend.vni, port: config.backend.port, localVTEPMAC: mac)
+            tunName = "flannel-u.\(config.backend.vni)"
+        } else {
+            encapsulation = .udp(port: config.backend.port)
+            tunName = "flannel0"
+        }
+        let userspaceConfig = UserspaceConfig(encapsulation: encapsulation, localIP: external.interfaceAddress,
+                                              tunName: String(tunName.prefix(15)), mtu: mtu, icmpSourceIP: lease.subnet.address)
+        let dataplane = try UserspaceDataplane(config: userspaceConfig, logger: logger)
+        try overlay.configureTUN(name: userspaceConfig.tunName, subnet: lease.subnet, network: config.network, mtu: mtu)
+        try dataplane.start()
+        let why = prepared.fallbackReason.map { " (BPF unavailable: \($0))" } ?? ""
+        return DataplaneSetup(summary: "userspace TUN \(userspaceConfig.tunName)\(why)",
+                              tables: [PeerTableBinding(dataplane)], userspace: dataplane)
+    }
+
+    // MARK: cleanup
+
+    /// Removes our BPF programs from every interface of this namespace (only programs named fxdp_*),
+    /// our pins, and — unless `keepKernelPath` — the flannel.<VNI> devices and their routes.
+    public static func cleanup(bpffs: String, keepKernelPath: Bool, logLevel: LogLevelChoice,
+                               components: DaemonComponents = .system) async throws {
+        bootstrapLogging(level: logLevel.level)
+        let logger = makeLogger(logLevel)
+        let interfaces = try InterfaceSelection.listInterfaces()
+        var failures: [String] = []
+        for interface in interfaces where interface.index > 0 {
+            do {
+                try FlannelBPF.detachAll(overlayIfindex: interface.index, underlayIfindex: interface.index)
+            } catch {
+                failures.append("detaching from \(interface.name): \(error)")
+            }
+        }
+        do {
+            try FlannelBPF.removePins(bpffs: bpffs)
+            logger.info("removed BPF programs (fxdp_*) and the pins under \(bpffs)/\(FlannelBPF.pinFolderName)")
+        } catch {
+            failures.append("removing pins: \(error)")
+        }
+        if keepKernelPath {
+            logger.info("kept flannel.<VNI> and its kernel routes (--keep-kernel-path): stock flanneld can take over")
+        } else if let overlay = components.overlay {
+            do {
+                let removed = try overlay.removeFlannelDevices()
+                logger.info("removed \(removed.isEmpty ? "no devices" : removed.joined(separator: ", "))")
+            } catch {
+                failures.append("removing flannel devices: \(error)")
+            }
+        } else {
+            failures.append(StartupError.overlayUnavailable(stage: "removing flannel.<VNI> and its routes").description
+                + "; remove it with `ip link del flannel.<VNI>` or rerun with --keep-kernel-path")
+        }
+        if !failures.isEmpty { throw CleanupError(failures: failures) }
+    }
+}
+
+public struct CleanupError: Error, CustomStringConvertible {
+    public var failures: [String]
+    public var description: String { "cleanup incomplete: " + failures.joined(separator: "; ") }
+}
+
+/// The health server, already listening since start-up, as a service that stops on shutdown.
+struct HealthServerRunning: Service {
+    let server: HealthServer
+    func run() async throws {
+        try? await gracefulShutdown()
+        await server.stop()
+    }
+}
+
+/// Keeps the userspace path's threads running; stops them on shutdown (they cannot outlive us).
+struct UserspaceDataplaneService: Service {
+    let dataplane: UserspaceDataplane
+    let logger: Logger
+    func run() async throws {
+        try? await gracefulShutdown()
+        dataplane.stop()
+        logger.info("userspace data path stopped (it cannot outlive the process)")
+    }
+}
+
+/// LoggingSystem.bootstrap may run only once per process.
+enum LoggingBootstrap {
+    private static let done = Atomic<Bool>(false)
+
+    static func once(level: Logger.Level) {
+        guard done.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+    }
+}

@@ -1,0 +1,113 @@
+// The long-running parts that talk to etcd, each a Service of the daemon's group. None of them
+// touches the data path directly: the watch only changes the reconciler's desired set, and the
+// reconciler alone writes tables. On graceful shutdown they simply stop; the lease is not released
+// (a restart re-takes the same subnet) and the tables are not cleared.
+
+import Leases
+import Logging
+import NetTypes
+import ServiceLifecycle
+
+/// The lease watch's event stream, read first by start-up (the snapshot) and then by the watch
+/// service, so the watch is opened once and no event falls between the two.
+/// @unchecked Sendable: one task at a time reads it — start-up has finished with it before the
+/// service group starts the watch service.
+public final class PeerEventCursor: @unchecked Sendable {
+    private var iterator: AsyncStream<PeerEvent>.Iterator
+
+    public init(_ stream: AsyncStream<PeerEvent>) {
+        iterator = stream.makeAsyncIterator()
+    }
+
+    /// The next event; nil when the watch ended or the task was cancelled.
+    public func next() async -> PeerEvent? {
+        await iterator.next()
+    }
+}
+
+/// Lease events → the reconciler's desired peers, one log line per peer change.
+public struct LeaseWatchService: Service {
+    public let events: PeerEventCursor
+    public let policy: DesiredPeerPolicy
+    public let reconciler: Reconciler
+    public let logger: Logger
+    /// The leases as of the start-up snapshot; the watch continues from there.
+    public let initial: [Lease]
+
+    public init(events: PeerEventCursor, initial: [Lease], policy: DesiredPeerPolicy,
+                reconciler: Reconciler, logger: Logger) {
+        self.events = events
+        self.initial = initial
+        self.policy = policy
+        self.reconciler = reconciler
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        let ended = await cancelWhenGracefulShutdown { [self] in
+            await follow()
+            return !Task.isCancelled
+        }
+        // The watch retries etcd errors by itself; its end without a shutdown is a bug to surface.
+        if ended { throw StartupError.watchEnded }
+    }
+
+    private func follow() async {
+        var leases: [IPv4Subnet: Lease] = [:]
+        for lease in initial { leases[lease.subnet] = lease }
+        while let event = await events.next() {
+            switch event {
+            case .snapshot(let all):
+                leases = [:]
+                for lease in all { leases[lease.subnet] = lease }
+                logger.info("lease snapshot: \(all.count) peer lease(s)")
+            case .added(let lease):
+                leases[lease.subnet] = lease
+                logger.info("peer added: \(lease)")
+            case .changed(let lease):
+                leases[lease.subnet] = lease
+                logger.info("peer changed: \(lease)")
+            case .removed(let lease):
+                leases[lease.subnet] = nil
+                logger.info("peer removed: \(lease.subnet)")
+            }
+            let (peers, skipped) = policy.peers(from: leases.values.map(RemoteLease.init))
+            for skip in skipped {
+                logger.debug("lease \(skip.lease.subnet) ignored: \(skip.reason)")
+            }
+            await reconciler.setDesired(peers)
+        }
+    }
+}
+
+/// Renews the lease before it expires. Ends the daemon (by throwing) when the lease was lost to
+/// someone else, as flanneld does: a restart acquires a fresh one.
+public struct LeaseRenewService: Service {
+    public let manager: SubnetManager
+    public let logger: Logger
+
+    public init(manager: SubnetManager, logger: Logger) {
+        self.manager = manager
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        do {
+            try await cancelWhenGracefulShutdown {
+                try await withThrowingDiscardingTaskGroup { group in
+                    group.addTask { try await manager.runRenewLoop() }
+                    group.addTask {
+                        for await lost in manager.ownLeaseLost {
+                            throw lost
+                        }
+                    }
+                }
+            }
+        } catch is CancellationError {
+            return
+        } catch let lost as LeaseLost {
+            logger.critical("\(lost); exiting so that a restart acquires a new lease")
+            throw lost
+        }
+    }
+}

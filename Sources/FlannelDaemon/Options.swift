@@ -1,0 +1,212 @@
+// flanneld's flags, spelled as flanneld spells them, grouped by concern. The Go spellings
+// (`-iface=eth0`, `-iface eth0`, `--ip-masq=true`) and the `FLANNELD_<NAME>` environment variables
+// are turned into argument-parser's form by `GoFlagNormalizer` before parsing, so the types here
+// only describe the flags and check their values (`validate()`), they never see Go syntax.
+
+import ArgumentParser
+import Logging
+import NetTypes
+
+extension IPv4Address: ExpressibleByArgument {
+    public init?(argument: String) { self.init(argument) }
+    public var defaultValueDescription: String { description }
+}
+
+extension IPv4Subnet: ExpressibleByArgument {
+    public init?(argument: String) { self.init(cidr: argument) }
+    public var defaultValueDescription: String { description }
+}
+
+/// Which data path carries the VXLAN traffic.
+public enum DataplaneChoice: String, CaseIterable, Sendable, ExpressibleByArgument {
+    /// BPF (XDP decap where the NIC allows it, else TC) and the userspace path if BPF cannot load.
+    case auto
+    /// BPF with XDP decap; failing to load or attach is a hard error.
+    case xdp
+    /// BPF with TC decap; failing to load or attach is a hard error.
+    case tc
+    /// TUN + UDP in this process; no BPF at all.
+    case userspace
+}
+
+/// Which etcd API generation holds the leases (flannel ≤ 0.17 used v2, ≥ 0.18 uses v3).
+public enum EtcdAPIChoice: String, CaseIterable, Sendable, ExpressibleByArgument {
+    case auto, v2, v3
+}
+
+public enum LogLevelChoice: String, CaseIterable, Sendable, ExpressibleByArgument {
+    case trace, debug, info, notice, warning, error, critical
+
+    public var level: Logger.Level { Logger.Level(rawValue: rawValue) ?? .info }
+}
+
+public struct EtcdOptions: ParsableArguments, Sendable {
+    @Option(name: .customLong("etcd-endpoints"), help: "Comma-separated list of etcd endpoints.")
+    public var endpoints: String = "http://127.0.0.1:4001,http://127.0.0.1:2379"
+
+    @Option(name: .customLong("etcd-prefix"), help: "etcd prefix holding the network config and the subnet leases.")
+    public var prefix: String = "/coreos.com/network"
+
+    @Option(name: .customLong("etcd-keyfile"), help: "SSL key file used to secure etcd communication.")
+    public var keyFile: String = ""
+
+    @Option(name: .customLong("etcd-certfile"), help: "SSL certification file used to secure etcd communication.")
+    public var certFile: String = ""
+
+    @Option(name: .customLong("etcd-cafile"), help: "SSL Certificate Authority file used to secure etcd communication.")
+    public var caFile: String = ""
+
+    @Option(name: .customLong("etcd-username"), help: "Username for BasicAuth to etcd.")
+    public var username: String = ""
+
+    @Option(name: .customLong("etcd-password"), help: "Password for BasicAuth to etcd.")
+    public var password: String = ""
+
+    @Option(name: .customLong("etcd-api"), help: "etcd API generation holding the leases: auto, v2 (flannel <= 0.17) or v3.")
+    public var api: EtcdAPIChoice = .auto
+
+    public init() {}
+
+    /// The endpoints as a list, blanks dropped.
+    public var endpointList: [String] {
+        endpoints.split(separator: ",").map { $0.trimmingSpaces() }.filter { !$0.isEmpty }
+    }
+
+    public func validate() throws {
+        let list = endpointList
+        guard !list.isEmpty else {
+            throw ValidationError("--etcd-endpoints is empty: give at least one URL, e.g. --etcd-endpoints=http://127.0.0.1:2379")
+        }
+        for endpoint in list {
+            guard endpoint.hasPrefix("http://") || endpoint.hasPrefix("https://"),
+                  endpoint.split(separator: "/", omittingEmptySubsequences: true).count >= 2 else {
+                throw ValidationError("--etcd-endpoints: \"\(endpoint)\" is not an http:// or https:// URL (e.g. http://127.0.0.1:2379)")
+            }
+        }
+        guard prefix.hasPrefix("/") else {
+            throw ValidationError("--etcd-prefix=\(prefix) must start with '/', e.g. /coreos.com/network")
+        }
+        if certFile.isEmpty != keyFile.isEmpty {
+            throw ValidationError("--etcd-certfile and --etcd-keyfile go together: give both or neither")
+        }
+        if !username.isEmpty && password.isEmpty || username.isEmpty && !password.isEmpty {
+            throw ValidationError("--etcd-username and --etcd-password go together: give both or neither")
+        }
+    }
+}
+
+public struct InterfaceOptions: ParsableArguments, Sendable {
+    @Option(name: .customLong("iface"),
+            help: "Interface to use (IP or name) for inter-host communication. Can be given several times to check each in order; the first found is used.")
+    public var iface: [String] = []
+
+    @Option(name: .customLong("iface-regex"),
+            help: "Regex matching the first interface (IP or name) to use for inter-host communication. Can be given several times; skipped if --iface is given.")
+    public var ifaceRegex: [String] = []
+
+    @Option(name: .customLong("public-ip"), help: "IP accessible by other nodes for inter-host communication.")
+    public var publicIP: IPv4Address?
+
+    public init() {}
+
+    public func validate() throws {
+        for pattern in ifaceRegex {
+            do { _ = try Regex(pattern) } catch {
+                throw ValidationError("--iface-regex=\(pattern) is not a valid regular expression: \(error)")
+            }
+        }
+        for name in iface where name.isEmpty {
+            throw ValidationError("--iface is empty: give an interface name (eth0) or one of its IPv4 addresses")
+        }
+    }
+}
+
+public struct SubnetOptions: ParsableArguments, Sendable {
+    @Option(name: .customLong("subnet-file"), help: "Filename where env variables (subnet, MTU, ...) will be written to.")
+    public var subnetFile: String = "/run/flannel/subnet.env"
+
+    @Option(name: .customLong("subnet-lease-renew-margin"),
+            help: "Subnet lease renewal margin, in minutes, ranging from 1 to 1439.")
+    public var subnetLeaseRenewMargin: Int = 60
+
+    @Flag(name: .customLong("ip-masq"), help: "Setup IP masquerade rule for traffic destined outside of overlay network.")
+    public var ipMasq: Bool = false
+
+    public init() {}
+
+    public func validate() throws {
+        // The lease TTL is 24 h: a margin outside 1..<1440 minutes would renew constantly or never.
+        guard (1..<24 * 60).contains(subnetLeaseRenewMargin) else {
+            throw ValidationError("--subnet-lease-renew-margin=\(subnetLeaseRenewMargin) is out of range: give minutes from 1 to 1439 (default 60)")
+        }
+        guard !subnetFile.isEmpty else {
+            throw ValidationError("--subnet-file is empty: give a path, default /run/flannel/subnet.env")
+        }
+    }
+}
+
+public struct ServingOptions: ParsableArguments, Sendable {
+    @Option(name: .customLong("healthz-ip"), help: "The IP address for healthz server to listen.")
+    public var healthzIP: IPv4Address = IPv4Address(0, 0, 0, 0)
+
+    @Option(name: .customLong("healthz-port"), help: "The port for healthz server to listen (0 to disable).")
+    public var healthzPort: Int = 0
+
+    @Option(name: .customLong("metrics-port"), help: "Port for Prometheus metrics on --healthz-ip (0 to disable).")
+    public var metricsPort: Int = 0
+
+    public init() {}
+
+    public func validate() throws {
+        for (flag, port) in [("--healthz-port", healthzPort), ("--metrics-port", metricsPort)] {
+            guard (0...65535).contains(port) else {
+                throw ValidationError("\(flag)=\(port) is not a TCP port: give 1 to 65535, or 0 to disable")
+            }
+        }
+    }
+}
+
+public struct DataplaneOptions: ParsableArguments, Sendable {
+    @Option(name: .customLong("dataplane"),
+            help: "Data path: auto (BPF, falling back to userspace if BPF cannot load), xdp, tc or userspace.")
+    public var dataplane: DataplaneChoice = .auto
+
+    @Option(name: .customLong("bpffs"), help: "bpffs mount under which the BPF maps and programs are pinned.")
+    public var bpffs: String = "/sys/fs/bpf"
+
+    public init() {}
+
+    public func validate() throws {
+        guard bpffs.hasPrefix("/") else {
+            throw ValidationError("--bpffs=\(bpffs) must be an absolute path, e.g. /sys/fs/bpf")
+        }
+    }
+}
+
+public struct LoggingOptions: ParsableArguments, Sendable {
+    @Option(name: .customLong("log-level"), help: "Log level: trace, debug, info, notice, warning, error or critical.")
+    public var logLevel: LogLevelChoice = .info
+
+    public init() {}
+}
+
+/// Every flag of the daemon itself (the `run` form of the command).
+public struct FlannelOptions: ParsableArguments, Sendable {
+    @OptionGroup(title: "Interface") public var interface: InterfaceOptions
+    @OptionGroup(title: "etcd") public var etcd: EtcdOptions
+    @OptionGroup(title: "Subnet lease") public var subnet: SubnetOptions
+    @OptionGroup(title: "Data path") public var dataplane: DataplaneOptions
+    @OptionGroup(title: "Health and metrics") public var serving: ServingOptions
+    @OptionGroup(title: "Logging") public var logging: LoggingOptions
+
+    public init() {}
+}
+
+extension Substring {
+    func trimmingSpaces() -> String {
+        var s = self
+        while let f = s.first, f == " " || f == "\t" { s.removeFirst() }
+        while let l = s.last, l == " " || l == "\t" { s.removeLast() }
+        return String(s)
+    }
+}

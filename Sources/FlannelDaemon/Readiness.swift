@@ -1,0 +1,46 @@
+// What /readyz reports. The node is ready only when traffic can flow as the leases say: the data
+// path is attached, a reconcile pass has filled every table, and subnet.env is written (the CNI
+// plugin reads it). A failing reconcile pass makes the node unready until a pass succeeds again.
+
+import Synchronization
+
+public final class Readiness: Sendable {
+    public enum Condition: String, CaseIterable, Sendable {
+        case dataplaneAttached = "data path attached"
+        case tablesFilled = "peer tables filled"
+        case subnetFileWritten = "subnet.env written"
+        case reconcileHealthy = "last reconcile pass succeeded"
+    }
+
+    private struct Entry {
+        var ok: Bool
+        var detail: String
+    }
+
+    private let entries: Mutex<[Condition: Entry]>
+
+    public init() {
+        var initial: [Condition: Entry] = [:]
+        for condition in Condition.allCases {
+            initial[condition] = Entry(ok: condition == .reconcileHealthy, detail: "not yet")
+        }
+        entries = Mutex(initial)
+    }
+
+    public func set(_ condition: Condition, ok: Bool, detail: String = "") {
+        entries.withLock { $0[condition] = Entry(ok: ok, detail: detail) }
+    }
+
+    /// nil when ready; otherwise one line naming every unmet condition and why.
+    public var notReadyReason: String? {
+        entries.withLock { entries in
+            let unmet = Condition.allCases.compactMap { condition -> String? in
+                guard let entry = entries[condition], !entry.ok else { return nil }
+                return entry.detail.isEmpty ? "\(condition.rawValue): no" : "\(condition.rawValue): \(entry.detail)"
+            }
+            return unmet.isEmpty ? nil : unmet.joined(separator: "; ")
+        }
+    }
+
+    public var isReady: Bool { notReadyReason == nil }
+}

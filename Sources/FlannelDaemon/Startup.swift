@@ -1,0 +1,187 @@
+// Design note: the start-up stages, each a function that either returns what the next stage needs
+// or throws an error that says what to do. Stages that depend on something outside this node
+// (etcd reachable, a valid network config, a free subnet) wait and retry with capped backoff and a
+// rate-limited log line, as flanneld does; stages that depend on this node's own state (no such
+// interface, BPF refused when --dataplane=xdp|tc was asked for) fail at once.
+//
+//   interface → etcd registry → network config → data path preparation (BPF load, flannel.<VNI>
+//   and its VtepMAC) → lease (previous subnet.env considered) → data path attached → peer tables
+//   filled from the lease snapshot → subnet.env → READY=1 → services
+
+import BPFDataplane
+import Glibc
+import Leases
+import Logging
+import NetTypes
+import UserspaceDataplane
+
+public enum StartupError: Error, CustomStringConvertible {
+    case unsupportedBackend(String)
+    case overlayUnavailable(stage: String)
+    case dataplaneRequired(choice: DataplaneChoice, reason: String)
+    case watchEnded
+    case interfaceMAC(name: String, errno: Int32)
+
+    public var description: String {
+        switch self {
+        case .unsupportedBackend(let type):
+            "network config: Backend.Type \"\(type)\" is not supported by flanneld-xdp: use vxlan, host-gw or udp"
+        case .overlayUnavailable(let stage):
+            "\(stage) needs the Netlink/Overlay module, which is not wired into this build yet"
+        case let .dataplaneRequired(choice, reason):
+            "--dataplane=\(choice) was asked for but the BPF data path cannot run here: \(reason). "
+                + "Use --dataplane=auto to fall back to the userspace path, or fix the cause"
+        case .watchEnded:
+            "the lease watch ended unexpectedly; exiting so that a restart opens a new one"
+        case let .interfaceMAC(name, errno):
+            "reading the MAC of \(name) (SIOCGIFHWADDR) failed: \(String(cString: strerror(errno))) (errno \(errno))"
+        }
+    }
+}
+
+/// Retries `body` until it succeeds, with backoff from `initial` doubling to `maximum`; logs the
+/// first failure and then at most one line per `logWindow` per kind of error. Ends early only on
+/// cancellation or when `isFatal` says so.
+func retrying<T: Sendable>(
+    _ what: String, logger: Logger, initial: Duration = .seconds(1), maximum: Duration = .seconds(10),
+    logWindow: Duration = .seconds(60), isFatal: (any Error) -> Bool = { _ in false },
+    _ body: () async throws -> T
+) async throws -> T {
+    let log = RateLimitedLog(window: logWindow)
+    var delay = initial
+    var attempt = 0
+    while true {
+        attempt += 1
+        do {
+            let value = try await body()
+            if attempt > 1 { logger.info("\(what): succeeded after \(attempt) attempts") }
+            return value
+        } catch {
+            if error is CancellationError || isFatal(error) { throw error }
+            log.log(logger, level: .error, key: String(describing: type(of: error)),
+                    "\(what) failed: \(error); retrying (every \(delay) at most)")
+            try await Task.sleep(for: delay)
+            delay = min(delay * 2, maximum)
+        }
+    }
+}
+
+public enum Startup {
+    /// EtcdClientOptions from the flags.
+    public static func etcdClientOptions(_ etcd: EtcdOptions) -> EtcdClientOptions {
+        var options = EtcdClientOptions(endpoints: etcd.endpointList, prefix: etcd.prefix,
+                                        apiVersion: EtcdAPIVersion(rawValue: etcd.api.rawValue) ?? .auto)
+        options.caFile = etcd.caFile.isEmpty ? nil : etcd.caFile
+        options.certFile = etcd.certFile.isEmpty ? nil : etcd.certFile
+        options.keyFile = etcd.keyFile.isEmpty ? nil : etcd.keyFile
+        options.username = etcd.username.isEmpty ? nil : etcd.username
+        options.password = etcd.password.isEmpty ? nil : etcd.password
+        return options
+    }
+
+    /// The registry for --etcd-api; `auto` finds the config in v3 or v2 and waits until it exists.
+    public static func connectRegistry(_ etcd: EtcdOptions, logger: Logger,
+                                       retryInitial: Duration = .seconds(1)) async throws -> any SubnetRegistry {
+        let options = etcdClientOptions(etcd)
+        if options.apiVersion != .auto {
+            return try EtcdRegistryFactory.make(api: options.apiVersion, options: options)
+        }
+        return try await retrying("finding the network config in etcd (\(etcd.endpoints), prefix \(etcd.prefix))",
+                                  logger: logger, initial: retryInitial) {
+            try await EtcdRegistryFactory.make(options: options, logger: logger)
+        }
+    }
+
+    /// flanneld's backend types as the reconciler sees them.
+    public static func backendKind(_ backend: BackendConfig) throws(StartupError) -> BackendKind {
+        switch backend.type {
+        case "vxlan": .vxlan(directRouting: backend.directRouting)
+        case "host-gw": .hostGW
+        case "udp": .udp
+        default: throw .unsupportedBackend(backend.type)
+        }
+    }
+
+    /// Reads `<prefix>/config` until it exists and is valid; a bad one is logged with the field and
+    /// reason and re-read (an operator fixes it without restarting every node).
+    public static func readConfig(_ manager: SubnetManager, logger: Logger,
+                                  retryInitial: Duration = .seconds(1)) async throws -> (NetworkConfig, BackendKind) {
+        try await retrying("reading the network config", logger: logger, initial: retryInitial) {
+            let config = try await manager.getConfig()
+            return (config, try backendKind(config.backend))
+        }
+    }
+
+    /// The overlay MTU: the config's MTU if set, else the underlay MTU minus the encapsulation.
+    public static func overlayMTU(underlayMTU: Int, config: NetworkConfig, backend: BackendKind) -> Int {
+        if config.backend.mtu > 0 { return config.backend.mtu }
+        switch backend {
+        case .vxlan: return underlayMTU - 50
+        case .udp: return underlayMTU - 28
+        case .hostGW: return underlayMTU
+        }
+    }
+
+    /// The subnet of the previous subnet.env, when it belongs to this network (flannel's step 2).
+    public static func previousSubnet(subnetFile: String, network: IPv4Subnet, logger: Logger) -> IPv4Subnet? {
+        do {
+            guard let previous = try SubnetEnv.read(from: subnetFile) else { return nil }
+            guard network.contains(previous.subnet) else {
+                logger.info("previous \(subnetFile) names \(previous.subnet), outside \(network): not reusing it")
+                return nil
+            }
+            return previous.subnet
+        } catch {
+            logger.warning("ignoring unreadable previous \(subnetFile): \(error)")
+            return nil
+        }
+    }
+
+    /// Acquires (or re-takes) the lease, retrying etcd errors and lost races.
+    public static func acquireLease(_ manager: SubnetManager, config: NetworkConfig, attributes: LeaseAttributes,
+                                    previousSubnet: IPv4Subnet?, logger: Logger,
+                                    retryInitial: Duration = .seconds(1)) async throws -> Lease {
+        try await retrying("acquiring a subnet lease", logger: logger, initial: retryInitial) {
+            try await manager.acquireLease(config: config, attributes: attributes, previousSubnet: previousSubnet)
+        }
+    }
+
+    /// A VtepMAC for the userspace path that stays the same across restarts without any state: the
+    /// locally administered prefix 0e:fd plus the PublicIP (unique in the cluster by construction).
+    public static func stableUserspaceVTEPMAC(publicIP: IPv4Address) -> MACAddress {
+        MACAddress(bytes: [0x0e, 0xfd] + publicIP.bytes)
+    }
+
+    /// The MAC of an interface of the calling thread's network namespace (SIOCGIFHWADDR).
+    public static func interfaceMAC(name: String) throws(StartupError) -> MACAddress {
+        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw .interfaceMAC(name: name, errno: errno) }
+        defer { close(fd) }
+        var request = ifreq()
+        withUnsafeMutableBytes(of: &request.ifr_ifrn.ifrn_name) { raw in
+            let bytes = Array(name.utf8.prefix(Int(IFNAMSIZ) - 1))
+            raw.copyBytes(from: bytes)
+        }
+        let rc = withUnsafeMutablePointer(to: &request) { ioctl(fd, UInt(SIOCGIFHWADDR), UnsafeMutableRawPointer($0)) }
+        guard rc == 0 else { throw .interfaceMAC(name: name, errno: errno) }
+        let data = request.ifr_ifru.ifru_hwaddr.sa_data
+        return MACAddress(bytes: [data.0, data.1, data.2, data.3, data.4, data.5].map { UInt8(bitPattern: $0) })
+    }
+
+    /// Waits for the watch's first event, the snapshot of every peer lease.
+    public static func firstSnapshot(_ events: PeerEventCursor) async throws -> [Lease] {
+        while let event = await events.next() {
+            if case .snapshot(let leases) = event { return leases }
+        }
+        try Task.checkCancellation()
+        throw StartupError.watchEnded
+    }
+}
+
+extension RemoteLease {
+    /// The reconciler's view of a Leases lease.
+    public init(_ lease: Lease) {
+        self.init(subnet: lease.subnet, publicIP: lease.attributes.publicIP,
+                  backendType: lease.attributes.backendType, vtepMAC: lease.attributes.vtepMAC)
+    }
+}

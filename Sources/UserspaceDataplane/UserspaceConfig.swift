@@ -1,0 +1,132 @@
+// Configuration and errors of the userspace data path. The daemon fills a `UserspaceConfig` from the
+// network config (vxlan or udp backend) and the chosen interface; addresses, routes and link state of
+// the TUN stay with the daemon (netlink), this module only owns the TUN queues and UDP sockets.
+import Glibc
+import NetTypes
+
+public struct UserspaceConfig: Sendable, Hashable {
+    /// What goes on the wire.
+    public enum Encapsulation: Sendable, Hashable {
+        /// flannel's vxlan backend framing: UDP to peer:port, 8-byte VXLAN header (I flag + VNI), inner
+        /// Ethernet (dst = peer VtepMAC, src = `localVTEPMAC`, type IPv4), then the packet. Overhead 50.
+        case vxlan(vni: UInt32, port: UInt16, localVTEPMAC: MACAddress)
+        /// flannel's legacy udp backend: the raw IPv4 packet is the UDP payload. Overhead 28.
+        case udp(port: UInt16)
+
+        public var port: UInt16 {
+            switch self {
+            case .vxlan(_, let port, _): port
+            case .udp(let port): port
+            }
+        }
+
+        /// Bytes the outer headers add on the underlay (outer IPv4 + UDP [+ VXLAN + inner Ethernet]).
+        public var overhead: Int {
+            switch self {
+            case .vxlan: 50
+            case .udp: 28
+            }
+        }
+    }
+
+    public var encapsulation: Encapsulation
+    /// Our PublicIP: the UDP sockets bind to it (outer source; datagrams to it are ours).
+    public var localIP: IPv4Address
+    /// The TUN interface name (flannel's udp backend uses `flannel0`). At most 15 bytes.
+    public var tunName: String
+    /// The TUN MTU: the underlay MTU minus `encapsulation.overhead`. Set on the TUN at init.
+    public var mtu: Int
+    /// TUN queues; one TUN→UDP and one UDP→TUN worker thread per queue. >1 uses IFF_MULTI_QUEUE.
+    public var queues: Int
+    /// Source address of ICMP errors written back into the TUN (net unreachable, frag needed): the
+    /// address the daemon gives the TUN, `<own subnet>.0`, as flannel's udp backend does.
+    public var icmpSourceIP: IPv4Address
+    /// Datagrams per recvmmsg/sendmmsg call (1...64).
+    public var batchSize: Int
+    /// ICMP errors per second each worker may write back (token bucket, burst = the same number).
+    public var icmpRateLimit: Int
+    /// IFF_VNET_HDR + TUNSETOFFLOAD(TSO4|CSUM) on the TUN: the kernel hands over TCP segments up to
+    /// 64 KB that are split here into MTU-size packets (sent with UDP GSO), and UDP GRO on receive.
+    public var offloads: Bool
+    /// SO_RCVBUF/SO_SNDBUF of the UDP sockets (0 = the kernel default).
+    public var socketBufferBytes: Int
+
+    public init(
+        encapsulation: Encapsulation, localIP: IPv4Address, tunName: String, mtu: Int,
+        queues: Int = 1, icmpSourceIP: IPv4Address, batchSize: Int = 32, icmpRateLimit: Int = 100,
+        offloads: Bool = false, socketBufferBytes: Int = 4 << 20
+    ) {
+        self.encapsulation = encapsulation
+        self.localIP = localIP
+        self.tunName = tunName
+        self.mtu = mtu
+        self.queues = queues
+        self.icmpSourceIP = icmpSourceIP
+        self.batchSize = batchSize
+        self.icmpRateLimit = icmpRateLimit
+        self.offloads = offloads
+        self.socketBufferBytes = socketBufferBytes
+    }
+
+    /// The problems with this configuration, empty when it is usable.
+    public func validationProblems() -> [String] {
+        var problems: [String] = []
+        if tunName.isEmpty || tunName.utf8.count > 15 || tunName.contains("/") || tunName.contains(" ") {
+            problems.append("tunName \"\(tunName)\" must be 1...15 bytes without '/' or spaces")
+        }
+        if !(68...65_000).contains(mtu) { problems.append("mtu \(mtu) must be within 68...65000") }
+        if !(1...64).contains(queues) { problems.append("queues \(queues) must be within 1...64") }
+        if !(1...64).contains(batchSize) { problems.append("batchSize \(batchSize) must be within 1...64") }
+        if icmpRateLimit < 0 { problems.append("icmpRateLimit \(icmpRateLimit) must be >= 0") }
+        if encapsulation.port == 0 { problems.append("UDP port must not be 0") }
+        if case .vxlan(let vni, _, let mac) = encapsulation {
+            if vni >= 1 << 24 { problems.append("VNI \(vni) must fit in 24 bits") }
+            if mac.isMulticast || mac.isZero { problems.append("local VTEP MAC \(mac) must be unicast and non-zero") }
+        }
+        return problems
+    }
+}
+
+/// Why the userspace data path could not be set up or changed. Each case names the operation, the
+/// input and errno where there is one.
+public enum UserspaceError: Error, Sendable, Equatable, CustomStringConvertible {
+    case invalidConfig([String])
+    case openTUN(name: String, queue: Int, errno: Int32)
+    case setMTU(name: String, mtu: Int, errno: Int32)
+    case setOffload(name: String, errno: Int32)
+    case udpSocket(address: IPv4Address, port: UInt16, errno: Int32)
+    case pipe(errno: Int32)
+    case threadStart(name: String, errno: Int32)
+    case peerWithoutVTEPMAC(Peer)
+    case alreadyStopped
+
+    public var description: String {
+        switch self {
+        case .invalidConfig(let problems):
+            "userspace data path: invalid configuration: " + problems.joined(separator: "; ")
+        case .openTUN(let name, let queue, let e):
+            "opening TUN \(name) queue \(queue) failed: \(errnoText(e)); check that /dev/net/tun exists "
+                + "(modprobe tun), that we have CAP_NET_ADMIN, and that \(name) is not an existing non-TUN device "
+                + "or a TUN opened with other flags"
+        case .setMTU(let name, let mtu, let e):
+            "setting MTU \(mtu) on \(name) failed: \(errnoText(e))"
+        case .setOffload(let name, let e):
+            "TUNSETOFFLOAD on \(name) failed: \(errnoText(e)); run without offloads"
+        case .udpSocket(let address, let port, let e):
+            "binding UDP \(address):\(port) failed: \(errnoText(e)); is another flanneld or a kernel vxlan "
+                + "device using the port, and is \(address) an address of this network namespace?"
+        case .pipe(let e):
+            "creating the stop pipe failed: \(errnoText(e))"
+        case .threadStart(let name, let e):
+            "starting worker thread \(name) failed: \(errnoText(e))"
+        case .peerWithoutVTEPMAC(let peer):
+            "peer \(peer) has no VtepMAC: the vxlan framing needs one (a lease of another backend type?)"
+        case .alreadyStopped:
+            "the userspace data path was stopped; create a new one"
+        }
+    }
+}
+
+func errnoText(_ e: Int32) -> String {
+    "\(String(cString: strerror(e))) (errno \(e))"
+}

@@ -1,0 +1,246 @@
+import FlannelDaemon
+import Logging
+import NetTypes
+import ServiceLifecycle
+import Synchronization
+import Testing
+
+/// A peer table in memory, for the reconciler's diff logic only (the real tables are tested in
+/// their own modules against the kernel). It records every write and can be told to fail.
+final class MemoryPeerTable: PeerTable, Sendable {
+    let tableName: String
+    private struct State {
+        var entries: [IPv4Subnet: Peer] = [:]
+        var writes: [String] = []
+        var failUpsertsFor: Set<IPv4Subnet> = []
+        var failReads = false
+    }
+    private let state = Mutex(State())
+
+    struct Refused: Error, CustomStringConvertible { var description: String }
+
+    init(_ name: String) { tableName = name }
+
+    func currentPeers() throws -> Set<Peer> {
+        try state.withLock { s in
+            if s.failReads { throw Refused(description: "read refused") }
+            return Set(s.entries.values)
+        }
+    }
+
+    func upsert(_ peer: Peer) throws {
+        try state.withLock { s in
+            if s.failUpsertsFor.contains(peer.subnet) { throw Refused(description: "map full") }
+            s.entries[peer.subnet] = peer
+            s.writes.append("upsert \(peer.subnet)")
+        }
+    }
+
+    func remove(_ peer: Peer) throws {
+        state.withLock { s in
+            s.entries[peer.subnet] = nil
+            s.writes.append("remove \(peer.subnet)")
+        }
+    }
+
+    /// Changes behind the reconciler's back (drift).
+    func tamper(_ body: (inout [IPv4Subnet: Peer]) -> Void) { state.withLock { body(&$0.entries) } }
+    func failUpserts(for subnets: Set<IPv4Subnet>) { state.withLock { $0.failUpsertsFor = subnets } }
+    func failReads(_ on: Bool) { state.withLock { $0.failReads = on } }
+    var writes: [String] { state.withLock { $0.writes } }
+    func clearWrites() { state.withLock { $0.writes = [] } }
+    var peers: Set<Peer> { state.withLock { Set($0.entries.values) } }
+}
+
+private func subnet(_ text: String) -> IPv4Subnet { IPv4Subnet(cidr: text)! }
+private func ip(_ text: String) -> IPv4Address { IPv4Address(text)! }
+private func mac(_ text: String) -> MACAddress { MACAddress(text)! }
+
+@Suite("Desired peers from leases, as flannel filters them")
+struct DesiredPeerPolicyTests {
+    let own = IPv4Subnet(cidr: "10.5.1.0/24")!
+    let leases = [
+        RemoteLease(subnet: IPv4Subnet(cidr: "10.5.1.0/24")!, publicIP: IPv4Address("192.168.1.10")!, backendType: "vxlan", vtepMAC: MACAddress("aa:aa:aa:aa:aa:01")),
+        RemoteLease(subnet: IPv4Subnet(cidr: "10.5.2.0/24")!, publicIP: IPv4Address("192.168.1.11")!, backendType: "vxlan", vtepMAC: MACAddress("aa:aa:aa:aa:aa:02")),
+        RemoteLease(subnet: IPv4Subnet(cidr: "10.5.3.0/24")!, publicIP: IPv4Address("172.16.0.12")!, backendType: "vxlan", vtepMAC: MACAddress("aa:aa:aa:aa:aa:03")),
+        RemoteLease(subnet: IPv4Subnet(cidr: "10.5.4.0/24")!, publicIP: IPv4Address("192.168.1.13")!, backendType: "host-gw", vtepMAC: nil),
+        RemoteLease(subnet: IPv4Subnet(cidr: "10.5.5.0/24")!, publicIP: IPv4Address("192.168.1.14")!, backendType: nil, vtepMAC: nil),
+        RemoteLease(subnet: IPv4Subnet(cidr: "10.5.6.0/24")!, publicIP: IPv4Address("192.168.1.15")!, backendType: "vxlan", vtepMAC: nil),
+    ]
+
+    @Test("vxlan: own lease dropped, other backends ignored, VtepMAC carried, a lease without one skipped")
+    func vxlan() {
+        let policy = DesiredPeerPolicy(ownSubnet: own, backend: .vxlan(directRouting: false), underlaySubnet: subnet("192.168.1.0/24"))
+        let (peers, skipped) = policy.peers(from: leases)
+        #expect(peers == [
+            Peer(subnet: subnet("10.5.2.0/24"), publicIP: ip("192.168.1.11"), vtepMAC: mac("aa:aa:aa:aa:aa:02")),
+            Peer(subnet: subnet("10.5.3.0/24"), publicIP: ip("172.16.0.12"), vtepMAC: mac("aa:aa:aa:aa:aa:03")),
+        ])
+        #expect(Set(skipped.map(\.lease.subnet)) == [subnet("10.5.4.0/24"), subnet("10.5.5.0/24"), subnet("10.5.6.0/24")])
+        #expect(skipped.first { $0.lease.subnet == subnet("10.5.6.0/24") }?.reason.contains("VtepMAC") == true)
+    }
+
+    @Test("DirectRouting: only peers on our underlay L2 subnet are direct")
+    func directRouting() {
+        let policy = DesiredPeerPolicy(ownSubnet: own, backend: .vxlan(directRouting: true), underlaySubnet: subnet("192.168.1.0/24"))
+        let peers = policy.peers(from: leases).peers
+        #expect(peers.first { $0.subnet == subnet("10.5.2.0/24") }?.direct == true)
+        #expect(peers.first { $0.subnet == subnet("10.5.3.0/24") }?.direct == false)
+    }
+
+    @Test("host-gw: only host-gw leases, no MAC")
+    func hostGW() {
+        let policy = DesiredPeerPolicy(ownSubnet: own, backend: .hostGW, underlaySubnet: nil)
+        #expect(policy.peers(from: leases).peers == [Peer(subnet: subnet("10.5.4.0/24"), publicIP: ip("192.168.1.13"), vtepMAC: nil)])
+    }
+}
+
+@Suite("Reconciler: desired vs what each table holds")
+struct ReconcilerTests {
+    let a = Peer(subnet: IPv4Subnet(cidr: "10.5.2.0/24")!, publicIP: IPv4Address("192.168.1.11")!, vtepMAC: MACAddress("aa:aa:aa:aa:aa:02"))
+    let b = Peer(subnet: IPv4Subnet(cidr: "10.5.3.0/24")!, publicIP: IPv4Address("192.168.1.12")!, vtepMAC: MACAddress("aa:aa:aa:aa:aa:03"))
+    let c = Peer(subnet: IPv4Subnet(cidr: "10.5.4.0/24")!, publicIP: IPv4Address("192.168.1.13")!, vtepMAC: MACAddress("aa:aa:aa:aa:aa:04"))
+
+    @Test("fills every table in order, then touches nothing while nothing changes")
+    func fillAndIdle() async {
+        let maps = MemoryPeerTable("bpf-maps")
+        let routes = MemoryPeerTable("kernel-routes")
+        let reconciler = Reconciler(tables: [PeerTableBinding(maps), PeerTableBinding(routes)], logger: Logger(label: "test"))
+        await reconciler.setDesired([a, b])
+        let first = await reconciler.reconcile()
+        #expect(first.succeeded)
+        #expect(first.outcomes.map(\.table) == ["bpf-maps", "kernel-routes"])
+        #expect(maps.peers == [a, b] && routes.peers == [a, b])
+        maps.clearWrites()
+        routes.clearWrites()
+        let second = await reconciler.reconcile()
+        #expect(second.succeeded && !second.changed)
+        #expect(maps.writes.isEmpty && routes.writes.isEmpty)
+    }
+
+    @Test("applies only the difference: stale removed before new/changed upserted")
+    func difference() async {
+        let maps = MemoryPeerTable("bpf-maps")
+        let reconciler = Reconciler(tables: [PeerTableBinding(maps)], logger: Logger(label: "test"))
+        await reconciler.setDesired([a, b])
+        await reconciler.reconcile()
+        maps.clearWrites()
+        var movedB = b
+        movedB.publicIP = IPv4Address("192.168.1.99")!
+        movedB.vtepMAC = MACAddress("aa:aa:aa:aa:aa:99")
+        await reconciler.setDesired([movedB, c])
+        let report = await reconciler.reconcile()
+        #expect(report.succeeded)
+        #expect(maps.writes == ["remove 10.5.2.0/24", "upsert 10.5.3.0/24", "upsert 10.5.4.0/24"])
+        #expect(maps.peers == [movedB, c])
+        #expect(report.outcomes[0].removed == [a])
+    }
+
+    @Test("a periodic pass repairs drift: deleted, altered and foreign-stale entries")
+    func driftRepair() async {
+        let maps = MemoryPeerTable("bpf-maps")
+        let reconciler = Reconciler(tables: [PeerTableBinding(maps)], logger: Logger(label: "test"))
+        await reconciler.setDesired([a, b])
+        await reconciler.reconcile()
+        maps.tamper { entries in
+            entries[a.subnet] = nil // someone deleted a map entry
+            var wrong = b
+            wrong.vtepMAC = MACAddress("de:ad:be:ef:00:01")
+            entries[b.subnet] = wrong // or overwrote one
+            entries[c.subnet] = c // or left one that no lease wants
+        }
+        let report = await reconciler.reconcile()
+        #expect(report.succeeded && report.changed)
+        #expect(maps.peers == [a, b])
+    }
+
+    @Test("a table's selection filters what it is given")
+    func selection() async {
+        let maps = MemoryPeerTable("bpf-maps")
+        let routes = MemoryPeerTable("kernel-routes")
+        var direct = c
+        direct.direct = true
+        let reconciler = Reconciler(tables: [PeerTableBinding(maps, selects: { !$0.direct }), PeerTableBinding(routes)], logger: Logger(label: "test"))
+        await reconciler.setDesired([a, direct])
+        await reconciler.reconcile()
+        #expect(maps.peers == [a])
+        #expect(routes.peers == [a, direct])
+    }
+
+    @Test("a failing table fails the pass, the other tables are still applied, readiness follows")
+    func failures() async {
+        let maps = MemoryPeerTable("bpf-maps")
+        let routes = MemoryPeerTable("kernel-routes")
+        let readiness = Readiness()
+        let reconciler = Reconciler(tables: [PeerTableBinding(maps), PeerTableBinding(routes)], readiness: readiness, logger: Logger(label: "test"))
+        maps.failUpserts(for: [b.subnet])
+        await reconciler.setDesired([a, b])
+        let report = await reconciler.reconcile()
+        #expect(!report.succeeded)
+        #expect(report.outcomes[0].failures.count == 1)
+        #expect(report.outcomes[0].failures[0].contains("map full"))
+        #expect(report.outcomes[1].succeeded)
+        #expect(routes.peers == [a, b])
+        #expect(maps.peers == [a])
+        #expect(readiness.notReadyReason?.contains("last reconcile pass succeeded: bpf-maps") == true)
+
+        maps.failUpserts(for: [])
+        maps.failReads(true)
+        #expect(await reconciler.reconcile().outcomes[0].failures == ["reading the table: read refused"])
+        maps.failReads(false)
+        #expect(await reconciler.reconcile().succeeded)
+        #expect(maps.peers == [a, b])
+        readiness.set(.dataplaneAttached, ok: true)
+        readiness.set(.subnetFileWritten, ok: true)
+        #expect(readiness.isReady)
+    }
+
+    @Test("retry delay: 1 s doubling, capped at the full-pass interval")
+    func retryDelay() {
+        #expect(Reconciler.retryDelay(afterFailures: 1, interval: .seconds(60)) == .seconds(1))
+        #expect(Reconciler.retryDelay(afterFailures: 2, interval: .seconds(60)) == .seconds(2))
+        #expect(Reconciler.retryDelay(afterFailures: 4, interval: .seconds(60)) == .seconds(8))
+        #expect(Reconciler.retryDelay(afterFailures: 30, interval: .seconds(60)) == .seconds(60))
+    }
+
+    @Test("the running loop: kicked by lease changes, repairs drift on its timer, retries failures, leaves tables on shutdown")
+    func runningLoop() async throws {
+        let maps = MemoryPeerTable("bpf-maps")
+        let readiness = Readiness()
+        let reconciler = Reconciler(tables: [PeerTableBinding(maps)], readiness: readiness, logger: Logger(label: "test"))
+        let group = ServiceGroup(services: [ReconcileService(reconciler: reconciler, interval: .milliseconds(200))], logger: Logger(label: "test"))
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await group.run() }
+
+            await reconciler.setDesired([a, b])
+            try await waitUntil { maps.peers == [a, b] }
+
+            // Drift is repaired by the timer, without any kick.
+            maps.tamper { $0[a.subnet] = nil }
+            try await waitUntil { maps.peers == [a, b] }
+
+            // A failure is retried until it succeeds.
+            maps.failUpserts(for: [c.subnet])
+            await reconciler.setDesired([a, b, c])
+            try await waitUntil { readiness.notReadyReason?.contains("map full") == true }
+            maps.failUpserts(for: [])
+            try await waitUntil { maps.peers == [a, b, c] && readiness.notReadyReason?.contains("map full") != true }
+
+            await group.triggerGracefulShutdown()
+            try await tasks.waitForAll()
+        }
+        // Shutdown leaves the data path as it is.
+        #expect(maps.peers == [a, b, c])
+    }
+}
+
+/// Polls `condition` every 20 ms for up to `seconds`.
+func waitUntil(seconds: Double = 10, _ condition: () async -> Bool) async throws {
+    let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+    while ContinuousClock.now < deadline {
+        if await condition() { return }
+        try await Task.sleep(for: .milliseconds(20))
+    }
+    Issue.record("condition not met within \(seconds) s")
+    throw CancellationError()
+}

@@ -1,0 +1,92 @@
+import Glibc
+import Testing
+
+struct ToolFailure: Error, CustomStringConvertible {
+    var command: String
+    var status: Int32
+    var output: String
+    var description: String { "\(command) exited \(status): \(output)" }
+}
+
+/// Output and exit status of a program run with posix_spawn (stdout and stderr together).
+func runProgram(_ path: String, _ arguments: [String], environment: [String]? = nil) throws -> (output: String, status: Int32) {
+    var pipeFDs: [Int32] = [0, 0]
+    guard pipe(&pipeFDs) == 0 else { throw ToolFailure(command: path, status: -1, output: "pipe: errno \(errno)") }
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 1)
+    posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 2)
+    posix_spawn_file_actions_addclose(&actions, pipeFDs[0])
+    let argv = ([path] + arguments).map { strdup($0) } + [nil]
+    defer { argv.forEach { free($0) } }
+    let envStrings: [String] = environment ?? {
+        var list: [String] = []
+        var cursor = environ
+        while let entry = cursor.pointee { list.append(String(cString: entry)); cursor += 1 }
+        return list
+    }()
+    let envp = envStrings.map { strdup($0) } + [nil]
+    defer { envp.forEach { free($0) } }
+    var pid: pid_t = 0
+    let rc = posix_spawn(&pid, path, &actions, nil, argv, envp)
+    close(pipeFDs[1])
+    guard rc == 0 else {
+        close(pipeFDs[0])
+        throw ToolFailure(command: path, status: -1, output: "posix_spawn: \(rc)")
+    }
+    var data: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let n = buffer.withUnsafeMutableBytes { read(pipeFDs[0], $0.baseAddress, $0.count) }
+        if n < 0 && errno == EINTR { continue }
+        if n <= 0 { break }
+        data.append(contentsOf: buffer[0..<n])
+    }
+    close(pipeFDs[0])
+    var status: Int32 = 0
+    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+    let exitCode = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+    return (String(decoding: data, as: UTF8.self), exitCode)
+}
+
+/// Runs a tool that must succeed and returns its output.
+func runTool(_ path: String, _ arguments: [String]) throws -> String {
+    let (output, status) = try runProgram(path, arguments)
+    guard status == 0 else { throw ToolFailure(command: ([path] + arguments).joined(separator: " "), status: status, output: output) }
+    return output
+}
+
+func readText(_ path: String) -> String? {
+    guard let file = fopen(path, "r") else { return nil }
+    defer { fclose(file) }
+    var data: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let n = fread(&buffer, 1, buffer.count, file)
+        if n <= 0 { break }
+        data.append(contentsOf: buffer[0..<n])
+    }
+    return String(decoding: data, as: UTF8.self)
+}
+
+/// The built `flanneld-xdp` executable, beside the test bundle in the build folder.
+func builtBinaryPath() -> String? {
+    var buffer = [CChar](repeating: 0, count: 4096)
+    let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+    guard n > 0 else { return nil }
+    let exe = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    var folder = exe[...]
+    while let slash = folder.lastIndex(of: "/") {
+        folder = folder[..<slash]
+        let candidate = String(folder) + "/flanneld-xdp"
+        if access(candidate, X_OK) == 0 { return candidate }
+        if folder.hasSuffix(".build") { break }
+    }
+    return nil
+}
+
+/// A short tag unique to this test process: "fxd" + pid + a counter.
+func uniqueTag(_ hint: String = "") -> String {
+    "fxd\(hint)\(getpid())x\(UInt16.random(in: 0...UInt16.max))"
+}
