@@ -75,9 +75,11 @@ public final class NetnsLab: @unchecked Sendable {
     }
     private let state = Mutex(State())
     private static let counter = Atomic<Int>(0)
+    private static let staleSwept = Atomic<Bool>(false)
 
     /// `tag`: a short name of the test area (e.g. "nl"); keep it ≤ 6 characters.
     public init(tag: String) throws {
+        if NetnsLab.staleSwept.exchange(true, ordering: .relaxed) == false { NetnsLab.removeStaleNamespaces() }
         let n = NetnsLab.counter.add(1, ordering: .relaxed).newValue
         prefix = "fx\(tag)-\(getpid())-\(n)"
         wireNamespace = "\(prefix)-wire"
@@ -334,6 +336,28 @@ public final class NetnsLab: @unchecked Sendable {
         for p in processes { p.terminate(grace: 1) }
         for ns in namespaces.reversed() { _ = try? CommandRunner.run([LabTools.ip, "netns", "del", ns]) }
         for f in files { unlink(f) }
+    }
+
+    /// Deletes lab namespaces ("fx<tag>-<pid>-<n>-…") left behind by test processes that died
+    /// without cleaning up (a crash, a kill). Only names whose pid no longer exists are touched.
+    /// Runs once per process, from the first `init`; returns what it deleted.
+    @discardableResult
+    public static func removeStaleNamespaces() -> [String] {
+        guard let list = try? CommandRunner.run([LabTools.ip, "netns", "list"]), list.status == 0 else { return [] }
+        var removed: [String] = []
+        for line in list.stdout.split(separator: "\n") {
+            guard let name = line.split(separator: " ").first.map(String.init) else { continue }
+            let parts = name.split(separator: "-")
+            guard parts.count >= 4, parts[0].hasPrefix("fx"), parts[0].count > 2,
+                  parts[0].allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber) }),
+                  let pid = Int32(parts[1]), pid > 1, Int(parts[2]) != nil else { continue }
+            // kill(pid, 0): ESRCH means no such process. Anything else (alive, EPERM) keeps it.
+            if Glibc.kill(pid, 0) != 0 && errno == ESRCH {
+                _ = try? CommandRunner.run([LabTools.ip, "netns", "del", name])
+                removed.append(name)
+            }
+        }
+        return removed
     }
 
     // MARK: - GRO

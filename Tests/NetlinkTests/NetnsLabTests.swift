@@ -48,4 +48,21 @@ import Testing
         let left = try lab.sh(nil, ["netns", "list"])
         #expect(!left.contains(lab.prefix + "-"))
     }
+
+    @Test("namespaces of dead test processes are swept; live ones are not", .enabled(if: Privileges.isRoot, Privileges.skipReason))
+    func staleSweep() throws {
+        // A pid that surely does not exist now: a child that has exited and been reaped.
+        let lab = try NetnsLab(tag: "nlsw")
+        defer { lab.cleanup() }
+        let child = try lab.spawn(lab.wireNamespace, ["/bin/true"])
+        #expect(child.waitExit(timeout: 5) == 0)
+        let stale = "fxnlsw-\(child.pid)-1-n1"
+        try lab.sh(nil, ["netns", "add", stale])
+        defer { _ = try? lab.run(nil, ["netns", "del", stale]) }
+        let removed = NetnsLab.removeStaleNamespaces()
+        #expect(removed.contains(stale))
+        #expect(!removed.contains(lab.wireNamespace))
+        #expect(!(try lab.sh(nil, ["netns", "list"])).contains(stale))
+        #expect(try lab.sh(nil, ["netns", "list"]).contains(lab.wireNamespace))
+    }
 }
