@@ -364,12 +364,23 @@ public final class NetnsLab: @unchecked Sendable {
 
     /// ETHTOOL_SGRO through SIOCETHTOOL on a thread inside `namespace` (no ethtool CLI needed).
     public func setGRO(namespace: String, ifname: String, on: Bool) throws {
+        _ = try ethtoolValue(namespace: namespace, ifname: ifname, command: 0x2c /* ETHTOOL_SGRO */, data: on ? 1 : 0)
+    }
+
+    /// Whether GRO is on for `ifname` in `namespace` (ETHTOOL_GGRO).
+    public func groEnabled(namespace: String, ifname: String) throws -> Bool {
+        try ethtoolValue(namespace: namespace, ifname: ifname, command: 0x2b /* ETHTOOL_GGRO */, data: 0) != 0
+    }
+
+    /// One `struct ethtool_value { __u32 cmd; __u32 data; }` ioctl; returns `data` as the kernel left it.
+    private func ethtoolValue(namespace: String, ifname: String, command: UInt32, data: UInt32) throws -> UInt32 {
+        final class Out: @unchecked Sendable { var data: UInt32 = 0 } // written on the thread, read after join
+        let out = Out()
         try runInLabNamespace(namespace) {
             let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
             guard fd >= 0 else { return "socket: errno \(errno)" }
             defer { close(fd) }
-            // struct ethtool_value { __u32 cmd; __u32 data; }; ETHTOOL_SGRO = 0x2c
-            var value: (UInt32, UInt32) = (0x2c, on ? 1 : 0)
+            var value: (UInt32, UInt32) = (command, data)
             var ifr = ifreq()
             withUnsafeMutableBytes(of: &ifr.ifr_ifrn.ifrn_name) { dst in
                 for (i, b) in ifname.utf8.prefix(15).enumerated() { dst[i] = b }
@@ -378,8 +389,13 @@ public final class NetnsLab: @unchecked Sendable {
                 ifr.ifr_ifru.ifru_data = UnsafeMutableRawPointer(vp).assumingMemoryBound(to: CChar.self)
                 return ioctl(fd, 0x8946 /* SIOCETHTOOL */, &ifr)
             }
-            return rc == 0 ? nil : "SIOCETHTOOL ETHTOOL_SGRO \(ifname): \(String(cString: strerror(errno))) (errno \(errno))"
+            guard rc == 0 else {
+                return "SIOCETHTOOL cmd \(command) on \(ifname): \(String(cString: strerror(errno))) (errno \(errno))"
+            }
+            out.data = value.1
+            return nil
         }
+        return out.data
     }
 }
 

@@ -12,6 +12,8 @@ import Testing
         let (a, b) = (nodes[0], nodes[1])
         #expect(a.podSubnet.description == "10.5.1.0/24" && b.podIP.description == "10.5.2.2")
 
+        #expect(try lab.groEnabled(namespace: a.name, ifname: "eth0"))
+        #expect(try lab.groEnabled(namespace: lab.wireNamespace, ifname: a.wireIfname))
         // Underlay is up and the nodes see each other.
         #expect(try lab.waitForPing(from: a.name, to: b.nodeIP))
         // No route yet between pods.
