@@ -277,6 +277,9 @@ public final class NetnsLab: @unchecked Sendable {
 
     /// Pings `to` from namespace `from`; returns packets sent and received (never throws on loss).
     public func ping(from ns: String, to: IPv4Address, count: Int = 3, interval: Double = 0.2, timeoutPerReply: Int = 1) throws -> (sent: Int, received: Int) {
+        guard access(LabTools.ping, X_OK) == 0 else {
+            throw LabError(command: [LabTools.ping], message: "ping is not installed: apt-get install iputils-ping (listed in the Makefile's DEB_PACKAGES)")
+        }
         let r = try run(ns, [LabTools.ping, "-n", "-q", "-c", "\(count)", "-i", "\(interval)", "-W", "\(timeoutPerReply)", "\(to)"])
         // "3 packets transmitted, 3 received, 0% packet loss, time 402ms"
         for line in r.stdout.split(separator: "\n") where line.contains("packets transmitted") {
