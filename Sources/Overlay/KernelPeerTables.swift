@@ -58,6 +58,7 @@ public final class KernelVXLANPeerTable: PeerTable {
 
     public func currentPeers() throws -> Set<Peer> {
         try netlink.withLock { nl throws(OverlayError) -> Set<Peer> in
+            try checkDevice(&nl)
             do throws(NetlinkError) {
                 let routes = try nl.routes()
                 let macByGateway = Dictionary(
@@ -149,6 +150,24 @@ public final class KernelVXLANPeerTable: PeerTable {
             } catch {
                 throw .netlink(error, while: "removing peer \(peer) from \(device.name)")
             }
+        }
+    }
+
+    /// Throws `deviceMissing` unless our ifindex still names our vxlan device. Reading an empty
+    /// table off a deleted device would tell the reconciler "no peers" when the truth is "no device".
+    public func verifyDevice() throws(OverlayError) {
+        try netlink.withLock { nl throws(OverlayError) in try checkDevice(&nl) }
+    }
+
+    private func checkDevice(_ nl: inout NetlinkSocket) throws(OverlayError) {
+        let link: LinkInfo?
+        do {
+            link = try nl.link(index: device.index)
+        } catch {
+            throw .netlink(error, while: "checking \(device.name)")
+        }
+        guard let link, link.name == device.name, link.kind == "vxlan", link.vxlan?.vni == device.vni else {
+            throw .deviceMissing(name: device.name, index: device.index)
         }
     }
 
