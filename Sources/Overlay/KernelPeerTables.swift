@@ -109,6 +109,7 @@ public final class KernelVXLANPeerTable: PeerTable {
             } catch let e as OverlayError {
                 throw e
             } catch let e as NetlinkError {
+                if e.errno == ENODEV { throw .deviceMissing(name: device.name, index: device.index) }
                 throw .netlink(e, while: "adding peer \(peer) to \(device.name)")
             } catch {
                 throw .netlink(NetlinkError(operation: "upsert", object: "\(peer)", errno: EIO), while: "\(error)")

@@ -136,6 +136,12 @@ import Testing
             guard case .deviceMissing(let name, _) = e else { Issue.record("unexpected \(e)"); return }
             #expect(name == "flannel.1")
         }
+        do {
+            try table.upsert(standIn.asPeer)
+            Issue.record("upserting into a deleted device must fail")
+        } catch let e as OverlayError {
+            guard case .deviceMissing = e else { Issue.record("unexpected \(e)"); return }
+        }
         let dev2 = try FlannelVXLANDevice.ensure(vni: 1, localIP: mine.nodeIP, underlayIndex: eth0.index, preferredMAC: dev.mac,
                                                  subnet: mine.podSubnet, network: Self.network, netlink: &nl)
         #expect(dev2.origin == .created && dev2.mac == dev.mac)
