@@ -89,16 +89,18 @@ public final class KernelVXLANPeerTable: PeerTable {
         try netlink.withLock { nl throws(OverlayError) in
             do {
                 if peer.direct {
-                    // A peer that moves from vxlan to direct must not leave its neighbour/fdb behind.
-                    if let old = try nl.neighbours(index: device.index).first(where: { $0.address == peer.subnet.address }) {
-                        try ignoringMissing { () throws(NetlinkError) in try nl.deleteNeighbour(address: old.address, index: device.index) }
-                        if let mac = old.mac {
-                            try ignoringMissing { () throws(NetlinkError) in
-                                try nl.deleteFDB(FDBEntry(index: device.index, mac: mac, destination: nil, state: [], flags: .self))
-                            }
+                    // A peer that moves from vxlan to direct must not leave its neighbour/fdb behind
+                    // (its lease still carries the VtepMAC). Absent entries are fine; no dumps.
+                    try ignoringMissing { () throws(NetlinkError) in
+                        try nl.deleteNeighbour(address: peer.subnet.address, index: device.index)
+                    }
+                    if let mac = peer.vtepMAC {
+                        try ignoringMissing { () throws(NetlinkError) in
+                            try nl.deleteFDB(FDBEntry(index: device.index, mac: mac, destination: nil, state: [], flags: .self))
                         }
                     }
                     try nl.replaceRoute(Route(destination: peer.subnet, gateway: peer.publicIP))
+                    logger.debug("direct route", metadata: ["peer": "\(peer)"])
                     return
                 }
                 guard let mac = peer.vtepMAC else { throw OverlayError.peerWithoutVtepMAC(peer) }
@@ -106,6 +108,7 @@ public final class KernelVXLANPeerTable: PeerTable {
                 try nl.replaceNeighbour(Neighbour(index: device.index, address: gateway, mac: mac, state: .permanent))
                 try nl.replaceFDB(FDBEntry(index: device.index, mac: mac, destination: peer.publicIP, state: .permanent, flags: .self))
                 try nl.replaceRoute(Route(destination: peer.subnet, gateway: gateway, outputIndex: device.index, onlink: true))
+                logger.debug("vxlan peer", metadata: ["peer": "\(peer)"])
             } catch let e as OverlayError {
                 throw e
             } catch let e as NetlinkError {
