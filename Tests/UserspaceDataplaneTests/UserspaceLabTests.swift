@@ -261,10 +261,14 @@ struct UserspaceLabTests {
         let full = try lab.run(nodes[0].podNamespace, [LabTools.ping, "-n", "-M", "do", "-s", "1422", "-c", "2", "-i", "0.1", "-W", "1", "\(nodes[1].podIP)"])
         #expect(full.stdout.contains(" 0% packet loss"), "\(full.stdout)")
         let bps = try iperf(lab, from: nodes[0], to: nodes[1], seconds: 2)
-        let ca = a.dataplane.counters
-        print("userspace vxlan + TSO/GSO single-stream TCP: \(gbps(bps)) Gbit/s; \(ca)")
+        let ca = a.dataplane.counters, cb = b.dataplane.counters
+        print("userspace vxlan + TSO/GSO single-stream TCP: \(gbps(bps)) Gbit/s; sender \(ca); receiver \(cb)")
         #expect(bps > 10e6)
-        #expect(ca.gsoPackets > 0)
+        #expect(ca.gsoPackets > 0 && ca.gsoSegments > ca.gsoPackets)
+        #expect(cb.groPackets > 0 && cb.groSegments > cb.groPackets)
+        #expect(cb[drop: .tunWriteError] == 0 && cb[drop: .malformed] == 0)
+        // And a stream the other way (receiver a, sender b) with offloads on both sides.
+        #expect(try iperf(lab, from: nodes[1], to: nodes[0], seconds: 1) > 10e6)
     }
 
     @Test func throughputVersusKernelVXLAN() throws {
