@@ -370,6 +370,10 @@ final class UDPToTunWorker: @unchecked Sendable {
                     tally.drop(.notPeer)
                     continue
                 }
+                if length == 0 {
+                    tally.drop(.malformed)
+                    continue
+                }
                 // With UDP_GRO the kernel may hand over several same-size datagrams glued together.
                 let segmentSize = d.segment > 0 ? Int(d.segment) : length
                 var offset = 0
