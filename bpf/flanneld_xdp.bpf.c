@@ -32,6 +32,7 @@
  * | decap (both)       | non-first fragment (no UDP header to classify)           | PASS / OK        | DECAP_PASS_FRAGMENT     |
  * | decap (both)       | UDP header truncated                                     | DROP / SHOT      | DECAP_DROP_MALFORMED    |
  * | decap (both)       | UDP to another port                                      | PASS / OK        | DECAP_PASS_NOT_VXLAN    |
+ * | decap (both)       | to our port but another destination IP (transit)         | PASS / OK        | DECAP_PASS_OTHER_HOST   |
  * | decap (both)       | to our port, first fragment (MF)                         | DROP / SHOT      | DECAP_DROP_FRAGMENT     |
  * | decap (both)       | to our port, outer IPv4 options                          | DROP / SHOT      | DECAP_DROP_IP_OPTIONS   |
  * | decap (both)       | to our port, source not in fxdp_nodes                    | DROP / SHOT      | DECAP_DROP_NOT_PEER     |
@@ -107,9 +108,11 @@ int fxdp_encap(struct __sk_buff *skb)
 	if (skb->protocol != bpf_htons(ETH_P_IP))
 		return fxdp_count_verdict(FXDP_C_ENCAP_PASS_NOT_IPV4, len, TC_ACT_OK);
 
-	/* Headers of forwarded packets can sit in paged data: make the 34 bytes we read linear. */
-	if ((long)skb->data + ETH_HLEN + (long)sizeof(struct iphdr) > (long)skb->data_end)
-		bpf_skb_pull_data(skb, ETH_HLEN + sizeof(struct iphdr));
+	/* Headers of forwarded packets can sit in paged data: make the Ethernet and IPv4 headers
+	 * (options included) linear. No-op when they already are. */
+	__u32 want = len < ETH_HLEN + 60 ? (__u32)len : ETH_HLEN + 60;
+	if ((long)skb->data + want > (long)skb->data_end)
+		bpf_skb_pull_data(skb, want);
 	struct fxdp_cursor cur = { .pos = (void *)(long)skb->data, .end = (void *)(long)skb->data_end };
 	struct iphdr *inner_ip = NULL;
 	if (!fxdp_parse_eth(&cur) || fxdp_parse_ipv4(&cur, &inner_ip) != FXDP_IPV4_OK || !inner_ip)
@@ -223,6 +226,10 @@ static __always_inline __u32 fxdp_classify_decap(void *data, void *data_end, con
 		return FXDP_C_DECAP_DROP_MALFORMED;
 	if (udp->dest != bpf_htons(cfg->udp_port))
 		return FXDP_C_DECAP_PASS_NOT_VXLAN;
+
+	/* VXLAN for another host that we merely route: the kernel forwards it as before. */
+	if (!fxdp_ip_equal(&ip->daddr, cfg->node_ip))
+		return FXDP_C_DECAP_PASS_OTHER_HOST;
 
 	/* From here on the datagram is addressed to the VXLAN socket: anything wrong is dropped. */
 	if (ip->frag_off & bpf_htons(FXDP_IP_MF))

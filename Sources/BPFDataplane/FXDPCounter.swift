@@ -31,6 +31,7 @@ public enum FXDPCounter: UInt32, CaseIterable, Sendable, CustomStringConvertible
     case decapPassVLAN = 29
     case decapPassShort = 30
     case decapDropInnerNotIPv4 = 31
+    case decapPassOtherHost = 32
 
     /// The C constant this case mirrors.
     public var cValue: fxdp_counter { fxdp_counter(rawValue: rawValue) }
@@ -63,6 +64,7 @@ public enum FXDPCounter: UInt32, CaseIterable, Sendable, CustomStringConvertible
         case .decapPassVLAN: "decap_pass_vlan"
         case .decapPassShort: "decap_pass_short"
         case .decapDropInnerNotIPv4: "decap_drop_inner_not_ipv4"
+        case .decapPassOtherHost: "decap_pass_other_host"
         }
     }
 

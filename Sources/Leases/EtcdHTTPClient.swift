@@ -250,7 +250,7 @@ final class EtcdHTTPClient: Sendable {
                 collected += chunk.readBytes(length: chunk.readableBytes) ?? []
             }
         } catch {
-            throw mapError(error, endpoint)
+            throw mapErrorStatic(error, Self.label(endpoint, method, uri), options.requestTimeout)
         }
         return HTTPResponse(status: stream.status, headers: stream.headers, body: collected)
     }
@@ -341,9 +341,9 @@ final class EtcdHTTPClient: Sendable {
             responseHead = h
         } catch {
             close()
-            throw mapError(error, endpoint)
+            throw mapErrorStatic(error, Self.label(endpoint, method, uri), idleTimeout)
         }
-        let endpointName = endpoint.description
+        let endpointName = Self.label(endpoint, method, uri)
         let chunks = AsyncThrowingStream<ByteBuffer, any Error> {
             do {
                 while let part = try await iterator.it.next() {
@@ -364,8 +364,9 @@ final class EtcdHTTPClient: Sendable {
                                      endpoint: endpoint, chunks: chunks, close: close)
     }
 
-    func mapError(_ error: any Error, _ endpoint: EtcdEndpoint) -> any Error {
-        mapErrorStatic(error, endpoint.description, options.requestTimeout)
+    /// "http://10.0.0.1:2379 (PUT /v2/keys/coreos.com/network/subnets/10.5.1.0-24)" for error messages.
+    static func label(_ endpoint: EtcdEndpoint, _ method: HTTPMethod, _ uri: String) -> String {
+        "\(endpoint) (\(method.rawValue) \(uri.split(separator: "?", maxSplits: 1).first ?? ""))"
     }
 }
 

@@ -159,6 +159,8 @@ public enum OverlayError: Error, CustomStringConvertible, Sendable {
     case underlayMissing(index: Int32)
     case netlink(NetlinkError, while: String)
     case peerWithoutVtepMAC(Peer)
+    /// The device a peer table was made for is gone or was recreated (another ifindex).
+    case deviceMissing(name: String, index: Int32)
 
     public var description: String {
         switch self {
@@ -166,6 +168,8 @@ public enum OverlayError: Error, CustomStringConvertible, Sendable {
             "the underlay interface (ifindex \(i)) does not exist: check --iface and that the interface is up"
         case .netlink(let e, let context):
             "\(context): \(e)"
+        case .deviceMissing(let name, let index):
+            "\(name) (ifindex \(index)) is gone or was recreated: run FlannelVXLANDevice.ensure again and make a new peer table"
         case .peerWithoutVtepMAC(let p):
             "peer \(p) has no VtepMAC: a vxlan peer's lease must carry BackendData.VtepMAC (or mark it direct)"
         }

@@ -58,6 +58,7 @@ public final class KernelVXLANPeerTable: PeerTable {
 
     public func currentPeers() throws -> Set<Peer> {
         try netlink.withLock { nl throws(OverlayError) -> Set<Peer> in
+            try checkDevice(&nl)
             do throws(NetlinkError) {
                 let routes = try nl.routes()
                 let macByGateway = Dictionary(
@@ -88,16 +89,18 @@ public final class KernelVXLANPeerTable: PeerTable {
         try netlink.withLock { nl throws(OverlayError) in
             do {
                 if peer.direct {
-                    // A peer that moves from vxlan to direct must not leave its neighbour/fdb behind.
-                    if let old = try nl.neighbours(index: device.index).first(where: { $0.address == peer.subnet.address }) {
-                        try ignoringMissing { () throws(NetlinkError) in try nl.deleteNeighbour(address: old.address, index: device.index) }
-                        if let mac = old.mac {
-                            try ignoringMissing { () throws(NetlinkError) in
-                                try nl.deleteFDB(FDBEntry(index: device.index, mac: mac, destination: nil, state: [], flags: .self))
-                            }
+                    // A peer that moves from vxlan to direct must not leave its neighbour/fdb behind
+                    // (its lease still carries the VtepMAC). Absent entries are fine; no dumps.
+                    try ignoringMissing { () throws(NetlinkError) in
+                        try nl.deleteNeighbour(address: peer.subnet.address, index: device.index)
+                    }
+                    if let mac = peer.vtepMAC {
+                        try ignoringMissing { () throws(NetlinkError) in
+                            try nl.deleteFDB(FDBEntry(index: device.index, mac: mac, destination: nil, state: [], flags: .self))
                         }
                     }
                     try nl.replaceRoute(Route(destination: peer.subnet, gateway: peer.publicIP))
+                    logger.debug("direct route", metadata: ["peer": "\(peer)"])
                     return
                 }
                 guard let mac = peer.vtepMAC else { throw OverlayError.peerWithoutVtepMAC(peer) }
@@ -105,9 +108,11 @@ public final class KernelVXLANPeerTable: PeerTable {
                 try nl.replaceNeighbour(Neighbour(index: device.index, address: gateway, mac: mac, state: .permanent))
                 try nl.replaceFDB(FDBEntry(index: device.index, mac: mac, destination: peer.publicIP, state: .permanent, flags: .self))
                 try nl.replaceRoute(Route(destination: peer.subnet, gateway: gateway, outputIndex: device.index, onlink: true))
+                logger.debug("vxlan peer", metadata: ["peer": "\(peer)"])
             } catch let e as OverlayError {
                 throw e
             } catch let e as NetlinkError {
+                if e.errno == ENODEV { throw .deviceMissing(name: device.name, index: device.index) }
                 throw .netlink(e, while: "adding peer \(peer) to \(device.name)")
             } catch {
                 throw .netlink(NetlinkError(operation: "upsert", object: "\(peer)", errno: EIO), while: "\(error)")
@@ -149,6 +154,24 @@ public final class KernelVXLANPeerTable: PeerTable {
             } catch {
                 throw .netlink(error, while: "removing peer \(peer) from \(device.name)")
             }
+        }
+    }
+
+    /// Throws `deviceMissing` unless our ifindex still names our vxlan device. Reading an empty
+    /// table off a deleted device would tell the reconciler "no peers" when the truth is "no device".
+    public func verifyDevice() throws(OverlayError) {
+        try netlink.withLock { nl throws(OverlayError) in try checkDevice(&nl) }
+    }
+
+    private func checkDevice(_ nl: inout NetlinkSocket) throws(OverlayError) {
+        let link: LinkInfo?
+        do {
+            link = try nl.link(index: device.index)
+        } catch {
+            throw .netlink(error, while: "checking \(device.name)")
+        }
+        guard let link, link.name == device.name, link.kind == "vxlan", link.vxlan?.vni == device.vni else {
+            throw .deviceMissing(name: device.name, index: device.index)
         }
     }
 

@@ -124,42 +124,48 @@ public final class EtcdServer: Sendable {
     private func launch() async throws {
         let p = try spawn(arguments, stdoutPath: logPath, appendOutput: true)
         pid.withLock { $0 = p }
-        let deadline = ContinuousClock.now + .seconds(20)
+        let deadline = ContinuousClock.now + .seconds(30)
         while ContinuousClock.now < deadline {
             var status: Int32 = 0
             if waitpid(p, &status, WNOHANG) == p {
                 pid.withLock { $0 = 0 }
                 throw EtcdServerError("etcd exited during startup (status \(status)); log: \(readFile(logPath).suffix(2000))")
             }
-            let r = try? etcdctl(api: 3, ["endpoint", "health", "--command-timeout=1s"])
-            if let r, r.status == 0 { return }
+            // A cheap connect first; etcdctl (a Go process per try) only once the port listens.
+            if acceptsConnections(clientPort) {
+                let r = try? await etcdctl(api: 3, ["endpoint", "health", "--command-timeout=2s"])
+                if let r, r.status == 0 { return }
+            }
             try await Task.sleep(for: .milliseconds(100))
         }
         kill()
-        throw EtcdServerError("etcd did not become healthy within 20 s; log: \(readFile(logPath).suffix(2000))")
+        throw EtcdServerError("etcd did not become healthy within 30 s; log: \(readFile(logPath).suffix(2000))")
     }
 
     /// SIGTERM and wait (data dir and ports kept for `restart()`).
-    public func stop() {
-        signalAndWait(SIGTERM)
+    public func stop() async {
+        let p = pid.withLock { v -> pid_t in let p = v; v = 0; return p }
+        guard p > 0 else { return }
+        Glibc.kill(p, SIGTERM)
+        let deadline = ContinuousClock.now + .seconds(10)
+        while await !reaped(p) {
+            if ContinuousClock.now > deadline { Glibc.kill(p, SIGKILL) }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
     }
 
     /// SIGKILL and wait.
     public func kill() {
-        signalAndWait(SIGKILL)
-    }
-
-    private func signalAndWait(_ sig: Int32) {
         let p = pid.withLock { v -> pid_t in let p = v; v = 0; return p }
         guard p > 0 else { return }
-        Glibc.kill(p, sig)
+        Glibc.kill(p, SIGKILL)
         var status: Int32 = 0
         while waitpid(p, &status, 0) < 0, errno == EINTR {}
     }
 
     /// Starts etcd again on the same ports with the same data.
     public func restart() async throws {
-        stop()
+        await stop()
         try await launch()
     }
 
@@ -172,7 +178,7 @@ public final class EtcdServer: Sendable {
 
     /// Runs Debian's etcdctl against this server (ETCDCTL_API=2 or 3).
     @discardableResult
-    public func etcdctl(api: Int, _ args: [String]) throws -> CommandResult {
+    public func etcdctl(api: Int, _ args: [String]) async throws -> CommandResult {
         var argv = ["/usr/bin/etcdctl"]
         if api == 2 {
             argv += ["--endpoints", clientURL]
@@ -181,13 +187,13 @@ public final class EtcdServer: Sendable {
             argv += ["--endpoints=\(clientURL)"]
             if let t = etcdctlTLS { argv += ["--cacert=\(t.ca)", "--cert=\(t.cert)", "--key=\(t.key)"] }
         }
-        return try runCommand(argv + args, environment: ["ETCDCTL_API=\(api)"])
+        return try await runCommandAsync(argv + args, environment: ["ETCDCTL_API=\(api)"])
     }
 
     /// Like `etcdctl` but throws with the output when it fails.
     @discardableResult
-    public func etcdctlChecked(api: Int, _ args: [String]) throws -> String {
-        let r = try etcdctl(api: api, args)
+    public func etcdctlChecked(api: Int, _ args: [String]) async throws -> String {
+        let r = try await etcdctl(api: api, args)
         guard r.status == 0 else {
             throw EtcdServerError("etcdctl (v\(api)) \(args.joined(separator: " ")) failed (\(r.status)): \(r.stderr) \(r.stdout)")
         }
@@ -260,13 +266,20 @@ func spawn(_ argv: [String], environment: [String] = [], stdoutPath: String? = n
     return pid
 }
 
-/// Runs a command to completion, capturing stdout and stderr.
+/// Runs a command to completion, capturing stdout and stderr. Blocks the calling thread: use
+/// `runCommandAsync` from async tests (a blocked cooperative thread stalls every other test).
 public func runCommand(_ argv: [String], environment: [String] = []) throws -> CommandResult {
-    var template = Array("/tmp/fxcmd-\(getpid())-XXXXXX".utf8CString)
-    guard template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) != nil else {
-        throw EtcdServerError("mkdtemp failed: errno \(errno)")
+    try withOutputFiles { out, err in
+        let pid = try spawn(argv, environment: environment, stdoutPath: out, stderrPath: err)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0, errno == EINTR {}
+        return status
     }
-    let dir = stringFromCChars(template)
+}
+
+/// Like `runCommand`, but waits without blocking a thread.
+public func runCommandAsync(_ argv: [String], environment: [String] = []) async throws -> CommandResult {
+    let dir = try makeTempDir("fxcmd")
     defer {
         unlink(dir + "/out")
         unlink(dir + "/err")
@@ -274,9 +287,58 @@ public func runCommand(_ argv: [String], environment: [String] = []) throws -> C
     }
     let pid = try spawn(argv, environment: environment, stdoutPath: dir + "/out", stderrPath: dir + "/err")
     var status: Int32 = 0
-    while waitpid(pid, &status, 0) < 0, errno == EINTR {}
-    let code: Int32 = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-    return CommandResult(status: code, stdout: readFile(dir + "/out"), stderr: readFile(dir + "/err"))
+    var delay = Duration.milliseconds(1)
+    while true {
+        let r = waitpid(pid, &status, WNOHANG)
+        if r == pid || (r < 0 && errno != EINTR) { break }
+        try? await Task.sleep(for: delay)
+        delay = min(delay * 2, .milliseconds(20))
+    }
+    return CommandResult(status: exitCode(status), stdout: readFile(dir + "/out"), stderr: readFile(dir + "/err"))
+}
+
+private func withOutputFiles(_ body: (String, String) throws -> Int32) throws -> CommandResult {
+    let dir = try makeTempDir("fxcmd")
+    defer {
+        unlink(dir + "/out")
+        unlink(dir + "/err")
+        rmdir(dir)
+    }
+    let status = try body(dir + "/out", dir + "/err")
+    return CommandResult(status: exitCode(status), stdout: readFile(dir + "/out"), stderr: readFile(dir + "/err"))
+}
+
+private func exitCode(_ status: Int32) -> Int32 {
+    (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+}
+
+/// True once `pid` has exited (and reaps it).
+func reaped(_ pid: pid_t) async -> Bool {
+    var status: Int32 = 0
+    let r = waitpid(pid, &status, WNOHANG)
+    return r == pid || (r < 0 && errno == ECHILD)
+}
+
+func makeTempDir(_ tag: String) throws -> String {
+    var template = Array("/tmp/\(tag)-\(getpid())-XXXXXX".utf8CString)
+    guard template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) != nil else {
+        throw EtcdServerError("mkdtemp failed: errno \(errno)")
+    }
+    return stringFromCChars(template)
+}
+
+/// True if something accepts TCP connections on 127.0.0.1:`port` (a local connect never blocks long).
+func acceptsConnections(_ port: Int) -> Bool {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    addr.sin_port = UInt16(port).bigEndian
+    return withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    } == 0
 }
 
 public func readFile(_ path: String) -> String {

@@ -32,6 +32,7 @@ import Testing
             (.decapDropAdjust, FXDP_C_DECAP_DROP_ADJUST), (.decapPassFragment, FXDP_C_DECAP_PASS_FRAGMENT),
             (.decapPassNotIPv4, FXDP_C_DECAP_PASS_NOT_IPV4), (.decapPassVLAN, FXDP_C_DECAP_PASS_VLAN),
             (.decapPassShort, FXDP_C_DECAP_PASS_SHORT), (.decapDropInnerNotIPv4, FXDP_C_DECAP_DROP_INNER_NOT_IPV4),
+            (.decapPassOtherHost, FXDP_C_DECAP_PASS_OTHER_HOST),
         ]
         #expect(c.count == FXDPCounter.allCases.count, "every Swift case is paired with its C constant")
         for (swift, cValue) in c {

@@ -126,8 +126,33 @@ import Testing
         #expect(try table.currentPeers() == [standIn.asPeer])
         #expect(try lab.ping(from: mine.podNamespace, to: ref.podIP, count: 2).received == 2)
 
-        try table.remove(standIn.asPeer)
-        #expect(try table.currentPeers().isEmpty)
+        // Someone deletes the device: the table says so instead of reporting "no peers"; ensure
+        // and a new table bring everything back.
+        try lab.sh(mine.name, ["link", "del", "flannel.1"])
+        do {
+            _ = try table.currentPeers()
+            Issue.record("a table whose device is gone must not read back as empty")
+        } catch let e as OverlayError {
+            guard case .deviceMissing(let name, _) = e else { Issue.record("unexpected \(e)"); return }
+            #expect(name == "flannel.1")
+        }
+        do {
+            try table.upsert(standIn.asPeer)
+            Issue.record("upserting into a deleted device must fail")
+        } catch let e as OverlayError {
+            guard case .deviceMissing = e else { Issue.record("unexpected \(e)"); return }
+        }
+        let dev2 = try FlannelVXLANDevice.ensure(vni: 1, localIP: mine.nodeIP, underlayIndex: eth0.index, preferredMAC: dev.mac,
+                                                 subnet: mine.podSubnet, network: Self.network, netlink: &nl)
+        #expect(dev2.origin == .created && dev2.mac == dev.mac)
+        let table2 = try KernelVXLANPeerTable(device: dev2, network: Self.network, networkNamespace: "/run/netns/\(mine.name)")
+        try table2.verifyDevice()
+        #expect(try table2.currentPeers().isEmpty)
+        try table2.upsert(standIn.asPeer)
+        #expect(try lab.ping(from: mine.podNamespace, to: ref.podIP, count: 2).received == 2)
+
+        try table2.remove(standIn.asPeer)
+        #expect(try table2.currentPeers().isEmpty)
         #expect(try lab.ping(from: mine.podNamespace, to: ref.podIP, count: 1).received == 0)
         #expect(try lab.sh(mine.name, ["neigh", "show", "dev", "flannel.1"]).isEmpty)
         #expect(!(try lab.sh(mine.name, [LabTools.bridge, "fdb", "show", "dev", "flannel.1"])).contains("\(standIn.vtepMAC)"))

@@ -22,7 +22,7 @@ struct UserspaceNode {
 enum Backend { case vxlan, udp }
 
 func makeUserspaceNode(
-    lab: NetnsLab, node: LabNode, backend: Backend = .vxlan, vni: UInt32 = 1, offloads: Bool = false,
+    lab: NetnsLab, node: LabNode, backend: Backend = .vxlan, vni: UInt32 = 1, offloads: Bool = true,
     queues: Int = 1
 ) throws -> UserspaceNode {
     let mac = MACAddress.randomLocal()

@@ -101,6 +101,7 @@ enum fxdp_counter {
 	FXDP_C_DECAP_PASS_VLAN = 29,      /* 802.1Q/802.1ad tagged: belongs to a VLAN device, untouched */
 	FXDP_C_DECAP_PASS_SHORT = 30,     /* shorter than an Ethernet header: left to the kernel (drops it) */
 	FXDP_C_DECAP_DROP_INNER_NOT_IPV4 = 31, /* inner Ethernet type is not IPv4 */
+	FXDP_C_DECAP_PASS_OTHER_HOST = 32, /* UDP to our port but to another IP (transit): untouched */
 
 	FXDP_C_MAX = 64
 };
