@@ -114,6 +114,6 @@ let package = Package(
         ),
         .testTarget(name: "LeasesTests", dependencies: ["Leases", "NetTypes", "TestSupport"]),
         .testTarget(name: "UserspaceDataplaneTests", dependencies: ["UserspaceDataplane", "NetTypes", "CBPF", "TestSupport"]),
-        .testTarget(name: "FlannelDaemonTests", dependencies: ["FlannelDaemon", "Leases", "NetTypes", "TestSupport"]),
+        .testTarget(name: "FlannelDaemonTests", dependencies: ["FlannelDaemon", "Leases", "NetTypes", "TestSupport", "BPFLoader", "CBPF"]),
     ]
 )
