@@ -320,6 +320,35 @@ import Testing
         #expect(try table.currentPeers().isEmpty)
         #expect(try lab.sh(node.name, ["neigh", "show", "dev", "flannel.1"]).isEmpty)
     }
+
+    @Test("the external interface is chosen as flanneld does: --iface names/IPs, --iface-regex, default route",
+          .enabled(if: root, Privileges.skipReason))
+    func externalInterface() throws {
+        let lab = try NetnsLab(tag: "ove")
+        defer { lab.cleanup() }
+        let node = try lab.makeCluster(nodes: 1)[0]
+        var nl = try NetlinkSocket(networkNamespace: "/run/netns/\(node.name)")
+        let eth0 = try #require(try nl.link(named: "eth0"))
+
+        // No --iface and no default route: a clear error.
+        #expect(throws: OverlayError.self) { try ExternalInterface.find(netlink: &nl) }
+        try lab.sh(node.name, ["route", "add", "default", "via", "192.168.77.254"])
+        let byDefault = try ExternalInterface.find(netlink: &nl)
+        #expect(byDefault == ExternalInterface(index: eth0.index, name: "eth0", mtu: 1500, address: node.nodeIP, prefixLength: 24))
+
+        #expect(try ExternalInterface.find(ifaces: ["cni0"], netlink: &nl).address == node.podGateway)
+        #expect(try ExternalInterface.find(ifaces: ["nope0", "\(node.nodeIP)"], netlink: &nl).name == "eth0")
+        #expect(try ExternalInterface.find(ifaces: ["\(node.podGateway)", "eth0"], netlink: &nl).name == "cni0")
+        #expect(try ExternalInterface.find(ifaceRegex: "^192\\.168\\.", netlink: &nl).name == "eth0")
+        #expect(try ExternalInterface.find(ifaceRegex: "^cni", netlink: &nl).name == "cni0")
+        do {
+            _ = try ExternalInterface.find(ifaces: ["nope0", "10.99.99.99"], netlink: &nl)
+            Issue.record("unknown interfaces must fail")
+        } catch {
+            #expect(error.description.contains("nope0"))
+        }
+        #expect(throws: OverlayError.self) { try ExternalInterface.find(ifaceRegex: "([", netlink: &nl) }
+    }
 }
 
 extension String {
