@@ -42,6 +42,10 @@ let package = Package(
             dependencies: ["CBPF", "NetTypes", .product(name: "Logging", package: "swift-log")]
         ),
         .target(
+            name: "Overlay",
+            dependencies: ["Netlink", "NetTypes", "CBPF", .product(name: "Logging", package: "swift-log")]
+        ),
+        .target(
             name: "Leases",
             dependencies: [
                 "NetTypes",
@@ -72,7 +76,7 @@ let package = Package(
         .target(
             name: "FlannelDaemon",
             dependencies: [
-                "NetTypes", "Leases", "BPFLoader", "BPFDataplane", "UserspaceDataplane", "Netlink", "CBPF",
+                "NetTypes", "Leases", "BPFLoader", "BPFDataplane", "UserspaceDataplane", "Netlink", "Overlay", "CBPF",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -91,6 +95,10 @@ let package = Package(
         .testTarget(name: "BPFLoaderTests", dependencies: ["BPFLoader", "CBPF", "TestSupport"]),
         .testTarget(name: "BPFDataplaneTests", dependencies: ["BPFDataplane", "BPFLoader", "CBPF", "NetTypes", "Netlink", "TestSupport"]),
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "NetTypes", "CBPF", "TestSupport"]),
+        .testTarget(
+            name: "OverlayTests",
+            dependencies: ["Overlay", "Netlink", "NetTypes", "TestSupport", .product(name: "Logging", package: "swift-log")]
+        ),
         .testTarget(name: "LeasesTests", dependencies: ["Leases", "NetTypes", "TestSupport"]),
         .testTarget(name: "UserspaceDataplaneTests", dependencies: ["UserspaceDataplane", "NetTypes", "CBPF", "TestSupport"]),
         .testTarget(name: "FlannelDaemonTests", dependencies: ["FlannelDaemon", "Leases", "NetTypes", "TestSupport"]),

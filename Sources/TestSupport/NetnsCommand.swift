@@ -52,7 +52,7 @@ public enum LabTools {
 }
 
 /// Result of a command run to completion.
-public struct CommandResult: Sendable {
+public struct LabCommandResult: Sendable {
     public var status: Int32
     public var stdout: String
     public var stderr: String
@@ -60,7 +60,7 @@ public struct CommandResult: Sendable {
 
 enum CommandRunner {
     /// Runs `argv` (argv[0] an absolute path) to completion and returns what it printed.
-    static func run(_ argv: [String], env: [String: String] = [:]) throws -> CommandResult {
+    static func run(_ argv: [String], env: [String: String] = [:]) throws -> LabCommandResult {
         let outPath = try makeTempFile("out")
         let errPath = try makeTempFile("err")
         defer { unlink(outPath); unlink(errPath) }
@@ -70,7 +70,7 @@ enum CommandRunner {
             if errno != EINTR { throw LabError(command: argv, message: "waitpid: errno \(errno)") }
         }
         let code: Int32 = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-        return CommandResult(status: code, stdout: readFile(outPath), stderr: readFile(errPath))
+        return LabCommandResult(status: code, stdout: readFile(outPath), stderr: readFile(errPath))
     }
 
     /// Starts `argv` in the background; stdout/stderr go to the given files or /dev/null.

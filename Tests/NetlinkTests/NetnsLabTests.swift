@@ -12,6 +12,8 @@ import Testing
         let (a, b) = (nodes[0], nodes[1])
         #expect(a.podSubnet.description == "10.5.1.0/24" && b.podIP.description == "10.5.2.2")
 
+        #expect(try lab.groEnabled(namespace: a.name, ifname: "eth0"))
+        #expect(try lab.groEnabled(namespace: lab.wireNamespace, ifname: a.wireIfname))
         // Underlay is up and the nodes see each other.
         #expect(try lab.waitForPing(from: a.name, to: b.nodeIP))
         // No route yet between pods.
@@ -47,5 +49,22 @@ import Testing
         #expect(!sleeper.isRunning)
         let left = try lab.sh(nil, ["netns", "list"])
         #expect(!left.contains(lab.prefix + "-"))
+    }
+
+    @Test("namespaces of dead test processes are swept; live ones are not", .enabled(if: Privileges.isRoot, Privileges.skipReason))
+    func staleSweep() throws {
+        // A pid that surely does not exist now: a child that has exited and been reaped.
+        let lab = try NetnsLab(tag: "nlsw")
+        defer { lab.cleanup() }
+        let child = try lab.spawn(lab.wireNamespace, ["/bin/true"])
+        #expect(child.waitExit(timeout: 5) == 0)
+        let stale = "fxnlsw-\(child.pid)-1-n1"
+        try lab.sh(nil, ["netns", "add", stale])
+        defer { _ = try? lab.run(nil, ["netns", "del", stale]) }
+        let removed = NetnsLab.removeStaleNamespaces()
+        #expect(removed.contains(stale))
+        #expect(!removed.contains(lab.wireNamespace))
+        #expect(!(try lab.sh(nil, ["netns", "list"])).contains(stale))
+        #expect(try lab.sh(nil, ["netns", "list"]).contains(lab.wireNamespace))
     }
 }

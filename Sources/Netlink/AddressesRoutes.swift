@@ -1,0 +1,190 @@
+// IPv4 addresses (RTM_*ADDR, ifaddrmsg) and IPv4 routes (RTM_*ROUTE, rtmsg).
+
+import Glibc
+import NetTypes
+
+/// An IPv4 address on a link.
+public struct AddressInfo: Hashable, Sendable, CustomStringConvertible {
+    public var index: Int32
+    /// IFA_LOCAL (the interface's own address; equals IFA_ADDRESS except on point-to-point links).
+    public var address: IPv4Address
+    public var prefixLength: Int
+    public var broadcast: IPv4Address?
+    public var label: String?
+    public var scope: UInt8
+
+    public var description: String { "\(address)/\(prefixLength) dev #\(index)" }
+}
+
+/// Route scope (rt_scope_t).
+public struct RouteScope: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    public static let universe = RouteScope(rawValue: 0)
+    public static let link = RouteScope(rawValue: 253)
+    public static let host = RouteScope(rawValue: 254)
+    public var description: String {
+        switch rawValue { case 0: "global"; case 253: "link"; case 254: "host"; default: "scope \(rawValue)" }
+    }
+}
+
+/// An IPv4 route. Defaults match `ip route add`: table main, protocol boot, scope universe, unicast.
+public struct Route: Hashable, Sendable, CustomStringConvertible {
+    public var destination: IPv4Subnet
+    public var gateway: IPv4Address?
+    /// RTA_OIF; nil lets the kernel choose the device from the gateway.
+    public var outputIndex: Int32?
+    /// RTNH_F_ONLINK: the gateway is on the link even without a matching address.
+    public var onlink: Bool
+    public var scope: RouteScope
+    /// Routing table; 254 is main.
+    public var table: UInt32
+    /// rtm_protocol: 3 = boot (what `ip route` and flanneld's netlink library write), 4 = static…
+    public var protocolID: UInt8
+    /// rtm_type: 1 = unicast, 2 = local, 3 = broadcast…
+    public var type: UInt8
+    public var priority: UInt32?
+    public var preferredSource: IPv4Address?
+
+    public init(destination: IPv4Subnet, gateway: IPv4Address? = nil, outputIndex: Int32? = nil, onlink: Bool = false,
+                scope: RouteScope = .universe, table: UInt32 = 254, protocolID: UInt8 = 3, type: UInt8 = 1,
+                priority: UInt32? = nil, preferredSource: IPv4Address? = nil) {
+        self.destination = destination; self.gateway = gateway; self.outputIndex = outputIndex; self.onlink = onlink
+        self.scope = scope; self.table = table; self.protocolID = protocolID; self.type = type
+        self.priority = priority; self.preferredSource = preferredSource
+    }
+
+    public var description: String {
+        "\(destination)" + (gateway.map { " via \($0)" } ?? "") + (outputIndex.map { " dev #\($0)" } ?? "")
+            + (onlink ? " onlink" : "") + (table == 254 ? "" : " table \(table)")
+    }
+}
+
+extension NetlinkSocket {
+    static func ifaddrmsg(prefixLength: Int = 0, scope: UInt8 = 0, index: Int32 = 0) -> [UInt8] {
+        var b: [UInt8] = [RT.afInet, UInt8(clamping: prefixLength), 0, scope]
+        b.appendI32(index)
+        return b
+    }
+
+    static func parseAddress(_ m: NetlinkMessage) -> AddressInfo? {
+        guard m.type == RT.newAddr, m.bytes.count >= 24, m.u8(at: 16) == RT.afInet else { return nil }
+        let a = m.attributes(afterFixedHeader: 8)
+        guard let addr = a.ipv4(RT.ifaLocal) ?? a.ipv4(RT.ifaAddress) else { return nil }
+        return AddressInfo(index: m.i32(at: 20), address: addr, prefixLength: Int(m.u8(at: 17)),
+                           broadcast: a.ipv4(RT.ifaBroadcast), label: a.string(RT.ifaLabel), scope: m.u8(at: 19))
+    }
+
+    /// `ip addr add <address>/<prefixLength> dev <index>` (no broadcast, scope global).
+    public mutating func addAddress(_ address: IPv4Address, prefixLength: Int, index: Int32) throws(NetlinkError) {
+        try changeAddress(RT.newAddr, flags: RT.fCreate | RT.fExcl, address, prefixLength, index)
+    }
+
+    /// Like `addAddress` but an existing identical address is not an error.
+    public mutating func replaceAddress(_ address: IPv4Address, prefixLength: Int, index: Int32) throws(NetlinkError) {
+        try changeAddress(RT.newAddr, flags: RT.fCreate | RT.fReplace, address, prefixLength, index)
+    }
+
+    public mutating func deleteAddress(_ address: IPv4Address, prefixLength: Int, index: Int32) throws(NetlinkError) {
+        try changeAddress(RT.delAddr, flags: 0, address, prefixLength, index)
+    }
+
+    private mutating func changeAddress(_ type: UInt16, flags: UInt16, _ address: IPv4Address, _ prefixLength: Int, _ index: Int32) throws(NetlinkError) {
+        guard (0...32).contains(prefixLength) else {
+            throw NetlinkError(operation: RT.name(type), object: "\(address)/\(prefixLength) (prefix must be 0…32)", errno: EINVAL)
+        }
+        let req = NetlinkRequest(type: type, flags: flags)
+        req.putFixedHeader(Self.ifaddrmsg(prefixLength: prefixLength, index: index))
+        req.put(RT.ifaLocal, address.bytes)
+        req.put(RT.ifaAddress, address.bytes)
+        try execute(req, index: index, describe: { "\(address)/\(prefixLength) dev #\(index)" })
+    }
+
+    /// IPv4 addresses, of one link or of all.
+    public mutating func addresses(index: Int32? = nil) throws(NetlinkError) -> [AddressInfo] {
+        let req = NetlinkRequest(type: RT.getAddr)
+        req.putFixedHeader(Self.ifaddrmsg())
+        let all = try dump(req, describe: { "dump" }).compactMap(Self.parseAddress)
+        return index.map { i in all.filter { $0.index == i } } ?? all
+    }
+
+    // MARK: - Routes
+
+    static func rtmsg(_ r: Route, forDelete: Bool) -> [UInt8] {
+        var b: [UInt8] = [
+            RT.afInet, UInt8(r.destination.prefixLength), 0, 0,
+            r.table < 256 ? UInt8(r.table) : 252 /* RT_TABLE_COMPAT; the real id goes in RTA_TABLE */,
+            forDelete ? 0 : r.protocolID,
+            forDelete ? 255 /* RT_SCOPE_NOWHERE: match any scope */ : r.scope.rawValue,
+            forDelete ? 0 : r.type,
+        ]
+        b.appendU32(r.onlink ? RT.rtnhOnlink : 0)
+        return b
+    }
+
+    static func parseRoute(_ m: NetlinkMessage) -> Route? {
+        guard m.type == RT.newRoute, m.bytes.count >= 28, m.u8(at: 16) == RT.afInet else { return nil }
+        let a = m.attributes(afterFixedHeader: 12)
+        let prefix = Int(m.u8(at: 17))
+        let dst = a.ipv4(RT.rtaDst) ?? IPv4Address(0)
+        guard let subnet = IPv4Subnet(address: dst, prefixLength: prefix) else { return nil }
+        return Route(destination: subnet, gateway: a.ipv4(RT.rtaGateway),
+                     outputIndex: a.u32(RT.rtaOIF).map { Int32(bitPattern: $0) },
+                     onlink: m.u32(at: 24) & RT.rtnhOnlink != 0, scope: RouteScope(rawValue: m.u8(at: 22)),
+                     table: a.u32(RT.rtaTable) ?? UInt32(m.u8(at: 20)), protocolID: m.u8(at: 21), type: m.u8(at: 23),
+                     priority: a.u32(RT.rtaPriority), preferredSource: a.ipv4(RT.rtaPrefSrc))
+    }
+
+    private mutating func changeRoute(_ type: UInt16, flags: UInt16, _ r: Route) throws(NetlinkError) {
+        let req = NetlinkRequest(type: type, flags: flags)
+        req.putFixedHeader(Self.rtmsg(r, forDelete: type == RT.delRoute))
+        req.put(RT.rtaDst, r.destination.address.bytes)
+        if let g = r.gateway { req.put(RT.rtaGateway, g.bytes) }
+        if let o = r.outputIndex { req.putU32(RT.rtaOIF, UInt32(bitPattern: o)) }
+        if let p = r.priority { req.putU32(RT.rtaPriority, p) }
+        if let s = r.preferredSource { req.put(RT.rtaPrefSrc, s.bytes) }
+        if r.table >= 256 { req.putU32(RT.rtaTable, r.table) }
+        try execute(req, index: r.outputIndex, describe: { r.description })
+    }
+
+    /// `ip route add`: fails with EEXIST if a route for the destination exists.
+    public mutating func addRoute(_ r: Route) throws(NetlinkError) {
+        try changeRoute(RT.newRoute, flags: RT.fCreate | RT.fExcl, r)
+    }
+
+    /// `ip route replace`: creates or overwrites the route for the destination.
+    public mutating func replaceRoute(_ r: Route) throws(NetlinkError) {
+        try changeRoute(RT.newRoute, flags: RT.fCreate | RT.fReplace, r)
+    }
+
+    /// `ip route del`: the kernel deletes the first route matching the fields given (destination,
+    /// table, and gateway/device when set). ESRCH if none matches.
+    public mutating func deleteRoute(_ r: Route) throws(NetlinkError) {
+        try changeRoute(RT.delRoute, flags: 0, r)
+    }
+
+    /// IPv4 routes of table `table` (nil: every table).
+    public mutating func routes(table: UInt32? = 254) throws(NetlinkError) -> [Route] {
+        let req = NetlinkRequest(type: RT.getRoute)
+        var hdr: [UInt8] = [RT.afInet, 0, 0, 0, 0, 0, 0, 0]
+        hdr.appendU32(0)
+        req.putFixedHeader(hdr)
+        let all = try dump(req, describe: { "dump" }).compactMap(Self.parseRoute)
+        return table.map { t in all.filter { $0.table == t } } ?? all
+    }
+
+    /// `ip route get <address>`: the route the kernel would use to reach `address` (its gateway,
+    /// output device, preferred source), or nil if it is unreachable.
+    public mutating func routeGet(to address: IPv4Address) throws(NetlinkError) -> Route? {
+        let req = NetlinkRequest(type: RT.getRoute)
+        var hdr: [UInt8] = [RT.afInet, 32, 0, 0, 0, 0, 0, 0]
+        hdr.appendU32(0)
+        req.putFixedHeader(hdr)
+        req.put(RT.rtaDst, address.bytes)
+        do {
+            return try execute(req, describe: { "get \(address)" }).compactMap(Self.parseRoute).first
+        } catch where error.errno == ENETUNREACH || error.errno == EHOSTUNREACH {
+            return nil
+        }
+    }
+}

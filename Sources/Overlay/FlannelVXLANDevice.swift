@@ -1,0 +1,187 @@
+// The node's vxlan device, made the way stock flanneld makes it, so that flanneld and
+// flanneld-xdp nodes can replace each other on the same machine.
+//
+// Design note:
+// - flanneld's device is `flannel.<VNI>`: vxlan id VNI, local = node IP, dev = the underlay,
+//   dstport = the config Port (8472), learning off, a random locally administered MAC that it
+//   publishes in its lease as VtepMAC, MTU = underlay − 50, address <own subnet>.0/32, up.
+// - `ensure` is idempotent like flanneld's ensureLink: an existing device whose configuration is
+//   compatible is KEPT as it is (same ifindex, same MAC, no link flap). That is how a node switches
+//   from stock flanneld to flanneld-xdp (or restarts) without peers having to learn a new VtepMAC
+//   and without dropping traffic. A device that is incompatible (another VNI, port, underlay, local
+//   IP, group, l2miss or GBP setting, or not a vxlan at all) is deleted and recreated, with a log
+//   line saying which setting differed; the old MAC is reused so that the VtepMAC stays stable.
+// - Addresses: exactly one address of the flannel network on the device, <subnet>.0/32; others in
+//   the network (a previous lease) are removed, addresses outside it are left alone, as flanneld does.
+
+import Glibc
+import Logging
+import NetTypes
+import Netlink
+
+/// The vxlan device as `ensure` left it.
+public struct FlannelVXLANDevice: Hashable, Sendable, CustomStringConvertible {
+    /// How `ensure` came by the device.
+    public enum Origin: Hashable, Sendable {
+        /// There was none; it was created.
+        case created
+        /// A compatible device existed and was kept unchanged (its MAC and ifindex too).
+        case adopted
+        /// An incompatible device existed; it was deleted and recreated. `reason` names the setting.
+        case replaced(reason: String)
+    }
+
+    public var name: String
+    public var index: Int32
+    /// The device's MAC: the VtepMAC to publish in the lease.
+    public var mac: MACAddress
+    public var vni: UInt32
+    public var port: UInt16
+    public var localIP: IPv4Address
+    public var underlayIndex: Int32
+    public var mtu: Int
+    public var subnet: IPv4Subnet
+    public var origin: Origin
+
+    public var description: String {
+        "\(name) (ifindex \(index), vxlan id \(vni) local \(localIP) dstport \(port), mac \(mac), mtu \(mtu), \(subnet.address)/32)"
+    }
+
+    /// "flannel.<vni>", the name flanneld gives the device.
+    public static func name(vni: UInt32) -> String { "flannel.\(vni)" }
+
+    /// Creates or adopts `flannel.<vni>` and configures it as flanneld does; see the file's note.
+    ///
+    /// - Parameters:
+    ///   - mtu: the device MTU; nil means the underlay's MTU − 50 (VXLAN's overhead), as flanneld.
+    ///   - preferredMAC: the MAC for a device that has to be created (e.g. the VtepMAC of our
+    ///     previous lease); nil lets the kernel pick a random one. An adopted device keeps its own.
+    ///   - subnet: this node's lease subnet; the device gets <subnet>.0/32.
+    ///   - network: the flannel network; other addresses inside it are removed from the device.
+    ///   - learning: flannel's `Learning` option (off by default).
+    public static func ensure(
+        vni: UInt32, port: UInt16 = 8472, localIP: IPv4Address, underlayIndex: Int32, mtu: Int? = nil,
+        preferredMAC: MACAddress? = nil, subnet: IPv4Subnet, network: IPv4Subnet? = nil, learning: Bool = false,
+        netlink nl: inout NetlinkSocket, logger: Logger = Logger(label: "flanneld-xdp.overlay")
+    ) throws(OverlayError) -> FlannelVXLANDevice {
+        let name = name(vni: vni)
+        let underlay: LinkInfo?
+        do {
+            underlay = try nl.link(index: underlayIndex)
+        } catch {
+            throw .netlink(error, while: "looking up the underlay for \(name)")
+        }
+        guard let underlay else { throw .underlayMissing(index: underlayIndex) }
+        let spec = VXLANLinkSpec(name: name, vni: vni, local: localIP, underlayIndex: underlayIndex, port: port,
+                                 learning: learning, mac: preferredMAC, mtu: mtu ?? (underlay.mtu - 50))
+        do {
+            let (link, origin) = try createOrAdopt(spec, nl: &nl, logger: logger)
+            return try configure(link, origin: origin, spec: spec, subnet: subnet, network: network, nl: &nl, logger: logger)
+        } catch {
+            throw .netlink(error, while: "ensuring \(name)")
+        }
+    }
+
+    private static func createOrAdopt(
+        _ wanted: VXLANLinkSpec, nl: inout NetlinkSocket, logger: Logger
+    ) throws(NetlinkError) -> (LinkInfo, Origin) {
+        var spec = wanted
+        // Create first and look only on EEXIST, as flanneld does: no window between look and create.
+        var createFailure: NetlinkError?
+        do {
+            let link = try nl.createVXLAN(spec)
+            logger.info("created vxlan device", metadata: ["device": "\(link)"])
+            return (link, .created)
+        } catch {
+            createFailure = error
+        }
+        if let createFailure, !createFailure.isExists { throw createFailure }
+        guard let existing = try nl.link(named: spec.name) else {
+            // Deleted between our create and the look-up: create once more.
+            return (try nl.createVXLAN(spec), .created)
+        }
+        guard let reason = incompatibility(existing: existing, wanted: spec) else {
+            logger.info("adopting existing vxlan device", metadata: ["device": "\(existing)"])
+            return (existing, .adopted)
+        }
+        logger.warning("\(spec.name) already exists with incompatible configuration: \(reason); recreating device")
+        try nl.deleteLink(index: existing.index)
+        if spec.mac == nil { spec.mac = existing.mac }
+        return (try nl.createVXLAN(spec), .replaced(reason: reason))
+    }
+
+    private static func configure(
+        _ link: LinkInfo, origin: Origin, spec: VXLANLinkSpec, subnet: IPv4Subnet, network: IPv4Subnet?,
+        nl: inout NetlinkSocket, logger: Logger
+    ) throws(NetlinkError) -> FlannelVXLANDevice {
+        let want = subnet.address
+        var hasAddress = false
+        for a in try nl.addresses(index: link.index) {
+            if a.address == want && a.prefixLength == 32 {
+                hasAddress = true
+            } else if let network, network.contains(a.address) {
+                try nl.deleteAddress(a.address, prefixLength: a.prefixLength, index: link.index)
+                logger.info("removed stale address \(a.address)/\(a.prefixLength) from \(link.name)")
+            }
+        }
+        if !hasAddress { try nl.addAddress(want, prefixLength: 32, index: link.index) }
+        if let mtu = spec.mtu, link.mtu != mtu { try nl.setMTU(index: link.index, mtu: mtu) }
+        if !link.isUp { try nl.setLink(index: link.index, up: true) }
+        guard let final = try nl.link(index: link.index), let mac = final.mac else {
+            throw NetlinkError(operation: "RTM_GETLINK", object: "dev \(link.name) after configuring it", errno: ENODEV)
+        }
+        return FlannelVXLANDevice(name: final.name, index: final.index, mac: mac, vni: spec.vni, port: final.vxlan?.port ?? spec.port,
+                                  localIP: spec.local ?? IPv4Address(0), underlayIndex: spec.underlayIndex ?? 0,
+                                  mtu: final.mtu, subnet: subnet, origin: origin)
+    }
+
+    /// Why `existing` cannot serve as the wanted device, or nil if it can. The same settings
+    /// flanneld compares; a side that leaves a setting unspecified (0 / none) matches anything.
+    public static func incompatibility(existing: LinkInfo, wanted: VXLANLinkSpec) -> String? {
+        guard existing.kind == "vxlan", let v = existing.vxlan else {
+            return "link type: \(existing.kind ?? "none") vs vxlan"
+        }
+        if v.vni != wanted.vni { return "vni: \(v.vni) vs \(wanted.vni)" }
+        if let have = v.underlayIndex, let want = wanted.underlayIndex, have != want {
+            return "vtep (underlay) interface: ifindex \(have) vs \(want)"
+        }
+        if let have = v.local, let want = wanted.local, have != want { return "vtep (local) IP: \(have) vs \(want)" }
+        if let group = v.group { return "group address: \(group) vs none" }
+        if v.l2miss { return "l2miss: true vs false" }
+        if v.port != 0 && wanted.port != 0 && v.port != wanted.port { return "port: \(v.port) vs \(wanted.port)" }
+        if v.gbp { return "gbp: true vs false" }
+        return nil
+    }
+}
+
+/// What went wrong in the overlay layer; always says what to do about it.
+public enum OverlayError: Error, CustomStringConvertible, Sendable {
+    case underlayMissing(index: Int32)
+    case netlink(NetlinkError, while: String)
+    case peerWithoutVtepMAC(Peer)
+    /// The device a peer table was made for is gone or was recreated (another ifindex).
+    case deviceMissing(name: String, index: Int32)
+    /// No interface matched the --iface / --iface-regex / default-route choice; says what was tried.
+    case noExternalInterface(String)
+
+    public var description: String {
+        switch self {
+        case .underlayMissing(let i):
+            "the underlay interface (ifindex \(i)) does not exist: check --iface and that the interface is up"
+        case .netlink(let e, let context):
+            "\(context): \(e)"
+        case .deviceMissing(let name, let index):
+            "\(name) (ifindex \(index)) is gone or was recreated: run FlannelVXLANDevice.ensure again and make a new peer table"
+        case .noExternalInterface(let what):
+            "cannot choose the external interface: \(what)"
+        case .peerWithoutVtepMAC(let p):
+            "peer \(p) has no VtepMAC: a vxlan peer's lease must carry BackendData.VtepMAC (or mark it direct)"
+        }
+    }
+
+    /// The underlying netlink error, if any.
+    public var netlinkError: NetlinkError? {
+        if case .netlink(let e, _) = self { return e }
+        return nil
+    }
+}

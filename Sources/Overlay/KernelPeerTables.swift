@@ -1,0 +1,263 @@
+// Peer tables kept in the kernel: the vxlan triple (neighbour, fdb, onlink route) that flanneld
+// programs per peer, DirectRouting routes, and host-gw routes.
+//
+// Design note:
+// - Upserts write in flanneld's order — neighbour <subnet>.0 → VtepMAC (permanent), fdb VtepMAC →
+//   PublicIP (self, permanent), then the route <subnet> via <subnet>.0 dev flannel.N onlink — so
+//   the kernel never resolves the route's gateway by ARP before the permanent neighbour is there.
+//   Every write is a replace, so an upsert repairs a half-present or changed peer in one pass.
+// - `currentPeers()` reads the kernel back every time (route dump + neighbour dump + fdb dump) and
+//   never returns a remembered copy: the reconciler's periodic pass then sees drift (an entry
+//   deleted by hand, a device recreated) and repairs it. A peer whose neighbour or fdb entry is
+//   missing reads back with `vtepMAC == nil` or `publicIP == 0.0.0.0`, so it differs from the
+//   wanted peer and gets upserted again.
+// - Which routes are ours: on the vxlan device, every route with a gateway; on the underlay, only
+//   routes with a gateway whose destination lies inside the flannel network (host-gw and
+//   DirectRouting peers). Routes anyone else made outside the network are never touched.
+// - Direct peers (DirectRouting) get only `<subnet> via <PublicIP>`, as in flanneld; they read
+//   back with `direct == true` and `vtepMAC == nil` (the kernel holds no MAC for them) — compare
+//   wanted peers through `KernelVXLANPeerTable.kernelView(of:)`.
+// - Removals delete in reverse (route, then fdb, then neighbour); what is already gone is fine.
+// - The netlink socket is owned by the table behind a mutex; it stays in the namespace it was
+//   opened in, so tests and the daemon may call from any thread.
+
+import Glibc
+import Logging
+import NetTypes
+import Netlink
+import Synchronization
+
+public final class KernelVXLANPeerTable: PeerTable {
+    public let tableName = "kernel-vxlan"
+    public let device: FlannelVXLANDevice
+    /// The flannel network: DirectRouting routes inside it on the underlay are ours.
+    public let network: IPv4Subnet
+    private let netlink: Mutex<NetlinkSocket>
+    private let logger: Logger
+
+    /// Uses `socket` (moved in) for all kernel access; its namespace is the table's namespace.
+    public init(device: FlannelVXLANDevice, network: IPv4Subnet, socket: consuming NetlinkSocket,
+                logger: Logger = Logger(label: "flanneld-xdp.overlay")) {
+        self.device = device
+        self.network = network
+        self.netlink = Mutex(socket)
+        self.logger = logger
+    }
+
+    /// Opens its own socket in the namespace at `networkNamespace` (nil: the calling thread's).
+    public convenience init(device: FlannelVXLANDevice, network: IPv4Subnet, networkNamespace: String? = nil,
+                            logger: Logger = Logger(label: "flanneld-xdp.overlay")) throws(OverlayError) {
+        let socket = try openSocket(networkNamespace)
+        self.init(device: device, network: network, socket: socket, logger: logger)
+    }
+
+    /// What `currentPeers()` reports for `peer` once it is applied (direct peers carry no MAC).
+    public static func kernelView(of peer: Peer) -> Peer {
+        peer.direct ? Peer(subnet: peer.subnet, publicIP: peer.publicIP, vtepMAC: nil, direct: true) : peer
+    }
+
+    public func currentPeers() throws -> Set<Peer> {
+        try netlink.withLock { nl throws(OverlayError) -> Set<Peer> in
+            try checkDevice(&nl)
+            do throws(NetlinkError) {
+                let routes = try nl.routes()
+                let macByGateway = Dictionary(
+                    try nl.neighbours(index: device.index).compactMap { n in n.mac.map { (n.address, $0) } },
+                    uniquingKeysWith: { a, _ in a })
+                let ipByMAC = Dictionary(
+                    try nl.fdbEntries(index: device.index).compactMap { e in e.destination.map { (e.mac, $0) } },
+                    uniquingKeysWith: { a, _ in a })
+                var peers = Set<Peer>()
+                for r in routes where r.type == 1 {
+                    guard let gw = r.gateway else { continue }
+                    if r.outputIndex == device.index {
+                        let mac = macByGateway[gw]
+                        let ip = mac.flatMap { ipByMAC[$0] } ?? IPv4Address(0)
+                        peers.insert(Peer(subnet: r.destination, publicIP: ip, vtepMAC: mac, direct: false))
+                    } else if r.outputIndex == device.underlayIndex, isPeerDestination(r.destination) {
+                        peers.insert(Peer(subnet: r.destination, publicIP: gw, vtepMAC: nil, direct: true))
+                    }
+                }
+                return peers
+            } catch {
+                throw .netlink(error, while: "reading \(tableName) peers of \(device.name)")
+            }
+        }
+    }
+
+    public func upsert(_ peer: Peer) throws {
+        try netlink.withLock { nl throws(OverlayError) in
+            do {
+                if peer.direct {
+                    // A peer that moves from vxlan to direct must not leave its neighbour/fdb behind
+                    // (its lease still carries the VtepMAC). Absent entries are fine; no dumps.
+                    try ignoringMissing { () throws(NetlinkError) in
+                        try nl.deleteNeighbour(address: peer.subnet.address, index: device.index)
+                    }
+                    if let mac = peer.vtepMAC {
+                        try ignoringMissing { () throws(NetlinkError) in
+                            try nl.deleteFDB(FDBEntry(index: device.index, mac: mac, destination: nil, state: [], flags: .self))
+                        }
+                    }
+                    try nl.replaceRoute(Route(destination: peer.subnet, gateway: peer.publicIP))
+                    logger.debug("direct route", metadata: ["peer": "\(peer)"])
+                    return
+                }
+                guard let mac = peer.vtepMAC else { throw OverlayError.peerWithoutVtepMAC(peer) }
+                let gateway = peer.subnet.address
+                try nl.replaceNeighbour(Neighbour(index: device.index, address: gateway, mac: mac, state: .permanent))
+                try nl.replaceFDB(FDBEntry(index: device.index, mac: mac, destination: peer.publicIP, state: .permanent, flags: .self))
+                try nl.replaceRoute(Route(destination: peer.subnet, gateway: gateway, outputIndex: device.index, onlink: true))
+                logger.debug("vxlan peer", metadata: ["peer": "\(peer)"])
+            } catch let e as OverlayError {
+                throw e
+            } catch let e as NetlinkError {
+                if e.errno == ENODEV { throw .deviceMissing(name: device.name, index: device.index) }
+                throw .netlink(e, while: "adding peer \(peer) to \(device.name)")
+            } catch {
+                throw .netlink(NetlinkError(operation: "upsert", object: "\(peer)", errno: EIO), while: "\(error)")
+            }
+        }
+    }
+
+    public func remove(_ peer: Peer) throws {
+        try netlink.withLock { nl throws(OverlayError) in
+            do throws(NetlinkError) {
+                // Route first: nothing is sent towards the peer once its fdb entry is gone. Both
+                // kinds are tried (a peer may have switched between vxlan and direct); a route
+                // that is not there is fine. No dumps here: removal stays O(1) per peer.
+                try ignoringMissing { () throws(NetlinkError) in
+                    try nl.deleteRoute(Route(destination: peer.subnet, outputIndex: device.index))
+                }
+                if isPeerDestination(peer.subnet) {
+                    try ignoringMissing { () throws(NetlinkError) in
+                        try nl.deleteRoute(Route(destination: peer.subnet, outputIndex: device.underlayIndex))
+                    }
+                }
+                guard !peer.direct else { return }
+                // The fdb entry is keyed by the VtepMAC; a peer read back without one (its
+                // neighbour was missing) has none left to remove, unless the neighbour says otherwise.
+                var mac = peer.vtepMAC
+                if mac == nil {
+                    mac = try nl.neighbours(index: device.index).first { $0.address == peer.subnet.address }?.mac
+                }
+                if let mac {
+                    // Without a destination the whole entry for the MAC goes, whichever PublicIP it
+                    // points at now (a VtepMAC belongs to exactly one peer).
+                    try ignoringMissing { () throws(NetlinkError) in
+                        try nl.deleteFDB(FDBEntry(index: device.index, mac: mac, destination: nil, state: [], flags: .self))
+                    }
+                }
+                try ignoringMissing { () throws(NetlinkError) in
+                    try nl.deleteNeighbour(address: peer.subnet.address, index: device.index)
+                }
+            } catch {
+                throw .netlink(error, while: "removing peer \(peer) from \(device.name)")
+            }
+        }
+    }
+
+    /// Throws `deviceMissing` unless our ifindex still names our vxlan device. Reading an empty
+    /// table off a deleted device would tell the reconciler "no peers" when the truth is "no device".
+    public func verifyDevice() throws(OverlayError) {
+        try netlink.withLock { nl throws(OverlayError) in try checkDevice(&nl) }
+    }
+
+    private func checkDevice(_ nl: inout NetlinkSocket) throws(OverlayError) {
+        let link: LinkInfo?
+        do {
+            link = try nl.link(index: device.index)
+        } catch {
+            throw .netlink(error, while: "checking \(device.name)")
+        }
+        guard let link, link.name == device.name, link.kind == "vxlan", link.vxlan?.vni == device.vni else {
+            throw .deviceMissing(name: device.name, index: device.index)
+        }
+    }
+
+    private func isPeerDestination(_ d: IPv4Subnet) -> Bool {
+        network.contains(d) && d != device.subnet
+    }
+}
+
+/// host-gw: one route per peer, `<subnet> via <PublicIP> dev <underlay>`, as flanneld's host-gw backend.
+public final class HostGWPeerTable: PeerTable {
+    public let tableName = "kernel-host-gw"
+    public let underlayIndex: Int32
+    /// The flannel network: only routes inside it are read back or removed.
+    public let network: IPv4Subnet
+    /// This node's own subnet, never treated as a peer.
+    public let ownSubnet: IPv4Subnet?
+    private let netlink: Mutex<NetlinkSocket>
+
+    public init(underlayIndex: Int32, network: IPv4Subnet, ownSubnet: IPv4Subnet?, socket: consuming NetlinkSocket) {
+        self.underlayIndex = underlayIndex
+        self.network = network
+        self.ownSubnet = ownSubnet
+        self.netlink = Mutex(socket)
+    }
+
+    public convenience init(underlayIndex: Int32, network: IPv4Subnet, ownSubnet: IPv4Subnet?,
+                            networkNamespace: String? = nil) throws(OverlayError) {
+        let socket = try openSocket(networkNamespace)
+        self.init(underlayIndex: underlayIndex, network: network, ownSubnet: ownSubnet, socket: socket)
+    }
+
+    public func currentPeers() throws -> Set<Peer> {
+        try netlink.withLock { nl throws(OverlayError) -> Set<Peer> in
+            do throws(NetlinkError) {
+                var peers = Set<Peer>()
+                for r in try nl.routes() where r.type == 1 && r.outputIndex == underlayIndex && isPeerDestination(r.destination) {
+                    if let gw = r.gateway { peers.insert(Peer(subnet: r.destination, publicIP: gw, vtepMAC: nil)) }
+                }
+                return peers
+            } catch {
+                throw .netlink(error, while: "reading \(tableName) routes")
+            }
+        }
+    }
+
+    public func upsert(_ peer: Peer) throws {
+        try netlink.withLock { nl throws(OverlayError) in
+            do throws(NetlinkError) {
+                try nl.replaceRoute(Route(destination: peer.subnet, gateway: peer.publicIP, outputIndex: underlayIndex))
+            } catch {
+                throw .netlink(error, while: "adding host-gw route for \(peer)")
+            }
+        }
+    }
+
+    public func remove(_ peer: Peer) throws {
+        try netlink.withLock { nl throws(OverlayError) in
+            do throws(NetlinkError) {
+                guard isPeerDestination(peer.subnet) else { return }
+                try ignoringMissing { () throws(NetlinkError) in
+                    try nl.deleteRoute(Route(destination: peer.subnet, outputIndex: underlayIndex))
+                }
+            } catch {
+                throw .netlink(error, while: "removing host-gw route for \(peer)")
+            }
+        }
+    }
+
+    private func isPeerDestination(_ d: IPv4Subnet) -> Bool {
+        network.contains(d) && d != network && d != ownSubnet
+    }
+}
+
+func openSocket(_ networkNamespace: String?) throws(OverlayError) -> NetlinkSocket {
+    do {
+        if let networkNamespace { return try NetlinkSocket(networkNamespace: networkNamespace) }
+        return try NetlinkSocket()
+    } catch {
+        throw .netlink(error, while: "opening a netlink socket")
+    }
+}
+
+/// Runs `body`; "no such entry" is success (removing what is already gone).
+func ignoringMissing(_ body: () throws(NetlinkError) -> Void) throws(NetlinkError) {
+    do {
+        try body()
+    } catch where error.isNotFound {
+    }
+}

@@ -1,0 +1,361 @@
+import Glibc
+import Logging
+import NetTypes
+import Netlink
+import Overlay
+import TestSupport
+import Testing
+
+/// The reference for every check here is the CLI (`NetnsLab.makeFlannelStandIn` /
+/// `addFlannelPeerRoutes`), configured exactly as stock flanneld configures the kernel.
+@Suite("Overlay") struct OverlayTests {
+    static let root = Privileges.isRoot
+    static let network = IPv4Subnet(cidr: "10.5.0.0/16")!
+
+    /// What a node shows of the overlay, with the ifindex prefixes removed.
+    func kernelState(_ lab: NetnsLab, _ node: LabNode, vni: UInt32 = 1) throws -> [String: String] {
+        let dev = "flannel.\(vni)"
+        func strip(_ s: String) -> String {
+            s.split(separator: "\n").map { line -> String in
+                // "7: flannel.1: <...>" → "flannel.1: <...>"
+                if let colon = line.firstIndex(of: ":"), line[..<colon].allSatisfy(\.isNumber), !line[..<colon].isEmpty {
+                    return String(line[line.index(after: colon)...])
+                }
+                return String(line)
+            }.joined(separator: "\n")
+        }
+        return [
+            "link": strip(try lab.sh(node.name, ["-d", "link", "show", dev])),
+            "addr": strip(try lab.sh(node.name, ["-4", "addr", "show", "dev", dev])),
+            "route": try lab.sh(node.name, ["route", "show"]),
+            // The kernel dumps neighbours and fdb entries in hash order (seeded per namespace): sort.
+            "neigh": try lab.sh(node.name, ["neigh", "show", "dev", dev]).split(separator: "\n").sorted().joined(separator: "\n"),
+            "fdb": try lab.sh(node.name, [LabTools.bridge, "fdb", "show", "dev", dev]).split(separator: "\n").sorted().joined(separator: "\n"),
+        ]
+    }
+
+    func peers(_ n: Int) -> [Peer] {
+        (2..<(2 + n)).map { i in
+            Peer(subnet: IPv4Subnet(cidr: "10.5.\(i).0/24")!, publicIP: IPv4Address(192, 168, 77, UInt8(i)),
+                 vtepMAC: MACAddress(bytes: [0x0e, 0, 0, 0, 0, UInt8(i)]))
+        }
+    }
+
+    @Test("the Swift-built device and peers are identical to flanneld's CLI-built reference",
+          .enabled(if: root, Privileges.skipReason))
+    func identicalToReference() throws {
+        let mac = MACAddress("0e:aa:00:00:00:01")!
+        // Two separate labs so both nodes have the same IPs and the outputs compare 1:1.
+        let refLab = try NetnsLab(tag: "ovr")
+        defer { refLab.cleanup() }
+        let swiftLab = try NetnsLab(tag: "ovs")
+        defer { swiftLab.cleanup() }
+        let ref = try refLab.makeCluster(nodes: 1)[0]
+        let mine = try swiftLab.makeCluster(nodes: 1)[0]
+
+        try refLab.makeFlannelStandIn(node: ref, vtepMAC: mac)
+        for p in peers(3) { try refLab.addFlannelPeerRoutes(on: ref, peer: p) }
+
+        var nl = try NetlinkSocket(networkNamespace: "/run/netns/\(mine.name)")
+        let eth0 = try #require(try nl.link(named: "eth0"))
+        let dev = try FlannelVXLANDevice.ensure(vni: 1, localIP: mine.nodeIP, underlayIndex: eth0.index, preferredMAC: mac,
+                                                subnet: mine.podSubnet, network: Self.network, netlink: &nl)
+        #expect(dev.origin == .created && dev.mac == mac && dev.mtu == 1450 && dev.name == "flannel.1")
+        let table = try KernelVXLANPeerTable(device: dev, network: Self.network, networkNamespace: "/run/netns/\(mine.name)")
+        for p in peers(3) { try table.upsert(p) }
+
+        let a = try kernelState(refLab, ref), b = try kernelState(swiftLab, mine)
+        for key in a.keys.sorted() {
+            #expect(a[key] == b[key], "\(key) differs:\nreference:\n\(a[key] ?? "")\nswift:\n\(b[key] ?? "")")
+        }
+        #expect(b["route"]!.contains("10.5.3.0/24 via 10.5.3.0 dev flannel.1 onlink"))
+        #expect(try table.currentPeers() == Set(peers(3)))
+
+        // Idempotent: a second ensure adopts, a second upsert changes nothing.
+        let again = try FlannelVXLANDevice.ensure(vni: 1, localIP: mine.nodeIP, underlayIndex: eth0.index,
+                                                  subnet: mine.podSubnet, network: Self.network, netlink: &nl)
+        #expect(again.origin == .adopted && again.index == dev.index && again.mac == mac)
+        for p in peers(3) { try table.upsert(p) }
+        #expect(try kernelState(swiftLab, mine) == b)
+
+        // Removal: Swift removes, reference removes with the CLI; still identical.
+        try table.remove(peers(3)[1])
+        try refLab.removeFlannelPeerRoutes(on: ref, peer: peers(3)[1])
+        let a2 = try kernelState(refLab, ref), b2 = try kernelState(swiftLab, mine)
+        for key in a2.keys.sorted() { #expect(a2[key] == b2[key], "\(key) differs after removal") }
+        #expect(try table.currentPeers() == Set([peers(3)[0], peers(3)[2]]))
+        try table.remove(peers(3)[1]) // already gone: not an error
+
+        // A peer that moved to another PublicIP (same VtepMAC): the fdb entry is replaced, not added.
+        var moved = peers(3)[2]
+        moved.publicIP = IPv4Address("192.168.77.99")!
+        try table.upsert(moved)
+        let fdb = try swiftLab.sh(mine.name, [LabTools.bridge, "fdb", "show", "dev", "flannel.1"])
+        #expect(fdb.split(separator: "\n").filter { $0.contains("\(moved.vtepMAC!)") }.map(String.init)
+                == ["\(moved.vtepMAC!) dst 192.168.77.99 self permanent"])
+        #expect(try table.currentPeers() == Set([peers(3)[0], moved]))
+    }
+
+    @Test("pods ping both ways between a CLI-reference node and a Swift-Overlay node",
+          .enabled(if: root, Privileges.skipReason))
+    func trafficWithReferenceNode() throws {
+        let lab = try NetnsLab(tag: "ovt")
+        defer { lab.cleanup() }
+        let nodes = try lab.makeCluster(nodes: 2)
+        let (ref, mine) = (nodes[0], nodes[1])
+        let standIn = try lab.makeFlannelStandIn(node: ref)
+
+        var nl = try NetlinkSocket(networkNamespace: "/run/netns/\(mine.name)")
+        let eth0 = try #require(try nl.link(named: "eth0"))
+        let dev = try FlannelVXLANDevice.ensure(vni: 1, localIP: mine.nodeIP, underlayIndex: eth0.index,
+                                                subnet: mine.podSubnet, network: Self.network, netlink: &nl)
+        let table = try KernelVXLANPeerTable(device: dev, network: Self.network, networkNamespace: "/run/netns/\(mine.name)")
+        try table.upsert(standIn.asPeer)
+        try lab.addFlannelPeerRoutes(on: ref, peer: Peer(subnet: mine.podSubnet, publicIP: mine.nodeIP, vtepMAC: dev.mac))
+
+        #expect(try lab.ping(from: ref.podNamespace, to: mine.podIP, count: 3).received == 3)
+        #expect(try lab.ping(from: mine.podNamespace, to: ref.podIP, count: 3).received == 3)
+        #expect(try lab.tcpThroughput(from: mine.podNamespace, to: ref.podNamespace, serverIP: ref.podIP, seconds: 1) > 1e6)
+
+        // Drift: someone deletes the neighbour; the read-back shows it, an upsert repairs it.
+        try lab.sh(mine.name, ["neigh", "del", "\(ref.podSubnet.address)", "dev", "flannel.1"])
+        let drifted = try table.currentPeers()
+        #expect(drifted.count == 1 && drifted.first?.vtepMAC == nil && drifted.first?.subnet == ref.podSubnet)
+        #expect(drifted != [standIn.asPeer])
+        try table.upsert(standIn.asPeer)
+        #expect(try table.currentPeers() == [standIn.asPeer])
+        #expect(try lab.ping(from: mine.podNamespace, to: ref.podIP, count: 2).received == 2)
+
+        // Someone deletes the device: the table says so instead of reporting "no peers"; ensure
+        // and a new table bring everything back.
+        try lab.sh(mine.name, ["link", "del", "flannel.1"])
+        do {
+            _ = try table.currentPeers()
+            Issue.record("a table whose device is gone must not read back as empty")
+        } catch let e as OverlayError {
+            guard case .deviceMissing(let name, _) = e else { Issue.record("unexpected \(e)"); return }
+            #expect(name == "flannel.1")
+        }
+        do {
+            try table.upsert(standIn.asPeer)
+            Issue.record("upserting into a deleted device must fail")
+        } catch let e as OverlayError {
+            guard case .deviceMissing = e else { Issue.record("unexpected \(e)"); return }
+        }
+        let dev2 = try FlannelVXLANDevice.ensure(vni: 1, localIP: mine.nodeIP, underlayIndex: eth0.index, preferredMAC: dev.mac,
+                                                 subnet: mine.podSubnet, network: Self.network, netlink: &nl)
+        #expect(dev2.origin == .created && dev2.mac == dev.mac)
+        let table2 = try KernelVXLANPeerTable(device: dev2, network: Self.network, networkNamespace: "/run/netns/\(mine.name)")
+        try table2.verifyDevice()
+        #expect(try table2.currentPeers().isEmpty)
+        try table2.upsert(standIn.asPeer)
+        #expect(try lab.ping(from: mine.podNamespace, to: ref.podIP, count: 2).received == 2)
+
+        try table2.remove(standIn.asPeer)
+        #expect(try table2.currentPeers().isEmpty)
+        #expect(try lab.ping(from: mine.podNamespace, to: ref.podIP, count: 1).received == 0)
+        #expect(try lab.sh(mine.name, ["neigh", "show", "dev", "flannel.1"]).isEmpty)
+        #expect(!(try lab.sh(mine.name, [LabTools.bridge, "fdb", "show", "dev", "flannel.1"])).contains("\(standIn.vtepMAC)"))
+    }
+
+    @Test("an existing CLI-made flannel.1 is adopted: same MAC, same ifindex, no link flap; stale address replaced",
+          .enabled(if: root, Privileges.skipReason))
+    func adoption() throws {
+        let lab = try NetnsLab(tag: "ova")
+        defer { lab.cleanup() }
+        let nodes = try lab.makeCluster(nodes: 2)
+        let (mine, peer) = (nodes[0], nodes[1])
+        // Stock flanneld was running here with an older lease 10.5.99.0/24.
+        let old = try lab.makeFlannelStandIn(node: mine, subnet: IPv4Subnet(cidr: "10.5.99.0/24")!)
+        let peerStandIn = try lab.makeFlannelStandIn(node: peer)
+        try lab.addFlannelPeerRoutes(on: mine, peer: peerStandIn.asPeer)
+        try lab.sh(mine.name, ["addr", "add", "172.31.0.1/32", "dev", "flannel.1"]) // outside the network: kept
+        let index = try lab.linkIndex(mine.name, "flannel.1")
+        let carrier = try lab.sh(mine.name, ["/bin/cat", "/sys/class/net/flannel.1/carrier_changes"])
+
+        var nl = try NetlinkSocket(networkNamespace: "/run/netns/\(mine.name)")
+        let eth0 = try #require(try nl.link(named: "eth0"))
+        let dev = try FlannelVXLANDevice.ensure(vni: 1, localIP: mine.nodeIP, underlayIndex: eth0.index,
+                                                preferredMAC: MACAddress("0e:99:99:99:99:99")!,
+                                                subnet: mine.podSubnet, network: Self.network, netlink: &nl)
+        #expect(dev.origin == .adopted)
+        #expect(dev.mac == old.vtepMAC && dev.index == index)
+        #expect(try lab.sh(mine.name, ["/bin/cat", "/sys/class/net/flannel.1/carrier_changes"]) == carrier)
+        let addrs = try lab.sh(mine.name, ["-4", "-o", "addr", "show", "dev", "flannel.1"])
+        #expect(addrs.contains("inet \(mine.podSubnet.address)/32") && addrs.contains("172.31.0.1/32") && !addrs.contains("10.5.99.0"))
+        // The peer entries stock flanneld made are read back, unchanged.
+        let table = try KernelVXLANPeerTable(device: dev, network: Self.network, networkNamespace: "/run/netns/\(mine.name)")
+        #expect(try table.currentPeers() == [peerStandIn.asPeer])
+    }
+
+    @Test("an incompatible flannel.1 is replaced (with the reason), keeping its MAC; non-vxlan too",
+          .enabled(if: root, Privileges.skipReason))
+    func incompatibleReplaced() throws {
+        let lab = try NetnsLab(tag: "ovi")
+        defer { lab.cleanup() }
+        let mine = try lab.makeCluster(nodes: 1)[0]
+        try lab.sh(mine.name, ["link", "add", "flannel.1", "address", "0e:12:34:56:78:9a", "type", "vxlan", "id", "1",
+                               "local", "\(mine.nodeIP)", "dev", "eth0", "dstport", "4789", "nolearning"])
+        let oldIndex = try lab.linkIndex(mine.name, "flannel.1")
+        var nl = try NetlinkSocket(networkNamespace: "/run/netns/\(mine.name)")
+        let eth0 = try #require(try nl.link(named: "eth0"))
+        let dev = try FlannelVXLANDevice.ensure(vni: 1, localIP: mine.nodeIP, underlayIndex: eth0.index,
+                                                subnet: mine.podSubnet, network: Self.network, netlink: &nl)
+        #expect(dev.origin == .replaced(reason: "port: 4789 vs 8472"))
+        #expect(dev.index != oldIndex && dev.mac == MACAddress("0e:12:34:56:78:9a")! && dev.port == 8472)
+        #expect(try lab.sh(mine.name, ["-d", "link", "show", "flannel.1"]).contains("dstport 8472"))
+
+        // A bridge squatting on the name.
+        try nl.deleteLink(index: dev.index)
+        try lab.sh(mine.name, ["link", "add", "flannel.1", "type", "bridge"])
+        let dev2 = try FlannelVXLANDevice.ensure(vni: 1, localIP: mine.nodeIP, underlayIndex: eth0.index,
+                                                 subnet: mine.podSubnet, network: Self.network, netlink: &nl)
+        #expect(dev2.origin == .replaced(reason: "link type: bridge vs vxlan"))
+        #expect(try nl.link(index: dev2.index)?.kind == "vxlan")
+
+        // A missing underlay is a clear error, not a crash.
+        do {
+            _ = try FlannelVXLANDevice.ensure(vni: 2, localIP: mine.nodeIP, underlayIndex: 9999, subnet: mine.podSubnet, netlink: &nl)
+            Issue.record("ensure with a missing underlay should fail")
+        } catch {
+            #expect(error.description.contains("ifindex 9999"))
+        }
+    }
+
+    @Test("host-gw table and DirectRouting peers: routes via PublicIP, traffic, read-back, removal",
+          .enabled(if: root, Privileges.skipReason))
+    func hostGWAndDirect() throws {
+        let lab = try NetnsLab(tag: "ovh")
+        defer { lab.cleanup() }
+        let nodes = try lab.makeCluster(nodes: 2)
+        let (a, b) = (nodes[0], nodes[1])
+        var nlA = try NetlinkSocket(networkNamespace: "/run/netns/\(a.name)")
+        let eth0A = try #require(try nlA.link(named: "eth0"))
+        let hostGW = try HostGWPeerTable(underlayIndex: eth0A.index, network: Self.network, ownSubnet: a.podSubnet,
+                                         networkNamespace: "/run/netns/\(a.name)")
+        let peerB = Peer(subnet: b.podSubnet, publicIP: b.nodeIP, vtepMAC: nil)
+        try hostGW.upsert(peerB)
+        try lab.addHostGWRoute(on: b, peer: Peer(subnet: a.podSubnet, publicIP: a.nodeIP, vtepMAC: nil))
+        #expect(try lab.sh(a.name, ["route", "show", "\(b.podSubnet)"]).contains("\(b.podSubnet) via \(b.nodeIP) dev eth0"))
+        // A route outside the flannel network is not ours.
+        try lab.sh(a.name, ["route", "add", "172.16.5.0/24", "via", "\(b.nodeIP)"])
+        #expect(try hostGW.currentPeers() == [peerB])
+        #expect(try lab.ping(from: a.podNamespace, to: b.podIP, count: 2).received == 2)
+        try hostGW.remove(peerB)
+        #expect(try hostGW.currentPeers().isEmpty)
+        try hostGW.remove(peerB)
+
+        // DirectRouting in the vxlan table: the direct peer gets the host-gw style route.
+        #expect(try Overlay.isDirectlyReachable(b.nodeIP, netlink: &nlA))
+        #expect(try !Overlay.isDirectlyReachable(IPv4Address("10.77.0.1")!, netlink: &nlA))
+        let dev = try FlannelVXLANDevice.ensure(vni: 1, localIP: a.nodeIP, underlayIndex: eth0A.index,
+                                                subnet: a.podSubnet, network: Self.network, netlink: &nlA)
+        let table = try KernelVXLANPeerTable(device: dev, network: Self.network, networkNamespace: "/run/netns/\(a.name)")
+        // First as a vxlan peer, then it turns direct: neighbour and fdb must go.
+        let vxPeer = Peer(subnet: b.podSubnet, publicIP: b.nodeIP, vtepMAC: MACAddress("0e:00:00:00:00:bb")!)
+        try table.upsert(vxPeer)
+        var direct = vxPeer
+        direct.direct = true
+        try table.upsert(direct)
+        #expect(try lab.sh(a.name, ["route", "show", "\(b.podSubnet)"]).trimmingCharacters() == "\(b.podSubnet) via \(b.nodeIP) dev eth0")
+        #expect(try lab.sh(a.name, ["neigh", "show", "dev", "flannel.1"]).isEmpty)
+        #expect(!(try lab.sh(a.name, [LabTools.bridge, "fdb", "show", "dev", "flannel.1"])).contains("0e:00:00:00:00:bb"))
+        #expect(try table.currentPeers() == [KernelVXLANPeerTable.kernelView(of: direct)])
+        #expect(try lab.ping(from: a.podNamespace, to: b.podIP, count: 2).received == 2)
+        try table.remove(direct)
+        #expect(try table.currentPeers().isEmpty)
+        #expect(try lab.sh(a.name, ["route", "show", "\(b.podSubnet)"]).isEmpty)
+        #expect(try lab.sh(a.name, ["route", "show"]).contains("172.16.5.0/24"))
+    }
+
+    @Test("removeAll deletes our device (and with it its entries) and our underlay routes only",
+          .enabled(if: root, Privileges.skipReason))
+    func removeAll() throws {
+        let lab = try NetnsLab(tag: "ovc")
+        defer { lab.cleanup() }
+        let node = try lab.makeCluster(nodes: 1)[0]
+        var nl = try NetlinkSocket(networkNamespace: "/run/netns/\(node.name)")
+        let eth0 = try #require(try nl.link(named: "eth0"))
+        let dev = try FlannelVXLANDevice.ensure(vni: 1, localIP: node.nodeIP, underlayIndex: eth0.index,
+                                                subnet: node.podSubnet, network: Self.network, netlink: &nl)
+        let table = try KernelVXLANPeerTable(device: dev, network: Self.network, networkNamespace: "/run/netns/\(node.name)")
+        for p in peers(2) { try table.upsert(p) }
+        try lab.sh(node.name, ["route", "add", "10.5.40.0/24", "via", "192.168.77.40"])   // a host-gw/direct route: ours
+        try lab.sh(node.name, ["route", "add", "172.16.0.0/24", "via", "192.168.77.41"])  // someone else's
+        // A device of another VNI is not touched.
+        try lab.sh(node.name, ["link", "add", "flannel.2", "type", "vxlan", "id", "2", "dev", "eth0", "dstport", "8472"])
+
+        let removal = try Overlay.removeAll(vni: 1, network: Self.network, underlayIndex: eth0.index, netlink: &nl)
+        #expect(removal.deletedDevice == "flannel.1" && removal.deletedRoutes == [IPv4Subnet(cidr: "10.5.40.0/24")!])
+        let routes = try lab.sh(node.name, ["route", "show"])
+        #expect(!routes.contains("10.5.40.0") && !routes.contains("flannel.1") && routes.contains("172.16.0.0/24"))
+        #expect(routes.contains("\(node.podSubnet) dev cni0"))
+        #expect(try nl.link(named: "flannel.1") == nil && nl.link(named: "flannel.2") != nil)
+        // Idempotent.
+        let again = try Overlay.removeAll(vni: 1, network: Self.network, underlayIndex: eth0.index, netlink: &nl)
+        #expect(again.deletedDevice == nil && again.deletedRoutes.isEmpty)
+    }
+    @Test("1000 peers: upsert, read back through multi-part dumps, remove", .enabled(if: root, Privileges.skipReason))
+    func manyPeers() throws {
+        let lab = try NetnsLab(tag: "ovm")
+        defer { lab.cleanup() }
+        let node = try lab.makeCluster(nodes: 1)[0]
+        var nl = try NetlinkSocket(networkNamespace: "/run/netns/\(node.name)")
+        let eth0 = try #require(try nl.link(named: "eth0"))
+        let big = IPv4Subnet(cidr: "10.0.0.0/8")!
+        let dev = try FlannelVXLANDevice.ensure(vni: 1, localIP: node.nodeIP, underlayIndex: eth0.index,
+                                                subnet: node.podSubnet, network: big, netlink: &nl)
+        let table = try KernelVXLANPeerTable(device: dev, network: big, networkNamespace: "/run/netns/\(node.name)")
+        var many: [Peer] = []
+        for i in 0..<1000 {
+            let hi = UInt8(i / 250), lo = UInt8(i % 250)
+            let subnet = IPv4Subnet(address: IPv4Address(10, 100 + hi, lo, 0), prefixLength: 24)!
+            let mac = MACAddress(bytes: [0x0e, 0, 0, 0, UInt8(i >> 8), UInt8(i & 0xff)])
+            many.append(Peer(subnet: subnet, publicIP: IPv4Address(172, 20, hi, lo + 1), vtepMAC: mac))
+        }
+        for p in many { try table.upsert(p) }
+        #expect(try table.currentPeers() == Set(many))
+        #expect(try lab.sh(node.name, ["route", "show", "dev", "flannel.1"]).split(separator: "\n").count == 1000)
+        for p in many { try table.remove(p) }
+        #expect(try table.currentPeers().isEmpty)
+        #expect(try lab.sh(node.name, ["neigh", "show", "dev", "flannel.1"]).isEmpty)
+    }
+
+    @Test("the external interface is chosen as flanneld does: --iface names/IPs, --iface-regex, default route",
+          .enabled(if: root, Privileges.skipReason))
+    func externalInterface() throws {
+        let lab = try NetnsLab(tag: "ove")
+        defer { lab.cleanup() }
+        let node = try lab.makeCluster(nodes: 1)[0]
+        var nl = try NetlinkSocket(networkNamespace: "/run/netns/\(node.name)")
+        let eth0 = try #require(try nl.link(named: "eth0"))
+
+        // No --iface and no default route: a clear error.
+        #expect(throws: OverlayError.self) { try ExternalInterface.find(netlink: &nl) }
+        try lab.sh(node.name, ["route", "add", "default", "via", "192.168.77.254"])
+        let byDefault = try ExternalInterface.find(netlink: &nl)
+        #expect(byDefault == ExternalInterface(index: eth0.index, name: "eth0", mtu: 1500, address: node.nodeIP, prefixLength: 24))
+
+        #expect(try ExternalInterface.find(ifaces: ["cni0"], netlink: &nl).address == node.podGateway)
+        #expect(try ExternalInterface.find(ifaces: ["nope0", "\(node.nodeIP)"], netlink: &nl).name == "eth0")
+        #expect(try ExternalInterface.find(ifaces: ["\(node.podGateway)", "eth0"], netlink: &nl).name == "cni0")
+        #expect(try ExternalInterface.find(ifaceRegex: "^192\\.168\\.", netlink: &nl).name == "eth0")
+        #expect(try ExternalInterface.find(ifaceRegex: "^cni", netlink: &nl).name == "cni0")
+        do {
+            _ = try ExternalInterface.find(ifaces: ["nope0", "10.99.99.99"], netlink: &nl)
+            Issue.record("unknown interfaces must fail")
+        } catch {
+            #expect(error.description.contains("nope0"))
+        }
+        #expect(throws: OverlayError.self) { try ExternalInterface.find(ifaceRegex: "([", netlink: &nl) }
+    }
+}
+
+extension String {
+    func trimmingCharacters() -> String {
+        var s = Substring(self)
+        while let f = s.first, f == " " || f == "\n" { s = s.dropFirst() }
+        while let l = s.last, l == " " || l == "\n" { s = s.dropLast() }
+        return String(s)
+    }
+}
