@@ -356,7 +356,7 @@ private final class PeerWatcher: Sendable {
         case relistDue
     }
 
-    private enum ListReason { case initial, history, periodic, recovery }
+    private enum ListReason { case initial, history, periodic }
 
     func run() async {
         var state = State()
@@ -373,7 +373,7 @@ private final class PeerWatcher: Sendable {
             do {
                 if let reason = listReason {
                     let listing = try await manager.registry.listLeases()
-                    await reconcile(listing, state: &state, counting: reason == .periodic || reason == .history || reason == .recovery)
+                    await reconcile(listing, state: &state, counting: reason != .initial)
                     revision = listing.revision
                     listReason = nil
                 }
@@ -391,7 +391,7 @@ private final class PeerWatcher: Sendable {
                     }
                 }
                 let timer = Task {
-                    try? await Task.sleep(for: options.relistInterval)
+                    guard (try? await Task.sleep(for: options.relistInterval)) != nil else { return }
                     inputContinuation.yield(.relistDue)
                 }
                 defer {
@@ -433,9 +433,8 @@ private final class PeerWatcher: Sendable {
                 if errorLog.allow(errorClass(error)) {
                     logger.warning("lease watch: \(error); reconnecting with backoff (up to \(options.backoffMax))")
                 }
-                if listReason == .initial { /* keep: the snapshot is still owed */ } else if listReason == nil {
-                    // Resume from `revision`; a compacted one comes back as historyUnavailable.
-                }
+                // A pending list (initial, history) is retried as such; otherwise the watch resumes
+                // from `revision`, and if that was compacted meanwhile it comes back as historyUnavailable.
                 do { try await Task.sleep(for: backoff) } catch { break }
                 backoff = min(backoff * 2, options.backoffMax)
             }
