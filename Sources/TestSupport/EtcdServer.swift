@@ -1,0 +1,371 @@
+// A real etcd for tests: Debian's /usr/bin/etcd on 127.0.0.1 with free client and peer ports, a temp
+// data dir, v2 enabled (flannel ≤ 0.17 speaks v2), optional TLS. stop()/restart() keep the data dir
+// and ports (so a watch can reconnect to "the same" etcd); kill() is SIGKILL; cleanup() removes
+// everything. `etcdctl(api:)` runs Debian's etcdctl against it, the way flannel's docs write keys.
+//
+// Processes are started with posix_spawn and stopped by their pid only. Every instance gets its own
+// ports and directory, so tests (and other helpers' tests) can run in parallel.
+
+import Glibc
+import Synchronization
+
+public struct EtcdServerError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// Server-side TLS for a test etcd.
+public struct EtcdServerTLS: Sendable {
+    public var certFile: String
+    public var keyFile: String
+    /// With `clientCertAuth`, clients must present a certificate signed by this CA.
+    public var trustedCAFile: String
+    public var clientCertAuth: Bool
+
+    public init(certFile: String, keyFile: String, trustedCAFile: String, clientCertAuth: Bool = true) {
+        self.certFile = certFile
+        self.keyFile = keyFile
+        self.trustedCAFile = trustedCAFile
+        self.clientCertAuth = clientCertAuth
+    }
+}
+
+/// Result of running a command.
+public struct CommandResult: Sendable {
+    public var status: Int32
+    public var stdout: String
+    public var stderr: String
+}
+
+public final class EtcdServer: Sendable {
+    public let clientPort: Int
+    public let peerPort: Int
+    public let dataDir: String
+    public let tls: EtcdServerTLS?
+    /// Client-side files etcdctl uses against a TLS server (CA, cert, key).
+    public let etcdctlTLS: (ca: String, cert: String, key: String)?
+    private let pid = Mutex<pid_t>(0)
+    private let logPath: String
+    private let extraArguments: [String]
+
+    public var clientURL: String { (tls == nil ? "http" : "https") + "://127.0.0.1:\(clientPort)" }
+    public var peerURL: String { "http://127.0.0.1:\(peerPort)" }
+    public var isRunning: Bool { pid.withLock { $0 } > 0 }
+
+    private static let counter = Mutex(0)
+
+    /// Starts etcd and waits until it answers. `tag` names the data dir (e.g. the test's area).
+    /// `extraArguments` are appended to etcd's command line (e.g. `--auth-token-ttl=1`).
+    public static func start(tag: String = "fx", tls: EtcdServerTLS? = nil,
+                             etcdctlTLS: (ca: String, cert: String, key: String)? = nil,
+                             extraArguments: [String] = []) async throws -> EtcdServer {
+        let n = counter.withLock { $0 += 1; return $0 }
+        // tmpfs: etcd fsyncs every write, and tens of test servers fsyncing to one disk stall for seconds.
+        let base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp"
+        var template = Array("\(base)/fxetcd-\(tag)-\(getpid())-\(n)-XXXXXX".utf8CString)
+        guard template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) != nil else {
+            throw EtcdServerError("mkdtemp failed: errno \(errno)")
+        }
+        let dir = stringFromCChars(template)
+        // A port picked free can be taken before etcd binds it (parallel tests): try again.
+        var lastError: any Error = EtcdServerError("no attempt")
+        for _ in 0..<5 {
+            let (client, peer) = try freePortPair()
+            let server = EtcdServer(clientPort: client, peerPort: peer, dataDir: dir + "/data", logPath: dir + "/etcd.log",
+                                    tls: tls, etcdctlTLS: etcdctlTLS, extraArguments: extraArguments)
+            do {
+                try await server.launch()
+                return server
+            } catch let e as EtcdServerError where e.description.contains("address already in use") {
+                lastError = e
+                server.kill()
+                _ = try? runCommand(["/bin/rm", "-rf", dir + "/data"])
+            } catch {
+                server.cleanup()
+                throw error
+            }
+        }
+        _ = try? runCommand(["/bin/rm", "-rf", dir])
+        throw lastError
+    }
+
+    private init(clientPort: Int, peerPort: Int, dataDir: String, logPath: String, tls: EtcdServerTLS?,
+                 etcdctlTLS: (ca: String, cert: String, key: String)?, extraArguments: [String]) {
+        self.extraArguments = extraArguments
+        self.clientPort = clientPort
+        self.peerPort = peerPort
+        self.dataDir = dataDir
+        self.logPath = logPath
+        self.tls = tls
+        self.etcdctlTLS = etcdctlTLS
+    }
+
+    deinit {
+        let p = pid.withLock { $0 }
+        if p > 0 {
+            Glibc.kill(p, SIGKILL)
+            var status: Int32 = 0
+            waitpid(p, &status, 0)
+        }
+    }
+
+    private var arguments: [String] {
+        var args = [
+            "/usr/bin/etcd", "--name", "fx", "--data-dir", dataDir,
+            "--listen-client-urls", clientURL, "--advertise-client-urls", clientURL,
+            "--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
+            "--initial-cluster", "fx=\(peerURL)", "--initial-cluster-state", "new",
+            "--enable-v2=true", "--logger", "zap", "--log-level", "warn",
+            "--heartbeat-interval", "50", "--election-timeout", "500",
+        ]
+        if let tls {
+            args += ["--cert-file", tls.certFile, "--key-file", tls.keyFile, "--trusted-ca-file", tls.trustedCAFile]
+            if tls.clientCertAuth { args += ["--client-cert-auth"] }
+        }
+        return args + extraArguments
+    }
+
+    private func launch() async throws {
+        let p = try spawn(arguments, stdoutPath: logPath, appendOutput: true)
+        pid.withLock { $0 = p }
+        let deadline = ContinuousClock.now + .seconds(30)
+        while ContinuousClock.now < deadline {
+            var status: Int32 = 0
+            if waitpid(p, &status, WNOHANG) == p {
+                pid.withLock { $0 = 0 }
+                throw EtcdServerError("etcd exited during startup (status \(status)); log: \(readFile(logPath).suffix(2000))")
+            }
+            // A cheap connect first; etcdctl (a Go process per try) only once the port listens.
+            // `endpoint status` rather than `health`: it also answers when auth is enabled.
+            if acceptsConnections(clientPort) {
+                let r = try? await etcdctl(api: 3, ["endpoint", "status", "--command-timeout=2s"])
+                if let r, r.status == 0 { return }
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        kill()
+        throw EtcdServerError("etcd did not become healthy within 30 s; log: \(readFile(logPath).suffix(2000))")
+    }
+
+    /// SIGTERM and wait (data dir and ports kept for `restart()`).
+    public func stop() async {
+        let p = pid.withLock { v -> pid_t in let p = v; v = 0; return p }
+        guard p > 0 else { return }
+        Glibc.kill(p, SIGTERM)
+        let deadline = ContinuousClock.now + .seconds(10)
+        while await !reaped(p) {
+            if ContinuousClock.now > deadline { Glibc.kill(p, SIGKILL) }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    /// SIGKILL and wait.
+    public func kill() {
+        let p = pid.withLock { v -> pid_t in let p = v; v = 0; return p }
+        guard p > 0 else { return }
+        Glibc.kill(p, SIGKILL)
+        var status: Int32 = 0
+        while waitpid(p, &status, 0) < 0, errno == EINTR {}
+    }
+
+    /// Starts etcd again on the same ports with the same data.
+    public func restart() async throws {
+        await stop()
+        try await launch()
+    }
+
+    /// Stops etcd and removes its directory.
+    public func cleanup() {
+        kill()
+        let dir = String(dataDir.dropLast("/data".count))
+        _ = try? runCommand(["/bin/rm", "-rf", dir])
+    }
+
+    /// Runs Debian's etcdctl against this server (ETCDCTL_API=2 or 3).
+    @discardableResult
+    public func etcdctl(api: Int, _ args: [String]) async throws -> CommandResult {
+        var argv = ["/usr/bin/etcdctl"]
+        if api == 2 {
+            argv += ["--endpoints", clientURL]
+            if let t = etcdctlTLS { argv += ["--ca-file", t.ca, "--cert-file", t.cert, "--key-file", t.key] }
+        } else {
+            argv += ["--endpoints=\(clientURL)"]
+            if let t = etcdctlTLS { argv += ["--cacert=\(t.ca)", "--cert=\(t.cert)", "--key=\(t.key)"] }
+        }
+        return try await runCommandAsync(argv + args, environment: ["ETCDCTL_API=\(api)"])
+    }
+
+    /// Like `etcdctl` but throws with the output when it fails.
+    @discardableResult
+    public func etcdctlChecked(api: Int, _ args: [String]) async throws -> String {
+        let r = try await etcdctl(api: api, args)
+        guard r.status == 0 else {
+            throw EtcdServerError("etcdctl (v\(api)) \(args.joined(separator: " ")) failed (\(r.status)): \(r.stderr) \(r.stdout)")
+        }
+        return r.stdout
+    }
+
+    public var log: String { readFile(logPath) }
+}
+
+// MARK: - processes and ports
+
+/// Two distinct free TCP ports on 127.0.0.1 (bound then released; collisions are unlikely).
+public func freePortPair() throws -> (Int, Int) {
+    let a = try freePort()
+    var b = try freePort()
+    while b == a { b = try freePort() }
+    return (a, b)
+}
+
+public func freePort() throws -> Int {
+    // Outside Linux's ephemeral range (32768-60999), so outgoing connections cannot grab it meanwhile.
+    for _ in 0..<200 {
+        let port = Int.random(in: 20000...32000)
+        if canBind(port) { return port }
+    }
+    throw EtcdServerError("no free port found in 20000...32000")
+}
+
+private func canBind(_ port: Int) -> Bool {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    addr.sin_port = UInt16(port).bigEndian
+    let rc = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    return rc == 0
+}
+
+/// posix_spawn with stdout+stderr to `stdoutPath` (or /dev/null); returns the pid.
+func spawn(_ argv: [String], environment: [String] = [], stdoutPath: String? = nil, stderrPath: String? = nil,
+           appendOutput: Bool = false) throws -> pid_t {
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    let flags = O_WRONLY | O_CREAT | (appendOutput ? O_APPEND : O_TRUNC)
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 1, stdoutPath ?? "/dev/null", flags, 0o644)
+    if let stderrPath {
+        posix_spawn_file_actions_addopen(&actions, 2, stderrPath, flags, 0o644)
+    } else {
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+    }
+    var env = environment
+    for name in ["PATH", "HOME"] {
+        if let v = getenv(name) { env.append("\(name)=\(String(cString: v))") }
+    }
+    let cArgs = argv.map { strdup($0) } + [nil]
+    let cEnv = env.map { strdup($0) } + [nil]
+    defer {
+        cArgs.forEach { free($0) }
+        cEnv.forEach { free($0) }
+    }
+    var pid: pid_t = 0
+    let rc = posix_spawn(&pid, argv[0], &actions, nil, cArgs, cEnv)
+    guard rc == 0 else { throw EtcdServerError("posix_spawn \(argv[0]): \(String(cString: strerror(rc)))") }
+    return pid
+}
+
+/// Runs a command to completion, capturing stdout and stderr. Blocks the calling thread: use
+/// `runCommandAsync` from async tests (a blocked cooperative thread stalls every other test).
+public func runCommand(_ argv: [String], environment: [String] = []) throws -> CommandResult {
+    try withOutputFiles { out, err in
+        let pid = try spawn(argv, environment: environment, stdoutPath: out, stderrPath: err)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0, errno == EINTR {}
+        return status
+    }
+}
+
+/// Like `runCommand`, but waits without blocking a thread.
+public func runCommandAsync(_ argv: [String], environment: [String] = []) async throws -> CommandResult {
+    let dir = try makeTempDir("fxcmd")
+    defer {
+        unlink(dir + "/out")
+        unlink(dir + "/err")
+        rmdir(dir)
+    }
+    let pid = try spawn(argv, environment: environment, stdoutPath: dir + "/out", stderrPath: dir + "/err")
+    var status: Int32 = 0
+    var delay = Duration.milliseconds(1)
+    while true {
+        let r = waitpid(pid, &status, WNOHANG)
+        if r == pid || (r < 0 && errno != EINTR) { break }
+        try? await Task.sleep(for: delay)
+        delay = min(delay * 2, .milliseconds(20))
+    }
+    return CommandResult(status: exitCode(status), stdout: readFile(dir + "/out"), stderr: readFile(dir + "/err"))
+}
+
+private func withOutputFiles(_ body: (String, String) throws -> Int32) throws -> CommandResult {
+    let dir = try makeTempDir("fxcmd")
+    defer {
+        unlink(dir + "/out")
+        unlink(dir + "/err")
+        rmdir(dir)
+    }
+    let status = try body(dir + "/out", dir + "/err")
+    return CommandResult(status: exitCode(status), stdout: readFile(dir + "/out"), stderr: readFile(dir + "/err"))
+}
+
+private func exitCode(_ status: Int32) -> Int32 {
+    (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+}
+
+/// True once `pid` has exited (and reaps it).
+func reaped(_ pid: pid_t) async -> Bool {
+    var status: Int32 = 0
+    let r = waitpid(pid, &status, WNOHANG)
+    return r == pid || (r < 0 && errno == ECHILD)
+}
+
+func makeTempDir(_ tag: String) throws -> String {
+    var template = Array("/tmp/\(tag)-\(getpid())-XXXXXX".utf8CString)
+    guard template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) != nil else {
+        throw EtcdServerError("mkdtemp failed: errno \(errno)")
+    }
+    return stringFromCChars(template)
+}
+
+/// True if something accepts TCP connections on 127.0.0.1:`port` (a local connect never blocks long).
+func acceptsConnections(_ port: Int) -> Bool {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    addr.sin_port = UInt16(port).bigEndian
+    return withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    } == 0
+}
+
+public func readFile(_ path: String) -> String {
+    guard let f = fopen(path, "r") else { return "" }
+    defer { fclose(f) }
+    var out: [UInt8] = []
+    var buf = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = fread(&buf, 1, buf.count, f)
+        if n <= 0 { break }
+        out += buf[0..<n]
+    }
+    return String(decoding: out, as: UTF8.self)
+}
+
+public func writeFile(_ path: String, _ text: String) throws {
+    guard let f = fopen(path, "w") else { throw EtcdServerError("cannot write \(path): errno \(errno)") }
+    defer { fclose(f) }
+    let bytes = Array(text.utf8)
+    guard fwrite(bytes, 1, bytes.count, f) == bytes.count else { throw EtcdServerError("short write to \(path)") }
+}
+
+func stringFromCChars(_ chars: [CChar]) -> String {
+    String(decoding: chars.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}

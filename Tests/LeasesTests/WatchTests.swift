@@ -1,0 +1,224 @@
+import Glibc
+@testable import Leases
+import Logging
+import NetTypes
+import TestSupport
+import Testing
+
+let quietLogger: Logger = {
+    var l = Logger(label: "leases-test")
+    l.logLevel = .error
+    return l
+}()
+
+@Suite("LeasesTests: watching peers against a real etcd")
+struct WatchTests {
+    @Test(arguments: bothAPIs)
+    func seesAddsChangesDeletesAndExpiry(_ api: EtcdAPIVersion) async throws {
+        try await withEtcd { server in
+            let prefix = uniquePrefix("watch")
+            try await writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
+            let config = try NetworkConfig.parse(vxlanConfigJSON)
+            let registry = try makeRegistry(server, api, prefix: prefix)
+            let me = SubnetManager(registry: registry, options: fastOptions(), logger: quietLogger)
+            let own = try await me.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.1"), previousSubnet: ownTestSubnet)
+
+            // A peer present before the watch starts, with a short TTL.
+            let p1 = vxlanAttributes("192.0.2.2", mac: "0a:00:00:00:00:02")
+            try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.2.0-24", value: p1.json, ttl: 3)
+
+            let peers = PeerCollector(me.watchPeers(config: config))
+            defer { peers.stop() }
+            try await eventually("snapshot") { peers.gotSnapshot }
+            guard case .snapshot(let initial) = peers.events.first else { Issue.record("first event is not a snapshot"); return }
+            #expect(initial.map(\.subnet) == [subnet("10.5.2.0/24")])
+            #expect(initial.first?.attributes == p1)
+            #expect(peers.peers[own.subnet] == nil)
+
+            // add
+            let p2 = vxlanAttributes("192.0.2.3", mac: "0a:00:00:00:00:03")
+            try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.3.0-24", value: p2.json, ttl: 60)
+            try await eventually("add") { peers.peers[subnet("10.5.3.0/24")]?.attributes == p2 }
+            // change (a restarted node with a new VtepMAC)
+            let p2b = vxlanAttributes("192.0.2.3", mac: "0a:00:00:00:00:33")
+            try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.3.0-24", value: p2b.json, ttl: 60)
+            try await eventually("change") { peers.peers[subnet("10.5.3.0/24")]?.attributes == p2b }
+            #expect(peers.events.contains(.changed(peers.peers[subnet("10.5.3.0/24")]!)))
+            // delete
+            if api == .v2 {
+                try await server.etcdctlChecked(api: 2, ["rm", prefix + "/subnets/10.5.3.0-24"])
+            } else {
+                try await server.etcdctlChecked(api: 3, ["del", prefix + "/subnets/10.5.3.0-24"])
+            }
+            try await eventually("delete") { peers.peers[subnet("10.5.3.0/24")] == nil }
+            // TTL expiry of the first peer
+            try await eventually(timeout: .seconds(10), "expiry") { peers.peers[subnet("10.5.2.0/24")] == nil }
+            #expect(peers.events.contains { if case .removed(let l) = $0 { l.subnet == subnet("10.5.2.0/24") } else { false } })
+            // Our own renewals never show up as peer events.
+            try await me.renewLease()
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(!peers.events.contains { e in
+                switch e {
+                case .added(let l), .changed(let l), .removed(let l): l.subnet == own.subnet
+                case .snapshot(let ls): ls.contains { $0.subnet == own.subnet }
+                }
+            })
+        }
+    }
+
+    @Test(arguments: bothAPIs)
+    func ownLeaseDeletedBySomeoneElseIsSignalled(_ api: EtcdAPIVersion) async throws {
+        try await withEtcd { server in
+            let prefix = uniquePrefix("lost")
+            try await writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
+            let config = try NetworkConfig.parse(vxlanConfigJSON)
+            let registry = try makeRegistry(server, api, prefix: prefix)
+            let me = SubnetManager(registry: registry, options: fastOptions(), logger: quietLogger)
+            let own = try await me.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.1"), previousSubnet: ownTestSubnet)
+            let peers = PeerCollector(me.watchPeers(config: config))
+            defer { peers.stop() }
+            try await eventually("snapshot") { peers.gotSnapshot }
+            if api == .v2 {
+                try await server.etcdctlChecked(api: 2, ["rm", prefix + "/subnets/" + own.subnet.leaseKey])
+            } else {
+                try await server.etcdctlChecked(api: 3, ["del", prefix + "/subnets/" + own.subnet.leaseKey])
+            }
+            var lost = me.ownLeaseLost.makeAsyncIterator()
+            let event = await lost.next()
+            #expect(event?.lease.subnet == own.subnet)
+            #expect(event?.reason.contains("deleted") == true)
+            await #expect(throws: (any Error).self) { try await me.runRenewLoop() }
+        }
+    }
+
+    /// Compaction (v3) / a cleared event index (v2) at the registry level: a distinct error.
+    @Test(arguments: bothAPIs)
+    func historyUnavailableIsADistinctError(_ api: EtcdAPIVersion) async throws {
+        try await withEtcd { server in
+            let prefix = uniquePrefix("hist")
+            let registry = try makeRegistry(server, api, prefix: prefix)
+            let start = try await registry.listLeases().revision
+            if api == .v3 {
+                for i in 0..<5 { try await putRaw(registry, name: "10.5.\(i).0-24", value: "{}") }
+                let rev = try await registry.listLeases().revision
+                try await server.etcdctlChecked(api: 3, ["compact", String(rev)])
+            } else {
+                // v2 keeps the last 1000 events.
+                for i in 0..<1010 { try await putRaw(registry, name: "10.5.\(i % 200).0-24", value: "{}") }
+            }
+            await #expect {
+                for try await _ in registry.watchLeases(fromRevision: start + 1) {}
+            } throws: { error in
+                if case RegistryError.historyUnavailable = error { return true }
+                return false
+            }
+        }
+    }
+
+    /// etcd goes away under a watch, comes back after writes and a compaction (v3) or more than 1000
+    /// events (v2) happened: the watcher backs off without spinning, then re-lists and diffs, missing
+    /// no add or remove.
+    @Test(arguments: bothAPIs)
+    func recoversFromOutageAndLostHistoryWithoutMissingChanges(_ api: EtcdAPIVersion) async throws {
+        try await withEtcd(exclusive: true) { server in
+            let prefix = uniquePrefix("outage")
+            try await writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
+            let config = try NetworkConfig.parse(vxlanConfigJSON)
+            let counters = LeaseCounters()
+            let registry = try makeRegistry(server, api, prefix: prefix, counters: counters)
+            var options = fastOptions()
+            options.backoffInitial = .milliseconds(100)
+            options.backoffMax = .seconds(5)
+            let log = CollectedLines()
+            let me = SubnetManager(registry: registry, counters: counters, options: options, logger: log.logger(level: .warning))
+            _ = try await me.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.1"), previousSubnet: ownTestSubnet)
+            for i in 2...4 {
+                try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.\(i).0-24",
+                                      value: vxlanAttributes("192.0.2.\(i)").json, ttl: 600)
+            }
+            let peers = PeerCollector(me.watchPeers(config: config))
+            defer { peers.stop() }
+            try await eventually("snapshot") { peers.peers.count == 3 }
+
+            await server.stop()
+            let cpuBefore = processCPUTime()
+            let wallBefore = ContinuousClock.now
+            try await Task.sleep(for: .seconds(3))
+            let cpu = processCPUTime() - cpuBefore
+            let wall = ContinuousClock.now - wallBefore
+            // Backoff 0.1+0.2+0.4+0.8+1.6 s: a handful of attempts in 3 s, not a spin.
+            let failedAttempts = counters.snapshot().watchReconnects
+            #expect(failedAttempts <= 8)
+            // Nothing else runs in this process meanwhile (exclusive): a busy loop would burn ~1 s per second.
+            #expect(cpu < wall * 0.1, "CPU \(cpu) during \(wall) of etcd outage")
+            // One log line per error class per interval (5 s here), not one per attempt.
+            let watchLines = log.all.filter { $0.contains("lease watch") }
+            #expect(failedAttempts >= 3)
+            #expect(watchLines.count <= 2, "\(watchLines)")
+
+            // Right after a failed attempt the watcher sleeps ≥ 3.2 s: in that window etcd returns,
+            // leases change, and the history the watcher would resume from disappears.
+            let attempts = counters.snapshot().watchReconnects
+            try await eventually(timeout: .seconds(8), "next reconnect attempt") { counters.snapshot().watchReconnects > attempts }
+            try await Task.sleep(for: .milliseconds(100))
+            try await server.restart()
+            let p5 = vxlanAttributes("192.0.2.5")
+            if api == .v3 {
+                try await server.etcdctlChecked(api: 3, ["del", prefix + "/subnets/10.5.2.0-24"])
+                try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.5.0-24", value: p5.json, ttl: 600)
+                let rev = try await registry.listLeases().revision
+                try await server.etcdctlChecked(api: 3, ["compact", String(rev)])
+            } else {
+                // Push the index the watcher resumes from out of v2's 1000-event window (other keys,
+                // outside our prefix), then remove and add.
+                let noise = try makeRegistry(server, .v2, prefix: uniquePrefix("noise"))
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for w in 0..<8 {
+                        group.addTask { for i in 0..<130 { try await putRaw(noise, name: "n\(w)-\(i)", value: "x") } }
+                    }
+                    try await group.waitForAll()
+                }
+                try await server.etcdctlChecked(api: 2, ["rm", prefix + "/subnets/10.5.2.0-24"])
+                try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.5.0-24", value: p5.json, ttl: 600)
+            }
+            try await eventually(timeout: .seconds(15), "re-list after the outage") {
+                Set(peers.peers.keys) == [subnet("10.5.3.0/24"), subnet("10.5.4.0/24"), subnet("10.5.5.0/24")]
+            }
+            let s = counters.snapshot()
+            #expect(s.historyRelists >= 1, "\(s)")
+            #expect(s.watchReconnects >= 1)
+            #expect(peers.events.contains(.added(peers.peers[subnet("10.5.5.0/24")]!)))
+            #expect(peers.events.contains { if case .removed(let l) = $0 { l.subnet == subnet("10.5.2.0/24") } else { false } })
+
+            // And the watch is live again.
+            let p6 = vxlanAttributes("192.0.2.6")
+            try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.6.0-24", value: p6.json, ttl: 600)
+            try await eventually("live again") { peers.peers[subnet("10.5.6.0/24")] != nil }
+        }
+    }
+
+    @Test(arguments: bothAPIs)
+    func periodicRelistRepairsAndStaysQuiet(_ api: EtcdAPIVersion) async throws {
+        try await withEtcd { server in
+            let prefix = uniquePrefix("relist")
+            try await writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
+            let config = try NetworkConfig.parse(vxlanConfigJSON)
+            let counters = LeaseCounters()
+            var options = fastOptions()
+            options.relistInterval = .milliseconds(500)
+            let me = SubnetManager(registry: try makeRegistry(server, api, prefix: prefix, counters: counters),
+                                   counters: counters, options: options, logger: quietLogger)
+            _ = try await me.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.1"), previousSubnet: ownTestSubnet)
+            try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.7.0-24", value: vxlanAttributes("192.0.2.7").json, ttl: 600)
+            let peers = PeerCollector(me.watchPeers(config: config))
+            defer { peers.stop() }
+            try await eventually("snapshot") { peers.peers.count == 1 }
+            try await eventually("two re-lists") { counters.snapshot().periodicRelists >= 2 }
+            // Nothing was missed, so re-lists report nothing.
+            #expect(peers.events.count == 1)
+            #expect(counters.snapshot().repairedByRelist == 0)
+            try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.8.0-24", value: vxlanAttributes("192.0.2.8").json, ttl: 600)
+            try await eventually("add after re-lists") { peers.peers.count == 2 }
+        }
+    }
+}
