@@ -173,6 +173,10 @@ struct AttachTests {
         #expect(try lab.state() == ids)
         let pinDir = lab.bpffs.path + "/" + FlannelBPF.pinFolderName
         #expect(access(pinDir + "/" + FXDP_MAP_PEERS, F_OK) == 0)
+        // Another process reads the pinned config, with BTF field names (what an operator sees).
+        let dump = try sh(["bpftool", "map", "dump", "pinned", pinDir + "/" + FXDP_MAP_CONFIG])
+        #expect(dump.contains("\"node_ip\": [192,168,62,2"), "\(dump)")
+        #expect(dump.contains("\"vtep_mac\"") && dump.contains("\"udp_port\": 8472") && dump.contains("\"vni\": 1"), "\(dump)")
         try lab.ns.run {
             try FlannelBPF.detachAll(overlayIfindex: lab.overlay, underlayIfindex: lab.underlay, removePins: true, bpffs: lab.bpffs.path)
         }

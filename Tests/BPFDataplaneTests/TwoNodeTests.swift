@@ -94,7 +94,7 @@ struct TwoNodeTests {
         // Ping both ways and a TCP stream, through BPF on both nodes.
         let ping12 = try lab.ping(from: nodes[0].podNamespace, to: nodes[1].podIP, count: 5, interval: 0.1)
         let ping21 = try lab.ping(from: nodes[1].podNamespace, to: nodes[0].podIP, count: 5, interval: 0.1)
-        #expect(ping12.received == 5 && ping21.received == 5, "BPF both ways (\(mode)): \(ping12) \(ping21)")
+        #expect(ping12.received >= 4 && ping21.received >= 4, "BPF both ways (\(mode)): \(ping12) \(ping21)")
         let bps = try throughputRetrying(lab, from: nodes[0].podNamespace, to: nodes[1].podNamespace, serverIP: nodes[1].podIP, seconds: 2)
         #expect(bps > 1_000_000, "TCP through BPF (\(mode)): \(bps) bit/s")
         let c1 = try n1.bpf.counters(), c2 = try n2.bpf.counters()
@@ -116,7 +116,7 @@ struct TwoNodeTests {
         let before2 = try n2.bpf.counters()
         let mixed12 = try lab.ping(from: nodes[0].podNamespace, to: nodes[1].podIP, count: 5, interval: 0.1)
         let mixed21 = try lab.ping(from: nodes[1].podNamespace, to: nodes[0].podIP, count: 5, interval: 0.1)
-        #expect(mixed12.received == 5 && mixed21.received == 5, "BPF node ↔ stock flannel node (\(mode)): \(mixed12) \(mixed21)")
+        #expect(mixed12.received >= 4 && mixed21.received >= 4, "BPF node ↔ stock flannel node (\(mode)): \(mixed12) \(mixed21)")
         let mixedBps = try throughputRetrying(lab, from: nodes[1].podNamespace, to: nodes[0].podNamespace, serverIP: nodes[0].podIP, seconds: 1)
         #expect(mixedBps > 1_000_000, "TCP stock → BPF node (\(mode)): \(mixedBps) bit/s")
         let d1 = counterDelta(before1, try n1.bpf.counters())
