@@ -92,7 +92,11 @@ let package = Package(
             dependencies: ["CBPF", "NetTypes", .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(name: "NetTypesTests", dependencies: ["NetTypes"]),
-        .testTarget(name: "BPFLoaderTests", dependencies: ["BPFLoader", "CBPF", "TestSupport"]),
+        .testTarget(
+            name: "BPFLoaderTests",
+            dependencies: ["BPFLoader", "CBPF", "TestSupport", .product(name: "Logging", package: "swift-log")],
+            exclude: ["Fixtures"]  // test-only BPF C, compiled by the tests themselves
+        ),
         .testTarget(name: "BPFDataplaneTests", dependencies: ["BPFDataplane", "BPFLoader", "CBPF", "NetTypes", "Netlink", "TestSupport"]),
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "NetTypes", "CBPF", "TestSupport"]),
         .testTarget(

@@ -39,7 +39,15 @@ public struct BPFError: Error, CustomStringConvertible, Sendable, Equatable {
     }
 
     public var strerror: String {
-        guard errno != 0, let text = Glibc.strerror(errno) else { return "no system error" }
+        guard errno != 0 else { return "no system error" }
+        if errno >= 4000 {
+            // libbpf's own codes (LIBBPF_ERRNO__FORMAT etc.), which Glibc does not know.
+            var buffer = [CChar](repeating: 0, count: 256)
+            if libbpf_strerror(-errno, &buffer, buffer.count) == 0 {
+                return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            }
+        }
+        guard let text = Glibc.strerror(errno) else { return "errno \(errno)" }
         return String(cString: text)
     }
 
@@ -145,4 +153,26 @@ struct OwnedFD: ~Copyable {
     let raw: Int32
     init(_ raw: Int32) { self.raw = raw }
     deinit { if raw >= 0 { close(raw) } }
+}
+
+/// Runs a libbpf call that returns a status and collects the warnings libbpf printed meanwhile
+/// (for netlink calls these carry the kernel's extack message, e.g. "Parent Qdisc doesn't exists").
+func withLibbpfMessages(_ body: () -> Int32) -> (status: Int32, messages: String) {
+    cbpf_libbpf_capture_begin()
+    let status = body()
+    var messages = ""
+    if let raw = cbpf_libbpf_capture_end() {
+        messages = String(cString: raw).trimmingTrailingNewlines()
+        free(raw)
+    }
+    return (status, messages.isEmpty ? "" : "libbpf said:\n" + messages.tailLines(20))
+}
+
+/// The `sz` to put in a libbpf opts struct: the end of its last field (libbpf's `T__last_field`).
+/// libbpf rejects an opts struct whose bytes past the fields it knows are not zero, and Swift
+/// leaves tail padding undefined (copies may fill it with garbage), so neither `.size` nor
+/// `.stride` is safe when the C struct ends in padding (`size_t :0`).
+func libbpfOptsSize<T, Field>(_ lastField: KeyPath<T, Field>) -> Int {
+    guard let offset = MemoryLayout<T>.offset(of: lastField) else { return MemoryLayout<T>.size }
+    return offset + MemoryLayout<Field>.size
 }

@@ -21,8 +21,9 @@ public enum BPFFS {
     public static func ensureMounted(at path: String) throws(BPFError) {
         if isMounted(at: path) { return }
         try makeDirectories(path)
-        // A folder inside an existing bpffs would pass isMounted above; we only get here for a
-        // plain folder, so mount a fresh instance on it.
+        // A folder just created inside an existing bpffs (e.g. /sys/fs/bpf/<project>) is already
+        // on it: pins belong in that shared instance, not in a new one stacked on top.
+        if isMounted(at: path) { return }
         if mount("bpf", path, "bpf", 0, "mode=0700") != 0 {
             throw BPFError(operation: "mount(-t bpf \(path))", errno: Glibc.errno,
                            hint: "needs root (CAP_SYS_ADMIN) in the mount namespace")

@@ -243,8 +243,14 @@ public final class PerCPUMap<K: BitwiseCopyable, V: BitwiseCopyable>: @unchecked
 
     private var slotSize: Int { roundUp8(Int(cachedInfo.valueSize)) }
 
-    /// The values for `key`, one per possible CPU (index = CPU number), or nil when absent.
-    public func lookup(_ key: K) throws(BPFError) -> [V]? {
+    /// The values for `key`, one per possible CPU (index = CPU number); empty when the key is
+    /// absent (never the case for per-CPU arrays within max_entries).
+    public func lookup(_ key: K) throws(BPFError) -> [V] {
+        try lookupIfPresent(key) ?? []
+    }
+
+    /// The values for `key`, one per possible CPU, or nil when absent (per-CPU hash maps).
+    public func lookupIfPresent(_ key: K) throws(BPFError) -> [V]? {
         var keyBuffer = KeyBuffer(key, size: Int(cachedInfo.keySize))
         let slot = slotSize
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: slot * cpuCount + 8, alignment: 16)
@@ -297,10 +303,9 @@ public final class PerCPUMap<K: BitwiseCopyable, V: BitwiseCopyable>: @unchecked
 }
 
 extension PerCPUMap where V: FixedWidthInteger {
-    /// The value summed over all CPUs (wrapping), or nil when absent.
-    public func sum(_ key: K) throws(BPFError) -> V? {
-        guard let values = try lookup(key) else { return nil }
-        return values.reduce(0, &+)
+    /// The value summed over all CPUs (wrapping); 0 when the key is absent.
+    public func sum(_ key: K) throws(BPFError) -> V {
+        try lookup(key).reduce(0, &+)
     }
 }
 

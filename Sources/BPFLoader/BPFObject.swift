@@ -66,7 +66,7 @@ public struct BPFObject: ~Copyable {
         _ call: (UnsafePointer<bpf_object_open_opts>) -> OpaquePointer?
     ) throws(BPFError) -> OpaquePointer {
         var opts = bpf_object_open_opts()
-        opts.sz = MemoryLayout<bpf_object_open_opts>.stride
+        opts.sz = libbpfOptsSize(\bpf_object_open_opts.kernel_log_level)
         // The strings only need to live through the open call: libbpf copies the object name and
         // builds (strdup) each map's pin path from the root while opening.
         let result: OpaquePointer? = withOptionalCString(name) { namePtr in
@@ -193,6 +193,21 @@ public struct BPFObject: ~Copyable {
         }
     }
 
+    /// Typed form of `setInitialValue(mapNamed:bytes:)`: `T` must have the map's value size, e.g. a
+    /// C struct holding every `const volatile` global of the object for ".rodata".
+    public mutating func setInitialValue<T: BitwiseCopyable>(mapNamed mapName: String, value: T) throws(BPFError) {
+        let bytes = withUnsafeBytes(of: value) { Array($0) }
+        let map = try findMap(mapName, operation: "bpf_map__set_initial_value(\(name).\(mapName))")
+        let valueSize = Int(bpf_map__value_size(map))
+        // C sizeof may include tail padding Swift's size leaves out: pad with zeros up to it.
+        guard valueSize >= bytes.count, valueSize <= MemoryLayout<T>.stride else {
+            throw BPFError.invalid("bpf_map__set_initial_value(\(name).\(mapName))",
+                                   "\(T.self) is \(bytes.count) bytes, the map's value is \(valueSize) bytes",
+                                   hint: "mirror every global of that section, in order, in one C struct")
+        }
+        try setInitialValue(mapNamed: mapName, bytes: bytes + [UInt8](repeating: 0, count: valueSize - bytes.count))
+    }
+
     /// Changes a map's max_entries before load.
     public mutating func setMaxEntries(mapNamed mapName: String, _ maxEntries: UInt32) throws(BPFError) {
         let operation = "bpf_map__set_max_entries(\(name).\(mapName))"
@@ -212,6 +227,10 @@ public struct BPFObject: ~Copyable {
     }
 }
 
+// @unchecked: the object can move to another task or actor. Mutation (load, initial values) takes
+// `mutating`/exclusive access; the non-mutating methods only read libbpf's program and map tables.
+extension BPFObject: @unchecked Sendable {}
+
 /// A loaded program: its fd and C function name. Non-owning: valid while its BPFObject lives.
 public struct BPFProgram: Sendable, Hashable {
     public let fd: Int32
@@ -220,6 +239,15 @@ public struct BPFProgram: Sendable, Hashable {
     public init(fd: Int32, name: String) {
         self.fd = fd
         self.name = name
+    }
+
+    /// Pins the program at `path` on a bpffs (keeps it loaded after the process exits).
+    public func pin(at path: String) throws(BPFError) {
+        let ret = bpf_obj_pin(fd, path)
+        if ret != 0 {
+            throw BPFError.libbpf("bpf_obj_pin(\(name) at \(path))", returned: Int(ret),
+                                  hint: "the folder must be on a bpffs (BPFFS.ensureMounted) and the name free")
+        }
     }
 
     /// What the kernel knows about this program (id, tag, type, maps).
@@ -306,7 +334,7 @@ extension BPFProgram {
         }
         var output = [UInt8](repeating: 0, count: outputCapacity)
         var opts = bpf_test_run_opts()
-        opts.sz = MemoryLayout<bpf_test_run_opts>.stride
+        opts.sz = libbpfOptsSize(\bpf_test_run_opts.batch_size)
         opts.repeat = Int32(clamping: count)
         let ret: Int32 = packet.withUnsafeBytes { input in
             output.withUnsafeMutableBytes { out in

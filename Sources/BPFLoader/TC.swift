@@ -20,14 +20,14 @@ public enum TCDirection: Sendable, Hashable, CustomStringConvertible {
 public enum TC {
     private static func hook(_ ifindex: Int32, _ point: bpf_tc_attach_point) -> bpf_tc_hook {
         var hook = bpf_tc_hook()
-        hook.sz = MemoryLayout<bpf_tc_hook>.stride
+        hook.sz = libbpfOptsSize(\bpf_tc_hook.parent)
         hook.ifindex = ifindex
         hook.attach_point = point
         return hook
     }
 
     private static func validate(_ operation: String, ifindex: Int32, handle: UInt32, priority: UInt32) throws(BPFError) {
-        guard ifindex > 0 else { throw BPFError.invalid(operation, "ifindex \(ifindex)", hint: "pass a real interface index") }
+        try requireInterface(ifindex, operation: operation)
         guard handle != 0, priority != 0, priority <= UInt32(UInt16.max) else {
             throw BPFError.invalid(operation, "handle \(handle), priority \(priority)",
                                    hint: "handle must be non-zero and priority 1...65535: they name the filter slot")
@@ -38,19 +38,20 @@ public enum TC {
     public static func attach(_ program: BPFProgram, ifindex: Int32, direction: TCDirection, handle: UInt32, priority: UInt32) throws(BPFError) {
         let operation = "bpf_tc_attach(\(program.name), ifindex \(ifindex), \(direction), handle \(handle), priority \(priority))"
         try validate(operation, ifindex: ifindex, handle: handle, priority: priority)
+        try requireProgramType(program, BPF_PROG_TYPE_SCHED_CLS, operation: operation, section: "SEC(\"tc\")")
         var hook = hook(ifindex, direction.attachPoint)
-        let created = bpf_tc_hook_create(&hook)
+        let (created, createMessages) = withLibbpfMessages { bpf_tc_hook_create(&hook) }
         if created != 0 && -created != EEXIST {
-            throw BPFError.libbpf("bpf_tc_hook_create(ifindex \(ifindex), clsact)", returned: Int(created))
+            throw BPFError.libbpf("bpf_tc_hook_create(ifindex \(ifindex), clsact)", returned: Int(created), detail: createMessages)
         }
         var opts = bpf_tc_opts()
-        opts.sz = MemoryLayout<bpf_tc_opts>.stride
+        opts.sz = libbpfOptsSize(\bpf_tc_opts.priority)
         opts.prog_fd = program.fd
         opts.handle = handle
         opts.priority = priority
         opts.flags = UInt32(BPF_TC_F_REPLACE.rawValue)
-        let ret = bpf_tc_attach(&hook, &opts)
-        if ret != 0 { throw BPFError.libbpf(operation, returned: Int(ret)) }
+        let (ret, messages) = withLibbpfMessages { bpf_tc_attach(&hook, &opts) }
+        if ret != 0 { throw BPFError.libbpf(operation, returned: Int(ret), detail: messages) }
     }
 
     /// The id of the program in the filter slot, or nil when the slot (or the clsact qdisc) is empty.
@@ -59,18 +60,26 @@ public enum TC {
         try validate(operation, ifindex: ifindex, handle: handle, priority: priority)
         var hook = hook(ifindex, direction.attachPoint)
         var opts = bpf_tc_opts()
-        opts.sz = MemoryLayout<bpf_tc_opts>.stride
+        opts.sz = libbpfOptsSize(\bpf_tc_opts.priority)
         opts.handle = handle
         opts.priority = priority
-        let ret = bpf_tc_query(&hook, &opts)
+        let (ret, messages) = withLibbpfMessages { bpf_tc_query(&hook, &opts) }
         if ret == 0 { return opts.prog_id }
-        // ENOENT: no such filter; EINVAL: the kernel's answer when there is no clsact qdisc.
-        if -ret == ENOENT || (-ret == EINVAL && !clsactExists(ifindex: ifindex)) { return nil }
-        throw BPFError.libbpf(operation, returned: Int(ret))
+        // The kernel answers an empty slot with ENOENT, or with EINVAL when there is no clsact
+        // qdisc ("Parent Qdisc doesn't exists") or no filter at that priority yet ("Cannot find
+        // specified filter chain"). The slot was validated above, so a kernel EINVAL means empty;
+        // an EINVAL libbpf raises itself (it says so, without a kernel message) is a real error.
+        let libbpfComplained = messages.split(separator: "\n").contains {
+            $0.hasPrefix("libbpf:") && !$0.contains("Kernel error message")
+        }
+        if -ret == ENOENT || (-ret == EINVAL && !libbpfComplained) { return nil }
+        throw BPFError.libbpf(operation, returned: Int(ret), detail: messages)
     }
 
     /// Removes the filter at (handle, priority) if present; leaves other filters and the qdisc.
     /// - Parameter expectedProgramID: when given, refuses (EEXIST) if another program is in the slot.
+    ///   Checked just before the delete: netlink has no compare-and-delete for filters, so this
+    ///   guards against a slot taken over earlier, not against a race in the same instant.
     public static func detach(ifindex: Int32, direction: TCDirection, handle: UInt32, priority: UInt32, expectedProgramID: UInt32? = nil) throws(BPFError) {
         let operation = "bpf_tc_detach(ifindex \(ifindex), \(direction), handle \(handle), priority \(priority))"
         try validate(operation, ifindex: ifindex, handle: handle, priority: priority)
@@ -81,32 +90,22 @@ public enum TC {
         }
         var hook = hook(ifindex, direction.attachPoint)
         var opts = bpf_tc_opts()
-        opts.sz = MemoryLayout<bpf_tc_opts>.stride
+        opts.sz = libbpfOptsSize(\bpf_tc_opts.priority)
         opts.handle = handle
         opts.priority = priority
-        let ret = bpf_tc_detach(&hook, &opts)
-        if ret != 0 && -ret != ENOENT { throw BPFError.libbpf(operation, returned: Int(ret)) }
+        let (ret, messages) = withLibbpfMessages { bpf_tc_detach(&hook, &opts) }
+        if ret != 0 && -ret != ENOENT { throw BPFError.libbpf(operation, returned: Int(ret), detail: messages) }
     }
 
     /// Deletes the clsact qdisc with ALL its ingress and egress filters, ours or not. Only for an
     /// explicit cleanup of an interface the caller owns. No qdisc: no-op.
     public static func destroyHook(ifindex: Int32) throws(BPFError) {
         var hook = hook(ifindex, bpf_tc_attach_point(rawValue: BPF_TC_INGRESS.rawValue | BPF_TC_EGRESS.rawValue))
-        let ret = bpf_tc_hook_destroy(&hook)
+        let operation = "bpf_tc_hook_destroy(ifindex \(ifindex), clsact)"
+        try requireInterface(ifindex, operation: operation)
+        let (ret, messages) = withLibbpfMessages { bpf_tc_hook_destroy(&hook) }
         if ret != 0 && -ret != ENOENT && -ret != EINVAL {
-            throw BPFError.libbpf("bpf_tc_hook_destroy(ifindex \(ifindex), clsact)", returned: Int(ret))
+            throw BPFError.libbpf(operation, returned: Int(ret), detail: messages)
         }
-    }
-
-    /// Whether a clsact qdisc exists (probed by creating it exclusively would change state, so this
-    /// asks with a query on an unlikely slot and reads the kernel's answer).
-    static func clsactExists(ifindex: Int32) -> Bool {
-        var hook = hook(ifindex, BPF_TC_INGRESS)
-        var opts = bpf_tc_opts()
-        opts.sz = MemoryLayout<bpf_tc_opts>.stride
-        opts.handle = 0xFFFF_FFFF
-        opts.priority = 0xFFFF
-        let ret = bpf_tc_query(&hook, &opts)
-        return ret == 0 || -ret == ENOENT
     }
 }

@@ -33,8 +33,10 @@ public enum XDP {
     ///   an id: atomically replaces exactly that program (EEXIST if another one is attached).
     public static func attach(_ program: BPFProgram, ifindex: Int32, mode: XDPMode, replacing expectedID: UInt32?) throws(BPFError) {
         let operation = "bpf_xdp_attach(\(program.name), ifindex \(ifindex), \(mode))"
+        try requireInterface(ifindex, operation: operation)
+        try requireProgramType(program, BPF_PROG_TYPE_XDP, operation: operation, section: "SEC(\"xdp\")")
         var opts = bpf_xdp_attach_opts()
-        opts.sz = MemoryLayout<bpf_xdp_attach_opts>.stride
+        opts.sz = libbpfOptsSize(\bpf_xdp_attach_opts.old_prog_fd)
         var flags = mode.flag
         var oldFD: OwnedFD? = nil
         if let expectedID {
@@ -50,7 +52,7 @@ public enum XDP {
         } else {
             flags |= UInt32(XDP_FLAGS_UPDATE_IF_NOEXIST)
         }
-        let ret = bpf_xdp_attach(ifindex, program.fd, flags, &opts)
+        let (ret, messages) = withLibbpfMessages { bpf_xdp_attach(ifindex, program.fd, flags, &opts) }
         _ = consume oldFD
         if ret != 0 {
             let currentText: String
@@ -69,15 +71,18 @@ public enum XDP {
                 hint = "this driver has no native XDP: use XDPMode.generic"
             }
             throw BPFError.libbpf(operation, returned: Int(ret),
-                                  detail: "expected \(expectedID.map { "id \($0)" } ?? "an empty slot"); \(currentText)",
+                                  detail: "expected \(expectedID.map { "id \($0)" } ?? "an empty slot"); \(currentText)"
+                                      + (messages.isEmpty ? "" : "\n" + messages),
                                   hint: hint)
         }
     }
 
     /// The id of the program attached in `mode`, or nil.
     public static func attachedProgramID(ifindex: Int32, mode: XDPMode) throws(BPFError) -> UInt32? {
+        // The kernel reports "nothing attached" for an interface that does not exist.
+        try requireInterface(ifindex, operation: "bpf_xdp_query(ifindex \(ifindex))")
         var opts = bpf_xdp_query_opts()
-        opts.sz = MemoryLayout<bpf_xdp_query_opts>.stride
+        opts.sz = libbpfOptsSize(\bpf_xdp_query_opts.attach_mode)
         let ret = bpf_xdp_query(ifindex, 0, &opts)
         if ret != 0 {
             throw BPFError.libbpf("bpf_xdp_query(ifindex \(ifindex))", returned: Int(ret))
@@ -100,12 +105,31 @@ public enum XDP {
         guard fd >= 0 else { throw BPFError.libbpf(operation, returned: Int(fd)) }
         let oldFD = OwnedFD(fd)
         var opts = bpf_xdp_attach_opts()
-        opts.sz = MemoryLayout<bpf_xdp_attach_opts>.stride
+        opts.sz = libbpfOptsSize(\bpf_xdp_attach_opts.old_prog_fd)
         opts.old_prog_fd = oldFD.raw
-        let ret = bpf_xdp_detach(ifindex, mode.flag | UInt32(XDP_FLAGS_REPLACE), &opts)
+        let (ret, messages) = withLibbpfMessages { bpf_xdp_detach(ifindex, mode.flag | UInt32(XDP_FLAGS_REPLACE), &opts) }
         if ret != 0 {
-            throw BPFError.libbpf(operation, returned: Int(ret),
+            throw BPFError.libbpf(operation, returned: Int(ret), detail: messages,
                                   hint: -ret == EEXIST ? "another program was attached meanwhile: left in place" : nil)
         }
+    }
+}
+
+/// Throws ENODEV unless `ifindex` names an interface in the calling thread's network namespace.
+func requireInterface(_ ifindex: Int32, operation: String) throws(BPFError) {
+    var name = [CChar](repeating: 0, count: Int(IF_NAMESIZE) + 1)
+    guard ifindex > 0, if_indextoname(UInt32(ifindex), &name) != nil else {
+        throw BPFError(operation: operation, errno: ENODEV, detail: "no interface with index \(ifindex) in this network namespace",
+                       hint: "pass a real interface index; namespaced work must run on a thread that entered the namespace")
+    }
+}
+
+/// Throws EINVAL with a clear message when `program` is not of the type a hook takes (the kernel
+/// would only say "Invalid argument").
+func requireProgramType(_ program: BPFProgram, _ type: bpf_prog_type, operation: String, section: String) throws(BPFError) {
+    let info = try program.info()
+    guard info.type == type.rawValue else {
+        throw BPFError.invalid(operation, "program '\(program.name)' has type \(info.type), this hook needs type \(type.rawValue)",
+                               hint: "declare the program with \(section) in the BPF C source")
     }
 }

@@ -184,6 +184,8 @@ int cbpf_if_set_mtu(const char *name, int mtu)
 	int rc = ioctl(fd, SIOCSIFMTU, &ifr) == 0 ? 0 : -errno;
 	close(fd);
 	return rc;
+}
+
 /* --- BPFLoader: libbpf logging and capture, bpffs checks --------------------------------------- */
 
 #include <stdarg.h>
@@ -197,6 +199,7 @@ int cbpf_if_set_mtu(const char *name, int mtu)
 #define CBPF_CAPTURE_KEEP (64 * 1024)
 
 static _Atomic(cbpf_log_sink_fn) cbpf_log_sink;
+static atomic_int cbpf_print_installed;
 static _Thread_local int cbpf_capture_active;
 static _Thread_local char *cbpf_capture_buf;
 static _Thread_local size_t cbpf_capture_len;
@@ -255,12 +258,16 @@ static int cbpf_libbpf_print(enum libbpf_print_level level, const char *format, 
 void cbpf_libbpf_set_log_sink(cbpf_log_sink_fn sink)
 {
 	atomic_store(&cbpf_log_sink, sink);
+	atomic_store(&cbpf_print_installed, 1);
 	libbpf_set_print(cbpf_libbpf_print);
 }
 
 void cbpf_libbpf_capture_begin(void)
 {
-	libbpf_set_print(cbpf_libbpf_print);
+	/* Install our printer once; later libbpf_set_print calls by others are left alone. */
+	int expected = 0;
+	if (atomic_compare_exchange_strong(&cbpf_print_installed, &expected, 1))
+		libbpf_set_print(cbpf_libbpf_print);
 	cbpf_capture_active = 1;
 	cbpf_capture_len = 0;
 	if (cbpf_capture_buf != NULL)

@@ -22,6 +22,9 @@ public struct NetnsError: Error, CustomStringConvertible {
 public enum NetnsThread {
     /// Runs `body` on a new thread inside network namespace `namespace` (a name under /run/netns, or
     /// an absolute path to a namespace file) and returns its result or rethrows its error.
+    /// Swift Testing's `#expect` inside `body` still fails the run, but the new thread does not
+    /// carry the test's task-locals, so the issue is reported as «unknown» test: prefer returning
+    /// values (or thrown errors) and checking them outside.
     public static func run<T>(namespace: String, _ body: () throws -> T) throws -> T {
         let path = namespace.hasPrefix("/") ? namespace : "/run/netns/\(namespace)"
         return try withoutActuallyEscaping(body) { escapable in

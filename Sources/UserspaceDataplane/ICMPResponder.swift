@@ -8,24 +8,26 @@
 // first 8 bytes of payload. The reply's source is the TUN's address (`icmpSourceIP`, flannel uses
 // the TUN address too), TTL 64. A token bucket per worker limits replies (the kernel's
 // icmp_ratelimit idea); suppressed replies are counted.
+//
+// The reply leaves through a raw IPv4 socket (IPPROTO_RAW, header included), not through the TUN
+// as flannel's proxy.c writes it: a packet entering from the TUN with the TUN's own address as
+// source is a "martian" to the kernel (accept_local=0) and silently dropped, which is what happens
+// to flannel's replies. Sent from a local socket, the reply is routed like any local packet.
 import Glibc
 
 struct ICMPResponder: ~Copyable {
     private let buffer: UnsafeMutableRawPointer
     private let capacity = 256
-    /// Bytes of zeroed virtio_net_hdr written before the packet when the TUN uses IFF_VNET_HDR.
-    private let prefixLength: Int
     private let source: UInt32
     private let ratePerSecond: Int
     private var tokens: Int
     private var lastRefillNanos: UInt64 = 0
 
-    init(source: UInt32, ratePerSecond: Int, prefixLength: Int) {
+    init(source: UInt32, ratePerSecond: Int) {
         buffer = .allocate(byteCount: capacity, alignment: 8)
         buffer.initializeMemory(as: UInt8.self, repeating: 0, count: capacity)
         self.source = source
         self.ratePerSecond = ratePerSecond
-        self.prefixLength = prefixLength
         tokens = ratePerSecond
     }
 
@@ -35,11 +37,44 @@ struct ICMPResponder: ~Copyable {
     static let codeNetUnreachable: UInt8 = 0
     static let codeFragmentationNeeded: UInt8 = 4
 
-    /// Sends an ICMP error about `packet` (an IPv4 packet whose header `checkIPv4` accepted) into `tunFD`.
+    /// The last reply composed.
+    var lastReply: UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(start: buffer, count: Int(Wire.load16(buffer, 2)))
+    }
+
+    /// Sends an ICMP error about `packet` (an IPv4 packet whose header `checkIPv4` accepted) from
+    /// the raw socket `rawFD` (-1: count it as rate-limited, nothing can be sent).
     mutating func reply(
         to packet: UnsafeRawPointer, headerLength: Int, totalLength: Int, code: UInt8, mtu: UInt16,
-        tunFD: Int32, tally: inout Tally
+        rawFD: Int32, tally: inout Tally
     ) {
+        guard let length = compose(
+            to: packet, headerLength: headerLength, totalLength: totalLength, code: code, mtu: mtu, tally: &tally)
+        else { return }
+        guard rawFD >= 0 else {
+            tally.bump(Counter.icmpRateLimited)
+            return
+        }
+        var destination = sockaddr_in()
+        destination.sin_family = sa_family_t(AF_INET)
+        destination.sin_addr.s_addr = buffer.loadUnaligned(fromByteOffset: 16, as: UInt32.self)
+        let sent = withUnsafePointer(to: &destination) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                sendto(rawFD, buffer, length, Int32(MSG_DONTWAIT), $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        if sent == length {
+            tally.bump(Counter.icmpSent)
+        } else {
+            tally.bump(Counter.icmpRateLimited)
+        }
+    }
+
+    /// Writes the ICMP error into the scratch buffer; nil when none is due (rules above, rate limit).
+    mutating func compose(
+        to packet: UnsafeRawPointer, headerLength: Int, totalLength: Int, code: UInt8, mtu: UInt16,
+        tally: inout Tally
+    ) -> Int? {
         let protocolNumber = packet.load(fromByteOffset: 9, as: UInt8.self)
         let fragmentOffset = Wire.load16(packet, 6) & 0x1fff
         let offenderSource = Wire.load32(packet, 12)
@@ -47,24 +82,24 @@ struct ICMPResponder: ~Copyable {
         if fragmentOffset != 0 || offenderSource == 0 || offenderSource >> 28 == 0xe
             || offenderDestination >> 28 >= 0xe || offenderDestination == 0xffff_ffff
         {
-            return
+            return nil
         }
         if protocolNumber == 1 {  // ICMP: never about an ICMP error (types 3, 4, 5, 11, 12)
-            guard totalLength >= headerLength + 1 else { return }
+            guard totalLength >= headerLength + 1 else { return nil }
             switch packet.load(fromByteOffset: headerLength, as: UInt8.self) {
-            case 3, 4, 5, 11, 12: return
+            case 3, 4, 5, 11, 12: return nil
             default: break
             }
         }
         guard takeToken() else {
             tally.bump(Counter.icmpRateLimited)
-            return
+            return nil
         }
         let quoted = min(totalLength, headerLength + 8)
         let icmpLength = 8 + quoted
         let ipLength = 20 + icmpLength
-        guard prefixLength + ipLength <= capacity else { return }
-        let ip = buffer + prefixLength
+        guard ipLength <= capacity else { return nil }
+        let ip = buffer
         // IPv4 header
         Wire.store16(ip, 0, 0x4500)
         Wire.store16(ip, 2, UInt16(ipLength))
@@ -82,12 +117,7 @@ struct ICMPResponder: ~Copyable {
         Wire.store16(icmp, 6, code == ICMPResponder.codeFragmentationNeeded ? mtu : 0)
         (icmp + 8).copyMemory(from: packet, byteCount: quoted)
         Wire.store16(icmp, 2, Wire.finish(Wire.sum(icmp, icmpLength)))
-        let written = write(tunFD, buffer, prefixLength + ipLength)
-        if written == prefixLength + ipLength {
-            tally.bump(Counter.icmpSent)
-        } else {
-            tally.drop(.tunWriteError)
-        }
+        return ipLength
     }
 
     private mutating func takeToken() -> Bool {

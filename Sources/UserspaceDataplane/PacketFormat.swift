@@ -178,3 +178,37 @@ struct Framing: Sendable {
         }
     }
 }
+
+extension Wire {
+    /// Completes an inner TCP/UDP checksum that a sender left partial.
+    ///
+    /// A kernel vxlan node whose underlay is a veth (kind-style clusters, this project's netns lab)
+    /// never computes the inner L4 checksum: the skb stays CHECKSUM_PARTIAL across the veth and the
+    /// kernel's own vxlan receiver trusts that flag. A UDP socket hands us only the bytes, where the
+    /// checksum field still holds the folded pseudo-header sum; written into the TUN as is, the
+    /// receiving pod drops the segment as corrupt. A real checksum equals the pseudo-header sum
+    /// only by accident, so a field equal to it is taken as partial and completed. Costs a few
+    /// loads per packet; a full sum only for packets that need it.
+    @inline(__always)
+    static func repairPartialChecksum(_ packet: UnsafeMutableRawPointer, headerLength: Int, totalLength: Int) {
+        let proto = packet.load(fromByteOffset: 9, as: UInt8.self)
+        let fieldOffset: Int
+        switch proto {
+        case 6: fieldOffset = 16
+        case 17: fieldOffset = 6
+        default: return
+        }
+        guard load16(packet, 6) & 0x3fff == 0 else { return }  // fragments: no partial checksum
+        let l4Length = totalLength - headerLength
+        guard l4Length >= fieldOffset + 2 else { return }
+        let l4 = packet + headerLength
+        let field = load16(l4, fieldOffset)
+        if proto == 17 && field == 0 { return }  // UDP without checksum
+        var pseudo = UInt64(load16(packet, 12)) + UInt64(load16(packet, 14)) + UInt64(load16(packet, 16))
+            + UInt64(load16(packet, 18)) + UInt64(proto) + UInt64(l4Length)
+        while pseudo >> 16 != 0 { pseudo = (pseudo & 0xffff) + (pseudo >> 16) }
+        guard field == UInt16(pseudo) else { return }
+        // The field holds the pseudo-header sum, which is what the full sum over l4 must include.
+        store16(l4, fieldOffset, finish(sum(l4, l4Length)))
+    }
+}

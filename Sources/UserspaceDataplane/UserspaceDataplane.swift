@@ -30,6 +30,7 @@ public final class UserspaceDataplane: PeerTable, Sendable {
     private let queueFDs: [QueueDescriptors]
     private let stopPipe: (read: Int32, write: Int32)
     private let vnetHeaderLength: Int
+    private let icmpFD: Int32
 
     struct QueueDescriptors: Sendable {
         let tun: Int32
@@ -75,6 +76,15 @@ public final class UserspaceDataplane: PeerTable, Sendable {
             owned.adopt(udp)
             queues.append(QueueDescriptors(tun: tun, udp: udp))
         }
+        // ICMP errors go out through a raw socket (see ICMPResponder.swift); without CAP_NET_RAW the
+        // path still forwards, it only cannot answer.
+        let raw = socket(AF_INET, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), Int32(IPPROTO_RAW))
+        if raw >= 0 {
+            owned.adopt(raw)
+        } else {
+            logger.warning("userspace data path: no raw socket for ICMP errors (\(errnoText(errno))); senders to unknown destinations get no net-unreachable")
+        }
+        icmpFD = raw
         let mtuResult = cbpf_if_set_mtu(config.tunName, Int32(config.mtu))
         guard mtuResult == 0 else { throw .setMTU(name: config.tunName, mtu: config.mtu, errno: -mtuResult) }
 
@@ -104,7 +114,7 @@ public final class UserspaceDataplane: PeerTable, Sendable {
         let context = WorkerContext(
             table: table, counters: cells, stopping: stopping, stopFD: stopPipe.read,
             framing: Framing(config.encapsulation), mtu: config.mtu, batch: config.batchSize,
-            icmpSource: config.icmpSourceIP.value, icmpRate: config.icmpRateLimit,
+            icmpSource: config.icmpSourceIP.value, icmpRate: config.icmpRateLimit, icmpFD: icmpFD,
             vnetHeaderLength: vnetHeaderLength, logger: logger)
         let queues = queueFDs
         try lifecycle.withLock { (state: inout Lifecycle) throws(UserspaceError) in

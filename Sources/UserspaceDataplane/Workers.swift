@@ -36,6 +36,8 @@ struct WorkerContext: Sendable {
     let batch: Int
     let icmpSource: UInt32
     let icmpRate: Int
+    /// Raw IPv4 socket the ICMP errors leave by (-1 when it could not be opened).
+    let icmpFD: Int32
     /// sizeof(virtio_net_hdr) when the TUN was opened with IFF_VNET_HDR, else 0.
     let vnetHeaderLength: Int
     let logger: Logger
@@ -104,7 +106,7 @@ final class TunToUDPWorker: @unchecked Sendable {
 
     func run() {
         var tally = Tally()
-        var icmp = ICMPResponder(source: context.icmpSource, ratePerSecond: context.icmpRate, prefixLength: context.vnetHeaderLength)
+        var icmp = ICMPResponder(source: context.icmpSource, ratePerSecond: context.icmpRate)
         var errors = ErrorOnce()
         let framing = context.framing
         let vnet = context.vnetHeaderLength
@@ -145,7 +147,7 @@ final class TunToUDPWorker: @unchecked Sendable {
                     tally.drop(.noPeer)
                     icmp.reply(
                         to: packet, headerLength: headerLength, totalLength: totalLength,
-                        code: ICMPResponder.codeNetUnreachable, mtu: 0, tunFD: tunFD, tally: &tally)
+                        code: ICMPResponder.codeNetUnreachable, mtu: 0, rawFD: context.icmpFD, tally: &tally)
                     continue
                 }
                 if gso.isSegmented, let segmenter {
@@ -170,7 +172,7 @@ final class TunToUDPWorker: @unchecked Sendable {
                         icmp.reply(
                             to: packet, headerLength: headerLength, totalLength: totalLength,
                             code: ICMPResponder.codeFragmentationNeeded, mtu: UInt16(clamping: context.mtu),
-                            tunFD: tunFD, tally: &tally)
+                            rawFD: context.icmpFD, tally: &tally)
                     }
                     continue
                 }
@@ -237,10 +239,17 @@ final class UDPToTunWorker: @unchecked Sendable {
     private let buffers: UnsafeMutableRawPointer
     private let dgrams: UnsafeMutablePointer<cbpf_dgram>
 
+    /// Cuts inner TCP super-packets into MTU-size packets when the TUN takes no GSO (see below).
+    private let segmenter: Segmenter
+    private let segments: UnsafeMutablePointer<cbpf_dgram>
+
     init(context: WorkerContext, tunFD: Int32, udpFD: Int32) {
         self.context = context
         self.tunFD = tunFD
         self.udpFD = udpFD
+        segmenter = Segmenter(framing: Framing(.udp(port: 0)), mtu: context.mtu, batch: 1)
+        segments = .allocate(capacity: Segmenter.maxSendsPerPacket)
+        segments.initialize(repeating: cbpf_dgram(), count: Segmenter.maxSendsPerPacket)
         // Room to put a zeroed virtio_net_hdr in front of a udp-framed packet (vxlan has 22 bytes).
         headroom = (context.vnetHeaderLength + 15) & ~15
         slotSize = (headroom + WorkerContext.maxPacket + 63) & ~63
@@ -252,6 +261,74 @@ final class UDPToTunWorker: @unchecked Sendable {
     deinit {
         buffers.deallocate()
         dgrams.deallocate()
+        segments.deallocate()
+    }
+
+    /// An inner packet longer than the MTU: a kernel vxlan sender whose underlay is a veth (kind,
+    /// this lab) hands the whole TCP super-packet (GSO, up to 64 KB, checksum partial) to the
+    /// receiver unsegmented, and a UDP socket receives it as one datagram. With IFF_VNET_HDR the
+    /// TUN takes it as it is (virtio_net_hdr: TCPv4, gso_size = MTU − headers, checksum partial),
+    /// else it is cut here into MTU-size packets with complete checksums. Anything else too long
+    /// is dropped as `tooBig`.
+    private func deliverSuperPacket(_ inner: UnsafeMutableRawPointer, length: Int, tally: inout Tally, errors: inout ErrorOnce) {
+        var cursor = ByteCursor(inner, end: length)
+        guard let ip = cursor.take(20), cursor.u8(ip + 9) == 6, Wire.load16(inner, 6) & 0x3fff == 0 else {
+            tally.drop(.tooBig)
+            return
+        }
+        let ipHeaderLength = Int(cursor.u8(ip) & 0x0f) * 4
+        guard cursor.take(ipHeaderLength - 20) != nil, let tcp = cursor.take(20) else { tally.drop(.malformed); return }
+        let tcpHeaderLength = Int(cursor.u8(tcp + 12) >> 4) * 4
+        guard tcpHeaderLength >= 20, cursor.take(tcpHeaderLength - 20) != nil,
+              context.mtu - ipHeaderLength - tcpHeaderLength >= 64
+        else { tally.drop(.malformed); return }
+        let vnet = context.vnetHeaderLength
+        if vnet > 0 {
+            let l4Length = length - ipHeaderLength
+            var pseudo = UInt64(Wire.load16(inner, 12)) + UInt64(Wire.load16(inner, 14)) + UInt64(Wire.load16(inner, 16))
+                + UInt64(Wire.load16(inner, 18)) + 6 + UInt64(l4Length)
+            while pseudo >> 16 != 0 { pseudo = (pseudo & 0xffff) + (pseudo >> 16) }
+            Wire.store16(inner + ipHeaderLength, 16, UInt16(pseudo))
+            let header = inner - vnet
+            header.storeBytes(of: VirtioNetHeader.flagNeedsChecksum, toByteOffset: 0, as: UInt8.self)
+            header.storeBytes(of: VirtioNetHeader.gsoTCPv4, toByteOffset: 1, as: UInt8.self)
+            header.storeBytes(of: UInt16(ipHeaderLength + tcpHeaderLength).littleEndian, toByteOffset: 2, as: UInt16.self)
+            header.storeBytes(of: UInt16(context.mtu - ipHeaderLength - tcpHeaderLength).littleEndian, toByteOffset: 4, as: UInt16.self)
+            header.storeBytes(of: UInt16(ipHeaderLength).littleEndian, toByteOffset: 6, as: UInt16.self)
+            header.storeBytes(of: UInt16(16).littleEndian, toByteOffset: 8, as: UInt16.self)
+            let written = write(tunFD, header, vnet + length)
+            if written == vnet + length {
+                tally.bump(Counter.rxPackets)
+                tally.bump(Counter.rxBytes, by: UInt64(length))
+            } else {
+                if written < 0 { errors.log(context.logger, "write of a GSO packet into the TUN", errno: errno) }
+                tally.drop(.tunWriteError)
+            }
+            return
+        }
+        let gso = VirtioNetHeader(flags: 1, gsoType: VirtioNetHeader.gsoTCPv4, headerLength: 0, gsoSize: UInt16.max, checksumStart: 0, checksumOffset: 0)
+        segmenter.reset()
+        let sends = segmenter.segment(
+            packet: inner, length: length, header: gso, target: PeerTarget(nodeAddressRaw: 0, vtepMAC: 0),
+            into: segments, tally: &tally)
+        for i in 0..<sends {
+            let d = segments[i]
+            let base = UnsafeMutableRawPointer(d.data!)
+            let step = d.segment > 0 ? Int(d.segment) : Int(d.len)
+            var offset = 0
+            while offset < Int(d.len) {
+                let size = min(step, Int(d.len) - offset)
+                let written = write(tunFD, base + offset, size)
+                offset += size
+                if written == size {
+                    tally.bump(Counter.rxPackets)
+                    tally.bump(Counter.rxBytes, by: UInt64(size))
+                } else {
+                    if written < 0 { errors.log(context.logger, "write into the TUN", errno: errno) }
+                    tally.drop(.tunWriteError)
+                }
+            }
+        }
     }
 
     func run() {
@@ -302,6 +379,14 @@ final class UDPToTunWorker: @unchecked Sendable {
                         tally.drop(reason)
                     case .deliver(let innerOffset, let innerLength):
                         let inner = datagram + innerOffset
+                        if innerLength > context.mtu {
+                            deliverSuperPacket(inner, length: innerLength, tally: &tally, errors: &errors)
+                            continue
+                        }
+                        if innerLength >= 20 {
+                            let headerLength = Int(inner.load(as: UInt8.self) & 0x0f) * 4
+                            Wire.repairPartialChecksum(inner, headerLength: headerLength, totalLength: innerLength)
+                        }
                         let start = inner - vnet
                         if vnet > 0 {
                             // A zeroed virtio_net_hdr: no offload, checksum already complete. It may

@@ -1,0 +1,241 @@
+// Loader-level behaviour of the data path: attach in a namespace, restart semantics (same program
+// → same ids; changed program → atomic replace), decap mode switches, pinned maps surviving a
+// reopen, and detaching only what is ours while a foreign program's filter stays.
+
+import BPFDataplane
+import BPFLoader
+import CBPF
+import NetTypes
+import TestSupport
+import Testing
+
+/// A namespace with an underlay veth and flannel.1 as flanneld would create it.
+final class AttachLab: @unchecked Sendable {
+    let tag: String
+    let ns: TestNamespace
+    let bpffs: PrivateBPFFS
+    let underlay: Int32, overlay: Int32
+    let config: NodeConfig
+
+    init() throws {
+        tag = Names.unique()
+        ns = try TestNamespace(tag)
+        do { bpffs = try PrivateBPFFS(tag) } catch { ns.close(); throw error }
+        do {
+            try ns.sh(["ip", "link", "add", "\(tag)x", "type", "veth", "peer", "name", "\(tag)y"])
+            try ns.sh(["ip", "addr", "add", "192.168.62.2/24", "dev", "\(tag)x"])
+            try ns.sh(["ip", "link", "set", "\(tag)x", "up"])
+            try ns.sh(["ip", "link", "set", "\(tag)y", "up"])
+            try ns.sh(["ip", "link", "add", "flannel.1", "mtu", "1450", "type", "vxlan", "id", "1", "local", "192.168.62.2",
+                       "dev", "\(tag)x", "dstport", "8472", "nolearning"])
+            try ns.sh(["ip", "link", "set", "flannel.1", "up"])
+            underlay = try ns.ifindex("\(tag)x")
+            overlay = try ns.ifindex("flannel.1")
+            config = NodeConfig(nodeIP: IPv4Address(192, 168, 62, 2), vtepMAC: try ns.mac("flannel.1"), underlayIfindex: underlay,
+                                underlayMAC: try ns.mac("\(tag)x"), overlayIfindex: overlay, overlayMTU: 1450)
+        } catch {
+            bpffs.close()
+            ns.close()
+            throw error
+        }
+    }
+
+    func close() {
+        bpffs.close()
+        ns.close()
+    }
+
+    func attach(_ bpf: FlannelBPF, _ mode: DecapMode?) throws -> AttachmentState {
+        try ns.run { try bpf.attach(overlayIfindex: overlay, underlayIfindex: underlay, mode: mode) }
+    }
+
+    func state() throws -> AttachmentState {
+        try ns.run { try FlannelBPF.attachmentState(overlayIfindex: overlay, underlayIfindex: underlay) }
+    }
+}
+
+/// A two-instruction program that is not ours ("foreign"): returns `verdict`.
+func loadForeignProgram(type: bpf_prog_type, verdict: UInt32) throws -> (BPFProgram, Int32) {
+    let insns: [UInt64] = [UInt64(verdict) << 32 | 0xb7, 0x95] // r0 = verdict; exit
+    let fd = insns.withUnsafeBytes { raw in
+        bpf_prog_load(type, "foreign", "GPL", raw.baseAddress!.assumingMemoryBound(to: bpf_insn.self), 2, nil)
+    }
+    guard fd >= 0 else { throw DataplaneError(operation: "bpf_prog_load(foreign)", errno: -fd, detail: "", hint: "") }
+    return (BPFProgram(fd: fd, name: "foreign"), fd)
+}
+
+@Suite(.enabled(if: Privileges.isRoot, Privileges.skipReason))
+struct AttachTests {
+    @Test func restartKeepsProgramsAndMapsAndReplacesChangedOnes() throws {
+        let lab = try AttachLab()
+        defer { lab.close() }
+        let peer = Peer(subnet: IPv4Subnet(cidr: "10.5.7.0/24")!, publicIP: IPv4Address(192, 168, 62, 7),
+                        vtepMAC: MACAddress("02:00:00:00:07:07")!)
+
+        let first = try FlannelBPF(bpffs: lab.bpffs.path)
+        try first.writeConfig(lab.config)
+        try first.peerTable().upsert(peer)
+        let s1 = try lab.attach(first, nil) // by driver: veth → kernel decap behind the TC check
+        #expect(s1.encapProgramID != nil && s1.decapCheckProgramID != nil && s1.xdpProgramID == nil)
+        #expect(s1.decapMode == .kernel)
+
+        // "Restart": a new object on the same pins reuses the maps and leaves the programs alone.
+        let second = try FlannelBPF(bpffs: lab.bpffs.path)
+        #expect(try second.readConfig() == lab.config)
+        #expect(try second.peerTable().currentPeers() == [peer])
+        #expect(try second.peerTable().acceptedNodes() == [peer.publicIP: 1])
+        let s2 = try lab.attach(second, .kernel)
+        #expect(s2 == s1, "same tag and maps: ids unchanged")
+
+        // Switch to XDP decap: the TC check goes, XDP comes, encap stays.
+        let s3 = try lab.attach(second, .xdp)
+        #expect(s3.encapProgramID == s1.encapProgramID && s3.decapCheckProgramID == nil && s3.xdpProgramID != nil)
+        #expect(s3.xdpMode == .native, "veth has native XDP")
+        #expect(try lab.attach(second, .xdp) == s3)
+
+        // A changed program (here: the same code bound to other maps) replaces ours in place.
+        let otherFS = try PrivateBPFFS(Names.unique())
+        defer { otherFS.close() }
+        let changed = try FlannelBPF(bpffs: otherFS.path)
+        let s4 = try lab.attach(changed, .xdp)
+        #expect(s4.encapProgramID != s3.encapProgramID && s4.xdpProgramID != s3.xdpProgramID)
+        #expect(s4.encapProgramID == (try changed.program(.encap).info().id))
+        #expect(s4.xdpProgramID == (try changed.program(.decapXDP).info().id))
+
+        // Another program of ours in the encap slot (different tag) is replaced too.
+        try lab.ns.run {
+            try TC.attach(try changed.program(.decapCheck), ifindex: lab.overlay, direction: .egress,
+                          handle: FXDPSlots.tcHandle, priority: FXDPSlots.tcPriority)
+        }
+        #expect(try lab.state().encapProgramID == (try changed.program(.decapCheck).info().id))
+        let s5 = try lab.attach(changed, .kernel)
+        #expect(s5.encapProgramID == (try changed.program(.encap).info().id))
+        #expect(s5.decapMode == .kernel && s5.xdpProgramID == nil)
+
+        // Back on the original object: the original maps still hold the peer and config.
+        #expect(try first.peerTable().currentPeers() == [peer])
+    }
+
+    @Test func detachRemovesOnlyOursAndRefusesForeignSlots() throws {
+        let lab = try AttachLab()
+        defer { lab.close() }
+        let bpf = try FlannelBPF(bpffs: lab.bpffs.path)
+        try bpf.writeConfig(lab.config)
+        _ = try lab.attach(bpf, .kernel)
+
+        let (foreignTC, tcFD) = try loadForeignProgram(type: BPF_PROG_TYPE_SCHED_CLS, verdict: 0)
+        defer { close(tcFD) }
+        let (foreignXDP, xdpFD) = try loadForeignProgram(type: BPF_PROG_TYPE_XDP, verdict: 2)
+        defer { close(xdpFD) }
+        let foreignID = try foreignTC.info().id
+        // A foreign filter in another slot of the same hooks.
+        try lab.ns.run {
+            try TC.attach(foreignTC, ifindex: lab.overlay, direction: .egress, handle: 1, priority: 1)
+            try TC.attach(foreignTC, ifindex: lab.underlay, direction: .ingress, handle: 1, priority: 1)
+        }
+
+        try lab.ns.run { try FlannelBPF.detachAll(overlayIfindex: lab.overlay, underlayIfindex: lab.underlay) }
+        let after = try lab.state()
+        #expect(after.encapProgramID == nil && after.decapCheckProgramID == nil && after.xdpProgramID == nil)
+        let foreignStill = try lab.ns.run {
+            (try TC.attachedProgramID(ifindex: lab.overlay, direction: .egress, handle: 1, priority: 1),
+             try TC.attachedProgramID(ifindex: lab.underlay, direction: .ingress, handle: 1, priority: 1))
+        }
+        #expect(foreignStill.0 == foreignID && foreignStill.1 == foreignID)
+
+        // A foreign XDP program on the underlay: attaching XDP decap refuses, detach leaves it.
+        try lab.ns.run { try XDP.attach(foreignXDP, ifindex: lab.underlay, mode: .native, replacing: nil) }
+        #expect(throws: DataplaneError.self) { try lab.attach(bpf, .xdp) }
+        try lab.ns.run { try FlannelBPF.detachAll(overlayIfindex: lab.overlay, underlayIfindex: lab.underlay) }
+        #expect(try lab.state().xdpProgramID == (try foreignXDP.info().id))
+
+        // A foreign program in OUR TC slot: refused, and left in place by detach.
+        try lab.ns.run {
+            try XDP.detach(ifindex: lab.underlay, mode: .native, expectedProgramID: try foreignXDP.info().id)
+            try TC.attach(foreignTC, ifindex: lab.underlay, direction: .ingress,
+                          handle: FXDPSlots.tcHandle, priority: FXDPSlots.tcPriority)
+        }
+        #expect(throws: DataplaneError.self) { try lab.attach(bpf, .kernel) }
+        try lab.ns.run { try FlannelBPF.detachAll(overlayIfindex: lab.overlay, underlayIfindex: lab.underlay) }
+        #expect(try lab.state().decapCheckProgramID == foreignID)
+    }
+
+    @Test func programsOutliveTheObjectAndPinsCanBeRemoved() throws {
+        let lab = try AttachLab()
+        defer { lab.close() }
+        var ids: AttachmentState
+        do {
+            let bpf = try FlannelBPF(bpffs: lab.bpffs.path)
+            try bpf.writeConfig(lab.config)
+            ids = try lab.attach(bpf, .xdp)
+        }
+        // The object (and its fds) are gone; the attachments are not.
+        #expect(try lab.state() == ids)
+        let pinDir = lab.bpffs.path + "/" + FlannelBPF.pinFolderName
+        #expect(access(pinDir + "/" + FXDP_MAP_PEERS, F_OK) == 0)
+        // Another process reads the pinned config, with BTF field names (what an operator sees).
+        let dump = try sh(["bpftool", "map", "dump", "pinned", pinDir + "/" + FXDP_MAP_CONFIG])
+        #expect(dump.contains("\"node_ip\": [192,168,62,2"), "\(dump)")
+        #expect(dump.contains("\"vtep_mac\"") && dump.contains("\"udp_port\": 8472") && dump.contains("\"vni\": 1"), "\(dump)")
+        try lab.ns.run {
+            try FlannelBPF.detachAll(overlayIfindex: lab.overlay, underlayIfindex: lab.underlay, removePins: true, bpffs: lab.bpffs.path)
+        }
+        #expect(try lab.state() == AttachmentState())
+        #expect(access(pinDir, F_OK) != 0)
+        // A new start gets fresh, empty maps.
+        let fresh = try FlannelBPF(bpffs: lab.bpffs.path)
+        #expect(try fresh.readConfig() == nil)
+        #expect(try fresh.peerTable().currentPeers().isEmpty)
+    }
+
+    @Test func peerTableKeepsNodeCountsConsistent() throws {
+        let fs = try PrivateBPFFS(Names.unique())
+        defer { fs.close() }
+        let bpf = try FlannelBPF(bpffs: fs.path)
+        let table = try bpf.peerTable()
+        let nodeA = IPv4Address(192, 168, 1, 1), nodeB = IPv4Address(192, 168, 1, 2)
+        let mac = MACAddress("02:00:00:00:00:0a")!
+        let p1 = Peer(subnet: IPv4Subnet(cidr: "10.5.1.0/24")!, publicIP: nodeA, vtepMAC: mac)
+        let p2 = Peer(subnet: IPv4Subnet(cidr: "10.5.2.0/24")!, publicIP: nodeA, vtepMAC: mac)
+        try table.upsert(p1)
+        try table.upsert(p2)
+        try table.upsert(p2) // idempotent
+        #expect(try table.acceptedNodes() == [nodeA: 2])
+        var moved = p2
+        moved.publicIP = nodeB
+        try table.upsert(moved) // the subnet moves to another node
+        #expect(try table.acceptedNodes() == [nodeA: 1, nodeB: 1])
+        #expect(try table.currentPeers() == [p1, moved])
+        try table.remove(p1)
+        try table.remove(p1) // absent: not an error
+        #expect(try table.acceptedNodes() == [nodeB: 1])
+        #expect(throws: DataplaneError.self) {
+            try table.upsert(Peer(subnet: IPv4Subnet(cidr: "10.5.3.0/24")!, publicIP: nodeA, vtepMAC: nil))
+        }
+        // Drift (someone deleted a node entry): repair restores it from the peers.
+        var k = fxdp_node_key()
+        k.node_ip = nodeB.tuple
+        _ = try bpf.nodes.delete(k)
+        var stray = fxdp_node_key()
+        stray.node_ip = IPv4Address(192, 168, 1, 99).tuple
+        try bpf.nodes.update(stray, fxdp_node_value(subnets: 5))
+        #expect(try table.repairNodes() == 2)
+        #expect(try table.acceptedNodes() == [nodeB: 1])
+        try table.remove(moved)
+        #expect(try table.currentPeers().isEmpty && table.acceptedNodes().isEmpty)
+    }
+
+    @Test func countersAreNamedAndResettable() throws {
+        let fs = try PrivateBPFFS(Names.unique())
+        defer { fs.close() }
+        let bpf = try FlannelBPF(bpffs: fs.path)
+        let counts = try bpf.counters()
+        #expect(counts.count == FXDPCounter.allCases.count)
+        #expect(counts.values.allSatisfy { $0 == FXDPCount() })
+        try bpf.counterMap.update(FXDPCounter.decapDropNotPeer.rawValue, fxdp_count(packets: 3, bytes: 300))
+        #expect(try bpf.counters()[.decapDropNotPeer] == FXDPCount(packets: 3 * UInt64(bpf.counterMap.cpuCount),
+                                                                   bytes: 300 * UInt64(bpf.counterMap.cpuCount)))
+        try bpf.resetCounters()
+        #expect(try bpf.counters()[.decapDropNotPeer] == FXDPCount())
+    }
+}

@@ -1,0 +1,153 @@
+// Wire compatibility with stock flannel: the frame our encap builds is compared byte for byte with
+// the frame the Linux vxlan device builds when configured exactly as flanneld configures
+// flannel.<VNI> (FLANNEL-COMPAT.md), captured with an AF_PACKET socket on the receiving side of a
+// veth. Fields that legitimately differ (outer IP id and checksum, UDP source port and checksum) are
+// checked for validity instead. Then encap → decap (and kernel encap → our decap) must give back
+// the original inner packet.
+
+import BPFDataplane
+import Foundation
+import Glibc
+import NetTypes
+import TestSupport
+import Testing
+
+/// Two namespaces A and B on a veth; A has flannel.1 as flanneld would make it, pointing at B.
+final class KernelPair: @unchecked Sendable {
+    let a: TestNamespace, b: TestNamespace
+    let aIf: String, bIf: String
+    let aIP = IPv4Address(192, 168, 61, 1), bIP = IPv4Address(192, 168, 61, 2)
+    let aPods = IPv4Subnet(cidr: "10.5.1.0/24")!, bPods = IPv4Subnet(cidr: "10.5.2.0/24")!
+    let bVTEP = MACAddress("02:bb:00:00:00:02")!
+    var aVTEP = MACAddress.zero
+
+    init() throws {
+        let tag = Names.unique()
+        a = try TestNamespace(tag + "a")
+        do { b = try TestNamespace(tag + "b") } catch { a.close(); throw error }
+        aIf = tag + "x"
+        bIf = tag + "y"
+        do {
+            try a.sh(["ip", "link", "add", aIf, "type", "veth", "peer", "name", bIf, "netns", b.name])
+            try a.sh(["ip", "addr", "add", "\(aIP)/24", "dev", aIf])
+            try a.sh(["ip", "link", "set", aIf, "up"])
+            try a.sh(["sysctl", "-qw", "net.ipv4.ip_forward=1"]) // as on every flannel node
+            try b.sh(["ip", "addr", "add", "\(bIP)/24", "dev", bIf])
+            try b.sh(["ip", "link", "set", bIf, "up"])
+            // flannel.1 as flanneld creates it (pkg/backend/vxlan/device.go), and one peer lease's
+            // neighbour, fdb entry and route, in flanneld's order.
+            try a.sh(["ip", "link", "add", "flannel.1", "type", "vxlan", "id", "1", "local", "\(aIP)", "dev", aIf,
+                      "dstport", "8472", "nolearning"])
+            try a.sh(["ip", "link", "set", "flannel.1", "mtu", "1450", "up"])
+            try a.sh(["ip", "addr", "add", "\(aPods.address)/32", "dev", "flannel.1"])
+            try a.sh(["ip", "neigh", "replace", "\(bPods.address)", "lladdr", "\(bVTEP)", "dev", "flannel.1", "nud", "permanent"])
+            try a.sh(["bridge", "fdb", "replace", "\(bVTEP)", "dev", "flannel.1", "dst", "\(bIP)", "self", "permanent"])
+            try a.sh(["ip", "route", "replace", "\(bPods)", "via", "\(bPods.address)", "dev", "flannel.1", "onlink"])
+            aVTEP = try a.mac("flannel.1")
+        } catch {
+            close()
+            throw error
+        }
+    }
+
+    func close() {
+        a.close()
+        b.close()
+    }
+
+    /// Opens an AF_PACKET socket in B (all interfaces there), 2 s receive timeout.
+    func openCapture() throws -> Int32 {
+        try b.run {
+            let fd = socket(AF_PACKET, Int32(SOCK_RAW.rawValue), Int32(UInt16(0x0003 /* ETH_P_ALL */).bigEndian))
+            guard fd >= 0 else { throw CommandFailed(command: ["socket(AF_PACKET)"], status: errno, output: "") }
+            var tv = timeval(tv_sec: 2, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            return fd
+        }
+    }
+
+    /// The next VXLAN frame (UDP to 8472) the socket sees, or nil after the timeout.
+    func nextVXLAN(_ fd: Int32) -> [UInt8]? {
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n <= 0 { return nil }
+            let frame = Array(buffer[0..<n])
+            if let f = ParsedFrame(frame), f.udp?.dstPort == 8472 { return frame }
+        }
+    }
+
+    func nodeConfig(forA: Bool) throws -> NodeConfig {
+        let ns = forA ? a : b
+        let ifname = forA ? aIf : bIf
+        return NodeConfig(nodeIP: forA ? aIP : bIP, vtepMAC: forA ? aVTEP : bVTEP, underlayIfindex: try ns.ifindex(ifname),
+                          underlayMAC: try ns.mac(ifname), overlayIfindex: forA ? try ns.ifindex("flannel.1") : 1, overlayMTU: 1450)
+    }
+}
+
+@Suite(.enabled(if: Privileges.isRoot, Privileges.skipReason))
+struct KernelCompatTests {
+    @Test func encapMatchesTheKernelVXLANDeviceAndRoundTrips() throws {
+        let pair = try KernelPair()
+        defer { pair.close() }
+        let fd = try pair.openCapture()
+        defer { close(fd) }
+
+        // Two packets through the kernel device: plain, and with ECN CE (outer gets ECT(0)).
+        var captured: [[UInt8]] = []
+        for tos in ["0x0", "0x3"] {
+            try pair.a.sh(["ping", "-c", "1", "-W", "1", "-Q", tos, "-s", "100", "10.5.2.5"], allowFailure: true)
+            guard let frame = pair.nextVXLAN(fd) else {
+                Issue.record("the kernel vxlan device sent no VXLAN frame for TOS \(tos)")
+                return
+            }
+            captured.append(frame)
+        }
+
+        let tagA = Names.unique(), tagB = Names.unique()
+        let fsA = try PrivateBPFFS(tagA)
+        defer { fsA.close() }
+        let fsB = try PrivateBPFFS(tagB)
+        defer { fsB.close() }
+        let nodeA = try FlannelBPF(bpffs: fsA.path)
+        try nodeA.writeConfig(try pair.nodeConfig(forA: true))
+        try nodeA.peerTable().upsert(Peer(subnet: pair.bPods, publicIP: pair.bIP, vtepMAC: pair.bVTEP))
+        let nodeB = try FlannelBPF(bpffs: fsB.path)
+        let configB = try pair.nodeConfig(forA: false)
+        try nodeB.writeConfig(configB)
+        try nodeB.peerTable().upsert(Peer(subnet: pair.aPods, publicIP: pair.aIP, vtepMAC: pair.aVTEP))
+
+        let encap = try nodeA.program(.encap)
+        let decap = try nodeB.program(.decapXDP)
+        let check = try nodeB.program(.decapCheck)
+        for kernelFrame in captured {
+            let innerIP = Array(kernelFrame[64...])
+            let overlayFrame = PacketBuilder.ethernet(dst: pair.bVTEP, src: pair.aVTEP, type: EtherType.ipv4) + innerIP
+            let result = try pair.a.run { try encap.testRun(packet: overlayFrame) }
+            #expect(Verdict.tc(result.retval) == "TC_ACT_REDIRECT")
+            let ours = result.packet
+            #expect(ours.count == kernelFrame.count)
+            guard ours.count == kernelFrame.count else { continue }
+            let mayDiffer: Set<Int> = [18, 19, 24, 25, 34, 35, 40, 41] // IP id, IP checksum, UDP sport, UDP checksum
+            let differing = (0..<ours.count).filter { ours[$0] != kernelFrame[$0] && !mayDiffer.contains($0) }
+            #expect(differing.isEmpty, "bytes differ from the kernel's frame at \(differing)\nkernel: \(kernelFrame.hex)\nours:   \(ours.hex)")
+            let parsed = ParsedFrame(ours)
+            #expect(parsed?.ipv4?.headerChecksumValid == true)
+            #expect(parsed?.udp?.checksumValidOrZero == true)
+            #expect((32768..<61000).contains(parsed?.udp?.srcPort ?? 0))
+
+            // Our encap → our decap on B, and the kernel's frame → our decap: the original packet back.
+            for (label, frame) in [("bpf encap", ours), ("kernel encap", kernelFrame)] {
+                let d = try pair.b.run { try decap.testRun(packet: frame) }
+                #expect(Verdict.xdp(d.retval) == "XDP_PASS", "\(label)")
+                #expect(d.packet == configB.underlayMAC.bytes + pair.aVTEP.bytes + [0x08, 0x00] + innerIP, "\(label) → decap")
+                let c = try pair.b.run { try check.testRun(packet: frame) }
+                #expect(Verdict.tc(c.retval) == "TC_ACT_OK" && c.packet == frame, "\(label) → check")
+            }
+        }
+        let countsA = try nodeA.counters(), countsB = try nodeB.counters()
+        #expect(countsA[.encapOK]?.packets == 2)
+        #expect(countsB[.decapOK]?.packets == 4)
+        #expect(countsB[.decapCheckOK]?.packets == 4)
+    }
+}

@@ -1,0 +1,58 @@
+// The kernel/user contract: struct sizes as the C side pins them, and the Swift counter enum
+// mirroring the C enum value by value.
+
+import BPFDataplane
+import CBPF
+import Testing
+
+@Suite struct SharedLayoutTests {
+    @Test func structSizesMatchTheCHeader() {
+        #expect(MemoryLayout<fxdp_peer_key>.size == 8)
+        #expect(MemoryLayout<fxdp_peer_value>.size == 12)
+        #expect(MemoryLayout<fxdp_node_key>.size == 4)
+        #expect(MemoryLayout<fxdp_node_value>.size == 4)
+        #expect(MemoryLayout<fxdp_config>.size == 36)
+        #expect(MemoryLayout<fxdp_count>.size == 16)
+        #expect(MemoryLayout<fxdp_config>.offset(of: \fxdp_config.vni) == 12)
+        #expect(MemoryLayout<fxdp_config>.offset(of: \fxdp_config.underlay_mac) == 28)
+    }
+
+    @Test func counterEnumMirrorsTheCEnum() {
+        let c: [(FXDPCounter, fxdp_counter)] = [
+            (.encapOK, FXDP_C_ENCAP_OK), (.encapPassNotIPv4, FXDP_C_ENCAP_PASS_NOT_IPV4),
+            (.encapPassNoPeer, FXDP_C_ENCAP_PASS_NO_PEER), (.encapPassDisabled, FXDP_C_ENCAP_PASS_DISABLED),
+            (.encapDropMalformed, FXDP_C_ENCAP_DROP_MALFORMED), (.encapDropAdjust, FXDP_C_ENCAP_DROP_ADJUST),
+            (.encapPassFIB, FXDP_C_ENCAP_PASS_FIB), (.encapPassTooBig, FXDP_C_ENCAP_PASS_TOO_BIG),
+            (.encapOKNeigh, FXDP_C_ENCAP_OK_NEIGH), (.encapPassAdjust, FXDP_C_ENCAP_PASS_ADJUST),
+            (.decapOK, FXDP_C_DECAP_OK), (.decapCheckOK, FXDP_C_DECAP_CHECK_OK),
+            (.decapPassNotVXLAN, FXDP_C_DECAP_PASS_NOT_VXLAN), (.decapPassDisabled, FXDP_C_DECAP_PASS_DISABLED),
+            (.decapDropNotPeer, FXDP_C_DECAP_DROP_NOT_PEER), (.decapDropBadVNI, FXDP_C_DECAP_DROP_BAD_VNI),
+            (.decapDropMalformed, FXDP_C_DECAP_DROP_MALFORMED), (.decapDropFragment, FXDP_C_DECAP_DROP_FRAGMENT),
+            (.decapDropIPOptions, FXDP_C_DECAP_DROP_IP_OPTIONS), (.decapDropInnerNotOurs, FXDP_C_DECAP_DROP_INNER_NOT_OURS),
+            (.decapDropAdjust, FXDP_C_DECAP_DROP_ADJUST), (.decapPassFragment, FXDP_C_DECAP_PASS_FRAGMENT),
+            (.decapPassNotIPv4, FXDP_C_DECAP_PASS_NOT_IPV4), (.decapPassVLAN, FXDP_C_DECAP_PASS_VLAN),
+            (.decapPassShort, FXDP_C_DECAP_PASS_SHORT), (.decapDropInnerNotIPv4, FXDP_C_DECAP_DROP_INNER_NOT_IPV4),
+            (.decapPassOtherHost, FXDP_C_DECAP_PASS_OTHER_HOST),
+        ]
+        #expect(c.count == FXDPCounter.allCases.count, "every Swift case is paired with its C constant")
+        for (swift, cValue) in c {
+            #expect(swift.rawValue == cValue.rawValue, "\(swift.name)")
+            #expect(swift.cValue == cValue)
+        }
+        #expect(Set(FXDPCounter.allCases.map(\.name)).count == FXDPCounter.allCases.count)
+        #expect(FXDPCounter.allCases.allSatisfy { $0.rawValue < FXDPCounter.arraySize })
+    }
+
+    @Test func mapNamesCarryTheABIVersion() {
+        for name in [FXDP_MAP_PEERS, FXDP_MAP_NODES, FXDP_MAP_CONFIG, FXDP_MAP_COUNTERS] {
+            #expect(name.hasSuffix("_v\(FXDP_ABI_VERSION)"))
+        }
+    }
+
+    @Test func driverDefaults() {
+        #expect(DecapMode.defaultMode(driver: "veth") == .kernel)
+        #expect(DecapMode.defaultMode(driver: nil) == .kernel)
+        #expect(DecapMode.defaultMode(driver: "mlx5_core") == .xdp)
+        #expect(DecapMode.defaultMode(driver: "virtio_net") == .xdp)
+    }
+}

@@ -1,0 +1,144 @@
+// Helpers that put the userspace data path on NetnsLab nodes, the way the daemon will: the
+// dataplane is created on a thread inside the node's namespace (so its TUN and sockets live there),
+// then the TUN gets <own subnet>.0/32, link up, and one route for the cluster network (the daemon
+// does this through netlink; the test uses the ip CLI).
+import CBPF
+import Glibc
+import Logging
+import NetTypes
+import TestSupport
+import UserspaceDataplane
+
+let clusterNetwork = IPv4Subnet(cidr: "10.5.0.0/16")!
+
+struct UserspaceNode {
+    let node: LabNode
+    let dataplane: UserspaceDataplane
+    let vtepMAC: MACAddress?
+
+    var asPeer: Peer { Peer(subnet: node.podSubnet, publicIP: node.nodeIP, vtepMAC: vtepMAC) }
+}
+
+enum Backend { case vxlan, udp }
+
+func makeUserspaceNode(
+    lab: NetnsLab, node: LabNode, backend: Backend = .vxlan, vni: UInt32 = 1, offloads: Bool = false,
+    queues: Int = 1
+) throws -> UserspaceNode {
+    let mac = MACAddress.randomLocal()
+    let encapsulation: UserspaceConfig.Encapsulation
+    let tunName: String
+    switch backend {
+    case .vxlan:
+        encapsulation = .vxlan(vni: vni, port: 8472, localVTEPMAC: mac)
+        tunName = "flannel.\(vni)"
+    case .udp:
+        encapsulation = .udp(port: 8285)
+        tunName = "flannel0"
+    }
+    let config = UserspaceConfig(
+        encapsulation: encapsulation, localIP: node.nodeIP, tunName: tunName,
+        mtu: node.underlayMTU - encapsulation.overhead, queues: queues,
+        icmpSourceIP: node.podSubnet.address, offloads: offloads)
+    var logger = Logger(label: "fxus.\(node.name)")
+    logger.logLevel = .warning
+    let dataplane = try NetnsThread.run(namespace: node.name) { try UserspaceDataplane(config: config, logger: logger) }
+    try lab.sh(node.name, ["addr", "add", "\(node.podSubnet.address)/32", "dev", tunName])
+    try lab.sh(node.name, ["link", "set", tunName, "up"])
+    try lab.sh(node.name, ["route", "add", "\(clusterNetwork)", "dev", tunName])
+    try dataplane.start()
+    return UserspaceNode(node: node, dataplane: dataplane, vtepMAC: backend == .vxlan ? mac : nil)
+}
+
+/// Every node learns every other node as a peer.
+func meshPeers(_ nodes: [UserspaceNode]) throws {
+    for a in nodes {
+        for b in nodes where b.node.name != a.node.name { try a.dataplane.upsert(b.asPeer) }
+    }
+}
+
+/// Sends each payload as one UDP datagram from `source` (an address of `namespace`) to
+/// `destination:port`, from a socket inside `namespace`.
+func sendDatagrams(
+    namespace: String, source: IPv4Address, destination: IPv4Address, port: UInt16, payloads: [[UInt8]]
+) throws {
+    try NetnsThread.run(namespace: namespace) {
+        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        guard fd >= 0 else { throw LabError(command: [], message: "socket: errno \(errno)") }
+        defer { close(fd) }
+        var from = sockaddr_in()
+        from.sin_family = sa_family_t(AF_INET)
+        from.sin_addr.s_addr = UInt32(bigEndian: source.value)
+        let bound = withUnsafePointer(to: &from) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0 else { throw LabError(command: [], message: "bind \(source): errno \(errno)") }
+        var to = sockaddr_in()
+        to.sin_family = sa_family_t(AF_INET)
+        to.sin_port = port.bigEndian
+        to.sin_addr.s_addr = UInt32(bigEndian: destination.value)
+        for payload in payloads {
+            let sent = payload.withUnsafeBytes { bytes in
+                withUnsafePointer(to: &to) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                        sendto(fd, bytes.baseAddress, bytes.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                    }
+                }
+            }
+            guard sent == payload.count else { throw LabError(command: [], message: "sendto: errno \(errno)") }
+        }
+    }
+}
+
+/// A VXLAN datagram payload as flannel sends it: header, inner Ethernet, then `inner`.
+func vxlanPayload(vni: UInt32, destinationMAC: MACAddress, sourceMAC: MACAddress, inner: [UInt8], flags: UInt8 = 0x08) -> [UInt8] {
+    [flags, 0, 0, 0, UInt8(vni >> 16 & 0xff), UInt8(vni >> 8 & 0xff), UInt8(vni & 0xff), 0]
+        + destinationMAC.bytes + sourceMAC.bytes + [0x08, 0x00] + inner
+}
+
+/// A minimal valid IPv4/ICMP echo request (header checksum correct).
+func ipv4Packet(source: IPv4Address, destination: IPv4Address, payloadLength: Int = 8, ttl: UInt8 = 64) -> [UInt8] {
+    let total = 20 + payloadLength
+    var p: [UInt8] = [0x45, 0, UInt8(total >> 8), UInt8(total & 0xff), 0, 1, 0x40, 0, ttl, 1, 0, 0]
+    p += source.bytes + destination.bytes
+    var sum: UInt32 = 0
+    for i in stride(from: 0, to: 20, by: 2) { sum += UInt32(p[i]) << 8 | UInt32(p[i + 1]) }
+    while sum >> 16 != 0 { sum = (sum & 0xffff) + (sum >> 16) }
+    let check = ~UInt16(sum)
+    p[10] = UInt8(check >> 8)
+    p[11] = UInt8(check & 0xff)
+    return p + [8, 0, 0xf7, 0xff, 0, 0, 0, 0] + [UInt8](repeating: 0, count: max(0, payloadLength - 8))
+}
+
+/// Polls `condition` until true or `timeout` seconds pass.
+func eventually(timeout: Double = 3, _ condition: () throws -> Bool) rethrows -> Bool {
+    var waited = 0.0
+    while waited < timeout {
+        if try condition() { return true }
+        usleep(50_000)
+        waited += 0.05
+    }
+    return try condition()
+}
+
+/// iperf3 single stream from `client` to a one-off server on `server`; returns the receiver's bits
+/// per second, or throws with everything iperf3 printed.
+func iperf(_ lab: NetnsLab, from client: LabNode, to server: LabNode, seconds: Int = 2, port: UInt16 = 5201) throws -> Double {
+    let daemon = try lab.spawn(server.podNamespace, [LabTools.iperf3, "-s", "-1", "-B", "\(server.podIP)", "-p", "\(port)"])
+    defer { daemon.terminate(grace: 1) }
+    var result = try lab.run(client.podNamespace, ["/bin/true"])
+    for _ in 0..<30 {
+        result = try lab.run(client.podNamespace, [LabTools.iperf3, "-c", "\(server.podIP)", "-p", "\(port)", "-t", "\(seconds)", "-J", "--connect-timeout", "2000"])
+        if result.status == 0 || !(result.stdout + result.stderr).contains("refused") { break }
+        usleep(100_000)
+    }
+    let text = result.stdout
+    guard result.status == 0, let section = text.firstRange(of: "\"sum_received\""),
+          let key = text[section.upperBound...].firstRange(of: "\"bits_per_second\"")
+    else {
+        let message: String = "iperf3 failed: " + String(text.suffix(1500)) + "; server: " + String(daemon.output().suffix(800))
+        throw LabError(command: ["iperf3", "-c", "\(server.podIP)"], status: result.status, stderr: result.stderr, message: message)
+    }
+    let number = text[key.upperBound...].drop { $0 == ":" || $0 == " " || $0 == "\t" }.prefix { "0123456789.e+-".contains($0) }
+    return Double(String(number)) ?? 0
+}
