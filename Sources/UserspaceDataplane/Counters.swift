@@ -58,6 +58,9 @@ public struct UserspaceCounters: Sendable, Hashable, CustomStringConvertible {
     /// TCP super-packets (GSO) split into segments, and the segments they gave.
     public var gsoPackets: UInt64 = 0
     public var gsoSegments: UInt64 = 0
+    /// Received TCP segments glued into GSO packets for the TUN, and the packets written.
+    public var groPackets: UInt64 = 0
+    public var groSegments: UInt64 = 0
     public var drops: [UserspaceDropReason: UInt64] = [:]
 
     public init() {}
@@ -71,6 +74,7 @@ public struct UserspaceCounters: Sendable, Hashable, CustomStringConvertible {
             "icmp \(icmpSent) (+\(icmpRateLimited) limited)",
         ]
         if gsoPackets > 0 { parts.append("gso \(gsoPackets)→\(gsoSegments)") }
+        if groPackets > 0 { parts.append("gro \(groSegments)→\(groPackets)") }
         for reason in UserspaceDropReason.allCases where self[drop: reason] > 0 {
             parts.append("drop \(reason.name) \(self[drop: reason])")
         }
@@ -88,7 +92,9 @@ enum Counter {
     static let icmpRateLimited = 5
     static let gsoPackets = 6
     static let gsoSegments = 7
-    static let firstDrop = 8
+    static let groPackets = 8
+    static let groSegments = 9
+    static let firstDrop = 10
     static let count = firstDrop + UserspaceDropReason.allCases.count
 
     @inline(__always) static func drop(_ reason: UserspaceDropReason) -> Int { firstDrop + reason.rawValue }
@@ -115,6 +121,8 @@ final class CounterCells: Sendable {
         c.icmpRateLimited = cells[Counter.icmpRateLimited].load(ordering: .relaxed)
         c.gsoPackets = cells[Counter.gsoPackets].load(ordering: .relaxed)
         c.gsoSegments = cells[Counter.gsoSegments].load(ordering: .relaxed)
+        c.groPackets = cells[Counter.groPackets].load(ordering: .relaxed)
+        c.groSegments = cells[Counter.groSegments].load(ordering: .relaxed)
         for reason in UserspaceDropReason.allCases {
             let v = cells[Counter.drop(reason)].load(ordering: .relaxed)
             if v > 0 { c.drops[reason] = v }

@@ -238,3 +238,53 @@ import Testing
         #expect(untouched == full)
     }
 }
+
+@Suite struct CoalescerTests {
+    /// TCP segment 10.5.1.2:5000 → 10.5.2.2:80 with `payload` bytes at `sequence`, timestamps option.
+    func segment(sequence: UInt32, payload: [UInt8], flags: UInt8 = 0x10) -> [UInt8] {
+        let total = 20 + 32 + payload.count
+        var p: [UInt8] = [0x45, 0, UInt8(total >> 8), UInt8(total & 0xff), 0, 1, 0x40, 0, 63, 6, 0, 0, 10, 5, 1, 2, 10, 5, 2, 2]
+        p += [0x13, 0x88, 0, 80] + withUnsafeBytes(of: sequence.bigEndian) { Array($0) } + [0, 0, 0, 1, 0x80, flags, 0x01, 0x00, 0, 0, 0, 0]
+        p += [1, 1, 8, 10, 0, 0, 0, 7, 0, 0, 0, 9]
+        return p + payload
+    }
+
+    @Test func consecutiveSegmentsBecomeOneGSOWrite() throws {
+        var fds: [Int32] = [-1, -1]
+        #expect(pipe(&fds) == 0)
+        defer { close(fds[0]); close(fds[1]) }
+        let coalescer = Coalescer(tunFD: fds[1], vnetHeaderLength: 10)
+        var tally = Tally()
+        var errors = ErrorOnce()
+        let logger = Logger(label: "t")
+        let chunks = (0..<3).map { i in [UInt8](repeating: UInt8(i + 1), count: 1000) } + [[UInt8](repeating: 9, count: 200)]
+        var sequence: UInt32 = 0xffff_ff00
+        for (i, chunk) in chunks.enumerated() {
+            var packet = [UInt8](repeating: 0, count: 10) + segment(sequence: sequence, payload: chunk, flags: i == 3 ? 0x18 : 0x10)
+            sequence &+= UInt32(chunk.count)
+            packet.withUnsafeMutableBytes { raw in
+                coalescer.offer(raw.baseAddress! + 10, totalLength: raw.count - 10, tally: &tally, errors: &errors, logger: logger)
+            }
+        }
+        // A SYN is never merged: it flushes the pending run first.
+        var syn = [UInt8](repeating: 0, count: 10) + segment(sequence: 1, payload: [], flags: 0x02)
+        syn.withUnsafeMutableBytes { raw in
+            coalescer.offer(raw.baseAddress! + 10, totalLength: raw.count - 10, tally: &tally, errors: &errors, logger: logger)
+        }
+        coalescer.flush(tally: &tally, errors: &errors, logger: logger)
+        var out = [UInt8](repeating: 0, count: 8192)
+        let n = read(fds[0], &out, out.count)
+        let merged = 10 + 52 + 3200
+        #expect(n == merged + 10 + 52)
+        #expect(Array(out[0..<10]) == [1, 1, 52, 0, 0xe8, 0x03, 20, 0, 16, 0])  // NEEDS_CSUM, TCPv4, hdr 52, gso 1000
+        let ip = Array(out[10..<merged])
+        #expect(Int(ip[2]) << 8 | Int(ip[3]) == 3252)
+        #expect(Wire.finish(Wire.sum(ip, 20)) == 0)
+        #expect(ip[33] == 0x18)  // the PSH of the last segment
+        #expect(Array(ip[52...]) == chunks.flatMap { $0 })
+        #expect(Array(ip[24..<28]) == [0xff, 0xff, 0xff, 0x00])
+        #expect(tally.values[Counter.groPackets] == 1 && tally.values[Counter.groSegments] == 4)
+        #expect(tally.values[Counter.rxPackets] == 5)
+        #expect(out[merged + 10 + 33] == 0x02)
+    }
+}
