@@ -20,7 +20,8 @@
  * | encap              | destination in no peer subnet                            | TC_ACT_OK        | ENCAP_PASS_NO_PEER      |
  * | encap              | non-GSO > overlay MTU, or > 65535 once encapsulated      | TC_ACT_OK        | ENCAP_PASS_TOO_BIG      |
  * | encap              | fib lookup fails (no route, forwarding off, ...)         | TC_ACT_OK        | ENCAP_PASS_FIB          |
- * | encap              | adjust_room / store_bytes fails                          | TC_ACT_SHOT      | ENCAP_DROP_ADJUST       |
+ * | encap              | adjust_room refuses (already encapsulated skb, no memory)| TC_ACT_OK        | ENCAP_PASS_ADJUST       |
+ * | encap              | store_bytes fails after the room was made                | TC_ACT_SHOT      | ENCAP_DROP_ADJUST       |
  * | encap              | encapsulated, neighbour known                            | TC_ACT_REDIRECT  | ENCAP_OK                |
  * | encap              | encapsulated, neighbour unresolved (bpf_redirect_neigh)  | TC_ACT_REDIRECT  | ENCAP_OK_NEIGH          |
  * | decap (both)       | config map not filled / not enabled                      | PASS / OK        | DECAP_PASS_DISABLED     |
@@ -183,8 +184,10 @@ int fxdp_encap(struct __sk_buff *skb)
 	 * it as a UDP tunnel (and FIXED_GSO keeps gso_size: otherwise it shrinks by 50 per packet). */
 	__u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP |
 		      BPF_F_ADJ_ROOM_ENCAP_L2_ETH | BPF_F_ADJ_ROOM_ENCAP_L2(ETH_HLEN);
+	/* It refuses before changing anything (e.g. -EALREADY for an skb that already carries a
+	 * tunnel, like a pod's own VXLAN): the kernel device can still encapsulate that one. */
 	if (bpf_skb_adjust_room(skb, FXDP_VXLAN_OVERHEAD, BPF_ADJ_ROOM_MAC, flags))
-		return fxdp_count_verdict(FXDP_C_ENCAP_DROP_ADJUST, len, TC_ACT_SHOT);
+		return fxdp_count_verdict(FXDP_C_ENCAP_PASS_ADJUST, len, TC_ACT_OK);
 	/* inner_ip and cur are stale from here on: the helpers below take offsets, not pointers. */
 	if (bpf_skb_store_bytes(skb, 0, &h, sizeof(h), 0))
 		return fxdp_count_verdict(FXDP_C_ENCAP_DROP_ADJUST, len, TC_ACT_SHOT);

@@ -14,6 +14,7 @@ public enum FXDPCounter: UInt32, CaseIterable, Sendable, CustomStringConvertible
     case encapPassFIB = 6
     case encapPassTooBig = 7
     case encapOKNeigh = 8
+    case encapPassAdjust = 9
 
     case decapOK = 16
     case decapCheckOK = 17
@@ -48,6 +49,7 @@ public enum FXDPCounter: UInt32, CaseIterable, Sendable, CustomStringConvertible
         case .encapPassFIB: "encap_pass_fib"
         case .encapPassTooBig: "encap_pass_too_big"
         case .encapOKNeigh: "encap_ok_neigh"
+        case .encapPassAdjust: "encap_pass_adjust"
         case .decapOK: "decap_ok"
         case .decapCheckOK: "decap_check_ok"
         case .decapPassNotVXLAN: "decap_pass_not_vxlan"

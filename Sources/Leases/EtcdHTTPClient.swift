@@ -284,13 +284,12 @@ final class EtcdHTTPClient: Sendable {
         let (parts, continuation) = AsyncThrowingStream<HTTPClientResponsePart, any Error>.makeStream()
         let ssl = endpoint.tls ? sslContext : nil
         let sniHost: String? = endpoint.isIPLiteral ? nil : endpoint.host
-        let idle = TimeAmount.nanoseconds(Int64(idleTimeout.components.seconds) * 1_000_000_000
-            + idleTimeout.components.attoseconds / 1_000_000_000)
+        let idle = idleTimeout.timeAmount
         let keepIdle = Int(options.keepAliveIdle.components.seconds)
         let keepInterval = Int(options.keepAliveInterval.components.seconds)
 
         let bootstrap = ClientBootstrap(group: group)
-            .connectTimeout(.seconds(options.connectTimeout.components.seconds))
+            .connectTimeout(options.connectTimeout.timeAmount)
             .channelOption(.socketOption(.so_keepalive), value: 1)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelOption(ChannelOptions.Types.SocketOption(level: .init(rawValue: Int32(IPPROTO_TCP)), name: .init(rawValue: TCP_KEEPIDLE)), value: keepIdle)
@@ -473,5 +472,11 @@ extension String {
             }
         }
         return out
+    }
+}
+
+extension Duration {
+    var timeAmount: TimeAmount {
+        .nanoseconds(components.seconds * 1_000_000_000 + components.attoseconds / 1_000_000_000)
     }
 }

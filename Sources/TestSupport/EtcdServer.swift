@@ -46,6 +46,7 @@ public final class EtcdServer: Sendable {
     public let etcdctlTLS: (ca: String, cert: String, key: String)?
     private let pid = Mutex<pid_t>(0)
     private let logPath: String
+    private let extraArguments: [String]
 
     public var clientURL: String { (tls == nil ? "http" : "https") + "://127.0.0.1:\(clientPort)" }
     public var peerURL: String { "http://127.0.0.1:\(peerPort)" }
@@ -54,8 +55,10 @@ public final class EtcdServer: Sendable {
     private static let counter = Mutex(0)
 
     /// Starts etcd and waits until it answers. `tag` names the data dir (e.g. the test's area).
+    /// `extraArguments` are appended to etcd's command line (e.g. `--auth-token-ttl=1`).
     public static func start(tag: String = "fx", tls: EtcdServerTLS? = nil,
-                             etcdctlTLS: (ca: String, cert: String, key: String)? = nil) async throws -> EtcdServer {
+                             etcdctlTLS: (ca: String, cert: String, key: String)? = nil,
+                             extraArguments: [String] = []) async throws -> EtcdServer {
         let n = counter.withLock { $0 += 1; return $0 }
         // tmpfs: etcd fsyncs every write, and tens of test servers fsyncing to one disk stall for seconds.
         let base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp"
@@ -69,7 +72,7 @@ public final class EtcdServer: Sendable {
         for _ in 0..<5 {
             let (client, peer) = try freePortPair()
             let server = EtcdServer(clientPort: client, peerPort: peer, dataDir: dir + "/data", logPath: dir + "/etcd.log",
-                                    tls: tls, etcdctlTLS: etcdctlTLS)
+                                    tls: tls, etcdctlTLS: etcdctlTLS, extraArguments: extraArguments)
             do {
                 try await server.launch()
                 return server
@@ -87,7 +90,8 @@ public final class EtcdServer: Sendable {
     }
 
     private init(clientPort: Int, peerPort: Int, dataDir: String, logPath: String, tls: EtcdServerTLS?,
-                 etcdctlTLS: (ca: String, cert: String, key: String)?) {
+                 etcdctlTLS: (ca: String, cert: String, key: String)?, extraArguments: [String]) {
+        self.extraArguments = extraArguments
         self.clientPort = clientPort
         self.peerPort = peerPort
         self.dataDir = dataDir
@@ -118,7 +122,7 @@ public final class EtcdServer: Sendable {
             args += ["--cert-file", tls.certFile, "--key-file", tls.keyFile, "--trusted-ca-file", tls.trustedCAFile]
             if tls.clientCertAuth { args += ["--client-cert-auth"] }
         }
-        return args
+        return args + extraArguments
     }
 
     private func launch() async throws {
@@ -132,8 +136,9 @@ public final class EtcdServer: Sendable {
                 throw EtcdServerError("etcd exited during startup (status \(status)); log: \(readFile(logPath).suffix(2000))")
             }
             // A cheap connect first; etcdctl (a Go process per try) only once the port listens.
+            // `endpoint status` rather than `health`: it also answers when auth is enabled.
             if acceptsConnections(clientPort) {
-                let r = try? await etcdctl(api: 3, ["endpoint", "health", "--command-timeout=2s"])
+                let r = try? await etcdctl(api: 3, ["endpoint", "status", "--command-timeout=2s"])
                 if let r, r.status == 0 { return }
             }
             try await Task.sleep(for: .milliseconds(100))

@@ -187,8 +187,9 @@ extension Wire {
     /// kernel's own vxlan receiver trusts that flag. A UDP socket hands us only the bytes, where the
     /// checksum field still holds the folded pseudo-header sum; written into the TUN as is, the
     /// receiving pod drops the segment as corrupt. A real checksum equals the pseudo-header sum
-    /// only by accident, so a field equal to it is taken as partial and completed. Costs a few
-    /// loads per packet; a full sum only for packets that need it.
+    /// only by accident, so a field equal to it is taken as partial and completed. Should a
+    /// correct checksum happen to equal it, completing rewrites the same value: the repair cannot
+    /// damage a good packet. Costs a few loads per packet; a full sum only where it repairs.
     @inline(__always)
     static func repairPartialChecksum(_ packet: UnsafeMutableRawPointer, headerLength: Int, totalLength: Int) {
         let proto = packet.load(fromByteOffset: 9, as: UInt8.self)

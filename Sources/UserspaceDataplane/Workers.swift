@@ -11,6 +11,12 @@
 // VXLAN flags/VNI, inner dst MAC = our VtepMAC, inner IPv4 header sane) and its inner packet written
 // into the TUN queue with one write() (a TUN takes exactly one packet per write).
 //
+// With offloads (IFF_VNET_HDR) both directions move 64 KB at a time: TUN reads return TCP
+// super-packets that Segmenter cuts into MTU-size datagrams sent with UDP GSO (one sendmmsg entry,
+// many datagrams); on receive UDP_GRO hands over runs of datagrams in one buffer and Coalescer
+// glues consecutive TCP segments back into one GSO write. Per-packet syscalls then become
+// per-64 KB ones, which is where a userspace path spends its time.
+//
 // TTL: the kernel already decremented it when it routed the packet into the TUN (a TUN is a link
 // like flannel.1), and decrements it again when it routes the packet out of the peer's TUN, so the
 // userspace path leaves TTL alone and a pod-to-pod ping shows TTL 62 as over kernel vxlan.

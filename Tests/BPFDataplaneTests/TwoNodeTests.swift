@@ -90,19 +90,28 @@ struct TwoNodeTests {
         let s2 = try n2.attach(mode)
         #expect(s1.decapMode == mode && s2.decapMode == mode && s1.encapProgramID != nil && s2.encapProgramID != nil)
         let decapCounter: FXDPCounter = mode == .xdp ? .decapOK : .decapCheckOK
+        // Forget the underlay neighbours: the first encapsulated packets must resolve the peer node's
+        // MAC through bpf_redirect_neigh (fib lookup answers NO_NEIGH).
+        for node in nodes { try lab.sh(node.name, ["neigh", "flush", "dev", node.underlayIfname]) }
 
         // Ping both ways and a TCP stream, through BPF on both nodes.
         let ping12 = try lab.ping(from: nodes[0].podNamespace, to: nodes[1].podIP, count: 5, interval: 0.1)
         let ping21 = try lab.ping(from: nodes[1].podNamespace, to: nodes[0].podIP, count: 5, interval: 0.1)
-        #expect(ping12.received == 5 && ping21.received == 5, "BPF both ways (\(mode)): \(ping12) \(ping21)")
+        #expect(ping12.received >= 4 && ping21.received >= 4, "BPF both ways (\(mode)): \(ping12) \(ping21)")
         let bps = try throughputRetrying(lab, from: nodes[0].podNamespace, to: nodes[1].podNamespace, serverIP: nodes[1].podIP, seconds: 2)
         #expect(bps > 1_000_000, "TCP through BPF (\(mode)): \(bps) bit/s")
         let c1 = try n1.bpf.counters(), c2 = try n2.bpf.counters()
         let encap1 = c1[.encapOK]!.packets + c1[.encapOKNeigh]!.packets
         #expect(encap1 >= 10, "node 1 encapsulated: \(c1)")
+        #expect(c1[.encapOKNeigh]!.packets >= 1, "node 1 resolved its peer through bpf_redirect_neigh: \(c1)")
         #expect(c2[.encapOK]!.packets + c2[.encapOKNeigh]!.packets >= 10, "node 2 encapsulated: \(c2)")
         #expect(c1[decapCounter]!.packets >= 10 && c2[decapCounter]!.packets >= 10, "decap (\(mode)): \(c1) / \(c2)")
         #expect(c2[decapCounter]!.bytes > 1_000_000, "the TCP stream was decapsulated by BPF on node 2")
+        // The pod's TCP stream reaches flannel.1 as GSO super-packets; FIXED_GSO keeps them whole
+        // through the encap (segmented on the underlay), so the average is far above one frame.
+        let sent = c1[.encapOK]!
+        #expect(sent.bytes / max(sent.packets, 1) > 3000, "GSO packets encapsulated whole: \(sent)")
+        print("two-node \(mode): \(Int(bps / 1e6)) Mbit/s; node 1 encap \(sent); node 2 \(decapCounter.name) \(c2[decapCounter]!)")
         for counts in [c1, c2] {
             #expect(counts.filter { $0.key.isDrop && $0.value.packets > 0 }.isEmpty, "no drops: \(counts)")
         }
@@ -116,7 +125,7 @@ struct TwoNodeTests {
         let before2 = try n2.bpf.counters()
         let mixed12 = try lab.ping(from: nodes[0].podNamespace, to: nodes[1].podIP, count: 5, interval: 0.1)
         let mixed21 = try lab.ping(from: nodes[1].podNamespace, to: nodes[0].podIP, count: 5, interval: 0.1)
-        #expect(mixed12.received == 5 && mixed21.received == 5, "BPF node ↔ stock flannel node (\(mode)): \(mixed12) \(mixed21)")
+        #expect(mixed12.received >= 4 && mixed21.received >= 4, "BPF node ↔ stock flannel node (\(mode)): \(mixed12) \(mixed21)")
         let mixedBps = try throughputRetrying(lab, from: nodes[1].podNamespace, to: nodes[0].podNamespace, serverIP: nodes[0].podIP, seconds: 1)
         #expect(mixedBps > 1_000_000, "TCP stock → BPF node (\(mode)): \(mixedBps) bit/s")
         let d1 = counterDelta(before1, try n1.bpf.counters())

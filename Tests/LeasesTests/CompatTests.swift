@@ -221,8 +221,10 @@ struct CompatTests {
         }
     }
 
+    /// Tokens live 1 s here (etcd's default is 5 min) and vanish on restart: requests and the watch
+    /// re-authenticate by themselves.
     @Test func v3AuthenticationWithUsernameAndPassword() async throws {
-        try await withEtcd { server in
+        try await withEtcd(extraArguments: ["--auth-token-ttl=1"]) { server in
             let prefix = uniquePrefix("auth")
             try await writeConfig(server, .v3, prefix: prefix, vxlanConfigJSON)
             try await server.etcdctlChecked(api: 3, ["user", "add", "root:rootpw"])
@@ -240,6 +242,11 @@ struct CompatTests {
             try await eventually("authenticated watch snapshot") { peers.gotSnapshot }
             try await server.etcdctlChecked(api: 3, ["--user=root:rootpw", "put", prefix + "/subnets/10.5.9.0-24", vxlanAttributes("192.0.2.9").json])
             try await eventually("authenticated watch event") { peers.peers.count == 1 }
+            try await Task.sleep(for: .seconds(2))
+            try await me.renewLease()  // with an expired token
+            try await server.restart()  // the watch comes back with a token etcd has never seen
+            try await server.etcdctlChecked(api: 3, ["--user=root:rootpw", "put", prefix + "/subnets/10.5.10.0-24", vxlanAttributes("192.0.2.10").json])
+            try await eventually(timeout: .seconds(15), "watch event after restart") { peers.peers.count == 2 }
 
             let bad = try makeRegistry(server, .v3, prefix: prefix) {
                 $0.username = "root"

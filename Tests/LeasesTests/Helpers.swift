@@ -12,10 +12,11 @@ let bothAPIs: [EtcdAPIVersion] = [.v2, .v3]
 /// Starts a dedicated etcd for one test and removes it afterwards, also when the test fails.
 /// `exclusive`: no other etcd test of this process runs meanwhile (CPU-time measurements).
 func withEtcd<T>(tls: EtcdServerTLS? = nil, etcdctlTLS: (ca: String, cert: String, key: String)? = nil,
-                 exclusive: Bool = false, _ body: (EtcdServer) async throws -> T) async throws -> T {
+                 exclusive: Bool = false, extraArguments: [String] = [],
+                 _ body: (EtcdServer) async throws -> T) async throws -> T {
     await TestGate.shared.enter(exclusive: exclusive)
     defer { Task { await TestGate.shared.leave(exclusive: exclusive) } }
-    let server = try await EtcdServer.start(tag: "lease", tls: tls, etcdctlTLS: etcdctlTLS)
+    let server = try await EtcdServer.start(tag: "lease", tls: tls, etcdctlTLS: etcdctlTLS, extraArguments: extraArguments)
     defer { server.cleanup() }
     return try await body(server)
 }

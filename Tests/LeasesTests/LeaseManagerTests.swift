@@ -126,6 +126,11 @@ struct LeaseManagerTests {
             let l4 = try await fourth.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.23"),
                                                   previousSubnet: subnet("10.6.1.0/24"))
             #expect(config.allows(l4.subnet))
+            // After a config change our lease of the old size is deleted and a new one acquired.
+            let newConfig = try NetworkConfig.parse(#"{"Network":"10.5.0.0/16","SubnetLen":25,"Backend":{"Type":"vxlan"}}"#)
+            let resized = try await again.acquireLease(config: newConfig, attributes: newAttrs)
+            #expect(resized.subnet.prefixLength == 25)
+            #expect(try await again.registry.getLease(name: lease.subnet.leaseKey) == nil)
             // Random picks stay among the first 100 free subnets.
             #expect(l4.subnet.address.value - config.subnetMin.value < 104 << 8)
         }

@@ -320,6 +320,75 @@ import Testing
         #expect(try table.currentPeers().isEmpty)
         #expect(try lab.sh(node.name, ["neigh", "show", "dev", "flannel.1"]).isEmpty)
     }
+
+    @Test("the external interface is chosen as flanneld does: --iface names/IPs, --iface-regex, default route",
+          .enabled(if: root, Privileges.skipReason))
+    func externalInterface() throws {
+        let lab = try NetnsLab(tag: "ove")
+        defer { lab.cleanup() }
+        let node = try lab.makeCluster(nodes: 1)[0]
+        var nl = try NetlinkSocket(networkNamespace: "/run/netns/\(node.name)")
+        let eth0 = try #require(try nl.link(named: "eth0"))
+
+        // No --iface and no default route: a clear error.
+        #expect(throws: OverlayError.self) { try ExternalInterface.find(netlink: &nl) }
+        try lab.sh(node.name, ["route", "add", "default", "via", "192.168.77.254"])
+        let byDefault = try ExternalInterface.find(netlink: &nl)
+        #expect(byDefault == ExternalInterface(index: eth0.index, name: "eth0", mtu: 1500, address: node.nodeIP, prefixLength: 24))
+
+        #expect(try ExternalInterface.find(ifaces: ["cni0"], netlink: &nl).address == node.podGateway)
+        #expect(try ExternalInterface.find(ifaces: ["nope0", "\(node.nodeIP)"], netlink: &nl).name == "eth0")
+        #expect(try ExternalInterface.find(ifaces: ["\(node.podGateway)", "eth0"], netlink: &nl).name == "cni0")
+        #expect(try ExternalInterface.find(ifaceRegex: "^192\\.168\\.", netlink: &nl).name == "eth0")
+        #expect(try ExternalInterface.find(ifaceRegex: "^cni", netlink: &nl).name == "cni0")
+        do {
+            _ = try ExternalInterface.find(ifaces: ["nope0", "10.99.99.99"], netlink: &nl)
+            Issue.record("unknown interfaces must fail")
+        } catch {
+            #expect(error.description.contains("nope0"))
+        }
+        #expect(throws: OverlayError.self) { try ExternalInterface.find(ifaceRegex: "([", netlink: &nl) }
+    }
+
+    @Test("flanneld's two phases: the device (and its MAC) before the lease, the address after; a new lease moves it; GBP",
+          .enabled(if: root, Privileges.skipReason))
+    func twoPhases() throws {
+        let lab = try NetnsLab(tag: "ovp")
+        defer { lab.cleanup() }
+        let node = try lab.makeCluster(nodes: 1)[0]
+        var nl = try NetlinkSocket(networkNamespace: "/run/netns/\(node.name)")
+        let eth0 = try #require(try nl.link(named: "eth0"))
+        let dev = try FlannelVXLANDevice.ensure(vni: 1, localIP: node.nodeIP, underlayIndex: eth0.index, netlink: &nl)
+        #expect(dev.subnet == nil && dev.origin == .created && dev.mtu == 1450)
+        #expect(try nl.addresses(index: dev.index).isEmpty)
+        #expect(try lab.linkMAC(node.name, "flannel.1") == dev.mac)
+
+        let configured = try dev.configure(subnet: node.podSubnet, network: Self.network, netlink: &nl)
+        #expect(configured.subnet == node.podSubnet)
+        #expect(try lab.sh(node.name, ["-4", "-o", "addr", "show", "dev", "flannel.1"]).contains("inet \(node.podSubnet.address)/32"))
+        #expect(try nl.link(index: dev.index)?.isUp == true)
+        _ = try configured.configure(subnet: node.podSubnet, network: Self.network, netlink: &nl) // idempotent
+
+        // The lease changed (e.g. it expired during a long outage): the old address goes.
+        let newLease = IPv4Subnet(cidr: "10.5.77.0/24")!
+        _ = try configured.configure(subnet: newLease, network: Self.network, netlink: &nl)
+        #expect(try nl.addresses(index: dev.index).map { "\($0.address)/\($0.prefixLength)" } == ["10.5.77.0/32"])
+
+        // GBP is part of compatibility, in both directions.
+        let gbp = try FlannelVXLANDevice.ensure(vni: 1, localIP: node.nodeIP, underlayIndex: eth0.index, gbp: true, netlink: &nl)
+        #expect(gbp.origin == .replaced(reason: "gbp: false vs true") && gbp.mac == dev.mac)
+        #expect(try lab.sh(node.name, ["-d", "link", "show", "flannel.1"]).contains(" gbp"))
+        #expect(try FlannelVXLANDevice.ensure(vni: 1, localIP: node.nodeIP, underlayIndex: eth0.index, gbp: true, netlink: &nl).origin == .adopted)
+
+        // configure on a device that went away says so.
+        try nl.deleteLink(index: gbp.index)
+        do {
+            _ = try gbp.configure(subnet: node.podSubnet, network: Self.network, netlink: &nl)
+            Issue.record("configure on a deleted device must fail")
+        } catch {
+            guard case .deviceMissing = error else { Issue.record("unexpected \(error)"); return }
+        }
+    }
 }
 
 extension String {

@@ -128,8 +128,11 @@ func iperf(_ lab: NetnsLab, from client: LabNode, to server: LabNode, seconds: I
     defer { daemon.terminate(grace: 1) }
     var result = try lab.run(client.podNamespace, ["/bin/true"])
     for _ in 0..<30 {
-        result = try lab.run(client.podNamespace, [LabTools.iperf3, "-c", "\(server.podIP)", "-p", "\(port)", "-t", "\(seconds)", "-J", "--connect-timeout", "2000"])
-        if result.status == 0 || !(result.stdout + result.stderr).contains("refused") { break }
+        result = try lab.run(client.podNamespace, [LabTools.iperf3, "-c", "\(server.podIP)", "-p", "\(port)", "-t", "\(seconds)", "-J", "--connect-timeout", "5000"])
+        let said = result.stdout + result.stderr
+        if said.contains("timed out") { print("iperf3 connect timed out (retrying): \(said.suffix(300))") }
+        if result.status == 0 && !said.contains("\"error\"") { break }
+        if !said.contains("refused") && !said.contains("timed out") { break }
         usleep(100_000)
     }
     let text = result.stdout

@@ -83,6 +83,15 @@ struct UserspaceLabTests {
         let fragmented = try lab.run(nodes[0].podNamespace, [LabTools.ping, "-n", "-M", "dont", "-s", "3000", "-c", "2", "-i", "0.1", "-W", "1", "\(nodes[1].podIP)"])
         #expect(fragmented.stdout.contains(" 0% packet loss"), "\(fragmented.stdout)")
 
+        // The safety net: someone raises the TUN MTU behind our back, so the kernel hands us a DF
+        // packet longer than the overlay MTU; the data path answers frag-needed itself.
+        try lab.sh(nodes[0].name, ["link", "set", "flannel.1", "mtu", "1500"])
+        try lab.sh(nodes[0].podNamespace, ["route", "flush", "cache"])
+        let sneaked = try lab.run(nodes[0].podNamespace, [LabTools.ping, "-n", "-M", "do", "-s", "\(mtu - 10)", "-c", "2", "-i", "0.1", "-W", "1", "\(nodes[1].podIP)"])
+        #expect((sneaked.stdout + sneaked.stderr).contains("mtu = \(mtu)") || (sneaked.stdout + sneaked.stderr).contains("mtu=\(mtu)"), "\(sneaked.stdout)\(sneaked.stderr)")
+        #expect(a.dataplane.counters[drop: .tooBig] >= 1)
+        try lab.sh(nodes[0].name, ["link", "set", "flannel.1", "mtu", "\(mtu)"])
+
         // A destination in the cluster network that no peer holds: ICMP net unreachable from the TUN.
         let unknown = try lab.run(nodes[0].podNamespace, [LabTools.ping, "-n", "-c", "2", "-i", "0.1", "-W", "1", "10.5.99.2"])
         #expect(unknown.stdout.contains("Destination Net Unreachable"), "\(unknown.stdout)")
