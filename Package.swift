@@ -114,6 +114,7 @@ let package = Package(
         ),
         .testTarget(name: "LeasesTests", dependencies: ["Leases", "NetTypes", "TestSupport"]),
         .testTarget(name: "UserspaceDataplaneTests", dependencies: ["UserspaceDataplane", "NetTypes", "CBPF", "TestSupport"]),
+        .testTarget(name: "ReliabilityTests", dependencies: ["Leases", "NetTypes", "TestSupport", "BPFLoader", "BPFDataplane", "CBPF"]),
         .testTarget(name: "FlannelDaemonTests", dependencies: ["FlannelDaemon", "Leases", "NetTypes", "TestSupport", "BPFLoader", "CBPF"]),
     ]
 )

@@ -1,0 +1,212 @@
+// ReferenceDatapath — an independent model of the BPF data path's verdicts, for differential fuzzing.
+//
+// Design: written from the verdict table (docs/BPF-DATAPATH.md, the table at the top of
+// bpf/flanneld_xdp.bpf.c), not from the C code paths, and it never calls into BPF: given a node's
+// configuration and one frame it says which counter code must move, which verdict comes back and
+// which bytes must come out. The fuzzer runs the real programs through BPF_PROG_TEST_RUN and
+// compares. Codes are the stable numbers of fxdp_shared.h (this module does not import the data
+// path, on purpose). Where the real output carries values that are random or hashed (outer IPv4 id,
+// UDP source port) the model gives the rule instead of the bytes.
+
+import NetTypes
+
+public struct ReferenceDatapath: Sendable {
+    /// How the node's FIB answers for a peer's node IP (the test lab sets it up so).
+    public enum Route: Sendable, Equatable {
+        /// Neighbour known: outer destination MAC = this.
+        case resolved(MACAddress)
+        /// On a connected route, neighbour unknown: bpf_redirect_neigh, outer destination left 0.
+        case unresolved
+        /// No route: the packet goes on to the kernel device.
+        case unroutable
+    }
+
+    public struct PeerEntry: Sendable {
+        public var subnet: IPv4Subnet
+        public var nodeIP: IPv4Address
+        public var vtepMAC: MACAddress
+        public var route: Route
+        public init(subnet: IPv4Subnet, nodeIP: IPv4Address, vtepMAC: MACAddress, route: Route) {
+            self.subnet = subnet
+            self.nodeIP = nodeIP
+            self.vtepMAC = vtepMAC
+            self.route = route
+        }
+    }
+
+    public var nodeIP: IPv4Address
+    public var vtepMAC: MACAddress
+    public var vni: UInt32
+    public var udpPort: UInt16
+    public var underlayMAC: MACAddress
+    public var overlayMTU: Int
+    public var peers: [PeerEntry]
+
+    public init(nodeIP: IPv4Address, vtepMAC: MACAddress, vni: UInt32, udpPort: UInt16, underlayMAC: MACAddress,
+                overlayMTU: Int, peers: [PeerEntry]) {
+        self.nodeIP = nodeIP
+        self.vtepMAC = vtepMAC
+        self.vni = vni
+        self.udpPort = udpPort
+        self.underlayMAC = underlayMAC
+        self.overlayMTU = overlayMTU
+        self.peers = peers
+    }
+
+    /// Stable counter codes (fxdp_shared.h).
+    public enum Code {
+        public static let encapOK: UInt32 = 0, encapPassNotIPv4: UInt32 = 1, encapPassNoPeer: UInt32 = 2
+        public static let encapDropMalformed: UInt32 = 4, encapPassFIB: UInt32 = 6, encapPassTooBig: UInt32 = 7
+        public static let encapOKNeigh: UInt32 = 8
+        public static let decapOK: UInt32 = 16, decapCheckOK: UInt32 = 17, decapPassNotVXLAN: UInt32 = 18
+        public static let decapDropNotPeer: UInt32 = 20, decapDropBadVNI: UInt32 = 21, decapDropMalformed: UInt32 = 22
+        public static let decapDropFragment: UInt32 = 23, decapDropIPOptions: UInt32 = 24, decapDropInnerNotOurs: UInt32 = 25
+        public static let decapPassFragment: UInt32 = 27, decapPassNotIPv4: UInt32 = 28, decapPassVLAN: UInt32 = 29
+        public static let decapPassShort: UInt32 = 30, decapDropInnerNotIPv4: UInt32 = 31, decapPassOtherHost: UInt32 = 32
+    }
+
+    /// What must come out of one run.
+    public enum Output: Sendable, Equatable {
+        /// Exactly the input.
+        case unchanged
+        /// Exactly these bytes.
+        case exact([UInt8])
+        /// VXLAN-encapsulated: `bytes` except the outer IPv4 id (18..<20) and checksum (24..<26),
+        /// which must be a valid header checksum, and the UDP source port (34..<36), which must lie
+        /// in 32768...60999.
+        case encapsulated([UInt8])
+    }
+
+    public struct Expectation: Sendable, CustomStringConvertible {
+        public var code: UInt32
+        public var verdict: String
+        public var output: Output
+        public var description: String { "code \(code) \(verdict) \(output == .unchanged ? "unchanged" : "rewritten")" }
+    }
+
+    // MARK: decap
+
+    /// The classification both decap programs share; `nil` means "valid VXLAN for us".
+    public func classifyDecap(_ f: [UInt8]) -> UInt32? {
+        guard f.count >= 14 else { return Code.decapPassShort }
+        let type = f.be16(at: 12)
+        if type == 0x8100 || type == 0x88A8 { return Code.decapPassVLAN }
+        guard type == 0x0800 else { return Code.decapPassNotIPv4 }
+        let ip = 14
+        guard f.count >= ip + 20 else { return Code.decapDropMalformed }
+        let ihl = Int(f[ip] & 0x0f)
+        guard f[ip] >> 4 == 4, ihl >= 5, Int(f.be16(at: ip + 2)) >= ihl * 4, f.count >= ip + ihl * 4 else {
+            return Code.decapDropMalformed
+        }
+        guard f[ip + 9] == 17 else { return Code.decapPassNotVXLAN }
+        let fragmentField = f.be16(at: ip + 6)
+        if fragmentField & 0x1fff != 0 { return Code.decapPassFragment }
+        let udp = ip + ihl * 4
+        guard f.count >= udp + 8 else { return Code.decapDropMalformed }
+        guard f.be16(at: udp + 2) == udpPort else { return Code.decapPassNotVXLAN }
+        guard IPv4Address(bytes: f[(ip + 16)..<(ip + 20)]) == nodeIP else { return Code.decapPassOtherHost }
+        if fragmentField & 0x2000 != 0 { return Code.decapDropFragment }
+        guard ihl == 5 else { return Code.decapDropIPOptions }
+        let source = IPv4Address(bytes: f[(ip + 12)..<(ip + 16)])
+        guard peers.contains(where: { $0.nodeIP == source }) else { return Code.decapDropNotPeer }
+        let vx = udp + 8
+        guard f.count >= vx + 8 else { return Code.decapDropMalformed }
+        guard f.be32(at: vx) == 0x0800_0000, f.be32(at: vx + 4) == vni << 8 else { return Code.decapDropBadVNI }
+        let inner = vx + 8
+        guard f.count >= inner + 14 else { return Code.decapDropMalformed }
+        guard MACAddress(bytes: f[inner..<(inner + 6)]) == vtepMAC else { return Code.decapDropInnerNotOurs }
+        guard f.be16(at: inner + 12) == 0x0800 else { return Code.decapDropInnerNotIPv4 }
+        guard f.count >= inner + 14 + 20 else { return Code.decapDropMalformed }
+        return nil
+    }
+
+    static let decapDrops: Set<UInt32> = [
+        Code.decapDropNotPeer, Code.decapDropBadVNI, Code.decapDropMalformed, Code.decapDropFragment,
+        Code.decapDropIPOptions, Code.decapDropInnerNotOurs, Code.decapDropInnerNotIPv4,
+    ]
+
+    /// fxdp_decap_xdp on the underlay.
+    public func decapXDP(_ f: [UInt8]) -> Expectation {
+        guard let code = classifyDecap(f) else {
+            // 50 bytes stripped; the inner Ethernet header re-addressed to the underlay's MAC.
+            return Expectation(code: Code.decapOK, verdict: "XDP_PASS", output: .exact(underlayMAC.bytes + Array(f[56...])))
+        }
+        return Expectation(code: code, verdict: ReferenceDatapath.decapDrops.contains(code) ? "XDP_DROP" : "XDP_PASS",
+                           output: .unchanged)
+    }
+
+    /// fxdp_decap_check on TC ingress (no offloaded VLAN tag in a test run).
+    public func decapCheck(_ f: [UInt8]) -> Expectation {
+        guard let code = classifyDecap(f) else {
+            return Expectation(code: Code.decapCheckOK, verdict: "TC_ACT_OK", output: .unchanged)
+        }
+        return Expectation(code: code, verdict: ReferenceDatapath.decapDrops.contains(code) ? "TC_ACT_SHOT" : "TC_ACT_OK",
+                           output: .unchanged)
+    }
+
+    // MARK: encap
+
+    /// The longest-prefix peer entry holding `address`.
+    public func peer(for address: IPv4Address) -> PeerEntry? {
+        peers.filter { $0.subnet.contains(address) }.max { $0.subnet.prefixLength < $1.subnet.prefixLength }
+    }
+
+    /// fxdp_encap on TC egress of flannel.<VNI>, for a frame whose skb protocol comes from its
+    /// Ethernet type (as in a test run) and without GSO.
+    public func encap(_ f: [UInt8]) -> Expectation {
+        let pass = { (code: UInt32) in Expectation(code: code, verdict: "TC_ACT_OK", output: .unchanged) }
+        guard f.count >= 14, f.be16(at: 12) == 0x0800 else { return pass(Code.encapPassNotIPv4) }
+        let ip = 14
+        let malformed = Expectation(code: Code.encapDropMalformed, verdict: "TC_ACT_SHOT", output: .unchanged)
+        guard f.count >= ip + 20 else { return malformed }
+        let ihl = Int(f[ip] & 0x0f)
+        guard f[ip] >> 4 == 4, ihl >= 5, Int(f.be16(at: ip + 2)) >= ihl * 4, f.count >= ip + ihl * 4 else { return malformed }
+        guard let peer = peer(for: IPv4Address(bytes: f[(ip + 16)..<(ip + 20)])) else { return pass(Code.encapPassNoPeer) }
+        // The decision uses the frame length, not the IPv4 total length.
+        let outerIPLength = f.count - 14 + 50
+        guard outerIPLength <= 0xffff, overlayMTU == 0 || f.count - 14 <= overlayMTU else { return pass(Code.encapPassTooBig) }
+        let outerDst: MACAddress
+        let code: UInt32
+        switch peer.route {
+        case .unroutable: return pass(Code.encapPassFIB)
+        case .resolved(let mac): outerDst = mac; code = Code.encapOK
+        case .unresolved: outerDst = MACAddress(bytes: [0, 0, 0, 0, 0, 0]); code = Code.encapOKNeigh
+        }
+        var o = outerDst.bytes + underlayMAC.bytes
+        o.appendBE16(0x0800)
+        let innerTOS = f[ip + 1] & 0x3
+        o += [0x45, innerTOS == 0x3 ? 0x2 : innerTOS]
+        o.appendBE16(UInt16(outerIPLength))
+        o += [0, 0, 0, 0, 64, 17, 0, 0] // id (random), no DF, TTL 64, UDP, checksum (checked separately)
+        o += nodeIP.bytes + peer.nodeIP.bytes
+        o += [0, 0] // source port (flow hash)
+        o.appendBE16(udpPort)
+        o.appendBE16(UInt16(outerIPLength - 20))
+        o += [0, 0] // UDP checksum 0
+        o += [0x08, 0, 0, 0]
+        o.appendBE32(vni << 8)
+        o += peer.vtepMAC.bytes + vtepMAC.bytes
+        o.appendBE16(0x0800)
+        o += f[14...]
+        return Expectation(code: code, verdict: "TC_ACT_REDIRECT", output: .encapsulated(o))
+    }
+
+    /// nil when `actual` is what `expected` allows, else what differs.
+    public static func mismatch(_ expected: Output, input: [UInt8], actual: [UInt8]) -> String? {
+        switch expected {
+        case .unchanged:
+            return actual == input ? nil : "output changed (\(actual.count) bytes)"
+        case .exact(let bytes):
+            return actual == bytes ? nil : "output differs: want \(Array(bytes.prefix(80)).hex) got \(Array(actual.prefix(80)).hex)"
+        case .encapsulated(let bytes):
+            guard actual.count == bytes.count else { return "encap length \(actual.count), want \(bytes.count)" }
+            for i in 0..<bytes.count where !(18..<20).contains(i) && !(24..<26).contains(i) && !(34..<36).contains(i) {
+                if actual[i] != bytes[i] { return "encap byte \(i): got \(actual[i]) want \(bytes[i]): \(Array(actual.prefix(80)).hex)" }
+            }
+            if Checksum.internet(actual[14..<34]) != 0 { return "outer IPv4 checksum invalid" }
+            let sport = actual.be16(at: 34)
+            if !(32768...60999).contains(sport) { return "UDP source port \(sport) outside 32768...60999" }
+            return nil
+        }
+    }
+}

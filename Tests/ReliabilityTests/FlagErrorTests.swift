@@ -1,0 +1,69 @@
+// Every malformed flag, environment variable and referenced file gets an error that names it: the
+// built flanneld-xdp binary runs with one bad value at a time; it must exit non-zero (not by a
+// signal: no crash), within seconds, print what is wrong on stderr naming the flag (or variable,
+// or file) and the bad value, and print nothing about starting up.
+
+import Glibc
+import TestSupport
+import Testing
+
+struct BadInvocation: Sendable, CustomStringConvertible {
+    var arguments: [String]
+    var environment: [String: String] = [:]
+    /// Every one of these must appear in stderr.
+    var mentions: [String]
+    var description: String {
+        (environment.map { "\($0.key)=\($0.value)" } + arguments).joined(separator: " ")
+    }
+}
+
+@Suite("FlagErrorTests: the binary names every malformed flag, variable and file")
+struct FlagErrorTests {
+    static let cases: [BadInvocation] = [
+        .init(arguments: ["--healthz-port=abc"], mentions: ["healthz-port", "abc"]),
+        .init(arguments: ["--healthz-port=70000"], mentions: ["healthz-port", "70000"]),
+        .init(arguments: ["--healthz-port=-1"], mentions: ["healthz-port", "-1"]),
+        .init(arguments: ["--metrics-port", "x9"], mentions: ["metrics-port", "x9"]),
+        .init(arguments: ["--public-ip=1.2.3"], mentions: ["public-ip", "1.2.3"]),
+        .init(arguments: ["--public-ip=300.1.1.1"], mentions: ["public-ip", "300.1.1.1"]),
+        .init(arguments: ["--healthz-ip=localhost:1"], mentions: ["healthz-ip", "localhost:1"]),
+        .init(arguments: ["--dataplane=ebpf"], mentions: ["dataplane", "ebpf"]),
+        .init(arguments: ["--etcd-api", "v4"], mentions: ["etcd-api", "v4"]),
+        .init(arguments: ["--ip-masq=yes"], mentions: ["ip-masq", "yes"]),
+        .init(arguments: ["--iface"], mentions: ["--iface"]),
+        .init(arguments: ["--subnet-lease-renew-margin=0"], mentions: ["subnet-lease-renew-margin", "0"]),
+        .init(arguments: ["--subnet-lease-renew-margin=1440"], mentions: ["subnet-lease-renew-margin", "1440"]),
+        .init(arguments: ["--subnet-lease-renew-margin=soon"], mentions: ["subnet-lease-renew-margin", "soon"]),
+        .init(arguments: ["--etcd-endpoints=127.0.0.1:2379"], mentions: ["etcd-endpoints", "127.0.0.1:2379"]),
+        .init(arguments: ["--etcd-endpoints=ftp://10.0.0.1:2379"], mentions: ["etcd-endpoints", "ftp://10.0.0.1:2379"]),
+        .init(arguments: ["--etcd-certfile=/c.pem"], mentions: ["etcd-keyfile"]),
+        .init(arguments: ["--iface-regex=("], mentions: ["iface-regex", "("]),
+        .init(arguments: ["--bpffs=relative/path"], mentions: ["bpffs", "relative/path"]),
+        .init(arguments: ["--log-level=loud"], mentions: ["log-level", "loud"]),
+        .init(arguments: ["--bogus-flag=1"], mentions: ["bogus-flag"]),
+        .init(arguments: ["stray"], mentions: ["stray"]),
+        .init(arguments: [], environment: ["FLANNELD_IP_MASQ": "maybe"], mentions: ["FLANNELD_IP_MASQ", "maybe"]),
+        .init(arguments: [], environment: ["FLANNELD_HEALTHZ_PORT": "http"], mentions: ["FLANNELD_HEALTHZ_PORT", "http"]),
+        .init(arguments: [], environment: ["FLANNELD_PUBLIC_IP": "10.0.0.256"], mentions: ["FLANNELD_PUBLIC_IP", "10.0.0.256"]),
+        // Files named by flags.
+        .init(arguments: ["--etcd-endpoints=https://127.0.0.1:1", "--etcd-cafile=/nonexistent/fxrel-ca.pem"],
+              mentions: ["/nonexistent/fxrel-ca.pem"]),
+        .init(arguments: ["--etcd-endpoints=https://127.0.0.1:1", "--etcd-certfile=/nonexistent/fxrel-c.pem",
+                          "--etcd-keyfile=/nonexistent/fxrel-k.pem"], mentions: ["/nonexistent/fxrel-c.pem"]),
+    ]
+
+    @Test("malformed values are named on stderr with a non-zero exit", arguments: FlagErrorTests.cases)
+    func namesTheBadValue(_ bad: BadInvocation) throws {
+        let binary = TestBinaries.flanneldXDP()
+        try #require(access(binary, X_OK) == 0, "no binary at \(binary): swift build --build-tests builds it")
+        // A clean environment apart from the case's own variables: the test must not depend on ours.
+        let argv = ["/usr/bin/timeout", "-s", "KILL", "20", "/usr/bin/env", "-i"]
+            + bad.environment.map { "\($0.key)=\($0.value)" } + [binary] + bad.arguments
+        let r = try TestCommand.run(argv)
+        #expect(r.status != 0 && r.status < 124, "\(bad): exit \(r.status) (124+ = killed/crashed)\nstderr: \(r.stderr)\nstdout: \(r.stdout)")
+        for word in bad.mentions {
+            #expect(r.stderr.contains(word), "\(bad): stderr does not name \(word.debugDescription):\n\(r.stderr)")
+        }
+        #expect(r.stderr.count < 4_000, "\(bad): error is buried in \(r.stderr.count) bytes")
+    }
+}
