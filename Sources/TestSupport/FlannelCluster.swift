@@ -171,6 +171,9 @@ public final class FlannelCluster: @unchecked Sendable {
         throw LabError(command: args, message: "etcd not healthy after 30 s: \(readFile(workDir + "/etcd.log").suffix(2000))")
     }
 
+    /// The etcd process the cluster started (fault tests stop it with SIGSTOP/SIGCONT or SIGKILL).
+    public var etcdProcess: LabProcess? { etcd }
+
     /// `etcdctl` in the wire namespace against the cluster's etcd, in API mode `mode` (2 or 3).
     public func etcdctl(_ mode: Int, _ args: [String]) throws -> LabCommandResult {
         try lab.run(lab.wireNamespace, ["/usr/bin/env", "ETCDCTL_API=\(mode)", "/usr/bin/etcdctl",

@@ -1,0 +1,286 @@
+// Faults with a running cluster (FlannelCluster: netns nodes, real etcd on the wire, real
+// flanneld-xdp processes) while pods ping every 10 ms and hold a TCP stream open:
+// - the daemon SIGKILLed and restarted 20 times: no ping lost, the stream lives, program and map
+//   ids unchanged, same subnet;
+// - etcd stopped (SIGSTOP) for a while, then continued: traffic uninterrupted, daemon CPU low, log
+//   lines per class bounded; then one node cut off from etcd while a peer joins and one leaves:
+//   after it is reconnected its maps hold exactly the new peer set within 10 s;
+// - peers that left (and joined) while a daemon was down are right in its maps when it is ready;
+// - a pinned map entry deleted by hand is put back by the periodic reconcile pass.
+// FXDP_ETCD_OUTAGE_SECONDS sets the outage (default 10 s; 60 s under `make fuzz`'s long mode).
+
+import BPFLoader
+import CBPF
+import Foundation
+import Glibc
+import NetTypes
+import TestSupport
+import Testing
+
+// MARK: - helpers
+
+func waitUntil(_ timeout: Double, _ condition: () throws -> Bool) rethrows -> Double? {
+    let start = monotonicNow()
+    while monotonicNow() - start < timeout {
+        if try condition() { return monotonicNow() - start }
+        usleep(20_000)
+    }
+    return nil
+}
+
+func monotonicNow() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}
+
+func fileText(_ path: String) -> String {
+    (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+}
+
+/// The pod subnets in a node's pinned peers map (read from this process: maps are not per-netns).
+func pinnedPeers(_ cluster: FlannelCluster, _ node: LabNode) throws -> [IPv4Subnet] {
+    let map = try BPFMap.openPinned(path: cluster.pinFolder(node) + "/" + FXDP_MAP_PEERS,
+                                    key: fxdp_peer_key.self, value: fxdp_peer_value.self)
+    return try map.keys().map {
+        IPv4Subnet(containing: IPv4Address(tuple: $0.subnet), prefixLength: Int($0.prefixlen))
+    }.sorted()
+}
+
+/// Program ids attached in the node's namespace (bpftool net show) and ids of the pinned maps.
+struct DataplaneIDs: Equatable, CustomStringConvertible {
+    var programs: [String: Int]
+    var maps: [String: Int]
+    var description: String { "programs \(programs.sorted { $0.key < $1.key }), maps \(maps.sorted { $0.key < $1.key })" }
+}
+
+func dataplaneIDs(_ cluster: FlannelCluster, _ node: LabNode) throws -> DataplaneIDs {
+    var programs: [String: Int] = [:]
+    let net = try cluster.lab.run(node.name, ["/usr/sbin/bpftool", "-j", "net", "show"])
+    if let top = try JSONSerialization.jsonObject(with: Data(net.stdout.utf8)) as? [[String: Any]] {
+        for section in top {
+            for (_, entries) in section {
+                for entry in entries as? [[String: Any]] ?? [] {
+                    // xdp entries: {"devname","ifindex","mode","id"}; tc: {"devname","kind","name","id"}.
+                    let dev = entry["devname"] as? String ?? "?"
+                    let kind = entry["kind"] as? String ?? (entry["mode"] as? String ?? "xdp")
+                    if let id = entry["id"] as? Int { programs["\(dev)/\(kind)/\(entry["name"] as? String ?? "")"] = id }
+                }
+            }
+        }
+    }
+    var maps: [String: Int] = [:]
+    let folder = cluster.pinFolder(node)
+    for name in (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? [] {
+        let r = try TestCommand.run(["/usr/sbin/bpftool", "-j", "map", "show", "pinned", folder + "/" + name])
+        if let obj = try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], let id = obj["id"] as? Int {
+            maps[name] = id
+        }
+    }
+    return DataplaneIDs(programs: programs, maps: maps)
+}
+
+/// utime + stime of a process, in clock ticks.
+func cpuTicks(_ pid: pid_t) -> Int {
+    let stat = fileText("/proc/\(pid)/stat")
+    guard let close = stat.lastIndex(of: ")") else { return 0 }
+    let fields = stat[stat.index(after: close)...].split(separator: " ")
+    // After "(comm)": state is field 3, utime 14, stime 15 → indexes 11 and 12 here.
+    guard fields.count > 12, let u = Int(fields[11]), let s = Int(fields[12]) else { return 0 }
+    return u + s
+}
+
+/// A ping every 10 ms in the background; `finish()` stops it with SIGINT and returns (sent, received).
+struct FastPing {
+    let process: LabProcess
+    init(_ lab: NetnsLab, from ns: String, to ip: IPv4Address) throws {
+        process = try lab.spawn(ns, [LabTools.ping, "-n", "-q", "-i", "0.01", "-W", "2", "\(ip)"])
+    }
+    func finish() -> (sent: Int, received: Int) {
+        process.kill(SIGINT)
+        _ = process.waitExit(timeout: 5)
+        let out = process.output()
+        guard let line = out.split(separator: "\n").first(where: { $0.contains("packets transmitted") }) else { return (0, 0) }
+        let numbers = line.split(whereSeparator: { !$0.isNumber }).compactMap { Int($0) }
+        return numbers.count >= 2 ? (numbers[0], numbers[1]) : (0, 0)
+    }
+}
+
+/// An iperf3 TCP stream at 2 Mbit/s from one pod to another, reporting every second.
+struct TCPStream {
+    let server: LabProcess
+    let client: LabProcess
+    init(_ lab: NetnsLab, from: String, to: String, ip: IPv4Address, port: Int) throws {
+        server = try lab.spawn(to, [LabTools.iperf3, "-s", "-1", "-p", "\(port)"])
+        usleep(300_000)
+        client = try lab.spawn(from, [LabTools.iperf3, "-c", "\(ip)", "-p", "\(port)", "-t", "3600", "-b", "2M", "-i", "1",
+                                      "--forceflush", "-f", "k"])
+    }
+    /// Per-second transfer figures so far (Kbytes), from the client's report lines.
+    var intervals: [Double] {
+        client.output().split(separator: "\n").compactMap { line -> Double? in
+            guard line.contains("sec"), line.contains("Kbits/sec") || line.contains("bits/sec") else { return nil }
+            let words = line.split(separator: " ")
+            guard let sec = words.firstIndex(of: "sec"), sec + 1 < words.count else { return nil }
+            return Double(words[sec + 1])
+        }
+    }
+    func stop() {
+        client.kill(SIGKILL)
+        server.kill(SIGKILL)
+        _ = client.waitExit(timeout: 3)
+        _ = server.waitExit(timeout: 3)
+    }
+}
+
+func subnetLine(_ cluster: FlannelCluster, _ node: LabNode) -> String {
+    fileText(cluster.subnetFile(node)).split(separator: "\n").first { $0.hasPrefix("FLANNEL_SUBNET=") }.map(String.init) ?? ""
+}
+
+// MARK: - tests
+
+@Suite("ClusterFaultTests: restarts, etcd outages, partitions and drift with traffic flowing", .serialized,
+       .enabled(if: Privileges.isRoot, Privileges.skipReason))
+struct ClusterFaultTests {
+    static var restarts: Int { Int(ProcessInfo.processInfo.environment["FXDP_RESTARTS"] ?? "") ?? 20 }
+    static var outageSeconds: Double {
+        Double(ProcessInfo.processInfo.environment["FXDP_ETCD_OUTAGE_SECONDS"] ?? "") ?? (FuzzBudget.isLong ? 60 : 10)
+    }
+
+    @Test("SIGKILL + restart 20 times: no ping lost, TCP stream alive, same program/map ids, same subnet")
+    func killAndRestart() throws {
+        let cluster = try FlannelCluster(tag: "rlk", api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 2)
+        defer { cluster.cleanup() }
+        for node in cluster.nodes { try cluster.startDaemon(node) }
+        let (a, b) = (cluster.nodes[0], cluster.nodes[1])
+        #expect(try waitUntil(5) { try pinnedPeers(cluster, a) == [b.podSubnet] && pinnedPeers(cluster, b) == [a.podSubnet] } != nil)
+        #expect(try cluster.lab.waitForPing(from: a.podNamespace, to: b.podIP))
+
+        let idsBefore = try dataplaneIDs(cluster, a)
+        let subnetBefore = subnetLine(cluster, a)
+        #expect(idsBefore.programs.count >= 2 && idsBefore.maps.count >= 4, "\(idsBefore)")
+        let ping = try FastPing(cluster.lab, from: a.podNamespace, to: b.podIP)
+        let stream = try TCPStream(cluster.lab, from: a.podNamespace, to: b.podNamespace, ip: b.podIP, port: 5301)
+        defer { stream.stop() }
+        usleep(1_500_000)
+
+        var restartSeconds: [Double] = []
+        for round in 1...ClusterFaultTests.restarts {
+            cluster.killDaemon(a)
+            let t0 = monotonicNow()
+            try cluster.startDaemon(a)
+            restartSeconds.append(monotonicNow() - t0)
+            let ids = try dataplaneIDs(cluster, a)
+            #expect(ids == idsBefore, "round \(round): \(ids), before \(idsBefore)")
+            #expect(subnetLine(cluster, a) == subnetBefore, "round \(round)")
+            #expect(stream.client.isRunning, "round \(round): the TCP stream ended: \(stream.client.output().suffix(500))")
+        }
+        usleep(1_500_000)
+        let (sent, received) = ping.finish()
+        let intervals = stream.intervals
+        print("ClusterFaultTests.killAndRestart: \(ClusterFaultTests.restarts) restarts (ready after \(restartSeconds.map { String(format: "%.2f", $0) }) s); ping \(received)/\(sent); stream intervals \(intervals.count), min \(intervals.min() ?? -1) KB")
+        // SIGINT can land while one echo is in flight: that one is not a loss.
+        #expect(sent > 100 && sent - received <= 1, "ping lost \(sent - received) of \(sent)")
+        #expect(stream.client.isRunning, "the TCP stream died: \(stream.client.output().suffix(800))")
+        #expect(intervals.count >= 3 && intervals.allSatisfy { $0 > 0 }, "a second without transfer: \(intervals)")
+        #expect(try pinnedPeers(cluster, a) == [b.podSubnet])
+    }
+
+    @Test("etcd stopped, then back: traffic flows, CPU low, logs bounded; a partitioned node catches up within 10 s")
+    func etcdOutageAndPartition() throws {
+        let outage = ClusterFaultTests.outageSeconds
+        let cluster = try FlannelCluster(tag: "rle", api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 2)
+        defer { cluster.cleanup() }
+        for node in cluster.nodes { try cluster.startDaemon(node) }
+        let (a, b) = (cluster.nodes[0], cluster.nodes[1])
+        let leaver = IPv4Subnet(cidr: "10.5.200.0/24")!, joiner = IPv4Subnet(cidr: "10.5.201.0/24")!
+        try cluster.putFlannelLease(subnet: leaver, publicIP: IPv4Address(192, 168, 77, 200), vtepMAC: MACAddress("02:00:00:00:c8:01")!)
+        #expect(try waitUntil(5) { try pinnedPeers(cluster, a) == [b.podSubnet, leaver] } != nil)
+        #expect(try cluster.lab.waitForPing(from: a.podNamespace, to: b.podIP))
+
+        let ping = try FastPing(cluster.lab, from: a.podNamespace, to: b.podIP)
+        let stream = try TCPStream(cluster.lab, from: a.podNamespace, to: b.podNamespace, ip: b.podIP, port: 5302)
+        defer { stream.stop() }
+        let etcd = try #require(cluster.etcdProcess)
+        let pids = cluster.nodes.compactMap { cluster.daemons[$0.name]?.pid }
+        let logBefore = cluster.nodes.map { cluster.daemonLog($0).split(separator: "\n").count }
+
+        // 1. etcd frozen: connections stay open but nothing answers (worse than a refused connect).
+        let ticksBefore = pids.map(cpuTicks)
+        etcd.kill(SIGSTOP)
+        usleep(UInt32(outage * 1_000_000))
+        let ticksAfter = pids.map(cpuTicks)
+        let logsDuring = cluster.nodes.enumerated().map { i, n in Array(cluster.daemonLog(n).split(separator: "\n").dropFirst(logBefore[i])) }
+        etcd.kill(SIGCONT)
+
+        let hz = Double(sysconf(Int32(_SC_CLK_TCK)))
+        let cpuPercent = zip(ticksBefore, ticksAfter).map { (Double($1 - $0) / hz) / outage * 100 }
+        // Log lines per class: the text with numbers and durations stripped.
+        var classes: [String: Int] = [:]
+        for lines in logsDuring {
+            for line in lines {
+                let key = String(line.split(separator: " ").dropFirst(2).joined(separator: " ").filter { !$0.isNumber }.prefix(60))
+                classes[key, default: 0] += 1
+            }
+        }
+        print("ClusterFaultTests.etcdOutage: \(outage) s; daemon CPU \(cpuPercent.map { String(format: "%.2f%%", $0) }); log lines during the outage \(logsDuring.map(\.count)); classes \(classes)")
+        #expect(cpuPercent.allSatisfy { $0 < 5 }, "daemon CPU during the etcd outage: \(cpuPercent)")
+        // Rate-limited: one line per class per ~10 s at most (plus the first of each).
+        let classLimit = Int(outage / 10) + 2
+        #expect(classes.values.allSatisfy { $0 <= classLimit }, "log classes over \(classLimit) lines in \(outage) s: \(classes)")
+        #expect(logsDuring.allSatisfy { $0.count <= 6 * classLimit }, "too many log lines: \(logsDuring.map(\.count))")
+        #expect(cluster.nodes.allSatisfy { cluster.daemons[$0.name]?.isRunning == true }, "a daemon exited during the outage")
+
+        // 2. Node a alone cut off from etcd (a blackhole route in its own namespace) while a peer
+        //    joins and another leaves; then reconnected.
+        try cluster.lab.sh(a.name, ["route", "add", "blackhole", "\(cluster.etcdIP)/32"])
+        try cluster.putFlannelLease(subnet: joiner, publicIP: IPv4Address(192, 168, 77, 201), vtepMAC: MACAddress("02:00:00:00:c9:01")!)
+        try cluster.delete(cluster.leaseKey(leaver))
+        usleep(3_000_000)
+        #expect(try pinnedPeers(cluster, a) == [b.podSubnet, leaver], "a saw etcd through the partition?")
+        try cluster.lab.sh(a.name, ["route", "del", "blackhole", "\(cluster.etcdIP)/32"])
+        let caughtUp = try waitUntil(10) { try pinnedPeers(cluster, a) == [b.podSubnet, joiner] }
+        print("ClusterFaultTests.partition: node caught up in \(caughtUp.map { String(format: "%.2f s", $0) } ?? "never (10 s)")")
+        #expect(caughtUp != nil, "after the partition a holds \(try pinnedPeers(cluster, a)); log:\n\(cluster.daemonLog(a).suffix(2000))")
+
+        let (sent, received) = ping.finish()
+        print("ClusterFaultTests.etcdOutage: ping \(received)/\(sent), stream intervals \(stream.intervals)")
+        #expect(sent > 100 && sent - received <= 1, "ping lost \(sent - received) of \(sent)")
+        #expect(stream.client.isRunning && stream.intervals.allSatisfy { $0 > 0 }, "stream: \(stream.client.output().suffix(600))")
+    }
+
+    @Test("peers that left or joined while the daemon was down are right when it is ready again")
+    func changesWhileDown() throws {
+        let cluster = try FlannelCluster(tag: "rlp", api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 2)
+        defer { cluster.cleanup() }
+        for node in cluster.nodes { try cluster.startDaemon(node) }
+        let (a, b) = (cluster.nodes[0], cluster.nodes[1])
+        let leaver = IPv4Subnet(cidr: "10.5.210.0/24")!, joiner = IPv4Subnet(cidr: "10.5.211.0/24")!
+        try cluster.putFlannelLease(subnet: leaver, publicIP: IPv4Address(192, 168, 77, 210), vtepMAC: MACAddress("02:00:00:00:d2:01")!)
+        #expect(try waitUntil(5) { try pinnedPeers(cluster, a) == [b.podSubnet, leaver] } != nil)
+        cluster.killDaemon(a)
+        try cluster.delete(cluster.leaseKey(leaver))
+        try cluster.putFlannelLease(subnet: joiner, publicIP: IPv4Address(192, 168, 77, 211), vtepMAC: MACAddress("02:00:00:00:d3:01")!)
+        #expect(try pinnedPeers(cluster, a) == [b.podSubnet, leaver], "the maps outlive the daemon")
+        try cluster.startDaemon(a)
+        // Ready means the first full pass ran: the maps must already be right.
+        #expect(try pinnedPeers(cluster, a) == [b.podSubnet, joiner])
+    }
+
+    @Test("a pinned peer entry deleted by hand is put back by the periodic reconcile pass")
+    func driftRepair() throws {
+        let cluster = try FlannelCluster(tag: "rld", api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 2)
+        defer { cluster.cleanup() }
+        for node in cluster.nodes { try cluster.startDaemon(node) }
+        let (a, b) = (cluster.nodes[0], cluster.nodes[1])
+        #expect(try waitUntil(5) { try pinnedPeers(cluster, a) == [b.podSubnet] } != nil)
+        let map = try BPFMap.openPinned(path: cluster.pinFolder(a) + "/" + FXDP_MAP_PEERS,
+                                        key: fxdp_peer_key.self, value: fxdp_peer_value.self)
+        for key in try map.keys() { _ = try map.delete(key) }
+        #expect(try pinnedPeers(cluster, a).isEmpty)
+        let repaired = try waitUntil(75) { try pinnedPeers(cluster, a) == [b.podSubnet] }
+        print("ClusterFaultTests.driftRepair: repaired after \(repaired.map { String(format: "%.1f s", $0) } ?? "never")")
+        #expect(repaired != nil, "log:\n\(cluster.daemonLog(a).suffix(1500))")
+        #expect(try cluster.lab.waitForPing(from: a.podNamespace, to: b.podIP))
+    }
+}
