@@ -20,6 +20,8 @@ public struct DataplaneSetup: Sendable {
     public var tables: [PeerTableBinding]
     /// Kept alive while the daemon runs: its threads carry the traffic.
     public var userspace: UserspaceDataplane?
+    /// Re-attaches our BPF programs when someone detaches them (BPF data path only).
+    public var attachmentGuard: AttachmentGuard? = nil
 }
 
 public enum Daemon {
@@ -137,6 +139,7 @@ public enum Daemon {
         if let userspace = setup.userspace {
             services.append(UserspaceDataplaneService(dataplane: userspace, logger: logger))
         }
+        if let guardian = setup.attachmentGuard { services.append(guardian) }
         return services
     }
 
@@ -229,8 +232,10 @@ public enum Daemon {
             // routes/neighbours/fdb: the routes steer pod traffic into flannel.<VNI> and stay as the
             // fallback path. DirectRouting peers are plain routes only.
             let maps = try bpf.peerTable()
+            let guardian = AttachmentGuard(bpf: bpf, overlayIfindex: device.index, underlayIfindex: external.interface.index,
+                                           mode: state.decapMode ?? mode, logger: logger)
             return DataplaneSetup(summary: "BPF (\(mode == .xdp ? "XDP" : "TC-checked kernel") decap; \(state)) over \(device.name)",
-                                  tables: [PeerTableBinding(maps, selects: { !$0.direct }), kernelBinding])
+                                  tables: [PeerTableBinding(maps, selects: { !$0.direct }), kernelBinding], attachmentGuard: guardian)
         } catch {
             guard choice == .auto else { throw StartupError.dataplaneRequired(choice: choice, reason: "\(error)") }
             // The device and its kernel routes carry traffic already: staying on them is safer than

@@ -133,6 +133,13 @@ struct TCPStream {
     }
 }
 
+/// Packets counted under `counter` in a node's pinned counters map (all CPUs).
+func pinnedCounterPackets(_ cluster: FlannelCluster, _ node: LabNode, _ counter: fxdp_counter) throws -> UInt64 {
+    let map = try PerCPUMap.openPinned(path: cluster.pinFolder(node) + "/" + FXDP_MAP_COUNTERS,
+                                       key: UInt32.self, value: fxdp_count.self)
+    return try map.lookup(counter.rawValue).reduce(0) { $0 + $1.packets }
+}
+
 func subnetLine(_ cluster: FlannelCluster, _ node: LabNode) -> String {
     fileText(cluster.subnetFile(node)).split(separator: "\n").first { $0.hasPrefix("FLANNEL_SUBNET=") }.map(String.init) ?? ""
 }
@@ -241,7 +248,7 @@ struct ClusterFaultTests {
         try cluster.lab.sh(a.name, ["route", "del", "blackhole", "\(cluster.etcdIP)/32"])
         let caughtUp = try waitUntil(10) { try pinnedPeers(cluster, a) == [b.podSubnet, joiner] }
         print("ClusterFaultTests.partition: node caught up in \(caughtUp.map { String(format: "%.2f s", $0) } ?? "never (10 s)")")
-        #expect(caughtUp != nil, "after the partition a holds \(try pinnedPeers(cluster, a)); log:\n\(cluster.daemonLog(a).suffix(2000))")
+        #expect(caughtUp != nil, "after the partition a holds \((try? pinnedPeers(cluster, a)) ?? []); log:\n\(cluster.daemonLog(a).suffix(2000))")
 
         let (sent, received) = ping.finish()
         print("ClusterFaultTests.etcdOutage: ping \(received)/\(sent), stream intervals \(stream.intervals)")
@@ -282,5 +289,27 @@ struct ClusterFaultTests {
         print("ClusterFaultTests.driftRepair: repaired after \(repaired.map { String(format: "%.1f s", $0) } ?? "never")")
         #expect(repaired != nil, "log:\n\(cluster.daemonLog(a).suffix(1500))")
         #expect(try cluster.lab.waitForPing(from: a.podNamespace, to: b.podIP))
+    }
+
+    @Test("our programs detached by someone else are re-attached within 10 s, with a log line")
+    func detachRepair() throws {
+        let cluster = try FlannelCluster(tag: "rla", api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 2)
+        defer { cluster.cleanup() }
+        for node in cluster.nodes { try cluster.startDaemon(node) }
+        let (a, b) = (cluster.nodes[0], cluster.nodes[1])
+        #expect(try waitUntil(5) { try pinnedPeers(cluster, a) == [b.podSubnet] } != nil)
+        let before = try dataplaneIDs(cluster, a)
+        #expect(before.programs.count >= 2, "\(before)")
+        // Everyone's filters on both hooks go (in the lab, only ours are there).
+        _ = try cluster.lab.run(a.name, ["/usr/sbin/tc", "filter", "del", "dev", "flannel.1", "egress"])
+        _ = try cluster.lab.run(a.name, ["/usr/sbin/tc", "filter", "del", "dev", a.underlayIfname, "ingress"])
+        _ = try cluster.lab.run(a.name, [LabTools.ip, "link", "set", "dev", a.underlayIfname, "xdp", "off"])
+        #expect(try dataplaneIDs(cluster, a).programs.isEmpty, "nothing detached?")
+        let back = try waitUntil(10) { try dataplaneIDs(cluster, a).programs.count == before.programs.count }
+        print("ClusterFaultTests.detachRepair: re-attached after \(back.map { String(format: "%.1f s", $0) } ?? "never")")
+        #expect(back != nil, "programs now \(String(describing: try? dataplaneIDs(cluster, a))); log:\n\(cluster.daemonLog(a).suffix(1500))")
+        #expect(cluster.daemonLog(a).contains("re-attached"), "no log line says so")
+        #expect(try cluster.lab.waitForPing(from: a.podNamespace, to: b.podIP))
+        #expect(try pinnedCounterPackets(cluster, a, FXDP_C_ENCAP_OK) > 0)
     }
 }

@@ -73,7 +73,7 @@ struct EtcdDataFuzzTests {
         for (n, bytes) in inputs.enumerated() where problems.count < 10 {
             let text = String(decoding: bytes, as: UTF8.self)
             let (result, took) = EtcdDataFuzzTests.measure { () -> Result<NetworkConfig, ConfigError> in
-                do { return .success(try NetworkConfig.parse(text)) } catch { return .failure(error) }
+                do throws(ConfigError) { return .success(try NetworkConfig.parse(text)) } catch { return .failure(error) }
             }
             if took > EtcdDataFuzzTests.perInputLimit { problems.append("seed \(seed) #\(n): \(took) for \(text.prefix(120))") }
             switch result {
@@ -170,7 +170,7 @@ struct EtcdDataFuzzTests {
             let bytes = EtcdDataFuzzTests.input(n, seeds: seeds, &rng)
             let text = String(decoding: bytes, as: UTF8.self)
             let (result, took) = EtcdDataFuzzTests.measure { () -> Result<SubnetEnv, SubnetEnvError> in
-                do { return .success(try SubnetEnv.parse(text, path: "/fuzz/subnet.env")) } catch { return .failure(error) }
+                do throws(SubnetEnvError) { return .success(try SubnetEnv.parse(text, path: "/fuzz/subnet.env")) } catch { return .failure(error) }
             }
             if took > EtcdDataFuzzTests.perInputLimit { problems.append("seed \(seed) #\(n): \(took)") }
             switch result {

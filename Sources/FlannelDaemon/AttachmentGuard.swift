@@ -1,0 +1,74 @@
+// Design note: the programs stay attached when the daemon exits, which also means nothing notices
+// when someone else removes them (`tc filter del`, `ip link set xdp off`, another agent's cleanup).
+// The peer tables are repaired by the reconciler's periodic pass; this guard does the same for the
+// attachments: every `interval` it reads our slots back from the kernel and, when one of ours is
+// empty, attaches again (FlannelBPF.attach is idempotent: what is still attached keeps its id) and
+// says so in the log. Until then the kernel vxlan device carries the traffic (the stock flannel path).
+
+import BPFDataplane
+import Logging
+import ServiceLifecycle
+
+public struct AttachmentGuard: Service, @unchecked Sendable {
+    // @unchecked: FlannelBPF is itself @unchecked Sendable (read-only after init).
+    public let bpf: FlannelBPF
+    public let overlayIfindex: Int32
+    public let underlayIfindex: Int32
+    public let mode: DecapMode
+    public let interval: Duration
+    public let logger: Logger
+    private let errorLog = RateLimitedLog(window: .seconds(60))
+
+    public init(bpf: FlannelBPF, overlayIfindex: Int32, underlayIfindex: Int32, mode: DecapMode,
+                interval: Duration = .seconds(5), logger: Logger) {
+        self.bpf = bpf
+        self.overlayIfindex = overlayIfindex
+        self.underlayIfindex = underlayIfindex
+        self.mode = mode
+        self.interval = interval
+        self.logger = logger
+    }
+
+    /// What is missing from our slots now ("" when everything is attached).
+    func missing(_ state: AttachmentState) -> [String] {
+        var gone: [String] = []
+        if state.encapProgramID == nil { gone.append("encap (TC egress, ifindex \(overlayIfindex))") }
+        switch mode {
+        case .xdp where state.xdpProgramID == nil: gone.append("decap (XDP, ifindex \(underlayIfindex))")
+        case .kernel where state.decapCheckProgramID == nil: gone.append("decap check (TC ingress, ifindex \(underlayIfindex))")
+        default: break
+        }
+        return gone
+    }
+
+    /// One check; re-attaches what is missing. Returns true when it repaired something.
+    @discardableResult
+    public func checkOnce() -> Bool {
+        do {
+            let state = try FlannelBPF.attachmentState(overlayIfindex: overlayIfindex, underlayIfindex: underlayIfindex)
+            let gone = missing(state)
+            guard !gone.isEmpty else {
+                errorLog.reset("attachment")
+                return false
+            }
+            logger.warning("BPF program detached by someone else: \(gone.joined(separator: ", ")); re-attaching")
+            let now = try bpf.attach(overlayIfindex: overlayIfindex, underlayIfindex: underlayIfindex, mode: mode)
+            logger.notice("BPF data path re-attached: \(now)")
+            return true
+        } catch {
+            errorLog.log(logger, level: .error, key: "attachment",
+                         "checking/re-attaching the BPF programs failed: \(error); the kernel vxlan path carries traffic meanwhile")
+            return false
+        }
+    }
+
+    public func run() async throws {
+        // Ends on graceful shutdown (the sleep is cancelled) without touching the attachments.
+        try? await cancelWhenGracefulShutdown {
+            while true {
+                try await Task.sleep(for: interval)
+                checkOnce()
+            }
+        }
+    }
+}
