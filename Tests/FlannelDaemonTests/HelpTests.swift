@@ -3,6 +3,7 @@ import FlannelDaemon
 import Testing
 
 /// `--help` is part of the interface operators script against: any change to it must be deliberate.
+extension DaemonSuite {
 @Suite("Help text and the built binary")
 struct HelpAndBinaryTests {
     @Test("root --help is pinned (80 columns, as printed when not on a terminal)")
@@ -163,6 +164,7 @@ struct HelpAndBinaryTests {
             #expect(stub.output.contains("not implemented yet"))
         }
     }
+}
 }
 
 private func trimmed(_ text: String) -> String {

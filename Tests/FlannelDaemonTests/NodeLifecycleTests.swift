@@ -37,6 +37,7 @@ private func waitExit(_ pid: pid_t, seconds: Double) async throws -> Int32? {
 /// One node in its own network namespace, with its own etcd, bpffs and notify socket: the daemon
 /// binary's whole life — start, READY=1, /readyz, peers arriving and leaving, SIGTERM leaving
 /// everything in place, a restart that keeps subnet and VtepMAC, and `cleanup`.
+extension DaemonSuite {
 @Suite("The daemon binary on one netns node", .serialized, .enabled(if: Privileges.isRoot, Privileges.skipReason))
 struct NodeLifecycleTests {
     @Test("start → READY → peers → SIGTERM keeps all → restart keeps subnet and MAC → cleanup removes ours")
@@ -160,6 +161,7 @@ struct NodeLifecycleTests {
         #expect(try ip("-n", ns, "-4", "addr", "show", "dev", "fxdu0").contains("192.0.2.10/24"))
         #expect(!(try runTool("/usr/sbin/tc", ["-n", ns, "filter", "show", "dev", "fxdu0", "ingress"]).contains("fxdp")))
     }
+}
 }
 
 extension Substring {
