@@ -54,21 +54,22 @@ public enum Daemon {
             try await server.start()
             health = server
         }
+        // Start-up runs inside the group, so SIGTERM/SIGINT are handled from the first moment (a
+        // stop while waiting for etcd ends start-up cleanly; one right after READY=1 is not lost).
+        var services: [any Service] = [NodeAgentService(options: options, notifier: notifier, readiness: readiness, logger: logger)]
+        if let health { services.insert(HealthServerRunning(server: health), at: 0) }
+        let group = ServiceGroup(configuration: ServiceGroupConfiguration(
+            services: services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0, successTerminationBehavior: .gracefullyShutdownGroup) },
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger))
         do {
-            let services = try await start(options, notifier: notifier, readiness: readiness, logger: logger)
-            var all: [any Service] = services
-            if let health { all.insert(HealthServerRunning(server: health), at: 0) }
-            let group = ServiceGroup(configuration: ServiceGroupConfiguration(
-                services: all.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0, successTerminationBehavior: .gracefullyShutdownGroup) },
-                gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger))
             try await group.run()
-            logger.info("stopped; the data path, the routes and the lease are left in place (run `flanneld-xdp cleanup` to remove them)")
         } catch {
             await health?.stop()
             throw error
         }
         await health?.stop()
+        logger.info("stopped; the data path, the routes and the lease are left in place (run `flanneld-xdp cleanup` to remove them)")
     }
 
     /// Everything up to READY=1; returns the services to run.
@@ -310,6 +311,31 @@ public enum Daemon {
 public struct CleanupError: Error, CustomStringConvertible {
     public var failures: [String]
     public var description: String { "cleanup incomplete: " + failures.joined(separator: "; ") }
+}
+
+/// Start-up, then the daemon's long-running services as a nested group (it follows the outer
+/// group's graceful shutdown).
+struct NodeAgentService: Service {
+    let options: FlannelOptions
+    let notifier: SystemdNotifier
+    let readiness: Readiness
+    let logger: Logger
+
+    func run() async throws {
+        let services: [any Service]
+        do {
+            services = try await cancelWhenGracefulShutdown { [options, notifier, readiness, logger] in
+                try await Daemon.start(options, notifier: notifier, readiness: readiness, logger: logger)
+            }
+        } catch is CancellationError {
+            logger.info("stop requested during start-up")
+            return
+        }
+        let group = ServiceGroup(configuration: ServiceGroupConfiguration(
+            services: services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0, successTerminationBehavior: .gracefullyShutdownGroup) },
+            logger: logger))
+        try await group.run()
+    }
 }
 
 /// The health server, already listening since start-up, as a service that stops on shutdown.
