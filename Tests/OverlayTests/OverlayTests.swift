@@ -251,7 +251,8 @@ import Testing
         let dev = try FlannelVXLANDevice.ensure(vni: 1, localIP: a.nodeIP, underlayIndex: eth0A.index,
                                                 subnet: a.podSubnet, network: Self.network, netlink: &nlA)
         let table = try KernelVXLANPeerTable(device: dev, network: Self.network, networkNamespace: "/run/netns/\(a.name)")
-        // First as a vxlan peer, then it turns direct: neighbour and fdb must go.
+        // First as a vxlan peer, then it turns direct: the neighbour goes, the fdb entry stays (so
+        // the peer reads back exactly, MAC included).
         let vxPeer = Peer(subnet: b.podSubnet, publicIP: b.nodeIP, vtepMAC: MACAddress("0e:00:00:00:00:bb")!)
         try table.upsert(vxPeer)
         var direct = vxPeer
@@ -259,12 +260,17 @@ import Testing
         try table.upsert(direct)
         #expect(try lab.sh(a.name, ["route", "show", "\(b.podSubnet)"]).trimmingCharacters() == "\(b.podSubnet) via \(b.nodeIP) dev eth0")
         #expect(try lab.sh(a.name, ["neigh", "show", "dev", "flannel.1"]).isEmpty)
-        #expect(!(try lab.sh(a.name, [LabTools.bridge, "fdb", "show", "dev", "flannel.1"])).contains("0e:00:00:00:00:bb"))
-        #expect(try table.currentPeers() == [KernelVXLANPeerTable.kernelView(of: direct)])
+        #expect(try lab.sh(a.name, [LabTools.bridge, "fdb", "show", "dev", "flannel.1"]).contains("0e:00:00:00:00:bb dst \(b.nodeIP) self permanent"))
+        #expect(try table.currentPeers() == [direct])
         #expect(try lab.ping(from: a.podNamespace, to: b.podIP, count: 2).received == 2)
         try table.remove(direct)
         #expect(try table.currentPeers().isEmpty)
         #expect(try lab.sh(a.name, ["route", "show", "\(b.podSubnet)"]).isEmpty)
+        #expect(!(try lab.sh(a.name, [LabTools.bridge, "fdb", "show", "dev", "flannel.1"])).contains("0e:00:00:00:00:bb"))
+        // Back to vxlan: the triple again, identical read-back.
+        try table.upsert(vxPeer)
+        #expect(try table.currentPeers() == [vxPeer])
+        try table.remove(vxPeer)
         #expect(try lab.sh(a.name, ["route", "show"]).contains("172.16.5.0/24"))
     }
 
