@@ -92,7 +92,7 @@ public final class KernelVXLANPeerTable: PeerTable {
                         try nl.deleteNeighbour(address: peer.subnet.address, index: device.index)
                     }
                     if let mac = peer.vtepMAC {
-                        try nl.replaceFDB(FDBEntry(index: device.index, mac: mac, destination: peer.publicIP, state: .permanent, flags: .self))
+                        try nl.replaceFDB(FDBEntry(index: device.index, mac: mac, destination: peer.publicIP, state: .permanent, flags: .device))
                     }
                     try nl.replaceRoute(Route(destination: peer.subnet, gateway: peer.publicIP))
                     logger.debug("direct route", metadata: ["peer": "\(peer)"])
@@ -101,7 +101,7 @@ public final class KernelVXLANPeerTable: PeerTable {
                 guard let mac = peer.vtepMAC else { throw OverlayError.peerWithoutVtepMAC(peer) }
                 let gateway = peer.subnet.address
                 try nl.replaceNeighbour(Neighbour(index: device.index, address: gateway, mac: mac, state: .permanent))
-                try nl.replaceFDB(FDBEntry(index: device.index, mac: mac, destination: peer.publicIP, state: .permanent, flags: .self))
+                try nl.replaceFDB(FDBEntry(index: device.index, mac: mac, destination: peer.publicIP, state: .permanent, flags: .device))
                 try nl.replaceRoute(Route(destination: peer.subnet, gateway: gateway, outputIndex: device.index, onlink: true))
                 logger.debug("vxlan peer", metadata: ["peer": "\(peer)"])
             } catch let e as OverlayError {
@@ -139,7 +139,7 @@ public final class KernelVXLANPeerTable: PeerTable {
                     // Without a destination the whole entry for the MAC goes, whichever PublicIP it
                     // points at now (a VtepMAC belongs to exactly one peer).
                     try ignoringMissing { () throws(NetlinkError) in
-                        try nl.deleteFDB(FDBEntry(index: device.index, mac: mac, destination: nil, state: [], flags: .self))
+                        try nl.deleteFDB(FDBEntry(index: device.index, mac: mac, destination: nil, state: [], flags: .device))
                     }
                 }
                 try ignoringMissing { () throws(NetlinkError) in
