@@ -24,11 +24,11 @@ struct LeaseManagerTests {
             // Stored exactly as flannel writes it.
             let key = prefix + "/subnets/" + lease.subnet.leaseKey
             let stored = api == .v2
-                ? try await server.etcdctlChecked(api: 2, ["get", key])
-                : try await server.etcdctlChecked(api: 3, ["get", "--print-value-only", key])
+                ? try await server.etcdctlCheckedAsync(api: 2, ["get", key])
+                : try await server.etcdctlCheckedAsync(api: 3, ["get", "--print-value-only", key])
             #expect(stored.trimmingCharacters(in: "\n") == attrs.json)
             if api == .v3 {
-                let out = try await server.etcdctlChecked(api: 3, ["get", "-w", "fields", key])
+                let out = try await server.etcdctlCheckedAsync(api: 3, ["get", "-w", "fields", key])
                 #expect(out.contains("\"Lease\" : ") && !out.contains("\"Lease\" : 0\n"))
             }
 
@@ -164,9 +164,9 @@ struct LeaseManagerTests {
             try await owner.renewLease()
             #expect(try await owner.registry.getLease(name: "10.9.0.8-30")?.isReservation == true)
             if api == .v2 {
-                #expect(!(try await server.etcdctlChecked(api: 2, ["-o", "extended", "get", prefix + "/subnets/10.9.0.8-30"])).contains("TTL: 1"))
+                #expect(!(try await server.etcdctlCheckedAsync(api: 2, ["-o", "extended", "get", prefix + "/subnets/10.9.0.8-30"])).contains("TTL: 1"))
             } else {
-                #expect(try await server.etcdctlChecked(api: 3, ["get", "-w", "fields", prefix + "/subnets/10.9.0.8-30"]).contains("\"Lease\" : 0\n"))
+                #expect(try await server.etcdctlCheckedAsync(api: 3, ["get", "-w", "fields", prefix + "/subnets/10.9.0.8-30"]).contains("\"Lease\" : 0\n"))
             }
         }
     }

@@ -46,9 +46,9 @@ struct WatchTests {
             #expect(peers.events.contains(.changed(peers.peers[subnet("10.5.3.0/24")]!)))
             // delete
             if api == .v2 {
-                try await server.etcdctlChecked(api: 2, ["rm", prefix + "/subnets/10.5.3.0-24"])
+                try await server.etcdctlCheckedAsync(api: 2, ["rm", prefix + "/subnets/10.5.3.0-24"])
             } else {
-                try await server.etcdctlChecked(api: 3, ["del", prefix + "/subnets/10.5.3.0-24"])
+                try await server.etcdctlCheckedAsync(api: 3, ["del", prefix + "/subnets/10.5.3.0-24"])
             }
             try await eventually("delete") { peers.peers[subnet("10.5.3.0/24")] == nil }
             // TTL expiry of the first peer
@@ -79,9 +79,9 @@ struct WatchTests {
             defer { peers.stop() }
             try await eventually("snapshot") { peers.gotSnapshot }
             if api == .v2 {
-                try await server.etcdctlChecked(api: 2, ["rm", prefix + "/subnets/" + own.subnet.leaseKey])
+                try await server.etcdctlCheckedAsync(api: 2, ["rm", prefix + "/subnets/" + own.subnet.leaseKey])
             } else {
-                try await server.etcdctlChecked(api: 3, ["del", prefix + "/subnets/" + own.subnet.leaseKey])
+                try await server.etcdctlCheckedAsync(api: 3, ["del", prefix + "/subnets/" + own.subnet.leaseKey])
             }
             var lost = me.ownLeaseLost.makeAsyncIterator()
             let event = await lost.next()
@@ -101,7 +101,7 @@ struct WatchTests {
             if api == .v3 {
                 for i in 0..<5 { try await putRaw(registry, name: "10.5.\(i).0-24", value: "{}") }
                 let rev = try await registry.listLeases().revision
-                try await server.etcdctlChecked(api: 3, ["compact", String(rev)])
+                try await server.etcdctlCheckedAsync(api: 3, ["compact", String(rev)])
             } else {
                 // v2 keeps the last 1000 events.
                 for i in 0..<1010 { try await putRaw(registry, name: "10.5.\(i % 200).0-24", value: "{}") }
@@ -140,7 +140,7 @@ struct WatchTests {
             defer { peers.stop() }
             try await eventually("snapshot") { peers.peers.count == 3 }
 
-            await server.stop()
+            await server.stopAsync()
             let cpuBefore = processCPUTime()
             let wallBefore = ContinuousClock.now
             try await Task.sleep(for: .seconds(3))
@@ -164,10 +164,10 @@ struct WatchTests {
             try await server.restart()
             let p5 = vxlanAttributes("192.0.2.5")
             if api == .v3 {
-                try await server.etcdctlChecked(api: 3, ["del", prefix + "/subnets/10.5.2.0-24"])
+                try await server.etcdctlCheckedAsync(api: 3, ["del", prefix + "/subnets/10.5.2.0-24"])
                 try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.5.0-24", value: p5.json, ttl: 600)
                 let rev = try await registry.listLeases().revision
-                try await server.etcdctlChecked(api: 3, ["compact", String(rev)])
+                try await server.etcdctlCheckedAsync(api: 3, ["compact", String(rev)])
             } else {
                 // Push the index the watcher resumes from out of v2's 1000-event window (other keys,
                 // outside our prefix), then remove and add.
@@ -178,7 +178,7 @@ struct WatchTests {
                     }
                     try await group.waitForAll()
                 }
-                try await server.etcdctlChecked(api: 2, ["rm", prefix + "/subnets/10.5.2.0-24"])
+                try await server.etcdctlCheckedAsync(api: 2, ["rm", prefix + "/subnets/10.5.2.0-24"])
                 try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.5.0-24", value: p5.json, ttl: 600)
             }
             try await eventually(timeout: .seconds(15), "re-list after the outage") {
