@@ -64,6 +64,31 @@ struct LeaseManagerTests {
         }
     }
 
+    /// etcd away when a renewal is due: retried every `renewRetryInterval`, renewed once etcd is back.
+    @Test(arguments: bothAPIs)
+    func renewLoopRetriesThroughAnOutage(_ api: EtcdAPIVersion) async throws {
+        try await withEtcd { server in
+            let prefix = uniquePrefix("renewout")
+            try await writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
+            let registry = try makeRegistry(server, api, prefix: prefix) { $0.requestTimeout = .seconds(1) }
+            var options = fastOptions(ttl: .seconds(6))
+            options.renewMargin = .seconds(3)  // due 3 s after acquiring (the margin is capped at TTL/2)
+            options.renewRetryInterval = .milliseconds(300)
+            let manager = SubnetManager(registry: registry, options: options, logger: quietLogger)
+            let lease = try await manager.acquireLease(config: try NetworkConfig.parse(vxlanConfigJSON),
+                                                       attributes: vxlanAttributes("192.0.2.12"))
+            await server.stopAsync()
+            let loop = Task { try await manager.runRenewLoop() }
+            defer { loop.cancel() }
+            try await eventually("failed renewals") { manager.counters.snapshot().renewalFailures >= 2 }
+            try await server.restart()
+            try await eventually(timeout: .seconds(10), "renewal after the outage") { manager.counters.snapshot().renewals >= 1 }
+            let rec = try #require(try await registry.getLease(name: lease.subnet.leaseKey))
+            #expect(rec.revision > lease.revision)
+            #expect(rec.valueText == vxlanAttributes("192.0.2.12").json)
+        }
+    }
+
     @Test(arguments: bothAPIs)
     func racingManagersNeverShareASubnet(_ api: EtcdAPIVersion) async throws {
         try await withEtcd { server in

@@ -67,6 +67,31 @@ struct WatchTests {
     }
 
     @Test(arguments: bothAPIs)
+    func ownLeaseOverwrittenBySomeoneElseIsSignalled(_ api: EtcdAPIVersion) async throws {
+        try await withEtcd { server in
+            let prefix = uniquePrefix("taken")
+            try await writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
+            let config = try NetworkConfig.parse(vxlanConfigJSON)
+            let me = SubnetManager(registry: try makeRegistry(server, api, prefix: prefix), options: fastOptions(), logger: quietLogger)
+            let own = try await me.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.1"), previousSubnet: ownTestSubnet)
+            let peers = PeerCollector(me.watchPeers(config: config))
+            defer { peers.stop() }
+            try await eventually("snapshot") { peers.gotSnapshot }
+            // Our own rewrite (a renewal) is not a loss...
+            try await me.renewLease()
+            // ...another node's is.
+            try await etcdctlWriteLease(server, api, prefix: prefix, name: own.subnet.leaseKey,
+                                        value: vxlanAttributes("192.0.2.77").json, ttl: 60)
+            var lost = me.ownLeaseLost.makeAsyncIterator()
+            let event = await lost.next()
+            #expect(event?.lease.subnet == own.subnet)
+            #expect(event?.holder?.publicIP == IPv4Address("192.0.2.77"))
+            // The other node's lease is never reported as our peer under our subnet's old owner.
+            #expect(peers.peers[own.subnet] == nil)
+        }
+    }
+
+    @Test(arguments: bothAPIs)
     func ownLeaseDeletedBySomeoneElseIsSignalled(_ api: EtcdAPIVersion) async throws {
         try await withEtcd { server in
             let prefix = uniquePrefix("lost")
