@@ -112,7 +112,8 @@ struct WatchTests {
             let event = await lost.next()
             #expect(event?.lease.subnet == own.subnet)
             #expect(event?.reason.contains("deleted") == true)
-            await #expect(throws: (any Error).self) { try await me.runRenewLoop() }
+            await #expect(throws: LeaseLost.self) { try await me.runRenewLoop() }
+            await #expect(throws: LeaseLost.self) { try await me.renewLease() }
         }
     }
 
