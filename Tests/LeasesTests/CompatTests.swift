@@ -162,6 +162,24 @@ struct CompatTests {
         }
     }
 
+    @Test func v2DisabledIsReportedPlainly() async throws {
+        try await withEtcd(extraArguments: ["--enable-v2=false"]) { server in
+            let prefix = uniquePrefix("nov2")
+            let v2 = try makeRegistry(server, .v2, prefix: prefix)
+            do {
+                _ = try await v2.getConfigText()
+                Issue.record("v2 answered although disabled")
+            } catch {
+                #expect("\(error)".contains("--enable-v2=true"), "\(error)")
+            }
+            // auto still finds a v3 config.
+            try await writeConfig(server, .v3, prefix: prefix, vxlanConfigJSON)
+            let auto = try await EtcdRegistryFactory.make(options: EtcdClientOptions(endpoints: [server.clientURL], prefix: prefix),
+                                                          logger: quietLogger)
+            #expect(auto.apiVersion == .v3)
+        }
+    }
+
     @Test func tlsWithClientCertificates() async throws {
         let certs = try await TLSTestCerts.generate(tag: "lease")
         defer { certs.remove() }
