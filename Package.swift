@@ -86,6 +86,15 @@ let package = Package(
             ]
         ),
         .executableTarget(name: "flanneld-xdp", dependencies: ["FlannelDaemon"]),
+        .executableTarget(
+            name: "fxdp-lab",
+            dependencies: [
+                "TestSupport", "NetTypes", "Leases", "BPFLoader", "BPFDataplane", "UserspaceDataplane", "Overlay",
+                "Netlink", "CBPF",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // Test-only helpers: real etcd launcher, netns lab, packet builder, privilege checks.
         .target(
             name: "TestSupport",
@@ -104,7 +113,7 @@ let package = Package(
             dependencies: ["Overlay", "Netlink", "NetTypes", "TestSupport", .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(name: "LeasesTests", dependencies: ["Leases", "NetTypes", "TestSupport"]),
-        .testTarget(name: "UserspaceDataplaneTests", dependencies: ["UserspaceDataplane", "NetTypes", "CBPF", "TestSupport"]),
-        .testTarget(name: "FlannelDaemonTests", dependencies: ["FlannelDaemon", "Leases", "NetTypes", "TestSupport"]),
+        .testTarget(name: "UserspaceDataplaneTests", dependencies: ["UserspaceDataplane", "NetTypes", "CBPF", "TestSupport", "BPFDataplane", "BPFLoader"]),
+        .testTarget(name: "FlannelDaemonTests", dependencies: ["FlannelDaemon", "Leases", "NetTypes", "TestSupport", "BPFLoader", "CBPF"]),
     ]
 )

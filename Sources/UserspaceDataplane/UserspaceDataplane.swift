@@ -161,13 +161,16 @@ public final class UserspaceDataplane: PeerTable, Sendable {
 
     /// Stops and joins the workers and closes the TUN queues and sockets. Idempotent.
     public func stop() {
-        let threads = lifecycle.withLock { (state: inout Lifecycle) -> [pthread_t] in
-            if state.phase == .stopped { return [] }
+        // Only the caller that moves the phase to stopped joins and closes; a concurrent or repeated
+        // stop() returns at once (closing fds under running workers could hit reused descriptors).
+        let claimed = lifecycle.withLock { (state: inout Lifecycle) -> [pthread_t]? in
+            if state.phase == .stopped { return nil }
             state.phase = .stopped
             let threads = state.threads
             state.threads = []
             return threads
         }
+        guard let threads = claimed else { return }
         stopping.store(true, ordering: .relaxed)
         var byte: UInt8 = 1
         _ = write(stopPipe.write, &byte, 1)
