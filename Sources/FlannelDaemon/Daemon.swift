@@ -131,7 +131,7 @@ public enum Daemon {
 
         // The watch continues where the snapshot left it; the services take over.
         var services: [any Service] = [
-            ReconcileService(reconciler: reconciler, interval: .seconds(60)),
+            ReconcileService(reconciler: reconciler, interval: .seconds(options.dataplane.reconcileInterval)),
             LeaseWatchService(events: events, initial: snapshot, policy: policy, reconciler: reconciler, logger: logger),
             LeaseRenewService(manager: manager, logger: logger),
         ]
@@ -211,14 +211,14 @@ public enum Daemon {
         var nl = try NetlinkSocket()
         let device = try FlannelVXLANDevice.ensure(
             vni: config.backend.vni, port: config.backend.port, localIP: external.interfaceAddress,
-            underlayIndex: external.interface.index, mtu: mtu, preferredMAC: vtepMAC, subnet: lease.subnet,
-            network: config.network, learning: config.backend.learning, netlink: &nl, logger: logger)
+            underlayIndex: external.interface.index, mtu: mtu, preferredMAC: vtepMAC, learning: config.backend.learning,
+            gbp: config.backend.gbp, subnet: lease.subnet, network: config.network, netlink: &nl, logger: logger)
         logger.info("\(device.origin == .adopted ? "adopted" : "set up") \(device)")
         guard device.mac == vtepMAC else {
             throw StartupError.vtepMACMismatch(deviceName: device.name, deviceMAC: device.mac, leaseMAC: vtepMAC)
         }
         let kernel = try KernelVXLANPeerTable(device: device, network: config.network, logger: logger)
-        let kernelBinding = PeerTableBinding(kernel, view: KernelVXLANPeerTable.kernelView(of:))
+        let kernelBinding = PeerTableBinding(kernel)
         do {
             let node = NodeConfig(nodeIP: external.interfaceAddress, vtepMAC: device.mac, vni: config.backend.vni,
                                   udpPort: config.backend.port, underlayIfindex: external.interface.index,

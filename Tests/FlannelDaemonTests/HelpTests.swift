@@ -70,6 +70,9 @@ struct HelpAndBinaryTests {
                                   auto, xdp, tc, userspace; default: auto)
           --bpffs <bpffs>         bpffs mount under which the BPF maps and programs are
                                   pinned. (default: /sys/fs/bpf)
+          --reconcile-interval <reconcile-interval>
+                                  Seconds between full passes that compare the peer
+                                  tables with the leases and repair drift. (default: 60)
 
         HEALTH AND METRICS:
           --healthz-ip <healthz-ip>

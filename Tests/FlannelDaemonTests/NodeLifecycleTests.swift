@@ -203,6 +203,36 @@ struct NodeLifecycleTests {
         #expect(!(try runTool("/usr/sbin/tc", ["-n", node.ns, "filter", "show", "dev", "fxdu0", "ingress"]).contains("fxdp")))
     }
 
+    @Test("kernel and map drift is repaired by the periodic pass; our lease deleted by someone else ends the daemon non-zero")
+    func driftAndLeaseLoss() async throws {
+        let node = try await NetnsNode(hint: "r")
+        defer { node.close() }
+        try node.server.put("/coreos.com/network/config", #"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#)
+        try node.putLease("10.5.9.0-24", ip: "192.0.2.19", mac: "0a:00:00:00:00:09")
+        try await node.startDaemon(["--reconcile-interval=1", "--log-level=debug"])
+
+        // Someone deletes the route and the map entry by hand: both come back within a pass or two.
+        try node.ip("-n", node.ns, "route", "del", "10.5.9.0/24", "dev", "flannel.1")
+        _ = try runTool("/usr/sbin/bpftool", ["map", "delete", "pinned", node.bpffs + "/flanneld-xdp/fxdp_peers_v1",
+                                              "key", "24", "0", "0", "0", "10", "5", "9", "0"])
+        #expect(try node.route("10.5.9.0/24").isEmpty)
+        try await waitUntil {
+            (try? node.route("10.5.9.0/24"))?.contains("flannel.1") == true
+                && (try? node.peersMap())?.contains(#""subnet":[10,5,9,0]"#) == true
+        }
+        #expect(try node.readyz() == "200")
+
+        // Our lease deleted by someone else: flanneld logs and exits; so do we (non-zero).
+        let env = try #require(readText(node.subnetFile))
+        let subnet = try #require(env.split(separator: "\n").first { $0.hasPrefix("FLANNEL_SUBNET=") })
+        let key = subnet.dropFirst("FLANNEL_SUBNET=".count).replacingOccurrences(of: ".1/24", with: ".0-24")
+        try node.server.delete("/coreos.com/network/subnets/\(key)")
+        let code = try await waitExit(node.daemonPID, seconds: 15)
+        node.daemonPID = code == nil ? node.daemonPID : 0
+        #expect(code != nil && code != 0, "\(readText(node.daemonLog) ?? "")")
+        #expect(readText(node.daemonLog)?.contains("was lost") == true)
+    }
+
     @Test("SIGTERM while start-up waits for the network config: exit 0, nothing set up")
     func stopDuringStartup() async throws {
         let node = try await NetnsNode(hint: "w")
