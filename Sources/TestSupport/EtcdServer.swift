@@ -138,7 +138,7 @@ public final class EtcdServer: Sendable {
             // A cheap connect first; etcdctl (a Go process per try) only once the port listens.
             // `endpoint status` rather than `health`: it also answers when auth is enabled.
             if acceptsConnections(clientPort) {
-                let r = try? await etcdctl(api: 3, ["endpoint", "status", "--command-timeout=2s"])
+                let r = try? await etcdctlAsync(api: 3, ["endpoint", "status", "--command-timeout=2s"])
                 if let r, r.status == 0 { return }
             }
             try await Task.sleep(for: .milliseconds(100))
@@ -147,8 +147,18 @@ public final class EtcdServer: Sendable {
         throw EtcdServerError("etcd did not become healthy within 30 s; log: \(readFile(logPath).suffix(2000))")
     }
 
-    /// SIGTERM and wait (data dir and ports kept for `restart()`).
-    public func stop() async {
+    /// SIGTERM and wait (data dir and ports kept for `restart()`). Blocks the calling thread while
+    /// etcd shuts down; async code with many parallel servers should use `stopAsync()`.
+    public func stop() {
+        let p = pid.withLock { v -> pid_t in let p = v; v = 0; return p }
+        guard p > 0 else { return }
+        Glibc.kill(p, SIGTERM)
+        var status: Int32 = 0
+        while waitpid(p, &status, 0) < 0, errno == EINTR {}
+    }
+
+    /// SIGTERM and wait without blocking a thread (SIGKILL after 10 s).
+    public func stopAsync() async {
         let p = pid.withLock { v -> pid_t in let p = v; v = 0; return p }
         guard p > 0 else { return }
         Glibc.kill(p, SIGTERM)
@@ -170,7 +180,7 @@ public final class EtcdServer: Sendable {
 
     /// Starts etcd again on the same ports with the same data.
     public func restart() async throws {
-        await stop()
+        await stopAsync()
         try await launch()
     }
 
@@ -181,9 +191,33 @@ public final class EtcdServer: Sendable {
         _ = try? runCommand(["/bin/rm", "-rf", dir])
     }
 
-    /// Runs Debian's etcdctl against this server (ETCDCTL_API=2 or 3).
+    /// Runs Debian's etcdctl against this server (ETCDCTL_API=2 or 3). Blocks the calling thread
+    /// until etcdctl exits: from async tests prefer `etcdctlAsync` (blocked cooperative threads
+    /// stall every other test in the process).
     @discardableResult
-    public func etcdctl(api: Int, _ args: [String]) async throws -> CommandResult {
+    public func etcdctl(api: Int, _ args: [String]) throws -> CommandResult {
+        try runCommand(etcdctlArguments(api: api) + args, environment: ["ETCDCTL_API=\(api)"])
+    }
+
+    /// Like `etcdctl` but throws with the output when it fails.
+    @discardableResult
+    public func etcdctlChecked(api: Int, _ args: [String]) throws -> String {
+        try checked(api, args, try etcdctl(api: api, args))
+    }
+
+    /// `etcdctl` that waits without blocking a thread.
+    @discardableResult
+    public func etcdctlAsync(api: Int, _ args: [String]) async throws -> CommandResult {
+        try await runCommandAsync(etcdctlArguments(api: api) + args, environment: ["ETCDCTL_API=\(api)"])
+    }
+
+    /// `etcdctlChecked` that waits without blocking a thread.
+    @discardableResult
+    public func etcdctlCheckedAsync(api: Int, _ args: [String]) async throws -> String {
+        try checked(api, args, try await etcdctlAsync(api: api, args))
+    }
+
+    private func etcdctlArguments(api: Int) -> [String] {
         var argv = ["/usr/bin/etcdctl"]
         if api == 2 {
             argv += ["--endpoints", clientURL]
@@ -192,13 +226,10 @@ public final class EtcdServer: Sendable {
             argv += ["--endpoints=\(clientURL)"]
             if let t = etcdctlTLS { argv += ["--cacert=\(t.ca)", "--cert=\(t.cert)", "--key=\(t.key)"] }
         }
-        return try await runCommandAsync(argv + args, environment: ["ETCDCTL_API=\(api)"])
+        return argv
     }
 
-    /// Like `etcdctl` but throws with the output when it fails.
-    @discardableResult
-    public func etcdctlChecked(api: Int, _ args: [String]) async throws -> String {
-        let r = try await etcdctl(api: api, args)
+    private func checked(_ api: Int, _ args: [String], _ r: CommandResult) throws -> String {
         guard r.status == 0 else {
             throw EtcdServerError("etcdctl (v\(api)) \(args.joined(separator: " ")) failed (\(r.status)): \(r.stderr) \(r.stdout)")
         }

@@ -46,9 +46,9 @@ struct WatchTests {
             #expect(peers.events.contains(.changed(peers.peers[subnet("10.5.3.0/24")]!)))
             // delete
             if api == .v2 {
-                try await server.etcdctlChecked(api: 2, ["rm", prefix + "/subnets/10.5.3.0-24"])
+                try await server.etcdctlCheckedAsync(api: 2, ["rm", prefix + "/subnets/10.5.3.0-24"])
             } else {
-                try await server.etcdctlChecked(api: 3, ["del", prefix + "/subnets/10.5.3.0-24"])
+                try await server.etcdctlCheckedAsync(api: 3, ["del", prefix + "/subnets/10.5.3.0-24"])
             }
             try await eventually("delete") { peers.peers[subnet("10.5.3.0/24")] == nil }
             // TTL expiry of the first peer
@@ -67,6 +67,31 @@ struct WatchTests {
     }
 
     @Test(arguments: bothAPIs)
+    func ownLeaseOverwrittenBySomeoneElseIsSignalled(_ api: EtcdAPIVersion) async throws {
+        try await withEtcd { server in
+            let prefix = uniquePrefix("taken")
+            try await writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
+            let config = try NetworkConfig.parse(vxlanConfigJSON)
+            let me = SubnetManager(registry: try makeRegistry(server, api, prefix: prefix), options: fastOptions(), logger: quietLogger)
+            let own = try await me.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.1"), previousSubnet: ownTestSubnet)
+            let peers = PeerCollector(me.watchPeers(config: config))
+            defer { peers.stop() }
+            try await eventually("snapshot") { peers.gotSnapshot }
+            // Our own rewrite (a renewal) is not a loss...
+            try await me.renewLease()
+            // ...another node's is.
+            try await etcdctlWriteLease(server, api, prefix: prefix, name: own.subnet.leaseKey,
+                                        value: vxlanAttributes("192.0.2.77").json, ttl: 60)
+            var lost = me.ownLeaseLost.makeAsyncIterator()
+            let event = await lost.next()
+            #expect(event?.lease.subnet == own.subnet)
+            #expect(event?.holder?.publicIP == IPv4Address("192.0.2.77"))
+            // The other node's lease is never reported as our peer under our subnet's old owner.
+            #expect(peers.peers[own.subnet] == nil)
+        }
+    }
+
+    @Test(arguments: bothAPIs)
     func ownLeaseDeletedBySomeoneElseIsSignalled(_ api: EtcdAPIVersion) async throws {
         try await withEtcd { server in
             let prefix = uniquePrefix("lost")
@@ -79,15 +104,16 @@ struct WatchTests {
             defer { peers.stop() }
             try await eventually("snapshot") { peers.gotSnapshot }
             if api == .v2 {
-                try await server.etcdctlChecked(api: 2, ["rm", prefix + "/subnets/" + own.subnet.leaseKey])
+                try await server.etcdctlCheckedAsync(api: 2, ["rm", prefix + "/subnets/" + own.subnet.leaseKey])
             } else {
-                try await server.etcdctlChecked(api: 3, ["del", prefix + "/subnets/" + own.subnet.leaseKey])
+                try await server.etcdctlCheckedAsync(api: 3, ["del", prefix + "/subnets/" + own.subnet.leaseKey])
             }
             var lost = me.ownLeaseLost.makeAsyncIterator()
             let event = await lost.next()
             #expect(event?.lease.subnet == own.subnet)
             #expect(event?.reason.contains("deleted") == true)
-            await #expect(throws: (any Error).self) { try await me.runRenewLoop() }
+            await #expect(throws: LeaseLost.self) { try await me.runRenewLoop() }
+            await #expect(throws: LeaseLost.self) { try await me.renewLease() }
         }
     }
 
@@ -101,7 +127,7 @@ struct WatchTests {
             if api == .v3 {
                 for i in 0..<5 { try await putRaw(registry, name: "10.5.\(i).0-24", value: "{}") }
                 let rev = try await registry.listLeases().revision
-                try await server.etcdctlChecked(api: 3, ["compact", String(rev)])
+                try await server.etcdctlCheckedAsync(api: 3, ["compact", String(rev)])
             } else {
                 // v2 keeps the last 1000 events.
                 for i in 0..<1010 { try await putRaw(registry, name: "10.5.\(i % 200).0-24", value: "{}") }
@@ -140,7 +166,7 @@ struct WatchTests {
             defer { peers.stop() }
             try await eventually("snapshot") { peers.peers.count == 3 }
 
-            await server.stop()
+            await server.stopAsync()
             let cpuBefore = processCPUTime()
             let wallBefore = ContinuousClock.now
             try await Task.sleep(for: .seconds(3))
@@ -164,10 +190,10 @@ struct WatchTests {
             try await server.restart()
             let p5 = vxlanAttributes("192.0.2.5")
             if api == .v3 {
-                try await server.etcdctlChecked(api: 3, ["del", prefix + "/subnets/10.5.2.0-24"])
+                try await server.etcdctlCheckedAsync(api: 3, ["del", prefix + "/subnets/10.5.2.0-24"])
                 try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.5.0-24", value: p5.json, ttl: 600)
                 let rev = try await registry.listLeases().revision
-                try await server.etcdctlChecked(api: 3, ["compact", String(rev)])
+                try await server.etcdctlCheckedAsync(api: 3, ["compact", String(rev)])
             } else {
                 // Push the index the watcher resumes from out of v2's 1000-event window (other keys,
                 // outside our prefix), then remove and add.
@@ -178,7 +204,7 @@ struct WatchTests {
                     }
                     try await group.waitForAll()
                 }
-                try await server.etcdctlChecked(api: 2, ["rm", prefix + "/subnets/10.5.2.0-24"])
+                try await server.etcdctlCheckedAsync(api: 2, ["rm", prefix + "/subnets/10.5.2.0-24"])
                 try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.5.0-24", value: p5.json, ttl: 600)
             }
             try await eventually(timeout: .seconds(15), "re-list after the outage") {

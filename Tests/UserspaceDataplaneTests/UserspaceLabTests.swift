@@ -38,7 +38,7 @@ struct UserspaceLabTests {
         let ca = a.dataplane.counters, cb = b.dataplane.counters
         print("node a: \(ca)\nnode b: \(cb)")
         #expect(ca.txPackets > 1000 && cb.rxPackets > 1000)
-        #expect(ca[drop: .notPeer] == 0 && cb[drop: .notPeer] == 0 && cb[drop: .badVNI] == 0 && cb[drop: .inner] == 0)
+        #expect(ca[drop: .notPeer] == 0 && cb[drop: .notPeer] == 0 && cb[drop: .badVNI] == 0 && cb[drop: .innerNotOurs] == 0)
         // TTL: the two kernel forwarding hops decrement it, the userspace path does not (as kernel vxlan).
         let out = try lab.sh(nodes[0].podNamespace, [LabTools.ping, "-n", "-c", "1", "\(nodes[1].podIP)"])
         #expect(out.contains("ttl=62"), "\(out)")
@@ -127,7 +127,7 @@ struct UserspaceLabTests {
         print("offloads \(offloads): userspace → kernel vxlan \(gbps(out)) Gbit/s, kernel → userspace \(gbps(back)) Gbit/s")
         #expect(out > 10e6 && back > 10e6)
         let c = a.dataplane.counters
-        #expect(c[drop: .badVNI] == 0 && c[drop: .inner] == 0 && c[drop: .malformed] == 0, "\(c)")
+        #expect(c[drop: .badVNI] == 0 && c[drop: .innerNotOurs] == 0 && c[drop: .malformed] == 0, "\(c)")
     }
 
     @Test(arguments: [false, true]) func legacyUDPBackend(offloads: Bool) throws {
@@ -191,12 +191,12 @@ struct UserspaceLabTests {
         print("after garbage: \(c)")
         #expect(c[drop: .notPeer] == 3 * 51)
         #expect(c[drop: .badVNI] >= 3 * 30)
-        #expect(c[drop: .inner] >= 3 * 10)
+        #expect(c[drop: .innerNotOurs] == 3 * 10)
         #expect(c[drop: .malformed] >= 3 * (22 + 10))
         #expect(c.rxPackets >= 60)
         // Every garbage datagram is accounted for by exactly one drop reason.
         let garbage = 3 * (randoms.count + truncated.count + wrongVNI.count + noIFlag.count + wrongMAC.count + badInner.count + 1 + randoms.count)
-        let counted = c[drop: .notPeer] + c[drop: .badVNI] + c[drop: .malformed] + c[drop: .inner] + c[drop: .truncated]
+        let counted = c[drop: .notPeer] + c[drop: .badVNI] + c[drop: .malformed] + c[drop: .innerNotOurs] + c[drop: .innerNotIPv4] + c[drop: .truncated]
         #expect(counted == UInt64(garbage), "\(c)")
         try expectPing(lab, from: nodes[1], to: nodes[0])
     }
