@@ -273,6 +273,33 @@ struct WatchTests {
         }
     }
 
+    /// A watch that loses events (here: a real registry whose watch drops one key's changes) is
+    /// repaired by the periodic re-list.
+    @Test(arguments: bothAPIs)
+    func periodicRelistRepairsWhatTheWatchMissed(_ api: EtcdAPIVersion) async throws {
+        try await withEtcd { server in
+            let prefix = uniquePrefix("repair")
+            try await writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
+            let config = try NetworkConfig.parse(vxlanConfigJSON)
+            let counters = LeaseCounters()
+            let lossy = WatchDroppingRegistry(try makeRegistry(server, api, prefix: prefix, counters: counters), dropping: "10.5.11.0-24")
+            var options = fastOptions()
+            options.relistInterval = .seconds(3)
+            let me = SubnetManager(registry: lossy, counters: counters, options: options, logger: quietLogger)
+            _ = try await me.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.1"), previousSubnet: ownTestSubnet)
+            let peers = PeerCollector(me.watchPeers(config: config))
+            defer { peers.stop() }
+            try await eventually("snapshot") { peers.gotSnapshot }
+            try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.11.0-24", value: vxlanAttributes("192.0.2.11").json, ttl: 60)
+            try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.12.0-24", value: vxlanAttributes("192.0.2.12").json, ttl: 60)
+            try await eventually("watched add") { peers.peers[subnet("10.5.12.0/24")] != nil }
+            #expect(peers.peers[subnet("10.5.11.0/24")] == nil)  // the watch lost it
+            try await eventually(timeout: .seconds(8), "repair by re-list") { peers.peers[subnet("10.5.11.0/24")] != nil }
+            #expect(counters.snapshot().repairedByRelist == 1)
+            #expect(peers.events.contains(.added(peers.peers[subnet("10.5.11.0/24")]!)))
+        }
+    }
+
     @Test(arguments: bothAPIs)
     func periodicRelistRepairsAndStaysQuiet(_ api: EtcdAPIVersion) async throws {
         try await withEtcd { server in
@@ -296,5 +323,53 @@ struct WatchTests {
             try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.8.0-24", value: vxlanAttributes("192.0.2.8").json, ttl: 600)
             try await eventually("add after re-lists") { peers.peers.count == 2 }
         }
+    }
+}
+
+/// A real registry whose watch stream drops every change of one key (a lossy watch, for the repair test).
+struct WatchDroppingRegistry: SubnetRegistry {
+    let inner: any SubnetRegistry
+    let dropped: String
+    init(_ inner: any SubnetRegistry, dropping name: String) {
+        self.inner = inner
+        dropped = name
+    }
+
+    var apiVersion: EtcdAPIVersion { inner.apiVersion }
+    var prefix: String { inner.prefix }
+    func getConfigText() async throws -> String { try await inner.getConfigText() }
+    func listLeases() async throws -> LeaseListing { try await inner.listLeases() }
+    func createLease(name: String, value: String, ttl: Duration?) async throws -> Int64 {
+        try await inner.createLease(name: name, value: value, ttl: ttl)
+    }
+    func updateLease(name: String, value: String, ttl: Duration?, expectedRevision: Int64) async throws -> Int64 {
+        try await inner.updateLease(name: name, value: value, ttl: ttl, expectedRevision: expectedRevision)
+    }
+    func getLease(name: String) async throws -> LeaseRecord? { try await inner.getLease(name: name) }
+    func deleteLease(name: String, expectedRevision: Int64?) async throws {
+        try await inner.deleteLease(name: name, expectedRevision: expectedRevision)
+    }
+    func watchLeases(fromRevision: Int64) -> AsyncThrowingStream<[LeaseWatchEvent], any Error> {
+        let upstream = inner.watchLeases(fromRevision: fromRevision)
+        let dropped = self.dropped
+        let (stream, continuation) = AsyncThrowingStream<[LeaseWatchEvent], any Error>.makeStream()
+        let task = Task {
+            do {
+                for try await batch in upstream {
+                    continuation.yield(batch.filter { event in
+                        switch event {
+                        case .put(let r): r.name != dropped
+                        case .delete(let name, _, _): name != dropped
+                        case .progress: true
+                        }
+                    })
+                }
+                continuation.finish()
+            } catch {
+                continuation.finish(throwing: error)
+            }
+        }
+        continuation.onTermination = { _ in task.cancel() }
+        return stream
     }
 }
