@@ -87,6 +87,19 @@ public struct FlanneldXDP: AsyncParsableCommand {
             exit(withError: error)
         }
         guard let first = normalized.first, let verb = verbs[first] else {
+            // A bad value that came from FLANNELD_<NAME> is reported with the variable's name too:
+            // argument-parser only knows the flag it was turned into.
+            do {
+                _ = try parseAsRoot(normalized)
+            } catch {
+                let code = exitCode(for: error)
+                if code != .success, let variable = environmentSource(of: message(for: error), arguments: arguments,
+                                                                      environment: processEnvironment()) {
+                    var standardError = StandardError()
+                    print("Error: \(message(for: error)) (the value comes from \(variable))", to: &standardError)
+                    Glibc.exit(code.rawValue)
+                }
+            }
             await main(normalized)
             return
         }
@@ -113,6 +126,23 @@ public struct FlanneldXDP: AsyncParsableCommand {
             }
             Glibc.exit(code.rawValue)
         }
+    }
+
+    /// `FLANNELD_<NAME>="value"` when `message` is about a root flag that the command line did not give
+    /// and the environment filled, else nil.
+    static func environmentSource(of message: String, arguments: [String], environment: [String: String]) -> String? {
+        for spec in flagNormalizer.rootFlags where spec.fromEnvironment && spec.kind == .value {
+            guard let value = environment[spec.environmentName], !value.isEmpty else { continue }
+            let onCommandLine = arguments.contains { arg in
+                let bare = arg.drop { $0 == "-" }
+                return bare == spec.name[...] || bare.hasPrefix(spec.name + "=")
+            }
+            if !onCommandLine && (message.contains("'--\(spec.name) ") || message.contains("--\(spec.name)=")
+                                  || message.contains("'--\(spec.name)'")) {
+                return "\(spec.environmentName)=\"\(value)\""
+            }
+        }
+        return nil
     }
 
     /// The process environment without Foundation.

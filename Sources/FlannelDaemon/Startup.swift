@@ -89,8 +89,10 @@ public enum Startup {
         if options.apiVersion != .auto {
             return try EtcdRegistryFactory.make(api: options.apiVersion, options: options)
         }
+        // A TLS file that cannot be loaded is a configuration error, not an outage: fail at once.
         return try await retrying("finding the network config in etcd (\(etcd.endpoints), prefix \(etcd.prefix))",
-                                  logger: logger, initial: retryInitial) {
+                                  logger: logger, initial: retryInitial,
+                                  isFatal: { error in if case EtcdClientError.tlsSetup = error { true } else { false } }) {
             try await EtcdRegistryFactory.make(options: options, logger: logger)
         }
     }
