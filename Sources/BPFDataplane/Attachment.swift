@@ -169,55 +169,95 @@ extension FlannelBPF {
         if removePins { try FlannelBPF.removePins(bpffs: bpffs) }
     }
 
-    static func isOurs(_ id: UInt32) -> Bool {
-        guard let info = try? BPFProgramInfo.forID(id) else { return false }
+    /// Programs we attach are also pinned as `<pin folder>/prog_<name>`: opening a pin needs no
+    /// CAP_SYS_ADMIN, unlike looking a program up by id, so a restart under a capability bounding
+    /// set of CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON still recognises what it attached before.
+    static let programPinPrefix = "prog_"
+
+    /// The info of attached program `id`: by id, else (without CAP_SYS_ADMIN) from our program pins.
+    static func programInfo(_ id: UInt32, pinDirectory: String?) throws -> BPFProgramInfo {
+        do {
+            return try BPFProgramInfo.forID(id)
+        } catch {
+            guard let pinDirectory else { throw error }
+            for program in FXDPProgram.allCases {
+                let path = pinDirectory + "/" + programPinPrefix + program.rawValue
+                if let info = try? BPFProgramInfo.forPinned(path: path), info.id == id { return info }
+            }
+            throw error
+        }
+    }
+
+    static func isOurs(_ id: UInt32, pinDirectory: String? = nil) -> Bool {
+        guard let info = try? programInfo(id, pinDirectory: pinDirectory) else { return false }
         return info.name.hasPrefix(programPrefix)
     }
 
     /// Same code (tag) and same maps: the attached program behaves exactly like `program`.
-    static func isSame(attachedID: UInt32, as program: BPFProgram) throws -> Bool {
-        let attached = try BPFProgramInfo.forID(attachedID)
+    /// `ourMapIDs`: the ids of our pinned maps, when known (no lookups by id needed then).
+    static func isSame(attachedID: UInt32, as program: BPFProgram, pinDirectory: String? = nil,
+                       ourMapIDs: Set<UInt32>? = nil) throws -> Bool {
+        let attached = try programInfo(attachedID, pinDirectory: pinDirectory)
         let wanted = try program.info()
         return attached.name.hasPrefix(programPrefix) && attached.tag == wanted.tag
-            && ourMaps(attached.mapIDs) == ourMaps(wanted.mapIDs)
+            && ourMaps(attached.mapIDs, known: ourMapIDs) == ourMaps(wanted.mapIDs, known: ourMapIDs)
     }
 
     /// The ids of the pinned fxdp_* maps among `ids` (libbpf's internal maps, like .rodata, are
     /// per load and say nothing about behaviour once their content is the same code's).
-    static func ourMaps(_ ids: [UInt32]) -> [UInt32] {
-        ids.filter { (try? BPFMapInfo.forID($0).name.hasPrefix(programPrefix)) == true }.sorted()
+    static func ourMaps(_ ids: [UInt32], known: Set<UInt32>? = nil) -> [UInt32] {
+        if let known { return ids.filter(known.contains).sorted() }
+        return ids.filter { (try? BPFMapInfo.forID($0).name.hasPrefix(programPrefix)) == true }.sorted()
+    }
+
+    /// Ids of this object's maps (the pinned ones).
+    var ourMapIDs: Set<UInt32> {
+        [peers.info().id, nodes.info().id, config.info().id, counterMap.info().id]
+    }
+
+    /// Pins `program` as the one now attached (replacing an older pin of the same name).
+    func pinAttached(_ program: BPFProgram) {
+        let path = pinDirectory + "/" + FlannelBPF.programPinPrefix + program.name
+        unlink(path)
+        do {
+            try program.pin(at: path)
+        } catch {
+            logger.warning("could not pin the attached program (a restart without CAP_SYS_ADMIN will not recognise it): \(error)")
+        }
     }
 
     private func ensureTC(_ program: BPFProgram, ifindex: Int32, direction: TCDirection) throws {
         let slot = (handle: FXDPSlots.tcHandle, priority: FXDPSlots.tcPriority)
         if let id = try TC.attachedProgramID(ifindex: ifindex, direction: direction, handle: slot.handle, priority: slot.priority) {
-            if try FlannelBPF.isSame(attachedID: id, as: program) {
+            if try FlannelBPF.isSame(attachedID: id, as: program, pinDirectory: pinDirectory, ourMapIDs: ourMapIDs) {
                 logger.debug("kept attached program", metadata: ["program": "\(program.name)", "id": "\(id)"])
                 return
             }
-            guard FlannelBPF.isOurs(id) else {
+            guard FlannelBPF.isOurs(id, pinDirectory: pinDirectory) else {
                 throw DataplaneError(operation: "attach(\(program.name), ifindex \(ifindex) \(direction))", errno: EEXIST,
                                      detail: "program id \(id) in TC slot \(slot.handle):\(slot.priority) is not ours",
                                      hint: "another agent uses our filter slot; remove it (tc filter del) if it is stale")
             }
         }
         try TC.attach(program, ifindex: ifindex, direction: direction, handle: slot.handle, priority: slot.priority)
+        pinAttached(program)
         logger.info("attached", metadata: ["program": "\(program.name)", "ifindex": "\(ifindex)", "hook": "tc \(direction)"])
     }
 
     private func ensureXDP(_ program: BPFProgram, ifindex: Int32) throws {
         for mode in [XDPMode.native, .generic] {
             guard let id = try XDP.attachedProgramID(ifindex: ifindex, mode: mode) else { continue }
-            if try FlannelBPF.isSame(attachedID: id, as: program) {
+            if try FlannelBPF.isSame(attachedID: id, as: program, pinDirectory: pinDirectory, ourMapIDs: ourMapIDs) {
                 logger.debug("kept attached program", metadata: ["program": "\(program.name)", "id": "\(id)"])
                 return
             }
-            guard FlannelBPF.isOurs(id) else {
+            guard FlannelBPF.isOurs(id, pinDirectory: pinDirectory) else {
                 throw DataplaneError(operation: "attach(\(program.name), ifindex \(ifindex) xdp)", errno: EEXIST,
                                      detail: "XDP program id \(id) (\(mode)) on the underlay is not ours",
                                      hint: "another XDP program owns this interface; remove it (ip link set dev … xdp off) or use --decap-mode=kernel")
             }
             try XDP.attach(program, ifindex: ifindex, mode: mode, replacing: id)
+            pinAttached(program)
             logger.info("replaced", metadata: ["program": "\(program.name)", "old id": "\(id)", "hook": "xdp \(mode)"])
             return
         }
@@ -230,6 +270,7 @@ extension FlannelBPF {
                            metadata: ["ifindex": "\(ifindex)"])
             try XDP.attach(program, ifindex: ifindex, mode: .generic, replacing: nil)
         }
+        pinAttached(program)
     }
 
     static func detachOurTC(ifindex: Int32, direction: TCDirection) throws {

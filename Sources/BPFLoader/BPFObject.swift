@@ -286,6 +286,17 @@ public struct BPFProgramInfo: Sendable, Equatable {
         return try BPFProgramInfo(fd: owned.raw, operation: "bpf_prog_get_info_by_fd(id \(id))")
     }
 
+    /// Reads the info of a program pinned at `path`. Unlike `forID` (bpf_prog_get_fd_by_id, which
+    /// needs CAP_SYS_ADMIN) this needs only access to the pin.
+    public static func forPinned(path: String) throws(BPFError) -> BPFProgramInfo {
+        let fd = bpf_obj_get(path)
+        guard fd >= 0 else {
+            throw BPFError.libbpf("bpf_obj_get(\(path))", returned: Int(fd), hint: "no program is pinned there")
+        }
+        let owned = OwnedFD(fd)
+        return try BPFProgramInfo(fd: owned.raw, operation: "bpf_prog_get_info_by_fd(\(path))")
+    }
+
     init(fd: Int32, operation: String) throws(BPFError) {
         var info = bpf_prog_info()
         var length = UInt32(MemoryLayout<bpf_prog_info>.size)

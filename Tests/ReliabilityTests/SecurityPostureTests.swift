@@ -15,7 +15,9 @@ import Testing
 struct SecurityPostureTests {
     /// The capabilities docs/SECURITY.md documents (the bpffs is mounted beforehand, as on a node
     /// where systemd or the kubelet mounted /sys/fs/bpf).
-    static let capabilities = ["bpf", "net_admin"]
+    /// CAP_PERFMON: the verifier refuses a packet pointer plus a variable offset (the IPv4 header
+    /// length) from programs loaded without it (Spectre v1 sanitising cannot cover packet pointers).
+    static let capabilities = ["bpf", "net_admin", "perfmon"]
 
     /// A wrapper that execs flanneld-xdp with a bounding set of only `caps` (uid 0 keeps no other).
     static func wrapper(caps: [String]) throws -> String {
@@ -39,14 +41,23 @@ struct SecurityPostureTests {
         let pid = try #require(cluster.daemons[a.name]?.pid)
         let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
         let bound = status.split(separator: "\n").first { $0.hasPrefix("CapBnd:") }.map { String($0.split(separator: "\t").last ?? "") } ?? ""
-        // CAP_NET_ADMIN = 12, CAP_BPF = 39.
-        #expect(UInt64(bound, radix: 16) == (UInt64(1) << 12 | UInt64(1) << 39), "CapBnd \(bound)")
-        #expect(try waitUntil(5) { try pinnedPeers(cluster, a) == [b.podSubnet] } != nil)
+        // CAP_NET_ADMIN = 12, CAP_PERFMON = 38, CAP_BPF = 39.
+        #expect(UInt64(bound, radix: 16) == (UInt64(1) << 12 | UInt64(1) << 38 | UInt64(1) << 39), "CapBnd \(bound)")
+        let log = cluster.daemonLog(a)
+        // With too few capabilities `--dataplane=auto` would fall back silently to another path.
+        #expect(log.contains("data path: BPF"), "not on the BPF path:\n\(log.suffix(2500))")
+        #expect(try waitUntil(5) { ((try? pinnedPeers(cluster, a)) ?? []) == [b.podSubnet] } != nil)
+        // The first echo may wait for neighbour resolution on a fresh node; then none may be lost.
+        #expect(try cluster.lab.waitForPing(from: a.podNamespace, to: b.podIP))
         let r = try cluster.lab.ping(from: a.podNamespace, to: b.podIP, count: 5, interval: 0.05)
         #expect(r.received == r.sent, "\(r)")
         // A restart over the existing pins and attachments, with the same set.
+        let idsBefore = try dataplaneIDs(cluster, a)
         cluster.killDaemon(a)
         try cluster.startDaemon(a)
+        let restartLog = cluster.daemonLog(a) // the log file starts afresh with each start
+        #expect(try dataplaneIDs(cluster, a) == idsBefore, "restart replaced programs or maps:\n\(restartLog.suffix(2000))")
+        #expect(restartLog.contains("data path: BPF") && !restartLog.contains("warning"), "\(restartLog.suffix(2500))")
         let again = try cluster.lab.ping(from: a.podNamespace, to: b.podIP, count: 5, interval: 0.05)
         #expect(again.received == again.sent, "after restart: \(again); log:\n\(cluster.daemonLog(a).suffix(1500))")
     }
