@@ -130,9 +130,14 @@ struct ClusterTests {
         defer { cluster.cleanup() }
         let stock = cluster.nodes[2]
         // The stand-in: flannel.1 exactly as flanneld makes it, its lease exactly as flanneld writes it.
+        // It joins after the flanneld-xdp nodes are up, so they learn it from the watch.
+        for node in cluster.nodes.prefix(2) { try cluster.startDaemon(node) }
         let standIn = try cluster.lab.makeFlannelStandIn(node: stock, vni: 1, port: 8472, vtepMAC: nil, subnet: stock.podSubnet)
         try cluster.putFlannelLease(subnet: stock.podSubnet, publicIP: stock.nodeIP, vtepMAC: standIn.vtepMAC)
-        for node in cluster.nodes.prefix(2) { try cluster.startDaemon(node) }
+        for node in cluster.nodes.prefix(2) {
+            let joined = try waitFor(5) { try pinnedPeerSubnets(cluster, node).contains(stock.podSubnet) }
+            #expect(joined != nil, "\(node.name) never learned the stock node's lease")
+        }
         // What flanneld on the stock node does for each flanneld-xdp lease: neighbour, fdb, route.
         for node in cluster.nodes.prefix(2) {
             let vtep = try cluster.lab.linkMAC(node.name, "flannel.1")
