@@ -279,6 +279,13 @@ struct NodeLifecycleTests {
         #expect(!map.contains(#""subnet":[10,5,9,0]"#), "a direct peer must not be in the BPF map: \(map)")
         #expect(map.contains(#""subnet":[10,5,30,0]"#), "\(map)")
         try await node.stopDaemon(SIGTERM)
+        // cleanup also removes the direct route on the underlay (found through subnet.env).
+        let cleanup = try runProgram("/usr/sbin/ip", ["netns", "exec", node.ns, node.binary, "cleanup", "--bpffs", node.bpffs],
+                                     environment: ["FLANNELD_SUBNET_FILE=\(node.subnetFile)", "PATH=/usr/sbin:/usr/bin:/bin"])
+        #expect(cleanup.status == 0, "\(cleanup.output)")
+        #expect(try node.route("10.5.9.0/24").isEmpty)
+        #expect(try node.route("10.5.30.0/24").isEmpty)
+        #expect(try node.route("192.0.2.0/24").contains("dev fxdu0"))
     }
 
     @Test("host-gw backend: routes via the peers' node IPs, host-gw leases only")
@@ -295,6 +302,11 @@ struct NodeLifecycleTests {
         #expect(try node.linkMAC("flannel.1") == nil)
         #expect(try #require(readText(node.subnetFile)).contains("FLANNEL_MTU=1500\n"))
         try await node.stopDaemon(SIGTERM)
+        #expect(try node.route("10.5.9.0/24").contains("via 192.0.2.19"))
+        let cleanup = try runProgram("/usr/sbin/ip", ["netns", "exec", node.ns, node.binary, "cleanup", "--bpffs", node.bpffs],
+                                     environment: ["FLANNELD_SUBNET_FILE=\(node.subnetFile)", "PATH=/usr/sbin:/usr/bin:/bin"])
+        #expect(cleanup.status == 0, "\(cleanup.output)")
+        #expect(try node.route("10.5.9.0/24").isEmpty)
     }
 
     @Test("--dataplane=userspace: the TUN is addressed and routed like flanneld's, the lease carries a stable VtepMAC")
@@ -306,7 +318,7 @@ struct NodeLifecycleTests {
         let ready = try await node.startDaemon(["--dataplane", "userspace"])
         #expect(ready.contains("userspace TUN flannel-u.1"))
         let address = try node.ip("-n", node.ns, "-4", "addr", "show", "dev", "flannel-u.1")
-        #expect(address.contains("inet 10.5.") && address.contains(".0/16"))
+        #expect(address.contains("inet 10.5.") && address.contains(".0/32"), "\(address)")
         #expect(try node.ip("-n", node.ns, "route", "show", "10.5.0.0/16").contains("dev flannel-u.1"))
         #expect(try node.linkMAC("flannel.1") == nil)
         #expect(try #require(readText(node.subnetFile)).contains("FLANNEL_MTU=1450\n"))
