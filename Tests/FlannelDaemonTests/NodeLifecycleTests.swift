@@ -233,6 +233,28 @@ struct NodeLifecycleTests {
         #expect(readText(node.daemonLog)?.contains("was lost") == true)
     }
 
+    @Test("BPF unusable: auto falls back to userspace with one line saying why; --dataplane=xdp refuses to start")
+    func bpfUnavailable() async throws {
+        let node = try await NetnsNode(hint: "f")
+        defer { node.close() }
+        try node.server.put("/coreos.com/network/config", #"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#)
+        let unusable = "/proc/fxd-no-bpffs" // nothing can be created or mounted there
+
+        let strict = try runProgram("/usr/sbin/ip", ["netns", "exec", node.ns, node.binary, "-iface=fxdu0", "--etcd-endpoints",
+                                                     node.server.url, "-bpffs=\(unusable)", "-dataplane=xdp",
+                                                     "--subnet-file=\(node.subnetFile)"])
+        #expect(strict.status != 0)
+        #expect(strict.output.contains("--dataplane=xdp was asked for but the BPF data path cannot run here"), "\(strict.output)")
+        #expect(try node.linkMAC("flannel.1") == nil)
+
+        let ready = try await node.startDaemon(["-bpffs=\(unusable)"])
+        #expect(ready.contains("userspace TUN flannel-u.1 (BPF unavailable:"), "\(ready)")
+        let log = readText(node.daemonLog) ?? ""
+        #expect(log.split(separator: "\n").filter { $0.contains("using the userspace path") }.count == 1, "\(log)")
+        #expect(try node.linkMAC("flannel.1") == nil)
+        try await node.stopDaemon(SIGTERM)
+    }
+
     @Test("SIGTERM while start-up waits for the network config: exit 0, nothing set up")
     func stopDuringStartup() async throws {
         let node = try await NetnsNode(hint: "w")
