@@ -182,6 +182,11 @@ final class TunToUDPWorker: @unchecked Sendable {
                     }
                     continue
                 }
+                if ready == dgramCapacity {  // only reachable after many multi-send super-packets
+                    sendBatch(ready, tally: &tally, errors: &errors)
+                    ready = 0
+                    segmenter?.reset()
+                }
                 let start = packet - framing.encapLength
                 framing.writeEncap(start, peerMAC: target.vtepMAC)
                 dgrams[ready] = cbpf_dgram(
