@@ -41,8 +41,9 @@ test: deps bpf
 	BPF_CLANG=$(BPF_CLANG) $(SWIFT) test --skip-build $(if $(FILTER),--filter $(FILTER),)
 
 demo: deps bpf
-	BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release
-	./scripts/demo.sh $$(BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release --show-bin-path)/flanneld-xdp
+	BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release --product flanneld-xdp
+	BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release --product fxdp-lab
+	$$(BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release --show-bin-path)/fxdp-lab demo
 
 bench: deps bpf
 	BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release

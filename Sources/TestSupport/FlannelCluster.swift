@@ -43,7 +43,7 @@ public final class FlannelCluster: @unchecked Sendable {
     /// `daemonPath`: the flanneld-xdp binary (absolute). `backend`: the network config's Backend JSON.
     public init(tag: String, api: ClusterEtcdAPI, daemonPath: String, nodes count: Int,
                 network: IPv4Subnet = IPv4Subnet(cidr: "10.5.0.0/16")!,
-                backend: String = #"{"Type":"vxlan"}"#) async throws {
+                backend: String = #"{"Type":"vxlan"}"#) throws {
         lab = try NetnsLab(tag: tag)
         self.api = api
         self.network = network
@@ -57,8 +57,8 @@ public final class FlannelCluster: @unchecked Sendable {
             try lab.sh(nil, ["/bin/mkdir", "-p", bpffsRoot])
             try lab.sh(nil, ["/bin/mount", "-t", "bpf", "bpf", bpffsRoot])
             try lab.sh(lab.wireNamespace, ["addr", "add", "\(etcdIP)/\(underlay.prefixLength)", "dev", "br0"])
-            try await startEtcd()
-            try await putConfig(#"{"Network":"\#(network)","Backend":\#(backend)}"#)
+            try startEtcd()
+            try putConfig(#"{"Network":"\#(network)","Backend":\#(backend)}"#)
             for i in 1...count { _ = try addNode(i) }
         } catch {
             cleanup()
@@ -151,7 +151,7 @@ public final class FlannelCluster: @unchecked Sendable {
 
     // MARK: - etcd
 
-    private func startEtcd() async throws {
+    private func startEtcd() throws {
         let dataDir = workDir + "/etcd"
         let peerURL = "http://127.0.0.1:2380"
         let args = ["/usr/bin/etcd", "--name", "fx", "--data-dir", dataDir,
@@ -166,7 +166,7 @@ public final class FlannelCluster: @unchecked Sendable {
                 throw LabError(command: args, message: "etcd exited: \(readFile(workDir + "/etcd.log").suffix(2000))")
             }
             if (try? etcdctl(3, ["endpoint", "health", "--command-timeout=1s"]))?.status == 0 { return }
-            try await Task.sleep(for: .milliseconds(100))
+            usleep(100_000)
         }
         throw LabError(command: args, message: "etcd not healthy after 30 s: \(readFile(workDir + "/etcd.log").suffix(2000))")
     }
@@ -184,7 +184,7 @@ public final class FlannelCluster: @unchecked Sendable {
     }
 
     /// Writes the network config in the cluster's API generation.
-    public func putConfig(_ json: String) async throws {
+    public func putConfig(_ json: String) throws {
         try put(prefix + "/config", json, ttl: nil)
     }
 
