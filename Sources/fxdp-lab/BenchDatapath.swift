@@ -205,6 +205,11 @@ struct DatapathRunner {
         CPUTimes.parse(procStat: readFile("/proc/stat"))
     }
 
+    /// utime + stime of this process (all threads), in ticks.
+    static func ownCPU() -> UInt64? {
+        ProcessCPU.parse(stat: readFile("/proc/self/stat"))
+    }
+
     /// iperf3 from pod 1 to pod 2 with `streams` streams.
     func iperf(_ pl: PathLab, streams: Int) throws -> IperfReport {
         let server = pl.nodes[1], client = pl.nodes[0]
@@ -233,15 +238,18 @@ struct DatapathRunner {
             samples.single.append(single.receivedBitsPerSecond / 1e9)
         } catch { samples.failures.append("single: \(error)") }
         do {
-            let before = Self.procStat()
+            let before = Self.procStat(), ownBefore = Self.ownCPU()
             let multi = try iperf(pl, streams: 4)
-            let after = Self.procStat()
+            let after = Self.procStat(), ownAfter = Self.ownCPU()
             samples.multi.append(multi.receivedBitsPerSecond / 1e9)
+            let bits = multi.receivedBytes * 8
             if let before, let after {
                 let busy = Double((after - before).busy) / Self.ticksPerSecond
-                if let c = BenchMath.cpuSecondsPerGigabit(busySeconds: busy, bits: multi.receivedBytes * 8) {
-                    samples.cpuPerGbit.append(c)
-                }
+                if let c = BenchMath.cpuSecondsPerGigabit(busySeconds: busy, bits: bits) { samples.cpuPerGbit.append(c) }
+            }
+            if let ownBefore, let ownAfter {
+                let own = Double(ownAfter &- ownBefore) / Self.ticksPerSecond
+                if let c = BenchMath.cpuSecondsPerGigabit(busySeconds: own, bits: bits) { samples.processCPUPerGbit.append(c) }
             }
         } catch { samples.failures.append("4-stream: \(error)") }
         do {

@@ -191,6 +191,7 @@ struct PathSamples: Sendable {
     var rrP99: [Double] = []         // µs
     var rrRate: [Double] = []        // transactions/s
     var cpuPerGbit: [Double] = []    // CPU-s per Gbit (whole machine, 4-stream run)
+    var processCPUPerGbit: [Double] = []  // CPU-s per Gbit of this process (the userspace path's threads)
     var failures: [String] = []
 }
 
@@ -203,6 +204,9 @@ struct PathSummary: Codable, Sendable {
     var rrP99Microseconds: Spread?
     var rrTransactionsPerSecond: Spread?
     var cpuSecondsPerGbit: Spread?
+    /// The bench process's own CPU over the same run: the userspace data path's threads live here
+    /// (for the kernel and BPF paths it is ~0: no userspace work per packet).
+    var processCPUSecondsPerGbit: Spread?
     /// Median of this path ÷ median of the kernel vxlan path (2), per metric.
     var ratioToKernelVXLAN: [String: Double]
     /// Median of this path ÷ median of the no-overlay path (1), per metric.
@@ -234,6 +238,7 @@ enum BenchSummary {
             return PathSummary(path: s.path, singleStreamGbps: Spread(s.single), fourStreamGbps: Spread(s.multi),
                                rrP50Microseconds: Spread(s.rrP50), rrP99Microseconds: Spread(s.rrP99),
                                rrTransactionsPerSecond: Spread(s.rrRate), cpuSecondsPerGbit: Spread(s.cpuPerGbit),
+                               processCPUSecondsPerGbit: Spread(s.processCPUPerGbit),
                                ratioToKernelVXLAN: toKernel, ratioToNoOverlay: toPlain, failures: s.failures)
         }
     }
@@ -268,10 +273,10 @@ enum BenchFormat {
 
     static func dataPathTables(_ summaries: [PathSummary]) -> String {
         let absolute = table(
-            header: ["path", "1-stream Gbit/s", "4-stream Gbit/s", "RR p50 µs", "RR p99 µs", "CPU-s/Gbit"],
+            header: ["path", "1-stream Gbit/s", "4-stream Gbit/s", "RR p50 µs", "RR p99 µs", "CPU-s/Gbit", "of which process"],
             rows: summaries.map { s in
                 [s.path, spread(s.singleStreamGbps), spread(s.fourStreamGbps), spread(s.rrP50Microseconds, 0),
-                 spread(s.rrP99Microseconds, 0), spread(s.cpuSecondsPerGbit)]
+                 spread(s.rrP99Microseconds, 0), spread(s.cpuSecondsPerGbit), spread(s.processCPUSecondsPerGbit)]
             })
         func ratios(_ pick: (PathSummary) -> [String: Double]) -> [[String]] {
             summaries.map { s in [s.path] + BenchSummary.metricKeys.map { number(pick(s)[$0]) } }
