@@ -14,7 +14,7 @@ BPF_HDRS   := $(wildcard bpf/*.h) Sources/CBPF/include/fxdp_shared.h
 
 # Debian packages the build, the tests, the demo and the bench use.
 DEB_PACKAGES := libbpf-dev libelf-dev libmnl-dev zlib1g-dev clang llvm bpftool iproute2 etcd-server \
-                etcd-client iperf3 tcpdump openssl libcap2-bin procps kmod
+                etcd-client iperf3 tcpdump openssl libcap2-bin procps kmod iputils-ping
 
 .PHONY: all deps build bpf test demo bench fuzz install clean cleanup-lab
 
@@ -41,8 +41,9 @@ test: deps bpf
 	BPF_CLANG=$(BPF_CLANG) $(SWIFT) test --skip-build $(if $(FILTER),--filter $(FILTER),)
 
 demo: deps bpf
-	BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release
-	./scripts/demo.sh $$(BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release --show-bin-path)/flanneld-xdp
+	BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release --product flanneld-xdp
+	BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release --product fxdp-lab
+	$$(BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release --show-bin-path)/fxdp-lab demo
 
 # Full run: rewrites the figures in BENCHMARKS.md. QUICK=1: the everyday run (< 3 min), results in
 # bench-results/ only. BENCH_ARGS passes more options (see `fxdp-lab bench --help`).

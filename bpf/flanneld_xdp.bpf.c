@@ -20,7 +20,8 @@
  * | encap              | destination in no peer subnet                            | TC_ACT_OK        | ENCAP_PASS_NO_PEER      |
  * | encap              | non-GSO > overlay MTU, or > 65535 once encapsulated      | TC_ACT_OK        | ENCAP_PASS_TOO_BIG      |
  * | encap              | fib lookup fails (no route, forwarding off, ...)         | TC_ACT_OK        | ENCAP_PASS_FIB          |
- * | encap              | adjust_room / store_bytes fails                          | TC_ACT_SHOT      | ENCAP_DROP_ADJUST       |
+ * | encap              | adjust_room refuses (already encapsulated skb, no memory)| TC_ACT_OK        | ENCAP_PASS_ADJUST       |
+ * | encap              | store_bytes fails after the room was made                | TC_ACT_SHOT      | ENCAP_DROP_ADJUST       |
  * | encap              | encapsulated, neighbour known                            | TC_ACT_REDIRECT  | ENCAP_OK                |
  * | encap              | encapsulated, neighbour unresolved (bpf_redirect_neigh)  | TC_ACT_REDIRECT  | ENCAP_OK_NEIGH          |
  * | decap (both)       | config map not filled / not enabled                      | PASS / OK        | DECAP_PASS_DISABLED     |
@@ -32,6 +33,7 @@
  * | decap (both)       | non-first fragment (no UDP header to classify)           | PASS / OK        | DECAP_PASS_FRAGMENT     |
  * | decap (both)       | UDP header truncated                                     | DROP / SHOT      | DECAP_DROP_MALFORMED    |
  * | decap (both)       | UDP to another port                                      | PASS / OK        | DECAP_PASS_NOT_VXLAN    |
+ * | decap (both)       | to our port but another destination IP (transit)         | PASS / OK        | DECAP_PASS_OTHER_HOST   |
  * | decap (both)       | to our port, first fragment (MF)                         | DROP / SHOT      | DECAP_DROP_FRAGMENT     |
  * | decap (both)       | to our port, outer IPv4 options                          | DROP / SHOT      | DECAP_DROP_IP_OPTIONS   |
  * | decap (both)       | to our port, source not in fxdp_nodes                    | DROP / SHOT      | DECAP_DROP_NOT_PEER     |
@@ -107,9 +109,11 @@ int fxdp_encap(struct __sk_buff *skb)
 	if (skb->protocol != bpf_htons(ETH_P_IP))
 		return fxdp_count_verdict(FXDP_C_ENCAP_PASS_NOT_IPV4, len, TC_ACT_OK);
 
-	/* Headers of forwarded packets can sit in paged data: make the 34 bytes we read linear. */
-	if ((long)skb->data + ETH_HLEN + (long)sizeof(struct iphdr) > (long)skb->data_end)
-		bpf_skb_pull_data(skb, ETH_HLEN + sizeof(struct iphdr));
+	/* Headers of forwarded packets can sit in paged data: make the Ethernet and IPv4 headers
+	 * (options included) linear. No-op when they already are. */
+	__u32 want = len < ETH_HLEN + 60 ? (__u32)len : ETH_HLEN + 60;
+	if ((long)skb->data + want > (long)skb->data_end)
+		bpf_skb_pull_data(skb, want);
 	struct fxdp_cursor cur = { .pos = (void *)(long)skb->data, .end = (void *)(long)skb->data_end };
 	struct iphdr *inner_ip = NULL;
 	if (!fxdp_parse_eth(&cur) || fxdp_parse_ipv4(&cur, &inner_ip) != FXDP_IPV4_OK || !inner_ip)
@@ -180,8 +184,10 @@ int fxdp_encap(struct __sk_buff *skb)
 	 * it as a UDP tunnel (and FIXED_GSO keeps gso_size: otherwise it shrinks by 50 per packet). */
 	__u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP |
 		      BPF_F_ADJ_ROOM_ENCAP_L2_ETH | BPF_F_ADJ_ROOM_ENCAP_L2(ETH_HLEN);
+	/* It refuses before changing anything (e.g. -EALREADY for an skb that already carries a
+	 * tunnel, like a pod's own VXLAN): the kernel device can still encapsulate that one. */
 	if (bpf_skb_adjust_room(skb, FXDP_VXLAN_OVERHEAD, BPF_ADJ_ROOM_MAC, flags))
-		return fxdp_count_verdict(FXDP_C_ENCAP_DROP_ADJUST, len, TC_ACT_SHOT);
+		return fxdp_count_verdict(FXDP_C_ENCAP_PASS_ADJUST, len, TC_ACT_OK);
 	/* inner_ip and cur are stale from here on: the helpers below take offsets, not pointers. */
 	if (bpf_skb_store_bytes(skb, 0, &h, sizeof(h), 0))
 		return fxdp_count_verdict(FXDP_C_ENCAP_DROP_ADJUST, len, TC_ACT_SHOT);
@@ -223,6 +229,10 @@ static __always_inline __u32 fxdp_classify_decap(void *data, void *data_end, con
 		return FXDP_C_DECAP_DROP_MALFORMED;
 	if (udp->dest != bpf_htons(cfg->udp_port))
 		return FXDP_C_DECAP_PASS_NOT_VXLAN;
+
+	/* VXLAN for another host that we merely route: the kernel forwards it as before. */
+	if (!fxdp_ip_equal(&ip->daddr, cfg->node_ip))
+		return FXDP_C_DECAP_PASS_OTHER_HOST;
 
 	/* From here on the datagram is addressed to the VXLAN socket: anything wrong is dropped. */
 	if (ip->frag_off & bpf_htons(FXDP_IP_MF))

@@ -72,6 +72,12 @@ static __always_inline struct fxdp_vxlanhdr *fxdp_parse_vxlan(struct fxdp_cursor
 	return vx;
 }
 
+static __always_inline int fxdp_ip_equal(const void *a, const __u8 *b)
+{
+	const __u8 *x = a;
+	return x[0] == b[0] && x[1] == b[1] && x[2] == b[2] && x[3] == b[3];
+}
+
 static __always_inline int fxdp_mac_equal(const __u8 *a, const __u8 *b)
 {
 	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] && a[5] == b[5];

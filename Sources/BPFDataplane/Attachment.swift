@@ -117,8 +117,14 @@ extension FlannelBPF {
     /// Attaches encap on the overlay's egress and decap on the underlay in `mode`, keeping what is
     /// already attached when it is the same program (see the file's design note). Acts in the
     /// calling thread's network namespace. Returns the resulting state.
+    /// - Parameter mode: nil chooses by the underlay's driver (`DecapMode.defaultMode(ifindex:)`).
     @discardableResult
-    public func attach(overlayIfindex: Int32, underlayIfindex: Int32, mode: DecapMode) throws -> AttachmentState {
+    public func attach(overlayIfindex: Int32, underlayIfindex: Int32, mode requested: DecapMode? = nil) throws -> AttachmentState {
+        let mode = requested ?? DecapMode.defaultMode(ifindex: underlayIfindex)
+        logger.info("attaching BPF data path", metadata: [
+            "overlay": "\(overlayIfindex)", "underlay": "\(underlayIfindex)", "decap": "\(mode)",
+            "chosen": "\(requested == nil ? "by driver" : "by flag")",
+        ])
         let encap = try program(.encap)
         try ensureTC(encap, ifindex: overlayIfindex, direction: .egress)
         switch mode {
@@ -185,7 +191,10 @@ extension FlannelBPF {
     private func ensureTC(_ program: BPFProgram, ifindex: Int32, direction: TCDirection) throws {
         let slot = (handle: FXDPSlots.tcHandle, priority: FXDPSlots.tcPriority)
         if let id = try TC.attachedProgramID(ifindex: ifindex, direction: direction, handle: slot.handle, priority: slot.priority) {
-            if try FlannelBPF.isSame(attachedID: id, as: program) { return }
+            if try FlannelBPF.isSame(attachedID: id, as: program) {
+                logger.debug("kept attached program", metadata: ["program": "\(program.name)", "id": "\(id)"])
+                return
+            }
             guard FlannelBPF.isOurs(id) else {
                 throw DataplaneError(operation: "attach(\(program.name), ifindex \(ifindex) \(direction))", errno: EEXIST,
                                      detail: "program id \(id) in TC slot \(slot.handle):\(slot.priority) is not ours",
@@ -193,18 +202,23 @@ extension FlannelBPF {
             }
         }
         try TC.attach(program, ifindex: ifindex, direction: direction, handle: slot.handle, priority: slot.priority)
+        logger.info("attached", metadata: ["program": "\(program.name)", "ifindex": "\(ifindex)", "hook": "tc \(direction)"])
     }
 
     private func ensureXDP(_ program: BPFProgram, ifindex: Int32) throws {
         for mode in [XDPMode.native, .generic] {
             guard let id = try XDP.attachedProgramID(ifindex: ifindex, mode: mode) else { continue }
-            if try FlannelBPF.isSame(attachedID: id, as: program) { return }
+            if try FlannelBPF.isSame(attachedID: id, as: program) {
+                logger.debug("kept attached program", metadata: ["program": "\(program.name)", "id": "\(id)"])
+                return
+            }
             guard FlannelBPF.isOurs(id) else {
                 throw DataplaneError(operation: "attach(\(program.name), ifindex \(ifindex) xdp)", errno: EEXIST,
                                      detail: "XDP program id \(id) (\(mode)) on the underlay is not ours",
                                      hint: "another XDP program owns this interface; remove it (ip link set dev … xdp off) or use --decap-mode=kernel")
             }
             try XDP.attach(program, ifindex: ifindex, mode: mode, replacing: id)
+            logger.info("replaced", metadata: ["program": "\(program.name)", "old id": "\(id)", "hook": "xdp \(mode)"])
             return
         }
         do {
@@ -212,6 +226,8 @@ extension FlannelBPF {
         } catch {
             // No native XDP in this driver: generic still works (slower; the default avoids it).
             guard error.errno == EOPNOTSUPP || error.errno == EINVAL else { throw error }
+            logger.warning("no native XDP on this interface: using generic XDP (slower; consider decap mode kernel)",
+                           metadata: ["ifindex": "\(ifindex)"])
             try XDP.attach(program, ifindex: ifindex, mode: .generic, replacing: nil)
         }
     }

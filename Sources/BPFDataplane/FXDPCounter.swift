@@ -14,6 +14,7 @@ public enum FXDPCounter: UInt32, CaseIterable, Sendable, CustomStringConvertible
     case encapPassFIB = 6
     case encapPassTooBig = 7
     case encapOKNeigh = 8
+    case encapPassAdjust = 9
 
     case decapOK = 16
     case decapCheckOK = 17
@@ -31,6 +32,7 @@ public enum FXDPCounter: UInt32, CaseIterable, Sendable, CustomStringConvertible
     case decapPassVLAN = 29
     case decapPassShort = 30
     case decapDropInnerNotIPv4 = 31
+    case decapPassOtherHost = 32
 
     /// The C constant this case mirrors.
     public var cValue: fxdp_counter { fxdp_counter(rawValue: rawValue) }
@@ -47,6 +49,7 @@ public enum FXDPCounter: UInt32, CaseIterable, Sendable, CustomStringConvertible
         case .encapPassFIB: "encap_pass_fib"
         case .encapPassTooBig: "encap_pass_too_big"
         case .encapOKNeigh: "encap_ok_neigh"
+        case .encapPassAdjust: "encap_pass_adjust"
         case .decapOK: "decap_ok"
         case .decapCheckOK: "decap_check_ok"
         case .decapPassNotVXLAN: "decap_pass_not_vxlan"
@@ -63,6 +66,7 @@ public enum FXDPCounter: UInt32, CaseIterable, Sendable, CustomStringConvertible
         case .decapPassVLAN: "decap_pass_vlan"
         case .decapPassShort: "decap_pass_short"
         case .decapDropInnerNotIPv4: "decap_drop_inner_not_ipv4"
+        case .decapPassOtherHost: "decap_pass_other_host"
         }
     }
 

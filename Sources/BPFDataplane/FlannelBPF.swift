@@ -38,7 +38,7 @@ public final class FlannelBPF: @unchecked Sendable {
     public let nodes: BPFMap<fxdp_node_key, fxdp_node_value>
     public let config: BPFMap<UInt32, fxdp_config>
     public let counterMap: PerCPUMap<UInt32, fxdp_count>
-    private let logger: Logger
+    let logger: Logger
 
     /// The embedded object's bytes (compiled from bpf/flanneld_xdp.bpf.c at build time).
     public static func embeddedObject() throws(DataplaneError) -> [UInt8] {

@@ -250,7 +250,7 @@ final class EtcdHTTPClient: Sendable {
                 collected += chunk.readBytes(length: chunk.readableBytes) ?? []
             }
         } catch {
-            throw mapError(error, endpoint)
+            throw mapErrorStatic(error, Self.label(endpoint, method, uri), options.requestTimeout)
         }
         return HTTPResponse(status: stream.status, headers: stream.headers, body: collected)
     }
@@ -284,13 +284,12 @@ final class EtcdHTTPClient: Sendable {
         let (parts, continuation) = AsyncThrowingStream<HTTPClientResponsePart, any Error>.makeStream()
         let ssl = endpoint.tls ? sslContext : nil
         let sniHost: String? = endpoint.isIPLiteral ? nil : endpoint.host
-        let idle = TimeAmount.nanoseconds(Int64(idleTimeout.components.seconds) * 1_000_000_000
-            + idleTimeout.components.attoseconds / 1_000_000_000)
+        let idle = idleTimeout.timeAmount
         let keepIdle = Int(options.keepAliveIdle.components.seconds)
         let keepInterval = Int(options.keepAliveInterval.components.seconds)
 
         let bootstrap = ClientBootstrap(group: group)
-            .connectTimeout(.seconds(options.connectTimeout.components.seconds))
+            .connectTimeout(options.connectTimeout.timeAmount)
             .channelOption(.socketOption(.so_keepalive), value: 1)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelOption(ChannelOptions.Types.SocketOption(level: .init(rawValue: Int32(IPPROTO_TCP)), name: .init(rawValue: TCP_KEEPIDLE)), value: keepIdle)
@@ -341,9 +340,9 @@ final class EtcdHTTPClient: Sendable {
             responseHead = h
         } catch {
             close()
-            throw mapError(error, endpoint)
+            throw mapErrorStatic(error, Self.label(endpoint, method, uri), idleTimeout)
         }
-        let endpointName = endpoint.description
+        let endpointName = Self.label(endpoint, method, uri)
         let chunks = AsyncThrowingStream<ByteBuffer, any Error> {
             do {
                 while let part = try await iterator.it.next() {
@@ -364,8 +363,9 @@ final class EtcdHTTPClient: Sendable {
                                      endpoint: endpoint, chunks: chunks, close: close)
     }
 
-    func mapError(_ error: any Error, _ endpoint: EtcdEndpoint) -> any Error {
-        mapErrorStatic(error, endpoint.description, options.requestTimeout)
+    /// "http://10.0.0.1:2379 (PUT /v2/keys/coreos.com/network/subnets/10.5.1.0-24)" for error messages.
+    static func label(_ endpoint: EtcdEndpoint, _ method: HTTPMethod, _ uri: String) -> String {
+        "\(endpoint) (\(method.rawValue) \(uri.split(separator: "?", maxSplits: 1).first ?? ""))"
     }
 }
 
@@ -472,5 +472,11 @@ extension String {
             }
         }
         return out
+    }
+}
+
+extension Duration {
+    var timeAmount: TimeAmount {
+        .nanoseconds(components.seconds * 1_000_000_000 + components.attoseconds / 1_000_000_000)
     }
 }

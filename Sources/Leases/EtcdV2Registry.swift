@@ -41,15 +41,19 @@ public final class EtcdV2Registry: SubnetRegistry {
         return V2Error(code: Int(code), message: message, index: doc["index"]?.int64Value)
     }
 
-    private func fail(_ op: String, _ r: HTTPResponse) -> RegistryError {
-        if let e = v2Error(r) { return .server(operation: op, status: r.status, message: "errorCode \(e.code): \(e.message)") }
+    private func fail(_ op: String, _ r: HTTPResponse) -> any Error {
+        if let e = v2Error(r) {
+            // 110: insufficient credentials (v2 auth with the guest role revoked).
+            if e.code == 110 { return EtcdClientError.authentication("\(op): \(e.message)") }
+            return RegistryError.server(operation: op, status: r.status, message: "errorCode \(e.code): \(e.message)")
+        }
         if r.status == 404 {
-            return .server(operation: op, status: 404, message: "the v2 API is not served: start etcd with --enable-v2=true, or use the v3 API")
+            return RegistryError.server(operation: op, status: 404, message: "the v2 API is not served: start etcd with --enable-v2=true, or use the v3 API")
         }
         if r.status == 401 {
-            return .server(operation: op, status: 401, message: "unauthorized: check --etcd-username/--etcd-password")
+            return EtcdClientError.authentication("\(op): HTTP 401")
         }
-        return .server(operation: op, status: r.status, message: String(r.bodyText.prefix(200)))
+        return RegistryError.server(operation: op, status: r.status, message: String(r.bodyText.prefix(200)))
     }
 
     private func parse(_ op: String, _ r: HTTPResponse) throws -> JSONValue {

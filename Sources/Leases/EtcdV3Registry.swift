@@ -227,6 +227,7 @@ public final class EtcdV3Registry: SubnetRegistry {
         let (stream, continuation) = AsyncThrowingStream<[LeaseWatchEvent], any Error>.makeStream()
         let task = Task { [self] in
             var next = fromRevision
+            var tokenRefreshes = 0
             do {
                 while !Task.isCancelled {
                     let request = JSONValue.object([JSONMember("create_request", .object([
@@ -262,6 +263,7 @@ public final class EtcdV3Registry: SubnetRegistry {
                                 if let events = try handleWatchLine(line, next: &next, requested: fromRevision), !events.isEmpty {
                                     continuation.yield(events)
                                 }
+                                tokenRefreshes = 0
                             }
                         }
                         if !pending.isEmpty, let events = try handleWatchLine(pending, next: &next, requested: fromRevision), !events.isEmpty {
@@ -271,6 +273,12 @@ public final class EtcdV3Registry: SubnetRegistry {
                         throw EtcdClientError.closed(endpoint: s.endpoint.description)
                     } catch EtcdClientError.timeout {
                         // Idle longer than the watch timeout: reopen from where we are.
+                        continue
+                    } catch is WatchTokenExpired {
+                        // Simple tokens expire (--auth-token-ttl) and vanish when etcd restarts.
+                        tokenRefreshes += 1
+                        guard tokenRefreshes <= 3 else { throw EtcdClientError.authentication("watch: token refused after re-authenticating") }
+                        _ = try await authHeaders(refresh: true)
                         continue
                     }
                 }
@@ -300,8 +308,9 @@ public final class EtcdV3Registry: SubnetRegistry {
             throw RegistryError.historyUnavailable(requested: next, detail: "revision compacted (oldest available \(compact))")
         }
         if result["canceled"]?.boolValue == true {
-            throw RegistryError.server(operation: "watch", status: 0,
-                                       message: "watch canceled by the server: \(result["cancel_reason"]?.stringValue ?? "no reason given")")
+            let reason = result["cancel_reason"]?.stringValue ?? "no reason given"
+            if credentials != nil, reason.contains("invalid auth token") { throw WatchTokenExpired() }
+            throw RegistryError.server(operation: "watch", status: 0, message: "watch canceled by the server: \(reason)")
         }
         var events: [LeaseWatchEvent] = []
         for ev in result["events"]?.arrayValue ?? [] {
@@ -320,6 +329,8 @@ public final class EtcdV3Registry: SubnetRegistry {
         return events
     }
 }
+
+private struct WatchTokenExpired: Error {}
 
 extension Optional {
     func asyncMap<U>(_ transform: (Wrapped) async throws -> U) async throws -> U? {

@@ -87,8 +87,11 @@ public actor SubnetManager {
     private let errorLog: RateLimitedLog
 
     public private(set) var ownLease: Lease?
+    /// The config of the last `acquireLease`.
+    public private(set) var acquiredConfig: NetworkConfig?
     private var ownExpiry: ContinuousClock.Instant?
     private var lost = false
+    private var lostEvent: LeaseLost?
     private var releasing = false
 
     public init(registry: any SubnetRegistry, counters: LeaseCounters = LeaseCounters(),
@@ -112,6 +115,7 @@ public actor SubnetManager {
     /// Acquires a subnet for a node with `attributes` (its PublicIP identifies it).
     public func acquireLease(config: NetworkConfig, attributes: LeaseAttributes,
                              previousSubnet: IPv4Subnet? = nil) async throws -> Lease {
+        acquiredConfig = config
         let value = attributes.json
         for attempt in 1...max(1, options.acquireAttempts) {
             let listing = try await registry.listLeases()
@@ -124,6 +128,15 @@ public actor SubnetManager {
             }
             func free(_ s: IPv4Subnet) -> Bool {
                 !taken.contains(s) && !odd.contains(where: { $0.overlaps(s) })
+            }
+
+            // Our leases from an older config (another Network or SubnetLen) are deleted, as flannel
+            // does; reservations are an administrator's and stay.
+            for rec in listing.records where !rec.isReservation {
+                guard let s = LeaseDecoder.subnet(fromKey: rec.name), !config.allows(s),
+                      case .success(let a) = LeaseDecoder.parseAttributes(rec.value), a.publicIP == attributes.publicIP else { continue }
+                logger.info("deleting our lease \(s): it does not fit the current config (\(config.network), /\(config.subnetLen))")
+                try? await registry.deleteLease(name: rec.name, expectedRevision: rec.revision)
             }
 
             // 1. Our own lease (or a reservation made for our PublicIP).
@@ -176,6 +189,7 @@ public actor SubnetManager {
         ownLease = lease
         ownExpiry = lease.isReservation ? nil : ContinuousClock.now + options.leaseTTL
         lost = false
+        lostEvent = nil
         return lease
     }
 
@@ -184,7 +198,8 @@ public actor SubnetManager {
     /// Renews now. Throws `LeaseLost` (and fires `ownLeaseLost`) if the subnet is someone else's.
     @discardableResult
     public func renewLease() async throws -> Lease {
-        guard var own = ownLease, !lost else { throw AcquireError.notAcquired }
+        if lost, let lostEvent { throw lostEvent }
+        guard var own = ownLease else { throw AcquireError.notAcquired }
         let ttl: Duration? = own.isReservation ? nil : options.leaseTTL
         let value = own.attributes.json
         for _ in 0..<3 {
@@ -222,6 +237,7 @@ public actor SubnetManager {
         let event = LeaseLost(lease: lease, holder: holder, reason: reason)
         if !lost {
             lost = true
+            lostEvent = event
             logger.error("\(event): stopping renewals; restart to acquire a lease again")
             lostContinuation.yield(event)
         }
@@ -236,7 +252,7 @@ public actor SubnetManager {
         while true {
             try Task.checkCancellation()
             guard let own = ownLease else { throw AcquireError.notAcquired }
-            if lost { throw LeaseLost(lease: own, holder: nil, reason: "lost") }
+            if lost, let lostEvent { throw lostEvent }
             guard let expiry = ownExpiry else {
                 // A reservation does not expire; the watch reports if someone takes it.
                 try await Task.sleep(for: options.relistInterval)
@@ -309,8 +325,14 @@ public actor SubnetManager {
         (ownLease?.subnet, ownLease?.attributes.publicIP)
     }
 
-    /// The peers' leases as one clean event stream (see `PeerEvent`). Runs until the consumer stops.
-    /// `publicIP` (defaults to our lease's) filters out our own leases.
+    /// `watchPeers(config:)` with the config the lease was acquired under.
+    public func watchPeers() throws -> AsyncStream<PeerEvent> {
+        guard let acquiredConfig else { throw AcquireError.notAcquired }
+        return watchPeers(config: acquiredConfig)
+    }
+
+    /// The peers' leases as one clean event stream (see `PeerEvent`). Runs until the consumer stops
+    /// iterating (or drops the stream). Leases with our subnet or our PublicIP are left out.
     public nonisolated func watchPeers(config: NetworkConfig) -> AsyncStream<PeerEvent> {
         let (stream, continuation) = AsyncStream<PeerEvent>.makeStream()
         let watcher = PeerWatcher(manager: self, config: config, continuation: continuation)
@@ -338,7 +360,7 @@ private final class PeerWatcher: Sendable {
         case relistDue
     }
 
-    private enum ListReason { case initial, history, periodic, recovery }
+    private enum ListReason { case initial, history, periodic }
 
     func run() async {
         var state = State()
@@ -355,7 +377,7 @@ private final class PeerWatcher: Sendable {
             do {
                 if let reason = listReason {
                     let listing = try await manager.registry.listLeases()
-                    await reconcile(listing, state: &state, counting: reason == .periodic || reason == .history || reason == .recovery)
+                    await reconcile(listing, state: &state, counting: reason != .initial)
                     revision = listing.revision
                     listReason = nil
                 }
@@ -373,7 +395,7 @@ private final class PeerWatcher: Sendable {
                     }
                 }
                 let timer = Task {
-                    try? await Task.sleep(for: options.relistInterval)
+                    guard (try? await Task.sleep(for: options.relistInterval)) != nil else { return }
                     inputContinuation.yield(.relistDue)
                 }
                 defer {
@@ -415,9 +437,8 @@ private final class PeerWatcher: Sendable {
                 if errorLog.allow(errorClass(error)) {
                     logger.warning("lease watch: \(error); reconnecting with backoff (up to \(options.backoffMax))")
                 }
-                if listReason == .initial { /* keep: the snapshot is still owed */ } else if listReason == nil {
-                    // Resume from `revision`; a compacted one comes back as historyUnavailable.
-                }
+                // A pending list (initial, history) is retried as such; otherwise the watch resumes
+                // from `revision`, and if that was compacted meanwhile it comes back as historyUnavailable.
                 do { try await Task.sleep(for: backoff) } catch { break }
                 backoff = min(backoff * 2, options.backoffMax)
             }
@@ -453,7 +474,7 @@ private final class PeerWatcher: Sendable {
                                    revision: rec.revision, config: config) {
         case .success(let lease): return lease
         case .failure(let rejected):
-            let tag = "\(rec.name)@\(rec.revision)"
+            let tag = "\(rec.name.prefix(128))@\(rec.revision)"
             if !state.loggedRejections.contains(tag) {
                 if state.loggedRejections.count > 10_000 { state.loggedRejections.removeAll() }
                 state.loggedRejections.insert(tag)

@@ -76,20 +76,22 @@ public struct VXLANLinkSpec: Hashable, Sendable {
     public var underlayIndex: Int32?
     public var port: UInt16
     public var learning: Bool
+    /// Group Based Policy extension (IFLA_VXLAN_GBP).
+    public var gbp: Bool
     /// nil: the kernel picks a random locally administered MAC.
     public var mac: MACAddress?
     /// nil: the kernel derives it (underlay MTU − 50).
     public var mtu: Int?
 
     public init(name: String, vni: UInt32, local: IPv4Address?, underlayIndex: Int32?, port: UInt16 = 8472,
-                learning: Bool = false, mac: MACAddress? = nil, mtu: Int? = nil) {
+                learning: Bool = false, gbp: Bool = false, mac: MACAddress? = nil, mtu: Int? = nil) {
         self.name = name; self.vni = vni; self.local = local; self.underlayIndex = underlayIndex
-        self.port = port; self.learning = learning; self.mac = mac; self.mtu = mtu
+        self.port = port; self.learning = learning; self.gbp = gbp; self.mac = mac; self.mtu = mtu
     }
 
     public var description: String {
         "\(name) type vxlan id \(vni)" + (local.map { " local \($0)" } ?? "") + (underlayIndex.map { " dev #\($0)" } ?? "")
-            + " dstport \(port)" + (learning ? "" : " nolearning") + (mac.map { " address \($0)" } ?? "")
+            + " dstport \(port)" + (learning ? "" : " nolearning") + (gbp ? " gbp" : "") + (mac.map { " address \($0)" } ?? "")
             + (mtu.map { " mtu \($0)" } ?? "")
     }
 }
@@ -185,6 +187,7 @@ extension NetlinkSocket {
                 if let l = spec.local { req.put(RT.vxlanLocal, l.bytes) }
                 req.putU8(RT.vxlanLearning, spec.learning ? 1 : 0)
                 req.putBE16(RT.vxlanPort, spec.port)
+                if spec.gbp { req.put(RT.vxlanGBP, []) } // a flag: present means on
             }
         }
         try execute(req, describe: { spec.description })

@@ -19,7 +19,7 @@ import Logging
 import NetTypes
 import Netlink
 
-/// The vxlan device as `ensure` left it.
+/// The vxlan device as `ensure` (and then `configure`) left it.
 public struct FlannelVXLANDevice: Hashable, Sendable, CustomStringConvertible {
     /// How `ensure` came by the device.
     public enum Origin: Hashable, Sendable {
@@ -40,28 +40,33 @@ public struct FlannelVXLANDevice: Hashable, Sendable, CustomStringConvertible {
     public var localIP: IPv4Address
     public var underlayIndex: Int32
     public var mtu: Int
-    public var subnet: IPv4Subnet
+    /// This node's lease subnet once `configure` gave the device <subnet>.0/32; nil before.
+    public var subnet: IPv4Subnet?
     public var origin: Origin
 
     public var description: String {
-        "\(name) (ifindex \(index), vxlan id \(vni) local \(localIP) dstport \(port), mac \(mac), mtu \(mtu), \(subnet.address)/32)"
+        "\(name) (ifindex \(index), vxlan id \(vni) local \(localIP) dstport \(port), mac \(mac), mtu \(mtu)"
+            + (subnet.map { ", \($0.address)/32" } ?? "") + ")"
     }
 
     /// "flannel.<vni>", the name flanneld gives the device.
     public static func name(vni: UInt32) -> String { "flannel.\(vni)" }
 
-    /// Creates or adopts `flannel.<vni>` and configures it as flanneld does; see the file's note.
+    /// Creates or adopts `flannel.<vni>` as flanneld does (see the file's note) and sets its MTU.
+    /// flanneld does this before it has a lease — the lease publishes the device's MAC — and
+    /// addresses the device afterwards: call `configure(subnet:network:)` once the lease is known,
+    /// or pass `subnet` here to do both.
     ///
     /// - Parameters:
     ///   - mtu: the device MTU; nil means the underlay's MTU − 50 (VXLAN's overhead), as flanneld.
     ///   - preferredMAC: the MAC for a device that has to be created (e.g. the VtepMAC of our
     ///     previous lease); nil lets the kernel pick a random one. An adopted device keeps its own.
-    ///   - subnet: this node's lease subnet; the device gets <subnet>.0/32.
-    ///   - network: the flannel network; other addresses inside it are removed from the device.
-    ///   - learning: flannel's `Learning` option (off by default).
+    ///   - learning, gbp: flannel's `Learning` and `GBP` options (off by default).
+    ///   - subnet, network: as for `configure`; nil leaves the device unaddressed (and as it was, up or down).
     public static func ensure(
         vni: UInt32, port: UInt16 = 8472, localIP: IPv4Address, underlayIndex: Int32, mtu: Int? = nil,
-        preferredMAC: MACAddress? = nil, subnet: IPv4Subnet, network: IPv4Subnet? = nil, learning: Bool = false,
+        preferredMAC: MACAddress? = nil, learning: Bool = false, gbp: Bool = false,
+        subnet: IPv4Subnet? = nil, network: IPv4Subnet? = nil,
         netlink nl: inout NetlinkSocket, logger: Logger = Logger(label: "flanneld-xdp.overlay")
     ) throws(OverlayError) -> FlannelVXLANDevice {
         let name = name(vni: vni)
@@ -73,13 +78,56 @@ public struct FlannelVXLANDevice: Hashable, Sendable, CustomStringConvertible {
         }
         guard let underlay else { throw .underlayMissing(index: underlayIndex) }
         let spec = VXLANLinkSpec(name: name, vni: vni, local: localIP, underlayIndex: underlayIndex, port: port,
-                                 learning: learning, mac: preferredMAC, mtu: mtu ?? (underlay.mtu - 50))
-        do {
+                                 learning: learning, gbp: gbp, mac: preferredMAC, mtu: mtu ?? (underlay.mtu - 50))
+        let device: FlannelVXLANDevice
+        do throws(NetlinkError) {
             let (link, origin) = try createOrAdopt(spec, nl: &nl, logger: logger)
-            return try configure(link, origin: origin, spec: spec, subnet: subnet, network: network, nl: &nl, logger: logger)
+            if let mtu = spec.mtu, link.mtu != mtu { try nl.setMTU(index: link.index, mtu: mtu) }
+            guard let final = try nl.link(index: link.index), let mac = final.mac else {
+                throw NetlinkError(operation: "RTM_GETLINK", object: "dev \(name) after creating it", errno: ENODEV)
+            }
+            device = FlannelVXLANDevice(name: final.name, index: final.index, mac: mac, vni: vni, port: final.vxlan?.port ?? port,
+                                        localIP: localIP, underlayIndex: underlayIndex, mtu: final.mtu, subnet: nil, origin: origin)
         } catch {
             throw .netlink(error, while: "ensuring \(name)")
         }
+        guard let subnet else { return device }
+        return try device.configure(subnet: subnet, network: network, netlink: &nl, logger: logger)
+    }
+
+    /// Gives the device exactly one address of the flannel network, <subnet>.0/32, and brings it up
+    /// (idempotent, as flanneld's Configure). Other addresses inside `network` (an older lease) are
+    /// removed; addresses outside it are left alone.
+    public func configure(
+        subnet: IPv4Subnet, network: IPv4Subnet?, netlink nl: inout NetlinkSocket,
+        logger: Logger = Logger(label: "flanneld-xdp.overlay")
+    ) throws(OverlayError) -> FlannelVXLANDevice {
+        let want = subnet.address
+        do {
+            guard let link = try nl.link(index: index), link.name == name else {
+                throw OverlayError.deviceMissing(name: name, index: index)
+            }
+            var hasAddress = false
+            for a in try nl.addresses(index: index) {
+                if a.address == want && a.prefixLength == 32 {
+                    hasAddress = true
+                } else if let network, network.contains(a.address) {
+                    try nl.deleteAddress(a.address, prefixLength: a.prefixLength, index: index)
+                    logger.info("removed stale address \(a.address)/\(a.prefixLength) from \(name)")
+                }
+            }
+            if !hasAddress { try nl.addAddress(want, prefixLength: 32, index: index) }
+            if !link.isUp { try nl.setLink(index: index, up: true) }
+        } catch let e as OverlayError {
+            throw e
+        } catch let e as NetlinkError {
+            throw .netlink(e, while: "configuring \(name) with \(want)/32")
+        } catch {
+            throw .netlink(NetlinkError(operation: "configure", object: name, errno: EIO), while: "\(error)")
+        }
+        var configured = self
+        configured.subnet = subnet
+        return configured
     }
 
     private static func createOrAdopt(
@@ -110,31 +158,6 @@ public struct FlannelVXLANDevice: Hashable, Sendable, CustomStringConvertible {
         return (try nl.createVXLAN(spec), .replaced(reason: reason))
     }
 
-    private static func configure(
-        _ link: LinkInfo, origin: Origin, spec: VXLANLinkSpec, subnet: IPv4Subnet, network: IPv4Subnet?,
-        nl: inout NetlinkSocket, logger: Logger
-    ) throws(NetlinkError) -> FlannelVXLANDevice {
-        let want = subnet.address
-        var hasAddress = false
-        for a in try nl.addresses(index: link.index) {
-            if a.address == want && a.prefixLength == 32 {
-                hasAddress = true
-            } else if let network, network.contains(a.address) {
-                try nl.deleteAddress(a.address, prefixLength: a.prefixLength, index: link.index)
-                logger.info("removed stale address \(a.address)/\(a.prefixLength) from \(link.name)")
-            }
-        }
-        if !hasAddress { try nl.addAddress(want, prefixLength: 32, index: link.index) }
-        if let mtu = spec.mtu, link.mtu != mtu { try nl.setMTU(index: link.index, mtu: mtu) }
-        if !link.isUp { try nl.setLink(index: link.index, up: true) }
-        guard let final = try nl.link(index: link.index), let mac = final.mac else {
-            throw NetlinkError(operation: "RTM_GETLINK", object: "dev \(link.name) after configuring it", errno: ENODEV)
-        }
-        return FlannelVXLANDevice(name: final.name, index: final.index, mac: mac, vni: spec.vni, port: final.vxlan?.port ?? spec.port,
-                                  localIP: spec.local ?? IPv4Address(0), underlayIndex: spec.underlayIndex ?? 0,
-                                  mtu: final.mtu, subnet: subnet, origin: origin)
-    }
-
     /// Why `existing` cannot serve as the wanted device, or nil if it can. The same settings
     /// flanneld compares; a side that leaves a setting unspecified (0 / none) matches anything.
     public static func incompatibility(existing: LinkInfo, wanted: VXLANLinkSpec) -> String? {
@@ -149,7 +172,7 @@ public struct FlannelVXLANDevice: Hashable, Sendable, CustomStringConvertible {
         if let group = v.group { return "group address: \(group) vs none" }
         if v.l2miss { return "l2miss: true vs false" }
         if v.port != 0 && wanted.port != 0 && v.port != wanted.port { return "port: \(v.port) vs \(wanted.port)" }
-        if v.gbp { return "gbp: true vs false" }
+        if v.gbp != wanted.gbp { return "gbp: \(v.gbp) vs \(wanted.gbp)" }
         return nil
     }
 }
@@ -159,6 +182,8 @@ public enum OverlayError: Error, CustomStringConvertible, Sendable {
     case underlayMissing(index: Int32)
     case netlink(NetlinkError, while: String)
     case peerWithoutVtepMAC(Peer)
+    /// The device a peer table was made for is gone or was recreated (another ifindex).
+    case deviceMissing(name: String, index: Int32)
 
     public var description: String {
         switch self {
@@ -166,6 +191,8 @@ public enum OverlayError: Error, CustomStringConvertible, Sendable {
             "the underlay interface (ifindex \(i)) does not exist: check --iface and that the interface is up"
         case .netlink(let e, let context):
             "\(context): \(e)"
+        case .deviceMissing(let name, let index):
+            "\(name) (ifindex \(index)) is gone or was recreated: run FlannelVXLANDevice.ensure again and make a new peer table"
         case .peerWithoutVtepMAC(let p):
             "peer \(p) has no VtepMAC: a vxlan peer's lease must carry BackendData.VtepMAC (or mark it direct)"
         }

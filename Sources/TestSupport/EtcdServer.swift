@@ -46,6 +46,7 @@ public final class EtcdServer: Sendable {
     public let etcdctlTLS: (ca: String, cert: String, key: String)?
     private let pid = Mutex<pid_t>(0)
     private let logPath: String
+    private let extraArguments: [String]
 
     public var clientURL: String { (tls == nil ? "http" : "https") + "://127.0.0.1:\(clientPort)" }
     public var peerURL: String { "http://127.0.0.1:\(peerPort)" }
@@ -54,8 +55,10 @@ public final class EtcdServer: Sendable {
     private static let counter = Mutex(0)
 
     /// Starts etcd and waits until it answers. `tag` names the data dir (e.g. the test's area).
+    /// `extraArguments` are appended to etcd's command line (e.g. `--auth-token-ttl=1`).
     public static func start(tag: String = "fx", tls: EtcdServerTLS? = nil,
-                             etcdctlTLS: (ca: String, cert: String, key: String)? = nil) async throws -> EtcdServer {
+                             etcdctlTLS: (ca: String, cert: String, key: String)? = nil,
+                             extraArguments: [String] = []) async throws -> EtcdServer {
         let n = counter.withLock { $0 += 1; return $0 }
         // tmpfs: etcd fsyncs every write, and tens of test servers fsyncing to one disk stall for seconds.
         let base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp"
@@ -69,7 +72,7 @@ public final class EtcdServer: Sendable {
         for _ in 0..<5 {
             let (client, peer) = try freePortPair()
             let server = EtcdServer(clientPort: client, peerPort: peer, dataDir: dir + "/data", logPath: dir + "/etcd.log",
-                                    tls: tls, etcdctlTLS: etcdctlTLS)
+                                    tls: tls, etcdctlTLS: etcdctlTLS, extraArguments: extraArguments)
             do {
                 try await server.launch()
                 return server
@@ -87,7 +90,8 @@ public final class EtcdServer: Sendable {
     }
 
     private init(clientPort: Int, peerPort: Int, dataDir: String, logPath: String, tls: EtcdServerTLS?,
-                 etcdctlTLS: (ca: String, cert: String, key: String)?) {
+                 etcdctlTLS: (ca: String, cert: String, key: String)?, extraArguments: [String]) {
+        self.extraArguments = extraArguments
         self.clientPort = clientPort
         self.peerPort = peerPort
         self.dataDir = dataDir
@@ -118,48 +122,65 @@ public final class EtcdServer: Sendable {
             args += ["--cert-file", tls.certFile, "--key-file", tls.keyFile, "--trusted-ca-file", tls.trustedCAFile]
             if tls.clientCertAuth { args += ["--client-cert-auth"] }
         }
-        return args
+        return args + extraArguments
     }
 
     private func launch() async throws {
         let p = try spawn(arguments, stdoutPath: logPath, appendOutput: true)
         pid.withLock { $0 = p }
-        let deadline = ContinuousClock.now + .seconds(20)
+        let deadline = ContinuousClock.now + .seconds(30)
         while ContinuousClock.now < deadline {
             var status: Int32 = 0
             if waitpid(p, &status, WNOHANG) == p {
                 pid.withLock { $0 = 0 }
                 throw EtcdServerError("etcd exited during startup (status \(status)); log: \(readFile(logPath).suffix(2000))")
             }
-            let r = try? etcdctl(api: 3, ["endpoint", "health", "--command-timeout=1s"])
-            if let r, r.status == 0 { return }
+            // A cheap connect first; etcdctl (a Go process per try) only once the port listens.
+            // `endpoint status` rather than `health`: it also answers when auth is enabled.
+            if acceptsConnections(clientPort) {
+                let r = try? await etcdctlAsync(api: 3, ["endpoint", "status", "--command-timeout=2s"])
+                if let r, r.status == 0 { return }
+            }
             try await Task.sleep(for: .milliseconds(100))
         }
         kill()
-        throw EtcdServerError("etcd did not become healthy within 20 s; log: \(readFile(logPath).suffix(2000))")
+        throw EtcdServerError("etcd did not become healthy within 30 s; log: \(readFile(logPath).suffix(2000))")
     }
 
-    /// SIGTERM and wait (data dir and ports kept for `restart()`).
+    /// SIGTERM and wait (data dir and ports kept for `restart()`). Blocks the calling thread while
+    /// etcd shuts down; async code with many parallel servers should use `stopAsync()`.
     public func stop() {
-        signalAndWait(SIGTERM)
+        let p = pid.withLock { v -> pid_t in let p = v; v = 0; return p }
+        guard p > 0 else { return }
+        Glibc.kill(p, SIGTERM)
+        var status: Int32 = 0
+        while waitpid(p, &status, 0) < 0, errno == EINTR {}
+    }
+
+    /// SIGTERM and wait without blocking a thread (SIGKILL after 10 s).
+    public func stopAsync() async {
+        let p = pid.withLock { v -> pid_t in let p = v; v = 0; return p }
+        guard p > 0 else { return }
+        Glibc.kill(p, SIGTERM)
+        let deadline = ContinuousClock.now + .seconds(10)
+        while await !reaped(p) {
+            if ContinuousClock.now > deadline { Glibc.kill(p, SIGKILL) }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
     }
 
     /// SIGKILL and wait.
     public func kill() {
-        signalAndWait(SIGKILL)
-    }
-
-    private func signalAndWait(_ sig: Int32) {
         let p = pid.withLock { v -> pid_t in let p = v; v = 0; return p }
         guard p > 0 else { return }
-        Glibc.kill(p, sig)
+        Glibc.kill(p, SIGKILL)
         var status: Int32 = 0
         while waitpid(p, &status, 0) < 0, errno == EINTR {}
     }
 
     /// Starts etcd again on the same ports with the same data.
     public func restart() async throws {
-        stop()
+        await stopAsync()
         try await launch()
     }
 
@@ -170,9 +191,33 @@ public final class EtcdServer: Sendable {
         _ = try? runCommand(["/bin/rm", "-rf", dir])
     }
 
-    /// Runs Debian's etcdctl against this server (ETCDCTL_API=2 or 3).
+    /// Runs Debian's etcdctl against this server (ETCDCTL_API=2 or 3). Blocks the calling thread
+    /// until etcdctl exits: from async tests prefer `etcdctlAsync` (blocked cooperative threads
+    /// stall every other test in the process).
     @discardableResult
     public func etcdctl(api: Int, _ args: [String]) throws -> CommandResult {
+        try runCommand(etcdctlArguments(api: api) + args, environment: ["ETCDCTL_API=\(api)"])
+    }
+
+    /// Like `etcdctl` but throws with the output when it fails.
+    @discardableResult
+    public func etcdctlChecked(api: Int, _ args: [String]) throws -> String {
+        try checked(api, args, try etcdctl(api: api, args))
+    }
+
+    /// `etcdctl` that waits without blocking a thread.
+    @discardableResult
+    public func etcdctlAsync(api: Int, _ args: [String]) async throws -> CommandResult {
+        try await runCommandAsync(etcdctlArguments(api: api) + args, environment: ["ETCDCTL_API=\(api)"])
+    }
+
+    /// `etcdctlChecked` that waits without blocking a thread.
+    @discardableResult
+    public func etcdctlCheckedAsync(api: Int, _ args: [String]) async throws -> String {
+        try checked(api, args, try await etcdctlAsync(api: api, args))
+    }
+
+    private func etcdctlArguments(api: Int) -> [String] {
         var argv = ["/usr/bin/etcdctl"]
         if api == 2 {
             argv += ["--endpoints", clientURL]
@@ -181,13 +226,10 @@ public final class EtcdServer: Sendable {
             argv += ["--endpoints=\(clientURL)"]
             if let t = etcdctlTLS { argv += ["--cacert=\(t.ca)", "--cert=\(t.cert)", "--key=\(t.key)"] }
         }
-        return try runCommand(argv + args, environment: ["ETCDCTL_API=\(api)"])
+        return argv
     }
 
-    /// Like `etcdctl` but throws with the output when it fails.
-    @discardableResult
-    public func etcdctlChecked(api: Int, _ args: [String]) throws -> String {
-        let r = try etcdctl(api: api, args)
+    private func checked(_ api: Int, _ args: [String], _ r: CommandResult) throws -> String {
         guard r.status == 0 else {
             throw EtcdServerError("etcdctl (v\(api)) \(args.joined(separator: " ")) failed (\(r.status)): \(r.stderr) \(r.stdout)")
         }
@@ -260,13 +302,20 @@ func spawn(_ argv: [String], environment: [String] = [], stdoutPath: String? = n
     return pid
 }
 
-/// Runs a command to completion, capturing stdout and stderr.
+/// Runs a command to completion, capturing stdout and stderr. Blocks the calling thread: use
+/// `runCommandAsync` from async tests (a blocked cooperative thread stalls every other test).
 public func runCommand(_ argv: [String], environment: [String] = []) throws -> CommandResult {
-    var template = Array("/tmp/fxcmd-\(getpid())-XXXXXX".utf8CString)
-    guard template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) != nil else {
-        throw EtcdServerError("mkdtemp failed: errno \(errno)")
+    try withOutputFiles { out, err in
+        let pid = try spawn(argv, environment: environment, stdoutPath: out, stderrPath: err)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0, errno == EINTR {}
+        return status
     }
-    let dir = stringFromCChars(template)
+}
+
+/// Like `runCommand`, but waits without blocking a thread.
+public func runCommandAsync(_ argv: [String], environment: [String] = []) async throws -> CommandResult {
+    let dir = try makeTempDir("fxcmd")
     defer {
         unlink(dir + "/out")
         unlink(dir + "/err")
@@ -274,9 +323,58 @@ public func runCommand(_ argv: [String], environment: [String] = []) throws -> C
     }
     let pid = try spawn(argv, environment: environment, stdoutPath: dir + "/out", stderrPath: dir + "/err")
     var status: Int32 = 0
-    while waitpid(pid, &status, 0) < 0, errno == EINTR {}
-    let code: Int32 = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-    return CommandResult(status: code, stdout: readFile(dir + "/out"), stderr: readFile(dir + "/err"))
+    var delay = Duration.milliseconds(1)
+    while true {
+        let r = waitpid(pid, &status, WNOHANG)
+        if r == pid || (r < 0 && errno != EINTR) { break }
+        try? await Task.sleep(for: delay)
+        delay = min(delay * 2, .milliseconds(20))
+    }
+    return CommandResult(status: exitCode(status), stdout: readFile(dir + "/out"), stderr: readFile(dir + "/err"))
+}
+
+private func withOutputFiles(_ body: (String, String) throws -> Int32) throws -> CommandResult {
+    let dir = try makeTempDir("fxcmd")
+    defer {
+        unlink(dir + "/out")
+        unlink(dir + "/err")
+        rmdir(dir)
+    }
+    let status = try body(dir + "/out", dir + "/err")
+    return CommandResult(status: exitCode(status), stdout: readFile(dir + "/out"), stderr: readFile(dir + "/err"))
+}
+
+private func exitCode(_ status: Int32) -> Int32 {
+    (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+}
+
+/// True once `pid` has exited (and reaps it).
+func reaped(_ pid: pid_t) async -> Bool {
+    var status: Int32 = 0
+    let r = waitpid(pid, &status, WNOHANG)
+    return r == pid || (r < 0 && errno == ECHILD)
+}
+
+func makeTempDir(_ tag: String) throws -> String {
+    var template = Array("/tmp/\(tag)-\(getpid())-XXXXXX".utf8CString)
+    guard template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) != nil else {
+        throw EtcdServerError("mkdtemp failed: errno \(errno)")
+    }
+    return stringFromCChars(template)
+}
+
+/// True if something accepts TCP connections on 127.0.0.1:`port` (a local connect never blocks long).
+func acceptsConnections(_ port: Int) -> Bool {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    addr.sin_port = UInt16(port).bigEndian
+    return withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    } == 0
 }
 
 public func readFile(_ path: String) -> String {

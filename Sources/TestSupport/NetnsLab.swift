@@ -75,9 +75,11 @@ public final class NetnsLab: @unchecked Sendable {
     }
     private let state = Mutex(State())
     private static let counter = Atomic<Int>(0)
+    private static let staleSwept = Atomic<Bool>(false)
 
     /// `tag`: a short name of the test area (e.g. "nl"); keep it ≤ 6 characters.
     public init(tag: String) throws {
+        if NetnsLab.staleSwept.exchange(true, ordering: .relaxed) == false { NetnsLab.removeStaleNamespaces() }
         let n = NetnsLab.counter.add(1, ordering: .relaxed).newValue
         prefix = "fx\(tag)-\(getpid())-\(n)"
         wireNamespace = "\(prefix)-wire"
@@ -275,6 +277,9 @@ public final class NetnsLab: @unchecked Sendable {
 
     /// Pings `to` from namespace `from`; returns packets sent and received (never throws on loss).
     public func ping(from ns: String, to: IPv4Address, count: Int = 3, interval: Double = 0.2, timeoutPerReply: Int = 1) throws -> (sent: Int, received: Int) {
+        guard access(LabTools.ping, X_OK) == 0 else {
+            throw LabError(command: [LabTools.ping], message: "ping is not installed: apt-get install iputils-ping (listed in the Makefile's DEB_PACKAGES)")
+        }
         let r = try run(ns, [LabTools.ping, "-n", "-q", "-c", "\(count)", "-i", "\(interval)", "-W", "\(timeoutPerReply)", "\(to)"])
         // "3 packets transmitted, 3 received, 0% packet loss, time 402ms"
         for line in r.stdout.split(separator: "\n") where line.contains("packets transmitted") {
@@ -336,16 +341,77 @@ public final class NetnsLab: @unchecked Sendable {
         for f in files { unlink(f) }
     }
 
+    /// Deletes what lab users leave behind when their test process dies without cleaning up (a
+    /// crash, a kill): namespaces named "fx<tag>-<pid>-<n>-…" and work folders "/run/fx<tag>-<pid>-<n>"
+    /// (unmounting what is mounted under them first, e.g. a lab bpffs). Only names whose pid no
+    /// longer exists are touched. Runs once per process, from the first `init`; returns what it removed.
+    @discardableResult
+    public static func removeStaleNamespaces() -> [String] {
+        var removed: [String] = []
+        if let list = try? CommandRunner.run([LabTools.ip, "netns", "list"]), list.status == 0 {
+            for line in list.stdout.split(separator: "\n") {
+                guard let name = line.split(separator: " ").first.map(String.init), isStaleLabName(name, minParts: 4) else { continue }
+                _ = try? CommandRunner.run([LabTools.ip, "netns", "del", name])
+                removed.append(name)
+            }
+        }
+        // Work folders under /run named exactly like a lab prefix.
+        if let dir = opendir("/run") {
+            var folders: [String] = []
+            while let entry = readdir(dir) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                if isStaleLabName(name, minParts: 3), name.split(separator: "-").count == 3 { folders.append(name) }
+            }
+            closedir(dir)
+            if !folders.isEmpty {
+                let mounts = CommandRunner.readFile("/proc/self/mounts").split(separator: "\n").compactMap { line in
+                    line.split(separator: " ").dropFirst().first.map(String.init)
+                }
+                for folder in folders {
+                    let path = "/run/\(folder)"
+                    // Deepest first, so a mount inside another comes off before its parent.
+                    for m in mounts.filter({ $0 == path || $0.hasPrefix(path + "/") }).sorted(by: { $0.count > $1.count }) {
+                        _ = umount2(m, Int32(MNT_DETACH))
+                    }
+                    _ = try? CommandRunner.run(["/bin/rm", "-rf", "--one-file-system", path])
+                    removed.append(path)
+                }
+            }
+        }
+        return removed
+    }
+
+    /// "fx<alnum>-<pid>-<n>[-…]" whose pid no longer exists.
+    private static func isStaleLabName(_ name: String, minParts: Int) -> Bool {
+        let parts = name.split(separator: "-")
+        guard parts.count >= minParts, parts[0].hasPrefix("fx"), parts[0].count > 2,
+              parts[0].allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber) }),
+              let pid = Int32(parts[1]), pid > 1, Int(parts[2]) != nil else { return false }
+        // kill(pid, 0): ESRCH means no such process. Anything else (alive, EPERM) keeps it.
+        return Glibc.kill(pid, 0) != 0 && errno == ESRCH
+    }
+
     // MARK: - GRO
 
     /// ETHTOOL_SGRO through SIOCETHTOOL on a thread inside `namespace` (no ethtool CLI needed).
     public func setGRO(namespace: String, ifname: String, on: Bool) throws {
+        _ = try ethtoolValue(namespace: namespace, ifname: ifname, command: 0x2c /* ETHTOOL_SGRO */, data: on ? 1 : 0)
+    }
+
+    /// Whether GRO is on for `ifname` in `namespace` (ETHTOOL_GGRO).
+    public func groEnabled(namespace: String, ifname: String) throws -> Bool {
+        try ethtoolValue(namespace: namespace, ifname: ifname, command: 0x2b /* ETHTOOL_GGRO */, data: 0) != 0
+    }
+
+    /// One `struct ethtool_value { __u32 cmd; __u32 data; }` ioctl; returns `data` as the kernel left it.
+    private func ethtoolValue(namespace: String, ifname: String, command: UInt32, data: UInt32) throws -> UInt32 {
+        final class Out: @unchecked Sendable { var data: UInt32 = 0 } // written on the thread, read after join
+        let out = Out()
         try runInLabNamespace(namespace) {
             let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
             guard fd >= 0 else { return "socket: errno \(errno)" }
             defer { close(fd) }
-            // struct ethtool_value { __u32 cmd; __u32 data; }; ETHTOOL_SGRO = 0x2c
-            var value: (UInt32, UInt32) = (0x2c, on ? 1 : 0)
+            var value: (UInt32, UInt32) = (command, data)
             var ifr = ifreq()
             withUnsafeMutableBytes(of: &ifr.ifr_ifrn.ifrn_name) { dst in
                 for (i, b) in ifname.utf8.prefix(15).enumerated() { dst[i] = b }
@@ -354,8 +420,13 @@ public final class NetnsLab: @unchecked Sendable {
                 ifr.ifr_ifru.ifru_data = UnsafeMutableRawPointer(vp).assumingMemoryBound(to: CChar.self)
                 return ioctl(fd, 0x8946 /* SIOCETHTOOL */, &ifr)
             }
-            return rc == 0 ? nil : "SIOCETHTOOL ETHTOOL_SGRO \(ifname): \(String(cString: strerror(errno))) (errno \(errno))"
+            guard rc == 0 else {
+                return "SIOCETHTOOL cmd \(command) on \(ifname): \(String(cString: strerror(errno))) (errno \(errno))"
+            }
+            out.data = value.1
+            return nil
         }
+        return out.data
     }
 }
 

@@ -14,20 +14,20 @@ public struct TLSTestCerts: Sendable {
     public var otherCACert: String { dir + "/other-ca.crt" }
 
     /// Generates everything in a new temp directory. `remove()` deletes it.
-    public static func generate(tag: String = "fx") throws -> TLSTestCerts {
+    public static func generate(tag: String = "fx") async throws -> TLSTestCerts {
         var template = Array("/tmp/fxtls-\(tag)-\(getpid())-XXXXXX".utf8CString)
         guard template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) != nil else {
             throw EtcdServerError("mkdtemp failed: errno \(errno)")
         }
         let certs = TLSTestCerts(dir: stringFromCChars(template))
         let d = certs.dir
-        func openssl(_ args: [String]) throws {
-            let r = try runCommand(["/usr/bin/openssl"] + args)
+        func openssl(_ args: [String]) async throws {
+            let r = try await runCommandAsync(["/usr/bin/openssl"] + args)
             guard r.status == 0 else { throw EtcdServerError("openssl \(args.first ?? "") failed: \(r.stderr)") }
         }
         let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
         for ca in ["ca", "other-ca"] {
-            try openssl(["req", "-x509"] + ec + ["-keyout", "\(d)/\(ca).key", "-out", "\(d)/\(ca).crt", "-days", "2",
+            try await openssl(["req", "-x509"] + ec + ["-keyout", "\(d)/\(ca).key", "-out", "\(d)/\(ca).crt", "-days", "2",
                                                   "-subj", "/CN=flanneld-xdp test \(ca)",
                                                   "-addext", "basicConstraints=critical,CA:TRUE",
                                                   "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
@@ -35,8 +35,8 @@ public struct TLSTestCerts: Sendable {
         try writeFile("\(d)/server.ext", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n")
         try writeFile("\(d)/client.ext", "extendedKeyUsage=clientAuth\n")
         for leaf in ["server", "client"] {
-            try openssl(["req"] + ec + ["-keyout", "\(d)/\(leaf).key", "-out", "\(d)/\(leaf).csr", "-subj", "/CN=\(leaf == "server" ? "127.0.0.1" : "flannel-client")"])
-            try openssl(["x509", "-req", "-in", "\(d)/\(leaf).csr", "-CA", "\(d)/ca.crt", "-CAkey", "\(d)/ca.key",
+            try await openssl(["req"] + ec + ["-keyout", "\(d)/\(leaf).key", "-out", "\(d)/\(leaf).csr", "-subj", "/CN=\(leaf == "server" ? "127.0.0.1" : "flannel-client")"])
+            try await openssl(["x509", "-req", "-in", "\(d)/\(leaf).csr", "-CA", "\(d)/ca.crt", "-CAkey", "\(d)/ca.key",
                          "-CAcreateserial", "-out", "\(d)/\(leaf).crt", "-days", "2", "-extfile", "\(d)/\(leaf).ext"])
         }
         return certs

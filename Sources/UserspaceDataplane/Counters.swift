@@ -1,6 +1,9 @@
 // Counters of the userspace data path. Workers tally into a private block during a batch and add
 // it to the shared atomics once per batch, so the per-packet cost is a plain increment. Drop
-// reasons use the BPF path's names where they mean the same thing.
+// reasons use the BPF path's names where they mean the same thing (decap_drop_not_peer → not_peer,
+// decap_drop_bad_vni → bad_vni, decap_drop_malformed → malformed, decap_drop_inner_not_ours →
+// inner_not_ours, decap_drop_inner_not_ipv4 → inner_not_ipv4, encap_pass_no_peer → no_peer,
+// encap_pass_too_big → too_big, encap_pass_not_ipv4 → not_ipv4).
 import Atomics
 
 /// Why a packet was not forwarded. Raw values are stable indices; `name` is the metrics label.
@@ -11,8 +14,10 @@ public enum UserspaceDropReason: Int, CaseIterable, Sendable, CustomStringConver
     case badVNI
     /// Truncated or inconsistent headers (outer payload, VXLAN, inner IPv4 IHL/total length).
     case malformed
-    /// UDP → TUN: inner Ethernet not IPv4, or not addressed to our VtepMAC.
-    case inner
+    /// UDP → TUN: inner Ethernet not addressed to our VtepMAC.
+    case innerNotOurs
+    /// UDP → TUN: inner Ethernet type or IP version not IPv4.
+    case innerNotIPv4
     /// TUN → UDP: not an IPv4 packet (e.g. IPv6 the kernel routed into the TUN).
     case notIPv4
     /// TUN → UDP: no peer subnet contains the destination (ICMP net unreachable sent back).
@@ -31,7 +36,8 @@ public enum UserspaceDropReason: Int, CaseIterable, Sendable, CustomStringConver
         case .notPeer: "not_peer"
         case .badVNI: "bad_vni"
         case .malformed: "malformed"
-        case .inner: "inner"
+        case .innerNotOurs: "inner_not_ours"
+        case .innerNotIPv4: "inner_not_ipv4"
         case .notIPv4: "not_ipv4"
         case .noPeer: "no_peer"
         case .tooBig: "too_big"
@@ -58,6 +64,9 @@ public struct UserspaceCounters: Sendable, Hashable, CustomStringConvertible {
     /// TCP super-packets (GSO) split into segments, and the segments they gave.
     public var gsoPackets: UInt64 = 0
     public var gsoSegments: UInt64 = 0
+    /// Received TCP segments glued into GSO packets for the TUN, and the packets written.
+    public var groPackets: UInt64 = 0
+    public var groSegments: UInt64 = 0
     public var drops: [UserspaceDropReason: UInt64] = [:]
 
     public init() {}
@@ -65,12 +74,35 @@ public struct UserspaceCounters: Sendable, Hashable, CustomStringConvertible {
     public subscript(drop reason: UserspaceDropReason) -> UInt64 { drops[reason] ?? 0 }
     public var totalDrops: UInt64 { drops.values.reduce(0, +) }
 
+    /// Prometheus text exposition of these counters (all drop reasons, zeros included).
+    public func prometheusText(prefix: String = "flanneld_xdp_userspace") -> String {
+        var out = ""
+        func family(_ name: String, _ help: String, _ samples: [(String, UInt64)]) {
+            out += "# HELP \(prefix)_\(name) \(help)\n# TYPE \(prefix)_\(name) counter\n"
+            for (labels, value) in samples { out += "\(prefix)_\(name)\(labels) \(value)\n" }
+        }
+        family("packets_total", "Packets carried by the userspace data path.",
+               [("{direction=\"tx\"}", txPackets), ("{direction=\"rx\"}", rxPackets)])
+        family("bytes_total", "Inner IPv4 bytes carried by the userspace data path.",
+               [("{direction=\"tx\"}", txBytes), ("{direction=\"rx\"}", rxBytes)])
+        family("drops_total", "Packets and datagrams dropped, by reason.",
+               UserspaceDropReason.allCases.map { ("{reason=\"\($0.name)\"}", self[drop: $0]) })
+        family("icmp_errors_total", "ICMP errors answered (sent) or suppressed by the rate limit.",
+               [("{result=\"sent\"}", icmpSent), ("{result=\"rate_limited\"}", icmpRateLimited)])
+        family("offload_packets_total", "TCP super-packets split for sending (gso) or glued on receive (gro).",
+               [("{kind=\"gso\"}", gsoPackets), ("{kind=\"gro\"}", groPackets)])
+        family("offload_segments_total", "Segments those super-packets held.",
+               [("{kind=\"gso\"}", gsoSegments), ("{kind=\"gro\"}", groSegments)])
+        return out
+    }
+
     public var description: String {
         var parts = [
             "tx \(txPackets) pkts/\(txBytes) B", "rx \(rxPackets) pkts/\(rxBytes) B",
             "icmp \(icmpSent) (+\(icmpRateLimited) limited)",
         ]
         if gsoPackets > 0 { parts.append("gso \(gsoPackets)→\(gsoSegments)") }
+        if groPackets > 0 { parts.append("gro \(groSegments)→\(groPackets)") }
         for reason in UserspaceDropReason.allCases where self[drop: reason] > 0 {
             parts.append("drop \(reason.name) \(self[drop: reason])")
         }
@@ -88,7 +120,9 @@ enum Counter {
     static let icmpRateLimited = 5
     static let gsoPackets = 6
     static let gsoSegments = 7
-    static let firstDrop = 8
+    static let groPackets = 8
+    static let groSegments = 9
+    static let firstDrop = 10
     static let count = firstDrop + UserspaceDropReason.allCases.count
 
     @inline(__always) static func drop(_ reason: UserspaceDropReason) -> Int { firstDrop + reason.rawValue }
@@ -115,6 +149,8 @@ final class CounterCells: Sendable {
         c.icmpRateLimited = cells[Counter.icmpRateLimited].load(ordering: .relaxed)
         c.gsoPackets = cells[Counter.gsoPackets].load(ordering: .relaxed)
         c.gsoSegments = cells[Counter.gsoSegments].load(ordering: .relaxed)
+        c.groPackets = cells[Counter.groPackets].load(ordering: .relaxed)
+        c.groSegments = cells[Counter.groSegments].load(ordering: .relaxed)
         for reason in UserspaceDropReason.allCases {
             let v = cells[Counter.drop(reason)].load(ordering: .relaxed)
             if v > 0 { c.drops[reason] = v }

@@ -169,9 +169,10 @@ struct Framing: Sendable {
             guard let vx = cursor.take(Wire.vxlanHeaderLength) else { return .drop(.malformed) }
             guard cursor.u8(vx) & Wire.vxlanFlagI != 0, cursor.u32(vx + 4) >> 8 == vni else { return .drop(.badVNI) }
             guard let eth = cursor.take(Wire.ethernetHeaderLength) else { return .drop(.malformed) }
-            guard cursor.mac(eth) == localMAC, cursor.u16(eth + 12) == Wire.etherTypeIPv4 else { return .drop(.inner) }
+            guard cursor.mac(eth) == localMAC else { return .drop(.innerNotOurs) }
+            guard cursor.u16(eth + 12) == Wire.etherTypeIPv4 else { return .drop(.innerNotIPv4) }
         }
-        switch Wire.checkIPv4(cursor, notIPv4: isVXLAN ? .inner : .malformed) {
+        switch Wire.checkIPv4(cursor, notIPv4: isVXLAN ? .innerNotIPv4 : .malformed) {
         case .drop(let reason): return .drop(reason)
         // Trailing bytes (Ethernet padding of short frames) are cut off at the IPv4 total length.
         case .ok(_, let totalLength): return .deliver(offset: cursor.offset, length: totalLength)
@@ -187,8 +188,9 @@ extension Wire {
     /// kernel's own vxlan receiver trusts that flag. A UDP socket hands us only the bytes, where the
     /// checksum field still holds the folded pseudo-header sum; written into the TUN as is, the
     /// receiving pod drops the segment as corrupt. A real checksum equals the pseudo-header sum
-    /// only by accident, so a field equal to it is taken as partial and completed. Costs a few
-    /// loads per packet; a full sum only for packets that need it.
+    /// only by accident, so a field equal to it is taken as partial and completed. Should a
+    /// correct checksum happen to equal it, completing rewrites the same value: the repair cannot
+    /// damage a good packet. Costs a few loads per packet; a full sum only where it repairs.
     @inline(__always)
     static func repairPartialChecksum(_ packet: UnsafeMutableRawPointer, headerLength: Int, totalLength: Int) {
         let proto = packet.load(fromByteOffset: 9, as: UInt8.self)

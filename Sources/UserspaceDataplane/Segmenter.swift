@@ -63,7 +63,9 @@ final class Segmenter {
     static let maxSendsPerPacket = 16
     static let maxSegmentsPerSend = 64
     static let maxBytesPerSend = 65_000
-    private static let capacity = 8 << 20
+    /// Room for the worst case of one 64 KB super-packet (64-byte segments) per batch entry.
+    private static let perPacketRoom = 160 << 10
+    private let capacity: Int
 
     private let framing: Framing
     private let mtu: Int
@@ -73,7 +75,8 @@ final class Segmenter {
     init(framing: Framing, mtu: Int, batch: Int) {
         self.framing = framing
         self.mtu = mtu
-        buffer = .allocate(byteCount: Segmenter.capacity, alignment: 64)
+        capacity = max(batch, 2) * Segmenter.perPacketRoom
+        buffer = .allocate(byteCount: capacity, alignment: 64)
     }
 
     deinit { buffer.deallocate() }
@@ -84,7 +87,7 @@ final class Segmenter {
     /// Whether a super-packet of `length` bytes fits in what is left of the buffer.
     func hasRoom(for length: Int) -> Bool {
         // Worst case: 64 KB / 64-byte segments, each with 22 + 120 bytes of headers.
-        used + length + (length / 64 + 1) * (framing.encapLength + 120) <= Segmenter.capacity
+        used + length + (length / 64 + 1) * (framing.encapLength + 120) <= capacity
     }
 
     /// Writes the segments of the TCPv4 super-packet at `packet` and fills `out` with the sends;

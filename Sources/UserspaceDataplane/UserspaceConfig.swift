@@ -46,7 +46,8 @@ public struct UserspaceConfig: Sendable, Hashable {
     /// ICMP errors per second each worker may write back (token bucket, burst = the same number).
     public var icmpRateLimit: Int
     /// IFF_VNET_HDR + TUNSETOFFLOAD(TSO4|CSUM) on the TUN: the kernel hands over TCP segments up to
-    /// 64 KB that are split here into MTU-size packets (sent with UDP GSO), and UDP GRO on receive.
+    /// 64 KB that are split here into MTU-size packets (sent with UDP GSO); on receive UDP GRO and
+    /// TCP coalescing into GSO writes. Falls back to plain packets if the kernel refuses.
     public var offloads: Bool
     /// SO_RCVBUF/SO_SNDBUF of the UDP sockets (0 = the kernel default).
     public var socketBufferBytes: Int
@@ -54,7 +55,7 @@ public struct UserspaceConfig: Sendable, Hashable {
     public init(
         encapsulation: Encapsulation, localIP: IPv4Address, tunName: String, mtu: Int,
         queues: Int = 1, icmpSourceIP: IPv4Address, batchSize: Int = 32, icmpRateLimit: Int = 100,
-        offloads: Bool = false, socketBufferBytes: Int = 4 << 20
+        offloads: Bool = true, socketBufferBytes: Int = 4 << 20
     ) {
         self.encapsulation = encapsulation
         self.localIP = localIP
@@ -123,6 +124,19 @@ public enum UserspaceError: Error, Sendable, Equatable, CustomStringConvertible 
             "peer \(peer) has no VtepMAC: the vxlan framing needs one (a lease of another backend type?)"
         case .alreadyStopped:
             "the userspace data path was stopped; create a new one"
+        }
+    }
+}
+
+extension UserspaceError {
+    /// The kernel refused an offload feature (TUNSETOFFLOAD flags, IFF_VNET_HDR, UDP_GRO): worth
+    /// retrying without offloads. A busy port or a missing /dev/net/tun is not.
+    var isOffloadRefusal: Bool {
+        switch self {
+        case .setOffload: true
+        case .openTUN(_, _, let e): e == EINVAL
+        case .udpSocket(_, _, let e): e == ENOPROTOOPT || e == EINVAL
+        default: false
         }
     }
 }

@@ -30,6 +30,8 @@ public final class UserspaceDataplane: PeerTable, Sendable {
     private let queueFDs: [QueueDescriptors]
     private let stopPipe: (read: Int32, write: Int32)
     private let vnetHeaderLength: Int
+    /// Whether TSO/GSO/GRO offloads are in use (config.offloads, unless the kernel refused them).
+    public let offloadsActive: Bool
     private let icmpFD: Int32
 
     struct QueueDescriptors: Sendable {
@@ -53,29 +55,21 @@ public final class UserspaceDataplane: PeerTable, Sendable {
         self.config = config
         self.logger = logger
         table = ManagedAtomic(PeerSnapshot(peers: [:]))
-        vnetHeaderLength = config.offloads ? VirtioNetHeader.length : 0
 
         var owned = OwnedDescriptors()
-        var flags = Int32(IFF_TUN) | Int32(IFF_NO_PI)
-        if config.queues > 1 { flags |= Int32(IFF_MULTI_QUEUE) }
-        if config.offloads { flags |= Int32(IFF_VNET_HDR) }
-        var queues: [QueueDescriptors] = []
-        for queue in 0..<config.queues {
-            let tun = cbpf_tun_open(config.tunName, flags)
-            guard tun >= 0 else { throw .openTUN(name: config.tunName, queue: queue, errno: -tun) }
-            owned.adopt(tun)
-            if config.offloads {
-                let rc = cbpf_tun_set_offload(tun, UInt32(TUN_F_CSUM) | UInt32(TUN_F_TSO4))
-                guard rc == 0 else { throw .setOffload(name: config.tunName, errno: -rc) }
-            }
-            let port = config.encapsulation.port
-            let udp = cbpf_udp_socket(
-                UInt32(bigEndian: config.localIP.value), port, config.queues > 1 ? 1 : 0,
-                config.offloads ? 1 : 0, Int32(clamping: config.socketBufferBytes))
-            guard udp >= 0 else { throw .udpSocket(address: config.localIP, port: port, errno: -udp) }
-            owned.adopt(udp)
-            queues.append(QueueDescriptors(tun: tun, udp: udp))
+        var queues: [QueueDescriptors]
+        var offloads = config.offloads
+        do {
+            queues = try UserspaceDataplane.openQueues(config, offloads: offloads, into: &owned)
+        } catch where offloads && error.isOffloadRefusal {
+            // Old kernels lack TUNSETOFFLOAD flags or UDP_GRO: the path works without them, slower.
+            logger.warning("userspace data path: offloads unavailable (\(error)); continuing without TSO/GRO")
+            owned.closeAll()
+            offloads = false
+            queues = try UserspaceDataplane.openQueues(config, offloads: false, into: &owned)
         }
+        offloadsActive = offloads
+        vnetHeaderLength = offloads ? VirtioNetHeader.length : 0
         // ICMP errors go out through a raw socket (see ICMPResponder.swift); without CAP_NET_RAW the
         // path still forwards, it only cannot answer.
         let raw = socket(AF_INET, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), Int32(IPPROTO_RAW))
@@ -103,11 +97,38 @@ public final class UserspaceDataplane: PeerTable, Sendable {
             metadata: [
                 "tun": "\(config.tunName)", "mtu": "\(config.mtu)", "queues": "\(config.queues)",
                 "framing": "\(config.encapsulation)", "bind": "\(config.localIP):\(config.encapsulation.port)",
-                "offloads": "\(config.offloads)",
+                "offloads": "\(offloadsActive)",
             ])
     }
 
     deinit { stop() }
+
+    /// Opens the TUN queues and UDP sockets, recording every descriptor in `owned`.
+    private static func openQueues(
+        _ config: UserspaceConfig, offloads: Bool, into owned: inout OwnedDescriptors
+    ) throws(UserspaceError) -> [QueueDescriptors] {
+        var flags = Int32(IFF_TUN) | Int32(IFF_NO_PI)
+        if config.queues > 1 { flags |= Int32(IFF_MULTI_QUEUE) }
+        if offloads { flags |= Int32(IFF_VNET_HDR) }
+        var queues: [QueueDescriptors] = []
+        for queue in 0..<config.queues {
+            let tun = cbpf_tun_open(config.tunName, flags)
+            guard tun >= 0 else { throw .openTUN(name: config.tunName, queue: queue, errno: -tun) }
+            owned.adopt(tun)
+            if offloads {
+                let rc = cbpf_tun_set_offload(tun, UInt32(TUN_F_CSUM) | UInt32(TUN_F_TSO4))
+                guard rc == 0 else { throw .setOffload(name: config.tunName, errno: -rc) }
+            }
+            let port = config.encapsulation.port
+            let udp = cbpf_udp_socket(
+                UInt32(bigEndian: config.localIP.value), port, config.queues > 1 ? 1 : 0,
+                offloads ? 1 : 0, Int32(clamping: config.socketBufferBytes))
+            guard udp >= 0 else { throw .udpSocket(address: config.localIP, port: port, errno: -udp) }
+            owned.adopt(udp)
+            queues.append(QueueDescriptors(tun: tun, udp: udp))
+        }
+        return queues
+    }
 
     /// Launches the worker threads. Calling it again while running does nothing.
     public func start() throws(UserspaceError) {
@@ -140,13 +161,16 @@ public final class UserspaceDataplane: PeerTable, Sendable {
 
     /// Stops and joins the workers and closes the TUN queues and sockets. Idempotent.
     public func stop() {
-        let threads = lifecycle.withLock { (state: inout Lifecycle) -> [pthread_t] in
-            if state.phase == .stopped { return [] }
+        // Only the caller that moves the phase to stopped joins and closes; a concurrent or repeated
+        // stop() returns at once (closing fds under running workers could hit reused descriptors).
+        let claimed = lifecycle.withLock { (state: inout Lifecycle) -> [pthread_t]? in
+            if state.phase == .stopped { return nil }
             state.phase = .stopped
             let threads = state.threads
             state.threads = []
             return threads
         }
+        guard let threads = claimed else { return }
         stopping.store(true, ordering: .relaxed)
         var byte: UInt8 = 1
         _ = write(stopPipe.write, &byte, 1)

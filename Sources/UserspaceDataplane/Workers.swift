@@ -11,6 +11,12 @@
 // VXLAN flags/VNI, inner dst MAC = our VtepMAC, inner IPv4 header sane) and its inner packet written
 // into the TUN queue with one write() (a TUN takes exactly one packet per write).
 //
+// With offloads (IFF_VNET_HDR) both directions move 64 KB at a time: TUN reads return TCP
+// super-packets that Segmenter cuts into MTU-size datagrams sent with UDP GSO (one sendmmsg entry,
+// many datagrams); on receive UDP_GRO hands over runs of datagrams in one buffer and Coalescer
+// glues consecutive TCP segments back into one GSO write. Per-packet syscalls then become
+// per-64 KB ones, which is where a userspace path spends its time.
+//
 // TTL: the kernel already decremented it when it routed the packet into the TUN (a TUN is a link
 // like flannel.1), and decrements it again when it routes the packet out of the peer's TUN, so the
 // userspace path leaves TTL alone and a pod-to-pod ping shows TTL 62 as over kernel vxlan.
@@ -242,6 +248,8 @@ final class UDPToTunWorker: @unchecked Sendable {
     /// Cuts inner TCP super-packets into MTU-size packets when the TUN takes no GSO (see below).
     private let segmenter: Segmenter
     private let segments: UnsafeMutablePointer<cbpf_dgram>
+    /// Glues TCP segments of a batch into GSO packets (only with IFF_VNET_HDR).
+    private let coalescer: Coalescer?
 
     init(context: WorkerContext, tunFD: Int32, udpFD: Int32) {
         self.context = context
@@ -250,6 +258,7 @@ final class UDPToTunWorker: @unchecked Sendable {
         segmenter = Segmenter(framing: Framing(.udp(port: 0)), mtu: context.mtu, batch: 1)
         segments = .allocate(capacity: Segmenter.maxSendsPerPacket)
         segments.initialize(repeating: cbpf_dgram(), count: Segmenter.maxSendsPerPacket)
+        coalescer = context.vnetHeaderLength > 0 ? Coalescer(tunFD: tunFD, vnetHeaderLength: context.vnetHeaderLength) : nil
         // Room to put a zeroed virtio_net_hdr in front of a udp-framed packet (vxlan has 22 bytes).
         headroom = (context.vnetHeaderLength + 15) & ~15
         slotSize = (headroom + WorkerContext.maxPacket + 63) & ~63
@@ -367,6 +376,10 @@ final class UDPToTunWorker: @unchecked Sendable {
                     tally.drop(.notPeer)
                     continue
                 }
+                if length == 0 {
+                    tally.drop(.malformed)
+                    continue
+                }
                 // With UDP_GRO the kernel may hand over several same-size datagrams glued together.
                 let segmentSize = d.segment > 0 ? Int(d.segment) : length
                 var offset = 0
@@ -380,12 +393,17 @@ final class UDPToTunWorker: @unchecked Sendable {
                     case .deliver(let innerOffset, let innerLength):
                         let inner = datagram + innerOffset
                         if innerLength > context.mtu {
+                            coalescer?.flush(tally: &tally, errors: &errors, logger: context.logger)
                             deliverSuperPacket(inner, length: innerLength, tally: &tally, errors: &errors)
                             continue
                         }
                         if innerLength >= 20 {
                             let headerLength = Int(inner.load(as: UInt8.self) & 0x0f) * 4
                             Wire.repairPartialChecksum(inner, headerLength: headerLength, totalLength: innerLength)
+                        }
+                        if let coalescer {
+                            coalescer.offer(inner, totalLength: innerLength, tally: &tally, errors: &errors, logger: context.logger)
+                            continue
                         }
                         let start = inner - vnet
                         if vnet > 0 {
@@ -404,6 +422,7 @@ final class UDPToTunWorker: @unchecked Sendable {
                     }
                 }
             }
+            coalescer?.flush(tally: &tally, errors: &errors, logger: context.logger)
             tally.flush(into: context.counters)
         }
         tally.flush(into: context.counters)

@@ -45,7 +45,7 @@ final class AttachLab: @unchecked Sendable {
         ns.close()
     }
 
-    func attach(_ bpf: FlannelBPF, _ mode: DecapMode) throws -> AttachmentState {
+    func attach(_ bpf: FlannelBPF, _ mode: DecapMode?) throws -> AttachmentState {
         try ns.run { try bpf.attach(overlayIfindex: overlay, underlayIfindex: underlay, mode: mode) }
     }
 
@@ -75,7 +75,7 @@ struct AttachTests {
         let first = try FlannelBPF(bpffs: lab.bpffs.path)
         try first.writeConfig(lab.config)
         try first.peerTable().upsert(peer)
-        let s1 = try lab.attach(first, .kernel)
+        let s1 = try lab.attach(first, nil) // by driver: veth → kernel decap behind the TC check
         #expect(s1.encapProgramID != nil && s1.decapCheckProgramID != nil && s1.xdpProgramID == nil)
         #expect(s1.decapMode == .kernel)
 
@@ -173,6 +173,10 @@ struct AttachTests {
         #expect(try lab.state() == ids)
         let pinDir = lab.bpffs.path + "/" + FlannelBPF.pinFolderName
         #expect(access(pinDir + "/" + FXDP_MAP_PEERS, F_OK) == 0)
+        // Another process reads the pinned config, with BTF field names (what an operator sees).
+        let dump = try sh(["bpftool", "map", "dump", "pinned", pinDir + "/" + FXDP_MAP_CONFIG])
+        #expect(dump.contains("\"node_ip\": [192,168,62,2"), "\(dump)")
+        #expect(dump.contains("\"vtep_mac\"") && dump.contains("\"udp_port\": 8472") && dump.contains("\"vni\": 1"), "\(dump)")
         try lab.ns.run {
             try FlannelBPF.detachAll(overlayIfindex: lab.overlay, underlayIfindex: lab.underlay, removePins: true, bpffs: lab.bpffs.path)
         }

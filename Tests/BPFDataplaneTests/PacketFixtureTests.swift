@@ -101,6 +101,14 @@ struct PacketFixtureTests {
             .pass("non-first fragment to the node", lab.vxlanFromPeer(fragment: .init(moreFragments: true, offset: 100)),
                   .decapPassFragment),
             .pass("last fragment (offset, no MF)", lab.vxlanFromPeer(fragment: .init(offset: 185)), .decapPassFragment),
+            .pass("VXLAN from a peer to another host (transit through this node)",
+                  PacketBuilder.vxlanFrame(outerDst: lab.underlayMAC, outerSrc: PacketLab.peerUnderlayMAC, src: peer,
+                                           dst: IPv4Address(192, 168, 60, 50), inner: Array(valid[50...])),
+                  .decapPassOtherHost),
+            .pass("VXLAN from a stranger to another host", PacketBuilder.vxlanFrame(
+                      outerDst: lab.underlayMAC, outerSrc: PacketLab.peerUnderlayMAC, src: PacketLab.stranger,
+                      dst: IPv4Address(10, 99, 0, 1), inner: Array(valid[50...])),
+                  .decapPassOtherHost),
             .drop("first fragment (MF) of a datagram to our port", lab.vxlanFromPeer(fragment: .init(moreFragments: true)),
                   .decapDropFragment),
             .pass("first fragment to port 53",
@@ -258,6 +266,28 @@ struct PacketFixtureTests {
             #expect(r.verdict == "TC_ACT_REDIRECT")
             #expect(ParsedFrame(r.output)?.ipv4?.tos == outer, "inner TOS \(inner) → outer \(outer)")
         }
+    }
+
+    @Test func forwardingOffLeavesEncapToTheKernel() throws {
+        let lab = try PacketLab()
+        defer { lab.close() }
+        // bpf_fib_lookup answers FWD_DISABLED when the underlay does not forward; every flannel node
+        // forwards, but if one does not, the kernel device must still carry the traffic.
+        try lab.ns.sh(["sysctl", "-qw", "net.ipv4.conf.all.forwarding=0"])
+        let input = PacketLab.overlayFrame(PacketLab.podPacket())
+        let r = try lab.run(.encap, input)
+        #expect(r.verdict == "TC_ACT_OK" && r.output == input)
+        #expect(r.moved == [.encapPassFIB: FXDPCount(packets: 1, bytes: UInt64(input.count))])
+    }
+
+    @Test func driverIsReadInTheNamespace() throws {
+        let lab = try PacketLab()
+        defer { lab.close() }
+        let (veth, lo) = try lab.ns.run { (InterfaceDriver.name(ifindex: lab.config.underlayIfindex), InterfaceDriver.name(ifindex: 1)) }
+        #expect(veth == "veth")
+        #expect(lo == nil || lo == "")
+        #expect(try lab.ns.run { DecapMode.defaultMode(ifindex: lab.config.underlayIfindex) } == .kernel)
+        #expect(InterfaceDriver.name(interface: "no-such-if0") == nil)
     }
 
     @Test func disabledConfigPassesEverything() throws {

@@ -23,7 +23,7 @@ import Testing
             (.encapPassNoPeer, FXDP_C_ENCAP_PASS_NO_PEER), (.encapPassDisabled, FXDP_C_ENCAP_PASS_DISABLED),
             (.encapDropMalformed, FXDP_C_ENCAP_DROP_MALFORMED), (.encapDropAdjust, FXDP_C_ENCAP_DROP_ADJUST),
             (.encapPassFIB, FXDP_C_ENCAP_PASS_FIB), (.encapPassTooBig, FXDP_C_ENCAP_PASS_TOO_BIG),
-            (.encapOKNeigh, FXDP_C_ENCAP_OK_NEIGH),
+            (.encapOKNeigh, FXDP_C_ENCAP_OK_NEIGH), (.encapPassAdjust, FXDP_C_ENCAP_PASS_ADJUST),
             (.decapOK, FXDP_C_DECAP_OK), (.decapCheckOK, FXDP_C_DECAP_CHECK_OK),
             (.decapPassNotVXLAN, FXDP_C_DECAP_PASS_NOT_VXLAN), (.decapPassDisabled, FXDP_C_DECAP_PASS_DISABLED),
             (.decapDropNotPeer, FXDP_C_DECAP_DROP_NOT_PEER), (.decapDropBadVNI, FXDP_C_DECAP_DROP_BAD_VNI),
@@ -32,6 +32,7 @@ import Testing
             (.decapDropAdjust, FXDP_C_DECAP_DROP_ADJUST), (.decapPassFragment, FXDP_C_DECAP_PASS_FRAGMENT),
             (.decapPassNotIPv4, FXDP_C_DECAP_PASS_NOT_IPV4), (.decapPassVLAN, FXDP_C_DECAP_PASS_VLAN),
             (.decapPassShort, FXDP_C_DECAP_PASS_SHORT), (.decapDropInnerNotIPv4, FXDP_C_DECAP_DROP_INNER_NOT_IPV4),
+            (.decapPassOtherHost, FXDP_C_DECAP_PASS_OTHER_HOST),
         ]
         #expect(c.count == FXDPCounter.allCases.count, "every Swift case is paired with its C constant")
         for (swift, cValue) in c {

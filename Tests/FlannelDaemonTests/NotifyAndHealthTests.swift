@@ -5,7 +5,7 @@ import NIOHTTP1
 import Testing
 
 /// A datagram socket standing in for systemd's notify socket: real AF_UNIX, bound by the test.
-private final class NotifyListener {
+final class NotifyListener {
     let fd: Int32
     let name: String
 

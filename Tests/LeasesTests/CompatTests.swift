@@ -61,12 +61,12 @@ struct CompatTests {
     func hostileLeasesAreSkippedWhileValidOnesArrive(_ api: EtcdAPIVersion) async throws {
         try await withEtcd { server in
             let prefix = uniquePrefix("hostile")
-            try writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
+            try await writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
             let config = try NetworkConfig.parse(vxlanConfigJSON)
             let counters = LeaseCounters()
             let registry = try makeRegistry(server, api, prefix: prefix, counters: counters)
             let me = SubnetManager(registry: registry, counters: counters, options: fastOptions(), logger: quietLogger)
-            _ = try await me.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.1"))
+            _ = try await me.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.1"), previousSubnet: ownTestSubnet)
             let half = hostileLeases.count / 2
             // Half present at the first list, half arriving through the watch.
             for (key, value, _) in hostileLeases[..<half] { try await putRaw(registry, name: key, value: value) }
@@ -102,12 +102,12 @@ struct CompatTests {
         try await withEtcd { server in
             let prefix = "/coreos.com/network"
             // The install guide's config, lower-case keys as some guides write them.
-            try writeConfig(server, api, prefix: prefix, #"{"network":"10.5.0.0/16","backend":{"type":"vxlan","vni":1}}"#)
+            try await writeConfig(server, api, prefix: prefix, #"{"network":"10.5.0.0/16","backend":{"type":"vxlan","vni":1}}"#)
             let flannelLease = #"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#
-            try etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.52.0-24", value: flannelLease, ttl: 86400)
+            try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.52.0-24", value: flannelLease, ttl: 86400)
             // A dual-stack flannel node's key and value.
             let dual = #"{"PublicIP":"192.168.64.4","PublicIPv6":"fd00::4","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:45"},"BackendV6Data":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:46"}}"#
-            try etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.53.0-24&fd00:12:13::-56", value: dual, ttl: 86400)
+            try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.53.0-24&fd00:12:13::-56", value: dual, ttl: 86400)
 
             var options = EtcdClientOptions(endpoints: ["http://127.0.0.1:1", server.clientURL], prefix: prefix, apiVersion: .auto)
             options.connectTimeout = .seconds(2)
@@ -132,8 +132,8 @@ struct CompatTests {
             // What we wrote, read back by etcdctl, is flannel's exact form, and parses with the
             // rules flannel's decoder applies (typed fields, lowercase MAC, VNI a number).
             let key = prefix + "/subnets/" + own.subnet.leaseKey
-            let stored = (api == .v2 ? try server.etcdctlChecked(api: 2, ["get", key])
-                                     : try server.etcdctlChecked(api: 3, ["get", "--print-value-only", key])).trimmingCharacters(in: "\n")
+            let stored = (api == .v2 ? try await server.etcdctlCheckedAsync(api: 2, ["get", key])
+                                     : try await server.etcdctlCheckedAsync(api: 3, ["get", "--print-value-only", key])).trimmingCharacters(in: "\n")
             #expect(stored == #"{"PublicIP":"192.168.64.5","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0a:0b:0c:0d:0e:0f"}}"#)
             let doc = try JSONValue.parse(stored)
             #expect(doc["PublicIP"]?.stringValue == "192.168.64.5")
@@ -162,15 +162,33 @@ struct CompatTests {
         }
     }
 
+    @Test func v2DisabledIsReportedPlainly() async throws {
+        try await withEtcd(extraArguments: ["--enable-v2=false"]) { server in
+            let prefix = uniquePrefix("nov2")
+            let v2 = try makeRegistry(server, .v2, prefix: prefix)
+            do {
+                _ = try await v2.getConfigText()
+                Issue.record("v2 answered although disabled")
+            } catch {
+                #expect("\(error)".contains("--enable-v2=true"), "\(error)")
+            }
+            // auto still finds a v3 config.
+            try await writeConfig(server, .v3, prefix: prefix, vxlanConfigJSON)
+            let auto = try await EtcdRegistryFactory.make(options: EtcdClientOptions(endpoints: [server.clientURL], prefix: prefix),
+                                                          logger: quietLogger)
+            #expect(auto.apiVersion == .v3)
+        }
+    }
+
     @Test func tlsWithClientCertificates() async throws {
-        let certs = try TLSTestCerts.generate(tag: "lease")
+        let certs = try await TLSTestCerts.generate(tag: "lease")
         defer { certs.remove() }
         let serverTLS = EtcdServerTLS(certFile: certs.serverCert, keyFile: certs.serverKey, trustedCAFile: certs.caCert)
         try await withEtcd(tls: serverTLS, etcdctlTLS: (certs.caCert, certs.clientCert, certs.clientKey)) { server in
             let prefix = uniquePrefix("tls")
             #expect(server.clientURL.hasPrefix("https://"))
             for api in bothAPIs {
-                try writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
+                try await writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
                 let good = try makeRegistry(server, api, prefix: prefix) {
                     $0.caFile = certs.caCert
                     $0.certFile = certs.clientCert
@@ -178,11 +196,11 @@ struct CompatTests {
                 }
                 #expect(try await good.getConfig().network == subnet("10.5.0.0/16"))
                 let me = SubnetManager(registry: good, options: fastOptions(), logger: quietLogger)
-                let lease = try await me.acquireLease(config: try await good.getConfig(), attributes: vxlanAttributes("192.0.2.1"))
+                let lease = try await me.acquireLease(config: try await good.getConfig(), attributes: vxlanAttributes("192.0.2.1"), previousSubnet: ownTestSubnet)
                 let peers = PeerCollector(me.watchPeers(config: try await good.getConfig()))
                 defer { peers.stop() }
                 try await eventually("TLS watch snapshot") { peers.gotSnapshot }
-                try etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.250.0-24", value: vxlanAttributes("192.0.2.250").json, ttl: 60)
+                try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.250.0-24", value: vxlanAttributes("192.0.2.250").json, ttl: 60)
                 try await eventually("TLS watch event") { peers.peers[subnet("10.5.250.0/24")] != nil }
                 try await me.releaseLease()
                 _ = lease
@@ -221,12 +239,14 @@ struct CompatTests {
         }
     }
 
+    /// Tokens live 1 s here (etcd's default is 5 min) and vanish on restart: requests and the watch
+    /// re-authenticate by themselves.
     @Test func v3AuthenticationWithUsernameAndPassword() async throws {
-        try await withEtcd { server in
+        try await withEtcd(extraArguments: ["--auth-token-ttl=1"]) { server in
             let prefix = uniquePrefix("auth")
-            try writeConfig(server, .v3, prefix: prefix, vxlanConfigJSON)
-            try server.etcdctlChecked(api: 3, ["user", "add", "root:rootpw"])
-            try server.etcdctlChecked(api: 3, ["auth", "enable"])
+            try await writeConfig(server, .v3, prefix: prefix, vxlanConfigJSON)
+            try await server.etcdctlCheckedAsync(api: 3, ["user", "add", "root:rootpw"])
+            try await server.etcdctlCheckedAsync(api: 3, ["auth", "enable"])
             let good = try makeRegistry(server, .v3, prefix: prefix) {
                 $0.username = "root"
                 $0.password = "rootpw"
@@ -234,12 +254,17 @@ struct CompatTests {
             #expect(try await good.getConfig().network == subnet("10.5.0.0/16"))
             let me = SubnetManager(registry: good, options: fastOptions(), logger: quietLogger)
             let config = try await good.getConfig()
-            _ = try await me.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.1"))
+            _ = try await me.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.1"), previousSubnet: ownTestSubnet)
             let peers = PeerCollector(me.watchPeers(config: config))
             defer { peers.stop() }
             try await eventually("authenticated watch snapshot") { peers.gotSnapshot }
-            try server.etcdctlChecked(api: 3, ["--user=root:rootpw", "put", prefix + "/subnets/10.5.9.0-24", vxlanAttributes("192.0.2.9").json])
+            try await server.etcdctlCheckedAsync(api: 3, ["--user=root:rootpw", "put", prefix + "/subnets/10.5.9.0-24", vxlanAttributes("192.0.2.9").json])
             try await eventually("authenticated watch event") { peers.peers.count == 1 }
+            try await Task.sleep(for: .seconds(2))
+            try await me.renewLease()  // with an expired token
+            try await server.restart()  // the watch comes back with a token etcd has never seen
+            try await server.etcdctlCheckedAsync(api: 3, ["--user=root:rootpw", "put", prefix + "/subnets/10.5.10.0-24", vxlanAttributes("192.0.2.10").json])
+            try await eventually(timeout: .seconds(15), "watch event after restart") { peers.peers.count == 2 }
 
             let bad = try makeRegistry(server, .v3, prefix: prefix) {
                 $0.username = "root"
@@ -248,6 +273,43 @@ struct CompatTests {
             await #expect(throws: EtcdClientError.self) { _ = try await bad.getConfigText() }
             let anonymous = try makeRegistry(server, .v3, prefix: prefix)
             await #expect(throws: RegistryError.self) { _ = try await anonymous.getConfigText() }
+        }
+    }
+
+    @Test func v2BasicAuthentication() async throws {
+        try await withEtcd { server in
+            let prefix = uniquePrefix("auth2")
+            try await server.etcdctlCheckedAsync(api: 2, ["user", "add", "root:rootpw"])
+            try await server.etcdctlCheckedAsync(api: 2, ["auth", "enable"])
+            try await server.etcdctlCheckedAsync(api: 2, ["--username", "root:rootpw", "role", "revoke", "guest", "--path", "/*", "--readwrite"])
+            try await server.etcdctlCheckedAsync(api: 2, ["--username", "root:rootpw", "set", prefix + "/config", vxlanConfigJSON])
+            let good = try makeRegistry(server, .v2, prefix: prefix) {
+                $0.username = "root"
+                $0.password = "rootpw"
+            }
+            let config = try await good.getConfig()
+            let me = SubnetManager(registry: good, options: fastOptions(), logger: quietLogger)
+            let lease = try await me.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.1"), previousSubnet: ownTestSubnet)
+            let peers = PeerCollector(me.watchPeers(config: config))
+            defer { peers.stop() }
+            try await eventually("authenticated v2 snapshot") { peers.gotSnapshot }
+            try await server.etcdctlCheckedAsync(api: 2, ["--username", "root:rootpw", "set", prefix + "/subnets/10.5.9.0-24", vxlanAttributes("192.0.2.9").json])
+            try await eventually("authenticated v2 watch event") { peers.peers.count == 1 }
+            try await me.renewLease()
+            #expect(try await good.getLease(name: lease.subnet.leaseKey) != nil)
+
+            for creds in [("root", "wrong"), nil] {
+                let bad = try makeRegistry(server, .v2, prefix: prefix) {
+                    $0.username = creds?.0
+                    $0.password = creds?.1
+                }
+                do {
+                    _ = try await bad.getConfigText()
+                    Issue.record("v2 accepted bad credentials \(String(describing: creds))")
+                } catch let e as EtcdClientError {
+                    #expect(e.description.contains("--etcd-username"), "\(e)")
+                }
+            }
         }
     }
 }

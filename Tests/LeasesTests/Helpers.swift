@@ -1,4 +1,5 @@
 import Glibc
+import Logging
 @testable import Leases
 import NetTypes
 import Synchronization
@@ -11,10 +12,11 @@ let bothAPIs: [EtcdAPIVersion] = [.v2, .v3]
 /// Starts a dedicated etcd for one test and removes it afterwards, also when the test fails.
 /// `exclusive`: no other etcd test of this process runs meanwhile (CPU-time measurements).
 func withEtcd<T>(tls: EtcdServerTLS? = nil, etcdctlTLS: (ca: String, cert: String, key: String)? = nil,
-                 exclusive: Bool = false, _ body: (EtcdServer) async throws -> T) async throws -> T {
+                 exclusive: Bool = false, extraArguments: [String] = [],
+                 _ body: (EtcdServer) async throws -> T) async throws -> T {
     await TestGate.shared.enter(exclusive: exclusive)
     defer { Task { await TestGate.shared.leave(exclusive: exclusive) } }
-    let server = try await EtcdServer.start(tag: "lease", tls: tls, etcdctlTLS: etcdctlTLS)
+    let server = try await EtcdServer.start(tag: "lease", tls: tls, etcdctlTLS: etcdctlTLS, extraArguments: extraArguments)
     defer { server.cleanup() }
     return try await body(server)
 }
@@ -61,26 +63,26 @@ func makeRegistry(_ server: EtcdServer, _ api: EtcdAPIVersion, prefix: String,
 }
 
 /// Writes `<prefix>/config` with etcdctl, the way flannel's documentation does.
-func writeConfig(_ server: EtcdServer, _ api: EtcdAPIVersion, prefix: String, _ json: String) throws {
+func writeConfig(_ server: EtcdServer, _ api: EtcdAPIVersion, prefix: String, _ json: String) async throws {
     if api == .v2 {
-        try server.etcdctlChecked(api: 2, ["set", prefix + "/config", json])
+        try await server.etcdctlCheckedAsync(api: 2, ["set", prefix + "/config", json])
     } else {
-        try server.etcdctlChecked(api: 3, ["put", prefix + "/config", json])
+        try await server.etcdctlCheckedAsync(api: 3, ["put", prefix + "/config", json])
     }
 }
 
 /// Writes a lease key as flannel does: v2 `set --ttl`, v3 `lease grant` + `put --lease`. ttl nil: reservation.
-func etcdctlWriteLease(_ server: EtcdServer, _ api: EtcdAPIVersion, prefix: String, name: String, value: String, ttl: Int?) throws {
+func etcdctlWriteLease(_ server: EtcdServer, _ api: EtcdAPIVersion, prefix: String, name: String, value: String, ttl: Int?) async throws {
     let key = prefix + "/subnets/" + name
     if api == .v2 {
-        try server.etcdctlChecked(api: 2, ["set"] + (ttl.map { ["--ttl", String($0)] } ?? []) + [key, value])
+        try await server.etcdctlCheckedAsync(api: 2, ["set"] + (ttl.map { ["--ttl", String($0)] } ?? []) + [key, value])
     } else if let ttl {
-        let out = try server.etcdctlChecked(api: 3, ["lease", "grant", String(ttl)])
+        let out = try await server.etcdctlCheckedAsync(api: 3, ["lease", "grant", String(ttl)])
         // "lease 694d7b2b2b2b2b2b granted with TTL(60s)"
         let id = out.split(separator: " ")[1]
-        try server.etcdctlChecked(api: 3, ["put", "--lease=\(id)", key, value])
+        try await server.etcdctlCheckedAsync(api: 3, ["put", "--lease=\(id)", key, value])
     } else {
-        try server.etcdctlChecked(api: 3, ["put", key, value])
+        try await server.etcdctlCheckedAsync(api: 3, ["put", key, value])
     }
 }
 
@@ -166,3 +168,32 @@ func processCPUTime() -> Duration {
     let micros = Int64(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * 1_000_000 + Int64(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec)
     return .microseconds(micros)
 }
+
+/// A swift-log handler that keeps the lines, to check log rate limits.
+final class CollectedLines: Sendable {
+    let lines = Mutex<[String]>([])
+    var all: [String] { lines.withLock { $0 } }
+
+    func logger(level: Logger.Level = .info) -> Logger {
+        var l = Logger(label: "leases-test-collect") { _ in CollectingHandler(sink: self) }
+        l.logLevel = level
+        return l
+    }
+}
+
+struct CollectingHandler: LogHandler {
+    let sink: CollectedLines
+    var logLevel: Logger.Level = .info
+    var metadata: Logger.Metadata = [:]
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        sink.lines.withLock { $0.append("\(event.level) \(event.message)") }
+    }
+}
+
+/// Where tests that write peers at 10.5.1-199 put their own node (a random pick could collide).
+let ownTestSubnet = IPv4Subnet(cidr: "10.5.200.0/24")!

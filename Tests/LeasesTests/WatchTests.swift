@@ -17,15 +17,15 @@ struct WatchTests {
     func seesAddsChangesDeletesAndExpiry(_ api: EtcdAPIVersion) async throws {
         try await withEtcd { server in
             let prefix = uniquePrefix("watch")
-            try writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
+            try await writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
             let config = try NetworkConfig.parse(vxlanConfigJSON)
             let registry = try makeRegistry(server, api, prefix: prefix)
             let me = SubnetManager(registry: registry, options: fastOptions(), logger: quietLogger)
-            let own = try await me.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.1"))
+            let own = try await me.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.1"), previousSubnet: ownTestSubnet)
 
             // A peer present before the watch starts, with a short TTL.
             let p1 = vxlanAttributes("192.0.2.2", mac: "0a:00:00:00:00:02")
-            try etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.2.0-24", value: p1.json, ttl: 3)
+            try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.2.0-24", value: p1.json, ttl: 3)
 
             let peers = PeerCollector(me.watchPeers(config: config))
             defer { peers.stop() }
@@ -37,18 +37,18 @@ struct WatchTests {
 
             // add
             let p2 = vxlanAttributes("192.0.2.3", mac: "0a:00:00:00:00:03")
-            try etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.3.0-24", value: p2.json, ttl: 60)
+            try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.3.0-24", value: p2.json, ttl: 60)
             try await eventually("add") { peers.peers[subnet("10.5.3.0/24")]?.attributes == p2 }
             // change (a restarted node with a new VtepMAC)
             let p2b = vxlanAttributes("192.0.2.3", mac: "0a:00:00:00:00:33")
-            try etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.3.0-24", value: p2b.json, ttl: 60)
+            try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.3.0-24", value: p2b.json, ttl: 60)
             try await eventually("change") { peers.peers[subnet("10.5.3.0/24")]?.attributes == p2b }
             #expect(peers.events.contains(.changed(peers.peers[subnet("10.5.3.0/24")]!)))
             // delete
             if api == .v2 {
-                try server.etcdctlChecked(api: 2, ["rm", prefix + "/subnets/10.5.3.0-24"])
+                try await server.etcdctlCheckedAsync(api: 2, ["rm", prefix + "/subnets/10.5.3.0-24"])
             } else {
-                try server.etcdctlChecked(api: 3, ["del", prefix + "/subnets/10.5.3.0-24"])
+                try await server.etcdctlCheckedAsync(api: 3, ["del", prefix + "/subnets/10.5.3.0-24"])
             }
             try await eventually("delete") { peers.peers[subnet("10.5.3.0/24")] == nil }
             // TTL expiry of the first peer
@@ -67,27 +67,53 @@ struct WatchTests {
     }
 
     @Test(arguments: bothAPIs)
+    func ownLeaseOverwrittenBySomeoneElseIsSignalled(_ api: EtcdAPIVersion) async throws {
+        try await withEtcd { server in
+            let prefix = uniquePrefix("taken")
+            try await writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
+            let config = try NetworkConfig.parse(vxlanConfigJSON)
+            let me = SubnetManager(registry: try makeRegistry(server, api, prefix: prefix), options: fastOptions(), logger: quietLogger)
+            let own = try await me.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.1"), previousSubnet: ownTestSubnet)
+            let peers = PeerCollector(me.watchPeers(config: config))
+            defer { peers.stop() }
+            try await eventually("snapshot") { peers.gotSnapshot }
+            // Our own rewrite (a renewal) is not a loss...
+            try await me.renewLease()
+            // ...another node's is.
+            try await etcdctlWriteLease(server, api, prefix: prefix, name: own.subnet.leaseKey,
+                                        value: vxlanAttributes("192.0.2.77").json, ttl: 60)
+            var lost = me.ownLeaseLost.makeAsyncIterator()
+            let event = await lost.next()
+            #expect(event?.lease.subnet == own.subnet)
+            #expect(event?.holder?.publicIP == IPv4Address("192.0.2.77"))
+            // The other node's lease is never reported as our peer under our subnet's old owner.
+            #expect(peers.peers[own.subnet] == nil)
+        }
+    }
+
+    @Test(arguments: bothAPIs)
     func ownLeaseDeletedBySomeoneElseIsSignalled(_ api: EtcdAPIVersion) async throws {
         try await withEtcd { server in
             let prefix = uniquePrefix("lost")
-            try writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
+            try await writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
             let config = try NetworkConfig.parse(vxlanConfigJSON)
             let registry = try makeRegistry(server, api, prefix: prefix)
             let me = SubnetManager(registry: registry, options: fastOptions(), logger: quietLogger)
-            let own = try await me.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.1"))
+            let own = try await me.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.1"), previousSubnet: ownTestSubnet)
             let peers = PeerCollector(me.watchPeers(config: config))
             defer { peers.stop() }
             try await eventually("snapshot") { peers.gotSnapshot }
             if api == .v2 {
-                try server.etcdctlChecked(api: 2, ["rm", prefix + "/subnets/" + own.subnet.leaseKey])
+                try await server.etcdctlCheckedAsync(api: 2, ["rm", prefix + "/subnets/" + own.subnet.leaseKey])
             } else {
-                try server.etcdctlChecked(api: 3, ["del", prefix + "/subnets/" + own.subnet.leaseKey])
+                try await server.etcdctlCheckedAsync(api: 3, ["del", prefix + "/subnets/" + own.subnet.leaseKey])
             }
             var lost = me.ownLeaseLost.makeAsyncIterator()
             let event = await lost.next()
             #expect(event?.lease.subnet == own.subnet)
             #expect(event?.reason.contains("deleted") == true)
-            await #expect(throws: (any Error).self) { try await me.runRenewLoop() }
+            await #expect(throws: LeaseLost.self) { try await me.runRenewLoop() }
+            await #expect(throws: LeaseLost.self) { try await me.renewLease() }
         }
     }
 
@@ -101,7 +127,7 @@ struct WatchTests {
             if api == .v3 {
                 for i in 0..<5 { try await putRaw(registry, name: "10.5.\(i).0-24", value: "{}") }
                 let rev = try await registry.listLeases().revision
-                try server.etcdctlChecked(api: 3, ["compact", String(rev)])
+                try await server.etcdctlCheckedAsync(api: 3, ["compact", String(rev)])
             } else {
                 // v2 keeps the last 1000 events.
                 for i in 0..<1010 { try await putRaw(registry, name: "10.5.\(i % 200).0-24", value: "{}") }
@@ -122,24 +148,25 @@ struct WatchTests {
     func recoversFromOutageAndLostHistoryWithoutMissingChanges(_ api: EtcdAPIVersion) async throws {
         try await withEtcd(exclusive: true) { server in
             let prefix = uniquePrefix("outage")
-            try writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
+            try await writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
             let config = try NetworkConfig.parse(vxlanConfigJSON)
             let counters = LeaseCounters()
             let registry = try makeRegistry(server, api, prefix: prefix, counters: counters)
             var options = fastOptions()
             options.backoffInitial = .milliseconds(100)
             options.backoffMax = .seconds(5)
-            let me = SubnetManager(registry: registry, counters: counters, options: options, logger: quietLogger)
-            _ = try await me.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.1"))
+            let log = CollectedLines()
+            let me = SubnetManager(registry: registry, counters: counters, options: options, logger: log.logger(level: .warning))
+            _ = try await me.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.1"), previousSubnet: ownTestSubnet)
             for i in 2...4 {
-                try etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.\(i).0-24",
+                try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.\(i).0-24",
                                       value: vxlanAttributes("192.0.2.\(i)").json, ttl: 600)
             }
             let peers = PeerCollector(me.watchPeers(config: config))
             defer { peers.stop() }
             try await eventually("snapshot") { peers.peers.count == 3 }
 
-            server.stop()
+            await server.stopAsync()
             let cpuBefore = processCPUTime()
             let wallBefore = ContinuousClock.now
             try await Task.sleep(for: .seconds(3))
@@ -150,6 +177,10 @@ struct WatchTests {
             #expect(failedAttempts <= 8)
             // Nothing else runs in this process meanwhile (exclusive): a busy loop would burn ~1 s per second.
             #expect(cpu < wall * 0.1, "CPU \(cpu) during \(wall) of etcd outage")
+            // One log line per error class per interval (5 s here), not one per attempt.
+            let watchLines = log.all.filter { $0.contains("lease watch") }
+            #expect(failedAttempts >= 3)
+            #expect(watchLines.count <= 2, "\(watchLines)")
 
             // Right after a failed attempt the watcher sleeps ≥ 3.2 s: in that window etcd returns,
             // leases change, and the history the watcher would resume from disappears.
@@ -159,21 +190,22 @@ struct WatchTests {
             try await server.restart()
             let p5 = vxlanAttributes("192.0.2.5")
             if api == .v3 {
-                try server.etcdctlChecked(api: 3, ["del", prefix + "/subnets/10.5.2.0-24"])
-                try etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.5.0-24", value: p5.json, ttl: 600)
+                try await server.etcdctlCheckedAsync(api: 3, ["del", prefix + "/subnets/10.5.2.0-24"])
+                try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.5.0-24", value: p5.json, ttl: 600)
                 let rev = try await registry.listLeases().revision
-                try server.etcdctlChecked(api: 3, ["compact", String(rev)])
+                try await server.etcdctlCheckedAsync(api: 3, ["compact", String(rev)])
             } else {
-                try server.etcdctlChecked(api: 2, ["rm", prefix + "/subnets/10.5.2.0-24"])
-                try etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.5.0-24", value: p5.json, ttl: 600)
-                // Push the remove and the add out of v2's 1000-event window (other keys, outside our prefix).
+                // Push the index the watcher resumes from out of v2's 1000-event window (other keys,
+                // outside our prefix), then remove and add.
                 let noise = try makeRegistry(server, .v2, prefix: uniquePrefix("noise"))
                 try await withThrowingTaskGroup(of: Void.self) { group in
-                    for w in 0..<4 {
-                        group.addTask { for i in 0..<260 { try await putRaw(noise, name: "n\(w)-\(i)", value: "x") } }
+                    for w in 0..<8 {
+                        group.addTask { for i in 0..<130 { try await putRaw(noise, name: "n\(w)-\(i)", value: "x") } }
                     }
                     try await group.waitForAll()
                 }
+                try await server.etcdctlCheckedAsync(api: 2, ["rm", prefix + "/subnets/10.5.2.0-24"])
+                try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.5.0-24", value: p5.json, ttl: 600)
             }
             try await eventually(timeout: .seconds(15), "re-list after the outage") {
                 Set(peers.peers.keys) == [subnet("10.5.3.0/24"), subnet("10.5.4.0/24"), subnet("10.5.5.0/24")]
@@ -186,7 +218,7 @@ struct WatchTests {
 
             // And the watch is live again.
             let p6 = vxlanAttributes("192.0.2.6")
-            try etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.6.0-24", value: p6.json, ttl: 600)
+            try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.6.0-24", value: p6.json, ttl: 600)
             try await eventually("live again") { peers.peers[subnet("10.5.6.0/24")] != nil }
         }
     }
@@ -195,15 +227,15 @@ struct WatchTests {
     func periodicRelistRepairsAndStaysQuiet(_ api: EtcdAPIVersion) async throws {
         try await withEtcd { server in
             let prefix = uniquePrefix("relist")
-            try writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
+            try await writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
             let config = try NetworkConfig.parse(vxlanConfigJSON)
             let counters = LeaseCounters()
             var options = fastOptions()
             options.relistInterval = .milliseconds(500)
             let me = SubnetManager(registry: try makeRegistry(server, api, prefix: prefix, counters: counters),
                                    counters: counters, options: options, logger: quietLogger)
-            _ = try await me.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.1"))
-            try etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.7.0-24", value: vxlanAttributes("192.0.2.7").json, ttl: 600)
+            _ = try await me.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.1"), previousSubnet: ownTestSubnet)
+            try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.7.0-24", value: vxlanAttributes("192.0.2.7").json, ttl: 600)
             let peers = PeerCollector(me.watchPeers(config: config))
             defer { peers.stop() }
             try await eventually("snapshot") { peers.peers.count == 1 }
@@ -211,7 +243,7 @@ struct WatchTests {
             // Nothing was missed, so re-lists report nothing.
             #expect(peers.events.count == 1)
             #expect(counters.snapshot().repairedByRelist == 0)
-            try etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.8.0-24", value: vxlanAttributes("192.0.2.8").json, ttl: 600)
+            try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.8.0-24", value: vxlanAttributes("192.0.2.8").json, ttl: 600)
             try await eventually("add after re-lists") { peers.peers.count == 2 }
         }
     }

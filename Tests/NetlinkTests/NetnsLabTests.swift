@@ -1,5 +1,6 @@
 import NetTypes
 import TestSupport
+import Glibc
 import Testing
 
 @Suite("NetnsLab") struct NetnsLabTests {
@@ -12,6 +13,8 @@ import Testing
         let (a, b) = (nodes[0], nodes[1])
         #expect(a.podSubnet.description == "10.5.1.0/24" && b.podIP.description == "10.5.2.2")
 
+        #expect(try lab.groEnabled(namespace: a.name, ifname: "eth0"))
+        #expect(try lab.groEnabled(namespace: lab.wireNamespace, ifname: a.wireIfname))
         // Underlay is up and the nodes see each other.
         #expect(try lab.waitForPing(from: a.name, to: b.nodeIP))
         // No route yet between pods.
@@ -47,5 +50,44 @@ import Testing
         #expect(!sleeper.isRunning)
         let left = try lab.sh(nil, ["netns", "list"])
         #expect(!left.contains(lab.prefix + "-"))
+    }
+
+    @Test("namespaces of dead test processes are swept; live ones are not", .enabled(if: Privileges.isRoot, Privileges.skipReason))
+    func staleSweep() throws {
+        // A pid that surely does not exist now: a child that has exited and been reaped.
+        let lab = try NetnsLab(tag: "nlsw")
+        defer { lab.cleanup() }
+        let child = try lab.spawn(lab.wireNamespace, ["/bin/true"])
+        #expect(child.waitExit(timeout: 5) == 0)
+        let stale = "fxnlsw-\(child.pid)-1-n1"
+        try lab.sh(nil, ["netns", "add", stale])
+        defer { _ = try? lab.run(nil, ["netns", "del", stale]) }
+        // And a work folder with a mount in it, as FlannelCluster makes (/run/<prefix>/bpf).
+        let folder = "/run/fxnlsw-\(child.pid)-1"
+        try lab.sh(nil, ["/bin/mkdir", "-p", folder + "/bpf"])
+        try lab.sh(nil, ["/bin/mount", "-t", "bpf", "bpf", folder + "/bpf"])
+        defer { _ = try? lab.run(nil, ["/bin/umount", folder + "/bpf"]); _ = try? lab.run(nil, ["/bin/rm", "-rf", folder]) }
+        let removed = NetnsLab.removeStaleNamespaces()
+        #expect(removed.contains(stale) && removed.contains(folder))
+        #expect(access(folder, F_OK) != 0)
+        #expect(!CommandRunnerProbe.mounts().contains(folder + "/bpf"))
+        #expect(!removed.contains(lab.wireNamespace))
+        #expect(!(try lab.sh(nil, ["netns", "list"])).contains(stale))
+        #expect(try lab.sh(nil, ["netns", "list"]).contains(lab.wireNamespace))
+    }
+}
+
+enum CommandRunnerProbe {
+    static func mounts() -> String {
+        guard let f = fopen("/proc/self/mounts", "r") else { return "" }
+        defer { fclose(f) }
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = fread(&buf, 1, buf.count, f)
+            if n <= 0 { break }
+            out += buf[0..<n]
+        }
+        return String(decoding: out, as: UTF8.self)
     }
 }

@@ -126,8 +126,33 @@ import Testing
         #expect(try table.currentPeers() == [standIn.asPeer])
         #expect(try lab.ping(from: mine.podNamespace, to: ref.podIP, count: 2).received == 2)
 
-        try table.remove(standIn.asPeer)
-        #expect(try table.currentPeers().isEmpty)
+        // Someone deletes the device: the table says so instead of reporting "no peers"; ensure
+        // and a new table bring everything back.
+        try lab.sh(mine.name, ["link", "del", "flannel.1"])
+        do {
+            _ = try table.currentPeers()
+            Issue.record("a table whose device is gone must not read back as empty")
+        } catch let e as OverlayError {
+            guard case .deviceMissing(let name, _) = e else { Issue.record("unexpected \(e)"); return }
+            #expect(name == "flannel.1")
+        }
+        do {
+            try table.upsert(standIn.asPeer)
+            Issue.record("upserting into a deleted device must fail")
+        } catch let e as OverlayError {
+            guard case .deviceMissing = e else { Issue.record("unexpected \(e)"); return }
+        }
+        let dev2 = try FlannelVXLANDevice.ensure(vni: 1, localIP: mine.nodeIP, underlayIndex: eth0.index, preferredMAC: dev.mac,
+                                                 subnet: mine.podSubnet, network: Self.network, netlink: &nl)
+        #expect(dev2.origin == .created && dev2.mac == dev.mac)
+        let table2 = try KernelVXLANPeerTable(device: dev2, network: Self.network, networkNamespace: "/run/netns/\(mine.name)")
+        try table2.verifyDevice()
+        #expect(try table2.currentPeers().isEmpty)
+        try table2.upsert(standIn.asPeer)
+        #expect(try lab.ping(from: mine.podNamespace, to: ref.podIP, count: 2).received == 2)
+
+        try table2.remove(standIn.asPeer)
+        #expect(try table2.currentPeers().isEmpty)
         #expect(try lab.ping(from: mine.podNamespace, to: ref.podIP, count: 1).received == 0)
         #expect(try lab.sh(mine.name, ["neigh", "show", "dev", "flannel.1"]).isEmpty)
         #expect(!(try lab.sh(mine.name, [LabTools.bridge, "fdb", "show", "dev", "flannel.1"])).contains("\(standIn.vtepMAC)"))
@@ -226,7 +251,8 @@ import Testing
         let dev = try FlannelVXLANDevice.ensure(vni: 1, localIP: a.nodeIP, underlayIndex: eth0A.index,
                                                 subnet: a.podSubnet, network: Self.network, netlink: &nlA)
         let table = try KernelVXLANPeerTable(device: dev, network: Self.network, networkNamespace: "/run/netns/\(a.name)")
-        // First as a vxlan peer, then it turns direct: neighbour and fdb must go.
+        // First as a vxlan peer, then it turns direct: the neighbour goes, the fdb entry stays (so
+        // the peer reads back exactly, MAC included).
         let vxPeer = Peer(subnet: b.podSubnet, publicIP: b.nodeIP, vtepMAC: MACAddress("0e:00:00:00:00:bb")!)
         try table.upsert(vxPeer)
         var direct = vxPeer
@@ -234,12 +260,17 @@ import Testing
         try table.upsert(direct)
         #expect(try lab.sh(a.name, ["route", "show", "\(b.podSubnet)"]).trimmingCharacters() == "\(b.podSubnet) via \(b.nodeIP) dev eth0")
         #expect(try lab.sh(a.name, ["neigh", "show", "dev", "flannel.1"]).isEmpty)
-        #expect(!(try lab.sh(a.name, [LabTools.bridge, "fdb", "show", "dev", "flannel.1"])).contains("0e:00:00:00:00:bb"))
-        #expect(try table.currentPeers() == [KernelVXLANPeerTable.kernelView(of: direct)])
+        #expect(try lab.sh(a.name, [LabTools.bridge, "fdb", "show", "dev", "flannel.1"]).contains("0e:00:00:00:00:bb dst \(b.nodeIP) self permanent"))
+        #expect(try table.currentPeers() == [direct])
         #expect(try lab.ping(from: a.podNamespace, to: b.podIP, count: 2).received == 2)
         try table.remove(direct)
         #expect(try table.currentPeers().isEmpty)
         #expect(try lab.sh(a.name, ["route", "show", "\(b.podSubnet)"]).isEmpty)
+        #expect(!(try lab.sh(a.name, [LabTools.bridge, "fdb", "show", "dev", "flannel.1"])).contains("0e:00:00:00:00:bb"))
+        // Back to vxlan: the triple again, identical read-back.
+        try table.upsert(vxPeer)
+        #expect(try table.currentPeers() == [vxPeer])
+        try table.remove(vxPeer)
         #expect(try lab.sh(a.name, ["route", "show"]).contains("172.16.5.0/24"))
     }
 
@@ -261,14 +292,18 @@ import Testing
         try lab.sh(node.name, ["link", "add", "flannel.2", "type", "vxlan", "id", "2", "dev", "eth0", "dstport", "8472"])
 
         let removal = try Overlay.removeAll(vni: 1, network: Self.network, underlayIndex: eth0.index, netlink: &nl)
-        #expect(removal.deletedDevice == "flannel.1" && removal.deletedRoutes == [IPv4Subnet(cidr: "10.5.40.0/24")!])
+        #expect(removal.deletedDevices == ["flannel.1"] && removal.deletedRoutes == [IPv4Subnet(cidr: "10.5.40.0/24")!])
         let routes = try lab.sh(node.name, ["route", "show"])
         #expect(!routes.contains("10.5.40.0") && !routes.contains("flannel.1") && routes.contains("172.16.0.0/24"))
         #expect(routes.contains("\(node.podSubnet) dev cni0"))
         #expect(try nl.link(named: "flannel.1") == nil && nl.link(named: "flannel.2") != nil)
         // Idempotent.
         let again = try Overlay.removeAll(vni: 1, network: Self.network, underlayIndex: eth0.index, netlink: &nl)
-        #expect(again.deletedDevice == nil && again.deletedRoutes.isEmpty)
+        #expect(again.deletedDevices.isEmpty && again.deletedRoutes.isEmpty)
+        // Without a VNI: every flannel.<N> that is a vxlan with id N; a squatter is left alone.
+        try lab.sh(node.name, ["link", "add", "flannel.9", "type", "bridge"])
+        #expect(try Overlay.removeAll(netlink: &nl).deletedDevices == ["flannel.2"])
+        #expect(try nl.link(named: "flannel.9") != nil)
     }
     @Test("1000 peers: upsert, read back through multi-part dumps, remove", .enabled(if: root, Privileges.skipReason))
     func manyPeers() throws {
@@ -294,6 +329,95 @@ import Testing
         for p in many { try table.remove(p) }
         #expect(try table.currentPeers().isEmpty)
         #expect(try lab.sh(node.name, ["neigh", "show", "dev", "flannel.1"]).isEmpty)
+    }
+
+    @Test("flanneld's two phases: the device (and its MAC) before the lease, the address after; a new lease moves it; GBP",
+          .enabled(if: root, Privileges.skipReason))
+    func twoPhases() throws {
+        let lab = try NetnsLab(tag: "ovp")
+        defer { lab.cleanup() }
+        let node = try lab.makeCluster(nodes: 1)[0]
+        var nl = try NetlinkSocket(networkNamespace: "/run/netns/\(node.name)")
+        let eth0 = try #require(try nl.link(named: "eth0"))
+        let dev = try FlannelVXLANDevice.ensure(vni: 1, localIP: node.nodeIP, underlayIndex: eth0.index, netlink: &nl)
+        #expect(dev.subnet == nil && dev.origin == .created && dev.mtu == 1450)
+        #expect(try nl.addresses(index: dev.index).isEmpty)
+        #expect(try lab.linkMAC(node.name, "flannel.1") == dev.mac)
+
+        let configured = try dev.configure(subnet: node.podSubnet, network: Self.network, netlink: &nl)
+        #expect(configured.subnet == node.podSubnet)
+        #expect(try lab.sh(node.name, ["-4", "-o", "addr", "show", "dev", "flannel.1"]).contains("inet \(node.podSubnet.address)/32"))
+        #expect(try nl.link(index: dev.index)?.isUp == true)
+        _ = try configured.configure(subnet: node.podSubnet, network: Self.network, netlink: &nl) // idempotent
+
+        // The lease changed (e.g. it expired during a long outage): the old address goes.
+        let newLease = IPv4Subnet(cidr: "10.5.77.0/24")!
+        _ = try configured.configure(subnet: newLease, network: Self.network, netlink: &nl)
+        #expect(try nl.addresses(index: dev.index).map { "\($0.address)/\($0.prefixLength)" } == ["10.5.77.0/32"])
+
+        // GBP is part of compatibility, in both directions.
+        let gbp = try FlannelVXLANDevice.ensure(vni: 1, localIP: node.nodeIP, underlayIndex: eth0.index, gbp: true, netlink: &nl)
+        #expect(gbp.origin == .replaced(reason: "gbp: false vs true") && gbp.mac == dev.mac)
+        #expect(try lab.sh(node.name, ["-d", "link", "show", "flannel.1"]).contains(" gbp"))
+        #expect(try FlannelVXLANDevice.ensure(vni: 1, localIP: node.nodeIP, underlayIndex: eth0.index, gbp: true, netlink: &nl).origin == .adopted)
+
+        // configure on a device that went away says so.
+        try nl.deleteLink(index: gbp.index)
+        do {
+            _ = try gbp.configure(subnet: node.podSubnet, network: Self.network, netlink: &nl)
+            Issue.record("configure on a deleted device must fail")
+        } catch {
+            guard case .deviceMissing = error else { Issue.record("unexpected \(error)"); return }
+        }
+    }
+
+    @Test("KernelOverlay: the daemon's sequence end to end against a CLI reference node; TUN; cleanup",
+          .enabled(if: root, Privileges.skipReason))
+    func kernelOverlayFacade() throws {
+        let lab = try NetnsLab(tag: "ovk")
+        defer { lab.cleanup() }
+        let nodes = try lab.makeCluster(nodes: 2)
+        let (ref, mine) = (nodes[0], nodes[1])
+        let standIn = try lab.makeFlannelStandIn(node: ref)
+        let overlay = try KernelOverlay(networkNamespace: "/run/netns/\(mine.name)")
+        var nl = try NetlinkSocket(networkNamespace: "/run/netns/\(mine.name)")
+        let eth0 = try #require(try nl.link(named: "eth0"))
+
+        // Phase 1 (before the lease): the device and its MAC. Phase 2: address, tables.
+        let dev = try overlay.ensureVXLANDevice(vni: 1, localIP: mine.nodeIP, underlayIndex: eth0.index, mtu: 1450)
+        let readBack = try overlay.vxlanDevice(index: dev.index)
+        #expect(readBack.mac == dev.mac && readBack.vni == 1 && readBack.port == 8472 && readBack.localIP == mine.nodeIP
+                && readBack.underlayIndex == eth0.index)
+        let configured = try overlay.configureVXLANDevice(readBack, subnet: mine.podSubnet, network: Self.network)
+        let table = try overlay.kernelVXLANPeerTable(device: configured, network: Self.network)
+        try table.upsert(standIn.asPeer)
+        try lab.addFlannelPeerRoutes(on: ref, peer: Peer(subnet: mine.podSubnet, publicIP: mine.nodeIP, vtepMAC: dev.mac))
+        #expect(try lab.ping(from: mine.podNamespace, to: ref.podIP, count: 2).received == 2)
+        #expect(try overlay.isDirectlyReachable(ref.nodeIP))
+
+        // host-gw table from the same object.
+        let hostGW = try overlay.hostGWPeerTable(underlayIndex: eth0.index, network: Self.network, ownSubnet: mine.podSubnet)
+        #expect(try hostGW.currentPeers().isEmpty)
+
+        // The userspace path's TUN (a persistent one made with the CLI stands in for the daemon's).
+        try lab.sh(mine.name, ["tuntap", "add", "dev", "flannel0", "mode", "tun"])
+        try overlay.configureTUN(name: "flannel0", subnet: mine.podSubnet, network: Self.network, mtu: 1472)
+        try overlay.configureTUN(name: "flannel0", subnet: mine.podSubnet, network: Self.network, mtu: 1472) // idempotent
+        let tun = try lab.sh(mine.name, ["-4", "-o", "addr", "show", "dev", "flannel0"])
+        #expect(tun.contains("inet \(mine.podSubnet.address)/32"))
+        #expect(try lab.sh(mine.name, ["link", "show", "flannel0"]).contains("mtu 1472"))
+        #expect(try lab.sh(mine.name, ["route", "show", "\(Self.network)"]).contains("\(Self.network) dev flannel0"))
+        do {
+            try overlay.configureTUN(name: "nosuchtun", subnet: mine.podSubnet, network: Self.network, mtu: 1472)
+            Issue.record("a missing TUN must be reported")
+        } catch {
+            guard case .deviceMissing(let name, _) = error else { Issue.record("unexpected \(error)"); return }
+            #expect(name == "nosuchtun")
+        }
+
+        // cleanup without a VNI or network: our vxlan devices go, nothing else.
+        #expect(try overlay.removeFlannelDevices() == ["flannel.1"])
+        #expect(try nl.link(named: "flannel0") != nil && nl.link(named: "flannel.1") == nil)
     }
 }
 

@@ -54,10 +54,10 @@ import Testing
         #expect(reason(decap(Array(good.prefix(30)), framing)) == .malformed)
         #expect(reason(decap(vxlanPayload(vni: 2, destinationMAC: ourMAC, sourceMAC: peerMAC, inner: inner), framing)) == .badVNI)
         #expect(reason(decap(vxlanPayload(vni: 1, destinationMAC: ourMAC, sourceMAC: peerMAC, inner: inner, flags: 0), framing)) == .badVNI)
-        #expect(reason(decap(vxlanPayload(vni: 1, destinationMAC: peerMAC, sourceMAC: peerMAC, inner: inner), framing)) == .inner)
+        #expect(reason(decap(vxlanPayload(vni: 1, destinationMAC: peerMAC, sourceMAC: peerMAC, inner: inner), framing)) == .innerNotOurs)
         var ipv6 = good
         ipv6[20] = 0x86; ipv6[21] = 0xdd
-        #expect(reason(decap(ipv6, framing)) == .inner)
+        #expect(reason(decap(ipv6, framing)) == .innerNotIPv4)
         var badIHL = good
         badIHL[22] = 0x44
         #expect(reason(decap(badIHL, framing)) == .malformed)
@@ -66,7 +66,7 @@ import Testing
         #expect(reason(decap(longTotal, framing)) == .malformed)
         var version6 = good
         version6[22] = 0x65
-        #expect(reason(decap(version6, framing)) == .inner)
+        #expect(reason(decap(version6, framing)) == .innerNotIPv4)
 
         let udp = Framing(.udp(port: 8285))
         if case .deliver(let o, let l) = decap(inner, udp) { #expect(o == 0 && l == inner.count) } else { Issue.record("udp framing") }
@@ -236,5 +236,68 @@ import Testing
         var untouched = full
         untouched.withUnsafeMutableBytes { Wire.repairPartialChecksum($0.baseAddress!, headerLength: 20, totalLength: 44) }
         #expect(untouched == full)
+    }
+}
+
+@Suite struct CoalescerTests {
+    /// TCP segment 10.5.1.2:5000 → 10.5.2.2:80 with `payload` bytes at `sequence`, timestamps option.
+    func segment(sequence: UInt32, payload: [UInt8], flags: UInt8 = 0x10) -> [UInt8] {
+        let total = 20 + 32 + payload.count
+        var p: [UInt8] = [0x45, 0, UInt8(total >> 8), UInt8(total & 0xff), 0, 1, 0x40, 0, 63, 6, 0, 0, 10, 5, 1, 2, 10, 5, 2, 2]
+        p += [0x13, 0x88, 0, 80] + withUnsafeBytes(of: sequence.bigEndian) { Array($0) } + [0, 0, 0, 1, 0x80, flags, 0x01, 0x00, 0, 0, 0, 0]
+        p += [1, 1, 8, 10, 0, 0, 0, 7, 0, 0, 0, 9]
+        return p + payload
+    }
+
+    @Test func consecutiveSegmentsBecomeOneGSOWrite() throws {
+        var fds: [Int32] = [-1, -1]
+        #expect(pipe(&fds) == 0)
+        defer { close(fds[0]); close(fds[1]) }
+        let coalescer = Coalescer(tunFD: fds[1], vnetHeaderLength: 10)
+        var tally = Tally()
+        var errors = ErrorOnce()
+        let logger = Logger(label: "t")
+        let chunks = (0..<3).map { i in [UInt8](repeating: UInt8(i + 1), count: 1000) } + [[UInt8](repeating: 9, count: 200)]
+        var sequence: UInt32 = 0xffff_ff00
+        for (i, chunk) in chunks.enumerated() {
+            var packet = [UInt8](repeating: 0, count: 10) + segment(sequence: sequence, payload: chunk, flags: i == 3 ? 0x18 : 0x10)
+            sequence &+= UInt32(chunk.count)
+            packet.withUnsafeMutableBytes { raw in
+                coalescer.offer(raw.baseAddress! + 10, totalLength: raw.count - 10, tally: &tally, errors: &errors, logger: logger)
+            }
+        }
+        // A SYN is never merged: it flushes the pending run first.
+        var syn = [UInt8](repeating: 0, count: 10) + segment(sequence: 1, payload: [], flags: 0x02)
+        syn.withUnsafeMutableBytes { raw in
+            coalescer.offer(raw.baseAddress! + 10, totalLength: raw.count - 10, tally: &tally, errors: &errors, logger: logger)
+        }
+        coalescer.flush(tally: &tally, errors: &errors, logger: logger)
+        var out = [UInt8](repeating: 0, count: 8192)
+        let n = read(fds[0], &out, out.count)
+        let merged = 10 + 52 + 3200
+        #expect(n == merged + 10 + 52)
+        #expect(Array(out[0..<10]) == [1, 1, 52, 0, 0xe8, 0x03, 20, 0, 16, 0])  // NEEDS_CSUM, TCPv4, hdr 52, gso 1000
+        let ip = Array(out[10..<merged])
+        #expect(Int(ip[2]) << 8 | Int(ip[3]) == 3252)
+        #expect(Wire.finish(Wire.sum(ip, 20)) == 0)
+        #expect(ip[33] == 0x18)  // the PSH of the last segment
+        #expect(Array(ip[52...]) == chunks.flatMap { $0 })
+        #expect(Array(ip[24..<28]) == [0xff, 0xff, 0xff, 0x00])
+        #expect(tally.values[Counter.groPackets] == 1 && tally.values[Counter.groSegments] == 4)
+        #expect(tally.values[Counter.rxPackets] == 5)
+        #expect(out[merged + 10 + 33] == 0x02)
+    }
+}
+
+@Suite struct CounterExpositionTests {
+    @Test func prometheusTextListsEveryReason() {
+        var c = UserspaceCounters()
+        c.txPackets = 5
+        c.drops[.notPeer] = 2
+        let text = c.prometheusText()
+        #expect(text.contains("flanneld_xdp_userspace_packets_total{direction=\"tx\"} 5\n"))
+        #expect(text.contains("flanneld_xdp_userspace_drops_total{reason=\"not_peer\"} 2\n"))
+        #expect(text.contains("flanneld_xdp_userspace_drops_total{reason=\"inner_not_ours\"} 0\n"))
+        #expect(UserspaceDropReason.allCases.count == Set(UserspaceDropReason.allCases.map(\.name)).count)
     }
 }

@@ -22,7 +22,7 @@ struct UserspaceNode {
 enum Backend { case vxlan, udp }
 
 func makeUserspaceNode(
-    lab: NetnsLab, node: LabNode, backend: Backend = .vxlan, vni: UInt32 = 1, offloads: Bool = false,
+    lab: NetnsLab, node: LabNode, backend: Backend = .vxlan, vni: UInt32 = 1, offloads: Bool = true,
     queues: Int = 1
 ) throws -> UserspaceNode {
     let mac = MACAddress.randomLocal()
@@ -128,8 +128,11 @@ func iperf(_ lab: NetnsLab, from client: LabNode, to server: LabNode, seconds: I
     defer { daemon.terminate(grace: 1) }
     var result = try lab.run(client.podNamespace, ["/bin/true"])
     for _ in 0..<30 {
-        result = try lab.run(client.podNamespace, [LabTools.iperf3, "-c", "\(server.podIP)", "-p", "\(port)", "-t", "\(seconds)", "-J", "--connect-timeout", "2000"])
-        if result.status == 0 || !(result.stdout + result.stderr).contains("refused") { break }
+        result = try lab.run(client.podNamespace, [LabTools.iperf3, "-c", "\(server.podIP)", "-p", "\(port)", "-t", "\(seconds)", "-J", "--connect-timeout", "5000"])
+        let said = result.stdout + result.stderr
+        if said.contains("timed out") { print("iperf3 connect timed out (retrying): \(said.suffix(300))") }
+        if result.status == 0 && !said.contains("\"error\"") { break }
+        if !said.contains("refused") && !said.contains("timed out") { break }
         usleep(100_000)
     }
     let text = result.stdout

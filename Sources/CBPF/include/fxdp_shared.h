@@ -77,12 +77,14 @@ enum fxdp_counter {
 	FXDP_C_ENCAP_PASS_NO_PEER = 2,   /* no peer for the destination: left to the kernel */
 	FXDP_C_ENCAP_PASS_DISABLED = 3,  /* config not filled yet: left to the kernel */
 	FXDP_C_ENCAP_DROP_MALFORMED = 4, /* truncated IPv4 header, bad version or IHL */
-	FXDP_C_ENCAP_DROP_ADJUST = 5,    /* bpf_skb_adjust_room / store failed */
+	FXDP_C_ENCAP_DROP_ADJUST = 5,    /* bpf_skb_store_bytes failed after the room was made */
 	FXDP_C_ENCAP_PASS_FIB = 6,       /* bpf_fib_lookup gave no next hop (no route to the peer node,
 	                                  * forwarding off on the underlay): left to the kernel device */
 	FXDP_C_ENCAP_PASS_TOO_BIG = 7,   /* non-GSO longer than the overlay MTU, or > 64 KiB once
 	                                  * encapsulated: left to the kernel, which handles it as flannel */
 	FXDP_C_ENCAP_OK_NEIGH = 8,       /* encapsulated, next hop MAC unresolved: bpf_redirect_neigh */
+	FXDP_C_ENCAP_PASS_ADJUST = 9,    /* bpf_skb_adjust_room refused (skb already encapsulated, no
+	                                  * memory), packet unchanged: left to the kernel */
 
 	/* decap (XDP on the underlay, or the TC-ingress source check in front of kernel decap) */
 	FXDP_C_DECAP_OK = 16,             /* XDP: outer headers stripped, inner packet passed up */
@@ -101,6 +103,7 @@ enum fxdp_counter {
 	FXDP_C_DECAP_PASS_VLAN = 29,      /* 802.1Q/802.1ad tagged: belongs to a VLAN device, untouched */
 	FXDP_C_DECAP_PASS_SHORT = 30,     /* shorter than an Ethernet header: left to the kernel (drops it) */
 	FXDP_C_DECAP_DROP_INNER_NOT_IPV4 = 31, /* inner Ethernet type is not IPv4 */
+	FXDP_C_DECAP_PASS_OTHER_HOST = 32, /* UDP to our port but to another IP (transit): untouched */
 
 	FXDP_C_MAX = 64
 };
