@@ -318,6 +318,8 @@ public actor SubnetManager {
             } else {
                 _ = declareLost(own, holder: nil, reason: "the key was deleted by someone else")
             }
+        case .progress:
+            break
         }
     }
 
@@ -551,6 +553,8 @@ private final class PeerWatcher: Sendable {
                 return
             }
             if let old = state.known.removeValue(forKey: subnet) { continuation.yield(.removed(old)) }
+        case .progress:
+            break
         }
     }
 }

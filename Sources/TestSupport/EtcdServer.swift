@@ -60,6 +60,7 @@ public final class EtcdServer: Sendable {
                              etcdctlTLS: (ca: String, cert: String, key: String)? = nil,
                              extraArguments: [String] = []) async throws -> EtcdServer {
         let n = counter.withLock { $0 += 1; return $0 }
+        if n == 1 { sweepLeftovers() }
         // tmpfs: etcd fsyncs every write, and tens of test servers fsyncing to one disk stall for seconds.
         let base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp"
         var template = Array("\(base)/fxetcd-\(tag)-\(getpid())-\(n)-XXXXXX".utf8CString)
@@ -87,6 +88,43 @@ public final class EtcdServer: Sendable {
         }
         _ = try? runCommand(["/bin/rm", "-rf", dir])
         throw lastError
+    }
+
+    /// Removes what a crashed earlier test process left: its etcd (found by the data dir on its
+    /// command line, so only our own servers) and its directory. Only for test pids that are gone.
+    private static func sweepLeftovers() {
+        for base in ["/dev/shm", "/tmp"] {
+            guard let dir = opendir(base) else { continue }
+            var stale: [String] = []
+            while let entry = readdir(dir) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+                guard name.hasPrefix("fxetcd-") else { continue }
+                // fxetcd-<tag>-<pid>-<n>-XXXXXX
+                let parts = name.split(separator: "-")
+                guard parts.count >= 5, let owner = pid_t(parts[parts.count - 3]), owner != getpid(),
+                      Glibc.kill(owner, 0) != 0, errno == ESRCH else { continue }
+                stale.append(base + "/" + name)
+            }
+            closedir(dir)
+            for path in stale {
+                for etcdPID in processes(withArgument: path + "/data") { Glibc.kill(etcdPID, SIGKILL) }
+                _ = try? runCommand(["/bin/rm", "-rf", path])
+            }
+        }
+    }
+
+    /// Pids whose command line contains exactly `argument`.
+    private static func processes(withArgument argument: String) -> [pid_t] {
+        guard let proc = opendir("/proc") else { return [] }
+        defer { closedir(proc) }
+        var found: [pid_t] = []
+        while let entry = readdir(proc) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+            guard let pid = pid_t(name) else { continue }
+            let args = readFile("/proc/\(name)/cmdline").split(separator: "\0").map(String.init)
+            if args.first == "/usr/bin/etcd", args.contains(argument) { found.append(pid) }
+        }
+        return found
     }
 
     private init(clientPort: Int, peerPort: Int, dataDir: String, logPath: String, tls: EtcdServerTLS?,

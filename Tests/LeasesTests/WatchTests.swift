@@ -223,6 +223,35 @@ struct WatchTests {
         }
     }
 
+    /// v3 progress notifications move the resume point: a quiet prefix on a busy, compacting etcd
+    /// reconnects after an outage without a re-list. (etcd's interval is 10 min; 500 ms here.)
+    @Test func progressNotificationsMoveTheResumePoint() async throws {
+        try await withEtcd(extraArguments: ["--experimental-watch-progress-notify-interval=300ms"]) { server in
+            let prefix = uniquePrefix("progress")
+            try await writeConfig(server, .v3, prefix: prefix, vxlanConfigJSON)
+            let config = try NetworkConfig.parse(vxlanConfigJSON)
+            let counters = LeaseCounters()
+            let registry = try makeRegistry(server, .v3, prefix: prefix, counters: counters)
+            let me = SubnetManager(registry: registry, counters: counters, options: fastOptions(), logger: quietLogger)
+            _ = try await me.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.1"), previousSubnet: ownTestSubnet)
+            let peers = PeerCollector(me.watchPeers(config: config))
+            defer { peers.stop() }
+            try await eventually("snapshot") { peers.gotSnapshot }
+
+            // Busy elsewhere in etcd, then compacted, while our prefix stays quiet.
+            let noise = try makeRegistry(server, .v3, prefix: uniquePrefix("busy"))
+            for i in 0..<30 { try await putRaw(noise, name: "n\(i)", value: "x") }
+            try await server.etcdctlCheckedAsync(api: 3, ["compact", String(try await noise.listLeases().revision)])
+            try await Task.sleep(for: .seconds(1))  // progress notifications past the compaction
+            try await server.restart()
+            try await etcdctlWriteLease(server, .v3, prefix: prefix, name: "10.5.9.0-24", value: vxlanAttributes("192.0.2.9").json, ttl: 60)
+            try await eventually("event after the reconnect") { peers.peers[subnet("10.5.9.0/24")] != nil }
+            let snap = counters.snapshot()
+            #expect(snap.watchReconnects >= 1, "\(snap)")
+            #expect(snap.historyRelists == 0, "\(snap)")
+        }
+    }
+
     @Test(arguments: bothAPIs)
     func periodicRelistRepairsAndStaysQuiet(_ api: EtcdAPIVersion) async throws {
         try await withEtcd { server in

@@ -27,7 +27,15 @@ struct UserspaceLabTests {
         try meshPeers([a, b])
         #expect(try a.dataplane.currentPeers() == [b.asPeer])
 
+        // On the wire: UDP from node 1 to node 2 port 8472, outer DF clear (as kernel vxlan sends).
+        let capture = try lab.spawn(lab.wireNamespace, ["/usr/bin/tcpdump", "-l", "-n", "-v", "-c", "1", "-i", nodes[0].wireIfname, "udp", "dst", "port", "8472"])
+        usleep(300_000)
         try expectPing(lab, from: nodes[0], to: nodes[1])
+        #expect(capture.waitExit(timeout: 5) == 0)
+        let wire = capture.output()
+        // tcpdump decodes 8472 as OTV, whose header matches VXLAN: "instance" is the VNI.
+        #expect(wire.contains("flags [none], proto UDP") && wire.contains("instance 1")
+                && wire.contains("\(nodes[0].podIP) > \(nodes[1].podIP): ICMP echo request"), "\(wire)")
         try expectPing(lab, from: nodes[1], to: nodes[0])
         // The node itself (not only pods) reaches the remote pod through the TUN.
         #expect(try lab.ping(from: nodes[0].name, to: nodes[1].podIP, count: 2, interval: 0.1).received == 2)
