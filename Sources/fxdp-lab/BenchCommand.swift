@@ -42,6 +42,12 @@ struct Bench: AsyncParsableCommand {
     @Flag(name: .customLong("skip-control-plane"), help: "Skip the etcd/convergence part.")
     var skipControlPlane = false
 
+    @Flag(name: .customLong("skip-daemon"), help: "Skip the runs of the flanneld-xdp binary at N peers.")
+    var skipDaemon = false
+
+    @Option(help: "The flanneld-xdp binary for the daemon runs (default: next to fxdp-lab).")
+    var daemon: String?
+
     @Option(help: "Where to write the JSON results.")
     var output = "bench-results/latest.json"
 
@@ -66,7 +72,8 @@ struct Bench: AsyncParsableCommand {
             rrTransactions: rrTransactions ?? (quick ? 2000 : 10000),
             peers: peers.flatMap(BenchOptions.parsePeers) ?? (quick ? [100, 1000] : [100, 1000, 5000, 10000]),
             watchChanges: watchChanges ?? (quick ? 20 : 50),
-            paths: paths.flatMap(BenchOptions.parsePaths) ?? BenchPath.allCases)
+            paths: paths.flatMap(BenchOptions.parsePaths) ?? BenchPath.allCases,
+            daemonPath: skipDaemon ? nil : (daemon ?? DaemonBench.defaultDaemonPath()))
         let cleanup = BenchCleanup()
         cleanup.installSignalHandlers()
         defer { cleanup.run() }
@@ -100,6 +107,8 @@ struct BenchOptions: Sendable {
     var peers: [Int]
     var watchChanges: Int
     var paths: [BenchPath]
+    /// nil: no daemon runs.
+    var daemonPath: String? = nil
 
     static func parsePeers(_ text: String) -> [Int]? {
         let values = text.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
@@ -156,6 +165,7 @@ struct BenchReport: Codable, Sendable {
     var datapath: [PathSummary]
     var packetCosts: [PacketCost]
     var controlPlane: [ConvergenceResult]
+    var daemon: [DaemonResult] = []
     var notes: [String]
 }
 
@@ -232,10 +242,19 @@ struct BenchRunner {
                 log("control plane failed: \(error)")
             }
         }
+        if controlPlane, let path = options.daemonPath {
+            if access(path, X_OK) == 0 {
+                log("daemon: \(path) at \(options.peers.map(String.init).joined(separator: ", ")) peers …")
+                report.daemon = DaemonBench.run(daemonPath: path, sizes: options.peers, watchChanges: options.quick ? 10 : 30,
+                                                cleanup: cleanup, log: log)
+            } else {
+                report.notes.append("daemon runs skipped: no executable at \(path)")
+            }
+        }
         report.notes.append("CPU-s/Gbit: busy time of the whole machine (/proc/stat: user+nice+system+irq+softirq+steal) over the "
             + "4-stream run, divided by the gigabits received; other work on the machine counts too.")
-        report.notes.append("RSS: measured in the bench process (the daemon binary cannot run the BPF vxlan path end to end yet: "
-            + "DaemonComponents.system has no Overlay wired in); the growth over the baseline is the closer figure for the peers' cost.")
+        report.notes.append("Control-plane RSS columns are the bench process's own (it holds etcd clients, labs and all); "
+            + "the daemon's own memory is in the flanneld-xdp table.")
         return report
     }
 }

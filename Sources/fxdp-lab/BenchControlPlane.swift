@@ -12,9 +12,9 @@
 // VtepMAC is rewritten in etcd and the BPF map is polled (sleeping 100 µs between looks) until the entry holds the
 // new MAC; p50/p99 over many changes.
 //
-// RSS: the daemon binary cannot run the vxlan BPF path end to end yet (DaemonComponents.system has
-// no Overlay implementation wired in), so the memory figure is this process's own VmRSS/VmHWM at
-// each N, and its growth over the baseline before the first N; both are reported as such.
+// RSS here is this process's own VmRSS/VmHWM at each N and its growth over the baseline before the
+// first N (the bench holds much more than a daemon would); the daemon binary's own memory and cold
+// start are measured separately (BenchDaemon).
 
 import BPFDataplane
 import BPFLoader

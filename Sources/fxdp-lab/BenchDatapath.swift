@@ -172,8 +172,8 @@ struct Offloads: Sendable, CustomStringConvertible {
     }
 
     static func read(namespace: String, ifname: String) throws -> Offloads {
-        try NetnsThread.run(namespace: namespace) {
-            let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        try NetnsThread.run(namespace: namespace) { () -> Offloads in
+            let fd = socket(AF_INET, 2 /* SOCK_DGRAM */ | 0o2000000 /* SOCK_CLOEXEC */, 0)
             guard fd >= 0 else { return Offloads(flags: []) }
             defer { close(fd) }
             var flags: [(String, Bool?)] = []

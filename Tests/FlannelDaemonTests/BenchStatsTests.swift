@@ -152,5 +152,12 @@ import Testing
         #expect(lines[3].contains("40.0 MiB"))
         let md = BenchReportText.markdown(report)
         #expect(md.contains("### Gap to the targets") && md.contains("| 5000 "))
+
+        var withDaemon = report
+        withDaemon.daemon = [DaemonResult(peers: 5000, startToFullMapSeconds: 0.5, startToReadySeconds: 2, watchP50Milliseconds: 4,
+                                          watchP99Milliseconds: 8, watchSamples: 10, rssKiB: 20000, hwmKiB: 21000, failures: [])]
+        let daemonLines = BenchReportText.targets(withDaemon)
+        #expect(daemonLines[3].contains("20.5 MB (met)") && daemonLines[3].contains("500 ms"))
+        #expect(BenchReportText.markdown(withDaemon).contains("start → full BPF map ms"))
     }
 }
