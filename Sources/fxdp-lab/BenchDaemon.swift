@@ -4,7 +4,7 @@
 // Design: a TestSupport.FlannelCluster with one node (etcd listens on the lab's wire, the daemon
 // runs in the node's namespace with flanneld's flags, pins under the lab's bpffs). Before the daemon
 // starts, N leases in flannel's JSON are written with TTL (one etcd lease for all of them) through
-// etcd's v3 JSON gateway, 128 puts per transaction, over a TCP socket the bench opens inside the wire
+// etcd's v3 JSON gateway, 128 puts per transaction, over TCP sockets the bench opens inside the wire
 // namespace (the bench itself lives in the root namespace, which cannot reach the lab's etcd).
 // The clock starts when the leases exist and the daemon is spawned; it stops when the daemon's
 // pinned peer map — read from this process through the bpffs, as bpftool would — holds all N.
@@ -33,16 +33,22 @@ struct DaemonResult: Codable, Sendable {
     var failures: [String]
 }
 
-/// A minimal HTTP/1.1 client for etcd's v3 JSON gateway on a socket made inside a namespace.
+/// A minimal HTTP/1.0 client for etcd's v3 JSON gateway: one connection per request (HTTP/1.0 gets a
+/// plain body that ends with the connection, never chunks), each socket made inside the namespace.
 final class GatewayConnection {
-    private let fd: Int32
+    let namespace: String
     let host: IPv4Address
     let port: UInt16
 
-    init(namespace: String, host: IPv4Address, port: UInt16) throws {
+    init(namespace: String, host: IPv4Address, port: UInt16) {
+        self.namespace = namespace
         self.host = host
         self.port = port
-        fd = try NetnsThread.run(namespace: namespace) { () throws -> Int32 in
+    }
+
+    private func connectSocket() throws -> Int32 {
+        let (host, port) = (self.host, self.port)
+        return try NetnsThread.run(namespace: namespace) { () throws -> Int32 in
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             guard fd >= 0 else { throw RRError("socket") }
             var tv = timeval(tv_sec: 30, tv_usec: 0)
@@ -56,37 +62,29 @@ final class GatewayConnection {
         }
     }
 
-    deinit { close(fd) }
-
     /// POSTs `body` to `path`; returns the response body (throws on a non-200 status).
     func post(_ path: String, _ body: String) throws -> String {
+        let fd = try connectSocket()
+        defer { close(fd) }
         let bytes = Array(body.utf8)
-        let head = "POST \(path) HTTP/1.1\r\nHost: \(host):\(port)\r\nContent-Type: application/json\r\nContent-Length: \(bytes.count)\r\n\r\n"
+        let head = "POST \(path) HTTP/1.0\r\nHost: \(host):\(port)\r\nContent-Type: application/json\r\nContent-Length: \(bytes.count)\r\n\r\n"
         let request = Array(head.utf8) + bytes
         guard RRSocket.sendAll(fd, request, count: request.count) else { throw RRError("send to etcd") }
         var buffer: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 65536)
         while true {
-            if let end = Self.headerEnd(buffer) {
-                let header = String(decoding: buffer[..<end], as: UTF8.self)
-                let status = header.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
-                guard let lengthLine = header.lowercased().split(separator: "\r\n").first(where: { $0.hasPrefix("content-length:") }),
-                      let length = Int(lengthLine.dropFirst("content-length:".count).trimmingCharacters(in: .whitespaces)) else {
-                    throw RRError("etcd answered without Content-Length: \(header.prefix(200))", errno: EPROTO)
-                }
-                while buffer.count < end + 4 + length {
-                    let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-                    guard n > 0 else { throw RRError("recv from etcd") }
-                    buffer += chunk[0..<n]
-                }
-                let text = String(decoding: buffer[(end + 4)..<(end + 4 + length)], as: UTF8.self)
-                guard status == 200 else { throw RRError("etcd \(path) HTTP \(status): \(text.prefix(300))", errno: EPROTO) }
-                return text
-            }
             let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            guard n > 0 else { throw RRError("recv from etcd") }
+            if n < 0 && errno == EINTR { continue }
+            guard n >= 0 else { throw RRError("recv from etcd") }
+            if n == 0 { break }
             buffer += chunk[0..<n]
         }
+        guard let end = Self.headerEnd(buffer) else { throw RRError("etcd: no HTTP header in the answer", errno: EPROTO) }
+        let header = String(decoding: buffer[..<end], as: UTF8.self)
+        let status = header.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
+        let text = String(decoding: buffer[(end + 4)...], as: UTF8.self)
+        guard status == 200 else { throw RRError("etcd \(path) HTTP \(status): \(text.prefix(300))", errno: EPROTO) }
+        return text
     }
 
     static func headerEnd(_ b: [UInt8]) -> Int? {
@@ -148,7 +146,7 @@ enum DaemonBench {
         let node = cluster.nodes[0]
         var result = DaemonResult(peers: n, watchSamples: 0, failures: [])
 
-        let etcd = try GatewayConnection(namespace: cluster.lab.wireNamespace, host: cluster.etcdIP, port: 2379)
+        let etcd = GatewayConnection(namespace: cluster.lab.wireNamespace, host: cluster.etcdIP, port: 2379)
         let lease = try etcd.grant(ttl: 86400)
         try etcd.putAll((0..<n).map { i in
             let (subnet, attributes) = ControlPlaneBench.syntheticLease(i)
