@@ -2,10 +2,7 @@
 // nodes with a real etcd, next to a node on the default (BPF) path; pods reach pods both ways.
 // Proves the daemon drives this module as intended (config from the network config, TUN address
 // and route, peers from leases) — the module tests above prove the path itself.
-//
-// PENDING: disabled until FlannelDaemon's Daemon.startUserspace addresses the TUN (today it throws
-// "addressing the userspace path's TUN needs the Netlink/Overlay module, which is not wired into
-// this build yet"). Remove the `.disabled` trait when that lands; both tests must then pass.
+
 import Glibc
 import NetTypes
 import TestSupport
@@ -23,8 +20,7 @@ private func daemonBinaryPath() -> String {
     return dir.joined(separator: "/") + "/flanneld-xdp"
 }
 
-@Suite(.serialized, .disabled("pending: the daemon does not address the userspace TUN yet (see the note above)"),
-       .enabled(if: Privileges.isRoot, Privileges.skipReason))
+@Suite(.serialized, .enabled(if: Privileges.isRoot, Privileges.skipReason))
 struct DaemonUserspaceTests {
     @Test("vxlan: two daemons on the userspace path and one on BPF reach each other")
     func vxlanUserspaceAndBPFDaemons() async throws {
