@@ -35,6 +35,10 @@ struct DaemonUserspaceTests {
                 #expect(try cluster.lab.waitForPing(from: a.podNamespace, to: b.podIP, timeout: 10), "\(a.name) → \(b.name)")
             }
         }
+        let userspaceToUserspace = try iperf(cluster.lab, from: nodes[0], to: nodes[1], seconds: 1)
+        let bpfToUserspace = try iperf(cluster.lab, from: nodes[2], to: nodes[0], seconds: 1)
+        print("daemons: userspace → userspace \(gbps(userspaceToUserspace)) Gbit/s, BPF → userspace \(gbps(bpfToUserspace)) Gbit/s")
+        #expect(userspaceToUserspace > 10e6 && bpfToUserspace > 10e6)
         let log = cluster.daemonLog(nodes[0])
         #expect(log.contains("userspace"), "\(log.suffix(2000))")
     }
