@@ -2,10 +2,7 @@
 // nodes with a real etcd, next to a node on the default (BPF) path; pods reach pods both ways.
 // Proves the daemon drives this module as intended (config from the network config, TUN address
 // and route, peers from leases) — the module tests above prove the path itself.
-//
-// PENDING: disabled until FlannelDaemon's Daemon.startUserspace addresses the TUN (today it throws
-// "addressing the userspace path's TUN needs the Netlink/Overlay module, which is not wired into
-// this build yet"). Remove the `.disabled` trait when that lands; both tests must then pass.
+
 import Glibc
 import NetTypes
 import TestSupport
@@ -23,8 +20,7 @@ private func daemonBinaryPath() -> String {
     return dir.joined(separator: "/") + "/flanneld-xdp"
 }
 
-@Suite(.serialized, .disabled("pending: the daemon does not address the userspace TUN yet (see the note above)"),
-       .enabled(if: Privileges.isRoot, Privileges.skipReason))
+@Suite(.serialized, .enabled(if: Privileges.isRoot, Privileges.skipReason))
 struct DaemonUserspaceTests {
     @Test("vxlan: two daemons on the userspace path and one on BPF reach each other")
     func vxlanUserspaceAndBPFDaemons() async throws {
@@ -39,6 +35,10 @@ struct DaemonUserspaceTests {
                 #expect(try cluster.lab.waitForPing(from: a.podNamespace, to: b.podIP, timeout: 10), "\(a.name) → \(b.name)")
             }
         }
+        let userspaceToUserspace = try iperf(cluster.lab, from: nodes[0], to: nodes[1], seconds: 1)
+        let bpfToUserspace = try iperf(cluster.lab, from: nodes[2], to: nodes[0], seconds: 1)
+        print("daemons: userspace → userspace \(gbps(userspaceToUserspace)) Gbit/s, BPF → userspace \(gbps(bpfToUserspace)) Gbit/s")
+        #expect(userspaceToUserspace > 10e6 && bpfToUserspace > 10e6)
         let log = cluster.daemonLog(nodes[0])
         #expect(log.contains("userspace"), "\(log.suffix(2000))")
     }
