@@ -15,7 +15,7 @@ public struct ReferenceDatapath: Sendable {
     public enum Route: Sendable, Equatable {
         /// Neighbour known: outer destination MAC = this.
         case resolved(MACAddress)
-        /// On a connected route, neighbour unknown: bpf_redirect_neigh, outer destination left 0.
+        /// On a connected route, neighbour not resolved yet: left to the kernel vxlan device.
         case unresolved
         /// No route: the packet goes on to the kernel device.
         case unroutable
@@ -57,7 +57,7 @@ public struct ReferenceDatapath: Sendable {
     public enum Code {
         public static let encapOK: UInt32 = 0, encapPassNotIPv4: UInt32 = 1, encapPassNoPeer: UInt32 = 2
         public static let encapDropMalformed: UInt32 = 4, encapPassFIB: UInt32 = 6, encapPassTooBig: UInt32 = 7
-        public static let encapOKNeigh: UInt32 = 8
+        public static let encapPassNoNeigh: UInt32 = 10
         public static let decapOK: UInt32 = 16, decapCheckOK: UInt32 = 17, decapPassNotVXLAN: UInt32 = 18
         public static let decapDropNotPeer: UInt32 = 20, decapDropBadVNI: UInt32 = 21, decapDropMalformed: UInt32 = 22
         public static let decapDropFragment: UInt32 = 23, decapDropIPOptions: UInt32 = 24, decapDropInnerNotOurs: UInt32 = 25
@@ -166,11 +166,10 @@ public struct ReferenceDatapath: Sendable {
         let outerIPLength = f.count - 14 + 50
         guard outerIPLength <= 0xffff, overlayMTU == 0 || f.count - 14 <= overlayMTU else { return pass(Code.encapPassTooBig) }
         let outerDst: MACAddress
-        let code: UInt32
         switch peer.route {
         case .unroutable: return pass(Code.encapPassFIB)
-        case .resolved(let mac): outerDst = mac; code = Code.encapOK
-        case .unresolved: outerDst = MACAddress(bytes: [0, 0, 0, 0, 0, 0]); code = Code.encapOKNeigh
+        case .unresolved: return pass(Code.encapPassNoNeigh)
+        case .resolved(let mac): outerDst = mac
         }
         var o = outerDst.bytes + underlayMAC.bytes
         o.appendBE16(0x0800)
@@ -188,7 +187,7 @@ public struct ReferenceDatapath: Sendable {
         o += peer.vtepMAC.bytes + vtepMAC.bytes
         o.appendBE16(0x0800)
         o += f[14...]
-        return Expectation(code: code, verdict: "TC_ACT_REDIRECT", output: .encapsulated(o))
+        return Expectation(code: Code.encapOK, verdict: "TC_ACT_REDIRECT", output: .encapsulated(o))
     }
 
     /// nil when `actual` is what `expected` allows, else what differs.

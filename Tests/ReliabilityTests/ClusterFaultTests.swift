@@ -315,7 +315,10 @@ struct ClusterFaultTests {
         #expect(back != nil, "programs now \(String(describing: try? dataplaneIDs(cluster, a))); log:\n\(cluster.daemonLog(a).suffix(1500))")
         #expect(cluster.daemonLog(a).contains("re-attached"), "no log line says so")
         #expect(try cluster.lab.waitForPing(from: a.podNamespace, to: b.podIP))
-        #expect(try pinnedCounterPackets(cluster, a, FXDP_C_ENCAP_OK) > 0)
+        let encapBefore = try pinnedCounterPackets(cluster, a, FXDP_C_ENCAP_OK)
+        let r = try cluster.lab.ping(from: a.podNamespace, to: b.podIP, count: 5, interval: 0.05)
+        #expect(r.received == r.sent, "\(r)")
+        #expect(try pinnedCounterPackets(cluster, a, FXDP_C_ENCAP_OK) >= encapBefore + 5, "the re-attached encap carries nothing")
     }
 
     @Test("a node cut off while its subnet is taken never overwrites the new owner, says so, exits, and a restart gets another subnet")
