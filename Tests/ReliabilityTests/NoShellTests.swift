@@ -5,6 +5,7 @@
 // 2. at run time: lease values carrying shell metacharacters or command text are refused by the
 //    decoder with a typed reason, before any of them reaches the reconciler.
 
+import Glibc
 import Leases
 import NetTypes
 import TestSupport
@@ -54,7 +55,9 @@ struct NoShellTests {
 
     @Test func theDaemonBinaryImportsNoProcessStarter() throws {
         let binary = TestBinaries.flanneldXDP()
-        let symbols = try TestCommand.run(["/usr/bin/nm", "-D", "--undefined-only", binary])
+        // binutils' nm, or LLVM's (the Makefile's DEB_PACKAGES installs llvm).
+        let nm = ["/usr/bin/nm", "/usr/bin/llvm-nm", "/opt/swift/usr/bin/llvm-nm"].first { access($0, X_OK) == 0 } ?? "/usr/bin/nm"
+        let symbols = try TestCommand.run([nm, "-D", "--undefined-only", binary])
         #expect(symbols.status == 0, "nm: \(symbols.stderr)")
         let names = Set(symbols.stdout.split(separator: "\n").compactMap { $0.split(separator: " ").last.map(String.init) })
         let starters = ["system", "popen", "posix_spawn", "posix_spawnp", "execve", "execv", "execvp", "execl", "execlp", "fork", "vfork"]
