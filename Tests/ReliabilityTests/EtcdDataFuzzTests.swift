@@ -14,8 +14,9 @@ import Testing
 @Suite("EtcdDataFuzzTests: config, lease JSON, lease keys and subnet.env under random and mutated input")
 struct EtcdDataFuzzTests {
     static let count = FuzzBudget.iterations(short: 4_000, long: 120_000)
-    /// No single parse of ≤ 1 MiB may take longer (a hang or quadratic blow-up shows up here).
-    static let perInputLimit: Duration = .milliseconds(250)
+    /// No single parse may take longer: 250 ms plus 3 µs per byte (a debug build on a shared machine
+    /// parses ~1 µs/byte); a hang or a quadratic blow-up on the 500 KB inputs shows up as minutes.
+    static func perInputLimit(_ bytes: Int) -> Duration { .milliseconds(250) + .microseconds(3 * bytes) }
 
     static let configSeeds = [
         #"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#,
@@ -75,7 +76,7 @@ struct EtcdDataFuzzTests {
             let (result, took) = EtcdDataFuzzTests.measure { () -> Result<NetworkConfig, ConfigError> in
                 do throws(ConfigError) { return .success(try NetworkConfig.parse(text)) } catch { return .failure(error) }
             }
-            if took > EtcdDataFuzzTests.perInputLimit { problems.append("seed \(seed) #\(n): \(took) for \(text.prefix(120))") }
+            if took > EtcdDataFuzzTests.perInputLimit(bytes.count) { problems.append("seed \(seed) #\(n): \(took) for \(text.prefix(120))") }
             switch result {
             case .success(let c):
                 accepted += 1
@@ -108,7 +109,7 @@ struct EtcdDataFuzzTests {
             let (result, took) = EtcdDataFuzzTests.measure {
                 LeaseDecoder.decode(key: "10.5.7.0-24", value: bytes, isReservation: false, ttl: nil, revision: 1, config: config)
             }
-            if took > EtcdDataFuzzTests.perInputLimit { problems.append("seed \(seed) #\(n): \(took)") }
+            if took > EtcdDataFuzzTests.perInputLimit(bytes.count) { problems.append("seed \(seed) #\(n): \(took)") }
             switch result {
             case .success(let lease):
                 accepted += 1
@@ -141,7 +142,7 @@ struct EtcdDataFuzzTests {
                 : Mutate.text(seeds.randomElement(using: &rng)!, &rng)
             let key = String(decoding: bytes, as: UTF8.self)
             let (subnet, took) = EtcdDataFuzzTests.measure { LeaseDecoder.subnet(fromKey: key) }
-            if took > EtcdDataFuzzTests.perInputLimit { problems.append("seed \(seed) #\(n): \(took)") }
+            if took > EtcdDataFuzzTests.perInputLimit(bytes.count) { problems.append("seed \(seed) #\(n): \(took)") }
             guard let subnet else { continue }
             accepted += 1
             // A key the daemon accepts names exactly one canonical subnet: its own key spelling
@@ -172,7 +173,7 @@ struct EtcdDataFuzzTests {
             let (result, took) = EtcdDataFuzzTests.measure { () -> Result<SubnetEnv, SubnetEnvError> in
                 do throws(SubnetEnvError) { return .success(try SubnetEnv.parse(text, path: "/fuzz/subnet.env")) } catch { return .failure(error) }
             }
-            if took > EtcdDataFuzzTests.perInputLimit { problems.append("seed \(seed) #\(n): \(took)") }
+            if took > EtcdDataFuzzTests.perInputLimit(bytes.count) { problems.append("seed \(seed) #\(n): \(took)") }
             switch result {
             case .success(let env):
                 accepted += 1

@@ -56,7 +56,8 @@ struct NoShellTests {
     @Test func theDaemonBinaryImportsNoProcessStarter() throws {
         let binary = TestBinaries.flanneldXDP()
         // binutils' nm, or LLVM's (the Makefile's DEB_PACKAGES installs llvm).
-        let nm = ["/usr/bin/nm", "/usr/bin/llvm-nm", "/opt/swift/usr/bin/llvm-nm"].first { access($0, X_OK) == 0 } ?? "/usr/bin/nm"
+        let candidates: [String] = ["/usr/bin/nm", "/usr/bin/llvm-nm", "/opt/swift/usr/bin/llvm-nm"]
+        let nm: String = candidates.first(where: { (path: String) -> Bool in access(path, X_OK) == 0 }) ?? "/usr/bin/nm"
         let symbols = try TestCommand.run([nm, "-D", "--undefined-only", binary])
         #expect(symbols.status == 0, "nm: \(symbols.stderr)")
         let names = Set(symbols.stdout.split(separator: "\n").compactMap { $0.split(separator: " ").last.map(String.init) })
