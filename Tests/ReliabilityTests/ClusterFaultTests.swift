@@ -246,7 +246,23 @@ struct ClusterFaultTests {
         try cluster.lab.sh(cluster.lab.wireNamespace, ["route", "add", "blackhole", "\(a.nodeIP)/32"])
         try cluster.putFlannelLease(subnet: joiner, publicIP: IPv4Address(192, 168, 77, 201), vtepMAC: MACAddress("02:00:00:00:c9:01")!)
         try cluster.delete(cluster.leaseKey(leaver))
-        usleep(3_000_000)
+        // Cut off, a's reconnects fail at once (blackhole: EINVAL), not by timeout: the error path
+        // that floods logs and burns CPU in a naive client. Measured like the outage above.
+        let partition = max(5, outage / 2)
+        let partLogBefore = cluster.daemonLog(a).split(separator: "\n").count
+        let partTicks = cpuTicks(try #require(cluster.daemons[a.name]?.pid))
+        usleep(UInt32(partition * 1_000_000))
+        let partCPU = Double(cpuTicks(cluster.daemons[a.name]!.pid) - partTicks) / hz / partition * 100
+        let partLines = Array(cluster.daemonLog(a).split(separator: "\n").dropFirst(partLogBefore))
+        var partClasses: [String: Int] = [:]
+        for line in partLines {
+            let key = String(line.split(separator: " ").dropFirst(2).joined(separator: " ").filter { !$0.isNumber }.prefix(60))
+            partClasses[key, default: 0] += 1
+        }
+        print("ClusterFaultTests.partition: \(partition) s cut off; CPU \(String(format: "%.2f%%", partCPU)); \(partLines.count) log lines; classes \(partClasses)")
+        #expect(partCPU < 5, "CPU while cut off: \(partCPU) %")
+        let partLimit = Int(partition / 10) + 2
+        #expect(partClasses.values.allSatisfy { $0 <= partLimit }, "log classes over \(partLimit) in \(partition) s: \(partClasses)")
         #expect(try pinnedPeers(cluster, a) == [b.podSubnet, leaver], "a saw etcd through the partition?")
         try cluster.lab.sh(a.name, ["route", "del", "blackhole", "\(cluster.etcdIP)/32"])
         try cluster.lab.sh(cluster.lab.wireNamespace, ["route", "del", "blackhole", "\(a.nodeIP)/32"])
