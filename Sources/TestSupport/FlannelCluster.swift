@@ -174,6 +174,18 @@ public final class FlannelCluster: @unchecked Sendable {
     /// The etcd process the cluster started (fault tests stop it with SIGSTOP/SIGCONT or SIGKILL).
     public var etcdProcess: LabProcess? { etcd }
 
+    /// SIGKILLs etcd (clients then get refused connections) and reaps it.
+    public func killEtcd() {
+        etcd?.kill(SIGKILL)
+        _ = etcd?.waitExit(timeout: 5)
+    }
+
+    /// Starts etcd again on the same data dir and address; returns when it is healthy.
+    public func restartEtcd() throws {
+        if let e = etcd, e.isRunning { return }
+        try startEtcd()
+    }
+
     /// `etcdctl` in the wire namespace against the cluster's etcd, in API mode `mode` (2 or 3).
     public func etcdctl(_ mode: Int, _ args: [String]) throws -> LabCommandResult {
         try lab.run(lab.wireNamespace, ["/usr/bin/env", "ETCDCTL_API=\(mode)", "/usr/bin/etcdctl",

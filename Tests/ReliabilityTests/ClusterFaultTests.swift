@@ -375,4 +375,47 @@ struct ClusterFaultTests {
         #expect(!subnet.isEmpty && !subnet.contains("=\(a.podSubnet.host(1))/"), "restarted on the taken subnet: \(subnet)")
         #expect(try cluster.get(key)?.contains("\"PublicIP\":\"\(newOwner)\"") == true, "the restart overwrote the new owner")
     }
+
+    @Test("etcd killed (refused connections), then restarted: traffic flows, CPU low, error logs rate-limited per class, peers right after")
+    func etcdKilledAndRestarted() throws {
+        let outage = ClusterFaultTests.outageSeconds
+        let cluster = try FlannelCluster(tag: "rlx", api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 2)
+        defer { cluster.cleanup() }
+        for node in cluster.nodes { try cluster.startDaemon(node) }
+        let (a, b) = (cluster.nodes[0], cluster.nodes[1])
+        #expect(try waitUntil(5) { try pinnedPeers(cluster, a) == [b.podSubnet] } != nil)
+        #expect(try cluster.lab.waitForPing(from: a.podNamespace, to: b.podIP))
+        let ping = try FastPing(cluster.lab, from: a.podNamespace, to: b.podIP)
+        let pids = cluster.nodes.compactMap { cluster.daemons[$0.name]?.pid }
+        let logBefore = cluster.nodes.map { cluster.daemonLog($0).split(separator: "\n").count }
+        let ticksBefore = pids.map(cpuTicks)
+        cluster.killEtcd()
+        usleep(UInt32(outage * 1_000_000))
+        let ticksAfter = pids.map(cpuTicks)
+        let logsDuring = cluster.nodes.enumerated().map { i, n in Array(cluster.daemonLog(n).split(separator: "\n").dropFirst(logBefore[i])) }
+        try cluster.restartEtcd()
+        let hz = Double(sysconf(Int32(_SC_CLK_TCK)))
+        let cpuPercent = zip(ticksBefore, ticksAfter).map { (Double($1 - $0) / hz) / outage * 100 }
+        var classes: [String: Int] = [:]
+        for lines in logsDuring {
+            for line in lines {
+                let key = String(line.split(separator: " ").dropFirst(2).joined(separator: " ").filter { !$0.isNumber }.prefix(70))
+                classes[key, default: 0] += 1
+            }
+        }
+        print("ClusterFaultTests.etcdKilled: \(outage) s; daemon CPU \(cpuPercent.map { String(format: "%.2f%%", $0) }); log lines \(logsDuring.map(\.count)); classes \(classes)")
+        #expect(cpuPercent.allSatisfy { $0 < 5 }, "CPU: \(cpuPercent)")
+        let classLimit = Int(outage / 10) + 2
+        #expect(classes.values.allSatisfy { $0 <= classLimit }, "log classes over \(classLimit) lines in \(outage) s: \(classes)")
+        #expect(cluster.nodes.allSatisfy { cluster.daemons[$0.name]?.isRunning == true }, "a daemon exited while etcd was down")
+
+        // Back: a peer that joins now is in a's maps within 10 s (the watch is re-established).
+        let joiner = IPv4Subnet(cidr: "10.5.220.0/24")!
+        try cluster.putFlannelLease(subnet: joiner, publicIP: IPv4Address(192, 168, 77, 220), vtepMAC: MACAddress("02:00:00:00:dc:01")!)
+        let caughtUp = try waitUntil(10) { try pinnedPeers(cluster, a) == [b.podSubnet, joiner] }
+        print("ClusterFaultTests.etcdKilled: joiner seen after \(caughtUp.map { String(format: "%.2f s", $0) } ?? "never")")
+        #expect(caughtUp != nil, "log:\n\(cluster.daemonLog(a).suffix(1500))")
+        let (sent, received) = ping.finish()
+        #expect(sent > 100 && sent - received <= 1, "ping lost \(sent - received) of \(sent)")
+    }
 }
