@@ -106,7 +106,9 @@ final class PathLab: @unchecked Sendable {
         try BPFFS.ensureMounted(at: mount)
         bpffsMounts.append(mount)
         registry.add(bpffs: mount)
-        let object = try FlannelBPF(bpffs: mount)
+        var logger = Logger(label: "fxbench.bpf")
+        logger.logLevel = .warning
+        let object = try FlannelBPF(bpffs: mount, logger: logger)
         let underlay = try lab.linkIndex(node.name, node.underlayIfname)
         let overlay = try lab.linkIndex(node.name, me.ifname)
         let config = NodeConfig(nodeIP: node.nodeIP, vtepMAC: me.vtepMAC, vni: me.vni, udpPort: me.port,
