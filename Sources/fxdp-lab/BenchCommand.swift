@@ -54,6 +54,9 @@ struct Bench: AsyncParsableCommand {
     @Option(name: .customLong("update-doc"), help: "Rewrite the figures section of this Markdown file (e.g. BENCHMARKS.md).")
     var updateDoc: String?
 
+    @Option(name: .customLong("from-json"), help: "Measure nothing: render the report of an earlier run's JSON (with --update-doc to refresh a document).")
+    var fromJSON: String?
+
     func validate() throws {
         if let rounds, rounds < 1 { throw ValidationError("--rounds must be at least 1") }
         if let seconds, seconds < 1 { throw ValidationError("--seconds must be at least 1") }
@@ -64,6 +67,12 @@ struct Bench: AsyncParsableCommand {
     }
 
     func run() async throws {
+        if let fromJSON {
+            let data = try Data(contentsOf: URL(fileURLWithPath: fromJSON))
+            let report = try JSONDecoder().decode(BenchReport.self, from: data)
+            try publish(BenchReportText.markdown(report), json: nil)
+            return
+        }
         guard Privileges.isRoot else {
             throw ValidationError("fxdp-lab bench needs root (network namespaces, BPF); run it through `sudo make bench`")
         }
@@ -79,12 +88,18 @@ struct Bench: AsyncParsableCommand {
         defer { cleanup.run() }
         let report = try await BenchRunner(options: options, cleanup: cleanup).run(datapath: !skipDatapath, controlPlane: !skipControlPlane)
 
-        let markdown = BenchReportText.markdown(report)
+        try publish(BenchReportText.markdown(report), json: try BenchReportText.json(report))
+    }
+
+    /// Prints the report, writes the JSON (when given) and the Markdown beside it, and the document.
+    private func publish(_ markdown: String, json: String?) throws {
         print("\n" + markdown)
-        try writeText(output, BenchReportText.json(report))
-        let mdPath = (output as NSString).deletingPathExtension + ".md"
-        try writeText(mdPath, markdown)
-        print("wrote \(output) and \(mdPath)")
+        if let json {
+            try writeText(output, json)
+            let mdPath = (output as NSString).deletingPathExtension + ".md"
+            try writeText(mdPath, markdown)
+            print("wrote \(output) and \(mdPath)")
+        }
         if let updateDoc {
             let existing = (try? String(contentsOfFile: updateDoc, encoding: .utf8)) ?? ""
             try writeText(updateDoc, BenchReportText.replacingFigures(in: existing, with: markdown))
