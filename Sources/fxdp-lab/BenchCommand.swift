@@ -86,7 +86,15 @@ struct Bench: AsyncParsableCommand {
         let cleanup = BenchCleanup()
         cleanup.installSignalHandlers()
         defer { cleanup.run() }
-        let report = try await BenchRunner(options: options, cleanup: cleanup).run(datapath: !skipDatapath, controlPlane: !skipControlPlane)
+        let report: BenchReport
+        do {
+            report = try await BenchRunner(options: options, cleanup: cleanup).run(datapath: !skipDatapath, controlPlane: !skipControlPlane)
+            try cleanup.checkInterrupted()
+        } catch {
+            // After a signal the handler owns the exit (130/143); wait for its cleanup, report nothing.
+            if cleanup.interrupted { cleanup.run(); throw ExitCode(130) }
+            throw error
+        }
 
         try publish(BenchReportText.markdown(report), json: try BenchReportText.json(report))
     }
@@ -203,9 +211,11 @@ struct BenchRunner {
             var labs: [PathLab] = []
             var samples: [BenchPath: PathSamples] = [:]
             for path in options.paths {
+                try cleanup.checkInterrupted()
                 log("setting up \(path.rawValue) …")
                 do {
                     let pl = try PathLab(path: path, registry: cleanup)
+                    try cleanup.checkInterrupted()
                     if try !pl.lab.waitForPing(from: pl.nodes[0].podNamespace, to: pl.nodes[1].podIP, timeout: 5) {
                         report.notes.append("\(path.rawValue): pod 1 cannot ping pod 2 after set-up; path skipped")
                         pl.close()
@@ -216,6 +226,7 @@ struct BenchRunner {
                     report.offloads[path.rawValue] = pl.offloads
                     if !pl.notes.isEmpty { report.attachments[path.rawValue] = pl.notes }
                 } catch {
+                    try cleanup.checkInterrupted()
                     report.notes.append("\(path.rawValue): set-up failed: \(error)")
                     log("  set-up failed: \(error)")
                 }
@@ -223,6 +234,7 @@ struct BenchRunner {
             let runner = DatapathRunner(seconds: options.seconds, rrTransactions: options.rrTransactions)
             for round in 0..<options.rounds {
                 for path in BenchOptions.order(labs.map(\.path), round: round) {
+                    try cleanup.checkInterrupted()
                     guard let pl = labs.first(where: { $0.path == path }) else { continue }
                     var s = samples[path]!
                     runner.round(pl, into: &s)
@@ -248,6 +260,7 @@ struct BenchRunner {
             for pl in labs { pl.close() }
         }
         if controlPlane {
+            try cleanup.checkInterrupted()
             log("control plane: etcd + \(options.peers.map(String.init).joined(separator: ", ")) leases …")
             do {
                 report.controlPlane = try await ControlPlaneBench.run(sizes: options.peers, watchChanges: options.watchChanges,
@@ -258,6 +271,7 @@ struct BenchRunner {
             }
         }
         if controlPlane, let path = options.daemonPath {
+            try cleanup.checkInterrupted()
             if access(path, X_OK) == 0 {
                 log("daemon: \(path) at \(options.peers.map(String.init).joined(separator: ", ")) peers …")
                 report.daemon = DaemonBench.run(daemonPath: path, sizes: options.peers, watchChanges: options.quick ? 10 : 30,
