@@ -8,6 +8,8 @@ import Glibc
 import Leases
 import Logging
 import NetTypes
+import Netlink
+import Overlay
 import ServiceLifecycle
 import Synchronization
 import UserspaceDataplane
@@ -32,7 +34,7 @@ public enum Daemon {
         return logger
     }
 
-    public static func run(_ options: FlannelOptions, components: DaemonComponents = .system) async throws {
+    public static func run(_ options: FlannelOptions, notifier: SystemdNotifier = .fromEnvironment()) async throws {
         bootstrapLogging(level: options.logging.logLevel.level)
         let logger = makeLogger(options.logging.logLevel)
         logger.info("flanneld-xdp \(FlannelDaemonVersion.string) starting")
@@ -53,7 +55,7 @@ public enum Daemon {
             health = server
         }
         do {
-            let services = try await start(options, components: components, readiness: readiness, logger: logger)
+            let services = try await start(options, notifier: notifier, readiness: readiness, logger: logger)
             var all: [any Service] = services
             if let health { all.insert(HealthServerRunning(server: health), at: 0) }
             let group = ServiceGroup(configuration: ServiceGroupConfiguration(
@@ -70,7 +72,7 @@ public enum Daemon {
     }
 
     /// Everything up to READY=1; returns the services to run.
-    static func start(_ options: FlannelOptions, components: DaemonComponents, readiness: Readiness,
+    static func start(_ options: FlannelOptions, notifier: SystemdNotifier, readiness: Readiness,
                       logger: Logger) async throws -> [any Service] {
         // 1. Interface and public IP.
         let external = try InterfaceSelection.selectFromSystem(options.interface)
@@ -86,8 +88,8 @@ public enum Daemon {
 
         // 3. Data path preparation that the lease depends on (the VtepMAC).
         let mtu = Startup.overlayMTU(underlayMTU: external.interface.mtu, config: config, backend: backend)
-        let prepared = try prepareDataplane(options, backend: backend, config: config, external: external, mtu: mtu,
-                                            components: components, logger: logger)
+        let prepared = try await prepareDataplane(options, backend: backend, config: config, external: external,
+                                                  registry: registry, logger: logger)
 
         // 4. The lease; a previous subnet.env's subnet is preferred when it is free.
         let previous = Startup.previousSubnet(subnetFile: options.subnet.subnetFile, network: config.network, logger: logger)
@@ -98,7 +100,7 @@ public enum Daemon {
 
         // 5. Attach the data path for this subnet.
         let setup = try attachDataplane(prepared, options: options, lease: lease, config: config, external: external,
-                                        mtu: mtu, components: components, logger: logger)
+                                        mtu: mtu, logger: logger)
         readiness.set(.dataplaneAttached, ok: true)
         logger.info("data path: \(setup.summary)")
 
@@ -121,7 +123,7 @@ public enum Daemon {
         readiness.set(.subnetFileWritten, ok: true)
         logger.info("wrote \(options.subnet.subnetFile): FLANNEL_SUBNET=\(lease.subnet.host(1))/\(lease.subnet.prefixLength) FLANNEL_MTU=\(mtu)")
         do {
-            try components.notifier.ready(status: "subnet \(lease.subnet), \(peers.count) peer(s), \(setup.summary)")
+            try notifier.ready(status: "subnet \(lease.subnet), \(peers.count) peer(s), \(setup.summary)")
         } catch {
             logger.error("\(error)")
         }
@@ -141,7 +143,6 @@ public enum Daemon {
     /// What the data path needs before the lease exists.
     struct PreparedDataplane: Sendable {
         var vtepMAC: MACAddress?
-        var device: VXLANDevice?
         var bpf: FlannelBPF?
         var decapMode: DecapMode?
         /// Why BPF is not used (auto fell back), for the summary.
@@ -149,9 +150,12 @@ public enum Daemon {
         var userspace: Bool
     }
 
+    /// Loads BPF (for vxlan) and settles the VtepMAC before the lease is taken: an existing
+    /// flannel.<VNI> keeps its MAC (adoption from stock flanneld, restarts), else our previous
+    /// lease's VtepMAC is reused (no MAC churn for peers after a reboot), else a random one.
     static func prepareDataplane(_ options: FlannelOptions, backend: BackendKind, config: NetworkConfig,
-                                 external: ExternalInterface, mtu: Int, components: DaemonComponents,
-                                 logger: Logger) throws -> PreparedDataplane {
+                                 external: ExternalInterface, registry: any SubnetRegistry,
+                                 logger: Logger) async throws -> PreparedDataplane {
         let choice = options.dataplane.dataplane
         switch backend {
         case .hostGW:
@@ -175,56 +179,61 @@ public enum Daemon {
             return PreparedDataplane(vtepMAC: Startup.stableUserspaceVTEPMAC(publicIP: external.publicIP),
                                      fallbackReason: "\(error)", userspace: true)
         }
-        guard let overlay = components.overlay else {
-            throw StartupError.overlayUnavailable(stage: "creating or adopting flannel.\(config.backend.vni)")
+        let deviceName = FlannelVXLANDevice.name(vni: config.backend.vni)
+        var nl = try NetlinkSocket()
+        var mac = try nl.link(named: deviceName)?.mac
+        if let mac {
+            logger.info("\(deviceName) exists with MAC \(mac): keeping it as VtepMAC")
+        } else {
+            mac = try? await Startup.previousVTEPMAC(registry: registry, publicIP: external.publicIP)
+            if let mac { logger.info("reusing VtepMAC \(mac) of our previous lease") }
         }
-        let device = try overlay.ensureVXLANDevice(VXLANDeviceSpec(
-            vni: config.backend.vni, underlayIfindex: external.interface.index, localIP: external.interfaceAddress,
-            port: config.backend.port, mtu: mtu, gbp: config.backend.gbp, learning: config.backend.learning))
-        logger.info("\(device.adopted ? "adopted" : "created") \(device.name) (index \(device.ifindex), VtepMAC \(device.mac), mtu \(device.mtu))")
         let mode: DecapMode = switch choice {
         case .xdp: .xdp
         case .tc: .kernel
         default: DecapMode.defaultMode(ifindex: external.interface.index)
         }
-        return PreparedDataplane(vtepMAC: device.mac, device: device, bpf: bpf, decapMode: mode, userspace: false)
+        return PreparedDataplane(vtepMAC: mac ?? MACAddress.randomLocal(), bpf: bpf, decapMode: mode, userspace: false)
     }
 
     static func attachDataplane(_ prepared: PreparedDataplane, options: FlannelOptions, lease: Lease, config: NetworkConfig,
-                                external: ExternalInterface, mtu: Int, components: DaemonComponents,
-                                logger: Logger) throws -> DataplaneSetup {
+                                external: ExternalInterface, mtu: Int, logger: Logger) throws -> DataplaneSetup {
         let choice = options.dataplane.dataplane
         if prepared.userspace {
-            return try startUserspace(prepared, lease: lease, config: config, external: external, mtu: mtu,
-                                      components: components, logger: logger)
+            return try startUserspace(prepared, lease: lease, config: config, external: external, mtu: mtu, logger: logger)
         }
-        guard let overlay = components.overlay else {
-            throw StartupError.overlayUnavailable(stage: "the kernel routes for the \(config.backend.type) backend")
-        }
-        guard let device = prepared.device, let bpf = prepared.bpf, let mode = prepared.decapMode else {
+        guard let bpf = prepared.bpf, let mode = prepared.decapMode, let vtepMAC = prepared.vtepMAC else {
             // host-gw: plain routes via the peers' node IPs.
-            let table = try overlay.hostGWPeerTable(underlayIfindex: external.interface.index)
-            return DataplaneSetup(summary: "host-gw routes", tables: [PeerTableBinding(table)])
+            let table = try HostGWPeerTable(underlayIndex: external.interface.index, network: config.network, ownSubnet: lease.subnet)
+            return DataplaneSetup(summary: "host-gw routes on \(external.interface.name)", tables: [PeerTableBinding(table)])
         }
-        try overlay.configureVXLANDevice(device, subnet: lease.subnet, network: config.network)
-        let kernel = try overlay.kernelVXLANPeerTable(device: device, underlayIfindex: external.interface.index)
-        let kernelBinding = PeerTableBinding(kernel)
+        var nl = try NetlinkSocket()
+        let device = try FlannelVXLANDevice.ensure(
+            vni: config.backend.vni, port: config.backend.port, localIP: external.interfaceAddress,
+            underlayIndex: external.interface.index, mtu: mtu, preferredMAC: vtepMAC, subnet: lease.subnet,
+            network: config.network, learning: config.backend.learning, netlink: &nl, logger: logger)
+        logger.info("\(device.origin == .adopted ? "adopted" : "set up") \(device)")
+        guard device.mac == vtepMAC else {
+            throw StartupError.vtepMACMismatch(deviceName: device.name, deviceMAC: device.mac, leaseMAC: vtepMAC)
+        }
+        let kernel = try KernelVXLANPeerTable(device: device, network: config.network, logger: logger)
+        let kernelBinding = PeerTableBinding(kernel, view: KernelVXLANPeerTable.kernelView(of:))
         do {
             let node = NodeConfig(nodeIP: external.interfaceAddress, vtepMAC: device.mac, vni: config.backend.vni,
                                   udpPort: config.backend.port, underlayIfindex: external.interface.index,
                                   underlayMAC: try Startup.interfaceMAC(name: external.interface.name),
-                                  overlayIfindex: device.ifindex, overlayMTU: UInt16(clamping: mtu))
+                                  overlayIfindex: device.index, overlayMTU: UInt16(clamping: device.mtu))
             try bpf.writeConfig(node)
-            let state = try bpf.attach(overlayIfindex: device.ifindex, underlayIfindex: external.interface.index, mode: mode)
+            let state = try bpf.attach(overlayIfindex: device.index, underlayIfindex: external.interface.index, mode: mode)
             // BPF maps first (encap takes the packet before the kernel would), then the kernel's
             // routes/neighbours/fdb: the routes steer pod traffic into flannel.<VNI> and stay as the
             // fallback path. DirectRouting peers are plain routes only.
             let maps = try bpf.peerTable()
-            return DataplaneSetup(summary: "BPF (\(mode == .xdp ? "XDP" : "TC") decap; \(state)) over \(device.name)",
+            return DataplaneSetup(summary: "BPF (\(mode == .xdp ? "XDP" : "TC-checked kernel") decap; \(state)) over \(device.name)",
                                   tables: [PeerTableBinding(maps, selects: { !$0.direct }), kernelBinding])
         } catch {
             guard choice == .auto else { throw StartupError.dataplaneRequired(choice: choice, reason: "\(error)") }
-            // The device and its kernel routes already carry traffic: staying on them is safer than
+            // The device and its kernel routes carry traffic already: staying on them is safer than
             // tearing the device down for the userspace path.
             logger.warning("attaching the BPF programs failed (\(error)); traffic stays on the kernel vxlan path of \(device.name)")
             return DataplaneSetup(summary: "kernel vxlan on \(device.name) (BPF attach failed)", tables: [kernelBinding])
@@ -232,64 +241,67 @@ public enum Daemon {
     }
 
     static func startUserspace(_ prepared: PreparedDataplane, lease: Lease, config: NetworkConfig, external: ExternalInterface,
-                               mtu: Int, components: DaemonComponents, logger: Logger) throws -> DataplaneSetup {
-        guard let overlay = components.overlay else {
-            throw StartupError.overlayUnavailable(stage: "addressing the userspace path's TUN")
-        }
+                               mtu: Int, logger: Logger) throws -> DataplaneSetup {
         let encapsulation: UserspaceConfig.Encapsulation
         let tunName: String
         if let mac = prepared.vtepMAC {
             encapsulation = .vxlan(vni: config.backend.vni, port: config.backend.port, localVTEPMAC: mac)
-            tunName = "flannel-u.\(config.backend.vni)"
+            tunName = String("flannel-u.\(config.backend.vni)".prefix(15))
         } else {
             encapsulation = .udp(port: config.backend.port)
             tunName = "flannel0"
         }
         let userspaceConfig = UserspaceConfig(encapsulation: encapsulation, localIP: external.interfaceAddress,
-                                              tunName: String(tunName.prefix(15)), mtu: mtu, icmpSourceIP: lease.subnet.address)
+                                              tunName: tunName, mtu: mtu, icmpSourceIP: lease.subnet.address)
         let dataplane = try UserspaceDataplane(config: userspaceConfig, logger: logger)
-        try overlay.configureTUN(name: userspaceConfig.tunName, subnet: lease.subnet, network: config.network, mtu: mtu)
+        // As flanneld's udp backend: <subnet>.0 with the network's prefix, so the kernel's connected
+        // route sends the whole flannel network into the TUN once it is up.
+        var nl = try NetlinkSocket()
+        guard let link = try nl.link(named: tunName) else {
+            throw StartupError.tunMissing(name: tunName)
+        }
+        try nl.replaceAddress(lease.subnet.address, prefixLength: config.network.prefixLength, index: link.index)
+        try nl.setLink(index: link.index, up: true)
         try dataplane.start()
         let why = prepared.fallbackReason.map { " (BPF unavailable: \($0))" } ?? ""
-        return DataplaneSetup(summary: "userspace TUN \(userspaceConfig.tunName)\(why)",
-                              tables: [PeerTableBinding(dataplane)], userspace: dataplane)
+        return DataplaneSetup(summary: "userspace TUN \(tunName)\(why)", tables: [PeerTableBinding(dataplane)], userspace: dataplane)
     }
 
     // MARK: cleanup
 
     /// Removes our BPF programs from every interface of this namespace (only programs named fxdp_*),
-    /// our pins, and — unless `keepKernelPath` — the flannel.<VNI> devices and their routes.
-    public static func cleanup(bpffs: String, keepKernelPath: Bool, logLevel: LogLevelChoice,
-                               components: DaemonComponents = .system) async throws {
+    /// our pins, and — unless `keepKernelPath` — the flannel.<VNI> vxlan devices (their addresses,
+    /// routes, neighbours and fdb entries go with them).
+    public static func cleanup(bpffs: String, keepKernelPath: Bool, logLevel: LogLevelChoice) async throws {
         bootstrapLogging(level: logLevel.level)
         let logger = makeLogger(logLevel)
-        let interfaces = try InterfaceSelection.listInterfaces()
         var failures: [String] = []
-        for interface in interfaces where interface.index > 0 {
+        var nl = try NetlinkSocket()
+        let links = try nl.links()
+        for link in links {
             do {
-                try FlannelBPF.detachAll(overlayIfindex: interface.index, underlayIfindex: interface.index)
+                try FlannelBPF.detachAll(overlayIfindex: link.index, underlayIfindex: link.index)
             } catch {
-                failures.append("detaching from \(interface.name): \(error)")
+                failures.append("detaching from \(link.name): \(error)")
             }
         }
         do {
             try FlannelBPF.removePins(bpffs: bpffs)
-            logger.info("removed BPF programs (fxdp_*) and the pins under \(bpffs)/\(FlannelBPF.pinFolderName)")
+            logger.info("removed our BPF programs (fxdp_*) and the pins under \(bpffs)/\(FlannelBPF.pinFolderName)")
         } catch {
             failures.append("removing pins: \(error)")
         }
         if keepKernelPath {
             logger.info("kept flannel.<VNI> and its kernel routes (--keep-kernel-path): stock flanneld can take over")
-        } else if let overlay = components.overlay {
-            do {
-                let removed = try overlay.removeFlannelDevices()
-                logger.info("removed \(removed.isEmpty ? "no devices" : removed.joined(separator: ", "))")
-            } catch {
-                failures.append("removing flannel devices: \(error)")
-            }
         } else {
-            failures.append(StartupError.overlayUnavailable(stage: "removing flannel.<VNI> and its routes").description
-                + "; remove it with `ip link del flannel.<VNI>` or rerun with --keep-kernel-path")
+            for link in links where link.kind == "vxlan" && link.name.hasPrefix("flannel.") {
+                guard let vni = link.vxlan?.vni, link.name == FlannelVXLANDevice.name(vni: vni) else { continue }
+                do {
+                    try Overlay.removeAll(vni: vni, netlink: &nl, logger: logger)
+                } catch {
+                    failures.append("removing \(link.name): \(error)")
+                }
+            }
         }
         if !failures.isEmpty { throw CleanupError(failures: failures) }
     }

@@ -100,14 +100,19 @@ public struct DesiredPeerPolicy: Sendable {
     }
 }
 
-/// One table as the reconciler drives it: which of the desired peers belong in it.
+/// One table as the reconciler drives it: which of the desired peers belong in it, and how the
+/// table reports a peer it holds (e.g. the kernel keeps no MAC for a DirectRouting peer), so that
+/// a correctly applied peer never looks like drift.
 public struct PeerTableBinding: Sendable {
     public var table: any PeerTable
     public var selects: @Sendable (Peer) -> Bool
+    public var view: @Sendable (Peer) -> Peer
 
-    public init(_ table: any PeerTable, selects: @escaping @Sendable (Peer) -> Bool = { _ in true }) {
+    public init(_ table: any PeerTable, selects: @escaping @Sendable (Peer) -> Bool = { _ in true },
+                view: @escaping @Sendable (Peer) -> Peer = { $0 }) {
         self.table = table
         self.selects = selects
+        self.view = view
     }
 }
 
@@ -189,7 +194,7 @@ public actor Reconciler {
     private func reconcile(_ binding: PeerTableBinding) -> TableOutcome {
         let table = binding.table
         var outcome = TableOutcome(table: table.tableName)
-        let wanted = desiredPeers.filter(binding.selects)
+        let wanted = Set(desiredPeers.filter(binding.selects).map(binding.view))
         outcome.wanted = wanted.count
         let actual: Set<Peer>
         do {

@@ -17,7 +17,8 @@ import UserspaceDataplane
 
 public enum StartupError: Error, CustomStringConvertible {
     case unsupportedBackend(String)
-    case overlayUnavailable(stage: String)
+    case vtepMACMismatch(deviceName: String, deviceMAC: MACAddress, leaseMAC: MACAddress)
+    case tunMissing(name: String)
     case dataplaneRequired(choice: DataplaneChoice, reason: String)
     case watchEnded
     case interfaceMAC(name: String, errno: Int32)
@@ -26,8 +27,10 @@ public enum StartupError: Error, CustomStringConvertible {
         switch self {
         case .unsupportedBackend(let type):
             "network config: Backend.Type \"\(type)\" is not supported by flanneld-xdp: use vxlan, host-gw or udp"
-        case .overlayUnavailable(let stage):
-            "\(stage) needs the Netlink/Overlay module, which is not wired into this build yet"
+        case let .vtepMACMismatch(name, device, lease):
+            "\(name) has MAC \(device) but the lease was taken with VtepMAC \(lease) (the device changed during start-up); restart flanneld-xdp"
+        case .tunMissing(let name):
+            "the userspace path's TUN \(name) vanished right after it was opened; restart flanneld-xdp"
         case let .dataplaneRequired(choice, reason):
             "--dataplane=\(choice) was asked for but the BPF data path cannot run here: \(reason). "
                 + "Use --dataplane=auto to fall back to the userspace path, or fix the cause"
@@ -166,6 +169,16 @@ public enum Startup {
         guard rc == 0 else { throw .interfaceMAC(name: name, errno: errno) }
         let data = request.ifr_ifru.ifru_hwaddr.sa_data
         return MACAddress(bytes: [data.0, data.1, data.2, data.3, data.4, data.5].map { UInt8(bitPattern: $0) })
+    }
+
+    /// The VtepMAC of the vxlan lease that carries our PublicIP, if there is one.
+    public static func previousVTEPMAC(registry: any SubnetRegistry, publicIP: IPv4Address) async throws -> MACAddress? {
+        for record in try await registry.listLeases().records {
+            guard case .success(let attributes) = LeaseDecoder.parseAttributes(record.value),
+                  attributes.publicIP == publicIP, attributes.backendType == "vxlan" else { continue }
+            return attributes.vtepMAC
+        }
+        return nil
     }
 
     /// Waits for the watch's first event, the snapshot of every peer lease.
