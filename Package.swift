@@ -118,6 +118,6 @@ let package = Package(
         ),
         .testTarget(name: "LeasesTests", dependencies: ["Leases", "NetTypes", "TestSupport"]),
         .testTarget(name: "UserspaceDataplaneTests", dependencies: ["UserspaceDataplane", "NetTypes", "CBPF", "TestSupport"]),
-        .testTarget(name: "FlannelDaemonTests", dependencies: ["FlannelDaemon", "Leases", "NetTypes", "TestSupport", "BPFLoader", "CBPF"]),
+        .testTarget(name: "FlannelDaemonTests", dependencies: ["FlannelDaemon", "Leases", "NetTypes", "TestSupport", "BPFLoader", "BPFDataplane", "CBPF"]),
     ]
 )

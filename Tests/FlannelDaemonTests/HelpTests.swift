@@ -157,10 +157,10 @@ struct HelpAndBinaryTests {
         let cleanupWithDaemonFlag = try runProgram(binary, ["cleanup", "-iface=eth0"])
         #expect(cleanupWithDaemonFlag.status == 64)
         #expect(cleanupWithDaemonFlag.output.contains("--iface"))
-        for verb in ["status", "peers", "stats"] {
-            let stub = try runProgram(binary, [verb])
-            #expect(stub.status != 0)
-            #expect(stub.output.contains("not implemented yet"))
+        for verb in ["peers", "stats"] {
+            let noPins = try runProgram(binary, [verb, "--bpffs", "/nonexistent-fxd-bpffs"])
+            #expect(noPins.status != 0)
+            #expect(noPins.output.contains("no pinned maps"))
         }
     }
 }
