@@ -117,7 +117,7 @@ let package = Package(
             dependencies: ["Overlay", "Netlink", "NetTypes", "TestSupport", .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(name: "LeasesTests", dependencies: ["Leases", "NetTypes", "TestSupport"]),
-        .testTarget(name: "UserspaceDataplaneTests", dependencies: ["UserspaceDataplane", "NetTypes", "CBPF", "TestSupport"]),
+        .testTarget(name: "UserspaceDataplaneTests", dependencies: ["UserspaceDataplane", "NetTypes", "CBPF", "TestSupport", "BPFDataplane", "BPFLoader"]),
         .testTarget(name: "FlannelDaemonTests", dependencies: ["FlannelDaemon", "Leases", "NetTypes", "TestSupport", "BPFLoader", "BPFDataplane", "CBPF"]),
     ]
 )

@@ -41,6 +41,11 @@ int cbpf_udp_socket(uint32_t addr, uint16_t port, int reuseport, int gro, int bu
 		goto fail;
 	if (gro && setsockopt(fd, IPPROTO_UDP, UDP_GRO, &one, sizeof(one)) < 0)
 		goto fail;
+	/* Outer DF clear, as a kernel vxlan device sends by default: a smaller underlay hop fragments
+	 * the datagram instead of dropping it. */
+	int pmtu = IP_PMTUDISC_DONT;
+	if (setsockopt(fd, IPPROTO_IP, IP_MTU_DISCOVER, &pmtu, sizeof(pmtu)) < 0)
+		goto fail;
 	if (bufsize > 0) {
 		/* FORCE variants ignore rmem_max/wmem_max (we run as root); fall back quietly. */
 		if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &bufsize, sizeof(bufsize)) < 0)

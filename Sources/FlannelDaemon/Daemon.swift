@@ -48,21 +48,22 @@ public enum Daemon {
             try await server.start()
             health = server
         }
+        // Start-up runs inside the group, so SIGTERM/SIGINT are handled from the first moment (a
+        // stop while waiting for etcd ends start-up cleanly; one right after READY=1 is not lost).
+        var services: [any Service] = [NodeAgentService(options: options, notifier: notifier, readiness: readiness, logger: logger)]
+        if let health { services.insert(HealthServerRunning(server: health), at: 0) }
+        let group = ServiceGroup(configuration: ServiceGroupConfiguration(
+            services: services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0, successTerminationBehavior: .gracefullyShutdownGroup) },
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger))
         do {
-            let services = try await start(options, notifier: notifier, readiness: readiness, logger: logger)
-            var all: [any Service] = services
-            if let health { all.insert(HealthServerRunning(server: health), at: 0) }
-            let group = ServiceGroup(configuration: ServiceGroupConfiguration(
-                services: all.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0, successTerminationBehavior: .gracefullyShutdownGroup) },
-                gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger))
             try await group.run()
-            logger.info("stopped; the data path, the routes and the lease are left in place (run `flanneld-xdp cleanup` to remove them)")
         } catch {
             await health?.stop()
             throw error
         }
         await health?.stop()
+        logger.info("stopped; the data path, the routes and the lease are left in place (run `flanneld-xdp cleanup` to remove them)")
     }
 
     /// Everything up to READY=1; returns the services to run.
@@ -129,7 +130,7 @@ public enum Daemon {
 
         // The watch continues where the snapshot left it; the services take over.
         var services: [any Service] = [
-            ReconcileService(reconciler: reconciler, interval: .seconds(60)),
+            ReconcileService(reconciler: reconciler, interval: .seconds(options.dataplane.reconcileInterval)),
             LeaseWatchService(events: events, initial: snapshot, policy: policy, reconciler: reconciler, logger: logger),
             LeaseRenewService(manager: manager, logger: logger),
         ]
@@ -209,14 +210,14 @@ public enum Daemon {
         var nl = try NetlinkSocket()
         let device = try FlannelVXLANDevice.ensure(
             vni: config.backend.vni, port: config.backend.port, localIP: external.interfaceAddress,
-            underlayIndex: external.interface.index, mtu: mtu, preferredMAC: vtepMAC, subnet: lease.subnet,
-            network: config.network, learning: config.backend.learning, netlink: &nl, logger: logger)
+            underlayIndex: external.interface.index, mtu: mtu, preferredMAC: vtepMAC, learning: config.backend.learning,
+            gbp: config.backend.gbp, subnet: lease.subnet, network: config.network, netlink: &nl, logger: logger)
         logger.info("\(device.origin == .adopted ? "adopted" : "set up") \(device)")
         guard device.mac == vtepMAC else {
             throw StartupError.vtepMACMismatch(deviceName: device.name, deviceMAC: device.mac, leaseMAC: vtepMAC)
         }
         let kernel = try KernelVXLANPeerTable(device: device, network: config.network, logger: logger)
-        let kernelBinding = PeerTableBinding(kernel, view: KernelVXLANPeerTable.kernelView(of:))
+        let kernelBinding = PeerTableBinding(kernel)
         do {
             let node = NodeConfig(nodeIP: external.interfaceAddress, vtepMAC: device.mac, vni: config.backend.vni,
                                   udpPort: config.backend.port, underlayIfindex: external.interface.index,
@@ -309,6 +310,31 @@ public enum Daemon {
 public struct CleanupError: Error, CustomStringConvertible {
     public var failures: [String]
     public var description: String { "cleanup incomplete: " + failures.joined(separator: "; ") }
+}
+
+/// Start-up, then the daemon's long-running services as a nested group (it follows the outer
+/// group's graceful shutdown).
+struct NodeAgentService: Service {
+    let options: FlannelOptions
+    let notifier: SystemdNotifier
+    let readiness: Readiness
+    let logger: Logger
+
+    func run() async throws {
+        let services: [any Service]
+        do {
+            services = try await cancelWhenGracefulShutdown { [options, notifier, readiness, logger] in
+                try await Daemon.start(options, notifier: notifier, readiness: readiness, logger: logger)
+            }
+        } catch is CancellationError {
+            logger.info("stop requested during start-up")
+            return
+        }
+        let group = ServiceGroup(configuration: ServiceGroupConfiguration(
+            services: services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0, successTerminationBehavior: .gracefullyShutdownGroup) },
+            logger: logger))
+        try await group.run()
+    }
 }
 
 /// The health server, already listening since start-up, as a service that stops on shutdown.

@@ -174,9 +174,16 @@ public struct DataplaneOptions: ParsableArguments, Sendable {
     @Option(name: .customLong("bpffs"), help: "bpffs mount under which the BPF maps and programs are pinned.")
     public var bpffs: String = "/sys/fs/bpf"
 
+    @Option(name: .customLong("reconcile-interval"),
+            help: "Seconds between full passes that compare the peer tables with the leases and repair drift.")
+    public var reconcileInterval: Int = 60
+
     public init() {}
 
     public func validate() throws {
+        guard (1...3600).contains(reconcileInterval) else {
+            throw ValidationError("--reconcile-interval=\(reconcileInterval) is out of range: give seconds from 1 to 3600 (default 60)")
+        }
         guard bpffs.hasPrefix("/") else {
             throw ValidationError("--bpffs=\(bpffs) must be an absolute path, e.g. /sys/fs/bpf")
         }

@@ -131,8 +131,11 @@ public struct EtcdClientOptions: Sendable {
     public var apiVersion: EtcdAPIVersion = .auto
     public var connectTimeout: Duration = .seconds(5)
     public var requestTimeout: Duration = .seconds(10)
-    /// A watch connection with no bytes for this long is considered dead and reopened.
-    public var watchIdleTimeout: Duration = .seconds(120)
+    /// A watch connection with no bytes for this long is reopened (from the last revision it
+    /// covered). A backstop only: TCP keepalive notices a dead server within about a minute, and
+    /// v3 watches hear a progress notification every 10 minutes (etcd's default interval), so this
+    /// is set just above that.
+    public var watchIdleTimeout: Duration = .seconds(11 * 60)
     /// TCP keepalive: first probe after this idle time, then every `keepAliveInterval`, 3 probes.
     public var keepAliveIdle: Duration = .seconds(30)
     public var keepAliveInterval: Duration = .seconds(10)

@@ -322,9 +322,12 @@ public final class EtcdV3Registry: SubnetRegistry {
                 events.append(.put(rec))
             }
         }
-        // Progress notifications (no events) move the resume point forward too.
+        // A progress notification (no events) says every change up to its revision was sent: it
+        // moves the resume point, here and (through `.progress`) in the caller, so a quiet prefix on
+        // a busy, compacting etcd reconnects without a re-list.
         if events.isEmpty, let rev = Self.int64(result["header"]?["revision"]), result["created"]?.boolValue != true {
             next = max(next, rev + 1)
+            events.append(.progress(revision: rev))
         }
         return events
     }

@@ -1,11 +1,12 @@
 // A small JSON reader/writer for etcd payloads and flannel's documents.
 //
-// Why not Foundation's JSONDecoder: everything read here is untrusted (lease values written by any
-// node, responses from any endpoint), flannel's Go decoder matches keys case-insensitively, and
-// flannel's documents must be written byte-for-byte in its field order. A value tree with raw number
-// text lets the callers check integer-ness and range exactly, report which field had the wrong type,
-// and stay free of Foundation (ICU alone is ~30 MB of resident memory). Limits: nesting depth 64,
-// callers cap the input size before parsing.
+// Why not JSONDecoder (FoundationEssentials has one without ICU): everything read here is untrusted
+// (lease values written by any node, responses from any endpoint), flannel's Go decoder matches keys
+// case-insensitively, which Codable cannot express, and flannel's documents must be written
+// byte-for-byte in its field order. A value tree with raw number text lets the callers check
+// integer-ness and range exactly and report which field had the wrong type, in ~300 lines and with
+// no Foundation module at all in the daemon's link. Limits: nesting depth 64; callers cap the input
+// size before parsing.
 
 /// A parsed JSON value. Numbers keep their source text so integers of any size are checked exactly.
 enum JSONValue: Equatable, Sendable {

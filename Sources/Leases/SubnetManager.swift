@@ -91,6 +91,7 @@ public actor SubnetManager {
     public private(set) var acquiredConfig: NetworkConfig?
     private var ownExpiry: ContinuousClock.Instant?
     private var lost = false
+    private var lostEvent: LeaseLost?
     private var releasing = false
 
     public init(registry: any SubnetRegistry, counters: LeaseCounters = LeaseCounters(),
@@ -188,6 +189,7 @@ public actor SubnetManager {
         ownLease = lease
         ownExpiry = lease.isReservation ? nil : ContinuousClock.now + options.leaseTTL
         lost = false
+        lostEvent = nil
         return lease
     }
 
@@ -196,7 +198,8 @@ public actor SubnetManager {
     /// Renews now. Throws `LeaseLost` (and fires `ownLeaseLost`) if the subnet is someone else's.
     @discardableResult
     public func renewLease() async throws -> Lease {
-        guard var own = ownLease, !lost else { throw AcquireError.notAcquired }
+        if lost, let lostEvent { throw lostEvent }
+        guard var own = ownLease else { throw AcquireError.notAcquired }
         let ttl: Duration? = own.isReservation ? nil : options.leaseTTL
         let value = own.attributes.json
         for _ in 0..<3 {
@@ -234,6 +237,7 @@ public actor SubnetManager {
         let event = LeaseLost(lease: lease, holder: holder, reason: reason)
         if !lost {
             lost = true
+            lostEvent = event
             logger.error("\(event): stopping renewals; restart to acquire a lease again")
             lostContinuation.yield(event)
         }
@@ -248,7 +252,7 @@ public actor SubnetManager {
         while true {
             try Task.checkCancellation()
             guard let own = ownLease else { throw AcquireError.notAcquired }
-            if lost { throw LeaseLost(lease: own, holder: nil, reason: "lost") }
+            if lost, let lostEvent { throw lostEvent }
             guard let expiry = ownExpiry else {
                 // A reservation does not expire; the watch reports if someone takes it.
                 try await Task.sleep(for: options.relistInterval)
@@ -314,6 +318,8 @@ public actor SubnetManager {
             } else {
                 _ = declareLost(own, holder: nil, reason: "the key was deleted by someone else")
             }
+        case .progress:
+            break
         }
     }
 
@@ -470,7 +476,7 @@ private final class PeerWatcher: Sendable {
                                    revision: rec.revision, config: config) {
         case .success(let lease): return lease
         case .failure(let rejected):
-            let tag = "\(rec.name)@\(rec.revision)"
+            let tag = "\(rec.name.prefix(128))@\(rec.revision)"
             if !state.loggedRejections.contains(tag) {
                 if state.loggedRejections.count > 10_000 { state.loggedRejections.removeAll() }
                 state.loggedRejections.insert(tag)
@@ -547,6 +553,8 @@ private final class PeerWatcher: Sendable {
                 return
             }
             if let old = state.known.removeValue(forKey: subnet) { continuation.yield(.removed(old)) }
+        case .progress:
+            break
         }
     }
 }

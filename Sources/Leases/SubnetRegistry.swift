@@ -42,11 +42,14 @@ public enum LeaseWatchEvent: Sendable, Equatable {
     case put(LeaseRecord)
     /// Deleted or expired (`expired` is true when the API says so: v2's "expire" action).
     case delete(name: String, revision: Int64, expired: Bool)
+    /// Nothing under the prefix changed up to `revision` (v3 progress notification).
+    case progress(revision: Int64)
 
     public var revision: Int64 {
         switch self {
         case .put(let r): r.revision
         case .delete(_, let rev, _): rev
+        case .progress(let rev): rev
         }
     }
 }

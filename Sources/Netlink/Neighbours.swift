@@ -24,7 +24,7 @@ public struct NeighbourFlags: OptionSet, Hashable, Sendable {
     public init(rawValue: UInt8) { self.rawValue = rawValue }
     public static let use = NeighbourFlags(rawValue: 0x01)
     /// NTF_SELF: the entry belongs to the device itself (a vxlan device's own fdb).
-    public static let `self` = NeighbourFlags(rawValue: 0x02)
+    public static let device = NeighbourFlags(rawValue: 0x02)
     /// NTF_MASTER: the entry belongs to the bridge the device is a port of.
     public static let master = NeighbourFlags(rawValue: 0x04)
     public static let proxy = NeighbourFlags(rawValue: 0x08)
@@ -65,13 +65,13 @@ public struct FDBEntry: Hashable, Sendable, CustomStringConvertible {
     public var masterIndex: Int32?
 
     public init(index: Int32, mac: MACAddress, destination: IPv4Address?, state: NeighbourState = .permanent,
-                flags: NeighbourFlags = .self, vni: UInt32? = nil, port: UInt16? = nil, masterIndex: Int32? = nil) {
+                flags: NeighbourFlags = .device, vni: UInt32? = nil, port: UInt16? = nil, masterIndex: Int32? = nil) {
         self.index = index; self.mac = mac; self.destination = destination; self.state = state; self.flags = flags
         self.vni = vni; self.port = port; self.masterIndex = masterIndex
     }
 
     public var description: String {
-        "\(mac) dev #\(index)" + (destination.map { " dst \($0)" } ?? "") + (flags.contains(.self) ? " self" : "")
+        "\(mac) dev #\(index)" + (destination.map { " dst \($0)" } ?? "") + (flags.contains(.device) ? " self" : "")
             + (state.contains(.permanent) ? " permanent" : "")
     }
 }

@@ -184,8 +184,6 @@ public enum OverlayError: Error, CustomStringConvertible, Sendable {
     case peerWithoutVtepMAC(Peer)
     /// The device a peer table was made for is gone or was recreated (another ifindex).
     case deviceMissing(name: String, index: Int32)
-    /// No interface matched the --iface / --iface-regex / default-route choice; says what was tried.
-    case noExternalInterface(String)
 
     public var description: String {
         switch self {
@@ -195,8 +193,6 @@ public enum OverlayError: Error, CustomStringConvertible, Sendable {
             "\(context): \(e)"
         case .deviceMissing(let name, let index):
             "\(name) (ifindex \(index)) is gone or was recreated: run FlannelVXLANDevice.ensure again and make a new peer table"
-        case .noExternalInterface(let what):
-            "cannot choose the external interface: \(what)"
         case .peerWithoutVtepMAC(let p):
             "peer \(p) has no VtepMAC: a vxlan peer's lease must carry BackendData.VtepMAC (or mark it direct)"
         }

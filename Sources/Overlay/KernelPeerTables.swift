@@ -14,9 +14,10 @@
 // - Which routes are ours: on the vxlan device, every route with a gateway; on the underlay, only
 //   routes with a gateway whose destination lies inside the flannel network (host-gw and
 //   DirectRouting peers). Routes anyone else made outside the network are never touched.
-// - Direct peers (DirectRouting) get only `<subnet> via <PublicIP>`, as in flanneld; they read
-//   back with `direct == true` and `vtepMAC == nil` (the kernel holds no MAC for them) — compare
-//   wanted peers through `KernelVXLANPeerTable.kernelView(of:)`.
+// - Direct peers (DirectRouting) get `<subnet> via <PublicIP>` on the underlay as in flanneld, and
+//   no neighbour; their fdb entry (VtepMAC → PublicIP) is kept so that the peer reads back exactly
+//   as it was given (MAC included) and a reconciler comparing sets sees no false difference. The
+//   entry is inert: nothing resolves to that MAC on flannel.N without a neighbour entry.
 // - Removals delete in reverse (route, then fdb, then neighbour); what is already gone is fine.
 // - The netlink socket is owned by the table behind a mutex; it stays in the namespace it was
 //   opened in, so tests and the daemon may call from any thread.
@@ -51,11 +52,6 @@ public final class KernelVXLANPeerTable: PeerTable {
         self.init(device: device, network: network, socket: socket, logger: logger)
     }
 
-    /// What `currentPeers()` reports for `peer` once it is applied (direct peers carry no MAC).
-    public static func kernelView(of peer: Peer) -> Peer {
-        peer.direct ? Peer(subnet: peer.subnet, publicIP: peer.publicIP, vtepMAC: nil, direct: true) : peer
-    }
-
     public func currentPeers() throws -> Set<Peer> {
         try netlink.withLock { nl throws(OverlayError) -> Set<Peer> in
             try checkDevice(&nl)
@@ -75,7 +71,8 @@ public final class KernelVXLANPeerTable: PeerTable {
                         let ip = mac.flatMap { ipByMAC[$0] } ?? IPv4Address(0)
                         peers.insert(Peer(subnet: r.destination, publicIP: ip, vtepMAC: mac, direct: false))
                     } else if r.outputIndex == device.underlayIndex, isPeerDestination(r.destination) {
-                        peers.insert(Peer(subnet: r.destination, publicIP: gw, vtepMAC: nil, direct: true))
+                        let mac = ipByMAC.first { $0.value == gw }?.key
+                        peers.insert(Peer(subnet: r.destination, publicIP: gw, vtepMAC: mac, direct: true))
                     }
                 }
                 return peers
@@ -89,15 +86,13 @@ public final class KernelVXLANPeerTable: PeerTable {
         try netlink.withLock { nl throws(OverlayError) in
             do {
                 if peer.direct {
-                    // A peer that moves from vxlan to direct must not leave its neighbour/fdb behind
-                    // (its lease still carries the VtepMAC). Absent entries are fine; no dumps.
+                    // A peer that moves from vxlan to direct must not leave its neighbour behind
+                    // (absent is fine; no dumps). The fdb entry stays, pointing at the PublicIP.
                     try ignoringMissing { () throws(NetlinkError) in
                         try nl.deleteNeighbour(address: peer.subnet.address, index: device.index)
                     }
                     if let mac = peer.vtepMAC {
-                        try ignoringMissing { () throws(NetlinkError) in
-                            try nl.deleteFDB(FDBEntry(index: device.index, mac: mac, destination: nil, state: [], flags: .self))
-                        }
+                        try nl.replaceFDB(FDBEntry(index: device.index, mac: mac, destination: peer.publicIP, state: .permanent, flags: .device))
                     }
                     try nl.replaceRoute(Route(destination: peer.subnet, gateway: peer.publicIP))
                     logger.debug("direct route", metadata: ["peer": "\(peer)"])
@@ -106,7 +101,7 @@ public final class KernelVXLANPeerTable: PeerTable {
                 guard let mac = peer.vtepMAC else { throw OverlayError.peerWithoutVtepMAC(peer) }
                 let gateway = peer.subnet.address
                 try nl.replaceNeighbour(Neighbour(index: device.index, address: gateway, mac: mac, state: .permanent))
-                try nl.replaceFDB(FDBEntry(index: device.index, mac: mac, destination: peer.publicIP, state: .permanent, flags: .self))
+                try nl.replaceFDB(FDBEntry(index: device.index, mac: mac, destination: peer.publicIP, state: .permanent, flags: .device))
                 try nl.replaceRoute(Route(destination: peer.subnet, gateway: gateway, outputIndex: device.index, onlink: true))
                 logger.debug("vxlan peer", metadata: ["peer": "\(peer)"])
             } catch let e as OverlayError {
@@ -134,7 +129,6 @@ public final class KernelVXLANPeerTable: PeerTable {
                         try nl.deleteRoute(Route(destination: peer.subnet, outputIndex: device.underlayIndex))
                     }
                 }
-                guard !peer.direct else { return }
                 // The fdb entry is keyed by the VtepMAC; a peer read back without one (its
                 // neighbour was missing) has none left to remove, unless the neighbour says otherwise.
                 var mac = peer.vtepMAC
@@ -145,7 +139,7 @@ public final class KernelVXLANPeerTable: PeerTable {
                     // Without a destination the whole entry for the MAC goes, whichever PublicIP it
                     // points at now (a VtepMAC belongs to exactly one peer).
                     try ignoringMissing { () throws(NetlinkError) in
-                        try nl.deleteFDB(FDBEntry(index: device.index, mac: mac, destination: nil, state: [], flags: .self))
+                        try nl.deleteFDB(FDBEntry(index: device.index, mac: mac, destination: nil, state: [], flags: .device))
                     }
                 }
                 try ignoringMissing { () throws(NetlinkError) in

@@ -1,4 +1,5 @@
-// Removing the overlay for `flanneld-xdp cleanup`: only what flanneld/flanneld-xdp made.
+// Node-level overlay helpers: the DirectRouting test, the userspace path's TUN, and removing the
+// overlay for `flanneld-xdp cleanup` — only what flanneld/flanneld-xdp made.
 //
 // Deleting `flannel.<VNI>` takes its address, its onlink routes, its neighbours and its fdb with it
 // (the kernel flushes everything bound to a device it deletes). What survives a device deletion are
@@ -6,6 +7,7 @@
 // table, unicast, with a gateway, out of the given underlay, destination inside the flannel network
 // but not the network itself. Nothing else is touched.
 
+import Glibc
 import Logging
 import NetTypes
 import Netlink
@@ -24,28 +26,30 @@ public enum Overlay {
 
     /// What `removeAll` did.
     public struct Removal: Hashable, Sendable {
-        public var deletedDevice: String?
+        public var deletedDevices: [String]
         public var deletedRoutes: [IPv4Subnet]
     }
 
-    /// Deletes `flannel.<vni>` if it exists (only if it is a vxlan device with that VNI), and, when
-    /// `network` and `underlayIndex` are given, our host-gw / DirectRouting routes.
+    /// Deletes `flannel.<vni>` (every `flannel.<N>` whose vxlan id is N when `vni` is nil) — only
+    /// vxlan devices whose VNI matches their name — and, when `network` and `underlayIndex` are
+    /// given, our host-gw / DirectRouting routes on the underlay.
     @discardableResult
     public static func removeAll(
-        vni: UInt32, network: IPv4Subnet? = nil, underlayIndex: Int32? = nil,
+        vni: UInt32? = nil, network: IPv4Subnet? = nil, underlayIndex: Int32? = nil,
         netlink nl: inout NetlinkSocket, logger: Logger = Logger(label: "flanneld-xdp.overlay")
     ) throws(OverlayError) -> Removal {
-        var removal = Removal(deletedDevice: nil, deletedRoutes: [])
-        let name = FlannelVXLANDevice.name(vni: vni)
+        var removal = Removal(deletedDevices: [], deletedRoutes: [])
         do {
-            if let link = try nl.link(named: name) {
-                if link.kind == "vxlan" && link.vxlan?.vni == vni {
-                    try ignoringMissing { () throws(NetlinkError) in try nl.deleteLink(index: link.index) }
-                    removal.deletedDevice = name
-                    logger.info("deleted \(name)")
-                } else {
-                    logger.warning("\(name) exists but is not our vxlan device (kind \(link.kind ?? "none"), vni \(link.vxlan.map { "\($0.vni)" } ?? "none")); left in place")
+            for link in try nl.links() {
+                guard link.name.hasPrefix("flannel."), let n = UInt32(link.name.dropFirst("flannel.".count)) else { continue }
+                if let vni, n != vni { continue }
+                guard link.kind == "vxlan", link.vxlan?.vni == n else {
+                    logger.warning("\(link.name) exists but is not our vxlan device (kind \(link.kind ?? "none"), vni \(link.vxlan.map { "\($0.vni)" } ?? "none")); left in place")
+                    continue
                 }
+                try ignoringMissing { () throws(NetlinkError) in try nl.deleteLink(index: link.index) }
+                removal.deletedDevices.append(link.name)
+                logger.info("deleted \(link.name)")
             }
             if let network, let underlayIndex {
                 for r in try nl.routes() where r.type == 1 && r.gateway != nil && r.outputIndex == underlayIndex
@@ -58,8 +62,40 @@ public enum Overlay {
                 }
             }
         } catch {
-            throw .netlink(error, while: "removing the overlay for vni \(vni)")
+            throw .netlink(error, while: "removing the overlay" + (vni.map { " for vni \($0)" } ?? ""))
         }
         return removal
+    }
+
+    /// The userspace path's TUN as flanneld's udp backend sets it: <subnet>.0/32 (a source address
+    /// for host-to-pod traffic, /32 so that no broadcast routes appear), the MTU, up, and a route for
+    /// the whole flannel network into the TUN. Idempotent; an address of an older lease inside
+    /// `network` is removed.
+    public static func configureTUN(
+        name: String, subnet: IPv4Subnet, network: IPv4Subnet, mtu: Int,
+        netlink nl: inout NetlinkSocket, logger: Logger = Logger(label: "flanneld-xdp.overlay")
+    ) throws(OverlayError) {
+        do {
+            guard let link = try nl.link(named: name) else { throw OverlayError.deviceMissing(name: name, index: 0) }
+            var hasAddress = false
+            for a in try nl.addresses(index: link.index) {
+                if a.address == subnet.address && a.prefixLength == 32 {
+                    hasAddress = true
+                } else if network.contains(a.address) {
+                    try nl.deleteAddress(a.address, prefixLength: a.prefixLength, index: link.index)
+                    logger.info("removed stale address \(a.address)/\(a.prefixLength) from \(name)")
+                }
+            }
+            if !hasAddress { try nl.addAddress(subnet.address, prefixLength: 32, index: link.index) }
+            if link.mtu != mtu { try nl.setMTU(index: link.index, mtu: mtu) }
+            if !link.isUp { try nl.setLink(index: link.index, up: true) }
+            try nl.replaceRoute(Route(destination: network, outputIndex: link.index))
+        } catch let e as OverlayError {
+            throw e
+        } catch let e as NetlinkError {
+            throw .netlink(e, while: "configuring \(name) with \(subnet.address)/32 and a route to \(network)")
+        } catch {
+            throw .netlink(NetlinkError(operation: "configureTUN", object: name, errno: EIO), while: "\(error)")
+        }
     }
 }

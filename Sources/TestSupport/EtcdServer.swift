@@ -60,6 +60,7 @@ public final class EtcdServer: Sendable {
                              etcdctlTLS: (ca: String, cert: String, key: String)? = nil,
                              extraArguments: [String] = []) async throws -> EtcdServer {
         let n = counter.withLock { $0 += 1; return $0 }
+        if n == 1 { sweepLeftovers() }
         // tmpfs: etcd fsyncs every write, and tens of test servers fsyncing to one disk stall for seconds.
         let base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp"
         var template = Array("\(base)/fxetcd-\(tag)-\(getpid())-\(n)-XXXXXX".utf8CString)
@@ -87,6 +88,43 @@ public final class EtcdServer: Sendable {
         }
         _ = try? runCommand(["/bin/rm", "-rf", dir])
         throw lastError
+    }
+
+    /// Removes what a crashed earlier test process left: its etcd (found by the data dir on its
+    /// command line, so only our own servers) and its directory. Only for test pids that are gone.
+    private static func sweepLeftovers() {
+        for base in ["/dev/shm", "/tmp"] {
+            guard let dir = opendir(base) else { continue }
+            var stale: [String] = []
+            while let entry = readdir(dir) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+                guard name.hasPrefix("fxetcd-") else { continue }
+                // fxetcd-<tag>-<pid>-<n>-XXXXXX
+                let parts = name.split(separator: "-")
+                guard parts.count >= 5, let owner = pid_t(parts[parts.count - 3]), owner != getpid(),
+                      Glibc.kill(owner, 0) != 0, errno == ESRCH else { continue }
+                stale.append(base + "/" + name)
+            }
+            closedir(dir)
+            for path in stale {
+                for etcdPID in processes(withArgument: path + "/data") { Glibc.kill(etcdPID, SIGKILL) }
+                _ = try? runCommand(["/bin/rm", "-rf", path])
+            }
+        }
+    }
+
+    /// Pids whose command line contains exactly `argument`.
+    private static func processes(withArgument argument: String) -> [pid_t] {
+        guard let proc = opendir("/proc") else { return [] }
+        defer { closedir(proc) }
+        var found: [pid_t] = []
+        while let entry = readdir(proc) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+            guard let pid = pid_t(name) else { continue }
+            let args = readFile("/proc/\(name)/cmdline").split(separator: "\0").map(String.init)
+            if args.first == "/usr/bin/etcd", args.contains(argument) { found.append(pid) }
+        }
+        return found
     }
 
     private init(clientPort: Int, peerPort: Int, dataDir: String, logPath: String, tls: EtcdServerTLS?,
@@ -138,7 +176,7 @@ public final class EtcdServer: Sendable {
             // A cheap connect first; etcdctl (a Go process per try) only once the port listens.
             // `endpoint status` rather than `health`: it also answers when auth is enabled.
             if acceptsConnections(clientPort) {
-                let r = try? await etcdctl(api: 3, ["endpoint", "status", "--command-timeout=2s"])
+                let r = try? await etcdctlAsync(api: 3, ["endpoint", "status", "--command-timeout=2s"])
                 if let r, r.status == 0 { return }
             }
             try await Task.sleep(for: .milliseconds(100))
@@ -147,8 +185,18 @@ public final class EtcdServer: Sendable {
         throw EtcdServerError("etcd did not become healthy within 30 s; log: \(readFile(logPath).suffix(2000))")
     }
 
-    /// SIGTERM and wait (data dir and ports kept for `restart()`).
-    public func stop() async {
+    /// SIGTERM and wait (data dir and ports kept for `restart()`). Blocks the calling thread while
+    /// etcd shuts down; async code with many parallel servers should use `stopAsync()`.
+    public func stop() {
+        let p = pid.withLock { v -> pid_t in let p = v; v = 0; return p }
+        guard p > 0 else { return }
+        Glibc.kill(p, SIGTERM)
+        var status: Int32 = 0
+        while waitpid(p, &status, 0) < 0, errno == EINTR {}
+    }
+
+    /// SIGTERM and wait without blocking a thread (SIGKILL after 10 s).
+    public func stopAsync() async {
         let p = pid.withLock { v -> pid_t in let p = v; v = 0; return p }
         guard p > 0 else { return }
         Glibc.kill(p, SIGTERM)
@@ -170,7 +218,7 @@ public final class EtcdServer: Sendable {
 
     /// Starts etcd again on the same ports with the same data.
     public func restart() async throws {
-        await stop()
+        await stopAsync()
         try await launch()
     }
 
@@ -181,9 +229,33 @@ public final class EtcdServer: Sendable {
         _ = try? runCommand(["/bin/rm", "-rf", dir])
     }
 
-    /// Runs Debian's etcdctl against this server (ETCDCTL_API=2 or 3).
+    /// Runs Debian's etcdctl against this server (ETCDCTL_API=2 or 3). Blocks the calling thread
+    /// until etcdctl exits: from async tests prefer `etcdctlAsync` (blocked cooperative threads
+    /// stall every other test in the process).
     @discardableResult
-    public func etcdctl(api: Int, _ args: [String]) async throws -> CommandResult {
+    public func etcdctl(api: Int, _ args: [String]) throws -> CommandResult {
+        try runCommand(etcdctlArguments(api: api) + args, environment: ["ETCDCTL_API=\(api)"])
+    }
+
+    /// Like `etcdctl` but throws with the output when it fails.
+    @discardableResult
+    public func etcdctlChecked(api: Int, _ args: [String]) throws -> String {
+        try checked(api, args, try etcdctl(api: api, args))
+    }
+
+    /// `etcdctl` that waits without blocking a thread.
+    @discardableResult
+    public func etcdctlAsync(api: Int, _ args: [String]) async throws -> CommandResult {
+        try await runCommandAsync(etcdctlArguments(api: api) + args, environment: ["ETCDCTL_API=\(api)"])
+    }
+
+    /// `etcdctlChecked` that waits without blocking a thread.
+    @discardableResult
+    public func etcdctlCheckedAsync(api: Int, _ args: [String]) async throws -> String {
+        try checked(api, args, try await etcdctlAsync(api: api, args))
+    }
+
+    private func etcdctlArguments(api: Int) -> [String] {
         var argv = ["/usr/bin/etcdctl"]
         if api == 2 {
             argv += ["--endpoints", clientURL]
@@ -192,13 +264,10 @@ public final class EtcdServer: Sendable {
             argv += ["--endpoints=\(clientURL)"]
             if let t = etcdctlTLS { argv += ["--cacert=\(t.ca)", "--cert=\(t.cert)", "--key=\(t.key)"] }
         }
-        return try await runCommandAsync(argv + args, environment: ["ETCDCTL_API=\(api)"])
+        return argv
     }
 
-    /// Like `etcdctl` but throws with the output when it fails.
-    @discardableResult
-    public func etcdctlChecked(api: Int, _ args: [String]) async throws -> String {
-        let r = try await etcdctl(api: api, args)
+    private func checked(_ api: Int, _ args: [String], _ r: CommandResult) throws -> String {
         guard r.status == 0 else {
             throw EtcdServerError("etcdctl (v\(api)) \(args.joined(separator: " ")) failed (\(r.status)): \(r.stderr) \(r.stdout)")
         }

@@ -341,26 +341,54 @@ public final class NetnsLab: @unchecked Sendable {
         for f in files { unlink(f) }
     }
 
-    /// Deletes lab namespaces ("fx<tag>-<pid>-<n>-…") left behind by test processes that died
-    /// without cleaning up (a crash, a kill). Only names whose pid no longer exists are touched.
-    /// Runs once per process, from the first `init`; returns what it deleted.
+    /// Deletes what lab users leave behind when their test process dies without cleaning up (a
+    /// crash, a kill): namespaces named "fx<tag>-<pid>-<n>-…" and work folders "/run/fx<tag>-<pid>-<n>"
+    /// (unmounting what is mounted under them first, e.g. a lab bpffs). Only names whose pid no
+    /// longer exists are touched. Runs once per process, from the first `init`; returns what it removed.
     @discardableResult
     public static func removeStaleNamespaces() -> [String] {
-        guard let list = try? CommandRunner.run([LabTools.ip, "netns", "list"]), list.status == 0 else { return [] }
         var removed: [String] = []
-        for line in list.stdout.split(separator: "\n") {
-            guard let name = line.split(separator: " ").first.map(String.init) else { continue }
-            let parts = name.split(separator: "-")
-            guard parts.count >= 4, parts[0].hasPrefix("fx"), parts[0].count > 2,
-                  parts[0].allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber) }),
-                  let pid = Int32(parts[1]), pid > 1, Int(parts[2]) != nil else { continue }
-            // kill(pid, 0): ESRCH means no such process. Anything else (alive, EPERM) keeps it.
-            if Glibc.kill(pid, 0) != 0 && errno == ESRCH {
+        if let list = try? CommandRunner.run([LabTools.ip, "netns", "list"]), list.status == 0 {
+            for line in list.stdout.split(separator: "\n") {
+                guard let name = line.split(separator: " ").first.map(String.init), isStaleLabName(name, minParts: 4) else { continue }
                 _ = try? CommandRunner.run([LabTools.ip, "netns", "del", name])
                 removed.append(name)
             }
         }
+        // Work folders under /run named exactly like a lab prefix.
+        if let dir = opendir("/run") {
+            var folders: [String] = []
+            while let entry = readdir(dir) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                if isStaleLabName(name, minParts: 3), name.split(separator: "-").count == 3 { folders.append(name) }
+            }
+            closedir(dir)
+            if !folders.isEmpty {
+                let mounts = CommandRunner.readFile("/proc/self/mounts").split(separator: "\n").compactMap { line in
+                    line.split(separator: " ").dropFirst().first.map(String.init)
+                }
+                for folder in folders {
+                    let path = "/run/\(folder)"
+                    // Deepest first, so a mount inside another comes off before its parent.
+                    for m in mounts.filter({ $0 == path || $0.hasPrefix(path + "/") }).sorted(by: { $0.count > $1.count }) {
+                        _ = umount2(m, Int32(MNT_DETACH))
+                    }
+                    _ = try? CommandRunner.run(["/bin/rm", "-rf", "--one-file-system", path])
+                    removed.append(path)
+                }
+            }
+        }
         return removed
+    }
+
+    /// "fx<alnum>-<pid>-<n>[-…]" whose pid no longer exists.
+    private static func isStaleLabName(_ name: String, minParts: Int) -> Bool {
+        let parts = name.split(separator: "-")
+        guard parts.count >= minParts, parts[0].hasPrefix("fx"), parts[0].count > 2,
+              parts[0].allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber) }),
+              let pid = Int32(parts[1]), pid > 1, Int(parts[2]) != nil else { return false }
+        // kill(pid, 0): ESRCH means no such process. Anything else (alive, EPERM) keeps it.
+        return Glibc.kill(pid, 0) != 0 && errno == ESRCH
     }
 
     // MARK: - GRO

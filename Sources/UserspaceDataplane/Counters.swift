@@ -1,6 +1,9 @@
 // Counters of the userspace data path. Workers tally into a private block during a batch and add
 // it to the shared atomics once per batch, so the per-packet cost is a plain increment. Drop
-// reasons use the BPF path's names where they mean the same thing.
+// reasons use the BPF path's names where they mean the same thing (decap_drop_not_peer → not_peer,
+// decap_drop_bad_vni → bad_vni, decap_drop_malformed → malformed, decap_drop_inner_not_ours →
+// inner_not_ours, decap_drop_inner_not_ipv4 → inner_not_ipv4, encap_pass_no_peer → no_peer,
+// encap_pass_too_big → too_big, encap_pass_not_ipv4 → not_ipv4).
 import Atomics
 
 /// Why a packet was not forwarded. Raw values are stable indices; `name` is the metrics label.
@@ -11,8 +14,10 @@ public enum UserspaceDropReason: Int, CaseIterable, Sendable, CustomStringConver
     case badVNI
     /// Truncated or inconsistent headers (outer payload, VXLAN, inner IPv4 IHL/total length).
     case malformed
-    /// UDP → TUN: inner Ethernet not IPv4, or not addressed to our VtepMAC.
-    case inner
+    /// UDP → TUN: inner Ethernet not addressed to our VtepMAC.
+    case innerNotOurs
+    /// UDP → TUN: inner Ethernet type or IP version not IPv4.
+    case innerNotIPv4
     /// TUN → UDP: not an IPv4 packet (e.g. IPv6 the kernel routed into the TUN).
     case notIPv4
     /// TUN → UDP: no peer subnet contains the destination (ICMP net unreachable sent back).
@@ -31,7 +36,8 @@ public enum UserspaceDropReason: Int, CaseIterable, Sendable, CustomStringConver
         case .notPeer: "not_peer"
         case .badVNI: "bad_vni"
         case .malformed: "malformed"
-        case .inner: "inner"
+        case .innerNotOurs: "inner_not_ours"
+        case .innerNotIPv4: "inner_not_ipv4"
         case .notIPv4: "not_ipv4"
         case .noPeer: "no_peer"
         case .tooBig: "too_big"
@@ -67,6 +73,28 @@ public struct UserspaceCounters: Sendable, Hashable, CustomStringConvertible {
 
     public subscript(drop reason: UserspaceDropReason) -> UInt64 { drops[reason] ?? 0 }
     public var totalDrops: UInt64 { drops.values.reduce(0, +) }
+
+    /// Prometheus text exposition of these counters (all drop reasons, zeros included).
+    public func prometheusText(prefix: String = "flanneld_xdp_userspace") -> String {
+        var out = ""
+        func family(_ name: String, _ help: String, _ samples: [(String, UInt64)]) {
+            out += "# HELP \(prefix)_\(name) \(help)\n# TYPE \(prefix)_\(name) counter\n"
+            for (labels, value) in samples { out += "\(prefix)_\(name)\(labels) \(value)\n" }
+        }
+        family("packets_total", "Packets carried by the userspace data path.",
+               [("{direction=\"tx\"}", txPackets), ("{direction=\"rx\"}", rxPackets)])
+        family("bytes_total", "Inner IPv4 bytes carried by the userspace data path.",
+               [("{direction=\"tx\"}", txBytes), ("{direction=\"rx\"}", rxBytes)])
+        family("drops_total", "Packets and datagrams dropped, by reason.",
+               UserspaceDropReason.allCases.map { ("{reason=\"\($0.name)\"}", self[drop: $0]) })
+        family("icmp_errors_total", "ICMP errors answered (sent) or suppressed by the rate limit.",
+               [("{result=\"sent\"}", icmpSent), ("{result=\"rate_limited\"}", icmpRateLimited)])
+        family("offload_packets_total", "TCP super-packets split for sending (gso) or glued on receive (gro).",
+               [("{kind=\"gso\"}", gsoPackets), ("{kind=\"gro\"}", groPackets)])
+        family("offload_segments_total", "Segments those super-packets held.",
+               [("{kind=\"gso\"}", gsoSegments), ("{kind=\"gro\"}", groSegments)])
+        return out
+    }
 
     public var description: String {
         var parts = [

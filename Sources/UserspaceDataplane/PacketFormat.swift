@@ -169,9 +169,10 @@ struct Framing: Sendable {
             guard let vx = cursor.take(Wire.vxlanHeaderLength) else { return .drop(.malformed) }
             guard cursor.u8(vx) & Wire.vxlanFlagI != 0, cursor.u32(vx + 4) >> 8 == vni else { return .drop(.badVNI) }
             guard let eth = cursor.take(Wire.ethernetHeaderLength) else { return .drop(.malformed) }
-            guard cursor.mac(eth) == localMAC, cursor.u16(eth + 12) == Wire.etherTypeIPv4 else { return .drop(.inner) }
+            guard cursor.mac(eth) == localMAC else { return .drop(.innerNotOurs) }
+            guard cursor.u16(eth + 12) == Wire.etherTypeIPv4 else { return .drop(.innerNotIPv4) }
         }
-        switch Wire.checkIPv4(cursor, notIPv4: isVXLAN ? .inner : .malformed) {
+        switch Wire.checkIPv4(cursor, notIPv4: isVXLAN ? .innerNotIPv4 : .malformed) {
         case .drop(let reason): return .drop(reason)
         // Trailing bytes (Ethernet padding of short frames) are cut off at the IPv4 total length.
         case .ok(_, let totalLength): return .deliver(offset: cursor.offset, length: totalLength)

@@ -9,6 +9,8 @@ final class DaemonTestEtcd: @unchecked Sendable {
     let peerPort: Int
     let dataDir: String
     let pid: pid_t
+    /// The network namespace etcd runs in (nil: the test's own).
+    let namespace: String?
     var url: String { "http://127.0.0.1:\(clientPort)" }
 
     static func freePort() throws -> Int {
@@ -27,12 +29,14 @@ final class DaemonTestEtcd: @unchecked Sendable {
         return Int(UInt16(bigEndian: address.sin_port))
     }
 
-    init() async throws {
+    init(namespace: String? = nil) async throws {
+        self.namespace = namespace
         clientPort = try Self.freePort()
         peerPort = try Self.freePort()
         let tag = uniqueTag("e")
         dataDir = "/tmp/\(tag)"
-        let arguments = [
+        let prefix = namespace.map { ["/usr/sbin/ip", "netns", "exec", $0] } ?? []
+        let arguments = prefix + [
             "/usr/bin/etcd", "--name", tag, "--data-dir", dataDir, "--enable-v2=true",
             "--listen-client-urls", "http://127.0.0.1:\(clientPort)", "--advertise-client-urls", "http://127.0.0.1:\(clientPort)",
             "--listen-peer-urls", "http://127.0.0.1:\(peerPort)", "--initial-advertise-peer-urls", "http://127.0.0.1:\(peerPort)",
@@ -54,7 +58,9 @@ final class DaemonTestEtcd: @unchecked Sendable {
             if waitpid(child, &status, WNOHANG) == child {
                 throw ToolFailure(command: arguments.joined(separator: " "), status: status, output: "etcd exited at start")
             }
-            if let health = try? runProgram("/usr/bin/etcdctl", ["--endpoints", url, "--dial-timeout=300ms", "--command-timeout=500ms", "endpoint", "health"],
+            if let health = try? runProgram(prefix.first ?? "/usr/bin/etcdctl",
+                                            Array(prefix.dropFirst()) + (prefix.isEmpty ? [] : ["/usr/bin/etcdctl"])
+                                                + ["--endpoints", url, "--dial-timeout=300ms", "--command-timeout=500ms", "endpoint", "health"],
                                             environment: ["ETCDCTL_API=3", "PATH=/usr/bin:/bin"]),
                health.status == 0 { return }
             try await Task.sleep(for: .milliseconds(100))
@@ -89,7 +95,9 @@ final class DaemonTestEtcd: @unchecked Sendable {
 
     @discardableResult
     func runEtcdctl(api: Int, _ arguments: [String]) throws -> String {
-        let (output, status) = try runProgram("/usr/bin/etcdctl", ["--endpoints", url] + arguments,
+        let prefix = namespace.map { ["/usr/sbin/ip", "netns", "exec", $0] } ?? []
+        let command = prefix + ["/usr/bin/etcdctl", "--endpoints", url] + arguments
+        let (output, status) = try runProgram(command[0], Array(command.dropFirst()),
                                               environment: ["ETCDCTL_API=\(api)", "PATH=/usr/bin:/bin"])
         guard status == 0 else { throw ToolFailure(command: "etcdctl \(arguments.joined(separator: " "))", status: status, output: output) }
         return output

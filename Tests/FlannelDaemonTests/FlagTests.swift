@@ -21,6 +21,7 @@ private func failure(_ arguments: [String], env: [String: String] = [:]) -> (mes
     }
 }
 
+extension DaemonSuite {
 @Suite("Flags: flanneld's spellings, Go forms and FLANNELD_* environment")
 struct FlagTests {
     @Test("defaults match flanneld's")
@@ -190,4 +191,5 @@ struct FlagTests {
             #expect(Set(normalizer.subcommandFlags[name]?.map(\.name) ?? []) == longFlags(help), "\(name): \(help)")
         }
     }
+}
 }

@@ -3,6 +3,7 @@ import FlannelDaemon
 import Testing
 
 /// `--help` is part of the interface operators script against: any change to it must be deliberate.
+extension DaemonSuite {
 @Suite("Help text and the built binary")
 struct HelpAndBinaryTests {
     @Test("root --help is pinned (80 columns, as printed when not on a terminal)")
@@ -69,6 +70,9 @@ struct HelpAndBinaryTests {
                                   auto, xdp, tc, userspace; default: auto)
           --bpffs <bpffs>         bpffs mount under which the BPF maps and programs are
                                   pinned. (default: /sys/fs/bpf)
+          --reconcile-interval <reconcile-interval>
+                                  Seconds between full passes that compare the peer
+                                  tables with the leases and repair drift. (default: 60)
 
         HEALTH AND METRICS:
           --healthz-ip <healthz-ip>
@@ -163,6 +167,7 @@ struct HelpAndBinaryTests {
             #expect(noPins.output.contains("no pinned maps"))
         }
     }
+}
 }
 
 private func trimmed(_ text: String) -> String {

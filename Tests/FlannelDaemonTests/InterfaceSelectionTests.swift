@@ -3,6 +3,7 @@ import Glibc
 import NetTypes
 import Testing
 
+extension DaemonSuite {
 @Suite("Interface selection as flanneld does it")
 struct InterfaceSelectionTests {
     // A fixed interface list for the selection rules; the system tests below read the real one.
@@ -122,4 +123,5 @@ struct InterfaceSelectionTests {
         let procText = try #require(readText("/proc/net/route"))
         #expect(InterfaceSelection.defaultRouteInterface(procNetRoute: procText) == expected)
     }
+}
 }

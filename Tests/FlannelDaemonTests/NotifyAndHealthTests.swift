@@ -5,7 +5,7 @@ import NIOHTTP1
 import Testing
 
 /// A datagram socket standing in for systemd's notify socket: real AF_UNIX, bound by the test.
-private final class NotifyListener {
+final class NotifyListener {
     let fd: Int32
     let name: String
 
@@ -46,6 +46,7 @@ private final class NotifyListener {
     }
 }
 
+extension DaemonSuite {
 @Suite("sd_notify over a real datagram socket")
 struct SystemdNotifyTests {
     @Test("READY=1 with STATUS reaches an abstract-namespace socket")
@@ -82,6 +83,7 @@ struct SystemdNotifyTests {
         }
     }
 }
+}
 
 /// One HTTP/1.1 request over a plain TCP socket to 127.0.0.1: status code and body.
 private func httpGet(port: Int, path: String, method: String = "GET") throws -> (status: Int, body: String) {
@@ -116,6 +118,7 @@ private func httpGet(port: Int, path: String, method: String = "GET") throws -> 
     return (code, body)
 }
 
+extension DaemonSuite {
 @Suite("/healthz and /readyz over loopback")
 struct HealthServerTests {
     @Test("/healthz is 200 at once; /readyz is 503 with reasons until every condition holds")
@@ -175,4 +178,5 @@ struct HealthServerTests {
         #expect(response.status == 200)
         #expect(response.body == "fxdp_peers 3\n")
     }
+}
 }

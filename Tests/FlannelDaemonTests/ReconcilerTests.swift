@@ -56,6 +56,7 @@ private func subnet(_ text: String) -> IPv4Subnet { IPv4Subnet(cidr: text)! }
 private func ip(_ text: String) -> IPv4Address { IPv4Address(text)! }
 private func mac(_ text: String) -> MACAddress { MACAddress(text)! }
 
+extension DaemonSuite {
 @Suite("Desired peers from leases, as flannel filters them")
 struct DesiredPeerPolicyTests {
     let own = IPv4Subnet(cidr: "10.5.1.0/24")!
@@ -94,7 +95,9 @@ struct DesiredPeerPolicyTests {
         #expect(policy.peers(from: leases).peers == [Peer(subnet: subnet("10.5.4.0/24"), publicIP: ip("192.168.1.13"), vtepMAC: nil)])
     }
 }
+}
 
+extension DaemonSuite {
 @Suite("Reconciler: desired vs what each table holds")
 struct ReconcilerTests {
     let a = Peer(subnet: IPv4Subnet(cidr: "10.5.2.0/24")!, publicIP: IPv4Address("192.168.1.11")!, vtepMAC: MACAddress("aa:aa:aa:aa:aa:02"))
@@ -233,9 +236,10 @@ struct ReconcilerTests {
         #expect(maps.peers == [a, b, c])
     }
 }
+}
 
 /// Polls `condition` every 20 ms for up to `seconds`.
-func waitUntil(seconds: Double = 10, _ condition: () async -> Bool) async throws {
+func waitUntil(seconds: Double = 30, _ condition: () async -> Bool) async throws {
     let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
     while ContinuousClock.now < deadline {
         if await condition() { return }

@@ -19,6 +19,7 @@ private func leaseJSON(_ ip: String, mac: String?, type: String = "vxlan") -> St
     return #"{"PublicIP":"\#(ip)","PublicIPv6":null,"BackendType":"\#(type)"}"#
 }
 
+extension DaemonSuite {
 @Suite("Start-up stages against a real etcd", .serialized)
 struct StartupTests {
     let logger = Logger(label: "startup-test")
@@ -169,4 +170,5 @@ struct StartupTests {
         // Shutdown leaves our lease in etcd.
         #expect(try etcd.get("/w/subnets/10.5.1.0-24").contains("192.0.2.11"))
     }
+}
 }

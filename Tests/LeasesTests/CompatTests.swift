@@ -132,8 +132,8 @@ struct CompatTests {
             // What we wrote, read back by etcdctl, is flannel's exact form, and parses with the
             // rules flannel's decoder applies (typed fields, lowercase MAC, VNI a number).
             let key = prefix + "/subnets/" + own.subnet.leaseKey
-            let stored = (api == .v2 ? try await server.etcdctlChecked(api: 2, ["get", key])
-                                     : try await server.etcdctlChecked(api: 3, ["get", "--print-value-only", key])).trimmingCharacters(in: "\n")
+            let stored = (api == .v2 ? try await server.etcdctlCheckedAsync(api: 2, ["get", key])
+                                     : try await server.etcdctlCheckedAsync(api: 3, ["get", "--print-value-only", key])).trimmingCharacters(in: "\n")
             #expect(stored == #"{"PublicIP":"192.168.64.5","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0a:0b:0c:0d:0e:0f"}}"#)
             let doc = try JSONValue.parse(stored)
             #expect(doc["PublicIP"]?.stringValue == "192.168.64.5")
@@ -159,6 +159,24 @@ struct CompatTests {
             // The daemon's wait-and-retry path: getConfig also reports it plainly.
             let r = try makeRegistry(server, .v3, prefix: uniquePrefix("none"))
             await #expect(throws: RegistryError.self) { _ = try await r.getConfig() }
+        }
+    }
+
+    @Test func v2DisabledIsReportedPlainly() async throws {
+        try await withEtcd(extraArguments: ["--enable-v2=false"]) { server in
+            let prefix = uniquePrefix("nov2")
+            let v2 = try makeRegistry(server, .v2, prefix: prefix)
+            do {
+                _ = try await v2.getConfigText()
+                Issue.record("v2 answered although disabled")
+            } catch {
+                #expect("\(error)".contains("--enable-v2=true"), "\(error)")
+            }
+            // auto still finds a v3 config.
+            try await writeConfig(server, .v3, prefix: prefix, vxlanConfigJSON)
+            let auto = try await EtcdRegistryFactory.make(options: EtcdClientOptions(endpoints: [server.clientURL], prefix: prefix),
+                                                          logger: quietLogger)
+            #expect(auto.apiVersion == .v3)
         }
     }
 
@@ -227,8 +245,8 @@ struct CompatTests {
         try await withEtcd(extraArguments: ["--auth-token-ttl=1"]) { server in
             let prefix = uniquePrefix("auth")
             try await writeConfig(server, .v3, prefix: prefix, vxlanConfigJSON)
-            try await server.etcdctlChecked(api: 3, ["user", "add", "root:rootpw"])
-            try await server.etcdctlChecked(api: 3, ["auth", "enable"])
+            try await server.etcdctlCheckedAsync(api: 3, ["user", "add", "root:rootpw"])
+            try await server.etcdctlCheckedAsync(api: 3, ["auth", "enable"])
             let good = try makeRegistry(server, .v3, prefix: prefix) {
                 $0.username = "root"
                 $0.password = "rootpw"
@@ -240,12 +258,12 @@ struct CompatTests {
             let peers = PeerCollector(me.watchPeers(config: config))
             defer { peers.stop() }
             try await eventually("authenticated watch snapshot") { peers.gotSnapshot }
-            try await server.etcdctlChecked(api: 3, ["--user=root:rootpw", "put", prefix + "/subnets/10.5.9.0-24", vxlanAttributes("192.0.2.9").json])
+            try await server.etcdctlCheckedAsync(api: 3, ["--user=root:rootpw", "put", prefix + "/subnets/10.5.9.0-24", vxlanAttributes("192.0.2.9").json])
             try await eventually("authenticated watch event") { peers.peers.count == 1 }
             try await Task.sleep(for: .seconds(2))
             try await me.renewLease()  // with an expired token
             try await server.restart()  // the watch comes back with a token etcd has never seen
-            try await server.etcdctlChecked(api: 3, ["--user=root:rootpw", "put", prefix + "/subnets/10.5.10.0-24", vxlanAttributes("192.0.2.10").json])
+            try await server.etcdctlCheckedAsync(api: 3, ["--user=root:rootpw", "put", prefix + "/subnets/10.5.10.0-24", vxlanAttributes("192.0.2.10").json])
             try await eventually(timeout: .seconds(15), "watch event after restart") { peers.peers.count == 2 }
 
             let bad = try makeRegistry(server, .v3, prefix: prefix) {
@@ -261,10 +279,10 @@ struct CompatTests {
     @Test func v2BasicAuthentication() async throws {
         try await withEtcd { server in
             let prefix = uniquePrefix("auth2")
-            try await server.etcdctlChecked(api: 2, ["user", "add", "root:rootpw"])
-            try await server.etcdctlChecked(api: 2, ["auth", "enable"])
-            try await server.etcdctlChecked(api: 2, ["--username", "root:rootpw", "role", "revoke", "guest", "--path", "/*", "--readwrite"])
-            try await server.etcdctlChecked(api: 2, ["--username", "root:rootpw", "set", prefix + "/config", vxlanConfigJSON])
+            try await server.etcdctlCheckedAsync(api: 2, ["user", "add", "root:rootpw"])
+            try await server.etcdctlCheckedAsync(api: 2, ["auth", "enable"])
+            try await server.etcdctlCheckedAsync(api: 2, ["--username", "root:rootpw", "role", "revoke", "guest", "--path", "/*", "--readwrite"])
+            try await server.etcdctlCheckedAsync(api: 2, ["--username", "root:rootpw", "set", prefix + "/config", vxlanConfigJSON])
             let good = try makeRegistry(server, .v2, prefix: prefix) {
                 $0.username = "root"
                 $0.password = "rootpw"
@@ -275,7 +293,7 @@ struct CompatTests {
             let peers = PeerCollector(me.watchPeers(config: config))
             defer { peers.stop() }
             try await eventually("authenticated v2 snapshot") { peers.gotSnapshot }
-            try await server.etcdctlChecked(api: 2, ["--username", "root:rootpw", "set", prefix + "/subnets/10.5.9.0-24", vxlanAttributes("192.0.2.9").json])
+            try await server.etcdctlCheckedAsync(api: 2, ["--username", "root:rootpw", "set", prefix + "/subnets/10.5.9.0-24", vxlanAttributes("192.0.2.9").json])
             try await eventually("authenticated v2 watch event") { peers.peers.count == 1 }
             try await me.renewLease()
             #expect(try await good.getLease(name: lease.subnet.leaseKey) != nil)

@@ -65,9 +65,9 @@ func makeRegistry(_ server: EtcdServer, _ api: EtcdAPIVersion, prefix: String,
 /// Writes `<prefix>/config` with etcdctl, the way flannel's documentation does.
 func writeConfig(_ server: EtcdServer, _ api: EtcdAPIVersion, prefix: String, _ json: String) async throws {
     if api == .v2 {
-        try await server.etcdctlChecked(api: 2, ["set", prefix + "/config", json])
+        try await server.etcdctlCheckedAsync(api: 2, ["set", prefix + "/config", json])
     } else {
-        try await server.etcdctlChecked(api: 3, ["put", prefix + "/config", json])
+        try await server.etcdctlCheckedAsync(api: 3, ["put", prefix + "/config", json])
     }
 }
 
@@ -75,14 +75,14 @@ func writeConfig(_ server: EtcdServer, _ api: EtcdAPIVersion, prefix: String, _ 
 func etcdctlWriteLease(_ server: EtcdServer, _ api: EtcdAPIVersion, prefix: String, name: String, value: String, ttl: Int?) async throws {
     let key = prefix + "/subnets/" + name
     if api == .v2 {
-        try await server.etcdctlChecked(api: 2, ["set"] + (ttl.map { ["--ttl", String($0)] } ?? []) + [key, value])
+        try await server.etcdctlCheckedAsync(api: 2, ["set"] + (ttl.map { ["--ttl", String($0)] } ?? []) + [key, value])
     } else if let ttl {
-        let out = try await server.etcdctlChecked(api: 3, ["lease", "grant", String(ttl)])
+        let out = try await server.etcdctlCheckedAsync(api: 3, ["lease", "grant", String(ttl)])
         // "lease 694d7b2b2b2b2b2b granted with TTL(60s)"
         let id = out.split(separator: " ")[1]
-        try await server.etcdctlChecked(api: 3, ["put", "--lease=\(id)", key, value])
+        try await server.etcdctlCheckedAsync(api: 3, ["put", "--lease=\(id)", key, value])
     } else {
-        try await server.etcdctlChecked(api: 3, ["put", key, value])
+        try await server.etcdctlCheckedAsync(api: 3, ["put", key, value])
     }
 }
 

@@ -24,11 +24,11 @@ struct LeaseManagerTests {
             // Stored exactly as flannel writes it.
             let key = prefix + "/subnets/" + lease.subnet.leaseKey
             let stored = api == .v2
-                ? try await server.etcdctlChecked(api: 2, ["get", key])
-                : try await server.etcdctlChecked(api: 3, ["get", "--print-value-only", key])
+                ? try await server.etcdctlCheckedAsync(api: 2, ["get", key])
+                : try await server.etcdctlCheckedAsync(api: 3, ["get", "--print-value-only", key])
             #expect(stored.trimmingCharacters(in: "\n") == attrs.json)
             if api == .v3 {
-                let out = try await server.etcdctlChecked(api: 3, ["get", "-w", "fields", key])
+                let out = try await server.etcdctlCheckedAsync(api: 3, ["get", "-w", "fields", key])
                 #expect(out.contains("\"Lease\" : ") && !out.contains("\"Lease\" : 0\n"))
             }
 
@@ -61,6 +61,31 @@ struct LeaseManagerTests {
             // Still there after more than the TTL, renewed at least twice.
             #expect(try await registry.getLease(name: lease.subnet.leaseKey) != nil)
             #expect(manager.counters.snapshot().renewals >= 2)
+        }
+    }
+
+    /// etcd away when a renewal is due: retried every `renewRetryInterval`, renewed once etcd is back.
+    @Test(arguments: bothAPIs)
+    func renewLoopRetriesThroughAnOutage(_ api: EtcdAPIVersion) async throws {
+        try await withEtcd { server in
+            let prefix = uniquePrefix("renewout")
+            try await writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
+            let registry = try makeRegistry(server, api, prefix: prefix) { $0.requestTimeout = .seconds(1) }
+            var options = fastOptions(ttl: .seconds(6))
+            options.renewMargin = .seconds(3)  // due 3 s after acquiring (the margin is capped at TTL/2)
+            options.renewRetryInterval = .milliseconds(300)
+            let manager = SubnetManager(registry: registry, options: options, logger: quietLogger)
+            let lease = try await manager.acquireLease(config: try NetworkConfig.parse(vxlanConfigJSON),
+                                                       attributes: vxlanAttributes("192.0.2.12"))
+            await server.stopAsync()
+            let loop = Task { try await manager.runRenewLoop() }
+            defer { loop.cancel() }
+            try await eventually("failed renewals") { manager.counters.snapshot().renewalFailures >= 2 }
+            try await server.restart()
+            try await eventually(timeout: .seconds(10), "renewal after the outage") { manager.counters.snapshot().renewals >= 1 }
+            let rec = try #require(try await registry.getLease(name: lease.subnet.leaseKey))
+            #expect(rec.revision > lease.revision)
+            #expect(rec.valueText == vxlanAttributes("192.0.2.12").json)
         }
     }
 
@@ -164,9 +189,9 @@ struct LeaseManagerTests {
             try await owner.renewLease()
             #expect(try await owner.registry.getLease(name: "10.9.0.8-30")?.isReservation == true)
             if api == .v2 {
-                #expect(!(try await server.etcdctlChecked(api: 2, ["-o", "extended", "get", prefix + "/subnets/10.9.0.8-30"])).contains("TTL: 1"))
+                #expect(!(try await server.etcdctlCheckedAsync(api: 2, ["-o", "extended", "get", prefix + "/subnets/10.9.0.8-30"])).contains("TTL: 1"))
             } else {
-                #expect(try await server.etcdctlChecked(api: 3, ["get", "-w", "fields", prefix + "/subnets/10.9.0.8-30"]).contains("\"Lease\" : 0\n"))
+                #expect(try await server.etcdctlCheckedAsync(api: 3, ["get", "-w", "fields", prefix + "/subnets/10.9.0.8-30"]).contains("\"Lease\" : 0\n"))
             }
         }
     }

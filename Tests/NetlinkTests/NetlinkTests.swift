@@ -188,7 +188,7 @@ import Testing
         #expect(throws: NetlinkError.self) { try nl.addFDB(fdb) }
         try nl.replaceFDB(fdb)
         let entries = try nl.fdbEntries(index: vx.index).filter { $0.mac == mac }
-        #expect(entries.count == 1 && entries[0].destination == peerIP && entries[0].flags.contains(.self) && entries[0].state.contains(.permanent))
+        #expect(entries.count == 1 && entries[0].destination == peerIP && entries[0].flags.contains(.device) && entries[0].state.contains(.permanent))
         try lab.sh(node.name, [LabTools.bridge, "fdb", "append", "00:00:00:00:00:00", "dev", "flannel.1", "dst", "192.168.77.3", "self", "permanent"])
         #expect(try nl.fdbEntries(index: vx.index).contains { $0.mac == .zero && $0.destination == IPv4Address("192.168.77.3") })
         try nl.deleteFDB(fdb)

@@ -1,5 +1,6 @@
 import NetTypes
 import TestSupport
+import Glibc
 import Testing
 
 @Suite("NetnsLab") struct NetnsLabTests {
@@ -61,10 +62,32 @@ import Testing
         let stale = "fxnlsw-\(child.pid)-1-n1"
         try lab.sh(nil, ["netns", "add", stale])
         defer { _ = try? lab.run(nil, ["netns", "del", stale]) }
+        // And a work folder with a mount in it, as FlannelCluster makes (/run/<prefix>/bpf).
+        let folder = "/run/fxnlsw-\(child.pid)-1"
+        try lab.sh(nil, ["/bin/mkdir", "-p", folder + "/bpf"])
+        try lab.sh(nil, ["/bin/mount", "-t", "bpf", "bpf", folder + "/bpf"])
+        defer { _ = try? lab.run(nil, ["/bin/umount", folder + "/bpf"]); _ = try? lab.run(nil, ["/bin/rm", "-rf", folder]) }
         let removed = NetnsLab.removeStaleNamespaces()
-        #expect(removed.contains(stale))
+        #expect(removed.contains(stale) && removed.contains(folder))
+        #expect(access(folder, F_OK) != 0)
+        #expect(!CommandRunnerProbe.mounts().contains(folder + "/bpf"))
         #expect(!removed.contains(lab.wireNamespace))
         #expect(!(try lab.sh(nil, ["netns", "list"])).contains(stale))
         #expect(try lab.sh(nil, ["netns", "list"]).contains(lab.wireNamespace))
+    }
+}
+
+enum CommandRunnerProbe {
+    static func mounts() -> String {
+        guard let f = fopen("/proc/self/mounts", "r") else { return "" }
+        defer { fclose(f) }
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = fread(&buf, 1, buf.count, f)
+            if n <= 0 { break }
+            out += buf[0..<n]
+        }
+        return String(decoding: out, as: UTF8.self)
     }
 }

@@ -251,7 +251,8 @@ import Testing
         let dev = try FlannelVXLANDevice.ensure(vni: 1, localIP: a.nodeIP, underlayIndex: eth0A.index,
                                                 subnet: a.podSubnet, network: Self.network, netlink: &nlA)
         let table = try KernelVXLANPeerTable(device: dev, network: Self.network, networkNamespace: "/run/netns/\(a.name)")
-        // First as a vxlan peer, then it turns direct: neighbour and fdb must go.
+        // First as a vxlan peer, then it turns direct: the neighbour goes, the fdb entry stays (so
+        // the peer reads back exactly, MAC included).
         let vxPeer = Peer(subnet: b.podSubnet, publicIP: b.nodeIP, vtepMAC: MACAddress("0e:00:00:00:00:bb")!)
         try table.upsert(vxPeer)
         var direct = vxPeer
@@ -259,12 +260,17 @@ import Testing
         try table.upsert(direct)
         #expect(try lab.sh(a.name, ["route", "show", "\(b.podSubnet)"]).trimmingCharacters() == "\(b.podSubnet) via \(b.nodeIP) dev eth0")
         #expect(try lab.sh(a.name, ["neigh", "show", "dev", "flannel.1"]).isEmpty)
-        #expect(!(try lab.sh(a.name, [LabTools.bridge, "fdb", "show", "dev", "flannel.1"])).contains("0e:00:00:00:00:bb"))
-        #expect(try table.currentPeers() == [KernelVXLANPeerTable.kernelView(of: direct)])
+        #expect(try lab.sh(a.name, [LabTools.bridge, "fdb", "show", "dev", "flannel.1"]).contains("0e:00:00:00:00:bb dst \(b.nodeIP) self permanent"))
+        #expect(try table.currentPeers() == [direct])
         #expect(try lab.ping(from: a.podNamespace, to: b.podIP, count: 2).received == 2)
         try table.remove(direct)
         #expect(try table.currentPeers().isEmpty)
         #expect(try lab.sh(a.name, ["route", "show", "\(b.podSubnet)"]).isEmpty)
+        #expect(!(try lab.sh(a.name, [LabTools.bridge, "fdb", "show", "dev", "flannel.1"])).contains("0e:00:00:00:00:bb"))
+        // Back to vxlan: the triple again, identical read-back.
+        try table.upsert(vxPeer)
+        #expect(try table.currentPeers() == [vxPeer])
+        try table.remove(vxPeer)
         #expect(try lab.sh(a.name, ["route", "show"]).contains("172.16.5.0/24"))
     }
 
@@ -286,14 +292,18 @@ import Testing
         try lab.sh(node.name, ["link", "add", "flannel.2", "type", "vxlan", "id", "2", "dev", "eth0", "dstport", "8472"])
 
         let removal = try Overlay.removeAll(vni: 1, network: Self.network, underlayIndex: eth0.index, netlink: &nl)
-        #expect(removal.deletedDevice == "flannel.1" && removal.deletedRoutes == [IPv4Subnet(cidr: "10.5.40.0/24")!])
+        #expect(removal.deletedDevices == ["flannel.1"] && removal.deletedRoutes == [IPv4Subnet(cidr: "10.5.40.0/24")!])
         let routes = try lab.sh(node.name, ["route", "show"])
         #expect(!routes.contains("10.5.40.0") && !routes.contains("flannel.1") && routes.contains("172.16.0.0/24"))
         #expect(routes.contains("\(node.podSubnet) dev cni0"))
         #expect(try nl.link(named: "flannel.1") == nil && nl.link(named: "flannel.2") != nil)
         // Idempotent.
         let again = try Overlay.removeAll(vni: 1, network: Self.network, underlayIndex: eth0.index, netlink: &nl)
-        #expect(again.deletedDevice == nil && again.deletedRoutes.isEmpty)
+        #expect(again.deletedDevices.isEmpty && again.deletedRoutes.isEmpty)
+        // Without a VNI: every flannel.<N> that is a vxlan with id N; a squatter is left alone.
+        try lab.sh(node.name, ["link", "add", "flannel.9", "type", "bridge"])
+        #expect(try Overlay.removeAll(netlink: &nl).deletedDevices == ["flannel.2"])
+        #expect(try nl.link(named: "flannel.9") != nil)
     }
     @Test("1000 peers: upsert, read back through multi-part dumps, remove", .enabled(if: root, Privileges.skipReason))
     func manyPeers() throws {
@@ -319,35 +329,6 @@ import Testing
         for p in many { try table.remove(p) }
         #expect(try table.currentPeers().isEmpty)
         #expect(try lab.sh(node.name, ["neigh", "show", "dev", "flannel.1"]).isEmpty)
-    }
-
-    @Test("the external interface is chosen as flanneld does: --iface names/IPs, --iface-regex, default route",
-          .enabled(if: root, Privileges.skipReason))
-    func externalInterface() throws {
-        let lab = try NetnsLab(tag: "ove")
-        defer { lab.cleanup() }
-        let node = try lab.makeCluster(nodes: 1)[0]
-        var nl = try NetlinkSocket(networkNamespace: "/run/netns/\(node.name)")
-        let eth0 = try #require(try nl.link(named: "eth0"))
-
-        // No --iface and no default route: a clear error.
-        #expect(throws: OverlayError.self) { try ExternalInterface.find(netlink: &nl) }
-        try lab.sh(node.name, ["route", "add", "default", "via", "192.168.77.254"])
-        let byDefault = try ExternalInterface.find(netlink: &nl)
-        #expect(byDefault == ExternalInterface(index: eth0.index, name: "eth0", mtu: 1500, address: node.nodeIP, prefixLength: 24))
-
-        #expect(try ExternalInterface.find(ifaces: ["cni0"], netlink: &nl).address == node.podGateway)
-        #expect(try ExternalInterface.find(ifaces: ["nope0", "\(node.nodeIP)"], netlink: &nl).name == "eth0")
-        #expect(try ExternalInterface.find(ifaces: ["\(node.podGateway)", "eth0"], netlink: &nl).name == "cni0")
-        #expect(try ExternalInterface.find(ifaceRegex: "^192\\.168\\.", netlink: &nl).name == "eth0")
-        #expect(try ExternalInterface.find(ifaceRegex: "^cni", netlink: &nl).name == "cni0")
-        do {
-            _ = try ExternalInterface.find(ifaces: ["nope0", "10.99.99.99"], netlink: &nl)
-            Issue.record("unknown interfaces must fail")
-        } catch {
-            #expect(error.description.contains("nope0"))
-        }
-        #expect(throws: OverlayError.self) { try ExternalInterface.find(ifaceRegex: "([", netlink: &nl) }
     }
 
     @Test("flanneld's two phases: the device (and its MAC) before the lease, the address after; a new lease moves it; GBP",
@@ -388,6 +369,55 @@ import Testing
         } catch {
             guard case .deviceMissing = error else { Issue.record("unexpected \(error)"); return }
         }
+    }
+
+    @Test("KernelOverlay: the daemon's sequence end to end against a CLI reference node; TUN; cleanup",
+          .enabled(if: root, Privileges.skipReason))
+    func kernelOverlayFacade() throws {
+        let lab = try NetnsLab(tag: "ovk")
+        defer { lab.cleanup() }
+        let nodes = try lab.makeCluster(nodes: 2)
+        let (ref, mine) = (nodes[0], nodes[1])
+        let standIn = try lab.makeFlannelStandIn(node: ref)
+        let overlay = try KernelOverlay(networkNamespace: "/run/netns/\(mine.name)")
+        var nl = try NetlinkSocket(networkNamespace: "/run/netns/\(mine.name)")
+        let eth0 = try #require(try nl.link(named: "eth0"))
+
+        // Phase 1 (before the lease): the device and its MAC. Phase 2: address, tables.
+        let dev = try overlay.ensureVXLANDevice(vni: 1, localIP: mine.nodeIP, underlayIndex: eth0.index, mtu: 1450)
+        let readBack = try overlay.vxlanDevice(index: dev.index)
+        #expect(readBack.mac == dev.mac && readBack.vni == 1 && readBack.port == 8472 && readBack.localIP == mine.nodeIP
+                && readBack.underlayIndex == eth0.index)
+        let configured = try overlay.configureVXLANDevice(readBack, subnet: mine.podSubnet, network: Self.network)
+        let table = try overlay.kernelVXLANPeerTable(device: configured, network: Self.network)
+        try table.upsert(standIn.asPeer)
+        try lab.addFlannelPeerRoutes(on: ref, peer: Peer(subnet: mine.podSubnet, publicIP: mine.nodeIP, vtepMAC: dev.mac))
+        #expect(try lab.ping(from: mine.podNamespace, to: ref.podIP, count: 2).received == 2)
+        #expect(try overlay.isDirectlyReachable(ref.nodeIP))
+
+        // host-gw table from the same object.
+        let hostGW = try overlay.hostGWPeerTable(underlayIndex: eth0.index, network: Self.network, ownSubnet: mine.podSubnet)
+        #expect(try hostGW.currentPeers().isEmpty)
+
+        // The userspace path's TUN (a persistent one made with the CLI stands in for the daemon's).
+        try lab.sh(mine.name, ["tuntap", "add", "dev", "flannel0", "mode", "tun"])
+        try overlay.configureTUN(name: "flannel0", subnet: mine.podSubnet, network: Self.network, mtu: 1472)
+        try overlay.configureTUN(name: "flannel0", subnet: mine.podSubnet, network: Self.network, mtu: 1472) // idempotent
+        let tun = try lab.sh(mine.name, ["-4", "-o", "addr", "show", "dev", "flannel0"])
+        #expect(tun.contains("inet \(mine.podSubnet.address)/32"))
+        #expect(try lab.sh(mine.name, ["link", "show", "flannel0"]).contains("mtu 1472"))
+        #expect(try lab.sh(mine.name, ["route", "show", "\(Self.network)"]).contains("\(Self.network) dev flannel0"))
+        do {
+            try overlay.configureTUN(name: "nosuchtun", subnet: mine.podSubnet, network: Self.network, mtu: 1472)
+            Issue.record("a missing TUN must be reported")
+        } catch {
+            guard case .deviceMissing(let name, _) = error else { Issue.record("unexpected \(error)"); return }
+            #expect(name == "nosuchtun")
+        }
+
+        // cleanup without a VNI or network: our vxlan devices go, nothing else.
+        #expect(try overlay.removeFlannelDevices() == ["flannel.1"])
+        #expect(try nl.link(named: "flannel0") != nil && nl.link(named: "flannel.1") == nil)
     }
 }
 

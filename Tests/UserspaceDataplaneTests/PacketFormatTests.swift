@@ -54,10 +54,10 @@ import Testing
         #expect(reason(decap(Array(good.prefix(30)), framing)) == .malformed)
         #expect(reason(decap(vxlanPayload(vni: 2, destinationMAC: ourMAC, sourceMAC: peerMAC, inner: inner), framing)) == .badVNI)
         #expect(reason(decap(vxlanPayload(vni: 1, destinationMAC: ourMAC, sourceMAC: peerMAC, inner: inner, flags: 0), framing)) == .badVNI)
-        #expect(reason(decap(vxlanPayload(vni: 1, destinationMAC: peerMAC, sourceMAC: peerMAC, inner: inner), framing)) == .inner)
+        #expect(reason(decap(vxlanPayload(vni: 1, destinationMAC: peerMAC, sourceMAC: peerMAC, inner: inner), framing)) == .innerNotOurs)
         var ipv6 = good
         ipv6[20] = 0x86; ipv6[21] = 0xdd
-        #expect(reason(decap(ipv6, framing)) == .inner)
+        #expect(reason(decap(ipv6, framing)) == .innerNotIPv4)
         var badIHL = good
         badIHL[22] = 0x44
         #expect(reason(decap(badIHL, framing)) == .malformed)
@@ -66,7 +66,7 @@ import Testing
         #expect(reason(decap(longTotal, framing)) == .malformed)
         var version6 = good
         version6[22] = 0x65
-        #expect(reason(decap(version6, framing)) == .inner)
+        #expect(reason(decap(version6, framing)) == .innerNotIPv4)
 
         let udp = Framing(.udp(port: 8285))
         if case .deliver(let o, let l) = decap(inner, udp) { #expect(o == 0 && l == inner.count) } else { Issue.record("udp framing") }
@@ -286,5 +286,18 @@ import Testing
         #expect(tally.values[Counter.groPackets] == 1 && tally.values[Counter.groSegments] == 4)
         #expect(tally.values[Counter.rxPackets] == 5)
         #expect(out[merged + 10 + 33] == 0x02)
+    }
+}
+
+@Suite struct CounterExpositionTests {
+    @Test func prometheusTextListsEveryReason() {
+        var c = UserspaceCounters()
+        c.txPackets = 5
+        c.drops[.notPeer] = 2
+        let text = c.prometheusText()
+        #expect(text.contains("flanneld_xdp_userspace_packets_total{direction=\"tx\"} 5\n"))
+        #expect(text.contains("flanneld_xdp_userspace_drops_total{reason=\"not_peer\"} 2\n"))
+        #expect(text.contains("flanneld_xdp_userspace_drops_total{reason=\"inner_not_ours\"} 0\n"))
+        #expect(UserspaceDropReason.allCases.count == Set(UserspaceDropReason.allCases.map(\.name)).count)
     }
 }

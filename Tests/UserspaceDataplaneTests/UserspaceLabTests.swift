@@ -27,7 +27,15 @@ struct UserspaceLabTests {
         try meshPeers([a, b])
         #expect(try a.dataplane.currentPeers() == [b.asPeer])
 
+        // On the wire: UDP from node 1 to node 2 port 8472, outer DF clear (as kernel vxlan sends).
+        let capture = try lab.spawn(lab.wireNamespace, ["/usr/bin/tcpdump", "-l", "-n", "-v", "-c", "1", "-i", nodes[0].wireIfname, "udp", "dst", "port", "8472"])
+        usleep(300_000)
         try expectPing(lab, from: nodes[0], to: nodes[1])
+        #expect(capture.waitExit(timeout: 5) == 0)
+        let wire = capture.output()
+        // tcpdump decodes 8472 as OTV, whose header matches VXLAN: "instance" is the VNI.
+        #expect(wire.contains("flags [none], proto UDP") && wire.contains("instance 1")
+                && wire.contains("\(nodes[0].podIP) > \(nodes[1].podIP): ICMP echo request"), "\(wire)")
         try expectPing(lab, from: nodes[1], to: nodes[0])
         // The node itself (not only pods) reaches the remote pod through the TUN.
         #expect(try lab.ping(from: nodes[0].name, to: nodes[1].podIP, count: 2, interval: 0.1).received == 2)
@@ -38,7 +46,7 @@ struct UserspaceLabTests {
         let ca = a.dataplane.counters, cb = b.dataplane.counters
         print("node a: \(ca)\nnode b: \(cb)")
         #expect(ca.txPackets > 1000 && cb.rxPackets > 1000)
-        #expect(ca[drop: .notPeer] == 0 && cb[drop: .notPeer] == 0 && cb[drop: .badVNI] == 0 && cb[drop: .inner] == 0)
+        #expect(ca[drop: .notPeer] == 0 && cb[drop: .notPeer] == 0 && cb[drop: .badVNI] == 0 && cb[drop: .innerNotOurs] == 0)
         // TTL: the two kernel forwarding hops decrement it, the userspace path does not (as kernel vxlan).
         let out = try lab.sh(nodes[0].podNamespace, [LabTools.ping, "-n", "-c", "1", "\(nodes[1].podIP)"])
         #expect(out.contains("ttl=62"), "\(out)")
@@ -127,7 +135,7 @@ struct UserspaceLabTests {
         print("offloads \(offloads): userspace → kernel vxlan \(gbps(out)) Gbit/s, kernel → userspace \(gbps(back)) Gbit/s")
         #expect(out > 10e6 && back > 10e6)
         let c = a.dataplane.counters
-        #expect(c[drop: .badVNI] == 0 && c[drop: .inner] == 0 && c[drop: .malformed] == 0, "\(c)")
+        #expect(c[drop: .badVNI] == 0 && c[drop: .innerNotOurs] == 0 && c[drop: .malformed] == 0, "\(c)")
     }
 
     @Test(arguments: [false, true]) func legacyUDPBackend(offloads: Bool) throws {
@@ -191,12 +199,12 @@ struct UserspaceLabTests {
         print("after garbage: \(c)")
         #expect(c[drop: .notPeer] == 3 * 51)
         #expect(c[drop: .badVNI] >= 3 * 30)
-        #expect(c[drop: .inner] >= 3 * 10)
+        #expect(c[drop: .innerNotOurs] == 3 * 10)
         #expect(c[drop: .malformed] >= 3 * (22 + 10))
         #expect(c.rxPackets >= 60)
         // Every garbage datagram is accounted for by exactly one drop reason.
         let garbage = 3 * (randoms.count + truncated.count + wrongVNI.count + noIFlag.count + wrongMAC.count + badInner.count + 1 + randoms.count)
-        let counted = c[drop: .notPeer] + c[drop: .badVNI] + c[drop: .malformed] + c[drop: .inner] + c[drop: .truncated]
+        let counted = c[drop: .notPeer] + c[drop: .badVNI] + c[drop: .malformed] + c[drop: .innerNotOurs] + c[drop: .innerNotIPv4] + c[drop: .truncated]
         #expect(counted == UInt64(garbage), "\(c)")
         try expectPing(lab, from: nodes[1], to: nodes[0])
     }

@@ -26,7 +26,8 @@ struct cbpf_dgram {
 };
 #define CBPF_DGRAM_BATCH_MAX 64
 /* A UDP socket bound to addr:port (addr network order), SO_REUSEPORT when `reuseport`, UDP_GRO when
- * `gro`, buffers of `bufsize` bytes when > 0. Returns the fd or -errno. */
+ * `gro`, buffers of `bufsize` bytes when > 0, IP_PMTUDISC_DONT (outer DF clear, as kernel vxlan).
+ * Returns the fd or -errno. */
 int cbpf_udp_socket(uint32_t addr, uint16_t port, int reuseport, int gro, int bufsize);
 /* recvmmsg(MSG_DONTWAIT) of up to n (<= CBPF_DGRAM_BATCH_MAX) datagrams; returns the count or -errno. */
 int cbpf_udp_recv_batch(int fd, struct cbpf_dgram *d, unsigned n);
