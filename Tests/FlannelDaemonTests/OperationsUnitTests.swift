@@ -143,7 +143,7 @@ struct OperationsUnitTests {
         metrics.observeReconciler(passCount: 3, lastDuration: .milliseconds(2), lastSucceeded: true, desiredPeers: 4)
         metrics.observeReconciler(passCount: 5, lastDuration: .milliseconds(3), lastSucceeded: false, desiredPeers: 5)
         metrics.observeLease(expiryUnixSeconds: 1_790_086_400, etcdReachable: true)
-        var counters = LeaseCounters.Snapshot()
+        var counters = LeaseCounters().snapshot()
         counters.watchReconnects = 2
         metrics.observeLeaseCounters(counters)
         counters.watchReconnects = 5

@@ -30,7 +30,7 @@ public final class DaemonMetrics: Sendable {
     let etcdUp: CoreMetrics.Gauge
 
     // Mirrored from LeaseCounters (absolute values turned into increments).
-    let leaseCounterSeries: [(KeyPath<LeaseCounters.Snapshot, Int>, CoreMetrics.Counter)]
+    let leaseCounterSeries: [(LeaseCounterField, CoreMetrics.Counter)]
 
     private struct Seen {
         var bpf: [FXDPCounter: FXDPCount] = [:]
@@ -55,16 +55,16 @@ public final class DaemonMetrics: Sendable {
         leaseExpiry = CoreMetrics.Gauge(label: "flanneld_xdp_lease_expiry_timestamp_seconds", factory: factory)
         etcdUp = CoreMetrics.Gauge(label: "flanneld_xdp_etcd_up", factory: factory)
         leaseCounterSeries = [
-            (\.watchReconnects, CoreMetrics.Counter(label: "flanneld_xdp_etcd_watch_reconnects_total", factory: factory)),
-            (\.historyRelists, CoreMetrics.Counter(label: "flanneld_xdp_etcd_history_relists_total", factory: factory)),
-            (\.endpointFailovers, CoreMetrics.Counter(label: "flanneld_xdp_etcd_endpoint_failovers_total", factory: factory)),
-            (\.renewals, CoreMetrics.Counter(label: "flanneld_xdp_lease_renewals_total", factory: factory)),
-            (\.renewalFailures, CoreMetrics.Counter(label: "flanneld_xdp_lease_renewal_failures_total", factory: factory)),
-            (\.rejectedTotal, CoreMetrics.Counter(label: "flanneld_xdp_leases_rejected_total", factory: factory)),
+            (.watchReconnects, CoreMetrics.Counter(label: "flanneld_xdp_etcd_watch_reconnects_total", factory: factory)),
+            (.historyRelists, CoreMetrics.Counter(label: "flanneld_xdp_etcd_history_relists_total", factory: factory)),
+            (.endpointFailovers, CoreMetrics.Counter(label: "flanneld_xdp_etcd_endpoint_failovers_total", factory: factory)),
+            (.renewals, CoreMetrics.Counter(label: "flanneld_xdp_lease_renewals_total", factory: factory)),
+            (.renewalFailures, CoreMetrics.Counter(label: "flanneld_xdp_lease_renewal_failures_total", factory: factory)),
+            (.rejectedTotal, CoreMetrics.Counter(label: "flanneld_xdp_leases_rejected_total", factory: factory)),
         ]
         registry.makeGauge(name: "flanneld_xdp_info",
                            labels: [("version", FlannelDaemonVersion.string), ("dataplane", dataplane), ("backend", backend)],
-                           help: "Constant 1; the labels say which data path and backend this daemon runs.").set(1)
+                           help: "Constant 1; the labels say which data path and backend this daemon runs.").set(Int64(1))
     }
 
     /// Records a reconcile pass the daemon observed (`passCount` is the reconciler's running total).
@@ -87,7 +87,7 @@ public final class DaemonMetrics: Sendable {
     }
 
     public func observeLeaseCounters(_ snapshot: LeaseCounters.Snapshot) {
-        let values = leaseCounterSeries.map { snapshot[keyPath: $0.0] }
+        let values = leaseCounterSeries.map { $0.0.value(in: snapshot) }
         let deltas = seen.withLock { s -> [Int] in
             let previous = s.lease.isEmpty ? Array(repeating: 0, count: values.count) : s.lease
             s.lease = values
@@ -144,5 +144,21 @@ public final class DaemonMetrics: Sendable {
     public func render() -> String {
         refreshBPFCounters()
         return registry.emitToString()
+    }
+}
+
+/// The LeaseCounters fields exported as counters.
+enum LeaseCounterField: Sendable {
+    case watchReconnects, historyRelists, endpointFailovers, renewals, renewalFailures, rejectedTotal
+
+    func value(in s: LeaseCounters.Snapshot) -> Int {
+        switch self {
+        case .watchReconnects: s.watchReconnects
+        case .historyRelists: s.historyRelists
+        case .endpointFailovers: s.endpointFailovers
+        case .renewals: s.renewals
+        case .renewalFailures: s.renewalFailures
+        case .rejectedTotal: s.rejectedTotal
+        }
     }
 }

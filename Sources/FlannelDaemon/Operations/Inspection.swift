@@ -32,8 +32,8 @@ public indirect enum JSONOut: Sendable, Equatable {
     }
 }
 
-enum TimeText {
-    static func now() -> Int64 { Int64(time(nil)) }
+public enum TimeText {
+    public static func now() -> Int64 { Int64(time(nil)) }
 
     /// "2026-11-29 16:20:01 UTC".
     static func utc(_ unix: Int64) -> String {
@@ -307,7 +307,8 @@ public enum InspectionCommands {
             round += 1
             if count != 0 && round >= count { break }
             var ts = timespec(tv_sec: Int(interval), tv_nsec: Int((interval - Double(Int(interval))) * 1e9))
-            while nanosleep(&ts, &ts) != 0 && errno == EINTR {}
+            var remaining = timespec()
+            while nanosleep(&ts, &remaining) != 0 && errno == EINTR { ts = remaining }
         }
     }
 

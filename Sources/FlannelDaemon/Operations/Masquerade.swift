@@ -189,9 +189,11 @@ enum Subprocess {
     static func run(_ argv: [String], stdin: String?) throws(OperationsError) -> (status: Int32, output: String) {
         var inPipe: [Int32] = [-1, -1]
         var outPipe: [Int32] = [-1, -1]
-        guard pipe2(&inPipe, O_CLOEXEC) == 0, pipe2(&outPipe, O_CLOEXEC) == 0 else {
+        guard pipe(&inPipe) == 0, pipe(&outPipe) == 0 else {
             throw OperationsError(operation: "pipe2", detail: "for \(argv[0])", errno: errno, hint: "too many open files?")
         }
+        // Close-on-exec so no other child (or nft itself) keeps a pipe end open; dup2 clears it on 0-2.
+        for fd in inPipe + outPipe { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
