@@ -51,7 +51,9 @@ struct OperationsInspectionTests {
             perCPU[cpus - 1].packets += 2
             perCPU[cpus - 1].bytes += 200
             try bpf.counterMap.update(FXDPCounter.encapOK.rawValue, perCPU: perCPU)
-            try bpf.counterMap.update(FXDPCounter.decapDropNotPeer.rawValue, fxdp_count(packets: 3, bytes: 300))
+            var drops = Array(repeating: fxdp_count(), count: cpus)
+            drops[0] = fxdp_count(packets: 3, bytes: 300)
+            try bpf.counterMap.update(FXDPCounter.decapDropNotPeer.rawValue, perCPU: drops)
             return try bpf.attach(overlayIfindex: overlay, underlayIfindex: underlay, mode: .kernel)
         }
         let encapID = try #require(attached.encapProgramID)

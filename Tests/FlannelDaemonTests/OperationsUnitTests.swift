@@ -131,7 +131,7 @@ struct OperationsUnitTests {
         let watched = StatsReport.text(values, previous: previous, interval: 0.5, showZero: false)
         #expect(!watched.contains("encap_pass_no_peer"))
         // 50 packets and 50 000 bytes in 0.5 s: 100 pkt/s, 800 kbit/s.
-        #expect(watched.contains("100      800.0k  ok"))
+        #expect(watched.contains("100        800.0k  ok"))
 
         let json = StatsReport.json(values).text
         #expect(json.contains(#"{"code":20,"name":"decap_drop_not_peer","drop":true,"packets":7,"bytes":700}"#))

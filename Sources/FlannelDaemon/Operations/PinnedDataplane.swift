@@ -111,15 +111,15 @@ public struct PinnedDataplane {
     }
 
     public func mapSummaries() -> [PinnedMapSummary] {
-        func summary(_ info: BPFMapInfo, entries: Int?) -> PinnedMapSummary {
-            PinnedMapSummary(name: info.name, id: info.id, path: folder + "/" + info.name, entries: entries,
-                             maxEntries: info.maxEntries)
+        // The kernel keeps 15 characters of a name (fxdp_counters_v): show the pin's full name.
+        func summary(_ name: String, _ info: BPFMapInfo, entries: Int?) -> PinnedMapSummary {
+            PinnedMapSummary(name: name, id: info.id, path: folder + "/" + name, entries: entries, maxEntries: info.maxEntries)
         }
         return [
-            summary(peers.info(), entries: try? peers.keys().count),
-            summary(nodes.info(), entries: try? nodes.keys().count),
-            summary(config.info(), entries: nil),
-            summary(counters.info(), entries: nil),
+            summary(FXDP_MAP_PEERS, peers.info(), entries: try? peers.keys().count),
+            summary(FXDP_MAP_NODES, nodes.info(), entries: try? nodes.keys().count),
+            summary(FXDP_MAP_CONFIG, config.info(), entries: nil),
+            summary(FXDP_MAP_COUNTERS, counters.info(), entries: nil),
         ]
     }
 
@@ -131,7 +131,9 @@ public struct PinnedDataplane {
         var result: [AttachedProgram] = []
         func add(_ id: UInt32?, hook: String, ifindex: Int32) {
             guard let id else { return }
-            let name = (try? BPFProgramInfo.forID(id).name) ?? "?"
+            // The kernel keeps 15 characters of a program name; ours are known in full.
+            let kernelName = (try? BPFProgramInfo.forID(id).name) ?? "?"
+            let name = FXDPProgram.allCases.first { $0.rawValue.hasPrefix(kernelName) }?.rawValue ?? kernelName
             result.append(AttachedProgram(name: name, id: id, hook: hook, interface: InterfaceNames.name(ifindex)))
         }
         add(state.encapProgramID, hook: "tc egress", ifindex: node.overlayIfindex)
