@@ -161,7 +161,7 @@ public struct CommonInspectionOptions: ParsableArguments, Sendable {
 
 public struct Cleanup: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
-        abstract: "Remove what flanneld-xdp set up on this node (BPF programs, pins, the flannel.<VNI> device, its routes) and nothing else.",
+        abstract: "Remove what flanneld-xdp set up on this node (BPF programs, pins, the flannel.<VNI> device, its routes, the masquerade table) and nothing else.",
         discussion: "The lease in etcd is left alone: it expires by its TTL or is reused when the node comes back.",
         version: FlannelDaemonVersion.string
     )
@@ -209,7 +209,10 @@ public struct Status: AsyncParsableCommand {
 public struct Peers: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         abstract: "List the peers in the pinned BPF maps: subnet, node IP, VTEP MAC, decap acceptance.",
-        discussion: "Reads the maps pinned under --bpffs; works while the daemon runs and after it stopped. \(PeersReport.perPeerNote).",
+        discussion: """
+            Reads the maps pinned under --bpffs; works while the daemon runs and after it stopped. Per-peer \
+            packet/byte counters are not collected (the programs keep totals only: see `flanneld-xdp stats`).
+            """,
         version: FlannelDaemonVersion.string
     )
     @Flag(name: .customLong("json"), help: "Print JSON for scripts.")
