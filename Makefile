@@ -45,9 +45,12 @@ demo: deps bpf
 	BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release --product fxdp-lab
 	$$(BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release --show-bin-path)/fxdp-lab demo
 
+# Full run: rewrites the figures in BENCHMARKS.md. QUICK=1: the everyday run (< 3 min), results in
+# bench-results/ only. BENCH_ARGS passes more options (see `fxdp-lab bench --help`).
 bench: deps bpf
 	BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release
-	./scripts/bench.sh $$(BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release --show-bin-path) $(if $(QUICK),--quick,)
+	$$(BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release --show-bin-path)/fxdp-lab bench \
+	  $(if $(QUICK),--quick,--update-doc BENCHMARKS.md) $(BENCH_ARGS)
 
 fuzz: deps bpf
 	BPF_CLANG=$(BPF_CLANG) $(SWIFT) build --build-tests

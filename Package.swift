@@ -94,7 +94,7 @@ let package = Package(
             name: "fxdp-lab",
             dependencies: [
                 "TestSupport", "NetTypes", "Leases", "BPFLoader", "BPFDataplane", "UserspaceDataplane", "Overlay",
-                "Netlink", "CBPF",
+                "Netlink", "CBPF", "FlannelDaemon",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -118,6 +118,6 @@ let package = Package(
         ),
         .testTarget(name: "LeasesTests", dependencies: ["Leases", "NetTypes", "TestSupport"]),
         .testTarget(name: "UserspaceDataplaneTests", dependencies: ["UserspaceDataplane", "NetTypes", "CBPF", "TestSupport", "BPFDataplane", "BPFLoader"]),
-        .testTarget(name: "FlannelDaemonTests", dependencies: ["FlannelDaemon", "Leases", "NetTypes", "TestSupport", "BPFLoader", "BPFDataplane", "CBPF"]),
+        .testTarget(name: "FlannelDaemonTests", dependencies: ["FlannelDaemon", "Leases", "NetTypes", "TestSupport", "BPFLoader", "BPFDataplane", "CBPF", "fxdp-lab"]),
     ]
 )

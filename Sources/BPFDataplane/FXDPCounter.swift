@@ -13,8 +13,9 @@ public enum FXDPCounter: UInt32, CaseIterable, Sendable, CustomStringConvertible
     case encapDropAdjust = 5
     case encapPassFIB = 6
     case encapPassTooBig = 7
-    case encapOKNeigh = 8
+    case encapOKNeigh = 8 // retired: never counted since NO_NEIGH packets go to the kernel
     case encapPassAdjust = 9
+    case encapPassNoNeigh = 10
 
     case decapOK = 16
     case decapCheckOK = 17
@@ -50,6 +51,7 @@ public enum FXDPCounter: UInt32, CaseIterable, Sendable, CustomStringConvertible
         case .encapPassTooBig: "encap_pass_too_big"
         case .encapOKNeigh: "encap_ok_neigh"
         case .encapPassAdjust: "encap_pass_adjust"
+        case .encapPassNoNeigh: "encap_pass_no_neigh"
         case .decapOK: "decap_ok"
         case .decapCheckOK: "decap_check_ok"
         case .decapPassNotVXLAN: "decap_pass_not_vxlan"

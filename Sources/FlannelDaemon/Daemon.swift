@@ -254,14 +254,8 @@ public enum Daemon {
         let userspaceConfig = UserspaceConfig(encapsulation: encapsulation, localIP: external.interfaceAddress,
                                               tunName: tunName, mtu: mtu, icmpSourceIP: lease.subnet.address)
         let dataplane = try UserspaceDataplane(config: userspaceConfig, logger: logger)
-        // As flanneld's udp backend: <subnet>.0 with the network's prefix, so the kernel's connected
-        // route sends the whole flannel network into the TUN once it is up.
         var nl = try NetlinkSocket()
-        guard let link = try nl.link(named: tunName) else {
-            throw StartupError.tunMissing(name: tunName)
-        }
-        try nl.replaceAddress(lease.subnet.address, prefixLength: config.network.prefixLength, index: link.index)
-        try nl.setLink(index: link.index, up: true)
+        try Overlay.configureTUN(name: tunName, subnet: lease.subnet, network: config.network, mtu: mtu, netlink: &nl, logger: logger)
         try dataplane.start()
         let why = prepared.fallbackReason.map { " (BPF unavailable: \($0))" } ?? ""
         return DataplaneSetup(summary: "userspace TUN \(tunName)\(why)", tables: [PeerTableBinding(dataplane)], userspace: dataplane)
@@ -294,12 +288,22 @@ public enum Daemon {
         if keepKernelPath {
             logger.info("kept flannel.<VNI> and its kernel routes (--keep-kernel-path): stock flanneld can take over")
         } else {
-            for link in links where link.kind == "vxlan" && link.name.hasPrefix("flannel.") {
-                guard let vni = link.vxlan?.vni, link.name == FlannelVXLANDevice.name(vni: vni) else { continue }
+            // Deleting flannel.<VNI> takes its address, routes, neighbours and fdb with it. host-gw
+            // and DirectRouting routes live on the underlay and survive it: those inside the flannel
+            // network named by subnet.env are removed too (the daemon's --subnet-file, taken here
+            // from FLANNELD_SUBNET_FILE or flanneld's default path).
+            let subnetFile = getenv("FLANNELD_SUBNET_FILE").map { String(cString: $0) } ?? "/run/flannel/subnet.env"
+            let network = (try? SubnetEnv.read(from: subnetFile))??.network
+            if network == nil {
+                logger.info("no readable \(subnetFile): host-gw/DirectRouting routes on the underlay (if any) were not looked for")
+            }
+            let underlays: [Int32?] = network == nil ? [nil]
+                : links.filter { !($0.kind == "vxlan" && $0.name.hasPrefix("flannel.")) }.map { Optional($0.index) }
+            for underlay in underlays {
                 do {
-                    try Overlay.removeAll(vni: vni, netlink: &nl, logger: logger)
+                    try Overlay.removeAll(vni: nil, network: network, underlayIndex: underlay, netlink: &nl, logger: logger)
                 } catch {
-                    failures.append("removing \(link.name): \(error)")
+                    failures.append("\(error)")
                 }
             }
         }

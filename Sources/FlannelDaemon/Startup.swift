@@ -18,7 +18,6 @@ import UserspaceDataplane
 public enum StartupError: Error, CustomStringConvertible {
     case unsupportedBackend(String)
     case vtepMACMismatch(deviceName: String, deviceMAC: MACAddress, leaseMAC: MACAddress)
-    case tunMissing(name: String)
     case dataplaneRequired(choice: DataplaneChoice, reason: String)
     case watchEnded
     case interfaceMAC(name: String, errno: Int32)
@@ -29,8 +28,6 @@ public enum StartupError: Error, CustomStringConvertible {
             "network config: Backend.Type \"\(type)\" is not supported by flanneld-xdp: use vxlan, host-gw or udp"
         case let .vtepMACMismatch(name, device, lease):
             "\(name) has MAC \(device) but the lease was taken with VtepMAC \(lease) (the device changed during start-up); restart flanneld-xdp"
-        case .tunMissing(let name):
-            "the userspace path's TUN \(name) vanished right after it was opened; restart flanneld-xdp"
         case let .dataplaneRequired(choice, reason):
             "--dataplane=\(choice) was asked for but the BPF data path cannot run here: \(reason). "
                 + "Use --dataplane=auto to fall back to the userspace path, or fix the cause"

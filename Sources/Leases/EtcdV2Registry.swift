@@ -8,6 +8,7 @@
 //         errorCode 401 (index outside the 1000-event window) → historyUnavailable → re-list.
 // Auth: HTTP basic (--etcd-username/--etcd-password).
 
+import NetTypes
 import NIOHTTP1
 
 public final class EtcdV2Registry: SubnetRegistry {

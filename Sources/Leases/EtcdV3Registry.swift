@@ -16,6 +16,7 @@
 //         results; compact_revision → historyUnavailable → re-list.
 // Auth:   /v3/auth/authenticate → token in the Authorization header, renewed when etcd rejects it.
 
+import NetTypes
 import NIOHTTP1
 import Synchronization
 

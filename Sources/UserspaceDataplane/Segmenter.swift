@@ -114,7 +114,7 @@ final class Segmenter {
 
         let encap = framing.encapLength
         let fullSegment = encap + headersLength + mss
-        let perSend = min(Segmenter.maxSegmentsPerSend, Segmenter.maxBytesPerSend / fullSegment)
+        let perSend = max(1, min(Segmenter.maxSegmentsPerSend, Segmenter.maxBytesPerSend / fullSegment))
         let ipID = Wire.load16(packet, 4)
         let sequence = Wire.load32(packet, ipHeaderLength + 4)
         let tcpFlags = packet.load(fromByteOffset: ipHeaderLength + 13, as: UInt8.self)

@@ -49,13 +49,15 @@ public struct UserspaceConfig: Sendable, Hashable {
     /// 64 KB that are split here into MTU-size packets (sent with UDP GSO); on receive UDP GRO and
     /// TCP coalescing into GSO writes. Falls back to plain packets if the kernel refuses.
     public var offloads: Bool
-    /// SO_RCVBUF/SO_SNDBUF of the UDP sockets (0 = the kernel default).
+    /// SO_RCVBUF/SO_SNDBUF of the UDP sockets (0 = the kernel default). 16 MB: with 4 MB, four
+    /// TCP streams overflowed the receive buffer in bursts (UdpRcvbufErrors, ~5000 retransmits in
+    /// 3 s); with 16 MB none. Memory is only used while datagrams wait.
     public var socketBufferBytes: Int
 
     public init(
         encapsulation: Encapsulation, localIP: IPv4Address, tunName: String, mtu: Int,
         queues: Int = 1, icmpSourceIP: IPv4Address, batchSize: Int = 32, icmpRateLimit: Int = 100,
-        offloads: Bool = true, socketBufferBytes: Int = 4 << 20
+        offloads: Bool = true, socketBufferBytes: Int = 16 << 20
     ) {
         self.encapsulation = encapsulation
         self.localIP = localIP

@@ -26,6 +26,7 @@ public final class UserspaceDataplane: PeerTable, Sendable {
     private let peers = Mutex<[IPv4Subnet: Peer]>([:])
     private let cells = CounterCells()
     private let stopping = ManagedAtomic(false)
+    private let tunBroken = ManagedAtomic(false)
     private let lifecycle: Mutex<Lifecycle>
     private let queueFDs: [QueueDescriptors]
     private let stopPipe: (read: Int32, write: Int32)
@@ -136,7 +137,7 @@ public final class UserspaceDataplane: PeerTable, Sendable {
             table: table, counters: cells, stopping: stopping, stopFD: stopPipe.read,
             framing: Framing(config.encapsulation), mtu: config.mtu, batch: config.batchSize,
             icmpSource: config.icmpSourceIP.value, icmpRate: config.icmpRateLimit, icmpFD: icmpFD,
-            vnetHeaderLength: vnetHeaderLength, logger: logger)
+            vnetHeaderLength: vnetHeaderLength, logger: logger, tunBroken: tunBroken)
         let queues = queueFDs
         try lifecycle.withLock { (state: inout Lifecycle) throws(UserspaceError) in
             switch state.phase {
@@ -179,6 +180,10 @@ public final class UserspaceDataplane: PeerTable, Sendable {
     }
 
     public var isRunning: Bool { lifecycle.withLock { $0.phase == .running } }
+
+    /// False once a worker found the TUN unusable (deleted behind our back): the path carries
+    /// nothing until the daemon builds a new one. For /readyz and logs.
+    public var isHealthy: Bool { isRunning && !tunBroken.load(ordering: .relaxed) }
 
     public var counters: UserspaceCounters { cells.snapshot }
 

@@ -51,6 +51,16 @@ struct WorkerContext: Sendable {
     /// Largest packet a TUN read or a UDP datagram can hold (64 KB).
     static let maxPacket = 65_536
 
+    /// Set when the TUN stopped working under us (deleted: reads fail with EBADFD).
+    let tunBroken: ManagedAtomic<Bool>
+
+    /// Waits `milliseconds` (or until stop() is called) after an unexpected error, so a descriptor
+    /// that fails for good (a deleted TUN keeps polling readable) cannot turn the loop into a spin.
+    func backOff(milliseconds: Int32 = 100) {
+        var fd = pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0)
+        _ = poll(&fd, 1, milliseconds)
+    }
+
     /// Sleeps until `fd` is readable or stop() was called. Returns false when stopping.
     func waitReadable(_ fd: Int32) -> Bool {
         var fds = (pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0))
@@ -132,8 +142,13 @@ final class TunToUDPWorker: @unchecked Sendable {
                 if n < 0 {
                     let e = errno
                     if e == EINTR { continue }
-                    if e != EAGAIN && e != EWOULDBLOCK { errors.log(context.logger, "read from the TUN", errno: e) }
                     tunEmpty = true
+                    if e != EAGAIN && e != EWOULDBLOCK {
+                        errors.log(context.logger, "read from the TUN", errno: e)
+                        if e == EBADFD || e == EIO || e == EBADF { context.tunBroken.store(true, ordering: .relaxed) }
+                        context.backOff()
+                        reads = -1  // do not poll: poll reports the broken fd readable at once
+                    }
                     break
                 }
                 reads += 1
@@ -182,6 +197,11 @@ final class TunToUDPWorker: @unchecked Sendable {
                     }
                     continue
                 }
+                if ready == dgramCapacity {  // only reachable after many multi-send super-packets
+                    sendBatch(ready, tally: &tally, errors: &errors)
+                    ready = 0
+                    segmenter?.reset()
+                }
                 let start = packet - framing.encapLength
                 framing.writeEncap(start, peerMAC: target.vtepMAC)
                 dgrams[ready] = cbpf_dgram(
@@ -196,7 +216,7 @@ final class TunToUDPWorker: @unchecked Sendable {
                 segmenter?.reset()
             }
             tally.flush(into: context.counters)
-            if tunEmpty && reads == 0 {
+            if tunEmpty && reads == 0 && !context.stopping.load(ordering: .relaxed) {
                 if !context.waitReadable(tunFD) { break }
             }
         }
@@ -358,8 +378,8 @@ final class UDPToTunWorker: @unchecked Sendable {
                 if got == 0 || e == EAGAIN || e == EWOULDBLOCK {
                     if !context.waitReadable(udpFD) { break }
                 } else if e != EINTR {
-                    // e.g. ICMP errors queued on the socket: keep going.
                     errors.log(context.logger, "recvmmsg", errno: e)
+                    context.backOff()
                 }
                 continue
             }

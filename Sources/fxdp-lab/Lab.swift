@@ -7,6 +7,6 @@ struct FXDPLab: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fxdp-lab",
         abstract: "Network-namespace lab for flanneld-xdp: demo and benchmarks.",
-        subcommands: [Demo.self]
+        subcommands: [Demo.self, Bench.self]
     )
 }

@@ -23,7 +23,7 @@ import Testing
             (.encapPassNoPeer, FXDP_C_ENCAP_PASS_NO_PEER), (.encapPassDisabled, FXDP_C_ENCAP_PASS_DISABLED),
             (.encapDropMalformed, FXDP_C_ENCAP_DROP_MALFORMED), (.encapDropAdjust, FXDP_C_ENCAP_DROP_ADJUST),
             (.encapPassFIB, FXDP_C_ENCAP_PASS_FIB), (.encapPassTooBig, FXDP_C_ENCAP_PASS_TOO_BIG),
-            (.encapOKNeigh, FXDP_C_ENCAP_OK_NEIGH), (.encapPassAdjust, FXDP_C_ENCAP_PASS_ADJUST),
+            (.encapOKNeigh, FXDP_C_ENCAP_OK_NEIGH), (.encapPassAdjust, FXDP_C_ENCAP_PASS_ADJUST), (.encapPassNoNeigh, FXDP_C_ENCAP_PASS_NO_NEIGH),
             (.decapOK, FXDP_C_DECAP_OK), (.decapCheckOK, FXDP_C_DECAP_CHECK_OK),
             (.decapPassNotVXLAN, FXDP_C_DECAP_PASS_NOT_VXLAN), (.decapPassDisabled, FXDP_C_DECAP_PASS_DISABLED),
             (.decapDropNotPeer, FXDP_C_DECAP_DROP_NOT_PEER), (.decapDropBadVNI, FXDP_C_DECAP_DROP_BAD_VNI),

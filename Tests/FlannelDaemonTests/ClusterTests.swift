@@ -76,164 +76,157 @@ struct BackgroundPing {
 struct ClusterTests {
     @Test("three nodes: every pod reaches every pod through the BPF path", arguments: [ClusterEtcdAPI.v2, .v3])
     func allPodsReachAllPods(api: ClusterEtcdAPI) async throws {
-        try await offPool {
-            let cluster = try FlannelCluster(tag: "e2e", api: api, daemonPath: daemonBinary(), nodes: 3)
-            defer { cluster.cleanup() }
-            for node in cluster.nodes { try cluster.startDaemon(node) }
-            // Each node's peers map converges to the two others.
-            for node in cluster.nodes {
-                let others = cluster.nodes.filter { $0.name != node.name }.map(\.podSubnet).sorted()
-                let took = try waitFor(5) { try pinnedPeerSubnets(cluster, node) == others }
-                let have = (try? pinnedPeerSubnets(cluster, node)) ?? []
-                #expect(took != nil, "\(node.name) peers: \(have), want \(others)")
-            }
-            for a in cluster.nodes {
-                for b in cluster.nodes where a.name != b.name {
-                    let r = try cluster.lab.ping(from: a.podNamespace, to: b.podIP, count: 3, interval: 0.05)
-                    #expect(r.received == r.sent, "\(a.podNamespace) → \(b.podIP): \(r)")
-                }
-            }
-            for node in cluster.nodes {
-                #expect(try pinnedCounter(cluster, node, FXDP_C_ENCAP_OK) > 0, "\(node.name) encapsulated nothing")
-            }
-            let bps = try cluster.lab.tcpThroughput(from: cluster.nodes[0].podNamespace, to: cluster.nodes[1].podNamespace,
-                                                    serverIP: cluster.nodes[1].podIP, seconds: 1)
-            #expect(bps > 1e6)
-            // subnet.env as flannel writes it.
-            let env = readFile(cluster.subnetFile(cluster.nodes[0]))
-            #expect(env == "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n")
+        let cluster = try FlannelCluster(tag: "e2e", api: api, daemonPath: daemonBinary(), nodes: 3)
+        defer { cluster.cleanup() }
+        for node in cluster.nodes { try cluster.startDaemon(node) }
+        // Each node's peers map converges to the two others.
+        for node in cluster.nodes {
+            let others = cluster.nodes.filter { $0.name != node.name }.map(\.podSubnet).sorted()
+            let took = try waitFor(5) { try pinnedPeerSubnets(cluster, node) == others }
+            let have = (try? pinnedPeerSubnets(cluster, node)) ?? []
+            #expect(took != nil, "\(node.name) peers: \(have), want \(others)")
         }
+        for a in cluster.nodes {
+            for b in cluster.nodes where a.name != b.name {
+                let r = try cluster.lab.ping(from: a.podNamespace, to: b.podIP, count: 3, interval: 0.05)
+                #expect(r.received == r.sent, "\(a.podNamespace) → \(b.podIP): \(r)")
+            }
+        }
+        for node in cluster.nodes {
+            #expect(try pinnedCounter(cluster, node, FXDP_C_ENCAP_OK) > 0, "\(node.name) encapsulated nothing")
+        }
+        let bps = try cluster.lab.tcpThroughput(from: cluster.nodes[0].podNamespace, to: cluster.nodes[1].podNamespace,
+                                                serverIP: cluster.nodes[1].podIP, seconds: 1)
+        #expect(bps > 1e6)
+        // subnet.env as flannel writes it.
+        let env = readFile(cluster.subnetFile(cluster.nodes[0]))
+        #expect(env == "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n")
     }
 
     @Test("a node that joins later is reached within a second; a deleted lease leaves every peer table")
     func joinAndLeave() async throws {
-        try await offPool {
-            let cluster = try FlannelCluster(tag: "e2j", api: .v3, daemonPath: daemonBinary(), nodes: 2)
-            defer { cluster.cleanup() }
-            for node in cluster.nodes { try cluster.startDaemon(node) }
-            let late = try cluster.addNode(3)
-            try cluster.startDaemon(late)
-            let first = cluster.nodes[0]
-            let reached = try waitFor(1.0) {
-                try cluster.lab.ping(from: first.podNamespace, to: late.podIP, count: 1, interval: 0.01, timeoutPerReply: 1).received == 1
-            }
-            #expect(reached != nil, "node 3's pod not reached within 1 s of its daemon being ready")
+        let cluster = try FlannelCluster(tag: "e2j", api: .v3, daemonPath: daemonBinary(), nodes: 2)
+        defer { cluster.cleanup() }
+        for node in cluster.nodes { try cluster.startDaemon(node) }
+        let late = try cluster.addNode(3)
+        try cluster.startDaemon(late)
+        let first = cluster.nodes[0]
+        let reached = try waitFor(1.0) {
+            try cluster.lab.ping(from: first.podNamespace, to: late.podIP, count: 1, interval: 0.01, timeoutPerReply: 1).received == 1
+        }
+        #expect(reached != nil, "node 3's pod not reached within 1 s of its daemon being ready")
 
-            // flannel: a node whose own lease is deleted stops; its peers drop its entries.
-            try cluster.delete(cluster.leaseKey(late.podSubnet))
-            for node in cluster.nodes where node.name != late.name {
-                let gone = try waitFor(5) { try !pinnedPeerSubnets(cluster, node).contains(late.podSubnet) }
-                #expect(gone != nil, "\(node.name) still has \(late.podSubnet)")
-            }
+        // flannel: a node whose own lease is deleted stops; its peers drop its entries.
+        try cluster.delete(cluster.leaseKey(late.podSubnet))
+        for node in cluster.nodes where node.name != late.name {
+            let gone = try waitFor(5) { try !pinnedPeerSubnets(cluster, node).contains(late.podSubnet) }
+            #expect(gone != nil, "\(node.name) still has \(late.podSubnet)")
         }
     }
 
     @Test("mixed cluster: a stock-flannel node (kernel vxlan as flanneld sets it) and flanneld-xdp nodes, both ways")
     func mixedWithStockFlannel() async throws {
-        try await offPool {
-            let cluster = try FlannelCluster(tag: "e2m", api: .v2, daemonPath: daemonBinary(), nodes: 3)
-            defer { cluster.cleanup() }
-            let stock = cluster.nodes[2]
-            // The stand-in: flannel.1 exactly as flanneld makes it, its lease exactly as flanneld writes it.
-            let standIn = try cluster.lab.makeFlannelStandIn(node: stock, vni: 1, port: 8472, vtepMAC: nil, subnet: stock.podSubnet)
-            try cluster.putFlannelLease(subnet: stock.podSubnet, publicIP: stock.nodeIP, vtepMAC: standIn.vtepMAC)
-            for node in cluster.nodes.prefix(2) { try cluster.startDaemon(node) }
-            // What flanneld on the stock node does for each flanneld-xdp lease: neighbour, fdb, route.
-            for node in cluster.nodes.prefix(2) {
-                let vtep = try cluster.lab.linkMAC(node.name, "flannel.1")
-                try cluster.lab.addFlannelPeerRoutes(on: stock, peer: Peer(subnet: node.podSubnet, publicIP: node.nodeIP, vtepMAC: vtep))
-            }
-            for node in cluster.nodes.prefix(2) {
-                let toStock = try cluster.lab.ping(from: node.podNamespace, to: stock.podIP, count: 3, interval: 0.05)
-                let fromStock = try cluster.lab.ping(from: stock.podNamespace, to: node.podIP, count: 3, interval: 0.05)
-                #expect(toStock.received == toStock.sent && fromStock.received == fromStock.sent, "\(node.name) ↔ stock: \(toStock) \(fromStock)")
-            }
-            // The stock node leaves: its lease goes, the flanneld-xdp nodes drop it.
-            try cluster.delete(cluster.leaseKey(stock.podSubnet))
-            for node in cluster.nodes.prefix(2) {
-                let gone = try waitFor(5) { try !pinnedPeerSubnets(cluster, node).contains(stock.podSubnet) }
-                #expect(gone != nil)
-            }
+        let cluster = try FlannelCluster(tag: "e2m", api: .v2, daemonPath: daemonBinary(), nodes: 3)
+        defer { cluster.cleanup() }
+        let stock = cluster.nodes[2]
+        // The stand-in: flannel.1 exactly as flanneld makes it, its lease exactly as flanneld writes it.
+        // It joins after the flanneld-xdp nodes are up, so they learn it from the watch.
+        for node in cluster.nodes.prefix(2) { try cluster.startDaemon(node) }
+        let standIn = try cluster.lab.makeFlannelStandIn(node: stock, vni: 1, port: 8472, vtepMAC: nil, subnet: stock.podSubnet)
+        try cluster.putFlannelLease(subnet: stock.podSubnet, publicIP: stock.nodeIP, vtepMAC: standIn.vtepMAC)
+        for node in cluster.nodes.prefix(2) {
+            let joined = try waitFor(5) { try pinnedPeerSubnets(cluster, node).contains(stock.podSubnet) }
+            #expect(joined != nil, "\(node.name) never learned the stock node's lease")
+        }
+        // What flanneld on the stock node does for each flanneld-xdp lease: neighbour, fdb, route.
+        for node in cluster.nodes.prefix(2) {
+            let vtep = try cluster.lab.linkMAC(node.name, "flannel.1")
+            try cluster.lab.addFlannelPeerRoutes(on: stock, peer: Peer(subnet: node.podSubnet, publicIP: node.nodeIP, vtepMAC: vtep))
+        }
+        for node in cluster.nodes.prefix(2) {
+            let toStock = try cluster.lab.ping(from: node.podNamespace, to: stock.podIP, count: 3, interval: 0.05)
+            let fromStock = try cluster.lab.ping(from: stock.podNamespace, to: node.podIP, count: 3, interval: 0.05)
+            #expect(toStock.received == toStock.sent && fromStock.received == fromStock.sent, "\(node.name) ↔ stock: \(toStock) \(fromStock)")
+        }
+        // The stock node leaves: its lease goes, the flanneld-xdp nodes drop it.
+        try cluster.delete(cluster.leaseKey(stock.podSubnet))
+        for node in cluster.nodes.prefix(2) {
+            let gone = try waitFor(5) { try !pinnedPeerSubnets(cluster, node).contains(stock.podSubnet) }
+            #expect(gone != nil)
         }
     }
 
     @Test("SIGKILL and restart while a 10 ms ping and a TCP stream run: nothing lost, same subnet")
     func restartLosesNothing() async throws {
-        try await offPool {
-            let cluster = try FlannelCluster(tag: "e2r", api: .v3, daemonPath: daemonBinary(), nodes: 2)
-            defer { cluster.cleanup() }
-            for node in cluster.nodes { try cluster.startDaemon(node) }
-            let (a, b) = (cluster.nodes[0], cluster.nodes[1])
-            #expect(try cluster.lab.waitForPing(from: a.podNamespace, to: b.podIP, timeout: 5))
-            let server = try cluster.lab.spawn(b.podNamespace, [LabTools.iperf3, "-s", "-1", "-B", "\(b.podIP)", "-p", "5301"])
-            usleep(300_000)
-            let stream = try cluster.lab.spawn(a.podNamespace, [LabTools.iperf3, "-c", "\(b.podIP)", "-p", "5301", "-t", "6", "-b", "50M"])
-            let ping = try BackgroundPing(cluster.lab, from: a.podNamespace, to: b.podIP, seconds: 5)
-            usleep(500_000)
-            for _ in 0..<3 {
-                cluster.killDaemon(a)
-                try cluster.startDaemon(a)
-                usleep(200_000)
-            }
-            let r = ping.finish()
-            #expect(r.sent > 0 && r.received == r.sent, "pings lost across restarts: \(r)")
-            #expect(stream.waitExit(timeout: 20) == 0, "TCP stream broke: \(stream.output().suffix(500))")
-            server.terminate()
-            #expect(readFile(cluster.subnetFile(a)).contains("FLANNEL_SUBNET=\(a.podSubnet.host(1))/24"))
-            #expect(try cluster.leasedSubnets() == [a.podSubnet, b.podSubnet])
+        let cluster = try FlannelCluster(tag: "e2r", api: .v3, daemonPath: daemonBinary(), nodes: 2)
+        defer { cluster.cleanup() }
+        for node in cluster.nodes { try cluster.startDaemon(node) }
+        let (a, b) = (cluster.nodes[0], cluster.nodes[1])
+        #expect(try cluster.lab.waitForPing(from: a.podNamespace, to: b.podIP, timeout: 5))
+        let server = try cluster.lab.spawn(b.podNamespace, [LabTools.iperf3, "-s", "-1", "-B", "\(b.podIP)", "-p", "5301"])
+        usleep(300_000)
+        let stream = try cluster.lab.spawn(a.podNamespace, [LabTools.iperf3, "-c", "\(b.podIP)", "-p", "5301", "-t", "6", "-b", "50M"])
+        let ping = try BackgroundPing(cluster.lab, from: a.podNamespace, to: b.podIP, seconds: 5)
+        usleep(500_000)
+        for _ in 0..<3 {
+            cluster.killDaemon(a)
+            try cluster.startDaemon(a)
+            usleep(200_000)
         }
+        let r = ping.finish()
+        #expect(r.sent > 0 && r.received == r.sent, "pings lost across restarts: \(r)")
+        #expect(stream.waitExit(timeout: 20) == 0, "TCP stream broke: \(stream.output().suffix(500))")
+        server.terminate()
+        #expect(readFile(cluster.subnetFile(a)).contains("FLANNEL_SUBNET=\(a.podSubnet.host(1))/24"))
+        #expect(try cluster.leasedSubnets() == [a.podSubnet, b.podSubnet])
     }
 
     @Test("migration: a stock-flannel node is taken over with no ping lost, same subnet and VtepMAC, and handed back")
     func migrationFromStockFlannel() async throws {
-        try await offPool {
-            let cluster = try FlannelCluster(tag: "e2g", api: .v3, daemonPath: daemonBinary(), nodes: 2)
-            defer { cluster.cleanup() }
-            let (stockNode, other) = (cluster.nodes[0], cluster.nodes[1])
-            // Node 1 runs "stock flanneld": device, lease, and the routes for node 2 once it is up.
-            let standIn = try cluster.lab.makeFlannelStandIn(node: stockNode, vni: 1, port: 8472, vtepMAC: nil, subnet: stockNode.podSubnet)
-            try cluster.putFlannelLease(subnet: stockNode.podSubnet, publicIP: stockNode.nodeIP, vtepMAC: standIn.vtepMAC)
-            try cluster.startDaemon(other)
-            let otherVTEP = try cluster.lab.linkMAC(other.name, "flannel.1")
-            try cluster.lab.addFlannelPeerRoutes(on: stockNode, peer: Peer(subnet: other.podSubnet, publicIP: other.nodeIP, vtepMAC: otherVTEP))
-            #expect(try cluster.lab.waitForPing(from: stockNode.podNamespace, to: other.podIP, timeout: 5))
+        let cluster = try FlannelCluster(tag: "e2g", api: .v3, daemonPath: daemonBinary(), nodes: 2)
+        defer { cluster.cleanup() }
+        let (stockNode, other) = (cluster.nodes[0], cluster.nodes[1])
+        // Node 1 runs "stock flanneld": device, lease, and the routes for node 2 once it is up.
+        let standIn = try cluster.lab.makeFlannelStandIn(node: stockNode, vni: 1, port: 8472, vtepMAC: nil, subnet: stockNode.podSubnet)
+        try cluster.putFlannelLease(subnet: stockNode.podSubnet, publicIP: stockNode.nodeIP, vtepMAC: standIn.vtepMAC)
+        try cluster.startDaemon(other)
+        let otherVTEP = try cluster.lab.linkMAC(other.name, "flannel.1")
+        try cluster.lab.addFlannelPeerRoutes(on: stockNode, peer: Peer(subnet: other.podSubnet, publicIP: other.nodeIP, vtepMAC: otherVTEP))
+        #expect(try cluster.lab.waitForPing(from: stockNode.podNamespace, to: other.podIP, timeout: 5))
 
-            let ping = try BackgroundPing(cluster.lab, from: stockNode.podNamespace, to: other.podIP, seconds: 4)
-            usleep(500_000)
-            try cluster.startDaemon(stockNode) // takes over
-            usleep(1_000_000)
-            #expect(try pinnedCounter(cluster, stockNode, FXDP_C_ENCAP_OK) > 0, "traffic did not move onto the BPF path")
-            #expect(try cluster.lab.linkMAC(stockNode.name, "flannel.1") == standIn.vtepMAC)
-            // Hand back: stop our daemon and detach BPF, keeping flannel.1 and the kernel routes.
-            cluster.stopDaemon(stockNode)
-            let back = try cluster.runTool(stockNode, ["cleanup", "--keep-kernel-path", "--bpffs", cluster.bpffs(stockNode)])
-            #expect(back.status == 0, "cleanup --keep-kernel-path: \(back.stderr)")
-            let r = ping.finish()
-            #expect(r.sent > 0 && r.received == r.sent, "pings lost during takeover/hand-back: \(r)")
-            #expect(try cluster.leasedSubnets().contains(stockNode.podSubnet))
-            #expect(try cluster.lab.linkMAC(stockNode.name, "flannel.1") == standIn.vtepMAC)
-            #expect(try cluster.lab.waitForPing(from: stockNode.podNamespace, to: other.podIP, timeout: 2))
-        }
+        let ping = try BackgroundPing(cluster.lab, from: stockNode.podNamespace, to: other.podIP, seconds: 4)
+        usleep(500_000)
+        try cluster.startDaemon(stockNode) // takes over
+        usleep(1_000_000)
+        #expect(try pinnedCounter(cluster, stockNode, FXDP_C_ENCAP_OK) > 0, "traffic did not move onto the BPF path")
+        #expect(try cluster.lab.linkMAC(stockNode.name, "flannel.1") == standIn.vtepMAC)
+        // Hand back: stop our daemon and detach BPF, keeping flannel.1 and the kernel routes.
+        cluster.stopDaemon(stockNode)
+        let back = try cluster.runTool(stockNode, ["cleanup", "--keep-kernel-path", "--bpffs", cluster.bpffs(stockNode)])
+        #expect(back.status == 0, "cleanup --keep-kernel-path: \(back.stderr)")
+        let r = ping.finish()
+        #expect(r.sent > 0 && r.received == r.sent, "pings lost during takeover/hand-back: \(r)")
+        #expect(try cluster.leasedSubnets().contains(stockNode.podSubnet))
+        #expect(try cluster.lab.linkMAC(stockNode.name, "flannel.1") == standIn.vtepMAC)
+        #expect(try cluster.lab.waitForPing(from: stockNode.podNamespace, to: other.podIP, timeout: 2))
     }
 
     @Test("cleanup removes our programs, pins, device and routes, and nothing else")
     func cleanupLeavesNodeClean() async throws {
-        try await offPool {
-            let cluster = try FlannelCluster(tag: "e2c", api: .v3, daemonPath: daemonBinary(), nodes: 2)
-            defer { cluster.cleanup() }
-            for node in cluster.nodes { try cluster.startDaemon(node) }
-            let node = cluster.nodes[0]
-            let routesBefore = try cluster.lab.sh(node.name, ["route", "show"])
-            #expect(routesBefore.contains("flannel.1"))
-            cluster.stopDaemon(node)
-            let r = try cluster.runTool(node, ["cleanup", "--bpffs", cluster.bpffs(node)])
-            #expect(r.status == 0, "cleanup: \(r.stderr)")
-            let links = try cluster.lab.sh(node.name, ["-o", "link", "show"])
-            #expect(!links.contains("flannel.1"))
-            #expect(try cluster.lab.sh(node.name, ["route", "show"]).contains("flannel") == false)
-            #expect(links.contains("eth0") && links.contains("cni0"), "cleanup touched interfaces that are not ours")
-            #expect(try cluster.lab.sh(node.name, ["link", "show", "dev", "eth0"]).contains("xdp") == false)
-            #expect(try cluster.lab.run(nil, ["/bin/ls", cluster.pinFolder(node)]).status != 0, "pins left behind")
-        }
+        let cluster = try FlannelCluster(tag: "e2c", api: .v3, daemonPath: daemonBinary(), nodes: 2)
+        defer { cluster.cleanup() }
+        for node in cluster.nodes { try cluster.startDaemon(node) }
+        let node = cluster.nodes[0]
+        let routesBefore = try cluster.lab.sh(node.name, ["route", "show"])
+        #expect(routesBefore.contains("flannel.1"))
+        cluster.stopDaemon(node)
+        let r = try cluster.runTool(node, ["cleanup", "--bpffs", cluster.bpffs(node)])
+        #expect(r.status == 0, "cleanup: \(r.stderr)")
+        let links = try cluster.lab.sh(node.name, ["-o", "link", "show"])
+        #expect(!links.contains("flannel.1"))
+        #expect(try cluster.lab.sh(node.name, ["route", "show"]).contains("flannel") == false)
+        #expect(links.contains("eth0") && links.contains("cni0"), "cleanup touched interfaces that are not ours")
+        #expect(try cluster.lab.sh(node.name, ["link", "show", "dev", "eth0"]).contains("xdp") == false)
+        #expect(try cluster.lab.run(nil, ["/bin/ls", cluster.pinFolder(node)]).status != 0, "pins left behind")
     }
 }

@@ -233,6 +233,28 @@ struct NodeLifecycleTests {
         #expect(readText(node.daemonLog)?.contains("was lost") == true)
     }
 
+    @Test("BPF unusable: auto falls back to userspace with one line saying why; --dataplane=xdp refuses to start")
+    func bpfUnavailable() async throws {
+        let node = try await NetnsNode(hint: "f")
+        defer { node.close() }
+        try node.server.put("/coreos.com/network/config", #"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#)
+        let unusable = "/proc/fxd-no-bpffs" // nothing can be created or mounted there
+
+        let strict = try runProgram("/usr/sbin/ip", ["netns", "exec", node.ns, node.binary, "-iface=fxdu0", "--etcd-endpoints",
+                                                     node.server.url, "-bpffs=\(unusable)", "-dataplane=xdp",
+                                                     "--subnet-file=\(node.subnetFile)"])
+        #expect(strict.status != 0)
+        #expect(strict.output.contains("--dataplane=xdp was asked for but the BPF data path cannot run here"), "\(strict.output)")
+        #expect(try node.linkMAC("flannel.1") == nil)
+
+        let ready = try await node.startDaemon(["-bpffs=\(unusable)"])
+        #expect(ready.contains("userspace TUN flannel-u.1 (BPF unavailable:"), "\(ready)")
+        let log = readText(node.daemonLog) ?? ""
+        #expect(log.split(separator: "\n").filter { $0.contains("using the userspace path") }.count == 1, "\(log)")
+        #expect(try node.linkMAC("flannel.1") == nil)
+        try await node.stopDaemon(SIGTERM)
+    }
+
     @Test("SIGTERM while start-up waits for the network config: exit 0, nothing set up")
     func stopDuringStartup() async throws {
         let node = try await NetnsNode(hint: "w")
@@ -279,6 +301,13 @@ struct NodeLifecycleTests {
         #expect(!map.contains(#""subnet":[10,5,9,0]"#), "a direct peer must not be in the BPF map: \(map)")
         #expect(map.contains(#""subnet":[10,5,30,0]"#), "\(map)")
         try await node.stopDaemon(SIGTERM)
+        // cleanup also removes the direct route on the underlay (found through subnet.env).
+        let cleanup = try runProgram("/usr/sbin/ip", ["netns", "exec", node.ns, node.binary, "cleanup", "--bpffs", node.bpffs],
+                                     environment: ["FLANNELD_SUBNET_FILE=\(node.subnetFile)", "PATH=/usr/sbin:/usr/bin:/bin"])
+        #expect(cleanup.status == 0, "\(cleanup.output)")
+        #expect(try node.route("10.5.9.0/24").isEmpty)
+        #expect(try node.route("10.5.30.0/24").isEmpty)
+        #expect(try node.route("192.0.2.0/24").contains("dev fxdu0"))
     }
 
     @Test("host-gw backend: routes via the peers' node IPs, host-gw leases only")
@@ -295,6 +324,11 @@ struct NodeLifecycleTests {
         #expect(try node.linkMAC("flannel.1") == nil)
         #expect(try #require(readText(node.subnetFile)).contains("FLANNEL_MTU=1500\n"))
         try await node.stopDaemon(SIGTERM)
+        #expect(try node.route("10.5.9.0/24").contains("via 192.0.2.19"))
+        let cleanup = try runProgram("/usr/sbin/ip", ["netns", "exec", node.ns, node.binary, "cleanup", "--bpffs", node.bpffs],
+                                     environment: ["FLANNELD_SUBNET_FILE=\(node.subnetFile)", "PATH=/usr/sbin:/usr/bin:/bin"])
+        #expect(cleanup.status == 0, "\(cleanup.output)")
+        #expect(try node.route("10.5.9.0/24").isEmpty)
     }
 
     @Test("--dataplane=userspace: the TUN is addressed and routed like flanneld's, the lease carries a stable VtepMAC")
@@ -306,7 +340,7 @@ struct NodeLifecycleTests {
         let ready = try await node.startDaemon(["--dataplane", "userspace"])
         #expect(ready.contains("userspace TUN flannel-u.1"))
         let address = try node.ip("-n", node.ns, "-4", "addr", "show", "dev", "flannel-u.1")
-        #expect(address.contains("inet 10.5.") && address.contains(".0/16"))
+        #expect(address.contains("inet 10.5.") && address.contains(".0/32"), "\(address)")
         #expect(try node.ip("-n", node.ns, "route", "show", "10.5.0.0/16").contains("dev flannel-u.1"))
         #expect(try node.linkMAC("flannel.1") == nil)
         #expect(try #require(readText(node.subnetFile)).contains("FLANNEL_MTU=1450\n"))

@@ -7,7 +7,7 @@ import Glibc
 import Logging
 import NetTypes
 import TestSupport
-import UserspaceDataplane
+@testable import UserspaceDataplane
 
 let clusterNetwork = IPv4Subnet(cidr: "10.5.0.0/16")!
 
@@ -144,4 +144,106 @@ func iperf(_ lab: NetnsLab, from client: LabNode, to server: LabNode, seconds: I
     }
     let number = text[key.upperBound...].drop { $0 == ":" || $0 == " " || $0 == "\t" }.prefix { "0123456789.e+-".contains($0) }
     return Double(String(number)) ?? 0
+}
+
+/// Byte `i` of the test stream: depends on its position, so a lost, duplicated or reordered
+/// segment shows up as a mismatch, not only a flipped bit.
+@inline(__always) func patternByte(_ i: UInt64) -> UInt8 {
+    UInt8(truncatingIfNeeded: ((i &+ 0x5851_F42D_4C95_7F2D) &* 0x9E37_79B9_7F4A_7C15) >> 56) ^ UInt8(truncatingIfNeeded: i >> 12)
+}
+
+struct TransferResult: CustomStringConvertible {
+    var received: Int
+    var mismatches: Int
+    var firstMismatch: Int?
+    var description: String { "received \(received) B, \(mismatches) wrong bytes, first at \(firstMismatch.map(String.init) ?? "-")" }
+}
+
+private final class ReceiverState: @unchecked Sendable {
+    // @unchecked: written by the receiver thread, read after pthread_join.
+    var result = TransferResult(received: 0, mismatches: 0, firstMismatch: nil)
+    var failure: String?
+    let listening = ManagedAtomicFlag()
+}
+
+/// A one-word atomic flag without importing Atomics into every test file.
+final class ManagedAtomicFlag: @unchecked Sendable {
+    private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private var value = false
+    init() { pthread_mutex_init(lock, nil) }
+    deinit { pthread_mutex_destroy(lock); lock.deallocate() }
+    func set() { pthread_mutex_lock(lock); value = true; pthread_mutex_unlock(lock) }
+    var isSet: Bool { pthread_mutex_lock(lock); defer { pthread_mutex_unlock(lock) }; return value }
+}
+
+/// Sends `bytes` of the pattern over TCP from a socket in `from` to a listener in `to` at
+/// address:port, and checks every byte on arrival (no tools: iperf3 -F does not write faithfully).
+func transferAndVerify(_ lab: NetnsLab, from: String, to: String, address: IPv4Address, port: UInt16, bytes: Int) throws -> TransferResult {
+    let state = ReceiverState()
+    let receiverNS = to
+    let receiver = try spawnThread(name: "fxus-recv") {
+        let nsfd = open("/run/netns/\(receiverNS)", O_RDONLY | O_CLOEXEC)
+        guard nsfd >= 0, cbpf_setns_net(nsfd) == 0 else { state.failure = "setns \(receiverNS)"; state.listening.set(); return }
+        close(nsfd)
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(listener) }
+        var one: Int32 = 1
+        setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        var sin = sockaddr_in()
+        sin.sin_family = sa_family_t(AF_INET)
+        sin.sin_port = port.bigEndian
+        sin.sin_addr.s_addr = UInt32(bigEndian: address.value)
+        let bound = withUnsafePointer(to: &sin) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard bound == 0, listen(listener, 1) == 0 else { state.failure = "bind/listen errno \(errno)"; state.listening.set(); return }
+        state.listening.set()
+        var timeout = timeval(tv_sec: 20, tv_usec: 0)
+        setsockopt(listener, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let conn = accept(listener, nil, nil)
+        guard conn >= 0 else { state.failure = "accept errno \(errno)"; return }
+        defer { close(conn) }
+        setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        var position = 0
+        while true {
+            let n = buffer.withUnsafeMutableBytes { read(conn, $0.baseAddress, $0.count) }
+            if n <= 0 { break }
+            for i in 0..<n where buffer[i] != patternByte(UInt64(position + i)) {
+                state.result.mismatches += 1
+                if state.result.firstMismatch == nil { state.result.firstMismatch = position + i }
+            }
+            position += n
+        }
+        state.result.received = position
+    }
+    while !state.listening.isSet { usleep(10_000) }
+    if let failure = state.failure { pthread_join(receiver, nil); throw LabError(command: [], message: failure) }
+    let sendError: String? = try NetnsThread.run(namespace: from) {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var sin = sockaddr_in()
+        sin.sin_family = sa_family_t(AF_INET)
+        sin.sin_port = port.bigEndian
+        sin.sin_addr.s_addr = UInt32(bigEndian: address.value)
+        let connected = withUnsafePointer(to: &sin) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard connected == 0 else { return "connect errno \(errno)" }
+        var chunk = [UInt8](repeating: 0, count: 1 << 16)
+        var position = 0
+        while position < bytes {
+            let size = min(chunk.count, bytes - position)
+            for i in 0..<size { chunk[i] = patternByte(UInt64(position + i)) }
+            var offset = 0
+            while offset < size {
+                let n = chunk.withUnsafeBytes { write(fd, $0.baseAddress! + offset, size - offset) }
+                if n <= 0 { return "write errno \(errno)" }
+                offset += n
+            }
+            position += size
+        }
+        shutdown(fd, Int32(SHUT_WR))
+        return nil
+    }
+    pthread_join(receiver, nil)
+    if let sendError { throw LabError(command: [], message: sendError) }
+    if let failure = state.failure { throw LabError(command: [], message: failure) }
+    return state.result
 }

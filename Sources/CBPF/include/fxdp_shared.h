@@ -82,9 +82,11 @@ enum fxdp_counter {
 	                                  * forwarding off on the underlay): left to the kernel device */
 	FXDP_C_ENCAP_PASS_TOO_BIG = 7,   /* non-GSO longer than the overlay MTU, or > 64 KiB once
 	                                  * encapsulated: left to the kernel, which handles it as flannel */
-	FXDP_C_ENCAP_OK_NEIGH = 8,       /* encapsulated, next hop MAC unresolved: bpf_redirect_neigh */
+	FXDP_C_ENCAP_OK_NEIGH = 8,       /* retired, never counted: was "encapsulated, bpf_redirect_neigh" */
 	FXDP_C_ENCAP_PASS_ADJUST = 9,    /* bpf_skb_adjust_room refused (skb already encapsulated, no
 	                                  * memory), packet unchanged: left to the kernel */
+	FXDP_C_ENCAP_PASS_NO_NEIGH = 10, /* the peer node's MAC is not resolved yet: left to the kernel
+	                                  * device, whose send resolves it for the next packets */
 
 	/* decap (XDP on the underlay, or the TC-ingress source check in front of kernel decap) */
 	FXDP_C_DECAP_OK = 16,             /* XDP: outer headers stripped, inner packet passed up */

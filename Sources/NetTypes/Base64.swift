@@ -1,7 +1,7 @@
-// Standard base64 (RFC 4648, padded) for the etcd v3 JSON gateway, which carries keys and values as
-// base64 strings. Kept here so the library needs no Foundation.
+// Standard base64 (RFC 4648, padded): the etcd v3 JSON gateway carries keys and values in it, and
+// the BPF objects are embedded in the binary in it. Here so that no module needs Foundation.
 
-enum Base64 {
+public enum Base64 {
     private static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
     private static let reverse: [UInt8] = {
         var table = [UInt8](repeating: 0xff, count: 256)
@@ -9,7 +9,7 @@ enum Base64 {
         return table
     }()
 
-    static func encode(_ bytes: some Collection<UInt8>) -> String {
+    public static func encode(_ bytes: some Collection<UInt8>) -> String {
         let input = Array(bytes)
         var out: [UInt8] = []
         out.reserveCapacity((input.count + 2) / 3 * 4)
@@ -30,10 +30,10 @@ enum Base64 {
         return String(decoding: out, as: UTF8.self)
     }
 
-    static func encode(_ text: String) -> String { encode(Array(text.utf8)) }
+    public static func encode(_ text: String) -> String { encode(Array(text.utf8)) }
 
     /// nil for anything that is not valid padded (or unpadded) base64.
-    static func decode(_ text: String) -> [UInt8]? {
+    public static func decode(_ text: String) -> [UInt8]? {
         var out: [UInt8] = []
         out.reserveCapacity(text.utf8.count / 4 * 3)
         var acc: UInt32 = 0

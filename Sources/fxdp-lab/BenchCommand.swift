@@ -1,0 +1,260 @@
+// `fxdp-lab bench` — side-by-side performance of every data path and of the control plane, in one
+// run on this machine (issue 6). `make bench` runs it in full, `make bench QUICK=1` with --quick.
+// Output: tables on stdout, bench-results/latest.json, bench-results/latest.md, and with
+// --update-doc the figures section of BENCHMARKS.md (between its bench markers) rewritten.
+
+import ArgumentParser
+import Foundation
+import Glibc
+import TestSupport
+
+struct Bench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Benchmark the data paths (throughput, RR latency, CPU/Gbit), the BPF programs and peer convergence.",
+        discussion: "Run as root: it builds network namespaces (named fxbench-<pid>-*) and loads BPF programs; "
+            + "everything is removed on exit, on error and on Ctrl-C.")
+
+    @Flag(help: "Everyday mode: fewer rounds, shorter runs, 100 and 1000 peers (< 3 minutes).")
+    var quick = false
+
+    @Option(help: "Interleaved rounds per data path (default 5, quick 2).")
+    var rounds: Int?
+
+    @Option(help: "Seconds per iperf3 run (default 5, quick 2).")
+    var seconds: Int?
+
+    @Option(name: .customLong("rr-transactions"), help: "Request/response transactions per round (default 10000, quick 2000).")
+    var rrTransactions: Int?
+
+    @Option(help: "Peer counts for the control-plane part, comma-separated (default 100,1000,5000,10000; quick 100,1000).")
+    var peers: String?
+
+    @Option(name: .customLong("watch-changes"), help: "Lease changes timed per peer count (default 50, quick 20).")
+    var watchChanges: Int?
+
+    @Option(help: "Data paths to run, comma-separated ids: hgw,kvx,bxd,btc,uvx,uud (default all).")
+    var paths: String?
+
+    @Flag(name: .customLong("skip-datapath"), help: "Skip the traffic part.")
+    var skipDatapath = false
+
+    @Flag(name: .customLong("skip-control-plane"), help: "Skip the etcd/convergence part.")
+    var skipControlPlane = false
+
+    @Flag(name: .customLong("skip-daemon"), help: "Skip the runs of the flanneld-xdp binary at N peers.")
+    var skipDaemon = false
+
+    @Option(help: "The flanneld-xdp binary for the daemon runs (default: next to fxdp-lab).")
+    var daemon: String?
+
+    @Option(help: "Where to write the JSON results.")
+    var output = "bench-results/latest.json"
+
+    @Option(name: .customLong("update-doc"), help: "Rewrite the figures section of this Markdown file (e.g. BENCHMARKS.md).")
+    var updateDoc: String?
+
+    func validate() throws {
+        if let rounds, rounds < 1 { throw ValidationError("--rounds must be at least 1") }
+        if let seconds, seconds < 1 { throw ValidationError("--seconds must be at least 1") }
+        if let p = peers, BenchOptions.parsePeers(p) == nil { throw ValidationError("--peers: comma-separated positive numbers, e.g. 100,1000") }
+        if let p = paths, BenchOptions.parsePaths(p) == nil {
+            throw ValidationError("--paths: ids among \(BenchPath.allCases.map(\.shortID).joined(separator: ","))")
+        }
+    }
+
+    func run() async throws {
+        guard Privileges.isRoot else {
+            throw ValidationError("fxdp-lab bench needs root (network namespaces, BPF); run it through `sudo make bench`")
+        }
+        let options = BenchOptions(
+            quick: quick, rounds: rounds ?? (quick ? 2 : 5), seconds: seconds ?? (quick ? 2 : 5),
+            rrTransactions: rrTransactions ?? (quick ? 2000 : 10000),
+            peers: peers.flatMap(BenchOptions.parsePeers) ?? (quick ? [100, 1000] : [100, 1000, 5000, 10000]),
+            watchChanges: watchChanges ?? (quick ? 20 : 50),
+            paths: paths.flatMap(BenchOptions.parsePaths) ?? BenchPath.allCases,
+            daemonPath: skipDaemon ? nil : (daemon ?? DaemonBench.defaultDaemonPath()))
+        let cleanup = BenchCleanup()
+        cleanup.installSignalHandlers()
+        defer { cleanup.run() }
+        let report = try await BenchRunner(options: options, cleanup: cleanup).run(datapath: !skipDatapath, controlPlane: !skipControlPlane)
+
+        let markdown = BenchReportText.markdown(report)
+        print("\n" + markdown)
+        try writeText(output, BenchReportText.json(report))
+        let mdPath = (output as NSString).deletingPathExtension + ".md"
+        try writeText(mdPath, markdown)
+        print("wrote \(output) and \(mdPath)")
+        if let updateDoc {
+            let existing = (try? String(contentsOfFile: updateDoc, encoding: .utf8)) ?? ""
+            try writeText(updateDoc, BenchReportText.replacingFigures(in: existing, with: markdown))
+            print("updated the figures in \(updateDoc)")
+        }
+    }
+
+    private func writeText(_ path: String, _ text: String) throws {
+        let dir = (path as NSString).deletingLastPathComponent
+        if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+    }
+}
+
+struct BenchOptions: Sendable {
+    var quick: Bool
+    var rounds: Int
+    var seconds: Int
+    var rrTransactions: Int
+    var peers: [Int]
+    var watchChanges: Int
+    var paths: [BenchPath]
+    /// nil: no daemon runs.
+    var daemonPath: String? = nil
+
+    static func parsePeers(_ text: String) -> [Int]? {
+        let values = text.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
+        guard !values.isEmpty, values.allSatisfy({ ($0 ?? 0) > 0 && ($0 ?? 0) <= 60000 }) else { return nil }
+        return values.compactMap { $0 }
+    }
+
+    static func parsePaths(_ text: String) -> [BenchPath]? {
+        var result: [BenchPath] = []
+        for id in text.split(separator: ",") {
+            guard let p = BenchPath.allCases.first(where: { $0.shortID == id.trimmingCharacters(in: .whitespaces) }) else { return nil }
+            result.append(p)
+        }
+        return result.isEmpty ? nil : result
+    }
+
+    /// Round r visits the paths rotated by r, so no path is always first (or always right after
+    /// the same neighbour) when the machine's load changes during the run.
+    static func order(_ paths: [BenchPath], round: Int) -> [BenchPath] {
+        guard !paths.isEmpty else { return [] }
+        let k = round % paths.count
+        return Array(paths[k...] + paths[..<k])
+    }
+}
+
+/// The machine the figures came from.
+struct MachineInfo: Codable, Sendable {
+    var kernel: String
+    var cpuModel: String
+    var cpus: Int
+    var date: String
+
+    static func current() -> MachineInfo {
+        var u = utsname()
+        uname(&u)
+        let release = withUnsafeBytes(of: u.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let cpuinfo = readFile("/proc/cpuinfo")
+        let model = cpuinfo.split(separator: "\n").first { $0.hasPrefix("model name") }
+            .map { String($0.split(separator: ":", maxSplits: 1).last ?? "").trimmingCharacters(in: .whitespaces) } ?? "unknown"
+        let formatter = ISO8601DateFormatter()
+        return MachineInfo(kernel: release, cpuModel: model, cpus: Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))),
+                           date: formatter.string(from: Date()))
+    }
+}
+
+struct BenchReport: Codable, Sendable {
+    var machine: MachineInfo
+    var quick: Bool
+    var rounds: Int
+    var secondsPerRun: Int
+    var rrTransactions: Int
+    var offloads: [String: [String: String]]
+    var attachments: [String: [String]]
+    var datapath: [PathSummary]
+    var packetCosts: [PacketCost]
+    var controlPlane: [ConvergenceResult]
+    var daemon: [DaemonResult] = []
+    var notes: [String]
+}
+
+struct BenchRunner {
+    var options: BenchOptions
+    var cleanup: BenchCleanup
+
+    func log(_ s: String) {
+        print(s)
+        fflush(nil)
+    }
+
+    func run(datapath: Bool, controlPlane: Bool) async throws -> BenchReport {
+        let machine = MachineInfo.current()
+        log("fxdp-lab bench\(options.quick ? " --quick" : ""): kernel \(machine.kernel), \(machine.cpuModel), \(machine.cpus) CPUs")
+        var report = BenchReport(machine: machine, quick: options.quick, rounds: options.rounds, secondsPerRun: options.seconds,
+                                 rrTransactions: options.rrTransactions, offloads: [:], attachments: [:], datapath: [],
+                                 packetCosts: [], controlPlane: [], notes: [])
+        if datapath {
+            var labs: [PathLab] = []
+            var samples: [BenchPath: PathSamples] = [:]
+            for path in options.paths {
+                log("setting up \(path.rawValue) …")
+                do {
+                    let pl = try PathLab(path: path, registry: cleanup)
+                    if try !pl.lab.waitForPing(from: pl.nodes[0].podNamespace, to: pl.nodes[1].podIP, timeout: 5) {
+                        report.notes.append("\(path.rawValue): pod 1 cannot ping pod 2 after set-up; path skipped")
+                        pl.close()
+                        continue
+                    }
+                    labs.append(pl)
+                    samples[path] = PathSamples(path: path.rawValue)
+                    report.offloads[path.rawValue] = pl.offloads
+                    if !pl.notes.isEmpty { report.attachments[path.rawValue] = pl.notes }
+                } catch {
+                    report.notes.append("\(path.rawValue): set-up failed: \(error)")
+                    log("  set-up failed: \(error)")
+                }
+            }
+            let runner = DatapathRunner(seconds: options.seconds, rrTransactions: options.rrTransactions)
+            for round in 0..<options.rounds {
+                for path in BenchOptions.order(labs.map(\.path), round: round) {
+                    guard let pl = labs.first(where: { $0.path == path }) else { continue }
+                    var s = samples[path]!
+                    runner.round(pl, into: &s)
+                    samples[path] = s
+                    log("round \(round + 1)/\(options.rounds) \(path.rawValue): 1-stream \(BenchFormat.number(s.single.last)) Gbit/s, "
+                        + "4-stream \(BenchFormat.number(s.multi.last)) Gbit/s, RR p50 \(BenchFormat.number(s.rrP50.last, 0)) µs "
+                        + "p99 \(BenchFormat.number(s.rrP99.last, 0)) µs, \(BenchFormat.number(s.cpuPerGbit.last)) CPU-s/Gbit"
+                        + (s.failures.isEmpty ? "" : " [failures: \(s.failures.count)]"))
+                }
+            }
+            let ordered = options.paths.compactMap { samples[$0] }
+            report.datapath = BenchSummary.summarize(ordered, kernel: BenchPath.kernelVXLAN.rawValue, plain: BenchPath.hostGW.rawValue)
+
+            if let bpfLab = labs.first(where: { $0.path == .bpfXDP }) {
+                log("per-packet cost (BPF_PROG_TEST_RUN) …")
+                do {
+                    report.packetCosts = try PacketBench.run(on: bpfLab, runs: options.quick ? 2000 : 20000,
+                                                             repeatCount: options.quick ? 10000 : 100_000)
+                } catch {
+                    report.notes.append("per-packet cost failed: \(error)")
+                }
+            }
+            for pl in labs { pl.close() }
+        }
+        if controlPlane {
+            log("control plane: etcd + \(options.peers.map(String.init).joined(separator: ", ")) leases …")
+            do {
+                report.controlPlane = try await ControlPlaneBench.run(sizes: options.peers, watchChanges: options.watchChanges,
+                                                                      cleanup: cleanup, log: log)
+            } catch {
+                report.notes.append("control-plane bench failed: \(error)")
+                log("control plane failed: \(error)")
+            }
+        }
+        if controlPlane, let path = options.daemonPath {
+            if access(path, X_OK) == 0 {
+                log("daemon: \(path) at \(options.peers.map(String.init).joined(separator: ", ")) peers …")
+                report.daemon = DaemonBench.run(daemonPath: path, sizes: options.peers, watchChanges: options.quick ? 10 : 30,
+                                                cleanup: cleanup, log: log)
+            } else {
+                report.notes.append("daemon runs skipped: no executable at \(path)")
+            }
+        }
+        report.notes.append("CPU-s/Gbit: busy time of the whole machine (/proc/stat: user+nice+system+irq+softirq+steal) over the "
+            + "4-stream run, divided by the gigabits received; other work on the machine counts too.")
+        report.notes.append("Control-plane RSS columns are the bench process's own (it holds etcd clients, labs and all); "
+            + "the daemon's own memory is in the flanneld-xdp table.")
+        return report
+    }
+}

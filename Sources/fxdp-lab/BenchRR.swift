@@ -1,0 +1,179 @@
+// BenchRR — TCP request/response latency between two pods, netperf TCP_RR style (netperf is not
+// in Debian's main archive): one connection, a small request, the same-size reply, the next request
+// only after the reply, thousands of times; each transaction is timed on the monotonic clock.
+//
+// Both ends run in this process. Sockets belong to the network namespace they were created in, not
+// to the thread that uses them, so each socket is created on a thread inside the pod's namespace
+// (NetnsThread) and then served from ordinary threads.
+
+import CBPF
+import Glibc
+import NetTypes
+import Synchronization
+import TestSupport
+
+struct RRError: Error, CustomStringConvertible {
+    var description: String
+    init(_ what: String, errno e: Int32 = errno) {
+        description = "\(what): \(String(cString: strerror(e))) (errno \(e))"
+    }
+}
+
+/// An echo server: every connection gets back exactly what it sends.
+final class RRServer: @unchecked Sendable {
+    // @unchecked: `listener` is immutable; the accept thread is joined in stop().
+    private let listener: Int32
+    private var thread = pthread_t()
+
+    init(namespace: String, address: IPv4Address, port: UInt16) throws {
+        listener = try NetnsThread.run(namespace: namespace) { () throws -> Int32 in
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            guard fd >= 0 else { throw RRError("socket") }
+            var one: Int32 = 1
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(4))
+            var sa = RRSocket.address(address, port)
+            let rc = withUnsafePointer(to: &sa) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            guard rc == 0, listen(fd, 16) == 0 else { let e = errno; close(fd); throw RRError("bind/listen \(address):\(port)", errno: e) }
+            return fd
+        }
+        let fd = listener
+        thread = try RRSocket.spawn {
+            while true {
+                let conn = accept(fd, nil, nil)
+                if conn < 0 { if errno == EINTR { continue }; return }
+                _ = fcntl(conn, F_SETFD, FD_CLOEXEC)
+                _ = try? RRSocket.spawnDetached { RRServer.echo(conn) }
+            }
+        }
+    }
+
+    private static func echo(_ fd: Int32) {
+        defer { close(fd) }
+        var one: Int32 = 1
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(4))
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n <= 0 { if n < 0 && errno == EINTR { continue }; return }
+            guard RRSocket.sendAll(fd, buffer, count: n) else { return }
+        }
+    }
+
+    /// Stops accepting (open connections end when their client closes).
+    func stop() {
+        shutdown(listener, Int32(SHUT_RDWR))
+        pthread_join(thread, nil)
+        close(listener)
+    }
+}
+
+/// What one RR run measured.
+struct RRResult: Sendable {
+    var latenciesMicroseconds: [Double]
+    var seconds: Double
+    var transactionsPerSecond: Double { seconds > 0 ? Double(latenciesMicroseconds.count) / seconds : 0 }
+    var p50: Double { BenchMath.percentile(latenciesMicroseconds, 50) }
+    var p99: Double { BenchMath.percentile(latenciesMicroseconds, 99) }
+}
+
+enum RRClient {
+    /// `transactions` request/response exchanges of `size` bytes over one connection, after `warmup`
+    /// untimed ones (the first packets pay for ARP/neighbour resolution and slow start).
+    static func run(namespace: String, server: IPv4Address, port: UInt16, transactions: Int, size: Int = 64,
+                    warmup: Int = 200, timeoutSeconds: Int = 5) throws -> RRResult {
+        try NetnsThread.run(namespace: namespace) { () throws -> RRResult in
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            guard fd >= 0 else { throw RRError("socket") }
+            defer { close(fd) }
+            var one: Int32 = 1
+            setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(4))
+            var tv = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            var sa = RRSocket.address(server, port)
+            var connected = false
+            for _ in 0..<50 {
+                let rc = withUnsafePointer(to: &sa) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+                }
+                if rc == 0 { connected = true; break }
+                if errno != ECONNREFUSED { throw RRError("connect \(server):\(port)") }
+                usleep(100_000)
+            }
+            guard connected else { throw RRError("connect \(server):\(port)", errno: ECONNREFUSED) }
+            let request = [UInt8](repeating: 0x5a, count: size)
+            var reply = [UInt8](repeating: 0, count: size)
+            func exchange() throws {
+                guard RRSocket.sendAll(fd, request, count: size) else { throw RRError("send") }
+                var got = 0
+                while got < size {
+                    let n = reply.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + got, size - got, 0) }
+                    if n < 0 && errno == EINTR { continue }
+                    guard n > 0 else { throw RRError(n == 0 ? "recv: server closed" : "recv (timeout \(timeoutSeconds) s?)") }
+                    got += n
+                }
+            }
+            for _ in 0..<warmup { try exchange() }
+            var samples = [Double]()
+            samples.reserveCapacity(transactions)
+            let start = RRSocket.now()
+            for _ in 0..<transactions {
+                let t0 = RRSocket.now()
+                try exchange()
+                samples.append(Double(RRSocket.now() - t0) / 1000)
+            }
+            return RRResult(latenciesMicroseconds: samples, seconds: Double(RRSocket.now() - start) / 1e9)
+        }
+    }
+}
+
+enum RRSocket {
+    static func now() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+
+    static func address(_ ip: IPv4Address, _ port: UInt16) -> sockaddr_in {
+        var sa = sockaddr_in()
+        sa.sin_family = sa_family_t(AF_INET)
+        sa.sin_port = port.bigEndian
+        sa.sin_addr.s_addr = ip.value.bigEndian
+        return sa
+    }
+
+    static func sendAll(_ fd: Int32, _ bytes: [UInt8], count: Int) -> Bool {
+        var sent = 0
+        while sent < count {
+            let n = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + sent, count - sent, Int32(MSG_NOSIGNAL)) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { return false }
+            sent += n
+        }
+        return true
+    }
+
+    private final class Body {
+        let run: () -> Void
+        init(_ run: @escaping () -> Void) { self.run = run }
+    }
+
+    /// A joinable pthread running `body`.
+    static func spawn(_ body: @escaping () -> Void) throws -> pthread_t {
+        let box = Unmanaged.passRetained(Body(body)).toOpaque()
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { raw in
+            Unmanaged<Body>.fromOpaque(raw!).takeRetainedValue().run()
+            return nil
+        }, box)
+        guard rc == 0 else { Unmanaged<Body>.fromOpaque(box).release(); throw RRError("pthread_create", errno: rc) }
+        return thread
+    }
+
+    static func spawnDetached(_ body: @escaping () -> Void) throws {
+        let t = try spawn(body)
+        pthread_detach(t)
+    }
+}

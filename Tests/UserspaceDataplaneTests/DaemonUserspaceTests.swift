@@ -1,0 +1,57 @@
+// End to end through the daemon: flanneld-xdp processes started with `--dataplane userspace` in lab
+// nodes with a real etcd, next to a node on the default (BPF) path; pods reach pods both ways.
+// Proves the daemon drives this module as intended (config from the network config, TUN address
+// and route, peers from leases) — the module tests above prove the path itself.
+
+import Glibc
+import NetTypes
+import TestSupport
+import Testing
+
+/// The flanneld-xdp binary next to the test bundle (`swift build --build-tests` builds both), or
+/// $FXDP_DAEMON.
+private func daemonBinaryPath() -> String {
+    if let p = getenv("FXDP_DAEMON") { return String(cString: p) }
+    var buf = [CChar](repeating: 0, count: 4096)
+    let n = readlink("/proc/self/exe", &buf, buf.count - 1)
+    let exe = n > 0 ? String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : ""
+    var dir = exe.split(separator: "/", omittingEmptySubsequences: false).dropLast()
+    if dir.last?.hasSuffix(".xctest") == true { dir = dir.dropLast() }
+    return dir.joined(separator: "/") + "/flanneld-xdp"
+}
+
+@Suite(.serialized, .enabled(if: Privileges.isRoot, Privileges.skipReason))
+struct DaemonUserspaceTests {
+    @Test("vxlan: two daemons on the userspace path and one on BPF reach each other")
+    func vxlanUserspaceAndBPFDaemons() async throws {
+        let cluster = try await FlannelCluster(tag: "usd", api: .v3, daemonPath: daemonBinaryPath(), nodes: 3)
+        defer { cluster.cleanup() }
+        let nodes = cluster.nodes
+        try cluster.startDaemon(nodes[0], extra: ["--dataplane", "userspace"])
+        try cluster.startDaemon(nodes[1], extra: ["--dataplane", "userspace"])
+        try cluster.startDaemon(nodes[2])
+        for a in nodes {
+            for b in nodes where a.name != b.name {
+                #expect(try cluster.lab.waitForPing(from: a.podNamespace, to: b.podIP, timeout: 10), "\(a.name) → \(b.name)")
+            }
+        }
+        let userspaceToUserspace = try iperf(cluster.lab, from: nodes[0], to: nodes[1], seconds: 1)
+        let bpfToUserspace = try iperf(cluster.lab, from: nodes[2], to: nodes[0], seconds: 1)
+        print("daemons: userspace → userspace \(gbps(userspaceToUserspace)) Gbit/s, BPF → userspace \(gbps(bpfToUserspace)) Gbit/s")
+        #expect(userspaceToUserspace > 10e6 && bpfToUserspace > 10e6)
+        let log = cluster.daemonLog(nodes[0])
+        #expect(log.contains("userspace"), "\(log.suffix(2000))")
+    }
+
+    @Test("udp backend: two daemons on the userspace path")
+    func udpBackendDaemons() async throws {
+        let cluster = try await FlannelCluster(tag: "usu", api: .v2, daemonPath: daemonBinaryPath(), nodes: 2,
+                                               backend: #"{"Type":"udp"}"#)
+        defer { cluster.cleanup() }
+        let nodes = cluster.nodes
+        for node in nodes { try cluster.startDaemon(node) }
+        #expect(try cluster.lab.waitForPing(from: nodes[0].podNamespace, to: nodes[1].podIP, timeout: 10))
+        #expect(try cluster.lab.waitForPing(from: nodes[1].podNamespace, to: nodes[0].podIP, timeout: 10))
+        #expect(try cluster.lab.sh(nodes[0].name, ["link", "show", "flannel0"]).contains("mtu 1472"))
+    }
+}
