@@ -51,6 +51,16 @@ struct OperationsClusterTests {
         let stats = try cluster.runTool(n1, ["stats", "--bpffs", bpffs])
         #expect(stats.stdout.contains("encap_ok"))
 
+        // FXOPS_DOC_OUTPUT=<file>: keep the real outputs (docs/OPERATIONS.md quotes them).
+        if let path = getenv("FXOPS_DOC_OUTPUT").map({ String(cString: $0) }), let file = fopen(path, "w") {
+            sleep(6) // one state refresh after the peer joined
+            let fresh = try cluster.runTool(n1, ["status", "--bpffs", bpffs, "--subnet-file", cluster.subnetFile(n1)])
+            fputs("$ flanneld-xdp status\n\(fresh.stdout)\n$ flanneld-xdp peers\n", file)
+            fputs(try cluster.runTool(n1, ["peers", "--bpffs", bpffs]).stdout, file)
+            fputs("\n$ flanneld-xdp stats\n" + stats.stdout, file)
+            fclose(file)
+        }
+
         // /metrics from the same small server as /healthz, on its own port.
         let script = "exec 3<>/dev/tcp/127.0.0.1/\(metricsPort) && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
         let metrics = try lab.sh(n1.name, ["/bin/bash", "-c", script])

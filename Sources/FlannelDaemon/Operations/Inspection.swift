@@ -104,7 +104,7 @@ public struct StatusReport: Sendable {
         if let state {
             let since = state.startedAt > 0 ? "since \(TimeText.utc(state.startedAt))" : ""
             row("daemon:", daemonRunning
-                ? "running, pid \(state.pid), flanneld-xdp \(state.version) \(since)"
+                ? "running, pid \(state.pid), flanneld-xdp \(state.version) \(since); state written \(TimeText.span(now - state.updatedAt)) ago"
                 : "NOT running (pid \(state.pid) is gone); last state written \(TimeText.utc(state.updatedAt)); the data path below stays in place")
             row("data path:", "\(state.dataplane): \(state.dataplaneDetail)")
             row("interface:", "\(state.interface) (#\(state.interfaceIndex)), public IP \(state.publicIP)")

@@ -6,7 +6,7 @@
 // Where: next to the subnet file, `<dir of --subnet-file>/flanneld-xdp.state.json` (by default
 // /run/flannel/flanneld-xdp.state.json), so that every node of a test lab, and every daemon given
 // its own --subnet-file, has its own, and `status --subnet-file X` finds it the way CNI finds
-// subnet.env. Written atomically (temp + rename, 0644) at start-up and every refresh; left in
+// subnet.env. Written atomically (temp + rename, 0644) at start-up and every 5 s; left in
 // place on exit (its pid then names a process that is gone, which `status` reports).
 //
 // Format: one flat JSON object of strings, integers and booleans, written and read here without

@@ -99,8 +99,8 @@ public enum OperationsServices {
     }
 }
 
-/// Refreshes the state file and the daemon-side metrics every `interval`; checks etcd every
-/// `etcdCheckEvery` refreshes with one read of our own lease key (cheap, and it proves both that
+/// Refreshes the state file and the daemon-side metrics every `interval` (5 s); checks etcd every
+/// `etcdCheckEvery` refreshes (30 s) with one read of our own lease key (cheap, and it proves both that
 /// etcd answers and that the lease is still ours).
 struct NodeStateService: Service {
     var state: NodeState
@@ -108,8 +108,8 @@ struct NodeStateService: Service {
     let context: OperationsContext
     let metrics: DaemonMetrics?
     let logger: Logger
-    var interval: Duration = .seconds(10)
-    var etcdCheckEvery = 3
+    var interval: Duration = .seconds(5)
+    var etcdCheckEvery = 6
 
     func run() async throws {
         var state = self.state
