@@ -1,6 +1,6 @@
 // --ip-masq as flannel does it, in nftables: pods talking to anything outside the cluster network
 // leave with the node's address; pod-to-pod traffic keeps pod addresses. flannel's four rules, in
-// its order (pkg/ip/iptables rules of flannel ≤ 0.17, kept by newer versions' nftables mode):
+// its order (the MASQUERADE/RETURN rules flanneld ≤ 0.17 puts in iptables' nat POSTROUTING):
 //   1. network → network                      return      (pod to pod: no NAT)
 //   2. network → not multicast                masquerade  (pod to outside)
 //   3. not network → our subnet               return      (outside to our pods: no NAT)
