@@ -208,10 +208,11 @@ public struct Status: AsyncParsableCommand {
 
 public struct Peers: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
-        abstract: "List the peers in the pinned BPF maps: subnet, node IP, VTEP MAC, decap acceptance.",
+        abstract: "List the peers in the pinned BPF maps: subnet, node IP, VTEP MAC, decap acceptance, packets and bytes.",
         discussion: """
-            Reads the maps pinned under --bpffs; works while the daemon runs and after it stopped. Per-peer \
-            packet/byte counters are not collected (the programs keep totals only: see `flanneld-xdp stats`).
+            Reads the maps pinned under --bpffs; works while the daemon runs and after it stopped. TX counts what \
+            BPF encapsulated to a peer node, RX what decap accepted from it; packets left to the kernel path are \
+            not included (see `flanneld-xdp stats`).
             """,
         version: FlannelDaemonVersion.string
     )

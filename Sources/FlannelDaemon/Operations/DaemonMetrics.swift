@@ -7,8 +7,8 @@
 // The BPF counters are absolute values in a per-CPU map that outlives the daemon; Prometheus
 // counters only go up from zero in this process. Each scrape reads the map and adds the difference
 // since the previous read (a counter reset by `stats --reset`-style tools shows as a restart of the
-// series, which Prometheus' rate() handles). Per-peer counters are not collected by the programs,
-// so there are no per-peer series.
+// series, which Prometheus' rate() handles). Per-peer series (fxdp_peer_stats_v1) follow the
+// peers: a node that left has its series removed.
 
 import BPFDataplane
 import CoreMetrics
@@ -34,6 +34,8 @@ public final class DaemonMetrics: Sendable {
 
     private struct Seen {
         var bpf: [FXDPCounter: FXDPCount] = [:]
+        var peers: [String: PeerTraffic] = [:]
+        var peerSeries: [String: [Prometheus.Counter]] = [:]
         var lease: [Int] = []
         var passCount = 0
     }
@@ -140,9 +142,51 @@ public final class DaemonMetrics: Sendable {
         }
     }
 
+    /// Per-peer series from fxdp_peer_stats_v1; a departed peer's series are removed.
+    func refreshPeerCounters() {
+        guard let bpffs, let pinned = try? PinnedDataplane.open(bpffs: bpffs),
+              let traffic = (try? pinned.peerTraffic()) ?? nil else { return }
+        let current = Dictionary(uniqueKeysWithValues: traffic.map { ("\($0.key)", $0.value) })
+        let (increments, departed) = seen.withLock { s -> ([(String, PeerTraffic)], [Prometheus.Counter]) in
+            var increments: [(String, PeerTraffic)] = []
+            for (peer, now) in current {
+                let before = s.peers[peer] ?? PeerTraffic()
+                let reset = now.txPackets < before.txPackets || now.rxPackets < before.rxPackets
+                    || now.txBytes < before.txBytes || now.rxBytes < before.rxBytes
+                let base = reset ? PeerTraffic() : before
+                increments.append((peer, PeerTraffic(txPackets: now.txPackets - base.txPackets, txBytes: now.txBytes - base.txBytes,
+                                                     rxPackets: now.rxPackets - base.rxPackets, rxBytes: now.rxBytes - base.rxBytes)))
+                s.peers[peer] = now
+            }
+            var departed: [Prometheus.Counter] = []
+            for peer in s.peers.keys where current[peer] == nil {
+                s.peers[peer] = nil
+                departed += s.peerSeries.removeValue(forKey: peer) ?? []
+            }
+            return (increments, departed)
+        }
+        for counter in departed { registry.unregisterCounter(counter) }
+        for (peer, d) in increments {
+            let txP = registry.makeCounter(name: "flanneld_xdp_peer_packets_total", labels: [("peer", peer), ("direction", "tx")],
+                                           help: "Packets BPF carried to (tx, encapsulated) and from (rx, decapsulated or accepted) each peer node.")
+            let rxP = registry.makeCounter(name: "flanneld_xdp_peer_packets_total", labels: [("peer", peer), ("direction", "rx")],
+                                           help: "Packets BPF carried to (tx, encapsulated) and from (rx, decapsulated or accepted) each peer node.")
+            let txB = registry.makeCounter(name: "flanneld_xdp_peer_bytes_total", labels: [("peer", peer), ("direction", "tx")],
+                                           help: "Bytes BPF carried to (tx, inner) and from (rx, outer) each peer node.")
+            let rxB = registry.makeCounter(name: "flanneld_xdp_peer_bytes_total", labels: [("peer", peer), ("direction", "rx")],
+                                           help: "Bytes BPF carried to (tx, inner) and from (rx, outer) each peer node.")
+            txP.increment(by: Int64(clamping: d.txPackets))
+            rxP.increment(by: Int64(clamping: d.rxPackets))
+            txB.increment(by: Int64(clamping: d.txBytes))
+            rxB.increment(by: Int64(clamping: d.rxBytes))
+            seen.withLock { $0.peerSeries[peer] = [txP, rxP, txB, rxB] }
+        }
+    }
+
     /// The /metrics body.
     public func render() -> String {
         refreshBPFCounters()
+        refreshPeerCounters()
         return registry.emitToString()
     }
 }

@@ -189,17 +189,28 @@ public struct StatusReport: Sendable {
 
 /// `peers`: one line per peer from the pinned maps.
 public enum PeersReport {
-    /// Per-peer packet/byte counters are not collected by the BPF programs (one per-CPU array of
-    /// totals keeps the hot path at one map update per packet); `stats` has the totals.
-    public static let perPeerNote = "per-peer packet/byte counters are not collected (the programs keep totals only: see `flanneld-xdp stats`)"
+    /// Said when the pins predate the per-peer map (a daemon older than per-peer counters made them).
+    public static let perPeerNote = "per-peer packet/byte counters are not collected by the programs that made these pins (restart with this version's daemon)"
+    public static let trafficNote = "TX: encapsulated to the node by BPF (inner bytes); RX: accepted from it by decap (outer bytes); per node, kernel-path packets not included"
 
     public static func text(_ peers: [PinnedPeer]) -> String {
-        var lines = ["SUBNET".padding(20) + "NODE IP".padding(17) + "VTEP MAC".padding(19) + "DECAP  MODE"]
-        for p in peers {
-            lines.append("\(p.subnet)".padding(20) + "\(p.nodeIP)".padding(17) + "\(p.vtepMAC)".padding(19)
-                         + (p.decapAccepted ? "yes" : "NO").padding(7) + (p.direct ? "direct" : "vxlan"))
+        let withTraffic = peers.contains { $0.traffic != nil } || peers.isEmpty
+        var header = "SUBNET".padding(20) + "NODE IP".padding(17) + "VTEP MAC".padding(19) + "DECAP".padding(7) + "MODE"
+        if withTraffic {
+            header = header.padding(51 + 7 + 7) + "TX PKTS".leftPadding(10) + "TX BYTES".leftPadding(14)
+                + "RX PKTS".leftPadding(10) + "RX BYTES".leftPadding(14)
         }
-        lines.append("\(peers.count) peer(s); \(perPeerNote)")
+        var lines = [header]
+        for p in peers {
+            var line = "\(p.subnet)".padding(20) + "\(p.nodeIP)".padding(17) + "\(p.vtepMAC)".padding(19)
+                + (p.decapAccepted ? "yes" : "NO").padding(7) + (p.direct ? "direct" : "vxlan")
+            if let t = p.traffic {
+                line = line.padding(51 + 7 + 7) + "\(t.txPackets)".leftPadding(10) + "\(t.txBytes)".leftPadding(14)
+                    + "\(t.rxPackets)".leftPadding(10) + "\(t.rxBytes)".leftPadding(14)
+            }
+            lines.append(line)
+        }
+        lines.append("\(peers.count) peer(s); " + (withTraffic ? trafficNote : perPeerNote))
         return lines.joined(separator: "\n") + "\n"
     }
 
@@ -209,9 +220,12 @@ public enum PeersReport {
                 .object([("subnet", .string("\(p.subnet)")), ("nodeIP", .string("\(p.nodeIP)")),
                          ("vtepMAC", .string("\(p.vtepMAC)")), ("direct", .bool(p.direct)),
                          ("decapAccepted", .bool(p.decapAccepted)),
-                         ("packetsTo", .null), ("bytesTo", .null), ("packetsFrom", .null), ("bytesFrom", .null)])
+                         ("txPackets", p.traffic.map { .uint($0.txPackets) } ?? .null),
+                         ("txBytes", p.traffic.map { .uint($0.txBytes) } ?? .null),
+                         ("rxPackets", p.traffic.map { .uint($0.rxPackets) } ?? .null),
+                         ("rxBytes", p.traffic.map { .uint($0.rxBytes) } ?? .null)])
             })),
-            ("perPeerCounters", .bool(false)),
+            ("perPeerCounters", .bool(peers.contains { $0.traffic != nil })),
         ])
     }
 }

@@ -135,6 +135,10 @@ struct NodeStateService: Service {
                     state.etcdState = "unreachable: \(error)"
                 }
             }
+            // The programs only add per-peer entries; departed nodes' go here.
+            if state.dataplane.hasPrefix("bpf"), let pinned = try? PinnedDataplane.open(bpffs: state.bpffs) {
+                _ = try? pinned.pruneDepartedPeerStats()
+            }
             let reconciler = context.reconciler
             state.peerCount = await reconciler.desired.count
             state.updatedAt = now
