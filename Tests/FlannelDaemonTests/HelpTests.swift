@@ -101,7 +101,7 @@ struct HelpAndBinaryTests {
           status                  Show the data path in use and why, interface, subnet,
                                   lease, etcd, attached programs and maps.
           peers                   List the peers in the pinned BPF maps: subnet, node
-                                  IP, VTEP MAC, decap acceptance.
+                                  IP, VTEP MAC, decap acceptance, packets and bytes.
           stats                   Show the BPF data path counters, drop reasons by name.
 
           See 'flanneld-xdp help <subcommand>' for detailed help.

@@ -48,6 +48,9 @@ struct OperationsClusterTests {
 
         let peers = try cluster.runTool(n1, ["peers", "--bpffs", bpffs, "--json"])
         #expect(peers.stdout.contains(#"{"subnet":"\#(n2.podSubnet)","nodeIP":"\#(n2.nodeIP)""#), "\(peers.stdout)")
+        // The pings went through BPF both ways: node 2 has per-peer traffic in both directions.
+        #expect(!peers.stdout.contains(#""txPackets":0,"#) && !peers.stdout.contains(#""rxPackets":0,"#) && peers.stdout.contains(#""perPeerCounters":true"#),
+                "\(peers.stdout)")
         let stats = try cluster.runTool(n1, ["stats", "--bpffs", bpffs])
         #expect(stats.stdout.contains("encap_ok"))
 
@@ -69,6 +72,8 @@ struct OperationsClusterTests {
         #expect(metrics.contains(#"flanneld_xdp_bpf_packets_total{counter="encap_ok",verdict="ok"}"#))
         #expect(metrics.contains("flanneld_xdp_encap_packets_total"))
         #expect(metrics.contains(#"flanneld_xdp_drops_total{reason="decap_drop_not_peer"}"#))
+        #expect(metrics.contains(#"flanneld_xdp_peer_packets_total{peer="\#(n2.nodeIP)",direction="tx"}"#))
+        #expect(metrics.contains(#"flanneld_xdp_peer_bytes_total{peer="\#(n2.nodeIP)",direction="rx"}"#))
 
         // Masquerade by the daemon: outside sees node 1's address, pod 2 sees pod 1's.
         let port: UInt16 = 48_000 + UInt16(getpid() % 1000)

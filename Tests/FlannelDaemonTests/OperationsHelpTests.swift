@@ -39,11 +39,12 @@ struct OperationsHelpTests {
     func peersHelp() {
         let expected = """
         OVERVIEW: List the peers in the pinned BPF maps: subnet, node IP, VTEP MAC,
-        decap acceptance.
+        decap acceptance, packets and bytes.
 
         Reads the maps pinned under --bpffs; works while the daemon runs and after it
-        stopped. Per-peer packet/byte counters are not collected (the programs keep
-        totals only: see `flanneld-xdp stats`).
+        stopped. TX counts what BPF encapsulated to a peer node, RX what decap accepted
+        from it; packets left to the kernel path are not included (see `flanneld-xdp
+        stats`).
 
         USAGE: flanneld-xdp peers [--json] [--bpffs <bpffs>]
 

@@ -54,6 +54,18 @@ struct OperationsInspectionTests {
             var drops = Array(repeating: fxdp_count(), count: cpus)
             drops[0] = fxdp_count(packets: 3, bytes: 300)
             try bpf.counterMap.update(FXDPCounter.decapDropNotPeer.rawValue, perCPU: drops)
+            // What the programs would have counted for peer A's node (one CPU's share on CPU 0).
+            let stats = try PerCPUMap.openPinned(path: bpffs + "/flanneld-xdp/" + FXDP_MAP_PEER_STATS,
+                                                 key: fxdp_node_key.self, value: fxdp_peer_stats.self)
+            var perPeer = Array(repeating: fxdp_peer_stats(), count: cpus)
+            perPeer[0] = fxdp_peer_stats(tx_packets: 5, tx_bytes: 490, rx_packets: 4, rx_bytes: 592)
+            var nodeA = fxdp_node_key()
+            nodeA.node_ip = peerA.publicIP.tuple
+            try stats.update(nodeA, perCPU: perPeer)
+            // A departed node's leftover entry: pruned by the daemon's refresh.
+            var gone = fxdp_node_key()
+            gone.node_ip = IPv4Address(192, 168, 77, 99).tuple
+            try stats.update(gone, perCPU: perPeer)
             return try bpf.attach(overlayIfindex: overlay, underlayIfindex: underlay, mode: .kernel)
         }
         let encapID = try #require(attached.encapProgramID)
@@ -61,8 +73,12 @@ struct OperationsInspectionTests {
 
         // In this process (the FlannelBPF above is gone: only pins and attachments remain).
         let peersText = try InspectionCommands.peers(bpffs: bpffs, json: false)
-        #expect(peersText.contains("10.5.2.0/24         192.168.77.2     0e:00:00:00:00:02  yes    vxlan"))
-        #expect(peersText.contains("10.5.3.0/24         192.168.77.3     0e:00:00:00:00:03  yes    vxlan"))
+        #expect(peersText.contains("10.5.2.0/24         192.168.77.2     0e:00:00:00:00:02  yes    vxlan           5           490         4           592"))
+        #expect(peersText.contains("10.5.3.0/24         192.168.77.3     0e:00:00:00:00:03  yes    vxlan           0             0         0             0"))
+        let pinned = try #require(try PinnedDataplane.open(bpffs: bpffs))
+        #expect(try pinned.peerTraffic()?.count == 2)
+        #expect(try pinned.pruneDepartedPeerStats() == 1)
+        #expect(try pinned.peerTraffic()?.keys.sorted() == [peerA.publicIP])
         let stats = try InspectionCommands.stats(bpffs: bpffs, json: true)
         #expect(stats.contains(#"{"code":0,"name":"encap_ok","drop":false,"packets":42,"bytes":4200}"#))
         #expect(stats.contains(#"{"code":20,"name":"decap_drop_not_peer","drop":true,"packets":3,"bytes":300}"#))
@@ -70,7 +86,7 @@ struct OperationsInspectionTests {
         // Through the binary, in the namespace (program ids are per interface of that namespace).
         let binary = try #require(builtBinaryPath(), "flanneld-xdp must be built beside the tests")
         let peersJSON = try runTool("/sbin/ip", ["netns", "exec", ns, binary, "peers", "--bpffs", bpffs, "--json"])
-        #expect(peersJSON.contains(#"{"subnet":"10.5.2.0/24","nodeIP":"192.168.77.2","vtepMAC":"0e:00:00:00:00:02","direct":false,"decapAccepted":true"#))
+        #expect(peersJSON.contains(#"{"subnet":"10.5.2.0/24","nodeIP":"192.168.77.2","vtepMAC":"0e:00:00:00:00:02","direct":false,"decapAccepted":true,"txPackets":5,"txBytes":490,"rxPackets":4,"rxBytes":592}"#))
         let statsOut = try runTool("/sbin/ip", ["netns", "exec", ns, binary, "stats", "-bpffs=\(bpffs)"])
         #expect(statsOut.contains("decap_drop_not_peer                        3               300  DROP"))
         let watched = try runTool("/sbin/ip", ["netns", "exec", ns, binary, "stats", "--bpffs", bpffs, "--watch",
@@ -86,6 +102,7 @@ struct OperationsInspectionTests {
         #expect(status.contains("fxdp_decap_check id \(checkID) on fxb"))
         #expect(status.contains("fxdp_peers_v1 id "))
         #expect(status.contains(", 2 of 65536 entries"))
+        #expect(status.contains("fxdp_peer_stats_v1 id "))
         #expect(status.contains("node 192.168.77.1 vtep 0e:00:00:00:00:01 vni 1 port 8472"))
         let statusJSON = try runTool("/sbin/ip", ["netns", "exec", ns, binary, "status", "--bpffs", bpffs, "--json",
                                                   "--state-file", "/run/\(tag)-none.json"])

@@ -2,6 +2,7 @@
 // inspection renderers, the metrics exposition.
 
 import BPFDataplane
+import CBPF
 @testable import FlannelDaemon
 import Glibc
 import Leases
@@ -95,24 +96,38 @@ struct OperationsUnitTests {
         #expect(Masquerade.normalized("table ip x {\n    chain y {\n\t\tip  saddr 1\n}") == ["table ip x {", "chain y {", "ip saddr 1", "}"])
     }
 
-    @Test("peers renderer: one line per peer, JSON with per-peer counters marked as not collected")
+    @Test("peers renderer: one line per peer with per-node traffic; older pins say counters are not collected")
     func peersRenderer() throws {
-        let peers = [
+        var peers = [
             PinnedPeer(subnet: try #require(IPv4Subnet(cidr: "10.5.2.0/24")), nodeIP: IPv4Address(192, 168, 77, 2),
-                       vtepMAC: try #require(MACAddress("0e:00:00:00:00:02")), direct: false, decapAccepted: true),
+                       vtepMAC: try #require(MACAddress("0e:00:00:00:00:02")), direct: false, decapAccepted: true,
+                       traffic: PeerTraffic(txPackets: 10, txBytes: 980, rxPackets: 9, rxBytes: 1332)),
             PinnedPeer(subnet: try #require(IPv4Subnet(cidr: "10.5.3.0/24")), nodeIP: IPv4Address(192, 168, 77, 3),
-                       vtepMAC: try #require(MACAddress("0e:00:00:00:00:03")), direct: true, decapAccepted: false),
+                       vtepMAC: try #require(MACAddress("0e:00:00:00:00:03")), direct: true, decapAccepted: false,
+                       traffic: PeerTraffic()),
         ]
         #expect(PeersReport.text(peers) == """
-            SUBNET              NODE IP          VTEP MAC           DECAP  MODE
-            10.5.2.0/24         192.168.77.2     0e:00:00:00:00:02  yes    vxlan
-            10.5.3.0/24         192.168.77.3     0e:00:00:00:00:03  NO     direct
-            2 peer(s); per-peer packet/byte counters are not collected (the programs keep totals only: see `flanneld-xdp stats`)
+            SUBNET              NODE IP          VTEP MAC           DECAP  MODE      TX PKTS      TX BYTES   RX PKTS      RX BYTES
+            10.5.2.0/24         192.168.77.2     0e:00:00:00:00:02  yes    vxlan          10           980         9          1332
+            10.5.3.0/24         192.168.77.3     0e:00:00:00:00:03  NO     direct          0             0         0             0
+            2 peer(s); \(PeersReport.trafficNote)
 
             """)
         let json = PeersReport.json(peers).text
-        #expect(json.hasPrefix(#"{"peers":[{"subnet":"10.5.2.0/24","nodeIP":"192.168.77.2","vtepMAC":"0e:00:00:00:00:02","direct":false,"decapAccepted":true,"packetsTo":null"#))
-        #expect(json.hasSuffix(#"],"perPeerCounters":false}"#))
+        #expect(json.hasPrefix(#"{"peers":[{"subnet":"10.5.2.0/24","nodeIP":"192.168.77.2","vtepMAC":"0e:00:00:00:00:02","direct":false,"decapAccepted":true,"txPackets":10,"txBytes":980,"rxPackets":9,"rxBytes":1332}"#))
+        #expect(json.hasSuffix(#"],"perPeerCounters":true}"#))
+
+        for i in peers.indices { peers[i].traffic = nil }
+        #expect(PeersReport.text(peers).hasSuffix("2 peer(s); \(PeersReport.perPeerNote)\n"))
+        #expect(PeersReport.text(peers).hasPrefix("SUBNET              NODE IP          VTEP MAC           DECAP  MODE\n"))
+        #expect(PeersReport.json(peers).text.contains(#""txPackets":null"#))
+        #expect(PeersReport.json(peers).text.hasSuffix(#""perPeerCounters":false}"#))
+    }
+
+    @Test("the per-peer stats record has the C layout")
+    func peerStatsLayout() {
+        #expect(MemoryLayout<fxdp_peer_stats>.size == 32)
+        #expect(FXDP_MAP_PEER_STATS == "fxdp_peer_stats_v1")
     }
 
     @Test("stats renderer names every counter, marks drops, totals, and computes rates between readings")

@@ -195,18 +195,21 @@ public enum PeersReport {
 
     public static func text(_ peers: [PinnedPeer]) -> String {
         let withTraffic = peers.contains { $0.traffic != nil } || peers.isEmpty
-        var header = "SUBNET".padding(20) + "NODE IP".padding(17) + "VTEP MAC".padding(19) + "DECAP".padding(7) + "MODE"
-        if withTraffic {
-            header = header.padding(51 + 7 + 7) + "TX PKTS".leftPadding(10) + "TX BYTES".leftPadding(14)
-                + "RX PKTS".leftPadding(10) + "RX BYTES".leftPadding(14)
+        var header = "SUBNET".padding(20) + "NODE IP".padding(17) + "VTEP MAC".padding(19) + "DECAP".padding(7)
+        if !withTraffic {
+            header += "MODE"
+        } else {
+            header += "MODE".padding(7) + "TX PKTS".leftPadding(10) + "TX BYTES".leftPadding(14) + "RX PKTS".leftPadding(10) + "RX BYTES".leftPadding(14)
         }
         var lines = [header]
         for p in peers {
             var line = "\(p.subnet)".padding(20) + "\(p.nodeIP)".padding(17) + "\(p.vtepMAC)".padding(19)
-                + (p.decapAccepted ? "yes" : "NO").padding(7) + (p.direct ? "direct" : "vxlan")
+                + (p.decapAccepted ? "yes" : "NO").padding(7)
             if let t = p.traffic {
-                line = line.padding(51 + 7 + 7) + "\(t.txPackets)".leftPadding(10) + "\(t.txBytes)".leftPadding(14)
+                line += (p.direct ? "direct" : "vxlan").padding(7) + "\(t.txPackets)".leftPadding(10) + "\(t.txBytes)".leftPadding(14)
                     + "\(t.rxPackets)".leftPadding(10) + "\(t.rxBytes)".leftPadding(14)
+            } else {
+                line += p.direct ? "direct" : "vxlan"
             }
             lines.append(line)
         }
