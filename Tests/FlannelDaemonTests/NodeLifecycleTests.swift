@@ -124,8 +124,10 @@ final class NetnsNode: @unchecked Sendable {
         if code != nil { daemonPID = 0 }
     }
 
+    /// /readyz's status code, asked from a thread inside the node's namespace (no curl needed).
     func readyz() throws -> String {
-        try inNS(["/usr/bin/curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(healthzPort)/readyz"]).output
+        let port = healthzPort
+        return String(try NetnsThread.run(namespace: ns) { try httpGet(port: port, path: "/readyz").status })
     }
 
     func route(_ subnet: String) throws -> String { try ip("-n", ns, "route", "show", subnet) }

@@ -86,7 +86,7 @@ struct SystemdNotifyTests {
 }
 
 /// One HTTP/1.1 request over a plain TCP socket to 127.0.0.1: status code and body.
-private func httpGet(port: Int, path: String, method: String = "GET") throws -> (status: Int, body: String) {
+func httpGet(port: Int, path: String, method: String = "GET") throws -> (status: Int, body: String) {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     guard fd >= 0 else { throw ToolFailure(command: "socket", status: errno, output: "") }
     defer { close(fd) }
