@@ -6,9 +6,9 @@
 //
 // The BPF counters are absolute values in a per-CPU map that outlives the daemon; Prometheus
 // counters only go up from zero in this process. Each scrape reads the map and adds the difference
-// since the previous read (a counter reset by `stats --reset`-style tools shows as a restart of the
-// series, which Prometheus' rate() handles). Per-peer series (fxdp_peer_stats_v1) follow the
-// peers: a node that left has its series removed.
+// since the previous read (a map that went backwards — recreated by `cleanup` and a restart, or
+// reset — counts on from its new value, which Prometheus' rate() treats as a counter reset).
+// Per-peer series (fxdp_peer_stats_v1) follow the peers: a node that left has its series removed.
 
 import BPFDataplane
 import CoreMetrics
