@@ -54,6 +54,9 @@ struct Bench: AsyncParsableCommand {
     @Option(name: .customLong("update-doc"), help: "Rewrite the figures section of this Markdown file (e.g. BENCHMARKS.md).")
     var updateDoc: String?
 
+    @Option(name: .customLong("from-json"), help: "Measure nothing: render the report of an earlier run's JSON (with --update-doc to refresh a document).")
+    var fromJSON: String?
+
     func validate() throws {
         if let rounds, rounds < 1 { throw ValidationError("--rounds must be at least 1") }
         if let seconds, seconds < 1 { throw ValidationError("--seconds must be at least 1") }
@@ -64,6 +67,12 @@ struct Bench: AsyncParsableCommand {
     }
 
     func run() async throws {
+        if let fromJSON {
+            let data = try Data(contentsOf: URL(fileURLWithPath: fromJSON))
+            let report = try JSONDecoder().decode(BenchReport.self, from: data)
+            try publish(BenchReportText.markdown(report), json: nil)
+            return
+        }
         guard Privileges.isRoot else {
             throw ValidationError("fxdp-lab bench needs root (network namespaces, BPF); run it through `sudo make bench`")
         }
@@ -77,14 +86,28 @@ struct Bench: AsyncParsableCommand {
         let cleanup = BenchCleanup()
         cleanup.installSignalHandlers()
         defer { cleanup.run() }
-        let report = try await BenchRunner(options: options, cleanup: cleanup).run(datapath: !skipDatapath, controlPlane: !skipControlPlane)
+        let report: BenchReport
+        do {
+            report = try await BenchRunner(options: options, cleanup: cleanup).run(datapath: !skipDatapath, controlPlane: !skipControlPlane)
+            try cleanup.checkInterrupted()
+        } catch {
+            // After a signal the handler owns the exit (130/143); wait for its cleanup, report nothing.
+            if cleanup.interrupted { cleanup.run(); throw ExitCode(130) }
+            throw error
+        }
 
-        let markdown = BenchReportText.markdown(report)
+        try publish(BenchReportText.markdown(report), json: try BenchReportText.json(report))
+    }
+
+    /// Prints the report, writes the JSON (when given) and the Markdown beside it, and the document.
+    private func publish(_ markdown: String, json: String?) throws {
         print("\n" + markdown)
-        try writeText(output, BenchReportText.json(report))
-        let mdPath = (output as NSString).deletingPathExtension + ".md"
-        try writeText(mdPath, markdown)
-        print("wrote \(output) and \(mdPath)")
+        if let json {
+            try writeText(output, json)
+            let mdPath = (output as NSString).deletingPathExtension + ".md"
+            try writeText(mdPath, markdown)
+            print("wrote \(output) and \(mdPath)")
+        }
         if let updateDoc {
             let existing = (try? String(contentsOfFile: updateDoc, encoding: .utf8)) ?? ""
             try writeText(updateDoc, BenchReportText.replacingFigures(in: existing, with: markdown))
@@ -188,9 +211,11 @@ struct BenchRunner {
             var labs: [PathLab] = []
             var samples: [BenchPath: PathSamples] = [:]
             for path in options.paths {
+                try cleanup.checkInterrupted()
                 log("setting up \(path.rawValue) …")
                 do {
                     let pl = try PathLab(path: path, registry: cleanup)
+                    try cleanup.checkInterrupted()
                     if try !pl.lab.waitForPing(from: pl.nodes[0].podNamespace, to: pl.nodes[1].podIP, timeout: 5) {
                         report.notes.append("\(path.rawValue): pod 1 cannot ping pod 2 after set-up; path skipped")
                         pl.close()
@@ -201,6 +226,7 @@ struct BenchRunner {
                     report.offloads[path.rawValue] = pl.offloads
                     if !pl.notes.isEmpty { report.attachments[path.rawValue] = pl.notes }
                 } catch {
+                    try cleanup.checkInterrupted()
                     report.notes.append("\(path.rawValue): set-up failed: \(error)")
                     log("  set-up failed: \(error)")
                 }
@@ -208,6 +234,7 @@ struct BenchRunner {
             let runner = DatapathRunner(seconds: options.seconds, rrTransactions: options.rrTransactions)
             for round in 0..<options.rounds {
                 for path in BenchOptions.order(labs.map(\.path), round: round) {
+                    try cleanup.checkInterrupted()
                     guard let pl = labs.first(where: { $0.path == path }) else { continue }
                     var s = samples[path]!
                     runner.round(pl, into: &s)
@@ -233,6 +260,7 @@ struct BenchRunner {
             for pl in labs { pl.close() }
         }
         if controlPlane {
+            try cleanup.checkInterrupted()
             log("control plane: etcd + \(options.peers.map(String.init).joined(separator: ", ")) leases …")
             do {
                 report.controlPlane = try await ControlPlaneBench.run(sizes: options.peers, watchChanges: options.watchChanges,
@@ -243,6 +271,7 @@ struct BenchRunner {
             }
         }
         if controlPlane, let path = options.daemonPath {
+            try cleanup.checkInterrupted()
             if access(path, X_OK) == 0 {
                 log("daemon: \(path) at \(options.peers.map(String.init).joined(separator: ", ")) peers …")
                 report.daemon = DaemonBench.run(daemonPath: path, sizes: options.peers, watchChanges: options.quick ? 10 : 30,

@@ -85,6 +85,7 @@ enum ControlPlaneBench {
         var results: [ConvergenceResult] = []
         var written = 0
         for n in sizes.sorted() {
+            try cleanup.checkInterrupted()
             var failures: [String] = []
             // Grow the lease set to n (sizes ascend; the earlier leases stay).
             let w0 = now()

@@ -128,6 +128,7 @@ enum DaemonBench {
 
     static func run(daemonPath: String, sizes: [Int], watchChanges: Int, cleanup: BenchCleanup, log: (String) -> Void) -> [DaemonResult] {
         sizes.sorted().map { n in
+            if cleanup.interrupted { return DaemonResult(peers: n, watchSamples: 0, failures: ["interrupted"]) }
             do {
                 return try measure(daemonPath: daemonPath, peers: n, watchChanges: watchChanges, cleanup: cleanup, log: log)
             } catch {
@@ -140,6 +141,7 @@ enum DaemonBench {
     static func measure(daemonPath: String, peers n: Int, watchChanges: Int, cleanup: BenchCleanup, log: (String) -> Void) throws -> DaemonResult {
         let cluster = try FlannelCluster(tag: "bench", api: .v3, daemonPath: daemonPath, nodes: 1,
                                          network: ControlPlaneBench.network)
+        cleanup.add(folder: cluster.workDir)
         cleanup.add(lab: cluster.lab)
         cleanup.add(bpffs: cluster.bpffsRoot)
         defer { cluster.cleanup() }

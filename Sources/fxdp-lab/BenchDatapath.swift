@@ -106,7 +106,9 @@ final class PathLab: @unchecked Sendable {
         try BPFFS.ensureMounted(at: mount)
         bpffsMounts.append(mount)
         registry.add(bpffs: mount)
-        let object = try FlannelBPF(bpffs: mount)
+        var logger = Logger(label: "fxbench.bpf")
+        logger.logLevel = .warning
+        let object = try FlannelBPF(bpffs: mount, logger: logger)
         let underlay = try lab.linkIndex(node.name, node.underlayIfname)
         let overlay = try lab.linkIndex(node.name, me.ifname)
         let config = NodeConfig(nodeIP: node.nodeIP, vtepMAC: me.vtepMAC, vni: me.vni, udpPort: me.port,
@@ -217,11 +219,17 @@ struct DatapathRunner {
         defer { daemon.terminate(grace: 1) }
         var last = ""
         for _ in 0..<30 {
-            let r = try pl.lab.run(client.podNamespace, [LabTools.iperf3, "-c", "\(server.podIP)", "-p", "\(PathLab.iperfPort)",
-                                                         "-t", "\(seconds)", "-P", "\(streams)", "-J", "--connect-timeout", "2000"])
-            last = r.stdout + r.stderr
+            // Spawned, not run: the lab kills it by pid at cleanup, and a client whose path vanished
+            // (Ctrl-C deleted the namespaces) cannot hang the bench: it gets a deadline.
+            let run = try pl.lab.spawn(client.podNamespace, [LabTools.iperf3, "-c", "\(server.podIP)", "-p", "\(PathLab.iperfPort)",
+                                                             "-t", "\(seconds)", "-P", "\(streams)", "-J", "--connect-timeout", "2000"])
+            if run.waitExit(timeout: Double(seconds) + 20) == nil {
+                run.terminate(grace: 1)
+                throw IperfParseError.iperfError("iperf3 client still running \(seconds + 20) s after a \(seconds) s test; killed")
+            }
+            last = run.output()
             do {
-                return try IperfJSON.parse(r.stdout)
+                return try IperfJSON.parse(last)
             } catch {
                 // The server needs a moment to listen; anything else is a real failure.
                 guard last.contains("refused") else { throw error }

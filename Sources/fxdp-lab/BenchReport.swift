@@ -118,16 +118,34 @@ enum BenchReportText {
         return lines.joined(separator: "\n")
     }
 
+    /// " Within noise: …" naming the metrics whose min–max ranges over the rounds overlap with the
+    /// kernel vxlan path's, where a "met"/"NOT met" on the medians is not a firm verdict.
+    static func overlapNote(_ s: PathSummary, _ kernel: PathSummary?) -> String {
+        guard let kernel else { return "" }
+        func overlaps(_ a: Spread?, _ b: Spread?) -> Bool {
+            guard let a, let b else { return false }
+            return a.min <= b.max && b.min <= a.max
+        }
+        var names: [String] = []
+        if overlaps(s.singleStreamGbps, kernel.singleStreamGbps) { names.append("1-stream") }
+        if overlaps(s.fourStreamGbps, kernel.fourStreamGbps) { names.append("4-stream") }
+        if overlaps(s.rrP50Microseconds, kernel.rrP50Microseconds) { names.append("RR p50") }
+        if overlaps(s.cpuSecondsPerGbit, kernel.cpuSecondsPerGbit) { names.append("CPU/Gbit") }
+        return names.isEmpty ? "" : " Within noise (min–max over the rounds overlaps with (2)): \(names.joined(separator: ", "))."
+    }
+
     /// One line per target of issue 6, with the measured value and whether it is met.
     static func targets(_ r: BenchReport) -> [String] {
         var lines: [String] = []
         func verdict(_ ok: Bool?) -> String { ok.map { $0 ? "met" : "NOT met" } ?? "not measured" }
+        let kernel = r.datapath.first { $0.path.hasPrefix("2") }
         for s in r.datapath where s.path.hasPrefix("3") {
             let t1 = s.ratioToKernelVXLAN["single"], t4 = s.ratioToKernelVXLAN["multi4"]
             let lat = s.ratioToKernelVXLAN["rrP50"], cpu = s.ratioToKernelVXLAN["cpuPerGbit"]
             lines.append("\(s.path) vs kernel vxlan (target: throughput ≥ 1×, latency ≤ 1×, CPU/Gbit < 1×): "
                 + "1-stream \(BenchFormat.number(t1))× (\(verdict(t1.map { $0 >= 1 }))), 4-stream \(BenchFormat.number(t4))× (\(verdict(t4.map { $0 >= 1 }))), "
-                + "RR p50 \(BenchFormat.number(lat))× (\(verdict(lat.map { $0 <= 1 }))), CPU/Gbit \(BenchFormat.number(cpu))× (\(verdict(cpu.map { $0 < 1 }))).")
+                + "RR p50 \(BenchFormat.number(lat))× (\(verdict(lat.map { $0 <= 1 }))), CPU/Gbit \(BenchFormat.number(cpu))× (\(verdict(cpu.map { $0 < 1 })))."
+                + overlapNote(s, kernel))
         }
         for s in r.datapath where s.path.hasPrefix("4") {
             let t1 = s.ratioToKernelVXLAN["single"], t4 = s.ratioToKernelVXLAN["multi4"]

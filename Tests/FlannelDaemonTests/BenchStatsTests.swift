@@ -132,6 +132,23 @@ import Testing
         #expect(appended.hasPrefix("# B\n\n" + BenchReportText.beginMarker + "\nx\n"))
     }
 
+    @Test func httpHeaderEndIsFound() {
+        #expect(GatewayConnection.headerEnd(Array("HTTP/1.0 200 OK\r\nA: b\r\n\r\n{}".utf8)) == 21)
+        #expect(GatewayConnection.headerEnd(Array("HTTP/1.0 200 OK\r\n".utf8)) == nil)
+        #expect(GatewayConnection.headerEnd([]) == nil)
+    }
+
+    @Test func overlappingSpreadsAreCalledNoise() {
+        var kernel = PathSummary(path: "2 kernel", ratioToKernelVXLAN: [:], ratioToNoOverlay: [:], failures: [])
+        kernel.singleStreamGbps = Spread([5, 6, 7])
+        kernel.fourStreamGbps = Spread([5, 6, 7])
+        var bpf = PathSummary(path: "3b bpf", ratioToKernelVXLAN: [:], ratioToNoOverlay: [:], failures: [])
+        bpf.singleStreamGbps = Spread([6.5, 8, 9])   // overlaps 5...7
+        bpf.fourStreamGbps = Spread([2, 3])          // does not
+        #expect(BenchReportText.overlapNote(bpf, kernel) == " Within noise (min–max over the rounds overlaps with (2)): 1-stream.")
+        #expect(BenchReportText.overlapNote(bpf, nil) == "")
+    }
+
     @Test func targetsAreReportedPlainly() {
         var bpf = PathSummary(path: "3a BPF", ratioToKernelVXLAN: ["single": 0.8, "multi4": 1.1, "rrP50": 0.9, "cpuPerGbit": 1.2],
                               ratioToNoOverlay: [:], failures: [])
