@@ -14,9 +14,9 @@ BPF_HDRS   := $(wildcard bpf/*.h) Sources/CBPF/include/fxdp_shared.h
 
 # Debian packages the build, the tests, the demo and the bench use.
 DEB_PACKAGES := libbpf-dev libelf-dev libmnl-dev zlib1g-dev clang llvm bpftool iproute2 etcd-server \
-                etcd-client iperf3 tcpdump openssl libcap2-bin procps kmod iputils-ping
+                etcd-client iperf3 tcpdump openssl libcap2-bin procps kmod iputils-ping nftables
 
-.PHONY: all deps build bpf test demo bench fuzz install clean cleanup-lab
+.PHONY: all deps build bpf test demo bench fuzz install install-files clean cleanup-lab
 
 all: build
 
@@ -59,13 +59,28 @@ fuzz: deps bpf
 	BPF_CLANG=$(BPF_CLANG) $(SWIFT) build --build-tests
 	FXDP_FUZZ_LONG=1 BPF_CLANG=$(BPF_CLANG) $(SWIFT) test --skip-build --filter 'Fuzz|ClusterFaultTests'
 
-install: build
-	BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release
-	install -D -m 0755 $$(BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release --show-bin-path)/flanneld-xdp $(DESTDIR)$(PREFIX)/bin/flanneld-xdp
+# `make install [PREFIX=/usr/local] [DESTDIR=/tmp/stage]`: a release build, then install-files.
+install: deps bpf
+	BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release --product flanneld-xdp
+	$(MAKE) install-files BIN_DIR="$$(BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release --show-bin-path)"
+
+# Puts an already built binary (BIN_DIR) and everything around it in place: the binary, the BPF
+# objects (the binary embeds its own copy; these are for bpftool and inspection), the systemd unit
+# with PREFIX's paths, mk-docker-opts.sh, the sysconfig example and the docs. /etc is not written:
+# copy the sysconfig example to /etc/sysconfig/flanneld-xdp yourself (it holds your etcd address).
+BIN_DIR ?= .build/release
+install-files: bpf
+	@test -x "$(BIN_DIR)/flanneld-xdp" || { echo "no $(BIN_DIR)/flanneld-xdp: run make install, or give BIN_DIR=" >&2; exit 1; }
+	install -D -m 0755 $(BIN_DIR)/flanneld-xdp $(DESTDIR)$(PREFIX)/bin/flanneld-xdp
 	install -d $(DESTDIR)$(PREFIX)/lib/flanneld-xdp
 	install -m 0644 $(BPF_OBJS) $(DESTDIR)$(PREFIX)/lib/flanneld-xdp/
-	@if [ -f contrib/systemd/flanneld-xdp.service ]; then \
-	  install -D -m 0644 contrib/systemd/flanneld-xdp.service $(DESTDIR)$(PREFIX)/lib/systemd/system/flanneld-xdp.service; fi
+	install -d $(DESTDIR)$(PREFIX)/lib/systemd/system
+	sed 's|/usr/local|$(PREFIX)|g' contrib/systemd/flanneld-xdp.service > $(DESTDIR)$(PREFIX)/lib/systemd/system/flanneld-xdp.service
+	chmod 0644 $(DESTDIR)$(PREFIX)/lib/systemd/system/flanneld-xdp.service
+	install -D -m 0755 contrib/mk-docker-opts.sh $(DESTDIR)$(PREFIX)/libexec/flanneld-xdp/mk-docker-opts.sh
+	install -D -m 0644 contrib/sysconfig/flanneld-xdp $(DESTDIR)$(PREFIX)/share/doc/flanneld-xdp/examples/sysconfig-flanneld-xdp
+	install -D -m 0644 contrib/cni/10-flannel.conflist $(DESTDIR)$(PREFIX)/share/doc/flanneld-xdp/examples/10-flannel.conflist
+	install -m 0644 docs/OPERATIONS.md docs/DESIGN.md $(DESTDIR)$(PREFIX)/share/doc/flanneld-xdp/
 
 clean:
 	rm -rf build .build

@@ -124,6 +124,8 @@ int fxdp_encap(struct __sk_buff *skb)
 	const struct fxdp_peer_value *peer = bpf_map_lookup_elem(&fxdp_peers_v1, &key);
 	if (!peer)
 		return fxdp_count_verdict(FXDP_C_ENCAP_PASS_NO_PEER, len, TC_ACT_OK);
+	struct fxdp_node_key peer_node = {};
+	__builtin_memcpy(peer_node.node_ip, peer->node_ip, 4);
 
 	/* The outer IPv4 total length is 16 bits; and a non-GSO packet over the overlay MTU would need
 	 * outer fragmentation, which the kernel device does the flannel way. */
@@ -193,14 +195,17 @@ int fxdp_encap(struct __sk_buff *skb)
 	if (bpf_skb_store_bytes(skb, 0, &h, sizeof(h), 0))
 		return fxdp_count_verdict(FXDP_C_ENCAP_DROP_ADJUST, len, TC_ACT_SHOT);
 
+	fxdp_count_peer(&peer_node, len, 0);
 	return fxdp_count_verdict(FXDP_C_ENCAP_OK, len, bpf_redirect(fib.ifindex, 0));
 }
 
 /* ------------------------------------------------------------ decap (underlay, XDP or TC check) -- */
 
 /* Classifies one frame for both decap programs. FXDP_C_DECAP_OK means "valid VXLAN for us"; each
- * entry point maps it to its own action. The table at the top lists the order of the checks. */
-static __always_inline __u32 fxdp_classify_decap(void *data, void *data_end, const struct fxdp_config *cfg)
+ * entry point maps it to its own action. The table at the top lists the order of the checks. On
+ * FXDP_C_DECAP_OK, `node` holds the sending peer node's IP (for the per-peer counters). */
+static __always_inline __u32 fxdp_classify_decap(void *data, void *data_end, const struct fxdp_config *cfg,
+						  struct fxdp_node_key *node)
 {
 	struct fxdp_cursor cur = { .pos = data, .end = data_end };
 
@@ -235,9 +240,8 @@ static __always_inline __u32 fxdp_classify_decap(void *data, void *data_end, con
 		return FXDP_C_DECAP_DROP_FRAGMENT;
 	if (ip->ihl != 5)
 		return FXDP_C_DECAP_DROP_IP_OPTIONS;
-	struct fxdp_node_key node = {};
-	__builtin_memcpy(node.node_ip, &ip->saddr, 4);
-	if (!bpf_map_lookup_elem(&fxdp_nodes_v1, &node))
+	__builtin_memcpy(node->node_ip, &ip->saddr, 4);
+	if (!bpf_map_lookup_elem(&fxdp_nodes_v1, node))
 		return FXDP_C_DECAP_DROP_NOT_PEER;
 
 	struct fxdp_vxlanhdr *vx = fxdp_parse_vxlan(&cur);
@@ -285,7 +289,8 @@ int fxdp_decap_xdp(struct xdp_md *ctx)
 	if (!cfg)
 		return fxdp_count_verdict(FXDP_C_DECAP_PASS_DISABLED, len, XDP_PASS);
 
-	__u32 code = fxdp_classify_decap(data, data_end, cfg);
+	struct fxdp_node_key node = {};
+	__u32 code = fxdp_classify_decap(data, data_end, cfg, &node);
 	if (code != FXDP_C_DECAP_OK)
 		return fxdp_count_verdict(code, len, fxdp_decap_is_drop(code) ? XDP_DROP : XDP_PASS);
 
@@ -299,6 +304,7 @@ int fxdp_decap_xdp(struct xdp_md *ctx)
 	if ((void *)(eth + 1) > data_end)
 		return fxdp_count_verdict(FXDP_C_DECAP_DROP_ADJUST, len, XDP_DROP);
 	__builtin_memcpy(eth->h_dest, cfg->underlay_mac, ETH_ALEN);
+	fxdp_count_peer(&node, len, 1);
 	return fxdp_count_verdict(FXDP_C_DECAP_OK, len, XDP_PASS);
 }
 
@@ -316,9 +322,12 @@ int fxdp_decap_check(struct __sk_buff *skb)
 	__u32 want = len < FXDP_DECAP_PULL_LEN ? (__u32)len : FXDP_DECAP_PULL_LEN;
 	if ((long)skb->data + want > (long)skb->data_end)
 		bpf_skb_pull_data(skb, want);
-	__u32 code = fxdp_classify_decap((void *)(long)skb->data, (void *)(long)skb->data_end, cfg);
-	if (code == FXDP_C_DECAP_OK)
+	struct fxdp_node_key node = {};
+	__u32 code = fxdp_classify_decap((void *)(long)skb->data, (void *)(long)skb->data_end, cfg, &node);
+	if (code == FXDP_C_DECAP_OK) {
+		fxdp_count_peer(&node, len, 1);
 		return fxdp_count_verdict(FXDP_C_DECAP_CHECK_OK, len, TC_ACT_OK);
+	}
 	return fxdp_count_verdict(code, len, fxdp_decap_is_drop(code) ? TC_ACT_SHOT : TC_ACT_OK);
 }
 

@@ -17,6 +17,27 @@ static __always_inline void fxdp_count(__u32 code, __u64 bytes)
 	}
 }
 
+/* Per peer node, for what BPF itself carried (encap OK, decap OK/check OK). A node's first packet
+ * creates its entry; if the map is full the packet is still carried, only not counted per peer. */
+static __always_inline void fxdp_count_peer(const struct fxdp_node_key *node, __u64 bytes, int received)
+{
+	struct fxdp_peer_stats *s = bpf_map_lookup_elem(&fxdp_peer_stats_v1, node);
+	if (!s) {
+		struct fxdp_peer_stats zero = {};
+		bpf_map_update_elem(&fxdp_peer_stats_v1, node, &zero, BPF_NOEXIST);
+		s = bpf_map_lookup_elem(&fxdp_peer_stats_v1, node);
+		if (!s)
+			return;
+	}
+	if (received) {
+		s->rx_packets += 1;
+		s->rx_bytes += bytes;
+	} else {
+		s->tx_packets += 1;
+		s->tx_bytes += bytes;
+	}
+}
+
 static __always_inline int fxdp_count_verdict(__u32 code, __u64 bytes, int verdict)
 {
 	fxdp_count(code, bytes);

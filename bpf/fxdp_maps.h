@@ -45,4 +45,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } fxdp_counters_v1 SEC(".maps");
 
+/* Peer node IP → packets/bytes BPF carried to and from it, per CPU. Writer: the programs add
+ * entries; the daemon deletes those of departed nodes. Not preallocated: sized by the peers present. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, FXDP_MAX_PEERS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct fxdp_node_key);
+	__type(value, struct fxdp_peer_stats);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fxdp_peer_stats_v1 SEC(".maps");
+
 #endif

@@ -51,12 +51,21 @@ public struct FlanneldXDP: AsyncParsableCommand {
                 GoFlagSpec("keep-kernel-path", .boolean), GoFlagSpec("bpffs"), GoFlagSpec("log-level"),
                 GoFlagSpec("help", .boolean, fromEnvironment: false), GoFlagSpec("version", .boolean, fromEnvironment: false),
             ],
-            "status": [GoFlagSpec("bpffs"), GoFlagSpec("help", .boolean, fromEnvironment: false), GoFlagSpec("version", .boolean, fromEnvironment: false)],
+            "status": [
+                GoFlagSpec("bpffs"), GoFlagSpec("subnet-file"), GoFlagSpec("state-file", fromEnvironment: false),
+                GoFlagSpec("json", .boolean, fromEnvironment: false),
+                GoFlagSpec("help", .boolean, fromEnvironment: false), GoFlagSpec("version", .boolean, fromEnvironment: false),
+            ],
             "peers": [
                 GoFlagSpec("bpffs"), GoFlagSpec("json", .boolean, fromEnvironment: false),
                 GoFlagSpec("help", .boolean, fromEnvironment: false), GoFlagSpec("version", .boolean, fromEnvironment: false),
             ],
-            "stats": [GoFlagSpec("bpffs"), GoFlagSpec("help", .boolean, fromEnvironment: false), GoFlagSpec("version", .boolean, fromEnvironment: false)],
+            "stats": [
+                GoFlagSpec("bpffs"), GoFlagSpec("watch", .boolean, fromEnvironment: false),
+                GoFlagSpec("interval", fromEnvironment: false), GoFlagSpec("count", fromEnvironment: false),
+                GoFlagSpec("json", .boolean, fromEnvironment: false),
+                GoFlagSpec("help", .boolean, fromEnvironment: false), GoFlagSpec("version", .boolean, fromEnvironment: false),
+            ],
         ]
     )
 
@@ -182,7 +191,7 @@ public struct CommonInspectionOptions: ParsableArguments, Sendable {
 
 public struct Cleanup: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
-        abstract: "Remove what flanneld-xdp set up on this node (BPF programs, pins, the flannel.<VNI> device, its routes) and nothing else.",
+        abstract: "Remove what flanneld-xdp set up on this node (BPF programs, pins, the flannel.<VNI> device, its routes, the masquerade table) and nothing else.",
         discussion: "The lease in etcd is left alone: it expires by its TTL or is reused when the node comes back.",
         version: FlannelDaemonVersion.string
     )
@@ -197,46 +206,81 @@ public struct Cleanup: AsyncParsableCommand {
     public init() {}
 
     public func run() async throws {
+        // Our masquerade table goes too (--ip-masq); it is ours alone, so nothing else is touched.
+        var masquerade: (any Error)?
+        do { try Masquerade.remove() } catch { masquerade = error }
         try await Daemon.cleanup(bpffs: inspection.bpffs, keepKernelPath: keepKernelPath, logLevel: logging.logLevel)
-    }
-}
-
-/// Raised by the inspection verbs that are not written yet, so that scripts see a failure, not silence.
-public struct NotImplementedYet: Error, CustomStringConvertible {
-    public var verb: String
-    public var description: String {
-        "`flanneld-xdp \(verb)` is not implemented yet (tracked in issue 8); read the pinned maps with `bpftool map dump pinned <bpffs>/...` meanwhile"
+        if let masquerade { throw masquerade }
     }
 }
 
 public struct Status: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
-        abstract: "Show the data path in use, interface, subnet and lease (not implemented yet).",
+        abstract: "Show the data path in use and why, interface, subnet, lease, etcd, attached programs and maps.",
+        discussion: """
+            Reads the daemon's state file (next to --subnet-file) and the kernel: the pins under --bpffs and the \
+            programs attached in flanneld-xdp's slots. Works while the daemon runs and after it stopped.
+            """,
         version: FlannelDaemonVersion.string
     )
+    @Option(name: .customLong("subnet-file"), help: "The daemon's --subnet-file; its state file sits beside it.")
+    public var subnetFile: String = "/run/flannel/subnet.env"
+    @Option(name: .customLong("state-file"), help: "Read this state file instead of the one beside --subnet-file.")
+    public var stateFile: String?
+    @Flag(name: .customLong("json"), help: "Print JSON for scripts.")
+    public var json: Bool = false
     @OptionGroup public var inspection: CommonInspectionOptions
     public init() {}
-    public func run() async throws { throw NotImplementedYet(verb: "status") }
+    public func run() async throws {
+        print(InspectionCommands.status(bpffs: inspection.bpffs, subnetFile: subnetFile, stateFile: stateFile, json: json), terminator: "")
+    }
 }
 
 public struct Peers: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
-        abstract: "List the peers held in the pinned maps (not implemented yet).",
+        abstract: "List the peers in the pinned BPF maps: subnet, node IP, VTEP MAC, decap acceptance, packets and bytes.",
+        discussion: """
+            Reads the maps pinned under --bpffs; works while the daemon runs and after it stopped. TX counts what \
+            BPF encapsulated to a peer node, RX what decap accepted from it; packets left to the kernel path are \
+            not included (see `flanneld-xdp stats`).
+            """,
         version: FlannelDaemonVersion.string
     )
     @Flag(name: .customLong("json"), help: "Print JSON for scripts.")
     public var json: Bool = false
     @OptionGroup public var inspection: CommonInspectionOptions
     public init() {}
-    public func run() async throws { throw NotImplementedYet(verb: "peers") }
+    public func run() async throws {
+        print(try InspectionCommands.peers(bpffs: inspection.bpffs, json: json), terminator: "")
+    }
 }
 
 public struct Stats: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
-        abstract: "Show the data path counters with drop reasons by name (not implemented yet).",
+        abstract: "Show the BPF data path counters, drop reasons by name.",
+        discussion: "Counters are per-CPU in the pinned map fxdp_counters_v1, summed here; they survive daemon restarts.",
         version: FlannelDaemonVersion.string
     )
+    @Flag(name: .customLong("watch"), help: "Redraw every --interval seconds with rates, like top (Ctrl-C stops).")
+    public var watch: Bool = false
+    @Option(name: .customLong("interval"), help: "Seconds between redraws with --watch.")
+    public var interval: Double = 1
+    @Option(name: .customLong("count"), help: "With --watch: stop after this many redraws (0: until interrupted).")
+    public var count: Int = 0
+    @Flag(name: .customLong("json"), help: "Print JSON for scripts.")
+    public var json: Bool = false
     @OptionGroup public var inspection: CommonInspectionOptions
     public init() {}
-    public func run() async throws { throw NotImplementedYet(verb: "stats") }
+    public func validate() throws {
+        guard interval >= 0.1 && interval <= 3600 else { throw ValidationError("--interval=\(interval): give 0.1 to 3600 seconds") }
+        guard count >= 0 else { throw ValidationError("--count=\(count): give 0 (forever) or more") }
+        if watch && json { throw ValidationError("--watch and --json do not go together: run --json in a loop instead") }
+    }
+    public func run() async throws {
+        if watch {
+            try InspectionCommands.watchStats(bpffs: inspection.bpffs, interval: interval, count: count) { print($0, terminator: "") }
+        } else {
+            print(try InspectionCommands.stats(bpffs: inspection.bpffs, json: json), terminator: "")
+        }
+    }
 }

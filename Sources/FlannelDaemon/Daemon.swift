@@ -40,12 +40,6 @@ public enum Daemon {
         bootstrapLogging(level: options.logging.logLevel.level)
         let logger = makeLogger(options.logging.logLevel)
         logger.info("flanneld-xdp \(FlannelDaemonVersion.string) starting")
-        if options.subnet.ipMasq {
-            logger.warning("--ip-masq is accepted but not implemented yet (issue 8): no masquerade rules are installed")
-        }
-        if options.serving.metricsPort != 0 {
-            logger.warning("--metrics-port is accepted but /metrics is not implemented yet (issue 8)")
-        }
         let readiness = Readiness()
 
         // The health server answers /healthz from the start and /readyz with the reasons while starting.
@@ -120,6 +114,11 @@ public enum Daemon {
             logger.error("filling the peer tables failed; not ready until a retry succeeds: \(firstPass)")
         }
 
+        // State file for `status`, masquerade (--ip-masq), /metrics (--metrics-port): Operations/.
+        let operations = try await OperationsServices.make(OperationsContext(
+            options: options, external: external, config: config, backend: backend, lease: lease, manager: manager,
+            dataplaneSummary: setup.summary, mtu: mtu, reconciler: reconciler, readiness: readiness), logger: logger)
+
         // 7. subnet.env, then tell systemd.
         let env = SubnetEnv(network: config.network, subnet: lease.subnet, mtu: mtu, ipMasq: options.subnet.ipMasq)
         try env.write(to: options.subnet.subnetFile)
@@ -141,7 +140,7 @@ public enum Daemon {
             services.append(UserspaceDataplaneService(dataplane: userspace, logger: logger))
         }
         if let guardian = setup.attachmentGuard { services.append(guardian) }
-        return services
+        return services + operations
     }
 
     /// What the data path needs before the lease exists.

@@ -20,6 +20,7 @@
 #define FXDP_MAP_NODES    "fxdp_nodes_v1"
 #define FXDP_MAP_CONFIG   "fxdp_config_v1"
 #define FXDP_MAP_COUNTERS "fxdp_counters_v1"
+#define FXDP_MAP_PEER_STATS "fxdp_peer_stats_v1"
 
 #define FXDP_MAX_PEERS 65536
 #define FXDP_VXLAN_OVERHEAD 50 /* outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8 */
@@ -115,6 +116,18 @@ struct fxdp_count {
 	__u64 bytes;
 };
 
+/* fxdp_peer_stats: per-CPU hash, peer node IP (struct fxdp_node_key) → what BPF carried to and
+ * from that node. Written by the programs (an entry appears with a node's first packet); entries
+ * of nodes no longer in fxdp_nodes are deleted by the daemon. Packets left to the kernel path
+ * (the *_pass_* counters) are not in it. `tx_*`: encapsulated to the node (inner length);
+ * `rx_*`: accepted from the node by decap (outer length, as the program received it). */
+struct fxdp_peer_stats {
+	__u64 tx_packets;
+	__u64 tx_bytes;
+	__u64 rx_packets;
+	__u64 rx_bytes;
+};
+
 #ifdef __cplusplus
 #define FXDP_STATIC_ASSERT static_assert
 #else
@@ -126,5 +139,6 @@ FXDP_STATIC_ASSERT(sizeof(struct fxdp_node_key) == 4, "fxdp_node_key layout");
 FXDP_STATIC_ASSERT(sizeof(struct fxdp_node_value) == 4, "fxdp_node_value layout");
 FXDP_STATIC_ASSERT(sizeof(struct fxdp_config) == 36, "fxdp_config layout");
 FXDP_STATIC_ASSERT(sizeof(struct fxdp_count) == 16, "fxdp_count layout");
+FXDP_STATIC_ASSERT(sizeof(struct fxdp_peer_stats) == 32, "fxdp_peer_stats layout");
 
 #endif /* FXDP_SHARED_H */

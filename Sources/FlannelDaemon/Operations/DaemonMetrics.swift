@@ -1,0 +1,208 @@
+// Prometheus metrics for --metrics-port: swift-metrics' API for what the daemon measures itself
+// (reconcile passes and their duration, lease and etcd events), swift-prometheus as the backend and
+// the text exposition, served by the same small NIO server as /healthz (HealthServer, on its own
+// port). The factory is passed explicitly, never bootstrapped globally: tests run several daemons'
+// worth of metrics in one process.
+//
+// The BPF counters are absolute values in a per-CPU map that outlives the daemon; Prometheus
+// counters only go up from zero in this process. Each scrape reads the map and adds the difference
+// since the previous read (a map that went backwards — recreated by `cleanup` and a restart, or
+// reset — counts on from its new value, which Prometheus' rate() treats as a counter reset).
+// Per-peer series (fxdp_peer_stats_v1) follow the peers: a node that left has its series removed.
+
+import BPFDataplane
+import CoreMetrics
+import Leases
+import Prometheus
+import Synchronization
+
+public final class DaemonMetrics: Sendable {
+    public let registry: PrometheusCollectorRegistry
+    let factory: PrometheusMetricsFactory
+    let bpffs: String?
+
+    // Measured by the daemon (swift-metrics API).
+    let reconcilePasses: CoreMetrics.Counter
+    let reconcileFailures: CoreMetrics.Counter
+    let reconcileDuration: CoreMetrics.Timer
+    let peers: CoreMetrics.Gauge
+    let leaseExpiry: CoreMetrics.Gauge
+    let etcdUp: CoreMetrics.Gauge
+
+    // Mirrored from LeaseCounters (absolute values turned into increments).
+    let leaseCounterSeries: [(LeaseCounterField, CoreMetrics.Counter)]
+
+    private struct Seen {
+        var bpf: [FXDPCounter: FXDPCount] = [:]
+        var peers: [String: PeerTraffic] = [:]
+        var peerSeries: [String: [Prometheus.Counter]] = [:]
+        var lease: [Int] = []
+        var passCount = 0
+    }
+    private let seen = Mutex(Seen())
+
+    public init(bpffs: String?, dataplane: String, backend: String) {
+        let registry = PrometheusCollectorRegistry()
+        var factory = PrometheusMetricsFactory(registry: registry)
+        factory.durationHistogramBuckets["flanneld_xdp_reconcile_duration_seconds"] =
+            [.microseconds(100), .milliseconds(1), .milliseconds(5), .milliseconds(25), .milliseconds(100),
+             .milliseconds(500), .seconds(2), .seconds(10)]
+        self.registry = registry
+        self.factory = factory
+        self.bpffs = bpffs
+        reconcilePasses = CoreMetrics.Counter(label: "flanneld_xdp_reconcile_passes_total", factory: factory)
+        reconcileFailures = CoreMetrics.Counter(label: "flanneld_xdp_reconcile_failed_passes_total", factory: factory)
+        reconcileDuration = CoreMetrics.Timer(label: "flanneld_xdp_reconcile_duration_seconds", factory: factory)
+        peers = CoreMetrics.Gauge(label: "flanneld_xdp_peers", factory: factory)
+        leaseExpiry = CoreMetrics.Gauge(label: "flanneld_xdp_lease_expiry_timestamp_seconds", factory: factory)
+        etcdUp = CoreMetrics.Gauge(label: "flanneld_xdp_etcd_up", factory: factory)
+        leaseCounterSeries = [
+            (.watchReconnects, CoreMetrics.Counter(label: "flanneld_xdp_etcd_watch_reconnects_total", factory: factory)),
+            (.historyRelists, CoreMetrics.Counter(label: "flanneld_xdp_etcd_history_relists_total", factory: factory)),
+            (.endpointFailovers, CoreMetrics.Counter(label: "flanneld_xdp_etcd_endpoint_failovers_total", factory: factory)),
+            (.renewals, CoreMetrics.Counter(label: "flanneld_xdp_lease_renewals_total", factory: factory)),
+            (.renewalFailures, CoreMetrics.Counter(label: "flanneld_xdp_lease_renewal_failures_total", factory: factory)),
+            (.rejectedTotal, CoreMetrics.Counter(label: "flanneld_xdp_leases_rejected_total", factory: factory)),
+        ]
+        registry.makeGauge(name: "flanneld_xdp_info",
+                           labels: [("version", FlannelDaemonVersion.string), ("dataplane", dataplane), ("backend", backend)],
+                           help: "Constant 1; the labels say which data path and backend this daemon runs.").set(Int64(1))
+    }
+
+    /// Records a reconcile pass the daemon observed (`passCount` is the reconciler's running total).
+    public func observeReconciler(passCount: Int, lastDuration: Duration?, lastSucceeded: Bool, desiredPeers: Int) {
+        let newPasses = seen.withLock { s -> Int in
+            defer { s.passCount = max(s.passCount, passCount) }
+            return max(0, passCount - s.passCount)
+        }
+        if newPasses > 0 {
+            reconcilePasses.increment(by: newPasses)
+            if !lastSucceeded { reconcileFailures.increment() }
+            if let lastDuration { reconcileDuration.recordNanoseconds(Int64(lastDuration.components.seconds) * 1_000_000_000 + lastDuration.components.attoseconds / 1_000_000_000) }
+        }
+        peers.record(desiredPeers)
+    }
+
+    public func observeLease(expiryUnixSeconds: Int64, etcdReachable: Bool) {
+        leaseExpiry.record(Double(expiryUnixSeconds))
+        etcdUp.record(etcdReachable ? 1 : 0)
+    }
+
+    public func observeLeaseCounters(_ snapshot: LeaseCounters.Snapshot) {
+        let values = leaseCounterSeries.map { $0.0.value(in: snapshot) }
+        let deltas = seen.withLock { s -> [Int] in
+            let previous = s.lease.isEmpty ? Array(repeating: 0, count: values.count) : s.lease
+            s.lease = values
+            return zip(values, previous).map { max(0, $0 - $1) }
+        }
+        for (delta, series) in zip(deltas, leaseCounterSeries) where delta > 0 {
+            series.1.increment(by: delta)
+        }
+    }
+
+    /// Reads the pinned counters and adds what changed since the last read.
+    func refreshBPFCounters() {
+        guard let bpffs, let pinned = try? PinnedDataplane.open(bpffs: bpffs),
+              let values = try? pinned.counterValues() else { return }
+        let deltas = seen.withLock { s -> [(FXDPCounter, UInt64, UInt64)] in
+            var result: [(FXDPCounter, UInt64, UInt64)] = []
+            for (counter, count) in values {
+                let before = s.bpf[counter] ?? FXDPCount()
+                // A map that went backwards was recreated or reset: count from its new value.
+                let reset = count.packets < before.packets || count.bytes < before.bytes
+                let dp = reset ? count.packets : count.packets - before.packets
+                let db = reset ? count.bytes : count.bytes - before.bytes
+                s.bpf[counter] = count
+                result.append((counter, dp, db))
+            }
+            return result
+        }
+        for (counter, dp, db) in deltas {
+            let verdict = counter.isDrop ? "drop" : counter.name.contains("_pass_") ? "pass" : "ok"
+            let labels = [("counter", counter.name), ("verdict", verdict)]
+            let packets = registry.makeCounter(name: "flanneld_xdp_bpf_packets_total", labels: labels,
+                                               help: "Packets the BPF programs saw, by counter (fxdp_counter code name) and verdict.")
+            let bytes = registry.makeCounter(name: "flanneld_xdp_bpf_bytes_total", labels: labels,
+                                             help: "Bytes the BPF programs saw, by counter and verdict.")
+            packets.increment(by: Int64(clamping: dp))
+            bytes.increment(by: Int64(clamping: db))
+            if counter.isDrop {
+                registry.makeCounter(name: "flanneld_xdp_drops_total", labels: [("reason", counter.name)],
+                                     help: "Packets the BPF programs dropped, by reason.").increment(by: Int64(clamping: dp))
+            }
+            if counter == .encapOK || counter == .encapOKNeigh {
+                registry.makeCounter(name: "flanneld_xdp_encap_packets_total", help: "Packets encapsulated by BPF.")
+                    .increment(by: Int64(clamping: dp))
+            }
+            if counter == .decapOK || counter == .decapCheckOK {
+                registry.makeCounter(name: "flanneld_xdp_decap_packets_total",
+                                     help: "VXLAN packets from peers decapsulated by XDP or accepted for kernel decap.")
+                    .increment(by: Int64(clamping: dp))
+            }
+        }
+    }
+
+    /// Per-peer series from fxdp_peer_stats_v1; a departed peer's series are removed.
+    func refreshPeerCounters() {
+        guard let bpffs, let pinned = try? PinnedDataplane.open(bpffs: bpffs),
+              let traffic = (try? pinned.peerTraffic()) ?? nil else { return }
+        let current = Dictionary(uniqueKeysWithValues: traffic.map { ("\($0.key)", $0.value) })
+        let (increments, departed) = seen.withLock { s -> ([(String, PeerTraffic)], [Prometheus.Counter]) in
+            var increments: [(String, PeerTraffic)] = []
+            for (peer, now) in current {
+                let before = s.peers[peer] ?? PeerTraffic()
+                let reset = now.txPackets < before.txPackets || now.rxPackets < before.rxPackets
+                    || now.txBytes < before.txBytes || now.rxBytes < before.rxBytes
+                let base = reset ? PeerTraffic() : before
+                increments.append((peer, PeerTraffic(txPackets: now.txPackets - base.txPackets, txBytes: now.txBytes - base.txBytes,
+                                                     rxPackets: now.rxPackets - base.rxPackets, rxBytes: now.rxBytes - base.rxBytes)))
+                s.peers[peer] = now
+            }
+            var departed: [Prometheus.Counter] = []
+            for peer in s.peers.keys where current[peer] == nil {
+                s.peers[peer] = nil
+                departed += s.peerSeries.removeValue(forKey: peer) ?? []
+            }
+            return (increments, departed)
+        }
+        for counter in departed { registry.unregisterCounter(counter) }
+        for (peer, d) in increments {
+            let txP = registry.makeCounter(name: "flanneld_xdp_peer_packets_total", labels: [("peer", peer), ("direction", "tx")],
+                                           help: "Packets BPF carried to (tx, encapsulated) and from (rx, decapsulated or accepted) each peer node.")
+            let rxP = registry.makeCounter(name: "flanneld_xdp_peer_packets_total", labels: [("peer", peer), ("direction", "rx")],
+                                           help: "Packets BPF carried to (tx, encapsulated) and from (rx, decapsulated or accepted) each peer node.")
+            let txB = registry.makeCounter(name: "flanneld_xdp_peer_bytes_total", labels: [("peer", peer), ("direction", "tx")],
+                                           help: "Bytes BPF carried to (tx, inner) and from (rx, outer) each peer node.")
+            let rxB = registry.makeCounter(name: "flanneld_xdp_peer_bytes_total", labels: [("peer", peer), ("direction", "rx")],
+                                           help: "Bytes BPF carried to (tx, inner) and from (rx, outer) each peer node.")
+            txP.increment(by: Int64(clamping: d.txPackets))
+            rxP.increment(by: Int64(clamping: d.rxPackets))
+            txB.increment(by: Int64(clamping: d.txBytes))
+            rxB.increment(by: Int64(clamping: d.rxBytes))
+            seen.withLock { $0.peerSeries[peer] = [txP, rxP, txB, rxB] }
+        }
+    }
+
+    /// The /metrics body.
+    public func render() -> String {
+        refreshBPFCounters()
+        refreshPeerCounters()
+        return registry.emitToString()
+    }
+}
+
+/// The LeaseCounters fields exported as counters.
+enum LeaseCounterField: Sendable {
+    case watchReconnects, historyRelists, endpointFailovers, renewals, renewalFailures, rejectedTotal
+
+    func value(in s: LeaseCounters.Snapshot) -> Int {
+        switch self {
+        case .watchReconnects: s.watchReconnects
+        case .historyRelists: s.historyRelists
+        case .endpointFailovers: s.endpointFailovers
+        case .renewals: s.renewals
+        case .renewalFailures: s.renewalFailures
+        case .rejectedTotal: s.rejectedTotal
+        }
+    }
+}

@@ -1,0 +1,336 @@
+// The inspection verbs — `status`, `peers`, `stats` — as functions from what the node holds (the
+// state file, the pinned maps, the attached programs, the masquerade table) to text or JSON. The
+// reading and the rendering are separate so tests check the rendering of real kernel state without
+// parsing a terminal, and the argument-parser commands in Commands.swift stay one line each.
+
+import BPFDataplane
+import Glibc
+import NetTypes
+
+/// JSON output for scripts: nested, written without Foundation.
+public indirect enum JSONOut: Sendable, Equatable {
+    case string(String)
+    case int(Int64)
+    case uint(UInt64)
+    case bool(Bool)
+    case null
+    case array([JSONOut])
+    case object([(String, JSONOut)])
+
+    public static func == (a: JSONOut, b: JSONOut) -> Bool { a.text == b.text }
+
+    public var text: String {
+        switch self {
+        case .string(let s): FlatJSON.quote(s)
+        case .int(let i): String(i)
+        case .uint(let u): String(u)
+        case .bool(let b): b ? "true" : "false"
+        case .null: "null"
+        case .array(let items): "[" + items.map(\.text).joined(separator: ",") + "]"
+        case .object(let members): "{" + members.map { FlatJSON.quote($0.0) + ":" + $0.1.text }.joined(separator: ",") + "}"
+        }
+    }
+}
+
+public enum TimeText {
+    public static func now() -> Int64 { Int64(time(nil)) }
+
+    /// "2026-11-29 16:20:01 UTC".
+    static func utc(_ unix: Int64) -> String {
+        var t = time_t(unix)
+        var parts = tm()
+        gmtime_r(&t, &parts)
+        var buffer = [CChar](repeating: 0, count: 64)
+        let n = strftime(&buffer, buffer.count, "%Y-%m-%d %H:%M:%S UTC", &parts)
+        return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// "1d2h", "23h59m", "4m10s", "7s".
+    static func span(_ seconds: Int64) -> String {
+        let s = abs(seconds)
+        if s >= 86_400 { return "\(s / 86_400)d\(s % 86_400 / 3600)h" }
+        if s >= 3600 { return "\(s / 3600)h\(s % 3600 / 60)m" }
+        if s >= 60 { return "\(s / 60)m\(s % 60)s" }
+        return "\(s)s"
+    }
+}
+
+/// Everything `status` shows, gathered once.
+public struct StatusReport: Sendable {
+    public var statePath: String
+    public var state: NodeState?
+    public var stateError: String?
+    public var daemonRunning: Bool
+    public var bpffs: String
+    public var pinFolder: String?
+    public var nodeConfig: NodeConfig?
+    public var maps: [PinnedMapSummary] = []
+    public var programs: [AttachedProgram] = []
+    public var peerCount: Int?
+    public var masquerade: MasqueradeStatus?
+    public var problems: [String] = []
+
+    /// Reads the state file, the pins and the attachments of the calling thread's network namespace.
+    public static func gather(bpffs: String, stateFile: String, now: Int64 = TimeText.now()) -> StatusReport {
+        var report = StatusReport(statePath: stateFile, daemonRunning: false, bpffs: bpffs)
+        do {
+            report.state = try NodeState.read(from: stateFile)
+            report.daemonRunning = report.state?.writerIsRunning ?? false
+        } catch {
+            report.stateError = "\(error)"
+        }
+        do {
+            if let pinned = try PinnedDataplane.open(bpffs: bpffs) {
+                report.pinFolder = pinned.folder
+                report.nodeConfig = try pinned.nodeConfig()
+                report.maps = pinned.mapSummaries()
+                report.programs = pinned.attachedPrograms(config: report.nodeConfig)
+                report.peerCount = try pinned.peerList().count
+            }
+        } catch {
+            report.problems.append("\(error)")
+        }
+        if report.state?.ipMasq == true {
+            report.masquerade = Masquerade.status()
+        }
+        return report
+    }
+
+    public func text(now: Int64 = TimeText.now()) -> String {
+        var lines: [String] = []
+        func row(_ label: String, _ value: String) {
+            lines.append(label.padding(12) + value)
+        }
+        if let state {
+            let since = state.startedAt > 0 ? "since \(TimeText.utc(state.startedAt))" : ""
+            row("daemon:", daemonRunning
+                ? "running, pid \(state.pid), flanneld-xdp \(state.version) \(since); state written \(TimeText.span(now - state.updatedAt)) ago"
+                : "NOT running (pid \(state.pid) is gone); last state written \(TimeText.utc(state.updatedAt)); the data path below stays in place")
+            row("data path:", "\(state.dataplane): \(state.dataplaneDetail)")
+            row("interface:", "\(state.interface) (#\(state.interfaceIndex)), public IP \(state.publicIP)")
+            row("network:", "\(state.network), backend \(state.backend), VNI \(state.vni), port \(state.port), MTU \(state.mtu)")
+            row("subnet:", state.subnet)
+            if state.leaseExpiry > 0 {
+                let left = state.leaseExpiry - now
+                row("lease:", "expires \(TimeText.utc(state.leaseExpiry)) (\(left >= 0 ? "in \(TimeText.span(left))" : "\(TimeText.span(left)) ago"); renewed before it expires while the daemon runs)")
+            } else {
+                row("lease:", "reservation (no TTL)")
+            }
+            let contact = state.etcdLastContact > 0 ? ", last contact \(TimeText.span(now - state.etcdLastContact)) ago" : ""
+            row("etcd:", "\(state.etcdState) (API \(state.etcdAPI), \(state.etcdEndpoints))\(contact)")
+            row("peers:", "\(state.peerCount) wanted by the leases" + (peerCount.map { ", \($0) in the BPF maps" } ?? ""))
+            if state.ipMasq {
+                row("masquerade:", masquerade.map(\.description) ?? "on")
+            } else {
+                row("masquerade:", "off (--ip-masq not given)")
+            }
+        } else if let stateError {
+            row("daemon:", "state file \(statePath) unreadable: \(stateError)")
+        } else {
+            row("daemon:", "no state file at \(statePath): the daemon has not run with this --subnet-file (give the daemon's --subnet-file)")
+        }
+        if let pinFolder {
+            row("pins:", pinFolder)
+            if let nodeConfig {
+                row("bpf config:", nodeConfig.description)
+            } else {
+                row("bpf config:", "not written (the programs pass everything to the kernel)")
+            }
+            if programs.isEmpty {
+                row("programs:", "none attached in our slots")
+            } else {
+                for (i, p) in programs.enumerated() {
+                    row(i == 0 ? "programs:" : "", "\(p.name) id \(p.id) on \(p.interface) \(p.hook)")
+                }
+            }
+            for (i, m) in maps.enumerated() {
+                row(i == 0 ? "maps:" : "", "\(m.name) id \(m.id)" + (m.entries.map { ", \($0) of \(m.maxEntries) entries" } ?? ""))
+            }
+        } else {
+            row("pins:", "none under \(bpffs)/\(FlannelBPF.pinFolderName) (no BPF data path on this node, or `cleanup` removed it)")
+        }
+        for problem in problems { row("problem:", problem) }
+        return lines.joined(separator: "\n") + "\n"
+    }
+
+    public var json: JSONOut {
+        var members: [(String, JSONOut)] = [("stateFile", .string(statePath)), ("daemonRunning", .bool(daemonRunning))]
+        if let state {
+            members.append(("state", .object(state.fields.map { key, value in
+                switch value {
+                case .string(let s): (key, .string(s))
+                case .int(let i): (key, .int(i))
+                case .bool(let b): (key, .bool(b))
+                case .null: (key, .null)
+                }
+            })))
+        } else {
+            members.append(("state", .null))
+        }
+        members.append(("pinFolder", pinFolder.map(JSONOut.string) ?? .null))
+        members.append(("bpfConfig", nodeConfig.map { c in
+            .object([("nodeIP", .string("\(c.nodeIP)")), ("vtepMAC", .string("\(c.vtepMAC)")), ("vni", .int(Int64(c.vni))),
+                     ("udpPort", .int(Int64(c.udpPort))), ("underlayIfindex", .int(Int64(c.underlayIfindex))),
+                     ("overlayIfindex", .int(Int64(c.overlayIfindex))), ("overlayMTU", .int(Int64(c.overlayMTU))),
+                     ("enabled", .bool(c.enabled))])
+        } ?? .null))
+        members.append(("programs", .array(programs.map {
+            .object([("name", .string($0.name)), ("id", .int(Int64($0.id))), ("hook", .string($0.hook)), ("interface", .string($0.interface))])
+        })))
+        members.append(("maps", .array(maps.map {
+            .object([("name", .string($0.name)), ("id", .int(Int64($0.id))), ("path", .string($0.path)),
+                     ("entries", $0.entries.map { .int(Int64($0)) } ?? .null), ("maxEntries", .int(Int64($0.maxEntries)))])
+        })))
+        members.append(("masquerade", masquerade.map { .string($0.description) } ?? .null))
+        members.append(("problems", .array(problems.map(JSONOut.string))))
+        return .object(members)
+    }
+}
+
+/// `peers`: one line per peer from the pinned maps.
+public enum PeersReport {
+    /// Said when the pins predate the per-peer map (a daemon older than per-peer counters made them).
+    public static let perPeerNote = "per-peer packet/byte counters are not collected by the programs that made these pins (restart with this version's daemon)"
+    public static let trafficNote = "TX: encapsulated to the node by BPF (inner bytes); RX: accepted from it by decap (outer bytes); per node, kernel-path packets not included"
+
+    public static func text(_ peers: [PinnedPeer]) -> String {
+        let withTraffic = peers.contains { $0.traffic != nil } || peers.isEmpty
+        var header = "SUBNET".padding(20) + "NODE IP".padding(17) + "VTEP MAC".padding(19) + "DECAP".padding(7)
+        if !withTraffic {
+            header += "MODE"
+        } else {
+            header += "MODE".padding(7) + "TX PKTS".leftPadding(10) + "TX BYTES".leftPadding(14) + "RX PKTS".leftPadding(10) + "RX BYTES".leftPadding(14)
+        }
+        var lines = [header]
+        for p in peers {
+            var line = "\(p.subnet)".padding(20) + "\(p.nodeIP)".padding(17) + "\(p.vtepMAC)".padding(19)
+                + (p.decapAccepted ? "yes" : "NO").padding(7)
+            if let t = p.traffic {
+                line += (p.direct ? "direct" : "vxlan").padding(7) + "\(t.txPackets)".leftPadding(10) + "\(t.txBytes)".leftPadding(14)
+                    + "\(t.rxPackets)".leftPadding(10) + "\(t.rxBytes)".leftPadding(14)
+            } else {
+                line += p.direct ? "direct" : "vxlan"
+            }
+            lines.append(line)
+        }
+        lines.append("\(peers.count) peer(s); " + (withTraffic ? trafficNote : perPeerNote))
+        return lines.joined(separator: "\n") + "\n"
+    }
+
+    public static func json(_ peers: [PinnedPeer]) -> JSONOut {
+        .object([
+            ("peers", .array(peers.map { p in
+                .object([("subnet", .string("\(p.subnet)")), ("nodeIP", .string("\(p.nodeIP)")),
+                         ("vtepMAC", .string("\(p.vtepMAC)")), ("direct", .bool(p.direct)),
+                         ("decapAccepted", .bool(p.decapAccepted)),
+                         ("txPackets", p.traffic.map { .uint($0.txPackets) } ?? .null),
+                         ("txBytes", p.traffic.map { .uint($0.txBytes) } ?? .null),
+                         ("rxPackets", p.traffic.map { .uint($0.rxPackets) } ?? .null),
+                         ("rxBytes", p.traffic.map { .uint($0.rxBytes) } ?? .null)])
+            })),
+            ("perPeerCounters", .bool(peers.contains { $0.traffic != nil })),
+        ])
+    }
+}
+
+/// `stats`: the counters with names, drops marked, and rates between two readings.
+public enum StatsReport {
+    public static func text(_ values: [(FXDPCounter, FXDPCount)], previous: [FXDPCounter: FXDPCount]? = nil,
+                            interval: Double = 1, showZero: Bool = true) -> String {
+        var lines = ["COUNTER".padding(28) + "PACKETS".leftPadding(16) + "BYTES".leftPadding(18)
+                     + (previous == nil ? "" : "PKT/S".leftPadding(12) + "BIT/S".leftPadding(14)) + "  VERDICT"]
+        var totalDrops: UInt64 = 0
+        for (counter, count) in values where showZero || count.packets > 0 {
+            var line = counter.name.padding(28) + "\(count.packets)".leftPadding(16) + "\(count.bytes)".leftPadding(18)
+            if let previous {
+                let before = previous[counter] ?? FXDPCount()
+                let pps = Double(count.packets &- before.packets) / max(interval, 0.001)
+                let bps = Double(count.bytes &- before.bytes) * 8 / max(interval, 0.001)
+                line += rate(pps).leftPadding(12) + rate(bps).leftPadding(14)
+            }
+            line += "  " + verdict(counter)
+            lines.append(line)
+            if counter.isDrop { totalDrops &+= count.packets }
+        }
+        let encap = values.filter { $0.0 == .encapOK || $0.0 == .encapOKNeigh }.reduce(UInt64(0)) { $0 &+ $1.1.packets }
+        let decap = values.filter { $0.0 == .decapOK || $0.0 == .decapCheckOK }.reduce(UInt64(0)) { $0 &+ $1.1.packets }
+        lines.append("encapsulated \(encap), decapsulated/accepted \(decap), dropped \(totalDrops) packet(s)")
+        return lines.joined(separator: "\n") + "\n"
+    }
+
+    static func verdict(_ counter: FXDPCounter) -> String {
+        if counter.isDrop { return "DROP" }
+        if counter.name.contains("_pass_") { return "pass to kernel" }
+        return "ok"
+    }
+
+    static func rate(_ value: Double) -> String {
+        switch value {
+        case 1e9...: "\(Int(value / 1e8) / 10).\(Int(value / 1e8) % 10)G"
+        case 1e6...: "\(Int(value / 1e5) / 10).\(Int(value / 1e5) % 10)M"
+        case 1e3...: "\(Int(value / 1e2) / 10).\(Int(value / 1e2) % 10)k"
+        default: "\(Int(value))"
+        }
+    }
+
+    public static func json(_ values: [(FXDPCounter, FXDPCount)]) -> JSONOut {
+        .object([("counters", .array(values.map { counter, count in
+            .object([("code", .int(Int64(counter.rawValue))), ("name", .string(counter.name)),
+                     ("drop", .bool(counter.isDrop)), ("packets", .uint(count.packets)), ("bytes", .uint(count.bytes))])
+        }))])
+    }
+}
+
+extension String {
+    func padding(_ width: Int) -> String {
+        count >= width ? self + " " : self + String(repeating: " ", count: width - count)
+    }
+
+    func leftPadding(_ width: Int) -> String {
+        count >= width ? " " + self : String(repeating: " ", count: width - count) + self
+    }
+}
+
+/// The verbs' bodies, called from the argument-parser commands.
+public enum InspectionCommands {
+    public static func status(bpffs: String, subnetFile: String, stateFile: String?, json: Bool) -> String {
+        let report = StatusReport.gather(bpffs: bpffs, stateFile: stateFile ?? NodeState.path(forSubnetFile: subnetFile))
+        return json ? report.json.text + "\n" : report.text()
+    }
+
+    public static func peers(bpffs: String, json: Bool) throws(OperationsError) -> String {
+        guard let pinned = try PinnedDataplane.open(bpffs: bpffs) else { throw noPins(bpffs) }
+        let peers = try pinned.peerList()
+        return json ? PeersReport.json(peers).text + "\n" : PeersReport.text(peers)
+    }
+
+    public static func stats(bpffs: String, json: Bool) throws(OperationsError) -> String {
+        guard let pinned = try PinnedDataplane.open(bpffs: bpffs) else { throw noPins(bpffs) }
+        let values = try pinned.counterValues()
+        return json ? StatsReport.json(values).text + "\n" : StatsReport.text(values)
+    }
+
+    /// `stats --watch`: redraws every `interval` seconds like top, with rates; `count` 0 runs until interrupted.
+    public static func watchStats(bpffs: String, interval: Double, count: Int, write: (String) -> Void) throws(OperationsError) {
+        guard let pinned = try PinnedDataplane.open(bpffs: bpffs) else { throw noPins(bpffs) }
+        var previous: [FXDPCounter: FXDPCount]?
+        var round = 0
+        while count == 0 || round < count {
+            let values = try pinned.counterValues()
+            let header = "flanneld-xdp stats — \(TimeText.utc(TimeText.now())) — every \(interval) s, Ctrl-C to stop\n\n"
+            // Home + clear screen, as top does.
+            write("\u{1B}[H\u{1B}[2J" + header + StatsReport.text(values, previous: previous, interval: interval, showZero: false))
+            previous = Dictionary(uniqueKeysWithValues: values.map { ($0.0, $0.1) })
+            round += 1
+            if count != 0 && round >= count { break }
+            var ts = timespec(tv_sec: Int(interval), tv_nsec: Int((interval - Double(Int(interval))) * 1e9))
+            var remaining = timespec()
+            while nanosleep(&ts, &remaining) != 0 && errno == EINTR { ts = remaining }
+        }
+    }
+
+    static func noPins(_ bpffs: String) -> OperationsError {
+        OperationsError(operation: "open \(bpffs)/\(FlannelBPF.pinFolderName)", detail: "no pinned maps",
+                        hint: "this node does not run the BPF data path (see `flanneld-xdp status`), or give the daemon's --bpffs")
+    }
+}

@@ -1,0 +1,161 @@
+// What the operations side adds to a running daemon, in one call from Daemon.start (so the daemon's
+// own files change by two lines): the state file `status` reads, the masquerade table (--ip-masq),
+// and the metrics server (--metrics-port). `make` does the first write and the first masquerade
+// install synchronously, before subnet.env and READY=1: a pod that starts right after READY already
+// has its outside traffic masqueraded, and `status` works from the first moment.
+
+import Glibc
+import Leases
+import Logging
+import NetTypes
+import ServiceLifecycle
+
+/// The daemon's values the operations services read; gathered by Daemon.start.
+public struct OperationsContext: Sendable {
+    public var options: FlannelOptions
+    public var external: ExternalInterface
+    public var config: NetworkConfig
+    public var backend: BackendKind
+    public var lease: Lease
+    public var manager: SubnetManager
+    public var dataplaneSummary: String
+    public var mtu: Int
+    public var reconciler: Reconciler
+    public var readiness: Readiness
+
+    public init(options: FlannelOptions, external: ExternalInterface, config: NetworkConfig, backend: BackendKind,
+                lease: Lease, manager: SubnetManager, dataplaneSummary: String, mtu: Int, reconciler: Reconciler,
+                readiness: Readiness) {
+        self.options = options
+        self.external = external
+        self.config = config
+        self.backend = backend
+        self.lease = lease
+        self.manager = manager
+        self.dataplaneSummary = dataplaneSummary
+        self.mtu = mtu
+        self.reconciler = reconciler
+        self.readiness = readiness
+    }
+}
+
+public enum OperationsServices {
+    /// Writes the first state file, installs masquerade if asked, and returns the services that
+    /// keep them (and /metrics) up to date.
+    public static func make(_ context: OperationsContext, logger: Logger) async throws -> [any Service] {
+        let options = context.options
+        let statePath = NodeState.path(forSubnetFile: options.subnet.subnetFile)
+        let now = TimeText.now()
+        var state = NodeState()
+        state.startedAt = now
+        state.updatedAt = now
+        state.dataplane = NodeState.dataplaneKind(summary: context.dataplaneSummary)
+        state.dataplaneDetail = context.dataplaneSummary
+        state.interface = context.external.interface.name
+        state.interfaceIndex = Int(context.external.interface.index)
+        state.publicIP = "\(context.external.publicIP)"
+        state.network = "\(context.config.network)"
+        state.subnet = "\(context.lease.subnet)"
+        state.backend = "\(context.backend)"
+        state.vni = Int(context.config.backend.vni)
+        state.port = Int(context.config.backend.port)
+        state.mtu = context.mtu
+        state.bpffs = options.dataplane.bpffs
+        state.ipMasq = options.subnet.ipMasq
+        state.etcdEndpoints = options.etcd.endpointList.joined(separator: ",")
+        state.etcdAPI = context.manager.registry.apiVersion.rawValue
+        state.etcdState = "connected"
+        state.etcdLastContact = now
+        state.leaseExpiry = context.lease.isReservation ? 0 : now + context.manager.options.leaseTTL.components.seconds
+        state.peerCount = await context.reconciler.desired.count
+        do {
+            try state.write(to: statePath)
+        } catch {
+            // `status` loses its daemon half; traffic does not depend on it.
+            logger.warning("cannot write the state file for `flanneld-xdp status`: \(error)")
+        }
+
+        var services: [any Service] = []
+        if options.subnet.ipMasq {
+            try Masquerade.ensure(network: context.config.network, subnet: context.lease.subnet)
+            logger.info("masquerade: nftables table ip \(Masquerade.tableName) installed for \(context.config.network) (own subnet \(context.lease.subnet))")
+            services.append(MasqueradeService(network: context.config.network, subnet: context.lease.subnet, logger: logger))
+        }
+        var metrics: DaemonMetrics?
+        let port = options.serving.metricsPort
+        if port != 0 {
+            if port == options.serving.healthzPort {
+                logger.error("--metrics-port \(port) is the --healthz-port: give the metrics their own port; /metrics is off")
+            } else {
+                let m = DaemonMetrics(bpffs: state.dataplane.hasPrefix("bpf") ? options.dataplane.bpffs : nil,
+                                      dataplane: state.dataplane, backend: state.backend)
+                metrics = m
+                services.append(HealthServer(host: options.serving.healthzIP.description, port: port,
+                                             readiness: context.readiness, metrics: { m.render() }, logger: logger))
+            }
+        }
+        services.append(NodeStateService(state: state, path: statePath, context: context, metrics: metrics, logger: logger))
+        return services
+    }
+}
+
+/// Refreshes the state file and the daemon-side metrics every `interval` (5 s); checks etcd every
+/// `etcdCheckEvery` refreshes (30 s) with one read of our own lease key (cheap, and it proves both that
+/// etcd answers and that the lease is still ours).
+struct NodeStateService: Service {
+    var state: NodeState
+    let path: String
+    let context: OperationsContext
+    let metrics: DaemonMetrics?
+    let logger: Logger
+    var interval: Duration = .seconds(5)
+    var etcdCheckEvery = 6
+
+    func run() async throws {
+        var state = self.state
+        var round = 0
+        var lastRevision = context.lease.revision
+        var writeFailed = false
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
+            if Task.isCancelled || Task.isShuttingDownGracefully { break }
+            round += 1
+            let now = TimeText.now()
+            // A renewal changes our lease's revision: the TTL restarted then (within one interval).
+            if let own = await context.manager.ownLease, own.revision != lastRevision {
+                lastRevision = own.revision
+                state.leaseExpiry = own.isReservation ? 0 : now + context.manager.options.leaseTTL.components.seconds
+            }
+            if round % etcdCheckEvery == 0 {
+                do {
+                    _ = try await context.manager.registry.getLease(name: context.lease.subnet.leaseKey)
+                    state.etcdState = "connected"
+                    state.etcdLastContact = now
+                } catch {
+                    state.etcdState = "unreachable: \(error)"
+                }
+            }
+            // The programs only add per-peer entries; departed nodes' go here.
+            if state.dataplane.hasPrefix("bpf"), let pinned = try? PinnedDataplane.open(bpffs: state.bpffs) {
+                _ = try? pinned.pruneDepartedPeerStats()
+            }
+            let reconciler = context.reconciler
+            state.peerCount = await reconciler.desired.count
+            state.updatedAt = now
+            if let metrics {
+                let report = await reconciler.lastReport
+                metrics.observeReconciler(passCount: await reconciler.passCount, lastDuration: report?.duration,
+                                          lastSucceeded: report?.succeeded ?? true, desiredPeers: state.peerCount)
+                metrics.observeLease(expiryUnixSeconds: state.leaseExpiry, etcdReachable: state.etcdState == "connected")
+                metrics.observeLeaseCounters(context.manager.counters.snapshot())
+            }
+            do {
+                try state.write(to: path)
+                writeFailed = false
+            } catch {
+                if !writeFailed { logger.warning("cannot refresh the state file: \(error)") }
+                writeFailed = true
+            }
+        }
+    }
+}

@@ -1,0 +1,228 @@
+// Read-only view of the BPF data path as the kernel holds it: the maps pinned under
+// <bpffs>/flanneld-xdp and the programs attached in our slots. Opened by pin path, never by loading
+// the object, so the inspection verbs work while the daemon runs, after it stopped (the pins and
+// attachments outlive it) and from a process that never loaded anything — and they change nothing.
+
+import BPFDataplane
+import BPFLoader
+import CBPF
+import Glibc
+import NetTypes
+
+/// What BPF carried to and from one peer node (fxdp_peer_stats_v1, summed over CPUs).
+public struct PeerTraffic: Sendable, Equatable {
+    public var txPackets: UInt64 = 0
+    public var txBytes: UInt64 = 0
+    public var rxPackets: UInt64 = 0
+    public var rxBytes: UInt64 = 0
+
+    public init(txPackets: UInt64 = 0, txBytes: UInt64 = 0, rxPackets: UInt64 = 0, rxBytes: UInt64 = 0) {
+        self.txPackets = txPackets
+        self.txBytes = txBytes
+        self.rxPackets = rxPackets
+        self.rxBytes = rxBytes
+    }
+}
+
+/// One peer as the BPF maps hold it.
+public struct PinnedPeer: Sendable, Equatable {
+    public var subnet: IPv4Subnet
+    public var nodeIP: IPv4Address
+    public var vtepMAC: MACAddress
+    public var direct: Bool
+    /// Whether fxdp_nodes accepts VXLAN from nodeIP (the decap source check).
+    public var decapAccepted: Bool
+    /// Per node (several subnets of one node share it); nil when the pins predate the per-peer map.
+    public var traffic: PeerTraffic?
+
+    public init(subnet: IPv4Subnet, nodeIP: IPv4Address, vtepMAC: MACAddress, direct: Bool, decapAccepted: Bool,
+                traffic: PeerTraffic? = nil) {
+        self.subnet = subnet
+        self.nodeIP = nodeIP
+        self.vtepMAC = vtepMAC
+        self.direct = direct
+        self.decapAccepted = decapAccepted
+        self.traffic = traffic
+    }
+}
+
+/// One pinned map, identified as bpftool shows it.
+public struct PinnedMapSummary: Sendable, Equatable {
+    public var name: String
+    public var id: UInt32
+    public var path: String
+    /// Entries present (hash/LPM), or nil for arrays where every slot exists.
+    public var entries: Int?
+    public var maxEntries: UInt32
+}
+
+/// One program in our slots.
+public struct AttachedProgram: Sendable, Equatable {
+    public var name: String
+    public var id: UInt32
+    /// "tc egress", "tc ingress", "xdp native", "xdp generic".
+    public var hook: String
+    public var interface: String
+}
+
+public struct PinnedDataplane {
+    public let folder: String
+    let peers: BPFMap<fxdp_peer_key, fxdp_peer_value>
+    let nodes: BPFMap<fxdp_node_key, fxdp_node_value>
+    let config: BPFMap<UInt32, fxdp_config>
+    let counters: PerCPUMap<UInt32, fxdp_count>
+    /// Absent in pins made by a version before per-peer counters.
+    let peerStats: PerCPUMap<fxdp_node_key, fxdp_peer_stats>?
+
+    /// Opens the pins under `<bpffs>/flanneld-xdp`; nil when that folder does not exist (the node
+    /// does not run the BPF path, or `cleanup` removed it).
+    public static func open(bpffs: String) throws(OperationsError) -> PinnedDataplane? {
+        let folder = bpffs + "/" + FlannelBPF.pinFolderName
+        var st = stat()
+        guard stat(folder, &st) == 0 else {
+            if errno == ENOENT { return nil }
+            throw OperationsError(operation: "stat \(folder)", detail: "cannot see the pin folder", errno: errno,
+                                  hint: "run as root")
+        }
+        func path(_ name: String) -> String { folder + "/" + name }
+        do {
+            return PinnedDataplane(
+                folder: folder,
+                peers: try BPFMap.openPinned(path: path(FXDP_MAP_PEERS), key: fxdp_peer_key.self, value: fxdp_peer_value.self),
+                nodes: try BPFMap.openPinned(path: path(FXDP_MAP_NODES), key: fxdp_node_key.self, value: fxdp_node_value.self),
+                config: try BPFMap.openPinned(path: path(FXDP_MAP_CONFIG), key: UInt32.self, value: fxdp_config.self),
+                counters: try PerCPUMap.openPinned(path: path(FXDP_MAP_COUNTERS), key: UInt32.self, value: fxdp_count.self),
+                peerStats: access(path(FXDP_MAP_PEER_STATS), F_OK) == 0
+                    ? try PerCPUMap.openPinned(path: path(FXDP_MAP_PEER_STATS), key: fxdp_node_key.self, value: fxdp_peer_stats.self)
+                    : nil)
+        } catch {
+            throw OperationsError(operation: "open the pinned maps in \(folder)", detail: "\(error)",
+                                  hint: "run as root; a folder from another flanneld-xdp version holds other map names (FXDP_ABI_VERSION): `flanneld-xdp cleanup` removes it")
+        }
+    }
+
+    /// The node's settings in fxdp_config, nil while never written.
+    public func nodeConfig() throws(OperationsError) -> NodeConfig? {
+        do {
+            guard let c = try config.lookup(0), c.vni != 0 || c.flags != 0 else { return nil }
+            return NodeConfig(c: c)
+        } catch {
+            throw OperationsError(operation: "read \(FXDP_MAP_CONFIG)", detail: "\(error)", hint: "run as root")
+        }
+    }
+
+    public func peerList() throws(OperationsError) -> [PinnedPeer] {
+        do {
+            let accepted = Set(try nodes.keys().map { IPv4Address(tuple: $0.node_ip) })
+            let traffic = try peerTraffic()
+            return try peers.entries().map { key, value in
+                let nodeIP = IPv4Address(tuple: value.node_ip)
+                return PinnedPeer(
+                    subnet: IPv4Subnet(containing: IPv4Address(tuple: key.subnet), prefixLength: Int(key.prefixlen)),
+                    nodeIP: nodeIP, vtepMAC: MACAddress(tuple: value.vtep_mac),
+                    direct: value.flags & UInt16(FXDP_PEER_F_DIRECT) != 0, decapAccepted: accepted.contains(nodeIP),
+                    traffic: traffic.map { $0[nodeIP] ?? PeerTraffic() })
+            }.sorted { $0.subnet < $1.subnet }
+        } catch {
+            throw OperationsError(operation: "read \(FXDP_MAP_PEERS)", detail: "\(error)", hint: "run as root")
+        }
+    }
+
+    /// Per peer node, summed over CPUs; nil when the pins have no per-peer map.
+    public func peerTraffic() throws(OperationsError) -> [IPv4Address: PeerTraffic]? {
+        guard let peerStats else { return nil }
+        do {
+            var result: [IPv4Address: PeerTraffic] = [:]
+            for key in try peerStats.keys() {
+                // An entry deleted between keys() and lookup (a prune) is simply skipped.
+                guard let perCPU = try peerStats.lookupIfPresent(key) else { continue }
+                var t = PeerTraffic()
+                for v in perCPU {
+                    t.txPackets &+= v.tx_packets
+                    t.txBytes &+= v.tx_bytes
+                    t.rxPackets &+= v.rx_packets
+                    t.rxBytes &+= v.rx_bytes
+                }
+                result[IPv4Address(tuple: key.node_ip)] = t
+            }
+            return result
+        } catch {
+            throw OperationsError(operation: "read \(FXDP_MAP_PEER_STATS)", detail: "\(error)", hint: "run as root")
+        }
+    }
+
+    /// Deletes per-peer entries of nodes that are no longer peers (not in fxdp_nodes); returns how
+    /// many. The programs only ever add entries, so the daemon prunes them.
+    @discardableResult
+    public func pruneDepartedPeerStats() throws(OperationsError) -> Int {
+        guard let peerStats else { return 0 }
+        do {
+            let present = Set(try nodes.keys().map { IPv4Address(tuple: $0.node_ip) })
+            var removed = 0
+            for key in try peerStats.keys() where !present.contains(IPv4Address(tuple: key.node_ip)) {
+                if try peerStats.delete(key) { removed += 1 }
+            }
+            return removed
+        } catch {
+            throw OperationsError(operation: "prune \(FXDP_MAP_PEER_STATS)", detail: "\(error)", hint: "run as root")
+        }
+    }
+
+    /// Every named counter summed over CPUs, in code order.
+    public func counterValues() throws(OperationsError) -> [(FXDPCounter, FXDPCount)] {
+        do {
+            return try FXDPCounter.allCases.map { counter in
+                var total = FXDPCount()
+                for v in try counters.lookup(counter.rawValue) {
+                    total.packets &+= v.packets
+                    total.bytes &+= v.bytes
+                }
+                return (counter, total)
+            }
+        } catch {
+            throw OperationsError(operation: "read \(FXDP_MAP_COUNTERS)", detail: "\(error)", hint: "run as root")
+        }
+    }
+
+    public func mapSummaries() -> [PinnedMapSummary] {
+        // The kernel keeps 15 characters of a name (fxdp_counters_v): show the pin's full name.
+        func summary(_ name: String, _ info: BPFMapInfo, entries: Int?) -> PinnedMapSummary {
+            PinnedMapSummary(name: name, id: info.id, path: folder + "/" + name, entries: entries, maxEntries: info.maxEntries)
+        }
+        return [
+            summary(FXDP_MAP_PEERS, peers.info(), entries: try? peers.keys().count),
+            summary(FXDP_MAP_NODES, nodes.info(), entries: try? nodes.keys().count),
+            summary(FXDP_MAP_CONFIG, config.info(), entries: nil),
+            summary(FXDP_MAP_COUNTERS, counters.info(), entries: nil),
+        ] + (peerStats.map { [summary(FXDP_MAP_PEER_STATS, $0.info(), entries: try? $0.keys().count)] } ?? [])
+    }
+
+    /// Our programs in the slots of the interfaces fxdp_config names (in this process's network namespace).
+    public func attachedPrograms(config node: NodeConfig?) -> [AttachedProgram] {
+        guard let node, node.underlayIfindex > 0 else { return [] }
+        guard let state = try? FlannelBPF.attachmentState(overlayIfindex: node.overlayIfindex,
+                                                          underlayIfindex: node.underlayIfindex) else { return [] }
+        var result: [AttachedProgram] = []
+        func add(_ id: UInt32?, hook: String, ifindex: Int32) {
+            guard let id else { return }
+            // The kernel keeps 15 characters of a program name; ours are known in full.
+            let kernelName = (try? BPFProgramInfo.forID(id).name) ?? "?"
+            let name = FXDPProgram.allCases.first { $0.rawValue.hasPrefix(kernelName) }?.rawValue ?? kernelName
+            result.append(AttachedProgram(name: name, id: id, hook: hook, interface: InterfaceNames.name(ifindex)))
+        }
+        add(state.encapProgramID, hook: "tc egress", ifindex: node.overlayIfindex)
+        add(state.decapCheckProgramID, hook: "tc ingress", ifindex: node.underlayIfindex)
+        add(state.xdpProgramID, hook: "xdp \(state.xdpMode.map { "\($0)" } ?? "")", ifindex: node.underlayIfindex)
+        return result
+    }
+}
+
+enum InterfaceNames {
+    /// "eth0 (#2)", or "#2 (gone)" when no interface has that index in this namespace.
+    static func name(_ ifindex: Int32) -> String {
+        var buffer = [CChar](repeating: 0, count: Int(IF_NAMESIZE) + 1)
+        guard ifindex > 0, if_indextoname(UInt32(bitPattern: ifindex), &buffer) != nil else { return "#\(ifindex) (gone)" }
+        let bytes = buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
+        return "\(String(decoding: bytes, as: UTF8.self)) (#\(ifindex))"
+    }
+}

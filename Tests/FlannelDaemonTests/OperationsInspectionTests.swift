@@ -1,0 +1,150 @@
+// status / peers / stats against real pinned maps and real attachments (root): a FlannelBPF is
+// loaded on a bpffs of the test's own, filled, attached to a veth pair in a namespace of the test's
+// own, then released — as a daemon that stopped leaves it — and the verbs read it back, in this
+// process and through the built binary in another.
+
+import BPFDataplane
+import BPFLoader
+import CBPF
+@testable import FlannelDaemon
+import Glibc
+import NetTypes
+import Testing
+import TestSupport
+
+@Suite("Operations: inspection of pinned maps (root)", .enabled(if: Privileges.isRoot, Privileges.skipReason))
+struct OperationsInspectionTests {
+    @Test("peers, stats and status read what a stopped daemon left: pins, counters, program ids")
+    func inspectLeftBehind() throws {
+        let tag = "fxops-\(getpid())-\(UInt16.random(in: 0...UInt16.max))"
+        let bpffs = "/run/\(tag)-bpf"
+        let ns = "\(tag)-ns"
+        try runTool("/bin/mkdir", ["-p", bpffs])
+        try runTool("/bin/mount", ["-t", "bpf", "bpf", bpffs])
+        try runTool("/sbin/ip", ["netns", "add", ns])
+        defer {
+            _ = try? runProgram("/sbin/ip", ["netns", "del", ns])
+            _ = try? runProgram("/bin/umount", [bpffs])
+            _ = try? runProgram("/bin/rmdir", [bpffs])
+        }
+        try runTool("/sbin/ip", ["-n", ns, "link", "add", "fxa", "type", "veth", "peer", "name", "fxb"])
+        try runTool("/sbin/ip", ["-n", ns, "link", "set", "fxa", "up"])
+        try runTool("/sbin/ip", ["-n", ns, "link", "set", "fxb", "up"])
+
+        let peerA = Peer(subnet: IPv4Subnet(cidr: "10.5.2.0/24")!, publicIP: IPv4Address(192, 168, 77, 2),
+                         vtepMAC: MACAddress("0e:00:00:00:00:02")!)
+        let peerB = Peer(subnet: IPv4Subnet(cidr: "10.5.3.0/24")!, publicIP: IPv4Address(192, 168, 77, 3),
+                         vtepMAC: MACAddress("0e:00:00:00:00:03")!)
+        let attached: AttachmentState = try NetnsThread.run(namespace: ns) {
+            let overlay = Int32(if_nametoindex("fxa"))
+            let underlay = Int32(if_nametoindex("fxb"))
+            let bpf = try FlannelBPF(bpffs: bpffs)
+            try bpf.writeConfig(NodeConfig(nodeIP: IPv4Address(192, 168, 77, 1), vtepMAC: MACAddress("0e:00:00:00:00:01")!,
+                                           underlayIfindex: underlay, underlayMAC: MACAddress("0e:00:00:00:00:aa")!,
+                                           overlayIfindex: overlay, overlayMTU: 1450))
+            let table = try bpf.peerTable()
+            try table.upsert(peerA)
+            try table.upsert(peerB)
+            let cpus = bpf.counterMap.cpuCount
+            var perCPU = Array(repeating: fxdp_count(), count: cpus)
+            perCPU[0] = fxdp_count(packets: 40, bytes: 4000)
+            perCPU[cpus - 1].packets += 2
+            perCPU[cpus - 1].bytes += 200
+            try bpf.counterMap.update(FXDPCounter.encapOK.rawValue, perCPU: perCPU)
+            var drops = Array(repeating: fxdp_count(), count: cpus)
+            drops[0] = fxdp_count(packets: 3, bytes: 300)
+            try bpf.counterMap.update(FXDPCounter.decapDropNotPeer.rawValue, perCPU: drops)
+            // What the programs would have counted for peer A's node (one CPU's share on CPU 0).
+            let stats = try PerCPUMap.openPinned(path: bpffs + "/flanneld-xdp/" + FXDP_MAP_PEER_STATS,
+                                                 key: fxdp_node_key.self, value: fxdp_peer_stats.self)
+            var perPeer = Array(repeating: fxdp_peer_stats(), count: cpus)
+            perPeer[0] = fxdp_peer_stats(tx_packets: 5, tx_bytes: 490, rx_packets: 4, rx_bytes: 592)
+            var nodeA = fxdp_node_key()
+            nodeA.node_ip = peerA.publicIP.tuple
+            try stats.update(nodeA, perCPU: perPeer)
+            // A departed node's leftover entry: pruned by the daemon's refresh.
+            var gone = fxdp_node_key()
+            gone.node_ip = IPv4Address(192, 168, 77, 99).tuple
+            try stats.update(gone, perCPU: perPeer)
+            return try bpf.attach(overlayIfindex: overlay, underlayIfindex: underlay, mode: .kernel)
+        }
+        let encapID = try #require(attached.encapProgramID)
+        let checkID = try #require(attached.decapCheckProgramID)
+
+        // In this process (the FlannelBPF above is gone: only pins and attachments remain).
+        let peersText = try InspectionCommands.peers(bpffs: bpffs, json: false)
+        #expect(peersText.contains("10.5.2.0/24         192.168.77.2     0e:00:00:00:00:02  yes    vxlan           5           490         4           592"))
+        #expect(peersText.contains("10.5.3.0/24         192.168.77.3     0e:00:00:00:00:03  yes    vxlan           0             0         0             0"))
+        let pinned = try #require(try PinnedDataplane.open(bpffs: bpffs))
+        #expect(try pinned.peerTraffic()?.count == 2)
+        #expect(try pinned.pruneDepartedPeerStats() == 1)
+        #expect(try pinned.peerTraffic()?.keys.sorted() == [peerA.publicIP])
+        let stats = try InspectionCommands.stats(bpffs: bpffs, json: true)
+        #expect(stats.contains(#"{"code":0,"name":"encap_ok","drop":false,"packets":42,"bytes":4200}"#))
+        #expect(stats.contains(#"{"code":20,"name":"decap_drop_not_peer","drop":true,"packets":3,"bytes":300}"#))
+
+        // Through the binary, in the namespace (program ids are per interface of that namespace).
+        let binary = try #require(builtBinaryPath(), "flanneld-xdp must be built beside the tests")
+        let peersJSON = try runTool("/sbin/ip", ["netns", "exec", ns, binary, "peers", "--bpffs", bpffs, "--json"])
+        #expect(peersJSON.contains(#"{"subnet":"10.5.2.0/24","nodeIP":"192.168.77.2","vtepMAC":"0e:00:00:00:00:02","direct":false,"decapAccepted":true,"txPackets":5,"txBytes":490,"rxPackets":4,"rxBytes":592}"#))
+        let statsOut = try runTool("/sbin/ip", ["netns", "exec", ns, binary, "stats", "-bpffs=\(bpffs)"])
+        #expect(statsOut.contains("decap_drop_not_peer                        3               300  DROP"))
+        let watched = try runTool("/sbin/ip", ["netns", "exec", ns, binary, "stats", "--bpffs", bpffs, "--watch",
+                                               "--interval", "0.1", "--count", "2"])
+        #expect(watched.split(separator: "\u{1B}[H\u{1B}[2J", omittingEmptySubsequences: true).count == 2)
+        #expect(watched.contains("PKT/S"))
+
+        let status = try runTool("/sbin/ip", ["netns", "exec", ns, binary, "status", "--bpffs", bpffs,
+                                              "--subnet-file", "/run/\(tag)-none/subnet.env"])
+        #expect(status.contains("no state file at /run/\(tag)-none/flanneld-xdp.state.json"))
+        #expect(status.contains("fxdp_encap id \(encapID) on fxa"))
+        #expect(status.contains("tc egress"))
+        #expect(status.contains("fxdp_decap_check id \(checkID) on fxb"))
+        #expect(status.contains("fxdp_peers_v1 id "))
+        #expect(status.contains(", 2 of 65536 entries"))
+        #expect(status.contains("fxdp_peer_stats_v1 id "))
+        #expect(status.contains("node 192.168.77.1 vtep 0e:00:00:00:00:01 vni 1 port 8472"))
+        let statusJSON = try runTool("/sbin/ip", ["netns", "exec", ns, binary, "status", "--bpffs", bpffs, "--json",
+                                                  "--state-file", "/run/\(tag)-none.json"])
+        #expect(statusJSON.contains(#""programs":[{"name":"fxdp_encap","id":\#(encapID),"hook":"tc egress""#))
+        #expect(statusJSON.contains(#""state":null"#))
+    }
+
+    @Test("status with a state file whose daemon is gone says so and still shows the kernel side")
+    func statusAfterStop() throws {
+        let dir = "/run/fxops-\(getpid())-st\(UInt16.random(in: 0...UInt16.max))"
+        defer { _ = try? runProgram("/bin/rm", ["-rf", dir]) }
+        var state = NodeState()
+        state.pid = 0x3FFF_FFF0
+        state.startedAt = 1_790_000_000
+        state.updatedAt = 1_790_000_100
+        state.dataplane = "bpf-xdp"
+        state.dataplaneDetail = "BPF (XDP decap; …) over flannel.1"
+        state.interface = "eth0"
+        state.interfaceIndex = 2
+        state.publicIP = "192.168.77.1"
+        state.network = "10.5.0.0/16"
+        state.subnet = "10.5.1.0/24"
+        state.backend = "vxlan"
+        state.vni = 1
+        state.port = 8472
+        state.mtu = 1450
+        state.etcdAPI = "v3"
+        state.etcdEndpoints = "http://127.0.0.1:2379"
+        state.etcdState = "connected"
+        state.etcdLastContact = 1_790_000_090
+        state.leaseExpiry = 1_790_086_400
+        state.peerCount = 2
+        try state.write(to: NodeState.path(forSubnetFile: dir + "/subnet.env"))
+        let report = StatusReport.gather(bpffs: dir + "/no-bpffs", stateFile: NodeState.path(forSubnetFile: dir + "/subnet.env"))
+        let text = report.text(now: 1_790_000_100)
+        #expect(text.contains("daemon:     NOT running (pid 1073741808 is gone); last state written 2026-09-21"))
+        #expect(text.contains("data path:  bpf-xdp: BPF (XDP decap; …) over flannel.1"))
+        #expect(text.contains("subnet:     10.5.1.0/24"))
+        #expect(text.contains("lease:      expires 2026-09-22 "))
+        #expect(text.contains("(in 23h58m;"))
+        #expect(text.contains("etcd:       connected (API v3, http://127.0.0.1:2379), last contact 10s ago"))
+        #expect(text.contains("masquerade: off"))
+        #expect(text.contains("pins:       none under \(dir)/no-bpffs/flanneld-xdp"))
+    }
+}

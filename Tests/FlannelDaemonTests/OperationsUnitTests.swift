@@ -1,0 +1,186 @@
+// Operations pieces that need no root: the state file format, the masquerade ruleset text, the
+// inspection renderers, the metrics exposition.
+
+import BPFDataplane
+import CBPF
+@testable import FlannelDaemon
+import Glibc
+import Leases
+import NetTypes
+import Testing
+
+@Suite("Operations: state file, ruleset, renderers, metrics")
+struct OperationsUnitTests {
+    @Test("state file round-trips every field, including characters JSON must escape")
+    func stateRoundTrip() throws {
+        var state = NodeState()
+        state.startedAt = 1_790_000_000
+        state.updatedAt = 1_790_000_010
+        state.dataplane = "bpf-tc"
+        state.dataplaneDetail = "BPF (TC-checked kernel decap; encap 12) over flannel.1 \"quoted\" \\ tab\t"
+        state.interface = "eth0"
+        state.interfaceIndex = 2
+        state.publicIP = "192.168.77.1"
+        state.network = "10.5.0.0/16"
+        state.subnet = "10.5.1.0/24"
+        state.backend = "vxlan"
+        state.vni = 1
+        state.port = 8472
+        state.mtu = 1450
+        state.bpffs = "/sys/fs/bpf"
+        state.ipMasq = true
+        state.etcdEndpoints = "http://127.0.0.1:2379"
+        state.etcdAPI = "v3"
+        state.etcdState = "unreachable: connection refused\n(retrying)"
+        state.etcdLastContact = 1_790_000_005
+        state.leaseExpiry = 1_790_086_400
+        state.peerCount = 3
+        let decoded = try NodeState(json: state.json)
+        #expect(decoded == state)
+
+        let dir = "/tmp/fxops-state-\(getpid())"
+        defer { _ = try? runProgram("/bin/rm", ["-rf", dir]) }
+        let path = NodeState.path(forSubnetFile: dir + "/flannel/subnet.env")
+        #expect(path == dir + "/flannel/flanneld-xdp.state.json")
+        try state.write(to: path)
+        #expect(try NodeState.read(from: path) == state)
+        #expect(try NodeState.read(from: dir + "/absent.json") == nil)
+        #expect(NodeState.path(forSubnetFile: "/run/flannel/subnet.env") == "/run/flannel/flanneld-xdp.state.json")
+    }
+
+    @Test("a damaged state file is a typed error, not a crash")
+    func damagedState() {
+        for bad in ["", "{", "{\"pid\": }", "[1]", "{\"a\" 1}", "{\"s\": \"unterminated}"] {
+            #expect(throws: OperationsError.self) { try NodeState(json: bad) }
+        }
+        // Unknown keys and null are ignored: a newer daemon's file still reads.
+        #expect((try? NodeState(json: #"{"pid": 7, "future": null, "subnet": "10.5.1.0/24"}"#))?.subnet == "10.5.1.0/24")
+    }
+
+    @Test("a running writer is seen as running; a gone pid is not")
+    func writerLiveness() {
+        var state = NodeState()
+        #expect(state.writerIsRunning)
+        state.pid = 0x3FFF_FFF0
+        #expect(!state.writerIsRunning)
+    }
+
+    @Test("data path kind from start-up's summary")
+    func dataplaneKind() {
+        #expect(NodeState.dataplaneKind(summary: "BPF (XDP decap; encap 1) over flannel.1") == "bpf-xdp")
+        #expect(NodeState.dataplaneKind(summary: "BPF (TC-checked kernel decap; x) over flannel.1") == "bpf-tc")
+        #expect(NodeState.dataplaneKind(summary: "kernel vxlan on flannel.1 (BPF attach failed)") == "kernel-vxlan")
+        #expect(NodeState.dataplaneKind(summary: "userspace TUN flannel-u.1 (BPF unavailable: x)") == "userspace")
+        #expect(NodeState.dataplaneKind(summary: "host-gw routes on eth0") == "host-gw")
+    }
+
+    @Test("the masquerade table is flannel's four rules, in its order, from validated subnets only")
+    func ruleset() throws {
+        let network = try #require(IPv4Subnet(cidr: "10.5.0.0/16"))
+        let subnet = try #require(IPv4Subnet(cidr: "10.5.7.0/24"))
+        #expect(Masquerade.ruleset(network: network, subnet: subnet) == """
+            table ip flanneld-xdp {
+            \tchain postrouting {
+            \t\ttype nat hook postrouting priority srcnat; policy accept;
+            \t\tip saddr 10.5.0.0/16 ip daddr 10.5.0.0/16 return
+            \t\tip saddr 10.5.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random
+            \t\tip saddr != 10.5.0.0/16 ip daddr 10.5.7.0/24 return
+            \t\tip saddr != 10.5.0.0/16 ip daddr 10.5.0.0/16 masquerade fully-random
+            \t}
+            }
+
+            """)
+        let script = Masquerade.replaceScript(network: network, subnet: subnet)
+        #expect(script.hasPrefix("add table ip flanneld-xdp\ndelete table ip flanneld-xdp\ntable ip flanneld-xdp {"))
+        // The drift check ignores indentation only.
+        #expect(Masquerade.normalized("table ip x {\n    chain y {\n\t\tip  saddr 1\n}") == ["table ip x {", "chain y {", "ip saddr 1", "}"])
+    }
+
+    @Test("peers renderer: one line per peer with per-node traffic; older pins say counters are not collected")
+    func peersRenderer() throws {
+        var peers = [
+            PinnedPeer(subnet: try #require(IPv4Subnet(cidr: "10.5.2.0/24")), nodeIP: IPv4Address(192, 168, 77, 2),
+                       vtepMAC: try #require(MACAddress("0e:00:00:00:00:02")), direct: false, decapAccepted: true,
+                       traffic: PeerTraffic(txPackets: 10, txBytes: 980, rxPackets: 9, rxBytes: 1332)),
+            PinnedPeer(subnet: try #require(IPv4Subnet(cidr: "10.5.3.0/24")), nodeIP: IPv4Address(192, 168, 77, 3),
+                       vtepMAC: try #require(MACAddress("0e:00:00:00:00:03")), direct: true, decapAccepted: false,
+                       traffic: PeerTraffic()),
+        ]
+        #expect(PeersReport.text(peers) == """
+            SUBNET              NODE IP          VTEP MAC           DECAP  MODE      TX PKTS      TX BYTES   RX PKTS      RX BYTES
+            10.5.2.0/24         192.168.77.2     0e:00:00:00:00:02  yes    vxlan          10           980         9          1332
+            10.5.3.0/24         192.168.77.3     0e:00:00:00:00:03  NO     direct          0             0         0             0
+            2 peer(s); \(PeersReport.trafficNote)
+
+            """)
+        let json = PeersReport.json(peers).text
+        #expect(json.hasPrefix(#"{"peers":[{"subnet":"10.5.2.0/24","nodeIP":"192.168.77.2","vtepMAC":"0e:00:00:00:00:02","direct":false,"decapAccepted":true,"txPackets":10,"txBytes":980,"rxPackets":9,"rxBytes":1332}"#))
+        #expect(json.hasSuffix(#"],"perPeerCounters":true}"#))
+
+        for i in peers.indices { peers[i].traffic = nil }
+        #expect(PeersReport.text(peers).hasSuffix("2 peer(s); \(PeersReport.perPeerNote)\n"))
+        #expect(PeersReport.text(peers).hasPrefix("SUBNET              NODE IP          VTEP MAC           DECAP  MODE\n"))
+        #expect(PeersReport.json(peers).text.contains(#""txPackets":null"#))
+        #expect(PeersReport.json(peers).text.hasSuffix(#""perPeerCounters":false}"#))
+    }
+
+    @Test("the per-peer stats record has the C layout")
+    func peerStatsLayout() {
+        #expect(MemoryLayout<fxdp_peer_stats>.size == 32)
+        #expect(FXDP_MAP_PEER_STATS == "fxdp_peer_stats_v1")
+    }
+
+    @Test("stats renderer names every counter, marks drops, totals, and computes rates between readings")
+    func statsRenderer() {
+        var values = FXDPCounter.allCases.map { ($0, FXDPCount()) }
+        values[0].1 = FXDPCount(packets: 100, bytes: 150_000)
+        let notPeer = values.firstIndex { $0.0 == .decapDropNotPeer }!
+        values[notPeer].1 = FXDPCount(packets: 7, bytes: 700)
+        let text = StatsReport.text(values)
+        for counter in FXDPCounter.allCases { #expect(text.contains(counter.name)) }
+        #expect(text.contains("decap_drop_not_peer                        7               700  DROP"))
+        #expect(text.contains("encap_pass_no_peer"))
+        #expect(text.hasSuffix("encapsulated 100, decapsulated/accepted 0, dropped 7 packet(s)\n"))
+
+        let previous: [FXDPCounter: FXDPCount] = [.encapOK: FXDPCount(packets: 50, bytes: 100_000)]
+        let watched = StatsReport.text(values, previous: previous, interval: 0.5, showZero: false)
+        #expect(!watched.contains("encap_pass_no_peer"))
+        // 50 packets and 50 000 bytes in 0.5 s: 100 pkt/s, 800 kbit/s.
+        #expect(watched.contains("100        800.0k  ok"))
+
+        let json = StatsReport.json(values).text
+        #expect(json.contains(#"{"code":20,"name":"decap_drop_not_peer","drop":true,"packets":7,"bytes":700}"#))
+    }
+
+    @Test("metrics: Prometheus text with reconcile, lease, etcd and info series")
+    func metricsExposition() {
+        let metrics = DaemonMetrics(bpffs: nil, dataplane: "bpf-tc", backend: "vxlan")
+        metrics.observeReconciler(passCount: 3, lastDuration: .milliseconds(2), lastSucceeded: true, desiredPeers: 4)
+        metrics.observeReconciler(passCount: 5, lastDuration: .milliseconds(3), lastSucceeded: false, desiredPeers: 5)
+        metrics.observeLease(expiryUnixSeconds: 1_790_086_400, etcdReachable: true)
+        var counters = LeaseCounters().snapshot()
+        counters.watchReconnects = 2
+        metrics.observeLeaseCounters(counters)
+        counters.watchReconnects = 5
+        metrics.observeLeaseCounters(counters)
+        let text = metrics.render()
+        #expect(text.contains(#"flanneld_xdp_info{version="\#(FlannelDaemonVersion.string)",dataplane="bpf-tc",backend="vxlan"} 1"#))
+        #expect(text.contains("flanneld_xdp_reconcile_passes_total 5"))
+        #expect(text.contains("flanneld_xdp_reconcile_failed_passes_total 1"))
+        #expect(text.contains("flanneld_xdp_reconcile_duration_seconds_count 2"))
+        #expect(text.contains("flanneld_xdp_peers 5"))
+        #expect(text.contains("flanneld_xdp_lease_expiry_timestamp_seconds 1790086400"))
+        #expect(text.contains("flanneld_xdp_etcd_up 1"))
+        #expect(text.contains("flanneld_xdp_etcd_watch_reconnects_total 5"))
+        #expect(text.contains("# TYPE flanneld_xdp_reconcile_duration_seconds histogram"))
+    }
+
+    @Test("time helpers")
+    func timeText() {
+        #expect(TimeText.utc(0) == "1970-01-01 00:00:00 UTC")
+        #expect(TimeText.span(7) == "7s")
+        #expect(TimeText.span(250) == "4m10s")
+        #expect(TimeText.span(86_399) == "23h59m")
+        #expect(TimeText.span(93_600) == "1d2h")
+    }
+}
