@@ -26,9 +26,10 @@ struct WatchTests {
             let me = SubnetManager(registry: registry, options: fastOptions(), logger: quietLogger)
             let own = try await me.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.1"), previousSubnet: ownTestSubnet)
 
-            // A peer present before the watch starts, with a short TTL.
+            // A peer present before the watch starts, with a short TTL (long enough to be in the
+            // first list on a loaded machine).
             let p1 = vxlanAttributes("192.0.2.2", mac: "0a:00:00:00:00:02")
-            try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.2.0-24", value: p1.json, ttl: 3)
+            try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.2.0-24", value: p1.json, ttl: 8)
 
             let peers = PeerCollector(me.watchPeers(config: config))
             defer { peers.stop() }
@@ -55,7 +56,7 @@ struct WatchTests {
             }
             try await eventually("delete") { peers.peers[subnet("10.5.3.0/24")] == nil }
             // TTL expiry of the first peer
-            try await eventually(timeout: .seconds(10), "expiry") { peers.peers[subnet("10.5.2.0/24")] == nil }
+            try await eventually(timeout: .seconds(20), "expiry") { peers.peers[subnet("10.5.2.0/24")] == nil }
             #expect(peers.events.contains { if case .removed(let l) = $0 { l.subnet == subnet("10.5.2.0/24") } else { false } })
             // Our own renewals never show up as peer events.
             try await me.renewLease()
