@@ -17,7 +17,9 @@ public final class OwnThreadsExecutor: TaskExecutor, @unchecked Sendable {
     // are allocated once and freed in deinit, after every thread has been joined.
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
-    private var queue: [UnownedJob] = []
+    /// Jobs, and whether each came from the shared pool (`widenSharedPool`): those run on the
+    /// generic executor, as the shared pool would run them.
+    private var queue: [(job: UnownedJob, global: Bool)] = []
     private var head = 0
     private var stopping = false
     private var threads: [pthread_t] = []
@@ -55,7 +57,14 @@ public final class OwnThreadsExecutor: TaskExecutor, @unchecked Sendable {
             Task.detached { job.runSynchronously(on: globalConcurrentExecutor.asUnownedTaskExecutor()) }
             return
         }
-        queue.append(job)
+        queue.append((job, false))
+        pthread_cond_signal(condition)
+        pthread_mutex_unlock(mutex)
+    }
+
+    fileprivate func enqueueGlobal(_ job: UnownedJob) {
+        pthread_mutex_lock(mutex)
+        queue.append((job, true))
         pthread_cond_signal(condition)
         pthread_mutex_unlock(mutex)
     }
@@ -68,14 +77,18 @@ public final class OwnThreadsExecutor: TaskExecutor, @unchecked Sendable {
                 pthread_mutex_unlock(mutex)
                 return
             }
-            let job = queue[head]
+            let (job, global) = queue[head]
             head += 1
             if head > 1024 && head * 2 > queue.count {
                 queue.removeFirst(head)
                 head = 0
             }
             pthread_mutex_unlock(mutex)
-            job.runSynchronously(on: asUnownedTaskExecutor())
+            if global {
+                job.runSynchronously(on: genericExecutor)
+            } else {
+                job.runSynchronously(on: asUnownedTaskExecutor())
+            }
         }
     }
 
@@ -101,4 +114,34 @@ public final class OwnThreadsExecutor: TaskExecutor, @unchecked Sendable {
         defer { executor.shutdown() }
         return try await withTaskExecutorPreference(executor) { try await body() }
     }
+}
+
+// MARK: - widening the shared pool for the whole test process
+
+/// The runtime's "no particular executor" (all zero), how its own pool runs global jobs.
+private let genericExecutor = unsafeBitCast((Int(0), Int(0)), to: UnownedSerialExecutor.self)
+
+private typealias GlobalEnqueue = @convention(thin) (UnownedJob) -> Void
+private typealias GlobalEnqueueHook = @convention(thin) (UnownedJob, GlobalEnqueue) -> Void
+
+private let widePool = OwnThreadsExecutor(name: "fxdp-test-shared-pool", threads: 24)
+
+private let wideningInstalled: Bool = {
+    guard MemoryLayout<UnownedSerialExecutor>.size == 2 * MemoryLayout<Int>.size,
+          let symbol = dlsym(dlopen(nil, RTLD_NOW), "swift_task_enqueueGlobal_hook") else { return false }
+    let hook: GlobalEnqueueHook = { job, _ in widePool.enqueueGlobal(job) }
+    symbol.assumingMemoryBound(to: GlobalEnqueueHook?.self).pointee = hook
+    return true
+}()
+
+extension OwnThreadsExecutor {
+    /// Test processes only: from now on, work for Swift's shared (global) pool runs on 24 threads
+    /// of our own instead of one per core. On a 2-core machine the shared pool has 2 threads, and
+    /// `swift test` runs every target's tests in one process: a few synchronous tests driving
+    /// `ip`, iperf3 or waitpid held both for up to 30 s (measured), and every async test's
+    /// timers, watches and renew loops waited behind them. Jobs already queued on the old pool
+    /// finish there. Uses the runtime's documented enqueue hook (what SwiftNIO's "take over the
+    /// global executor" uses). Returns false if the hook is not available.
+    @discardableResult
+    public static func widenSharedPool() -> Bool { wideningInstalled }
 }

@@ -11,6 +11,7 @@ public struct OwnThreadsTrait: SuiteTrait, TestTrait, TestScoping {
 
     public func provideScope(for test: Test, testCase: Test.Case?,
                              performing function: @Sendable () async throws -> Void) async throws {
+        OwnThreadsExecutor.widenSharedPool()
         guard testCase != nil else { return try await function() }
         try await OwnThreadsExecutor.run(name: test.name) { try await function() }
     }
