@@ -20,6 +20,8 @@ public struct DataplaneSetup: Sendable {
     public var tables: [PeerTableBinding]
     /// Kept alive while the daemon runs: its threads carry the traffic.
     public var userspace: UserspaceDataplane?
+    /// Turns the BPF programs on once the first reconcile has filled their maps (see attachDataplane).
+    public var enableAfterFirstFill: (@Sendable () throws -> Void)? = nil
 }
 
 public enum Daemon {
@@ -116,6 +118,9 @@ public enum Daemon {
         let firstPass = await reconciler.reconcile()
         if !firstPass.succeeded {
             logger.error("filling the peer tables failed; not ready until a retry succeeds: \(firstPass)")
+        }
+        if let enable = setup.enableAfterFirstFill {
+            do { try enable() } catch { logger.error("enabling the BPF programs failed; the kernel vxlan path carries traffic: \(error)") }
         }
 
         // 7. subnet.env, then tell systemd.
@@ -223,7 +228,11 @@ public enum Daemon {
             let node = NodeConfig(nodeIP: external.interfaceAddress, vtepMAC: device.mac, vni: config.backend.vni,
                                   udpPort: config.backend.port, underlayIfindex: external.interface.index,
                                   underlayMAC: try Startup.interfaceMAC(name: external.interface.name),
-                                  overlayIfindex: device.index, overlayMTU: UInt16(clamping: device.mtu))
+                                  overlayIfindex: device.index, overlayMTU: UInt16(clamping: device.mtu), enabled: false)
+            // Attached disabled (every program hands every packet to the kernel, which carries the
+            // traffic as flanneld did), enabled once the first reconcile filled the maps: enabled
+            // with empty maps, decap dropped a peer's VXLAN as "not a peer" until its node entry
+            // was written — one lost ping in half the takeovers of a running stock node.
             try bpf.writeConfig(node)
             let state = try bpf.attach(overlayIfindex: device.index, underlayIfindex: external.interface.index, mode: mode)
             // BPF maps first (encap takes the packet before the kernel would), then the kernel's
@@ -231,7 +240,8 @@ public enum Daemon {
             // fallback path. DirectRouting peers are plain routes only.
             let maps = try bpf.peerTable()
             return DataplaneSetup(summary: "BPF (\(mode == .xdp ? "XDP" : "TC-checked kernel") decap; \(state)) over \(device.name)",
-                                  tables: [PeerTableBinding(maps, selects: { !$0.direct }), kernelBinding])
+                                  tables: [PeerTableBinding(maps, selects: { !$0.direct }), kernelBinding],
+                                  enableAfterFirstFill: { try bpf.setEnabled(true) })
         } catch {
             guard choice == .auto else { throw StartupError.dataplaneRequired(choice: choice, reason: "\(error)") }
             // The device and its kernel routes carry traffic already: staying on them is safer than
