@@ -128,6 +128,15 @@ final class NetnsNode: @unchecked Sendable {
         try inNS(["/usr/bin/curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(healthzPort)/readyz"]).output
     }
 
+    /// What a failed wait should show: the awaited state, the kernel's view and the daemon's log.
+    func diagnostics(_ what: String) -> String {
+        let routes = (try? ip("-n", ns, "route", "show")) ?? "?"
+        let neighbours = (try? ip("-n", ns, "neigh", "show", "dev", "flannel.1")) ?? "?"
+        let leases = (try? inNS(["/usr/bin/env", "ETCDCTL_API=3", "/usr/bin/etcdctl", "--endpoints=\(server.clientURL)",
+                                 "get", "--prefix", "/coreos.com/network/subnets/"]).output) ?? "?"
+        return "waiting for \(what)\nroutes:\n\(routes)\nneighbours:\n\(neighbours)\nleases:\n\(leases)\ndaemon log:\n\((readText(daemonLog) ?? "").suffix(4000))"
+    }
+
     func route(_ subnet: String) throws -> String { try ip("-n", ns, "route", "show", subnet) }
 
     func linkMAC(_ name: String) throws -> String? {
@@ -170,11 +179,13 @@ struct NodeLifecycleTests {
 
         // A peer joins, changes its MAC, leaves: the kernel follows.
         try await node.putLease("10.5.20.0-24", ip: "192.0.2.20", mac: "0a:00:00:00:00:20")
-        try await waitUntil { (try? node.route("10.5.20.0/24"))?.contains("flannel.1") == true }
+        try await waitUntil(node.diagnostics("route to 10.5.20.0/24")) { (try? node.route("10.5.20.0/24"))?.contains("flannel.1") == true }
         try await node.putLease("10.5.20.0-24", ip: "192.0.2.20", mac: "0a:00:00:00:00:21")
-        try await waitUntil { (try? node.ip("-n", node.ns, "neigh", "show", "10.5.20.0", "dev", "flannel.1"))?.contains("0a:00:00:00:00:21") == true }
+        try await waitUntil(node.diagnostics("neighbour 10.5.20.0 with the new MAC")) {
+            (try? node.ip("-n", node.ns, "neigh", "show", "10.5.20.0", "dev", "flannel.1"))?.contains("0a:00:00:00:00:21") == true
+        }
         try await node.server.delete("/coreos.com/network/subnets/10.5.20.0-24")
-        try await waitUntil { (try? node.route("10.5.20.0/24"))?.isEmpty == true }
+        try await waitUntil(node.diagnostics("route to 10.5.20.0/24 removed")) { (try? node.route("10.5.20.0/24"))?.isEmpty == true }
 
         // Drift: a route deleted by hand comes back on the next full pass (60 s) — too slow for a
         // test; the reconciler's own tests cover drift repair. Here: SIGTERM exits 0 and the device,
