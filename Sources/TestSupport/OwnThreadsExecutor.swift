@@ -48,6 +48,13 @@ public final class OwnThreadsExecutor: TaskExecutor, @unchecked Sendable {
         }
     }
 
+    /// True when called on one of this executor's threads.
+    public var isCurrentThreadOwn: Bool {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return threads.contains { pthread_equal($0, pthread_self()) != 0 }
+    }
+
     public func enqueue(_ job: consuming ExecutorJob) {
         let job = UnownedJob(job)
         pthread_mutex_lock(mutex)

@@ -21,23 +21,21 @@ struct TestSupportTests {
         #expect(Set(try TestPorts.reserve(count: 20)).isDisjoint(with: ports))
     }
 
-    /// A blocking call on an `OwnThreadsExecutor` leaves the shared pool free: a task there keeps
-    /// its 20 ms rhythm while both of our threads sleep in usleep.
-    @Test func blockingOnOwnThreadsDoesNotStallTheSharedPool() async throws {
-        let ticks = Mutex(0)
-        let ticker = Task.detached {
-            for _ in 0..<25 {
-                try? await Task.sleep(for: .milliseconds(20))
-                ticks.withLock { $0 += 1 }
+    /// The body and its child tasks run on the executor's own threads, so a blocking call there
+    /// holds none of the shared pool's threads (whatever else the process is doing meanwhile).
+    @Test func bodyAndChildTasksRunOnOwnThreads() async throws {
+        let executor = OwnThreadsExecutor(name: "probe")
+        defer { executor.shutdown() }
+        let seen = try await withTaskExecutorPreference(executor) {
+            try await withThrowingTaskGroup(of: Bool.self) { group in
+                for _ in 0..<2 { group.addTask { usleep(100_000); return executor.isCurrentThreadOwn } }
+                var seen = [executor.isCurrentThreadOwn]
+                for try await own in group { seen.append(own) }
+                try await Task.sleep(for: .milliseconds(10))
+                seen.append(executor.isCurrentThreadOwn)  // after a suspension, still ours
+                return seen
             }
         }
-        try await OwnThreadsExecutor.run(name: "blocking-probe") {
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                for _ in 0..<2 { group.addTask { usleep(1_000_000) } }
-                try await group.waitForAll()
-            }
-        }
-        #expect(ticks.withLock { $0 } >= 10, "the shared pool stalled while our threads blocked")
-        await ticker.value
+        #expect(seen == [true, true, true, true], "\(seen)")
     }
 }
