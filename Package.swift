@@ -43,6 +43,8 @@ let package = Package(
             name: "Netlink",
             dependencies: ["CBPF", "NetTypes", .product(name: "Logging", package: "swift-log")]
         ),
+        // The `.ownThreads` test trait (imports Testing, so kept out of TestSupport).
+        .target(name: "TestTraits", dependencies: ["TestSupport"]),
         .target(
             name: "Overlay",
             dependencies: ["Netlink", "NetTypes", "CBPF", .product(name: "Logging", package: "swift-log")]
@@ -116,9 +118,9 @@ let package = Package(
             name: "OverlayTests",
             dependencies: ["Overlay", "Netlink", "NetTypes", "TestSupport", .product(name: "Logging", package: "swift-log")]
         ),
-        .testTarget(name: "LeasesTests", dependencies: ["Leases", "NetTypes", "TestSupport"]),
+        .testTarget(name: "LeasesTests", dependencies: ["Leases", "NetTypes", "TestSupport", "TestTraits"]),
         .testTarget(name: "UserspaceDataplaneTests", dependencies: ["UserspaceDataplane", "NetTypes", "CBPF", "TestSupport", "BPFDataplane", "BPFLoader"]),
         .testTarget(name: "ReliabilityTests", dependencies: ["Leases", "NetTypes", "TestSupport", "BPFLoader", "BPFDataplane", "CBPF"]),
-        .testTarget(name: "FlannelDaemonTests", dependencies: ["FlannelDaemon", "Leases", "NetTypes", "TestSupport", "BPFLoader", "BPFDataplane", "CBPF", "fxdp-lab"]),
+        .testTarget(name: "FlannelDaemonTests", dependencies: ["FlannelDaemon", "Leases", "NetTypes", "TestSupport", "TestTraits", "BPFLoader", "BPFDataplane", "CBPF", "fxdp-lab"]),
     ]
 )

@@ -22,6 +22,8 @@ public struct DataplaneSetup: Sendable {
     public var userspace: UserspaceDataplane?
     /// Re-attaches our BPF programs when someone detaches them (BPF data path only).
     public var attachmentGuard: AttachmentGuard? = nil
+    /// Turns the BPF programs on once the first reconcile has filled their maps (see attachDataplane).
+    public var enableAfterFirstFill: (@Sendable () throws -> Void)? = nil
 }
 
 public enum Daemon {
@@ -112,6 +114,9 @@ public enum Daemon {
         let firstPass = await reconciler.reconcile()
         if !firstPass.succeeded {
             logger.error("filling the peer tables failed; not ready until a retry succeeds: \(firstPass)")
+        }
+        if let enable = setup.enableAfterFirstFill {
+            do { try enable() } catch { logger.error("enabling the BPF programs failed; the kernel vxlan path carries traffic: \(error)") }
         }
 
         // State file for `status`, masquerade (--ip-masq), /metrics (--metrics-port): Operations/.
@@ -225,7 +230,11 @@ public enum Daemon {
             let node = NodeConfig(nodeIP: external.interfaceAddress, vtepMAC: device.mac, vni: config.backend.vni,
                                   udpPort: config.backend.port, underlayIfindex: external.interface.index,
                                   underlayMAC: try Startup.interfaceMAC(name: external.interface.name),
-                                  overlayIfindex: device.index, overlayMTU: UInt16(clamping: device.mtu))
+                                  overlayIfindex: device.index, overlayMTU: UInt16(clamping: device.mtu), enabled: false)
+            // Attached disabled (every program hands every packet to the kernel, which carries the
+            // traffic as flanneld did), enabled once the first reconcile filled the maps: enabled
+            // with empty maps, decap dropped a peer's VXLAN as "not a peer" until its node entry
+            // was written — one lost ping in half the takeovers of a running stock node.
             try bpf.writeConfig(node)
             let state = try bpf.attach(overlayIfindex: device.index, underlayIfindex: external.interface.index, mode: mode)
             // BPF maps first (encap takes the packet before the kernel would), then the kernel's
@@ -235,7 +244,8 @@ public enum Daemon {
             let guardian = AttachmentGuard(bpf: bpf, overlayIfindex: device.index, underlayIfindex: external.interface.index,
                                            mode: state.decapMode ?? mode, logger: logger)
             return DataplaneSetup(summary: "BPF (\(mode == .xdp ? "XDP" : "TC-checked kernel") decap; \(state)) over \(device.name)",
-                                  tables: [PeerTableBinding(maps, selects: { !$0.direct }), kernelBinding], attachmentGuard: guardian)
+                                  tables: [PeerTableBinding(maps, selects: { !$0.direct }), kernelBinding], attachmentGuard: guardian,
+                                  enableAfterFirstFill: { try bpf.setEnabled(true) })
         } catch {
             guard choice == .auto else { throw StartupError.dataplaneRequired(choice: choice, reason: "\(error)") }
             // The device and its kernel routes carry traffic already: staying on them is safer than

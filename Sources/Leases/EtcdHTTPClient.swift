@@ -309,16 +309,6 @@ final class EtcdHTTPClient: Sendable {
                     try sync.addHandler(ResponseForwarder(continuation: continuation))
                 }
             }
-        let channel: any Channel
-        do {
-            channel = try await bootstrap.connect(host: endpoint.host, port: endpoint.port).get()
-        } catch {
-            continuation.finish()
-            throw EtcdClientError.connect(endpoint: endpoint.description, detail: "\(error)")
-        }
-        continuation.onTermination = { _ in channel.close(promise: nil) }
-        let close: @Sendable () -> Void = { channel.close(promise: nil) }
-
         var head = HTTPRequestHead(version: .http1_1, method: method, uri: uri)
         head.headers.add(name: "Host", value: endpoint.isIPLiteral && endpoint.host.contains(":")
             ? "[\(endpoint.host)]:\(endpoint.port)" : "\(endpoint.host):\(endpoint.port)")
@@ -328,9 +318,25 @@ final class EtcdHTTPClient: Sendable {
             head.headers.add(name: "Content-Type", value: contentType)
             head.headers.add(name: "Content-Length", value: String(body.count))
         }
-        channel.write(HTTPClientRequestPart.head(head), promise: nil)
-        if let body { channel.write(HTTPClientRequestPart.body(.byteBuffer(ByteBuffer(bytes: body))), promise: nil) }
-        channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
+        // The request goes out on the event loop the moment the connection is up, not after this
+        // task gets a thread again: the read timeout starts at connect, and it must measure etcd's
+        // answer, not how long a busy process took to schedule us (a loaded node, or a test
+        // process full of blocking tests, delayed the send by seconds and "etcd did not answer").
+        let requestHead = head
+        let channel: any Channel
+        do {
+            channel = try await bootstrap.connect(host: endpoint.host, port: endpoint.port).map { channel in
+                channel.write(HTTPClientRequestPart.head(requestHead), promise: nil)
+                if let body { channel.write(HTTPClientRequestPart.body(.byteBuffer(ByteBuffer(bytes: body))), promise: nil) }
+                channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
+                return channel
+            }.get()
+        } catch {
+            continuation.finish()
+            throw EtcdClientError.connect(endpoint: endpoint.description, detail: "\(error)")
+        }
+        continuation.onTermination = { _ in channel.close(promise: nil) }
+        let close: @Sendable () -> Void = { channel.close(promise: nil) }
 
         // Wait for the head; the rest is handed to the caller as body chunks.
         let iterator = IteratorBox(parts.makeAsyncIterator())

@@ -69,7 +69,9 @@ public final class EtcdV3Registry: SubnetRegistry {
             r = try await client.request(.POST, path, body: bytes, headers: try await authHeaders(refresh: true))
         }
         guard r.status == 200 else {
-            if r.status == 404 {
+            // The gateway maps gRPC NotFound to 404 too ("requested lease not found", with a JSON
+            // body carrying its gRPC code): only a 404 without one means there is no gateway.
+            if r.status == 404, (try? JSONValue.parse(bytes: r.body))?["code"] == nil {
                 throw RegistryError.server(operation: op, status: 404, message: "no v3 JSON gateway at \(path) (etcd older than 3.4?)")
             }
             throw RegistryError.server(operation: op, status: r.status, message: Self.errorMessage(r))
@@ -151,9 +153,27 @@ public final class EtcdV3Registry: SubnetRegistry {
         return .object([JSONMember("request_put", .object(members))])
     }
 
+    /// A put under a just-granted etcd lease fails with "requested lease not found" when the
+    /// lease expired between grant and put (a short TTL on a slow or loaded etcd): grant anew.
+    private func withFreshGrant<T>(_ ttl: Duration?, _ body: (Int64?) async throws -> T) async throws -> T {
+        var attempt = 0
+        while true {
+            attempt += 1
+            let lease = try await ttl.asyncMap(grant)
+            do {
+                return try await body(lease)
+            } catch RegistryError.server(_, 404, let message) where lease != nil && attempt < 3 && message.contains("lease not found") {
+                continue
+            }
+        }
+    }
+
     public func createLease(name: String, value: String, ttl: Duration?) async throws -> Int64 {
+        try await withFreshGrant(ttl) { lease in try await createLease(name: name, value: value, lease: lease) }
+    }
+
+    private func createLease(name: String, value: String, lease: Int64?) async throws -> Int64 {
         let key = subnetsKey + name
-        let lease = try await ttl.asyncMap(grant)
         let doc = try await call("create lease", "/v3/kv/txn", .object([
             JSONMember("compare", .array([.object([
                 JSONMember("key", Self.b64(key)), JSONMember("result", .string("EQUAL")),
@@ -169,8 +189,13 @@ public final class EtcdV3Registry: SubnetRegistry {
     }
 
     public func updateLease(name: String, value: String, ttl: Duration?, expectedRevision: Int64) async throws -> Int64 {
+        try await withFreshGrant(ttl) { lease in
+            try await updateLease(name: name, value: value, lease: lease, expectedRevision: expectedRevision)
+        }
+    }
+
+    private func updateLease(name: String, value: String, lease: Int64?, expectedRevision: Int64) async throws -> Int64 {
         let key = subnetsKey + name
-        let lease = try await ttl.asyncMap(grant)
         let doc = try await call("update lease", "/v3/kv/txn", .object([
             JSONMember("compare", .array([.object([
                 JSONMember("key", Self.b64(key)), JSONMember("result", .string("EQUAL")),

@@ -4,7 +4,10 @@
 // everything. `etcdctl(api:)` runs Debian's etcdctl against it, the way flannel's docs write keys.
 //
 // Processes are started with posix_spawn and stopped by their pid only. Every instance gets its own
-// ports and directory, so tests (and other helpers' tests) can run in parallel.
+// directory and its own ports, reserved through `TestPorts` for the whole test process: a server
+// stopped for an outage keeps its ports while it is down, so no other test can start on them and
+// `restart()` finds them free. `namespace:` runs etcd (and etcdctl) inside a network namespace
+// through `ip netns exec` (same pid: it execs), for tests whose daemons reach etcd from there.
 
 import Glibc
 import Synchronization
@@ -44,19 +47,25 @@ public final class EtcdServer: Sendable {
     public let tls: EtcdServerTLS?
     /// Client-side files etcdctl uses against a TLS server (CA, cert, key).
     public let etcdctlTLS: (ca: String, cert: String, key: String)?
+    /// The network namespace etcd listens in (nil: the test process's own).
+    public let namespace: String?
     private let pid = Mutex<pid_t>(0)
     private let logPath: String
     private let extraArguments: [String]
 
     public var clientURL: String { (tls == nil ? "http" : "https") + "://127.0.0.1:\(clientPort)" }
     public var peerURL: String { "http://127.0.0.1:\(peerPort)" }
+    /// etcd's member name, unique per server (its data dir's name).
+    private var memberName: String { String(dataDir.split(separator: "/").dropLast().last ?? "fx") }
+    private var namespacePrefix: [String] { namespace.map { ["/usr/sbin/ip", "netns", "exec", $0] } ?? [] }
     public var isRunning: Bool { pid.withLock { $0 } > 0 }
 
     private static let counter = Mutex(0)
 
     /// Starts etcd and waits until it answers. `tag` names the data dir (e.g. the test's area).
     /// `extraArguments` are appended to etcd's command line (e.g. `--auth-token-ttl=1`).
-    public static func start(tag: String = "fx", tls: EtcdServerTLS? = nil,
+    /// `namespace`: an existing network namespace to run etcd in (the caller deletes it after `cleanup()`).
+    public static func start(tag: String = "fx", namespace: String? = nil, tls: EtcdServerTLS? = nil,
                              etcdctlTLS: (ca: String, cert: String, key: String)? = nil,
                              extraArguments: [String] = []) async throws -> EtcdServer {
         let n = counter.withLock { $0 += 1; return $0 }
@@ -68,12 +77,13 @@ public final class EtcdServer: Sendable {
             throw EtcdServerError("mkdtemp failed: errno \(errno)")
         }
         let dir = stringFromCChars(template)
-        // A port picked free can be taken before etcd binds it (parallel tests): try again.
+        // Reserved ports cannot go to another test, but a program outside the scheme may still take
+        // one between the check and etcd's bind: then try other ports.
         var lastError: any Error = EtcdServerError("no attempt")
         for _ in 0..<5 {
-            let (client, peer) = try freePortPair()
-            let server = EtcdServer(clientPort: client, peerPort: peer, dataDir: dir + "/data", logPath: dir + "/etcd.log",
-                                    tls: tls, etcdctlTLS: etcdctlTLS, extraArguments: extraArguments)
+            let ports = try TestPorts.reserve(count: 2)
+            let server = EtcdServer(clientPort: ports[0], peerPort: ports[1], dataDir: dir + "/data", logPath: dir + "/etcd.log",
+                                    namespace: namespace, tls: tls, etcdctlTLS: etcdctlTLS, extraArguments: extraArguments)
             do {
                 try await server.launch()
                 return server
@@ -127,9 +137,10 @@ public final class EtcdServer: Sendable {
         return found
     }
 
-    private init(clientPort: Int, peerPort: Int, dataDir: String, logPath: String, tls: EtcdServerTLS?,
+    private init(clientPort: Int, peerPort: Int, dataDir: String, logPath: String, namespace: String?, tls: EtcdServerTLS?,
                  etcdctlTLS: (ca: String, cert: String, key: String)?, extraArguments: [String]) {
         self.extraArguments = extraArguments
+        self.namespace = namespace
         self.clientPort = clientPort
         self.peerPort = peerPort
         self.dataDir = dataDir
@@ -148,11 +159,11 @@ public final class EtcdServer: Sendable {
     }
 
     private var arguments: [String] {
-        var args = [
-            "/usr/bin/etcd", "--name", "fx", "--data-dir", dataDir,
+        var args = namespacePrefix + [
+            "/usr/bin/etcd", "--name", memberName, "--data-dir", dataDir,
             "--listen-client-urls", clientURL, "--advertise-client-urls", clientURL,
             "--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
-            "--initial-cluster", "fx=\(peerURL)", "--initial-cluster-state", "new",
+            "--initial-cluster", "\(memberName)=\(peerURL)", "--initial-cluster-state", "new",
             "--enable-v2=true", "--logger", "zap", "--log-level", "warn",
             "--heartbeat-interval", "50", "--election-timeout", "500",
         ]
@@ -173,10 +184,12 @@ public final class EtcdServer: Sendable {
                 pid.withLock { $0 = 0 }
                 throw EtcdServerError("etcd exited during startup (status \(status)); log: \(readFile(logPath).suffix(2000))")
             }
-            // A cheap connect first; etcdctl (a Go process per try) only once the port listens.
+            // Only a server that is *ours* counts: something else answering on the port (a server
+            // outside the port reservation) would otherwise pass the health check. Our etcd owns
+            // the listening socket once it has bound it; etcdctl (a Go process per try) runs after.
             // `endpoint status` rather than `health`: it also answers when auth is enabled.
-            if acceptsConnections(clientPort) {
-                let r = try? await etcdctlAsync(api: 3, ["endpoint", "status", "--command-timeout=2s"])
+            if process(p, listensOn: clientPort) {
+                let r = try? await etcdctlAsync(api: 3, ["endpoint", "status", "--command-timeout=5s"])
                 if let r, r.status == 0 { return }
             }
             try await Task.sleep(for: .milliseconds(100))
@@ -256,7 +269,7 @@ public final class EtcdServer: Sendable {
     }
 
     private func etcdctlArguments(api: Int) -> [String] {
-        var argv = ["/usr/bin/etcdctl"]
+        var argv = namespacePrefix + ["/usr/bin/etcdctl"]
         if api == 2 {
             argv += ["--endpoints", clientURL]
             if let t = etcdctlTLS { argv += ["--ca-file", t.ca, "--cert-file", t.cert, "--key-file", t.key] }
@@ -279,35 +292,43 @@ public final class EtcdServer: Sendable {
 
 // MARK: - processes and ports
 
-/// Two distinct free TCP ports on 127.0.0.1 (bound then released; collisions are unlikely).
+/// Two distinct reserved TCP ports on 127.0.0.1 (see `TestPorts`).
 public func freePortPair() throws -> (Int, Int) {
-    let a = try freePort()
-    var b = try freePort()
-    while b == a { b = try freePort() }
-    return (a, b)
+    let ports = try TestPorts.reserve(count: 2)
+    return (ports[0], ports[1])
 }
 
+/// A reserved TCP port on 127.0.0.1 (see `TestPorts`).
 public func freePort() throws -> Int {
-    // Outside Linux's ephemeral range (32768-60999), so outgoing connections cannot grab it meanwhile.
-    for _ in 0..<200 {
-        let port = Int.random(in: 20000...32000)
-        if canBind(port) { return port }
-    }
-    throw EtcdServerError("no free port found in 20000...32000")
+    try TestPorts.reserve()
 }
 
-private func canBind(_ port: Int) -> Bool {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { return false }
-    defer { close(fd) }
-    var addr = sockaddr_in()
-    addr.sin_family = sa_family_t(AF_INET)
-    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-    addr.sin_port = UInt16(port).bigEndian
-    let rc = withUnsafePointer(to: &addr) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+/// True if process `pid` holds a socket listening on TCP `port` (any address), as seen in its own
+/// network namespace (/proc/<pid>/net/tcp), with the socket among its own fds.
+func process(_ pid: pid_t, listensOn port: Int) -> Bool {
+    let portHex = String(port, radix: 16, uppercase: true)
+    let padded = String(repeating: "0", count: max(0, 4 - portHex.count)) + portHex
+    var inodes: Set<String> = []
+    for table in ["tcp", "tcp6"] {
+        for line in readFile("/proc/\(pid)/net/\(table)").split(separator: "\n").dropFirst() {
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let f = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard f.count > 9, f[3] == "0A", f[1].hasSuffix(":" + padded) else { continue }
+            inodes.insert(String(f[9]))
+        }
     }
-    return rc == 0
+    guard !inodes.isEmpty, let dir = opendir("/proc/\(pid)/fd") else { return false }
+    defer { closedir(dir) }
+    var target = [CChar](repeating: 0, count: 256)
+    while let entry = readdir(dir) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+        guard name.first?.isNumber == true else { continue }
+        let n = readlink("/proc/\(pid)/fd/\(name)", &target, target.count - 1)
+        guard n > 0 else { continue }
+        let link = String(decoding: target[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        if link.hasPrefix("socket:["), inodes.contains(String(link.dropFirst(8).dropLast())) { return true }
+    }
+    return false
 }
 
 /// posix_spawn with stdout+stderr to `stdoutPath` (or /dev/null); returns the pid.
@@ -399,20 +420,6 @@ func makeTempDir(_ tag: String) throws -> String {
         throw EtcdServerError("mkdtemp failed: errno \(errno)")
     }
     return stringFromCChars(template)
-}
-
-/// True if something accepts TCP connections on 127.0.0.1:`port` (a local connect never blocks long).
-func acceptsConnections(_ port: Int) -> Bool {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { return false }
-    defer { close(fd) }
-    var addr = sockaddr_in()
-    addr.sin_family = sa_family_t(AF_INET)
-    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-    addr.sin_port = UInt16(port).bigEndian
-    return withUnsafePointer(to: &addr) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-    } == 0
 }
 
 public func readFile(_ path: String) -> String {

@@ -239,12 +239,12 @@ struct ReconcilerTests {
 }
 
 /// Polls `condition` every 20 ms for up to `seconds`.
-func waitUntil(seconds: Double = 30, _ condition: () async -> Bool) async throws {
+func waitUntil(seconds: Double = 30, _ context: @autoclosure () -> String = "", _ condition: () async -> Bool) async throws {
     let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
     while ContinuousClock.now < deadline {
         if await condition() { return }
         try await Task.sleep(for: .milliseconds(20))
     }
-    Issue.record("condition not met within \(seconds) s")
+    Issue.record("condition not met within \(seconds) s \(context())")
     throw CancellationError()
 }

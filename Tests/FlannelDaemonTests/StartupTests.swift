@@ -4,12 +4,13 @@ import Leases
 import Logging
 import NetTypes
 import ServiceLifecycle
+import TestSupport
 import Testing
 
 private let vxlanConfig = #"{"Network":"10.5.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan","VNI":1}}"#
 
-private func etcdOptions(_ etcd: DaemonTestEtcd, prefix: String, api: String = "auto") throws -> EtcdOptions {
-    try EtcdOptions.parse(["--etcd-endpoints=\(etcd.url)", "--etcd-prefix=\(prefix)", "--etcd-api=\(api)"])
+private func etcdOptions(_ etcd: EtcdServer, prefix: String, api: String = "auto") throws -> EtcdOptions {
+    try EtcdOptions.parse(["--etcd-endpoints=\(etcd.clientURL)", "--etcd-prefix=\(prefix)", "--etcd-api=\(api)"])
 }
 
 private func leaseJSON(_ ip: String, mac: String?, type: String = "vxlan") -> String {
@@ -26,10 +27,10 @@ struct StartupTests {
 
     @Test("--etcd-api=auto finds the config in v3 or in v2")
     func autoDetect() async throws {
-        let etcd = try await DaemonTestEtcd()
-        defer { etcd.stop() }
-        try etcd.put("/v3net/config", vxlanConfig)
-        try etcd.put("/v2net/config", vxlanConfig, v2: true)
+        let etcd = try await EtcdServer.start(tag: "fxd")
+        defer { etcd.cleanup() }
+        try await etcd.put("/v3net/config", vxlanConfig)
+        try await etcd.put("/v2net/config", vxlanConfig, v2: true)
         let v3 = try await Startup.connectRegistry(try etcdOptions(etcd, prefix: "/v3net"), logger: logger)
         #expect(v3.apiVersion == .v3)
         let v2 = try await Startup.connectRegistry(try etcdOptions(etcd, prefix: "/v2net"), logger: logger)
@@ -38,28 +39,28 @@ struct StartupTests {
 
     @Test("auto waits while the config is missing, then connects")
     func autoWaitsForConfig() async throws {
-        let etcd = try await DaemonTestEtcd()
-        defer { etcd.stop() }
+        let etcd = try await EtcdServer.start(tag: "fxd")
+        defer { etcd.cleanup() }
         let options = try etcdOptions(etcd, prefix: "/late")
         let connecting = Task { try await Startup.connectRegistry(options, logger: logger, retryInitial: .milliseconds(100)) }
         try await Task.sleep(for: .milliseconds(500))
-        try etcd.put("/late/config", vxlanConfig)
+        try await etcd.put("/late/config", vxlanConfig)
         let registry = try await connecting.value
         #expect(registry.apiVersion == .v3)
     }
 
     @Test("a bad config is retried until fixed; the backend is mapped")
     func badConfigRetried() async throws {
-        let etcd = try await DaemonTestEtcd()
-        defer { etcd.stop() }
-        try etcd.put("/bad/config", #"{"Network":"10.5.0.0/33"}"#)
+        let etcd = try await EtcdServer.start(tag: "fxd")
+        defer { etcd.cleanup() }
+        try await etcd.put("/bad/config", #"{"Network":"10.5.0.0/33"}"#)
         let registry = try await Startup.connectRegistry(try etcdOptions(etcd, prefix: "/bad", api: "v3"), logger: logger)
         let manager = SubnetManager(registry: registry, logger: logger)
         let reading = Task { try await Startup.readConfig(manager, logger: logger, retryInitial: .milliseconds(100)) }
         try await Task.sleep(for: .milliseconds(400))
-        try etcd.put("/bad/config", #"{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard"}}"#) // valid JSON, unsupported backend
+        try await etcd.put("/bad/config", #"{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard"}}"#) // valid JSON, unsupported backend
         try await Task.sleep(for: .milliseconds(400))
-        try etcd.put("/bad/config", #"{"Network":"10.6.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#)
+        try await etcd.put("/bad/config", #"{"Network":"10.6.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#)
         let (config, backend) = try await reading.value
         #expect(config.network == IPv4Subnet(cidr: "10.6.0.0/16"))
         #expect(backend == .vxlan(directRouting: true))
@@ -85,9 +86,9 @@ struct StartupTests {
 
     @Test("the previous subnet.env's subnet is taken again when free; a restart keeps the same lease")
     func previousSubnet() async throws {
-        let etcd = try await DaemonTestEtcd()
-        defer { etcd.stop() }
-        try etcd.put("/prev/config", vxlanConfig)
+        let etcd = try await EtcdServer.start(tag: "fxd")
+        defer { etcd.cleanup() }
+        try await etcd.put("/prev/config", vxlanConfig)
         let file = "/tmp/\(uniqueTag("s"))/subnet.env"
         defer { _ = try? runProgram("/bin/rm", ["-rf", String(file.dropLast("/subnet.env".count))]) }
         try SubnetEnv(network: IPv4Subnet(cidr: "10.5.0.0/16")!, subnet: IPv4Subnet(cidr: "10.5.77.0/24")!, mtu: 1450, ipMasq: false)
@@ -104,7 +105,7 @@ struct StartupTests {
         let attributes = LeaseAttributes.forBackend(config.backend, publicIP: IPv4Address("192.0.2.10")!, vtepMAC: mac)
         let lease = try await Startup.acquireLease(manager, config: config, attributes: attributes, previousSubnet: previous, logger: logger)
         #expect(lease.subnet == IPv4Subnet(cidr: "10.5.77.0/24"))
-        let stored = try etcd.get("/prev/subnets/10.5.77.0-24")
+        let stored = try await etcd.get("/prev/subnets/10.5.77.0-24")
         #expect(stored.contains("\"VtepMAC\":\"0a:00:00:00:00:01\""))
 
         // A restarted daemon (new manager, no subnet.env) gets its own lease back by PublicIP.
@@ -128,11 +129,11 @@ struct StartupTests {
 
     @Test("snapshot then watch events reach the reconciler's desired set, filtered as flannel does")
     func watchToReconciler() async throws {
-        let etcd = try await DaemonTestEtcd()
-        defer { etcd.stop() }
-        try etcd.put("/w/config", vxlanConfig)
-        try etcd.put("/w/subnets/10.5.2.0-24", leaseJSON("192.0.2.12", mac: "0a:00:00:00:00:02"))
-        try etcd.put("/w/subnets/10.5.9.0-24", leaseJSON("192.0.2.19", mac: nil, type: "host-gw"))
+        let etcd = try await EtcdServer.start(tag: "fxd")
+        defer { etcd.cleanup() }
+        try await etcd.put("/w/config", vxlanConfig)
+        try await etcd.put("/w/subnets/10.5.2.0-24", leaseJSON("192.0.2.12", mac: "0a:00:00:00:00:02"))
+        try await etcd.put("/w/subnets/10.5.9.0-24", leaseJSON("192.0.2.19", mac: nil, type: "host-gw"))
 
         let registry = try await Startup.connectRegistry(try etcdOptions(etcd, prefix: "/w"), logger: logger)
         let manager = SubnetManager(registry: registry, logger: logger)
@@ -156,19 +157,19 @@ struct StartupTests {
         let group = ServiceGroup(services: [service], logger: logger)
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await group.run() }
-            try etcd.put("/w/subnets/10.5.3.0-24", leaseJSON("192.0.2.13", mac: "0a:00:00:00:00:03"))
+            try await etcd.put("/w/subnets/10.5.3.0-24", leaseJSON("192.0.2.13", mac: "0a:00:00:00:00:03"))
             try await waitUntil { await reconciler.desired.count == 2 }
-            try etcd.put("/w/subnets/10.5.2.0-24", leaseJSON("192.0.2.12", mac: "0a:00:00:00:00:22"))
+            try await etcd.put("/w/subnets/10.5.2.0-24", leaseJSON("192.0.2.12", mac: "0a:00:00:00:00:22"))
             try await waitUntil {
                 await reconciler.desired.first { $0.subnet == IPv4Subnet(cidr: "10.5.2.0/24") }?.vtepMAC == MACAddress("0a:00:00:00:00:22")
             }
-            try etcd.delete("/w/subnets/10.5.3.0-24")
+            try await etcd.delete("/w/subnets/10.5.3.0-24")
             try await waitUntil { await reconciler.desired.map(\.subnet) == [IPv4Subnet(cidr: "10.5.2.0/24")!] }
             await group.triggerGracefulShutdown()
             try await tasks.waitForAll()
         }
         // Shutdown leaves our lease in etcd.
-        #expect(try etcd.get("/w/subnets/10.5.1.0-24").contains("192.0.2.11"))
+        #expect(try await etcd.get("/w/subnets/10.5.1.0-24").contains("192.0.2.11"))
     }
 }
 }

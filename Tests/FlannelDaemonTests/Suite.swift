@@ -1,7 +1,10 @@
 import Testing
+import TestTraits
 
-/// Every suite of this target runs inside this one, one test at a time. Several tests block a
-/// thread on purpose (etcdctl, ip, waitpid); with 2 cores the cooperative pool has 2 threads,
-/// and running them beside the timing-sensitive reconciler loop test starved it. Serial costs a
-/// few seconds and makes the results independent of scheduling.
-@Suite(.serialized) struct DaemonSuite {}
+/// Every suite of this target runs inside this one, one test at a time, on threads of its own
+/// (`.ownThreads`). Several tests block a thread on purpose (etcdctl, ip, curl, waitpid, a blocking
+/// recv for READY=1): on Swift's shared pool (2 threads with 2 cores) that starved the timing-
+/// sensitive tests of every other target in the same `swift test` process, and running them beside
+/// the reconciler loop test starved that one. Serial costs a few seconds and makes the results
+/// independent of scheduling.
+@Suite(.serialized, .ownThreads) struct DaemonSuite {}

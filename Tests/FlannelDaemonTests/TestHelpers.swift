@@ -1,4 +1,5 @@
 import Glibc
+import TestSupport
 import Testing
 
 struct ToolFailure: Error, CustomStringConvertible {
@@ -89,4 +90,22 @@ func builtBinaryPath() -> String? {
 /// A short tag unique to this test process: "fxd" + pid + a counter.
 func uniqueTag(_ hint: String = "") -> String {
     "fxd\(hint)\(getpid())x\(UInt16.random(in: 0...UInt16.max))"
+}
+
+/// The daemon tests' etcd writes, through TestSupport's `EtcdServer` (which also runs etcd inside a
+/// node's network namespace). etcdctl is awaited without blocking a thread.
+extension EtcdServer {
+    /// `etcdctl put` (v3) or `set` (v2).
+    func put(_ key: String, _ value: String, v2: Bool = false) async throws {
+        try await etcdctlCheckedAsync(api: v2 ? 2 : 3, [v2 ? "set" : "put", key, value])
+    }
+
+    func delete(_ key: String, v2: Bool = false) async throws {
+        try await etcdctlCheckedAsync(api: v2 ? 2 : 3, [v2 ? "rm" : "del", key])
+    }
+
+    /// The value at `key` (v3), or "" when there is none.
+    func get(_ key: String) async throws -> String {
+        try await etcdctlCheckedAsync(api: 3, ["get", "--print-value-only", key])
+    }
 }

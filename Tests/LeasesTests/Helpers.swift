@@ -4,6 +4,7 @@ import Logging
 import NetTypes
 import Synchronization
 import TestSupport
+import TestTraits
 import Testing
 
 /// The API variants every etcd test runs against.
@@ -14,11 +15,22 @@ let bothAPIs: [EtcdAPIVersion] = [.v2, .v3]
 func withEtcd<T>(tls: EtcdServerTLS? = nil, etcdctlTLS: (ca: String, cert: String, key: String)? = nil,
                  exclusive: Bool = false, extraArguments: [String] = [],
                  _ body: (EtcdServer) async throws -> T) async throws -> T {
+    OwnThreadsExecutor.widenSharedPool()
     await TestGate.shared.enter(exclusive: exclusive)
     defer { Task { await TestGate.shared.leave(exclusive: exclusive) } }
     let server = try await EtcdServer.start(tag: "lease", tls: tls, etcdctlTLS: etcdctlTLS, extraArguments: extraArguments)
     defer { server.cleanup() }
     return try await body(server)
+}
+
+/// Runs `body` while `manager`'s renew loop runs as a child task (so it shares the test's
+/// executor, see `.ownThreads`), then cancels the loop.
+func withRenewLoop(_ manager: SubnetManager, _ body: () async throws -> Void) async throws {
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask { try await manager.runRenewLoop() }
+        defer { group.cancelAll() }
+        try await body()
+    }
 }
 
 /// A readers/writer gate: ordinary tests share it, an exclusive test waits for them to finish and

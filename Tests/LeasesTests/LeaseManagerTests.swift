@@ -55,12 +55,12 @@ struct LeaseManagerTests {
             let manager = SubnetManager(registry: registry, options: options, logger: quietLogger)
             let config = try await manager.getConfig()
             let lease = try await manager.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.11"))
-            let loop = Task { try await manager.runRenewLoop() }
-            defer { loop.cancel() }
-            try await Task.sleep(for: .seconds(5))
-            // Still there after more than the TTL, renewed at least twice.
-            #expect(try await registry.getLease(name: lease.subnet.leaseKey) != nil)
-            #expect(manager.counters.snapshot().renewals >= 2)
+            try await withRenewLoop(manager) {
+                try await Task.sleep(for: .seconds(5))
+                // Still there after more than the TTL, renewed at least twice.
+                #expect(try await registry.getLease(name: lease.subnet.leaseKey) != nil)
+                #expect(manager.counters.snapshot().renewals >= 2)
+            }
         }
     }
 
@@ -70,7 +70,8 @@ struct LeaseManagerTests {
         try await withEtcd { server in
             let prefix = uniquePrefix("renewout")
             try await writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
-            let registry = try makeRegistry(server, api, prefix: prefix) { $0.requestTimeout = .seconds(1) }
+            // etcd being down is a refused connection, seen at once: no short timeout needed.
+            let registry = try makeRegistry(server, api, prefix: prefix)
             var options = fastOptions(ttl: .seconds(6))
             options.renewMargin = .seconds(3)  // due 3 s after acquiring (the margin is capped at TTL/2)
             options.renewRetryInterval = .milliseconds(300)
@@ -78,14 +79,14 @@ struct LeaseManagerTests {
             let lease = try await manager.acquireLease(config: try NetworkConfig.parse(vxlanConfigJSON),
                                                        attributes: vxlanAttributes("192.0.2.12"))
             await server.stopAsync()
-            let loop = Task { try await manager.runRenewLoop() }
-            defer { loop.cancel() }
-            try await eventually("failed renewals") { manager.counters.snapshot().renewalFailures >= 2 }
-            try await server.restart()
-            try await eventually(timeout: .seconds(10), "renewal after the outage") { manager.counters.snapshot().renewals >= 1 }
-            let rec = try #require(try await registry.getLease(name: lease.subnet.leaseKey))
-            #expect(rec.revision > lease.revision)
-            #expect(rec.valueText == vxlanAttributes("192.0.2.12").json)
+            try await withRenewLoop(manager) {
+                try await eventually("failed renewals") { manager.counters.snapshot().renewalFailures >= 2 }
+                try await server.restart()
+                try await eventually(timeout: .seconds(10), "renewal after the outage") { manager.counters.snapshot().renewals >= 1 }
+                let rec = try #require(try await registry.getLease(name: lease.subnet.leaseKey))
+                #expect(rec.revision > lease.revision)
+                #expect(rec.valueText == vxlanAttributes("192.0.2.12").json)
+            }
         }
     }
 

@@ -26,9 +26,10 @@ struct WatchTests {
             let me = SubnetManager(registry: registry, options: fastOptions(), logger: quietLogger)
             let own = try await me.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.1"), previousSubnet: ownTestSubnet)
 
-            // A peer present before the watch starts, with a short TTL.
+            // A peer present before the watch starts, with a short TTL (long enough to be in the
+            // first list on a loaded machine).
             let p1 = vxlanAttributes("192.0.2.2", mac: "0a:00:00:00:00:02")
-            try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.2.0-24", value: p1.json, ttl: 3)
+            try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.2.0-24", value: p1.json, ttl: 8)
 
             let peers = PeerCollector(me.watchPeers(config: config))
             defer { peers.stop() }
@@ -55,7 +56,7 @@ struct WatchTests {
             }
             try await eventually("delete") { peers.peers[subnet("10.5.3.0/24")] == nil }
             // TTL expiry of the first peer
-            try await eventually(timeout: .seconds(10), "expiry") { peers.peers[subnet("10.5.2.0/24")] == nil }
+            try await eventually(timeout: .seconds(20), "expiry") { peers.peers[subnet("10.5.2.0/24")] == nil }
             #expect(peers.events.contains { if case .removed(let l) = $0 { l.subnet == subnet("10.5.2.0/24") } else { false } })
             // Our own renewals never show up as peer events.
             try await me.renewLease()
@@ -293,7 +294,13 @@ struct WatchTests {
             try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.11.0-24", value: vxlanAttributes("192.0.2.11").json, ttl: 60)
             try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.12.0-24", value: vxlanAttributes("192.0.2.12").json, ttl: 60)
             try await eventually("watched add") { peers.peers[subnet("10.5.12.0/24")] != nil }
-            #expect(peers.peers[subnet("10.5.11.0/24")] == nil)  // the watch lost it
+            // The watch lost it. (On a slow machine the 3 s re-list may already have brought it
+            // back by now: then the re-list, not the watch, must be the one that did.)
+            if peers.peers[subnet("10.5.11.0/24")] != nil {
+                try await eventually(timeout: .seconds(2), "the early repair counted as a re-list repair") {
+                    counters.snapshot().repairedByRelist >= 1
+                }
+            }
             try await eventually(timeout: .seconds(8), "repair by re-list") { peers.peers[subnet("10.5.11.0/24")] != nil }
             #expect(counters.snapshot().repairedByRelist == 1)
             #expect(peers.events.contains(.added(peers.peers[subnet("10.5.11.0/24")]!)))
