@@ -8,19 +8,6 @@ import NetTypes
 import Testing
 import TestSupport
 
-/// The flanneld-xdp binary next to this test bundle (swift build --build-tests builds both), or
-/// $FXDP_DAEMON.
-func daemonBinary() -> String {
-    if let p = getenv("FXDP_DAEMON") { return String(cString: p) }
-    var buf = [CChar](repeating: 0, count: 4096)
-    let n = readlink("/proc/self/exe", &buf, buf.count - 1)
-    let exe = n > 0 ? String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : ""
-    var dir = exe.split(separator: "/", omittingEmptySubsequences: false).dropLast()
-    // …/debug/flanneld-xdpPackageTests.xctest is a file; its folder holds the executables.
-    if dir.last?.hasSuffix(".xctest") == true { dir = dir.dropLast() }
-    return dir.joined(separator: "/") + "/flanneld-xdp"
-}
-
 /// Reads a node's pinned peers map from this (root namespace) process: maps are not per-namespace.
 func pinnedPeerSubnets(_ cluster: FlannelCluster, _ node: LabNode) throws -> [IPv4Subnet] {
     let map = try BPFMap.openPinned(path: cluster.pinFolder(node) + "/" + FXDP_MAP_PEERS,
@@ -76,7 +63,7 @@ struct BackgroundPing {
 struct ClusterTests {
     @Test("three nodes: every pod reaches every pod through the BPF path", arguments: [ClusterEtcdAPI.v2, .v3])
     func allPodsReachAllPods(api: ClusterEtcdAPI) async throws {
-        let cluster = try FlannelCluster(tag: "e2e", api: api, daemonPath: daemonBinary(), nodes: 3)
+        let cluster = try FlannelCluster(tag: "e2e", api: api, daemonPath: TestBinaries.flanneldXDP(), nodes: 3)
         defer { cluster.cleanup() }
         for node in cluster.nodes { try cluster.startDaemon(node) }
         // Each node's peers map converges to the two others.
@@ -105,7 +92,7 @@ struct ClusterTests {
 
     @Test("a node that joins later is reached within a second; a deleted lease leaves every peer table")
     func joinAndLeave() async throws {
-        let cluster = try FlannelCluster(tag: "e2j", api: .v3, daemonPath: daemonBinary(), nodes: 2)
+        let cluster = try FlannelCluster(tag: "e2j", api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 2)
         defer { cluster.cleanup() }
         for node in cluster.nodes { try cluster.startDaemon(node) }
         let late = try cluster.addNode(3)
@@ -126,7 +113,7 @@ struct ClusterTests {
 
     @Test("mixed cluster: a stock-flannel node (kernel vxlan as flanneld sets it) and flanneld-xdp nodes, both ways")
     func mixedWithStockFlannel() async throws {
-        let cluster = try FlannelCluster(tag: "e2m", api: .v2, daemonPath: daemonBinary(), nodes: 3)
+        let cluster = try FlannelCluster(tag: "e2m", api: .v2, daemonPath: TestBinaries.flanneldXDP(), nodes: 3)
         defer { cluster.cleanup() }
         let stock = cluster.nodes[2]
         // The stand-in: flannel.1 exactly as flanneld makes it, its lease exactly as flanneld writes it.
@@ -158,7 +145,7 @@ struct ClusterTests {
 
     @Test("SIGKILL and restart while a 10 ms ping and a TCP stream run: nothing lost, same subnet")
     func restartLosesNothing() async throws {
-        let cluster = try FlannelCluster(tag: "e2r", api: .v3, daemonPath: daemonBinary(), nodes: 2)
+        let cluster = try FlannelCluster(tag: "e2r", api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 2)
         defer { cluster.cleanup() }
         for node in cluster.nodes { try cluster.startDaemon(node) }
         let (a, b) = (cluster.nodes[0], cluster.nodes[1])
@@ -183,7 +170,7 @@ struct ClusterTests {
 
     @Test("migration: a stock-flannel node is taken over with no ping lost, same subnet and VtepMAC, and handed back")
     func migrationFromStockFlannel() async throws {
-        let cluster = try FlannelCluster(tag: "e2g", api: .v3, daemonPath: daemonBinary(), nodes: 2)
+        let cluster = try FlannelCluster(tag: "e2g", api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 2)
         defer { cluster.cleanup() }
         let (stockNode, other) = (cluster.nodes[0], cluster.nodes[1])
         // Node 1 runs "stock flanneld": device, lease, and the routes for node 2 once it is up.
@@ -213,7 +200,7 @@ struct ClusterTests {
 
     @Test("cleanup removes our programs, pins, device and routes, and nothing else")
     func cleanupLeavesNodeClean() async throws {
-        let cluster = try FlannelCluster(tag: "e2c", api: .v3, daemonPath: daemonBinary(), nodes: 2)
+        let cluster = try FlannelCluster(tag: "e2c", api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 2)
         defer { cluster.cleanup() }
         for node in cluster.nodes { try cluster.startDaemon(node) }
         let node = cluster.nodes[0]

@@ -12,7 +12,7 @@ import TestSupport
 struct OperationsClusterTests {
     @Test("status/peers/stats/metrics on a running and a stopped daemon; --ip-masq kept and cleaned up")
     func operateACluster() async throws {
-        let cluster = try FlannelCluster(tag: "opc", api: .v3, daemonPath: daemonBinary(), nodes: 2)
+        let cluster = try FlannelCluster(tag: "opc", api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 2)
         defer { cluster.cleanup() }
         let (n1, n2) = (cluster.nodes[0], cluster.nodes[1])
         let lab = cluster.lab

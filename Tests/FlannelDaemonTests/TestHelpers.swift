@@ -59,32 +59,13 @@ func runTool(_ path: String, _ arguments: [String]) throws -> String {
 }
 
 func readText(_ path: String) -> String? {
-    guard let file = fopen(path, "r") else { return nil }
-    defer { fclose(file) }
-    var data: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 4096)
-    while true {
-        let n = fread(&buffer, 1, buffer.count, file)
-        if n <= 0 { break }
-        data.append(contentsOf: buffer[0..<n])
-    }
-    return String(decoding: data, as: UTF8.self)
+    access(path, F_OK) == 0 ? readFile(path) : nil
 }
 
 /// The built `flanneld-xdp` executable, beside the test bundle in the build folder.
 func builtBinaryPath() -> String? {
-    var buffer = [CChar](repeating: 0, count: 4096)
-    let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-    guard n > 0 else { return nil }
-    let exe = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    var folder = exe[...]
-    while let slash = folder.lastIndex(of: "/") {
-        folder = folder[..<slash]
-        let candidate = String(folder) + "/flanneld-xdp"
-        if access(candidate, X_OK) == 0 { return candidate }
-        if folder.hasSuffix(".build") { break }
-    }
-    return nil
+    let path = TestBinaries.flanneldXDP()
+    return access(path, X_OK) == 0 ? path : nil
 }
 
 /// A short tag unique to this test process: "fxd" + pid + a counter.

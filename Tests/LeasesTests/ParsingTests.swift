@@ -162,7 +162,7 @@ struct SubnetEnvTests {
         let oldMask = umask(0o077)
         defer { umask(oldMask) }
         try env.write(to: path)
-        let text = readText(path)
+        let text = readFile(path)
         #expect(text == "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.72.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n")
         var st = stat()
         stat(path, &st)
@@ -171,7 +171,7 @@ struct SubnetEnvTests {
         // overwrite: no temp file left behind
         try SubnetEnv(network: subnet("10.5.0.0/16"), subnet: subnet("10.5.9.0/24"), mtu: 1400, ipMasq: true).write(to: path)
         #expect(try SubnetEnv.read(from: path)?.subnet == subnet("10.5.9.0/24"))
-        #expect(readText(path).contains("FLANNEL_IPMASQ=true"))
+        #expect(readFile(path).contains("FLANNEL_IPMASQ=true"))
         #expect(try SubnetEnv.read(from: dir + "/missing.env") == nil)
     }
 
@@ -213,16 +213,4 @@ struct SubnetEnvTests {
     }
 }
 
-func readText(_ path: String) -> String {
-    guard let f = fopen(path, "r") else { return "" }
-    defer { fclose(f) }
-    var out: [UInt8] = []
-    var buf = [UInt8](repeating: 0, count: 4096)
-    while true {
-        let n = fread(&buf, 1, buf.count, f)
-        if n <= 0 { break }
-        out += buf[0..<n]
-    }
-    return String(decoding: out, as: UTF8.self)
-}
 

@@ -78,16 +78,5 @@ import Testing
 }
 
 enum CommandRunnerProbe {
-    static func mounts() -> String {
-        guard let f = fopen("/proc/self/mounts", "r") else { return "" }
-        defer { fclose(f) }
-        var out: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = fread(&buf, 1, buf.count, f)
-            if n <= 0 { break }
-            out += buf[0..<n]
-        }
-        return String(decoding: out, as: UTF8.self)
-    }
+    static func mounts() -> String { readFile("/proc/self/mounts") }
 }

@@ -8,23 +8,11 @@ import NetTypes
 import TestSupport
 import Testing
 
-/// The flanneld-xdp binary next to the test bundle (`swift build --build-tests` builds both), or
-/// $FXDP_DAEMON.
-private func daemonBinaryPath() -> String {
-    if let p = getenv("FXDP_DAEMON") { return String(cString: p) }
-    var buf = [CChar](repeating: 0, count: 4096)
-    let n = readlink("/proc/self/exe", &buf, buf.count - 1)
-    let exe = n > 0 ? String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : ""
-    var dir = exe.split(separator: "/", omittingEmptySubsequences: false).dropLast()
-    if dir.last?.hasSuffix(".xctest") == true { dir = dir.dropLast() }
-    return dir.joined(separator: "/") + "/flanneld-xdp"
-}
-
 @Suite(.serialized, .enabled(if: Privileges.isRoot, Privileges.skipReason))
 struct DaemonUserspaceTests {
     @Test("vxlan: two daemons on the userspace path and one on BPF reach each other")
     func vxlanUserspaceAndBPFDaemons() async throws {
-        let cluster = try await FlannelCluster(tag: "usd", api: .v3, daemonPath: daemonBinaryPath(), nodes: 3)
+        let cluster = try FlannelCluster(tag: "usd", api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 3)
         defer { cluster.cleanup() }
         let nodes = cluster.nodes
         try cluster.startDaemon(nodes[0], extra: ["--dataplane", "userspace"])
@@ -45,7 +33,7 @@ struct DaemonUserspaceTests {
 
     @Test("udp backend: two daemons on the userspace path")
     func udpBackendDaemons() async throws {
-        let cluster = try await FlannelCluster(tag: "usu", api: .v2, daemonPath: daemonBinaryPath(), nodes: 2,
+        let cluster = try FlannelCluster(tag: "usu", api: .v2, daemonPath: TestBinaries.flanneldXDP(), nodes: 2,
                                                backend: #"{"Type":"udp"}"#)
         defer { cluster.cleanup() }
         let nodes = cluster.nodes
