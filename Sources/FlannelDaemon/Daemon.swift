@@ -248,10 +248,16 @@ public enum Daemon {
                                   enableAfterFirstFill: { try bpf.setEnabled(true) })
         } catch {
             guard choice == .auto else { throw StartupError.dataplaneRequired(choice: choice, reason: "\(error)") }
-            // The device and its kernel routes carry traffic already: staying on them is safer than
-            // tearing the device down for the userspace path.
-            logger.warning("attaching the BPF programs failed (\(error)); traffic stays on the kernel vxlan path of \(device.name)")
-            return DataplaneSetup(summary: "kernel vxlan on \(device.name) (BPF attach failed)", tables: [kernelBinding])
+            // --dataplane=auto: the userspace path, as when loading fails. Our partial attachments
+            // go, and so does flannel.<VNI>: its kernel socket holds the VXLAN port the userspace
+            // path binds. The VtepMAC (already in the lease) stays the same.
+            logger.warning("attaching the BPF programs failed (\(error)); using the userspace path")
+            try? FlannelBPF.detachAll(overlayIfindex: device.index, underlayIfindex: external.interface.index)
+            try nl.deleteLink(index: device.index)
+            var fallback = prepared
+            fallback.bpf = nil
+            fallback.fallbackReason = "attaching the BPF programs failed: \(error)"
+            return try startUserspace(fallback, lease: lease, config: config, external: external, mtu: mtu, logger: logger)
         }
     }
 

@@ -272,6 +272,32 @@ struct NodeLifecycleTests {
         try await node.stopDaemon(SIGTERM)
     }
 
+    @Test("BPF loads but cannot attach (a foreign program holds our TC slot): auto runs the userspace path, says why")
+    func bpfAttachFails() async throws {
+        let node = try await NetnsNode(hint: "a")
+        defer { node.close() }
+        try await node.server.put("/coreos.com/network/config", #"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#)
+        // Someone else's filter in the slot our TC source check uses on the underlay (handle 0xfd01, prio 0xfd).
+        // (This kernel has no matchall/u32 classifiers: the foreign filter is a tiny BPF program.)
+        let source = node.subnetFile + ".foreign.bpf.c", object = node.subnetFile + ".foreign.o"
+        try writeFile(source, "#include <linux/bpf.h>\n__attribute__((section(\"tc\"), used)) int foreign(struct __sk_buff *s) { return 0; }\n"
+                              + "char _license[] __attribute__((section(\"license\"), used)) = \"GPL\";\n")
+        let clang = getenv("BPF_CLANG").map { String(cString: $0) } ?? "/opt/swift/usr/bin/clang"
+        _ = try runTool(access(clang, X_OK) == 0 ? clang : "/usr/bin/clang",
+                        ["-target", "bpf", "-O2", "-I/usr/include/x86_64-linux-gnu", "-c", source, "-o", object])
+        _ = try runTool("/usr/sbin/tc", ["-n", node.ns, "qdisc", "add", "dev", "fxdu0", "clsact"])
+        _ = try runTool("/usr/sbin/tc", ["-n", node.ns, "filter", "add", "dev", "fxdu0", "ingress", "prio", "253", "handle",
+                                         "0xfd01", "bpf", "da", "obj", object, "sec", "tc"])
+        let ready = try await node.startDaemon(["-dataplane=auto"])
+        #expect(ready.contains("userspace TUN flannel-u.1 (BPF unavailable: attaching the BPF programs failed"), "\(ready)")
+        let log = readText(node.daemonLog) ?? ""
+        #expect(log.split(separator: "\n").filter { $0.contains("using the userspace path") }.count == 1, "\(log)")
+        #expect(try node.linkMAC("flannel.1") == nil, "flannel.1 must go: its socket would hold the VXLAN port")
+        #expect(try runTool("/usr/sbin/tc", ["-n", node.ns, "filter", "show", "dev", "fxdu0", "ingress"]).contains("foreign"),
+                "the foreign filter is left alone")
+        try await node.stopDaemon(SIGTERM)
+    }
+
     @Test("SIGTERM while start-up waits for the network config: exit 0, nothing set up")
     func stopDuringStartup() async throws {
         let node = try await NetnsNode(hint: "w")
