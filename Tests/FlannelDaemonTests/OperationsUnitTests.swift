@@ -69,7 +69,7 @@ struct OperationsUnitTests {
     func dataplaneKind() {
         #expect(NodeState.dataplaneKind(summary: "BPF (XDP decap; encap 1) over flannel.1") == "bpf-xdp")
         #expect(NodeState.dataplaneKind(summary: "BPF (TC-checked kernel decap; x) over flannel.1") == "bpf-tc")
-        #expect(NodeState.dataplaneKind(summary: "kernel vxlan on flannel.1 (BPF attach failed)") == "kernel-vxlan")
+        #expect(NodeState.dataplaneKind(summary: "userspace TUN flannel-u.1 (BPF unavailable: attaching the BPF programs failed: x)") == "userspace")
         #expect(NodeState.dataplaneKind(summary: "userspace TUN flannel-u.1 (BPF unavailable: x)") == "userspace")
         #expect(NodeState.dataplaneKind(summary: "host-gw routes on eth0") == "host-gw")
     }

@@ -22,7 +22,7 @@ public struct NodeState: Sendable, Equatable {
     /// Unix seconds.
     public var startedAt: Int64 = 0
     public var updatedAt: Int64 = 0
-    /// "bpf-xdp", "bpf-tc", "kernel-vxlan", "userspace", "host-gw".
+    /// "bpf-xdp", "bpf-tc", "userspace", "host-gw".
     public var dataplane: String = ""
     /// Start-up's one-line summary, with the reason when it fell back ("BPF unavailable: …").
     public var dataplaneDetail: String = ""
@@ -111,7 +111,6 @@ public struct NodeState: Sendable, Equatable {
     /// The data path kind from start-up's summary (see Daemon.attachDataplane).
     public static func dataplaneKind(summary: String) -> String {
         if summary.hasPrefix("BPF") { return summary.contains("XDP decap") ? "bpf-xdp" : "bpf-tc" }
-        if summary.hasPrefix("kernel vxlan") { return "kernel-vxlan" }
         if summary.hasPrefix("userspace") { return "userspace" }
         if summary.hasPrefix("host-gw") { return "host-gw" }
         return "unknown"
