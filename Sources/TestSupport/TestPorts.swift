@@ -14,6 +14,7 @@
 // the isolated child processes some tests start) respect the same locks. A final bind check skips
 // ports something else holds right now.
 
+import CBPF
 import Glibc
 import Synchronization
 
