@@ -104,7 +104,7 @@ let package = Package(
         // Test-only helpers: real etcd launcher, netns lab, packet builder, privilege checks.
         .target(
             name: "TestSupport",
-            dependencies: ["CBPF", "NetTypes", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["CBPF", "BPFLoader", "NetTypes", .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(name: "NetTypesTests", dependencies: ["NetTypes"]),
         .testTarget(

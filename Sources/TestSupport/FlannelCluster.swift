@@ -11,6 +11,8 @@
 // Everything (daemons, etcd, namespaces, the bpffs mount, temp files) is removed by `cleanup()`,
 // which deinit also runs; daemons are stopped by pid.
 
+import BPFLoader
+import CBPF
 import Glibc
 import NetTypes
 
@@ -147,6 +149,24 @@ public final class FlannelCluster: @unchecked Sendable {
     /// Runs `flanneld-xdp <args>` in the node's namespace (e.g. `cleanup`, `peers --json`).
     public func runTool(_ node: LabNode, _ args: [String]) throws -> LabCommandResult {
         try lab.run(node.name, [daemonPath] + args)
+    }
+
+    // MARK: - Pinned maps (read from this process: maps are not per-namespace)
+
+    /// The subnets in a node's pinned peers map, sorted.
+    public func pinnedPeerSubnets(_ node: LabNode) throws -> [IPv4Subnet] {
+        let map = try BPFMap.openPinned(path: pinFolder(node) + "/" + FXDP_MAP_PEERS,
+                                        key: fxdp_peer_key.self, value: fxdp_peer_value.self)
+        return try map.keys().map {
+            IPv4Subnet(containing: IPv4Address(tuple: $0.subnet), prefixLength: Int($0.prefixlen))
+        }.sorted()
+    }
+
+    /// Packets counted under `counter` in a node's pinned counters map, summed over CPUs.
+    public func pinnedCounter(_ node: LabNode, _ counter: fxdp_counter) throws -> UInt64 {
+        let map = try PerCPUMap.openPinned(path: pinFolder(node) + "/" + FXDP_MAP_COUNTERS,
+                                           key: UInt32.self, value: fxdp_count.self)
+        return try map.lookup(counter.rawValue).reduce(0) { $0 + $1.packets }
     }
 
     // MARK: - etcd

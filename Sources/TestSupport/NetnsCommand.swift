@@ -178,7 +178,8 @@ public final class LabProcess: Sendable {
     }
 }
 
-func monotonicSeconds() -> Double {
+/// Seconds on the monotonic clock (for timeouts and durations in tests and the lab tool).
+public func monotonicSeconds() -> Double {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9

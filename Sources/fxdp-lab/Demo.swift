@@ -64,9 +64,9 @@ struct Demo: ParsableCommand {
         step(3, "Starting flanneld-xdp on every node, with flanneld's own flags:",
              cluster.daemonArguments(cluster.nodes[0]).joined(separator: " "))
         for n in cluster.nodes {
-            let started = monotonicNow()
+            let started = monotonicSeconds()
             try cluster.startDaemon(n)
-            let took = Int((monotonicNow() - started) * 1000)
+            let took = Int((monotonicSeconds() - started) * 1000)
             let dataPath = cluster.daemonLog(n).split(separator: "\n").last { $0.contains("data path:") }
                 .flatMap { line in line.firstRange(of: "data path:").map { String(line[$0.lowerBound...]) } } ?? ""
             say("\(n.name): ready in \(took) ms; \(dataPath)")
@@ -124,11 +124,6 @@ private func step(_ n: Int, _ title: String, _ detail: String? = nil) {
 
 private func say(_ line: String) { print("   \(line)") }
 
-private func monotonicNow() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-}
 
 private func format1(_ x: Double) -> String {
     let tenths = Int((x * 10).rounded())

@@ -8,37 +8,16 @@ import NetTypes
 import Testing
 import TestSupport
 
-/// Reads a node's pinned peers map from this (root namespace) process: maps are not per-namespace.
-func pinnedPeerSubnets(_ cluster: FlannelCluster, _ node: LabNode) throws -> [IPv4Subnet] {
-    let map = try BPFMap.openPinned(path: cluster.pinFolder(node) + "/" + FXDP_MAP_PEERS,
-                                    key: fxdp_peer_key.self, value: fxdp_peer_value.self)
-    return try map.keys().map {
-        IPv4Subnet(containing: IPv4Address(tuple: $0.subnet), prefixLength: Int($0.prefixlen))
-    }.sorted()
-}
-
-/// Sum over CPUs of one counter in a node's pinned counters map.
-func pinnedCounter(_ cluster: FlannelCluster, _ node: LabNode, _ counter: fxdp_counter) throws -> UInt64 {
-    let map = try PerCPUMap.openPinned(path: cluster.pinFolder(node) + "/" + FXDP_MAP_COUNTERS,
-                                       key: UInt32.self, value: fxdp_count.self)
-    return try map.lookup(counter.rawValue).reduce(0) { $0 + $1.packets }
-}
-
 /// Waits until `condition` holds, polling every 20 ms; returns the seconds it took, or nil.
 func waitFor(_ timeout: Double, _ condition: () throws -> Bool) rethrows -> Double? {
-    let start = monotonic()
-    while monotonic() - start < timeout {
-        if try condition() { return monotonic() - start }
+    let start = monotonicSeconds()
+    while monotonicSeconds() - start < timeout {
+        if try condition() { return monotonicSeconds() - start }
         usleep(20_000)
     }
     return nil
 }
 
-func monotonic() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-}
 
 /// A `ping -i 0.01` running in the background; `finish()` returns (sent, received).
 struct BackgroundPing {
@@ -69,8 +48,8 @@ struct ClusterTests {
         // Each node's peers map converges to the two others.
         for node in cluster.nodes {
             let others = cluster.nodes.filter { $0.name != node.name }.map(\.podSubnet).sorted()
-            let took = try waitFor(5) { try pinnedPeerSubnets(cluster, node) == others }
-            let have = (try? pinnedPeerSubnets(cluster, node)) ?? []
+            let took = try waitFor(5) { try cluster.pinnedPeerSubnets(node) == others }
+            let have = (try? cluster.pinnedPeerSubnets(node)) ?? []
             #expect(took != nil, "\(node.name) peers: \(have), want \(others)")
         }
         for a in cluster.nodes {
@@ -80,7 +59,7 @@ struct ClusterTests {
             }
         }
         for node in cluster.nodes {
-            #expect(try pinnedCounter(cluster, node, FXDP_C_ENCAP_OK) > 0, "\(node.name) encapsulated nothing")
+            #expect(try cluster.pinnedCounter(node, FXDP_C_ENCAP_OK) > 0, "\(node.name) encapsulated nothing")
         }
         let bps = try cluster.lab.tcpThroughput(from: cluster.nodes[0].podNamespace, to: cluster.nodes[1].podNamespace,
                                                 serverIP: cluster.nodes[1].podIP, seconds: 1)
@@ -106,7 +85,7 @@ struct ClusterTests {
         // flannel: a node whose own lease is deleted stops; its peers drop its entries.
         try cluster.delete(cluster.leaseKey(late.podSubnet))
         for node in cluster.nodes where node.name != late.name {
-            let gone = try waitFor(5) { try !pinnedPeerSubnets(cluster, node).contains(late.podSubnet) }
+            let gone = try waitFor(5) { try !cluster.pinnedPeerSubnets(node).contains(late.podSubnet) }
             #expect(gone != nil, "\(node.name) still has \(late.podSubnet)")
         }
     }
@@ -122,7 +101,7 @@ struct ClusterTests {
         let standIn = try cluster.lab.makeFlannelStandIn(node: stock, vni: 1, port: 8472, vtepMAC: nil, subnet: stock.podSubnet)
         try cluster.putFlannelLease(subnet: stock.podSubnet, publicIP: stock.nodeIP, vtepMAC: standIn.vtepMAC)
         for node in cluster.nodes.prefix(2) {
-            let joined = try waitFor(5) { try pinnedPeerSubnets(cluster, node).contains(stock.podSubnet) }
+            let joined = try waitFor(5) { try cluster.pinnedPeerSubnets(node).contains(stock.podSubnet) }
             #expect(joined != nil, "\(node.name) never learned the stock node's lease")
         }
         // What flanneld on the stock node does for each flanneld-xdp lease: neighbour, fdb, route.
@@ -138,7 +117,7 @@ struct ClusterTests {
         // The stock node leaves: its lease goes, the flanneld-xdp nodes drop it.
         try cluster.delete(cluster.leaseKey(stock.podSubnet))
         for node in cluster.nodes.prefix(2) {
-            let gone = try waitFor(5) { try !pinnedPeerSubnets(cluster, node).contains(stock.podSubnet) }
+            let gone = try waitFor(5) { try !cluster.pinnedPeerSubnets(node).contains(stock.podSubnet) }
             #expect(gone != nil)
         }
     }
@@ -185,7 +164,7 @@ struct ClusterTests {
         usleep(500_000)
         try cluster.startDaemon(stockNode) // takes over
         usleep(1_000_000)
-        #expect(try pinnedCounter(cluster, stockNode, FXDP_C_ENCAP_OK) > 0, "traffic did not move onto the BPF path")
+        #expect(try cluster.pinnedCounter(stockNode, FXDP_C_ENCAP_OK) > 0, "traffic did not move onto the BPF path")
         #expect(try cluster.lab.linkMAC(stockNode.name, "flannel.1") == standIn.vtepMAC)
         // Hand back: stop our daemon and detach BPF, keeping flannel.1 and the kernel routes.
         cluster.stopDaemon(stockNode)

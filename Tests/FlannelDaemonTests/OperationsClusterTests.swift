@@ -28,7 +28,7 @@ struct OperationsClusterTests {
         let metricsPort = 9472
         try cluster.startDaemon(n1, extra: ["--ip-masq", "--metrics-port=\(metricsPort)"])
         try cluster.startDaemon(n2)
-        let converged = try waitFor(5) { try pinnedPeerSubnets(cluster, n1) == [n2.podSubnet] }
+        let converged = try waitFor(5) { try cluster.pinnedPeerSubnets(n1) == [n2.podSubnet] }
         #expect(converged != nil)
         #expect(try lab.waitForPing(from: n1.podNamespace, to: n2.podIP, timeout: 5))
         let ping = try lab.ping(from: n1.podNamespace, to: n2.podIP, count: 3, interval: 0.05)

@@ -53,7 +53,7 @@ struct HostileVXLANTests {
             let script = "for i in $(seq \(count)); do cat \(dir)/\(file) > /dev/udp/\(a.nodeIP)/8472; done"
             _ = try cluster.lab.sh(ns, ["/bin/bash", "-c", script])
         }
-        func counter(_ c: fxdp_counter) throws -> UInt64 { try pinnedCounterPackets(cluster, a, c) }
+        func counter(_ c: fxdp_counter) throws -> UInt64 { try cluster.pinnedCounter(a, c) }
 
         // tcpdump in A's pod for anything from the made-up source.
         let capture = dir + "/pod-a.pcap.txt"
