@@ -77,25 +77,56 @@ public enum Daemon {
         let external = try InterfaceSelection.selectFromSystem(options.interface)
         logger.info("using interface \(external.interface.name) (index \(external.interface.index), mtu \(external.interface.mtu)), local IP \(external.interfaceAddress), public IP \(external.publicIP)")
 
-        // 2. etcd and the network config (waits while etcd is away or the config is missing/bad).
-        let registry = try await Startup.connectRegistry(options.etcd, logger: logger)
+        // 2. etcd and the network config (waits while etcd is away or the config is missing/bad) —
+        //    or, when etcd does not answer within --etcd-start-timeout and the last known state holds
+        //    a live lease of ours, that state (degraded until etcd confirms it: LastKnownState.swift).
         var managerOptions = SubnetManagerOptions()
         managerOptions.renewMargin = .seconds(options.subnet.subnetLeaseRenewMargin * 60)
-        let manager = SubnetManager(registry: registry, options: managerOptions, logger: logger)
-        let (config, backend) = try await Startup.readConfig(manager, logger: logger)
-        logger.info("network \(config.network), subnets /\(config.subnetLen), backend \(backend), etcd API \(registry.apiVersion)")
+        let lastKnownPath = options.subnet.lastKnownState
+        let source = try await Startup.bootSource(
+            options.etcd, managerOptions: managerOptions,
+            lastKnown: Startup.lastKnownForBoot(path: lastKnownPath, publicIP: external.publicIP, logger: logger),
+            lastKnownPath: lastKnownPath, logger: logger)
+        let manager: SubnetManager
+        let config: NetworkConfig
+        switch source {
+        case .etcd(let contact):
+            (manager, config) = (contact.manager, contact.config)
+        case .lastKnown(let saved):
+            manager = try Startup.offlineManager(options.etcd, lastKnown: saved, managerOptions: managerOptions, logger: logger)
+            config = saved.config
+        }
+        let backend = try Startup.backendKind(config.backend)
+        logger.info("network \(config.network), subnets /\(config.subnetLen), backend \(backend), etcd API \(manager.registry.apiVersion)")
 
         // 3. Data path preparation that the lease depends on (the VtepMAC).
         let mtu = Startup.overlayMTU(underlayMTU: external.interface.mtu, config: config, backend: backend)
+        let previousVTEPMAC: @Sendable () async -> MACAddress? = switch source {
+        case .etcd: { try? await Startup.previousVTEPMAC(registry: manager.registry, publicIP: external.publicIP) }
+        case .lastKnown(let saved): { saved.own.attributes.vtepMAC }
+        }
         let prepared = try await prepareDataplane(options, backend: backend, config: config, external: external,
-                                                  registry: registry, logger: logger)
+                                                  previousVTEPMAC: previousVTEPMAC, logger: logger)
 
         // 4. The lease; a previous subnet.env's subnet is preferred when it is free.
-        let previous = Startup.previousSubnet(subnetFile: options.subnet.subnetFile, network: config.network, logger: logger)
         let attributes = LeaseAttributes.forBackend(config.backend, publicIP: external.publicIP, vtepMAC: prepared.vtepMAC)
-        let lease = try await Startup.acquireLease(manager, config: config, attributes: attributes,
+        let lease: Lease
+        switch source {
+        case .etcd:
+            let previous = Startup.previousSubnet(subnetFile: options.subnet.subnetFile, network: config.network, logger: logger)
+            lease = try await Startup.acquireLease(manager, config: config, attributes: attributes,
                                                    previousSubnet: previous, logger: logger)
-        logger.info("lease \(lease.subnet) for \(external.publicIP)\(previous == lease.subnet ? " (same as before)" : "")")
+            readiness.set(.leaseConfirmed, ok: true)
+            logger.info("lease \(lease.subnet) for \(external.publicIP)\(previous == lease.subnet ? " (same as before)" : "")")
+        case .lastKnown(let saved):
+            lease = saved.own
+            readiness.set(.leaseConfirmed, ok: false,
+                          detail: "degraded: started from the last known state \(lastKnownPath) saved at \(TimeText.utc(saved.savedAt)) because etcd did not answer; waiting for etcd to confirm \(lease.subnet)")
+            if saved.own.attributes != attributes {
+                logger.warning("the saved lease says \(saved.own.attributes) but this node now has \(attributes): peers reach us as the saved lease says until etcd is updated")
+            }
+            logger.info("lease \(lease.subnet) for \(external.publicIP) (last known state, not yet confirmed by etcd)")
+        }
 
         // 5. Attach the data path for this subnet.
         let setup = try attachDataplane(prepared, options: options, lease: lease, config: config, external: external,
@@ -103,11 +134,19 @@ public enum Daemon {
         readiness.set(.dataplaneAttached, ok: true)
         logger.info("data path: \(setup.summary)")
 
-        // 6. Fill the tables from the lease snapshot.
+        // 6. Fill the tables from the lease snapshot (or the saved peers).
         let policy = DesiredPeerPolicy(ownSubnet: lease.subnet, backend: backend, underlaySubnet: external.underlaySubnet)
         let reconciler = Reconciler(tables: setup.tables, readiness: readiness, logger: logger)
-        let events = PeerEventCursor(manager.watchPeers(config: config))
-        let snapshot = try await Startup.firstSnapshot(events)
+        var events: PeerEventCursor?
+        let snapshot: [Lease]
+        switch source {
+        case .etcd:
+            let cursor = PeerEventCursor(manager.watchPeers(config: config))
+            snapshot = try await Startup.firstSnapshot(cursor)
+            events = cursor
+        case .lastKnown(let saved):
+            snapshot = saved.peers
+        }
         let (peers, skipped) = policy.peers(from: snapshot.map(RemoteLease.init))
         for skip in skipped { logger.info("lease \(skip.lease.subnet) ignored: \(skip.reason)") }
         await reconciler.setDesired(peers)
@@ -118,29 +157,42 @@ public enum Daemon {
         if let enable = setup.enableAfterFirstFill {
             do { try enable() } catch { logger.error("enabling the BPF programs failed; the kernel vxlan path carries traffic: \(error)") }
         }
+        let recorder = lastKnownPath.isEmpty ? nil
+            : LastKnownRecorder(path: lastKnownPath, manager: manager, config: config, peers: snapshot, logger: logger)
+        await recorder?.flush()
 
         // State file for `status`, masquerade (--ip-masq), /metrics (--metrics-port): Operations/.
         let operations = try await OperationsServices.make(OperationsContext(
             options: options, external: external, config: config, backend: backend, lease: lease, manager: manager,
             dataplaneSummary: setup.summary, mtu: mtu, reconciler: reconciler, readiness: readiness), logger: logger)
 
-        // 7. subnet.env, then tell systemd.
+        // 7. subnet.env, then tell systemd (a degraded node is up: its pods can start and reach the
+        //    peers it knew; /readyz and STATUS say degraded).
         let env = SubnetEnv(network: config.network, subnet: lease.subnet, mtu: mtu, ipMasq: options.subnet.ipMasq)
         try env.write(to: options.subnet.subnetFile)
         readiness.set(.subnetFileWritten, ok: true)
         logger.info("wrote \(options.subnet.subnetFile): FLANNEL_SUBNET=\(lease.subnet.host(1))/\(lease.subnet.prefixLength) FLANNEL_MTU=\(mtu)")
         do {
-            try notifier.ready(status: "subnet \(lease.subnet), \(peers.count) peer(s), \(setup.summary)")
+            let degraded = readiness.unmet(.leaseConfirmed) == nil ? "" : "degraded (etcd unreachable, last known state), "
+            try notifier.ready(status: "\(degraded)subnet \(lease.subnet), \(peers.count) peer(s), \(setup.summary)")
         } catch {
             logger.error("\(error)")
         }
 
-        // The watch continues where the snapshot left it; the services take over.
-        var services: [any Service] = [
-            ReconcileService(reconciler: reconciler, interval: .seconds(options.dataplane.reconcileInterval)),
-            LeaseWatchService(events: events, initial: snapshot, policy: policy, reconciler: reconciler, logger: logger),
-            LeaseRenewService(manager: manager, logger: logger),
-        ]
+        // The watch continues where the snapshot left it (or, degraded, once etcd confirms our lease).
+        var services: [any Service] = [ReconcileService(reconciler: reconciler, interval: .seconds(options.dataplane.reconcileInterval))]
+        switch source {
+        case .etcd:
+            if let events {
+                services.append(LeaseWatchService(events: events, initial: snapshot, policy: policy, reconciler: reconciler,
+                                                  recorder: recorder, logger: logger))
+            }
+            services.append(LeaseRenewService(manager: manager, logger: logger))
+        case .lastKnown(let saved):
+            services.append(LeaseRejoinService(saved: saved, manager: manager, attributes: attributes, policy: policy,
+                                               reconciler: reconciler, readiness: readiness, recorder: recorder, logger: logger))
+        }
+        if let recorder { services.append(LastKnownRecorderService(recorder: recorder)) }
         if let userspace = setup.userspace {
             services.append(UserspaceDataplaneService(dataplane: userspace, logger: logger))
         }
@@ -162,7 +214,7 @@ public enum Daemon {
     /// flannel.<VNI> keeps its MAC (adoption from stock flanneld, restarts), else our previous
     /// lease's VtepMAC is reused (no MAC churn for peers after a reboot), else a random one.
     static func prepareDataplane(_ options: FlannelOptions, backend: BackendKind, config: NetworkConfig,
-                                 external: ExternalInterface, registry: any SubnetRegistry,
+                                 external: ExternalInterface, previousVTEPMAC: @Sendable () async -> MACAddress?,
                                  logger: Logger) async throws -> PreparedDataplane {
         let choice = options.dataplane.dataplane
         switch backend {
@@ -193,7 +245,7 @@ public enum Daemon {
         if let mac {
             logger.info("\(deviceName) exists with MAC \(mac): keeping it as VtepMAC")
         } else {
-            mac = try? await Startup.previousVTEPMAC(registry: registry, publicIP: external.publicIP)
+            mac = await previousVTEPMAC()
             if let mac { logger.info("reusing VtepMAC \(mac) of our previous lease") }
         }
         let mode: DecapMode = switch choice {

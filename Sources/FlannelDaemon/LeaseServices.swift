@@ -33,13 +33,16 @@ public struct LeaseWatchService: Service {
     public let logger: Logger
     /// The leases as of the start-up snapshot; the watch continues from there.
     public let initial: [Lease]
+    /// Keeps the on-disk last known state in step with the leases (nil: not kept).
+    public let recorder: LastKnownRecorder?
 
     public init(events: PeerEventCursor, initial: [Lease], policy: DesiredPeerPolicy,
-                reconciler: Reconciler, logger: Logger) {
+                reconciler: Reconciler, recorder: LastKnownRecorder? = nil, logger: Logger) {
         self.events = events
         self.initial = initial
         self.policy = policy
         self.reconciler = reconciler
+        self.recorder = recorder
         self.logger = logger
     }
 
@@ -76,6 +79,7 @@ public struct LeaseWatchService: Service {
                 logger.debug("lease \(skip.lease.subnet) ignored: \(skip.reason)")
             }
             await reconciler.setDesired(peers)
+            await recorder?.update(peers: Array(leases.values))
         }
     }
 }

@@ -65,6 +65,10 @@ public struct EtcdOptions: ParsableArguments, Sendable {
     @Option(name: .customLong("etcd-api"), help: "etcd API generation holding the leases: auto, v2 (flannel <= 0.17) or v3.")
     public var api: EtcdAPIChoice = .auto
 
+    @Option(name: .customLong("etcd-start-timeout"),
+            help: "Seconds start-up waits for etcd before it starts from --last-known-state instead (only when that file holds a lease that has not expired).")
+    public var startTimeout: Int = 10
+
     public init() {}
 
     /// The endpoints as a list, blanks dropped.
@@ -88,6 +92,9 @@ public struct EtcdOptions: ParsableArguments, Sendable {
         }
         if certFile.isEmpty != keyFile.isEmpty {
             throw ValidationError("--etcd-certfile and --etcd-keyfile go together: give both or neither")
+        }
+        guard (1...3600).contains(startTimeout) else {
+            throw ValidationError("--etcd-start-timeout=\(startTimeout) is out of range: give seconds from 1 to 3600 (default 10)")
         }
         if !username.isEmpty && password.isEmpty || username.isEmpty && !password.isEmpty {
             throw ValidationError("--etcd-username and --etcd-password go together: give both or neither")
@@ -132,6 +139,10 @@ public struct SubnetOptions: ParsableArguments, Sendable {
     @Flag(name: .customLong("ip-masq"), help: "Setup IP masquerade rule for traffic destined outside of overlay network.")
     public var ipMasq: Bool = false
 
+    @Option(name: .customLong("last-known-state"),
+            help: "File (on a disk that survives reboots) where the leases last confirmed by etcd are kept, to start from when etcd is unreachable at boot; empty to disable.")
+    public var lastKnownState: String = "/var/lib/flanneld-xdp/last-known.json"
+
     public init() {}
 
     public func validate() throws {
@@ -141,6 +152,9 @@ public struct SubnetOptions: ParsableArguments, Sendable {
         }
         guard !subnetFile.isEmpty else {
             throw ValidationError("--subnet-file is empty: give a path, default /run/flannel/subnet.env")
+        }
+        guard lastKnownState.isEmpty || lastKnownState.hasPrefix("/") else {
+            throw ValidationError("--last-known-state=\(lastKnownState) must be an absolute path (default /var/lib/flanneld-xdp/last-known.json), or empty to disable")
         }
     }
 }

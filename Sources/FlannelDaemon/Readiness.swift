@@ -1,6 +1,8 @@
 // What /readyz reports. The node is ready only when traffic can flow as the leases say: the data
 // path is attached, a reconcile pass has filled every table, and subnet.env is written (the CNI
 // plugin reads it). A failing reconcile pass makes the node unready until a pass succeeds again.
+// A node that booted from its last known state while etcd was unreachable carries traffic but is
+// "degraded" until etcd confirms its lease: /readyz says so (503) and names the saved state's age.
 
 import Synchronization
 
@@ -10,6 +12,7 @@ public final class Readiness: Sendable {
         case tablesFilled = "peer tables filled"
         case subnetFileWritten = "subnet.env written"
         case reconcileHealthy = "last reconcile pass succeeded"
+        case leaseConfirmed = "lease confirmed by etcd"
     }
 
     private struct Entry {
@@ -43,4 +46,12 @@ public final class Readiness: Sendable {
     }
 
     public var isReady: Bool { notReadyReason == nil }
+
+    /// nil when `condition` holds; else its detail (or "no").
+    public func unmet(_ condition: Condition) -> String? {
+        entries.withLock { entries in
+            guard let entry = entries[condition], !entry.ok else { return nil }
+            return entry.detail.isEmpty ? "no" : entry.detail
+        }
+    }
 }

@@ -27,63 +27,26 @@ public struct SubnetEnv: Sendable, Equatable {
             + "FLANNEL_IPMASQ=\(ipMasq)\n"
     }
 
-    /// Writes `path` atomically with mode 0644, creating the parent directory (0755) if missing.
+    /// Writes `path` atomically with mode 0644 (readers: CNI, docker), creating the parent directory
+    /// (0755) if missing.
     public func write(to path: String) throws(SubnetEnvError) {
-        let dir = SubnetEnv.parentDirectory(of: path)
-        if !dir.isEmpty, access(dir, F_OK) != 0 {
-            try SubnetEnv.makeDirectories(dir, path: path)
+        do {
+            try AtomicFile.write(Array(contents.utf8), to: path, mode: 0o644)
+        } catch {
+            throw SubnetEnvError(operation: error.operation, path: error.path, errno: error.errno)
         }
-        let temp = path + ".tmp.\(getpid())"
-        let fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw SubnetEnvError(operation: "create", path: temp, errno: errno) }
-        var ok = false
-        defer {
-            if !ok { unlink(temp) }
-        }
-        let bytes = Array(contents.utf8)
-        var written = 0
-        while written < bytes.count {
-            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + written, bytes.count - written) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                let e = errno
-                close(fd)
-                throw SubnetEnvError(operation: "write", path: temp, errno: e)
-            }
-            written += n
-        }
-        // umask may have narrowed the mode; readers (CNI, docker) need 0644.
-        fchmod(fd, 0o644)
-        if fsync(fd) != 0 {
-            let e = errno
-            close(fd)
-            throw SubnetEnvError(operation: "fsync", path: temp, errno: e)
-        }
-        close(fd)
-        guard rename(temp, path) == 0 else { throw SubnetEnvError(operation: "rename", path: path, errno: errno) }
-        ok = true
     }
 
     /// Reads a previous subnet.env. Returns nil if the file does not exist; throws if it exists but
     /// cannot be read or its FLANNEL_SUBNET/FLANNEL_NETWORK is malformed.
     public static func read(from path: String) throws(SubnetEnvError) -> SubnetEnv? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        if fd < 0 {
-            if errno == ENOENT { return nil }
-            throw SubnetEnvError(operation: "open", path: path, errno: errno)
+        let file: (bytes: [UInt8], truncated: Bool)?
+        do {
+            file = try AtomicFile.read(from: path, limit: 64 * 1024)
+        } catch {
+            throw SubnetEnvError(operation: error.operation, path: error.path, errno: error.errno)
         }
-        defer { close(fd) }
-        var data: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while data.count < 64 * 1024 {
-            let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, 4096) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw SubnetEnvError(operation: "read", path: path, errno: errno)
-            }
-            if n == 0 { break }
-            data += buffer[0..<n]
-        }
+        guard let data = file?.bytes else { return nil }
         return try parse(String(decoding: data, as: UTF8.self), path: path)
     }
 
@@ -117,21 +80,6 @@ public struct SubnetEnv: Sendable, Equatable {
         let mtu = vars["FLANNEL_MTU"].flatMap { Int($0) } ?? 0
         let masq = vars["FLANNEL_IPMASQ"] == "true"
         return SubnetEnv(network: network, subnet: subnet, mtu: mtu, ipMasq: masq)
-    }
-
-    static func parentDirectory(of path: String) -> String {
-        guard let slash = path.lastIndex(of: "/") else { return "" }
-        return String(path[..<slash])
-    }
-
-    static func makeDirectories(_ dir: String, path: String) throws(SubnetEnvError) {
-        var current = dir.hasPrefix("/") ? "" : "."
-        for part in dir.split(separator: "/") {
-            current += "/" + part
-            if mkdir(current, 0o755) != 0, errno != EEXIST {
-                throw SubnetEnvError(operation: "mkdir", path: current, errno: errno)
-            }
-        }
     }
 }
 

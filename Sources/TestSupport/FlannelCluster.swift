@@ -88,6 +88,8 @@ public final class FlannelCluster: @unchecked Sendable {
     public func nodeDir(_ node: LabNode) -> String { "\(workDir)/\(node.name)" }
     public func subnetFile(_ node: LabNode) -> String { nodeDir(node) + "/subnet.env" }
     public func logFile(_ node: LabNode) -> String { nodeDir(node) + "/flanneld-xdp.log" }
+    /// The node's --last-known-state (its "disk": kept across simulated reboots of the node).
+    public func lastKnownStateFile(_ node: LabNode) -> String { nodeDir(node) + "/last-known.json" }
     public func bpffs(_ node: LabNode) -> String { "\(bpffsRoot)/\(node.name)" }
     public func pinFolder(_ node: LabNode) -> String { bpffs(node) + "/flanneld-xdp" }
     public let healthPort = 9471
@@ -96,7 +98,7 @@ public final class FlannelCluster: @unchecked Sendable {
     public func daemonArguments(_ node: LabNode, extra: [String] = []) -> [String] {
         [daemonPath, "--iface", node.underlayIfname, "--etcd-endpoints", etcdEndpoint,
          "--etcd-api", api.description, "--subnet-file", subnetFile(node), "--bpffs", bpffs(node),
-         "--healthz-port", "\(healthPort)", "--healthz-ip", "127.0.0.1"] + extra
+         "--last-known-state", lastKnownStateFile(node), "--healthz-port", "\(healthPort)", "--healthz-ip", "127.0.0.1"] + extra
     }
 
     /// Starts flanneld-xdp in `node` and waits until /readyz answers 200 (or throws with its log).
@@ -124,11 +126,35 @@ public final class FlannelCluster: @unchecked Sendable {
 
     /// The HTTP status of GET `path` on the node's health server (bash /dev/tcp: no curl needed).
     public func httpStatus(_ node: LabNode, path: String) throws -> Int? {
-        let script = "exec 3<>/dev/tcp/127.0.0.1/\(healthPort) && printf 'GET \(path) HTTP/1.0\\r\\n\\r\\n' >&3 && head -1 <&3"
+        try httpGet(node, path: path)?.status
+    }
+
+    /// GET `path` on the node's health server: the status and the body; nil when nothing answers.
+    public func httpGet(_ node: LabNode, path: String) throws -> (status: Int, body: String)? {
+        let script = "exec 3<>/dev/tcp/127.0.0.1/\(healthPort) && printf 'GET \(path) HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
         let r = try lab.run(node.name, ["/bin/bash", "-c", script])
         guard r.status == 0 else { return nil }
-        let parts = r.stdout.split(separator: " ")
-        return parts.count >= 2 ? Int(parts[1]) : nil
+        let parts = r.stdout.split(separator: "\n", maxSplits: 1).first?.split(separator: " ") ?? []
+        guard parts.count >= 2, let status = Int(parts[1]) else { return nil }
+        // The body follows the first empty line (CRLF CRLF).
+        let chars = Array(r.stdout.utf8)
+        var body = ""
+        if chars.count >= 4 {
+            for i in 0...(chars.count - 4) where chars[i] == 13 && chars[i + 1] == 10 && chars[i + 2] == 13 && chars[i + 3] == 10 {
+                body = String(decoding: chars[(i + 4)...], as: UTF8.self)
+                break
+            }
+        }
+        return (status, body)
+    }
+
+    /// Starts flanneld-xdp in `node` without waiting for readiness (for start-ups that are meant not
+    /// to become ready, such as a degraded boot).
+    @discardableResult
+    public func spawnDaemon(_ node: LabNode, extra: [String] = []) throws -> LabProcess {
+        let p = try lab.spawn(node.name, daemonArguments(node, extra: extra), stdout: logFile(node))
+        daemons[node.name] = p
+        return p
     }
 
     /// SIGTERM (graceful: data path and lease stay) and wait for exit.

@@ -53,6 +53,10 @@ struct HelpAndBinaryTests {
           --etcd-api <etcd-api>   etcd API generation holding the leases: auto, v2
                                   (flannel <= 0.17) or v3. (values: auto, v2, v3;
                                   default: auto)
+          --etcd-start-timeout <etcd-start-timeout>
+                                  Seconds start-up waits for etcd before it starts from
+                                  --last-known-state instead (only when that file holds
+                                  a lease that has not expired). (default: 10)
 
         SUBNET LEASE:
           --subnet-file <subnet-file>
@@ -63,6 +67,11 @@ struct HelpAndBinaryTests {
                                   1 to 1439. (default: 60)
           --ip-masq               Setup IP masquerade rule for traffic destined outside
                                   of overlay network.
+          --last-known-state <last-known-state>
+                                  File (on a disk that survives reboots) where the
+                                  leases last confirmed by etcd are kept, to start from
+                                  when etcd is unreachable at boot; empty to disable.
+                                  (default: /var/lib/flanneld-xdp/last-known.json)
 
         DATA PATH:
           --dataplane <dataplane> Data path: auto (BPF, falling back to userspace if

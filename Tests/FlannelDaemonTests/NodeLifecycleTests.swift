@@ -101,7 +101,7 @@ final class NetnsNode: @unchecked Sendable {
     func startDaemon(_ extra: [String] = []) async throws -> String {
         let listener = try NotifyListener(name: notifyPath)
         let arguments = ["netns", "exec", ns, binary, "-iface=fxdu0", "--etcd-endpoints", server.clientURL, "-bpffs", bpffs,
-                         "--subnet-file=\(subnetFile)", "-healthz-ip=127.0.0.1", "-healthz-port=\(healthzPort)"] + extra
+                         "--subnet-file=\(subnetFile)", "--last-known-state=\(work)/last-known.json", "-healthz-ip=127.0.0.1", "-healthz-port=\(healthzPort)"] + extra
         daemonPID = try spawnBackground("/usr/sbin/ip", arguments,
                                         environment: ["NOTIFY_SOCKET=\(notifyPath)", "PATH=/usr/sbin:/usr/bin:/bin"],
                                         logPath: daemonLog)
@@ -304,7 +304,7 @@ struct NodeLifecycleTests {
         defer { node.close() }
         node.daemonPID = try spawnBackground(
             "/usr/sbin/ip", ["netns", "exec", node.ns, node.binary, "-iface=fxdu0", "--etcd-endpoints", node.server.clientURL,
-                             "-bpffs", node.bpffs, "--subnet-file=\(node.subnetFile)"],
+                             "-bpffs", node.bpffs, "--subnet-file=\(node.subnetFile)", "--last-known-state=\(node.work)/last-known.json"],
             environment: ["PATH=/usr/sbin:/usr/bin:/bin"], logPath: node.daemonLog)
         try await waitUntil { readText(node.daemonLog)?.contains("retrying") == true }
         try await node.stopDaemon(SIGTERM)

@@ -145,6 +145,12 @@ struct HealthServerTests {
             #expect(ready.body.contains("subnet.env written"))
 
             readiness.set(.subnetFileWritten, ok: true)
+            readiness.set(.leaseConfirmed, ok: false, detail: "degraded: started from the last known state")
+            ready = try httpGet(port: port, path: "/readyz")
+            #expect(ready.status == 503)
+            #expect(ready.body == "not ready: lease confirmed by etcd: degraded: started from the last known state\n")
+
+            readiness.set(.leaseConfirmed, ok: true)
             ready = try httpGet(port: port, path: "/readyz")
             #expect(ready.status == 200)
             #expect(ready.body == "ok\n")

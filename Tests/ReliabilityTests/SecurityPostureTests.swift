@@ -68,7 +68,8 @@ struct SecurityPostureTests {
         defer { cluster.cleanup() }
         let node = cluster.nodes[0]
         try cluster.startDaemon(node)
-        var paths = [cluster.pinFolder(node), cluster.subnetFile(node)]
+        #expect(waitUntil(5) { access(cluster.lastKnownStateFile(node), F_OK) == 0 } != nil)
+        var paths = [cluster.pinFolder(node), cluster.subnetFile(node), cluster.lastKnownStateFile(node)]
         paths += ((try? FileManager.default.contentsOfDirectory(atPath: cluster.pinFolder(node))) ?? []).map { cluster.pinFolder(node) + "/" + $0 }
         #expect(paths.count >= 5, "\(paths)")
         for path in paths {

@@ -64,8 +64,10 @@ public enum OperationsServices {
         state.ipMasq = options.subnet.ipMasq
         state.etcdEndpoints = options.etcd.endpointList.joined(separator: ",")
         state.etcdAPI = context.manager.registry.apiVersion.rawValue
-        state.etcdState = "connected"
-        state.etcdLastContact = now
+        // A degraded boot (LastKnownState.swift) has not reached etcd yet.
+        let degraded = context.readiness.unmet(.leaseConfirmed)
+        state.etcdState = degraded ?? "connected"
+        state.etcdLastContact = degraded == nil ? now : 0
         state.leaseExpiry = context.lease.isReservation ? 0 : now + context.manager.options.leaseTTL.components.seconds
         state.peerCount = await context.reconciler.desired.count
         do {
@@ -135,6 +137,7 @@ struct NodeStateService: Service {
                     state.etcdState = "unreachable: \(error)"
                 }
             }
+            if let degraded = context.readiness.unmet(.leaseConfirmed) { state.etcdState = degraded }
             // The programs only add per-peer entries; departed nodes' go here.
             if state.dataplane.hasPrefix("bpf"), let pinned = try? PinnedDataplane.open(bpffs: state.bpffs) {
                 _ = try? pinned.pruneDepartedPeerStats()

@@ -1,0 +1,87 @@
+// Whole-file writes that a reader (a CNI plugin, a booting daemon) sees as the old contents or the
+// new, never a mix, and that survive a power cut once written: temp file in the same folder, fsync,
+// rename. Reads are capped, so a damaged or hostile file cannot make us allocate without bound.
+
+import Glibc
+
+enum AtomicFile {
+    struct Failure: Error, Sendable, Equatable {
+        var operation: String
+        var path: String
+        var errno: Int32
+    }
+
+    /// Writes `bytes` to `path` with `mode`, creating missing parent folders (0755).
+    static func write(_ bytes: [UInt8], to path: String, mode: mode_t) throws(Failure) {
+        let dir = parentDirectory(of: path)
+        if !dir.isEmpty, access(dir, F_OK) != 0 {
+            try makeDirectories(dir)
+        }
+        let temp = path + ".tmp.\(getpid())"
+        let fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+        guard fd >= 0 else { throw Failure(operation: "create", path: temp, errno: errno) }
+        var ok = false
+        defer {
+            if !ok { unlink(temp) }
+        }
+        var written = 0
+        while written < bytes.count {
+            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + written, bytes.count - written) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                let e = errno
+                close(fd)
+                throw Failure(operation: "write", path: temp, errno: e)
+            }
+            written += n
+        }
+        // umask may have narrowed the mode.
+        fchmod(fd, mode)
+        if fsync(fd) != 0 {
+            let e = errno
+            close(fd)
+            throw Failure(operation: "fsync", path: temp, errno: e)
+        }
+        close(fd)
+        guard rename(temp, path) == 0 else { throw Failure(operation: "rename", path: path, errno: errno) }
+        ok = true
+    }
+
+    /// The whole file, or nil when it does not exist; `limit` bytes at most (the rest is not read,
+    /// and `truncated` says so).
+    static func read(from path: String, limit: Int) throws(Failure) -> (bytes: [UInt8], truncated: Bool)? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        if fd < 0 {
+            if errno == ENOENT { return nil }
+            throw Failure(operation: "open", path: path, errno: errno)
+        }
+        defer { close(fd) }
+        var data: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw Failure(operation: "read", path: path, errno: errno)
+            }
+            if n == 0 { return (data, false) }
+            data += buffer[0..<n]
+            if data.count > limit { return (Array(data.prefix(limit)), true) }
+        }
+    }
+
+    static func parentDirectory(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "" }
+        return String(path[..<slash])
+    }
+
+    static func makeDirectories(_ dir: String) throws(Failure) {
+        var current = dir.hasPrefix("/") ? "" : "."
+        for part in dir.split(separator: "/") {
+            current += "/" + part
+            if mkdir(current, 0o755) != 0, errno != EEXIST {
+                throw Failure(operation: "mkdir", path: current, errno: errno)
+            }
+        }
+    }
+}
