@@ -184,7 +184,7 @@ public enum Daemon {
         switch source {
         case .etcd:
             if let events {
-                services.append(LeaseWatchService(events: events, initial: snapshot, policy: policy, reconciler: reconciler,
+                services.append(LeaseWatchService(events: events, policy: policy, reconciler: reconciler,
                                                   recorder: recorder, logger: logger))
             }
             services.append(LeaseRenewService(manager: manager, logger: logger))

@@ -28,7 +28,8 @@ public actor LastKnownRecorder {
     let manager: SubnetManager
     let config: NetworkConfig
     let logger: Logger
-    private var peers: [Lease]
+    /// Every peer lease the watch reports, by subnet (updated per event, sorted only when written).
+    private var peers: [IPv4Subnet: Lease]
     private var dirty = true
     private var ownRevision: Int64?
     private var ownExpiresAt: Int64?
@@ -38,14 +39,35 @@ public actor LastKnownRecorder {
         self.path = path
         self.manager = manager
         self.config = config
-        self.peers = peers
+        self.peers = Self.bySubnet(peers)
         self.logger = logger
     }
 
-    public func update(peers: [Lease]) {
-        self.peers = peers
+    private static func bySubnet(_ leases: [Lease]) -> [IPv4Subnet: Lease] {
+        var result: [IPv4Subnet: Lease] = Dictionary(minimumCapacity: leases.count)
+        for lease in leases { result[lease.subnet] = lease }
+        return result
+    }
+
+    /// All peer leases at once (a snapshot).
+    public func replace(_ leases: [Lease]) {
+        peers = Self.bySubnet(leases)
         dirty = true
     }
+
+    /// One peer lease added or changed.
+    public func update(_ lease: Lease) {
+        peers[lease.subnet] = lease
+        dirty = true
+    }
+
+    /// One peer lease gone.
+    public func remove(_ subnet: IPv4Subnet) {
+        if peers.removeValue(forKey: subnet) != nil { dirty = true }
+    }
+
+    /// How many peer leases would be saved.
+    public var peerCount: Int { peers.count }
 
     /// Writes the file when something changed since the last write. Nothing is written before our
     /// lease has been confirmed by etcd (the manager holds it).
@@ -61,7 +83,7 @@ public actor LastKnownRecorder {
         }
         guard dirty else { return false }
         let state = LastKnownLeases(savedAt: now, etcdAPI: manager.registry.apiVersion, config: config, own: own,
-                                    ownExpiresAt: ownExpiresAt, peers: peers.sorted { $0.subnet < $1.subnet })
+                                    ownExpiresAt: ownExpiresAt, peers: peers.values.sorted { $0.subnet < $1.subnet })
         do {
             try state.write(to: path)
             if writeFailed { logger.info("last known state: \(path) written again") }
@@ -240,18 +262,18 @@ struct LeaseRejoinService: Service {
             return
         }
         let (events, snapshot) = joined
-        let before = await reconciler.desired.count
+        let before = await reconciler.desiredCount
         let (peers, skipped) = policy.peers(from: snapshot.map(RemoteLease.init))
         for skip in skipped { logger.info("lease \(skip.lease.subnet) ignored: \(skip.reason)") }
         await reconciler.setDesired(peers)
         _ = await reconciler.reconcile()
-        await recorder?.update(peers: snapshot)
+        await recorder?.replace(snapshot)
         await recorder?.flush()
         readiness.set(.leaseConfirmed, ok: true)
         logger.notice("etcd confirmed our lease \(saved.own.subnet) after \(ContinuousClock.now - started) degraded: \(peers.count) peer(s) now (\(before) from the last known state); leaving degraded mode")
         try await withThrowingDiscardingTaskGroup { group in
             group.addTask { [self] in
-                try await LeaseWatchService(events: events, initial: snapshot, policy: policy, reconciler: reconciler,
+                try await LeaseWatchService(events: events, policy: policy, reconciler: reconciler,
                                             recorder: recorder, logger: logger).run()
             }
             group.addTask { [self] in try await LeaseRenewService(manager: manager, logger: logger).run() }

@@ -25,21 +25,23 @@ public final class PeerEventCursor: @unchecked Sendable {
     }
 }
 
-/// Lease events → the reconciler's desired peers, one log line per peer change.
+/// Lease events → the reconciler's desired peers, one log line per peer change. Each event changes
+/// one subnet's entry (O(1), whatever the number of peers); only a snapshot (a re-list after the
+/// watch history was lost) replaces the whole set. The watch holds no copy of the leases: the
+/// desired set lives in the reconciler, the leases for the last known state in the recorder.
 public struct LeaseWatchService: Service {
     public let events: PeerEventCursor
     public let policy: DesiredPeerPolicy
     public let reconciler: Reconciler
     public let logger: Logger
-    /// The leases as of the start-up snapshot; the watch continues from there.
-    public let initial: [Lease]
     /// Keeps the on-disk last known state in step with the leases (nil: not kept).
     public let recorder: LastKnownRecorder?
 
-    public init(events: PeerEventCursor, initial: [Lease], policy: DesiredPeerPolicy,
-                reconciler: Reconciler, recorder: LastKnownRecorder? = nil, logger: Logger) {
+    /// The reconciler (and the recorder) must already hold the start-up snapshot the watch
+    /// continues from.
+    public init(events: PeerEventCursor, policy: DesiredPeerPolicy, reconciler: Reconciler,
+                recorder: LastKnownRecorder? = nil, logger: Logger) {
         self.events = events
-        self.initial = initial
         self.policy = policy
         self.reconciler = reconciler
         self.recorder = recorder
@@ -56,31 +58,42 @@ public struct LeaseWatchService: Service {
     }
 
     private func follow() async {
-        var leases: [IPv4Subnet: Lease] = [:]
-        for lease in initial { leases[lease.subnet] = lease }
         while let event = await events.next() {
             switch event {
             case .snapshot(let all):
-                leases = [:]
-                for lease in all { leases[lease.subnet] = lease }
                 logger.info("lease snapshot: \(all.count) peer lease(s)")
+                let (peers, skipped) = policy.peers(from: all.map(RemoteLease.init))
+                for skip in skipped {
+                    logger.debug("lease \(skip.lease.subnet) ignored: \(skip.reason)")
+                }
+                await reconciler.setDesired(peers)
+                await recorder?.replace(all)
             case .added(let lease):
-                leases[lease.subnet] = lease
                 logger.info("peer added: \(lease)")
+                await follow(lease)
             case .changed(let lease):
-                leases[lease.subnet] = lease
                 logger.info("peer changed: \(lease)")
+                await follow(lease)
             case .removed(let lease):
-                leases[lease.subnet] = nil
                 logger.info("peer removed: \(lease.subnet)")
+                await reconciler.removeDesired(lease.subnet)
+                await recorder?.remove(lease.subnet)
             }
-            let (peers, skipped) = policy.peers(from: leases.values.map(RemoteLease.init))
-            for skip in skipped {
-                logger.debug("lease \(skip.lease.subnet) ignored: \(skip.reason)")
-            }
-            await reconciler.setDesired(peers)
-            await recorder?.update(peers: Array(leases.values))
         }
+    }
+
+    private func follow(_ lease: Lease) async {
+        switch policy.verdict(for: RemoteLease(lease)) {
+        case .peer(let peer):
+            await reconciler.updateDesired(peer)
+        case .own:
+            await reconciler.removeDesired(lease.subnet)
+        case .skipped(let reason):
+            logger.debug("lease \(lease.subnet) ignored: \(reason)")
+            // A subnet whose lease is no longer usable has no peer any more.
+            await reconciler.removeDesired(lease.subnet)
+        }
+        await recorder?.update(lease)
     }
 }
 

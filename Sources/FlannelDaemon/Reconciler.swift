@@ -1,10 +1,21 @@
 // Design note: leases say which peers should exist; each `PeerTable` (BPF maps, kernel routes/fdb,
-// the userspace table) says which peers it holds *now*, read back from the store itself. A pass
-// diffs the two per table, in order, and applies only the difference: stale entries removed first
-// (so a subnet that moved to another node never has two owners), then new or changed ones upserted.
-// Nothing is remembered between passes, so a periodic full pass repairs any drift (an entry deleted
-// by hand, a map recreated). A failure is never log-and-continue: the pass reports it per table,
-// readiness turns false, and the pass is retried with backoff until it succeeds.
+// the userspace table) holds peers in its own store. A pass applies the difference per table, in
+// order: stale entries removed first (so a subnet that moved to another node never has two owners),
+// then new or changed ones upserted (replace semantics). Two kinds of pass:
+//
+// - Full: the table is read back from its store (a map dump; route, neighbour and fdb dumps) and
+//   diffed against the whole desired set, so it repairs any drift (an entry deleted by hand, a map
+//   recreated). O(N) per table. The start-up fill, the periodic pass (--reconcile-interval) and any
+//   pass of a table whose previous pass failed are full.
+// - Changes (what a lease event triggers): a table whose previous pass succeeded holds exactly the
+//   desired set of that pass, so only the subnets whose desired peer changed since then are written.
+//   O(changes), whatever N is. The reconciler remembers no copy of any table: per table only "the
+//   previous pass succeeded", and per changed subnet the peer it had at the previous pass.
+//
+// A failure is never log-and-continue: the pass reports it per table, readiness turns false, the
+// table loses its "in sync" mark (its next pass reads it back in full), and the pass is retried with
+// backoff until it succeeds. Drift made behind the reconciler's back is repaired by the next full
+// pass, as when every pass read back; a change pass only writes subnets the leases changed.
 //
 // Lease filtering mirrors flannel: our own lease is skipped, and only leases written by the same
 // backend type count (a vxlan node ignores host-gw leases and vice versa).
@@ -74,26 +85,40 @@ public struct DesiredPeerPolicy: Sendable {
         public var reason: String
     }
 
+    /// What one lease means for the tables.
+    public enum Verdict: Sendable, Equatable {
+        case peer(Peer)
+        /// Our own lease: never a peer.
+        case own
+        case skipped(reason: String)
+    }
+
+    /// One lease on its own: the desired peer at a subnet depends on that subnet's lease only, so a
+    /// lease event changes exactly one entry of the desired set.
+    public func verdict(for lease: RemoteLease) -> Verdict {
+        if lease.subnet == ownSubnet { return .own }
+        let type = lease.backendType ?? "udp"
+        guard type == backend.leaseBackendType else {
+            return .skipped(reason: "BackendType \(type) is not this network's \(backend.leaseBackendType)")
+        }
+        switch backend {
+        case .vxlan(let directRouting):
+            guard let mac = lease.vtepMAC else { return .skipped(reason: "vxlan lease without a valid BackendData.VtepMAC") }
+            let direct = directRouting && (underlaySubnet?.contains(lease.publicIP) ?? false)
+            return .peer(Peer(subnet: lease.subnet, publicIP: lease.publicIP, vtepMAC: mac, direct: direct))
+        case .hostGW, .udp:
+            return .peer(Peer(subnet: lease.subnet, publicIP: lease.publicIP, vtepMAC: nil))
+        }
+    }
+
     public func peers(from leases: some Sequence<RemoteLease>) -> (peers: Set<Peer>, skipped: [Skipped]) {
         var peers: Set<Peer> = []
         var skipped: [Skipped] = []
         for lease in leases {
-            if lease.subnet == ownSubnet { continue }
-            let type = lease.backendType ?? "udp"
-            guard type == backend.leaseBackendType else {
-                skipped.append(Skipped(lease: lease, reason: "BackendType \(type) is not this network's \(backend.leaseBackendType)"))
-                continue
-            }
-            switch backend {
-            case .vxlan(let directRouting):
-                guard let mac = lease.vtepMAC else {
-                    skipped.append(Skipped(lease: lease, reason: "vxlan lease without a valid BackendData.VtepMAC"))
-                    continue
-                }
-                let direct = directRouting && (underlaySubnet?.contains(lease.publicIP) ?? false)
-                peers.insert(Peer(subnet: lease.subnet, publicIP: lease.publicIP, vtepMAC: mac, direct: direct))
-            case .hostGW, .udp:
-                peers.insert(Peer(subnet: lease.subnet, publicIP: lease.publicIP, vtepMAC: nil))
+            switch verdict(for: lease) {
+            case .peer(let peer): peers.insert(peer)
+            case .own: continue
+            case .skipped(let reason): skipped.append(Skipped(lease: lease, reason: reason))
             }
         }
         return (peers, skipped)
@@ -116,6 +141,16 @@ public struct PeerTableBinding: Sendable {
     }
 }
 
+/// How a pass treats the tables.
+public enum PassKind: String, Sendable {
+    /// Every table read back from its store and repaired against the whole desired set.
+    case full
+    /// Only the subnets whose desired peer changed since the previous pass, on every table whose
+    /// previous pass succeeded; a table whose previous pass failed (or that never had one) is read
+    /// back in full all the same.
+    case changes
+}
+
 public struct TableOutcome: Sendable, CustomStringConvertible {
     public var table: String
     public var removed: [Peer] = []
@@ -123,6 +158,8 @@ public struct TableOutcome: Sendable, CustomStringConvertible {
     public var failures: [String] = []
     /// How many peers this table should hold.
     public var wanted: Int = 0
+    /// true: the table was read back and diffed in full; false: only the changes were applied.
+    public var readBack: Bool = true
 
     public var succeeded: Bool { failures.isEmpty }
     public var changed: Bool { !removed.isEmpty || !upserted.isEmpty }
@@ -138,9 +175,13 @@ public struct ReconcileReport: Sendable, CustomStringConvertible {
     public var outcomes: [TableOutcome]
     public var desiredCount: Int
     public var duration: Duration
+    /// The kind of pass asked for (a `.changes` pass may still read some tables back: see `readBack`).
+    public var kind: PassKind = .full
 
     public var succeeded: Bool { outcomes.allSatisfy(\.succeeded) }
     public var changed: Bool { outcomes.contains(where: \.changed) }
+    /// Some table was read back in this pass.
+    public var readBack: Bool { outcomes.contains(where: \.readBack) }
     public var description: String { outcomes.map(\.description).joined(separator: " | ") }
 }
 
@@ -149,10 +190,25 @@ public actor Reconciler {
     private let readiness: Readiness?
     private let logger: Logger
     private let errorLog = RateLimitedLog(window: .seconds(60))
-    private var desiredPeers: Set<Peer> = []
+    /// The desired peers, one per subnet.
+    private var desiredBySubnet: [IPv4Subnet: Peer] = [:]
+    /// What a subnet's desired peer was at the previous pass (nil: none wanted there then).
+    private struct Before { var peer: Peer? }
+    /// Every subnet whose desired peer changed since the previous pass, with what it was then. The
+    /// tables in sync hold exactly that earlier state, so these entries are all a change pass needs.
+    private var changedSince: [IPv4Subnet: Before] = [:]
+    /// Per table: its previous pass succeeded, so it holds the desired set of that pass (as the
+    /// binding selects and views it). false forces its next pass to read it back.
+    private var inSync: [Bool]
+    /// Per table: how many peers it should hold as of its previous pass.
+    private var wantedCounts: [Int]
+    /// The periodic timer asked for a full pass; the next pass reads every table back.
+    private var fullPassDue = false
     private var failedPasses = 0
     public private(set) var lastReport: ReconcileReport?
     public private(set) var passCount = 0
+    /// How many passes read at least one table back (start-up fill, periodic, after failures).
+    public private(set) var readBackPassCount = 0
 
     private let kicks: AsyncStream<Void>
     private let kickContinuation: AsyncStream<Void>.Continuation
@@ -161,15 +217,50 @@ public actor Reconciler {
         self.bindings = tables
         self.readiness = readiness
         self.logger = logger
+        inSync = Array(repeating: false, count: tables.count)
+        wantedCounts = Array(repeating: 0, count: tables.count)
         (kicks, kickContinuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
     }
 
-    public var desired: Set<Peer> { desiredPeers }
+    /// The desired peers as a set (O(N): for tests and inspection; `desiredCount` is O(1)).
+    public var desired: Set<Peer> { Set(desiredBySubnet.values) }
+    public var desiredCount: Int { desiredBySubnet.count }
+    public func desiredPeer(for subnet: IPv4Subnet) -> Peer? { desiredBySubnet[subnet] }
 
-    /// Replaces the desired set and asks the running loop for a pass.
+    /// Replaces the desired set and asks the running loop for a pass. O(N): for snapshots; a
+    /// single lease event goes through `updateDesired`/`removeDesired`. One peer per subnet: of two
+    /// peers for the same subnet, the one with the higher PublicIP is kept.
     public func setDesired(_ peers: Set<Peer>) {
-        desiredPeers = peers
+        var next: [IPv4Subnet: Peer] = Dictionary(minimumCapacity: peers.count)
+        for peer in peers {
+            if let other = next[peer.subnet], other.publicIP.value >= peer.publicIP.value { continue }
+            next[peer.subnet] = peer
+        }
+        for (subnet, old) in desiredBySubnet where next[subnet] != old { noteChange(subnet, was: old) }
+        for subnet in next.keys where desiredBySubnet[subnet] == nil { noteChange(subnet, was: nil) }
+        desiredBySubnet = next
         kick()
+    }
+
+    /// Sets the desired peer for `peer.subnet` (added or changed); asks for a pass if that changes anything.
+    public func updateDesired(_ peer: Peer) {
+        let old = desiredBySubnet[peer.subnet]
+        guard old != peer else { return }
+        noteChange(peer.subnet, was: old)
+        desiredBySubnet[peer.subnet] = peer
+        kick()
+    }
+
+    /// No peer is wanted at `subnet` any more; asks for a pass if one was.
+    public func removeDesired(_ subnet: IPv4Subnet) {
+        guard let old = desiredBySubnet.removeValue(forKey: subnet) else { return }
+        noteChange(subnet, was: old)
+        kick()
+    }
+
+    private func noteChange(_ subnet: IPv4Subnet, was old: Peer?) {
+        // The first change since the pass counts: that is what the tables hold.
+        if changedSince[subnet] == nil { changedSince[subnet] = Before(peer: old) }
     }
 
     /// Asks the running loop for a pass soon; kicks that arrive during a pass coalesce into one.
@@ -177,25 +268,44 @@ public actor Reconciler {
         kickContinuation.yield()
     }
 
-    /// One pass over every table, in order. Never throws: failures are in the report.
+    /// Makes the next pass of the running loop a full one, and asks for it.
+    public func requestFullPass() {
+        fullPassDue = true
+        kick()
+    }
+
+    /// One pass over every table, in order: `.full` (the default) reads every table back,
+    /// `.changes` applies only what changed since the previous pass where that is safe (see the
+    /// design note). Never throws: failures are in the report.
     @discardableResult
-    public func reconcile() -> ReconcileReport {
+    public func reconcile(_ kind: PassKind = .full) -> ReconcileReport {
         let clock = ContinuousClock()
         let start = clock.now
+        let changes = changedSince
+        changedSince = [:]
         var outcomes: [TableOutcome] = []
-        for binding in bindings {
-            outcomes.append(reconcile(binding))
+        outcomes.reserveCapacity(bindings.count)
+        for index in bindings.indices {
+            let outcome = kind == .full || !inSync[index] ? fullPass(index) : changesPass(index, changes)
+            // A table that failed (read or write) may hold anything now: its next pass reads it back.
+            inSync[index] = outcome.succeeded
+            outcomes.append(outcome)
         }
-        let report = ReconcileReport(outcomes: outcomes, desiredCount: desiredPeers.count, duration: clock.now - start)
+        let report = ReconcileReport(outcomes: outcomes, desiredCount: desiredBySubnet.count,
+                                     duration: clock.now - start, kind: kind)
         record(report)
         return report
     }
 
-    private func reconcile(_ binding: PeerTableBinding) -> TableOutcome {
+    /// The table read back and diffed against the whole desired set: O(N), repairs drift.
+    private func fullPass(_ index: Int) -> TableOutcome {
+        let binding = bindings[index]
         let table = binding.table
         var outcome = TableOutcome(table: table.tableName)
-        let wanted = Set(desiredPeers.filter(binding.selects).map(binding.view))
+        var wanted = Set<Peer>(minimumCapacity: desiredBySubnet.count)
+        for peer in desiredBySubnet.values where binding.selects(peer) { wanted.insert(binding.view(peer)) }
         outcome.wanted = wanted.count
+        wantedCounts[index] = wanted.count
         let actual: Set<Peer>
         do {
             actual = try table.currentPeers()
@@ -203,9 +313,8 @@ public actor Reconciler {
             outcome.failures.append("reading the table: \(error)")
             return outcome
         }
-        let wantedSubnets = Set(wanted.map(\.subnet))
         // Stale first: an entry whose subnet no lease wants any more.
-        for peer in actual.subtracting(wanted) where !wantedSubnets.contains(peer.subnet) {
+        for peer in actual where !wanted.contains(peer) && desiredSubnetSelected(peer.subnet, binding) == nil {
             do {
                 try table.remove(peer)
                 outcome.removed.append(peer)
@@ -225,24 +334,73 @@ public actor Reconciler {
         return outcome
     }
 
+    /// The desired peer at `subnet` as `binding` sees it, nil when the table should hold none there.
+    private func desiredSubnetSelected(_ subnet: IPv4Subnet, _ binding: PeerTableBinding) -> Peer? {
+        guard let peer = desiredBySubnet[subnet], binding.selects(peer) else { return nil }
+        return binding.view(peer)
+    }
+
+    /// Only the subnets in `changes`, on a table that holds the previous pass's desired set:
+    /// O(changes), no read-back. Same order as a full pass: stale removals, then upserts.
+    private func changesPass(_ index: Int, _ changes: [IPv4Subnet: Before]) -> TableOutcome {
+        let binding = bindings[index]
+        let table = binding.table
+        var outcome = TableOutcome(table: table.tableName, readBack: false)
+        var stale: [Peer] = []
+        var fresh: [Peer] = []
+        var count = wantedCounts[index]
+        for (subnet, before) in changes {
+            let was = before.peer.flatMap { binding.selects($0) ? binding.view($0) : nil }
+            let now = desiredSubnetSelected(subnet, binding)
+            guard was != now else { continue }
+            if let now {
+                fresh.append(now)
+                if was == nil { count += 1 }
+            } else if let was {
+                stale.append(was)
+                count -= 1
+            }
+        }
+        outcome.wanted = count
+        wantedCounts[index] = count
+        for peer in stale.sorted(by: { $0.subnet < $1.subnet }) {
+            do {
+                try table.remove(peer)
+                outcome.removed.append(peer)
+            } catch {
+                outcome.failures.append("remove \(peer): \(error)")
+            }
+        }
+        for peer in fresh.sorted(by: { $0.subnet < $1.subnet }) {
+            do {
+                try table.upsert(peer)
+                outcome.upserted.append(peer)
+            } catch {
+                outcome.failures.append("upsert \(peer): \(error)")
+            }
+        }
+        return outcome
+    }
+
     private func record(_ report: ReconcileReport) {
         passCount += 1
+        if report.readBack { readBackPassCount += 1 }
         lastReport = report
         if report.succeeded {
             if failedPasses > 0 {
                 logger.info("reconcile recovered after \(failedPasses) failed pass(es): \(report)")
                 errorLog.reset("reconcile")
             } else if report.changed {
-                logger.info("reconciled \(report.desiredCount) peer(s): \(report)")
+                logger.info("reconciled \(report.desiredCount) peer(s) (\(report.readBack ? "read back" : "changes only")): \(report)")
             } else {
-                logger.debug("reconcile pass: no drift", metadata: ["peers": "\(report.desiredCount)"])
+                logger.debug("reconcile pass: no drift", metadata: ["peers": "\(report.desiredCount)", "kind": "\(report.kind)"])
             }
             failedPasses = 0
             readiness?.set(.tablesFilled, ok: true)
             readiness?.set(.reconcileHealthy, ok: true)
         } else {
             failedPasses += 1
-            errorLog.log(logger, level: .error, key: "reconcile", "reconcile pass failed (attempt \(failedPasses), will retry): \(report)")
+            errorLog.log(logger, level: .error, key: "reconcile", "reconcile pass failed (attempt \(failedPasses), will retry reading the failed table(s) back): \(report)")
             readiness?.set(.reconcileHealthy, ok: false, detail: report.outcomes.filter { !$0.succeeded }.map(\.description).joined(separator: "; "))
         }
     }
@@ -254,20 +412,23 @@ public actor Reconciler {
         return min(delay, interval)
     }
 
-    /// Runs passes on every kick, every `interval` (drift repair), and after a failure with backoff,
-    /// until graceful shutdown or cancellation. Leaves every table as it is when it stops.
+    /// Runs a change pass on every kick, a full pass every `interval` (drift repair), and after a
+    /// failure a retry with backoff (which reads the failed tables back), until graceful shutdown or
+    /// cancellation. Leaves every table as it is when it stops.
     public func run(interval: Duration, retryBase: Duration = .seconds(1)) async {
         let kicks = self.kicks
         await withDiscardingTaskGroup { group in
-            group.addTask { [kickContinuation] in
+            group.addTask {
                 while !Task.isCancelled {
                     do { try await Task.sleep(for: interval) } catch { return }
-                    kickContinuation.yield()
+                    await self.requestFullPass()
                 }
             }
             kick()
             for await _ in kicks.cancelOnGracefulShutdown() {
-                let report = reconcile()
+                let kind: PassKind = fullPassDue ? .full : .changes
+                fullPassDue = false
+                let report = reconcile(kind)
                 if !report.succeeded {
                     let delay = Self.retryDelay(afterFailures: failedPasses, interval: interval, base: retryBase)
                     group.addTask { [kickContinuation] in

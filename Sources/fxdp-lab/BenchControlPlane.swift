@@ -122,7 +122,7 @@ enum ControlPlaneBench {
             // Watch: one lease change in etcd → the map entry changes.
             var latencies: [Double] = []
             if watchChanges > 0 {
-                let watch = LeaseWatchService(events: events, initial: snapshot, policy: policy, reconciler: reconciler, logger: logger)
+                let watch = LeaseWatchService(events: events, policy: policy, reconciler: reconciler, logger: logger)
                 let watchTask = Task { try? await watch.run() }
                 let loopTask = Task { await reconciler.run(interval: .seconds(60)) }
                 do {

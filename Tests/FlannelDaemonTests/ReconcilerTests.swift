@@ -14,6 +14,7 @@ final class MemoryPeerTable: PeerTable, Sendable {
         var writes: [String] = []
         var failUpsertsFor: Set<IPv4Subnet> = []
         var failReads = false
+        var reads = 0
     }
     private let state = Mutex(State())
 
@@ -23,6 +24,7 @@ final class MemoryPeerTable: PeerTable, Sendable {
 
     func currentPeers() throws -> Set<Peer> {
         try state.withLock { s in
+            s.reads += 1
             if s.failReads { throw Refused(description: "read refused") }
             return Set(s.entries.values)
         }
@@ -48,6 +50,8 @@ final class MemoryPeerTable: PeerTable, Sendable {
     func failUpserts(for subnets: Set<IPv4Subnet>) { state.withLock { $0.failUpsertsFor = subnets } }
     func failReads(_ on: Bool) { state.withLock { $0.failReads = on } }
     var writes: [String] { state.withLock { $0.writes } }
+    /// How many times the table was read back (`currentPeers`).
+    var reads: Int { state.withLock { $0.reads } }
     func clearWrites() { state.withLock { $0.writes = [] } }
     var peers: Set<Peer> { state.withLock { Set($0.entries.values) } }
 }
@@ -93,6 +97,25 @@ struct DesiredPeerPolicyTests {
     func hostGW() {
         let policy = DesiredPeerPolicy(ownSubnet: own, backend: .hostGW, underlaySubnet: nil)
         #expect(policy.peers(from: leases).peers == [Peer(subnet: subnet("10.5.4.0/24"), publicIP: ip("192.168.1.13"), vtepMAC: nil)])
+    }
+
+    @Test("one lease at a time gives what the whole set gives (the watch applies events one by one)")
+    func verdictPerLease() {
+        for backend in [BackendKind.vxlan(directRouting: true), .vxlan(directRouting: false), .hostGW, .udp] {
+            let policy = DesiredPeerPolicy(ownSubnet: own, backend: backend, underlaySubnet: subnet("192.168.1.0/24"))
+            let whole = policy.peers(from: leases)
+            var peers: Set<Peer> = []
+            var skipped: Set<IPv4Subnet> = []
+            for lease in leases {
+                switch policy.verdict(for: lease) {
+                case .peer(let peer): peers.insert(peer)
+                case .own: #expect(lease.subnet == own)
+                case .skipped: skipped.insert(lease.subnet)
+                }
+            }
+            #expect(peers == whole.peers, "\(backend)")
+            #expect(skipped == Set(whole.skipped.map(\.lease.subnet)), "\(backend)")
+        }
     }
 }
 }
@@ -234,6 +257,153 @@ struct ReconcilerTests {
         }
         // Shutdown leaves the data path as it is.
         #expect(maps.peers == [a, b, c])
+    }
+}
+}
+
+extension DaemonSuite {
+@Suite("Reconciler: change passes between full read-back passes")
+struct IncrementalReconcileTests {
+    let a = Peer(subnet: IPv4Subnet(cidr: "10.5.2.0/24")!, publicIP: IPv4Address("192.168.1.11")!, vtepMAC: MACAddress("aa:aa:aa:aa:aa:02"))
+    let b = Peer(subnet: IPv4Subnet(cidr: "10.5.3.0/24")!, publicIP: IPv4Address("192.168.1.12")!, vtepMAC: MACAddress("aa:aa:aa:aa:aa:03"))
+    let c = Peer(subnet: IPv4Subnet(cidr: "10.5.4.0/24")!, publicIP: IPv4Address("192.168.1.13")!, vtepMAC: MACAddress("aa:aa:aa:aa:aa:04"))
+    let d = Peer(subnet: IPv4Subnet(cidr: "10.5.5.0/24")!, publicIP: IPv4Address("192.168.1.14")!, vtepMAC: MACAddress("aa:aa:aa:aa:aa:05"))
+
+    @Test("a change pass applies only what changed, stale first, without reading any table back")
+    func deltaWithoutReadBack() async {
+        let maps = MemoryPeerTable("bpf-maps")
+        let routes = MemoryPeerTable("kernel-routes")
+        var direct = d
+        direct.direct = true
+        let reconciler = Reconciler(tables: [PeerTableBinding(maps, selects: { !$0.direct }), PeerTableBinding(routes)],
+                                    logger: Logger(label: "test"))
+        await reconciler.setDesired([a, b])
+        #expect(await reconciler.reconcile().readBack)
+        #expect(maps.reads == 1 && routes.reads == 1)
+        maps.clearWrites()
+        routes.clearWrites()
+
+        var movedB = b
+        movedB.publicIP = IPv4Address("192.168.1.99")!
+        await reconciler.removeDesired(a.subnet)
+        await reconciler.updateDesired(movedB)
+        await reconciler.updateDesired(c)
+        await reconciler.updateDesired(direct)
+        let report = await reconciler.reconcile(.changes)
+        #expect(report.succeeded && !report.readBack && report.kind == .changes)
+        #expect(maps.reads == 1 && routes.reads == 1, "a change pass read a table back")
+        #expect(maps.writes == ["remove 10.5.2.0/24", "upsert 10.5.3.0/24", "upsert 10.5.4.0/24"])
+        #expect(routes.writes == ["remove 10.5.2.0/24", "upsert 10.5.3.0/24", "upsert 10.5.4.0/24", "upsert 10.5.5.0/24"])
+        #expect(maps.peers == [movedB, c] && routes.peers == [movedB, c, direct])
+        #expect(report.outcomes.map(\.wanted) == [2, 3])
+        #expect(report.outcomes[0].removed == [a])
+
+        // A change undone before the pass, and one that changes nothing, write nothing.
+        maps.clearWrites()
+        await reconciler.updateDesired(a)
+        await reconciler.removeDesired(a.subnet)
+        await reconciler.updateDesired(c)
+        let idle = await reconciler.reconcile(.changes)
+        #expect(idle.succeeded && !idle.changed && !idle.readBack)
+        #expect(maps.writes.isEmpty && maps.reads == 1)
+
+        // A peer that turns direct leaves the table that does not select direct peers.
+        var cDirect = c
+        cDirect.direct = true
+        await reconciler.updateDesired(cDirect)
+        #expect(await reconciler.reconcile(.changes).outcomes.map(\.wanted) == [1, 3])
+        #expect(maps.peers == [movedB] && routes.peers == [movedB, cDirect, direct])
+        #expect(await reconciler.desiredCount == 3)
+    }
+
+    @Test("a failure makes that table's next pass a full read-back, which also repairs its drift")
+    func failureForcesFullPass() async {
+        let maps = MemoryPeerTable("bpf-maps")
+        let routes = MemoryPeerTable("kernel-routes")
+        let readiness = Readiness()
+        let reconciler = Reconciler(tables: [PeerTableBinding(maps), PeerTableBinding(routes)], readiness: readiness,
+                                    logger: Logger(label: "test"))
+        await reconciler.setDesired([a, b])
+        #expect(await reconciler.reconcile().succeeded)
+
+        maps.failUpserts(for: [c.subnet])
+        await reconciler.updateDesired(c)
+        let failed = await reconciler.reconcile(.changes)
+        #expect(!failed.succeeded && !failed.readBack)
+        #expect(failed.outcomes[0].failures.count == 1 && failed.outcomes[1].succeeded)
+        #expect(readiness.unmet(.reconcileHealthy)?.contains("map full") == true)
+
+        // Meanwhile the failed table drifts; the table that succeeded stays on change passes.
+        maps.tamper { $0[a.subnet] = nil }
+        maps.failUpserts(for: [])
+        let retry = await reconciler.reconcile(.changes)
+        #expect(retry.succeeded)
+        #expect(retry.outcomes.map(\.readBack) == [true, false])
+        #expect(maps.reads == 2 && routes.reads == 1)
+        #expect(maps.peers == [a, b, c] && routes.peers == [a, b, c])
+        #expect(readiness.unmet(.reconcileHealthy) == nil)
+
+        // In sync again: the next change pass reads nothing back.
+        await reconciler.removeDesired(b.subnet)
+        #expect(await !reconciler.reconcile(.changes).readBack)
+        #expect(maps.reads == 2 && maps.peers == [a, c])
+
+        // A failed read counts as a failure too.
+        maps.failReads(true)
+        #expect(await !reconciler.reconcile(.full).succeeded)
+        maps.failReads(false)
+        await reconciler.updateDesired(d)
+        let afterRead = await reconciler.reconcile(.changes)
+        #expect(afterRead.succeeded && afterRead.outcomes.map(\.readBack) == [true, false])
+        #expect(maps.peers == [a, c, d] && routes.peers == [a, c, d])
+    }
+
+    @Test("the running loop: events make change passes; drift waits for the periodic full pass, which repairs it")
+    func periodicFullPassRepairs() async throws {
+        let maps = MemoryPeerTable("bpf-maps")
+        let reconciler = Reconciler(tables: [PeerTableBinding(maps)], logger: Logger(label: "test"))
+        let loop = Task { await reconciler.run(interval: .seconds(3600)) }
+        defer { loop.cancel() }
+
+        await reconciler.setDesired([a, b])
+        try await waitUntil { maps.peers == [a, b] }
+        #expect(maps.reads == 1)
+
+        // Behind the reconciler's back: an entry deleted, one altered, a foreign one added.
+        maps.tamper { entries in
+            entries[a.subnet] = nil
+            var wrong = b
+            wrong.vtepMAC = MACAddress("de:ad:be:ef:00:01")
+            entries[b.subnet] = wrong
+            entries[d.subnet] = d
+        }
+        await reconciler.updateDesired(c)
+        try await waitUntil { maps.peers.contains(c) }
+        #expect(maps.reads == 1, "an event pass read the table back")
+        #expect(!maps.peers.contains(a), "an event pass repaired drift it cannot know about")
+
+        // The timer's full pass (asked for directly here; the timer calls the same).
+        await reconciler.requestFullPass()
+        try await waitUntil { maps.peers == [a, b, c] }
+        #expect(maps.reads == 2)
+        #expect(await reconciler.readBackPassCount == 2)
+        loop.cancel()
+        await loop.value
+    }
+
+    @Test("the running loop's timer alone repairs drift")
+    func timerRepairs() async throws {
+        let maps = MemoryPeerTable("bpf-maps")
+        let reconciler = Reconciler(tables: [PeerTableBinding(maps)], logger: Logger(label: "test"))
+        let loop = Task { await reconciler.run(interval: .milliseconds(100)) }
+        defer { loop.cancel() }
+        await reconciler.setDesired([a, b])
+        try await waitUntil { maps.peers == [a, b] }
+        maps.tamper { $0[a.subnet] = nil; $0[d.subnet] = d }
+        try await waitUntil { maps.peers == [a, b] }
+        #expect(maps.reads >= 2)
+        loop.cancel()
+        await loop.value
     }
 }
 }

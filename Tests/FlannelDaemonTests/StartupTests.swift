@@ -153,7 +153,7 @@ struct StartupTests {
         await reconciler.setDesired(policy.peers(from: snapshot.map(RemoteLease.init)).peers)
         #expect(await reconciler.desired.map(\.subnet) == [IPv4Subnet(cidr: "10.5.2.0/24")!])
 
-        let service = LeaseWatchService(events: events, initial: snapshot, policy: policy, reconciler: reconciler, logger: logger)
+        let service = LeaseWatchService(events: events, policy: policy, reconciler: reconciler, logger: logger)
         let group = ServiceGroup(services: [service], logger: logger)
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await group.run() }

@@ -69,7 +69,7 @@ public enum OperationsServices {
         state.etcdState = degraded ?? "connected"
         state.etcdLastContact = degraded == nil ? now : 0
         state.leaseExpiry = context.lease.isReservation ? 0 : now + context.manager.options.leaseTTL.components.seconds
-        state.peerCount = await context.reconciler.desired.count
+        state.peerCount = await context.reconciler.desiredCount
         do {
             try state.write(to: statePath)
         } catch {
@@ -143,7 +143,7 @@ struct NodeStateService: Service {
                 _ = try? pinned.pruneDepartedPeerStats()
             }
             let reconciler = context.reconciler
-            state.peerCount = await reconciler.desired.count
+            state.peerCount = await reconciler.desiredCount
             state.updatedAt = now
             if let metrics {
                 let report = await reconciler.lastReport
