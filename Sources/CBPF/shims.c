@@ -298,3 +298,21 @@ int cbpf_fs_magic(const char *path, int64_t *magic)
 	*magic = (int64_t)st.f_type;
 	return 0;
 }
+
+/* ---- glibc heap ---- */
+#include <malloc.h>
+
+void cbpf_heap_stats(struct cbpf_heap_stats *out) {
+	struct mallinfo2 m = mallinfo2();
+	out->in_use = (uint64_t)m.uordblks + (uint64_t)m.hblkhd;
+	out->free = (uint64_t)m.fordblks;
+	out->arena = (uint64_t)m.arena;
+}
+
+int cbpf_heap_trim(void) { return malloc_trim(0); }
+
+int cbpf_heap_set_thresholds(int trim, int mmap) {
+	int a = mallopt(M_TRIM_THRESHOLD, trim);
+	int b = mallopt(M_MMAP_THRESHOLD, mmap);
+	return a == 1 && b == 1;
+}

@@ -42,6 +42,7 @@ public enum Daemon {
         bootstrapLogging(level: options.logging.logLevel.level)
         let logger = makeLogger(options.logging.logLevel)
         logger.info("flanneld-xdp \(FlannelDaemonVersion.string) starting")
+        HeapTrim.configure()
         let readiness = Readiness()
 
         // The health server answers /healthz from the start and /readyz with the reasons while starting.
@@ -172,6 +173,11 @@ public enum Daemon {
         try env.write(to: options.subnet.subnetFile)
         readiness.set(.subnetFileWritten, ok: true)
         logger.info("wrote \(options.subnet.subnetFile): FLANNEL_SUBNET=\(lease.subnet.host(1))/\(lease.subnet.prefixLength) FLANNEL_MTU=\(mtu)")
+        // Start-up's O(peers) transients (list response, first full pass, saved state) are freed
+        // by now: give their pages back (HeapTrim.swift) instead of carrying the peak.
+        if let (before, after) = HeapTrim.trimIfWorthIt() {
+            logger.debug("heap trimmed after start-up: \(before) → resident anonymous \(after.residentAnonymous >> 10) KiB")
+        }
         do {
             let degraded = readiness.unmet(.leaseConfirmed) == nil ? "" : "degraded (etcd unreachable, last known state), "
             try notifier.ready(status: "\(degraded)subnet \(lease.subnet), \(peers.count) peer(s), \(setup.summary)")
@@ -193,6 +199,7 @@ public enum Daemon {
                                                reconciler: reconciler, readiness: readiness, recorder: recorder, logger: logger))
         }
         if let recorder { services.append(LastKnownRecorderService(recorder: recorder)) }
+        services.append(HeapTrimService(logger: logger))
         if let userspace = setup.userspace {
             services.append(UserspaceDataplaneService(dataplane: userspace, logger: logger))
         }

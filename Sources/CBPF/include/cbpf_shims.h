@@ -63,4 +63,17 @@ char *cbpf_libbpf_capture_end(void);
 /* statfs(2) f_type of path into *magic; returns 0 or -errno. */
 int cbpf_fs_magic(const char *path, int64_t *magic);
 
+/* glibc's heap, for the daemon's memory (malloc.h is not in Swift's Glibc module). */
+struct cbpf_heap_stats {
+	uint64_t in_use;    /* bytes handed out by malloc (mallinfo2 uordblks + hblkhd) */
+	uint64_t free;      /* bytes free inside the arenas (fordblks) */
+	uint64_t arena;     /* bytes the arenas hold from the kernel (arena: main heap plus thread heaps) */
+};
+void cbpf_heap_stats(struct cbpf_heap_stats *out);
+/* malloc_trim(0): gives free pages of every arena back to the kernel; returns 1 if any went back. */
+int cbpf_heap_trim(void);
+/* mallopt(M_TRIM_THRESHOLD, trim) and mallopt(M_MMAP_THRESHOLD, mmap): fixed values (glibc then
+ * stops raising them after large frees). Returns 1 when both were accepted. */
+int cbpf_heap_set_thresholds(int trim, int mmap);
+
 #endif

@@ -1,0 +1,101 @@
+// Design note: why the daemon hands freed memory back to the kernel. At start-up, and again on every
+// lease re-list, full reconcile pass and last-known-state write, the daemon briefly holds O(peers)
+// transient data: etcd's list response and its parse tree, the map and netlink dumps a full pass
+// reads back, the JSON of the saved state. glibc keeps what is freed inside its arenas (one per
+// thread that allocated, up to 8 per core), so VmRSS stayed near the start-up peak. Measured at 5000
+// peers with mallinfo2/malloc_info: about 4–5 MB in use, 11–13 MB free inside 4 thread arenas.
+// Two glibc behaviours keep that memory resident, and both are addressed here:
+//
+// - `malloc_trim(0)` gives the free pages inside every arena back (MADV_DONTNEED), but not the free
+//   top of a thread arena. A thread arena shrinks its top only when a free leaves more than
+//   M_TRIM_THRESHOLD there, and glibc raises that threshold (to twice the largest freed mmapped
+//   block, megabytes after one large response) unless it is set explicitly. So `configure()` fixes
+//   M_TRIM_THRESHOLD and M_MMAP_THRESHOLD at 128 KiB (glibc's own starting values): blocks of
+//   128 KiB and more (response bodies, dump buffers) are mmapped and unmapped when freed, and free
+//   tops above 128 KiB go back at once. The control plane makes few such allocations; the data
+//   paths allocate nothing that large per packet.
+// - Then `trimIfWorthIt()` runs `malloc_trim(0)` once when start-up has finished and whenever a
+//   periodic check (one /proc/self/statm read and one mallinfo2, microseconds, every 2 s) finds more
+//   than `defaultSlack` of resident anonymous memory beyond what malloc has handed out.
+//
+// Measured (bench, 5000 peers, right after 50 lease changes): VmRSS 36.9 MiB with neither, 33.4 MiB
+// with the trim alone, 26.1 MiB with both. M_ARENA_MAX=2 saved another 0.3 MiB only and would make
+// the userspace data path's threads share arenas, so it is not set.
+
+import CBPF
+import Glibc
+import Logging
+import ServiceLifecycle
+
+public enum HeapTrim {
+    public struct Stats: Sendable, CustomStringConvertible {
+        /// Bytes malloc has handed out.
+        public var inUse: UInt64
+        /// Bytes free inside the arenas (whether or not still resident).
+        public var free: UInt64
+        /// Resident anonymous memory of the process (heap, stacks, other private mappings).
+        public var residentAnonymous: UInt64
+
+        public var description: String {
+            "in use \(inUse >> 10) KiB, free in arenas \(free >> 10) KiB, resident anonymous \(residentAnonymous >> 10) KiB"
+        }
+    }
+
+    /// More resident anonymous memory than this beyond what is in use is worth a trim.
+    public static let defaultSlack: UInt64 = 3 << 20
+
+    /// glibc's starting values, fixed: see the design note.
+    public static let thresholdBytes: Int32 = 128 << 10
+
+    /// Fixes glibc's trim and mmap thresholds (call once, early). Returns false if glibc refused.
+    @discardableResult
+    public static func configure() -> Bool {
+        cbpf_heap_set_thresholds(thresholdBytes, thresholdBytes) == 1
+    }
+
+    public static func stats() -> Stats {
+        var heap = cbpf_heap_stats()
+        cbpf_heap_stats(&heap)
+        return Stats(inUse: heap.in_use, free: heap.free, residentAnonymous: residentAnonymousBytes() ?? 0)
+    }
+
+    /// Trims when the resident anonymous memory exceeds what malloc has handed out by more than
+    /// `slack`. Returns the figures before and after a trim, nil when none was done.
+    @discardableResult
+    public static func trimIfWorthIt(slack: UInt64 = defaultSlack) -> (before: Stats, after: Stats)? {
+        let before = stats()
+        guard before.residentAnonymous > before.inUse &+ slack else { return nil }
+        _ = cbpf_heap_trim()
+        return (before, stats())
+    }
+
+    /// Resident pages minus file-backed/shared ones, from /proc/self/statm; nil if unreadable.
+    static func residentAnonymousBytes() -> UInt64? {
+        let fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 128)
+        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        guard n > 0 else { return nil }
+        // "size resident shared text lib data dt", in pages.
+        let fields = buffer[0..<n].split(separator: UInt8(ascii: " ")).prefix(3).map { UInt64(String(decoding: $0, as: UTF8.self)) }
+        guard fields.count == 3, let resident = fields[1], let shared = fields[2], resident >= shared else { return nil }
+        return (resident - shared) * UInt64(sysconf(Int32(_SC_PAGESIZE)))
+    }
+}
+
+/// Runs `HeapTrim.trimIfWorthIt` every `interval` until shutdown.
+struct HeapTrimService: Service {
+    var interval: Duration = .seconds(2)
+    let logger: Logger
+
+    func run() async throws {
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
+            if Task.isShuttingDownGracefully { return }
+            if let (before, after) = HeapTrim.trimIfWorthIt() {
+                logger.debug("heap trimmed: \(before) → resident anonymous \(after.residentAnonymous >> 10) KiB")
+            }
+        }
+    }
+}
