@@ -1,7 +1,8 @@
 /// Something that holds peers for the data path: the BPF maps, the userspace path's table, the
-/// kernel's routes/neighbours/fdb. The reconciler reads what a table holds *now* (never a remembered
-/// copy), compares it with the peers the leases call for, and applies only the difference; a
-/// periodic full pass repairs drift (someone deleted an entry, a map was recreated).
+/// kernel's routes/neighbours/fdb. A full reconcile pass reads what a table holds *now* (never a
+/// remembered copy), compares it with the peers the leases call for, and applies only the
+/// difference, which repairs drift (someone deleted an entry, a map was recreated); between full
+/// passes, lease events write only the subnets they changed (see the reconciler's design note).
 public protocol PeerTable: AnyObject, Sendable {
     /// A short name for logs and metrics ("bpf-maps", "kernel-vxlan", "userspace").
     var tableName: String { get }
