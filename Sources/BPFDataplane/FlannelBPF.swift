@@ -33,7 +33,7 @@ public final class FlannelBPF: @unchecked Sendable {
 
     public let bpffs: String
     public let pinDirectory: String
-    private let object: BPFObject
+    let object: BPFObject
     public let peers: BPFMap<fxdp_peer_key, fxdp_peer_value>
     public let nodes: BPFMap<fxdp_node_key, fxdp_node_value>
     public let config: BPFMap<UInt32, fxdp_config>

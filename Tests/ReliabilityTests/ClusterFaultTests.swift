@@ -300,6 +300,46 @@ struct ClusterFaultTests {
         #expect(try cluster.lab.waitForPing(from: a.podNamespace, to: b.podIP))
     }
 
+    @Test("a corrupted pinned entry and removed map pins are repaired, with log lines, traffic unaffected")
+    func corruptionAndPinRepair() throws {
+        let cluster = try FlannelCluster(tag: "rlr", api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 2)
+        defer { cluster.cleanup() }
+        for node in cluster.nodes { try cluster.startDaemon(node, extra: ["--reconcile-interval=5"]) }
+        let (a, b) = (cluster.nodes[0], cluster.nodes[1])
+        #expect(try waitUntil(5) { try pinnedPeers(cluster, a) == [b.podSubnet] } != nil)
+        let peersPath = cluster.pinFolder(a) + "/" + FXDP_MAP_PEERS
+        let map = try BPFMap.openPinned(path: peersPath, key: fxdp_peer_key.self, value: fxdp_peer_value.self)
+        let mapID = map.info().id
+        // Corrupt: b's subnet now points at a node that does not exist, with another MAC.
+        let key = try #require(try map.keys().first)
+        let good = try #require(try map.lookup(key))
+        var bad = good
+        bad.node_ip = (192, 168, 77, 250)
+        bad.vtep_mac = (2, 0, 0, 0, 0xfa, 1)
+        try map.update(key, bad)
+        // And remove two pins (the peers map's and the counters').
+        let countersPath = cluster.pinFolder(a) + "/" + FXDP_MAP_COUNTERS
+        #expect(unlink(peersPath) == 0 && unlink(countersPath) == 0)
+
+        let repaired = try waitUntil(15) {
+            guard access(peersPath, F_OK) == 0, access(countersPath, F_OK) == 0 else { return false }
+            let value = try BPFMap.openPinned(path: peersPath, key: fxdp_peer_key.self, value: fxdp_peer_value.self).lookup(key)
+            return value.map { withUnsafeBytes(of: $0) { Array($0) } } == withUnsafeBytes(of: good) { Array($0) }
+        }
+        print("ClusterFaultTests.corruptionAndPinRepair: pins and entry repaired after \(repaired.map { String(format: "%.1f s", $0) } ?? "never")")
+        let log = cluster.daemonLog(a)
+        #expect(repaired != nil, "log:\n\(log.suffix(1500))")
+        #expect(try BPFMap.openPinned(path: peersPath, key: fxdp_peer_key.self, value: fxdp_peer_value.self).info().id == mapID,
+                "a new map was pinned instead of ours")
+        #expect(log.contains("BPF map pin repaired") && log.contains(FXDP_MAP_PEERS), "no log line for the pin:\n\(log.suffix(1500))")
+        #expect(try cluster.lab.waitForPing(from: a.podNamespace, to: b.podIP))
+        // A restart finds the same maps (not fresh empty ones) through the repaired pins.
+        let before = try dataplaneIDs(cluster, a)
+        cluster.killDaemon(a)
+        try cluster.startDaemon(a, extra: ["--reconcile-interval=5"])
+        #expect(try dataplaneIDs(cluster, a) == before)
+    }
+
     @Test("our programs detached by someone else are re-attached within 10 s, with a log line")
     func detachRepair() throws {
         let cluster = try FlannelCluster(tag: "rla", api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 2)
