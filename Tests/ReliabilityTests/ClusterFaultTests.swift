@@ -7,7 +7,8 @@
 //   after it is reconnected its maps hold exactly the new peer set within 10 s;
 // - peers that left (and joined) while a daemon was down are right in its maps when it is ready;
 // - a pinned map entry deleted by hand is put back by the periodic reconcile pass.
-// FXDP_ETCD_OUTAGE_SECONDS sets the outage (default 10 s; 60 s under `make fuzz`'s long mode).
+// Outages: etcd killed and restarted for 60 s, as issue 7 asks, in every run; the SIGSTOP freeze and
+// the partition for 10 s (60 s under `make fuzz`'s long mode). FXDP_ETCD_OUTAGE_SECONDS sets both.
 
 import BPFLoader
 import CBPF
@@ -141,6 +142,9 @@ struct ClusterFaultTests {
     static var restarts: Int { Int(ProcessInfo.processInfo.environment["FXDP_RESTARTS"] ?? "") ?? 20 }
     static var outageSeconds: Double {
         Double(ProcessInfo.processInfo.environment["FXDP_ETCD_OUTAGE_SECONDS"] ?? "") ?? (FuzzBudget.isLong ? 60 : 10)
+    }
+    static var killedOutageSeconds: Double {
+        Double(ProcessInfo.processInfo.environment["FXDP_ETCD_OUTAGE_SECONDS"] ?? "") ?? 60
     }
 
     @Test("SIGKILL + restart 20 times: no ping lost, TCP stream alive, same program/map ids, same subnet")
@@ -404,9 +408,9 @@ struct ClusterFaultTests {
         #expect(try cluster.get(key)?.contains("\"PublicIP\":\"\(newOwner)\"") == true, "the restart overwrote the new owner")
     }
 
-    @Test("etcd killed (refused connections), then restarted: traffic flows, CPU low, error logs rate-limited per class, peers right after")
+    @Test("etcd killed (refused connections) for 60 s, then restarted: traffic flows, CPU low, error logs rate-limited per class, peers right after")
     func etcdKilledAndRestarted() throws {
-        let outage = ClusterFaultTests.outageSeconds
+        let outage = ClusterFaultTests.killedOutageSeconds
         let cluster = try FlannelCluster(tag: "rlx", api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 2)
         defer { cluster.cleanup() }
         for node in cluster.nodes { try cluster.startDaemon(node) }
