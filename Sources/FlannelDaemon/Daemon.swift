@@ -78,9 +78,18 @@ public enum Daemon {
         logger.info("using interface \(external.interface.name) (index \(external.interface.index), mtu \(external.interface.mtu)), local IP \(external.interfaceAddress), public IP \(external.publicIP)")
 
         // 2. etcd and the network config (waits while etcd is away or the config is missing/bad).
+        //    Said once per run, here, not per (re)connection.
+        if let warning = EtcdEndpoint.plainTextWarning(options.etcd.endpointList) {
+            logger.warning("\(warning)")
+        }
         let registry = try await Startup.connectRegistry(options.etcd, logger: logger)
         var managerOptions = SubnetManagerOptions()
+        managerOptions.leaseTTL = .seconds(options.subnet.subnetLeaseTTL)
         managerOptions.renewMargin = .seconds(options.subnet.subnetLeaseRenewMargin * 60)
+        if options.subnet.subnetLeaseTTL != SubnetOptions.defaultLeaseTTLSeconds {
+            let margin = min(managerOptions.renewMargin, managerOptions.leaseTTL / 2)
+            logger.notice("subnet lease TTL \(options.subnet.subnetLeaseTTL) s (--subnet-lease-ttl; flannel's is 24 h), renewed \(margin) before it ends")
+        }
         let manager = SubnetManager(registry: registry, options: managerOptions, logger: logger)
         let (config, backend) = try await Startup.readConfig(manager, logger: logger)
         logger.info("network \(config.network), subnets /\(config.subnetLen), backend \(backend), etcd API \(registry.apiVersion)")
