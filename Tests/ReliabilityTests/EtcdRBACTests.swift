@@ -117,7 +117,8 @@ struct EtcdRBACTests {
         for (user, password, api) in [("node1", "fx-bad-pw", "v3"), ("node1", "fx-bad-pw", "auto"), ("nobody", "fx-bad-pw", "v3")] {
             let r = try EtcdRBACTests.runDaemonOnce(cluster, a, seconds: 20,
                                                     ["--etcd-api", api, "--etcd-username", user, "--etcd-password", password])
-            print("EtcdRBACTests: \(user)/\(api): exit \(r.status) after \(String(format: "%.2f", r.seconds)) s")
+            let said = r.output.split(separator: "\n").filter { $0.contains("rejected") }
+            print("EtcdRBACTests: \(user)/\(api): exit \(r.status) after \(String(format: "%.2f", r.seconds)) s: \(said)")
             #expect(r.status != 0 && r.status < 124, "\(user)/\(api): exit \(r.status) (137: retried until killed)\n\(r.output.suffix(1500))")
             #expect(r.output.contains("etcd rejected the credentials of user \"\(user)\""), "\(user)/\(api):\n\(r.output.suffix(1500))")
             #expect(occurrences(of: "invalid user ID or password", in: r.output) <= 2, "\(user)/\(api): repeated:\n\(r.output.suffix(2000))")
@@ -129,6 +130,7 @@ struct EtcdRBACTests {
         #expect(add.status == 0, "\(add.stderr)")
         let r = try EtcdRBACTests.runDaemonOnce(cluster, a, seconds: 6,
                                                 ["--etcd-api", "v3", "--etcd-username", "node9", "--etcd-password", "n9pw"])
+        print("EtcdRBACTests: node9 (no role): \(r.output.split(separator: "\n").filter { $0.contains("permission denied") })")
         #expect(r.status == 137, "a permission error should be waited out, not fatal: exit \(r.status)\n\(r.output.suffix(1500))")
         #expect(r.output.contains("permission denied on \(prefix)/config for user \"node9\""), "\(r.output.suffix(1500))")
         #expect(occurrences(of: "permission denied", in: r.output) <= 2, "not rate-limited:\n\(r.output.suffix(2000))")
