@@ -95,8 +95,8 @@ public enum Startup {
     }
 
     /// etcd errors that no amount of waiting fixes: the daemon exits with the message instead of
-    /// retrying (flanneld exits on them too). Permission errors are retried: an administrator can
-    /// grant the role while the node waits.
+    /// retrying. Permission errors are retried: an administrator can grant the role while the node
+    /// waits.
     static func isConfigurationError(_ error: any Error) -> Bool {
         switch error {
         case EtcdClientError.tlsSetup, EtcdClientError.credentialsRejected: true

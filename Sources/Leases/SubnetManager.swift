@@ -313,7 +313,7 @@ public actor SubnetManager {
             guard rev > own.revision else { return }
             let pastExpiry = ownExpiry.map { ContinuousClock.now >= $0 - .seconds(1) } ?? false
             if expired || pastExpiry {
-                logger.warning("our lease \(own.subnet) expired; re-creating it")
+                logger.warning("our lease \(own.subnet) expired; re-creating it unless another node took the subnet")
                 do { try await renewLease() } catch {
                     if errorLog.allow("recreate") { logger.warning("re-creating lease \(own.subnet) failed: \(error)") }
                 }
