@@ -128,7 +128,7 @@ struct EtcdRBACTests {
         // 5. A user without the role: a permission error naming user and key, retried quietly.
         let add = try EtcdRBACTests.etcdctl(cluster, user: "root", ["user", "add", "node9", "--new-user-password=n9pw", "--interactive=false"])
         #expect(add.status == 0, "\(add.stderr)")
-        let r = try EtcdRBACTests.runDaemonOnce(cluster, a, seconds: 6,
+        let r = try EtcdRBACTests.runDaemonOnce(cluster, a, seconds: 8,
                                                 ["--etcd-api", "v3", "--etcd-username", "node9", "--etcd-password", "n9pw"])
         print("EtcdRBACTests: node9 (no role): \(r.output.split(separator: "\n").filter { $0.contains("permission denied") })")
         #expect(r.status == 137, "a permission error should be waited out, not fatal: exit \(r.status)\n\(r.output.suffix(1500))")
