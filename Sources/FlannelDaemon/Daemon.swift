@@ -80,8 +80,17 @@ public enum Daemon {
         // 2. etcd and the network config (waits while etcd is away or the config is missing/bad) —
         //    or, when etcd does not answer within --etcd-start-timeout and the last known state holds
         //    a live lease of ours, that state (degraded until etcd confirms it: LastKnownState.swift).
+        //    The plain-http warning is said once per run, here, not per (re)connection.
+        if let warning = EtcdEndpoint.plainTextWarning(options.etcd.endpointList) {
+            logger.warning("\(warning)")
+        }
         var managerOptions = SubnetManagerOptions()
+        managerOptions.leaseTTL = .seconds(options.subnet.subnetLeaseTTL)
         managerOptions.renewMargin = .seconds(options.subnet.subnetLeaseRenewMargin * 60)
+        if options.subnet.subnetLeaseTTL != SubnetOptions.defaultLeaseTTLSeconds {
+            let margin = min(managerOptions.renewMargin, managerOptions.leaseTTL / 2)
+            logger.notice("subnet lease TTL \(options.subnet.subnetLeaseTTL) s (--subnet-lease-ttl; flannel's is 24 h), renewed \(margin) before it ends")
+        }
         let lastKnownPath = options.subnet.lastKnownState
         let source = try await Startup.bootSource(
             options.etcd, managerOptions: managerOptions,

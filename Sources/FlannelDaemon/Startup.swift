@@ -86,11 +86,21 @@ public enum Startup {
         if options.apiVersion != .auto {
             return try EtcdRegistryFactory.make(api: options.apiVersion, options: options)
         }
-        // A TLS file that cannot be loaded is a configuration error, not an outage: fail at once.
+        // A TLS file that cannot be loaded or credentials etcd rejects are configuration errors,
+        // not an outage: fail at once.
         return try await retrying("finding the network config in etcd (\(etcd.endpoints), prefix \(etcd.prefix))",
-                                  logger: logger, initial: retryInitial,
-                                  isFatal: { error in if case EtcdClientError.tlsSetup = error { true } else { false } }) {
+                                  logger: logger, initial: retryInitial, isFatal: isConfigurationError) {
             try await EtcdRegistryFactory.make(options: options, logger: logger)
+        }
+    }
+
+    /// etcd errors that no amount of waiting fixes: the daemon exits with the message instead of
+    /// retrying. Permission errors are retried: an administrator can grant the role while the node
+    /// waits.
+    static func isConfigurationError(_ error: any Error) -> Bool {
+        switch error {
+        case EtcdClientError.tlsSetup, EtcdClientError.credentialsRejected: true
+        default: false
         }
     }
 
@@ -108,7 +118,7 @@ public enum Startup {
     /// reason and re-read (an operator fixes it without restarting every node).
     public static func readConfig(_ manager: SubnetManager, logger: Logger,
                                   retryInitial: Duration = .seconds(1)) async throws -> (NetworkConfig, BackendKind) {
-        try await retrying("reading the network config", logger: logger, initial: retryInitial) {
+        try await retrying("reading the network config", logger: logger, initial: retryInitial, isFatal: isConfigurationError) {
             let config = try await manager.getConfig()
             return (config, try backendKind(config.backend))
         }

@@ -65,6 +65,10 @@ struct HelpAndBinaryTests {
           --subnet-lease-renew-margin <subnet-lease-renew-margin>
                                   Subnet lease renewal margin, in minutes, ranging from
                                   1 to 1439. (default: 60)
+          --subnet-lease-ttl <subnet-lease-ttl>
+                                  Subnet lease TTL, in seconds, from 2 to 31536000
+                                  (flanneld-xdp extension, for tests and small labs;
+                                  flannel uses 24 h). (default: 86400)
           --ip-masq               Setup IP masquerade rule for traffic destined outside
                                   of overlay network.
           --last-known-state <last-known-state>
