@@ -41,7 +41,7 @@ public struct FlanneldXDP: AsyncParsableCommand {
             GoFlagSpec("etcd-certfile"), GoFlagSpec("etcd-cafile"), GoFlagSpec("etcd-username"),
             GoFlagSpec("etcd-password"), GoFlagSpec("etcd-api"),
             GoFlagSpec("subnet-file"), GoFlagSpec("subnet-lease-renew-margin"), GoFlagSpec("ip-masq", .boolean),
-            GoFlagSpec("dataplane"), GoFlagSpec("bpffs"), GoFlagSpec("reconcile-interval"),
+            GoFlagSpec("dataplane"), GoFlagSpec("bpffs"), GoFlagSpec("bpf-object"), GoFlagSpec("reconcile-interval"),
             GoFlagSpec("healthz-ip"), GoFlagSpec("healthz-port"), GoFlagSpec("metrics-port"),
             GoFlagSpec("log-level"),
             GoFlagSpec("version", .boolean, fromEnvironment: false), GoFlagSpec("help", .boolean, fromEnvironment: false),

@@ -180,7 +180,8 @@ public enum Daemon {
         // a kernel vxlan device (which would hold the VXLAN port the userspace path needs).
         let bpf: FlannelBPF
         do {
-            bpf = try FlannelBPF(bpffs: options.dataplane.bpffs, logger: logger)
+            bpf = try FlannelBPF(bpffs: options.dataplane.bpffs, object: options.dataplane.bpfObject.map { .file($0) } ?? .embedded,
+                                 logger: logger)
         } catch {
             guard choice == .auto else { throw StartupError.dataplaneRequired(choice: choice, reason: "\(error)") }
             logger.warning("BPF data path unavailable (\(error)); using the userspace path")
