@@ -111,7 +111,9 @@ public final class FlannelBPF: @unchecked Sendable {
                                  hint: "give an object compiled from this version's bpf/ (make bpf) whose maps match the pinned ones, "
                                      + "or leave --bpf-object out to load the object built into flanneld-xdp")
         }
-        logger.info("BPF programs loaded from \(source)", metadata: ["tags": "\(programTags())", "pins": "\(pinDirectory)"])
+        // A staged object is worth a line at info (operators compare the tags with `bpftool prog`).
+        logger.log(level: source == .embedded ? .debug : .info, "BPF programs loaded from \(source)",
+                   metadata: ["tags": "\(programTags())", "pins": "\(pinDirectory)"])
     }
 
     /// Which object this is.

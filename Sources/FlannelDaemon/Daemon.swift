@@ -183,6 +183,10 @@ public enum Daemon {
             bpf = try FlannelBPF(bpffs: options.dataplane.bpffs, object: options.dataplane.bpfObject.map { .file($0) } ?? .embedded,
                                  logger: logger)
         } catch {
+            // A staged object that cannot run is an operator's mistake to fix, not a reason to change
+            // the node's data path: falling back on a running node would take a lease with another
+            // VtepMAC (peers re-point at it) and a VXLAN port flannel.<VNI> still holds.
+            if let path = options.dataplane.bpfObject { throw StartupError.bpfObjectUnusable(path: path, reason: "\(error)") }
             guard choice == .auto else { throw StartupError.dataplaneRequired(choice: choice, reason: "\(error)") }
             logger.warning("BPF data path unavailable (\(error)); using the userspace path")
             return PreparedDataplane(vtepMAC: Startup.stableUserspaceVTEPMAC(publicIP: external.publicIP),
@@ -248,6 +252,7 @@ public enum Daemon {
                                   tables: [PeerTableBinding(maps, selects: { !$0.direct }), kernelBinding], attachmentGuard: guardian,
                                   enableAfterFirstFill: { try bpf.setEnabled(true) })
         } catch {
+            if let path = options.dataplane.bpfObject { throw StartupError.bpfObjectUnusable(path: path, reason: "\(error)") }
             guard choice == .auto else { throw StartupError.dataplaneRequired(choice: choice, reason: "\(error)") }
             // --dataplane=auto: the userspace path, as when loading fails. Our partial attachments
             // go, and so does flannel.<VNI>: its kernel socket holds the VXLAN port the userspace
