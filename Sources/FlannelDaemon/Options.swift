@@ -175,7 +175,7 @@ public struct DataplaneOptions: ParsableArguments, Sendable {
     public var bpffs: String = "/sys/fs/bpf"
 
     @Option(name: .customLong("bpf-object"),
-            help: "Compiled BPF object to load instead of the built-in one (stages a program upgrade; its maps must match the pinned ones).")
+            help: "Compiled BPF object to load instead of the built-in one (a program upgrade; its maps must match the pinned ones). If it cannot run, flanneld-xdp stops: no fallback.")
     public var bpfObject: String?
 
     @Option(name: .customLong("reconcile-interval"),
