@@ -248,7 +248,9 @@ public enum Daemon {
             let maps = try bpf.peerTable()
             let guardian = AttachmentGuard(bpf: bpf, overlayIfindex: device.index, underlayIfindex: external.interface.index,
                                            mode: state.decapMode ?? mode, logger: logger)
-            return DataplaneSetup(summary: "BPF (\(mode == .xdp ? "XDP" : "TC-checked kernel") decap; \(state)) over \(device.name)",
+            // `status` shows the summary: say when the programs are a staged object, not the built-in one.
+            let staged = bpf.source == .embedded ? "" : ", programs from \(bpf.source)"
+            return DataplaneSetup(summary: "BPF (\(mode == .xdp ? "XDP" : "TC-checked kernel") decap; \(state)) over \(device.name)\(staged)",
                                   tables: [PeerTableBinding(maps, selects: { !$0.direct }), kernelBinding], attachmentGuard: guardian,
                                   enableAfterFirstFill: { try bpf.setEnabled(true) })
         } catch {

@@ -173,7 +173,14 @@ struct ClusterUpgradeTests {
         /// attached before and after (the sample sequence's ends) and the monitor's report.
         func watchedRestart(_ what: String, _ restart: () throws -> Void) throws -> (AttachmentMonitor.Report, [String]) {
             let events = try cluster.lab.spawn(a.name, ["/usr/sbin/tc", "monitor"])
-            usleep(200_000)
+            // Listening only once it reports an event of its own making (a qdisc on lo, then gone).
+            let listening = try waitUntil(10) {
+                _ = try cluster.lab.run(a.name, ["/usr/sbin/tc", "qdisc", "replace", "dev", "lo", "clsact"])
+                usleep(50_000)
+                return events.output().contains("dev lo")
+            }
+            _ = try cluster.lab.run(a.name, ["/usr/sbin/tc", "qdisc", "del", "dev", "lo", "clsact"])
+            try #require(listening != nil, "tc monitor reported nothing: \(events.output())")
             let monitor = AttachmentMonitor(namespace: a.name, overlayIfindex: overlay, underlayIfindex: underlay, xdp: decap == .xdp)
             usleep(100_000)
             let t0 = monotonicSeconds()
@@ -209,7 +216,7 @@ struct ClusterUpgradeTests {
             #expect(status != nil && status != 0, "the daemon started with a broken object: \(output.suffix(1500))")
             #expect(output.contains("--bpf-object \(broken)") && output.contains("no fallback"),
                     "the error does not name the file or says nothing of the fallback:\n\(output.suffix(1500))")
-            #expect(!output.contains("userspace path;") && !output.contains("lease "), "it went on starting:\n\(output.suffix(1500))")
+            #expect(!output.contains("userspace path;") && !output.contains("our lease"), "it went on starting:\n\(output.suffix(1500))")
             try cluster.startDaemon(a, extra: decap.flags)
         }
         #expect(failed.sequence.count == 1, "the attached programs changed: \(failed.sequence)")
@@ -231,6 +238,8 @@ struct ClusterUpgradeTests {
                 "tags did not change to the new code: \(originalTags) → \(upgradedTags)")
         #expect(upEvents.filter { $0.hasPrefix("replaced filter") }.count == (decap == .xdp ? 1 : 2), "\(upEvents)")
         #expect(cluster.daemonLog(a).contains("BPF programs loaded from --bpf-object \(changed)"))
+        let status = try cluster.runTool(a, ["status", "--subnet-file", cluster.subnetFile(a), "--bpffs", cluster.bpffs(a)])
+        #expect(status.stdout.contains("programs from --bpf-object \(changed)"), "status does not say so:\n\(status.stdout)\n\(status.stderr)")
         // The new programs run on the very maps that were pinned (no refill gap): between them they
         // use all five, and no other map of ours (libbpf's per-load .rodata/.bss are not state).
         let used = Set([upgraded.encap, upgraded.decap].compactMap { $0 }.flatMap { up.programs[$0]?.mapIDs ?? [] })
