@@ -166,10 +166,11 @@ public enum Daemon {
                                  logger: Logger) async throws -> PreparedDataplane {
         let choice = options.dataplane.dataplane
         switch backend {
-        case .hostGW:
-            return PreparedDataplane(userspace: false)
-        case .udp:
-            return PreparedDataplane(userspace: true)
+        case .hostGW, .udp:
+            if let path = options.dataplane.bpfObject {
+                logger.warning("--bpf-object \(path) is not used: backend \(backend) has no BPF data path")
+            }
+            return PreparedDataplane(userspace: backend == .udp)
         case .vxlan:
             break
         }

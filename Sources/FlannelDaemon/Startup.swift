@@ -36,7 +36,8 @@ public enum StartupError: Error, CustomStringConvertible {
         case let .bpfObjectUnusable(path, reason):
             "--bpf-object=\(path) was given but the BPF data path cannot run with it: \(reason). "
                 + "With --bpf-object there is no fallback (neither the built-in object nor the userspace path): flanneld-xdp "
-                + "stops, and what a previous run attached stays in place and keeps carrying traffic. Fix the object or leave the flag out"
+                + "stops, and traffic keeps flowing on what a previous run attached (or, had attaching begun, on the kernel "
+                + "vxlan device). Fix the object or leave the flag out"
         case .watchEnded:
             "the lease watch ended unexpectedly; exiting so that a restart opens a new one"
         case let .interfaceMAC(name, errno):
