@@ -42,7 +42,7 @@ public struct FlanneldXDP: AsyncParsableCommand {
             GoFlagSpec("etcd-password"), GoFlagSpec("etcd-api"), GoFlagSpec("etcd-start-timeout"),
             GoFlagSpec("subnet-file"), GoFlagSpec("subnet-lease-renew-margin"), GoFlagSpec("subnet-lease-ttl"),
             GoFlagSpec("ip-masq", .boolean), GoFlagSpec("last-known-state"),
-            GoFlagSpec("dataplane"), GoFlagSpec("bpffs"), GoFlagSpec("reconcile-interval"),
+            GoFlagSpec("dataplane"), GoFlagSpec("bpffs"), GoFlagSpec("bpf-object"), GoFlagSpec("reconcile-interval"),
             GoFlagSpec("healthz-ip"), GoFlagSpec("healthz-port"), GoFlagSpec("metrics-port"),
             GoFlagSpec("log-level"),
             GoFlagSpec("version", .boolean, fromEnvironment: false), GoFlagSpec("help", .boolean, fromEnvironment: false),

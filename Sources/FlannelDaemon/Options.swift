@@ -205,6 +205,10 @@ public struct DataplaneOptions: ParsableArguments, Sendable {
     @Option(name: .customLong("bpffs"), help: "bpffs mount under which the BPF maps and programs are pinned.")
     public var bpffs: String = "/sys/fs/bpf"
 
+    @Option(name: .customLong("bpf-object"),
+            help: "Compiled BPF object to load instead of the built-in one (a program upgrade; its maps must match the pinned ones). If it cannot run, flanneld-xdp stops: no fallback.")
+    public var bpfObject: String?
+
     @Option(name: .customLong("reconcile-interval"),
             help: "Seconds between full passes that compare the peer tables with the leases and repair drift.")
     public var reconcileInterval: Int = 60
@@ -217,6 +221,12 @@ public struct DataplaneOptions: ParsableArguments, Sendable {
         }
         guard bpffs.hasPrefix("/") else {
             throw ValidationError("--bpffs=\(bpffs) must be an absolute path, e.g. /sys/fs/bpf")
+        }
+        if let bpfObject, bpfObject.isEmpty {
+            throw ValidationError("--bpf-object is empty: give the path of a compiled object, or leave the flag out to load the built-in one")
+        }
+        if bpfObject != nil && dataplane == .userspace {
+            throw ValidationError("--bpf-object=\(bpfObject!) has no use with --dataplane=userspace (no BPF is loaded): drop one of them")
         }
     }
 }

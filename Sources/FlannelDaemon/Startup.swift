@@ -19,6 +19,8 @@ public enum StartupError: Error, CustomStringConvertible {
     case unsupportedBackend(String)
     case vtepMACMismatch(deviceName: String, deviceMAC: MACAddress, leaseMAC: MACAddress)
     case dataplaneRequired(choice: DataplaneChoice, reason: String)
+    /// `--bpf-object` was given and that object cannot run: never a fallback (see DataplaneOptions).
+    case bpfObjectUnusable(path: String, reason: String)
     case watchEnded
     case interfaceMAC(name: String, errno: Int32)
 
@@ -31,6 +33,11 @@ public enum StartupError: Error, CustomStringConvertible {
         case let .dataplaneRequired(choice, reason):
             "--dataplane=\(choice) was asked for but the BPF data path cannot run here: \(reason). "
                 + "Use --dataplane=auto to fall back to the userspace path, or fix the cause"
+        case let .bpfObjectUnusable(path, reason):
+            "--bpf-object=\(path) was given but the BPF data path cannot run with it: \(reason). "
+                + "With --bpf-object there is no fallback (neither the built-in object nor the userspace path): flanneld-xdp "
+                + "stops, and traffic keeps flowing on what a previous run attached (or, had attaching begun, on the kernel "
+                + "vxlan device). Fix the object or leave the flag out"
         case .watchEnded:
             "the lease watch ended unexpectedly; exiting so that a restart opens a new one"
         case let .interfaceMAC(name, errno):

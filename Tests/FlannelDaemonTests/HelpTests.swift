@@ -83,6 +83,11 @@ struct HelpAndBinaryTests {
                                   auto, xdp, tc, userspace; default: auto)
           --bpffs <bpffs>         bpffs mount under which the BPF maps and programs are
                                   pinned. (default: /sys/fs/bpf)
+          --bpf-object <bpf-object>
+                                  Compiled BPF object to load instead of the built-in
+                                  one (a program upgrade; its maps must match the
+                                  pinned ones). If it cannot run, flanneld-xdp stops:
+                                  no fallback.
           --reconcile-interval <reconcile-interval>
                                   Seconds between full passes that compare the peer
                                   tables with the leases and repair drift. (default: 60)

@@ -43,6 +43,8 @@ struct FlagErrorTests {
         .init(arguments: ["--iface-regex=("], mentions: ["iface-regex", "("]),
         .init(arguments: ["--bpffs=relative/path"], mentions: ["bpffs", "relative/path"]),
         .init(arguments: ["--log-level=loud"], mentions: ["log-level", "loud"]),
+        .init(arguments: ["--bpf-object="], mentions: ["--bpf-object"]),
+        .init(arguments: ["--dataplane=userspace", "--bpf-object=/tmp/fxrel.o"], mentions: ["--bpf-object=/tmp/fxrel.o", "userspace"]),
         .init(arguments: ["--bogus-flag=1"], mentions: ["bogus-flag"]),
         .init(arguments: ["stray"], mentions: ["stray"]),
         .init(arguments: [], environment: ["FLANNELD_IP_MASQ": "maybe"], mentions: ["FLANNELD_IP_MASQ", "maybe"]),
