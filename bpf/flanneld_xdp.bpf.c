@@ -70,8 +70,24 @@
 #include "fxdp_parsing.h"
 #include "fxdp_csum.h"
 
+/* FXDP_PROGRAM_VARIANT: a build-time number compiled into the code (not the data) of every program,
+ * so a build with another variant has other program tags over exactly the same maps. Normal builds
+ * leave it at 0 and get no extra instruction. It is how a changed program is staged in the upgrade
+ * tests (`--bpf-object`, docs/OPERATIONS.md), and how an operator can tell two local builds apart
+ * in `bpftool prog show` (the tag). The instruction only sets r0, which the next call overwrites. */
+#ifndef FXDP_PROGRAM_VARIANT
+#define FXDP_PROGRAM_VARIANT 0
+#endif
+#if FXDP_PROGRAM_VARIANT
+#define FXDP_VARIANT_MARK() asm volatile("r0 = %[variant]" ::[variant] "i"(FXDP_PROGRAM_VARIANT) : "r0")
+#else
+#define FXDP_VARIANT_MARK() do { } while (0)
+#endif
+
+/* Every program starts here, so the variant mark (above) lands in each of them. */
 static __always_inline const struct fxdp_config *fxdp_config_get(void)
 {
+	FXDP_VARIANT_MARK();
 	__u32 zero = 0;
 	const struct fxdp_config *cfg = bpf_map_lookup_elem(&fxdp_config_v1, &zero);
 	if (!cfg || !(cfg->flags & FXDP_CFG_F_ENABLED))

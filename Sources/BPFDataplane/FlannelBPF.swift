@@ -6,6 +6,12 @@
 // left and traffic never runs against an empty table. The pin names carry FXDP_ABI_VERSION, so a
 // daemon with another layout gets fresh maps instead of misreading old ones. Programs are attached
 // so that they outlive the process (Attachment.swift); this object is only needed to change them.
+//
+// Which object: the one embedded at build time, or a compiled file (`--bpf-object`, how an upgrade
+// of the programs is staged without a new binary). A file is checked before it touches anything
+// (it has our three programs and our maps, by name) and after load (program types, map key/value
+// sizes; libbpf itself refuses to reuse a pinned map whose definition differs): every failure names
+// the file, and nothing ever falls back to the embedded object in its place.
 
 import BPFLoader
 import CBPF
@@ -23,6 +29,26 @@ public enum FXDPProgram: String, CaseIterable, Sendable {
     case decapCheck = "fxdp_decap_check"
 }
 
+extension FXDPProgram {
+    /// The kernel program type the program's hook takes.
+    var expectedType: bpf_prog_type { self == .decapXDP ? BPF_PROG_TYPE_XDP : BPF_PROG_TYPE_SCHED_CLS }
+}
+
+/// Where the compiled BPF object FlannelBPF loads comes from.
+public enum FXDPObjectSource: Sendable, Equatable, CustomStringConvertible {
+    /// The object compiled from bpf/ into this binary at build time.
+    case embedded
+    /// A compiled object file (`--bpf-object PATH`): a changed program over the same maps.
+    case file(String)
+
+    public var description: String {
+        switch self {
+        case .embedded: "the embedded object"
+        case .file(let path): "--bpf-object \(path)"
+        }
+    }
+}
+
 public final class FlannelBPF: @unchecked Sendable {
     // @unchecked: `object` is only read after init (programs are views; maps own their own fds).
 
@@ -33,7 +59,7 @@ public final class FlannelBPF: @unchecked Sendable {
 
     public let bpffs: String
     public let pinDirectory: String
-    private let object: BPFObject
+    let object: BPFObject
     public let peers: BPFMap<fxdp_peer_key, fxdp_peer_value>
     public let nodes: BPFMap<fxdp_node_key, fxdp_node_value>
     public let config: BPFMap<UInt32, fxdp_config>
@@ -49,22 +75,112 @@ public final class FlannelBPF: @unchecked Sendable {
         return bytes
     }
 
-    /// Mounts bpffs at `bpffs` if needed, creates `<bpffs>/flanneld-xdp`, opens the embedded object
-    /// with its maps pinned (or reused) there, and loads the programs.
-    public init(bpffs: String = "/sys/fs/bpf", logger: Logger = Logger(label: "flanneld-xdp.bpf")) throws {
+    /// Mounts bpffs at `bpffs` if needed, creates `<bpffs>/flanneld-xdp`, opens the object (the
+    /// embedded one, or `source`) with its maps pinned (or reused) there, and loads the programs.
+    /// A file that cannot be read, loaded or used in place of the embedded object throws a
+    /// DataplaneError that names it.
+    public init(bpffs: String = "/sys/fs/bpf", object source: FXDPObjectSource = .embedded,
+                logger: Logger = Logger(label: "flanneld-xdp.bpf")) throws {
         self.bpffs = bpffs
         self.logger = logger
+        self.source = source
         try BPFFS.ensureMounted(at: bpffs)
         pinDirectory = bpffs + "/" + FlannelBPF.pinFolderName
         try BPFFS.makeDirectories(pinDirectory)
-        var object = try BPFObject(elf: FlannelBPF.embeddedObject(), name: "flanneld_xdp", pinRoot: pinDirectory)
-        try object.load()
-        peers = try object.map(named: FXDP_MAP_PEERS, key: fxdp_peer_key.self, value: fxdp_peer_value.self)
-        nodes = try object.map(named: FXDP_MAP_NODES, key: fxdp_node_key.self, value: fxdp_node_value.self)
-        config = try object.map(named: FXDP_MAP_CONFIG, key: UInt32.self, value: fxdp_config.self)
-        counterMap = try object.perCPUMap(named: FXDP_MAP_COUNTERS, key: UInt32.self, value: fxdp_count.self)
-        self.object = object
-        logger.debug("BPF data path loaded", metadata: ["pins": "\(pinDirectory)"])
+        do {
+            let elf = switch source {
+            case .embedded: try FlannelBPF.embeddedObject()
+            case .file(let path): try FlannelBPF.readObjectFile(path)
+            }
+            var object = try BPFObject(elf: elf, name: "flanneld_xdp", pinRoot: pinDirectory)
+            // Checked before load, so that an unrelated object never pins its maps in our folder.
+            try FlannelBPF.checkNames(object)
+            try object.load()
+            try FlannelBPF.checkProgramTypes(object)
+            peers = try object.map(named: FXDP_MAP_PEERS, key: fxdp_peer_key.self, value: fxdp_peer_value.self)
+            nodes = try object.map(named: FXDP_MAP_NODES, key: fxdp_node_key.self, value: fxdp_node_value.self)
+            config = try object.map(named: FXDP_MAP_CONFIG, key: UInt32.self, value: fxdp_config.self)
+            counterMap = try object.perCPUMap(named: FXDP_MAP_COUNTERS, key: UInt32.self, value: fxdp_count.self)
+            self.object = object
+        } catch {
+            guard case .file(let path) = source else { throw error }
+            if let error = error as? DataplaneError, error.operation.hasPrefix("--bpf-object") { throw error }
+            throw DataplaneError(operation: "--bpf-object \(path): loading the BPF object",
+                                 errno: (error as? BPFError)?.errno ?? (error as? DataplaneError)?.errno ?? 0,
+                                 detail: "\(error)",
+                                 hint: "give an object compiled from this version's bpf/ (make bpf) whose maps match the pinned ones, "
+                                     + "or leave --bpf-object out to load the object built into flanneld-xdp")
+        }
+        // A staged object is worth a line at info (operators compare the tags with `bpftool prog`).
+        logger.log(level: source == .embedded ? .debug : .info, "BPF programs loaded from \(source)",
+                   metadata: ["tags": "\(programTags())", "pins": "\(pinDirectory)"])
+    }
+
+    /// Which object this is.
+    public let source: FXDPObjectSource
+
+    /// "fxdp_encap 1a2b…, …": the tags (hashes of the code) of our programs, as bpftool prints them.
+    public func programTags() -> String {
+        FXDPProgram.allCases.map { program in
+            let tag = (try? self.program(program).info().tag) ?? []
+            return program.rawValue + " " + tag.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+        }.joined(separator: ", ")
+    }
+
+    /// Every program and pinned map of ours is in the object, by name.
+    private static func checkNames(_ object: borrowing BPFObject) throws(DataplaneError) {
+        let programs = Set(object.programNames), maps = Set(object.mapNames)
+        let missingPrograms = FXDPProgram.allCases.map(\.rawValue).filter { !programs.contains($0) }
+        let ourMaps = [FXDP_MAP_PEERS, FXDP_MAP_NODES, FXDP_MAP_CONFIG, FXDP_MAP_COUNTERS, FXDP_MAP_PEER_STATS]
+        let missingMaps = ourMaps.filter { !maps.contains($0) }
+        guard missingPrograms.isEmpty && missingMaps.isEmpty else {
+            throw DataplaneError(operation: "checking the BPF object", errno: ENOENT,
+                                 detail: "it lacks "
+                                     + (missingPrograms.isEmpty ? "" : "program(s) \(missingPrograms.joined(separator: ", ")) ")
+                                     + (missingMaps.isEmpty ? "" : "map(s) \(missingMaps.joined(separator: ", ")) ")
+                                     + "(it has programs [\(object.programNames.joined(separator: ", "))], maps [\(object.mapNames.joined(separator: ", "))])",
+                                 hint: "it is not a flanneld-xdp object for map ABI v\(FXDP_ABI_VERSION)")
+        }
+    }
+
+    /// Each program has the type its hook takes (else attach would fail later, half done).
+    private static func checkProgramTypes(_ object: borrowing BPFObject) throws {
+        for program in FXDPProgram.allCases {
+            let type = try object.program(named: program.rawValue).info().type
+            guard type == program.expectedType.rawValue else {
+                throw DataplaneError(operation: "checking the BPF object", errno: EINVAL,
+                                     detail: "program \(program.rawValue) has type \(type), its hook needs type \(program.expectedType.rawValue)",
+                                     hint: "declare it with the same SEC() as bpf/flanneld_xdp.bpf.c")
+            }
+        }
+    }
+
+    /// The bytes of an object file, or an error naming it (open/read errno).
+    static func readObjectFile(_ path: String) throws(DataplaneError) -> [UInt8] {
+        let operation = "--bpf-object \(path): reading the BPF object"
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw DataplaneError(operation: operation, errno: errno, detail: "cannot open the file",
+                                 hint: "give the path of a compiled object (make bpf writes build/bpf/flanneld_xdp.bpf.o), readable by root")
+        }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw DataplaneError(operation: operation, errno: errno, detail: "read failed after \(bytes.count) bytes",
+                                     hint: "is it a regular file?")
+            }
+            if n == 0 { break }
+            bytes.append(contentsOf: chunk[0..<n])
+            guard bytes.count <= 64 << 20 else {
+                throw DataplaneError(operation: operation, errno: EFBIG, detail: "larger than 64 MiB",
+                                     hint: "a flanneld-xdp object is about 100 KB: is this the right file?")
+            }
+        }
+        return bytes
     }
 
     /// A loaded program (valid while this object lives; an attached program stays after that).

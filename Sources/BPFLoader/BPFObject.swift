@@ -167,7 +167,7 @@ public struct BPFObject: ~Copyable {
         return map
     }
 
-    private func loadedMapFD(_ mapName: String) throws(BPFError) -> Int32 {
+    func loadedMapFD(_ mapName: String) throws(BPFError) -> Int32 {
         let operation = "bpf_object__find_map_by_name(\(name).\(mapName))"
         let map = try findMap(mapName, operation: operation)
         let fd = bpf_map__fd(map)

@@ -4,6 +4,8 @@
 // attachments: every `interval` it reads our slots back from the kernel and, when one of ours is
 // empty, attaches again (FlannelBPF.attach is idempotent: what is still attached keeps its id) and
 // says so in the log. Until then the kernel vxlan device carries the traffic (the stock flannel path).
+// The same check puts back map pins someone removed (`rm <bpffs>/flanneld-xdp/...`): the maps live on
+// in the programs, but tools and the next start find them only by their pins.
 
 import BPFDataplane
 import Logging
@@ -41,15 +43,17 @@ public struct AttachmentGuard: Service, @unchecked Sendable {
         return gone
     }
 
-    /// One check; re-attaches what is missing. Returns true when it repaired something.
+    /// One check; re-attaches what is missing and re-pins removed map pins. Returns true when it
+    /// repaired something.
     @discardableResult
     public func checkOnce() -> Bool {
+        let repinned = checkPins()
         do {
             let state = try FlannelBPF.attachmentState(overlayIfindex: overlayIfindex, underlayIfindex: underlayIfindex)
             let gone = missing(state)
             guard !gone.isEmpty else {
                 errorLog.reset("attachment")
-                return false
+                return repinned
             }
             logger.warning("BPF program detached by someone else: \(gone.joined(separator: ", ")); re-attaching")
             let now = try bpf.attach(overlayIfindex: overlayIfindex, underlayIfindex: underlayIfindex, mode: mode)
@@ -58,6 +62,22 @@ public struct AttachmentGuard: Service, @unchecked Sendable {
         } catch {
             errorLog.log(logger, level: .error, key: "attachment",
                          "checking/re-attaching the BPF programs failed: \(error); the kernel vxlan path carries traffic meanwhile")
+            return false
+        }
+    }
+
+    /// Puts back removed map pins; true when it did.
+    func checkPins() -> Bool {
+        do {
+            let repairs = try bpf.repairPins()
+            errorLog.reset("pins")
+            for repair in repairs {
+                logger.warning("BPF map pin repaired: \(repair); pinned again")
+            }
+            return !repairs.isEmpty
+        } catch {
+            errorLog.log(logger, level: .error, key: "pins",
+                         "checking/re-pinning the BPF maps failed: \(error); traffic is unaffected, but a restart would start with empty maps")
             return false
         }
     }

@@ -81,8 +81,17 @@ public enum Daemon {
         // 2. etcd and the network config (waits while etcd is away or the config is missing/bad) —
         //    or, when etcd does not answer within --etcd-start-timeout and the last known state holds
         //    a live lease of ours, that state (degraded until etcd confirms it: LastKnownState.swift).
+        //    The plain-http warning is said once per run, here, not per (re)connection.
+        if let warning = EtcdEndpoint.plainTextWarning(options.etcd.endpointList) {
+            logger.warning("\(warning)")
+        }
         var managerOptions = SubnetManagerOptions()
+        managerOptions.leaseTTL = .seconds(options.subnet.subnetLeaseTTL)
         managerOptions.renewMargin = .seconds(options.subnet.subnetLeaseRenewMargin * 60)
+        if options.subnet.subnetLeaseTTL != SubnetOptions.defaultLeaseTTLSeconds {
+            let margin = min(managerOptions.renewMargin, managerOptions.leaseTTL / 2)
+            logger.notice("subnet lease TTL \(options.subnet.subnetLeaseTTL) s (--subnet-lease-ttl; flannel's is 24 h), renewed \(margin) before it ends")
+        }
         let lastKnownPath = options.subnet.lastKnownState
         let source = try await Startup.bootSource(
             options.etcd, managerOptions: managerOptions,
@@ -225,10 +234,11 @@ public enum Daemon {
                                  logger: Logger) async throws -> PreparedDataplane {
         let choice = options.dataplane.dataplane
         switch backend {
-        case .hostGW:
-            return PreparedDataplane(userspace: false)
-        case .udp:
-            return PreparedDataplane(userspace: true)
+        case .hostGW, .udp:
+            if let path = options.dataplane.bpfObject {
+                logger.warning("--bpf-object \(path) is not used: backend \(backend) has no BPF data path")
+            }
+            return PreparedDataplane(userspace: backend == .udp)
         case .vxlan:
             break
         }
@@ -239,9 +249,25 @@ public enum Daemon {
         // a kernel vxlan device (which would hold the VXLAN port the userspace path needs).
         let bpf: FlannelBPF
         do {
-            bpf = try FlannelBPF(bpffs: options.dataplane.bpffs, logger: logger)
+            bpf = try FlannelBPF(bpffs: options.dataplane.bpffs, object: options.dataplane.bpfObject.map { .file($0) } ?? .embedded,
+                                 logger: logger)
         } catch {
+            // A staged object that cannot run is an operator's mistake to fix, not a reason to change
+            // the node's data path: falling back on a running node would take a lease with another
+            // VtepMAC (peers re-point at it) and a VXLAN port flannel.<VNI> still holds.
+            if let path = options.dataplane.bpfObject { throw StartupError.bpfObjectUnusable(path: path, reason: "\(error)") }
             guard choice == .auto else { throw StartupError.dataplaneRequired(choice: choice, reason: "\(error)") }
+            // A node that ran the BPF path before (restarted after a kernel or capability change)
+            // still has flannel.<VNI>: its socket holds the VXLAN port the userspace path binds, and
+            // its MAC is the VtepMAC every peer knows. Keep the MAC (the lease stays as it is) and
+            // remove the device (its routes go with it; the userspace path sets up its own).
+            var nl = try NetlinkSocket()
+            let deviceName = FlannelVXLANDevice.name(vni: config.backend.vni)
+            if let device = try nl.link(named: deviceName), let mac = device.mac {
+                logger.warning("BPF data path unavailable (\(error)); using the userspace path. \(deviceName) from an earlier run is removed (it holds UDP port \(config.backend.port)); its MAC \(mac) stays our VtepMAC")
+                try nl.deleteLink(index: device.index)
+                return PreparedDataplane(vtepMAC: mac, fallbackReason: "\(error)", userspace: true)
+            }
             logger.warning("BPF data path unavailable (\(error)); using the userspace path")
             return PreparedDataplane(vtepMAC: Startup.stableUserspaceVTEPMAC(publicIP: external.publicIP),
                                      fallbackReason: "\(error)", userspace: true)
@@ -302,10 +328,13 @@ public enum Daemon {
             let maps = try bpf.peerTable()
             let guardian = AttachmentGuard(bpf: bpf, overlayIfindex: device.index, underlayIfindex: external.interface.index,
                                            mode: state.decapMode ?? mode, logger: logger)
-            return DataplaneSetup(summary: "BPF (\(mode == .xdp ? "XDP" : "TC-checked kernel") decap; \(state)) over \(device.name)",
+            // `status` shows the summary: say when the programs are a staged object, not the built-in one.
+            let staged = bpf.source == .embedded ? "" : ", programs from \(bpf.source)"
+            return DataplaneSetup(summary: "BPF (\(mode == .xdp ? "XDP" : "TC-checked kernel") decap; \(state)) over \(device.name)\(staged)",
                                   tables: [PeerTableBinding(maps, selects: { !$0.direct }), kernelBinding], attachmentGuard: guardian,
                                   enableAfterFirstFill: { try bpf.setEnabled(true) })
         } catch {
+            if let path = options.dataplane.bpfObject { throw StartupError.bpfObjectUnusable(path: path, reason: "\(error)") }
             guard choice == .auto else { throw StartupError.dataplaneRequired(choice: choice, reason: "\(error)") }
             // --dataplane=auto: the userspace path, as when loading fails. Our partial attachments
             // go, and so does flannel.<VNI>: its kernel socket holds the VXLAN port the userspace

@@ -136,6 +136,12 @@ public struct SubnetOptions: ParsableArguments, Sendable {
             help: "Subnet lease renewal margin, in minutes, ranging from 1 to 1439.")
     public var subnetLeaseRenewMargin: Int = 60
 
+    /// Not a flanneld flag (flannel's TTL is fixed at 24 h): short TTLs let tests and small labs see
+    /// expiry and renewal in seconds. The renewal margin is capped at half the TTL.
+    @Option(name: .customLong("subnet-lease-ttl"),
+            help: "Subnet lease TTL, in seconds, from 2 to 31536000 (flanneld-xdp extension, for tests and small labs; flannel uses 24 h).")
+    public var subnetLeaseTTL: Int = SubnetOptions.defaultLeaseTTLSeconds
+
     @Flag(name: .customLong("ip-masq"), help: "Setup IP masquerade rule for traffic destined outside of overlay network.")
     public var ipMasq: Bool = false
 
@@ -143,12 +149,23 @@ public struct SubnetOptions: ParsableArguments, Sendable {
             help: "File (on a disk that survives reboots) where the leases last confirmed by etcd are kept, to start from when etcd is unreachable at boot; empty to disable.")
     public var lastKnownState: String = "/var/lib/flanneld-xdp/last-known.json"
 
+    /// flannel's fixed TTL.
+    public static let defaultLeaseTTLSeconds = 24 * 3600
+    /// etcd will not keep a lease shorter than 2 s (its minimum TTL with default timing), and a
+    /// renewal needs a round trip or two inside TTL/2.
+    public static let leaseTTLRange = 2...(365 * 24 * 3600)
+
     public init() {}
 
     public func validate() throws {
-        // The lease TTL is 24 h: a margin outside 1..<1440 minutes would renew constantly or never.
+        // flannel's range (its TTL is 24 h); with a shorter --subnet-lease-ttl the margin is capped
+        // at half the TTL.
         guard (1..<24 * 60).contains(subnetLeaseRenewMargin) else {
             throw ValidationError("--subnet-lease-renew-margin=\(subnetLeaseRenewMargin) is out of range: give minutes from 1 to 1439 (default 60)")
+        }
+        guard SubnetOptions.leaseTTLRange.contains(subnetLeaseTTL) else {
+            throw ValidationError("--subnet-lease-ttl=\(subnetLeaseTTL) is out of range: give seconds from \(SubnetOptions.leaseTTLRange.lowerBound) "
+                + "(shorter leases cannot be renewed in time) to \(SubnetOptions.leaseTTLRange.upperBound) (default \(SubnetOptions.defaultLeaseTTLSeconds), 24 h as flannel)")
         }
         guard !subnetFile.isEmpty else {
             throw ValidationError("--subnet-file is empty: give a path, default /run/flannel/subnet.env")
@@ -188,6 +205,10 @@ public struct DataplaneOptions: ParsableArguments, Sendable {
     @Option(name: .customLong("bpffs"), help: "bpffs mount under which the BPF maps and programs are pinned.")
     public var bpffs: String = "/sys/fs/bpf"
 
+    @Option(name: .customLong("bpf-object"),
+            help: "Compiled BPF object to load instead of the built-in one (a program upgrade; its maps must match the pinned ones). If it cannot run, flanneld-xdp stops: no fallback.")
+    public var bpfObject: String?
+
     @Option(name: .customLong("reconcile-interval"),
             help: "Seconds between full passes that compare the peer tables with the leases and repair drift.")
     public var reconcileInterval: Int = 60
@@ -200,6 +221,12 @@ public struct DataplaneOptions: ParsableArguments, Sendable {
         }
         guard bpffs.hasPrefix("/") else {
             throw ValidationError("--bpffs=\(bpffs) must be an absolute path, e.g. /sys/fs/bpf")
+        }
+        if let bpfObject, bpfObject.isEmpty {
+            throw ValidationError("--bpf-object is empty: give the path of a compiled object, or leave the flag out to load the built-in one")
+        }
+        if bpfObject != nil && dataplane == .userspace {
+            throw ValidationError("--bpf-object=\(bpfObject!) has no use with --dataplane=userspace (no BPF is loaded): drop one of them")
         }
     }
 }

@@ -19,6 +19,8 @@ public enum StartupError: Error, CustomStringConvertible {
     case unsupportedBackend(String)
     case vtepMACMismatch(deviceName: String, deviceMAC: MACAddress, leaseMAC: MACAddress)
     case dataplaneRequired(choice: DataplaneChoice, reason: String)
+    /// `--bpf-object` was given and that object cannot run: never a fallback (see DataplaneOptions).
+    case bpfObjectUnusable(path: String, reason: String)
     case watchEnded
     case interfaceMAC(name: String, errno: Int32)
 
@@ -31,6 +33,11 @@ public enum StartupError: Error, CustomStringConvertible {
         case let .dataplaneRequired(choice, reason):
             "--dataplane=\(choice) was asked for but the BPF data path cannot run here: \(reason). "
                 + "Use --dataplane=auto to fall back to the userspace path, or fix the cause"
+        case let .bpfObjectUnusable(path, reason):
+            "--bpf-object=\(path) was given but the BPF data path cannot run with it: \(reason). "
+                + "With --bpf-object there is no fallback (neither the built-in object nor the userspace path): flanneld-xdp "
+                + "stops, and traffic keeps flowing on what a previous run attached (or, had attaching begun, on the kernel "
+                + "vxlan device). Fix the object or leave the flag out"
         case .watchEnded:
             "the lease watch ended unexpectedly; exiting so that a restart opens a new one"
         case let .interfaceMAC(name, errno):
@@ -86,11 +93,21 @@ public enum Startup {
         if options.apiVersion != .auto {
             return try EtcdRegistryFactory.make(api: options.apiVersion, options: options)
         }
-        // A TLS file that cannot be loaded is a configuration error, not an outage: fail at once.
+        // A TLS file that cannot be loaded or credentials etcd rejects are configuration errors,
+        // not an outage: fail at once.
         return try await retrying("finding the network config in etcd (\(etcd.endpoints), prefix \(etcd.prefix))",
-                                  logger: logger, initial: retryInitial,
-                                  isFatal: { error in if case EtcdClientError.tlsSetup = error { true } else { false } }) {
+                                  logger: logger, initial: retryInitial, isFatal: isConfigurationError) {
             try await EtcdRegistryFactory.make(options: options, logger: logger)
+        }
+    }
+
+    /// etcd errors that no amount of waiting fixes: the daemon exits with the message instead of
+    /// retrying. Permission errors are retried: an administrator can grant the role while the node
+    /// waits.
+    static func isConfigurationError(_ error: any Error) -> Bool {
+        switch error {
+        case EtcdClientError.tlsSetup, EtcdClientError.credentialsRejected: true
+        default: false
         }
     }
 
@@ -108,7 +125,7 @@ public enum Startup {
     /// reason and re-read (an operator fixes it without restarting every node).
     public static func readConfig(_ manager: SubnetManager, logger: Logger,
                                   retryInitial: Duration = .seconds(1)) async throws -> (NetworkConfig, BackendKind) {
-        try await retrying("reading the network config", logger: logger, initial: retryInitial) {
+        try await retrying("reading the network config", logger: logger, initial: retryInitial, isFatal: isConfigurationError) {
             let config = try await manager.getConfig()
             return (config, try backendKind(config.backend))
         }

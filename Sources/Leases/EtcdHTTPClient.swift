@@ -73,6 +73,42 @@ public struct EtcdEndpoint: Sendable, Hashable, CustomStringConvertible {
     }
 }
 
+extension EtcdEndpoint {
+    /// The host is this machine: 127.0.0.0/8, ::1 (also as ::ffff:127.x.y.z) or `localhost`.
+    public var isLoopback: Bool {
+        let name = host.lowercased()
+        if name == "localhost" || name == "localhost." { return true }
+        var v4 = in_addr()
+        if inet_pton(AF_INET, name, &v4) == 1 {
+            return UInt32(bigEndian: v4.s_addr) >> 24 == 127
+        }
+        var v6 = in6_addr()
+        guard inet_pton(AF_INET6, name, &v6) == 1 else { return false }
+        let bytes = withUnsafeBytes(of: v6) { Array($0) }
+        if bytes[0..<15].allSatisfy({ $0 == 0 }) && bytes[15] == 1 { return true }
+        let mapped = bytes[0..<10].allSatisfy { $0 == 0 } && bytes[10] == 0xff && bytes[11] == 0xff
+        return mapped && bytes[12] == 127
+    }
+
+    /// The endpoints among `urls` that speak plain http to another machine: leases and the network
+    /// config cross the network in clear text there, and anyone on the path can rewrite them
+    /// (docs/SECURITY.md). Unparseable entries are left to the client, which names them.
+    public static func plainTextRemote(_ urls: [String]) -> [EtcdEndpoint] {
+        urls.flatMap { $0.split(separator: ",") }.compactMap { try? EtcdEndpoint(url: String($0).trimmingSpaces) }
+            .filter { !$0.tls && !$0.isLoopback }
+    }
+
+    /// The start-up warning for `plainTextRemote` endpoints, nil when there are none.
+    public static func plainTextWarning(_ urls: [String]) -> String? {
+        let remote = plainTextRemote(urls)
+        guard !remote.isEmpty else { return nil }
+        return "etcd at \(remote.map(\.description).joined(separator: ", ")) is reached over plain http from another host: "
+            + "the leases and the network config travel in clear text and anyone on the path can read or rewrite them, "
+            + "which redirects pod traffic. Use https:// endpoints with --etcd-cafile, --etcd-certfile and --etcd-keyfile "
+            + "(docs/SECURITY.md)"
+    }
+}
+
 private enum IPv4AddressCheck {
     static func isDottedQuad(_ s: String) -> Bool {
         let parts = s.split(separator: ".", omittingEmptySubsequences: false)
@@ -91,6 +127,8 @@ public enum EtcdClientError: Error, Sendable, CustomStringConvertible {
     case responseTooLarge(endpoint: String, limit: Int)
     case allEndpointsFailed([EtcdClientError])
     case authentication(String)
+    /// etcd said the user name or password is wrong: a configuration error, not an outage.
+    case credentialsRejected(user: String, detail: String)
 
     public var description: String {
         switch self {
@@ -104,6 +142,9 @@ public enum EtcdClientError: Error, Sendable, CustomStringConvertible {
         case .allEndpointsFailed(let errors):
             "no etcd endpoint answered: " + errors.map(\.description).joined(separator: "; ")
         case .authentication(let detail): "etcd authentication failed: \(detail) (--etcd-username/--etcd-password)"
+        case .credentialsRejected(let user, let detail):
+            "etcd rejected the credentials of user \"\(user)\" (\(detail)): check --etcd-username and --etcd-password "
+                + "(FLANNELD_ETCD_USERNAME/FLANNELD_ETCD_PASSWORD) and that the user exists in etcd"
         }
     }
 

@@ -35,13 +35,23 @@ public final class EtcdV3Registry: SubnetRegistry {
 
     // MARK: calls
 
+    /// The token header; "" is remembered when etcd has auth disabled (credentials are then not
+    /// needed, as etcd's own client treats it), and a refusal later re-authenticates.
     private func authHeaders(refresh: Bool) async throws -> [(String, String)] {
         guard let credentials else { return [] }
-        if !refresh, let t = token.withLock({ $0 }) { return [("Authorization", t)] }
+        if !refresh, let t = token.withLock({ $0 }) { return t.isEmpty ? [] : [("Authorization", t)] }
         let body = JSONValue.object([JSONMember("name", .string(credentials.user)), JSONMember("password", .string(credentials.password))])
         let r = try await client.request(.POST, "/v3/auth/authenticate", body: Array(body.serialized.utf8))
         guard r.status == 200, let doc = try? JSONValue.parse(bytes: r.body), let t = doc["token"]?.stringValue else {
-            throw EtcdClientError.authentication(Self.errorMessage(r))
+            let message = Self.errorMessage(r)
+            if message.contains("authentication is not enabled") {
+                token.withLock { $0 = "" }
+                return []
+            }
+            if message.contains("invalid user ID or password") {
+                throw EtcdClientError.credentialsRejected(user: credentials.user, detail: message)
+            }
+            throw EtcdClientError.authentication(message)
         }
         token.withLock { $0 = t }
         return [("Authorization", t)]
@@ -61,20 +71,31 @@ public final class EtcdV3Registry: SubnetRegistry {
         return m.contains("invalid auth token") || m.contains("user name is empty") || m.contains("token")
     }
 
-    /// POSTs a gateway call; re-authenticates once if the token expired.
-    private func call(_ op: String, _ path: String, _ body: JSONValue) async throws -> JSONValue {
+    static func isPermissionDenied(_ message: String) -> Bool {
+        message.contains("permission denied")
+    }
+
+    /// POSTs a gateway call on `key`; re-authenticates once if the token expired.
+    private func call(_ op: String, _ path: String, _ body: JSONValue, key: String) async throws -> JSONValue {
         let bytes = Array(body.serialized.utf8)
         var r = try await client.request(.POST, path, body: bytes, headers: try await authHeaders(refresh: false))
         if credentials != nil, Self.isAuthFailure(r) {
             r = try await client.request(.POST, path, body: bytes, headers: try await authHeaders(refresh: true))
         }
         guard r.status == 200 else {
+            let message = Self.errorMessage(r)
+            if Self.isPermissionDenied(message) {
+                throw RegistryError.permissionDenied(operation: op, key: key, user: credentials?.user)
+            }
+            if credentials == nil, message.contains("user name is empty") {
+                throw RegistryError.permissionDenied(operation: op, key: key, user: nil)
+            }
             // The gateway maps gRPC NotFound to 404 too ("requested lease not found", with a JSON
             // body carrying its gRPC code): only a 404 without one means there is no gateway.
             if r.status == 404, (try? JSONValue.parse(bytes: r.body))?["code"] == nil {
                 throw RegistryError.server(operation: op, status: 404, message: "no v3 JSON gateway at \(path) (etcd older than 3.4?)")
             }
-            throw RegistryError.server(operation: op, status: r.status, message: Self.errorMessage(r))
+            throw RegistryError.server(operation: op, status: r.status, message: message)
         }
         do { return try JSONValue.parse(bytes: r.body) } catch {
             throw RegistryError.malformedResponse(operation: op, detail: "\(error)")
@@ -122,7 +143,7 @@ public final class EtcdV3Registry: SubnetRegistry {
     // MARK: SubnetRegistry
 
     public func getConfigText() async throws -> String {
-        let doc = try await call("get config", "/v3/kv/range", .object([JSONMember("key", Self.b64(configKey))]))
+        let doc = try await call("get config", "/v3/kv/range", .object([JSONMember("key", Self.b64(configKey))]), key: configKey)
         guard let kv = doc["kvs"]?.arrayValue?.first else { throw RegistryError.configNotFound(key: configKey, api: "v3") }
         return String(decoding: kv["value"]?.stringValue.flatMap(Base64.decode) ?? [], as: UTF8.self)
     }
@@ -130,13 +151,14 @@ public final class EtcdV3Registry: SubnetRegistry {
     public func listLeases() async throws -> LeaseListing {
         let doc = try await call("list leases", "/v3/kv/range", .object([
             JSONMember("key", Self.b64(subnetsKey)), JSONMember("range_end", Self.prefixEnd(subnetsKey)),
-        ]))
+        ]), key: subnetsKey)
         let records = (doc["kvs"]?.arrayValue ?? []).compactMap(record)
         return LeaseListing(records: records, revision: try revision(doc, "list leases"))
     }
 
     private func grant(_ ttl: Duration) async throws -> Int64 {
-        let doc = try await call("grant lease", "/v3/lease/grant", .object([JSONMember("TTL", .string(String(max(1, ttl.components.seconds))))]))
+        let doc = try await call("grant lease", "/v3/lease/grant", .object([JSONMember("TTL", .string(String(max(1, ttl.components.seconds))))]),
+                                 key: "(lease grant)")
         guard let id = Self.int64(doc["ID"]), id != 0 else {
             throw RegistryError.malformedResponse(operation: "grant lease", detail: "no lease ID (\(Self.int64(doc["error"]) ?? 0))")
         }
@@ -144,7 +166,7 @@ public final class EtcdV3Registry: SubnetRegistry {
     }
 
     private func revoke(_ id: Int64) async {
-        _ = try? await call("revoke lease", "/v3/lease/revoke", .object([JSONMember("ID", .string(String(id)))]))
+        _ = try? await call("revoke lease", "/v3/lease/revoke", .object([JSONMember("ID", .string(String(id)))]), key: "(lease revoke)")
     }
 
     private func putOp(_ key: String, _ value: String, lease: Int64?) -> JSONValue {
@@ -180,7 +202,7 @@ public final class EtcdV3Registry: SubnetRegistry {
                 JSONMember("target", .string("VERSION")), JSONMember("version", .string("0")),
             ])])),
             JSONMember("success", .array([putOp(key, value, lease: lease)])),
-        ]))
+        ]), key: key)
         guard doc["succeeded"]?.boolValue == true else {
             if let lease { await revoke(lease) }
             throw RegistryError.conflict(key: key)
@@ -205,7 +227,7 @@ public final class EtcdV3Registry: SubnetRegistry {
                 .object([JSONMember("request_range", .object([JSONMember("key", Self.b64(key))]))]),
                 putOp(key, value, lease: lease),
             ])),
-        ]))
+        ]), key: key)
         guard doc["succeeded"]?.boolValue == true else {
             if let lease { await revoke(lease) }
             throw RegistryError.conflict(key: key)
@@ -217,7 +239,7 @@ public final class EtcdV3Registry: SubnetRegistry {
     }
 
     public func getLease(name: String) async throws -> LeaseRecord? {
-        let doc = try await call("get lease", "/v3/kv/range", .object([JSONMember("key", Self.b64(subnetsKey + name))]))
+        let doc = try await call("get lease", "/v3/kv/range", .object([JSONMember("key", Self.b64(subnetsKey + name))]), key: subnetsKey + name)
         return doc["kvs"]?.arrayValue?.first.flatMap(record)
     }
 
@@ -235,7 +257,7 @@ public final class EtcdV3Registry: SubnetRegistry {
                 .object([JSONMember("request_range", .object([JSONMember("key", Self.b64(key))]))]),
                 .object([JSONMember("request_delete_range", .object([JSONMember("key", Self.b64(key))]))]),
             ])),
-        ]))
+        ]), key: key)
         guard doc["succeeded"]?.boolValue == true else { throw RegistryError.conflict(key: key) }
         let old = doc["responses"]?.arrayValue?.first?["response_range"]?["kvs"]?.arrayValue?.first?["lease"]
         if let oldID = Self.int64(old), oldID != 0 { await revoke(oldID) }
@@ -246,7 +268,7 @@ public final class EtcdV3Registry: SubnetRegistry {
         let lease = try await ttl.asyncMap(grant)
         var members = [JSONMember("key", Self.b64(subnetsKey + name)), JSONMember("value", Self.b64(value))]
         if let lease { members.append(JSONMember("lease", .string(String(lease)))) }
-        return try revision(try await call("put raw", "/v3/kv/put", .object(members)), "put raw")
+        return try revision(try await call("put raw", "/v3/kv/put", .object(members), key: subnetsKey + name), "put raw")
     }
 
     public func watchLeases(fromRevision: Int64) -> AsyncThrowingStream<[LeaseWatchEvent], any Error> {
@@ -336,6 +358,9 @@ public final class EtcdV3Registry: SubnetRegistry {
         if result["canceled"]?.boolValue == true {
             let reason = result["cancel_reason"]?.stringValue ?? "no reason given"
             if credentials != nil, reason.contains("invalid auth token") { throw WatchTokenExpired() }
+            if Self.isPermissionDenied(reason) {
+                throw RegistryError.permissionDenied(operation: "watch", key: subnetsKey, user: credentials?.user)
+            }
             throw RegistryError.server(operation: "watch", status: 0, message: "watch canceled by the server: \(reason)")
         }
         var events: [LeaseWatchEvent] = []

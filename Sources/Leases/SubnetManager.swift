@@ -20,11 +20,12 @@ import Logging
 import NetTypes
 
 public struct SubnetManagerOptions: Sendable {
-    /// flannel: 24 h.
+    /// flannel: 24 h; `--subnet-lease-ttl` (ours) for tests and small labs.
     public var leaseTTL: Duration = .seconds(24 * 3600)
     /// `--subnet-lease-renew-margin` (flannel: 60 minutes). Clamped to half the TTL.
     public var renewMargin: Duration = .seconds(60 * 60)
-    /// flannel retries a failed renewal every minute.
+    /// flannel retries a failed renewal every minute. Clamped to an eighth of the TTL (at least
+    /// 250 ms), so a short lease gets several tries before it expires.
     public var renewRetryInterval: Duration = .seconds(60)
     /// Full re-list that repairs anything a watch missed.
     public var relistInterval: Duration = .seconds(300)
@@ -249,6 +250,7 @@ public actor SubnetManager {
     /// flannel does) or `CancellationError`.
     public func runRenewLoop() async throws {
         let margin = min(options.renewMargin, options.leaseTTL / 2)
+        let retryInterval = max(.milliseconds(250), min(options.renewRetryInterval, options.leaseTTL / 8))
         while true {
             try Task.checkCancellation()
             guard let own = ownLease else { throw AcquireError.notAcquired }
@@ -274,9 +276,9 @@ public actor SubnetManager {
             } catch {
                 counters.update { $0.renewalFailures += 1 }
                 if errorLog.allow("renew") {
-                    logger.warning("renewing lease \(own.subnet) failed: \(error); retrying every \(options.renewRetryInterval)")
+                    logger.warning("renewing lease \(own.subnet) failed: \(error); retrying every \(retryInterval)")
                 }
-                try await Task.sleep(for: options.renewRetryInterval)
+                try await Task.sleep(for: retryInterval)
             }
         }
     }
@@ -311,7 +313,7 @@ public actor SubnetManager {
             guard rev > own.revision else { return }
             let pastExpiry = ownExpiry.map { ContinuousClock.now >= $0 - .seconds(1) } ?? false
             if expired || pastExpiry {
-                logger.warning("our lease \(own.subnet) expired; re-creating it")
+                logger.warning("our lease \(own.subnet) expired; re-creating it unless another node took the subnet")
                 do { try await renewLease() } catch {
                     if errorLog.allow("recreate") { logger.warning("re-creating lease \(own.subnet) failed: \(error)") }
                 }

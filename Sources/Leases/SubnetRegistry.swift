@@ -74,6 +74,8 @@ public enum RegistryError: Error, Sendable, Equatable, CustomStringConvertible {
     case server(operation: String, status: Int, message: String)
     /// The answer was not what etcd sends.
     case malformedResponse(operation: String, detail: String)
+    /// etcd RBAC refused the operation on `key` to `user` (nil: no credentials given).
+    case permissionDenied(operation: String, key: String, user: String?)
 
     public var description: String {
         switch self {
@@ -83,6 +85,11 @@ public enum RegistryError: Error, Sendable, Equatable, CustomStringConvertible {
         case .historyUnavailable(let rev, let detail): "watch cannot resume at revision \(rev): \(detail); re-listing"
         case .server(let op, let status, let message): "etcd \(op) failed (HTTP \(status)): \(message)"
         case .malformedResponse(let op, let detail): "etcd \(op): unexpected response: \(detail)"
+        case .permissionDenied(let op, let key, let user):
+            "etcd \(op): permission denied on \(key) for "
+                + (user.map { "user \"\($0)\": its role needs read on <prefix>/config and readwrite on the <prefix>/subnets/ prefix" }
+                    ?? "a client without credentials: auth is enabled in etcd, set --etcd-username/--etcd-password or a client certificate")
+                + " (docs/SECURITY.md)"
         }
     }
 }

@@ -134,4 +134,34 @@ struct PinTests {
         let error = #expect(throws: BPFError.self) { try object.load() }
         #expect(error?.detail.contains("fx_pinned") == true, "\(error?.description ?? "")")
     }
+
+    @Test func repairPinsPutsBackRemovedAndForeignPins() throws {
+        try withPrivateBPFFS { root in
+            let folder = "\(root)/app"
+            let object = try loadFixture("pinned_fixture", pinRoot: folder)
+            let id = try object.map(named: "fx_pinned", key: UInt32.self, value: UInt64.self).info().id
+            let path = "\(folder)/fx_pinned"
+            #expect(try object.repairPins().isEmpty, "nothing to repair right after load")
+
+            // Removed by hand: pinned again, the same map.
+            #expect(unlink(path) == 0)
+            #expect(try object.repairPins() == [PinRepair(mapName: "fx_pinned", path: path, kind: .missing)])
+            #expect(try BPFMap.openPinned(path: path, key: UInt32.self, value: UInt64.self).info().id == id)
+
+            // Another map pinned in its place: ours again.
+            #expect(unlink(path) == 0)
+            try sh(["/usr/sbin/bpftool", "map", "create", path, "type", "hash", "key", "4", "value", "8",
+                    "entries", "16", "name", "fx_pinned"])
+            #expect(try BPFMap.openPinned(path: path, key: UInt32.self, value: UInt64.self).info().id != id)
+            #expect(try object.repairPins() == [PinRepair(mapName: "fx_pinned", path: path, kind: .replaced)])
+            #expect(try BPFMap.openPinned(path: path, key: UInt32.self, value: UInt64.self).info().id == id)
+
+            // The whole folder removed: made again.
+            #expect(unlink(path) == 0 && rmdir(folder) == 0)
+            #expect(try object.repairPins().map(\.kind) == [.missing])
+            #expect(try BPFMap.openPinned(path: path, key: UInt32.self, value: UInt64.self).info().id == id)
+            unlink(path)
+            rmdir(folder)
+        }
+    }
 }

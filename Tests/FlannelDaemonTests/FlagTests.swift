@@ -36,6 +36,7 @@ struct FlagTests {
         #expect(o.etcd.api == .auto)
         #expect(o.subnet.subnetFile == "/run/flannel/subnet.env")
         #expect(o.subnet.subnetLeaseRenewMargin == 60)
+        #expect(o.subnet.subnetLeaseTTL == 24 * 3600)
         #expect(o.subnet.ipMasq == false)
         #expect(o.serving.healthzIP == IPv4Address(0, 0, 0, 0))
         #expect(o.serving.healthzPort == 0)
@@ -111,6 +112,22 @@ struct FlagTests {
         #expect(flagsWin.subnet.ipMasq == false)
         #expect(flagsWin.etcd.prefix == "/flag/prefix")
         #expect(flagsWin.etcd.endpointList == ["http://10.1.1.1:2379"])
+    }
+
+    @Test("--subnet-lease-ttl (ours, not flanneld's): seconds, its variable, the shortest renewable TTL")
+    func subnetLeaseTTL() throws {
+        #expect(try parseRun(["--subnet-lease-ttl=4"]).subnet.subnetLeaseTTL == 4)
+        #expect(try parseRun(["-subnet-lease-ttl", "2"]).subnet.subnetLeaseTTL == 2)
+        #expect(try parseRun([], env: ["FLANNELD_SUBNET_LEASE_TTL": "30"]).subnet.subnetLeaseTTL == 30)
+        #expect(try parseRun(["--subnet-lease-ttl=7"], env: ["FLANNELD_SUBNET_LEASE_TTL": "30"]).subnet.subnetLeaseTTL == 7)
+        for bad in ["1", "0", "-5", "31536001", "4s", "24h", ""] {
+            let (message, code) = failure(["--subnet-lease-ttl=\(bad)"])
+            #expect(code != 0, "--subnet-lease-ttl=\(bad) must fail")
+            #expect(message.contains("subnet-lease-ttl"), "\(bad): \(message)")
+        }
+        // (The binary adds the variable's name: FlagErrorTests.)
+        let (message, code) = failure([], env: ["FLANNELD_SUBNET_LEASE_TTL": "1"])
+        #expect(code != 0 && message.contains("--subnet-lease-ttl=1"), "\(message)")
     }
 
     @Test("env names are FLANNELD_ + upper case with underscores")

@@ -65,6 +65,10 @@ struct HelpAndBinaryTests {
           --subnet-lease-renew-margin <subnet-lease-renew-margin>
                                   Subnet lease renewal margin, in minutes, ranging from
                                   1 to 1439. (default: 60)
+          --subnet-lease-ttl <subnet-lease-ttl>
+                                  Subnet lease TTL, in seconds, from 2 to 31536000
+                                  (flanneld-xdp extension, for tests and small labs;
+                                  flannel uses 24 h). (default: 86400)
           --ip-masq               Setup IP masquerade rule for traffic destined outside
                                   of overlay network.
           --last-known-state <last-known-state>
@@ -79,6 +83,11 @@ struct HelpAndBinaryTests {
                                   auto, xdp, tc, userspace; default: auto)
           --bpffs <bpffs>         bpffs mount under which the BPF maps and programs are
                                   pinned. (default: /sys/fs/bpf)
+          --bpf-object <bpf-object>
+                                  Compiled BPF object to load instead of the built-in
+                                  one (a program upgrade; its maps must match the
+                                  pinned ones). If it cannot run, flanneld-xdp stops:
+                                  no fallback.
           --reconcile-interval <reconcile-interval>
                                   Seconds between full passes that compare the peer
                                   tables with the leases and repair drift. (default: 60)

@@ -272,6 +272,27 @@ struct NodeLifecycleTests {
         try await node.stopDaemon(SIGTERM)
     }
 
+    @Test("BPF ran before and cannot load now: auto keeps the node's VtepMAC, removes flannel.1 (it holds the port), runs userspace")
+    func bpfUnavailableAfterABPFRun() async throws {
+        let node = try await NetnsNode(hint: "r")
+        defer { node.close() }
+        try await node.server.put("/coreos.com/network/config", #"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#)
+        _ = try await node.startDaemon()
+        let mac = try #require(try node.linkMAC("flannel.1"))
+        let leaseBefore = try await node.server.etcdctlCheckedAsync(api: 3, ["get", "--prefix", "--print-value-only", "/coreos.com/network/subnets/"])
+        #expect(leaseBefore.contains("\"VtepMAC\":\"\(mac)\""), "\(leaseBefore)")
+        try await node.stopDaemon(SIGTERM)
+
+        let ready = try await node.startDaemon(["-bpffs=/proc/fxd-no-bpffs"])
+        #expect(ready.contains("userspace TUN flannel-u.1 (BPF unavailable:"), "\(ready)")
+        #expect(try node.linkMAC("flannel.1") == nil, "flannel.1 must go: its socket holds the VXLAN port")
+        let log = readText(node.daemonLog) ?? ""
+        #expect(log.contains("stays our VtepMAC"), "\(log.suffix(1500))")
+        let leaseAfter = try await node.server.etcdctlCheckedAsync(api: 3, ["get", "--prefix", "--print-value-only", "/coreos.com/network/subnets/"])
+        #expect(leaseAfter.contains("\"VtepMAC\":\"\(mac)\""), "the lease changed its VtepMAC: peers would have to re-learn it: \(leaseAfter)")
+        try await node.stopDaemon(SIGTERM)
+    }
+
     @Test("BPF loads but cannot attach (a foreign program holds our TC slot): auto runs the userspace path, says why")
     func bpfAttachFails() async throws {
         let node = try await NetnsNode(hint: "a")

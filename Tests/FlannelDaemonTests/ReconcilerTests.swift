@@ -218,6 +218,7 @@ struct ReconcilerTests {
         #expect(maps.peers == [a, b])
         readiness.set(.dataplaneAttached, ok: true)
         readiness.set(.subnetFileWritten, ok: true)
+        readiness.set(.leaseConfirmed, ok: true)
         #expect(readiness.isReady)
     }
 

@@ -211,6 +211,31 @@ struct SubnetEnvTests {
         #expect(throws: EtcdClientError.self) { try EtcdEndpoint(url: "etcd:2379") }
         #expect(throws: EtcdClientError.self) { try EtcdEndpoint(url: "http://etcd:99999") }
     }
+
+    /// The start-up warning (docs/SECURITY.md): plain http to anything but this machine.
+    @Test func plainHTTPToARemoteEtcd() {
+        let local = ["http://127.0.0.1:2379", "http://127.3.4.5:4001", "http://localhost:2379", "http://LOCALHOST",
+                     "http://[::1]:2379", "http://[::ffff:127.0.0.1]:2379", "http://[0:0:0:0:0:0:0:1]:2379"]
+        let tls = ["https://10.0.0.10:2379", "https://etcd.example:2379", "https://[fd00::1]:2379"]
+        let remote = ["http://10.0.0.10:2379", "http://etcd.example:2379", "http://[fd00::1]:2379", "http://128.0.0.1:2379",
+                      "http://[::2]:2379", "http://localhost.example:2379", "http://192.168.77.254:2379/"]
+        for url in local + tls {
+            #expect(EtcdEndpoint.plainTextRemote([url]).isEmpty, "\(url)")
+        }
+        for url in remote {
+            #expect(EtcdEndpoint.plainTextRemote([url]).count == 1, "\(url)")
+        }
+        // flannel's default endpoints are both local: no warning.
+        #expect(EtcdEndpoint.plainTextWarning(EtcdClientOptions.defaultEndpoints) == nil)
+        #expect(EtcdEndpoint.plainTextWarning(tls) == nil)
+        // One warning naming every remote plain endpoint, comma lists and spaces as the flag allows.
+        let warning = EtcdEndpoint.plainTextWarning(["http://127.0.0.1:2379, http://10.0.0.10:2379", "https://10.0.0.11:2379 ", " http://10.0.0.12"])
+        #expect(warning?.contains("http://10.0.0.10:2379, http://10.0.0.12:2379 ") == true, "\(warning ?? "nil")")
+        #expect(warning?.contains("127.0.0.1") == false && warning?.contains("10.0.0.11") == false)
+        #expect(warning?.contains("--etcd-cafile") == true && warning?.contains("https://") == true)
+        // Unparseable entries are the client's to report, not this check's.
+        #expect(EtcdEndpoint.plainTextRemote(["etcd:2379"]).isEmpty)
+    }
 }
 
 

@@ -7,7 +7,9 @@
 //   after it is reconnected its maps hold exactly the new peer set within 10 s;
 // - peers that left (and joined) while a daemon was down are right in its maps when it is ready;
 // - a pinned map entry deleted by hand is put back by the periodic reconcile pass.
-// FXDP_ETCD_OUTAGE_SECONDS sets the outage (default 10 s; 60 s under `make fuzz`'s long mode).
+// Outages: etcd killed and restarted for 60 s, as issue 7 asks, in every run; the SIGSTOP freeze and
+// the partition for 10 s (60 s under `make fuzz`'s long mode). FXDP_ETCD_OUTAGE_SECONDS sets both.
+// (Lease expiry while cut off from etcd: LeaseExpiryTests.)
 
 import BPFLoader
 import CBPF
@@ -142,6 +144,9 @@ struct ClusterFaultTests {
     static var outageSeconds: Double {
         Double(ProcessInfo.processInfo.environment["FXDP_ETCD_OUTAGE_SECONDS"] ?? "") ?? (FuzzBudget.isLong ? 60 : 10)
     }
+    static var killedOutageSeconds: Double {
+        Double(ProcessInfo.processInfo.environment["FXDP_ETCD_OUTAGE_SECONDS"] ?? "") ?? 60
+    }
 
     @Test("SIGKILL + restart 20 times: no ping lost, TCP stream alive, same program/map ids, same subnet")
     func killAndRestart() throws {
@@ -262,6 +267,7 @@ struct ClusterFaultTests {
         print("ClusterFaultTests.etcdOutage: ping \(received)/\(sent), stream intervals \(stream.intervals)")
         #expect(sent > 100 && sent - received <= 1, "ping lost \(sent - received) of \(sent)")
         #expect(stream.client.isRunning && stream.intervals.allSatisfy { $0 > 0 }, "stream: \(stream.client.output().suffix(600))")
+        #expect(occurrences(of: plainHTTPWarning, in: cluster.daemonLog(a)) == 1, "plain-http warning not exactly once after the partition")
     }
 
     @Test("peers that left or joined while the daemon was down are right when it is ready again")
@@ -300,6 +306,46 @@ struct ClusterFaultTests {
         #expect(try cluster.lab.waitForPing(from: a.podNamespace, to: b.podIP))
     }
 
+    @Test("a corrupted pinned entry and removed map pins are repaired, with log lines, traffic unaffected")
+    func corruptionAndPinRepair() throws {
+        let cluster = try FlannelCluster(tag: "rlr", api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 2)
+        defer { cluster.cleanup() }
+        for node in cluster.nodes { try cluster.startDaemon(node, extra: ["--reconcile-interval=5"]) }
+        let (a, b) = (cluster.nodes[0], cluster.nodes[1])
+        #expect(try waitUntil(5) { try pinnedPeers(cluster, a) == [b.podSubnet] } != nil)
+        let peersPath = cluster.pinFolder(a) + "/" + FXDP_MAP_PEERS
+        let map = try BPFMap.openPinned(path: peersPath, key: fxdp_peer_key.self, value: fxdp_peer_value.self)
+        let mapID = map.info().id
+        // Corrupt: b's subnet now points at a node that does not exist, with another MAC.
+        let key = try #require(try map.keys().first)
+        let good = try #require(try map.lookup(key))
+        var bad = good
+        bad.node_ip = (192, 168, 77, 250)
+        bad.vtep_mac = (2, 0, 0, 0, 0xfa, 1)
+        try map.update(key, bad)
+        // And remove two pins (the peers map's and the counters').
+        let countersPath = cluster.pinFolder(a) + "/" + FXDP_MAP_COUNTERS
+        #expect(unlink(peersPath) == 0 && unlink(countersPath) == 0)
+
+        let repaired = try waitUntil(15) {
+            guard access(peersPath, F_OK) == 0, access(countersPath, F_OK) == 0 else { return false }
+            let value = try BPFMap.openPinned(path: peersPath, key: fxdp_peer_key.self, value: fxdp_peer_value.self).lookup(key)
+            return value.map { withUnsafeBytes(of: $0) { Array($0) } } == withUnsafeBytes(of: good) { Array($0) }
+        }
+        print("ClusterFaultTests.corruptionAndPinRepair: pins and entry repaired after \(repaired.map { String(format: "%.1f s", $0) } ?? "never")")
+        let log = cluster.daemonLog(a)
+        #expect(repaired != nil, "log:\n\(log.suffix(1500))")
+        #expect(try BPFMap.openPinned(path: peersPath, key: fxdp_peer_key.self, value: fxdp_peer_value.self).info().id == mapID,
+                "a new map was pinned instead of ours")
+        #expect(log.contains("BPF map pin repaired") && log.contains(FXDP_MAP_PEERS), "no log line for the pin:\n\(log.suffix(1500))")
+        #expect(try cluster.lab.waitForPing(from: a.podNamespace, to: b.podIP))
+        // A restart finds the same maps (not fresh empty ones) through the repaired pins.
+        let before = try dataplaneIDs(cluster, a)
+        cluster.killDaemon(a)
+        try cluster.startDaemon(a, extra: ["--reconcile-interval=5"])
+        #expect(try dataplaneIDs(cluster, a) == before)
+    }
+
     @Test("our programs detached by someone else are re-attached within 10 s, with a log line")
     func detachRepair() throws {
         let cluster = try FlannelCluster(tag: "rla", api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 2)
@@ -325,48 +371,9 @@ struct ClusterFaultTests {
         #expect(try cluster.pinnedCounter(a, FXDP_C_ENCAP_OK) >= encapBefore + 5, "the re-attached encap carries nothing")
     }
 
-    @Test("a node cut off while its subnet is taken never overwrites the new owner, says so, exits, and a restart gets another subnet")
-    func leaseTakenWhilePartitioned() throws {
-        let cluster = try FlannelCluster(tag: "rlt", api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 2)
-        defer { cluster.cleanup() }
-        for node in cluster.nodes { try cluster.startDaemon(node) }
-        let (a, b) = (cluster.nodes[0], cluster.nodes[1])
-        #expect(try waitUntil(5) { try pinnedPeers(cluster, b) == [a.podSubnet] } != nil)
-        let daemon = try #require(cluster.daemons[a.name])
-        let key = cluster.leaseKey(a.podSubnet)
-
-        // a is cut off; meanwhile its lease goes (as a TTL expiry would) and another node takes the subnet.
-        try cluster.lab.sh(a.name, ["route", "add", "blackhole", "\(cluster.etcdIP)/32"])
-        try cluster.lab.sh(cluster.lab.wireNamespace, ["route", "add", "blackhole", "\(a.nodeIP)/32"])
-        try cluster.delete(key)
-        let newOwner = IPv4Address(192, 168, 77, 99)
-        try cluster.putFlannelLease(subnet: a.podSubnet, publicIP: newOwner, vtepMAC: MACAddress("02:00:00:00:63:01")!)
-        usleep(2_000_000)
-        try cluster.lab.sh(a.name, ["route", "del", "blackhole", "\(cluster.etcdIP)/32"])
-        try cluster.lab.sh(cluster.lab.wireNamespace, ["route", "del", "blackhole", "\(a.nodeIP)/32"])
-
-        let status = daemon.waitExit(timeout: 20)
-        let log = cluster.daemonLog(a)
-        print("ClusterFaultTests.leaseTaken: daemon exit status \(status.map(String.init) ?? "still running")")
-        #expect(status != nil && status != 0, "the daemon kept running on a subnet it no longer holds; log:\n\(log.suffix(1500))")
-        #expect(log.contains("lost") && log.contains("\(a.podSubnet)"), "no log line says the lease was lost:\n\(log.suffix(1500))")
-        let value = try cluster.get(key) ?? ""
-        #expect(value.contains("\"PublicIP\":\"\(newOwner)\""), "the new owner's lease was overwritten: \(value)")
-        // b follows etcd: the subnet now points at its new owner.
-        #expect(try waitUntil(5) { try pinnedPeers(cluster, b) == [a.podSubnet] } != nil)
-
-        // Recovery, as documented (docs/ETCD.md): a restart acquires a lease again — another subnet,
-        // since the one in subnet.env is taken.
-        try cluster.startDaemon(a)
-        let subnet = subnetLine(cluster, a)
-        print("ClusterFaultTests.leaseTaken: after restart \(subnet)")
-        #expect(!subnet.isEmpty && !subnet.contains("=\(a.podSubnet.host(1))/"), "restarted on the taken subnet: \(subnet)")
-        #expect(try cluster.get(key)?.contains("\"PublicIP\":\"\(newOwner)\"") == true, "the restart overwrote the new owner")
-    }
-
-    @Test("etcd killed (refused connections), then restarted: traffic flows, CPU low, error logs rate-limited per class, peers right after")
+    @Test("etcd killed (refused connections) for 60 s, then restarted: traffic flows, CPU low, error logs rate-limited per class, peers right after")
     func etcdKilledAndRestarted() throws {
-        let outage = ClusterFaultTests.outageSeconds
+        let outage = ClusterFaultTests.killedOutageSeconds
         let cluster = try FlannelCluster(tag: "rlx", api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 2)
         defer { cluster.cleanup() }
         for node in cluster.nodes { try cluster.startDaemon(node) }
@@ -403,6 +410,11 @@ struct ClusterFaultTests {
         let caughtUp = try waitUntil(10) { try pinnedPeers(cluster, a) == [b.podSubnet, joiner] }
         print("ClusterFaultTests.etcdKilled: joiner seen after \(caughtUp.map { String(format: "%.2f s", $0) } ?? "never")")
         #expect(caughtUp != nil, "log:\n\(cluster.daemonLog(a).suffix(1500))")
+        // etcd is on another host over plain http: warned once per run, not again on reconnecting.
+        for node in cluster.nodes {
+            #expect(occurrences(of: plainHTTPWarning, in: cluster.daemonLog(node)) == 1,
+                    "\(node.name): plain-http warning not exactly once:\n\(cluster.daemonLog(node).suffix(2000))")
+        }
         let (sent, received) = ping.finish()
         #expect(sent > 100 && sent - received <= 1, "ping lost \(sent - received) of \(sent)")
     }
