@@ -182,11 +182,6 @@ public enum Daemon {
         try env.write(to: options.subnet.subnetFile)
         readiness.set(.subnetFileWritten, ok: true)
         logger.info("wrote \(options.subnet.subnetFile): FLANNEL_SUBNET=\(lease.subnet.host(1))/\(lease.subnet.prefixLength) FLANNEL_MTU=\(mtu)")
-        // Start-up's O(peers) transients (list response, first full pass, saved state) are freed
-        // by now: give their pages back (HeapTrim.swift) instead of carrying the peak.
-        if let (before, after) = HeapTrim.trimIfWorthIt() {
-            logger.debug("heap trimmed after start-up: \(before) → resident anonymous \(after.residentAnonymous >> 10) KiB")
-        }
         do {
             let degraded = readiness.unmet(.leaseConfirmed) == nil ? "" : "degraded (etcd unreachable, last known state), "
             try notifier.ready(status: "\(degraded)subnet \(lease.subnet), \(peers.count) peer(s), \(setup.summary)")
@@ -442,6 +437,11 @@ struct NodeAgentService: Service {
         } catch is CancellationError {
             logger.info("stop requested during start-up")
             return
+        }
+        // Start-up's O(peers) transients (list response, first full pass, saved state, the
+        // snapshot) are all freed now: give their pages back (HeapTrim.swift) instead of carrying the peak.
+        if let (before, after) = HeapTrim.trimIfWorthIt() {
+            logger.debug("heap trimmed after start-up: \(before) → resident anonymous \(after.residentAnonymous >> 10) KiB")
         }
         let group = ServiceGroup(configuration: ServiceGroupConfiguration(
             services: services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0, successTerminationBehavior: .gracefullyShutdownGroup) },
