@@ -66,9 +66,6 @@ public actor LastKnownRecorder {
         if peers.removeValue(forKey: subnet) != nil { dirty = true }
     }
 
-    /// How many peer leases would be saved.
-    public var peerCount: Int { peers.count }
-
     /// Writes the file when something changed since the last write. Nothing is written before our
     /// lease has been confirmed by etcd (the manager holds it).
     @discardableResult
