@@ -13,7 +13,7 @@
 //   3  path 2 plus our programs: FlannelBPF loaded on a private bpffs per node, NodeConfig written,
 //      FlannelBPF.attach in the node's namespace, the peer upserted through BPFPeerTable — once
 //      with XDP decap (3a), once with kernel decap behind the TC source check (3b);
-//   4  UserspaceDataplane as the daemon starts it (its defaults: one queue, no offloads), VXLAN
+//   4  UserspaceDataplane as the daemon starts it (its defaults: one queue, offloads on), VXLAN
 //      framing (4a) and flannel's legacy udp framing (4b); the TUN addressed with the ip CLI.
 // Per round and path: iperf3 single stream, iperf3 -P 4 (whole-machine CPU from /proc/stat over it),
 // and a TCP request/response run (BenchRR).
