@@ -99,7 +99,7 @@ struct ObjectSourceTests {
             mentions = ["cannot open", "No such file"]
         case "empty":
             path = dir + "/empty.o"
-            FileManager.default.createFile(atPath: path, contents: Data())
+            _ = FileManager.default.createFile(atPath: path, contents: Data())
             mentions = ["not an ELF"]
         case "text":
             path = dir + "/text.o"

@@ -19,17 +19,17 @@ struct OperationsInspectionTests {
         let tag = "fxops-\(getpid())-\(UInt16.random(in: 0...UInt16.max))"
         let bpffs = "/run/\(tag)-bpf"
         let ns = "\(tag)-ns"
-        try runTool("/bin/mkdir", ["-p", bpffs])
-        try runTool("/bin/mount", ["-t", "bpf", "bpf", bpffs])
-        try runTool("/sbin/ip", ["netns", "add", ns])
+        _ = try runTool("/bin/mkdir", ["-p", bpffs])
+        _ = try runTool("/bin/mount", ["-t", "bpf", "bpf", bpffs])
+        _ = try runTool("/sbin/ip", ["netns", "add", ns])
         defer {
             _ = try? runProgram("/sbin/ip", ["netns", "del", ns])
             _ = try? runProgram("/bin/umount", [bpffs])
             _ = try? runProgram("/bin/rmdir", [bpffs])
         }
-        try runTool("/sbin/ip", ["-n", ns, "link", "add", "fxa", "type", "veth", "peer", "name", "fxb"])
-        try runTool("/sbin/ip", ["-n", ns, "link", "set", "fxa", "up"])
-        try runTool("/sbin/ip", ["-n", ns, "link", "set", "fxb", "up"])
+        _ = try runTool("/sbin/ip", ["-n", ns, "link", "add", "fxa", "type", "veth", "peer", "name", "fxb"])
+        _ = try runTool("/sbin/ip", ["-n", ns, "link", "set", "fxa", "up"])
+        _ = try runTool("/sbin/ip", ["-n", ns, "link", "set", "fxb", "up"])
 
         let peerA = Peer(subnet: IPv4Subnet(cidr: "10.5.2.0/24")!, publicIP: IPv4Address(192, 168, 77, 2),
                          vtepMAC: MACAddress("0e:00:00:00:00:02")!)

@@ -36,7 +36,7 @@ struct OperationsPackagingTests {
         let env = SubnetEnv(network: IPv4Subnet(cidr: "10.5.0.0/16")!, subnet: IPv4Subnet(cidr: "10.5.72.0/24")!, mtu: 1450, ipMasq: false)
         try env.write(to: dir + "/subnet.env")
 
-        try runTool("/bin/sh", [script, "-f", dir + "/subnet.env", "-d", dir + "/docker_opts.env"])
+        _ = try runTool("/bin/sh", [script, "-f", dir + "/subnet.env", "-d", dir + "/docker_opts.env"])
         #expect(readText(dir + "/docker_opts.env") == """
             DOCKER_OPT_BIP="--bip=10.5.72.1/24"
             DOCKER_OPT_IPMASQ="--ip-masq=true"
@@ -46,16 +46,16 @@ struct OperationsPackagingTests {
             """)
 
         // flanneld's unit: -k DOCKER_NETWORK_OPTIONS -d /run/flannel/docker (combined only when -c; both by default).
-        try runTool("/bin/sh", [script, "-f", dir + "/subnet.env", "-d", dir + "/docker", "-k", "DOCKER_NETWORK_OPTIONS"])
+        _ = try runTool("/bin/sh", [script, "-f", dir + "/subnet.env", "-d", dir + "/docker", "-k", "DOCKER_NETWORK_OPTIONS"])
         #expect(readText(dir + "/docker")?.hasSuffix("DOCKER_NETWORK_OPTIONS=\" --bip=10.5.72.1/24 --ip-masq=true --mtu=1450\"\n") == true)
 
         // -c only, -m (no --ip-masq); FLANNEL_IPMASQ=true turns Docker's masquerading off.
         var masq = env
         masq.ipMasq = true
         try masq.write(to: dir + "/subnet.env")
-        try runTool("/bin/sh", [script, "-f", dir + "/subnet.env", "-d", dir + "/c.env", "-c"])
+        _ = try runTool("/bin/sh", [script, "-f", dir + "/subnet.env", "-d", dir + "/c.env", "-c"])
         #expect(readText(dir + "/c.env") == "DOCKER_OPTS=\" --bip=10.5.72.1/24 --ip-masq=false --mtu=1450\"\n")
-        try runTool("/bin/sh", [script, "-f", dir + "/subnet.env", "-d", dir + "/i.env", "-i", "-m"])
+        _ = try runTool("/bin/sh", [script, "-f", dir + "/subnet.env", "-d", dir + "/i.env", "-i", "-m"])
         #expect(readText(dir + "/i.env") == "DOCKER_OPT_BIP=\"--bip=10.5.72.1/24\"\nDOCKER_OPT_MTU=\"--mtu=1450\"\n")
 
         // Bad input: a missing file, a bad key, an unknown flag — non-zero, nothing written.

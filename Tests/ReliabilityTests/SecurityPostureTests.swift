@@ -46,7 +46,7 @@ struct SecurityPostureTests {
         let log = cluster.daemonLog(a)
         // With too few capabilities `--dataplane=auto` would fall back silently to another path.
         #expect(log.contains("data path: BPF"), "not on the BPF path:\n\(log.suffix(2500))")
-        #expect(try waitUntil(5) { ((try? pinnedPeers(cluster, a)) ?? []) == [b.podSubnet] } != nil)
+        #expect(waitUntil(5) { ((try? pinnedPeers(cluster, a)) ?? []) == [b.podSubnet] } != nil)
         // The first echo may wait for neighbour resolution on a fresh node; then none may be lost.
         #expect(try cluster.lab.waitForPing(from: a.podNamespace, to: b.podIP))
         let r = try cluster.lab.ping(from: a.podNamespace, to: b.podIP, count: 5, interval: 0.05)

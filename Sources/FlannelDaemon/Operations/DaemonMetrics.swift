@@ -64,7 +64,7 @@ public final class DaemonMetrics: Sendable {
             (.renewalFailures, CoreMetrics.Counter(label: "flanneld_xdp_lease_renewal_failures_total", factory: factory)),
             (.rejectedTotal, CoreMetrics.Counter(label: "flanneld_xdp_leases_rejected_total", factory: factory)),
         ]
-        registry.makeGauge(name: "flanneld_xdp_info",
+        registry.gauge("flanneld_xdp_info",
                            labels: [("version", FlannelDaemonVersion.string), ("dataplane", dataplane), ("backend", backend)],
                            help: "Constant 1; the labels say which data path and backend this daemon runs.").set(Int64(1))
     }
@@ -120,22 +120,22 @@ public final class DaemonMetrics: Sendable {
         for (counter, dp, db) in deltas {
             let verdict = counter.isDrop ? "drop" : counter.name.contains("_pass_") ? "pass" : "ok"
             let labels = [("counter", counter.name), ("verdict", verdict)]
-            let packets = registry.makeCounter(name: "flanneld_xdp_bpf_packets_total", labels: labels,
+            let packets = registry.counter("flanneld_xdp_bpf_packets_total", labels: labels,
                                                help: "Packets the BPF programs saw, by counter (fxdp_counter code name) and verdict.")
-            let bytes = registry.makeCounter(name: "flanneld_xdp_bpf_bytes_total", labels: labels,
+            let bytes = registry.counter("flanneld_xdp_bpf_bytes_total", labels: labels,
                                              help: "Bytes the BPF programs saw, by counter and verdict.")
             packets.increment(by: Int64(clamping: dp))
             bytes.increment(by: Int64(clamping: db))
             if counter.isDrop {
-                registry.makeCounter(name: "flanneld_xdp_drops_total", labels: [("reason", counter.name)],
+                registry.counter("flanneld_xdp_drops_total", labels: [("reason", counter.name)],
                                      help: "Packets the BPF programs dropped, by reason.").increment(by: Int64(clamping: dp))
             }
             if counter == .encapOK || counter == .encapOKNeigh {
-                registry.makeCounter(name: "flanneld_xdp_encap_packets_total", help: "Packets encapsulated by BPF.")
+                registry.counter("flanneld_xdp_encap_packets_total", help: "Packets encapsulated by BPF.")
                     .increment(by: Int64(clamping: dp))
             }
             if counter == .decapOK || counter == .decapCheckOK {
-                registry.makeCounter(name: "flanneld_xdp_decap_packets_total",
+                registry.counter("flanneld_xdp_decap_packets_total",
                                      help: "VXLAN packets from peers decapsulated by XDP or accepted for kernel decap.")
                     .increment(by: Int64(clamping: dp))
             }
@@ -167,13 +167,13 @@ public final class DaemonMetrics: Sendable {
         }
         for counter in departed { registry.unregisterCounter(counter) }
         for (peer, d) in increments {
-            let txP = registry.makeCounter(name: "flanneld_xdp_peer_packets_total", labels: [("peer", peer), ("direction", "tx")],
+            let txP = registry.counter("flanneld_xdp_peer_packets_total", labels: [("peer", peer), ("direction", "tx")],
                                            help: "Packets BPF carried to (tx, encapsulated) and from (rx, decapsulated or accepted) each peer node.")
-            let rxP = registry.makeCounter(name: "flanneld_xdp_peer_packets_total", labels: [("peer", peer), ("direction", "rx")],
+            let rxP = registry.counter("flanneld_xdp_peer_packets_total", labels: [("peer", peer), ("direction", "rx")],
                                            help: "Packets BPF carried to (tx, encapsulated) and from (rx, decapsulated or accepted) each peer node.")
-            let txB = registry.makeCounter(name: "flanneld_xdp_peer_bytes_total", labels: [("peer", peer), ("direction", "tx")],
+            let txB = registry.counter("flanneld_xdp_peer_bytes_total", labels: [("peer", peer), ("direction", "tx")],
                                            help: "Bytes BPF carried to (tx, inner) and from (rx, outer) each peer node.")
-            let rxB = registry.makeCounter(name: "flanneld_xdp_peer_bytes_total", labels: [("peer", peer), ("direction", "rx")],
+            let rxB = registry.counter("flanneld_xdp_peer_bytes_total", labels: [("peer", peer), ("direction", "rx")],
                                            help: "Bytes BPF carried to (tx, inner) and from (rx, outer) each peer node.")
             txP.increment(by: Int64(clamping: d.txPackets))
             rxP.increment(by: Int64(clamping: d.rxPackets))
@@ -204,5 +204,17 @@ enum LeaseCounterField: Sendable {
         case .renewalFailures: s.renewalFailures
         case .rejectedTotal: s.rejectedTotal
         }
+    }
+}
+
+extension PrometheusCollectorRegistry {
+    // Our metric names are written whole (`flanneld_xdp_..._total`), so the descriptor carries them
+    // as one component with no separate unit.
+    func counter(_ name: String, labels: [(String, String)] = [], help: String) -> Prometheus.Counter {
+        makeCounter(descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help), labels: labels)
+    }
+
+    func gauge(_ name: String, labels: [(String, String)] = [], help: String) -> Prometheus.Gauge {
+        makeGauge(descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help), labels: labels)
     }
 }
