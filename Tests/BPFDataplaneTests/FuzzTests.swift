@@ -94,8 +94,13 @@ struct FuzzTests {
         return problems.isEmpty ? nil : "\(which.rawValue): \(problems.joined(separator: "; ")) — input \(input.count) bytes: \(Array(input.prefix(100)).hex)"
     }
 
-    /// BPF_PROG_TEST_RUN refuses TC input that is an IPv4 frame with fewer than 20 IPv4 bytes.
-    static func tcRunnable(_ f: [UInt8]) -> Bool { !(f.count < 34 && f[12] == 0x08 && f[13] == 0x00) }
+    /// BPF_PROG_TEST_RUN refuses (EINVAL) TC input whose Ethernet type promises a network header
+    /// the frame does not hold: IPv4 under 34 bytes (20 of IPv4), IPv6 under 54 (40 of IPv6); other
+    /// types run from 14 bytes (measured on 6.18 with a program that returns at once). A real skb
+    /// that short never reaches TC, so these inputs only exercise the harness.
+    static func tcRunnable(_ f: [UInt8]) -> Bool {
+        !(f.count < 34 && f[12] == 0x08 && f[13] == 0x00) && !(f.count < 54 && f[12] == 0x86 && f[13] == 0xdd)
+    }
 
     static func newKernelWarnings(since lines: Int) -> [String] {
         let log = (try? sh(["dmesg"], allowFailure: true)) ?? ""
