@@ -313,8 +313,17 @@ public actor Reconciler {
             outcome.failures.append("reading the table: \(error)")
             return outcome
         }
-        // Stale first: an entry whose subnet no lease wants any more.
-        for peer in actual where !wanted.contains(peer) && desiredSubnetSelected(peer.subnet, binding) == nil {
+        // Stale: an entry whose subnet no lease wants any more. New or changed: upsert replaces the
+        // entry for the subnet.
+        let stale = actual.filter { !wanted.contains($0) && desiredSubnetSelected($0.subnet, binding) == nil }
+        apply(removing: Array(stale), upserting: Array(wanted.subtracting(actual)), to: table, &outcome)
+        return outcome
+    }
+
+    /// Stale entries first (a subnet that moved never has two owners), then new or changed ones;
+    /// each in subnet order. Every failure is recorded, and the rest still applied.
+    private func apply(removing stale: [Peer], upserting fresh: [Peer], to table: any PeerTable, _ outcome: inout TableOutcome) {
+        for peer in stale.sorted(by: { $0.subnet < $1.subnet }) {
             do {
                 try table.remove(peer)
                 outcome.removed.append(peer)
@@ -322,8 +331,7 @@ public actor Reconciler {
                 outcome.failures.append("remove \(peer): \(error)")
             }
         }
-        // New or changed (upsert replaces the entry for the subnet).
-        for peer in wanted.subtracting(actual).sorted(by: { $0.subnet < $1.subnet }) {
+        for peer in fresh.sorted(by: { $0.subnet < $1.subnet }) {
             do {
                 try table.upsert(peer)
                 outcome.upserted.append(peer)
@@ -331,7 +339,6 @@ public actor Reconciler {
                 outcome.failures.append("upsert \(peer): \(error)")
             }
         }
-        return outcome
     }
 
     /// The desired peer at `subnet` as `binding` sees it, nil when the table should hold none there.
@@ -363,22 +370,7 @@ public actor Reconciler {
         }
         outcome.wanted = count
         wantedCounts[index] = count
-        for peer in stale.sorted(by: { $0.subnet < $1.subnet }) {
-            do {
-                try table.remove(peer)
-                outcome.removed.append(peer)
-            } catch {
-                outcome.failures.append("remove \(peer): \(error)")
-            }
-        }
-        for peer in fresh.sorted(by: { $0.subnet < $1.subnet }) {
-            do {
-                try table.upsert(peer)
-                outcome.upserted.append(peer)
-            } catch {
-                outcome.failures.append("upsert \(peer): \(error)")
-            }
-        }
+        apply(removing: stale, upserting: fresh, to: table, &outcome)
         return outcome
     }
 
