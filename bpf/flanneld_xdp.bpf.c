@@ -126,10 +126,8 @@ int fxdp_encap(struct __sk_buff *skb)
 		return fxdp_count_verdict(FXDP_C_ENCAP_PASS_NOT_IPV4, len, TC_ACT_OK);
 
 	/* Headers of forwarded packets can sit in paged data: make the Ethernet and IPv4 headers
-	 * (options included) linear. No-op when they already are. */
-	__u32 want = len < ETH_HLEN + 60 ? (__u32)len : ETH_HLEN + 60;
-	if ((long)skb->data + want > (long)skb->data_end)
-		bpf_skb_pull_data(skb, want);
+	 * (options included) linear, and nothing more. */
+	fxdp_linearize_ipv4_headers(skb, 0);
 	struct fxdp_cursor cur = { .pos = (void *)(long)skb->data, .end = (void *)(long)skb->data_end };
 	struct iphdr *inner_ip = NULL;
 	if (!fxdp_parse_eth(&cur) || fxdp_parse_ipv4(&cur, &inner_ip) != FXDP_IPV4_OK || !inner_ip)
@@ -334,10 +332,8 @@ int fxdp_decap_check(struct __sk_buff *skb)
 	if (skb->vlan_present)
 		return fxdp_count_verdict(FXDP_C_DECAP_PASS_VLAN, len, TC_ACT_OK);
 
-	/* Make the headers the classification reads linear (no-op when they already are). */
-	__u32 want = len < FXDP_DECAP_PULL_LEN ? (__u32)len : FXDP_DECAP_PULL_LEN;
-	if ((long)skb->data + want > (long)skb->data_end)
-		bpf_skb_pull_data(skb, want);
+	/* Make the headers the classification reads linear, and nothing more. */
+	fxdp_linearize_ipv4_headers(skb, FXDP_DECAP_AFTER_OUTER_IP);
 	struct fxdp_node_key node = {};
 	__u32 code = fxdp_classify_decap((void *)(long)skb->data, (void *)(long)skb->data_end, cfg, &node);
 	if (code == FXDP_C_DECAP_OK) {

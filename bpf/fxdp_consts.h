@@ -42,8 +42,8 @@ struct fxdp_encap_headers {
 _Static_assert(sizeof(struct fxdp_vxlanhdr) == 8, "VXLAN header is 8 bytes");
 _Static_assert(sizeof(struct fxdp_encap_headers) == ETH_HLEN + FXDP_VXLAN_OVERHEAD, "encap headers");
 
-/* Longest header stack the decap classification reads: outer Ethernet, IPv4 with the longest
- * options, UDP, VXLAN, inner Ethernet, inner IPv4 without options. The TC check pulls this much. */
-#define FXDP_DECAP_PULL_LEN (ETH_HLEN + 60 + 8 + 8 + ETH_HLEN + 20)
+/* What the TC decap check reads after the outer IPv4 header (options included): UDP, VXLAN, inner
+ * Ethernet, inner IPv4 without options. */
+#define FXDP_DECAP_AFTER_OUTER_IP (8 + 8 + ETH_HLEN + 20)
 
 #endif
