@@ -22,9 +22,11 @@ func waitFor(_ timeout: Double, _ condition: () throws -> Bool) rethrows -> Doub
 /// A `ping -i 0.01` running in the background; `finish()` returns (sent, received).
 struct BackgroundPing {
     let process: LabProcess
+    let started = monotonicSeconds()
     init(_ lab: NetnsLab, from ns: String, to ip: IPv4Address, seconds: Double) throws {
         let count = Int(seconds / 0.01)
-        process = try lab.spawn(ns, [LabTools.ping, "-n", "-q", "-i", "0.01", "-W", "1", "-c", "\(count)", "\(ip)"])
+        // Not -q: the reply lines tell which sequence numbers went missing, for the failure message.
+        process = try lab.spawn(ns, [LabTools.ping, "-n", "-i", "0.01", "-W", "1", "-c", "\(count)", "\(ip)"])
     }
 
     func finish(timeout: Double = 30) -> (sent: Int, received: Int) {
@@ -34,6 +36,18 @@ struct BackgroundPing {
         guard let line = out.split(separator: "\n").first(where: { $0.contains("packets transmitted") }) else { return (0, 0) }
         let numbers = line.split(whereSeparator: { !$0.isNumber }).compactMap { Int($0) }
         return numbers.count >= 2 ? (numbers[0], numbers[1]) : (0, 0)
+    }
+
+    /// The sequence numbers without a reply, with their send time in seconds after the start (10 ms
+    /// apart), e.g. "icmp_seq 212 (~2.12 s)": where in the test the loss happened.
+    func missing(sent: Int) -> String {
+        var seen = Set<Int>()
+        for line in process.output().split(separator: "\n") {
+            guard let range = line.firstRange(of: "icmp_seq=") else { continue }
+            if let n = Int(line[range.upperBound...].prefix(while: { $0.isNumber })) { seen.insert(n) }
+        }
+        let lost = (1...max(1, sent)).filter { !seen.contains($0) }
+        return lost.map { "icmp_seq \($0) (~\(String(format: "%.2f", Double($0 - 1) * 0.01)) s)" }.joined(separator: ", ")
     }
 }
 
@@ -140,7 +154,7 @@ struct ClusterTests {
             usleep(200_000)
         }
         let r = ping.finish()
-        #expect(r.sent > 0 && r.received == r.sent, "pings lost across restarts: \(r)")
+        #expect(r.sent > 0 && r.received == r.sent, "pings lost across restarts: \(r); missing \(ping.missing(sent: r.sent))")
         #expect(stream.waitExit(timeout: 20) == 0, "TCP stream broke: \(stream.output().suffix(500))")
         server.terminate()
         #expect(readFile(cluster.subnetFile(a)).contains("FLANNEL_SUBNET=\(a.podSubnet.host(1))/24"))
@@ -162,16 +176,26 @@ struct ClusterTests {
 
         let ping = try BackgroundPing(cluster.lab, from: stockNode.podNamespace, to: other.podIP, seconds: 4)
         usleep(500_000)
+        let takeover = monotonicSeconds() - ping.started
         try cluster.startDaemon(stockNode) // takes over
+        let ready = monotonicSeconds() - ping.started
         usleep(1_000_000)
         #expect(try cluster.pinnedCounter(stockNode, FXDP_C_ENCAP_OK) > 0, "traffic did not move onto the BPF path")
         #expect(try cluster.lab.linkMAC(stockNode.name, "flannel.1") == standIn.vtepMAC)
         // Hand back: stop our daemon and detach BPF, keeping flannel.1 and the kernel routes.
+        let handBack = monotonicSeconds() - ping.started
         cluster.stopDaemon(stockNode)
         let back = try cluster.runTool(stockNode, ["cleanup", "--keep-kernel-path", "--bpffs", cluster.bpffs(stockNode)])
+        let handedBack = monotonicSeconds() - ping.started
         #expect(back.status == 0, "cleanup --keep-kernel-path: \(back.stderr)")
         let r = ping.finish()
-        #expect(r.sent > 0 && r.received == r.sent, "pings lost during takeover/hand-back: \(r)")
+        #expect(r.sent > 0 && r.received == r.sent,
+                """
+                pings lost during takeover/hand-back: \(r); missing \(ping.missing(sent: r.sent)); takeover started at \
+                \(String(format: "%.2f", takeover)) s, ready at \(String(format: "%.2f", ready)) s, hand-back \
+                \(String(format: "%.2f", handBack))–\(String(format: "%.2f", handedBack)) s; daemon log:
+                \(cluster.daemonLog(stockNode).suffix(2000))
+                """)
         #expect(try cluster.leasedSubnets().contains(stockNode.podSubnet))
         #expect(try cluster.lab.linkMAC(stockNode.name, "flannel.1") == standIn.vtepMAC)
         #expect(try cluster.lab.waitForPing(from: stockNode.podNamespace, to: other.podIP, timeout: 2))
