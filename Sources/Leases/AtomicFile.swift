@@ -4,15 +4,15 @@
 
 import Glibc
 
-enum AtomicFile {
-    struct Failure: Error, Sendable, Equatable {
-        var operation: String
-        var path: String
-        var errno: Int32
+public enum AtomicFile {
+    public struct Failure: Error, Sendable, Equatable {
+        public var operation: String
+        public var path: String
+        public var errno: Int32
     }
 
     /// Writes `bytes` to `path` with `mode`, creating missing parent folders (0755).
-    static func write(_ bytes: [UInt8], to path: String, mode: mode_t) throws(Failure) {
+    public static func write(_ bytes: [UInt8], to path: String, mode: mode_t) throws(Failure) {
         let dir = parentDirectory(of: path)
         if !dir.isEmpty, access(dir, F_OK) != 0 {
             try makeDirectories(dir)
@@ -49,7 +49,7 @@ enum AtomicFile {
 
     /// The whole file, or nil when it does not exist; `limit` bytes at most (the rest is not read,
     /// and `truncated` says so).
-    static func read(from path: String, limit: Int) throws(Failure) -> (bytes: [UInt8], truncated: Bool)? {
+    public static func read(from path: String, limit: Int) throws(Failure) -> (bytes: [UInt8], truncated: Bool)? {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         if fd < 0 {
             if errno == ENOENT { return nil }

@@ -14,6 +14,7 @@
 // daemon's file still reads with an older `status`.
 
 import Glibc
+import Leases
 
 /// What the daemon knows about itself, as written to the state file.
 public struct NodeState: Sendable, Equatable {
@@ -281,69 +282,25 @@ enum FlatJSON {
     }
 }
 
-/// Small file helpers over Glibc.
+/// The state file's reads and writes: Leases.AtomicFile (temp + fsync + rename), errors as OperationsError.
 enum FileIO {
     static func writeAtomically(path: String, contents: String, mode: mode_t) throws(OperationsError) {
-        if let slash = path.lastIndex(of: "/"), slash != path.startIndex {
-            let dir = String(path[..<slash])
-            if access(dir, F_OK) != 0 { try makeDirectories(dir) }
-        }
-        let temp = path + ".tmp.\(getpid())"
-        let fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
-        guard fd >= 0 else {
-            throw OperationsError(operation: "create \(temp)", detail: "cannot create the file", errno: errno,
+        do {
+            try AtomicFile.write(Array(contents.utf8), to: path, mode: mode)
+        } catch {
+            throw OperationsError(operation: "\(error.operation) \(error.path)", detail: "cannot write the file", errno: error.errno,
                                   hint: "run as root, or point --subnet-file at a writable folder")
-        }
-        let bytes = Array(contents.utf8)
-        var written = 0
-        while written < bytes.count {
-            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + written, bytes.count - written) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else {
-                let e = errno
-                close(fd)
-                unlink(temp)
-                throw OperationsError(operation: "write \(temp)", detail: "short write", errno: e, hint: "is the disk full?")
-            }
-            written += n
-        }
-        fchmod(fd, mode)
-        close(fd)
-        guard rename(temp, path) == 0 else {
-            let e = errno
-            unlink(temp)
-            throw OperationsError(operation: "rename \(temp) → \(path)", detail: "cannot replace the file", errno: e,
-                                  hint: "check the folder's permissions")
-        }
-    }
-
-    static func makeDirectories(_ dir: String) throws(OperationsError) {
-        var current = ""
-        for part in dir.split(separator: "/") {
-            current += "/" + part
-            if mkdir(current, 0o755) != 0 && errno != EEXIST {
-                throw OperationsError(operation: "mkdir \(current)", detail: "cannot create the folder", errno: errno,
-                                      hint: "run as root")
-            }
         }
     }
 
     /// nil when the file does not exist.
     static func read(path: String, limit: Int) throws(OperationsError) -> String? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        if fd < 0 {
-            if errno == ENOENT { return nil }
-            throw OperationsError(operation: "open \(path)", detail: "cannot read the file", errno: errno, hint: "run as root")
+        do {
+            guard let file = try AtomicFile.read(from: path, limit: limit) else { return nil }
+            return String(decoding: file.bytes, as: UTF8.self)
+        } catch {
+            throw OperationsError(operation: "\(error.operation) \(error.path)", detail: "cannot read the file", errno: error.errno,
+                                  hint: "run as root")
         }
-        defer { close(fd) }
-        var data: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while data.count < limit {
-            let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, 4096) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { break }
-            data += buffer[0..<n]
-        }
-        return String(decoding: data, as: UTF8.self)
     }
 }
