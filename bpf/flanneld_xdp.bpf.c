@@ -1,16 +1,27 @@
-/* flanneld_xdp.bpf.c — flannel's VXLAN data path in eBPF: three entry points, one object.
+/* flanneld_xdp.bpf.c — flannel's VXLAN data path in eBPF: six entry points, one object.
  *
  * fxdp_encap       TC egress on flannel.<VNI> (a real kernel vxlan device configured as flanneld
  *                  configures it). IPv4 to a peer's pod subnet is wrapped in outer Ethernet/IPv4/UDP/
  *                  VXLAN/inner Ethernet exactly as that device would frame it and redirected to the
  *                  underlay; anything else goes on to the kernel device, which carries it as stock
  *                  flannel would. Detaching the program hands all traffic back to the kernel.
- * fxdp_decap_xdp   XDP on the underlay: VXLAN from a known peer node, our VNI, our VtepMAC is stripped
- *                  and passed up as the inner packet (Ethernet header re-addressed to the underlay).
- * fxdp_decap_check TC ingress on the underlay where XDP would cost more than it saves (veth): the same
- *                  classification and counters, but valid VXLAN is left to the kernel vxlan device.
+ * fxdp_decap_xdp   XDP on the underlay (decap mode xdp): VXLAN from a peer node, our VNI, our VtepMAC,
+ *                  an inner source of that peer is stripped (the outer CE mark copied in) and marked
+ *                  in the XDP metadata for fxdp_decap_steer.
+ * fxdp_decap_steer TC ingress on the underlay (decap mode xdp): hands each frame fxdp_decap_xdp
+ *                  stripped to flannel.<VNI>'s ingress, so that routing, netfilter and rp_filter see
+ *                  it arrive on the overlay device, as the kernel's decap delivers it.
+ * fxdp_decap_check TC ingress on the underlay (decap mode tc, where XDP would cost more than it saves,
+ *                  as on veth): the same classification and counters, but valid VXLAN is left to the
+ *                  kernel vxlan device.
+ * fxdp_vxlan_door  netfilter LOCAL_IN of the node's network namespace: the kernel's vxlan socket
+ *                  listens on every local address of every interface; this is its one door. Only
+ *                  datagrams from a peer node, through the underlay, to the node IP get in.
+ * fxdp_pod_guard   netfilter FORWARD: pods are never peers, so a pod's datagram to a VXLAN port outside
+ *                  the pod network is dropped before masquerade could give it a node's address.
  *
- * Verdicts (every row bumps exactly one counter, named after FXDP_C_):
+ * Verdicts (every packet a program decides on bumps exactly one counter, named after FXDP_C_; the
+ * netfilter programs count only datagrams to our VXLAN port, fxdp_decap_steer only what it steers):
  *
  * | program            | packet                                                   | verdict          | counter                 |
  * |--------------------|----------------------------------------------------------|------------------|-------------------------|
@@ -33,27 +44,42 @@
  * | decap (both)       | non-first fragment (no UDP header to classify)           | PASS / OK        | DECAP_PASS_FRAGMENT     |
  * | decap (both)       | UDP header truncated                                     | DROP / SHOT      | DECAP_DROP_MALFORMED    |
  * | decap (both)       | UDP to another port                                      | PASS / OK        | DECAP_PASS_NOT_VXLAN    |
- * | decap (both)       | to our port but another destination IP (transit)         | PASS / OK        | DECAP_PASS_OTHER_HOST   |
- * | decap (both)       | to our port, first fragment (MF)                         | DROP / SHOT      | DECAP_DROP_FRAGMENT     |
+ * | decap (both)       | to our port but another destination IP                   | PASS / OK        | DECAP_PASS_OTHER_HOST   |
  * | decap (both)       | to our port, outer IPv4 options                          | DROP / SHOT      | DECAP_DROP_IP_OPTIONS   |
+ * | decap (both)       | to our port, outer tot_len beyond the packet             | DROP / SHOT      | DECAP_DROP_MALFORMED    |
+ * | decap (both)       | to our port, outer IPv4 header checksum wrong            | DROP / SHOT      | DECAP_DROP_OUTER_CSUM   |
  * | decap (both)       | to our port, source not in fxdp_nodes                    | DROP / SHOT      | DECAP_DROP_NOT_PEER     |
  * | decap (both)       | VXLAN header truncated                                   | DROP / SHOT      | DECAP_DROP_MALFORMED    |
  * | decap (both)       | flags != I only, reserved bits, or VNI != ours           | DROP / SHOT      | DECAP_DROP_BAD_VNI      |
  * | decap (both)       | inner Ethernet header truncated                          | DROP / SHOT      | DECAP_DROP_MALFORMED    |
  * | decap (both)       | inner Ethernet destination != our VtepMAC                | DROP / SHOT      | DECAP_DROP_INNER_NOT_OURS |
+ * | decap (both)       | inner Ethernet source == our VtepMAC (a loop)            | DROP / SHOT      | DECAP_DROP_LOOP         |
  * | decap (both)       | inner Ethernet type not IPv4                             | DROP / SHOT      | DECAP_DROP_INNER_NOT_IPV4 |
  * | decap (both)       | inner IPv4 header truncated (< 20 bytes)                 | DROP / SHOT      | DECAP_DROP_MALFORMED    |
+ * | decap (both)       | outer CE on a not-ECT inner packet                       | DROP / SHOT      | DECAP_DROP_ECN          |
+ * | decap (both)       | inner source neither in the sender's subnets nor its own | DROP / SHOT      | DECAP_DROP_INNER_SOURCE |
+ * | decap (both)       | first fragment (MF) lacking any header above             | DROP / SHOT      | DECAP_DROP_FRAGMENT     |
+ * | decap (both)       | first fragment (MF), every check above passed            | PASS / OK        | DECAP_FRAGMENT_OK       |
  * | decap_xdp          | valid; bpf_xdp_adjust_head fails                         | XDP_DROP         | DECAP_DROP_ADJUST       |
- * | decap_xdp          | valid: 50 bytes stripped, Ethernet dst = underlay MAC    | XDP_PASS         | DECAP_OK                |
+ * | decap_xdp          | valid; the driver keeps no XDP metadata                  | XDP_PASS         | DECAP_CHECK_OK          |
+ * | decap_xdp          | valid: stripped, CE copied in, marked for the steer      | XDP_PASS         | DECAP_OK                |
  * | decap_check        | valid: left to the kernel vxlan device                   | TC_ACT_OK        | DECAP_CHECK_OK          |
+ * | decap_steer        | marked by decap_xdp: into flannel.<VNI>'s ingress        | TC_ACT_REDIRECT  | DECAP_STEER_OK          |
+ * | decap_steer        | anything else (decap_xdp counted it)                     | TC_ACT_OK        | —                       |
+ * | vxlan_door         | UDP to our port from an address not in fxdp_nodes        | NF_DROP          | DOOR_DROP_NOT_PEER      |
+ * | vxlan_door         | from a peer, not via the underlay or not to the node IP  | NF_DROP          | DOOR_DROP_WRONG_DOOR    |
+ * | vxlan_door         | from a peer, via the underlay, to the node IP            | NF_ACCEPT        | DOOR_OK                 |
+ * | pod_guard          | UDP to our port, source in the pod network, dest outside | NF_DROP          | GUARD_DROP_POD_VXLAN    |
  *
  * Why these verdicts: anything that is not VXLAN to our port passes untouched (the underlay carries
  * other traffic); a VXLAN datagram is accepted only when every header the kernel vxlan device would
- * check is right AND it comes from a peer node (stock flannel accepts VXLAN from anyone: #1757).
- * Outer fragments to our port are dropped because their reassembly would reach the kernel vxlan
- * socket without the source check (flannel's overlay MTU means peers never fragment). Malformed IPv4
- * is dropped where the kernel's ip_rcv would drop it anyway. Non-first fragments pass: without the
- * first fragment (dropped above when it is ours) they never reassemble.
+ * check is right AND it comes from a peer node (stock flannel accepts VXLAN from anyone: #1757)
+ * AND its inner source belongs to that peer (a compromised node cannot speak for another node's
+ * pods). Outer fragments are delivered as stock flannel delivers them, through the kernel's
+ * reassembly, because their first fragment is checked here like a whole datagram (overlapping
+ * fragments are discarded by the kernel, so the checked headers are the ones reassembled) and the
+ * reassembled datagram meets fxdp_vxlan_door. Non-first fragments pass: they never reassemble
+ * without a first fragment that passed. Malformed IPv4 is dropped where ip_rcv would drop it anyway.
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -69,6 +95,7 @@
 #include "fxdp_counters.h"
 #include "fxdp_parsing.h"
 #include "fxdp_csum.h"
+#include "fxdp_netfilter.h"
 
 /* FXDP_PROGRAM_VARIANT: a build-time number compiled into the code (not the data) of every program,
  * so a build with another variant has other program tags over exactly the same maps. Normal builds
@@ -89,7 +116,7 @@ static __always_inline const struct fxdp_config *fxdp_config_get(void)
 {
 	FXDP_VARIANT_MARK();
 	__u32 zero = 0;
-	const struct fxdp_config *cfg = bpf_map_lookup_elem(&fxdp_config_v1, &zero);
+	const struct fxdp_config *cfg = bpf_map_lookup_elem(&fxdp_config_v2, &zero);
 	if (!cfg || !(cfg->flags & FXDP_CFG_F_ENABLED))
 		return NULL;
 	return cfg;
@@ -135,7 +162,7 @@ int fxdp_encap(struct __sk_buff *skb)
 
 	struct fxdp_peer_key key = { .prefixlen = 32 };
 	__builtin_memcpy(key.subnet, &inner_ip->daddr, 4);
-	const struct fxdp_peer_value *peer = bpf_map_lookup_elem(&fxdp_peers_v1, &key);
+	const struct fxdp_peer_value *peer = bpf_map_lookup_elem(&fxdp_peers_v2, &key);
 	if (!peer)
 		return fxdp_count_verdict(FXDP_C_ENCAP_PASS_NO_PEER, len, TC_ACT_OK);
 	struct fxdp_node_key peer_node = {};
@@ -179,7 +206,7 @@ int fxdp_encap(struct __sk_buff *skb)
 	ip.tot_len = bpf_htons(outer_ip_len);
 	ip.id = (__u16)bpf_get_prandom_u32();
 	ip.frag_off = 0; /* no DF, like the kernel vxlan device flannel creates */
-	ip.ttl = FXDP_OUTER_TTL;
+	ip.ttl = cfg->outer_ttl ? cfg->outer_ttl : FXDP_OUTER_TTL;
 	ip.protocol = IPPROTO_UDP;
 	__builtin_memcpy(&ip.saddr, cfg->node_ip, 4);
 	__builtin_memcpy(&ip.daddr, peer->node_ip, 4);
@@ -215,11 +242,32 @@ int fxdp_encap(struct __sk_buff *skb)
 
 /* ------------------------------------------------------------ decap (underlay, XDP or TC check) -- */
 
-/* Classifies one frame for both decap programs. FXDP_C_DECAP_OK means "valid VXLAN for us"; each
- * entry point maps it to its own action. The table at the top lists the order of the checks. On
- * FXDP_C_DECAP_OK, `node` holds the sending peer node's IP (for the per-peer counters). */
-static __always_inline __u32 fxdp_classify_decap(void *data, void *data_end, const struct fxdp_config *cfg,
-						  struct fxdp_node_key *node)
+/* What the classification found beyond its verdict, for the entry points. */
+struct fxdp_decap_facts {
+	struct fxdp_node_key node; /* the sending peer node (outer source), on FXDP_C_DECAP_OK */
+	__u8 outer_tos;            /* for the CE copy */
+};
+
+/* Whether the inner source may come from the peer that sent the datagram: its own address, or an
+ * address in a subnet fxdp_peers gives to it (its pods, its flannel.<VNI> address). */
+static __always_inline int fxdp_inner_source_ok(const struct iphdr *outer, const struct iphdr *inner)
+{
+	if (inner->saddr == outer->saddr)
+		return 1;
+	struct fxdp_peer_key key = { .prefixlen = 32 };
+	__builtin_memcpy(key.subnet, &inner->saddr, 4);
+	const struct fxdp_peer_value *owner = bpf_map_lookup_elem(&fxdp_peers_v2, &key);
+	if (!owner)
+		return 0;
+	return fxdp_ip_equal(&outer->saddr, owner->node_ip) || fxdp_ip_equal(&outer->saddr, owner->source_ip);
+}
+
+/* Classifies one frame for both decap programs. FXDP_C_DECAP_OK means "valid VXLAN for us";
+ * FXDP_C_DECAP_FRAGMENT_OK the same for a first fragment; each entry point maps them to its own
+ * action. The table at the top lists the order of the checks. `packet_len` is the whole packet's
+ * length (data_end - data only covers the linear part of an skb). */
+static __always_inline __u32 fxdp_classify_decap(void *data, void *data_end, __u64 packet_len,
+						  const struct fxdp_config *cfg, struct fxdp_decap_facts *facts)
 {
 	struct fxdp_cursor cur = { .pos = data, .end = data_end };
 
@@ -245,35 +293,53 @@ static __always_inline __u32 fxdp_classify_decap(void *data, void *data_end, con
 	if (udp->dest != bpf_htons(cfg->udp_port))
 		return FXDP_C_DECAP_PASS_NOT_VXLAN;
 
-	/* VXLAN for another host that we merely route: the kernel forwards it as before. */
+	/* VXLAN to another address: routed on when it is transit, and met by fxdp_vxlan_door when it
+	 * is another local address of ours (cni0, flannel.<VNI>, a broadcast). */
 	if (!fxdp_ip_equal(&ip->daddr, cfg->node_ip))
 		return FXDP_C_DECAP_PASS_OTHER_HOST;
 
-	/* From here on the datagram is addressed to the VXLAN socket: anything wrong is dropped. */
-	if (ip->frag_off & bpf_htons(FXDP_IP_MF))
-		return FXDP_C_DECAP_DROP_FRAGMENT;
+	/* From here on the datagram is addressed to the VXLAN socket: anything wrong is dropped. A
+	 * first fragment (MF) must carry every header checked below; its checks stand for the
+	 * reassembled datagram. */
+	int first_fragment = (ip->frag_off & bpf_htons(FXDP_IP_MF)) != 0;
+	__u32 truncated = first_fragment ? FXDP_C_DECAP_DROP_FRAGMENT : FXDP_C_DECAP_DROP_MALFORMED;
 	if (ip->ihl != 5)
 		return FXDP_C_DECAP_DROP_IP_OPTIONS;
-	__builtin_memcpy(node->node_ip, &ip->saddr, 4);
-	if (!bpf_map_lookup_elem(&fxdp_nodes_v1, node))
+	if (ETH_HLEN + (__u64)bpf_ntohs(ip->tot_len) > packet_len)
+		return FXDP_C_DECAP_DROP_MALFORMED;
+	if (!fxdp_ipv4_header_csum_ok(ip))
+		return FXDP_C_DECAP_DROP_OUTER_CSUM;
+	__builtin_memcpy(facts->node.node_ip, &ip->saddr, 4);
+	if (!bpf_map_lookup_elem(&fxdp_nodes_v2, &facts->node)) {
+		fxdp_note_stranger(&facts->node);
 		return FXDP_C_DECAP_DROP_NOT_PEER;
+	}
 
 	struct fxdp_vxlanhdr *vx = fxdp_parse_vxlan(&cur);
 	if (!vx)
-		return FXDP_C_DECAP_DROP_MALFORMED;
+		return truncated;
 	if (vx->flags != bpf_htonl(FXDP_VXLAN_FLAGS_I) || vx->vni != bpf_htonl(cfg->vni << 8))
 		return FXDP_C_DECAP_DROP_BAD_VNI;
 
 	struct ethhdr *inner_eth = fxdp_parse_eth(&cur);
 	if (!inner_eth)
-		return FXDP_C_DECAP_DROP_MALFORMED;
+		return truncated;
 	if (!fxdp_mac_equal(inner_eth->h_dest, cfg->vtep_mac))
 		return FXDP_C_DECAP_DROP_INNER_NOT_OURS;
+	if (fxdp_mac_equal(inner_eth->h_source, cfg->vtep_mac))
+		return FXDP_C_DECAP_DROP_LOOP;
 	if (inner_eth->h_proto != bpf_htons(ETH_P_IP))
 		return FXDP_C_DECAP_DROP_INNER_NOT_IPV4;
-	if (cur.pos + sizeof(struct iphdr) > cur.end)
-		return FXDP_C_DECAP_DROP_MALFORMED;
-	return FXDP_C_DECAP_OK;
+	struct iphdr *inner_ip = cur.pos;
+	if ((void *)(inner_ip + 1) > cur.end)
+		return truncated;
+	/* IP_ECN_decapsulate: outer CE cannot be carried by a not-ECT inner packet. */
+	if ((ip->tos & 0x3) == 0x3 && (inner_ip->tos & 0x3) == 0)
+		return FXDP_C_DECAP_DROP_ECN;
+	if ((cfg->flags & FXDP_CFG_F_INNER_SOURCE_CHECK) && !fxdp_inner_source_ok(ip, inner_ip))
+		return FXDP_C_DECAP_DROP_INNER_SOURCE;
+	facts->outer_tos = ip->tos;
+	return first_fragment ? FXDP_C_DECAP_FRAGMENT_OK : FXDP_C_DECAP_OK;
 }
 
 /* Which decap codes are drops, as a bit mask over codes 16..47 (a switch here would compile to a
@@ -284,7 +350,9 @@ static __always_inline __u32 fxdp_classify_decap(void *data, void *data_end, con
 	(FXDP_DECAP_BIT(FXDP_C_DECAP_DROP_NOT_PEER) | FXDP_DECAP_BIT(FXDP_C_DECAP_DROP_BAD_VNI) |         \
 	 FXDP_DECAP_BIT(FXDP_C_DECAP_DROP_MALFORMED) | FXDP_DECAP_BIT(FXDP_C_DECAP_DROP_FRAGMENT) |       \
 	 FXDP_DECAP_BIT(FXDP_C_DECAP_DROP_IP_OPTIONS) | FXDP_DECAP_BIT(FXDP_C_DECAP_DROP_INNER_NOT_OURS) | \
-	 FXDP_DECAP_BIT(FXDP_C_DECAP_DROP_ADJUST) | FXDP_DECAP_BIT(FXDP_C_DECAP_DROP_INNER_NOT_IPV4))
+	 FXDP_DECAP_BIT(FXDP_C_DECAP_DROP_ADJUST) | FXDP_DECAP_BIT(FXDP_C_DECAP_DROP_INNER_NOT_IPV4) |    \
+	 FXDP_DECAP_BIT(FXDP_C_DECAP_DROP_INNER_SOURCE) | FXDP_DECAP_BIT(FXDP_C_DECAP_DROP_LOOP) |         \
+	 FXDP_DECAP_BIT(FXDP_C_DECAP_DROP_OUTER_CSUM) | FXDP_DECAP_BIT(FXDP_C_DECAP_DROP_ECN))
 
 static __always_inline int fxdp_decap_is_drop(__u32 code)
 {
@@ -303,23 +371,60 @@ int fxdp_decap_xdp(struct xdp_md *ctx)
 	if (!cfg)
 		return fxdp_count_verdict(FXDP_C_DECAP_PASS_DISABLED, len, XDP_PASS);
 
-	struct fxdp_node_key node = {};
-	__u32 code = fxdp_classify_decap(data, data_end, cfg, &node);
+	struct fxdp_decap_facts facts = {};
+	__u32 code = fxdp_classify_decap(data, data_end, len, cfg, &facts);
 	if (code != FXDP_C_DECAP_OK)
 		return fxdp_count_verdict(code, len, fxdp_decap_is_drop(code) ? XDP_DROP : XDP_PASS);
 
+	/* The mark for fxdp_decap_steer goes in first: a driver without XDP metadata refuses it, and
+	 * the datagram then goes up whole to the kernel vxlan device (after fxdp_vxlan_door), which
+	 * delivers it on the overlay as stock flannel does. */
+	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct fxdp_xdp_meta))) {
+		fxdp_count_peer(&facts.node, len, 1);
+		return fxdp_count_verdict(FXDP_C_DECAP_CHECK_OK, len, XDP_PASS);
+	}
 	if (bpf_xdp_adjust_head(ctx, FXDP_VXLAN_OVERHEAD))
 		return fxdp_count_verdict(FXDP_C_DECAP_DROP_ADJUST, len, XDP_DROP);
-	/* Re-derive: adjust_head invalidated every packet pointer. The inner Ethernet header is now
-	 * first; the stack drops frames not addressed to the interface, so re-address it (PITFALLS). */
+	/* Re-derive: both helpers invalidated every packet pointer. */
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
+	struct fxdp_xdp_meta *meta = (void *)(long)ctx->data_meta;
 	struct ethhdr *eth = data;
-	if ((void *)(eth + 1) > data_end)
+	struct iphdr *inner_ip = data + ETH_HLEN;
+	if ((void *)(meta + 1) > data || (void *)(inner_ip + 1) > data_end)
 		return fxdp_count_verdict(FXDP_C_DECAP_DROP_ADJUST, len, XDP_DROP);
+	meta->magic = FXDP_XDP_META_MAGIC;
+	/* The stack drops frames not addressed to the interface they arrive on: until the steer moves
+	 * the frame to flannel.<VNI>, address it to the underlay (were the steer detached, the packet
+	 * would still be delivered, as before it existed). */
 	__builtin_memcpy(eth->h_dest, cfg->underlay_mac, ETH_ALEN);
-	fxdp_count_peer(&node, len, 1);
+	/* IP_ECN_decapsulate: an outer CE mark is copied into an ECT inner header. */
+	if ((facts.outer_tos & 0x3) == 0x3 && (inner_ip->tos & 0x3) != 0x3) {
+		__u16 old = *(__u16 *)inner_ip;
+		inner_ip->tos |= 0x3;
+		inner_ip->check = fxdp_csum_replace16(inner_ip->check, old, *(__u16 *)inner_ip);
+	}
+	fxdp_count_peer(&facts.node, len, 1);
 	return fxdp_count_verdict(FXDP_C_DECAP_OK, len, XDP_PASS);
+}
+
+SEC("tc")
+int fxdp_decap_steer(struct __sk_buff *skb)
+{
+	struct fxdp_xdp_meta *meta = (void *)(long)skb->data_meta;
+	if ((void *)(meta + 1) > (void *)(long)skb->data || meta->magic != FXDP_XDP_META_MAGIC)
+		return TC_ACT_OK;
+	/* Decapsulated while enabled: steer it even if the flag was just cleared (the overlay device is
+	 * the same either way). */
+	FXDP_VARIANT_MARK();
+	__u32 zero = 0;
+	const struct fxdp_config *cfg = bpf_map_lookup_elem(&fxdp_config_v2, &zero);
+	if (!cfg || !cfg->overlay_ifindex)
+		return TC_ACT_OK;
+	/* flannel.<VNI>'s receive path keeps frames addressed to its own MAC, the VtepMAC. */
+	if (bpf_skb_store_bytes(skb, 0, cfg->vtep_mac, ETH_ALEN, 0))
+		return TC_ACT_OK;
+	return fxdp_count_verdict(FXDP_C_DECAP_STEER_OK, skb->len, bpf_redirect(cfg->overlay_ifindex, BPF_F_INGRESS));
 }
 
 SEC("tc")
@@ -334,13 +439,81 @@ int fxdp_decap_check(struct __sk_buff *skb)
 
 	/* Make the headers the classification reads linear, and nothing more. */
 	fxdp_linearize_ipv4_headers(skb, FXDP_DECAP_AFTER_OUTER_IP);
-	struct fxdp_node_key node = {};
-	__u32 code = fxdp_classify_decap((void *)(long)skb->data, (void *)(long)skb->data_end, cfg, &node);
+	struct fxdp_decap_facts facts = {};
+	__u32 code = fxdp_classify_decap((void *)(long)skb->data, (void *)(long)skb->data_end, len, cfg, &facts);
 	if (code == FXDP_C_DECAP_OK) {
-		fxdp_count_peer(&node, len, 1);
+		fxdp_count_peer(&facts.node, len, 1);
 		return fxdp_count_verdict(FXDP_C_DECAP_CHECK_OK, len, TC_ACT_OK);
 	}
 	return fxdp_count_verdict(code, len, fxdp_decap_is_drop(code) ? TC_ACT_SHOT : TC_ACT_OK);
+}
+
+/* ------------------------------------------------- the socket's door and the pods (netfilter) -- */
+
+/* The IPv4 and UDP headers of a datagram to our VXLAN port at a netfilter hook (the skb starts at
+ * its IPv4 header there), or 0 when it is something else: not IPv4/UDP, a non-first fragment,
+ * another port, too short. */
+static __always_inline int fxdp_nf_vxlan_datagram(struct bpf_nf_ctx *ctx, const struct fxdp_config *cfg,
+						   struct iphdr *ip_out)
+{
+	struct bpf_dynptr ptr;
+	if (bpf_dynptr_from_skb((struct __sk_buff *)ctx->skb, 0, &ptr))
+		return 0;
+	struct iphdr ip_buf;
+	const struct iphdr *ip = bpf_dynptr_slice(&ptr, 0, &ip_buf, sizeof(ip_buf));
+	if (!ip || ip->version != 4 || ip->ihl < 5 || ip->protocol != IPPROTO_UDP ||
+	    (ip->frag_off & bpf_htons(FXDP_IP_OFFSET)))
+		return 0;
+	struct udphdr udp_buf;
+	const struct udphdr *udp = bpf_dynptr_slice(&ptr, ip->ihl * 4, &udp_buf, sizeof(udp_buf));
+	if (!udp || udp->dest != bpf_htons(cfg->udp_port))
+		return 0;
+	*ip_out = *ip;
+	return 1;
+}
+
+SEC("netfilter")
+int fxdp_vxlan_door(struct bpf_nf_ctx *ctx)
+{
+	const struct fxdp_config *cfg = fxdp_config_get();
+	struct iphdr ip;
+	if (!cfg || !fxdp_nf_vxlan_datagram(ctx, cfg, &ip))
+		return FXDP_NF_ACCEPT;
+	__u64 len = ctx->skb->len;
+	struct fxdp_node_key source = {};
+	__builtin_memcpy(source.node_ip, &ip.saddr, 4);
+	if (!bpf_map_lookup_elem(&fxdp_nodes_v2, &source)) {
+		fxdp_note_stranger(&source);
+		return fxdp_count_verdict(FXDP_C_DOOR_DROP_NOT_PEER, len, FXDP_NF_DROP);
+	}
+	const struct net_device *in = ctx->state->in;
+	int ifindex = in ? in->ifindex : 0;
+	if (ifindex != (int)cfg->underlay_ifindex || !fxdp_ip_equal(&ip.daddr, cfg->node_ip))
+		return fxdp_count_verdict(FXDP_C_DOOR_DROP_WRONG_DOOR, len, FXDP_NF_DROP);
+	return fxdp_count_verdict(FXDP_C_DOOR_OK, len, FXDP_NF_ACCEPT);
+}
+
+static __always_inline int fxdp_in_network(const struct fxdp_config *cfg, __be32 address)
+{
+	__u32 prefix = cfg->network_prefixlen;
+	if (prefix == 0 || prefix > 32)
+		return 0;
+	__u32 mask = prefix == 32 ? 0xffffffffu : ~(0xffffffffu >> prefix);
+	__be32 network;
+	__builtin_memcpy(&network, cfg->network, 4);
+	return (bpf_ntohl(address) & mask) == (bpf_ntohl(network) & mask);
+}
+
+SEC("netfilter")
+int fxdp_pod_guard(struct bpf_nf_ctx *ctx)
+{
+	const struct fxdp_config *cfg = fxdp_config_get();
+	struct iphdr ip;
+	if (!cfg || !fxdp_nf_vxlan_datagram(ctx, cfg, &ip))
+		return FXDP_NF_ACCEPT;
+	if (fxdp_in_network(cfg, ip.saddr) && !fxdp_in_network(cfg, ip.daddr))
+		return fxdp_count_verdict(FXDP_C_GUARD_DROP_POD_VXLAN, ctx->skb->len, FXDP_NF_DROP);
+	return FXDP_NF_ACCEPT;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -8,7 +8,7 @@
 
 static __always_inline void fxdp_count(__u32 code, __u64 bytes)
 {
-	struct fxdp_count *c = bpf_map_lookup_elem(&fxdp_counters_v1, &code);
+	struct fxdp_count *c = bpf_map_lookup_elem(&fxdp_counters_v2, &code);
 	if (c) {
 		/* Per-CPU slot: no other CPU writes it, and BPF programs do not nest on one CPU for the
 		 * same hook, so a plain add is exact. */
@@ -21,11 +21,11 @@ static __always_inline void fxdp_count(__u32 code, __u64 bytes)
  * creates its entry; if the map is full the packet is still carried, only not counted per peer. */
 static __always_inline void fxdp_count_peer(const struct fxdp_node_key *node, __u64 bytes, int received)
 {
-	struct fxdp_peer_stats *s = bpf_map_lookup_elem(&fxdp_peer_stats_v1, node);
+	struct fxdp_peer_stats *s = bpf_map_lookup_elem(&fxdp_peer_stats_v2, node);
 	if (!s) {
 		struct fxdp_peer_stats zero = {};
-		bpf_map_update_elem(&fxdp_peer_stats_v1, node, &zero, BPF_NOEXIST);
-		s = bpf_map_lookup_elem(&fxdp_peer_stats_v1, node);
+		bpf_map_update_elem(&fxdp_peer_stats_v2, node, &zero, BPF_NOEXIST);
+		s = bpf_map_lookup_elem(&fxdp_peer_stats_v2, node);
 		if (!s)
 			return;
 	}
@@ -36,6 +36,21 @@ static __always_inline void fxdp_count_peer(const struct fxdp_node_key *node, __
 		s->tx_packets += 1;
 		s->tx_bytes += bytes;
 	}
+}
+
+/* Remembers the outer source of a datagram dropped as not from a peer (fxdp_strangers): `status`
+ * and /readyz name strangers that sit on the underlay subnet. */
+static __always_inline void fxdp_note_stranger(const struct fxdp_node_key *source)
+{
+	__u64 now = bpf_ktime_get_ns();
+	struct fxdp_stranger *s = bpf_map_lookup_elem(&fxdp_strangers_v2, source);
+	if (s) {
+		__sync_fetch_and_add(&s->packets, 1);
+		s->last_seen_ns = now;
+		return;
+	}
+	struct fxdp_stranger first = { .packets = 1, .last_seen_ns = now };
+	bpf_map_update_elem(&fxdp_strangers_v2, source, &first, BPF_ANY);
 }
 
 static __always_inline int fxdp_count_verdict(__u32 code, __u64 bytes, int verdict)

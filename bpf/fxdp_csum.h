@@ -1,6 +1,7 @@
-/* fxdp_csum.h — checksum helpers. Only the outer IPv4 header checksum is computed here: the encap
- * writes a fresh 20-byte header, so a full sum over ten 16-bit words is cheaper and clearer than an
- * incremental update. (The outer UDP checksum is left 0, legal for IPv4: see the encap notes.)
+/* fxdp_csum.h — IPv4 header checksums. The encap writes a fresh 20-byte outer header, so a full
+ * sum over ten 16-bit words is cheaper and clearer than an incremental update; the decap verifies
+ * the outer header the same way (ip_rcv's check) and updates the inner one incrementally when it
+ * copies a CE mark in (RFC 1624). The outer UDP checksum is left 0, legal for IPv4: see the encap.
  */
 #ifndef FXDP_CSUM_H
 #define FXDP_CSUM_H
@@ -24,6 +25,25 @@ static __always_inline __u16 fxdp_ipv4_header_csum(const struct iphdr *ip)
 #pragma unroll
 	for (int i = 0; i < 10; i++)
 		sum += w[i];
+	return fxdp_csum_fold(sum);
+}
+
+/* True when an option-less IPv4 header's checksum is right: the sum over all ten words, check
+ * field included, folds to 0xffff. */
+static __always_inline int fxdp_ipv4_header_csum_ok(const struct iphdr *ip)
+{
+	const __u16 *w = (const __u16 *)ip;
+	__u32 sum = 0;
+#pragma unroll
+	for (int i = 0; i < 10; i++)
+		sum += w[i];
+	return fxdp_csum_fold(sum) == 0;
+}
+
+/* RFC 1624 eqn. 3: the checksum after one 16-bit word changed from `old` to `new` (memory order). */
+static __always_inline __u16 fxdp_csum_replace16(__u16 check, __u16 old, __u16 new)
+{
+	__u32 sum = (__u16)~check + (__u16)~old + new;
 	return fxdp_csum_fold(sum);
 }
 

@@ -16,16 +16,17 @@ struct {
 	__type(key, struct fxdp_peer_key);
 	__type(value, struct fxdp_peer_value);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} fxdp_peers_v1 SEC(".maps");
+} fxdp_peers_v2 SEC(".maps");
 
-/* Peer node IP → presence: the decap source check. Writer: the reconciler, with fxdp_peers. */
+/* Peer node address (PublicIP, and SourceIP where a peer publishes one) → how many subnets name
+ * it: the source checks. Writer: the reconciler, with fxdp_peers. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, FXDP_MAX_PEERS);
 	__type(key, struct fxdp_node_key);
 	__type(value, struct fxdp_node_value);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} fxdp_nodes_v1 SEC(".maps");
+} fxdp_nodes_v2 SEC(".maps");
 
 /* Index 0 → this node's settings. Writer: the daemon at start-up (and on config change). */
 struct {
@@ -34,7 +35,7 @@ struct {
 	__type(key, __u32);
 	__type(value, struct fxdp_config);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} fxdp_config_v1 SEC(".maps");
+} fxdp_config_v2 SEC(".maps");
 
 /* enum fxdp_counter → packets/bytes, per CPU. Writer: the programs; the daemon sums across CPUs. */
 struct {
@@ -43,7 +44,7 @@ struct {
 	__type(key, __u32);
 	__type(value, struct fxdp_count);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} fxdp_counters_v1 SEC(".maps");
+} fxdp_counters_v2 SEC(".maps");
 
 /* Peer node IP → packets/bytes BPF carried to and from it, per CPU. Writer: the programs add
  * entries; the daemon deletes those of departed nodes. Not preallocated: sized by the peers present. */
@@ -54,6 +55,17 @@ struct {
 	__type(key, struct fxdp_node_key);
 	__type(value, struct fxdp_peer_stats);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} fxdp_peer_stats_v1 SEC(".maps");
+} fxdp_peer_stats_v2 SEC(".maps");
+
+/* Outer source of VXLAN dropped as not from a peer → packets, last seen. Writer: the programs on
+ * not-a-peer drops (LRU: a flood of spoofed sources only recycles entries). Reader: `status`,
+ * /readyz. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, FXDP_MAX_STRANGERS);
+	__type(key, struct fxdp_node_key);
+	__type(value, struct fxdp_stranger);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fxdp_strangers_v2 SEC(".maps");
 
 #endif

@@ -1,11 +1,14 @@
 // Attachment — where the programs run and how a restart leaves traffic alone.
 //
-// Design: encap runs in TC egress on flannel.<VNI>. Decap runs either as XDP on the underlay
-// (DecapMode.xdp) or as a TC-ingress source check in front of the kernel vxlan device's own decap
-// (DecapMode.kernel). The default is chosen per interface by driver: on virtual devices (veth and
-// friends, the container-in-VM case) native XDP copies frames and disables the peer's TSO, and the
-// kernel's decap measured faster (PITFALLS, `make bench`); physical NICs whose drivers have native
-// XDP get XDP. Either can be forced.
+// Design: encap runs in TC egress on flannel.<VNI>. Decap runs either as XDP on the underlay with
+// a TC-ingress steer that moves what XDP stripped into flannel.<VNI> (DecapMode.xdp), or as a
+// TC-ingress source check in front of the kernel vxlan device's own decap (DecapMode.kernel). The
+// default is chosen per interface by driver: on virtual devices (veth and friends, the
+// container-in-VM case) native XDP copies frames and disables the peer's TSO, and the kernel's decap
+// measured faster (docs/BPF-DATAPATH.md, `make bench`); physical NICs whose drivers have native XDP
+// get XDP. Either can be forced. In both modes two netfilter programs guard the namespace: the
+// vxlan socket's door (LOCAL_IN) and the pods' egress (FORWARD); their links are pinned next to the
+// maps, which is what keeps them attached after the process exits.
 //
 // Restart semantics: attachments outlive the process. On attach, a slot that already holds our
 // program with the same tag and the same maps is left alone (program ids unchanged, no blip);
@@ -81,19 +84,28 @@ public enum InterfaceDriver {
 /// Which of our programs sit where, as read from the kernel.
 public struct AttachmentState: Sendable, Equatable, CustomStringConvertible {
     public var encapProgramID: UInt32?
+    /// Our TC-ingress slot on the underlay: fxdp_decap_check (decap mode kernel) or fxdp_decap_steer (xdp).
     public var decapCheckProgramID: UInt32?
     public var xdpProgramID: UInt32?
     public var xdpMode: XDPMode?
+    /// The programs our pinned netfilter links run (nil: no link pinned).
+    public var doorProgramID: UInt32?
+    public var podGuardProgramID: UInt32?
 
-    public init(encapProgramID: UInt32? = nil, decapCheckProgramID: UInt32? = nil, xdpProgramID: UInt32? = nil, xdpMode: XDPMode? = nil) {
+    public init(encapProgramID: UInt32? = nil, decapCheckProgramID: UInt32? = nil, xdpProgramID: UInt32? = nil, xdpMode: XDPMode? = nil,
+                doorProgramID: UInt32? = nil, podGuardProgramID: UInt32? = nil) {
         self.encapProgramID = encapProgramID
         self.decapCheckProgramID = decapCheckProgramID
         self.xdpProgramID = xdpProgramID
         self.xdpMode = xdpMode
+        self.doorProgramID = doorProgramID
+        self.podGuardProgramID = podGuardProgramID
     }
 
     /// True when nothing is attached in our slots.
-    public var isEmpty: Bool { encapProgramID == nil && decapCheckProgramID == nil && xdpProgramID == nil }
+    public var isEmpty: Bool {
+        encapProgramID == nil && decapCheckProgramID == nil && xdpProgramID == nil && doorProgramID == nil && podGuardProgramID == nil
+    }
 
     public var decapMode: DecapMode? {
         if xdpProgramID != nil { return .xdp }
@@ -102,8 +114,9 @@ public struct AttachmentState: Sendable, Equatable, CustomStringConvertible {
     }
 
     public var description: String {
-        "encap \(encapProgramID.map(String.init) ?? "-"), decap check \(decapCheckProgramID.map(String.init) ?? "-"), "
-            + "xdp \(xdpProgramID.map { "\($0) (\(xdpMode!))" } ?? "-")"
+        "encap \(encapProgramID.map(String.init) ?? "-"), \(xdpProgramID == nil ? "decap check" : "decap steer") \(decapCheckProgramID.map(String.init) ?? "-"), "
+            + "xdp \(xdpProgramID.map { "\($0) (\(xdpMode!))" } ?? "-"), "
+            + "vxlan door \(doorProgramID.map(String.init) ?? "-"), pod guard \(podGuardProgramID.map(String.init) ?? "-")"
     }
 }
 
@@ -111,6 +124,10 @@ public struct AttachmentState: Sendable, Equatable, CustomStringConvertible {
 public enum FXDPSlots {
     public static let tcHandle: UInt32 = 0xFD01
     public static let tcPriority: UInt32 = 0xFD
+    /// Our netfilter hooks' priority: after conntrack and mangle (-150), before the filter tables
+    /// (0), so a drop here is counted before any firewall rule sees the datagram. A replacement
+    /// link is made at one less (the kernel allows one BPF hook per priority) and the next at this again.
+    public static let netfilterPriority: Int32 = -100
 }
 
 extension FlannelBPF {
@@ -125,21 +142,34 @@ extension FlannelBPF {
             "overlay": "\(overlayIfindex)", "underlay": "\(underlayIfindex)", "decap": "\(mode)",
             "chosen": "\(requested == nil ? "by driver" : "by flag")",
         ])
+        // The door first: from the moment a program of ours carries VXLAN, strangers meet it.
+        for program in FXDPProgram.allCases where program.netfilterHook != nil {
+            try ensureNetfilter(try self.program(program))
+        }
         let encap = try program(.encap)
         try ensureTC(encap, ifindex: overlayIfindex, direction: .egress)
         switch mode {
         case .xdp:
+            // The steer before XDP: a frame XDP strips must never find the slot empty.
+            try ensureTC(try program(.decapSteer), ifindex: underlayIfindex, direction: .ingress)
             try ensureXDP(try program(.decapXDP), ifindex: underlayIfindex)
-            try FlannelBPF.detachOurTC(ifindex: underlayIfindex, direction: .ingress)
         case .kernel:
             try ensureTC(try program(.decapCheck), ifindex: underlayIfindex, direction: .ingress)
             try FlannelBPF.detachOurXDP(ifindex: underlayIfindex)
         }
-        return try FlannelBPF.attachmentState(overlayIfindex: overlayIfindex, underlayIfindex: underlayIfindex)
+        return try FlannelBPF.attachmentState(overlayIfindex: overlayIfindex, underlayIfindex: underlayIfindex,
+                                              pinDirectory: pinDirectory)
     }
 
-    /// What is attached in our slots (ours or not: check the ids' names if it matters).
-    public static func attachmentState(overlayIfindex: Int32, underlayIfindex: Int32) throws -> AttachmentState {
+    /// Where the link of netfilter program `program` is pinned.
+    static func linkPinPath(_ program: FXDPProgram, pinDirectory: String) -> String {
+        pinDirectory + "/" + linkPinPrefix + program.rawValue
+    }
+    static let linkPinPrefix = "link_"
+
+    /// What is attached in our slots (ours or not: check the ids' names if it matters). With
+    /// `pinDirectory`, also which programs our pinned netfilter links run.
+    public static func attachmentState(overlayIfindex: Int32, underlayIfindex: Int32, pinDirectory: String? = nil) throws -> AttachmentState {
         var state = AttachmentState()
         state.encapProgramID = try TC.attachedProgramID(ifindex: overlayIfindex, direction: .egress,
                                                         handle: FXDPSlots.tcHandle, priority: FXDPSlots.tcPriority)
@@ -152,13 +182,18 @@ extension FlannelBPF {
             state.xdpProgramID = id
             state.xdpMode = .generic
         }
+        if let pinDirectory {
+            state.doorProgramID = try? BPFLink.openPinned(path: linkPinPath(.vxlanDoor, pinDirectory: pinDirectory)).info().programID
+            state.podGuardProgramID = try? BPFLink.openPinned(path: linkPinPath(.podGuard, pinDirectory: pinDirectory)).info().programID
+        }
         return state
     }
 
-    /// Removes our programs (names fxdp_*) from both interfaces; others' stay. With `removePins`
-    /// also deletes <bpffs>/flanneld-xdp (the maps go once nothing holds them).
+    /// Removes our programs (names fxdp_*) from both interfaces and our netfilter links (their pins
+    /// in <bpffs>/flanneld-xdp); others' stay. With `removePins` also deletes <bpffs>/flanneld-xdp
+    /// (the maps go once nothing holds them).
     public static func detachAll(overlayIfindex: Int32?, underlayIfindex: Int32?, removePins: Bool = false,
-                                 bpffs: String = "/sys/fs/bpf") throws {
+                                 bpffs: String) throws {
         if let overlayIfindex {
             try detachOurTC(ifindex: overlayIfindex, direction: .egress)
         }
@@ -166,7 +201,22 @@ extension FlannelBPF {
             try detachOurTC(ifindex: underlayIfindex, direction: .ingress)
             try detachOurXDP(ifindex: underlayIfindex)
         }
+        try detachNetfilterLinks(bpffs: bpffs)
         if removePins { try FlannelBPF.removePins(bpffs: bpffs) }
+    }
+
+    /// Unpins our netfilter links: each is released (detached) with its pin, since this process
+    /// holds no fd of them. Needs no BPF capability, only write access to the pin folder, so the
+    /// userspace fallback can drop a door a previous BPF run left behind.
+    public static func detachNetfilterLinks(bpffs: String) throws {
+        let folder = bpffs + "/" + pinFolderName
+        for program in FXDPProgram.allCases where program.netfilterHook != nil {
+            let path = linkPinPath(program, pinDirectory: folder)
+            if unlink(path) != 0 && errno != ENOENT {
+                throw DataplaneError(operation: "unlink(\(path))", errno: errno, detail: "cannot remove our netfilter link",
+                                     hint: "run as root")
+            }
+        }
     }
 
     /// Programs we attach are also pinned as `<pin folder>/prog_<name>`: opening a pin needs no
@@ -212,7 +262,7 @@ extension FlannelBPF {
 
     /// Ids of this object's maps (the pinned ones).
     var ourMapIDs: Set<UInt32> {
-        [peers.info().id, nodes.info().id, config.info().id, counterMap.info().id]
+        [peers.info().id, nodes.info().id, config.info().id, counterMap.info().id, strangers.info().id]
     }
 
     /// Pins `program` as the one now attached (replacing an older pin of the same name).
@@ -242,6 +292,41 @@ extension FlannelBPF {
         try TC.attach(program, ifindex: ifindex, direction: direction, handle: slot.handle, priority: slot.priority)
         pinAttached(program)
         logger.info("attached", metadata: ["program": "\(program.name)", "ifindex": "\(ifindex)", "hook": "tc \(direction)"])
+    }
+
+    /// Links `program` to its netfilter hook, pinned, unless our pinned link already runs the same
+    /// program. A different program gets a new link first, then the pin moves to it, and the old
+    /// link goes with its pin: the hook is never without one of ours.
+    private func ensureNetfilter(_ program: BPFProgram) throws {
+        guard let which = FXDPProgram(rawValue: program.name), let hook = which.netfilterHook else { return }
+        let path = FlannelBPF.linkPinPath(which, pinDirectory: pinDirectory)
+        let existing = try? BPFLink.openPinned(path: path).info()
+        if let existing,
+           (try? FlannelBPF.isSame(attachedID: existing.programID, as: program, pinDirectory: pinDirectory, ourMapIDs: ourMapIDs)) == true {
+            logger.debug("kept netfilter link", metadata: ["program": "\(program.name)", "link": "\(existing.id)"])
+            return
+        }
+        // The new link holds the hook through our fd while the pin moves over to it. The kernel
+        // refuses two BPF hooks at one priority, so a replacement takes the other of our two.
+        let priority = existing?.netfilterPriority == FXDPSlots.netfilterPriority
+            ? FXDPSlots.netfilterPriority - 1 : FXDPSlots.netfilterPriority
+        let link: BPFLink
+        do {
+            link = try BPFLink.attachNetfilter(program, hook: hook, priority: priority)
+        } catch {
+            guard error.errno == EBUSY else { throw error }
+            throw DataplaneError(operation: "attach(\(program.name), netfilter ipv4 \(hook) priority \(priority))", errno: EBUSY,
+                                 detail: "another BPF netfilter program holds that priority in this network namespace, and no link of ours is pinned in \(pinDirectory)",
+                                 hint: "is a flanneld-xdp with another --bpffs (or another agent) running here? Stop it, or remove what it left with `flanneld-xdp cleanup --bpffs <its folder>`")
+        }
+        if existing != nil, unlink(path) != 0, errno != ENOENT {
+            throw DataplaneError(operation: "unlink(\(path))", errno: errno, detail: "cannot replace our netfilter link's pin",
+                                 hint: "run as root")
+        }
+        try link.pin(at: path)
+        pinAttached(program)
+        logger.info(existing == nil ? "attached" : "replaced",
+                    metadata: ["program": "\(program.name)", "hook": "netfilter ipv4 \(hook)"])
     }
 
     private func ensureXDP(_ program: BPFProgram, ifindex: Int32) throws {

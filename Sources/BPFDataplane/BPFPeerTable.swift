@@ -1,10 +1,11 @@
 // BPFPeerTable — the PeerTable the reconciler drives, over fxdp_peers (LPM: pod subnet → node IP,
-// VtepMAC) and fxdp_nodes (node IP → how many peer subnets it carries: the decap source check).
+// VtepMAC, the other address the node sends from) and fxdp_nodes (node address → how many peer
+// subnets name it: the source checks).
 //
-// Design: the two maps must agree — a node IP is in fxdp_nodes exactly while some peer subnet
-// points at it — or decap would drop a live peer's traffic or accept a departed one's. Every change
-// goes through one lock and updates both: the node is added before the subnet that uses it (decap
-// accepts before encap sends) and removed after its last subnet. `currentPeers` reads the map back,
+// Design: the two maps must agree — an address is in fxdp_nodes exactly while some peer subnet
+// names it (as node IP or as source IP) — or decap would drop a live peer's traffic or accept a
+// departed one's. Every change goes through one lock and updates both: a node's addresses are added
+// before the subnet that uses them (decap accepts before encap sends) and removed after its last subnet. `currentPeers` reads the map back,
 // never a remembered copy; `repairNodes` recomputes fxdp_nodes from fxdp_peers (run at open, and
 // by the reconciler's full pass) so drift from a crash between the two writes heals.
 
@@ -48,9 +49,11 @@ public final class BPFPeerTable: PeerTable {
             guard let subnet = IPv4Subnet(address: IPv4Address(tuple: k.subnet), prefixLength: Int(k.prefixlen)) else {
                 continue // host bits set: not written by us; repairNodes ignores it too
             }
+            let source = IPv4Address(tuple: v.source_ip)
             result.insert(Peer(subnet: subnet, publicIP: IPv4Address(tuple: v.node_ip),
                                vtepMAC: MACAddress(tuple: v.vtep_mac),
-                               direct: v.flags & UInt16(FXDP_PEER_F_DIRECT) != 0))
+                               direct: v.flags & UInt16(FXDP_PEER_F_DIRECT) != 0,
+                               sourceIP: source.value == 0 ? nil : source))
         }
         return result
     }
@@ -63,19 +66,17 @@ public final class BPFPeerTable: PeerTable {
         try lock.withLock { _ in
             let key = BPFPeerTable.key(peer.subnet)
             let old = try peers.lookup(key)
-            if let old, IPv4Address(tuple: old.node_ip) == peer.publicIP {
-                // Same node: only the MAC or flags change; the node count stays.
-            } else {
-                try adjustNode(peer.publicIP, by: 1)
-            }
+            let before = old.map { BPFPeerTable.addresses(of: $0) } ?? []
+            let after = peer.sourceAddresses
+            // New addresses before the subnet that uses them, departed ones after it.
+            for address in after where !before.contains(address) { try adjustNode(address, by: 1) }
             var value = fxdp_peer_value()
             value.node_ip = peer.publicIP.tuple
             value.vtep_mac = mac.tuple
             value.flags = peer.direct ? UInt16(FXDP_PEER_F_DIRECT) : 0
+            value.source_ip = (peer.sourceIP ?? IPv4Address(0)).tuple
             try peers.update(key, value)
-            if let old, IPv4Address(tuple: old.node_ip) != peer.publicIP {
-                try adjustNode(IPv4Address(tuple: old.node_ip), by: -1)
-            }
+            for address in before where !after.contains(address) { try adjustNode(address, by: -1) }
         }
     }
 
@@ -84,11 +85,17 @@ public final class BPFPeerTable: PeerTable {
             let key = BPFPeerTable.key(peer.subnet)
             guard let old = try peers.lookup(key) else { return }
             _ = try peers.delete(key)
-            try adjustNode(IPv4Address(tuple: old.node_ip), by: -1)
+            for address in BPFPeerTable.addresses(of: old) { try adjustNode(address, by: -1) }
         }
     }
 
-    /// Node IPs the decap accepts VXLAN from, with how many subnets each carries.
+    /// The addresses a map entry makes the source checks accept: its node IP and source IP.
+    static func addresses(of value: fxdp_peer_value) -> [IPv4Address] {
+        let node = IPv4Address(tuple: value.node_ip), source = IPv4Address(tuple: value.source_ip)
+        return source.value == 0 || source == node ? [node] : [node, source]
+    }
+
+    /// Addresses the source checks accept VXLAN from, with how many subnets name each.
     public func acceptedNodes() throws -> [IPv4Address: UInt32] {
         var result: [IPv4Address: UInt32] = [:]
         for (k, v) in try nodes.entries() { result[IPv4Address(tuple: k.node_ip)] = v.subnets }
@@ -101,7 +108,9 @@ public final class BPFPeerTable: PeerTable {
     public func repairNodes() throws -> Int {
         try lock.withLock { _ in
             var want: [IPv4Address: UInt32] = [:]
-            for (_, v) in try peers.entries() { want[IPv4Address(tuple: v.node_ip), default: 0] += 1 }
+            for (_, v) in try peers.entries() {
+                for address in BPFPeerTable.addresses(of: v) { want[address, default: 0] += 1 }
+            }
             var changed = 0
             for (k, v) in try nodes.entries() {
                 let ip = IPv4Address(tuple: k.node_ip)

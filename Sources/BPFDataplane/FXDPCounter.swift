@@ -34,6 +34,17 @@ public enum FXDPCounter: UInt32, CaseIterable, Sendable, CustomStringConvertible
     case decapPassShort = 30
     case decapDropInnerNotIPv4 = 31
     case decapPassOtherHost = 32
+    case decapDropInnerSource = 33
+    case decapDropLoop = 34
+    case decapDropOuterCsum = 35
+    case decapDropECN = 36
+    case decapFragmentOK = 37
+    case decapSteerOK = 38
+
+    case doorOK = 48
+    case doorDropNotPeer = 49
+    case doorDropWrongDoor = 50
+    case guardDropPodVXLAN = 51
 
     /// The C constant this case mirrors.
     public var cValue: fxdp_counter { fxdp_counter(rawValue: rawValue) }
@@ -69,6 +80,16 @@ public enum FXDPCounter: UInt32, CaseIterable, Sendable, CustomStringConvertible
         case .decapPassShort: "decap_pass_short"
         case .decapDropInnerNotIPv4: "decap_drop_inner_not_ipv4"
         case .decapPassOtherHost: "decap_pass_other_host"
+        case .decapDropInnerSource: "decap_drop_inner_source"
+        case .decapDropLoop: "decap_drop_loop"
+        case .decapDropOuterCsum: "decap_drop_outer_csum"
+        case .decapDropECN: "decap_drop_ecn"
+        case .decapFragmentOK: "decap_fragment_ok"
+        case .decapSteerOK: "decap_steer_ok"
+        case .doorOK: "door_ok"
+        case .doorDropNotPeer: "door_drop_not_peer"
+        case .doorDropWrongDoor: "door_drop_wrong_door"
+        case .guardDropPodVXLAN: "guard_drop_pod_vxlan"
         }
     }
 

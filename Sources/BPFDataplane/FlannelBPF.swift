@@ -19,19 +19,40 @@ import Glibc
 import Logging
 import NetTypes
 
-/// The three programs of bpf/flanneld_xdp.bpf.c.
+/// The programs of bpf/flanneld_xdp.bpf.c.
 public enum FXDPProgram: String, CaseIterable, Sendable {
     /// TC egress on flannel.<VNI>.
     case encap = "fxdp_encap"
-    /// XDP on the underlay.
+    /// XDP on the underlay (decap mode xdp).
     case decapXDP = "fxdp_decap_xdp"
-    /// TC ingress on the underlay, in front of kernel decap.
+    /// TC ingress on the underlay in decap mode xdp: what XDP decapsulated, into flannel.<VNI>.
+    case decapSteer = "fxdp_decap_steer"
+    /// TC ingress on the underlay, in front of kernel decap (decap mode tc).
     case decapCheck = "fxdp_decap_check"
+    /// netfilter LOCAL_IN: the kernel vxlan socket's door.
+    case vxlanDoor = "fxdp_vxlan_door"
+    /// netfilter FORWARD: pods' datagrams to VXLAN ports outside the pod network.
+    case podGuard = "fxdp_pod_guard"
 }
 
 extension FXDPProgram {
-    /// The kernel program type the program's hook takes.
-    var expectedType: bpf_prog_type { self == .decapXDP ? BPF_PROG_TYPE_XDP : BPF_PROG_TYPE_SCHED_CLS }
+    /// The kernel program type the program's hook takes (raw enum bpf_prog_type).
+    var expectedType: UInt32 {
+        switch self {
+        case .decapXDP: BPF_PROG_TYPE_XDP.rawValue
+        case .encap, .decapSteer, .decapCheck: BPF_PROG_TYPE_SCHED_CLS.rawValue
+        case .vxlanDoor, .podGuard: BPFLink.netfilterProgramType
+        }
+    }
+
+    /// The netfilter hook a netfilter program is linked to, nil for the others.
+    public var netfilterHook: NetfilterHook? {
+        switch self {
+        case .vxlanDoor: .localIn
+        case .podGuard: .forward
+        default: nil
+        }
+    }
 }
 
 /// Where the compiled BPF object FlannelBPF loads comes from.
@@ -64,6 +85,7 @@ public final class FlannelBPF: @unchecked Sendable {
     public let nodes: BPFMap<fxdp_node_key, fxdp_node_value>
     public let config: BPFMap<UInt32, fxdp_config>
     public let counterMap: PerCPUMap<UInt32, fxdp_count>
+    public let strangers: BPFMap<fxdp_node_key, fxdp_stranger>
     let logger: Logger
 
     /// The embedded object's bytes (compiled from bpf/flanneld_xdp.bpf.c at build time).
@@ -95,12 +117,16 @@ public final class FlannelBPF: @unchecked Sendable {
             var object = try BPFObject(elf: elf, name: "flanneld_xdp", pinRoot: pinDirectory)
             // Checked before load, so that an unrelated object never pins its maps in our folder.
             try FlannelBPF.checkNames(object)
+            for program in FXDPProgram.allCases where program.netfilterHook != nil {
+                try object.setNetfilterType(programNamed: program.rawValue)
+            }
             try object.load()
             try FlannelBPF.checkProgramTypes(object)
             peers = try object.map(named: FXDP_MAP_PEERS, key: fxdp_peer_key.self, value: fxdp_peer_value.self)
             nodes = try object.map(named: FXDP_MAP_NODES, key: fxdp_node_key.self, value: fxdp_node_value.self)
             config = try object.map(named: FXDP_MAP_CONFIG, key: UInt32.self, value: fxdp_config.self)
             counterMap = try object.perCPUMap(named: FXDP_MAP_COUNTERS, key: UInt32.self, value: fxdp_count.self)
+            strangers = try object.map(named: FXDP_MAP_STRANGERS, key: fxdp_node_key.self, value: fxdp_stranger.self)
             self.object = object
         } catch {
             guard case .file(let path) = source else { throw error }
@@ -127,11 +153,15 @@ public final class FlannelBPF: @unchecked Sendable {
         }.joined(separator: ", ")
     }
 
+    /// The maps the object pins in our folder (LIBBPF_PIN_BY_NAME), by name.
+    public static let pinnedMapNames = [FXDP_MAP_PEERS, FXDP_MAP_NODES, FXDP_MAP_CONFIG, FXDP_MAP_COUNTERS,
+                                        FXDP_MAP_PEER_STATS, FXDP_MAP_STRANGERS]
+
     /// Every program and pinned map of ours is in the object, by name.
     private static func checkNames(_ object: borrowing BPFObject) throws(DataplaneError) {
         let programs = Set(object.programNames), maps = Set(object.mapNames)
         let missingPrograms = FXDPProgram.allCases.map(\.rawValue).filter { !programs.contains($0) }
-        let ourMaps = [FXDP_MAP_PEERS, FXDP_MAP_NODES, FXDP_MAP_CONFIG, FXDP_MAP_COUNTERS, FXDP_MAP_PEER_STATS]
+        let ourMaps = FlannelBPF.pinnedMapNames
         let missingMaps = ourMaps.filter { !maps.contains($0) }
         guard missingPrograms.isEmpty && missingMaps.isEmpty else {
             throw DataplaneError(operation: "checking the BPF object", errno: ENOENT,
@@ -147,9 +177,9 @@ public final class FlannelBPF: @unchecked Sendable {
     private static func checkProgramTypes(_ object: borrowing BPFObject) throws {
         for program in FXDPProgram.allCases {
             let type = try object.program(named: program.rawValue).info().type
-            guard type == program.expectedType.rawValue else {
+            guard type == program.expectedType else {
                 throw DataplaneError(operation: "checking the BPF object", errno: EINVAL,
-                                     detail: "program \(program.rawValue) has type \(type), its hook needs type \(program.expectedType.rawValue)",
+                                     detail: "program \(program.rawValue) has type \(type), its hook needs type \(program.expectedType)",
                                      hint: "declare it with the same SEC() as bpf/flanneld_xdp.bpf.c")
             }
         }
@@ -204,6 +234,16 @@ public final class FlannelBPF: @unchecked Sendable {
         try config.update(0, c)
     }
 
+    /// Sets only the outer TTL; returns true when it changed.
+    @discardableResult
+    public func setOuterTTL(_ ttl: UInt8) throws -> Bool {
+        var c = try config.lookup(0) ?? fxdp_config()
+        guard c.outer_ttl != ttl else { return false }
+        c.outer_ttl = ttl
+        try config.update(0, c)
+        return true
+    }
+
     /// The settings in the map, nil while none were written (all zero).
     public func readConfig() throws -> NodeConfig? {
         guard let c = try config.lookup(0), c.vni != 0 || c.flags != 0 else { return nil }
@@ -237,15 +277,29 @@ public final class FlannelBPF: @unchecked Sendable {
         try BPFPeerTable(peers: peers, nodes: nodes)
     }
 
-    /// Removes `<bpffs>/flanneld-xdp` and the pins in it. Maps stay alive while a program or an fd
-    /// holds them; the next FlannelBPF starts with empty maps.
-    public static func removePins(bpffs: String = "/sys/fs/bpf") throws {
-        let dir = bpffs + "/" + pinFolderName
-        guard let handle = opendir(dir) else {
-            if errno == ENOENT { return }
-            throw DataplaneError(operation: "opendir(\(dir))", errno: errno, detail: "cannot list the pins",
-                                 hint: "run as root; is bpffs mounted at \(bpffs)?")
+    /// Removes the pins of maps of another ABI version (`fxdp_<name>_v<N>`, N ≠ FXDP_ABI_VERSION)
+    /// from our folder: what an earlier version left when this one started with maps of a new
+    /// layout. Their programs were replaced by ours at attach, so nothing reads them any more.
+    /// Returns the names removed.
+    @discardableResult
+    public func removeOtherABIPins() throws -> [String] {
+        var removed: [String] = []
+        for name in try FlannelBPF.pinNames(in: pinDirectory) {
+            guard name.hasPrefix(FlannelBPF.programPrefix), let v = name.lastIndex(of: "_"),
+                  name[name.index(after: v)...].hasPrefix("v"),
+                  let version = Int(name[name.index(v, offsetBy: 2)...]), version != Int(FXDP_ABI_VERSION) else { continue }
+            if unlink(pinDirectory + "/" + name) == 0 { removed.append(name) }
         }
+        return removed
+    }
+
+    static func pinNames(in dir: String) throws -> [String] {
+        guard let handle = opendir(dir) else {
+            if errno == ENOENT { return [] }
+            throw DataplaneError(operation: "opendir(\(dir))", errno: errno, detail: "cannot list the pins",
+                                 hint: "run as root; is bpffs mounted there?")
+        }
+        defer { closedir(handle) }
         var names: [String] = []
         while let entry = readdir(handle) {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
@@ -253,8 +307,14 @@ public final class FlannelBPF: @unchecked Sendable {
             }
             if name != "." && name != ".." { names.append(name) }
         }
-        closedir(handle)
-        for name in names where unlink(dir + "/" + name) != 0 && errno != ENOENT {
+        return names
+    }
+
+    /// Removes `<bpffs>/flanneld-xdp` and the pins in it. Maps stay alive while a program or an fd
+    /// holds them; the next FlannelBPF starts with empty maps.
+    public static func removePins(bpffs: String = "/sys/fs/bpf") throws {
+        let dir = bpffs + "/" + pinFolderName
+        for name in try pinNames(in: dir) where unlink(dir + "/" + name) != 0 && errno != ENOENT {
             throw DataplaneError(operation: "unlink(\(dir)/\(name))", errno: errno, detail: "cannot remove a pin",
                                  hint: "run as root")
         }

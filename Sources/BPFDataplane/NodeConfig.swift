@@ -1,11 +1,11 @@
 // NodeConfig — this node's settings as the programs read them (struct fxdp_config, map
-// fxdp_config_v1 index 0). Swift-side it uses NetTypes values; `cValue` / `init(c:)` convert.
+// fxdp_config_v2 index 0). Swift-side it uses NetTypes values; `cValue` / `init(c:)` convert.
 
 import CBPF
 import NetTypes
 
 public struct NodeConfig: Sendable, Equatable, CustomStringConvertible {
-    /// PublicIP: outer source address.
+    /// The --iface address: outer source, and the only local address VXLAN is accepted at.
     public var nodeIP: IPv4Address
     /// flannel.<VNI>'s MAC: inner source, and the inner destination decap accepts.
     public var vtepMAC: MACAddress
@@ -22,10 +22,18 @@ public struct NodeConfig: Sendable, Equatable, CustomStringConvertible {
     public var overlayMTU: UInt16
     /// False: every program passes every packet to the kernel (counted as *_pass_disabled).
     public var enabled: Bool
+    /// Outer IPv4 TTL (the node's net.ipv4.ip_default_ttl, as the kernel vxlan device with flannel's
+    /// TTL "auto" sends); 0 means 64.
+    public var outerTTL: UInt8
+    /// Decap accepts an inner packet only from an address of the sending peer (its subnets, its own
+    /// address): `--inner-source-check`.
+    public var innerSourceCheck: Bool
+    /// The flannel Network: pods' VXLAN out of it is dropped (fxdp_pod_guard). nil: none.
+    public var network: IPv4Subnet?
 
     public init(nodeIP: IPv4Address, vtepMAC: MACAddress, vni: UInt32 = 1, udpPort: UInt16 = 8472,
                 underlayIfindex: Int32, underlayMAC: MACAddress, overlayIfindex: Int32, overlayMTU: UInt16,
-                enabled: Bool = true) {
+                enabled: Bool = true, outerTTL: UInt8 = 0, innerSourceCheck: Bool = true, network: IPv4Subnet? = nil) {
         self.nodeIP = nodeIP
         self.vtepMAC = vtepMAC
         self.vni = vni
@@ -35,6 +43,9 @@ public struct NodeConfig: Sendable, Equatable, CustomStringConvertible {
         self.overlayIfindex = overlayIfindex
         self.overlayMTU = overlayMTU
         self.enabled = enabled
+        self.outerTTL = outerTTL
+        self.innerSourceCheck = innerSourceCheck
+        self.network = network
     }
 
     public init(c: fxdp_config) {
@@ -47,6 +58,10 @@ public struct NodeConfig: Sendable, Equatable, CustomStringConvertible {
         overlayIfindex = Int32(bitPattern: c.overlay_ifindex)
         overlayMTU = c.overlay_mtu
         enabled = c.flags & UInt16(FXDP_CFG_F_ENABLED) != 0
+        outerTTL = c.outer_ttl
+        innerSourceCheck = c.flags & UInt16(FXDP_CFG_F_INNER_SOURCE_CHECK) != 0
+        network = c.network_prefixlen == 0 ? nil
+            : IPv4Subnet(containing: IPv4Address(tuple: c.network), prefixLength: Int(min(c.network_prefixlen, 32)))
     }
 
     public var cValue: fxdp_config {
@@ -58,8 +73,13 @@ public struct NodeConfig: Sendable, Equatable, CustomStringConvertible {
         c.underlay_ifindex = UInt32(bitPattern: underlayIfindex)
         c.overlay_ifindex = UInt32(bitPattern: overlayIfindex)
         c.overlay_mtu = overlayMTU
-        c.flags = enabled ? UInt16(FXDP_CFG_F_ENABLED) : 0
+        c.flags = (enabled ? UInt16(FXDP_CFG_F_ENABLED) : 0) | (innerSourceCheck ? UInt16(FXDP_CFG_F_INNER_SOURCE_CHECK) : 0)
         c.underlay_mac = underlayMAC.tuple
+        c.outer_ttl = outerTTL
+        if let network {
+            c.network = network.address.tuple
+            c.network_prefixlen = UInt8(network.prefixLength)
+        }
         return c
     }
 
@@ -75,6 +95,8 @@ public struct NodeConfig: Sendable, Equatable, CustomStringConvertible {
 
     public var description: String {
         "node \(nodeIP) vtep \(vtepMAC) vni \(vni) port \(udpPort) underlay #\(underlayIfindex) \(underlayMAC) "
-            + "overlay #\(overlayIfindex) mtu \(overlayMTU)\(enabled ? "" : " (disabled)")"
+            + "overlay #\(overlayIfindex) mtu \(overlayMTU) ttl \(outerTTL == 0 ? 64 : Int(outerTTL))"
+            + (network.map { " network \($0)" } ?? "") + (innerSourceCheck ? "" : " (inner source check off)")
+            + (enabled ? "" : " (disabled)")
     }
 }

@@ -10,7 +10,7 @@ import CBPF
 import Glibc
 
 public struct BPFError: Error, CustomStringConvertible, Sendable, Equatable {
-    /// What was attempted, e.g. `bpf_object__load(flanneld_xdp)` or `bpf_map_update_elem(fxdp_peers_v1)`.
+    /// What was attempted, e.g. `bpf_object__load(flanneld_xdp)` or `bpf_map_update_elem(fxdp_peers_v2)`.
     public var operation: String
     /// The errno reported (positive), or 0 when the failure is not a system error (bad input).
     public var errno: Int32

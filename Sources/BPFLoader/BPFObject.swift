@@ -208,6 +208,23 @@ public struct BPFObject: ~Copyable {
         try setInitialValue(mapNamed: mapName, bytes: bytes + [UInt8](repeating: 0, count: valueSize - bytes.count))
     }
 
+    /// Sets a program's type and expected attach type before load, for sections libbpf does not
+    /// recognise (raw kernel numbers: enum bpf_prog_type, enum bpf_attach_type).
+    public mutating func setProgramType(programNamed programName: String, type: UInt32, expectedAttachType: UInt32) throws(BPFError) {
+        let operation = "bpf_program__set_type(\(name).\(programName))"
+        guard !isLoaded else {
+            throw BPFError.invalid(operation, "the object is already loaded", hint: "set program types before load()")
+        }
+        guard let program = bpf_object__find_program_by_name(object, programName) else {
+            throw BPFError(operation: operation, errno: ENOENT,
+                           detail: "no program '\(programName)'; the object has: \(programNames.joined(separator: ", "))",
+                           hint: "use the C function name, not the section name")
+        }
+        var ret = bpf_program__set_type(program, bpf_prog_type(rawValue: type))
+        if ret == 0 { ret = bpf_program__set_expected_attach_type(program, bpf_attach_type(rawValue: expectedAttachType)) }
+        if ret != 0 { throw BPFError.libbpf(operation, returned: Int(ret)) }
+    }
+
     /// Changes a map's max_entries before load.
     public mutating func setMaxEntries(mapNamed mapName: String, _ maxEntries: UInt32) throws(BPFError) {
         let operation = "bpf_map__set_max_entries(\(name).\(mapName))"

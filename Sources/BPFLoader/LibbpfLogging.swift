@@ -29,6 +29,12 @@ public enum LibbpfLogging {
     private static func emit(level: Int32, message: String) {
         guard let logger = current.withLock({ $0 }) else { return }
         let text = message.trimmingTrailingNewlines()
+        // libbpf before 1.2 warns about SEC("netfilter") at open; BPFObject.setNetfilterType gives
+        // those programs their type before load, so the warning says nothing a reader can act on.
+        if text.contains("unrecognized ELF section name 'netfilter'") {
+            logger.debug("libbpf: \(text)")
+            return
+        }
         switch UInt32(level) {
         case LIBBPF_WARN.rawValue: logger.warning("libbpf: \(text)")
         case LIBBPF_INFO.rawValue: logger.info("libbpf: \(text)")

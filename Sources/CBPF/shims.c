@@ -46,6 +46,9 @@ int cbpf_udp_socket(uint32_t addr, uint16_t port, int reuseport, int gro, int bu
 	int pmtu = IP_PMTUDISC_DONT;
 	if (setsockopt(fd, IPPROTO_IP, IP_MTU_DISCOVER, &pmtu, sizeof(pmtu)) < 0)
 		goto fail;
+	/* The outer TOS of each datagram: a Congestion Experienced mark is copied into the inner packet. */
+	if (setsockopt(fd, IPPROTO_IP, IP_RECVTOS, &one, sizeof(one)) < 0)
+		goto fail;
 	if (bufsize > 0) {
 		/* FORCE variants ignore rmem_max/wmem_max (we run as root); fall back quietly. */
 		if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &bufsize, sizeof(bufsize)) < 0)
@@ -73,7 +76,7 @@ int cbpf_udp_recv_batch(int fd, struct cbpf_dgram *d, unsigned n)
 	struct iovec iov[CBPF_DGRAM_BATCH_MAX];
 	struct sockaddr_in from[CBPF_DGRAM_BATCH_MAX];
 	union {
-		char buf[CMSG_SPACE(sizeof(int))];
+		char buf[CMSG_SPACE(sizeof(int)) + CMSG_SPACE(sizeof(int))];
 		struct cmsghdr align;
 	} ctl[CBPF_DGRAM_BATCH_MAX];
 
@@ -97,6 +100,7 @@ int cbpf_udp_recv_batch(int fd, struct cbpf_dgram *d, unsigned n)
 		d[i].len = msgs[i].msg_len;
 		d[i].truncated = (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) != 0;
 		d[i].segment = 0;
+		d[i].tos = 0;
 		if (msgs[i].msg_hdr.msg_namelen >= sizeof(struct sockaddr_in) && from[i].sin_family == AF_INET) {
 			d[i].addr = from[i].sin_addr.s_addr;
 			d[i].port = ntohs(from[i].sin_port);
@@ -109,6 +113,8 @@ int cbpf_udp_recv_batch(int fd, struct cbpf_dgram *d, unsigned n)
 				int seg;
 				memcpy(&seg, CMSG_DATA(c), sizeof(seg));
 				d[i].segment = (uint16_t)seg;
+			} else if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_TOS) {
+				d[i].tos = *(const uint8_t *)CMSG_DATA(c);
 			}
 		}
 	}
@@ -121,7 +127,7 @@ int cbpf_udp_send_batch(int fd, const struct cbpf_dgram *d, unsigned n)
 	struct iovec iov[CBPF_DGRAM_BATCH_MAX];
 	struct sockaddr_in to[CBPF_DGRAM_BATCH_MAX];
 	union {
-		char buf[CMSG_SPACE(sizeof(uint16_t))];
+		char buf[CMSG_SPACE(sizeof(uint16_t)) + CMSG_SPACE(sizeof(int))];
 		struct cmsghdr align;
 	} ctl[CBPF_DGRAM_BATCH_MAX];
 
@@ -139,17 +145,32 @@ int cbpf_udp_send_batch(int fd, const struct cbpf_dgram *d, unsigned n)
 		msgs[i].msg_hdr.msg_iovlen = 1;
 		msgs[i].msg_hdr.msg_name = &to[i];
 		msgs[i].msg_hdr.msg_namelen = sizeof(to[i]);
+		if (!d[i].segment && !d[i].tos)
+			continue;
+		memset(ctl[i].buf, 0, sizeof(ctl[i].buf));
+		msgs[i].msg_hdr.msg_control = ctl[i].buf;
+		msgs[i].msg_hdr.msg_controllen = sizeof(ctl[i].buf);
+		struct cmsghdr *c = CMSG_FIRSTHDR(&msgs[i].msg_hdr);
+		size_t used = 0;
 		if (d[i].segment) {
-			memset(ctl[i].buf, 0, sizeof(ctl[i].buf));
-			msgs[i].msg_hdr.msg_control = ctl[i].buf;
-			msgs[i].msg_hdr.msg_controllen = sizeof(ctl[i].buf);
-			struct cmsghdr *c = CMSG_FIRSTHDR(&msgs[i].msg_hdr);
 			c->cmsg_level = IPPROTO_UDP;
 			c->cmsg_type = UDP_SEGMENT;
 			c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
 			uint16_t seg = d[i].segment;
 			memcpy(CMSG_DATA(c), &seg, sizeof(seg));
+			used += CMSG_SPACE(sizeof(uint16_t));
+			c = CMSG_NXTHDR(&msgs[i].msg_hdr, c);
 		}
+		if (d[i].tos) {
+			/* The outer TOS (the inner packet's ECN bits, as a kernel vxlan device copies them). */
+			c->cmsg_level = IPPROTO_IP;
+			c->cmsg_type = IP_TOS;
+			c->cmsg_len = CMSG_LEN(sizeof(int));
+			int tos = d[i].tos;
+			memcpy(CMSG_DATA(c), &tos, sizeof(tos));
+			used += CMSG_SPACE(sizeof(int));
+		}
+		msgs[i].msg_hdr.msg_controllen = used;
 	}
 	int sent = sendmmsg(fd, msgs, n, 0);
 	return sent < 0 ? -errno : sent;
@@ -315,4 +336,37 @@ int cbpf_heap_set_thresholds(int trim, int mmap) {
 	int a = mallopt(M_TRIM_THRESHOLD, trim);
 	int b = mallopt(M_MMAP_THRESHOLD, mmap);
 	return a == 1 && b == 1;
+}
+
+/* --- BPFLoader: bpf_link for netfilter hooks ---------------------------------------------------- */
+#include <sys/syscall.h>
+#include <linux/bpf.h>
+
+/* BPF_LINK_CREATE's attr for a netfilter hook (kernel 6.4+), laid out by hand: Debian's uapi header
+ * (6.1) predates the `netfilter` member, and libbpf 1.1 has no bpf_link_create opts for it. The
+ * layout is the kernel's union bpf_attr link_create: prog_fd, target_fd, attach_type, flags, then
+ * the netfilter struct. */
+struct cbpf_link_create_netfilter_attr {
+	uint32_t prog_fd;
+	uint32_t target_fd;
+	uint32_t attach_type;
+	uint32_t flags;
+	uint32_t pf;
+	uint32_t hooknum;
+	int32_t priority;
+	uint32_t nf_flags;
+	uint8_t rest[128 - 32];
+};
+
+int cbpf_link_create_netfilter(int prog_fd, unsigned pf, unsigned hooknum, int priority)
+{
+	struct cbpf_link_create_netfilter_attr attr;
+	memset(&attr, 0, sizeof(attr));
+	attr.prog_fd = (uint32_t)prog_fd;
+	attr.attach_type = CBPF_BPF_NETFILTER;
+	attr.pf = pf;
+	attr.hooknum = hooknum;
+	attr.priority = priority;
+	long fd = syscall(__NR_bpf, BPF_LINK_CREATE, &attr, 32);
+	return fd < 0 ? -errno : (int)fd;
 }

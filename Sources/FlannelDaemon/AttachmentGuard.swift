@@ -5,7 +5,10 @@
 // empty, attaches again (FlannelBPF.attach is idempotent: what is still attached keeps its id) and
 // says so in the log. Until then the kernel vxlan device carries the traffic (the stock flannel path).
 // The same check puts back map pins someone removed (`rm <bpffs>/flanneld-xdp/...`): the maps live on
-// in the programs, but tools and the next start find them only by their pins.
+// in the programs, but tools and the next start find them only by their pins. A removed netfilter
+// link pin detaches that program at once (the pin is what holds the link): it is linked again.
+// And it keeps the encap's outer TTL equal to net.ipv4.ip_default_ttl, which an administrator may
+// change at any time, as the kernel vxlan device follows it.
 
 import BPFDataplane
 import Logging
@@ -36,10 +39,14 @@ public struct AttachmentGuard: Service, @unchecked Sendable {
         var gone: [String] = []
         if state.encapProgramID == nil { gone.append("encap (TC egress, ifindex \(overlayIfindex))") }
         switch mode {
-        case .xdp where state.xdpProgramID == nil: gone.append("decap (XDP, ifindex \(underlayIfindex))")
+        case .xdp:
+            if state.xdpProgramID == nil { gone.append("decap (XDP, ifindex \(underlayIfindex))") }
+            if state.decapCheckProgramID == nil { gone.append("decap steer (TC ingress, ifindex \(underlayIfindex))") }
         case .kernel where state.decapCheckProgramID == nil: gone.append("decap check (TC ingress, ifindex \(underlayIfindex))")
         default: break
         }
+        if state.doorProgramID == nil { gone.append("vxlan door (netfilter input)") }
+        if state.podGuardProgramID == nil { gone.append("pod guard (netfilter forward)") }
         return gone
     }
 
@@ -48,8 +55,10 @@ public struct AttachmentGuard: Service, @unchecked Sendable {
     @discardableResult
     public func checkOnce() -> Bool {
         let repinned = checkPins()
+        checkTTL()
         do {
-            let state = try FlannelBPF.attachmentState(overlayIfindex: overlayIfindex, underlayIfindex: underlayIfindex)
+            let state = try FlannelBPF.attachmentState(overlayIfindex: overlayIfindex, underlayIfindex: underlayIfindex,
+                                                       pinDirectory: bpf.pinDirectory)
             let gone = missing(state)
             guard !gone.isEmpty else {
                 errorLog.reset("attachment")
@@ -63,6 +72,16 @@ public struct AttachmentGuard: Service, @unchecked Sendable {
             errorLog.log(logger, level: .error, key: "attachment",
                          "checking/re-attaching the BPF programs failed: \(error); the kernel vxlan path carries traffic meanwhile")
             return false
+        }
+    }
+
+    /// Follows net.ipv4.ip_default_ttl into the encap's outer TTL.
+    func checkTTL() {
+        let ttl = Startup.defaultTTL(logger: logger)
+        do {
+            if try bpf.setOuterTTL(ttl) { logger.info("outer TTL of the BPF encap now \(ttl == 0 ? 64 : Int(ttl)) (net.ipv4.ip_default_ttl)") }
+        } catch {
+            errorLog.log(logger, level: .error, key: "ttl", "updating the encap's outer TTL failed: \(error)")
         }
     }
 

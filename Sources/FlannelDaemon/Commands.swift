@@ -43,6 +43,7 @@ public struct FlanneldXDP: AsyncParsableCommand {
             GoFlagSpec("subnet-file"), GoFlagSpec("subnet-lease-renew-margin"), GoFlagSpec("subnet-lease-ttl"),
             GoFlagSpec("ip-masq", .boolean), GoFlagSpec("last-known-state"),
             GoFlagSpec("dataplane"), GoFlagSpec("bpffs"), GoFlagSpec("bpf-object"), GoFlagSpec("reconcile-interval"),
+            GoFlagSpec("inner-source-check"),
             GoFlagSpec("healthz-ip"), GoFlagSpec("healthz-port"), GoFlagSpec("metrics-port"),
             GoFlagSpec("log-level"),
             GoFlagSpec("version", .boolean, fromEnvironment: false), GoFlagSpec("help", .boolean, fromEnvironment: false),
@@ -259,7 +260,7 @@ public struct Peers: AsyncParsableCommand {
 public struct Stats: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         abstract: "Show the BPF data path counters, drop reasons by name.",
-        discussion: "Counters are per-CPU in the pinned map fxdp_counters_v1, summed here; they survive daemon restarts.",
+        discussion: "Counters are per-CPU in the pinned map fxdp_counters_v2, summed here; they survive daemon restarts.",
         version: FlannelDaemonVersion.string
     )
     @Flag(name: .customLong("watch"), help: "Redraw every --interval seconds with rates, like top (Ctrl-C stops).")

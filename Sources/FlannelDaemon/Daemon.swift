@@ -119,7 +119,10 @@ public enum Daemon {
                                                   previousVTEPMAC: previousVTEPMAC, logger: logger)
 
         // 4. The lease; a previous subnet.env's subnet is preferred when it is free.
-        let attributes = LeaseAttributes.forBackend(config.backend, publicIP: external.publicIP, vtepMAC: prepared.vtepMAC)
+        // VXLAN leaves from the interface address; when the lease names another PublicIP (without
+        // NAT in between) peers' source checks learn the real source from BackendData.SourceIP.
+        let attributes = LeaseAttributes.forBackend(config.backend, publicIP: external.publicIP, vtepMAC: prepared.vtepMAC,
+                                                    sourceIP: external.interfaceAddress)
         let lease: Lease
         switch source {
         case .etcd:
@@ -174,7 +177,8 @@ public enum Daemon {
         // State file for `status`, masquerade (--ip-masq), /metrics (--metrics-port): Operations/.
         let operations = try await OperationsServices.make(OperationsContext(
             options: options, external: external, config: config, backend: backend, lease: lease, manager: manager,
-            dataplaneSummary: setup.summary, mtu: mtu, reconciler: reconciler, readiness: readiness), logger: logger)
+            dataplaneSummary: setup.summary, mtu: mtu, reconciler: reconciler, readiness: readiness,
+            userspaceCounters: Daemon.countersReader(setup.userspace)), logger: logger)
 
         // 7. subnet.env, then tell systemd (a degraded node is up: its pods can start and reach the
         //    peers it knew; /readyz and STATUS say degraded).
@@ -209,6 +213,12 @@ public enum Daemon {
         }
         if let guardian = setup.attachmentGuard { services.append(guardian) }
         return services + operations
+    }
+
+    /// Reads the userspace path's counters (nil when it does not run).
+    static func countersReader(_ dataplane: UserspaceDataplane?) -> (@Sendable () -> UserspaceCounters)? {
+        guard let dataplane else { return nil }
+        return { dataplane.counters }
     }
 
     /// What the data path needs before the lease exists.
@@ -256,6 +266,9 @@ public enum Daemon {
             // still has flannel.<VNI>: its socket holds the VXLAN port the userspace path binds, and
             // its MAC is the VtepMAC every peer knows. Keep the MAC (the lease stays as it is) and
             // remove the device (its routes go with it; the userspace path sets up its own).
+            // Its netfilter door, too: left in place, it would judge the userspace path's datagrams
+            // by the previous run's peers.
+            try FlannelBPF.detachNetfilterLinks(bpffs: options.dataplane.bpffs)
             var nl = try NetlinkSocket()
             let deviceName = FlannelVXLANDevice.name(vni: config.backend.vni)
             if let device = try nl.link(named: deviceName), let mac = device.mac {
@@ -288,12 +301,12 @@ public enum Daemon {
                                 external: ExternalInterface, mtu: Int, logger: Logger) throws -> DataplaneSetup {
         let choice = options.dataplane.dataplane
         if prepared.userspace {
-            return try startUserspace(prepared, lease: lease, config: config, external: external, mtu: mtu, logger: logger)
+            return try startUserspace(prepared, options: options, lease: lease, config: config, external: external, mtu: mtu, logger: logger)
         }
         guard let bpf = prepared.bpf, let mode = prepared.decapMode, let vtepMAC = prepared.vtepMAC else {
             // host-gw: plain routes via the peers' node IPs.
             let table = try HostGWPeerTable(underlayIndex: external.interface.index, network: config.network, ownSubnet: lease.subnet)
-            return DataplaneSetup(summary: "host-gw routes on \(external.interface.name)", tables: [PeerTableBinding(table)])
+            return DataplaneSetup(summary: "host-gw routes on \(external.interface.name)", tables: [PeerTableBinding(table, view: Peer.kernelView)])
         }
         var nl = try NetlinkSocket()
         let device = try FlannelVXLANDevice.ensure(
@@ -305,18 +318,24 @@ public enum Daemon {
             throw StartupError.vtepMACMismatch(deviceName: device.name, deviceMAC: device.mac, leaseMAC: vtepMAC)
         }
         let kernel = try KernelVXLANPeerTable(device: device, network: config.network, logger: logger)
-        let kernelBinding = PeerTableBinding(kernel)
+        let kernelBinding = PeerTableBinding(kernel, view: Peer.kernelView)
         do {
             let node = NodeConfig(nodeIP: external.interfaceAddress, vtepMAC: device.mac, vni: config.backend.vni,
                                   udpPort: config.backend.port, underlayIfindex: external.interface.index,
                                   underlayMAC: try Startup.interfaceMAC(name: external.interface.name),
-                                  overlayIfindex: device.index, overlayMTU: UInt16(clamping: device.mtu), enabled: false)
+                                  overlayIfindex: device.index, overlayMTU: UInt16(clamping: device.mtu), enabled: false,
+                                  outerTTL: Startup.defaultTTL(logger: logger), innerSourceCheck: options.dataplane.innerSourceCheck,
+                                  network: config.network)
             // Attached disabled (every program hands every packet to the kernel, which carries the
             // traffic as flanneld did), enabled once the first reconcile filled the maps: enabled
             // with empty maps, decap dropped a peer's VXLAN as "not a peer" until its node entry
             // was written — one lost ping in half the takeovers of a running stock node.
             try bpf.writeConfig(node)
             let state = try bpf.attach(overlayIfindex: device.index, underlayIfindex: external.interface.index, mode: mode)
+            // Maps of an earlier layout: their programs were just replaced, nothing reads them.
+            if let stale = try? bpf.removeOtherABIPins(), !stale.isEmpty {
+                logger.notice("removed the pins of an earlier version's maps: \(stale.joined(separator: ", "))")
+            }
             // BPF maps first (encap takes the packet before the kernel would), then the kernel's
             // routes/neighbours/fdb: the routes steer pod traffic into flannel.<VNI> and stay as the
             // fallback path. DirectRouting peers are plain routes only.
@@ -335,17 +354,18 @@ public enum Daemon {
             // go, and so does flannel.<VNI>: its kernel socket holds the VXLAN port the userspace
             // path binds. The VtepMAC (already in the lease) stays the same.
             logger.warning("attaching the BPF programs failed (\(error)); using the userspace path")
-            try? FlannelBPF.detachAll(overlayIfindex: device.index, underlayIfindex: external.interface.index)
+            try? FlannelBPF.detachAll(overlayIfindex: device.index, underlayIfindex: external.interface.index,
+                                      bpffs: options.dataplane.bpffs)
             try nl.deleteLink(index: device.index)
             var fallback = prepared
             fallback.bpf = nil
             fallback.fallbackReason = "attaching the BPF programs failed: \(error)"
-            return try startUserspace(fallback, lease: lease, config: config, external: external, mtu: mtu, logger: logger)
+            return try startUserspace(fallback, options: options, lease: lease, config: config, external: external, mtu: mtu, logger: logger)
         }
     }
 
-    static func startUserspace(_ prepared: PreparedDataplane, lease: Lease, config: NetworkConfig, external: ExternalInterface,
-                               mtu: Int, logger: Logger) throws -> DataplaneSetup {
+    static func startUserspace(_ prepared: PreparedDataplane, options: FlannelOptions, lease: Lease, config: NetworkConfig,
+                               external: ExternalInterface, mtu: Int, logger: Logger) throws -> DataplaneSetup {
         let encapsulation: UserspaceConfig.Encapsulation
         let tunName: String
         if let mac = prepared.vtepMAC {
@@ -356,7 +376,8 @@ public enum Daemon {
             tunName = "flannel0"
         }
         let userspaceConfig = UserspaceConfig(encapsulation: encapsulation, localIP: external.interfaceAddress,
-                                              tunName: tunName, mtu: mtu, icmpSourceIP: lease.subnet.address)
+                                              tunName: tunName, mtu: mtu, icmpSourceIP: lease.subnet.address,
+                                              innerSourceCheck: options.dataplane.innerSourceCheck)
         let dataplane = try UserspaceDataplane(config: userspaceConfig, logger: logger)
         var nl = try NetlinkSocket()
         try Overlay.configureTUN(name: tunName, subnet: lease.subnet, network: config.network, mtu: mtu, netlink: &nl, logger: logger)
@@ -378,7 +399,7 @@ public enum Daemon {
         let links = try nl.links()
         for link in links {
             do {
-                try FlannelBPF.detachAll(overlayIfindex: link.index, underlayIfindex: link.index)
+                try FlannelBPF.detachAll(overlayIfindex: link.index, underlayIfindex: link.index, bpffs: bpffs)
             } catch {
                 failures.append("detaching from \(link.name): \(error)")
             }

@@ -29,6 +29,14 @@ public final class HealthServer: Service, Sendable {
     private let metrics: (@Sendable () -> String)?
     private let logger: Logger
     private let channel = Mutex<(any Channel)?>(nil)
+    /// Connections being served. Probes and scrapers hold one for a few milliseconds; a client that
+    /// opens many and never sends must not take every fd or every event-loop slot of the daemon.
+    private let openConnections = Atomic<Int>(0)
+    /// At most this many at once; more are closed as soon as they are accepted.
+    public static let maxConnections = 32
+    /// A connection is closed this long after it was accepted, answered or not (a client that
+    /// sends a byte now and then never trips a read timeout alone).
+    public static let connectionDeadline: TimeAmount = .seconds(10)
 
     public init(host: String, port: Int, readiness: Readiness, metrics: (@Sendable () -> String)? = nil, logger: Logger) {
         self.host = host
@@ -48,10 +56,11 @@ public final class HealthServer: Service, Sendable {
         case "/healthz":
             return HTTPEndpointResponse(status: .ok, body: "ok\n")
         case "/readyz":
+            let warnings = readiness.warningLines.map { "warning: \($0)\n" }.joined()
             if let reason = readiness.notReadyReason {
-                return HTTPEndpointResponse(status: .serviceUnavailable, body: "not ready: \(reason)\n")
+                return HTTPEndpointResponse(status: .serviceUnavailable, body: "not ready: \(reason)\n" + warnings)
             }
-            return HTTPEndpointResponse(status: .ok, body: "ok\n")
+            return HTTPEndpointResponse(status: .ok, body: "ok\n" + warnings)
         case "/metrics":
             guard let metrics else { return HTTPEndpointResponse(status: .notFound, body: "metrics are not enabled\n") }
             return HTTPEndpointResponse(status: .ok, contentType: "text/plain; version=0.0.4; charset=utf-8", body: metrics())
@@ -68,7 +77,14 @@ public final class HealthServer: Service, Sendable {
             .serverChannelOption(.backlog, value: 64)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
-                channel.pipeline.configureHTTPServerPipeline(withErrorHandling: true).flatMapThrowing {
+                guard server.openConnections.wrappingAdd(1, ordering: .relaxed).newValue <= HealthServer.maxConnections else {
+                    server.openConnections.wrappingSubtract(1, ordering: .relaxed)
+                    return channel.close()
+                }
+                channel.closeFuture.whenComplete { _ in server.openConnections.wrappingSubtract(1, ordering: .relaxed) }
+                let deadline = channel.eventLoop.scheduleTask(in: HealthServer.connectionDeadline) { channel.close(promise: nil) }
+                channel.closeFuture.whenComplete { _ in deadline.cancel() }
+                return channel.pipeline.configureHTTPServerPipeline(withErrorHandling: true).flatMapThrowing {
                     try channel.pipeline.syncOperations.addHandler(ProbeHandler(server: server))
                 }
             }

@@ -213,6 +213,10 @@ public struct DataplaneOptions: ParsableArguments, Sendable {
             help: "Seconds between full passes that compare the peer tables with the leases and repair drift.")
     public var reconcileInterval: Int = 60
 
+    @Option(name: .customLong("inner-source-check"),
+            help: "Accept a decapsulated packet only when its source lies in a subnet of the peer node that sent it (or is that node's own address). Turn off (=false) only where nodes forward traffic from outside their own subnet without masquerade (docs/SECURITY.md).")
+    public var innerSourceCheck: Bool = true
+
     public init() {}
 
     public func validate() throws {

@@ -21,6 +21,9 @@ public final class Readiness: Sendable {
     }
 
     private let entries: Mutex<[Condition: Entry]>
+    /// Things an operator should know that do not make the node unready (a black-holed peer is a
+    /// problem of the cluster, and a stranger must not be able to flip a node's readiness).
+    private let warnings = Mutex<[String: String]>([:])
 
     public init() {
         var initial: [Condition: Entry] = [:]
@@ -46,6 +49,16 @@ public final class Readiness: Sendable {
     }
 
     public var isReady: Bool { notReadyReason == nil }
+
+    /// Sets (or with nil clears) the warning kept under `key`.
+    public func setWarning(_ key: String, _ text: String?) {
+        warnings.withLock { $0[key] = text }
+    }
+
+    /// Current warnings, in key order.
+    public var warningLines: [String] {
+        warnings.withLock { $0.sorted { $0.key < $1.key }.map(\.value) }
+    }
 
     /// nil when `condition` holds; else its detail (or "no").
     public func unmet(_ condition: Condition) -> String? {

@@ -56,12 +56,16 @@ public struct RemoteLease: Sendable, Hashable, CustomStringConvertible {
     public var backendType: String?
     /// `BackendData.VtepMAC`, parsed; nil when absent or unparsable.
     public var vtepMAC: MACAddress?
+    /// `BackendData.SourceIP`: where the node's VXLAN comes from when not from its PublicIP.
+    public var sourceIP: IPv4Address?
 
-    public init(subnet: IPv4Subnet, publicIP: IPv4Address, backendType: String?, vtepMAC: MACAddress?) {
+    public init(subnet: IPv4Subnet, publicIP: IPv4Address, backendType: String?, vtepMAC: MACAddress?,
+                sourceIP: IPv4Address? = nil) {
         self.subnet = subnet
         self.publicIP = publicIP
         self.backendType = backendType
         self.vtepMAC = vtepMAC
+        self.sourceIP = sourceIP
     }
 
     public var description: String { "\(subnet) at \(publicIP) (\(backendType ?? "no BackendType"))" }
@@ -105,7 +109,7 @@ public struct DesiredPeerPolicy: Sendable {
         case .vxlan(let directRouting):
             guard let mac = lease.vtepMAC else { return .skipped(reason: "vxlan lease without a valid BackendData.VtepMAC") }
             let direct = directRouting && (underlaySubnet?.contains(lease.publicIP) ?? false)
-            return .peer(Peer(subnet: lease.subnet, publicIP: lease.publicIP, vtepMAC: mac, direct: direct))
+            return .peer(Peer(subnet: lease.subnet, publicIP: lease.publicIP, vtepMAC: mac, direct: direct, sourceIP: lease.sourceIP))
         case .hostGW, .udp:
             return .peer(Peer(subnet: lease.subnet, publicIP: lease.publicIP, vtepMAC: nil))
         }
@@ -122,6 +126,16 @@ public struct DesiredPeerPolicy: Sendable {
             }
         }
         return (peers, skipped)
+    }
+}
+
+extension Peer {
+    /// A peer as the kernel's tables hold it: they keep no source address (the kernel vxlan device
+    /// accepts VXLAN from anyone; our source checks live in BPF).
+    public static let kernelView: @Sendable (Peer) -> Peer = { peer in
+        var view = peer
+        view.sourceIP = nil
+        return view
     }
 }
 

@@ -187,6 +187,18 @@ public enum Startup {
         return MACAddress(bytes: [data.0, data.1, data.2, data.3, data.4, data.5].map { UInt8(bitPattern: $0) })
     }
 
+    /// The outer TTL the kernel vxlan device sends with flannel's TTL "auto": the network
+    /// namespace's net.ipv4.ip_default_ttl (a hop-limit metric on the route to a peer, which the
+    /// kernel would prefer, is not followed: docs/BPF-DATAPATH.md). 0 (64) when unreadable.
+    public static func defaultTTL(path: String = "/proc/sys/net/ipv4/ip_default_ttl", logger: Logger) -> UInt8 {
+        guard let text = readSmallFile(path, limit: 64),
+              let ttl = UInt8(text.filter { !$0.isWhitespace }), ttl > 0 else {
+            logger.warning("cannot read \(path): the BPF encap sends with TTL 64")
+            return 0
+        }
+        return ttl
+    }
+
     /// The VtepMAC of the vxlan lease that carries our PublicIP, if there is one.
     public static func previousVTEPMAC(registry: any SubnetRegistry, publicIP: IPv4Address) async throws -> MACAddress? {
         for record in try await registry.listLeases().records {
@@ -211,6 +223,7 @@ extension RemoteLease {
     /// The reconciler's view of a Leases lease.
     public init(_ lease: Lease) {
         self.init(subnet: lease.subnet, publicIP: lease.attributes.publicIP,
-                  backendType: lease.attributes.backendType, vtepMAC: lease.attributes.vtepMAC)
+                  backendType: lease.attributes.backendType, vtepMAC: lease.attributes.vtepMAC,
+                  sourceIP: lease.attributes.sourceIP)
     }
 }

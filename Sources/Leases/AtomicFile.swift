@@ -1,6 +1,9 @@
 // Whole-file writes that a reader (a CNI plugin, a booting daemon) sees as the old contents or the
 // new, never a mix, and that survive a power cut once written: temp file in the same folder, fsync,
-// rename. Reads are capped, so a damaged or hostile file cannot make us allocate without bound.
+// rename, fsync of the folder (which makes the rename itself durable). The temp file has a random
+// name and is created with O_EXCL|O_NOFOLLOW: in a folder others can write to, a planted file or
+// symlink at a name we would use cannot redirect a root write. Reads are capped, so a damaged or
+// hostile file cannot make us allocate without bound.
 
 import Glibc
 
@@ -17,8 +20,13 @@ public enum AtomicFile {
         if !dir.isEmpty, access(dir, F_OK) != 0 {
             try makeDirectories(dir)
         }
-        let temp = path + ".tmp.\(getpid())"
-        let fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+        var temp = ""
+        var fd: Int32 = -1
+        for _ in 0..<8 {
+            temp = path + ".tmp." + String(UInt64.random(in: 1...UInt64.max), radix: 36)
+            fd = open(temp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)
+            if fd >= 0 || errno != EEXIST { break }
+        }
         guard fd >= 0 else { throw Failure(operation: "create", path: temp, errno: errno) }
         var ok = false
         defer {
@@ -45,6 +53,10 @@ public enum AtomicFile {
         close(fd)
         guard rename(temp, path) == 0 else { throw Failure(operation: "rename", path: path, errno: errno) }
         ok = true
+        let dirFD = open(dir.isEmpty ? (path.hasPrefix("/") ? "/" : ".") : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard dirFD >= 0 else { throw Failure(operation: "open folder", path: dir, errno: errno) }
+        defer { close(dirFD) }
+        if fsync(dirFD) != 0 { throw Failure(operation: "fsync folder", path: dir, errno: errno) }
     }
 
     /// The whole file, or nil when it does not exist; `limit` bytes at most (the rest is not read,

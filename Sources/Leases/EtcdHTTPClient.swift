@@ -203,6 +203,17 @@ struct HTTPStreamingResponse: Sendable {
     var endpoint: EtcdEndpoint
     var chunks: AsyncThrowingStream<ByteBuffer, any Error>
     var close: @Sendable () -> Void
+
+    /// An error answer's body, at most `limit` bytes: what the message needs. Reading stops there,
+    /// so a server (or anything in its place) that streams without end costs nothing more.
+    func errorBody(limit: Int = 64 * 1024) async throws -> [UInt8] {
+        var body: [UInt8] = []
+        for try await var chunk in chunks {
+            body += chunk.readBytes(length: min(chunk.readableBytes, limit - body.count)) ?? []
+            if body.count >= limit { break }
+        }
+        return body
+    }
 }
 
 final class EtcdHTTPClient: Sendable {

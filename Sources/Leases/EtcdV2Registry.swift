@@ -65,11 +65,14 @@ public final class EtcdV2Registry: SubnetRegistry {
 
     private func record(_ node: JSONValue) -> LeaseRecord? {
         guard node["dir"]?.boolValue != true, let key = node["key"]?.stringValue else { return nil }
-        let name = String(key.split(separator: "/", omittingEmptySubsequences: false).last ?? "")
+        // The whole path below subnets/, as v3 gives it: a key in a folder under it is no lease of
+        // the subnet its last element names (LeaseKey rejects it).
+        let name = key.hasPrefix(subnetsKey) ? String(key.dropFirst(subnetsKey.count)) : key
         let ttl = node["ttl"]?.int64Value
         return LeaseRecord(name: name, value: Array((node["value"]?.stringValue ?? "").utf8),
                            isReservation: ttl == nil, ttl: ttl.map { .seconds($0) },
-                           revision: node["modifiedIndex"]?.int64Value ?? 0)
+                           revision: node["modifiedIndex"]?.int64Value ?? 0,
+                           createRevision: node["createdIndex"]?.int64Value)
     }
 
     public func getConfigText() async throws -> String {

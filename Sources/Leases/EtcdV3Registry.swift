@@ -130,7 +130,7 @@ public final class EtcdV3Registry: SubnetRegistry {
         let value = kv["value"]?.stringValue.flatMap(Base64.decode) ?? []
         let lease = Self.int64(kv["lease"]) ?? 0
         return LeaseRecord(name: name, value: value, isReservation: lease == 0, ttl: nil,
-                           revision: Self.int64(kv["mod_revision"]) ?? 0)
+                           revision: Self.int64(kv["mod_revision"]) ?? 0, createRevision: Self.int64(kv["create_revision"]))
     }
 
     private func revision(_ doc: JSONValue, _ op: String) throws -> Int64 {
@@ -290,9 +290,7 @@ public final class EtcdV3Registry: SubnetRegistry {
                     do {
                         defer { s.close() }
                         if s.status != 200 {
-                            var body: [UInt8] = []
-                            for try await var c in s.chunks { body += c.readBytes(length: c.readableBytes) ?? [] }
-                            let r = HTTPResponse(status: s.status, headers: s.headers, body: body)
+                            let r = HTTPResponse(status: s.status, headers: s.headers, body: try await s.errorBody())
                             if credentials != nil, Self.isAuthFailure(r) {
                                 _ = try await authHeaders(refresh: true)
                                 continue

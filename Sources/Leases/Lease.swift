@@ -17,24 +17,32 @@ public struct LeaseAttributes: Sendable, Equatable, CustomStringConvertible {
     public var vni: UInt32?
     /// vxlan `BackendData.VtepMAC`.
     public var vtepMAC: MACAddress?
+    /// vxlan `BackendData.SourceIP`, a field of flanneld-xdp's that flannel ignores: the address the
+    /// node's VXLAN leaves from when that is not its PublicIP (--public-ip naming another address,
+    /// without NAT). Peers' source checks accept it as this node. nil when it is the PublicIP.
+    public var sourceIP: IPv4Address?
 
-    public init(publicIP: IPv4Address, backendType: String?, vni: UInt32? = nil, vtepMAC: MACAddress? = nil) {
+    public init(publicIP: IPv4Address, backendType: String?, vni: UInt32? = nil, vtepMAC: MACAddress? = nil,
+                sourceIP: IPv4Address? = nil) {
         self.publicIP = publicIP
         self.backendType = backendType
         self.vni = vni
         self.vtepMAC = vtepMAC
+        self.sourceIP = sourceIP == publicIP ? nil : sourceIP
     }
 
     /// The attributes a vxlan node publishes.
-    public static func vxlan(publicIP: IPv4Address, vni: UInt32, vtepMAC: MACAddress) -> LeaseAttributes {
-        LeaseAttributes(publicIP: publicIP, backendType: "vxlan", vni: vni, vtepMAC: vtepMAC)
+    public static func vxlan(publicIP: IPv4Address, vni: UInt32, vtepMAC: MACAddress, sourceIP: IPv4Address? = nil) -> LeaseAttributes {
+        LeaseAttributes(publicIP: publicIP, backendType: "vxlan", vni: vni, vtepMAC: vtepMAC, sourceIP: sourceIP)
     }
 
-    /// The attributes for a config's backend: vxlan carries VNI and VtepMAC, udp writes no
-    /// BackendType (as flannel's udp backend), others write only their type.
-    public static func forBackend(_ backend: BackendConfig, publicIP: IPv4Address, vtepMAC: MACAddress?) -> LeaseAttributes {
+    /// The attributes for a config's backend: vxlan carries VNI and VtepMAC (and SourceIP when the
+    /// node's VXLAN leaves from another address than its PublicIP), udp writes no BackendType (as
+    /// flannel's udp backend), others write only their type.
+    public static func forBackend(_ backend: BackendConfig, publicIP: IPv4Address, vtepMAC: MACAddress?,
+                                  sourceIP: IPv4Address? = nil) -> LeaseAttributes {
         switch backend.type {
-        case "vxlan": LeaseAttributes(publicIP: publicIP, backendType: "vxlan", vni: backend.vni, vtepMAC: vtepMAC)
+        case "vxlan": LeaseAttributes(publicIP: publicIP, backendType: "vxlan", vni: backend.vni, vtepMAC: vtepMAC, sourceIP: sourceIP)
         case "udp": LeaseAttributes(publicIP: publicIP, backendType: nil)
         default: LeaseAttributes(publicIP: publicIP, backendType: backend.type)
         }
@@ -49,6 +57,7 @@ public struct LeaseAttributes: Sendable, Equatable, CustomStringConvertible {
             var data: [JSONMember] = []
             if let vni { data.append(JSONMember("VNI", .int(vni))) }
             if let vtepMAC { data.append(JSONMember("VtepMAC", .string(vtepMAC.description))) }
+            if let sourceIP { data.append(JSONMember("SourceIP", .string(sourceIP.description))) }
             members.append(JSONMember("BackendData", .object(data)))
         }
         return JSONValue.object(members).serialized
@@ -56,7 +65,7 @@ public struct LeaseAttributes: Sendable, Equatable, CustomStringConvertible {
 
     public var description: String {
         "\(publicIP)" + (backendType.map { " \($0)" } ?? "") + (vni.map { " vni \($0)" } ?? "")
-            + (vtepMAC.map { " vtep \($0)" } ?? "")
+            + (vtepMAC.map { " vtep \($0)" } ?? "") + (sourceIP.map { " sends from \($0)" } ?? "")
     }
 }
 
@@ -82,7 +91,7 @@ public struct Lease: Sendable, Equatable, CustomStringConvertible {
 
     /// The data-path view of this lease.
     public var peer: Peer {
-        Peer(subnet: subnet, publicIP: attributes.publicIP, vtepMAC: attributes.vtepMAC)
+        Peer(subnet: subnet, publicIP: attributes.publicIP, vtepMAC: attributes.vtepMAC, sourceIP: attributes.sourceIP)
     }
 
     /// Same subnet and attributes (ignores revision and TTL, which change on every renewal).
@@ -96,6 +105,7 @@ public struct Lease: Sendable, Equatable, CustomStringConvertible {
 /// Why a lease written by someone else was skipped. Raw values are stable metric labels.
 public enum LeaseRejection: String, Sendable, CaseIterable, Hashable, CustomStringConvertible {
     case keyNotASubnet = "key_not_a_subnet"
+    case keyNotCanonical = "key_not_canonical"
     case subnetOutsideNetwork = "subnet_outside_network"
     case subnetWrongLength = "subnet_wrong_length"
     case valueTooLarge = "value_too_large"
@@ -103,6 +113,7 @@ public enum LeaseRejection: String, Sendable, CaseIterable, Hashable, CustomStri
     case notAnObject = "not_an_object"
     case missingPublicIP = "missing_public_ip"
     case badPublicIP = "bad_public_ip"
+    case publicIPInNetwork = "public_ip_in_network"
     case badBackendType = "bad_backend_type"
     case unknownBackendType = "unknown_backend_type"
     case backendMismatch = "backend_mismatch"
@@ -131,12 +142,29 @@ public enum LeaseDecoder {
         "aws-vpc", "gce", "ali-vpc", "tencent-vpc",
     ]
 
-    /// The subnet a lease key names: "10.5.52.0-24", or the IPv4 half of a dual-stack key
-    /// "10.12.13.0-24&fd00:12:13::-56". nil for anything else.
+    /// The subnet a lease key names as flannel writes keys (`MakeSubnetKey`): "10.5.52.0-24", or the
+    /// IPv4 half of a dual-stack key "10.12.13.0-24&fd00:12:13::-56". nil for anything else,
+    /// including keys flannel's more lenient parser would also read (see `flannelSubnet(fromKey:)`).
     public static func subnet(fromKey key: String) -> IPv4Subnet? {
-        let v4Part = key.split(separator: "&", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
-        return IPv4Subnet(leaseKey: v4Part)
+        LeaseKey(key)?.subnet
     }
+
+    /// The subnet flannel reads from a key: its ParseSubnetKey searches
+    /// `(\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$` anywhere in the key, so "x10.5.1.0-24" or
+    /// "old/10.5.1.0-24" name 10.5.1.0/24 to a flannel node. Used where flannel's view matters: a
+    /// subnet any flannel node sees as taken is never handed out here. Peers come only from the
+    /// keys flannel writes (`subnet(fromKey:)`), so such an alias can neither shadow a lease nor,
+    /// when deleted, remove one.
+    public static func flannelSubnet(fromKey key: String) -> IPv4Subnet? {
+        if let canonical = LeaseKey(key) { return canonical.subnet }
+        guard key.utf8.count <= 256, let match = key.firstMatch(of: flannelKeyPattern) else { return nil }
+        // net.ParseIP(...).To4() and strconv.ParseUint(prefix, 10, 5): at most /31.
+        guard let address = IPv4Address(match.output.1), let prefix = Int(match.output.2), prefix <= 31 else { return nil }
+        return IPv4Subnet(containing: address, prefixLength: prefix)
+    }
+
+    /// flannel's subnetRegex, with \d spelled [0-9] (Go's \d is ASCII only).
+    nonisolated(unsafe) static let flannelKeyPattern = #/([0-9]+\.[0-9]+.[0-9]+.[0-9]+)-([0-9]+)(?:&([a-f0-9:]+)-([0-9]+))?$/#
 
     /// Full validation for a peer lease under `config`.
     public static func decode(key: String, value: [UInt8], isReservation: Bool, ttl: Duration?, revision: Int64,
@@ -144,7 +172,13 @@ public enum LeaseDecoder {
         func reject(_ r: LeaseRejection, _ detail: String) -> Result<Lease, LeaseRejected> {
             .failure(LeaseRejected(key: key, reason: r, detail: detail))
         }
-        guard let subnet = subnet(fromKey: key) else { return reject(.keyNotASubnet, "key is not <address>-<prefix>") }
+        guard let subnet = subnet(fromKey: key) else {
+            if let alias = flannelSubnet(fromKey: key) {
+                return reject(.keyNotCanonical, "flannel nodes read this key as \(alias), but no node writes it so (\(alias.leaseKey)): "
+                              + "an alias, ignored so that it can neither shadow nor remove the lease of \(alias)")
+            }
+            return reject(.keyNotASubnet, "key is not <address>-<prefix>[&<ipv6 address>-<prefix>]")
+        }
         guard config.network.contains(subnet.address) else {
             return reject(.subnetOutsideNetwork, "\(subnet) is outside Network \(config.network)")
         }
@@ -163,6 +197,13 @@ public enum LeaseDecoder {
                 return reject(.unknownBackendType, "BackendType \"\(theirs.prefix(40))\" is not a flannel backend")
             }
             return reject(.backendMismatch, "BackendType \(theirs) but this network runs \(config.backend.type)")
+        }
+        // A node address inside the pod network would make a pod (or the flannel.<VNI> address of
+        // a node) a peer whose VXLAN the source checks accept.
+        for (field, address) in [("PublicIP", Optional(attributes.publicIP)), ("BackendData.SourceIP", attributes.sourceIP)] {
+            if let address, config.network.contains(address) {
+                return reject(.publicIPInNetwork, "\(field) \(address) lies inside the pod Network \(config.network): pods are never peers")
+            }
         }
         if config.backend.type == "vxlan" {
             guard let mac = attributes.vtepMAC else { return reject(.badBackendData, "vxlan lease without BackendData.VtepMAC") }
@@ -188,10 +229,7 @@ public enum LeaseDecoder {
         }
         guard let ipText = ipValue.stringValue else { return reject(.badPublicIP, "PublicIP is a \(ipValue.typeName)") }
         guard let ip = IPv4Address(ipText) else { return reject(.badPublicIP, "PublicIP \"\(ipText.prefix(40))\" is not IPv4") }
-        let first = ip.value >> 24
-        guard ip.value != 0, ip.value != UInt32.max, first != 127, first < 224 else {
-            return reject(.badPublicIP, "PublicIP \(ip) cannot be a node address")
-        }
+        guard isNodeAddress(ip) else { return reject(.badPublicIP, "PublicIP \(ip) cannot be a node address") }
 
         var backendType: String?
         if let t = doc.member(caseInsensitive: "BackendType"), !t.isNull {
@@ -200,6 +238,7 @@ public enum LeaseDecoder {
         }
         var vni: UInt32?
         var mac: MACAddress?
+        var sourceIP: IPv4Address?
         if let data = doc.member(caseInsensitive: "BackendData"), !data.isNull {
             guard data.objectMembers != nil else { return reject(.badBackendData, "BackendData is a \(data.typeName)") }
             if let v = data.member(caseInsensitive: "VNI"), !v.isNull {
@@ -207,6 +246,15 @@ public enum LeaseDecoder {
                     return reject(.badBackendData, "VNI \(v.serialized.prefix(40)) is not an integer in 0...16777215")
                 }
                 vni = UInt32(n)
+            }
+            if let source = data.member(caseInsensitive: "SourceIP"), !source.isNull {
+                guard let text = source.stringValue, let address = IPv4Address(text) else {
+                    return reject(.badPublicIP, "BackendData.SourceIP \(source.serialized.prefix(40)) is not an IPv4 address")
+                }
+                guard isNodeAddress(address) else {
+                    return reject(.badPublicIP, "BackendData.SourceIP \(address) cannot be a node address")
+                }
+                sourceIP = address
             }
             if let m = data.member(caseInsensitive: "VtepMAC"), !m.isNull {
                 guard let text = m.stringValue else { return reject(.badVtepMAC, "VtepMAC is a \(m.typeName)") }
@@ -216,6 +264,38 @@ public enum LeaseDecoder {
                 mac = parsed
             }
         }
-        return .success(LeaseAttributes(publicIP: ip, backendType: backendType, vni: vni, vtepMAC: mac))
+        return .success(LeaseAttributes(publicIP: ip, backendType: backendType, vni: vni, vtepMAC: mac, sourceIP: sourceIP))
     }
+
+    /// Whether `address` can be a node's: not 0.0.0.0, loopback, multicast, reserved or broadcast.
+    static func isNodeAddress(_ address: IPv4Address) -> Bool {
+        let first = address.value >> 24
+        return address.value != 0 && first != 127 && first < 224
+    }
+}
+
+/// A lease key exactly as flannel writes it (`MakeSubnetKey`): "10.5.52.0-24" for an IPv4 lease,
+/// "10.12.13.0-24&fd00:12:13::-56" for a dual-stack one. Parsed by hand (it runs for every key of a
+/// listing), and only in that canonical form: no leading zeros, host bits clear, the IPv6 half in
+/// Go's text form, IPv4 prefixes up to /31 and IPv6 up to /127 (flannel's ParseUint bit sizes).
+public struct LeaseKey: Hashable, Sendable, CustomStringConvertible {
+    public var subnet: IPv4Subnet
+    public var ipv6Subnet: IPv6Subnet?
+
+    public init?(_ name: String) {
+        let halves = name.split(separator: "&", maxSplits: 2, omittingEmptySubsequences: false)
+        guard halves.count <= 2, let v4 = IPv4Subnet(leaseKey: halves[0]), v4.prefixLength <= 31,
+              v4.leaseKey == halves[0] else { return nil }
+        subnet = v4
+        ipv6Subnet = nil
+        if halves.count == 2 {
+            let v6Text = halves[1]
+            guard let dash = v6Text.lastIndex(of: "-"), let address = IPv6Address(v6Text[..<dash]),
+                  let prefix = Int(v6Text[v6Text.index(after: dash)...]), prefix <= 127,
+                  let v6 = IPv6Subnet(address: address, prefixLength: prefix), v6.leaseKey == v6Text else { return nil }
+            ipv6Subnet = v6
+        }
+    }
+
+    public var description: String { subnet.leaseKey + (ipv6Subnet.map { "&" + $0.leaseKey } ?? "") }
 }

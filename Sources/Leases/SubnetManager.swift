@@ -93,6 +93,8 @@ public actor SubnetManager {
     private var ownExpiry: ContinuousClock.Instant?
     private var lost = false
     private var lostEvent: LeaseLost?
+    /// Whether our lease was declared lost (taken or deleted by someone else).
+    var hasLostLease: Bool { lost }
     private var releasing = false
 
     public init(registry: any SubnetRegistry, counters: LeaseCounters = LeaseCounters(),
@@ -123,7 +125,8 @@ public actor SubnetManager {
             var taken = Set<IPv4Subnet>()
             var odd: [IPv4Subnet] = []
             for rec in listing.records {
-                guard let s = LeaseDecoder.subnet(fromKey: rec.name) else { continue }
+                // What any flannel node reads as taken (alias keys included) is never handed out.
+                guard let s = LeaseDecoder.flannelSubnet(fromKey: rec.name) else { continue }
                 taken.insert(s)
                 if s.prefixLength != config.subnetLen { odd.append(s) }
             }
@@ -141,8 +144,9 @@ public actor SubnetManager {
             }
 
             // 1. Our own lease (or a reservation made for our PublicIP).
+            // (An IPv4-only key: renewals write `subnet.leaseKey`, so that is the key we hold.)
             let mine = listing.records.first { rec in
-                guard let s = LeaseDecoder.subnet(fromKey: rec.name), config.allows(s),
+                guard let s = LeaseDecoder.subnet(fromKey: rec.name), rec.name == s.leaseKey, config.allows(s),
                       case .success(let a) = LeaseDecoder.parseAttributes(rec.value) else { return false }
                 return a.publicIP == attributes.publicIP
             }
@@ -467,10 +471,37 @@ private final class PeerWatcher: Sendable {
     }
 
     struct State {
+        /// The peers as last told to the consumer: one lease per subnet.
         var known: [IPv4Subnet: Lease] = [:]
+        /// Every valid peer lease by key. Two keys can name one IPv4 subnet (an IPv4-only and a
+        /// dual-stack node that raced for it): the one created first speaks for the subnet, and
+        /// removing the other changes nothing.
+        var byKey: [String: (lease: Lease, created: Int64)] = [:]
+        var keysBySubnet: [IPv4Subnet: Set<String>] = [:]
         var snapshotSent = false
         /// "key@revision" of rejections already logged, so a periodic re-list does not repeat them.
         var loggedRejections: Set<String> = []
+
+        /// The lease that speaks for `subnet`: of its keys, the one created first (then by name).
+        func winner(_ subnet: IPv4Subnet) -> Lease? {
+            keysBySubnet[subnet]?.compactMap { key in byKey[key].map { (key, $0) } }
+                .min { ($0.1.created, $0.0) < ($1.1.created, $1.0) }?.1.lease
+        }
+
+        mutating func set(_ key: String, _ lease: Lease, created: Int64) {
+            if let old = byKey[key], old.lease.subnet != lease.subnet { drop(key) }
+            byKey[key] = (lease, created)
+            keysBySubnet[lease.subnet, default: []].insert(key)
+        }
+
+        /// Forgets `key`; returns the subnet it named.
+        @discardableResult
+        mutating func drop(_ key: String) -> IPv4Subnet? {
+            guard let old = byKey.removeValue(forKey: key) else { return nil }
+            keysBySubnet[old.lease.subnet]?.remove(key)
+            if keysBySubnet[old.lease.subnet]?.isEmpty == true { keysBySubnet[old.lease.subnet] = nil }
+            return old.lease.subnet
+        }
     }
 
     private func decode(_ rec: LeaseRecord, state: inout State) -> Lease? {
@@ -491,12 +522,15 @@ private final class PeerWatcher: Sendable {
 
     private func reconcile(_ listing: LeaseListing, state: inout State, counting: Bool) async {
         let (ownSubnet, ownIP) = await manager.ownIdentity()
-        var desired: [IPv4Subnet: Lease] = [:]
+        state.byKey = [:]
+        state.keysBySubnet = [:]
         for rec in listing.records {
             guard let lease = decode(rec, state: &state) else { continue }
             if lease.subnet == ownSubnet || lease.attributes.publicIP == ownIP { continue }
-            desired[lease.subnet] = lease
+            state.set(rec.name, lease, created: rec.createRevision)
         }
+        var desired: [IPv4Subnet: Lease] = [:]
+        for subnet in state.keysBySubnet.keys { desired[subnet] = state.winner(subnet) }
         if !state.snapshotSent {
             state.snapshotSent = true
             state.known = desired
@@ -530,33 +564,40 @@ private final class PeerWatcher: Sendable {
         let (ownSubnet, ownIP) = await manager.ownIdentity()
         switch event {
         case .put(let rec):
-            let subnet = LeaseDecoder.subnet(fromKey: rec.name)
-            if let subnet, subnet == ownSubnet {
+            // Our own key, by name: another key naming our subnet is someone else's lease.
+            if let ownSubnet, rec.name == ownSubnet.leaseKey {
                 let holder = try? LeaseDecoder.parseAttributes(rec.value).get()
                 await manager.ownKeyEvent(event, holder: holder)
                 return
             }
-            guard let lease = decode(rec, state: &state), lease.attributes.publicIP != ownIP else {
-                // Now invalid (or ours): a peer we had at that key is gone.
-                if let subnet, let old = state.known.removeValue(forKey: subnet) { continuation.yield(.removed(old)) }
-                return
+            let previous = state.drop(rec.name)
+            if let lease = decode(rec, state: &state), lease.subnet != ownSubnet, lease.attributes.publicIP != ownIP {
+                state.set(rec.name, lease, created: rec.createRevision)
+                publish(lease.subnet, state: &state)
             }
-            if let old = state.known[lease.subnet] {
-                state.known[lease.subnet] = lease
-                if !old.sameContent(as: lease) { continuation.yield(.changed(lease)) }
-            } else {
-                state.known[lease.subnet] = lease
-                continuation.yield(.added(lease))
-            }
+            // Now invalid, ours, or naming another subnet: what it named before is re-decided.
+            if let previous { publish(previous, state: &state) }
         case .delete(let name, _, _):
-            guard let subnet = LeaseDecoder.subnet(fromKey: name) else { return }
-            if subnet == ownSubnet {
+            if let ownSubnet, name == ownSubnet.leaseKey {
                 await manager.ownKeyEvent(event, holder: nil)
                 return
             }
-            if let old = state.known.removeValue(forKey: subnet) { continuation.yield(.removed(old)) }
+            if let subnet = state.drop(name) { publish(subnet, state: &state) }
         case .progress:
             break
+        }
+    }
+
+    /// Tells the consumer what changed for `subnet` now that its keys changed.
+    private func publish(_ subnet: IPv4Subnet, state: inout State) {
+        let now = state.winner(subnet)
+        let before = state.known[subnet]
+        state.known[subnet] = now
+        switch (before, now) {
+        case (nil, let lease?): continuation.yield(.added(lease))
+        case (let old?, nil): continuation.yield(.removed(old))
+        case (let old?, let lease?) where !old.sameContent(as: lease): continuation.yield(.changed(lease))
+        default: break
         }
     }
 }

@@ -16,7 +16,7 @@ public enum EtcdAPIVersion: String, Sendable, CaseIterable {
 
 /// A lease key as stored, before validation.
 public struct LeaseRecord: Sendable, Equatable {
-    /// The key's last path element, e.g. "10.5.52.0-24".
+    /// The key below `<prefix>/subnets/`, e.g. "10.5.52.0-24".
     public var name: String
     public var value: [UInt8]
     /// No TTL (v2) / no etcd lease attached (v3): a permanent reservation.
@@ -25,13 +25,16 @@ public struct LeaseRecord: Sendable, Equatable {
     public var ttl: Duration?
     /// v3 mod_revision or v2 modifiedIndex.
     public var revision: Int64
+    /// v3 create_revision or v2 createdIndex: which of two keys naming the same subnet came first.
+    public var createRevision: Int64
 
-    public init(name: String, value: [UInt8], isReservation: Bool, ttl: Duration?, revision: Int64) {
+    public init(name: String, value: [UInt8], isReservation: Bool, ttl: Duration?, revision: Int64, createRevision: Int64? = nil) {
         self.name = name
         self.value = value
         self.isReservation = isReservation
         self.ttl = ttl
         self.revision = revision
+        self.createRevision = createRevision ?? revision
     }
 
     public var valueText: String { String(decoding: value, as: UTF8.self) }

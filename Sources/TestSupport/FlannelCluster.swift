@@ -50,7 +50,7 @@ public final class FlannelCluster: @unchecked Sendable {
         self.api = api
         self.network = network
         self.daemonPath = daemonPath
-        let underlay = IPv4Subnet(cidr: "192.168.77.0/24")!
+        let underlay = Self.underlay
         etcdIP = underlay.host(254)
         etcdEndpoint = "http://\(etcdIP):2379"
         workDir = "/run/\(lab.prefix)"
@@ -72,12 +72,32 @@ public final class FlannelCluster: @unchecked Sendable {
 
     // MARK: - Nodes and daemons
 
-    /// Adds node `index` (and its pod) with the subnet 10.5.<index>.0/24 of the network.
+    /// The underlay network of the wire bridge, and the one behind the router (`addRoutedSegment`).
+    public static let underlay = IPv4Subnet(cidr: "192.168.77.0/24")!
+    public static let routedUnderlay = IPv4Subnet(cidr: "192.168.78.0/24")!
+    /// The router's namespace once `addRoutedSegment` made it.
+    public private(set) var router: String?
+
+    /// A router between the wire (192.168.77.0/24) and a second underlay network (192.168.78.0/24,
+    /// bridge br1) whose path MTU is `pathMTU`; the nodes already on the wire route it through the
+    /// router. Nodes added afterwards with `addNode(_:behindRouter: true)` live on the far side.
+    public func addRoutedSegment(pathMTU: Int) throws {
+        router = try lab.addRoutedSegment(first: Self.underlay, second: Self.routedUnderlay, pathMTU: pathMTU)
+        for node in nodes {
+            try lab.sh(node.name, ["route", "add", "\(Self.routedUnderlay)", "via", "\(Self.underlay.host(253))"])
+        }
+        try lab.sh(lab.wireNamespace, ["route", "add", "\(Self.routedUnderlay)", "via", "\(Self.underlay.host(253))"])
+    }
+
+    /// Adds node `index` (and its pod) with the subnet 10.5.<index>.0/24 of the network: on the
+    /// wire, or (`behindRouter`) on the far side of the router `addRoutedSegment` made.
     @discardableResult
-    public func addNode(_ index: Int) throws -> LabNode {
+    public func addNode(_ index: Int, behindRouter: Bool = false) throws -> LabNode {
         let subnet = IPv4Subnet(address: IPv4Address(network.address.value | UInt32(index) << 8), prefixLength: 24)!
-        let node = try lab.addNode(index: index, nodeIP: IPv4Subnet(cidr: "192.168.77.0/24")!.host(UInt32(index)),
-                                   underlay: IPv4Subnet(cidr: "192.168.77.0/24")!, podSubnet: subnet)
+        let underlay = behindRouter ? Self.routedUnderlay : Self.underlay
+        let routes = behindRouter ? [(Self.underlay, Self.routedUnderlay.host(253))] : []
+        let node = try lab.addNode(index: index, nodeIP: underlay.host(UInt32(index)), underlay: underlay, podSubnet: subnet,
+                                   bridge: behindRouter ? "br1" : "br0", routes: routes)
         try lab.sh(nil, ["/bin/mkdir", "-p", nodeDir(node)])
         // The previous subnet.env a daemon finds: how the node learns which subnet its pods use.
         try writeFile(subnetFile(node), "FLANNEL_NETWORK=\(network)\nFLANNEL_SUBNET=\(subnet.host(1))/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n")
@@ -129,9 +149,10 @@ public final class FlannelCluster: @unchecked Sendable {
         try httpGet(node, path: path)?.status
     }
 
-    /// GET `path` on the node's health server: the status and the body; nil when nothing answers.
-    public func httpGet(_ node: LabNode, path: String) throws -> (status: Int, body: String)? {
-        let script = "exec 3<>/dev/tcp/127.0.0.1/\(healthPort) && printf 'GET \(path) HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
+    /// GET `path` on the node's health server (or another of its servers at `port`, e.g. the
+    /// metrics): the status and the body; nil when nothing answers.
+    public func httpGet(_ node: LabNode, path: String, port: Int? = nil) throws -> (status: Int, body: String)? {
+        let script = "exec 3<>/dev/tcp/127.0.0.1/\(port ?? healthPort) && printf 'GET \(path) HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
         let r = try lab.run(node.name, ["/bin/bash", "-c", script])
         guard r.status == 0 else { return nil }
         let parts = r.stdout.split(separator: "\n", maxSplits: 1).first?.split(separator: " ") ?? []

@@ -168,8 +168,10 @@ public final class NetnsLab: @unchecked Sendable {
         return result
     }
 
-    /// Adds one node (and its pod) to the wire.
-    public func addNode(index: Int, nodeIP: IPv4Address, underlay: IPv4Subnet, podSubnet: IPv4Subnet, mtu: Int = 1500) throws -> LabNode {
+    /// Adds one node (and its pod) to the wire: on bridge `bridge` of the wire namespace, with
+    /// `routes` (destination via gateway) for underlay networks behind a router.
+    public func addNode(index: Int, nodeIP: IPv4Address, underlay: IPv4Subnet, podSubnet: IPv4Subnet, mtu: Int = 1500,
+                        bridge: String = "br0", routes: [(IPv4Subnet, IPv4Address)] = []) throws -> LabNode {
         let node = LabNode(
             index: index, name: name("n\(index)"), podNamespace: name("p\(index)"),
             nodeIP: nodeIP, underlay: underlay, underlayIfname: "eth0", underlayMTU: mtu,
@@ -181,10 +183,11 @@ public final class NetnsLab: @unchecked Sendable {
 
         // Underlay: veth from the wire bridge into the node.
         try sh(w, ["link", "add", node.wireIfname, "mtu", "\(mtu)", "type", "veth", "peer", "name", "eth0", "mtu", "\(mtu)", "netns", n])
-        try sh(w, ["link", "set", node.wireIfname, "master", "br0", "up"])
+        try sh(w, ["link", "set", node.wireIfname, "master", bridge, "up"])
         try sysctl(n, ["net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"])
         try sh(n, ["addr", "add", "\(nodeIP)/\(underlay.prefixLength)", "dev", "eth0"])
         try sh(n, ["link", "set", "eth0", "up"])
+        for (destination, gateway) in routes { try sh(n, ["route", "add", "\(destination)", "via", "\(gateway)"]) }
         try sysctl(n, ["net.ipv4.conf.eth0.rp_filter=0"])
         try setGRO(namespace: n, ifname: "eth0", on: true)
         try setGRO(namespace: w, ifname: node.wireIfname, on: true)
@@ -199,6 +202,28 @@ public final class NetnsLab: @unchecked Sendable {
         try sh(p, ["link", "set", "eth0", "up"])
         try sh(p, ["route", "add", "default", "via", "\(node.podGateway)"])
         return node
+    }
+
+    /// A second underlay network `second` on bridge `bridge` of the wire namespace, joined to
+    /// `first` (on br0) by a router namespace that forwards between them with a path MTU of
+    /// `pathMTU` (a locked route MTU: the router fragments what is larger and has DF clear, as a
+    /// lower-MTU hop between nodes does). Nodes on either side route the other network via the
+    /// router's address in theirs (`.253`). Returns the router's namespace.
+    @discardableResult
+    public func addRoutedSegment(first: IPv4Subnet, second: IPv4Subnet, bridge: String = "br1", pathMTU: Int) throws -> String {
+        let w = wireNamespace, r = name("rt")
+        try sh(w, ["link", "add", bridge, "type", "bridge"])
+        try sh(w, ["link", "set", bridge, "up"])
+        try addNamespace(r)
+        try sysctl(r, ["net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"])
+        for (side, network, wireSide, wireBridge) in [("ra", first, "vra", "br0"), ("rb", second, "vrb", bridge)] {
+            try sh(w, ["link", "add", wireSide, "type", "veth", "peer", "name", side, "netns", r])
+            try sh(w, ["link", "set", wireSide, "master", wireBridge, "up"])
+            try sh(r, ["addr", "add", "\(network.host(253))/\(network.prefixLength)", "dev", side])
+            try sh(r, ["link", "set", side, "up"])
+            try sh(r, ["route", "replace", "\(network)", "dev", side, "mtu", "lock", "\(pathMTU)"])
+        }
+        return r
     }
 
     // MARK: - Flannel reference (CLI)

@@ -165,11 +165,11 @@ public enum PacketBuilder {
     public static func vxlanFrame(outerDst: MACAddress, outerSrc: MACAddress, src: IPv4Address, dst: IPv4Address,
                                   srcPort: UInt16 = 40000, dstPort: UInt16 = 8472, vni: UInt32 = 1,
                                   inner: [UInt8], udpChecksum: Bool = false, fragment: Fragment = Fragment(),
-                                  options: [UInt8] = [], vxlanFlags: UInt8 = 0x08) -> [UInt8] {
+                                  options: [UInt8] = [], vxlanFlags: UInt8 = 0x08, tos: UInt8 = 0) -> [UInt8] {
         let udp = udp(src: src, dst: dst, srcPort: srcPort, dstPort: dstPort,
                       payload: vxlan(vni: vni, flags: vxlanFlags) + inner, checksum: udpChecksum)
         return ethernet(dst: outerDst, src: outerSrc, type: EtherType.ipv4)
-            + ipv4(src: src, dst: dst, proto: IPProto.udp, payload: udp, id: 0x4242, fragment: fragment, options: options)
+            + ipv4(src: src, dst: dst, proto: IPProto.udp, payload: udp, tos: tos, id: 0x4242, fragment: fragment, options: options)
     }
 }
 
@@ -243,5 +243,24 @@ public struct ParsedFrame: Sendable {
         vxlanFlags = f[u + 8]
         vxlanVNI = f.be32(at: u + 12) >> 8
         innerOffset = u + 16
+    }
+}
+
+extension Array where Element == UInt8 {
+    /// This Ethernet + IPv4 frame with the outer IPv4 total length set to `length` and the header
+    /// checksum recomputed (to build frames whose only fault lies elsewhere).
+    public func withTotalLength(_ length: UInt16) -> [UInt8] {
+        guard count >= 34 else { return self }
+        var f = self
+        f[16] = UInt8(length >> 8)
+        f[17] = UInt8(length & 0xff)
+        let headerLength = Int(f[14] & 0x0f) * 4
+        guard count >= 14 + headerLength else { return f }
+        f[24] = 0
+        f[25] = 0
+        let check = Checksum.internet(f[14..<(14 + headerLength)])
+        f[24] = UInt8(check >> 8)
+        f[25] = UInt8(check & 0xff)
+        return f
     }
 }

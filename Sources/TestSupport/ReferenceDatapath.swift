@@ -26,11 +26,14 @@ public struct ReferenceDatapath: Sendable {
         public var nodeIP: IPv4Address
         public var vtepMAC: MACAddress
         public var route: Route
-        public init(subnet: IPv4Subnet, nodeIP: IPv4Address, vtepMAC: MACAddress, route: Route) {
+        /// The other address the peer sends from (its lease's SourceIP), if any.
+        public var sourceIP: IPv4Address?
+        public init(subnet: IPv4Subnet, nodeIP: IPv4Address, vtepMAC: MACAddress, route: Route, sourceIP: IPv4Address? = nil) {
             self.subnet = subnet
             self.nodeIP = nodeIP
             self.vtepMAC = vtepMAC
             self.route = route
+            self.sourceIP = sourceIP
         }
     }
 
@@ -41,9 +44,13 @@ public struct ReferenceDatapath: Sendable {
     public var underlayMAC: MACAddress
     public var overlayMTU: Int
     public var peers: [PeerEntry]
+    /// Outer TTL the encap writes (0: 64).
+    public var outerTTL: UInt8
+    /// The inner source must belong to the sending peer.
+    public var innerSourceCheck: Bool
 
     public init(nodeIP: IPv4Address, vtepMAC: MACAddress, vni: UInt32, udpPort: UInt16, underlayMAC: MACAddress,
-                overlayMTU: Int, peers: [PeerEntry]) {
+                overlayMTU: Int, peers: [PeerEntry], outerTTL: UInt8 = 0, innerSourceCheck: Bool = true) {
         self.nodeIP = nodeIP
         self.vtepMAC = vtepMAC
         self.vni = vni
@@ -51,6 +58,8 @@ public struct ReferenceDatapath: Sendable {
         self.underlayMAC = underlayMAC
         self.overlayMTU = overlayMTU
         self.peers = peers
+        self.outerTTL = outerTTL
+        self.innerSourceCheck = innerSourceCheck
     }
 
     /// Stable counter codes (fxdp_shared.h).
@@ -63,7 +72,13 @@ public struct ReferenceDatapath: Sendable {
         public static let decapDropFragment: UInt32 = 23, decapDropIPOptions: UInt32 = 24, decapDropInnerNotOurs: UInt32 = 25
         public static let decapPassFragment: UInt32 = 27, decapPassNotIPv4: UInt32 = 28, decapPassVLAN: UInt32 = 29
         public static let decapPassShort: UInt32 = 30, decapDropInnerNotIPv4: UInt32 = 31, decapPassOtherHost: UInt32 = 32
+        public static let decapDropInnerSource: UInt32 = 33, decapDropLoop: UInt32 = 34, decapDropOuterCsum: UInt32 = 35
+        public static let decapDropECN: UInt32 = 36, decapFragmentOK: UInt32 = 37
     }
+
+    /// The 4 metadata bytes fxdp_decap_xdp leaves in front of a frame it decapsulated (the magic
+    /// 0xf1a77e11 as the little-endian u32 the program stores).
+    public static let xdpMetaBytes: [UInt8] = [0x11, 0x7e, 0xa7, 0xf1]
 
     /// What must come out of one run.
     public enum Output: Sendable, Equatable {
@@ -86,8 +101,9 @@ public struct ReferenceDatapath: Sendable {
 
     // MARK: decap
 
-    /// The classification both decap programs share; `nil` means "valid VXLAN for us".
-    public func classifyDecap(_ f: [UInt8]) -> UInt32? {
+    /// The classification both decap programs share: a drop or pass code, or `Code.decapOK` for
+    /// valid VXLAN for us, `Code.decapFragmentOK` for a valid first fragment.
+    public func classifyDecap(_ f: [UInt8]) -> UInt32 {
         guard f.count >= 14 else { return Code.decapPassShort }
         let type = f.be16(at: 12)
         if type == 0x8100 || type == 0x88A8 { return Code.decapPassVLAN }
@@ -105,41 +121,70 @@ public struct ReferenceDatapath: Sendable {
         guard f.count >= udp + 8 else { return Code.decapDropMalformed }
         guard f.be16(at: udp + 2) == udpPort else { return Code.decapPassNotVXLAN }
         guard IPv4Address(bytes: f[(ip + 16)..<(ip + 20)]) == nodeIP else { return Code.decapPassOtherHost }
-        if fragmentField & 0x2000 != 0 { return Code.decapDropFragment }
+        let firstFragment = fragmentField & 0x2000 != 0
+        let truncated = firstFragment ? Code.decapDropFragment : Code.decapDropMalformed
         guard ihl == 5 else { return Code.decapDropIPOptions }
+        guard 14 + Int(f.be16(at: ip + 2)) <= f.count else { return Code.decapDropMalformed }
+        guard Checksum.internet(f[ip..<(ip + 20)]) == 0 else { return Code.decapDropOuterCsum }
         let source = IPv4Address(bytes: f[(ip + 12)..<(ip + 16)])
-        guard peers.contains(where: { $0.nodeIP == source }) else { return Code.decapDropNotPeer }
+        guard peers.contains(where: { $0.nodeIP == source || $0.sourceIP == source }) else { return Code.decapDropNotPeer }
         let vx = udp + 8
-        guard f.count >= vx + 8 else { return Code.decapDropMalformed }
+        guard f.count >= vx + 8 else { return truncated }
         guard f.be32(at: vx) == 0x0800_0000, f.be32(at: vx + 4) == vni << 8 else { return Code.decapDropBadVNI }
         let inner = vx + 8
-        guard f.count >= inner + 14 else { return Code.decapDropMalformed }
+        guard f.count >= inner + 14 else { return truncated }
         guard MACAddress(bytes: f[inner..<(inner + 6)]) == vtepMAC else { return Code.decapDropInnerNotOurs }
+        guard MACAddress(bytes: f[(inner + 6)..<(inner + 12)]) != vtepMAC else { return Code.decapDropLoop }
         guard f.be16(at: inner + 12) == 0x0800 else { return Code.decapDropInnerNotIPv4 }
-        guard f.count >= inner + 14 + 20 else { return Code.decapDropMalformed }
-        return nil
+        let innerIP = inner + 14
+        guard f.count >= innerIP + 20 else { return truncated }
+        if f[ip + 1] & 0x3 == 0x3 && f[innerIP + 1] & 0x3 == 0 { return Code.decapDropECN }
+        if innerSourceCheck {
+            let innerSource = IPv4Address(bytes: f[(innerIP + 12)..<(innerIP + 16)])
+            if innerSource != source {
+                guard let owner = peer(for: innerSource), owner.nodeIP == source || owner.sourceIP == source else {
+                    return Code.decapDropInnerSource
+                }
+            }
+        }
+        return firstFragment ? Code.decapFragmentOK : Code.decapOK
     }
 
     static let decapDrops: Set<UInt32> = [
         Code.decapDropNotPeer, Code.decapDropBadVNI, Code.decapDropMalformed, Code.decapDropFragment,
-        Code.decapDropIPOptions, Code.decapDropInnerNotOurs, Code.decapDropInnerNotIPv4,
+        Code.decapDropIPOptions, Code.decapDropInnerNotOurs, Code.decapDropInnerNotIPv4, Code.decapDropInnerSource,
+        Code.decapDropLoop, Code.decapDropOuterCsum, Code.decapDropECN,
     ]
 
-    /// fxdp_decap_xdp on the underlay.
+    /// fxdp_decap_xdp on the underlay (a driver with XDP metadata, as BPF_PROG_TEST_RUN and veth).
     public func decapXDP(_ f: [UInt8]) -> Expectation {
-        guard let code = classifyDecap(f) else {
-            // 50 bytes stripped; the inner Ethernet header re-addressed to the underlay's MAC.
-            return Expectation(code: Code.decapOK, verdict: "XDP_PASS", output: .exact(underlayMAC.bytes + Array(f[56...])))
+        let code = classifyDecap(f)
+        guard code == Code.decapOK else {
+            return Expectation(code: code, verdict: ReferenceDatapath.decapDrops.contains(code) ? "XDP_DROP" : "XDP_PASS",
+                               output: .unchanged)
         }
-        return Expectation(code: code, verdict: ReferenceDatapath.decapDrops.contains(code) ? "XDP_DROP" : "XDP_PASS",
-                           output: .unchanged)
+        // 50 bytes stripped; the mark for the steer in the metadata (the test run returns it in
+        // front of the frame); the inner Ethernet header re-addressed to the underlay's MAC; an
+        // outer CE copied into the ECT inner header.
+        var inner = Array(f[50...])
+        if f[15] & 0x3 == 0x3 && inner[15] & 0x3 != 0x3 {
+            // An update of the one changed word (RFC 1624), as the kernel's IP_ECN_set_ce: a
+            // checksum that was wrong stays wrong, for the stack to drop.
+            let oldWord = inner.be16(at: 14)
+            inner[15] |= 0x3
+            let sum = UInt32(~inner.be16(at: 24)) + UInt32(~oldWord) + UInt32(inner.be16(at: 14))
+            let check = ~UInt16(truncatingIfNeeded: (sum & 0xffff) + (sum >> 16) + (((sum & 0xffff) + (sum >> 16)) >> 16))
+            inner[24] = UInt8(check >> 8)
+            inner[25] = UInt8(check & 0xff)
+        }
+        return Expectation(code: Code.decapOK, verdict: "XDP_PASS",
+                           output: .exact(ReferenceDatapath.xdpMetaBytes + underlayMAC.bytes + inner.dropFirst(6)))
     }
 
     /// fxdp_decap_check on TC ingress (no offloaded VLAN tag in a test run).
     public func decapCheck(_ f: [UInt8]) -> Expectation {
-        guard let code = classifyDecap(f) else {
-            return Expectation(code: Code.decapCheckOK, verdict: "TC_ACT_OK", output: .unchanged)
-        }
+        let code = classifyDecap(f)
+        if code == Code.decapOK { return Expectation(code: Code.decapCheckOK, verdict: "TC_ACT_OK", output: .unchanged) }
         return Expectation(code: code, verdict: ReferenceDatapath.decapDrops.contains(code) ? "TC_ACT_SHOT" : "TC_ACT_OK",
                            output: .unchanged)
     }
@@ -176,7 +221,7 @@ public struct ReferenceDatapath: Sendable {
         let innerTOS = f[ip + 1] & 0x3
         o += [0x45, innerTOS == 0x3 ? 0x2 : innerTOS]
         o.appendBE16(UInt16(outerIPLength))
-        o += [0, 0, 0, 0, 64, 17, 0, 0] // id (random), no DF, TTL 64, UDP, checksum (checked separately)
+        o += [0, 0, 0, 0, outerTTL == 0 ? 64 : outerTTL, 17, 0, 0] // id (random), no DF, TTL, UDP, checksum (checked separately)
         o += nodeIP.bytes + peer.nodeIP.bytes
         o += [0, 0] // source port (flow hash)
         o.appendBE16(udpPort)

@@ -2,7 +2,8 @@
 // it to the shared atomics once per batch, so the per-packet cost is a plain increment. Drop
 // reasons use the BPF path's names where they mean the same thing (decap_drop_not_peer → not_peer,
 // decap_drop_bad_vni → bad_vni, decap_drop_malformed → malformed, decap_drop_inner_not_ours →
-// inner_not_ours, decap_drop_inner_not_ipv4 → inner_not_ipv4, encap_pass_no_peer → no_peer,
+// inner_not_ours, decap_drop_inner_not_ipv4 → inner_not_ipv4, decap_drop_inner_source →
+// inner_source, decap_drop_loop → loop, decap_drop_ecn → ecn, encap_pass_no_peer → no_peer,
 // encap_pass_too_big → too_big, encap_pass_not_ipv4 → not_ipv4).
 import Atomics
 
@@ -30,6 +31,12 @@ public enum UserspaceDropReason: Int, CaseIterable, Sendable, CustomStringConver
     case sendError
     /// write() into the TUN failed.
     case tunWriteError
+    /// UDP → TUN: the inner source lies in no subnet of the sending peer and is not its own address.
+    case innerSource
+    /// UDP → TUN: the inner Ethernet source is our own VtepMAC (a loop).
+    case loop
+    /// UDP → TUN: outer CE on a not-ECT inner packet (the kernel's decap drops it too).
+    case ecn
 
     public var name: String {
         switch self {
@@ -44,6 +51,9 @@ public enum UserspaceDropReason: Int, CaseIterable, Sendable, CustomStringConver
         case .truncated: "truncated"
         case .sendError: "send_error"
         case .tunWriteError: "tun_write_error"
+        case .innerSource: "inner_source"
+        case .loop: "loop"
+        case .ecn: "ecn"
         }
     }
 

@@ -170,6 +170,7 @@ struct Framing: Sendable {
             guard cursor.u8(vx) & Wire.vxlanFlagI != 0, cursor.u32(vx + 4) >> 8 == vni else { return .drop(.badVNI) }
             guard let eth = cursor.take(Wire.ethernetHeaderLength) else { return .drop(.malformed) }
             guard cursor.mac(eth) == localMAC else { return .drop(.innerNotOurs) }
+            guard cursor.mac(eth + 6) != localMAC else { return .drop(.loop) }
             guard cursor.u16(eth + 12) == Wire.etherTypeIPv4 else { return .drop(.innerNotIPv4) }
         }
         switch Wire.checkIPv4(cursor, notIPv4: isVXLAN ? .innerNotIPv4 : .malformed) {
@@ -181,6 +182,34 @@ struct Framing: Sendable {
 }
 
 extension Wire {
+    /// The outer TOS for an inner IPv4 packet, as the kernel's ip_tunnel_ecn_encap with a device TOS
+    /// of 0 (flannel's): the inner ECN bits, except that CE goes out as ECT(0).
+    @inline(__always)
+    static func outerTOS(_ inner: UnsafeRawPointer) -> UInt8 {
+        let ecn = inner.load(fromByteOffset: 1, as: UInt8.self) & 0x3
+        return ecn == 0x3 ? 0x2 : ecn
+    }
+
+    /// What the kernel's vxlan_rcv does with the outer ECN bits (IP_ECN_decapsulate): an outer
+    /// Congestion Experienced mark is copied into an ECT inner IPv4 header (checksum updated,
+    /// RFC 1624); a not-ECT inner packet cannot carry it, and the datagram is dropped (false).
+    @inline(__always)
+    static func copyOuterECN(_ outerTOS: UInt8, into inner: UnsafeMutableRawPointer) -> Bool {
+        guard outerTOS & 0x3 == 0x3 else { return true }
+        let tos = inner.load(fromByteOffset: 1, as: UInt8.self)
+        guard tos & 0x3 != 0 else { return false }
+        guard tos & 0x3 != 0x3 else { return true }
+        let oldWord = load16(inner, 0)
+        inner.storeBytes(of: tos | 0x3, toByteOffset: 1, as: UInt8.self)
+        let newWord = load16(inner, 0)
+        let check = load16(inner, 10)
+        var sum = UInt32(~check) + UInt32(~oldWord) + UInt32(newWord)
+        sum = (sum & 0xffff) + (sum >> 16)
+        sum = (sum & 0xffff) + (sum >> 16)
+        store16(inner, 10, ~UInt16(sum))
+        return true
+    }
+
     /// Completes an inner TCP/UDP checksum that a sender left partial.
     ///
     /// A kernel vxlan node whose underlay is a veth (kind-style clusters, this project's netns lab)

@@ -16,6 +16,9 @@ struct PeerTarget: Sendable {
     var nodeAddressRaw: UInt32
     /// The peer's VtepMAC in the low 48 bits, first byte most significant (0 for udp framing).
     var vtepMAC: UInt64
+    /// The peer's node IP and the other address it sends from (0: none), host order.
+    var nodeAddress: UInt32
+    var sourceAddress: UInt32
 }
 
 final class PeerSnapshot: AtomicReference, Sendable {
@@ -37,9 +40,10 @@ final class PeerSnapshot: AtomicReference, Sendable {
         for (subnet, peer) in peers {
             let target = PeerTarget(
                 nodeAddressRaw: UInt32(bigEndian: peer.publicIP.value),
-                vtepMAC: peer.vtepMAC.map(PeerSnapshot.pack) ?? 0)
+                vtepMAC: peer.vtepMAC.map(PeerSnapshot.pack) ?? 0,
+                nodeAddress: peer.publicIP.value, sourceAddress: peer.sourceIP?.value ?? 0)
             byLength[subnet.prefixLength, default: []].append((subnet.address.value, target))
-            nodes.insert(peer.publicIP.value)
+            for address in peer.sourceAddresses { nodes.insert(address.value) }
         }
         groups = byLength.keys.sorted(by: >).map { length in
             let entries = byLength[length]!.sorted { $0.0 < $1.0 }
@@ -62,6 +66,15 @@ final class PeerSnapshot: AtomicReference, Sendable {
             if let index = PeerSnapshot.search(group.networks, key) { return group.targets[index] }
         }
         return nil
+    }
+
+    /// Whether a peer that sends from `outer` may send a packet whose source is `inner` (host
+    /// order): its own address, or one in a subnet that belongs to it.
+    @inline(__always)
+    func mayCarry(innerSource inner: UInt32, from outer: UInt32) -> Bool {
+        if inner == outer { return true }
+        guard let owner = lookup(inner) else { return false }
+        return owner.nodeAddress == outer || (owner.sourceAddress != 0 && owner.sourceAddress == outer)
     }
 
     /// Whether `address` (host order) is a known peer node IP.

@@ -161,7 +161,7 @@ final class Segmenter {
                 out[sends] = cbpf_dgram(
                     data: sendStart.assumingMemoryBound(to: UInt8.self),
                     len: UInt32(buffer + used - sendStart), addr: target.nodeAddressRaw, port: framing.port,
-                    segment: segmentsInSend > 1 ? UInt16(fullSegment) : 0, truncated: 0)
+                    segment: segmentsInSend > 1 ? UInt16(fullSegment) : 0, truncated: 0, tos: Wire.outerTOS(packet), _pad: 0)
                 sends += 1
                 segmentsInSend = 0
                 sendStart = buffer + used

@@ -53,11 +53,14 @@ public struct UserspaceConfig: Sendable, Hashable {
     /// TCP streams overflowed the receive buffer in bursts (UdpRcvbufErrors, ~5000 retransmits in
     /// 3 s); with 16 MB none. Memory is only used while datagrams wait.
     public var socketBufferBytes: Int
+    /// Deliver a decapsulated packet only when its source lies in a subnet of the peer that sent
+    /// it, or is that peer's own address (the BPF path's check, `--inner-source-check`).
+    public var innerSourceCheck: Bool
 
     public init(
         encapsulation: Encapsulation, localIP: IPv4Address, tunName: String, mtu: Int,
         queues: Int = 1, icmpSourceIP: IPv4Address, batchSize: Int = 32, icmpRateLimit: Int = 100,
-        offloads: Bool = true, socketBufferBytes: Int = 16 << 20
+        offloads: Bool = true, socketBufferBytes: Int = 16 << 20, innerSourceCheck: Bool = true
     ) {
         self.encapsulation = encapsulation
         self.localIP = localIP
@@ -69,6 +72,7 @@ public struct UserspaceConfig: Sendable, Hashable {
         self.icmpRateLimit = icmpRateLimit
         self.offloads = offloads
         self.socketBufferBytes = socketBufferBytes
+        self.innerSourceCheck = innerSourceCheck
     }
 
     /// The problems with this configuration, empty when it is usable.

@@ -137,7 +137,7 @@ public final class UserspaceDataplane: PeerTable, Sendable {
             table: table, counters: cells, stopping: stopping, stopFD: stopPipe.read,
             framing: Framing(config.encapsulation), mtu: config.mtu, batch: config.batchSize,
             icmpSource: config.icmpSourceIP.value, icmpRate: config.icmpRateLimit, icmpFD: icmpFD,
-            vnetHeaderLength: vnetHeaderLength, logger: logger, tunBroken: tunBroken)
+            vnetHeaderLength: vnetHeaderLength, innerSourceCheck: config.innerSourceCheck, logger: logger, tunBroken: tunBroken)
         let queues = queueFDs
         try lifecycle.withLock { (state: inout Lifecycle) throws(UserspaceError) in
             switch state.phase {

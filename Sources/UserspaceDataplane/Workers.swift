@@ -46,6 +46,8 @@ struct WorkerContext: Sendable {
     let icmpFD: Int32
     /// sizeof(virtio_net_hdr) when the TUN was opened with IFF_VNET_HDR, else 0.
     let vnetHeaderLength: Int
+    /// UserspaceConfig.innerSourceCheck.
+    let innerSourceCheck: Bool
     let logger: Logger
 
     /// Largest packet a TUN read or a UDP datagram can hold (64 KB).
@@ -207,7 +209,7 @@ final class TunToUDPWorker: @unchecked Sendable {
                 dgrams[ready] = cbpf_dgram(
                     data: start.assumingMemoryBound(to: UInt8.self),
                     len: UInt32(framing.encapLength + totalLength), addr: target.nodeAddressRaw,
-                    port: framing.port, segment: 0, truncated: 0)
+                    port: framing.port, segment: 0, truncated: 0, tos: Wire.outerTOS(packet), _pad: 0)
                 ready += 1
                 slot += 1
             }
@@ -338,7 +340,7 @@ final class UDPToTunWorker: @unchecked Sendable {
         let gso = VirtioNetHeader(flags: 1, gsoType: VirtioNetHeader.gsoTCPv4, headerLength: 0, gsoSize: UInt16.max, checksumStart: 0, checksumOffset: 0)
         segmenter.reset()
         let sends = segmenter.segment(
-            packet: inner, length: length, header: gso, target: PeerTarget(nodeAddressRaw: 0, vtepMAC: 0),
+            packet: inner, length: length, header: gso, target: PeerTarget(nodeAddressRaw: 0, vtepMAC: 0, nodeAddress: 0, sourceAddress: 0),
             into: segments, tally: &tally)
         for i in 0..<sends {
             let d = segments[i]
@@ -392,7 +394,8 @@ final class UDPToTunWorker: @unchecked Sendable {
                     tally.drop(.truncated)
                     continue
                 }
-                guard snapshot.isPeerNode(UInt32(bigEndian: d.addr)) else {
+                let outerSource = UInt32(bigEndian: d.addr)
+                guard snapshot.isPeerNode(outerSource) else {
                     tally.drop(.notPeer)
                     continue
                 }
@@ -412,6 +415,14 @@ final class UDPToTunWorker: @unchecked Sendable {
                         tally.drop(reason)
                     case .deliver(let innerOffset, let innerLength):
                         let inner = datagram + innerOffset
+                        if context.innerSourceCheck, !snapshot.mayCarry(innerSource: Wire.load32(inner, 12), from: outerSource) {
+                            tally.drop(.innerSource)
+                            continue
+                        }
+                        guard Wire.copyOuterECN(d.tos, into: inner) else {
+                            tally.drop(.ecn)
+                            continue
+                        }
                         if innerLength > context.mtu {
                             coalescer?.flush(tally: &tally, errors: &errors, logger: context.logger)
                             deliverSuperPacket(inner, length: innerLength, tally: &tally, errors: &errors)

@@ -50,7 +50,15 @@ final class AttachLab: @unchecked Sendable {
     }
 
     func state() throws -> AttachmentState {
-        try ns.run { try FlannelBPF.attachmentState(overlayIfindex: overlay, underlayIfindex: underlay) }
+        try ns.run {
+            try FlannelBPF.attachmentState(overlayIfindex: overlay, underlayIfindex: underlay,
+                                           pinDirectory: bpffs.path + "/" + FlannelBPF.pinFolderName)
+        }
+    }
+
+    /// The pinned netfilter link of `program`: which program it runs, at which hook and priority.
+    func link(_ program: FXDPProgram) throws -> BPFLinkInfo {
+        try BPFLink.openPinned(path: bpffs.path + "/" + FlannelBPF.pinFolderName + "/link_" + program.rawValue).info()
     }
 }
 
@@ -78,6 +86,13 @@ struct AttachTests {
         let s1 = try lab.attach(first, nil) // by driver: veth → kernel decap behind the TC check
         #expect(s1.encapProgramID != nil && s1.decapCheckProgramID != nil && s1.xdpProgramID == nil)
         #expect(s1.decapMode == .kernel)
+        // The netfilter programs, linked to their hooks by pinned links.
+        #expect(s1.doorProgramID == (try first.program(.vxlanDoor).info().id))
+        #expect(s1.podGuardProgramID == (try first.program(.podGuard).info().id))
+        let door1 = try lab.link(.vxlanDoor), guard1 = try lab.link(.podGuard)
+        #expect(door1.type == BPFLink.netfilterLinkType && door1.netfilterHook == NetfilterHook.localIn.rawValue)
+        #expect(guard1.netfilterHook == NetfilterHook.forward.rawValue)
+        #expect(door1.netfilterPriority == FXDPSlots.netfilterPriority)
 
         // "Restart": a new object on the same pins reuses the maps and leaves the programs alone.
         let second = try FlannelBPF(bpffs: lab.bpffs.path)
@@ -87,20 +102,34 @@ struct AttachTests {
         let s2 = try lab.attach(second, .kernel)
         #expect(s2 == s1, "same tag and maps: ids unchanged")
 
-        // Switch to XDP decap: the TC check goes, XDP comes, encap stays.
+        #expect(try lab.link(.vxlanDoor) == door1, "the same netfilter link, untouched")
+
+        // Switch to XDP decap: the steer takes the TC check's slot, XDP comes, encap stays.
         let s3 = try lab.attach(second, .xdp)
-        #expect(s3.encapProgramID == s1.encapProgramID && s3.decapCheckProgramID == nil && s3.xdpProgramID != nil)
+        #expect(s3.encapProgramID == s1.encapProgramID && s3.xdpProgramID != nil)
+        #expect(s3.decapCheckProgramID != nil && s3.decapCheckProgramID != s1.decapCheckProgramID)
         #expect(s3.xdpMode == .native, "veth has native XDP")
         #expect(try lab.attach(second, .xdp) == s3)
 
-        // A changed program (here: the same code bound to other maps) replaces ours in place.
-        let otherFS = try PrivateBPFFS(Names.unique())
-        defer { otherFS.close() }
-        let changed = try FlannelBPF(bpffs: otherFS.path)
+        // A changed program (another build over the same pinned maps, as `--bpf-object` stages an
+        // upgrade) replaces ours in place.
+        let objects = "/tmp/\(lab.tag)-objects"
+        try sh(["mkdir", "-p", objects])
+        defer { _ = try? sh(["rm", "-rf", objects]) }
+        try BPFVariantObject.compile(variant: 5, to: objects + "/v5.o")
+        let changed = try FlannelBPF(bpffs: lab.bpffs.path, object: .file(objects + "/v5.o"))
         let s4 = try lab.attach(changed, .xdp)
         #expect(s4.encapProgramID != s3.encapProgramID && s4.xdpProgramID != s3.xdpProgramID)
         #expect(s4.encapProgramID == (try changed.program(.encap).info().id))
         #expect(s4.xdpProgramID == (try changed.program(.decapXDP).info().id))
+        #expect(s4.decapCheckProgramID == (try changed.program(.decapSteer).info().id))
+        // The netfilter hooks get new links first, at the other priority (one BPF hook per
+        // priority), and the pins move over: never a moment without a door.
+        let door4 = try lab.link(.vxlanDoor)
+        let changedDoor = try changed.program(.vxlanDoor).info().id, changedGuard = try changed.program(.podGuard).info().id
+        #expect(door4.id != door1.id && door4.programID == changedDoor)
+        #expect(door4.netfilterPriority == FXDPSlots.netfilterPriority - 1)
+        #expect(s4.doorProgramID == door4.programID && s4.podGuardProgramID == changedGuard)
 
         // Another program of ours in the encap slot (different tag) is replaced too.
         try lab.ns.run {
@@ -112,8 +141,68 @@ struct AttachTests {
         #expect(s5.encapProgramID == (try changed.program(.encap).info().id))
         #expect(s5.decapMode == .kernel && s5.xdpProgramID == nil)
 
-        // Back on the original object: the original maps still hold the peer and config.
+        // Back on the original build: the maps still hold the peer and config; its programs
+        // replace the changed ones, the netfilter links back at the first priority.
         #expect(try first.peerTable().currentPeers() == [peer])
+        let s6 = try lab.attach(first, .kernel)
+        #expect(s6.doorProgramID == (try first.program(.vxlanDoor).info().id))
+        #expect(try lab.link(.vxlanDoor).netfilterPriority == FXDPSlots.netfilterPriority)
+    }
+
+    @Test func aSecondSetOfOurProgramsInTheNamespaceIsRefusedNamingTheHook() throws {
+        // Another pin folder (a daemon started with another --bpffs) cannot put a second door in
+        // front of the first: the kernel allows one BPF hook per priority, and two sets of maps
+        // would disagree about the peers.
+        let lab = try AttachLab()
+        defer { lab.close() }
+        let first = try FlannelBPF(bpffs: lab.bpffs.path)
+        try first.writeConfig(lab.config)
+        _ = try lab.attach(first, .kernel)
+        let otherFS = try PrivateBPFFS(Names.unique())
+        defer { otherFS.close() }
+        let second = try FlannelBPF(bpffs: otherFS.path)
+        #expect {
+            try lab.attach(second, .kernel)
+        } throws: { error in
+            let text = "\(error)"
+            return text.contains("netfilter ipv4 input") && text.contains("--bpffs") && text.contains("cleanup")
+        }
+    }
+
+    @Test func pinsOfAnEarlierABIAreRemovedAndOursKept() throws {
+        let fs = try PrivateBPFFS(Names.unique())
+        defer { fs.close() }
+        let bpf = try FlannelBPF(bpffs: fs.path)
+        // What a version with another map layout left: maps whose names end in another _v<N>.
+        for name in ["fxdp_peers_v1", "fxdp_config_v1"] {
+            let fd = bpf_map_create(BPF_MAP_TYPE_ARRAY, name, 4, 4, 1, nil)
+            #expect(fd >= 0)
+            #expect(bpf_obj_pin(fd, bpf.pinDirectory + "/" + name) == 0)
+            close(fd)
+        }
+        #expect(try bpf.removeOtherABIPins().sorted() == ["fxdp_config_v1", "fxdp_peers_v1"])
+        for name in FlannelBPF.pinnedMapNames {
+            #expect(access(bpf.pinDirectory + "/" + name, F_OK) == 0, "\(name) was removed")
+        }
+        #expect(try bpf.removeOtherABIPins().isEmpty)
+    }
+
+    @Test func netfilterLinksGoWithDetachAndCanBeRemovedWithoutBPF() throws {
+        let lab = try AttachLab()
+        defer { lab.close() }
+        let bpf = try FlannelBPF(bpffs: lab.bpffs.path)
+        try bpf.writeConfig(lab.config)
+        let s = try lab.attach(bpf, .kernel)
+        #expect(s.doorProgramID != nil && s.podGuardProgramID != nil)
+        // Only the link pins go (what the userspace fallback does when BPF cannot load any more).
+        try FlannelBPF.detachNetfilterLinks(bpffs: lab.bpffs.path)
+        let after = try lab.state()
+        #expect(after.doorProgramID == nil && after.podGuardProgramID == nil)
+        #expect(after.encapProgramID == s.encapProgramID, "the TC programs stay")
+        // Attach puts them back; detachAll takes them with the rest.
+        #expect(try lab.attach(bpf, .kernel).doorProgramID != nil)
+        try lab.ns.run { try FlannelBPF.detachAll(overlayIfindex: lab.overlay, underlayIfindex: lab.underlay, bpffs: lab.bpffs.path) }
+        #expect(try lab.state() == AttachmentState())
     }
 
     @Test func detachRemovesOnlyOursAndRefusesForeignSlots() throws {
@@ -134,7 +223,7 @@ struct AttachTests {
             try TC.attach(foreignTC, ifindex: lab.underlay, direction: .ingress, handle: 1, priority: 1)
         }
 
-        try lab.ns.run { try FlannelBPF.detachAll(overlayIfindex: lab.overlay, underlayIfindex: lab.underlay) }
+        try lab.ns.run { try FlannelBPF.detachAll(overlayIfindex: lab.overlay, underlayIfindex: lab.underlay, bpffs: lab.bpffs.path) }
         let after = try lab.state()
         #expect(after.encapProgramID == nil && after.decapCheckProgramID == nil && after.xdpProgramID == nil)
         let foreignStill = try lab.ns.run {
@@ -146,7 +235,7 @@ struct AttachTests {
         // A foreign XDP program on the underlay: attaching XDP decap refuses, detach leaves it.
         try lab.ns.run { try XDP.attach(foreignXDP, ifindex: lab.underlay, mode: .native, replacing: nil) }
         #expect(throws: DataplaneError.self) { try lab.attach(bpf, .xdp) }
-        try lab.ns.run { try FlannelBPF.detachAll(overlayIfindex: lab.overlay, underlayIfindex: lab.underlay) }
+        try lab.ns.run { try FlannelBPF.detachAll(overlayIfindex: lab.overlay, underlayIfindex: lab.underlay, bpffs: lab.bpffs.path) }
         #expect(try lab.state().xdpProgramID == (try foreignXDP.info().id))
 
         // A foreign program in OUR TC slot: refused, and left in place by detach.
@@ -156,7 +245,7 @@ struct AttachTests {
                           handle: FXDPSlots.tcHandle, priority: FXDPSlots.tcPriority)
         }
         #expect(throws: DataplaneError.self) { try lab.attach(bpf, .kernel) }
-        try lab.ns.run { try FlannelBPF.detachAll(overlayIfindex: lab.overlay, underlayIfindex: lab.underlay) }
+        try lab.ns.run { try FlannelBPF.detachAll(overlayIfindex: lab.overlay, underlayIfindex: lab.underlay, bpffs: lab.bpffs.path) }
         #expect(try lab.state().decapCheckProgramID == foreignID)
     }
 

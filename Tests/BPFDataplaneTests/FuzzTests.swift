@@ -28,6 +28,8 @@ struct FuzzTests {
                       vtepMAC: MACAddress("02:00:00:00:00:03")!, route: .unresolved),
                 .init(subnet: PacketLab.unroutablePods, nodeIP: PacketLab.unroutablePeer,
                       vtepMAC: MACAddress("02:00:00:00:00:09")!, route: .unroutable),
+                .init(subnet: PacketLab.multihomedPods, nodeIP: PacketLab.multihomedPeer,
+                      vtepMAC: MACAddress("02:00:00:00:00:05")!, route: .unroutable, sourceIP: PacketLab.multihomedSource),
             ])
     }
 
@@ -44,6 +46,15 @@ struct FuzzTests {
             lab.vxlanFromPeer(src: PacketLab.stranger),
             lab.vxlanFromPeer(options: [1, 1, 1, 1]),
             lab.vxlanFromPeer(fragment: .init(moreFragments: true)),
+            lab.vxlanFromPeer(tos: 0x03),
+            lab.vxlanFromPeer(inner: PacketLab.innerFrame(PacketLab.podPacket(dst: IPv4Address(10, 5, 2, 9), src: IPv4Address(10, 5, 1, 7), tos: 0x01)),
+                              tos: 0x03),
+            lab.vxlanFromPeer(inner: PacketLab.innerFrame(PacketLab.podPacket(dst: IPv4Address(10, 5, 2, 9), src: IPv4Address(10, 5, 3, 4)))),
+            lab.vxlanFromPeer(inner: PacketLab.innerFrame(PacketLab.podPacket(dst: IPv4Address(10, 5, 2, 9), src: IPv4Address(10, 5, 5, 4))),
+                              src: PacketLab.multihomedSource),
+            lab.vxlanFromPeer(inner: PacketLab.innerFrame(PacketLab.podPacket(dst: IPv4Address(10, 5, 2, 9), src: PacketLab.peer))),
+            lab.vxlanFromPeer(inner: PacketLab.innerFrame(PacketLab.podPacket(dst: IPv4Address(10, 5, 2, 9), src: IPv4Address(10, 5, 1, 7)),
+                                                          from: PacketLab.ourVTEP)),
             PacketLab.overlayFrame(PacketLab.podPacket()),
             PacketLab.overlayFrame(PacketLab.podPacket(tos: 0x03)),
             PacketLab.overlayFrame(PacketLab.podPacket(dst: IPv4Address(10, 5, 3, 1), tos: 0x01)),

@@ -29,6 +29,9 @@ SEC("xdp") int fxdp_decap_xdp(struct xdp_md *ctx) { return 2; }
 #ifndef NO_CHECK
 SEC("tc") int fxdp_decap_check(struct __sk_buff *skb) { return 0; }
 #endif
+SEC("tc") int fxdp_decap_steer(struct __sk_buff *skb) { return 0; }
+SEC("netfilter") int fxdp_vxlan_door(void *ctx) { return 1; }
+SEC("netfilter") int fxdp_pod_guard(void *ctx) { return 1; }
 char LICENSE[] SEC("license") = "GPL";
 """
 
@@ -56,7 +59,7 @@ struct ObjectSourceTests {
     }
 
     private func mapIDs(_ bpf: FlannelBPF) -> [UInt32] {
-        [bpf.peers.info().id, bpf.nodes.info().id, bpf.config.info().id, bpf.counterMap.info().id]
+        [bpf.peers.info().id, bpf.nodes.info().id, bpf.config.info().id, bpf.counterMap.info().id, bpf.strangers.info().id]
     }
 
     @Test func aChangedProgramLoadsOverTheSamePinnedMaps() throws {
@@ -112,7 +115,7 @@ struct ObjectSourceTests {
             let multiarch = try sh(["gcc", "-print-multiarch"]).trimmingCharacters(in: .whitespacesAndNewlines)
             try sh([BPFVariantObject.clang(), "-target", "bpf", "-O2", "-g", "-I/usr/include/\(multiarch)",
                     "-c", dir + "/foreign.bpf.c", "-o", path])
-            mentions = ["lacks program(s) fxdp_encap, fxdp_decap_xdp, fxdp_decap_check", FXDP_MAP_PEERS]
+            mentions = ["lacks program(s) fxdp_encap, fxdp_decap_xdp, fxdp_decap_steer, fxdp_decap_check", FXDP_MAP_PEERS]
         case "lacksAProgram":
             path = try compileLookalike(["NO_CHECK"], in: dir)
             mentions = ["lacks program(s) fxdp_decap_check"]

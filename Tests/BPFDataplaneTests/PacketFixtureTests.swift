@@ -11,7 +11,8 @@ import TestSupport
 import Testing
 
 struct DecapFixture: Sendable, CustomStringConvertible {
-    enum Output: Sendable { case unchanged, stripped }
+    /// `strippedCE`: stripped, and the outer CE mark copied into the inner IPv4 header.
+    enum Output: Sendable { case unchanged, stripped, strippedCE }
     var description: String
     var input: [UInt8]
     var xdpVerdict: String
@@ -31,8 +32,8 @@ struct DecapFixture: Sendable, CustomStringConvertible {
     static func pass(_ d: String, _ input: [UInt8], _ counter: FXDPCounter) -> DecapFixture {
         DecapFixture(description: d, input: input, xdpVerdict: "XDP_PASS", tcVerdict: "TC_ACT_OK", xdpOutput: .unchanged, counter: counter)
     }
-    static func accept(_ d: String, _ input: [UInt8]) -> DecapFixture {
-        DecapFixture(description: d, input: input, xdpVerdict: "XDP_PASS", tcVerdict: "TC_ACT_OK", xdpOutput: .stripped, counter: .decapOK)
+    static func accept(_ d: String, _ input: [UInt8], output: Output = .stripped) -> DecapFixture {
+        DecapFixture(description: d, input: input, xdpVerdict: "XDP_PASS", tcVerdict: "TC_ACT_OK", xdpOutput: output, counter: .decapOK)
     }
 }
 
@@ -72,6 +73,8 @@ struct PacketFixtureTests {
         ipVersion6[14] = 0x65
         var ihl4 = valid
         ihl4[14] = 0x44
+        var badChecksum = valid
+        badChecksum[24] ^= 0xff
 
         var rows: [DecapFixture] = [
             .accept("valid VXLAN from a peer, inner ICMP", valid),
@@ -109,8 +112,23 @@ struct PacketFixtureTests {
                       outerDst: lab.underlayMAC, outerSrc: PacketLab.peerUnderlayMAC, src: PacketLab.stranger,
                       dst: IPv4Address(10, 99, 0, 1), inner: Array(valid[50...])),
                   .decapPassOtherHost),
-            .drop("first fragment (MF) of a datagram to our port", lab.vxlanFromPeer(fragment: .init(moreFragments: true)),
+            .pass("first fragment (MF) from a peer, every header checked: left to the kernel's reassembly",
+                  lab.vxlanFromPeer(fragment: .init(moreFragments: true)), .decapFragmentOK),
+            .drop("first fragment from a peer carrying only the UDP header",
+                  withIP(PacketBuilder.ipv4(src: peer, dst: us, proto: IPProto.udp,
+                                            payload: PacketBuilder.udp(src: peer, dst: us, srcPort: 40000, dstPort: PacketLab.port, payload: []),
+                                            fragment: .init(moreFragments: true))),
                   .decapDropFragment),
+            .drop("first fragment from a peer ending inside the inner Ethernet header",
+                  withIP(PacketBuilder.ipv4(src: peer, dst: us, proto: IPProto.udp, payload: Array(valid[34..<56]),
+                                            fragment: .init(moreFragments: true))),
+                  .decapDropFragment),
+            .drop("first fragment from a stranger", lab.vxlanFromPeer(src: PacketLab.stranger, fragment: .init(moreFragments: true)),
+                  .decapDropNotPeer),
+            .drop("first fragment from a peer with a spoofed inner source",
+                  lab.vxlanFromPeer(inner: PacketLab.innerFrame(PacketLab.podPacket(dst: IPv4Address(10, 5, 2, 9), src: IPv4Address(10, 5, 3, 4))),
+                                    fragment: .init(moreFragments: true)),
+                  .decapDropInnerSource),
             .pass("first fragment to port 53",
                   withIP(PacketBuilder.ipv4(src: peer, dst: us, proto: IPProto.udp,
                                             payload: PacketBuilder.udp(src: peer, dst: us, srcPort: 1, dstPort: 53, payload: [1, 2, 3, 4]),
@@ -139,22 +157,53 @@ struct PacketFixtureTests {
                   lab.vxlanFromPeer(inner: innerEth(MACAddress("02:00:00:00:00:05")!, EtherType.ipv4) + podIP), .decapDropInnerNotOurs),
             .drop("inner ARP", lab.vxlanFromPeer(inner: innerEth(PacketLab.ourVTEP, EtherType.arp) + Array(repeating: 0, count: 28)),
                   .decapDropInnerNotIPv4),
-            .drop("inner IPv4 truncated at 10 bytes", Array(valid[0..<74]), .decapDropMalformed),
+            .drop("outer IPv4 header checksum wrong", badChecksum, .decapDropOuterCsum),
+            .drop("outer total length beyond the frame", valid.withTotalLength(UInt16(valid.count - 14 + 8)), .decapDropMalformed),
+            .drop("inner source MAC is our own VtepMAC (a loop)",
+                  lab.vxlanFromPeer(inner: PacketLab.innerFrame(podIP, from: PacketLab.ourVTEP)), .decapDropLoop),
+            .drop("outer CE on a not-ECT inner packet", lab.vxlanFromPeer(tos: 0x03), .decapDropECN),
+            .accept("outer CE on an ECT(0) inner packet: CE copied in",
+                    lab.vxlanFromPeer(inner: PacketLab.innerFrame(PacketLab.podPacket(dst: IPv4Address(10, 5, 2, 9), src: IPv4Address(10, 5, 1, 7), tos: 0x02)),
+                                      tos: 0x03), output: .strippedCE),
+            .accept("outer CE on a CE inner packet", lab.vxlanFromPeer(
+                        inner: PacketLab.innerFrame(PacketLab.podPacket(dst: IPv4Address(10, 5, 2, 9), src: IPv4Address(10, 5, 1, 7), tos: 0x03)),
+                        tos: 0x03)),
+            .accept("outer ECT(0) on a not-ECT inner packet (the kernel only logs it)", lab.vxlanFromPeer(tos: 0x02)),
+            .drop("inner source in another peer's subnet", lab.vxlanFromPeer(inner: PacketLab.innerFrame(
+                      PacketLab.podPacket(dst: IPv4Address(10, 5, 2, 9), src: IPv4Address(10, 5, 3, 4)))), .decapDropInnerSource),
+            .drop("inner source in our own subnet", lab.vxlanFromPeer(inner: PacketLab.innerFrame(
+                      PacketLab.podPacket(dst: IPv4Address(10, 5, 2, 9), src: IPv4Address(10, 5, 2, 77)))), .decapDropInnerSource),
+            .drop("inner source outside the pod network", lab.vxlanFromPeer(inner: PacketLab.innerFrame(
+                      PacketLab.podPacket(dst: IPv4Address(10, 5, 2, 9), src: IPv4Address(8, 8, 8, 8)))), .decapDropInnerSource),
+            .accept("inner source the peer node's own address", lab.vxlanFromPeer(inner: PacketLab.innerFrame(
+                        PacketLab.podPacket(dst: IPv4Address(10, 5, 2, 9), src: peer)))),
+            .accept("inner source the peer's flannel.<VNI> address", lab.vxlanFromPeer(inner: PacketLab.innerFrame(
+                        PacketLab.podPacket(dst: IPv4Address(10, 5, 2, 9), src: IPv4Address(10, 5, 1, 0))))),
+            .accept("from a peer's published SourceIP, inner source in its subnet", lab.vxlanFromPeer(
+                        inner: PacketLab.innerFrame(PacketLab.podPacket(dst: IPv4Address(10, 5, 2, 9), src: IPv4Address(10, 5, 5, 7))),
+                        src: PacketLab.multihomedSource)),
+            .accept("from a SourceIP-publishing peer's PublicIP (NAT in between), inner source in its subnet", lab.vxlanFromPeer(
+                        inner: PacketLab.innerFrame(PacketLab.podPacket(dst: IPv4Address(10, 5, 2, 9), src: IPv4Address(10, 5, 5, 7))),
+                        src: PacketLab.multihomedPeer)),
+            .drop("from a peer's SourceIP, inner source of another peer", lab.vxlanFromPeer(
+                      inner: PacketLab.innerFrame(PacketLab.podPacket(dst: IPv4Address(10, 5, 2, 9), src: IPv4Address(10, 5, 1, 7))),
+                      src: PacketLab.multihomedSource),
+                  .decapDropInnerSource),
+            .drop("inner IPv4 truncated at 10 bytes", Array(valid[0..<74]).withTotalLength(UInt16(74 - 14)), .decapDropMalformed),
         ]
-        // Every truncation point of the valid frame, each with the verdict of the first header it cuts.
-        // (BPF_PROG_TEST_RUN refuses frames under 14 bytes for XDP too, so DECAP_PASS_SHORT is
-        // reachable only on a real interface.)
+        // Every truncation point of the valid frame: each cuts a header, or leaves the outer total
+        // length beyond the frame, which ip_rcv drops too. (BPF_PROG_TEST_RUN refuses frames under
+        // 14 bytes for XDP too, so DECAP_PASS_SHORT is reachable only on a real interface.)
         for cut in 14..<valid.count {
-            let counter: FXDPCounter
-            switch cut {
-            case ..<14: counter = .decapPassShort
-            case 14..<84: counter = .decapDropMalformed // outer IPv4, UDP, VXLAN, inner Ethernet, inner IPv4
-            default: counter = .decapOK                   // inner headers complete; the stack checks the rest
-            }
-            let frame = Array(valid[0..<cut])
-            rows.append(counter == .decapOK ? .accept("truncated at \(cut)", frame)
-                : counter == .decapPassShort ? .pass("truncated at \(cut)", frame, counter)
-                : .drop("truncated at \(cut)", frame, counter))
+            rows.append(.drop("truncated at \(cut)", Array(valid[0..<cut]), .decapDropMalformed))
+        }
+        // Every truncation point whose outer total length was made to match: each header the
+        // classification reads is cut in turn; once the inner IPv4 header is whole the rest is the
+        // stack's to check.
+        for cut in 34..<valid.count {
+            let frame = Array(valid[0..<cut]).withTotalLength(UInt16(cut - 14))
+            rows.append(cut < 84 ? .drop("cut at \(cut), total length matching", frame, .decapDropMalformed)
+                : .accept("cut at \(cut), total length matching", frame))
         }
         return rows
     }
@@ -163,13 +212,23 @@ struct PacketFixtureTests {
         let lab = try PacketLab()
         defer { lab.close() }
         let rows = PacketFixtureTests.decapFixtures(lab)
-        #expect(rows.count >= 30 + 90)
+        #expect(rows.count >= 55 + 2 * 90)
         for row in rows {
             let xdp = try lab.run(.decapXDP, row.input)
             #expect(xdp.verdict == row.xdpVerdict, "xdp: \(row)")
             switch row.xdpOutput {
             case .unchanged: #expect(xdp.output == row.input, "xdp output: \(row)")
             case .stripped: #expect(xdp.output == lab.stripped(row.input), "xdp output: \(row)")
+            case .strippedCE:
+                var want = lab.stripped(row.input)
+                let ip = 4 + 14 // metadata, inner Ethernet
+                want[ip + 1] |= 0x3
+                want[ip + 10] = 0
+                want[ip + 11] = 0
+                let check = Checksum.internet(want[ip..<(ip + 20)])
+                want[ip + 10] = UInt8(check >> 8)
+                want[ip + 11] = UInt8(check & 0xff)
+                #expect(xdp.output == want, "xdp output: \(row)")
             }
             #expect(xdp.moved == [row.counter: FXDPCount(packets: 1, bytes: UInt64(row.input.count))], "xdp counter: \(row)")
 

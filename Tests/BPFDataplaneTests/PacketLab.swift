@@ -15,6 +15,11 @@ final class PacketLab: @unchecked Sendable {
     static let unresolvedPeer = IPv4Address(192, 168, 60, 3)
     static let unroutablePeer = IPv4Address(203, 0, 113, 9)
     static let stranger = IPv4Address(192, 168, 60, 99)
+    /// A peer whose lease names PublicIP 198.51.100.5 while its VXLAN leaves from 192.168.60.5
+    /// (BackendData.SourceIP): --public-ip on a multi-homed node without NAT.
+    static let multihomedPeer = IPv4Address(198, 51, 100, 5)
+    static let multihomedSource = IPv4Address(192, 168, 60, 5)
+    static let multihomedPods = IPv4Subnet(cidr: "10.5.5.0/24")!
     static let ourVTEP = MACAddress("02:00:00:00:00:02")!
     static let peerVTEP = MACAddress("02:00:00:00:00:01")!
     static let peerUnderlayMAC = MACAddress("02:00:00:00:aa:01")!
@@ -62,6 +67,8 @@ final class PacketLab: @unchecked Sendable {
                                   vtepMAC: MACAddress("02:00:00:00:00:03")!))
             try table.upsert(Peer(subnet: PacketLab.unroutablePods, publicIP: PacketLab.unroutablePeer,
                                   vtepMAC: MACAddress("02:00:00:00:00:09")!))
+            try table.upsert(Peer(subnet: PacketLab.multihomedPods, publicIP: PacketLab.multihomedPeer,
+                                  vtepMAC: MACAddress("02:00:00:00:00:05")!, sourceIP: PacketLab.multihomedSource))
         } catch {
             bpffs.close()
             ns.close()
@@ -104,16 +111,22 @@ final class PacketLab: @unchecked Sendable {
     /// A VXLAN frame as the peer node sends it to us.
     func vxlanFromPeer(inner: [UInt8]? = nil, src: IPv4Address = PacketLab.peer, vni: UInt32 = PacketLab.vni,
                        dstPort: UInt16 = PacketLab.port, udpChecksum: Bool = false,
-                       fragment: PacketBuilder.Fragment = .init(), options: [UInt8] = [], vxlanFlags: UInt8 = 0x08) -> [UInt8] {
-        let innerFrame = inner ?? (PacketBuilder.ethernet(dst: PacketLab.ourVTEP, src: PacketLab.peerVTEP, type: EtherType.ipv4)
-            + PacketLab.podPacket(dst: IPv4Address(10, 5, 2, 9), src: IPv4Address(10, 5, 1, 7)))
+                       fragment: PacketBuilder.Fragment = .init(), options: [UInt8] = [], vxlanFlags: UInt8 = 0x08,
+                       tos: UInt8 = 0) -> [UInt8] {
+        let innerFrame = inner ?? PacketLab.innerFrame(PacketLab.podPacket(dst: IPv4Address(10, 5, 2, 9), src: IPv4Address(10, 5, 1, 7)))
         return PacketBuilder.vxlanFrame(outerDst: underlayMAC, outerSrc: PacketLab.peerUnderlayMAC, src: src, dst: PacketLab.us,
                                         dstPort: dstPort, vni: vni, inner: innerFrame, udpChecksum: udpChecksum,
-                                        fragment: fragment, options: options, vxlanFlags: vxlanFlags)
+                                        fragment: fragment, options: options, vxlanFlags: vxlanFlags, tos: tos)
     }
 
-    /// What XDP decap must leave: the inner frame re-addressed to the underlay's MAC.
+    /// An inner Ethernet frame as a peer's VTEP sends it to ours.
+    static func innerFrame(_ ip: [UInt8], from vtep: MACAddress = PacketLab.peerVTEP) -> [UInt8] {
+        PacketBuilder.ethernet(dst: PacketLab.ourVTEP, src: vtep, type: EtherType.ipv4) + ip
+    }
+
+    /// What XDP decap must leave: the steer's mark in the metadata (the test run returns it in
+    /// front of the frame), then the inner frame re-addressed to the underlay's MAC.
     func stripped(_ frame: [UInt8]) -> [UInt8] {
-        underlayMAC.bytes + Array(frame[56...])
+        ReferenceDatapath.xdpMetaBytes + underlayMAC.bytes + Array(frame[56...])
     }
 }

@@ -8,10 +8,15 @@ import Testing
 @Suite struct SharedLayoutTests {
     @Test func structSizesMatchTheCHeader() {
         #expect(MemoryLayout<fxdp_peer_key>.size == 8)
-        #expect(MemoryLayout<fxdp_peer_value>.size == 12)
+        #expect(MemoryLayout<fxdp_peer_value>.size == 16)
+        #expect(MemoryLayout<fxdp_peer_value>.offset(of: \fxdp_peer_value.source_ip) == 12)
         #expect(MemoryLayout<fxdp_node_key>.size == 4)
         #expect(MemoryLayout<fxdp_node_value>.size == 4)
-        #expect(MemoryLayout<fxdp_config>.size == 36)
+        #expect(MemoryLayout<fxdp_config>.size == 64)
+        #expect(MemoryLayout<fxdp_stranger>.size == 16)
+        #expect(MemoryLayout<fxdp_xdp_meta>.size == 4)
+        #expect(MemoryLayout<fxdp_config>.offset(of: \fxdp_config.outer_ttl) == 34)
+        #expect(MemoryLayout<fxdp_config>.offset(of: \fxdp_config.network) == 36)
         #expect(MemoryLayout<fxdp_count>.size == 16)
         #expect(MemoryLayout<fxdp_config>.offset(of: \fxdp_config.vni) == 12)
         #expect(MemoryLayout<fxdp_config>.offset(of: \fxdp_config.underlay_mac) == 28)
@@ -33,6 +38,11 @@ import Testing
             (.decapPassNotIPv4, FXDP_C_DECAP_PASS_NOT_IPV4), (.decapPassVLAN, FXDP_C_DECAP_PASS_VLAN),
             (.decapPassShort, FXDP_C_DECAP_PASS_SHORT), (.decapDropInnerNotIPv4, FXDP_C_DECAP_DROP_INNER_NOT_IPV4),
             (.decapPassOtherHost, FXDP_C_DECAP_PASS_OTHER_HOST),
+            (.decapDropInnerSource, FXDP_C_DECAP_DROP_INNER_SOURCE), (.decapDropLoop, FXDP_C_DECAP_DROP_LOOP),
+            (.decapDropOuterCsum, FXDP_C_DECAP_DROP_OUTER_CSUM), (.decapDropECN, FXDP_C_DECAP_DROP_ECN),
+            (.decapFragmentOK, FXDP_C_DECAP_FRAGMENT_OK), (.decapSteerOK, FXDP_C_DECAP_STEER_OK),
+            (.doorOK, FXDP_C_DOOR_OK), (.doorDropNotPeer, FXDP_C_DOOR_DROP_NOT_PEER),
+            (.doorDropWrongDoor, FXDP_C_DOOR_DROP_WRONG_DOOR), (.guardDropPodVXLAN, FXDP_C_GUARD_DROP_POD_VXLAN),
         ]
         #expect(c.count == FXDPCounter.allCases.count, "every Swift case is paired with its C constant")
         for (swift, cValue) in c {
@@ -44,7 +54,7 @@ import Testing
     }
 
     @Test func mapNamesCarryTheABIVersion() {
-        for name in [FXDP_MAP_PEERS, FXDP_MAP_NODES, FXDP_MAP_CONFIG, FXDP_MAP_COUNTERS] {
+        for name in [FXDP_MAP_PEERS, FXDP_MAP_NODES, FXDP_MAP_CONFIG, FXDP_MAP_COUNTERS, FXDP_MAP_PEER_STATS, FXDP_MAP_STRANGERS] {
             #expect(name.hasSuffix("_v\(FXDP_ABI_VERSION)"))
         }
     }

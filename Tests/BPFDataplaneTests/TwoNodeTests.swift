@@ -47,7 +47,7 @@ final class FlannelNodeUnderTest: @unchecked Sendable {
 
     func detach() throws {
         try NetnsThread.run(namespace: node.name) {
-            try FlannelBPF.detachAll(overlayIfindex: overlay, underlayIfindex: underlay)
+            try FlannelBPF.detachAll(overlayIfindex: overlay, underlayIfindex: underlay, bpffs: bpffs.path)
         }
     }
 

@@ -91,6 +91,13 @@ struct HelpAndBinaryTests {
           --reconcile-interval <reconcile-interval>
                                   Seconds between full passes that compare the peer
                                   tables with the leases and repair drift. (default: 60)
+          --inner-source-check <inner-source-check>
+                                  Accept a decapsulated packet only when its source
+                                  lies in a subnet of the peer node that sent it (or is
+                                  that node's own address). Turn off (=false) only
+                                  where nodes forward traffic from outside their own
+                                  subnet without masquerade (docs/SECURITY.md).
+                                  (default: true)
 
         HEALTH AND METRICS:
           --healthz-ip <healthz-ip>

@@ -150,7 +150,7 @@ final class NetnsNode: @unchecked Sendable {
 
     /// The pinned peers map as bpftool prints it (JSON).
     func peersMap() throws -> String {
-        try runTool("/usr/sbin/bpftool", ["-j", "map", "dump", "pinned", bpffs + "/flanneld-xdp/fxdp_peers_v1"])
+        try runTool("/usr/sbin/bpftool", ["-j", "map", "dump", "pinned", bpffs + "/flanneld-xdp/fxdp_peers_v2"])
     }
 }
 
@@ -195,7 +195,7 @@ struct NodeLifecycleTests {
         try await node.stopDaemon(SIGTERM)
         #expect(try node.linkMAC("flannel.1") == mac)
         #expect(try node.route("10.5.9.0/24").contains("flannel.1"))
-        #expect(try runTool("/bin/ls", [node.bpffs + "/flanneld-xdp"]).contains("fxdp_peers_v1"))
+        #expect(try runTool("/bin/ls", [node.bpffs + "/flanneld-xdp"]).contains("fxdp_peers_v2"))
         let subnetLine = env.split(separator: "\n")[1]
         let leaseKey = subnetLine.dropFirst("FLANNEL_SUBNET=".count).replacingOccurrences(of: ".1/24", with: ".0-24")
         #expect(try await node.server.get("/coreos.com/network/subnets/\(leaseKey)").contains(mac))
@@ -229,7 +229,7 @@ struct NodeLifecycleTests {
         // machine; the passes that put both back, in the daemon's log, show the drift was real.)
         let passesBefore = reconcileChanges(node)
         try node.ip("-n", node.ns, "route", "del", "10.5.9.0/24", "dev", "flannel.1")
-        _ = try runTool("/usr/sbin/bpftool", ["map", "delete", "pinned", node.bpffs + "/flanneld-xdp/fxdp_peers_v1",
+        _ = try runTool("/usr/sbin/bpftool", ["map", "delete", "pinned", node.bpffs + "/flanneld-xdp/fxdp_peers_v2",
                                               "key", "24", "0", "0", "0", "10", "5", "9", "0"])
         try await waitUntil(node.diagnostics("drift repaired")) {
             let repairs = reconcileChanges(node).dropFirst(passesBefore.count).joined(separator: "\n")

@@ -63,7 +63,7 @@ struct OperationsHelpTests {
         let expected = """
         OVERVIEW: Show the BPF data path counters, drop reasons by name.
 
-        Counters are per-CPU in the pinned map fxdp_counters_v1, summed here; they
+        Counters are per-CPU in the pinned map fxdp_counters_v2, summed here; they
         survive daemon restarts.
 
         USAGE: flanneld-xdp stats [--watch] [--interval <interval>] [--count <count>] [--json] [--bpffs <bpffs>]

@@ -100,9 +100,9 @@ struct OperationsInspectionTests {
         #expect(status.contains("fxdp_encap id \(encapID) on fxa"))
         #expect(status.contains("tc egress"))
         #expect(status.contains("fxdp_decap_check id \(checkID) on fxb"))
-        #expect(status.contains("fxdp_peers_v1 id "))
+        #expect(status.contains("fxdp_peers_v2 id "))
         #expect(status.contains(", 2 of 65536 entries"))
-        #expect(status.contains("fxdp_peer_stats_v1 id "))
+        #expect(status.contains("fxdp_peer_stats_v2 id "))
         #expect(status.contains("node 192.168.77.1 vtep 0e:00:00:00:00:01 vni 1 port 8472"))
         let statusJSON = try runTool("/sbin/ip", ["netns", "exec", ns, binary, "status", "--bpffs", bpffs, "--json",
                                                   "--state-file", "/run/\(tag)-none.json"])

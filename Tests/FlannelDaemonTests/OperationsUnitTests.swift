@@ -127,7 +127,7 @@ struct OperationsUnitTests {
     @Test("the per-peer stats record has the C layout")
     func peerStatsLayout() {
         #expect(MemoryLayout<fxdp_peer_stats>.size == 32)
-        #expect(FXDP_MAP_PEER_STATS == "fxdp_peer_stats_v1")
+        #expect(FXDP_MAP_PEER_STATS == "fxdp_peer_stats_v2")
     }
 
     @Test("stats renderer names every counter, marks drops, totals, and computes rates between readings")

@@ -36,7 +36,20 @@ let hostileLeases: [(String, String, LeaseRejection)] = {
         ("10.5.125.0-24", big, .valueTooLarge),
         ("10.5.126.0-24", String(repeating: "[", count: 200) + String(repeating: "]", count: 200), .invalidJSON),
         ("garbage", #"{"PublicIP":"192.0.2.9",\#(ok)}"#, .keyNotASubnet),
-        ("10.5.127.5-24", #"{"PublicIP":"192.0.2.9",\#(ok)}"#, .keyNotASubnet),
+        // Keys flannel's lenient parser reads as a subnet but no node writes: aliases, ignored.
+        ("10.5.127.5-24", #"{"PublicIP":"192.0.2.9",\#(ok)}"#, .keyNotCanonical),
+        ("x10.5.130.0-24", #"{"PublicIP":"192.0.2.9",\#(ok)}"#, .keyNotCanonical),
+        ("old/10.5.131.0-24", #"{"PublicIP":"192.0.2.9",\#(ok)}"#, .keyNotCanonical),
+        ("10.5.129.0-24&fd00:5:129::-064", #"{"PublicIP":"192.0.2.9",\#(ok)}"#, .keyNotCanonical),
+        // Not keys at all, for flannel either.
+        ("10.5.132.0-24&junk", #"{"PublicIP":"192.0.2.9",\#(ok)}"#, .keyNotASubnet),
+        ("10.5.133.0-24&FD00::-64", #"{"PublicIP":"192.0.2.9",\#(ok)}"#, .keyNotASubnet),
+        ("10.5.134.0-32", #"{"PublicIP":"192.0.2.9",\#(ok)}"#, .keyNotASubnet),
+        // Node addresses that would make the pod network a peer.
+        ("10.5.135.0-24", #"{"PublicIP":"10.5.9.9",\#(ok)}"#, .publicIPInNetwork),
+        ("10.5.136.0-24", #"{"PublicIP":"192.0.2.9","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0a:00:00:00:00:09","SourceIP":"10.5.1.1"}}"#, .publicIPInNetwork),
+        ("10.5.137.0-24", #"{"PublicIP":"192.0.2.9","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0a:00:00:00:00:09","SourceIP":"127.0.0.1"}}"#, .badPublicIP),
+        ("10.5.138.0-24", #"{"PublicIP":"255.255.255.255",\#(ok)}"#, .badPublicIP),
         ("192.168.0.0-24", #"{"PublicIP":"192.0.2.9",\#(ok)}"#, .subnetOutsideNetwork),
         ("10.5.128.0-26", #"{"PublicIP":"192.0.2.9",\#(ok)}"#, .subnetWrongLength),
         ("10.5.0.0-16", #"{"PublicIP":"192.0.2.9",\#(ok)}"#, .subnetWrongLength),
@@ -54,6 +67,76 @@ struct CompatTests {
             case .success(let l): Issue.record("\(key) accepted: \(l)")
             case .failure(let e): #expect(e.reason == reason, "\(key): \(e)")
             }
+        }
+    }
+
+    /// Two keys can name one IPv4 subnet: an IPv4-only and a dual-stack node that raced for it
+    /// (both forms are flannel's), or an alias flannel's lenient parser reads as that subnet. The
+    /// key created first speaks for the subnet; the others can neither replace it nor, when deleted,
+    /// remove it; and no key but our own can make us believe our lease is gone.
+    @Test(arguments: bothAPIs)
+    func aliasAndDualStackKeysNeitherShadowNorRemoveALease(_ api: EtcdAPIVersion) async throws {
+        try await withEtcd { server in
+            let prefix = uniquePrefix("alias")
+            try await writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
+            let config = try NetworkConfig.parse(vxlanConfigJSON)
+            let counters = LeaseCounters()
+            let registry = try makeRegistry(server, api, prefix: prefix, counters: counters)
+            let me = SubnetManager(registry: registry, counters: counters, options: fastOptions(), logger: quietLogger)
+            let own = try await me.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.1"), previousSubnet: ownTestSubnet)
+            let first = vxlanAttributes("192.0.2.4", mac: "0a:00:00:00:00:04")
+            let dualFirst = vxlanAttributes("192.0.2.6", mac: "0a:00:00:00:00:06")
+            try await putRaw(registry, name: "10.5.4.0-24", value: first.json)
+            // At the first list already: the dual-stack key created before the IPv4 one wins.
+            try await putRaw(registry, name: "10.5.6.0-24&fd00:6::-64", value: dualFirst.json)
+            try await putRaw(registry, name: "10.5.6.0-24", value: vxlanAttributes("192.0.2.66", mac: "0a:00:00:00:00:66").json)
+            let peers = PeerCollector(me.watchPeers(config: config))
+            defer { peers.stop() }
+            try await eventually("snapshot") { peers.gotSnapshot }
+            #expect(peers.peers[subnet("10.5.4.0/24")]?.attributes == first)
+            #expect(peers.peers[subnet("10.5.6.0/24")]?.attributes == dualFirst)
+
+            // Each step is followed by a new peer at a sentinel subnet: once it arrives, the watch
+            // has handled every event before it.
+            var sentinel = 10
+            func settle(_ what: String) async throws {
+                sentinel += 1
+                let s = "10.5.\(sentinel).0-24"
+                try await putRaw(registry, name: s, value: vxlanAttributes("192.0.2.\(sentinel)", mac: "0a:00:00:00:01:\(sentinel)").json)
+                try await eventually(what) { peers.peers[IPv4Subnet(leaseKey: s)!] != nil }
+            }
+            let later = vxlanAttributes("192.0.2.44", mac: "0a:00:00:00:00:44")
+            try await putRaw(registry, name: "10.5.4.0-24&fd00:4::-64", value: later.json)
+            try await settle("a dual-stack key for the same subnet, created later")
+            #expect(peers.peers[subnet("10.5.4.0/24")]?.attributes == first)
+            try await putRaw(registry, name: "x10.5.4.0-24", value: vxlanAttributes("192.0.2.99", mac: "0a:00:00:00:00:99").json)
+            try await settle("an alias key")
+            #expect(peers.peers[subnet("10.5.4.0/24")]?.attributes == first)
+            try await registry.deleteLease(name: "x10.5.4.0-24", expectedRevision: nil)
+            try await registry.deleteLease(name: "10.5.4.0-24&fd00:4::-64", expectedRevision: nil)
+            try await settle("the alias and the later key deleted")
+            #expect(peers.peers[subnet("10.5.4.0/24")]?.attributes == first)
+            #expect(!peers.events.contains { if case .removed(let l) = $0 { l.subnet == subnet("10.5.4.0/24") } else { false } })
+            // The first key gone, the other one speaks for the subnet.
+            try await registry.deleteLease(name: "10.5.6.0-24&fd00:6::-64", expectedRevision: nil)
+            try await settle("the first of two keys deleted")
+            #expect(peers.peers[subnet("10.5.6.0/24")]?.attributes.publicIP == IPv4Address("192.0.2.66"))
+
+            // Another node's keys naming our subnet, then deleted: our lease stands.
+            try await putRaw(registry, name: own.subnet.leaseKey + "&fd00:200::-64", value: later.json)
+            try await putRaw(registry, name: "y" + own.subnet.leaseKey, value: later.json)
+            try await settle("keys naming our subnet")
+            try await registry.deleteLease(name: own.subnet.leaseKey + "&fd00:200::-64", expectedRevision: nil)
+            try await registry.deleteLease(name: "y" + own.subnet.leaseKey, expectedRevision: nil)
+            try await settle("keys naming our subnet deleted")
+            #expect(await me.hasLostLease == false)
+            #expect(await me.ownLease?.subnet == own.subnet)
+            #expect(peers.peers[own.subnet] == nil, "our subnet is never a peer")
+            // A subnet that only an alias names is taken for the next node, as flannel sees it.
+            try await putRaw(registry, name: "z10.5.7.0-24", value: later.json)
+            let other = SubnetManager(registry: registry, counters: LeaseCounters(), options: fastOptions(), logger: quietLogger)
+            #expect(try await other.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.70"),
+                                                 previousSubnet: subnet("10.5.7.0/24")).subnet != subnet("10.5.7.0/24"))
         }
     }
 

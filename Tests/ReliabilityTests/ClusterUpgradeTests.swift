@@ -131,7 +131,7 @@ enum UpgradeDecap: String, CustomStringConvertible, CaseIterable, Sendable {
 /// The pinned maps' ids of a node (name → id), read through the pins from this process.
 func pinnedMapIDs(_ cluster: FlannelCluster, _ node: LabNode) -> [String: UInt32] {
     var ids: [String: UInt32] = [:]
-    for name in [FXDP_MAP_PEERS, FXDP_MAP_NODES, FXDP_MAP_CONFIG, FXDP_MAP_COUNTERS, FXDP_MAP_PEER_STATS] {
+    for name in FlannelBPF.pinnedMapNames {
         let fd = bpf_obj_get(cluster.pinFolder(node) + "/" + name)
         guard fd >= 0 else { continue }
         defer { close(fd) }
@@ -162,7 +162,7 @@ struct ClusterUpgradeTests {
         let overlay = try cluster.lab.linkIndex(a.name, "flannel.1"), underlay = try cluster.lab.linkIndex(a.name, a.underlayIfname)
         let mapsBefore = pinnedMapIDs(cluster, a)
         let subnetBefore = subnetLine(cluster, a)
-        #expect(mapsBefore.count == 5, "\(mapsBefore)")
+        #expect(mapsBefore.count == FlannelBPF.pinnedMapNames.count, "\(mapsBefore)")
 
         let ping = try FastPing(cluster.lab, from: a.podNamespace, to: b.podIP)
         let stream = try TCPStream(cluster.lab, from: a.podNamespace, to: b.podNamespace, ip: b.podIP, port: decap.port)
@@ -236,12 +236,13 @@ struct ClusterUpgradeTests {
         #expect(upgraded.encap != original.encap && upgraded.decap != original.decap, "ids did not change: \(up.sequence)")
         #expect(zip(originalTags, upgradedTags).allSatisfy { $0 != $1 && $0.split(separator: " ").first == $1.split(separator: " ").first },
                 "tags did not change to the new code: \(originalTags) → \(upgradedTags)")
-        #expect(upEvents.filter { $0.hasPrefix("replaced filter") }.count == (decap == .xdp ? 1 : 2), "\(upEvents)")
+        // Both TC programs: the encap, and the underlay's ingress (the check, or the steer in XDP mode).
+        #expect(upEvents.filter { $0.hasPrefix("replaced filter") }.count == 2, "\(upEvents)")
         #expect(cluster.daemonLog(a).contains("BPF programs loaded from --bpf-object \(changed)"))
         let status = try cluster.runTool(a, ["status", "--subnet-file", cluster.subnetFile(a), "--bpffs", cluster.bpffs(a)])
         #expect(status.stdout.contains("programs from --bpf-object \(changed)"), "status does not say so:\n\(status.stdout)\n\(status.stderr)")
         // The new programs run on the very maps that were pinned (no refill gap): between them they
-        // use all five, and no other map of ours (libbpf's per-load .rodata/.bss are not state).
+        // use all six, and no other map of ours (libbpf's per-load .rodata/.bss are not state).
         let used = Set([upgraded.encap, upgraded.decap].compactMap { $0 }.flatMap { up.programs[$0]?.mapIDs ?? [] })
         let pinned = Set(mapsBefore.values)
         let otherOfOurs = used.subtracting(pinned).filter { (try? BPFMapInfo.forID($0).name.hasPrefix("fxdp_")) != false }
@@ -259,7 +260,7 @@ struct ClusterUpgradeTests {
         #expect(down.sequence.first == upgraded, "\(down.sequence)")
         #expect(back.encap != upgraded.encap && back.decap != upgraded.decap, "\(down.sequence)")
         #expect(tags(down, back) == originalTags, "not the embedded code again: \(tags(down, back)), first \(originalTags)")
-        #expect(downEvents.filter { $0.hasPrefix("replaced filter") }.count == (decap == .xdp ? 1 : 2), "\(downEvents)")
+        #expect(downEvents.filter { $0.hasPrefix("replaced filter") }.count == 2, "\(downEvents)")
         #expect(pinnedMapIDs(cluster, a) == mapsBefore)
         #expect(subnetLine(cluster, a) == subnetBefore)
 

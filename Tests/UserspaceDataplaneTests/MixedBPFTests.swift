@@ -39,7 +39,7 @@ struct MixedBPFTests {
         }
         defer {
             _ = try? NetnsThread.run(namespace: nodes[1].name) {
-                try FlannelBPF.detachAll(overlayIfindex: overlay, underlayIfindex: underlay)
+                try FlannelBPF.detachAll(overlayIfindex: overlay, underlayIfindex: underlay, bpffs: bpffs)
             }
         }
 

@@ -145,7 +145,7 @@ import Testing
         let dgrams = UnsafeMutablePointer<cbpf_dgram>.allocate(capacity: Segmenter.maxSendsPerPacket)
         defer { dgrams.deallocate() }
         let header = VirtioNetHeader(flags: 1, gsoType: 1, headerLength: 52, gsoSize: UInt16(mss), checksumStart: 20, checksumOffset: 16)
-        let target = PeerTarget(nodeAddressRaw: 0x0100_a8c0, vtepMAC: PeerSnapshot.pack(peerMAC))
+        let target = PeerTarget(nodeAddressRaw: 0x0100_a8c0, vtepMAC: PeerSnapshot.pack(peerMAC), nodeAddress: 0xc0a8_0001, sourceAddress: 0)
         let sends = packet.withUnsafeMutableBytes { raw in
             segmenter.segment(packet: raw.baseAddress!, length: raw.count, header: header, target: target, into: dgrams, tally: &tally)
         }

@@ -11,6 +11,7 @@
 #include <linux/if_link.h>
 #include <linux/if_ether.h>
 #include <linux/if_tun.h>
+#include <linux/if_packet.h>
 #include <linux/neighbour.h>
 #include <linux/pkt_sched.h>
 #include <linux/pkt_cls.h>

@@ -22,11 +22,15 @@ struct cbpf_dgram {
 	uint32_t addr;
 	uint16_t port;
 	uint16_t segment;
-	uint32_t truncated; /* recv: 1 when MSG_TRUNC was set (datagram larger than the buffer) */
+	uint8_t truncated; /* recv: 1 when MSG_TRUNC was set (datagram larger than the buffer) */
+	uint8_t tos;       /* recv: the outer IPv4 TOS byte (IP_RECVTOS), for the ECN copy; send: the
+	                    * outer TOS to send with (IP_TOS), 0 for the socket's */
+	uint16_t _pad;
 };
 #define CBPF_DGRAM_BATCH_MAX 64
 /* A UDP socket bound to addr:port (addr network order), SO_REUSEPORT when `reuseport`, UDP_GRO when
- * `gro`, buffers of `bufsize` bytes when > 0, IP_PMTUDISC_DONT (outer DF clear, as kernel vxlan).
+ * `gro`, buffers of `bufsize` bytes when > 0, IP_PMTUDISC_DONT (outer DF clear, as kernel vxlan),
+ * IP_RECVTOS (each received datagram reports its TOS).
  * Returns the fd or -errno. */
 int cbpf_udp_socket(uint32_t addr, uint16_t port, int reuseport, int gro, int bufsize);
 /* recvmmsg(MSG_DONTWAIT) of up to n (<= CBPF_DGRAM_BATCH_MAX) datagrams; returns the count or -errno. */
@@ -59,6 +63,15 @@ void cbpf_libbpf_capture_begin(void);
 /* Stops collecting on this thread and returns what was collected as a malloc'd string the caller
  * frees, or NULL when nothing was said. */
 char *cbpf_libbpf_capture_end(void);
+
+/* The kernel's numbers for BPF netfilter programs (6.4+), absent from Debian's uapi headers (6.1). */
+#define CBPF_BPF_PROG_TYPE_NETFILTER 32
+#define CBPF_BPF_NETFILTER 45
+#define CBPF_BPF_LINK_TYPE_NETFILTER 10
+/* bpf(BPF_LINK_CREATE) attaching program `prog_fd` to netfilter hook `hooknum` of protocol family
+ * `pf` (NFPROTO_IPV4 = 2) at `priority`, in the calling thread's network namespace. Returns the
+ * link fd or -errno. */
+int cbpf_link_create_netfilter(int prog_fd, unsigned pf, unsigned hooknum, int priority);
 
 /* statfs(2) f_type of path into *magic; returns 0 or -errno. */
 int cbpf_fs_magic(const char *path, int64_t *magic);

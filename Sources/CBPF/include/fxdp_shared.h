@@ -12,15 +12,16 @@
 
 #include <linux/types.h>
 
-#define FXDP_ABI_VERSION 1
+#define FXDP_ABI_VERSION 2
 
 /* Pinned map names (under the --bpffs folder, default /sys/fs/bpf/flanneld-xdp). libbpf pins by
  * the map's own name, so these are the names the maps are declared with in bpf/. */
-#define FXDP_MAP_PEERS    "fxdp_peers_v1"
-#define FXDP_MAP_NODES    "fxdp_nodes_v1"
-#define FXDP_MAP_CONFIG   "fxdp_config_v1"
-#define FXDP_MAP_COUNTERS "fxdp_counters_v1"
-#define FXDP_MAP_PEER_STATS "fxdp_peer_stats_v1"
+#define FXDP_MAP_PEERS    "fxdp_peers_v2"
+#define FXDP_MAP_NODES    "fxdp_nodes_v2"
+#define FXDP_MAP_CONFIG   "fxdp_config_v2"
+#define FXDP_MAP_COUNTERS "fxdp_counters_v2"
+#define FXDP_MAP_PEER_STATS "fxdp_peer_stats_v2"
+#define FXDP_MAP_STRANGERS "fxdp_strangers_v2"
 
 #define FXDP_MAX_PEERS 65536
 #define FXDP_VXLAN_OVERHEAD 50 /* outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8 */
@@ -35,24 +36,46 @@ struct fxdp_peer_key {
 #define FXDP_PEER_F_DIRECT 0x1 /* DirectRouting: peer on our L2, route sends unencapsulated (informational) */
 
 struct fxdp_peer_value {
-	__u8 node_ip[4];  /* the peer's PublicIP (outer destination), network order */
-	__u8 vtep_mac[6]; /* the peer's VtepMAC (inner destination) */
-	__u16 flags;      /* FXDP_PEER_F_* */
+	__u8 node_ip[4];   /* the peer's PublicIP (outer destination), network order */
+	__u8 vtep_mac[6];  /* the peer's VtepMAC (inner destination) */
+	__u16 flags;       /* FXDP_PEER_F_* */
+	__u8 source_ip[4]; /* another address the peer's VXLAN comes from (its lease's BackendData.SourceIP:
+	                    * its interface address when --public-ip names another one, without NAT);
+	                    * 0.0.0.0 when it sends from node_ip */
 };
 
-/* fxdp_nodes: hash, peer node IP → presence. The decap source check: only VXLAN from these
- * addresses is accepted. Written by the reconciler alongside fxdp_peers. */
+/* fxdp_nodes: hash, peer node address → presence. The source checks: only VXLAN from these
+ * addresses is accepted. Holds every peer's node_ip and source_ip. Written by the reconciler
+ * alongside fxdp_peers. */
 struct fxdp_node_key {
 	__u8 node_ip[4];
 };
 
 struct fxdp_node_value {
-	__u32 subnets; /* how many peer subnets this node IP carries (informational) */
+	__u32 subnets; /* how many peer subnets name this address (as node_ip or source_ip) */
 };
+
+/* fxdp_strangers: LRU hash, outer source address of VXLAN dropped as not from a peer → how much
+ * and when. Written by the programs on every not-a-peer drop; read by `status` and /readyz, which
+ * point out strangers on the underlay subnet (typically a node whose traffic leaves from another
+ * address than its lease's PublicIP). */
+struct fxdp_stranger {
+	__u64 packets;      /* dropped datagrams from this address */
+	__u64 last_seen_ns; /* bpf_ktime_get_ns() of the latest (CLOCK_MONOTONIC) */
+};
+#define FXDP_MAX_STRANGERS 256
+
+/* What fxdp_decap_xdp leaves in the XDP metadata area in front of a frame it decapsulated, for
+ * fxdp_decap_steer at TC ingress of the same interface. Only an XDP program can write metadata, so
+ * the mark cannot come from the wire. */
+struct fxdp_xdp_meta {
+	__u32 magic; /* FXDP_XDP_META_MAGIC */
+};
+#define FXDP_XDP_META_MAGIC 0xf1a77e11u
 
 /* fxdp_config: array of one, the node's own settings. Written by the daemon at start-up. */
 struct fxdp_config {
-	__u8 node_ip[4];          /* our PublicIP: outer source */
+	__u8 node_ip[4];          /* our --iface address: outer source, the only address VXLAN is accepted at */
 	__u8 vtep_mac[6];         /* our VtepMAC: inner source, and inner dst we accept */
 	__u16 udp_port;           /* VXLAN UDP port, host order (flannel: 8472) */
 	__u32 vni;                /* host order (flannel: 1) */
@@ -60,11 +83,18 @@ struct fxdp_config {
 	__u32 overlay_ifindex;    /* flannel.<VNI> */
 	__u16 overlay_mtu;        /* underlay MTU - 50 */
 	__u16 flags;              /* FXDP_CFG_F_* */
-	__u8 underlay_mac[6];     /* the underlay interface's MAC: outer source, decap inner dst */
-	__u8 _pad[2];
+	__u8 underlay_mac[6];     /* the underlay interface's MAC */
+	__u8 outer_ttl;           /* outer IPv4 TTL: net.ipv4.ip_default_ttl of the node's network
+	                           * namespace, what the kernel vxlan device with flannel's TTL "auto"
+	                           * sends; 0 → 64 */
+	__u8 network_prefixlen;   /* the flannel Network (the pod network), for fxdp_pod_guard */
+	__u8 network[4];          /* network order */
+	__u8 _reserved[24];       /* zero: room for settings whose zero value keeps today's behaviour */
 };
 
-#define FXDP_CFG_F_ENABLED 0x1 /* config filled: until set, programs pass everything to the kernel */
+#define FXDP_CFG_F_ENABLED 0x1            /* config filled: until set, programs pass everything to the kernel */
+#define FXDP_CFG_F_INNER_SOURCE_CHECK 0x2 /* decap: the inner source must lie in a subnet of the sending
+                                           * peer (or be that peer's own address) */
 
 /* fxdp_counters: per-CPU array indexed by enum fxdp_counter, value fxdp_count. Codes are stable:
  * never renumber, only append (a dashboard keyed by number must keep meaning the same thing).
@@ -106,7 +136,29 @@ enum fxdp_counter {
 	FXDP_C_DECAP_PASS_VLAN = 29,      /* 802.1Q/802.1ad tagged: belongs to a VLAN device, untouched */
 	FXDP_C_DECAP_PASS_SHORT = 30,     /* shorter than an Ethernet header: left to the kernel (drops it) */
 	FXDP_C_DECAP_DROP_INNER_NOT_IPV4 = 31, /* inner Ethernet type is not IPv4 */
-	FXDP_C_DECAP_PASS_OTHER_HOST = 32, /* UDP to our port but to another IP (transit): untouched */
+	FXDP_C_DECAP_PASS_OTHER_HOST = 32, /* UDP to our port but to another IP: untouched (transit is
+	                                    * routed on; another local address meets fxdp_vxlan_door) */
+	FXDP_C_DECAP_DROP_INNER_SOURCE = 33, /* inner IPv4 source in no subnet of the sending peer and not
+	                                      * its own address: a peer impersonating another node's pods */
+	FXDP_C_DECAP_DROP_LOOP = 34,      /* inner Ethernet source is our own VtepMAC (vxlan_rcv drops loops) */
+	FXDP_C_DECAP_DROP_OUTER_CSUM = 35,/* outer IPv4 header checksum wrong (ip_rcv would drop it) */
+	FXDP_C_DECAP_DROP_ECN = 36,       /* outer CE on a not-ECT inner packet (IP_ECN_decapsulate drops it) */
+	FXDP_C_DECAP_FRAGMENT_OK = 37,    /* outer first fragment from a peer, every header checked: left to
+	                                   * the kernel's reassembly, fxdp_vxlan_door and kernel decap */
+	FXDP_C_DECAP_STEER_OK = 38,       /* TC steer: a frame fxdp_decap_xdp decapsulated, redirected into
+	                                   * flannel.<VNI>'s ingress (routing and rp_filter see the overlay) */
+
+	/* fxdp_vxlan_door (netfilter LOCAL_IN): every datagram to our VXLAN port that is about to be
+	 * delivered locally — to any local address, from any interface, unicast or broadcast, after
+	 * reassembly — which is everything that can reach the kernel's vxlan socket. It counts only
+	 * datagrams to our port. */
+	FXDP_C_DOOR_OK = 48,              /* through the underlay, to the node IP, from a peer node: delivered */
+	FXDP_C_DOOR_DROP_NOT_PEER = 49,   /* from an address that is not a peer node */
+	FXDP_C_DOOR_DROP_WRONG_DOOR = 50, /* from a peer, but on another interface than the underlay or to
+	                                   * another local address (cni0, flannel.<VNI>, loopback, broadcast) */
+	/* fxdp_pod_guard (netfilter FORWARD): forwarded datagrams to our VXLAN port. */
+	FXDP_C_GUARD_DROP_POD_VXLAN = 51, /* from the pod network to a VXLAN port outside it: pods are never
+	                                   * peers, even when masquerade gives them a node's address */
 
 	FXDP_C_MAX = 64
 };
@@ -134,11 +186,13 @@ struct fxdp_peer_stats {
 #define FXDP_STATIC_ASSERT _Static_assert
 #endif
 FXDP_STATIC_ASSERT(sizeof(struct fxdp_peer_key) == 8, "fxdp_peer_key layout");
-FXDP_STATIC_ASSERT(sizeof(struct fxdp_peer_value) == 12, "fxdp_peer_value layout");
+FXDP_STATIC_ASSERT(sizeof(struct fxdp_peer_value) == 16, "fxdp_peer_value layout");
 FXDP_STATIC_ASSERT(sizeof(struct fxdp_node_key) == 4, "fxdp_node_key layout");
 FXDP_STATIC_ASSERT(sizeof(struct fxdp_node_value) == 4, "fxdp_node_value layout");
-FXDP_STATIC_ASSERT(sizeof(struct fxdp_config) == 36, "fxdp_config layout");
+FXDP_STATIC_ASSERT(sizeof(struct fxdp_config) == 64, "fxdp_config layout");
 FXDP_STATIC_ASSERT(sizeof(struct fxdp_count) == 16, "fxdp_count layout");
 FXDP_STATIC_ASSERT(sizeof(struct fxdp_peer_stats) == 32, "fxdp_peer_stats layout");
+FXDP_STATIC_ASSERT(sizeof(struct fxdp_stranger) == 16, "fxdp_stranger layout");
+FXDP_STATIC_ASSERT(sizeof(struct fxdp_xdp_meta) == 4, "fxdp_xdp_meta layout");
 
 #endif /* FXDP_SHARED_H */

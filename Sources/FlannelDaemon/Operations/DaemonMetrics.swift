@@ -8,7 +8,7 @@
 // counters only go up from zero in this process. Each scrape reads the map and adds the difference
 // since the previous read (a map that went backwards — recreated by `cleanup` and a restart, or
 // reset — counts on from its new value, which Prometheus' rate() treats as a counter reset).
-// Per-peer series (fxdp_peer_stats_v1) follow the peers: a node that left has its series removed.
+// Per-peer series (fxdp_peer_stats_v2) follow the peers: a node that left has its series removed.
 
 import BPFDataplane
 import CoreMetrics
@@ -20,6 +20,8 @@ public final class DaemonMetrics: Sendable {
     public let registry: PrometheusCollectorRegistry
     let factory: PrometheusMetricsFactory
     let bpffs: String?
+    /// More exposition text, appended as is (the userspace path's own counters).
+    let appended: (@Sendable () -> String)?
 
     // Measured by the daemon (swift-metrics API).
     let reconcilePasses: CoreMetrics.Counter
@@ -41,7 +43,8 @@ public final class DaemonMetrics: Sendable {
     }
     private let seen = Mutex(Seen())
 
-    public init(bpffs: String?, dataplane: String, backend: String) {
+    public init(bpffs: String?, dataplane: String, backend: String, appended: (@Sendable () -> String)? = nil) {
+        self.appended = appended
         let registry = PrometheusCollectorRegistry()
         var factory = PrometheusMetricsFactory(registry: registry)
         factory.durationHistogramBuckets["flanneld_xdp_reconcile_duration_seconds"] =
@@ -142,7 +145,7 @@ public final class DaemonMetrics: Sendable {
         }
     }
 
-    /// Per-peer series from fxdp_peer_stats_v1; a departed peer's series are removed.
+    /// Per-peer series from fxdp_peer_stats_v2; a departed peer's series are removed.
     func refreshPeerCounters() {
         guard let bpffs, let pinned = try? PinnedDataplane.open(bpffs: bpffs),
               let traffic = (try? pinned.peerTraffic()) ?? nil else { return }
@@ -187,7 +190,7 @@ public final class DaemonMetrics: Sendable {
     public func render() -> String {
         refreshBPFCounters()
         refreshPeerCounters()
-        return registry.emitToString()
+        return registry.emitToString() + (appended?() ?? "")
     }
 }
 

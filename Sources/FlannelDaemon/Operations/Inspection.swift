@@ -86,6 +86,10 @@ public struct StatusReport: Sendable {
                 report.maps = pinned.mapSummaries()
                 report.programs = pinned.attachedPrograms(config: report.nodeConfig)
                 report.peerCount = try pinned.peerList().count
+                if let underlay = report.state.flatMap({ IPv4Subnet(cidr: $0.underlaySubnet) }),
+                   let warning = Stranger.underlayWarning(try pinned.strangerList(), underlay: underlay) {
+                    report.problems.append(warning)
+                }
             }
         } catch {
             report.problems.append("\(error)")

@@ -47,6 +47,8 @@ public struct NodeState: Sendable, Equatable {
     /// Unix seconds when the lease expires unless renewed; 0 for a reservation (no TTL).
     public var leaseExpiry: Int64 = 0
     public var peerCount: Int = 0
+    /// The underlay network of --iface ("192.168.77.0/24"): strangers on it are worth a warning.
+    public var underlaySubnet: String = ""
 
     public init() {}
 
@@ -70,6 +72,7 @@ public struct NodeState: Sendable, Equatable {
             ("etcdEndpoints", .string(etcdEndpoints)), ("etcdAPI", .string(etcdAPI)),
             ("etcdState", .string(etcdState)), ("etcdLastContact", .int(etcdLastContact)),
             ("leaseExpiry", .int(leaseExpiry)), ("peerCount", .int(Int64(peerCount))),
+            ("underlaySubnet", .string(underlaySubnet)),
         ]
     }
 
@@ -102,6 +105,7 @@ public struct NodeState: Sendable, Equatable {
         etcdLastContact = int("etcdLastContact")
         leaseExpiry = int("leaseExpiry")
         peerCount = Int(int("peerCount"))
+        underlaySubnet = string("underlaySubnet")
     }
 
     /// True while the process that wrote the file still runs (signal 0 probes without touching it).

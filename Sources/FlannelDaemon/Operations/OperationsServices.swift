@@ -9,6 +9,7 @@ import Leases
 import Logging
 import NetTypes
 import ServiceLifecycle
+import UserspaceDataplane
 
 /// The daemon's values the operations services read; gathered by Daemon.start.
 public struct OperationsContext: Sendable {
@@ -22,10 +23,13 @@ public struct OperationsContext: Sendable {
     public var mtu: Int
     public var reconciler: Reconciler
     public var readiness: Readiness
+    /// The userspace path's counters, when it runs (exported on /metrics).
+    public var userspaceCounters: (@Sendable () -> UserspaceCounters)?
 
     public init(options: FlannelOptions, external: ExternalInterface, config: NetworkConfig, backend: BackendKind,
                 lease: Lease, manager: SubnetManager, dataplaneSummary: String, mtu: Int, reconciler: Reconciler,
-                readiness: Readiness) {
+                readiness: Readiness, userspaceCounters: (@Sendable () -> UserspaceCounters)? = nil) {
+        self.userspaceCounters = userspaceCounters
         self.options = options
         self.external = external
         self.config = config
@@ -70,6 +74,7 @@ public enum OperationsServices {
         state.etcdLastContact = degraded == nil ? now : 0
         state.leaseExpiry = context.lease.isReservation ? 0 : now + context.manager.options.leaseTTL.components.seconds
         state.peerCount = await context.reconciler.desiredCount
+        state.underlaySubnet = "\(context.external.underlaySubnet)"
         do {
             try state.write(to: statePath)
         } catch {
@@ -89,8 +94,10 @@ public enum OperationsServices {
             if port == options.serving.healthzPort {
                 logger.error("--metrics-port \(port) is the --healthz-port: give the metrics their own port; /metrics is off")
             } else {
+                var appended: (@Sendable () -> String)? = nil
+                if let counters = context.userspaceCounters { appended = { counters().prometheusText() } }
                 let m = DaemonMetrics(bpffs: state.dataplane.hasPrefix("bpf") ? options.dataplane.bpffs : nil,
-                                      dataplane: state.dataplane, backend: state.backend)
+                                      dataplane: state.dataplane, backend: state.backend, appended: appended)
                 metrics = m
                 services.append(HealthServer(host: options.serving.healthzIP.description, port: port,
                                              readiness: context.readiness, metrics: { m.render() }, logger: logger))
@@ -118,6 +125,7 @@ struct NodeStateService: Service {
         var round = 0
         var lastRevision = context.lease.revision
         var writeFailed = false
+        var loggedStrangers: Set<IPv4Address> = []
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
             if Task.isCancelled || Task.isShuttingDownGracefully { break }
@@ -141,6 +149,13 @@ struct NodeStateService: Service {
             // The programs only add per-peer entries; departed nodes' go here.
             if state.dataplane.hasPrefix("bpf"), let pinned = try? PinnedDataplane.open(bpffs: state.bpffs) {
                 _ = try? pinned.pruneDepartedPeerStats()
+                let strangers = (try? pinned.strangerList()) ?? []
+                let warning = Stranger.underlayWarning(strangers, underlay: context.external.underlaySubnet)
+                // Logged when an address joins the list, not on every refresh.
+                let named = Set(Stranger.onUnderlay(strangers, underlay: context.external.underlaySubnet).map(\.address))
+                if let warning, !named.isSubset(of: loggedStrangers) { logger.warning("\(warning)") }
+                loggedStrangers = named
+                context.readiness.setWarning("strangers", warning)
             }
             let reconciler = context.reconciler
             state.peerCount = await reconciler.desiredCount

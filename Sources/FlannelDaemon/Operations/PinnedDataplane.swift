@@ -9,7 +9,7 @@ import CBPF
 import Glibc
 import NetTypes
 
-/// What BPF carried to and from one peer node (fxdp_peer_stats_v1, summed over CPUs).
+/// What BPF carried to and from one peer node (fxdp_peer_stats_v2, summed over CPUs).
 public struct PeerTraffic: Sendable, Equatable {
     public var txPackets: UInt64 = 0
     public var txBytes: UInt64 = 0
@@ -65,6 +65,39 @@ public struct AttachedProgram: Sendable, Equatable {
     public var interface: String
 }
 
+/// An address whose VXLAN the programs dropped as not from a peer (fxdp_strangers_v2).
+public struct Stranger: Sendable, Equatable {
+    public var address: IPv4Address
+    public var packets: UInt64
+    /// Seconds since the last one was dropped.
+    public var secondsAgo: Int64
+
+    public init(address: IPv4Address, packets: UInt64, secondsAgo: Int64) {
+        self.address = address
+        self.packets = packets
+        self.secondsAgo = secondsAgo
+    }
+
+    /// The line `status` and /readyz show when strangers sit on the underlay subnet, where peers
+    /// are: most likely a node whose VXLAN leaves from another address than its lease's PublicIP.
+    /// nil when none of `strangers` is on `underlay` within the last `window` seconds.
+    public static func underlayWarning(_ strangers: [Stranger], underlay: IPv4Subnet?, window: Int64 = 600) -> String? {
+        guard let underlay else { return nil }
+        let near = onUnderlay(strangers, underlay: underlay, window: window).sorted { $0.packets > $1.packets }
+        guard !near.isEmpty else { return nil }
+        let listed = near.prefix(5).map { "\($0.address) (\($0.packets) datagram(s), last \($0.secondsAgo) s ago)" }
+            .joined(separator: ", ") + (near.count > 5 ? " and \(near.count - 5) more" : "")
+        return "VXLAN from \(listed) on the underlay subnet \(underlay) is dropped as not from a peer node: "
+            + "a node whose traffic leaves from another address than its lease's PublicIP (docs/SECURITY.md, "
+            + "\"Nodes that send from another address\"), or a host that is no peer"
+    }
+
+    /// The strangers on `underlay` seen within the last `window` seconds.
+    public static func onUnderlay(_ strangers: [Stranger], underlay: IPv4Subnet, window: Int64 = 600) -> [Stranger] {
+        strangers.filter { underlay.contains($0.address) && $0.secondsAgo <= window }
+    }
+}
+
 public struct PinnedDataplane {
     public let folder: String
     let peers: BPFMap<fxdp_peer_key, fxdp_peer_value>
@@ -73,6 +106,7 @@ public struct PinnedDataplane {
     let counters: PerCPUMap<UInt32, fxdp_count>
     /// Absent in pins made by a version before per-peer counters.
     let peerStats: PerCPUMap<fxdp_node_key, fxdp_peer_stats>?
+    let strangers: BPFMap<fxdp_node_key, fxdp_stranger>
 
     /// Opens the pins under `<bpffs>/flanneld-xdp`; nil when that folder does not exist (the node
     /// does not run the BPF path, or `cleanup` removed it).
@@ -94,7 +128,8 @@ public struct PinnedDataplane {
                 counters: try PerCPUMap.openPinned(path: path(FXDP_MAP_COUNTERS), key: UInt32.self, value: fxdp_count.self),
                 peerStats: access(path(FXDP_MAP_PEER_STATS), F_OK) == 0
                     ? try PerCPUMap.openPinned(path: path(FXDP_MAP_PEER_STATS), key: fxdp_node_key.self, value: fxdp_peer_stats.self)
-                    : nil)
+                    : nil,
+                strangers: try BPFMap.openPinned(path: path(FXDP_MAP_STRANGERS), key: fxdp_node_key.self, value: fxdp_stranger.self))
         } catch {
             throw OperationsError(operation: "open the pinned maps in \(folder)", detail: "\(error)",
                                   hint: "run as root; a folder from another flanneld-xdp version holds other map names (FXDP_ABI_VERSION): `flanneld-xdp cleanup` removes it")
@@ -125,6 +160,21 @@ public struct PinnedDataplane {
             }.sorted { $0.subnet < $1.subnet }
         } catch {
             throw OperationsError(operation: "read \(FXDP_MAP_PEERS)", detail: "\(error)", hint: "run as root")
+        }
+    }
+
+    /// The addresses dropped as not from a peer, most recent first.
+    public func strangerList() throws(OperationsError) -> [Stranger] {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        let nowNanoseconds = UInt64(now.tv_sec) &* 1_000_000_000 &+ UInt64(now.tv_nsec)
+        do {
+            return try strangers.entries().map { key, value in
+                let age = nowNanoseconds >= value.last_seen_ns ? (nowNanoseconds - value.last_seen_ns) / 1_000_000_000 : 0
+                return Stranger(address: IPv4Address(tuple: key.node_ip), packets: value.packets, secondsAgo: Int64(age))
+            }.sorted { $0.secondsAgo < $1.secondsAgo }
+        } catch {
+            throw OperationsError(operation: "read \(FXDP_MAP_STRANGERS)", detail: "\(error)", hint: "run as root")
         }
     }
 
@@ -195,13 +245,14 @@ public struct PinnedDataplane {
             summary(FXDP_MAP_CONFIG, config.info(), entries: nil),
             summary(FXDP_MAP_COUNTERS, counters.info(), entries: nil),
         ] + (peerStats.map { [summary(FXDP_MAP_PEER_STATS, $0.info(), entries: try? $0.keys().count)] } ?? [])
+            + [summary(FXDP_MAP_STRANGERS, strangers.info(), entries: try? strangers.keys().count)]
     }
 
     /// Our programs in the slots of the interfaces fxdp_config names (in this process's network namespace).
     public func attachedPrograms(config node: NodeConfig?) -> [AttachedProgram] {
         guard let node, node.underlayIfindex > 0 else { return [] }
         guard let state = try? FlannelBPF.attachmentState(overlayIfindex: node.overlayIfindex,
-                                                          underlayIfindex: node.underlayIfindex) else { return [] }
+                                                          underlayIfindex: node.underlayIfindex, pinDirectory: folder) else { return [] }
         var result: [AttachedProgram] = []
         func add(_ id: UInt32?, hook: String, ifindex: Int32) {
             guard let id else { return }
@@ -213,6 +264,12 @@ public struct PinnedDataplane {
         add(state.encapProgramID, hook: "tc egress", ifindex: node.overlayIfindex)
         add(state.decapCheckProgramID, hook: "tc ingress", ifindex: node.underlayIfindex)
         add(state.xdpProgramID, hook: "xdp \(state.xdpMode.map { "\($0)" } ?? "")", ifindex: node.underlayIfindex)
+        for (id, hook) in [(state.doorProgramID, NetfilterHook.localIn), (state.podGuardProgramID, .forward)] {
+            guard let id else { continue }
+            let kernelName = (try? BPFProgramInfo.forID(id).name) ?? "?"
+            let name = FXDPProgram.allCases.first { $0.rawValue.hasPrefix(kernelName) }?.rawValue ?? kernelName
+            result.append(AttachedProgram(name: name, id: id, hook: "netfilter ipv4 \(hook)", interface: "every interface"))
+        }
         return result
     }
 }

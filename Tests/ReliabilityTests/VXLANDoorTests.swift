@@ -1,0 +1,206 @@
+// Every door a stranger can knock on, tried as an attacker would. The kernel's vxlan socket listens
+// on the VXLAN port at every local address of every interface, so "VXLAN to the node IP arriving on
+// the underlay" is one door of many. Node A runs in one mode per test case (XDP decap, TC-checked
+// kernel decap, the userspace path, or a stock flannel node: the kernel vxlan device alone); node B
+// is a flanneld-xdp peer with --ip-masq. Each door sends UDP datagrams to port 8472 carrying VXLAN
+// with an inner ICMP echo to A's pod that holds a marker of that door; a capture on the pod's eth0
+// counts the echo requests of each marker that reach it.
+//
+// Nothing is judged after a pause: each hostile door is sent, then the test waits for the one
+// counter that must account for its datagrams (a BPF drop reason, the userspace path's drop
+// reason, or the kernel's UDP NoPorts/IgnoredMulti where no socket takes them), and only after all
+// doors were accounted for does it read the capture, which must hold none of them. A real peer's
+// well-formed VXLAN then must reach the pod (the capture would have seen a leak). On the stock
+// node, the same doors are recorded as leaks (waiting for each to arrive): the gain stays visible.
+
+import BPFDataplane
+import CBPF
+import Foundation
+import Glibc
+import NetTypes
+import TestSupport
+import Testing
+
+@Suite("VXLANDoorTests: no VXLAN from a stranger reaches a pod, whatever the door", .serialized,
+       .enabled(if: Privileges.isRoot, Privileges.skipReason))
+struct VXLANDoorTests {
+    enum NodeKind: String, CaseIterable, CustomStringConvertible, Sendable {
+        case xdp, tc, userspace, stockFlannel
+        var description: String { rawValue }
+    }
+
+    /// Where a door's datagrams end up on a node of ours, by mode.
+    enum Accounting: CustomStringConvertible {
+        /// A BPF counter of node A (or of node B, `onPeer`).
+        case bpf(fxdp_counter, onPeer: Bool = false)
+        /// A drop reason of A's userspace path (its /metrics).
+        case userspace(String)
+        /// The kernel's UDP statistics of A: no socket took it.
+        case udp(String)
+
+        var description: String {
+            switch self {
+            case .bpf(let c, let peer): "\(FXDPCounter(rawValue: c.rawValue)?.name ?? "\(c.rawValue)")\(peer ? " on the peer" : "")"
+            case .userspace(let reason): "userspace \(reason)"
+            case .udp(let field): "kernel Udp \(field)"
+            }
+        }
+    }
+
+    struct Door {
+        var name: String
+        var from: String
+        var to: IPv4Address
+        var broadcast = false
+        var innerSource: IPv4Address
+        var vni: UInt32 = 1
+        /// How a BPF node accounts for it, and how the userspace path does.
+        var bpf: Accounting
+        var userspace: Accounting
+        /// Whether a stock flannel node lets it reach the pod.
+        var stockLeaks: Bool
+        var marker: [UInt8] = []
+    }
+
+    static let perDoor = 5
+    static let metricsPort = 9472
+
+    @Test(arguments: NodeKind.allCases)
+    func everyDoorIsClosed(_ kind: NodeKind) throws {
+        let cluster = try FlannelCluster(tag: "door", api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 2)
+        defer { cluster.cleanup() }
+        let (a, b) = (cluster.nodes[0], cluster.nodes[1])
+        let lab = cluster.lab
+
+        // Node A in the mode under test; node B an ordinary flanneld-xdp node that masquerades.
+        switch kind {
+        case .xdp, .tc, .userspace:
+            try cluster.startDaemon(a, extra: ["--dataplane", kind == .tc ? "tc" : kind.rawValue,
+                                               "--metrics-port", "\(VXLANDoorTests.metricsPort)"])
+        case .stockFlannel:
+            let standIn = try lab.makeFlannelStandIn(node: a)
+            try cluster.putFlannelLease(subnet: a.podSubnet, publicIP: a.nodeIP, vtepMAC: standIn.vtepMAC)
+        }
+        try cluster.startDaemon(b, extra: ["--ip-masq"])
+        #expect(try waitUntil(10) { try cluster.pinnedPeerSubnets(b) == [a.podSubnet] } != nil, "B never learned A")
+        let leasedMAC = try leaseVtepMAC(cluster, a.podSubnet)
+        let vtepA = try #require(leasedMAC, "no VtepMAC in A's lease")
+
+        // A host on the wire without a lease, with a route to the pod network through A.
+        let stranger = lab.name("st")
+        try lab.addNamespace(stranger)
+        try lab.sh(lab.wireNamespace, ["link", "add", "vst", "type", "veth", "peer", "name", "eth0", "netns", stranger])
+        try lab.sh(lab.wireNamespace, ["link", "set", "vst", "master", "br0", "up"])
+        try lab.sh(stranger, ["addr", "add", "192.168.77.50/24", "dev", "eth0"])
+        try lab.sh(stranger, ["link", "set", "eth0", "up"])
+        try lab.sh(stranger, ["route", "add", "\(cluster.network)", "via", "\(a.nodeIP)"])
+
+        let madeUp = IPv4Address(10, 5, 3, 7) // a pod of no node
+        var doors = [
+            Door(name: "stranger → A's node IP", from: stranger, to: a.nodeIP, innerSource: madeUp,
+                 bpf: .bpf(FXDP_C_DECAP_DROP_NOT_PEER), userspace: .userspace("not_peer"), stockLeaks: true),
+            Door(name: "stranger → A's cni0 address, routed through A", from: stranger, to: a.podGateway, innerSource: madeUp,
+                 bpf: .bpf(FXDP_C_DOOR_DROP_NOT_PEER), userspace: .udp("NoPorts"), stockLeaks: true),
+            Door(name: "stranger → A's flannel.<VNI> address", from: stranger, to: a.podSubnet.address, innerSource: madeUp,
+                 bpf: .bpf(FXDP_C_DOOR_DROP_NOT_PEER), userspace: .udp("NoPorts"), stockLeaks: true),
+            Door(name: "stranger → the underlay's broadcast address", from: stranger, to: a.underlay.last, broadcast: true,
+                 innerSource: madeUp, bpf: .bpf(FXDP_C_DOOR_DROP_NOT_PEER), userspace: .udp("IgnoredMulti"), stockLeaks: true),
+            Door(name: "A's own pod → its gateway (cni0)", from: a.podNamespace, to: a.podGateway, innerSource: madeUp,
+                 bpf: .bpf(FXDP_C_DOOR_DROP_NOT_PEER), userspace: .udp("NoPorts"), stockLeaks: true),
+            Door(name: "A's own pod → A's node IP", from: a.podNamespace, to: a.nodeIP, innerSource: madeUp,
+                 bpf: .bpf(FXDP_C_DOOR_DROP_NOT_PEER), userspace: .userspace("not_peer"), stockLeaks: true),
+            Door(name: "a pod on peer B → A's node IP (B masquerades it)", from: b.podNamespace, to: a.nodeIP, innerSource: b.podIP,
+                 bpf: .bpf(FXDP_C_GUARD_DROP_POD_VXLAN, onPeer: true), userspace: .bpf(FXDP_C_GUARD_DROP_POD_VXLAN, onPeer: true),
+                 stockLeaks: false),
+            Door(name: "real peer B, spoofed inner source", from: b.name, to: a.nodeIP, innerSource: madeUp,
+                 bpf: .bpf(FXDP_C_DECAP_DROP_INNER_SOURCE), userspace: .userspace("inner_source"), stockLeaks: true),
+            Door(name: "real peer B, another VNI", from: b.name, to: a.nodeIP, innerSource: b.podIP, vni: 77,
+                 bpf: .bpf(FXDP_C_DECAP_DROP_BAD_VNI), userspace: .userspace("bad_vni"), stockLeaks: false),
+        ]
+        for i in doors.indices { doors[i].marker = Array("fxdoor-\(i)-\(kind)-marker".utf8) }
+        let good = Array("fxdoor-good-\(kind)-marker".utf8)
+        let capture = try PacketCapture(namespace: a.podNamespace, ifname: "eth0", markers: doors.map(\.marker) + [good])
+
+        func payload(_ marker: [UInt8], source: IPv4Address, vni: UInt32 = 1) -> [UInt8] {
+            PacketBuilder.vxlan(vni: vni)
+                + PacketBuilder.ethernet(dst: vtepA, src: MACAddress("02:00:00:00:99:99")!, type: EtherType.ipv4)
+                + PacketBuilder.ipv4(src: source, dst: a.podIP, proto: IPProto.icmp,
+                                     payload: PacketBuilder.icmpEcho(id: 77, sequence: 1, payload: marker + Array(repeating: 0x42, count: 16)))
+        }
+        func send(_ door: Door) throws {
+            try UDPSender.send(namespace: door.from, to: door.to, port: 8472,
+                               payload: payload(door.marker, source: door.innerSource, vni: door.vni),
+                               count: VXLANDoorTests.perDoor, broadcast: door.broadcast)
+        }
+        func read(_ accounting: Accounting) throws -> Int {
+            switch accounting {
+            case .bpf(let counter, let onPeer): Int(try cluster.pinnedCounter(onPeer ? b : a, counter))
+            case .userspace(let reason): try userspaceDrops(cluster, a, reason: reason)
+            case .udp(let field): try udpStatistics(namespace: a.name)[field] ?? 0
+            }
+        }
+
+        var table: [String] = []
+        if kind == .stockFlannel {
+            // Each door that leaks is waited for at the pod; the others follow a leaking frame from
+            // the same sender on the same path, so they would have arrived before it.
+            for door in doors {
+                if door.stockLeaks {
+                    try send(door)
+                    let seen = capture.wait(for: door.marker, count: VXLANDoorTests.perDoor)
+                    table.append("\(door.name): all \(VXLANDoorTests.perDoor) reached the pod")
+                    #expect(seen == VXLANDoorTests.perDoor, "stock flannel was expected to let \(door.name) in")
+                } else {
+                    let before = door.bpf.description.hasSuffix("on the peer") ? try read(door.bpf) : 0
+                    try send(door)
+                    if door.bpf.description.hasSuffix("on the peer") {
+                        #expect(try waitUntil(10) { try read(door.bpf) >= before + VXLANDoorTests.perDoor } != nil)
+                    }
+                    try UDPSender.send(namespace: b.name, to: a.nodeIP, port: 8472, payload: payload(good, source: b.podIP),
+                                       count: 1)
+                    _ = capture.wait(for: good, count: capture.count(good) + 1)
+                    table.append("\(door.name): \(capture.count(door.marker)) reached the pod")
+                    #expect(capture.count(door.marker) == 0)
+                }
+            }
+        } else {
+            for door in doors {
+                let accounting = kind == .userspace ? door.userspace : door.bpf
+                let before = try read(accounting)
+                try send(door)
+                let settled = try waitUntil(10) { try read(accounting) >= before + VXLANDoorTests.perDoor }
+                let counted = try read(accounting) - before
+                table.append("\(door.name): \(counted) counted as \(accounting)")
+                #expect(settled != nil, "\(kind): \(door.name): \(counted) of \(VXLANDoorTests.perDoor) accounted as \(accounting)")
+            }
+            // Every hostile datagram is accounted for: none may have reached the pod.
+            for door in doors {
+                #expect(capture.count(door.marker) == 0, "\(kind): \(door.name) reached the pod")
+            }
+            // The control: a real peer's VXLAN with its own pod as inner source arrives.
+            try UDPSender.send(namespace: b.name, to: a.nodeIP, port: 8472, payload: payload(good, source: b.podIP),
+                               count: VXLANDoorTests.perDoor)
+            #expect(capture.wait(for: good, count: VXLANDoorTests.perDoor) == VXLANDoorTests.perDoor,
+                    "\(kind): the peer's own VXLAN did not reach the pod: the capture could not have seen a leak")
+        }
+        print("VXLANDoorTests.\(kind):\n  " + table.joined(separator: "\n  "))
+    }
+}
+
+/// The VtepMAC in the lease of `subnet`, as etcd holds it.
+func leaseVtepMAC(_ cluster: FlannelCluster, _ subnet: IPv4Subnet) throws -> MACAddress? {
+    guard let value = try cluster.get(cluster.leaseKey(subnet)), let range = value.range(of: #""VtepMAC":""#) else { return nil }
+    return MACAddress(String(value[range.upperBound...].prefix(17)))
+}
+
+/// A drop reason of the userspace path, from the node's /metrics.
+func userspaceDrops(_ cluster: FlannelCluster, _ node: LabNode, reason: String) throws -> Int {
+    guard let response = try cluster.httpGet(node, path: "/metrics", port: VXLANDoorTests.metricsPort), response.status == 200 else {
+        return -1
+    }
+    let prefix = "flanneld_xdp_userspace_drops_total{reason=\"\(reason)\"} "
+    for line in response.body.split(separator: "\n") where line.hasPrefix(prefix) {
+        return Int(line.dropFirst(prefix.count)) ?? -1
+    }
+    return -1
+}
