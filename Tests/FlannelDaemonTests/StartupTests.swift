@@ -74,14 +74,18 @@ struct StartupTests {
         #expect(throws: StartupError.self) { try Startup.backendKind(BackendConfig(type: "ipip")) }
     }
 
-    @Test("MTU: underlay − 50 for vxlan, − 28 for udp, the config's MTU when set")
+    @Test("MTU: underlay − 50 for vxlan, − 28 for udp; Backend.MTU is the underlay MTU, as in flannel")
     func mtu() throws {
         let config = try NetworkConfig.parse(vxlanConfig)
         #expect(Startup.overlayMTU(underlayMTU: 1500, config: config, backend: .vxlan(directRouting: false)) == 1450)
         #expect(Startup.overlayMTU(underlayMTU: 1500, config: config, backend: .udp) == 1472)
         #expect(Startup.overlayMTU(underlayMTU: 1500, config: config, backend: .hostGW) == 1500)
+        // flannel: FLANNEL_MTU and the vxlan device get Backend.MTU − 50, whatever the interface says.
         let withMTU = try NetworkConfig.parse(#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","MTU":1400}}"#)
-        #expect(Startup.overlayMTU(underlayMTU: 9000, config: withMTU, backend: .vxlan(directRouting: false)) == 1400)
+        #expect(Startup.overlayMTU(underlayMTU: 9000, config: withMTU, backend: .vxlan(directRouting: false)) == 1350)
+        #expect(Startup.overlayMTU(underlayMTU: 1500, config: withMTU, backend: .vxlan(directRouting: true)) == 1350)
+        let jumbo = try NetworkConfig.parse(#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","mtu":9000}}"#)
+        #expect(Startup.overlayMTU(underlayMTU: 9000, config: jumbo, backend: .vxlan(directRouting: false)) == 8950)
     }
 
     @Test("the previous subnet.env's subnet is taken again when free; a restart keeps the same lease")
