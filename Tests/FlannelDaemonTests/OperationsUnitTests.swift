@@ -35,6 +35,11 @@ struct OperationsUnitTests {
         state.etcdLastContact = 1_790_000_005
         state.leaseExpiry = 1_790_086_400
         state.peerCount = 3
+        state.etcdAPIDetail = "auto: /coreos.com/network/config is in both keyspaces; following v2"
+        state.forwardRules = true
+        state.ipMasqFullyRandom = false
+        state.blackholeRoute = true
+        state.warnings = "the network config sets EnableIPv6 (dual-stack)\nsecond line"
         let decoded = try NodeState(json: state.json)
         #expect(decoded == state)
 
