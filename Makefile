@@ -14,7 +14,7 @@ BPF_HDRS   := $(wildcard bpf/*.h) Sources/CBPF/include/fxdp_shared.h
 
 # Debian packages the build, the tests, the demo and the bench use.
 DEB_PACKAGES := libbpf-dev libelf-dev libmnl-dev zlib1g-dev clang llvm bpftool iproute2 etcd-server \
-                etcd-client iperf3 tcpdump openssl libcap2-bin procps kmod iputils-ping nftables
+                etcd-client iperf3 tcpdump openssl libcap2-bin procps kmod iputils-ping nftables iptables
 
 .PHONY: all deps build bpf test demo bench fuzz install install-files clean cleanup-lab
 

@@ -85,7 +85,7 @@ public struct NodeConfig: Sendable, Equatable, CustomStringConvertible {
 
     /// Checks what the programs rely on; returns the problem, or nil.
     public var problem: String? {
-        if vni == 0 || vni > 0xFF_FFFF { return "VNI \(vni) is outside 1...16777215" }
+        if vni > 0xFF_FFFF { return "VNI \(vni) is outside 0...16777215" }
         if udpPort == 0 { return "UDP port 0" }
         if underlayIfindex <= 0 { return "underlay ifindex \(underlayIfindex)" }
         if vtepMAC.isZero || vtepMAC.isMulticast { return "VtepMAC \(vtepMAC) is not a unicast address" }

@@ -3,6 +3,7 @@
 
 import ArgumentParser
 import Glibc
+import Synchronization
 
 public enum FlannelDaemonVersion {
     public static let string = "0.1.0"
@@ -36,16 +37,23 @@ public struct FlanneldXDP: AsyncParsableCommand {
     /// What the Go-style normaliser must know: every long flag of each command and whether it takes a value.
     public static let flagNormalizer = GoFlagNormalizer(
         rootFlags: [
-            GoFlagSpec("iface"), GoFlagSpec("iface-regex"), GoFlagSpec("public-ip"),
+            GoFlagSpec("iface"), GoFlagSpec("iface-regex"), GoFlagSpec("iface-can-reach"), GoFlagSpec("public-ip"),
+            GoFlagSpec("public-ipv6"),
             GoFlagSpec("etcd-endpoints"), GoFlagSpec("etcd-prefix"), GoFlagSpec("etcd-keyfile"),
             GoFlagSpec("etcd-certfile"), GoFlagSpec("etcd-cafile"), GoFlagSpec("etcd-username"),
-            GoFlagSpec("etcd-password"), GoFlagSpec("etcd-api"), GoFlagSpec("etcd-start-timeout"),
-            GoFlagSpec("subnet-file"), GoFlagSpec("subnet-lease-renew-margin"), GoFlagSpec("subnet-lease-ttl"),
+            GoFlagSpec("etcd-password"), GoFlagSpec("etcd-api"), GoFlagSpec("etcd-start-timeout", .integer),
+            GoFlagSpec("subnet-file"), GoFlagSpec("subnet-lease-renew-margin", .integer), GoFlagSpec("subnet-lease-ttl", .integer),
             GoFlagSpec("ip-masq", .boolean), GoFlagSpec("last-known-state"),
-            GoFlagSpec("dataplane"), GoFlagSpec("bpffs"), GoFlagSpec("bpf-object"), GoFlagSpec("reconcile-interval"),
-            GoFlagSpec("inner-source-check"),
-            GoFlagSpec("healthz-ip"), GoFlagSpec("healthz-port"), GoFlagSpec("metrics-port"),
+            GoFlagSpec("dataplane"), GoFlagSpec("bpffs"), GoFlagSpec("bpf-object"), GoFlagSpec("reconcile-interval", .integer),
+            GoFlagSpec("inner-source-check", .booleanDefaultTrue),
+            GoFlagSpec("iptables-resync", .integer), GoFlagSpec("iptables-forward-rules", .booleanDefaultTrue),
+            GoFlagSpec("ip-masq-fully-random-disable", .boolean), GoFlagSpec("ip-blackhole-route", .boolean),
+            GoFlagSpec("healthz-ip"), GoFlagSpec("healthz-port", .integer), GoFlagSpec("metrics-port", .integer),
             GoFlagSpec("log-level"),
+            GoFlagSpec("v", .klogLevel), GoFlagSpec("vmodule", .klogModules), GoFlagSpec("log_backtrace_at", .klogTraceLocation),
+            GoFlagSpec("kube-subnet-mgr", .boolean), GoFlagSpec("kube-api-url"), GoFlagSpec("kube-annotation-prefix"),
+            GoFlagSpec("kubeconfig-file"), GoFlagSpec("net-config-path"),
+            GoFlagSpec("set-node-network-unavailable", .booleanDefaultTrue),
             GoFlagSpec("version", .boolean, fromEnvironment: false), GoFlagSpec("help", .boolean, fromEnvironment: false),
         ],
         subcommandFlags: [
@@ -81,11 +89,17 @@ public struct FlanneldXDP: AsyncParsableCommand {
 
     /// Parses Go-style arguments plus `FLANNELD_*` variables into a command (throws argument-parser errors).
     public static func parseGoStyle(_ arguments: [String], environment: [String: String]) throws -> any ParsableCommand {
-        let normalized = try flagNormalizer.normalize(arguments, environment: environment)
-        if let first = normalized.first, let verb = verbs[first] {
-            return try verb.parseAsRoot(Array(normalized.dropFirst()))
+        try parseGoStyleWithNotes(arguments, environment: environment).command
+    }
+
+    /// `parseGoStyle`, plus the FLANNELD_* values that were ignored (see GoFlagNormalizer).
+    public static func parseGoStyleWithNotes(_ arguments: [String], environment: [String: String]) throws
+        -> (command: any ParsableCommand, ignoredEnvironment: [String]) {
+        let normalized = try flagNormalizer.normalizeWithNotes(arguments, environment: environment)
+        if let first = normalized.arguments.first, let verb = verbs[first] {
+            return (try verb.parseAsRoot(Array(normalized.arguments.dropFirst())), normalized.ignoredEnvironment)
         }
-        return try parseAsRoot(normalized)
+        return (try parseAsRoot(normalized.arguments), normalized.ignoredEnvironment)
     }
 
     /// The program's entry: normalise, parse, run, and exit non-zero with a message on any error.
@@ -93,7 +107,9 @@ public struct FlanneldXDP: AsyncParsableCommand {
         let arguments = Array(CommandLine.arguments.dropFirst())
         let normalized: [String]
         do {
-            normalized = try flagNormalizer.normalize(arguments, environment: processEnvironment())
+            let result = try flagNormalizer.normalizeWithNotes(arguments, environment: processEnvironment())
+            normalized = result.arguments
+            StartupNotes.ignoredEnvironment.withLock { $0 = result.ignoredEnvironment }
         } catch {
             exit(withError: error)
         }
@@ -142,7 +158,7 @@ public struct FlanneldXDP: AsyncParsableCommand {
     /// `FLANNELD_<NAME>="value"` when `message` is about a root flag that the command line did not give
     /// and the environment filled, else nil.
     static func environmentSource(of message: String, arguments: [String], environment: [String: String]) -> String? {
-        for spec in flagNormalizer.rootFlags where spec.fromEnvironment && spec.kind == .value {
+        for spec in flagNormalizer.rootFlags where spec.fromEnvironment && spec.kind.takesValue {
             guard let value = environment[spec.environmentName], !value.isEmpty else { continue }
             let onCommandLine = arguments.contains { arg in
                 let bare = arg.drop { $0 == "-" }
@@ -171,6 +187,12 @@ public struct FlanneldXDP: AsyncParsableCommand {
     }
 }
 
+/// What the command line's processing has to tell the daemon's log, which does not exist yet when
+/// the arguments are parsed: the FLANNELD_* values that were ignored. Daemon.run logs them.
+enum StartupNotes {
+    static let ignoredEnvironment = Mutex<[String]>([])
+}
+
 struct StandardError: TextOutputStream {
     mutating func write(_ text: String) {
         var bytes = Array(text.utf8)
@@ -193,8 +215,8 @@ public struct CommonInspectionOptions: ParsableArguments, Sendable {
 
 public struct Cleanup: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
-        abstract: "Remove what flanneld-xdp set up on this node (BPF programs, pins, the flannel.<VNI> device, its routes, the masquerade table) and nothing else.",
-        discussion: "The lease in etcd is left alone: it expires by its TTL or is reused when the node comes back.",
+        abstract: "Remove what flanneld-xdp set up on this node (BPF programs, pins, the flannel.<VNI> device, its routes, the masquerade table, the FORWARD accepts, the blackhole route) and nothing else.",
+        discussion: "The lease in etcd is left alone: it expires by its TTL or is reused when the node comes back. With --keep-kernel-path the FORWARD accepts and the blackhole route stay too: they are flanneld's own rules, spelled as it spells them.",
         version: FlannelDaemonVersion.string
     )
 
@@ -209,10 +231,16 @@ public struct Cleanup: AsyncParsableCommand {
 
     public func run() async throws {
         // Our masquerade table goes too (--ip-masq); it is ours alone, so nothing else is touched.
-        var masquerade: (any Error)?
-        do { try Masquerade.remove() } catch { masquerade = error }
+        // The FORWARD accepts (iptables' FLANNEL-FWD and FORWARD's jump to it) and the blackhole
+        // route go unless stock flanneld is to take over (--keep-kernel-path), which keeps and
+        // adopts them: removing them first would drop forwarded traffic under Docker's DROP policy.
+        var failures: [any Error] = []
+        do { try Masquerade.remove() } catch { failures.append(error) }
+        if !keepKernelPath {
+            do { try ForwardRules.remove() } catch { failures.append(error) }
+        }
         try await Daemon.cleanup(bpffs: inspection.bpffs, keepKernelPath: keepKernelPath, logLevel: logging.logLevel)
-        if let masquerade { throw masquerade }
+        if let first = failures.first { throw first }
     }
 }
 

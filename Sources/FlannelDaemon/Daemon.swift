@@ -32,16 +32,17 @@ public enum Daemon {
         LoggingBootstrap.once(level: level)
     }
 
-    static func makeLogger(_ level: LogLevelChoice) -> Logger {
+    static func makeLogger(_ level: Logger.Level) -> Logger {
         var logger = Logger(label: "flanneld-xdp")
-        logger.logLevel = level.level
+        logger.logLevel = level
         return logger
     }
 
     public static func run(_ options: FlannelOptions, notifier: SystemdNotifier = .fromEnvironment()) async throws {
-        bootstrapLogging(level: options.logging.logLevel.level)
-        let logger = makeLogger(options.logging.logLevel)
+        bootstrapLogging(level: options.effectiveLogLevel)
+        let logger = makeLogger(options.effectiveLogLevel)
         logger.info("flanneld-xdp \(FlannelDaemonVersion.string) starting")
+        logFlagNotes(options, logger: logger)
         HeapTrim.configure()
         let readiness = Readiness()
 
@@ -71,12 +72,30 @@ public enum Daemon {
         logger.info("stopped; the data path, the routes and the lease are left in place (run `flanneld-xdp cleanup` to remove them)")
     }
 
+    /// What the flags ask for that this build does differently from flanneld, said once at start.
+    static func logFlagNotes(_ options: FlannelOptions, logger: Logger) {
+        for note in StartupNotes.ignoredEnvironment.withLock({ $0 }) { logger.warning("\(note)") }
+        if let level = options.klog.requestedLevel, level < options.logging.logLevel.level {
+            logger.info("klog verbosity \(options.klog.effectiveVerbosity) (-v/-vmodule): logging at \(level)")
+        }
+        if !options.klog.vmodule.isEmpty {
+            logger.notice("--vmodule=\(options.klog.vmodule): flanneld's per-file levels name Go files; its highest level applies to the whole log here")
+        }
+        if !options.klog.logBacktraceAt.isEmpty {
+            logger.notice("--log_backtrace_at=\(options.klog.logBacktraceAt) is accepted for flanneld compatibility and has no effect (no Go files here)")
+        }
+        let kube = options.kube.ignoredSettings
+        if !kube.isEmpty {
+            logger.notice("\(kube.joined(separator: ", ")): read only by flanneld's Kubernetes subnet manager, which this build does not run; not used (as flanneld without --kube-subnet-mgr)")
+        }
+    }
+
     /// Everything up to READY=1; returns the services to run.
     static func start(_ options: FlannelOptions, notifier: SystemdNotifier, readiness: Readiness,
                       logger: Logger) async throws -> [any Service] {
         // 1. Interface and public IP.
         let external = try InterfaceSelection.selectFromSystem(options.interface)
-        logger.info("using interface \(external.interface.name) (index \(external.interface.index), mtu \(external.interface.mtu)), local IP \(external.interfaceAddress), public IP \(external.publicIP)")
+        logger.info("using interface \(external.interface.name) (index \(external.interface.index), mtu \(external.interface.mtu)), local IP \(external.interfaceAddress), public IP \(external.publicIP), chosen by \(external.chosenBy)")
 
         // 2. etcd and the network config (waits while etcd is away or the config is missing/bad) —
         //    or, when etcd does not answer within --etcd-start-timeout and the last known state holds
@@ -99,15 +118,19 @@ public enum Daemon {
             lastKnownPath: lastKnownPath, logger: logger)
         let manager: SubnetManager
         let config: NetworkConfig
+        let etcdAPIDetail: String
         switch source {
         case .etcd(let contact):
             (manager, config) = (contact.manager, contact.config)
+            etcdAPIDetail = contact.apiDetection.reason
         case .lastKnown(let saved):
             manager = try Startup.offlineManager(options.etcd, lastKnown: saved, managerOptions: managerOptions, logger: logger)
             config = saved.config
+            etcdAPIDetail = options.etcd.api == .auto ? "the last known state's (\(saved.etcdAPI)), etcd not reached yet" : "given by --etcd-api"
         }
         let backend = try Startup.backendKind(config.backend)
         logger.info("network \(config.network), subnets /\(config.subnetLen), backend \(backend), etcd API \(manager.registry.apiVersion)")
+        for warning in config.warnings { logger.warning("WARNING: \(warning)") }
 
         // 3. Data path preparation that the lease depends on (the VtepMAC).
         let mtu = Startup.overlayMTU(underlayMTU: external.interface.mtu, config: config, backend: backend)
@@ -178,7 +201,7 @@ public enum Daemon {
         let operations = try await OperationsServices.make(OperationsContext(
             options: options, external: external, config: config, backend: backend, lease: lease, manager: manager,
             dataplaneSummary: setup.summary, mtu: mtu, reconciler: reconciler, readiness: readiness,
-            userspaceCounters: Daemon.countersReader(setup.userspace)), logger: logger)
+            etcdAPIDetail: etcdAPIDetail, userspaceCounters: Daemon.countersReader(setup.userspace)), logger: logger)
 
         // 7. subnet.env, then tell systemd (a degraded node is up: its pods can start and reach the
         //    peers it knew; /readyz and STATUS say degraded).
@@ -393,7 +416,7 @@ public enum Daemon {
     /// routes, neighbours and fdb entries go with them).
     public static func cleanup(bpffs: String, keepKernelPath: Bool, logLevel: LogLevelChoice) async throws {
         bootstrapLogging(level: logLevel.level)
-        let logger = makeLogger(logLevel)
+        let logger = makeLogger(logLevel.level)
         var failures: [String] = []
         var nl = try NetlinkSocket()
         let links = try nl.links()
@@ -421,6 +444,14 @@ public enum Daemon {
             let network = (try? SubnetEnv.read(from: subnetFile))??.network
             if network == nil {
                 logger.info("no readable \(subnetFile): host-gw/DirectRouting routes on the underlay (if any) were not looked for")
+            }
+            if let network {
+                do {
+                    let removed = try BlackholeRoute.remove(inside: network)
+                    if !removed.isEmpty { logger.info("removed the blackhole route(s) \(removed.map(\.description).joined(separator: ", "))") }
+                } catch {
+                    failures.append("removing blackhole routes in \(network): \(error)")
+                }
             }
             let underlays: [Int32?] = network == nil ? [nil]
                 : links.filter { !($0.kind == "vxlan" && $0.name.hasPrefix("flannel.")) }.map { Optional($0.index) }

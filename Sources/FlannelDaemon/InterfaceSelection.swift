@@ -1,10 +1,15 @@
 // Choosing the underlay interface as flanneld does: each --iface (a name or one of its IPv4
-// addresses) in order, else each --iface-regex (matched against the addresses first, then the
-// names), else the interface of the default route. The public IP is --public-ip or the chosen
-// interface's first IPv4 address. Interfaces come from getifaddrs(3), the default route from
-// /proc/net/route; both are read-only views of the calling thread's network namespace.
+// addresses) in order; if none of them is usable, each --iface-regex in order (matched against the
+// addresses first — the matching address is the one used — then the names); if still none, the
+// interface that the route to --iface-can-reach leaves by, with the route's source address. Only
+// when none of the three flags is given does the interface of the default route count. An entry that
+// names an interface without IPv4 is a miss like any other (flanneld logs it and tries the next).
+// The public IP is --public-ip or the chosen address. Interfaces come from getifaddrs(3), the default
+// route from /proc/net/route, the --iface-can-reach route from netlink (`ip route get`); all are
+// read-only views of the calling thread's network namespace.
 
 import Glibc
+import Netlink
 import NetTypes
 
 /// One interface with what the daemon needs from it.
@@ -42,10 +47,25 @@ public struct ExternalInterface: Sendable, Equatable {
     public var publicIP: IPv4Address
     /// The L2 network the interface sits on; peers inside it qualify for DirectRouting.
     public var underlaySubnet: IPv4Subnet
+    /// Which flag chose it ("--iface-regex=^eth"), or "the default route".
+    public var chosenBy: String = ""
+}
+
+/// The route `ip route get <address>` shows: the interface it leaves by and its source address.
+public struct RouteToAddress: Sendable, Equatable {
+    public var interfaceIndex: Int32
+    public var source: IPv4Address?
+
+    public init(interfaceIndex: Int32, source: IPv4Address?) {
+        self.interfaceIndex = interfaceIndex
+        self.source = source
+    }
 }
 
 public enum InterfaceSelectionError: Error, CustomStringConvertible, Equatable {
     case noMatch(flag: String, value: String, available: [String])
+    /// Every --iface, --iface-regex and --iface-can-reach given missed, each with why.
+    case noneMatched(misses: [String], available: [String])
     case noIPv4(interface: String)
     case noDefaultRoute(available: [String])
     case systemCall(operation: String, errno: Int32)
@@ -55,6 +75,9 @@ public enum InterfaceSelectionError: Error, CustomStringConvertible, Equatable {
         case let .noMatch(flag, value, available):
             "no interface matches \(flag)=\(value); interfaces here: \(Self.list(available)). "
                 + "Pass --iface NAME or --iface IPv4 of one of them, or fix the pattern"
+        case let .noneMatched(misses, available):
+            "no interface matches the --iface, --iface-regex or --iface-can-reach given (\(misses.joined(separator: "; "))); "
+                + "interfaces here: \(Self.list(available)). Pass --iface NAME or --iface IPv4 of one of them, or fix the pattern"
         case let .noIPv4(interface):
             "interface \(interface) has no IPv4 address: give it one, or choose another with --iface"
         case let .noDefaultRoute(available):
@@ -122,62 +145,108 @@ public enum InterfaceSelection {
         return best?.name
     }
 
-    /// Picks the interface as flanneld does (see the file note).
+    /// Picks the interface as flanneld does (see the file note). `routeTo` answers `ip route get`
+    /// for --iface-can-reach (nil: no route).
     public static func select(
-        ifaces: [String], ifaceRegexes: [String], publicIP: IPv4Address?,
-        interfaces: [NetworkInterface], defaultRouteInterface: String?
+        ifaces: [String], ifaceRegexes: [String], canReach: IPv4Address? = nil, publicIP: IPv4Address?,
+        interfaces: [NetworkInterface], defaultRouteInterface: String?,
+        routeTo: (IPv4Address) throws(InterfaceSelectionError) -> RouteToAddress? = { _ in nil }
     ) throws(InterfaceSelectionError) -> ExternalInterface {
         let available = interfaces.filter { $0.name != "lo" || !$0.ipv4.isEmpty }.map(\.description)
-        var chosen: NetworkInterface?
-        var firstFailure: InterfaceSelectionError?
-        if !ifaces.isEmpty {
-            for wanted in ifaces {
-                if let ip = IPv4Address(wanted) {
-                    chosen = interfaces.first { $0.ipv4.contains { $0.address == ip } }
-                } else {
-                    chosen = interfaces.first { $0.name == wanted }
+        guard !ifaces.isEmpty || !ifaceRegexes.isEmpty || canReach != nil else {
+            guard let name = defaultRouteInterface, let found = interfaces.first(where: { $0.name == name }) else {
+                throw .noDefaultRoute(available: available)
+            }
+            return try external(found, address: nil, publicIP: publicIP, chosenBy: "the default route")
+        }
+        var misses: [String] = []
+        func usable(_ interface: NetworkInterface?, address: IPv4Address?, flag: String) -> ExternalInterface? {
+            guard let interface else {
+                misses.append("\(flag): no such interface")
+                return nil
+            }
+            do {
+                return try external(interface, address: address, publicIP: publicIP, chosenBy: flag)
+            } catch {
+                misses.append("\(flag): \(error)")
+                return nil
+            }
+        }
+        for wanted in ifaces {
+            let flag = "--iface=\(wanted)"
+            if let ip = IPv4Address(wanted) {
+                if let found = usable(interfaces.first { $0.ipv4.contains { $0.address == ip } }, address: ip, flag: flag) { return found }
+            } else if let found = usable(interfaces.first { $0.name == wanted }, address: nil, flag: flag) {
+                return found
+            }
+        }
+        for pattern in ifaceRegexes {
+            let flag = "--iface-regex=\(pattern)"
+            // An invalid pattern was rejected by the option's validate(); here it matches nothing.
+            guard let regex = try? Regex(pattern) else {
+                misses.append("\(flag): not a valid regular expression")
+                continue
+            }
+            // flanneld matches the addresses first (and uses the matching one), then the names.
+            for interface in interfaces {
+                if let match = interface.ipv4.first(where: { $0.address.description.contains(regex) }) {
+                    return try external(interface, address: match.address, publicIP: publicIP, chosenBy: flag)
                 }
-                if chosen != nil { break }
-                firstFailure = firstFailure ?? .noMatch(flag: "--iface", value: wanted, available: available)
             }
-            guard let chosen else { throw firstFailure! }
-            return try external(chosen, publicIP: publicIP, preferred: ifaces.compactMap { IPv4Address($0) })
-        }
-        if !ifaceRegexes.isEmpty {
-            for pattern in ifaceRegexes {
-                // An invalid pattern was rejected by the option's validate(); treat it as no match here.
-                guard let regex = try? Regex(pattern) else { continue }
-                // flanneld matches the addresses first, then the names.
-                chosen = interfaces.first { $0.ipv4.contains { $0.address.description.contains(regex) } }
-                    ?? interfaces.first { $0.name.contains(regex) }
-                if chosen != nil { break }
-                firstFailure = firstFailure ?? .noMatch(flag: "--iface-regex", value: pattern, available: available)
+            if let byName = interfaces.first(where: { $0.name.contains(regex) }) {
+                if let found = usable(byName, address: nil, flag: flag) { return found }
+            } else {
+                misses.append("\(flag): matches no address or name")
             }
-            guard let chosen else { throw firstFailure! }
-            return try external(chosen, publicIP: publicIP, preferred: [])
         }
-        guard let name = defaultRouteInterface, let found = interfaces.first(where: { $0.name == name }) else {
-            throw .noDefaultRoute(available: available)
+        if let canReach {
+            let flag = "--iface-can-reach=\(canReach)"
+            if let route = try routeTo(canReach) {
+                if let found = usable(interfaces.first { $0.index == route.interfaceIndex }, address: route.source, flag: flag) {
+                    return found
+                }
+            } else {
+                misses.append("\(flag): no route to it")
+            }
         }
-        return try external(found, publicIP: publicIP, preferred: [])
+        throw .noneMatched(misses: misses, available: available)
     }
 
     /// Reads this namespace's interfaces and default route, then `select`.
     public static func selectFromSystem(_ options: InterfaceOptions) throws(InterfaceSelectionError) -> ExternalInterface {
         let interfaces = try listInterfaces()
         let routeText = readSmallFile("/proc/net/route") ?? ""
-        return try select(ifaces: options.iface, ifaceRegexes: options.ifaceRegex, publicIP: options.publicIP,
-                          interfaces: interfaces, defaultRouteInterface: defaultRouteInterface(procNetRoute: routeText))
+        return try select(ifaces: options.iface, ifaceRegexes: options.ifaceRegex, canReach: options.canReach,
+                          publicIP: options.publicIP, interfaces: interfaces,
+                          defaultRouteInterface: defaultRouteInterface(procNetRoute: routeText),
+                          routeTo: routeFromKernel)
     }
 
-    private static func external(_ interface: NetworkInterface, publicIP: IPv4Address?,
-                                 preferred: [IPv4Address]) throws(InterfaceSelectionError) -> ExternalInterface {
-        // --iface given as an IP means that very address, not the interface's first one.
-        let entry = interface.ipv4.first { preferred.contains($0.address) } ?? interface.ipv4.first
-        guard let entry else { throw .noIPv4(interface: interface.name) }
+    /// `ip route get <address>` through netlink.
+    static func routeFromKernel(_ address: IPv4Address) throws(InterfaceSelectionError) -> RouteToAddress? {
+        do {
+            var nl = try NetlinkSocket()
+            guard let route = try nl.routeGet(to: address), let index = route.outputIndex else { return nil }
+            return RouteToAddress(interfaceIndex: index, source: route.preferredSource)
+        } catch {
+            throw .systemCall(operation: "route lookup for --iface-can-reach=\(address) (\(error.operation))", errno: error.errno)
+        }
+    }
+
+    private static func external(_ interface: NetworkInterface, address: IPv4Address?, publicIP: IPv4Address?,
+                                 chosenBy: String) throws(InterfaceSelectionError) -> ExternalInterface {
+        // A given address (--iface as an IP, the regex's match, the route's source) is used as it
+        // is; otherwise the interface's first IPv4 address.
+        let entry = interface.ipv4.first { $0.address == address } ?? (address == nil ? interface.ipv4.first : nil)
+        guard let entry else {
+            guard let address else { throw .noIPv4(interface: interface.name) }
+            // A route's source address that is not on the interface (policy routing): take it with the host prefix.
+            return ExternalInterface(interface: interface, interfaceAddress: address, publicIP: publicIP ?? address,
+                                     underlaySubnet: IPv4Subnet(containing: address, prefixLength: 32), chosenBy: chosenBy)
+        }
         return ExternalInterface(
             interface: interface, interfaceAddress: entry.address, publicIP: publicIP ?? entry.address,
-            underlaySubnet: IPv4Subnet(containing: entry.address, prefixLength: entry.prefixLength))
+            underlaySubnet: IPv4Subnet(containing: entry.address, prefixLength: entry.prefixLength), chosenBy: chosenBy)
     }
 }
 

@@ -121,6 +121,8 @@ enum BootSource: Sendable {
 struct EtcdContact: Sendable {
     var manager: SubnetManager
     var config: NetworkConfig
+    /// How the etcd API was chosen (--etcd-api, or what auto found), for `status`.
+    var apiDetection: EtcdAPIDetection
 }
 
 /// The network as far as the data path is concerned (the saved config's text may differ in spacing).
@@ -161,10 +163,10 @@ extension Startup {
 
     /// etcd's registry, the manager over it and the network config; waits (retrying) until all answer.
     static func reachEtcd(_ etcd: EtcdOptions, managerOptions: SubnetManagerOptions, logger: Logger) async throws -> EtcdContact {
-        let registry = try await connectRegistry(etcd, logger: logger)
+        let (registry, detection) = try await connectRegistryDetecting(etcd, logger: logger)
         let manager = SubnetManager(registry: registry, options: managerOptions, logger: logger)
         let (config, _) = try await readConfig(manager, logger: logger)
-        return EtcdContact(manager: manager, config: config)
+        return EtcdContact(manager: manager, config: config, apiDetection: detection)
     }
 
     /// etcd if it answers within `limit`, else the saved state.

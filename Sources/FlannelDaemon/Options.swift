@@ -111,12 +111,31 @@ public struct InterfaceOptions: ParsableArguments, Sendable {
             help: "Regex matching the first interface (IP or name) to use for inter-host communication. Can be given several times; skipped if --iface is given.")
     public var ifaceRegex: [String] = []
 
+    @Option(name: .customLong("iface-can-reach"),
+            help: "IPv4 address whose route picks the interface (the device of `ip route get <address>`) when no --iface or --iface-regex matches.")
+    public var ifaceCanReach: String = ""
+
     @Option(name: .customLong("public-ip"), help: "IP accessible by other nodes for inter-host communication.")
     public var publicIP: IPv4Address?
 
+    @Option(name: .customLong("public-ipv6"),
+            help: "IPv6 accessible by other nodes (flanneld's dual-stack flag; not supported yet: any value is refused).")
+    public var publicIPv6: String = ""
+
     public init() {}
 
+    /// `--iface-can-reach` as an address (validate() has checked it), nil when not given.
+    public var canReach: IPv4Address? { ifaceCanReach.isEmpty ? nil : IPv4Address(ifaceCanReach) }
+
     public func validate() throws {
+        if !publicIPv6.isEmpty {
+            throw ValidationError("--public-ipv6=\(publicIPv6): flanneld-xdp does not run dual-stack (IPv6) networks yet; "
+                + "leave the flag out and keep stock flanneld on nodes that need IPv6")
+        }
+        if !ifaceCanReach.isEmpty && IPv4Address(ifaceCanReach) == nil {
+            throw ValidationError("--iface-can-reach=\(ifaceCanReach) is not an IPv4 address: give the address of a host the "
+                + "interface must reach, e.g. --iface-can-reach=192.168.1.1")
+        }
         for pattern in ifaceRegex {
             do { _ = try Regex(pattern) } catch {
                 throw ValidationError("--iface-regex=\(pattern) is not a valid regular expression: \(error)")
@@ -242,16 +261,182 @@ public struct LoggingOptions: ParsableArguments, Sendable {
     public init() {}
 }
 
+/// flanneld's klog flags, mapped onto our log levels: klog's verbosity only ever adds detail, so
+/// `-v` (or the highest level in `-vmodule`) can make the log more detailed than --log-level, never
+/// less. flannel logs at V(1) to V(6); 1–3 become debug, 4 and more trace.
+public struct KlogOptions: ParsableArguments, Sendable {
+    @Option(name: .customLong("v"), help: "flanneld's klog verbosity: 0 leaves --log-level as it is, 1-3 log at debug, 4 and more at trace.")
+    public var verbosity: Int = 0
+
+    @Option(name: .customLong("vmodule"),
+            help: "flanneld's per-file klog verbosity (pattern=N,...): files are Go's, so the highest N applies to the whole log, as -v.")
+    public var vmodule: String = ""
+
+    @Option(name: .customLong("log_backtrace_at"),
+            help: "flanneld's klog flag (file.go:N): accepted for compatibility; there are no Go files to trace here.")
+    public var logBacktraceAt: String = ""
+
+    public init() {}
+
+    public func validate() throws {
+        if let problem = KlogSyntax.levelProblem("\(verbosity)") {
+            throw ValidationError("--v=\(verbosity): \(problem)")
+        }
+        if let problem = KlogSyntax.moduleProblem(vmodule) {
+            throw ValidationError("--vmodule=\(vmodule): \(problem)")
+        }
+        if let problem = KlogSyntax.traceLocationProblem(logBacktraceAt) {
+            throw ValidationError("--log_backtrace_at=\(logBacktraceAt): \(problem)")
+        }
+    }
+
+    /// The klog verbosity asked for: -v, or the highest -vmodule level if that is higher.
+    public var effectiveVerbosity: Int {
+        max(verbosity, KlogSyntax.moduleLevels(vmodule).max() ?? 0)
+    }
+
+    /// The level the klog verbosity asks for, nil for 0 (or less): then --log-level decides alone.
+    public var requestedLevel: Logger.Level? {
+        switch effectiveVerbosity {
+        case ...0: nil
+        case 1...3: .debug
+        default: .trace
+        }
+    }
+}
+
+/// klog's own value checks (its flag.Value Set methods), shared by the options' validate() and the
+/// FLANNELD_* environment check (where a bad value is logged and ignored, as flanneld does).
+public enum KlogSyntax {
+    /// klog's Level: a decimal 32-bit integer.
+    public static func levelProblem(_ text: String) -> String? {
+        Int32(text) == nil ? "not a decimal number (klog's verbosity level, e.g. 2)" : nil
+    }
+
+    /// klog's -vmodule: comma-separated `pattern=N`, N a non-negative decimal; empty is allowed.
+    public static func moduleProblem(_ text: String) -> String? {
+        guard !text.isEmpty else { return nil }
+        for entry in text.split(separator: ",", omittingEmptySubsequences: false) {
+            let parts = entry.split(separator: "=", omittingEmptySubsequences: false)
+            guard parts.count == 2, !parts[0].isEmpty, let level = Int32(parts[1]) else {
+                return "expected a comma-separated list of pattern=N (e.g. main=2,network=4)"
+            }
+            if level < 0 { return "negative level \(level) for pattern \(parts[0])" }
+        }
+        return nil
+    }
+
+    /// The levels of a valid -vmodule value.
+    public static func moduleLevels(_ text: String) -> [Int] {
+        guard moduleProblem(text) == nil, !text.isEmpty else { return [] }
+        return text.split(separator: ",").compactMap { $0.split(separator: "=").last.flatMap { Int($0) } }
+    }
+
+    /// klog's -log_backtrace_at: `file.go:N` with N > 0; empty is allowed.
+    public static func traceLocationProblem(_ text: String) -> String? {
+        guard !text.isEmpty else { return nil }
+        let parts = text.split(separator: ":", omittingEmptySubsequences: false)
+        guard parts.count == 2, parts[0].contains("."), let line = Int(parts[1]) else {
+            return "expected file.go:N (e.g. main.go:120)"
+        }
+        return line > 0 ? nil : "line \(line) must be above 0"
+    }
+}
+
+/// The host rules flanneld keeps in place besides the overlay: FORWARD accepts, masquerade, the
+/// blackhole route, all re-checked every --iptables-resync seconds (HostRules.swift).
+public struct HostRuleOptions: ParsableArguments, Sendable {
+    @Option(name: .customLong("iptables-resync"),
+            help: "Seconds between the checks that re-add missing FORWARD, masquerade and blackhole rules.")
+    public var iptablesResync: Int = 5
+
+    @Option(name: .customLong("iptables-forward-rules"),
+            help: "Accept forwarding to and from the flannel network in iptables' filter FORWARD chain (where Docker sets a DROP policy); =false to leave FORWARD alone.")
+    public var iptablesForwardRules: Bool = true
+
+    @Flag(name: .customLong("ip-masq-fully-random-disable"), help: "Masquerade without fully-random source ports (with --ip-masq).")
+    public var ipMasqFullyRandomDisable: Bool = false
+
+    @Flag(name: .customLong("ip-blackhole-route"),
+          help: "Keep a blackhole route for this node's subnet, for nodes whose pods have no bridge route of their own.")
+    public var ipBlackholeRoute: Bool = false
+
+    public init() {}
+
+    public func validate() throws {
+        guard (1...3600).contains(iptablesResync) else {
+            throw ValidationError("--iptables-resync=\(iptablesResync) is out of range: give seconds from 1 to 3600 (default 5)")
+        }
+    }
+}
+
+/// flanneld's Kubernetes subnet manager flags. This build runs the etcd subnet manager only: asking
+/// for the Kubernetes one is refused with one error; the flags that only configure it are accepted
+/// and, as flanneld does without --kube-subnet-mgr, not used (the daemon says so when they are set).
+public struct KubeOptions: ParsableArguments, Sendable {
+    @Flag(name: .customLong("kube-subnet-mgr"), help: "flanneld's Kubernetes subnet manager: not supported by this build (etcd only); refused.")
+    public var kubeSubnetMgr: Bool = false
+
+    @Option(name: .customLong("kube-api-url"), help: "Used only by the Kubernetes subnet manager (ignored here).")
+    public var kubeAPIURL: String = ""
+
+    @Option(name: .customLong("kube-annotation-prefix"), help: "Used only by the Kubernetes subnet manager (ignored here).")
+    public var kubeAnnotationPrefix: String = KubeOptions.defaultAnnotationPrefix
+
+    @Option(name: .customLong("kubeconfig-file"), help: "Used only by the Kubernetes subnet manager (ignored here).")
+    public var kubeconfigFile: String = ""
+
+    @Option(name: .customLong("net-config-path"),
+            help: "Network config file of the Kubernetes subnet manager (ignored here: the etcd subnet manager reads <etcd-prefix>/config, as flanneld does).")
+    public var netConfigPath: String = KubeOptions.defaultNetConfigPath
+
+    @Option(name: .customLong("set-node-network-unavailable"), help: "Used only by the Kubernetes subnet manager (ignored here).")
+    public var setNodeNetworkUnavailable: Bool = true
+
+    public static let defaultAnnotationPrefix = "flannel.alpha.coreos.com"
+    public static let defaultNetConfigPath = "/etc/kube-flannel/net-conf.json"
+
+    public static let unsupportedMessage = "--kube-subnet-mgr: this build of flanneld-xdp runs the etcd subnet manager only "
+        + "(leases in etcd, as flanneld without --kube-subnet-mgr). Run it with --etcd-endpoints=<your etcd> and "
+        + "--etcd-prefix=<prefix> instead, or keep stock flanneld on nodes whose subnets Kubernetes assigns"
+
+    public init() {}
+
+    public func validate() throws {
+        if kubeSubnetMgr { throw ValidationError(Self.unsupportedMessage) }
+    }
+
+    /// The flags given with a non-default value that only the Kubernetes subnet manager reads.
+    public var ignoredSettings: [String] {
+        var ignored: [String] = []
+        if !kubeAPIURL.isEmpty { ignored.append("--kube-api-url=\(kubeAPIURL)") }
+        if kubeAnnotationPrefix != Self.defaultAnnotationPrefix { ignored.append("--kube-annotation-prefix=\(kubeAnnotationPrefix)") }
+        if !kubeconfigFile.isEmpty { ignored.append("--kubeconfig-file=\(kubeconfigFile)") }
+        if netConfigPath != Self.defaultNetConfigPath { ignored.append("--net-config-path=\(netConfigPath)") }
+        if !setNodeNetworkUnavailable { ignored.append("--set-node-network-unavailable=false") }
+        return ignored
+    }
+}
+
 /// Every flag of the daemon itself (the `run` form of the command).
 public struct FlannelOptions: ParsableArguments, Sendable {
     @OptionGroup(title: "Interface") public var interface: InterfaceOptions
     @OptionGroup(title: "etcd") public var etcd: EtcdOptions
     @OptionGroup(title: "Subnet lease") public var subnet: SubnetOptions
     @OptionGroup(title: "Data path") public var dataplane: DataplaneOptions
+    @OptionGroup(title: "Host rules") public var hostRules: HostRuleOptions
     @OptionGroup(title: "Health and metrics") public var serving: ServingOptions
     @OptionGroup(title: "Logging") public var logging: LoggingOptions
+    @OptionGroup(title: "flanneld's klog flags") public var klog: KlogOptions
+    @OptionGroup(title: "Kubernetes subnet manager (not in this build)") public var kube: KubeOptions
 
     public init() {}
+
+    /// The log level: --log-level, made more detailed by -v/-vmodule when they ask for more.
+    public var effectiveLogLevel: Logger.Level {
+        guard let requested = klog.requestedLevel else { return logging.logLevel.level }
+        return min(requested, logging.logLevel.level)
+    }
 }
 
 extension Substring {

@@ -89,15 +89,22 @@ public enum Startup {
     /// The registry for --etcd-api; `auto` finds the config in v3 or v2 and waits until it exists.
     public static func connectRegistry(_ etcd: EtcdOptions, logger: Logger,
                                        retryInitial: Duration = .seconds(1)) async throws -> any SubnetRegistry {
+        try await connectRegistryDetecting(etcd, logger: logger, retryInitial: retryInitial).registry
+    }
+
+    /// `connectRegistry`, plus which keyspace --etcd-api auto chose and why (for `status`).
+    public static func connectRegistryDetecting(_ etcd: EtcdOptions, logger: Logger, retryInitial: Duration = .seconds(1)) async throws
+        -> (registry: any SubnetRegistry, detection: EtcdAPIDetection) {
         let options = etcdClientOptions(etcd)
         if options.apiVersion != .auto {
-            return try EtcdRegistryFactory.make(api: options.apiVersion, options: options)
+            return (try EtcdRegistryFactory.make(api: options.apiVersion, options: options),
+                    EtcdAPIDetection(api: options.apiVersion, reason: "given by --etcd-api"))
         }
-        // A TLS file that cannot be loaded or credentials etcd rejects are configuration errors,
-        // not an outage: fail at once.
+        // A TLS file that cannot be loaded, credentials etcd rejects or a config in both keyspaces
+        // are configuration errors, not an outage: fail at once.
         return try await retrying("finding the network config in etcd (\(etcd.endpoints), prefix \(etcd.prefix))",
                                   logger: logger, initial: retryInitial, isFatal: isConfigurationError) {
-            try await EtcdRegistryFactory.make(options: options, logger: logger)
+            try await EtcdRegistryFactory.detect(options: options, logger: logger)
         }
     }
 
@@ -106,7 +113,7 @@ public enum Startup {
     /// waits.
     static func isConfigurationError(_ error: any Error) -> Bool {
         switch error {
-        case EtcdClientError.tlsSetup, EtcdClientError.credentialsRejected: true
+        case EtcdClientError.tlsSetup, EtcdClientError.credentialsRejected, is EtcdAPIAmbiguity: true
         default: false
         }
     }
@@ -131,11 +138,11 @@ public enum Startup {
         }
     }
 
-    /// The overlay MTU: the config's MTU if set, else the underlay MTU minus the encapsulation.
+    /// The overlay MTU: the underlay MTU minus the encapsulation. For vxlan the underlay MTU is the
+    /// config's Backend.MTU when set (flannel's meaning), else the interface's.
     public static func overlayMTU(underlayMTU: Int, config: NetworkConfig, backend: BackendKind) -> Int {
-        if config.backend.mtu > 0 { return config.backend.mtu }
         switch backend {
-        case .vxlan: return underlayMTU - 50
+        case .vxlan: return (config.backend.mtu > 0 ? config.backend.mtu : underlayMTU) - 50
         case .udp: return underlayMTU - 28
         case .hostGW: return underlayMTU
         }

@@ -1,9 +1,19 @@
 // The network configuration flannel stores at `<prefix>/config`, parsed with flannel's rules
 // (pkg/subnet/config.go): keys match case-insensitively as Go's decoder does, SubnetLen defaults to
-// 24 for networks of /22 or larger and to prefix+2 otherwise, SubnetMin skips the first subnet,
-// SubnetMax is the last one, both must be inside the network and on a SubnetLen boundary, and no
-// Backend at all means "udp". A bad config names the field and the reason; the daemon waits and
-// re-reads (as flannel does) rather than crashing.
+// 24 for networks of /22 or larger and to prefix+2 otherwise and, when given, must be at least
+// prefix+2 (four subnets, the first never handed out) and at most 30, SubnetMin skips the first
+// subnet, SubnetMax is the last one, both must be inside the network and on a SubnetLen boundary,
+// and no Backend at all means "udp". A bad config names the field and the reason; the daemon waits
+// and re-reads (as flannel does) rather than crashing.
+//
+// The vxlan fields as flannel's vxlan backend decodes them (pkg/backend/vxlan/vxlan.go):
+// - VNI: preset to 1, then overwritten by the JSON, so an explicit `"VNI": 0` means VNI 0. Capped
+//   at 65535 here: flannel up to 0.23 (v0.17.0 included) decodes a lease's VNI as a 16-bit number
+//   and cannot read a lease carrying a larger one, which would split a mixed cluster.
+// - MTU: the *underlay* MTU (preset to the interface's); the vxlan device and FLANNEL_MTU get
+//   MTU − 50.
+// - GBP: refused. flanneld-xdp does not carry VXLAN group policy: a GBP device would mark and
+//   expect marked packets that our data path neither writes nor accepts.
 
 import NetTypes
 
@@ -11,13 +21,15 @@ import NetTypes
 public struct BackendConfig: Sendable, Equatable {
     /// "vxlan", "udp", "host-gw", or any other string a config names (the daemon decides what it runs).
     public var type: String
-    /// vxlan VNI (default 1).
+    /// vxlan VNI (default 1; an explicit 0 is 0, as in flannel).
     public var vni: UInt32
     /// UDP port: vxlan default 8472 (the Linux kernel's), udp default 8285; 0 for host-gw.
     public var port: UInt16
     public var directRouting: Bool
-    /// 0 means "derive from the interface" (interface MTU − overhead).
+    /// vxlan `MTU`: the underlay MTU, as flannel reads it (the overlay gets it − 50); 0 when the
+    /// config does not say, and the interface's MTU is used.
     public var mtu: Int
+    /// Always false in a parsed config: `"GBP": true` is refused (see the file's note).
     public var gbp: Bool
     public var learning: Bool
 
@@ -93,8 +105,9 @@ public struct NetworkConfig: Sendable, Equatable {
             guard subnetLen <= 30 else {
                 throw ConfigError(field: "SubnetLen", reason: "\(subnetLen) is longer than /30: each host needs room for a gateway and a bridge")
             }
-            guard subnetLen >= network.prefixLength + 1 else {
-                throw ConfigError(field: "SubnetLen", reason: "/\(subnetLen) must be longer than the network's /\(network.prefixLength)")
+            guard subnetLen >= network.prefixLength + 2 else {
+                throw ConfigError(field: "SubnetLen", reason: "/\(subnetLen) leaves Network \(network) fewer than four subnets "
+                    + "(the first is never handed out): give at least /\(network.prefixLength + 2), as flannel requires")
             }
         } else {
             guard network.prefixLength <= 28 else {
@@ -137,6 +150,15 @@ public struct NetworkConfig: Sendable, Equatable {
         self.rawJSON = rawJSON
     }
 
+    /// What this build does not do with the config as written, for the log and `status`.
+    public var warnings: [String] {
+        guard enableIPv6 else { return [] }
+        return ["the network config sets EnableIPv6 (dual-stack): flanneld-xdp serves the IPv4 network only and takes no IPv6 subnet. "
+            + "Dual-stack flannel nodes hold lease keys like 10.5.1.0-24&fd00::-64, which this node's compare-and-swap does not "
+            + "see, so a dual-stack node and this node can take the same IPv4 subnet: run flanneld-xdp only where every node "
+            + "is IPv4-only, or remove EnableIPv6"]
+    }
+
     /// True if `subnet` is one flannel could hand out under this config: inside the network, of
     /// SubnetLen, between SubnetMin and SubnetMax.
     public func allows(_ subnet: IPv4Subnet) -> Bool {
@@ -152,6 +174,9 @@ public struct NetworkConfig: Sendable, Equatable {
             IPv4Subnet(containing: IPv4Address(UInt32($0)), prefixLength: len)
         }
     }
+
+    /// The smallest Backend.MTU: IPv4's minimum MTU (68) plus the 50 bytes of VXLAN.
+    static let minimumUnderlayMTU: Int64 = 68 + 50
 
     private static func parseLenientCIDR(_ text: String) -> IPv4Subnet? {
         // Go's net.ParseCIDR accepts host bits and flannel keeps the masked network.
@@ -196,12 +221,33 @@ public struct NetworkConfig: Sendable, Equatable {
         var backend = BackendConfig(type: type)
         switch type {
         case "vxlan":
-            // VNI 0 is Go's zero value: flannel replaces it with the default 1.
-            if let vni = try int("VNI", 0...0xFF_FFFF), vni != 0 { backend.vni = UInt32(vni) }
+            // flannel presets VNI 1 and lets the JSON overwrite it: an explicit 0 stays 0.
+            if let vni = value.member(caseInsensitive: "VNI"), !vni.isNull {
+                guard let n = vni.int64Value else { throw ConfigError.wrongType("Backend.VNI", "an integer", vni) }
+                guard (0...0xFF_FFFF).contains(n) else {
+                    throw ConfigError(field: "Backend.VNI", reason: "\(n) is outside 0...16777215 (VXLAN's 24 bits)")
+                }
+                guard n <= Int64(UInt16.max) else {
+                    throw ConfigError(field: "Backend.VNI", reason: "\(n) is above 65535: flannel up to 0.23 (v0.17.0 included) "
+                        + "reads a lease's VNI as a 16-bit number and cannot decode leases that carry it; choose a VNI from 0 to 65535")
+                }
+                backend.vni = UInt32(n)
+            }
             if let port = try int("Port", 0...65535), port != 0 { backend.port = UInt16(port) }
-            if let mtu = try int("MTU", 0...65535) { backend.mtu = Int(mtu) }
+            if let mtu = value.member(caseInsensitive: "MTU"), !mtu.isNull {
+                guard let n = mtu.int64Value else { throw ConfigError.wrongType("Backend.MTU", "an integer", mtu) }
+                guard (Self.minimumUnderlayMTU...65535).contains(n) else {
+                    throw ConfigError(field: "Backend.MTU", reason: "\(n) is not a usable underlay MTU: flannel's MTU is the "
+                        + "interface's, the overlay gets MTU - 50, so give \(Self.minimumUnderlayMTU) to 65535, or leave it out to use "
+                        + "the interface's MTU")
+                }
+                backend.mtu = Int(n)
+            }
             backend.directRouting = try bool("DirectRouting")
-            backend.gbp = try bool("GBP")
+            if try bool("GBP") {
+                throw ConfigError(field: "Backend.GBP", reason: "true is not supported: flanneld-xdp does not carry VXLAN group "
+                    + "policy (GBP), so a GBP network's packets would be dropped; remove GBP or set it to false")
+            }
             backend.learning = try bool("Learning")
         case "udp":
             if let port = try int("Port", 0...65535), port != 0 { backend.port = UInt16(port) }

@@ -116,7 +116,9 @@ extension NetlinkSocket {
             r.table < 256 ? UInt8(r.table) : 252 /* RT_TABLE_COMPAT; the real id goes in RTA_TABLE */,
             forDelete ? 0 : r.protocolID,
             forDelete ? 255 /* RT_SCOPE_NOWHERE: match any scope */ : r.scope.rawValue,
-            forDelete ? 0 : r.type,
+            // A delete matches any type, except when the route is of a special type (blackhole,
+            // unreachable…): deleting a blackhole must not take the bridge's route of the same prefix.
+            forDelete && r.type == RT.rtnUnicast ? 0 : r.type,
         ]
         b.appendU32(r.onlink ? RT.rtnhOnlink : 0)
         return b

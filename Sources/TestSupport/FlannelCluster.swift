@@ -28,7 +28,9 @@ public final class FlannelCluster: @unchecked Sendable {
     public let lab: NetnsLab
     public let api: ClusterEtcdAPI
     public let network: IPv4Subnet
-    public let prefix = "/coreos.com/network"
+    public let prefix: String
+    /// TLS with client certificates on etcd (the install guide's setup), nil for plain http.
+    public let tls: TLSTestCerts?
     /// The etcd client URL, on the wire bridge.
     public let etcdEndpoint: String
     public let etcdIP: IPv4Address
@@ -42,17 +44,26 @@ public final class FlannelCluster: @unchecked Sendable {
     private var etcd: LabProcess?
     private var cleaned = false
 
-    /// `daemonPath`: the flanneld-xdp binary (absolute). `backend`: the network config's Backend JSON.
+    /// The etcd address every node's certificate check accepts (the server certificate's SAN).
+    public static let etcdAddress = IPv4Subnet(cidr: "192.168.77.0/24")!.host(254)
+
+    /// `daemonPath`: the flanneld-xdp binary (absolute). `backend`: the network config's Backend JSON;
+    /// `config`: the whole config instead (written with etcdctl, as the install guide does), nil for
+    /// `{"Network":<network>,"Backend":<backend>}`. `tls`: certificates made with
+    /// `TLSTestCerts.generate(serverIPs: [FlannelCluster.etcdAddress.description])`.
     public init(tag: String, api: ClusterEtcdAPI, daemonPath: String, nodes count: Int,
                 network: IPv4Subnet = IPv4Subnet(cidr: "10.5.0.0/16")!,
-                backend: String = #"{"Type":"vxlan"}"#) throws {
+                backend: String = #"{"Type":"vxlan"}"#, config: String? = nil,
+                prefix: String = "/coreos.com/network", tls: TLSTestCerts? = nil) throws {
         lab = try NetnsLab(tag: tag)
         self.api = api
         self.network = network
+        self.prefix = prefix
+        self.tls = tls
         self.daemonPath = daemonPath
         let underlay = Self.underlay
-        etcdIP = underlay.host(254)
-        etcdEndpoint = "http://\(etcdIP):2379"
+        etcdIP = Self.etcdAddress
+        etcdEndpoint = "\(tls == nil ? "http" : "https")://\(etcdIP):2379"
         workDir = "/run/\(lab.prefix)"
         bpffsRoot = workDir + "/bpf"
         do {
@@ -60,7 +71,7 @@ public final class FlannelCluster: @unchecked Sendable {
             try lab.sh(nil, ["/bin/mount", "-t", "bpf", "bpf", bpffsRoot])
             try lab.sh(lab.wireNamespace, ["addr", "add", "\(etcdIP)/\(underlay.prefixLength)", "dev", "br0"])
             try startEtcd()
-            try putConfig(#"{"Network":"\#(network)","Backend":\#(backend)}"#)
+            try putConfig(config ?? #"{"Network":"\#(network)","Backend":\#(backend)}"#)
             for i in 1...count { _ = try addNode(i) }
         } catch {
             cleanup()
@@ -125,7 +136,15 @@ public final class FlannelCluster: @unchecked Sendable {
     @discardableResult
     public func startDaemon(_ node: LabNode, extra: [String] = [], env: [String: String] = [:],
                             timeout: Double = 20) throws -> LabProcess {
-        let p = try lab.spawn(node.name, daemonArguments(node, extra: extra), env: env, stdout: logFile(node))
+        try startDaemon(node, command: daemonArguments(node, extra: extra), env: env, timeout: timeout)
+    }
+
+    /// Starts `command` (the daemon with arguments of the caller's choosing, e.g. a unit's ExecStart)
+    /// in `node` and waits for /readyz on `healthPort`: the command or `env` must ask for it.
+    @discardableResult
+    public func startDaemon(_ node: LabNode, command: [String], env: [String: String] = [:],
+                            timeout: Double = 20) throws -> LabProcess {
+        let p = try lab.spawn(node.name, command, env: env, stdout: logFile(node))
         daemons[node.name] = p
         try waitReady(node, process: p, timeout: timeout)
         return p
@@ -226,6 +245,8 @@ public final class FlannelCluster: @unchecked Sendable {
                     "--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
                     "--initial-cluster", "fx=\(peerURL)", "--initial-cluster-state", "new",
                     "--enable-v2=true", "--logger", "zap", "--log-level", "warn"]
+            + (tls.map { ["--cert-file", $0.serverCert, "--key-file", $0.serverKey, "--trusted-ca-file", $0.caCert,
+                          "--client-cert-auth"] } ?? [])
         etcd = try lab.spawn(lab.wireNamespace, args, stdout: workDir + "/etcd.log")
         let deadline = monotonicSeconds() + 30
         while monotonicSeconds() < deadline {
@@ -255,8 +276,13 @@ public final class FlannelCluster: @unchecked Sendable {
 
     /// `etcdctl` in the wire namespace against the cluster's etcd, in API mode `mode` (2 or 3).
     public func etcdctl(_ mode: Int, _ args: [String]) throws -> LabCommandResult {
-        try lab.run(lab.wireNamespace, ["/usr/bin/env", "ETCDCTL_API=\(mode)", "/usr/bin/etcdctl",
-                                        "--endpoints=\(etcdEndpoint)"] + args)
+        var certificates: [String] = []
+        if let tls {
+            certificates = mode == 2 ? ["--ca-file", tls.caCert, "--cert-file", tls.clientCert, "--key-file", tls.clientKey]
+                : ["--cacert=\(tls.caCert)", "--cert=\(tls.clientCert)", "--key=\(tls.clientKey)"]
+        }
+        return try lab.run(lab.wireNamespace, ["/usr/bin/env", "ETCDCTL_API=\(mode)", "/usr/bin/etcdctl",
+                                               "--endpoints=\(etcdEndpoint)"] + certificates + args)
     }
 
     private func etcdctlChecked(_ mode: Int, _ args: [String]) throws -> String {

@@ -13,8 +13,9 @@ public struct TLSTestCerts: Sendable {
     /// A CA that signed nothing here.
     public var otherCACert: String { dir + "/other-ca.crt" }
 
-    /// Generates everything in a new temp directory. `remove()` deletes it.
-    public static func generate(tag: String = "fx") async throws -> TLSTestCerts {
+    /// Generates everything in a new temp directory. `remove()` deletes it. `serverIPs`: the
+    /// addresses the server certificate is valid for (besides the name localhost).
+    public static func generate(tag: String = "fx", serverIPs: [String] = ["127.0.0.1"]) async throws -> TLSTestCerts {
         var template = Array("/tmp/fxtls-\(tag)-\(getpid())-XXXXXX".utf8CString)
         guard template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) != nil else {
             throw EtcdServerError("mkdtemp failed: errno \(errno)")
@@ -32,7 +33,8 @@ public struct TLSTestCerts: Sendable {
                                                   "-addext", "basicConstraints=critical,CA:TRUE",
                                                   "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
         }
-        try writeFile("\(d)/server.ext", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n")
+        let names = serverIPs.map { "IP:\($0)" } + ["DNS:localhost"]
+        try writeFile("\(d)/server.ext", "subjectAltName=\(names.joined(separator: ","))\nextendedKeyUsage=serverAuth,clientAuth\n")
         try writeFile("\(d)/client.ext", "extendedKeyUsage=clientAuth\n")
         for leaf in ["server", "client"] {
             try await openssl(["req"] + ec + ["-keyout", "\(d)/\(leaf).key", "-out", "\(d)/\(leaf).csr", "-subj", "/CN=\(leaf == "server" ? "127.0.0.1" : "flannel-client")"])

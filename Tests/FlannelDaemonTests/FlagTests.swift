@@ -156,6 +156,12 @@ struct FlagTests {
         (["--etcd-endpoints=127.0.0.1:2379"], "127.0.0.1:2379"),
         (["--etcd-certfile=/c.pem"], "--etcd-keyfile"),
         (["--iface-regex=("], "--iface-regex=("),
+        (["--iface-can-reach=eth0"], "--iface-can-reach=eth0"),
+        (["--iptables-resync=0"], "--iptables-resync=0"),
+        (["--iptables-forward-rules=maybe"], "\"maybe\" for --iptables-forward-rules"),
+        (["-v=x"], "x"),
+        (["-vmodule=main"], "--vmodule=main"),
+        (["-log_backtrace_at=main:10"], "--log_backtrace_at=main:10"),
         (["--bpffs=relative/path"], "relative/path"),
         (["stray"], "stray"),
     ])
@@ -165,11 +171,100 @@ struct FlagTests {
         #expect(message.contains(mentions), "message for \(arguments): \(message)")
     }
 
-    @Test("a bad boolean in the environment names the variable")
-    func badEnvironmentBoolean() {
-        let (message, code) = failure([], env: ["FLANNELD_IP_MASQ": "maybe"])
-        #expect(code != 0)
-        #expect(message.contains("FLANNELD_IP_MASQ"))
+    @Test("FLANNELD_* values Go cannot parse are ignored with a note, as flanneld logs and ignores them")
+    func unparsableEnvironmentIsIgnored() throws {
+        let env = ["FLANNELD_IP_MASQ": "maybe", "FLANNELD_HEALTHZ_PORT": "http", "FLANNELD_IPTABLES_FORWARD_RULES": "nope",
+                   "FLANNELD_V": "loud", "FLANNELD_VMODULE": "x", "FLANNELD_SUBNET_LEASE_RENEW_MARGIN": "30"]
+        let (command, notes) = try FlanneldXDP.parseGoStyleWithNotes([], environment: env)
+        let o = try #require(command as? FlanneldXDP).options
+        #expect(o.subnet.ipMasq == false)
+        #expect(o.serving.healthzPort == 0)
+        #expect(o.hostRules.iptablesForwardRules)
+        #expect(o.klog.verbosity == 0 && o.klog.vmodule.isEmpty)
+        #expect(o.subnet.subnetLeaseRenewMargin == 30, "a good value next to bad ones still applies")
+        #expect(notes.count == 5, "\(notes)")
+        for variable in ["FLANNELD_IP_MASQ=\"maybe\"", "FLANNELD_HEALTHZ_PORT=\"http\"", "FLANNELD_IPTABLES_FORWARD_RULES=\"nope\"",
+                         "FLANNELD_V=\"loud\"", "FLANNELD_VMODULE=\"x\""] {
+            #expect(notes.contains { $0.hasPrefix(variable) && $0.contains("ignored") }, "\(variable): \(notes)")
+        }
+        // A value that parses but is out of range stops the daemon, as flanneld's own checks do.
+        let (message, code) = failure([], env: ["FLANNELD_SUBNET_LEASE_RENEW_MARGIN": "0"])
+        #expect(code != 0 && message.contains("subnet-lease-renew-margin"), "\(message)")
+        // On the command line a bad boolean is still an error naming it.
+        #expect(failure(["--ip-masq=maybe"]).message.contains("\"maybe\" for --ip-masq"))
+    }
+
+    @Test("Go's integer spellings", arguments: [("0x10", 16), ("010", 8), ("0o17", 15), ("0b101", 5), ("1_000", 1000), ("+7", 7), ("-3", -3)])
+    func goIntegers(_ text: String, _ value: Int) throws {
+        #expect(GoFlagNormalizer.parseGoInt(text) == value)
+    }
+
+    @Test("not Go integers", arguments: ["", "x", "0x", "_1", "1_", "1__0", "09", "1e3", "99999999999999999999"])
+    func notGoIntegers(_ text: String) {
+        #expect(GoFlagNormalizer.parseGoInt(text) == nil)
+    }
+
+    @Test("every flag of flanneld v0.17.0 and of current flannel: accepted in every Go form and as FLANNELD_*, or the one documented error",
+          arguments: FlanneldFlag.all)
+    func everyFlanneldFlag(_ flag: FlanneldFlag) throws {
+        for arguments in flag.goForms {
+            // A refused boolean turned off is flanneld's default: accepted.
+            let outcome: FlanneldFlag.Outcome = arguments.contains { $0.hasSuffix("=false") } ? .accepted : flag.outcome
+            switch outcome {
+            case .accepted:
+                #expect(throws: Never.self, "\(arguments)") { _ = try parseRun(arguments) }
+            case .refused(let mentions):
+                let (message, code) = failure(arguments)
+                #expect(code == 64 && message.contains(mentions), "\(arguments): \(message)")
+                #expect(!message.contains("Unknown option"), "\(arguments): \(message)")
+            case .printsVersion:
+                do {
+                    _ = try FlanneldXDP.parseGoStyle(arguments, environment: [:])
+                    Issue.record("\(arguments) parsed without printing the version")
+                } catch {
+                    #expect(FlanneldXDP.exitCode(for: error) == .success, "\(arguments): \(error)")
+                }
+            }
+        }
+        guard flag.name != "version" else { return }
+        let env = flag.environment
+        switch flag.outcome {
+        case .accepted:
+            let (_, notes) = try FlanneldXDP.parseGoStyleWithNotes([], environment: env)
+            #expect(notes.isEmpty, "\(env): \(notes)")
+        case .refused(let mentions):
+            let (message, code) = failure([], env: env)
+            #expect(code == 64 && message.contains(mentions), "\(env): \(message)")
+        case .printsVersion:
+            break
+        }
+    }
+
+    @Test("flanneld's flags with meaning here land where they should")
+    func flanneldFlagValues() throws {
+        let o = try parseRun(["-iptables-resync=10", "-iptables-forward-rules=false", "-ip-masq-fully-random-disable",
+                              "-ip-blackhole-route", "-iface-can-reach=192.0.2.9", "-v=4", "-kube-api-url", "https://k:6443",
+                              "-net-config-path=/etc/x.json", "-set-node-network-unavailable=false"])
+        #expect(o.hostRules.iptablesResync == 10)
+        #expect(o.hostRules.iptablesForwardRules == false)
+        #expect(o.hostRules.ipMasqFullyRandomDisable && o.hostRules.ipBlackholeRoute)
+        #expect(o.interface.canReach == IPv4Address(192, 0, 2, 9))
+        #expect(o.effectiveLogLevel == .trace)
+        #expect(o.kube.ignoredSettings == ["--kube-api-url=https://k:6443", "--net-config-path=/etc/x.json",
+                                           "--set-node-network-unavailable=false"])
+        let defaults = try parseRun([])
+        #expect(defaults.hostRules.iptablesResync == 5 && defaults.hostRules.iptablesForwardRules)
+        #expect(!defaults.hostRules.ipMasqFullyRandomDisable && !defaults.hostRules.ipBlackholeRoute)
+        #expect(defaults.kube.ignoredSettings.isEmpty)
+        #expect(defaults.effectiveLogLevel == .info)
+        // -v only ever adds detail: --log-level=trace stays trace, 1-3 is debug, -vmodule's highest counts.
+        #expect(try parseRun(["-v=1"]).effectiveLogLevel == .debug)
+        #expect(try parseRun(["-v=2", "--log-level=trace"]).effectiveLogLevel == .trace)
+        #expect(try parseRun(["-v=0", "--log-level=warning"]).effectiveLogLevel == .warning)
+        #expect(try parseRun(["-vmodule=main=1,network=5"]).effectiveLogLevel == .trace)
+        // A true default that the environment turns off, and the command line back on.
+        #expect(try parseRun([], env: ["FLANNELD_IPTABLES_FORWARD_RULES": "false"]).hostRules.iptablesForwardRules == false)
+        #expect(try parseRun(["-iptables-forward-rules"], env: ["FLANNELD_IPTABLES_FORWARD_RULES": "false"]).hostRules.iptablesForwardRules)
     }
 
     @Test("subcommands and their flags")
@@ -194,7 +289,7 @@ struct FlagTests {
         func longFlags(_ help: String) -> Set<String> {
             var names: Set<String> = []
             for word in help.split(whereSeparator: { " ,[]<>()\n".contains($0) }) where word.hasPrefix("--") {
-                let name = word.dropFirst(2).prefix { $0.isLetter || $0 == "-" }
+                let name = word.dropFirst(2).prefix { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }
                 if !name.isEmpty && name.first!.isLetter { names.insert(String(name)) }
             }
             return names
@@ -209,4 +304,72 @@ struct FlagTests {
         }
     }
 }
+}
+
+/// A flag of flanneld's main.go (v0.17.0 and current flannel; klog's three are copied onto its flag
+/// set), with a value to pass and what this build does with it.
+struct FlanneldFlag: Sendable, CustomStringConvertible {
+    enum Outcome: Sendable { case accepted, refused(mentions: String), printsVersion }
+    var name: String
+    /// nil: a boolean.
+    var value: String?
+    var outcome: Outcome = .accepted
+    /// A flag that must come with this one (--etcd-certfile needs --etcd-keyfile), as flag and value.
+    var companion: (name: String, value: String)? = nil
+
+    var description: String { "-\(name)" + (value.map { "=\($0)" } ?? "") }
+
+    /// -name=value, -name value, --name=value, --name value; booleans: -name, -name=true, --name=false.
+    var goForms: [[String]] {
+        let with = companion.map { ["-\($0.name)=\($0.value)"] } ?? []
+        guard let value else {
+            if case .printsVersion = outcome { return [["-\(name)"], ["--\(name)"]] }
+            return [["-\(name)"], ["-\(name)=true"], ["--\(name)=false"], ["--\(name)"]].map { $0 + with }
+        }
+        return [["-\(name)=\(value)"], ["-\(name)", value], ["--\(name)=\(value)"], ["--\(name)", value]].map { $0 + with }
+    }
+
+    /// FLANNELD_<NAME> (and the companion's variable).
+    var environment: [String: String] {
+        var env = [GoFlagSpec(name).environmentName: value ?? "true"]
+        if let companion { env[GoFlagSpec(companion.name).environmentName] = companion.value }
+        return env
+    }
+
+    static let all: [FlanneldFlag] = v0_17_0 + addedSince
+    static let v0_17_0: [FlanneldFlag] = [
+        .init(name: "etcd-endpoints", value: "https://10.0.0.1:2379,https://10.0.0.2:2379"),
+        .init(name: "etcd-prefix", value: "/kube-centos/network"),
+        .init(name: "etcd-keyfile", value: "/etc/etcd/ssl/client-key.pem", companion: ("etcd-certfile", "/etc/etcd/ssl/client.pem")),
+        .init(name: "etcd-certfile", value: "/etc/etcd/ssl/client.pem", companion: ("etcd-keyfile", "/etc/etcd/ssl/client-key.pem")),
+        .init(name: "etcd-cafile", value: "/etc/etcd/ssl/ca.pem"),
+        .init(name: "etcd-username", value: "flannel", companion: ("etcd-password", "secret")),
+        .init(name: "etcd-password", value: "secret", companion: ("etcd-username", "flannel")),
+        .init(name: "iface", value: "eth0"),
+        .init(name: "iface-regex", value: "^eth[0-9]"),
+        .init(name: "subnet-file", value: "/run/flannel/subnet.env"),
+        .init(name: "public-ip", value: "192.0.2.10"),
+        .init(name: "public-ipv6", value: "fd00::10", outcome: .refused(mentions: "--public-ipv6=fd00::10")),
+        .init(name: "subnet-lease-renew-margin", value: "30"),
+        .init(name: "ip-masq"),
+        .init(name: "kube-subnet-mgr", outcome: .refused(mentions: "runs the etcd subnet manager")),
+        .init(name: "kube-api-url", value: "https://10.0.0.1:6443"),
+        .init(name: "kube-annotation-prefix", value: "example.com/flannel"),
+        .init(name: "kubeconfig-file", value: "/etc/kubernetes/kubelet.conf"),
+        .init(name: "version", outcome: .printsVersion),
+        .init(name: "healthz-ip", value: "127.0.0.1"),
+        .init(name: "healthz-port", value: "8471"),
+        .init(name: "iptables-resync", value: "10"),
+        .init(name: "iptables-forward-rules"),
+        .init(name: "net-config-path", value: "/etc/kube-flannel/net-conf.json"),
+        .init(name: "set-node-network-unavailable"),
+        .init(name: "v", value: "2"),
+        .init(name: "vmodule", value: "main=2,iptables=4"),
+        .init(name: "log_backtrace_at", value: "main.go:120"),
+    ]
+    static let addedSince: [FlanneldFlag] = [
+        .init(name: "iface-can-reach", value: "192.0.2.1"),
+        .init(name: "ip-masq-fully-random-disable"),
+        .init(name: "ip-blackhole-route"),
+    ]
 }

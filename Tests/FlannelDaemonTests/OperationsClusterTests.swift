@@ -42,7 +42,9 @@ struct OperationsClusterTests {
         #expect(status.stdout.contains("interface:  eth0 "))
         #expect(status.stdout.contains("etcd:       connected (API v3"))
         #expect(status.stdout.contains("lease:      expires "))
-        #expect(status.stdout.contains("masquerade: on: nftables table ip flanneld-xdp, 4 rules"))
+        #expect(status.stdout.contains("masquerade: on: nftables table ip flanneld-xdp, 6 rules"))
+        #expect(status.stdout.contains("forward:    on: iptables filter FORWARD jumps to FLANNEL-FWD"), "\(status.stdout)")
+        #expect(status.stdout.contains("etcd API:   given by --etcd-api"), "\(status.stdout)")
         #expect(status.stdout.contains("fxdp_encap id "))
         #expect(status.stdout.contains("data path:  bpf-"))
 

@@ -8,6 +8,7 @@ import BPFLoader
 import CBPF
 @testable import FlannelDaemon
 import Glibc
+import Leases
 import NetTypes
 import Testing
 import TestSupport
@@ -145,6 +146,27 @@ struct OperationsInspectionTests {
         #expect(text.contains("(in 23h58m;"))
         #expect(text.contains("etcd:       connected (API v3, http://127.0.0.1:2379), last contact 10s ago"))
         #expect(text.contains("masquerade: off"))
+        #expect(text.contains("forward:    off (--iptables-forward-rules=false)"))
+        #expect(!text.contains("WARNING:") && !text.contains("etcd API:"))
         #expect(text.contains("pins:       none under \(dir)/no-bpffs/flanneld-xdp"))
+
+        // A dual-stack config's warning, the etcd API's reason and the blackhole route get their lines.
+        state.warnings = NetworkConfigWarningSample.dualStack
+        state.etcdAPIDetail = "auto: /coreos.com/network/config found in v2 (v3: not there)"
+        state.blackholeRoute = true
+        try state.write(to: NodeState.path(forSubnetFile: dir + "/subnet.env"))
+        let warned = StatusReport.gather(bpffs: dir + "/no-bpffs", stateFile: NodeState.path(forSubnetFile: dir + "/subnet.env"))
+            .text(now: 1_790_000_100)
+        #expect(warned.contains("WARNING:    the network config sets EnableIPv6"), "\(warned)")
+        #expect(warned.contains("etcd API:   auto: /coreos.com/network/config found in v2"))
+        #expect(warned.contains("blackhole:  on: a blackhole route for 10.5.1.0/24"))
+    }
+}
+
+enum NetworkConfigWarningSample {
+    /// The warning a dual-stack config gives, as the daemon stores it.
+    static var dualStack: String {
+        (try? NetworkConfig.parse(#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"vxlan"}}"#))?
+            .warnings.joined(separator: "\n") ?? ""
     }
 }

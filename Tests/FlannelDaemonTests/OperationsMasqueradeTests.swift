@@ -113,7 +113,14 @@ struct OperationsMasqueradeTests {
                         firstRuleHandle(try lab.sh(n1, ["/usr/sbin/nft", "-a", "list", "table", "ip", "flanneld-xdp"]))])
         #expect(try NetnsThread.run(namespace: n1) { try Masquerade.ensure(network: network, subnet: subnet) })
         #expect(try NetnsThread.run(namespace: n1) { try Masquerade.isCurrent(network: network, subnet: subnet) })
-        #expect(try NetnsThread.run(namespace: n1) { Masquerade.status() } == .present(rules: 4))
+        #expect(try NetnsThread.run(namespace: n1) { Masquerade.status() } == .present(rules: 6))
+
+        // --ip-masq-fully-random-disable: the table is replaced by the plain-masquerade one, and back.
+        #expect(try NetnsThread.run(namespace: n1) { try Masquerade.ensure(network: network, subnet: subnet, fullyRandom: false) })
+        let plain = try lab.sh(n1, ["/usr/sbin/nft", "list", "table", "ip", "flanneld-xdp"])
+        #expect(!plain.contains("fully-random") && plain.contains("masquerade"), "\(plain)")
+        #expect(try NetnsThread.run(namespace: n1) { try Masquerade.ensure(network: network, subnet: subnet, fullyRandom: false) } == false)
+        #expect(try NetnsThread.run(namespace: n1) { try Masquerade.ensure(network: network, subnet: subnet) })
 
         // Someone else's table in the same namespace is never touched by ours.
         try lab.sh(n1, ["/usr/sbin/nft", "add", "table", "ip", "someone-else"])

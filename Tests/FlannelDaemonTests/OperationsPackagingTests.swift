@@ -5,6 +5,7 @@
 import Glibc
 import Leases
 import NetTypes
+import TestSupport
 import Testing
 
 /// The repository's root (this file is Tests/FlannelDaemonTests/<name>.swift).
@@ -58,11 +59,69 @@ struct OperationsPackagingTests {
         _ = try runTool("/bin/sh", [script, "-f", dir + "/subnet.env", "-d", dir + "/i.env", "-i", "-m"])
         #expect(readText(dir + "/i.env") == "DOCKER_OPT_BIP=\"--bip=10.5.72.1/24\"\nDOCKER_OPT_MTU=\"--mtu=1450\"\n")
 
+        // FLANNEL_IPMASQ other than true/false is an error, as in flannel's script.
+        try writeFile(dir + "/badmasq.env", "FLANNEL_SUBNET=10.5.72.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=yes\n")
+        #expect(try runProgram("/bin/sh", [script, "-f", dir + "/badmasq.env", "-d", dir + "/x.env"]).status != 0)
+        // A variable missing from subnet.env leaves its option out.
+        try writeFile(dir + "/partial.env", "FLANNEL_SUBNET=10.5.72.1/24\n")
+        _ = try runTool("/bin/sh", [script, "-f", dir + "/partial.env", "-d", dir + "/p.env", "-c"])
+        #expect(readText(dir + "/p.env") == "DOCKER_OPTS=\" --bip=10.5.72.1/24\"\n")
+
         // Bad input: a missing file, a bad key, an unknown flag — non-zero, nothing written.
         #expect(try runProgram("/bin/sh", [script, "-f", dir + "/absent.env", "-d", dir + "/x.env"]).status != 0)
         #expect(try runProgram("/bin/sh", [script, "-f", dir + "/subnet.env", "-d", dir + "/x.env", "-k", "A B"]).status != 0)
         #expect(try runProgram("/bin/sh", [script, "-z"]).status != 0)
         #expect(readText(dir + "/x.env") == nil)
+    }
+
+    @Test("mk-docker-opts.sh -k KEY keeps KEY's existing value in front of the options, byte for byte as flannel's script")
+    func mkDockerOptsKeepsExistingKey() throws {
+        let dir = "/tmp/fxops-mkdk-\(getpid())-\(UInt16.random(in: 0...UInt16.max))"
+        defer { _ = try? runProgram("/bin/rm", ["-rf", dir]) }
+        let script = repositoryRoot() + "/contrib/mk-docker-opts.sh"
+        try SubnetEnv(network: IPv4Subnet(cidr: "10.5.0.0/16")!, subnet: IPv4Subnet(cidr: "10.5.72.0/24")!, mtu: 1450, ipMasq: false)
+            .write(to: dir + "/subnet.env")
+        let path = "PATH=/usr/sbin:/usr/bin:/sbin:/bin"
+        // The install guide's unit: /etc/sysconfig/docker-network sets DOCKER_NETWORK_OPTIONS, then
+        // ExecStartPost=mk-docker-opts.sh -k DOCKER_NETWORK_OPTIONS -d /run/flannel/docker.
+        let kept = try runProgram("/bin/sh", [script, "-k", "DOCKER_NETWORK_OPTIONS", "-f", dir + "/subnet.env", "-d", dir + "/docker"],
+                                  environment: [path, "DOCKER_NETWORK_OPTIONS=--insecure-registry=registry.local:5000 --log-level=warn"])
+        #expect(kept.status == 0, "\(kept.output)")
+        #expect(readText(dir + "/docker") == """
+            DOCKER_OPT_BIP="--bip=10.5.72.1/24"
+            DOCKER_OPT_IPMASQ="--ip-masq=true"
+            DOCKER_OPT_MTU="--mtu=1450"
+            DOCKER_NETWORK_OPTIONS="--insecure-registry=registry.local:5000 --log-level=warn  --bip=10.5.72.1/24 --ip-masq=true --mtu=1450"
+
+            """)
+        // Set but empty: as if unset.
+        _ = try runProgram("/bin/sh", [script, "-c", "-k", "DOCKER_NETWORK_OPTIONS", "-f", dir + "/subnet.env", "-d", dir + "/empty"],
+                           environment: [path, "DOCKER_NETWORK_OPTIONS="])
+        #expect(readText(dir + "/empty") == "DOCKER_NETWORK_OPTIONS=\" --bip=10.5.72.1/24 --ip-masq=true --mtu=1450\"\n")
+        // A value that would break out of the double quotes is refused, naming the variable; nothing written.
+        let quoted = try runProgram("/bin/sh", [script, "-k", "DOCKER_NETWORK_OPTIONS", "-f", dir + "/subnet.env", "-d", dir + "/bad"],
+                                    environment: [path, "DOCKER_NETWORK_OPTIONS=--label=\"x\""])
+        #expect(quoted.status != 0 && quoted.output.contains("DOCKER_NETWORK_OPTIONS"), "\(quoted.output)")
+        #expect(readText(dir + "/bad") == nil)
+    }
+
+    @Test("systemd-analyze verify accepts the unit (where systemd is installed)",
+          .enabled(if: access("/usr/bin/systemd-analyze", X_OK) == 0, "systemd-analyze is not installed"))
+    func systemdAnalyzeVerify() throws {
+        let binary = try #require(builtBinaryPath(), "flanneld-xdp must be built beside the tests")
+        let dir = "/tmp/fxops-unit-\(getpid())-\(UInt16.random(in: 0...UInt16.max))"
+        defer { _ = try? runProgram("/bin/rm", ["-rf", dir]) }
+        _ = try runTool("/bin/mkdir", ["-p", dir])
+        // The unit as `make install-files` lays it out, pointed at this build's binary and script
+        // (verify checks that every command exists and is executable).
+        let unit = try #require(readText(repositoryRoot() + "/contrib/systemd/flanneld-xdp.service"))
+            .replacingOccurrences("/usr/local/bin/flanneld-xdp", with: binary)
+            .replacingOccurrences("/usr/local/libexec/flanneld-xdp/mk-docker-opts.sh", with: repositoryRoot() + "/contrib/mk-docker-opts.sh")
+        try writeFile(dir + "/flanneld-xdp.service", unit)
+        let verify = try runProgram("/usr/bin/systemd-analyze", ["verify", dir + "/flanneld-xdp.service"])
+        #expect(verify.status == 0, "\(verify.output)")
+        // Unknown keys and bad values are only warnings for verify: there must be none.
+        #expect(!verify.output.contains("flanneld-xdp.service:"), "\(verify.output)")
     }
 
     @Test("make install-files DESTDIR=… PREFIX=/usr puts binary, BPF objects, unit, script and docs in place")
@@ -86,5 +145,17 @@ struct OperationsPackagingTests {
         #expect(!unit.contains("/usr/local"))
         let version = try runProgram(root + "/bin/flanneld-xdp", ["--version"])
         #expect(version.status == 0)
+    }
+}
+
+private extension String {
+    func replacingOccurrences(_ target: String, with replacement: String) -> String {
+        var result = ""
+        var rest = Substring(self)
+        while let range = rest.firstRange(of: target) {
+            result += rest[..<range.lowerBound] + replacement
+            rest = rest[range.upperBound...]
+        }
+        return result + rest
     }
 }

@@ -35,6 +35,11 @@ struct OperationsUnitTests {
         state.etcdLastContact = 1_790_000_005
         state.leaseExpiry = 1_790_086_400
         state.peerCount = 3
+        state.etcdAPIDetail = "auto: /coreos.com/network/config is in both keyspaces; following v2"
+        state.forwardRules = true
+        state.ipMasqFullyRandom = false
+        state.blackholeRoute = true
+        state.warnings = "the network config sets EnableIPv6 (dual-stack)\nsecond line"
         let decoded = try NodeState(json: state.json)
         #expect(decoded == state)
 
@@ -74,7 +79,7 @@ struct OperationsUnitTests {
         #expect(NodeState.dataplaneKind(summary: "host-gw routes on eth0") == "host-gw")
     }
 
-    @Test("the masquerade table is flannel's four rules, in its order, from validated subnets only")
+    @Test("the masquerade table is current flannel's six rules, in its order, from validated subnets only")
     func ruleset() throws {
         let network = try #require(IPv4Subnet(cidr: "10.5.0.0/16"))
         let subnet = try #require(IPv4Subnet(cidr: "10.5.7.0/24"))
@@ -82,14 +87,20 @@ struct OperationsUnitTests {
             table ip flanneld-xdp {
             \tchain postrouting {
             \t\ttype nat hook postrouting priority srcnat; policy accept;
-            \t\tip saddr 10.5.0.0/16 ip daddr 10.5.0.0/16 return
-            \t\tip saddr 10.5.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random
+            \t\tmeta mark & 0x00004000 == 0x00004000 return
+            \t\tip saddr 10.5.7.0/24 ip daddr 10.5.0.0/16 return
+            \t\tip saddr 10.5.0.0/16 ip daddr 10.5.7.0/24 return
             \t\tip saddr != 10.5.0.0/16 ip daddr 10.5.7.0/24 return
+            \t\tip saddr 10.5.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random
             \t\tip saddr != 10.5.0.0/16 ip daddr 10.5.0.0/16 masquerade fully-random
             \t}
             }
 
             """)
+        // --ip-masq-fully-random-disable: the same rules, plain masquerade.
+        let plain = Masquerade.ruleset(network: network, subnet: subnet, fullyRandom: false)
+        #expect(!plain.contains("fully-random"))
+        #expect(plain.split(separator: "\n").filter { $0.hasSuffix(" masquerade") }.count == 2)
         let script = Masquerade.replaceScript(network: network, subnet: subnet)
         #expect(script.hasPrefix("add table ip flanneld-xdp\ndelete table ip flanneld-xdp\ntable ip flanneld-xdp {"))
         // The drift check ignores indentation only.

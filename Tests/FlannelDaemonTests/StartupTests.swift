@@ -37,6 +37,52 @@ struct StartupTests {
         #expect(v2.apiVersion == .v2)
     }
 
+    @Test("--etcd-api=auto with a config in both keyspaces: follows the one holding leases and says so, else refuses at once naming both")
+    func autoWithBothKeyspaces() async throws {
+        let etcd = try await EtcdServer.start(tag: "fxd")
+        defer { etcd.cleanup() }
+        let lease = leaseJSON("192.0.2.7", mac: "0a:00:00:00:00:07")
+        func detect(_ prefix: String) async throws -> (any SubnetRegistry, EtcdAPIDetection) {
+            try await Startup.connectRegistryDetecting(try etcdOptions(etcd, prefix: prefix), logger: logger,
+                                                       retryInitial: .milliseconds(50))
+        }
+        for prefix in ["/both-empty", "/both-v2", "/both-v3", "/both-split"] {
+            try await etcd.put("\(prefix)/config", vxlanConfig)
+            try await etcd.put("\(prefix)/config", vxlanConfig, v2: true)
+        }
+        // flannel ≤ 0.17 nodes hold leases in v2 only: follow them, whatever v3 says.
+        try await etcd.put("/both-v2/subnets/10.5.7.0-24", lease, v2: true)
+        let (v2, v2Why) = try await detect("/both-v2")
+        #expect(v2.apiVersion == .v2)
+        #expect(v2Why.reason.contains("both keyspaces") && v2Why.reason.contains("following v2") && v2Why.reason.contains("--etcd-api=v2"), "\(v2Why)")
+        // flannel ≥ 0.18 (or flanneld-xdp v3) nodes hold them in v3 only.
+        try await etcd.put("/both-v3/subnets/10.5.7.0-24", lease)
+        let (v3, v3Why) = try await detect("/both-v3")
+        #expect(v3.apiVersion == .v3)
+        #expect(v3Why.reason.contains("following v3"), "\(v3Why)")
+        // Neither or both hold leases: no guess. A configuration error, so no retrying either.
+        try await etcd.put("/both-split/subnets/10.5.7.0-24", lease)
+        try await etcd.put("/both-split/subnets/10.5.8.0-24", lease, v2: true)
+        for (prefix, words) in [("/both-empty", "neither holds a lease"), ("/both-split", "already split")] {
+            do {
+                _ = try await detect(prefix)
+                Issue.record("\(prefix): auto chose a keyspace although both hold a config")
+            } catch let error as EtcdAPIAmbiguity {
+                let text = error.description
+                for word in [words, "\(prefix)/config", "--etcd-api=v2", "--etcd-api=v3", "v2", "v3"] {
+                    #expect(text.contains(word), "\(prefix): \(text)")
+                }
+            }
+        }
+        // With the flag given, nothing is detected: the keyspace is the flag's.
+        let (fixed, fixedWhy) = try await Startup.connectRegistryDetecting(try etcdOptions(etcd, prefix: "/both-empty", api: "v2"), logger: logger)
+        #expect(fixed.apiVersion == .v2 && fixedWhy.reason == "given by --etcd-api")
+        // One keyspace only: the plain answer, with where it was found.
+        try await etcd.put("/only-v3/config", vxlanConfig)
+        let (only, onlyWhy) = try await detect("/only-v3")
+        #expect(only.apiVersion == .v3 && onlyWhy.reason.contains("found in v3"), "\(onlyWhy)")
+    }
+
     @Test("auto waits while the config is missing, then connects")
     func autoWaitsForConfig() async throws {
         let etcd = try await EtcdServer.start(tag: "fxd")
@@ -74,14 +120,18 @@ struct StartupTests {
         #expect(throws: StartupError.self) { try Startup.backendKind(BackendConfig(type: "ipip")) }
     }
 
-    @Test("MTU: underlay − 50 for vxlan, − 28 for udp, the config's MTU when set")
+    @Test("MTU: underlay − 50 for vxlan, − 28 for udp; Backend.MTU is the underlay MTU, as in flannel")
     func mtu() throws {
         let config = try NetworkConfig.parse(vxlanConfig)
         #expect(Startup.overlayMTU(underlayMTU: 1500, config: config, backend: .vxlan(directRouting: false)) == 1450)
         #expect(Startup.overlayMTU(underlayMTU: 1500, config: config, backend: .udp) == 1472)
         #expect(Startup.overlayMTU(underlayMTU: 1500, config: config, backend: .hostGW) == 1500)
+        // flannel: FLANNEL_MTU and the vxlan device get Backend.MTU − 50, whatever the interface says.
         let withMTU = try NetworkConfig.parse(#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","MTU":1400}}"#)
-        #expect(Startup.overlayMTU(underlayMTU: 9000, config: withMTU, backend: .vxlan(directRouting: false)) == 1400)
+        #expect(Startup.overlayMTU(underlayMTU: 9000, config: withMTU, backend: .vxlan(directRouting: false)) == 1350)
+        #expect(Startup.overlayMTU(underlayMTU: 1500, config: withMTU, backend: .vxlan(directRouting: true)) == 1350)
+        let jumbo = try NetworkConfig.parse(#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","mtu":9000}}"#)
+        #expect(Startup.overlayMTU(underlayMTU: 9000, config: jumbo, backend: .vxlan(directRouting: false)) == 8950)
     }
 
     @Test("the previous subnet.env's subnet is taken again when free; a restart keeps the same lease")

@@ -39,9 +39,18 @@ struct ConfigParsingTests {
              min: "10.9.0.16", max: "10.9.0.48", backend: "vxlan", port: 8472),
         Good(json: #"{"Network":"10.9.0.0/28","Backend":{"Type":"host-gw"}}"#, network: "10.9.0.0/28", subnetLen: 30,
              min: "10.9.0.4", max: "10.9.0.12", backend: "host-gw", port: 0),
-        // explicit SubnetMin/Max, VNI 0 = default 1, Port 0 = default
+        // explicit SubnetMin/Max; an explicit VNI 0 is VNI 0 (flannel presets 1, the JSON overwrites it);
+        // Port 0 = default
         Good(json: #"{"Network":"10.5.0.0/16","SubnetMin":"10.5.10.0","SubnetMax":"10.5.20.0","Backend":{"Type":"vxlan","VNI":0,"Port":0}}"#,
-             network: "10.5.0.0/16", subnetLen: 24, min: "10.5.10.0", max: "10.5.20.0", backend: "vxlan", port: 8472),
+             network: "10.5.0.0/16", subnetLen: 24, min: "10.5.10.0", max: "10.5.20.0", backend: "vxlan", vni: 0, port: 8472),
+        // SubnetLen bounds: prefix + 2 (four subnets) and /30 are the limits flannel accepts
+        Good(json: #"{"Network":"10.5.0.0/16","SubnetLen":18,"Backend":{"Type":"vxlan"}}"#, network: "10.5.0.0/16", subnetLen: 18,
+             min: "10.5.64.0", max: "10.5.192.0", backend: "vxlan", port: 8472),
+        Good(json: #"{"Network":"10.5.0.0/16","SubnetLen":30,"Backend":{"Type":"vxlan"}}"#, network: "10.5.0.0/16", subnetLen: 30,
+             min: "10.5.0.4", max: "10.5.255.252", backend: "vxlan", port: 8472),
+        // the largest VNI a v0.17 node can read from a lease
+        Good(json: #"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":65535}}"#, network: "10.5.0.0/16", subnetLen: 24,
+             min: "10.5.1.0", max: "10.5.255.0", backend: "vxlan", vni: 65535, port: 8472),
         // host bits in Network are masked (Go's ParseCIDR), unknown keys ignored, IPv6 flag kept
         Good(json: #"{"Network":"10.5.3.4/16","Unknown":1,"EnableIPv6":true,"Backend":{"Type":"vxlan"}}"#,
              network: "10.5.0.0/16", subnetLen: 24, min: "10.5.1.0", max: "10.5.255.0", backend: "vxlan", port: 8472),
@@ -63,10 +72,20 @@ struct ConfigParsingTests {
     }
 
     @Test func vxlanOptions() throws {
-        let c = try NetworkConfig.parse(#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true,"GBP":true,"Learning":true,"MTU":1400}}"#)
-        #expect(c.backend.directRouting && c.backend.gbp && c.backend.learning)
-        #expect(c.backend.mtu == 1400)
+        let c = try NetworkConfig.parse(#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true,"GBP":false,"Learning":true,"MTU":1400}}"#)
+        #expect(c.backend.directRouting && !c.backend.gbp && c.backend.learning)
+        #expect(c.backend.mtu == 1400, "the underlay MTU, as flannel reads it")
         #expect(c.enableIPv6 == false)
+        #expect(c.warnings.isEmpty)
+        #expect(try NetworkConfig.parse(#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#).backend.mtu == 0)
+    }
+
+    @Test("a dual-stack config parses with a warning that names EnableIPv6 and the subnet clash")
+    func dualStackWarning() throws {
+        let c = try NetworkConfig.parse(#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10::/48","Backend":{"Type":"vxlan"}}"#)
+        #expect(c.enableIPv6)
+        #expect(c.warnings.count == 1)
+        #expect(c.warnings.first?.contains("EnableIPv6") == true && c.warnings.first?.contains("same IPv4 subnet") == true)
     }
 
     struct Bad: Sendable, CustomTestStringConvertible {
@@ -85,7 +104,9 @@ struct ConfigParsingTests {
         Bad(json: #"{"Network":"10.5.0.0/33"}"#, field: "Network", reasonContains: "not an IPv4 CIDR"),
         Bad(json: #"{"Network":"10.5.0.0/29"}"#, field: "Network", reasonContains: "too small"),
         Bad(json: #"{"Network":"10.5.0.0/16","SubnetLen":31}"#, field: "SubnetLen", reasonContains: "/30"),
-        Bad(json: #"{"Network":"10.5.0.0/16","SubnetLen":16}"#, field: "SubnetLen", reasonContains: "longer than the network"),
+        Bad(json: #"{"Network":"10.5.0.0/16","SubnetLen":16}"#, field: "SubnetLen", reasonContains: "at least /18"),
+        Bad(json: #"{"Network":"10.5.0.0/16","SubnetLen":17}"#, field: "SubnetLen", reasonContains: "fewer than four subnets"),
+        Bad(json: #"{"Network":"10.9.0.0/28","SubnetLen":29}"#, field: "SubnetLen", reasonContains: "at least /30"),
         Bad(json: #"{"Network":"10.5.0.0/16","SubnetLen":"24"}"#, field: "SubnetLen", reasonContains: "integer"),
         Bad(json: #"{"Network":"10.5.0.0/16","SubnetLen":-1}"#, field: "SubnetLen", reasonContains: "not a prefix length"),
         Bad(json: #"{"Network":"10.5.0.0/16","SubnetMin":"10.6.0.0"}"#, field: "SubnetMin", reasonContains: "not inside"),
@@ -101,6 +122,13 @@ struct ConfigParsingTests {
         Bad(json: #"{"Network":"10.5.0.0/16","Backend":{"Type":7}}"#, field: "Backend.Type", reasonContains: "string"),
         Bad(json: #"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":"1"}}"#, field: "Backend.VNI", reasonContains: "integer"),
         Bad(json: #"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#, field: "Backend.VNI", reasonContains: "outside"),
+        Bad(json: #"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":-1}}"#, field: "Backend.VNI", reasonContains: "outside"),
+        Bad(json: #"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":65536}}"#, field: "Backend.VNI", reasonContains: "16-bit"),
+        Bad(json: #"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","GBP":true}}"#, field: "Backend.GBP", reasonContains: "group policy"),
+        Bad(json: #"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","gbp":true}}"#, field: "Backend.GBP", reasonContains: "not supported"),
+        Bad(json: #"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","MTU":0}}"#, field: "Backend.MTU", reasonContains: "underlay MTU"),
+        Bad(json: #"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","MTU":117}}"#, field: "Backend.MTU", reasonContains: "118 to 65535"),
+        Bad(json: #"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","MTU":"1500"}}"#, field: "Backend.MTU", reasonContains: "integer"),
         Bad(json: #"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","Port":70000}}"#, field: "Backend.Port", reasonContains: "outside"),
         Bad(json: #"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","DirectRouting":"yes"}}"#, field: "Backend.DirectRouting", reasonContains: "boolean"),
         Bad(json: #"{"Network":"10.5.0.0/16","EnableIPv4":false}"#, field: "EnableIPv4", reasonContains: "not supported"),

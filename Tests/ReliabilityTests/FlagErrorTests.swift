@@ -47,8 +47,15 @@ struct FlagErrorTests {
         .init(arguments: ["--dataplane=userspace", "--bpf-object=/tmp/fxrel.o"], mentions: ["--bpf-object=/tmp/fxrel.o", "userspace"]),
         .init(arguments: ["--bogus-flag=1"], mentions: ["bogus-flag"]),
         .init(arguments: ["stray"], mentions: ["stray"]),
-        .init(arguments: [], environment: ["FLANNELD_IP_MASQ": "maybe"], mentions: ["FLANNELD_IP_MASQ", "maybe"]),
-        .init(arguments: [], environment: ["FLANNELD_HEALTHZ_PORT": "http"], mentions: ["FLANNELD_HEALTHZ_PORT", "http"]),
+        // (A FLANNELD_* value Go cannot parse, such as FLANNELD_IP_MASQ=maybe, is logged and ignored as
+        // flanneld does: FlagTests. One that parses but is wrong stops the daemon, naming the variable.)
+        .init(arguments: [], environment: ["FLANNELD_HEALTHZ_PORT": "70000"], mentions: ["FLANNELD_HEALTHZ_PORT", "70000"]),
+        .init(arguments: ["-kube-subnet-mgr"], mentions: ["--kube-subnet-mgr", "etcd subnet manager"]),
+        .init(arguments: [], environment: ["FLANNELD_KUBE_SUBNET_MGR": "true"], mentions: ["--kube-subnet-mgr", "etcd subnet manager"]),
+        .init(arguments: ["-public-ipv6=fd00::1"], mentions: ["--public-ipv6=fd00::1", "dual-stack"]),
+        .init(arguments: ["-iface-can-reach=gateway"], mentions: ["--iface-can-reach=gateway"]),
+        .init(arguments: ["-iptables-resync=0"], mentions: ["--iptables-resync=0"]),
+        .init(arguments: ["-vmodule=main"], mentions: ["--vmodule=main"]),
         .init(arguments: [], environment: ["FLANNELD_PUBLIC_IP": "10.0.0.256"], mentions: ["FLANNELD_PUBLIC_IP", "10.0.0.256"]),
         // Files named by flags.
         .init(arguments: ["--etcd-endpoints=https://127.0.0.1:1", "--etcd-cafile=/nonexistent/fxrel-ca.pem"],

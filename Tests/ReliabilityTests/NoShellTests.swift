@@ -2,10 +2,12 @@
 // 1. statically: no production module (everything the flanneld-xdp binary links) contains a way to
 //    start a program — no Foundation (Process), no posix_spawn/fork/exec*/system/popen, no shell
 //    path — so lease values can only ever reach the kernel through netlink messages and BPF maps.
-//    One reviewed exception: --ip-masq hands nftables its ruleset through `nft -f -` (no shell, a
-//    fixed argv, the ruleset on stdin built only from the config's network and our own lease, both
-//    typed IPv4Subnet values; Operations/Masquerade.swift). The test pins that exception to that
-//    file and that argv, so a second way to start a program still fails it;
+//    One reviewed exception: Operations/HostCommand.swift starts exactly two programs, by absolute
+//    path with posix_spawn, no shell: `nft` (--ip-masq hands it its ruleset through `nft -f -`,
+//    Operations/Masquerade.swift) and `iptables` (flannel's FORWARD accepts, Operations/ForwardRules.swift).
+//    Every argument is a fixed word or the text of a typed IPv4Subnet (the config's network, our
+//    own lease). The test pins the exception to that file, its program list to those two, and the
+//    callers' argument shapes, so a third program or a second way to start one still fails it;
 // 2. at run time: lease values carrying shell metacharacters or command text are refused by the
 //    decoder with a typed reason, before any of them reaches the reconciler.
 
@@ -28,7 +30,7 @@ struct NoShellTests {
     ]
 
     /// The one file allowed to call posix_spawn (see the note at the top).
-    static let reviewedSpawnSite = "Sources/FlannelDaemon/Operations/Masquerade.swift"
+    static let reviewedSpawnSite = "Sources/FlannelDaemon/Operations/HostCommand.swift"
 
     static var repositoryRoot: String {
         // …/Tests/ReliabilityTests/NoShellTests.swift → …
@@ -49,8 +51,18 @@ struct NoShellTests {
                 let text = try TestCommand.run(["/bin/cat", path]).stdout
                 let reviewed = path.hasSuffix(NoShellTests.reviewedSpawnSite)
                 if reviewed {
-                    // The one spawn site runs nft with a fixed argv and the ruleset on stdin.
-                    #expect(text.contains(#"["-f", "-"]"#), "\(path): the nft call must stay `nft -f -`")
+                    // The one spawn site knows two programs and finds them by absolute path only.
+                    #expect(text.contains("case nft, iptables\n"), "\(path): the programs must stay nft and iptables")
+                    #expect(text.contains(#"["/usr/sbin/", "/sbin/", "/usr/bin/"].map { $0 + rawValue }"#), "\(path): absolute paths only")
+                }
+                if path.hasSuffix("Sources/FlannelDaemon/Operations/Masquerade.swift") {
+                    // nft gets its ruleset on stdin, never on the command line.
+                    #expect(text.contains(#"NFT.run(["-f", "-"]"#), "\(path): the nft call must stay `nft -f -`")
+                }
+                if path.hasSuffix("Sources/FlannelDaemon/Operations/ForwardRules.swift") {
+                    // iptables arguments: fixed words and "\(network)" of an IPv4Subnet.
+                    #expect(text.contains("static func accepts(network: IPv4Subnet) -> [[String]]"), "\(path)")
+                    #expect(!text.contains("String(describing"), "\(path)")
                 }
                 for (lineNumber, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
                     let code = line.trimmingPrefix(while: { $0 == " " })
@@ -73,7 +85,7 @@ struct NoShellTests {
         let symbols = try TestCommand.run([nm, "-D", "--undefined-only", binary])
         #expect(symbols.status == 0, "nm: \(symbols.stderr)")
         let names = Set(symbols.stdout.split(separator: "\n").compactMap { $0.split(separator: " ").last.map(String.init) })
-        // posix_spawn is the reviewed `nft -f -` call of --ip-masq; nothing else may start a program.
+        // posix_spawn is the reviewed nft/iptables spawn site (HostCommand.swift); nothing else may start a program.
         let starters = ["system", "popen", "posix_spawnp", "execve", "execv", "execvp", "execl", "execlp", "fork", "vfork"]
         let found = starters.filter { name in names.contains { $0 == name || $0.hasPrefix(name + "@") } }
         #expect(found.isEmpty, "\(binary) imports \(found)")

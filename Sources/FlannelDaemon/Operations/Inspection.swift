@@ -68,6 +68,7 @@ public struct StatusReport: Sendable {
     public var programs: [AttachedProgram] = []
     public var peerCount: Int?
     public var masquerade: MasqueradeStatus?
+    public var forwardRules: ForwardRulesStatus?
     public var problems: [String] = []
 
     /// Reads the state file, the pins and the attachments of the calling thread's network namespace.
@@ -97,6 +98,9 @@ public struct StatusReport: Sendable {
         if report.state?.ipMasq == true {
             report.masquerade = Masquerade.status()
         }
+        if let state = report.state, state.forwardRules {
+            report.forwardRules = ForwardRules.status(network: IPv4Subnet(cidr: state.network))
+        }
         return report
     }
 
@@ -122,12 +126,20 @@ public struct StatusReport: Sendable {
             }
             let contact = state.etcdLastContact > 0 ? ", last contact \(TimeText.span(now - state.etcdLastContact)) ago" : ""
             row("etcd:", "\(state.etcdState) (API \(state.etcdAPI), \(state.etcdEndpoints))\(contact)")
+            if !state.etcdAPIDetail.isEmpty { row("etcd API:", state.etcdAPIDetail) }
             row("peers:", "\(state.peerCount) wanted by the leases" + (peerCount.map { ", \($0) in the BPF maps" } ?? ""))
             if state.ipMasq {
-                row("masquerade:", masquerade.map(\.description) ?? "on")
+                row("masquerade:", (masquerade.map(\.description) ?? "on") + (state.ipMasqFullyRandom ? "" : " (not fully-random)"))
             } else {
                 row("masquerade:", "off (--ip-masq not given)")
             }
+            if state.forwardRules {
+                row("forward:", forwardRules.map(\.description) ?? "on")
+            } else {
+                row("forward:", "off (--iptables-forward-rules=false): iptables' FORWARD chain is left alone")
+            }
+            if state.blackholeRoute { row("blackhole:", "on: a blackhole route for \(state.subnet) is kept (--ip-blackhole-route)") }
+            for warning in state.warnings.split(separator: "\n") { row("WARNING:", String(warning)) }
         } else if let stateError {
             row("daemon:", "state file \(statePath) unreadable: \(stateError)")
         } else {
@@ -186,6 +198,7 @@ public struct StatusReport: Sendable {
                      ("entries", $0.entries.map { .int(Int64($0)) } ?? .null), ("maxEntries", .int(Int64($0.maxEntries)))])
         })))
         members.append(("masquerade", masquerade.map { .string($0.description) } ?? .null))
+        members.append(("forwardRules", forwardRules.map { .string($0.description) } ?? .null))
         members.append(("problems", .array(problems.map(JSONOut.string))))
         return .object(members)
     }

@@ -1,40 +1,49 @@
-// --ip-masq as flannel does it, in nftables: pods talking to anything outside the cluster network
-// leave with the node's address; pod-to-pod traffic keeps pod addresses. flannel's four rules, in
-// its order (the MASQUERADE/RETURN rules flanneld ≤ 0.17 puts in iptables' nat POSTROUTING):
-//   1. network → network                      return      (pod to pod: no NAT)
-//   2. network → not multicast                masquerade  (pod to outside)
-//   3. not network → our subnet               return      (outside to our pods: no NAT)
-//   4. not network → network                  masquerade  (host/outside to other nodes' pods: replies
+// --ip-masq as current flannel does it, in nftables: pods talking to anything outside the cluster
+// network leave with the node's address; pod-to-pod traffic keeps pod addresses. flannel's rules, in
+// its order (its FLANNEL-POSTRTG chain in iptables' nat table):
+//   1. marked by kube-proxy (0x4000/0x4000)    return      (kube-proxy masquerades it itself: no double NAT)
+//   2. our subnet → network                   return      (our pods to pods: no NAT)
+//   3. network → our subnet                   return      (pods to our pods: no NAT)
+//   4. not network → our subnet               return      (outside to our pods: no NAT)
+//   5. network → not multicast                masquerade  (pods to outside)
+//   6. not network → network                  masquerade  (host/outside to other nodes' pods: replies
 //                                                          come back through the overlay)
+// Both masquerades are fully-random (source ports drawn at random, which avoids the SNAT port race
+// under load) unless --ip-masq-fully-random-disable is given, as in flannel.
 //
 // The rules live in their own table, `ip flanneld-xdp`, with one postrouting NAT chain, so we never
 // touch anyone else's rules (kube-proxy's, docker's, the admin's) and `cleanup` deletes exactly ours.
 // The ruleset text is generated only from IPv4Subnet values (the config's Network and our own lease,
 // both validated types whose description is digits and dots): nothing from other nodes' leases and
 // no free text ever reaches the nft command line. The whole table is replaced in one nft
-// transaction (add, delete, define), so a reader never sees half a table. A periodic check compares
-// `nft list table` with the wanted text and replaces the table if it was removed or edited.
+// transaction (add, delete, define), so a reader never sees half a table. The periodic check
+// (HostRules.swift, every --iptables-resync seconds) compares `nft list table` with the wanted text
+// and replaces the table if it was removed or edited.
 
 import Glibc
-import Logging
 import NetTypes
-import ServiceLifecycle
 
 public enum Masquerade {
     public static let tableName = "flanneld-xdp"
     public static let chainName = "postrouting"
 
+    /// kube-proxy's masquerade mark (its KUBE-MARK-MASQ), as flannel's trafficmngr.KubeProxyMark.
+    static let kubeProxyMark = "0x00004000"
+
     /// The table's text, formatted exactly as `nft list table` prints it (tabs), so that the drift
     /// check can compare the two line by line.
-    public static func ruleset(network: IPv4Subnet, subnet: IPv4Subnet) -> String {
-        """
+    public static func ruleset(network: IPv4Subnet, subnet: IPv4Subnet, fullyRandom: Bool = true) -> String {
+        let masquerade = fullyRandom ? "masquerade fully-random" : "masquerade"
+        return """
         table ip \(tableName) {
         \tchain \(chainName) {
         \t\ttype nat hook postrouting priority srcnat; policy accept;
-        \t\tip saddr \(network) ip daddr \(network) return
-        \t\tip saddr \(network) ip daddr != 224.0.0.0/4 masquerade fully-random
+        \t\tmeta mark & \(kubeProxyMark) == \(kubeProxyMark) return
+        \t\tip saddr \(subnet) ip daddr \(network) return
+        \t\tip saddr \(network) ip daddr \(subnet) return
         \t\tip saddr != \(network) ip daddr \(subnet) return
-        \t\tip saddr != \(network) ip daddr \(network) masquerade fully-random
+        \t\tip saddr \(network) ip daddr != 224.0.0.0/4 \(masquerade)
+        \t\tip saddr != \(network) ip daddr \(network) \(masquerade)
         \t}
         }
 
@@ -42,13 +51,13 @@ public enum Masquerade {
     }
 
     /// One nft transaction that replaces the table whether or not it exists.
-    static func replaceScript(network: IPv4Subnet, subnet: IPv4Subnet) -> String {
-        "add table ip \(tableName)\ndelete table ip \(tableName)\n" + ruleset(network: network, subnet: subnet)
+    static func replaceScript(network: IPv4Subnet, subnet: IPv4Subnet, fullyRandom: Bool = true) -> String {
+        "add table ip \(tableName)\ndelete table ip \(tableName)\n" + ruleset(network: network, subnet: subnet, fullyRandom: fullyRandom)
     }
 
     /// Installs (or replaces) the table in the calling thread's network namespace.
-    public static func install(network: IPv4Subnet, subnet: IPv4Subnet) throws(OperationsError) {
-        let result = try NFT.run(["-f", "-"], stdin: replaceScript(network: network, subnet: subnet))
+    public static func install(network: IPv4Subnet, subnet: IPv4Subnet, fullyRandom: Bool = true) throws(OperationsError) {
+        let result = try NFT.run(["-f", "-"], stdin: replaceScript(network: network, subnet: subnet, fullyRandom: fullyRandom))
         guard result.status == 0 else {
             throw OperationsError(operation: "nft -f (table ip \(tableName))", detail: "exit \(result.status): \(result.output.trimmed)",
                                   hint: "is the nf_tables kernel module available? install Debian's nftables package")
@@ -68,16 +77,16 @@ public enum Masquerade {
     }
 
     /// True when the table holds exactly the wanted rules (whitespace aside).
-    public static func isCurrent(network: IPv4Subnet, subnet: IPv4Subnet) throws(OperationsError) -> Bool {
+    public static func isCurrent(network: IPv4Subnet, subnet: IPv4Subnet, fullyRandom: Bool = true) throws(OperationsError) -> Bool {
         guard let listed = try current() else { return false }
-        return normalized(listed) == normalized(ruleset(network: network, subnet: subnet))
+        return normalized(listed) == normalized(ruleset(network: network, subnet: subnet, fullyRandom: fullyRandom))
     }
 
     /// Installs the table when it is missing or differs; returns true when it had to.
     @discardableResult
-    public static func ensure(network: IPv4Subnet, subnet: IPv4Subnet) throws(OperationsError) -> Bool {
-        if try isCurrent(network: network, subnet: subnet) { return false }
-        try install(network: network, subnet: subnet)
+    public static func ensure(network: IPv4Subnet, subnet: IPv4Subnet, fullyRandom: Bool = true) throws(OperationsError) -> Bool {
+        if try isCurrent(network: network, subnet: subnet, fullyRandom: fullyRandom) { return false }
+        try install(network: network, subnet: subnet, fullyRandom: fullyRandom)
         return true
     }
 
@@ -125,41 +134,6 @@ public enum MasqueradeStatus: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-/// Keeps the masquerade table in place while the daemon runs: checked every `interval`, recreated
-/// when removed or edited. On shutdown the table stays (like the data path: pods keep reaching out
-/// across a restart); `cleanup` removes it.
-public struct MasqueradeService: Service {
-    public let network: IPv4Subnet
-    public let subnet: IPv4Subnet
-    public let interval: Duration
-    public let logger: Logger
-
-    public init(network: IPv4Subnet, subnet: IPv4Subnet, interval: Duration = .seconds(10), logger: Logger) {
-        self.network = network
-        self.subnet = subnet
-        self.interval = interval
-        self.logger = logger
-    }
-
-    public func run() async throws {
-        var failing = false
-        while !Task.isCancelled && !Task.isShuttingDownGracefully {
-            do {
-                if try Masquerade.ensure(network: network, subnet: subnet) {
-                    logger.warning("masquerade table ip \(Masquerade.tableName) was missing or changed: recreated")
-                }
-                if failing { logger.info("masquerade check recovered") }
-                failing = false
-            } catch {
-                if !failing { logger.error("masquerade check failed (will retry every \(interval)): \(error)") }
-                failing = true
-            }
-            // Woken early by graceful shutdown; the table stays (see above).
-            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
-        }
-    }
-}
-
 extension String {
     var trimmed: String {
         var s = Substring(self)
@@ -169,73 +143,12 @@ extension String {
     }
 }
 
-/// Runs nft (found in /usr/sbin or /sbin) with posix_spawn, stdin from a pipe, stdout+stderr captured.
-enum NFT {
-    static let candidates = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
 
-    static var path: String? { candidates.first { access($0, X_OK) == 0 } }
+/// nft, for the masquerade table.
+enum NFT {
+    static var path: String? { HostProgram.nft.path }
 
     static func run(_ arguments: [String], stdin: String?) throws(OperationsError) -> (status: Int32, output: String) {
-        guard let path else {
-            throw OperationsError(operation: "find nft", detail: "none of \(candidates.joined(separator: ", ")) exists",
-                                  hint: "install Debian's nftables package (apt-get install nftables) for --ip-masq")
-        }
-        return try Subprocess.run([path] + arguments, stdin: stdin)
-    }
-}
-
-enum Subprocess {
-    /// Runs argv[0] (absolute path) and waits; output is stdout and stderr together.
-    static func run(_ argv: [String], stdin: String?) throws(OperationsError) -> (status: Int32, output: String) {
-        var inPipe: [Int32] = [-1, -1]
-        var outPipe: [Int32] = [-1, -1]
-        guard pipe(&inPipe) == 0, pipe(&outPipe) == 0 else {
-            throw OperationsError(operation: "pipe2", detail: "for \(argv[0])", errno: errno, hint: "too many open files?")
-        }
-        // Close-on-exec so no other child (or nft itself) keeps a pipe end open; dup2 clears it on 0-2.
-        for fd in inPipe + outPipe { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, inPipe[0], 0)
-        posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
-        posix_spawn_file_actions_adddup2(&actions, outPipe[1], 2)
-        let cArgs = argv.map { strdup($0) } + [nil]
-        defer { for p in cArgs { free(p) } }
-        let env: [UnsafeMutablePointer<CChar>?] = [strdup("PATH=/usr/sbin:/usr/bin:/sbin:/bin"), strdup("LC_ALL=C"), nil]
-        defer { for p in env { free(p) } }
-        var pid: pid_t = 0
-        let rc = posix_spawn(&pid, argv[0], &actions, nil, cArgs, env)
-        close(inPipe[0])
-        close(outPipe[1])
-        guard rc == 0 else {
-            close(inPipe[1])
-            close(outPipe[0])
-            throw OperationsError(operation: "posix_spawn \(argv[0])", detail: "cannot start it", errno: rc, hint: "is it installed?")
-        }
-        if let stdin {
-            let bytes = Array(stdin.utf8)
-            var written = 0
-            while written < bytes.count {
-                let n = bytes.withUnsafeBytes { Glibc.write(inPipe[1], $0.baseAddress! + written, bytes.count - written) }
-                if n < 0 && errno == EINTR { continue }
-                if n <= 0 { break }
-                written += n
-            }
-        }
-        close(inPipe[1])
-        var output: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = buffer.withUnsafeMutableBytes { Glibc.read(outPipe[0], $0.baseAddress, 4096) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { break }
-            if output.count < 1 << 20 { output += buffer[0..<n] }
-        }
-        close(outPipe[0])
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        let exit: Int32 = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-        return (exit, String(decoding: output, as: UTF8.self))
+        try HostProgram.nft.run(arguments, stdin: stdin, neededFor: "--ip-masq")
     }
 }

@@ -40,6 +40,16 @@ public struct NodeState: Sendable, Equatable {
     public var ipMasq: Bool = false
     public var etcdEndpoints: String = ""
     public var etcdAPI: String = ""
+    /// Why that API: "given by --etcd-api", or what --etcd-api auto found.
+    public var etcdAPIDetail: String = ""
+    /// --iptables-forward-rules.
+    public var forwardRules: Bool = false
+    /// --ip-masq without --ip-masq-fully-random-disable.
+    public var ipMasqFullyRandom: Bool = true
+    /// --ip-blackhole-route.
+    public var blackholeRoute: Bool = false
+    /// What the network config asks for that this build does not do (dual-stack), one per line.
+    public var warnings: String = ""
     /// "connected" or "unreachable: <error>".
     public var etcdState: String = ""
     /// Unix seconds of the last successful request to etcd made for this file (0: none yet).
@@ -69,7 +79,9 @@ public struct NodeState: Sendable, Equatable {
             ("publicIP", .string(publicIP)), ("network", .string(network)), ("subnet", .string(subnet)),
             ("backend", .string(backend)), ("vni", .int(Int64(vni))), ("port", .int(Int64(port))),
             ("mtu", .int(Int64(mtu))), ("bpffs", .string(bpffs)), ("ipMasq", .bool(ipMasq)),
-            ("etcdEndpoints", .string(etcdEndpoints)), ("etcdAPI", .string(etcdAPI)),
+            ("etcdEndpoints", .string(etcdEndpoints)), ("etcdAPI", .string(etcdAPI)), ("etcdAPIDetail", .string(etcdAPIDetail)),
+            ("forwardRules", .bool(forwardRules)), ("ipMasqFullyRandom", .bool(ipMasqFullyRandom)),
+            ("blackholeRoute", .bool(blackholeRoute)), ("warnings", .string(warnings)),
             ("etcdState", .string(etcdState)), ("etcdLastContact", .int(etcdLastContact)),
             ("leaseExpiry", .int(leaseExpiry)), ("peerCount", .int(Int64(peerCount))),
             ("underlaySubnet", .string(underlaySubnet)),
@@ -101,6 +113,11 @@ public struct NodeState: Sendable, Equatable {
         if case .bool(let b)? = object["ipMasq"] { ipMasq = b }
         etcdEndpoints = string("etcdEndpoints")
         etcdAPI = string("etcdAPI")
+        etcdAPIDetail = string("etcdAPIDetail")
+        if case .bool(let b)? = object["forwardRules"] { forwardRules = b }
+        if case .bool(let b)? = object["ipMasqFullyRandom"] { ipMasqFullyRandom = b }
+        if case .bool(let b)? = object["blackholeRoute"] { blackholeRoute = b }
+        warnings = string("warnings")
         etcdState = string("etcdState")
         etcdLastContact = int("etcdLastContact")
         leaseExpiry = int("leaseExpiry")

@@ -1,8 +1,9 @@
 // What the operations side adds to a running daemon, in one call from Daemon.start (so the daemon's
-// own files change by two lines): the state file `status` reads, the masquerade table (--ip-masq),
-// and the metrics server (--metrics-port). `make` does the first write and the first masquerade
-// install synchronously, before subnet.env and READY=1: a pod that starts right after READY already
-// has its outside traffic masqueraded, and `status` works from the first moment.
+// own files change by two lines): the state file `status` reads, the host rules (masquerade for
+// --ip-masq, the FORWARD accepts, the blackhole route: HostRules.swift), and the metrics server
+// (--metrics-port). `make` does the first write and the first host-rules pass synchronously, before
+// subnet.env and READY=1: a pod that starts right after READY already has its traffic forwarded
+// and masqueraded, and `status` works from the first moment.
 
 import Glibc
 import Leases
@@ -23,12 +24,15 @@ public struct OperationsContext: Sendable {
     public var mtu: Int
     public var reconciler: Reconciler
     public var readiness: Readiness
+    /// How the etcd API was chosen (--etcd-api, what auto found, or the last known state's).
+    public var etcdAPIDetail: String
     /// The userspace path's counters, when it runs (exported on /metrics).
     public var userspaceCounters: (@Sendable () -> UserspaceCounters)?
 
     public init(options: FlannelOptions, external: ExternalInterface, config: NetworkConfig, backend: BackendKind,
                 lease: Lease, manager: SubnetManager, dataplaneSummary: String, mtu: Int, reconciler: Reconciler,
-                readiness: Readiness, userspaceCounters: (@Sendable () -> UserspaceCounters)? = nil) {
+                readiness: Readiness, etcdAPIDetail: String = "", userspaceCounters: (@Sendable () -> UserspaceCounters)? = nil) {
+        self.etcdAPIDetail = etcdAPIDetail
         self.userspaceCounters = userspaceCounters
         self.options = options
         self.external = external
@@ -68,6 +72,11 @@ public enum OperationsServices {
         state.ipMasq = options.subnet.ipMasq
         state.etcdEndpoints = options.etcd.endpointList.joined(separator: ",")
         state.etcdAPI = context.manager.registry.apiVersion.rawValue
+        state.etcdAPIDetail = context.etcdAPIDetail
+        state.forwardRules = options.hostRules.iptablesForwardRules
+        state.ipMasqFullyRandom = !options.hostRules.ipMasqFullyRandomDisable
+        state.blackholeRoute = options.hostRules.ipBlackholeRoute
+        state.warnings = context.config.warnings.joined(separator: "\n")
         // A degraded boot (LastKnownState.swift) has not reached etcd yet.
         let degraded = context.readiness.unmet(.leaseConfirmed)
         state.etcdState = degraded ?? "connected"
@@ -83,11 +92,9 @@ public enum OperationsServices {
         }
 
         var services: [any Service] = []
-        if options.subnet.ipMasq {
-            try Masquerade.ensure(network: context.config.network, subnet: context.lease.subnet)
-            logger.info("masquerade: nftables table ip \(Masquerade.tableName) installed for \(context.config.network) (own subnet \(context.lease.subnet))")
-            services.append(MasqueradeService(network: context.config.network, subnet: context.lease.subnet, logger: logger))
-        }
+        let plan = HostRulesPlan(network: context.config.network, subnet: context.lease.subnet, options: options)
+        try HostRules.setUp(plan, logger: logger)
+        if !plan.isEmpty { services.append(HostRulesService(plan: plan, logger: logger)) }
         var metrics: DaemonMetrics?
         let port = options.serving.metricsPort
         if port != 0 {

@@ -139,7 +139,7 @@ public struct PinnedDataplane {
     /// The node's settings in fxdp_config, nil while never written.
     public func nodeConfig() throws(OperationsError) -> NodeConfig? {
         do {
-            guard let c = try config.lookup(0), c.vni != 0 || c.flags != 0 else { return nil }
+            guard let c = try config.lookup(0), c.underlay_ifindex != 0 else { return nil } // VNI 0 is a valid VNI: the interface says it was written
             return NodeConfig(c: c)
         } catch {
             throw OperationsError(operation: "read \(FXDP_MAP_CONFIG)", detail: "\(error)", hint: "run as root")
