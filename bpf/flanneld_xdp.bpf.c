@@ -44,7 +44,7 @@
  * | decap (both)       | non-first fragment (no UDP header to classify)           | PASS / OK        | DECAP_PASS_FRAGMENT     |
  * | decap (both)       | UDP header truncated                                     | DROP / SHOT      | DECAP_DROP_MALFORMED    |
  * | decap (both)       | UDP to another port                                      | PASS / OK        | DECAP_PASS_NOT_VXLAN    |
- * | decap (both)       | to our port but another destination IP                   | PASS / OK        | DECAP_PASS_OTHER_HOST   |
+ * | decap (both)       | to our port, not to the node IP nor its local PublicIP   | PASS / OK        | DECAP_PASS_OTHER_HOST   |
  * | decap (both)       | to our port, outer IPv4 options                          | DROP / SHOT      | DECAP_DROP_IP_OPTIONS   |
  * | decap (both)       | to our port, outer tot_len beyond the packet             | DROP / SHOT      | DECAP_DROP_MALFORMED    |
  * | decap (both)       | to our port, outer IPv4 header checksum wrong            | DROP / SHOT      | DECAP_DROP_OUTER_CSUM   |
@@ -68,6 +68,7 @@
  * | decap_steer        | anything else (decap_xdp counted it)                     | TC_ACT_OK        | —                       |
  * | vxlan_door         | UDP to our port from an address not in fxdp_nodes        | NF_DROP          | DOOR_DROP_NOT_PEER      |
  * | vxlan_door         | from a peer, not via the underlay or not to the node IP  | NF_DROP          | DOOR_DROP_WRONG_DOOR    |
+ * |                    | (nor to the lease's PublicIP when that is ours too)      |                  |                         |
  * | vxlan_door         | from a peer, via the underlay, to the node IP            | NF_ACCEPT        | DOOR_OK                 |
  * | pod_guard          | UDP to our port, source in the pod network, dest outside | NF_DROP          | GUARD_DROP_POD_VXLAN    |
  *
@@ -242,6 +243,16 @@ int fxdp_encap(struct __sk_buff *skb)
 
 /* ------------------------------------------------------------ decap (underlay, XDP or TC check) -- */
 
+/* The local addresses VXLAN is accepted at: the --iface address, and the lease's PublicIP when
+ * that is another address of this node (peers send to the PublicIP). */
+static __always_inline int fxdp_is_vxlan_address(const struct fxdp_config *cfg, const void *address)
+{
+	if (fxdp_ip_equal(address, cfg->node_ip))
+		return 1;
+	const __u8 *p = cfg->public_ip;
+	return (p[0] | p[1] | p[2] | p[3]) && fxdp_ip_equal(address, p);
+}
+
 /* What the classification found beyond its verdict, for the entry points. */
 struct fxdp_decap_facts {
 	struct fxdp_node_key node; /* the sending peer node (outer source), on FXDP_C_DECAP_OK */
@@ -295,7 +306,7 @@ static __always_inline __u32 fxdp_classify_decap(void *data, void *data_end, __u
 
 	/* VXLAN to another address: routed on when it is transit, and met by fxdp_vxlan_door when it
 	 * is another local address of ours (cni0, flannel.<VNI>, a broadcast). */
-	if (!fxdp_ip_equal(&ip->daddr, cfg->node_ip))
+	if (!fxdp_is_vxlan_address(cfg, &ip->daddr))
 		return FXDP_C_DECAP_PASS_OTHER_HOST;
 
 	/* From here on the datagram is addressed to the VXLAN socket: anything wrong is dropped. A
@@ -488,7 +499,7 @@ int fxdp_vxlan_door(struct bpf_nf_ctx *ctx)
 	}
 	const struct net_device *in = ctx->state->in;
 	int ifindex = in ? in->ifindex : 0;
-	if (ifindex != (int)cfg->underlay_ifindex || !fxdp_ip_equal(&ip.daddr, cfg->node_ip))
+	if (ifindex != (int)cfg->underlay_ifindex || !fxdp_is_vxlan_address(cfg, &ip.daddr))
 		return fxdp_count_verdict(FXDP_C_DOOR_DROP_WRONG_DOOR, len, FXDP_NF_DROP);
 	return fxdp_count_verdict(FXDP_C_DOOR_OK, len, FXDP_NF_ACCEPT);
 }

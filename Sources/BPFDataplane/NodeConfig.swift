@@ -30,10 +30,14 @@ public struct NodeConfig: Sendable, Equatable, CustomStringConvertible {
     public var innerSourceCheck: Bool
     /// The flannel Network: pods' VXLAN out of it is dropped (fxdp_pod_guard). nil: none.
     public var network: IPv4Subnet?
+    /// The lease's PublicIP when it is another address than `nodeIP` (--public-ip): peers send to
+    /// it, so VXLAN is accepted there too when it is local. nil: the same as `nodeIP`.
+    public var publicIP: IPv4Address?
 
     public init(nodeIP: IPv4Address, vtepMAC: MACAddress, vni: UInt32 = 1, udpPort: UInt16 = 8472,
                 underlayIfindex: Int32, underlayMAC: MACAddress, overlayIfindex: Int32, overlayMTU: UInt16,
-                enabled: Bool = true, outerTTL: UInt8 = 0, innerSourceCheck: Bool = true, network: IPv4Subnet? = nil) {
+                enabled: Bool = true, outerTTL: UInt8 = 0, innerSourceCheck: Bool = true, network: IPv4Subnet? = nil,
+                publicIP: IPv4Address? = nil) {
         self.nodeIP = nodeIP
         self.vtepMAC = vtepMAC
         self.vni = vni
@@ -46,6 +50,7 @@ public struct NodeConfig: Sendable, Equatable, CustomStringConvertible {
         self.outerTTL = outerTTL
         self.innerSourceCheck = innerSourceCheck
         self.network = network
+        self.publicIP = publicIP == nodeIP ? nil : publicIP
     }
 
     public init(c: fxdp_config) {
@@ -62,6 +67,8 @@ public struct NodeConfig: Sendable, Equatable, CustomStringConvertible {
         innerSourceCheck = c.flags & UInt16(FXDP_CFG_F_INNER_SOURCE_CHECK) != 0
         network = c.network_prefixlen == 0 ? nil
             : IPv4Subnet(containing: IPv4Address(tuple: c.network), prefixLength: Int(min(c.network_prefixlen, 32)))
+        let publicIP = IPv4Address(tuple: c.public_ip)
+        self.publicIP = publicIP.value == 0 ? nil : publicIP
     }
 
     public var cValue: fxdp_config {
@@ -80,6 +87,7 @@ public struct NodeConfig: Sendable, Equatable, CustomStringConvertible {
             c.network = network.address.tuple
             c.network_prefixlen = UInt8(network.prefixLength)
         }
+        if let publicIP { c.public_ip = publicIP.tuple }
         return c
     }
 
@@ -94,7 +102,7 @@ public struct NodeConfig: Sendable, Equatable, CustomStringConvertible {
     }
 
     public var description: String {
-        "node \(nodeIP) vtep \(vtepMAC) vni \(vni) port \(udpPort) underlay #\(underlayIfindex) \(underlayMAC) "
+        "node \(nodeIP)" + (publicIP.map { " (public \($0))" } ?? "") + " vtep \(vtepMAC) vni \(vni) port \(udpPort) underlay #\(underlayIfindex) \(underlayMAC) "
             + "overlay #\(overlayIfindex) mtu \(overlayMTU) ttl \(outerTTL == 0 ? 64 : Int(outerTTL))"
             + (network.map { " network \($0)" } ?? "") + (innerSourceCheck ? "" : " (inner source check off)")
             + (enabled ? "" : " (disabled)")

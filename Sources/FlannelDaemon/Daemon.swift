@@ -348,7 +348,7 @@ public enum Daemon {
                                   underlayMAC: try Startup.interfaceMAC(name: external.interface.name),
                                   overlayIfindex: device.index, overlayMTU: UInt16(clamping: device.mtu), enabled: false,
                                   outerTTL: Startup.defaultTTL(logger: logger), innerSourceCheck: options.dataplane.innerSourceCheck,
-                                  network: config.network)
+                                  network: config.network, publicIP: external.publicIP)
             // Attached disabled (every program hands every packet to the kernel, which carries the
             // traffic as flanneld did), enabled once the first reconcile filled the maps: enabled
             // with empty maps, decap dropped a peer's VXLAN as "not a peer" until its node entry
@@ -361,14 +361,15 @@ public enum Daemon {
             }
             // BPF maps first (encap takes the packet before the kernel would), then the kernel's
             // routes/neighbours/fdb: the routes steer pod traffic into flannel.<VNI> and stay as the
-            // fallback path. DirectRouting peers are plain routes only.
+            // fallback path. DirectRouting peers get plain routes, and stay in the maps (flagged
+            // direct): a peer that judges the underlay otherwise may still send us VXLAN.
             let maps = try bpf.peerTable()
             let guardian = AttachmentGuard(bpf: bpf, overlayIfindex: device.index, underlayIfindex: external.interface.index,
                                            mode: state.decapMode ?? mode, logger: logger)
             // `status` shows the summary: say when the programs are a staged object, not the built-in one.
             let staged = bpf.source == .embedded ? "" : ", programs from \(bpf.source)"
             return DataplaneSetup(summary: "BPF (\(mode == .xdp ? "XDP" : "TC-checked kernel") decap; \(state)) over \(device.name)\(staged)",
-                                  tables: [PeerTableBinding(maps, selects: { !$0.direct }), kernelBinding], attachmentGuard: guardian,
+                                  tables: [PeerTableBinding(maps), kernelBinding], attachmentGuard: guardian,
                                   enableAfterFirstFill: { try bpf.setEnabled(true) })
         } catch {
             if let path = options.dataplane.bpfObject { throw StartupError.bpfObjectUnusable(path: path, reason: "\(error)") }

@@ -48,9 +48,13 @@ public struct ReferenceDatapath: Sendable {
     public var outerTTL: UInt8
     /// The inner source must belong to the sending peer.
     public var innerSourceCheck: Bool
+    /// The lease's PublicIP when it is another local address than `nodeIP`.
+    public var publicIP: IPv4Address?
 
     public init(nodeIP: IPv4Address, vtepMAC: MACAddress, vni: UInt32, udpPort: UInt16, underlayMAC: MACAddress,
-                overlayMTU: Int, peers: [PeerEntry], outerTTL: UInt8 = 0, innerSourceCheck: Bool = true) {
+                overlayMTU: Int, peers: [PeerEntry], outerTTL: UInt8 = 0, innerSourceCheck: Bool = true,
+                publicIP: IPv4Address? = nil) {
+        self.publicIP = publicIP
         self.nodeIP = nodeIP
         self.vtepMAC = vtepMAC
         self.vni = vni
@@ -120,7 +124,8 @@ public struct ReferenceDatapath: Sendable {
         let udp = ip + ihl * 4
         guard f.count >= udp + 8 else { return Code.decapDropMalformed }
         guard f.be16(at: udp + 2) == udpPort else { return Code.decapPassNotVXLAN }
-        guard IPv4Address(bytes: f[(ip + 16)..<(ip + 20)]) == nodeIP else { return Code.decapPassOtherHost }
+        let destination = IPv4Address(bytes: f[(ip + 16)..<(ip + 20)])
+        guard destination == nodeIP || destination == publicIP else { return Code.decapPassOtherHost }
         let firstFragment = fragmentField & 0x2000 != 0
         let truncated = firstFragment ? Code.decapDropFragment : Code.decapDropMalformed
         guard ihl == 5 else { return Code.decapDropIPOptions }

@@ -327,6 +327,88 @@ struct PacketFixtureTests {
         }
     }
 
+    /// What `udp_flow_src_port` gives a receiver: distinct inner flows get distinct outer source
+    /// ports, spread across 32768...60999 (RSS on the receiving NIC hashes them to queues).
+    /// nil when `ports` (one per distinct flow) look so, else what is wrong.
+    static func sourcePortSpreadProblem(_ ports: [UInt16]) -> String? {
+        let range = 32768...60999
+        if let outside = ports.first(where: { !range.contains(Int($0)) }) { return "port \(outside) outside \(range)" }
+        let distinct = Set(ports).count
+        if distinct * 10 < ports.count * 9 { return "\(distinct) distinct ports for \(ports.count) flows" }
+        var buckets = [Int](repeating: 0, count: 8)
+        for port in ports { buckets[(Int(port) - range.lowerBound) * 8 / range.count] += 1 }
+        let expected = ports.count / 8
+        if buckets.contains(where: { $0 < expected / 3 || $0 > expected * 3 }) { return "uneven across the range: \(buckets)" }
+        return nil
+    }
+
+    @Test func outerSourcePortSpreadsFlows() throws {
+        // The check itself must refuse a constant port and a port that merely counts up.
+        #expect(PacketFixtureTests.sourcePortSpreadProblem([UInt16](repeating: 40000, count: 256)) != nil)
+        #expect(PacketFixtureTests.sourcePortSpreadProblem((0..<256).map { UInt16(32768 + $0) }) != nil)
+        let lab = try PacketLab()
+        defer { lab.close() }
+        var ports: [UInt16] = []
+        for flow in 0..<256 {
+            let udp = PacketBuilder.ipv4(src: IPv4Address(10, 5, 2, 9), dst: IPv4Address(10, 5, 1, 7), proto: IPProto.udp,
+                                         payload: PacketBuilder.udp(src: IPv4Address(10, 5, 2, 9), dst: IPv4Address(10, 5, 1, 7),
+                                                                    srcPort: UInt16(20000 + flow), dstPort: 53, payload: [1, 2, 3]))
+            let r = try lab.run(.encap, PacketLab.overlayFrame(udp))
+            #expect(r.verdict == "TC_ACT_REDIRECT")
+            ports.append(r.output.be16(at: 34))
+        }
+        #expect(PacketFixtureTests.sourcePortSpreadProblem(ports) == nil, "\(ports.prefix(32))")
+        // The same flow always gets the same port (a flow stays on one receive queue, in order).
+        let again = try lab.run(.encap, PacketLab.overlayFrame(PacketBuilder.ipv4(
+            src: IPv4Address(10, 5, 2, 9), dst: IPv4Address(10, 5, 1, 7), proto: IPProto.udp,
+            payload: PacketBuilder.udp(src: IPv4Address(10, 5, 2, 9), dst: IPv4Address(10, 5, 1, 7), srcPort: 20000, dstPort: 53, payload: [1, 2, 3]))))
+        #expect(again.output.be16(at: 34) == ports[0])
+    }
+
+    @Test func outerTTLIsTheConfiguredOne() throws {
+        let lab = try PacketLab()
+        defer { lab.close() }
+        var config = lab.config
+        config.outerTTL = 99
+        try lab.bpf.writeConfig(config)
+        let r = try lab.run(.encap, PacketLab.overlayFrame(PacketLab.podPacket()))
+        #expect(r.verdict == "TC_ACT_REDIRECT" && ParsedFrame(r.output)?.ipv4?.ttl == 99)
+        #expect(ParsedFrame(r.output)?.ipv4?.headerChecksumValid == true)
+        try lab.bpf.setOuterTTL(0)
+        #expect(ParsedFrame(try lab.run(.encap, PacketLab.overlayFrame(PacketLab.podPacket())).output)?.ipv4?.ttl == 64)
+    }
+
+    @Test func vxlanToTheLeasesPublicIPIsOursWhenItIsLocal() throws {
+        let lab = try PacketLab()
+        defer { lab.close() }
+        let publicIP = IPv4Address(192, 168, 60, 200)
+        let toPublic = PacketBuilder.vxlanFrame(outerDst: lab.underlayMAC, outerSrc: PacketLab.peerUnderlayMAC, src: PacketLab.peer,
+                                                dst: publicIP, inner: Array(lab.vxlanFromPeer()[50...]))
+        #expect(try lab.run(.decapCheck, toPublic).moved[.decapPassOtherHost]?.packets == 1, "not ours without --public-ip")
+        var config = lab.config
+        config.publicIP = publicIP
+        try lab.bpf.writeConfig(config)
+        #expect(try lab.bpf.readConfig()?.publicIP == publicIP)
+        #expect(try lab.run(.decapCheck, toPublic).moved[.decapCheckOK]?.packets == 1)
+        let x = try lab.run(.decapXDP, toPublic)
+        #expect(x.verdict == "XDP_PASS" && x.moved[.decapOK]?.packets == 1)
+        #expect(try lab.run(.decapCheck, lab.vxlanFromPeer()).moved[.decapCheckOK]?.packets == 1, "the node IP still is")
+    }
+
+    @Test func innerSourceCheckCanBeSwitchedOff() throws {
+        let lab = try PacketLab()
+        defer { lab.close() }
+        let spoofed = lab.vxlanFromPeer(inner: PacketLab.innerFrame(PacketLab.podPacket(dst: IPv4Address(10, 5, 2, 9), src: IPv4Address(10, 5, 3, 4))))
+        #expect(try lab.run(.decapCheck, spoofed).moved[.decapDropInnerSource]?.packets == 1)
+        var config = lab.config
+        config.innerSourceCheck = false
+        try lab.bpf.writeConfig(config)
+        #expect(try lab.run(.decapCheck, spoofed).moved[.decapCheckOK]?.packets == 1)
+        #expect(try lab.run(.decapXDP, spoofed).moved[.decapOK]?.packets == 1)
+        // The source check on the outer address stays.
+        #expect(try lab.run(.decapCheck, lab.vxlanFromPeer(src: PacketLab.stranger)).moved[.decapDropNotPeer]?.packets == 1)
+    }
+
     @Test func forwardingOffLeavesEncapToTheKernel() throws {
         let lab = try PacketLab()
         defer { lab.close() }

@@ -17,6 +17,7 @@ import Testing
         #expect(MemoryLayout<fxdp_xdp_meta>.size == 4)
         #expect(MemoryLayout<fxdp_config>.offset(of: \fxdp_config.outer_ttl) == 34)
         #expect(MemoryLayout<fxdp_config>.offset(of: \fxdp_config.network) == 36)
+        #expect(MemoryLayout<fxdp_config>.offset(of: \fxdp_config.public_ip) == 40)
         #expect(MemoryLayout<fxdp_count>.size == 16)
         #expect(MemoryLayout<fxdp_config>.offset(of: \fxdp_config.vni) == 12)
         #expect(MemoryLayout<fxdp_config>.offset(of: \fxdp_config.underlay_mac) == 28)

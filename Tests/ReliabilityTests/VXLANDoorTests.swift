@@ -25,7 +25,9 @@ import Testing
        .enabled(if: Privileges.isRoot, Privileges.skipReason))
 struct VXLANDoorTests {
     enum NodeKind: String, CaseIterable, CustomStringConvertible, Sendable {
-        case xdp, tc, userspace, stockFlannel
+        /// The BPF modes, the userspace path, vxlan with DirectRouting (B is a direct peer of A:
+        /// plain routes between them, and A still accepts B's VXLAN), a stock flannel node.
+        case xdp, tc, userspace, directRouting, stockFlannel
         var description: String { rawValue }
     }
 
@@ -67,7 +69,8 @@ struct VXLANDoorTests {
 
     @Test(arguments: NodeKind.allCases)
     func everyDoorIsClosed(_ kind: NodeKind) throws {
-        let cluster = try FlannelCluster(tag: "door", api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 2)
+        let backend = kind == .directRouting ? #"{"Type":"vxlan","DirectRouting":true}"# : #"{"Type":"vxlan"}"#
+        let cluster = try FlannelCluster(tag: "door", api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 2, backend: backend)
         defer { cluster.cleanup() }
         let (a, b) = (cluster.nodes[0], cluster.nodes[1])
         let lab = cluster.lab
@@ -77,6 +80,8 @@ struct VXLANDoorTests {
         case .xdp, .tc, .userspace:
             try cluster.startDaemon(a, extra: ["--dataplane", kind == .tc ? "tc" : kind.rawValue,
                                                "--metrics-port", "\(VXLANDoorTests.metricsPort)"])
+        case .directRouting:
+            try cluster.startDaemon(a)
         case .stockFlannel:
             let standIn = try lab.makeFlannelStandIn(node: a)
             try cluster.putFlannelLease(subnet: a.podSubnet, publicIP: a.nodeIP, vtepMAC: standIn.vtepMAC)
@@ -203,4 +208,55 @@ func userspaceDrops(_ cluster: FlannelCluster, _ node: LabNode, reason: String) 
         return Int(line.dropFirst(prefix.count)) ?? -1
     }
     return -1
+}
+
+/// A node whose VXLAN leaves from another address than its lease's PublicIP (--public-ip naming a
+/// second address of a multi-homed host, no NAT in between). Ours publish that source address in
+/// the lease (BackendData.SourceIP, ignored by flannel) and are accepted; a stock flannel node in the
+/// same situation is not, but never silently: status and /readyz name its address on the underlay.
+@Suite("Nodes that send from another address than their PublicIP", .serialized, .enabled(if: Privileges.isRoot, Privileges.skipReason))
+struct SourceAddressTests {
+    @Test(arguments: [false, true])
+    func aNodeSendingFromAnotherAddress(stock: Bool) throws {
+        let cluster = try FlannelCluster(tag: "src", api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 2)
+        defer { cluster.cleanup() }
+        let (a, c) = (cluster.nodes[0], cluster.nodes[1])
+        let lab = cluster.lab
+        // C's lease names a second address of its interface; its VXLAN leaves from the first.
+        let published = FlannelCluster.underlay.host(103)
+        try lab.sh(c.name, ["addr", "add", "\(published)/24", "dev", c.underlayIfname])
+        try cluster.startDaemon(a)
+        if stock {
+            let standIn = try lab.makeFlannelStandIn(node: c)
+            try cluster.putFlannelLease(subnet: c.podSubnet, publicIP: published, vtepMAC: standIn.vtepMAC)
+            let vtepA = try #require(try leaseVtepMAC(cluster, a.podSubnet))
+            try lab.addFlannelPeerRoutes(on: c, peer: Peer(subnet: a.podSubnet, publicIP: a.nodeIP, vtepMAC: vtepA))
+        } else {
+            try cluster.startDaemon(c, extra: ["--public-ip", "\(published)"])
+            let lease = try cluster.get(cluster.leaseKey(c.podSubnet)) ?? ""
+            #expect(lease.contains(#""PublicIP":"\#(published)""#) && lease.contains(#""SourceIP":"\#(c.nodeIP)""#), "\(lease)")
+        }
+        #expect(try waitUntil(10) { try cluster.pinnedPeerSubnets(a) == [c.podSubnet] } != nil)
+
+        if !stock {
+            #expect(try lab.waitForPing(from: a.podNamespace, to: c.podIP, timeout: 10), "A cannot reach C's pod")
+            let r = try lab.ping(from: c.podNamespace, to: a.podIP, count: 5, interval: 0.05)
+            #expect(r.received == 5, "C → A: \(r)")
+            #expect(try cluster.pinnedCounter(a, FXDP_C_DECAP_DROP_NOT_PEER) == 0)
+            return
+        }
+        // A stock C: its VXLAN from 192.168.77.2 is refused by A (not a peer), and said so.
+        _ = try lab.ping(from: c.podNamespace, to: a.podIP, count: 3, interval: 0.05)
+        #expect(try waitUntil(10) { try cluster.pinnedCounter(a, FXDP_C_DECAP_DROP_NOT_PEER) >= 3 } != nil)
+        var readyz = ""
+        #expect(try waitUntil(15) {
+            readyz = try cluster.httpGet(a, path: "/readyz")?.body ?? ""
+            return readyz.contains("warning: VXLAN from \(c.nodeIP)")
+        } != nil, "/readyz: \(readyz)")
+        #expect(try cluster.httpStatus(a, path: "/readyz") == 200, "a stranger must not make the node unready")
+        #expect(readyz.contains("on the underlay subnet \(FlannelCluster.underlay)"))
+        let status = try cluster.runTool(a, ["status", "--subnet-file", cluster.subnetFile(a), "--bpffs", cluster.bpffs(a)])
+        #expect(status.stdout.contains("VXLAN from \(c.nodeIP)") && status.stdout.contains("PublicIP"), "\(status.stdout)")
+        #expect(cluster.daemonLog(a).contains("VXLAN from \(c.nodeIP)"), "the daemon did not log it")
+    }
 }

@@ -75,7 +75,7 @@ struct fxdp_xdp_meta {
 
 /* fxdp_config: array of one, the node's own settings. Written by the daemon at start-up. */
 struct fxdp_config {
-	__u8 node_ip[4];          /* our --iface address: outer source, the only address VXLAN is accepted at */
+	__u8 node_ip[4];          /* our --iface address: outer source, and where VXLAN is accepted */
 	__u8 vtep_mac[6];         /* our VtepMAC: inner source, and inner dst we accept */
 	__u16 udp_port;           /* VXLAN UDP port, host order (flannel: 8472) */
 	__u32 vni;                /* host order (flannel: 1) */
@@ -89,7 +89,9 @@ struct fxdp_config {
 	                           * sends; 0 → 64 */
 	__u8 network_prefixlen;   /* the flannel Network (the pod network), for fxdp_pod_guard */
 	__u8 network[4];          /* network order */
-	__u8 _reserved[24];       /* zero: room for settings whose zero value keeps today's behaviour */
+	__u8 public_ip[4];        /* the lease's PublicIP when it is another local address than node_ip
+	                           * (--public-ip without NAT): VXLAN is accepted there too. 0.0.0.0: none */
+	__u8 _reserved[20];       /* zero: room for settings whose zero value keeps today's behaviour */
 };
 
 #define FXDP_CFG_F_ENABLED 0x1            /* config filled: until set, programs pass everything to the kernel */
