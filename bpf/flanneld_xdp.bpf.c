@@ -1,4 +1,4 @@
-/* flanneld_xdp.bpf.c — flannel's VXLAN data path in eBPF: six entry points, one object.
+/* flanneld_xdp.bpf.c — flannel's VXLAN data path in eBPF: seven entry points, one object.
  *
  * fxdp_encap       TC egress on flannel.<VNI> (a real kernel vxlan device configured as flanneld
  *                  configures it). IPv4 to a peer's pod subnet is wrapped in outer Ethernet/IPv4/UDP/
@@ -13,7 +13,12 @@
  *                  it arrive on the overlay device, as the kernel's decap delivers it.
  * fxdp_decap_check TC ingress on the underlay (decap mode tc, where XDP would cost more than it saves,
  *                  as on veth): the same classification and counters, but valid VXLAN is left to the
- *                  kernel vxlan device.
+ *                  kernel vxlan device — or, on the fast path, stripped and handed to the pod.
+ * fxdp_fast_encap  TC ingress on each pod's veth (the host side): the fast path's way out. A packet
+ *                  of an established flow to a peer's pod is encapsulated and sent to the underlay.
+ *                  With the fast path, the decap programs hand such a flow's packets from a peer
+ *                  straight to the pod (bpf_redirect_peer): both stacks skipped. "The fast path"
+ *                  below says what is checked so that nothing the stack would do is missed.
  * fxdp_vxlan_door  netfilter LOCAL_IN of the node's network namespace: the kernel's vxlan socket
  *                  listens on every local address of every interface; this is its one door. Only
  *                  datagrams from a peer node, through the underlay, to the node IP get in.
@@ -66,6 +71,27 @@
  * | decap_check        | valid: left to the kernel vxlan device                   | TC_ACT_OK        | DECAP_CHECK_OK          |
  * | decap_steer        | marked by decap_xdp: into flannel.<VNI>'s ingress        | TC_ACT_REDIRECT  | DECAP_STEER_OK          |
  * | decap_steer        | anything else (decap_xdp counted it)                     | TC_ACT_OK        | —                       |
+ * | fast_encap         | fast path off / config not enabled                       | TC_ACT_OK        | FAST_ENCAP_PASS_OFF     |
+ * | fast_encap         | not IPv4 from a pod in fxdp_local to its bridge's MAC,   | TC_ACT_OK        | FAST_ENCAP_PASS_NOT_POD |
+ * |                    | on its port or bridge                                    |                  |                         |
+ * | fast_encap         | not to a peer's pod subnet, or a DirectRouting peer's    | TC_ACT_OK        | FAST_ENCAP_PASS_NOT_PEER |
+ * | fast_encap         | not TCP/UDP                                              | TC_ACT_OK        | FAST_ENCAP_PASS_CONNTRACK |
+ * | fast_encap         | IP options, fragment, TTL <= 1, bad header checksum or   | TC_ACT_OK        | FAST_ENCAP_PASS_LIMITS  |
+ * |                    | length, over the overlay MTU, peer node unroutable or    |                  |                         |
+ * |                    | its MAC unresolved                                       |                  |                         |
+ * | fast_encap         | conntrack does not vouch for the flow (fxdp_conntrack.h) | TC_ACT_OK        | FAST_ENCAP_PASS_CONNTRACK |
+ * | fast_encap         | adjust_room refused                                      | TC_ACT_OK        | FAST_ENCAP_PASS_LIMITS  |
+ * | fast_encap         | store failed after the room was made                     | TC_ACT_SHOT      | ENCAP_DROP_ADJUST       |
+ * | fast_encap         | encapsulated, inner TTL - 1                              | TC_ACT_REDIRECT  | FAST_ENCAP_OK           |
+ * | check/steer (fast) | valid VXLAN, fast path on (instead of CHECK_OK/STEER_OK):|                  |                         |
+ * |                    | inner not a plain TCP/UDP packet of a flow conntrack     | OK / to overlay  | FAST_DECAP_PASS_CONNTRACK |
+ * |                    | vouches for                                              |                  |                         |
+ * |                    | inner options, fragment, TTL <= 1, bad checksum, UDP GSO,| OK / to overlay  | FAST_DECAP_PASS_LIMITS  |
+ * |                    | source not in the sender's subnets, pod MAC unresolved,  |                  |                         |
+ * |                    | over the bridge MTU, adjust_room refused                 |                  |                         |
+ * |                    | inner destination not a pod behind one of our bridges    | OK / to overlay  | FAST_DECAP_PASS_NOT_POD |
+ * |                    | stripped (check), forwarded: into the pod                | TC_ACT_REDIRECT  | FAST_DECAP_OK           |
+ * |                    | store failed after the strip                             | TC_ACT_SHOT      | DECAP_DROP_ADJUST       |
  * | vxlan_door         | UDP to our port from an address not in fxdp_nodes        | NF_DROP          | DOOR_DROP_NOT_PEER      |
  * | vxlan_door         | from a peer, not via the underlay or not to the node IP  | NF_DROP          | DOOR_DROP_WRONG_DOOR    |
  * |                    | (nor to the lease's PublicIP when that is ours too)      |                  |                         |
@@ -97,6 +123,7 @@
 #include "fxdp_parsing.h"
 #include "fxdp_csum.h"
 #include "fxdp_netfilter.h"
+#include "fxdp_conntrack.h"
 
 /* FXDP_PROGRAM_VARIANT: a build-time number compiled into the code (not the data) of every program,
  * so a build with another variant has other program tags over exactly the same maps. Normal builds
@@ -143,67 +170,53 @@ static __always_inline __u16 fxdp_src_port(struct __sk_buff *skb)
 	return (__u16)((((__u64)hash * (FXDP_SRC_PORT_MAX - FXDP_SRC_PORT_MIN)) >> 32) + FXDP_SRC_PORT_MIN);
 }
 
-SEC("tc")
-int fxdp_encap(struct __sk_buff *skb)
+/* Routes the outer packet to `peer`'s node (bpf_fib_lookup in OUTPUT mode, from the node IP out of
+ * the underlay) before anything is changed, so that on failure the untouched packet can still take
+ * the kernel path. The helper also refuses when forwarding is off on the underlay (FWD_DISABLED).
+ * tot_len 0: with skb->len every GSO packet would come back FRAG_NEEDED (PITFALLS). */
+static __always_inline long fxdp_route_to_peer(struct __sk_buff *skb, const struct fxdp_config *cfg,
+					       const struct fxdp_peer_value *peer, struct bpf_fib_lookup *fib)
 {
-	__u64 len = skb->len;
-	const struct fxdp_config *cfg = fxdp_config_get();
-	if (!cfg)
-		return fxdp_count_verdict(FXDP_C_ENCAP_PASS_DISABLED, len, TC_ACT_OK);
-	if (skb->protocol != bpf_htons(ETH_P_IP))
-		return fxdp_count_verdict(FXDP_C_ENCAP_PASS_NOT_IPV4, len, TC_ACT_OK);
+	fib->family = AF_INET;
+	__builtin_memcpy(&fib->ipv4_src, cfg->node_ip, 4);
+	__builtin_memcpy(&fib->ipv4_dst, peer->node_ip, 4);
+	fib->ifindex = cfg->underlay_ifindex;
+	fib->tot_len = 0;
+	return bpf_fib_lookup(skb, fib, sizeof(*fib), BPF_FIB_LOOKUP_OUTPUT);
+}
 
-	/* Headers of forwarded packets can sit in paged data: make the Ethernet and IPv4 headers
-	 * (options included) linear, and nothing more. */
-	fxdp_linearize_ipv4_headers(skb, 0);
-	struct fxdp_cursor cur = { .pos = (void *)(long)skb->data, .end = (void *)(long)skb->data_end };
-	struct iphdr *inner_ip = NULL;
-	if (!fxdp_parse_eth(&cur) || fxdp_parse_ipv4(&cur, &inner_ip) != FXDP_IPV4_OK || !inner_ip)
-		return fxdp_count_verdict(FXDP_C_ENCAP_DROP_MALFORMED, len, TC_ACT_SHOT);
-
-	struct fxdp_peer_key key = { .prefixlen = 32 };
-	__builtin_memcpy(key.subnet, &inner_ip->daddr, 4);
-	const struct fxdp_peer_value *peer = bpf_map_lookup_elem(&fxdp_peers_v2, &key);
-	if (!peer)
-		return fxdp_count_verdict(FXDP_C_ENCAP_PASS_NO_PEER, len, TC_ACT_OK);
-	struct fxdp_node_key peer_node = {};
-	__builtin_memcpy(peer_node.node_ip, peer->node_ip, 4);
-
-	/* The outer IPv4 total length is 16 bits; and a non-GSO packet over the overlay MTU would need
-	 * outer fragmentation, which the kernel device does the flannel way. */
+/* The outer IPv4 total length of `len` bytes of Ethernet frame once encapsulated, or 0 when the
+ * packet must take the kernel path: over 16 bits, or a non-GSO packet over the overlay MTU (it needs
+ * outer fragmentation or an ICMP error, which the kernel device does the flannel way). */
+static __always_inline __u32 fxdp_outer_ip_len(struct __sk_buff *skb, const struct fxdp_config *cfg, __u64 len)
+{
 	__u32 outer_ip_len = len - ETH_HLEN + FXDP_VXLAN_OVERHEAD;
-	if (outer_ip_len > 0xffff ||
-	    (skb->gso_size == 0 && cfg->overlay_mtu != 0 && len - ETH_HLEN > cfg->overlay_mtu))
-		return fxdp_count_verdict(FXDP_C_ENCAP_PASS_TOO_BIG, len, TC_ACT_OK);
+	if (outer_ip_len > 0xffff || (skb->gso_size == 0 && cfg->overlay_mtu != 0 && len - ETH_HLEN > cfg->overlay_mtu))
+		return 0;
+	return outer_ip_len;
+}
 
-	/* Route to the peer node before touching the packet, so that on failure the untouched packet
-	 * can go on to the kernel vxlan device, which routes (or drops) it as stock flannel would.
-	 * The helper also refuses when forwarding is off on the underlay (FWD_DISABLED).
-	 * tot_len 0: with skb->len every GSO packet would come back FRAG_NEEDED (PITFALLS). */
-	struct bpf_fib_lookup fib = {};
-	fib.family = AF_INET;
-	__builtin_memcpy(&fib.ipv4_src, cfg->node_ip, 4);
-	__builtin_memcpy(&fib.ipv4_dst, peer->node_ip, 4);
-	fib.ifindex = cfg->underlay_ifindex;
-	fib.tot_len = 0;
-	long fib_rc = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
-	if (fib_rc == BPF_FIB_LKUP_RET_NO_NEIGH)
-		/* The kernel device resolves the neighbour (queueing the packet meanwhile) and the next
-		 * packets find it. bpf_redirect_neigh from here lost the packet that triggered the
-		 * resolution on veth underlays: a first ping after every ARP expiry went missing. */
-		return fxdp_count_verdict(FXDP_C_ENCAP_PASS_NO_NEIGH, len, TC_ACT_OK);
-	if (fib_rc != BPF_FIB_LKUP_RET_SUCCESS)
-		return fxdp_count_verdict(FXDP_C_ENCAP_PASS_FIB, len, TC_ACT_OK);
+enum fxdp_encap_result {
+	FXDP_ENCAP_DONE = 0,    /* encapsulated: redirect to fib->ifindex */
+	FXDP_ENCAP_REFUSED = 1, /* bpf_skb_adjust_room refused: the packet is unchanged */
+	FXDP_ENCAP_BROKEN = 2,  /* the room was made but the headers could not be written: drop */
+};
 
+/* Wraps the Ethernet frame in `skb` (an IPv4 packet whose TOS is `inner_tos`) for `peer`, exactly as
+ * flannel's kernel vxlan device frames it, with the next hop `fib` found. */
+static __always_inline enum fxdp_encap_result fxdp_encapsulate(struct __sk_buff *skb, const struct fxdp_config *cfg,
+								const struct fxdp_peer_value *peer, __u8 inner_tos,
+								__u32 outer_ip_len, const struct bpf_fib_lookup *fib)
+{
 	struct fxdp_encap_headers h = {};
-	__builtin_memcpy(h.outer_eth.h_dest, fib.dmac, ETH_ALEN);
-	__builtin_memcpy(h.outer_eth.h_source, fib.smac, ETH_ALEN);
+	__builtin_memcpy(h.outer_eth.h_dest, fib->dmac, ETH_ALEN);
+	__builtin_memcpy(h.outer_eth.h_source, fib->smac, ETH_ALEN);
 	h.outer_eth.h_proto = bpf_htons(ETH_P_IP);
 	/* Built aside and copied in: the header sits 2-byte aligned inside the packed block. */
 	struct iphdr ip = {};
 	ip.version = 4;
 	ip.ihl = 5;
-	ip.tos = fxdp_outer_tos(inner_ip->tos);
+	ip.tos = fxdp_outer_tos(inner_tos);
 	ip.tot_len = bpf_htons(outer_ip_len);
 	ip.id = (__u16)bpf_get_prandom_u32();
 	ip.frag_off = 0; /* no DF, like the kernel vxlan device flannel creates */
@@ -232,11 +245,58 @@ int fxdp_encap(struct __sk_buff *skb)
 	/* It refuses before changing anything (e.g. -EALREADY for an skb that already carries a
 	 * tunnel, like a pod's own VXLAN): the kernel device can still encapsulate that one. */
 	if (bpf_skb_adjust_room(skb, FXDP_VXLAN_OVERHEAD, BPF_ADJ_ROOM_MAC, flags))
-		return fxdp_count_verdict(FXDP_C_ENCAP_PASS_ADJUST, len, TC_ACT_OK);
-	/* inner_ip and cur are stale from here on: the helpers below take offsets, not pointers. */
+		return FXDP_ENCAP_REFUSED;
 	if (bpf_skb_store_bytes(skb, 0, &h, sizeof(h), 0))
-		return fxdp_count_verdict(FXDP_C_ENCAP_DROP_ADJUST, len, TC_ACT_SHOT);
+		return FXDP_ENCAP_BROKEN;
+	return FXDP_ENCAP_DONE;
+}
 
+SEC("tc")
+int fxdp_encap(struct __sk_buff *skb)
+{
+	__u64 len = skb->len;
+	const struct fxdp_config *cfg = fxdp_config_get();
+	if (!cfg)
+		return fxdp_count_verdict(FXDP_C_ENCAP_PASS_DISABLED, len, TC_ACT_OK);
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return fxdp_count_verdict(FXDP_C_ENCAP_PASS_NOT_IPV4, len, TC_ACT_OK);
+
+	/* Headers of forwarded packets can sit in paged data: make the Ethernet and IPv4 headers
+	 * (options included) linear, and nothing more. */
+	fxdp_linearize_ipv4_headers(skb, 0);
+	struct fxdp_cursor cur = { .pos = (void *)(long)skb->data, .end = (void *)(long)skb->data_end };
+	struct iphdr *inner_ip = NULL;
+	if (!fxdp_parse_eth(&cur) || fxdp_parse_ipv4(&cur, &inner_ip) != FXDP_IPV4_OK || !inner_ip)
+		return fxdp_count_verdict(FXDP_C_ENCAP_DROP_MALFORMED, len, TC_ACT_SHOT);
+
+	struct fxdp_peer_key key = { .prefixlen = 32 };
+	__builtin_memcpy(key.subnet, &inner_ip->daddr, 4);
+	const struct fxdp_peer_value *peer = bpf_map_lookup_elem(&fxdp_peers_v2, &key);
+	if (!peer)
+		return fxdp_count_verdict(FXDP_C_ENCAP_PASS_NO_PEER, len, TC_ACT_OK);
+	struct fxdp_node_key peer_node = {};
+	__builtin_memcpy(peer_node.node_ip, peer->node_ip, 4);
+
+	__u32 outer_ip_len = fxdp_outer_ip_len(skb, cfg, len);
+	if (!outer_ip_len)
+		return fxdp_count_verdict(FXDP_C_ENCAP_PASS_TOO_BIG, len, TC_ACT_OK);
+
+	struct bpf_fib_lookup fib = {};
+	long fib_rc = fxdp_route_to_peer(skb, cfg, peer, &fib);
+	if (fib_rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		/* The kernel device resolves the neighbour (queueing the packet meanwhile) and the next
+		 * packets find it. bpf_redirect_neigh from here lost the packet that triggered the
+		 * resolution on veth underlays: a first ping after every ARP expiry went missing. */
+		return fxdp_count_verdict(FXDP_C_ENCAP_PASS_NO_NEIGH, len, TC_ACT_OK);
+	if (fib_rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return fxdp_count_verdict(FXDP_C_ENCAP_PASS_FIB, len, TC_ACT_OK);
+
+	/* inner_ip and cur are stale once the room is made: only values read before are used. */
+	enum fxdp_encap_result done = fxdp_encapsulate(skb, cfg, peer, inner_ip->tos, outer_ip_len, &fib);
+	if (done == FXDP_ENCAP_REFUSED)
+		return fxdp_count_verdict(FXDP_C_ENCAP_PASS_ADJUST, len, TC_ACT_OK);
+	if (done == FXDP_ENCAP_BROKEN)
+		return fxdp_count_verdict(FXDP_C_ENCAP_DROP_ADJUST, len, TC_ACT_SHOT);
 	fxdp_count_peer(&peer_node, len, 0);
 	return fxdp_count_verdict(FXDP_C_ENCAP_OK, len, bpf_redirect(fib.ifindex, 0));
 }
@@ -257,14 +317,14 @@ static __always_inline int fxdp_is_vxlan_address(const struct fxdp_config *cfg, 
 struct fxdp_decap_facts {
 	struct fxdp_node_key node; /* the sending peer node (outer source), on FXDP_C_DECAP_OK */
 	__u8 outer_tos;            /* for the CE copy */
+	__u8 source_in_subnet;     /* the inner source lies in a subnet of the sender (looked up only
+	                            * when the inner source check or the fast path needs it) */
 };
 
-/* Whether the inner source may come from the peer that sent the datagram: its own address, or an
- * address in a subnet fxdp_peers gives to it (its pods, its flannel.<VNI> address). */
-static __always_inline int fxdp_inner_source_ok(const struct iphdr *outer, const struct iphdr *inner)
+/* Whether the inner source lies in a subnet fxdp_peers gives to the peer that sent the datagram
+ * (its pods, its flannel.<VNI> address): by its node IP, or by the SourceIP its lease publishes. */
+static __always_inline int fxdp_inner_source_in_sender_subnet(const struct iphdr *outer, const struct iphdr *inner)
 {
-	if (inner->saddr == outer->saddr)
-		return 1;
 	struct fxdp_peer_key key = { .prefixlen = 32 };
 	__builtin_memcpy(key.subnet, &inner->saddr, 4);
 	const struct fxdp_peer_value *owner = bpf_map_lookup_elem(&fxdp_peers_v2, &key);
@@ -347,8 +407,12 @@ static __always_inline __u32 fxdp_classify_decap(void *data, void *data_end, __u
 	/* IP_ECN_decapsulate: outer CE cannot be carried by a not-ECT inner packet. */
 	if ((ip->tos & 0x3) == 0x3 && (inner_ip->tos & 0x3) == 0)
 		return FXDP_C_DECAP_DROP_ECN;
-	if ((cfg->flags & FXDP_CFG_F_INNER_SOURCE_CHECK) && !fxdp_inner_source_ok(ip, inner_ip))
+	/* The inner source may be the sender's own address, or lie in one of its subnets. */
+	int in_subnet = (cfg->flags & (FXDP_CFG_F_INNER_SOURCE_CHECK | FXDP_CFG_F_FAST_PATH)) &&
+			fxdp_inner_source_in_sender_subnet(ip, inner_ip);
+	if ((cfg->flags & FXDP_CFG_F_INNER_SOURCE_CHECK) && !in_subnet && inner_ip->saddr != ip->saddr)
 		return FXDP_C_DECAP_DROP_INNER_SOURCE;
+	facts->source_in_subnet = in_subnet;
 	facts->outer_tos = ip->tos;
 	return first_fragment ? FXDP_C_DECAP_FRAGMENT_OK : FXDP_C_DECAP_OK;
 }
@@ -370,6 +434,248 @@ static __always_inline int fxdp_decap_is_drop(__u32 code)
 	if (code < FXDP_C_DECAP_OK || code >= FXDP_C_DECAP_OK + 32)
 		return 0;
 	return (FXDP_DECAP_DROP_MASK >> (code - FXDP_C_DECAP_OK)) & 1;
+}
+
+/* ----------------------------------------------------------------------------- the fast path -- */
+
+/* Established flows between a pod of this node and a pod of a peer skip both stacks: fxdp_fast_encap
+ * takes the pod's packet where it enters the host (TC ingress of its bridge) and sends it encapsulated
+ * straight to the underlay; the decap programs hand a peer's packet straight to the pod
+ * (bpf_redirect_peer into its namespace). What the skipped stack does is done here where a packet of
+ * such a flow needs it (TTL decrement, ECN, checksum level) and the rest is ruled out before a packet
+ * is taken: a packet that needs routing decisions, netfilter, NAT, ICMP or ARP takes the kernel path
+ * unchanged, counted by reason. docs/BPF-DATAPATH.md "The fast path" has the full argument. */
+
+enum fxdp_fast_reason {
+	FXDP_FAST_OK = 0,
+	FXDP_FAST_LIMITS = 1,    /* the kernel must answer or transform it */
+	FXDP_FAST_CONNTRACK = 2, /* not a flow conntrack vouches for (see fxdp_conntrack.h) */
+};
+
+/* One IPv4 packet as the fast path sees it: a copy of its option-less header and its flow. */
+struct fxdp_fast_packet {
+	struct iphdr ip;
+	struct fxdp_flow flow;
+	__u8 l4_len; /* TCP header or UDP header length: a GSO segment is 20 + l4_len + gso_size */
+};
+
+/* Where a fast decap delivers: the pod's bridge port, the pod's and the bridge's MACs. */
+struct fxdp_fast_target {
+	__u32 port_ifindex;
+	__u8 dmac[ETH_ALEN];
+	__u8 smac[ETH_ALEN];
+};
+
+/* Copies the IPv4 header at `ip_off`; 0 when there is none (too short, not version 4). */
+static __always_inline int fxdp_fast_read_ip(struct __sk_buff *skb, __u32 ip_off, struct fxdp_fast_packet *p)
+{
+	if (bpf_skb_load_bytes(skb, ip_off, &p->ip, sizeof(p->ip)))
+		return 0;
+	return p->ip.version == 4;
+}
+
+/* The rest of what the fast path needs from the packet: a plain IPv4 header (no options, not a
+ * fragment, a right checksum, a length the packet has, TTL above 1: anything else the kernel must
+ * drop, answer or reassemble) and a TCP or UDP flow. */
+static __always_inline enum fxdp_fast_reason fxdp_fast_read_flow(struct __sk_buff *skb, __u32 ip_off, struct fxdp_fast_packet *p)
+{
+	const struct iphdr *ip = &p->ip;
+	if (ip->ihl != 5 || (ip->frag_off & bpf_htons(FXDP_IP_MF | FXDP_IP_OFFSET)) || ip->ttl <= 1 ||
+	    !fxdp_ipv4_header_csum_ok(ip))
+		return FXDP_FAST_LIMITS;
+	/* A GSO packet's header carries the super-packet's length (or 0 beyond 64 KiB). */
+	if (!skb->gso_size && bpf_ntohs(ip->tot_len) != skb->len - ip_off)
+		return FXDP_FAST_LIMITS;
+	p->flow.saddr = ip->saddr;
+	p->flow.daddr = ip->daddr;
+	p->flow.protocol = ip->protocol;
+	if (ip->protocol == IPPROTO_TCP) {
+		__u8 tcp[14]; /* ports, sequence, ack, data offset, flags */
+		if (bpf_skb_load_bytes(skb, ip_off + sizeof(struct iphdr), tcp, sizeof(tcp)))
+			return FXDP_FAST_LIMITS;
+		__builtin_memcpy(&p->flow.sport, &tcp[0], 2);
+		__builtin_memcpy(&p->flow.dport, &tcp[2], 2);
+		p->l4_len = (tcp[12] >> 4) * 4;
+		p->flow.tcp_flags = tcp[13];
+	} else if (ip->protocol == IPPROTO_UDP) {
+		__u8 udp[4];
+		if (bpf_skb_load_bytes(skb, ip_off + sizeof(struct iphdr), udp, sizeof(udp)))
+			return FXDP_FAST_LIMITS;
+		__builtin_memcpy(&p->flow.sport, &udp[0], 2);
+		__builtin_memcpy(&p->flow.dport, &udp[2], 2);
+		p->l4_len = sizeof(struct udphdr);
+	} else {
+		return FXDP_FAST_CONNTRACK;
+	}
+	return FXDP_FAST_OK;
+}
+
+/* The length of the IP packets that leave: the packet's own, or for GSO each segment's. */
+static __always_inline __u32 fxdp_fast_wire_len(struct __sk_buff *skb, const struct fxdp_fast_packet *p)
+{
+	if (skb->gso_size)
+		return sizeof(struct iphdr) + p->l4_len + skb->gso_size;
+	return bpf_ntohs(p->ip.tot_len);
+}
+
+/* ip_forward's TTL decrement, on the header copy (its checksum recomputed: it was checked). */
+static __always_inline void fxdp_fast_forward_ip(struct iphdr *ip)
+{
+	ip->ttl -= 1;
+	ip->check = 0;
+	ip->check = fxdp_ipv4_header_csum(ip);
+}
+
+SEC("tc")
+int fxdp_fast_encap(struct __sk_buff *skb)
+{
+	__u64 len = skb->len;
+	const struct fxdp_config *cfg = fxdp_config_get();
+	if (!cfg || !(cfg->flags & FXDP_CFG_F_FAST_PATH))
+		return fxdp_count_verdict(FXDP_C_FAST_ENCAP_PASS_OFF, len, TC_ACT_OK);
+	/* Only what a pod sends its gateway to be routed: from a pod in fxdp_local, to its bridge's MAC,
+	 * seen on the pod's own port (before the bridge) or on its bridge (what the bridge passes up). */
+	struct ethhdr eth;
+	if (skb->protocol != bpf_htons(ETH_P_IP) || bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)))
+		return fxdp_count_verdict(FXDP_C_FAST_ENCAP_PASS_NOT_POD, len, TC_ACT_OK);
+	struct fxdp_local_key source = {};
+	__builtin_memcpy(source.mac, eth.h_source, ETH_ALEN);
+	const struct fxdp_local_value *pod = bpf_map_lookup_elem(&fxdp_local_v2, &source);
+	if (!pod || (skb->ifindex != pod->port_ifindex && skb->ifindex != pod->bridge_ifindex) ||
+	    !fxdp_mac_equal(eth.h_dest, pod->bridge_mac))
+		return fxdp_count_verdict(FXDP_C_FAST_ENCAP_PASS_NOT_POD, len, TC_ACT_OK);
+
+	struct fxdp_fast_packet p = {};
+	if (!fxdp_fast_read_ip(skb, ETH_HLEN, &p))
+		return fxdp_count_verdict(FXDP_C_FAST_ENCAP_PASS_NOT_PEER, len, TC_ACT_OK);
+	struct fxdp_peer_key key = { .prefixlen = 32 };
+	__builtin_memcpy(key.subnet, &p.ip.daddr, 4);
+	const struct fxdp_peer_value *peer = bpf_map_lookup_elem(&fxdp_peers_v2, &key);
+	/* A DirectRouting peer's pods are routed to it unencapsulated, by the kernel. */
+	if (!peer || (peer->flags & FXDP_PEER_F_DIRECT))
+		return fxdp_count_verdict(FXDP_C_FAST_ENCAP_PASS_NOT_PEER, len, TC_ACT_OK);
+
+	enum fxdp_fast_reason why = fxdp_fast_read_flow(skb, ETH_HLEN, &p);
+	if (why == FXDP_FAST_CONNTRACK)
+		return fxdp_count_verdict(FXDP_C_FAST_ENCAP_PASS_CONNTRACK, len, TC_ACT_OK);
+	/* Over the overlay MTU the kernel answers with ICMP (the pod's DF) or fragments, as flannel. */
+	__u32 outer_ip_len = len - ETH_HLEN + FXDP_VXLAN_OVERHEAD;
+	if (why != FXDP_FAST_OK || outer_ip_len > 0xffff ||
+	    (cfg->overlay_mtu && fxdp_fast_wire_len(skb, &p) > cfg->overlay_mtu))
+		return fxdp_count_verdict(FXDP_C_FAST_ENCAP_PASS_LIMITS, len, TC_ACT_OK);
+	struct bpf_fib_lookup fib = {};
+	if (fxdp_route_to_peer(skb, cfg, peer, &fib) != BPF_FIB_LKUP_RET_SUCCESS)
+		return fxdp_count_verdict(FXDP_C_FAST_ENCAP_PASS_LIMITS, len, TC_ACT_OK);
+	if (!fxdp_flow_established(skb, &p.flow, cfg->flags & FXDP_CFG_F_CT_TCP_LIBERAL))
+		return fxdp_count_verdict(FXDP_C_FAST_ENCAP_PASS_CONNTRACK, len, TC_ACT_OK);
+
+	enum fxdp_encap_result done = fxdp_encapsulate(skb, cfg, peer, p.ip.tos, outer_ip_len, &fib);
+	if (done == FXDP_ENCAP_REFUSED)
+		return fxdp_count_verdict(FXDP_C_FAST_ENCAP_PASS_LIMITS, len, TC_ACT_OK);
+	fxdp_fast_forward_ip(&p.ip);
+	if (done == FXDP_ENCAP_BROKEN ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN + FXDP_VXLAN_OVERHEAD, &p.ip, sizeof(p.ip), 0))
+		return fxdp_count_verdict(FXDP_C_ENCAP_DROP_ADJUST, len, TC_ACT_SHOT);
+	struct fxdp_node_key peer_node = {};
+	__builtin_memcpy(peer_node.node_ip, peer->node_ip, 4);
+	fxdp_count_peer(&peer_node, len, 0);
+	return fxdp_count_verdict(FXDP_C_FAST_ENCAP_OK, len, bpf_redirect(fib.ifindex, 0));
+}
+
+/* Whether the inner packet at `ip_off` may go straight to a pod, and which: routed as if it arrived
+ * on flannel.<VNI> (bpf_fib_lookup in forwarding mode: the kernel's routes, its forwarding setting
+ * and its neighbour table decide), to a bridge whose port for that MAC fxdp_local knows, in a flow
+ * conntrack vouches for. Returns FXDP_C_FAST_DECAP_OK or the reason it may not. */
+static __always_inline __u32 fxdp_fast_decap_target(struct __sk_buff *skb, const struct fxdp_config *cfg, __u32 ip_off,
+						     int source_in_subnet, struct fxdp_fast_packet *p,
+						     struct fxdp_fast_target *t)
+{
+	if (!fxdp_fast_read_ip(skb, ip_off, p))
+		return FXDP_C_FAST_DECAP_PASS_LIMITS;
+	enum fxdp_fast_reason why = fxdp_fast_read_flow(skb, ip_off, p);
+	if (why == FXDP_FAST_CONNTRACK)
+		return FXDP_C_FAST_DECAP_PASS_CONNTRACK;
+	/* rp_filter is skipped with the stack: only a source the sender owns by its subnets (what the
+	 * inner source check establishes) goes this way. A GSO super-packet still flagged as a UDP
+	 * tunnel would be segmented as one if its inner protocol is UDP: only TCP GSO goes. */
+	if (why != FXDP_FAST_OK || !source_in_subnet || (skb->gso_size && p->flow.protocol != IPPROTO_TCP))
+		return FXDP_C_FAST_DECAP_PASS_LIMITS;
+
+	struct bpf_fib_lookup fib = {};
+	fib.family = AF_INET;
+	fib.tos = p->ip.tos;
+	fib.l4_protocol = p->flow.protocol;
+	fib.sport = p->flow.sport;
+	fib.dport = p->flow.dport;
+	fib.tot_len = skb->gso_size ? 0 : bpf_ntohs(p->ip.tot_len);
+	fib.ipv4_src = p->ip.saddr;
+	fib.ipv4_dst = p->ip.daddr;
+	fib.ifindex = cfg->overlay_ifindex;
+	long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH || rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
+		return FXDP_C_FAST_DECAP_PASS_LIMITS;
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return FXDP_C_FAST_DECAP_PASS_NOT_POD;
+	if (skb->gso_size && fxdp_fast_wire_len(skb, p) > fib.mtu_result)
+		return FXDP_C_FAST_DECAP_PASS_LIMITS;
+	struct fxdp_local_key pod_key = {};
+	__builtin_memcpy(pod_key.mac, fib.dmac, ETH_ALEN);
+	const struct fxdp_local_value *pod = bpf_map_lookup_elem(&fxdp_local_v2, &pod_key);
+	if (!pod || pod->bridge_ifindex != fib.ifindex)
+		return FXDP_C_FAST_DECAP_PASS_NOT_POD;
+	if (!fxdp_flow_established(skb, &p->flow, cfg->flags & FXDP_CFG_F_CT_TCP_LIBERAL))
+		return FXDP_C_FAST_DECAP_PASS_CONNTRACK;
+	t->port_ifindex = pod->port_ifindex;
+	__builtin_memcpy(t->dmac, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(t->smac, fib.smac, ETH_ALEN);
+	return FXDP_C_FAST_DECAP_OK;
+}
+
+/* Hands the decapsulated packet (Ethernet at 0, IPv4 at 14) to the pod: addressed from its bridge to
+ * it, forwarded (TTL), into the pod's namespace. */
+static __always_inline int fxdp_fast_deliver(struct __sk_buff *skb, struct fxdp_fast_packet *p,
+					     const struct fxdp_fast_target *t, __u64 len)
+{
+	struct {
+		struct ethhdr eth;
+		struct iphdr ip;
+	} __attribute__((packed)) out = {};
+	__builtin_memcpy(out.eth.h_dest, t->dmac, ETH_ALEN);
+	__builtin_memcpy(out.eth.h_source, t->smac, ETH_ALEN);
+	out.eth.h_proto = bpf_htons(ETH_P_IP);
+	fxdp_fast_forward_ip(&p->ip);
+	out.ip = p->ip;
+	if (bpf_skb_store_bytes(skb, 0, &out, sizeof(out), 0))
+		return fxdp_count_verdict(FXDP_C_DECAP_DROP_ADJUST, len, TC_ACT_SHOT);
+	return fxdp_count_verdict(FXDP_C_FAST_DECAP_OK, len, bpf_redirect_peer(t->port_ifindex, 0));
+}
+
+/* The TC check's fast path for a datagram classified FXDP_C_DECAP_OK: strip it here when its inner
+ * packet may go straight to a pod, else leave it whole to the kernel vxlan device. */
+static __always_inline int fxdp_fast_decap_tc(struct __sk_buff *skb, const struct fxdp_config *cfg,
+					      const struct fxdp_decap_facts *facts, __u64 len)
+{
+	struct fxdp_fast_packet p = {};
+	struct fxdp_fast_target t = {};
+	__u32 code = fxdp_fast_decap_target(skb, cfg, ETH_HLEN + FXDP_VXLAN_OVERHEAD, facts->source_in_subnet, &p, &t);
+	if (code != FXDP_C_FAST_DECAP_OK)
+		return fxdp_count_verdict(code, len, TC_ACT_OK);
+	/* Remove the outer IPv4, UDP, VXLAN and inner Ethernet headers after the outer Ethernet one
+	 * (rewritten below). FIXED_GSO keeps the segment size the sender chose; NO_CSUM_RESET keeps a
+	 * CHECKSUM_UNNECESSARY, whose level the outer UDP header used up (below). */
+	if (bpf_skb_adjust_room(skb, -FXDP_VXLAN_OVERHEAD, BPF_ADJ_ROOM_MAC,
+				BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_NO_CSUM_RESET))
+		return fxdp_count_verdict(FXDP_C_FAST_DECAP_PASS_LIMITS, len, TC_ACT_OK);
+	/* The kernel's UDP receive consumes one level of CHECKSUM_UNNECESSARY for the outer UDP header
+	 * (a zero checksum counts: udp4_csum_init), leaving the inner checksums to be verified unless
+	 * the device vouched for them too. */
+	if (bpf_csum_level(skb, BPF_CSUM_LEVEL_QUERY) >= 0)
+		bpf_csum_level(skb, BPF_CSUM_LEVEL_DEC);
+	/* IP_ECN_decapsulate: an outer CE mark is copied into an ECT inner header (the classification
+	 * dropped CE over not-ECT). */
+	if ((facts->outer_tos & 0x3) == 0x3)
+		p.ip.tos |= 0x3;
+	return fxdp_fast_deliver(skb, &p, &t, len);
 }
 
 SEC("xdp")
@@ -405,6 +711,7 @@ int fxdp_decap_xdp(struct xdp_md *ctx)
 	if ((void *)(meta + 1) > data || (void *)(inner_ip + 1) > data_end)
 		return fxdp_count_verdict(FXDP_C_DECAP_DROP_ADJUST, len, XDP_DROP);
 	meta->magic = FXDP_XDP_META_MAGIC;
+	meta->flags = facts.source_in_subnet ? FXDP_META_F_SOURCE_IN_SUBNET : 0;
 	/* The stack drops frames not addressed to the interface they arrive on: until the steer moves
 	 * the frame to flannel.<VNI>, address it to the underlay (were the steer detached, the packet
 	 * would still be delivered, as before it existed). */
@@ -425,6 +732,8 @@ int fxdp_decap_steer(struct __sk_buff *skb)
 	struct fxdp_xdp_meta *meta = (void *)(long)skb->data_meta;
 	if ((void *)(meta + 1) > (void *)(long)skb->data || meta->magic != FXDP_XDP_META_MAGIC)
 		return TC_ACT_OK;
+	__u32 meta_flags = meta->flags;
+	__u64 len = skb->len;
 	/* Decapsulated while enabled: steer it even if the flag was just cleared (the overlay device is
 	 * the same either way). */
 	FXDP_VARIANT_MARK();
@@ -432,10 +741,19 @@ int fxdp_decap_steer(struct __sk_buff *skb)
 	const struct fxdp_config *cfg = bpf_map_lookup_elem(&fxdp_config_v2, &zero);
 	if (!cfg || !cfg->overlay_ifindex)
 		return TC_ACT_OK;
+	__u32 code = FXDP_C_DECAP_STEER_OK;
+	if ((cfg->flags & (FXDP_CFG_F_ENABLED | FXDP_CFG_F_FAST_PATH)) == (FXDP_CFG_F_ENABLED | FXDP_CFG_F_FAST_PATH)) {
+		/* XDP stripped the frame and copied the CE mark already. */
+		struct fxdp_fast_packet p = {};
+		struct fxdp_fast_target t = {};
+		code = fxdp_fast_decap_target(skb, cfg, ETH_HLEN, meta_flags & FXDP_META_F_SOURCE_IN_SUBNET, &p, &t);
+		if (code == FXDP_C_FAST_DECAP_OK)
+			return fxdp_fast_deliver(skb, &p, &t, len);
+	}
 	/* flannel.<VNI>'s receive path keeps frames addressed to its own MAC, the VtepMAC. */
 	if (bpf_skb_store_bytes(skb, 0, cfg->vtep_mac, ETH_ALEN, 0))
 		return TC_ACT_OK;
-	return fxdp_count_verdict(FXDP_C_DECAP_STEER_OK, skb->len, bpf_redirect(cfg->overlay_ifindex, BPF_F_INGRESS));
+	return fxdp_count_verdict(code, len, bpf_redirect(cfg->overlay_ifindex, BPF_F_INGRESS));
 }
 
 SEC("tc")
@@ -454,6 +772,8 @@ int fxdp_decap_check(struct __sk_buff *skb)
 	__u32 code = fxdp_classify_decap((void *)(long)skb->data, (void *)(long)skb->data_end, len, cfg, &facts);
 	if (code == FXDP_C_DECAP_OK) {
 		fxdp_count_peer(&facts.node, len, 1);
+		if (cfg->flags & FXDP_CFG_F_FAST_PATH)
+			return fxdp_fast_decap_tc(skb, cfg, &facts, len);
 		return fxdp_count_verdict(FXDP_C_DECAP_CHECK_OK, len, TC_ACT_OK);
 	}
 	return fxdp_count_verdict(code, len, fxdp_decap_is_drop(code) ? TC_ACT_SHOT : TC_ACT_OK);

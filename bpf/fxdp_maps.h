@@ -68,4 +68,14 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } fxdp_strangers_v2 SEC(".maps");
 
+/* Pod MAC → its bridge port and bridge: where the fast path delivers, and which ports it takes
+ * packets from. Writer: the daemon, from the pod bridges' fdb. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FXDP_MAX_LOCAL);
+	__type(key, struct fxdp_local_key);
+	__type(value, struct fxdp_local_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fxdp_local_v2 SEC(".maps");
+
 #endif

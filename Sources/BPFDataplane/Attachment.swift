@@ -10,11 +10,21 @@
 // vxlan socket's door (LOCAL_IN) and the pods' egress (FORWARD); their links are pinned next to the
 // maps, which is what keeps them attached after the process exits.
 //
-// Restart semantics: attachments outlive the process. On attach, a slot that already holds our
-// program with the same tag and the same maps is left alone (program ids unchanged, no blip);
-// anything else of ours is replaced atomically (cls_bpf replace, XDP_FLAGS_REPLACE with the old id);
-// a slot held by a program that is not ours (name without the fxdp_ prefix) is refused. Switching
-// decap mode removes our other decap attachment. detachAll removes only programs named fxdp_*.
+// The TC programs are tcx links (Linux 6.6+), pinned next to the maps as `tcx_overlay_egress`,
+// `tcx_underlay_ingress` and `tcx_pod_<ifindex>` (the fast path's, one per pod veth): unlike
+// cls_bpf, tcx needs no clsact qdisc, whose creation deactivates the device for a moment and drops
+// what is sent meanwhile — a packet of a node being taken over from stock flannel, of a pod whose veth
+// gets the fast path while it talks. Other agents' tcx programs share the hooks; ours come after
+// theirs. A cls_bpf filter an earlier version left in its slot (handle 0xFD01, priority 0xFD) is
+// removed once our link runs (removing a filter does not touch the qdisc).
+//
+// Restart semantics: attachments outlive the process. On attach, a hook that already runs our
+// program with the same tag and the same maps is left alone (program and link ids unchanged, no
+// blip); a different program of ours is swapped in atomically (bpf_link_update on the pinned link,
+// XDP_FLAGS_REPLACE with the old id); an XDP program that is not ours (name without the fxdp_
+// prefix) is refused, and so is a program of ours on a tcx hook that our pins do not hold (another
+// flanneld-xdp with another --bpffs). Switching decap mode swaps the underlay's program and removes
+// our XDP program. detachAll removes only what is ours.
 
 import BPFLoader
 import CBPF
@@ -120,10 +130,16 @@ public struct AttachmentState: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-/// The filter slots we own. Other agents' filters in other slots are never touched.
+/// Where our programs hang. Other agents' programs and filters are never touched.
 public enum FXDPSlots {
+    /// The cls_bpf slot versions before tcx used: a filter of ours found there is removed.
     public static let tcHandle: UInt32 = 0xFD01
     public static let tcPriority: UInt32 = 0xFD
+    /// The pins of our tcx links, in the pin folder.
+    public static let overlayEgressPin = "tcx_overlay_egress"
+    public static let underlayIngressPin = "tcx_underlay_ingress"
+    public static let podPinPrefix = "tcx_pod_"
+    public static func podPin(_ ifindex: Int32) -> String { podPinPrefix + "\(ifindex)" }
     /// Our netfilter hooks' priority: after conntrack and mangle (-150), before the filter tables
     /// (0), so a drop here is counted before any firewall rule sees the datagram. A replacement
     /// link is made at one less (the kernel allows one BPF hook per priority) and the next at this again.
@@ -147,14 +163,14 @@ extension FlannelBPF {
             try ensureNetfilter(try self.program(program))
         }
         let encap = try program(.encap)
-        try ensureTC(encap, ifindex: overlayIfindex, direction: .egress)
+        try ensureTCX(encap, ifindex: overlayIfindex, direction: .egress, pin: FXDPSlots.overlayEgressPin)
         switch mode {
         case .xdp:
-            // The steer before XDP: a frame XDP strips must never find the slot empty.
-            try ensureTC(try program(.decapSteer), ifindex: underlayIfindex, direction: .ingress)
+            // The steer before XDP: a frame XDP strips must never find the hook without it.
+            try ensureTCX(try program(.decapSteer), ifindex: underlayIfindex, direction: .ingress, pin: FXDPSlots.underlayIngressPin)
             try ensureXDP(try program(.decapXDP), ifindex: underlayIfindex)
         case .kernel:
-            try ensureTC(try program(.decapCheck), ifindex: underlayIfindex, direction: .ingress)
+            try ensureTCX(try program(.decapCheck), ifindex: underlayIfindex, direction: .ingress, pin: FXDPSlots.underlayIngressPin)
             try FlannelBPF.detachOurXDP(ifindex: underlayIfindex)
         }
         return try FlannelBPF.attachmentState(overlayIfindex: overlayIfindex, underlayIfindex: underlayIfindex,
@@ -167,14 +183,13 @@ extension FlannelBPF {
     }
     static let linkPinPrefix = "link_"
 
-    /// What is attached in our slots (ours or not: check the ids' names if it matters). With
-    /// `pinDirectory`, also which programs our pinned netfilter links run.
+    /// What of ours is attached (the XDP hook: whatever is there; check the id's name if it
+    /// matters). With `pinDirectory`, also which programs our pinned netfilter links run.
     public static func attachmentState(overlayIfindex: Int32, underlayIfindex: Int32, pinDirectory: String? = nil) throws -> AttachmentState {
         var state = AttachmentState()
-        state.encapProgramID = try TC.attachedProgramID(ifindex: overlayIfindex, direction: .egress,
-                                                        handle: FXDPSlots.tcHandle, priority: FXDPSlots.tcPriority)
-        state.decapCheckProgramID = try TC.attachedProgramID(ifindex: underlayIfindex, direction: .ingress,
-                                                             handle: FXDPSlots.tcHandle, priority: FXDPSlots.tcPriority)
+        state.encapProgramID = try ourTCXPrograms(ifindex: overlayIfindex, direction: .egress, pinDirectory: pinDirectory).first?.programID
+        state.decapCheckProgramID = try ourTCXPrograms(ifindex: underlayIfindex, direction: .ingress,
+                                                       pinDirectory: pinDirectory).first?.programID
         if let id = try XDP.attachedProgramID(ifindex: underlayIfindex, mode: .native) {
             state.xdpProgramID = id
             state.xdpMode = .native
@@ -194,10 +209,13 @@ extension FlannelBPF {
     /// (the maps go once nothing holds them).
     public static func detachAll(overlayIfindex: Int32?, underlayIfindex: Int32?, removePins: Bool = false,
                                  bpffs: String) throws {
+        let folder = bpffs + "/" + pinFolderName
         if let overlayIfindex {
+            try detachOurTCX(ifindex: overlayIfindex, direction: .egress, pinDirectory: folder)
             try detachOurTC(ifindex: overlayIfindex, direction: .egress)
         }
         if let underlayIfindex {
+            try detachOurTCX(ifindex: underlayIfindex, direction: .ingress, pinDirectory: folder)
             try detachOurTC(ifindex: underlayIfindex, direction: .ingress)
             try detachOurXDP(ifindex: underlayIfindex)
         }
@@ -262,7 +280,7 @@ extension FlannelBPF {
 
     /// Ids of this object's maps (the pinned ones).
     var ourMapIDs: Set<UInt32> {
-        [peers.info().id, nodes.info().id, config.info().id, counterMap.info().id, strangers.info().id]
+        [peers.info().id, nodes.info().id, config.info().id, counterMap.info().id, strangers.info().id, local.info().id]
     }
 
     /// Pins `program` as the one now attached (replacing an older pin of the same name).
@@ -276,22 +294,110 @@ extension FlannelBPF {
         }
     }
 
-    private func ensureTC(_ program: BPFProgram, ifindex: Int32, direction: TCDirection) throws {
-        let slot = (handle: FXDPSlots.tcHandle, priority: FXDPSlots.tcPriority)
-        if let id = try TC.attachedProgramID(ifindex: ifindex, direction: direction, handle: slot.handle, priority: slot.priority) {
-            if try FlannelBPF.isSame(attachedID: id, as: program, pinDirectory: pinDirectory, ourMapIDs: ourMapIDs) {
-                logger.debug("kept attached program", metadata: ["program": "\(program.name)", "id": "\(id)"])
-                return
+    /// Our programs on a tcx hook (names fxdp_*), in run order.
+    static func ourTCXPrograms(ifindex: Int32, direction: TCDirection, pinDirectory: String?) throws -> [TCXAttachment] {
+        try TCX.attached(ifindex: ifindex, direction: direction).filter { isOurs($0.programID, pinDirectory: pinDirectory) }
+    }
+
+    /// Makes `program` run on `direction` of `ifindex` through our link pinned as `pin`: kept when
+    /// it already does (same code, same maps), swapped in atomically when the link runs another
+    /// program of ours, attached (and pinned) when there is none. Returns true when it changed
+    /// anything. A cls_bpf filter of ours an earlier version left in its slot goes afterwards.
+    @discardableResult
+    private func ensureTCX(_ program: BPFProgram, ifindex: Int32, direction: TCDirection, pin: String) throws -> Bool {
+        let path = pinDirectory + "/" + pin
+        let hook = "tcx \(direction), ifindex \(ifindex)"
+        let onHook = try TCX.attached(ifindex: ifindex, direction: direction)
+        if let link = try? BPFLink.openPinned(path: path), let info = try? link.info(),
+           info.tcxIfindex == ifindex, info.tcxDirection == direction, onHook.contains(where: { $0.linkID == info.id }) {
+            if try FlannelBPF.isSame(attachedID: info.programID, as: program, pinDirectory: pinDirectory, ourMapIDs: ourMapIDs) {
+                logger.debug("kept attached program", metadata: ["program": "\(program.name)", "id": "\(info.programID)"])
+                try FlannelBPF.detachOurTC(ifindex: ifindex, direction: direction)
+                return false
             }
-            guard FlannelBPF.isOurs(id, pinDirectory: pinDirectory) else {
-                throw DataplaneError(operation: "attach(\(program.name), ifindex \(ifindex) \(direction))", errno: EEXIST,
-                                     detail: "program id \(id) in TC slot \(slot.handle):\(slot.priority) is not ours",
-                                     hint: "another agent uses our filter slot; remove it (tc filter del) if it is stale")
+            do {
+                try link.update(to: program)
+            } catch {
+                throw DataplaneError(operation: "attach(\(program.name), \(hook))", errno: error.errno,
+                                     detail: "swapping the program of our link \(info.id) failed: \(error)",
+                                     hint: "run as root; the pinned link \(path) may be another version's")
             }
+            pinAttached(program)
+            logger.info("replaced", metadata: ["program": "\(program.name)", "link": "\(info.id)", "hook": "\(hook)"])
+            try FlannelBPF.detachOurTC(ifindex: ifindex, direction: direction)
+            return true
         }
-        try TC.attach(program, ifindex: ifindex, direction: direction, handle: slot.handle, priority: slot.priority)
+        // No link of ours there. A program of ours held by someone else's link: another set of our
+        // programs (another --bpffs) would run twice over the packets and disagree on the peers.
+        if let other = onHook.first(where: { FlannelBPF.isOurs($0.programID, pinDirectory: pinDirectory) && $0.linkID != 0 }) {
+            throw DataplaneError(operation: "attach(\(program.name), \(hook))", errno: EBUSY,
+                                 detail: "link \(other.linkID) runs one of our programs (id \(other.programID)) there, and no pin in \(pinDirectory) holds it",
+                                 hint: "is a flanneld-xdp with another --bpffs running here? Stop it, or remove what it left with `flanneld-xdp cleanup --bpffs <its folder>`")
+        }
+        let link = try BPFLink.attachTCX(program, ifindex: ifindex, direction: direction)
+        if unlink(path) != 0 && errno != ENOENT {
+            throw DataplaneError(operation: "unlink(\(path))", errno: errno, detail: "cannot replace a stale link pin", hint: "run as root")
+        }
+        try link.pin(at: path)
         pinAttached(program)
-        logger.info("attached", metadata: ["program": "\(program.name)", "ifindex": "\(ifindex)", "hook": "tc \(direction)"])
+        logger.info("attached", metadata: ["program": "\(program.name)", "ifindex": "\(ifindex)", "hook": "tcx \(direction)"])
+        try FlannelBPF.detachOurTC(ifindex: ifindex, direction: direction)
+        return true
+    }
+
+    /// Attaches the fast path's encap on the ingress of pod veth `portIfindex` (the same program
+    /// already there is kept). Returns true when it changed anything.
+    @discardableResult
+    public func attachFastEncap(portIfindex: Int32) throws -> Bool {
+        try ensureTCX(try program(.fastEncap), ifindex: portIfindex, direction: .ingress, pin: FXDPSlots.podPin(portIfindex))
+    }
+
+    /// Detaches the links our pins in `pinDirectory` hold on `direction` of `ifindex`, and unpins them.
+    static func detachOurTCX(ifindex: Int32, direction: TCDirection, pinDirectory: String) throws {
+        for name in try pinNames(in: pinDirectory) where name.hasPrefix("tcx_") {
+            let path = pinDirectory + "/" + name
+            guard let link = try? BPFLink.openPinned(path: path), let info = try? link.info(), info.tcxIfindex == ifindex,
+                  info.tcxDirection == direction else { continue }
+            try link.detach()
+            unlink(path)
+        }
+        // A tcx link lives only while a pin or an fd holds it: one of ours not pinned here belongs
+        // to another instance (another --bpffs) and stays.
+    }
+
+    /// Removes the fast path's encap from pod veth `portIfindex`.
+    public func detachFastEncap(portIfindex: Int32) throws {
+        try FlannelBPF.detachOurTCX(ifindex: portIfindex, direction: .ingress, pinDirectory: pinDirectory)
+    }
+
+    /// The interfaces of the calling thread's namespace whose tcx ingress runs fxdp_fast_encap.
+    public static func fastEncapInterfaces(pinDirectory: String? = nil) throws -> [(index: Int32, name: String)] {
+        var found: [(index: Int32, name: String)] = []
+        guard let list = if_nameindex() else { return [] }
+        defer { if_freenameindex(list) }
+        var entry = list
+        while entry.pointee.if_index != 0 {
+            let index = Int32(bitPattern: entry.pointee.if_index)
+            let programs = (try? TCX.attached(ifindex: index, direction: .ingress)) ?? []
+            if programs.contains(where: { (try? programInfo($0.programID, pinDirectory: pinDirectory).name) == FXDPProgram.fastEncap.rawValue }) {
+                found.append((index, String(cString: entry.pointee.if_name)))
+            }
+            entry += 1
+        }
+        return found
+    }
+
+    /// Removes fxdp_fast_encap from every interface of the calling thread's namespace, and the
+    /// pins of the links that held it.
+    public func detachFastEncapEverywhere() throws {
+        for (index, _) in try FlannelBPF.fastEncapInterfaces(pinDirectory: pinDirectory) {
+            try detachFastEncap(portIfindex: index)
+        }
+        for name in try FlannelBPF.pinNames(in: pinDirectory) where name.hasPrefix(FXDPSlots.podPinPrefix) {
+            let path = pinDirectory + "/" + name
+            try? BPFLink.openPinned(path: path).detach()
+            unlink(path)
+        }
     }
 
     /// Links `program` to its netfilter hook, pinned, unless our pinned link already runs the same

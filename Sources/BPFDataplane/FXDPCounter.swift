@@ -46,6 +46,17 @@ public enum FXDPCounter: UInt32, CaseIterable, Sendable, CustomStringConvertible
     case doorDropWrongDoor = 50
     case guardDropPodVXLAN = 51
 
+    case fastEncapOK = 52
+    case fastEncapPassOff = 53
+    case fastEncapPassNotPod = 54
+    case fastEncapPassNotPeer = 55
+    case fastEncapPassConntrack = 56
+    case fastEncapPassLimits = 57
+    case fastDecapOK = 58
+    case fastDecapPassNotPod = 59
+    case fastDecapPassConntrack = 60
+    case fastDecapPassLimits = 61
+
     /// The C constant this case mirrors.
     public var cValue: fxdp_counter { fxdp_counter(rawValue: rawValue) }
 
@@ -90,10 +101,32 @@ public enum FXDPCounter: UInt32, CaseIterable, Sendable, CustomStringConvertible
         case .doorDropNotPeer: "door_drop_not_peer"
         case .doorDropWrongDoor: "door_drop_wrong_door"
         case .guardDropPodVXLAN: "guard_drop_pod_vxlan"
+        case .fastEncapOK: "fast_encap_ok"
+        case .fastEncapPassOff: "fast_encap_pass_off"
+        case .fastEncapPassNotPod: "fast_encap_pass_not_pod"
+        case .fastEncapPassNotPeer: "fast_encap_pass_not_peer"
+        case .fastEncapPassConntrack: "fast_encap_pass_conntrack"
+        case .fastEncapPassLimits: "fast_encap_pass_limits"
+        case .fastDecapOK: "fast_decap_ok"
+        case .fastDecapPassNotPod: "fast_decap_pass_not_pod"
+        case .fastDecapPassConntrack: "fast_decap_pass_conntrack"
+        case .fastDecapPassLimits: "fast_decap_pass_limits"
         }
     }
 
     public var description: String { name }
+
+    /// Packets BPF encapsulated: at flannel.<VNI> or, on the fast path, at a pod bridge.
+    public var isEncapsulated: Bool { self == .encapOK || self == .encapOKNeigh || self == .fastEncapOK }
+
+    /// Valid VXLAN from a peer that a decap program accepted: stripped by XDP, left to the kernel
+    /// device, or (fast path on) handed to the pod or declined to the kernel path.
+    public var isDecapAccepted: Bool {
+        switch self {
+        case .decapOK, .decapCheckOK, .fastDecapOK, .fastDecapPassNotPod, .fastDecapPassConntrack, .fastDecapPassLimits: true
+        default: false
+        }
+    }
 
     /// True for the codes whose packets the program dropped.
     public var isDrop: Bool { name.contains("_drop_") }

@@ -33,6 +33,8 @@ public enum FXDPProgram: String, CaseIterable, Sendable {
     case vxlanDoor = "fxdp_vxlan_door"
     /// netfilter FORWARD: pods' datagrams to VXLAN ports outside the pod network.
     case podGuard = "fxdp_pod_guard"
+    /// TC ingress on each pod bridge (the fast path's way out).
+    case fastEncap = "fxdp_fast_encap"
 }
 
 extension FXDPProgram {
@@ -40,7 +42,7 @@ extension FXDPProgram {
     var expectedType: UInt32 {
         switch self {
         case .decapXDP: BPF_PROG_TYPE_XDP.rawValue
-        case .encap, .decapSteer, .decapCheck: BPF_PROG_TYPE_SCHED_CLS.rawValue
+        case .encap, .decapSteer, .decapCheck, .fastEncap: BPF_PROG_TYPE_SCHED_CLS.rawValue
         case .vxlanDoor, .podGuard: BPFLink.netfilterProgramType
         }
     }
@@ -86,6 +88,8 @@ public final class FlannelBPF: @unchecked Sendable {
     public let config: BPFMap<UInt32, fxdp_config>
     public let counterMap: PerCPUMap<UInt32, fxdp_count>
     public let strangers: BPFMap<fxdp_node_key, fxdp_stranger>
+    /// Pods behind our bridges, by MAC (the fast path's delivery table).
+    public let local: BPFMap<fxdp_local_key, fxdp_local_value>
     let logger: Logger
 
     /// The embedded object's bytes (compiled from bpf/flanneld_xdp.bpf.c at build time).
@@ -127,6 +131,7 @@ public final class FlannelBPF: @unchecked Sendable {
             config = try object.map(named: FXDP_MAP_CONFIG, key: UInt32.self, value: fxdp_config.self)
             counterMap = try object.perCPUMap(named: FXDP_MAP_COUNTERS, key: UInt32.self, value: fxdp_count.self)
             strangers = try object.map(named: FXDP_MAP_STRANGERS, key: fxdp_node_key.self, value: fxdp_stranger.self)
+            local = try object.map(named: FXDP_MAP_LOCAL, key: fxdp_local_key.self, value: fxdp_local_value.self)
             self.object = object
         } catch {
             guard case .file(let path) = source else { throw error }
@@ -155,7 +160,7 @@ public final class FlannelBPF: @unchecked Sendable {
 
     /// The maps the object pins in our folder (LIBBPF_PIN_BY_NAME), by name.
     public static let pinnedMapNames = [FXDP_MAP_PEERS, FXDP_MAP_NODES, FXDP_MAP_CONFIG, FXDP_MAP_COUNTERS,
-                                        FXDP_MAP_PEER_STATS, FXDP_MAP_STRANGERS]
+                                        FXDP_MAP_PEER_STATS, FXDP_MAP_STRANGERS, FXDP_MAP_LOCAL]
 
     /// Every program and pinned map of ours is in the object, by name.
     private static func checkNames(_ object: borrowing BPFObject) throws(DataplaneError) {
@@ -240,6 +245,19 @@ public final class FlannelBPF: @unchecked Sendable {
         var c = try config.lookup(0) ?? fxdp_config()
         guard c.outer_ttl != ttl else { return false }
         c.outer_ttl = ttl
+        try config.update(0, c)
+        return true
+    }
+
+    /// Sets the fast path's two switches (the programs read them per packet); returns true when they
+    /// changed. `tcpLiberal`: the namespace's net.netfilter.nf_conntrack_tcp_be_liberal is 1.
+    @discardableResult
+    public func setFastPath(_ on: Bool, conntrackTCPLiberal tcpLiberal: Bool) throws -> Bool {
+        var c = try config.lookup(0) ?? fxdp_config()
+        let mask = UInt16(FXDP_CFG_F_FAST_PATH) | UInt16(FXDP_CFG_F_CT_TCP_LIBERAL)
+        let wanted = (on ? UInt16(FXDP_CFG_F_FAST_PATH) : 0) | (tcpLiberal ? UInt16(FXDP_CFG_F_CT_TCP_LIBERAL) : 0)
+        guard c.flags & mask != wanted else { return false }
+        c.flags = c.flags & ~mask | wanted
         try config.update(0, c)
         return true
     }

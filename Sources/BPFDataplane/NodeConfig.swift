@@ -33,11 +33,16 @@ public struct NodeConfig: Sendable, Equatable, CustomStringConvertible {
     /// The lease's PublicIP when it is another address than `nodeIP` (--public-ip): peers send to
     /// it, so VXLAN is accepted there too when it is local. nil: the same as `nodeIP`.
     public var publicIP: IPv4Address?
+    /// Established pod-to-pod flows skip both stacks (`--fast-path`; docs/BPF-DATAPATH.md).
+    public var fastPath: Bool
+    /// net.netfilter.nf_conntrack_tcp_be_liberal is 1 in the node's namespace: the fast path may take
+    /// TCP (conntrack then accepts a later packet whose sequence numbers it did not follow).
+    public var conntrackTCPLiberal: Bool
 
     public init(nodeIP: IPv4Address, vtepMAC: MACAddress, vni: UInt32 = 1, udpPort: UInt16 = 8472,
                 underlayIfindex: Int32, underlayMAC: MACAddress, overlayIfindex: Int32, overlayMTU: UInt16,
                 enabled: Bool = true, outerTTL: UInt8 = 0, innerSourceCheck: Bool = true, network: IPv4Subnet? = nil,
-                publicIP: IPv4Address? = nil) {
+                publicIP: IPv4Address? = nil, fastPath: Bool = false, conntrackTCPLiberal: Bool = false) {
         self.nodeIP = nodeIP
         self.vtepMAC = vtepMAC
         self.vni = vni
@@ -51,6 +56,8 @@ public struct NodeConfig: Sendable, Equatable, CustomStringConvertible {
         self.innerSourceCheck = innerSourceCheck
         self.network = network
         self.publicIP = publicIP == nodeIP ? nil : publicIP
+        self.fastPath = fastPath
+        self.conntrackTCPLiberal = conntrackTCPLiberal
     }
 
     public init(c: fxdp_config) {
@@ -69,6 +76,8 @@ public struct NodeConfig: Sendable, Equatable, CustomStringConvertible {
             : IPv4Subnet(containing: IPv4Address(tuple: c.network), prefixLength: Int(min(c.network_prefixlen, 32)))
         let publicIP = IPv4Address(tuple: c.public_ip)
         self.publicIP = publicIP.value == 0 ? nil : publicIP
+        fastPath = c.flags & UInt16(FXDP_CFG_F_FAST_PATH) != 0
+        conntrackTCPLiberal = c.flags & UInt16(FXDP_CFG_F_CT_TCP_LIBERAL) != 0
     }
 
     public var cValue: fxdp_config {
@@ -81,6 +90,7 @@ public struct NodeConfig: Sendable, Equatable, CustomStringConvertible {
         c.overlay_ifindex = UInt32(bitPattern: overlayIfindex)
         c.overlay_mtu = overlayMTU
         c.flags = (enabled ? UInt16(FXDP_CFG_F_ENABLED) : 0) | (innerSourceCheck ? UInt16(FXDP_CFG_F_INNER_SOURCE_CHECK) : 0)
+            | (fastPath ? UInt16(FXDP_CFG_F_FAST_PATH) : 0) | (conntrackTCPLiberal ? UInt16(FXDP_CFG_F_CT_TCP_LIBERAL) : 0)
         c.underlay_mac = underlayMAC.tuple
         c.outer_ttl = outerTTL
         if let network {
@@ -105,6 +115,7 @@ public struct NodeConfig: Sendable, Equatable, CustomStringConvertible {
         "node \(nodeIP)" + (publicIP.map { " (public \($0))" } ?? "") + " vtep \(vtepMAC) vni \(vni) port \(udpPort) underlay #\(underlayIfindex) \(underlayMAC) "
             + "overlay #\(overlayIfindex) mtu \(overlayMTU) ttl \(outerTTL == 0 ? 64 : Int(outerTTL))"
             + (network.map { " network \($0)" } ?? "") + (innerSourceCheck ? "" : " (inner source check off)")
+            + (fastPath ? " fast path" + (conntrackTCPLiberal ? "" : " (UDP only: conntrack TCP not liberal)") : "")
             + (enabled ? "" : " (disabled)")
     }
 }

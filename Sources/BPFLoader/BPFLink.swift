@@ -1,4 +1,4 @@
-// BPFLink — attachments made through bpf_link (here: netfilter hooks, kernel 6.4+).
+// BPFLink — attachments made through bpf_link (netfilter hooks, kernel 6.4+; tcx, 6.6+: TCX.swift).
 //
 // Design: a link lives as long as something holds it: an fd of ours, or a pin on a bpffs. A data
 // path that must outlive the process pins its links and closes its fds; a later process opens the
@@ -38,6 +38,10 @@ public struct BPFLinkInfo: Sendable, Equatable {
     /// For a netfilter link: its hook and priority (nil for other links).
     public var netfilterHook: UInt32?
     public var netfilterPriority: Int32?
+    /// For a tcx link: the interface and the hook (0 and nil once the interface is gone or the link
+    /// was detached).
+    public var tcxIfindex: Int32?
+    public var tcxDirection: TCDirection?
 }
 
 /// One bpf_link, owned: closing the last fd (and removing every pin) detaches it.
@@ -48,6 +52,10 @@ public struct BPFLink: ~Copyable {
     private init(fd: Int32, name: String) {
         self.fd = fd
         self.name = name
+    }
+
+    init(fd: Int32, linkName: String) {
+        self.init(fd: fd, name: linkName)
     }
 
     deinit { close(fd) }
@@ -81,6 +89,15 @@ public struct BPFLink: ~Copyable {
         return BPFLink(fd: fd, name: path)
     }
 
+    /// Opens the link with id `id` (needs CAP_SYS_ADMIN).
+    public static func open(id: UInt32) throws(BPFError) -> BPFLink {
+        let fd = bpf_link_get_fd_by_id(id)
+        guard fd >= 0 else {
+            throw BPFError.libbpf("bpf_link_get_fd_by_id(\(id))", returned: Int(fd), hint: "run as root (CAP_SYS_ADMIN)")
+        }
+        return BPFLink(fd: fd, name: "link \(id)")
+    }
+
     /// Pins the link at `path` on a bpffs: it then stays attached after every fd is closed.
     public func pin(at path: String) throws(BPFError) {
         let ret = bpf_obj_pin(fd, path)
@@ -96,6 +113,14 @@ public struct BPFLink: ~Copyable {
         let ret = bpf_obj_get_info_by_fd(fd, &info, &length)
         if ret != 0 { throw BPFError.libbpf("bpf_link_get_info_by_fd(\(name))", returned: Int(ret)) }
         var result = BPFLinkInfo(id: info.id, type: info.type, programID: info.prog_id)
+        if info.type == BPFLink.tcxLinkType {
+            // { ifindex, attach_type } at the same offset.
+            withUnsafeBytes(of: info) { raw in
+                result.tcxIfindex = raw.loadUnaligned(fromByteOffset: 16, as: Int32.self)
+                let type = raw.loadUnaligned(fromByteOffset: 20, as: UInt32.self)
+                result.tcxDirection = type == TCX.attachType(.ingress) ? .ingress : type == TCX.attachType(.egress) ? .egress : nil
+            }
+        }
         if info.type == BPFLink.netfilterLinkType {
             // The union after prog_id (8-byte aligned, offset 16) holds { pf, hooknum, priority,
             // flags } for netfilter links; Debian's uapi header (6.1) predates that member.

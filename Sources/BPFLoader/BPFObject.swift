@@ -350,11 +350,26 @@ public struct TestRunResult: Sendable, Equatable {
     public var durationNanoseconds: UInt32
 }
 
+/// The socket-buffer fields a TC program's test run may start with (the kernel accepts only these
+/// in the context of BPF_PROG_TEST_RUN; every other field must be zero).
+public struct TestRunSKB: Sendable, Equatable {
+    /// The device the packet arrives on (0: loopback): its namespace's routes and neighbours apply,
+    /// and the Ethernet destination is judged against its MAC (PACKET_HOST or not).
+    public var ifindex: Int32
+    public var mark: UInt32
+
+    public init(ifindex: Int32 = 0, mark: UInt32 = 0) {
+        self.ifindex = ifindex
+        self.mark = mark
+    }
+}
+
 extension BPFProgram {
     /// Runs the program once (or `repeat` times) on `packet` in the kernel without attaching it.
     /// With repeat > 1 each run sees the packet the previous one left, so only idempotent programs
-    /// give a meaningful output then.
-    public func testRun(packet: [UInt8], repeat count: UInt32 = 1, outputCapacity: Int = 65_536 + 256) throws(BPFError) -> TestRunResult {
+    /// give a meaningful output then. `skb`: the starting fields of a TC program's socket buffer.
+    public func testRun(packet: [UInt8], repeat count: UInt32 = 1, outputCapacity: Int = 65_536 + 256,
+                        skb: TestRunSKB? = nil) throws(BPFError) -> TestRunResult {
         let operation = "bpf_prog_test_run_opts(\(name))"
         guard !packet.isEmpty, packet.count <= Int(UInt32.max), outputCapacity > 0, outputCapacity <= Int(UInt32.max) else {
             throw BPFError.invalid(operation, "packet of \(packet.count) bytes, output capacity \(outputCapacity)",
@@ -364,13 +379,24 @@ extension BPFProgram {
         var opts = bpf_test_run_opts()
         opts.sz = libbpfOptsSize(\bpf_test_run_opts.batch_size)
         opts.repeat = Int32(clamping: count)
+        var context = __sk_buff()
+        if let skb {
+            context.ifindex = UInt32(bitPattern: skb.ifindex)
+            context.mark = skb.mark
+        }
         let ret: Int32 = packet.withUnsafeBytes { input in
             output.withUnsafeMutableBytes { out in
-                opts.data_in = input.baseAddress
-                opts.data_size_in = UInt32(input.count)
-                opts.data_out = out.baseAddress
-                opts.data_size_out = UInt32(out.count)
-                return bpf_prog_test_run_opts(fd, &opts)
+                withUnsafeMutableBytes(of: &context) { ctx in
+                    opts.data_in = input.baseAddress
+                    opts.data_size_in = UInt32(input.count)
+                    opts.data_out = out.baseAddress
+                    opts.data_size_out = UInt32(out.count)
+                    if skb != nil {
+                        opts.ctx_in = UnsafeRawPointer(ctx.baseAddress)
+                        opts.ctx_size_in = UInt32(ctx.count)
+                    }
+                    return bpf_prog_test_run_opts(fd, &opts)
+                }
             }
         }
         if ret != 0 {

@@ -358,6 +358,62 @@ struct cbpf_link_create_netfilter_attr {
 	uint8_t rest[128 - 32];
 };
 
+/* The tcx part of union bpf_attr's link_create member (kernel 6.6+). */
+struct cbpf_link_create_tcx_attr {
+	uint32_t prog_fd;
+	uint32_t target_ifindex;
+	uint32_t attach_type;
+	uint32_t flags;
+	uint32_t relative_fd;
+	uint32_t _pad;
+	uint64_t expected_revision;
+	uint8_t rest[128 - 32];
+};
+
+int cbpf_link_create_tcx(int prog_fd, int ifindex, unsigned attach_type)
+{
+	struct cbpf_link_create_tcx_attr attr;
+	memset(&attr, 0, sizeof(attr));
+	attr.prog_fd = (uint32_t)prog_fd;
+	attr.target_ifindex = (uint32_t)ifindex;
+	attr.attach_type = attach_type;
+	long fd = syscall(__NR_bpf, BPF_LINK_CREATE, &attr, 32);
+	return fd < 0 ? -errno : (int)fd;
+}
+
+/* union bpf_attr's query member as of 6.6 (link ids and revision added for tcx). */
+struct cbpf_prog_query_attr {
+	uint32_t target_ifindex;
+	uint32_t attach_type;
+	uint32_t query_flags;
+	uint32_t attach_flags;
+	uint64_t prog_ids;
+	uint32_t count;
+	uint32_t _pad;
+	uint64_t prog_attach_flags;
+	uint64_t link_ids;
+	uint64_t link_attach_flags;
+	uint64_t revision;
+	uint8_t rest[128 - 64];
+};
+
+int cbpf_tcx_query(int ifindex, unsigned attach_type, uint32_t *prog_ids, uint32_t *link_ids, uint32_t capacity,
+		   uint32_t *count)
+{
+	struct cbpf_prog_query_attr attr;
+	memset(&attr, 0, sizeof(attr));
+	attr.target_ifindex = (uint32_t)ifindex;
+	attr.attach_type = attach_type;
+	attr.prog_ids = (uint64_t)(uintptr_t)prog_ids;
+	attr.link_ids = (uint64_t)(uintptr_t)link_ids;
+	attr.count = capacity;
+	long ret = syscall(__NR_bpf, BPF_PROG_QUERY, &attr, 64);
+	if (ret < 0)
+		return -errno;
+	*count = attr.count;
+	return 0;
+}
+
 int cbpf_link_create_netfilter(int prog_fd, unsigned pf, unsigned hooknum, int priority)
 {
 	struct cbpf_link_create_netfilter_attr attr;

@@ -45,7 +45,7 @@ public struct FlanneldXDP: AsyncParsableCommand {
             GoFlagSpec("subnet-file"), GoFlagSpec("subnet-lease-renew-margin", .integer), GoFlagSpec("subnet-lease-ttl", .integer),
             GoFlagSpec("ip-masq", .boolean), GoFlagSpec("last-known-state"),
             GoFlagSpec("dataplane"), GoFlagSpec("bpffs"), GoFlagSpec("bpf-object"), GoFlagSpec("reconcile-interval", .integer),
-            GoFlagSpec("inner-source-check", .booleanDefaultTrue),
+            GoFlagSpec("inner-source-check", .booleanDefaultTrue), GoFlagSpec("fast-path", .booleanDefaultTrue),
             GoFlagSpec("iptables-resync", .integer), GoFlagSpec("iptables-forward-rules", .booleanDefaultTrue),
             GoFlagSpec("ip-masq-fully-random-disable", .boolean), GoFlagSpec("ip-blackhole-route", .boolean),
             GoFlagSpec("healthz-ip"), GoFlagSpec("healthz-port", .integer), GoFlagSpec("metrics-port", .integer),

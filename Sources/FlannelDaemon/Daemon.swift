@@ -24,6 +24,8 @@ public struct DataplaneSetup: Sendable {
     public var attachmentGuard: AttachmentGuard? = nil
     /// Turns the BPF programs on once the first reconcile has filled their maps (see attachDataplane).
     public var enableAfterFirstFill: (@Sendable () throws -> Void)? = nil
+    /// Keeps the fast path's bridges and pods current (BPF data path with --fast-path).
+    var fastPath: FastPathService? = nil
 }
 
 public enum Daemon {
@@ -235,6 +237,7 @@ public enum Daemon {
             services.append(UserspaceDataplaneService(dataplane: userspace, logger: logger))
         }
         if let guardian = setup.attachmentGuard { services.append(guardian) }
+        if let fastPath = setup.fastPath { services.append(fastPath) }
         return services + operations
     }
 
@@ -348,7 +351,8 @@ public enum Daemon {
                                   underlayMAC: try Startup.interfaceMAC(name: external.interface.name),
                                   overlayIfindex: device.index, overlayMTU: UInt16(clamping: device.mtu), enabled: false,
                                   outerTTL: Startup.defaultTTL(logger: logger), innerSourceCheck: options.dataplane.innerSourceCheck,
-                                  network: config.network, publicIP: external.publicIP)
+                                  network: config.network, publicIP: external.publicIP, fastPath: options.dataplane.fastPath,
+                                  conntrackTCPLiberal: options.dataplane.fastPath && FastPathSettings.tcpLiberal(logger: logger))
             // Attached disabled (every program hands every packet to the kernel, which carries the
             // traffic as flanneld did), enabled once the first reconcile filled the maps: enabled
             // with empty maps, decap dropped a peer's VXLAN as "not a peer" until its node entry
@@ -366,11 +370,18 @@ public enum Daemon {
             let maps = try bpf.peerTable()
             let guardian = AttachmentGuard(bpf: bpf, overlayIfindex: device.index, underlayIfindex: external.interface.index,
                                            mode: state.decapMode ?? mode, logger: logger)
+            var fastPath: FastPathService?
+            if options.dataplane.fastPath {
+                fastPath = FastPathService(sync: FastPathSync(bpf: bpf, podSubnet: lease.subnet, logger: logger), logger: logger)
+            } else {
+                FastPathSettings.removeLeftovers(bpf, logger: logger)
+            }
             // `status` shows the summary: say when the programs are a staged object, not the built-in one.
             let staged = bpf.source == .embedded ? "" : ", programs from \(bpf.source)"
-            return DataplaneSetup(summary: "BPF (\(mode == .xdp ? "XDP" : "TC-checked kernel") decap; \(state)) over \(device.name)\(staged)",
+            let fast = options.dataplane.fastPath ? "fast path on; " : ""
+            return DataplaneSetup(summary: "BPF (\(mode == .xdp ? "XDP" : "TC-checked kernel") decap; \(fast)\(state)) over \(device.name)\(staged)",
                                   tables: [PeerTableBinding(maps), kernelBinding], attachmentGuard: guardian,
-                                  enableAfterFirstFill: { try bpf.setEnabled(true) })
+                                  enableAfterFirstFill: { try bpf.setEnabled(true) }, fastPath: fastPath)
         } catch {
             if let path = options.dataplane.bpfObject { throw StartupError.bpfObjectUnusable(path: path, reason: "\(error)") }
             guard choice == .auto else { throw StartupError.dataplaneRequired(choice: choice, reason: "\(error)") }

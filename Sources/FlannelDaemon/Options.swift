@@ -236,6 +236,10 @@ public struct DataplaneOptions: ParsableArguments, Sendable {
             help: "Accept a decapsulated packet only when its source lies in a subnet of the peer node that sent it (or is that node's own address). Turn off (=false) only where nodes forward traffic from outside their own subnet without masquerade (docs/SECURITY.md).")
     public var innerSourceCheck: Bool = true
 
+    @Option(name: .customLong("fast-path"),
+            help: "BPF data path: let established pod-to-pod flows skip both nodes' network stacks (encapsulated where the pod's packet enters the host, handed straight to the receiving pod). Sets net.netfilter.nf_conntrack_tcp_be_liberal=1. =false keeps every packet on the kernel's forwarding path (docs/BPF-DATAPATH.md).")
+    public var fastPath: Bool = true
+
     public init() {}
 
     public func validate() throws {

@@ -59,6 +59,11 @@ public struct LinkInfo: Hashable, Sendable, CustomStringConvertible {
     public var parentIndex: Int32?
     /// IFLA_OPERSTATE (RFC 2863: 6 = up, 2 = down, 0 = unknown).
     public var operState: UInt8?
+    /// IFLA_LINK_NETNSID: the peer (`parentIndex`) lives in another network namespace, known to this
+    /// one by that id (a pod's veth seen from the host). nil: the same namespace, or no peer.
+    public var linkNetnsID: Int32?
+    /// IFLA_QDISC: the root qdisc's kind ("noqueue" for a veth nobody shapes).
+    public var rootQdisc: String?
 
     public var isUp: Bool { flags.contains(.up) }
 
@@ -116,6 +121,8 @@ extension NetlinkSocket {
         link.masterIndex = a.u32(RT.iflaMaster).map { Int32(bitPattern: $0) }
         link.parentIndex = a.u32(RT.iflaLink).map { Int32(bitPattern: $0) }
         link.operState = a.u8(RT.iflaOperstate)
+        link.linkNetnsID = a.u32(RT.iflaLinkNetnsID).map { Int32(bitPattern: $0) }
+        link.rootQdisc = a.string(RT.iflaQdisc)
         if let info = a.nested(RT.iflaLinkinfo) {
             link.kind = info.string(RT.iflaInfoKind)
             if link.kind == "vxlan", let d = info.nested(RT.iflaInfoData) {

@@ -15,12 +15,16 @@ enum RT {
     static let newAddr: UInt16 = 20, delAddr: UInt16 = 21, getAddr: UInt16 = 22
     static let newRoute: UInt16 = 24, delRoute: UInt16 = 25, getRoute: UInt16 = 26
     static let newNeigh: UInt16 = 28, delNeigh: UInt16 = 29, getNeigh: UInt16 = 30
+    static let newQdisc: UInt16 = 36, getQdisc: UInt16 = 38, newTfilter: UInt16 = 44, getTfilter: UInt16 = 46
+    // TCA_*
+    static let tcaKind: UInt16 = 1
 
     static let fCreate: UInt16 = 0x400, fExcl: UInt16 = 0x200, fReplace: UInt16 = 0x100
 
     // IFLA_*
     static let iflaAddress: UInt16 = 1, iflaIfname: UInt16 = 3, iflaMTU: UInt16 = 4, iflaLink: UInt16 = 5
     static let iflaMaster: UInt16 = 10, iflaOperstate: UInt16 = 16, iflaLinkinfo: UInt16 = 18
+    static let iflaLinkNetnsID: UInt16 = 37, iflaQdisc: UInt16 = 6
     static let iflaInfoKind: UInt16 = 1, iflaInfoData: UInt16 = 2
     // IFLA_VXLAN_*
     static let vxlanID: UInt16 = 1, vxlanLink: UInt16 = 3, vxlanLocal: UInt16 = 4, vxlanTTL: UInt16 = 5
@@ -48,6 +52,7 @@ enum RT {
         case newAddr: "RTM_NEWADDR"; case delAddr: "RTM_DELADDR"; case getAddr: "RTM_GETADDR"
         case newRoute: "RTM_NEWROUTE"; case delRoute: "RTM_DELROUTE"; case getRoute: "RTM_GETROUTE"
         case newNeigh: "RTM_NEWNEIGH"; case delNeigh: "RTM_DELNEIGH"; case getNeigh: "RTM_GETNEIGH"
+        case getQdisc: "RTM_GETQDISC"; case getTfilter: "RTM_GETTFILTER"
         default: "RTM_\(type)"
         }
     }

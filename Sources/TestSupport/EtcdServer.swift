@@ -53,7 +53,9 @@ public final class EtcdServer: Sendable {
     private let logPath: String
     private let extraArguments: [String]
 
-    public var clientURL: String { (tls == nil ? "http" : "https") + "://127.0.0.1:\(clientPort)" }
+    /// The port etcd listens on now: `clientPort`, except inside `whileOnlyTheTestReaches`.
+    private let listeningPort: Mutex<Int>
+    public var clientURL: String { (tls == nil ? "http" : "https") + "://127.0.0.1:\(listeningPort.withLock { $0 })" }
     public var peerURL: String { "http://127.0.0.1:\(peerPort)" }
     /// etcd's member name, unique per server (its data dir's name).
     private var memberName: String { String(dataDir.split(separator: "/").dropLast().last ?? "fx") }
@@ -142,6 +144,7 @@ public final class EtcdServer: Sendable {
         self.extraArguments = extraArguments
         self.namespace = namespace
         self.clientPort = clientPort
+        self.listeningPort = Mutex(clientPort)
         self.peerPort = peerPort
         self.dataDir = dataDir
         self.logPath = logPath
@@ -188,7 +191,7 @@ public final class EtcdServer: Sendable {
             // outside the port reservation) would otherwise pass the health check. Our etcd owns
             // the listening socket once it has bound it; etcdctl (a Go process per try) runs after.
             // `endpoint status` rather than `health`: it also answers when auth is enabled.
-            if process(p, listensOn: clientPort) {
+            if process(p, listensOn: listeningPort.withLock { $0 }) {
                 let r = try? await etcdctlAsync(api: 3, ["endpoint", "status", "--command-timeout=5s"])
                 if let r, r.status == 0 { return }
             }
@@ -232,6 +235,27 @@ public final class EtcdServer: Sendable {
     /// Starts etcd again on the same ports with the same data.
     public func restart() async throws {
         await stopAsync()
+        try await launch()
+    }
+
+    /// Restarts etcd on a port no existing client knows, runs `body` (whose etcdctl calls and new
+    /// registries follow `clientURL` there), then restarts it on `clientPort`. Clients that keep
+    /// their endpoint (a watcher under test) see etcd come back only after `body` has written
+    /// everything: the order is fixed by events, not by how fast the writes happen to be.
+    public func whileOnlyTheTestReaches(_ body: () async throws -> Void) async throws {
+        let privatePort = try TestPorts.reserve(count: 1)[0]
+        await stopAsync()
+        listeningPort.withLock { $0 = privatePort }
+        do {
+            try await launch()
+            try await body()
+        } catch {
+            await stopAsync()
+            listeningPort.withLock { $0 = clientPort }
+            throw error
+        }
+        await stopAsync()
+        listeningPort.withLock { $0 = clientPort }
         try await launch()
     }
 

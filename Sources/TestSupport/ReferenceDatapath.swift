@@ -80,9 +80,21 @@ public struct ReferenceDatapath: Sendable {
         public static let decapDropECN: UInt32 = 36, decapFragmentOK: UInt32 = 37
     }
 
-    /// The 4 metadata bytes fxdp_decap_xdp leaves in front of a frame it decapsulated (the magic
-    /// 0xf1a77e11 as the little-endian u32 the program stores).
-    public static let xdpMetaBytes: [UInt8] = [0x11, 0x7e, 0xa7, 0xf1]
+    /// The 8 metadata bytes fxdp_decap_xdp leaves in front of a frame it decapsulated: the magic
+    /// 0xf1a77e11 and the flags, little-endian u32s as the program stores them. Flag 1: the inner
+    /// source lies in a subnet of the sending peer (looked up when the inner source check is on).
+    public static func xdpMetaBytes(sourceInSubnet: Bool) -> [UInt8] {
+        [0x11, 0x7e, 0xa7, 0xf1, sourceInSubnet ? 1 : 0, 0, 0, 0]
+    }
+
+    /// Whether the inner source of a valid VXLAN frame lies in a subnet of the peer that sent it,
+    /// as the classification records it (only when the inner source check asks for the lookup).
+    public func sourceInSenderSubnet(_ f: [UInt8]) -> Bool {
+        guard innerSourceCheck, f.count >= 84 else { return false }
+        let source = IPv4Address(bytes: f[26..<30])
+        guard let owner = peer(for: IPv4Address(bytes: f[76..<80])) else { return false }
+        return owner.nodeIP == source || owner.sourceIP == source
+    }
 
     /// What must come out of one run.
     public enum Output: Sendable, Equatable {
@@ -183,7 +195,8 @@ public struct ReferenceDatapath: Sendable {
             inner[25] = UInt8(check & 0xff)
         }
         return Expectation(code: Code.decapOK, verdict: "XDP_PASS",
-                           output: .exact(ReferenceDatapath.xdpMetaBytes + underlayMAC.bytes + inner.dropFirst(6)))
+                           output: .exact(ReferenceDatapath.xdpMetaBytes(sourceInSubnet: sourceInSenderSubnet(f))
+                               + underlayMAC.bytes + inner.dropFirst(6)))
     }
 
     /// fxdp_decap_check on TC ingress (no offloaded VLAN tag in a test run).

@@ -33,7 +33,7 @@ struct Bench: AsyncParsableCommand {
     @Option(name: .customLong("watch-changes"), help: "Lease changes timed per peer count (default 50, quick 20).")
     var watchChanges: Int?
 
-    @Option(help: "Data paths to run, comma-separated ids: hgw,kvx,bxd,btc,uvx,uud (default all).")
+    @Option(help: "Data paths to run, comma-separated ids: hgw,kvx,bxd,btc,bfp,bfb,uvx,uud (default all).")
     var paths: String?
 
     @Flag(name: .customLong("skip-datapath"), help: "Skip the traffic part.")
@@ -245,6 +245,10 @@ struct BenchRunner {
                         + (s.failures.isEmpty ? "" : " [failures: \(s.failures.count)]"))
                 }
             }
+            // Which way the BPF paths' packets went over all rounds: the counters that moved.
+            for pl in labs where !pl.bpf.isEmpty {
+                report.attachments[pl.path.rawValue, default: []].append(pl.countersMoved())
+            }
             let ordered = options.paths.compactMap { samples[$0] }
             report.datapath = BenchSummary.summarize(ordered, kernel: BenchPath.kernelVXLAN.rawValue, plain: BenchPath.hostGW.rawValue)
 
@@ -255,6 +259,14 @@ struct BenchRunner {
                                                              repeatCount: options.quick ? 10000 : 100_000)
                 } catch {
                     report.notes.append("per-packet cost failed: \(error)")
+                }
+            }
+            if let fastLab = labs.first(where: { $0.path == .bpfFast }) {
+                log("per-packet cost of the fast path (BPF_PROG_TEST_RUN) …")
+                do {
+                    report.packetCosts += try PacketBench.runFast(on: fastLab, runs: options.quick ? 2000 : 20000)
+                } catch {
+                    report.notes.append("fast-path per-packet cost failed: \(error)")
                 }
             }
             for pl in labs { pl.close() }

@@ -20,6 +20,7 @@
 
 import BPFDataplane
 import BPFLoader
+import FlannelDaemon
 import Foundation
 import Glibc
 import Logging
@@ -32,6 +33,8 @@ enum BenchPath: String, CaseIterable, Sendable {
     case kernelVXLAN = "2 kernel vxlan (flanneld)"
     case bpfXDP = "3a BPF encap + XDP decap"
     case bpfTC = "3b BPF encap + kernel decap"
+    case bpfFast = "3c BPF fast path"
+    case bpfFastBridge = "3d BPF fast path, bridge hook"
     case userspaceVXLAN = "4a userspace vxlan"
     case userspaceUDP = "4b userspace udp (legacy)"
 
@@ -41,10 +44,16 @@ enum BenchPath: String, CaseIterable, Sendable {
         case .kernelVXLAN: "kvx"
         case .bpfXDP: "bxd"
         case .bpfTC: "btc"
+        case .bpfFast: "bfp"
+        case .bpfFastBridge: "bfb"
         case .userspaceVXLAN: "uvx"
         case .userspaceUDP: "uud"
         }
     }
+}
+
+extension BenchPath {
+    var isFast: Bool { self == .bpfFast || self == .bpfFastBridge }
 }
 
 /// One path's lab, set up and ready for traffic.
@@ -74,7 +83,7 @@ final class PathLab: @unchecked Sendable {
         case .hostGW:
             try lab.addHostGWRoute(on: a, peer: Peer(subnet: b.podSubnet, publicIP: b.nodeIP, vtepMAC: nil))
             try lab.addHostGWRoute(on: b, peer: Peer(subnet: a.podSubnet, publicIP: a.nodeIP, vtepMAC: nil))
-        case .kernelVXLAN, .bpfXDP, .bpfTC:
+        case .kernelVXLAN, .bpfXDP, .bpfTC, .bpfFast, .bpfFastBridge:
             let sa = try lab.makeFlannelStandIn(node: a)
             let sb = try lab.makeFlannelStandIn(node: b)
             try lab.addFlannelPeerRoutes(on: a, peer: sb.asPeer)
@@ -82,7 +91,7 @@ final class PathLab: @unchecked Sendable {
             if path != .kernelVXLAN {
                 let mode: DecapMode = path == .bpfXDP ? .xdp : .kernel
                 for (me, other) in [(sa, sb), (sb, sa)] {
-                    try attachBPF(me, peer: other, mode: mode, registry: registry)
+                    try attachBPF(me, peer: other, mode: mode, fastPath: path.isFast, registry: registry)
                 }
             }
         case .userspaceVXLAN, .userspaceUDP:
@@ -96,11 +105,29 @@ final class PathLab: @unchecked Sendable {
             try userspace[0].upsert(peers[1])
             try userspace[1].upsert(peers[0])
         }
+        // Every node as flannel's kube-flannel.yml runs it (--ip-masq): its masquerade table, which
+        // also turns connection tracking on, as kube-proxy does on any Kubernetes node.
+        for node in nodes {
+            try NetnsThread.run(namespace: node.name) {
+                try Masquerade.install(network: PathLab.network, subnet: node.podSubnet)
+            }
+        }
+        if path.isFast {
+            // A first exchange on the kernel path lets the bridges learn the pods' MACs.
+            for (from, to) in [(a, b), (b, a)] { _ = try lab.waitForPing(from: from.podNamespace, to: to.podIP) }
+            for (node, object) in zip(nodes, bpf) {
+                let pass = try NetnsThread.run(namespace: node.name) {
+                    try FastPathSync(bpf: object, podSubnet: node.podSubnet, hook: path == .bpfFastBridge ? .bridges : .podPorts,
+                                     logger: Logger(label: "fxbench.fast")).syncOnce()
+                }
+                notes.append("\(node.name): fast path encap on \(pass.hooked.values.sorted()), \(pass.pods) pod(s)")
+            }
+        }
         rrServer = try RRServer(namespace: b.podNamespace, address: b.podIP, port: PathLab.rrPort)
         offloads = try readOffloads()
     }
 
-    private func attachBPF(_ me: FlannelStandIn, peer: FlannelStandIn, mode: DecapMode, registry: BenchCleanup) throws {
+    private func attachBPF(_ me: FlannelStandIn, peer: FlannelStandIn, mode: DecapMode, fastPath: Bool, registry: BenchCleanup) throws {
         let node = me.node
         let mount = "/run/\(lab.prefix)-\(node.index)-bpffs"
         try BPFFS.ensureMounted(at: mount)
@@ -111,9 +138,14 @@ final class PathLab: @unchecked Sendable {
         let object = try FlannelBPF(bpffs: mount, logger: logger)
         let underlay = try lab.linkIndex(node.name, node.underlayIfname)
         let overlay = try lab.linkIndex(node.name, me.ifname)
-        let config = NodeConfig(nodeIP: node.nodeIP, vtepMAC: me.vtepMAC, vni: me.vni, udpPort: me.port,
+        var config = NodeConfig(nodeIP: node.nodeIP, vtepMAC: me.vtepMAC, vni: me.vni, udpPort: me.port,
                                 underlayIfindex: underlay, underlayMAC: try lab.linkMAC(node.name, node.underlayIfname),
-                                overlayIfindex: overlay, overlayMTU: UInt16(me.mtu))
+                                overlayIfindex: overlay, overlayMTU: UInt16(me.mtu), fastPath: fastPath)
+        if fastPath {
+            // What the daemon does with the fast path on (docs/BPF-DATAPATH.md "The fast path").
+            try NetnsThread.run(namespace: node.name) { try ConntrackTCPLiberal.enable() }
+            config.conntrackTCPLiberal = true
+        }
         try object.writeConfig(config)
         try object.peerTable().upsert(peer.asPeer)
         let state = try NetnsThread.run(namespace: node.name) {
@@ -138,6 +170,15 @@ final class PathLab: @unchecked Sendable {
         try lab.sh(node.name, ["route", "add", "\(PathLab.network)", "dev", tun])
         try dp.start()
         return (dp, Peer(subnet: node.podSubnet, publicIP: node.nodeIP, vtepMAC: vxlan ? mac : nil))
+    }
+
+    /// "n1: encap_ok 12, fast_encap_ok 3456, …": every counter that is not zero, per node.
+    func countersMoved() -> String {
+        zip(nodes, bpf).map { node, object in
+            let counts = (try? object.counters()) ?? [:]
+            let moved = counts.filter { $0.value.packets > 0 }.sorted { $0.key.rawValue < $1.key.rawValue }
+            return "\(node.name.suffix(2)) counters: " + moved.map { "\($0.key.name) \($0.value.packets)" }.joined(separator: ", ")
+        }.joined(separator: "; ")
     }
 
     /// Offload flags of the underlay on both sides of each node's wire veth.

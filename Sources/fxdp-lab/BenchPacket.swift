@@ -12,7 +12,8 @@
 //
 // Frames: `size` is the inner (pod) Ethernet frame; encap gets it as flannel.1 hands it over, decap
 // gets it wrapped in outer Ethernet/IPv4/UDP/VXLAN (size + 50). A 64 KB GSO frame is not measured:
-// BPFLoader's testRun passes no skb context, so the encap would take it for an over-MTU packet.
+// the kernel's test run takes at most a page of packet data. The fast path's programs run on the
+// 3c lab with the interface the packet arrives on in the skb context (the bridge, the underlay).
 
 import BPFDataplane
 import BPFLoader
@@ -64,6 +65,45 @@ enum PacketBench {
         return results
     }
 
+    /// The fast path's programs on the 3c lab, on a live UDP flow between the pods (conntrack has
+    /// it confirmed and answered): the bridge's encap on node 1 (the pod's frame to its gateway) and
+    /// the TC check's fast decap on node 2 (the peer's VXLAN datagram to its pod), both taking the
+    /// whole fast path, so what is timed includes the conntrack and FIB lookups and the rewrite.
+    static func runFast(on pl: PathLab, runs: Int) throws -> [PacketCost] {
+        guard pl.path == .bpfFast, pl.bpf.count == 2 else { throw LabError(command: [], message: "fast-path costs need the 3c lab") }
+        let (a, b) = (pl.nodes[0], pl.nodes[1])
+        guard let configA = try pl.bpf[0].readConfig(), let configB = try pl.bpf[1].readConfig() else {
+            throw LabError(command: [], message: "no BPF config")
+        }
+        let flow = try UDPProbe.ttlsSeen(from: a.podNamespace, to: b.podNamespace, server: (b.podIP, 6100), ttl: 64, count: 1)
+        let podPort = flow.ends.clientAsSeenByServer.1
+        let bridgeA = try pl.lab.linkMAC(a.name, "cni0")
+        let podA = try pl.lab.linkMAC(a.podNamespace, "eth0")
+        let underlayA = try pl.lab.linkMAC(a.name, a.underlayIfname)
+        try pl.lab.sh(a.name, ["neigh", "replace", "\(b.nodeIP)", "lladdr", "\(try pl.lab.linkMAC(b.name, b.underlayIfname))",
+                                "dev", a.underlayIfname, "nud", "permanent"])
+        let portIndexA = try pl.lab.linkIndex(a.name, "vp")
+        var results: [PacketCost] = []
+        for size in [64, 1400] {
+            func udp(_ src: IPv4Address, _ dst: IPv4Address, _ sport: UInt16, _ dport: UInt16) -> [UInt8] {
+                let payload = [UInt8](repeating: 0xab, count: max(0, size - 14 - 20 - 8))
+                return PacketBuilder.ipv4(src: src, dst: dst, proto: IPProto.udp,
+                                          payload: PacketBuilder.udp(src: src, dst: dst, srcPort: sport, dstPort: dport, payload: payload))
+            }
+            let fromPod = PacketBuilder.ethernet(dst: bridgeA, src: podA, type: EtherType.ipv4) + udp(a.podIP, b.podIP, podPort, 6100)
+            results.append(try perRun(pl.bpf[0], ns: a.name, try pl.bpf[0].program(.fastEncap), name: "fast encap (TC ingress, pod's veth)",
+                                      frame: fromPod, runs: runs, expect: 7, expectCounters: [.fastEncapOK], verdictName: "TC_ACT_REDIRECT",
+                                      skb: TestRunSKB(ifindex: portIndexA)))
+            let inner = PacketBuilder.ethernet(dst: configB.vtepMAC, src: configA.vtepMAC, type: EtherType.ipv4) + udp(a.podIP, b.podIP, podPort, 6100)
+            let vxlan = PacketBuilder.vxlanFrame(outerDst: configB.underlayMAC, outerSrc: underlayA, src: a.nodeIP, dst: b.nodeIP,
+                                                 dstPort: configB.udpPort, vni: configB.vni, inner: inner)
+            results.append(try perRun(pl.bpf[1], ns: b.name, try pl.bpf[1].program(.decapCheck), name: "fast decap (TC check → pod)",
+                                      frame: vxlan, runs: runs, expect: 7, expectCounters: [.fastDecapOK], verdictName: "TC_ACT_REDIRECT",
+                                      skb: TestRunSKB(ifindex: try pl.lab.linkIndex(b.name, b.underlayIfname))))
+        }
+        return results
+    }
+
     /// An Ethernet + IPv4 + TCP frame of exactly `size` bytes.
     static func innerFrame(size: Int, dstMAC: MACAddress, srcMAC: MACAddress, src: IPv4Address, dst: IPv4Address) -> [UInt8] {
         let payload = [UInt8](repeating: 0xab, count: max(0, size - 14 - 20 - 20))
@@ -73,13 +113,14 @@ enum PacketBench {
     }
 
     private static func perRun(_ bpf: FlannelBPF, ns: String, _ program: BPFProgram, name: String, frame: [UInt8], runs: Int,
-                               expect: UInt32, expectCounters: [FXDPCounter], verdictName: String) throws -> PacketCost {
+                               expect: UInt32, expectCounters: [FXDPCounter], verdictName: String,
+                               skb: TestRunSKB? = nil) throws -> PacketCost {
         let before = try bpf.counters()
         let (durations, verdicts) = try NetnsThread.run(namespace: ns) { () throws -> ([Double], Set<UInt32>) in
             var d: [Double] = [], v = Set<UInt32>()
             d.reserveCapacity(runs)
             for _ in 0..<runs {
-                let r = try program.testRun(packet: frame)
+                let r = try program.testRun(packet: frame, skb: skb)
                 d.append(Double(r.durationNanoseconds))
                 v.insert(r.retval)
             }

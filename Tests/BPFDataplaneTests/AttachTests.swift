@@ -104,7 +104,8 @@ struct AttachTests {
 
         #expect(try lab.link(.vxlanDoor) == door1, "the same netfilter link, untouched")
 
-        // Switch to XDP decap: the steer takes the TC check's slot, XDP comes, encap stays.
+        // Switch to XDP decap: the steer takes the check's place on the underlay's link, XDP comes,
+        // encap stays.
         let s3 = try lab.attach(second, .xdp)
         #expect(s3.encapProgramID == s1.encapProgramID && s3.xdpProgramID != nil)
         #expect(s3.decapCheckProgramID != nil && s3.decapCheckProgramID != s1.decapCheckProgramID)
@@ -131,15 +132,25 @@ struct AttachTests {
         #expect(door4.netfilterPriority == FXDPSlots.netfilterPriority - 1)
         #expect(s4.doorProgramID == door4.programID && s4.podGuardProgramID == changedGuard)
 
-        // Another program of ours in the encap slot (different tag) is replaced too.
+        // Our pinned link running another program of ours (different tag) gets ours back, in place;
+        // the same link throughout, so the hook was never without one.
+        let pinDir = lab.bpffs.path + "/" + FlannelBPF.pinFolderName
+        let encapLink = try BPFLink.openPinned(path: pinDir + "/" + FXDPSlots.overlayEgressPin)
+        let encapLinkID = try encapLink.info().id
+        try encapLink.update(to: try changed.program(.decapCheck))
+        #expect(try lab.state().encapProgramID == (try changed.program(.decapCheck).info().id))
+        // And a cls_bpf filter of ours in the slot versions before tcx used (an upgrade from one).
         try lab.ns.run {
-            try TC.attach(try changed.program(.decapCheck), ifindex: lab.overlay, direction: .egress,
+            try TC.attach(try changed.program(.decapCheck), ifindex: lab.underlay, direction: .ingress,
                           handle: FXDPSlots.tcHandle, priority: FXDPSlots.tcPriority)
         }
-        #expect(try lab.state().encapProgramID == (try changed.program(.decapCheck).info().id))
         let s5 = try lab.attach(changed, .kernel)
         #expect(s5.encapProgramID == (try changed.program(.encap).info().id))
+        #expect(try encapLink.info().id == encapLinkID && encapLink.info().programID == s5.encapProgramID)
         #expect(s5.decapMode == .kernel && s5.xdpProgramID == nil)
+        #expect(try lab.ns.run { try TC.attachedProgramID(ifindex: lab.underlay, direction: .ingress, handle: FXDPSlots.tcHandle,
+                                                          priority: FXDPSlots.tcPriority) } == nil,
+                "the old cls_bpf filter of ours goes once the link runs")
 
         // Back on the original build: the maps still hold the peer and config; its programs
         // replace the changed ones, the netfilter links back at the first priority.
@@ -238,15 +249,39 @@ struct AttachTests {
         try lab.ns.run { try FlannelBPF.detachAll(overlayIfindex: lab.overlay, underlayIfindex: lab.underlay, bpffs: lab.bpffs.path) }
         #expect(try lab.state().xdpProgramID == (try foreignXDP.info().id))
 
-        // A foreign program in OUR TC slot: refused, and left in place by detach.
-        try lab.ns.run {
-            try XDP.detach(ifindex: lab.underlay, mode: .native, expectedProgramID: try foreignXDP.info().id)
-            try TC.attach(foreignTC, ifindex: lab.underlay, direction: .ingress,
-                          handle: FXDPSlots.tcHandle, priority: FXDPSlots.tcPriority)
+        // A foreign tcx program on the same hooks: ours come after it; detach leaves it.
+        try lab.ns.run { try XDP.detach(ifindex: lab.underlay, mode: .native, expectedProgramID: try foreignXDP.info().id) }
+        // (Links are pinned outside our folder: they stay attached without an fd of the test's.)
+        let foreignLinkID = try lab.ns.run { () throws -> UInt32 in
+            let link = try BPFLink.attachTCX(foreignTC, ifindex: lab.underlay, direction: .ingress)
+            try link.pin(at: lab.bpffs.path + "/foreign_link")
+            return try link.info().id
         }
-        #expect(throws: DataplaneError.self) { try lab.attach(bpf, .kernel) }
+        let s7 = try lab.attach(bpf, .kernel)
+        let order = try lab.ns.run { try TCX.attached(ifindex: lab.underlay, direction: .ingress) }
+        #expect(order.map(\.programID) == [foreignID, s7.decapCheckProgramID!], "\(order)")
+        // A foreign program in the cls_bpf slot earlier versions used: not ours, never touched.
+        try lab.ns.run {
+            try TC.attach(foreignTC, ifindex: lab.underlay, direction: .ingress, handle: FXDPSlots.tcHandle, priority: FXDPSlots.tcPriority)
+        }
+        _ = try lab.attach(bpf, .kernel)
         try lab.ns.run { try FlannelBPF.detachAll(overlayIfindex: lab.overlay, underlayIfindex: lab.underlay, bpffs: lab.bpffs.path) }
-        #expect(try lab.state().decapCheckProgramID == foreignID)
+        #expect(try lab.state().decapCheckProgramID == nil)
+        #expect(try lab.ns.run { try TCX.attached(ifindex: lab.underlay, direction: .ingress) }
+                == [TCXAttachment(programID: foreignID, linkID: foreignLinkID)])
+        #expect(try lab.ns.run { try TC.attachedProgramID(ifindex: lab.underlay, direction: .ingress, handle: FXDPSlots.tcHandle,
+                                                          priority: FXDPSlots.tcPriority) } == foreignID)
+
+        // One of our programs on a hook through a link our pins do not hold (another --bpffs):
+        // refused, naming the link.
+        let other = try FlannelBPF(bpffs: lab.bpffs.path)
+        let strayID = try lab.ns.run { () throws -> UInt32 in
+            let link = try BPFLink.attachTCX(try other.program(.encap), ifindex: lab.overlay, direction: .egress)
+            try link.pin(at: lab.bpffs.path + "/stray_link")
+            return try link.info().id
+        }
+        let refused = #expect(throws: DataplaneError.self) { try lab.attach(bpf, .kernel) }
+        #expect("\(refused.map { "\($0)" } ?? "")".contains("link \(strayID)"), "\(String(describing: refused))")
     }
 
     @Test func programsOutliveTheObjectAndPinsCanBeRemoved() throws {

@@ -140,7 +140,7 @@ struct KernelCompatTests {
             for (label, frame) in [("bpf encap", ours), ("kernel encap", kernelFrame)] {
                 let d = try pair.b.run { try decap.testRun(packet: frame) }
                 #expect(Verdict.xdp(d.retval) == "XDP_PASS", "\(label)")
-                #expect(d.packet == ReferenceDatapath.xdpMetaBytes + configB.underlayMAC.bytes + pair.aVTEP.bytes + [0x08, 0x00] + innerIP,
+                #expect(d.packet == ReferenceDatapath.xdpMetaBytes(sourceInSubnet: true) + configB.underlayMAC.bytes + pair.aVTEP.bytes + [0x08, 0x00] + innerIP,
                         "\(label) → decap (the steer's mark in the metadata in front)")
                 let c = try pair.b.run { try check.testRun(packet: frame) }
                 #expect(Verdict.tc(c.retval) == "TC_ACT_OK" && c.packet == frame, "\(label) → check")

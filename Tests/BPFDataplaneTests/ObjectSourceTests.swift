@@ -32,6 +32,7 @@ SEC("tc") int fxdp_decap_check(struct __sk_buff *skb) { return 0; }
 SEC("tc") int fxdp_decap_steer(struct __sk_buff *skb) { return 0; }
 SEC("netfilter") int fxdp_vxlan_door(void *ctx) { return 1; }
 SEC("netfilter") int fxdp_pod_guard(void *ctx) { return 1; }
+SEC("tc") int fxdp_fast_encap(struct __sk_buff *skb) { return 0; }
 char LICENSE[] SEC("license") = "GPL";
 """
 

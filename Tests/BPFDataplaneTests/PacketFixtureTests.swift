@@ -221,7 +221,7 @@ struct PacketFixtureTests {
             case .stripped: #expect(xdp.output == lab.stripped(row.input), "xdp output: \(row)")
             case .strippedCE:
                 var want = lab.stripped(row.input)
-                let ip = 4 + 14 // metadata, inner Ethernet
+                let ip = 8 + 14 // metadata, inner Ethernet
                 want[ip + 1] |= 0x3
                 want[ip + 10] = 0
                 want[ip + 11] = 0

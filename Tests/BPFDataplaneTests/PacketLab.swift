@@ -125,8 +125,12 @@ final class PacketLab: @unchecked Sendable {
     }
 
     /// What XDP decap must leave: the steer's mark in the metadata (the test run returns it in
-    /// front of the frame), then the inner frame re-addressed to the underlay's MAC.
+    /// front of the frame, flagged when the inner source lies in the sending peer's pod subnet), then
+    /// the inner frame re-addressed to the underlay's MAC.
     func stripped(_ frame: [UInt8]) -> [UInt8] {
-        ReferenceDatapath.xdpMetaBytes + underlayMAC.bytes + Array(frame[56...])
+        let outerSource = IPv4Address(bytes: frame[26..<30]), innerSource = IPv4Address(bytes: frame[76..<80])
+        let inSubnet = (outerSource == PacketLab.peer && PacketLab.peerPods.contains(innerSource))
+            || ([PacketLab.multihomedSource, PacketLab.multihomedPeer].contains(outerSource) && PacketLab.multihomedPods.contains(innerSource))
+        return ReferenceDatapath.xdpMetaBytes(sourceInSubnet: inSubnet) + underlayMAC.bytes + Array(frame[56...])
     }
 }

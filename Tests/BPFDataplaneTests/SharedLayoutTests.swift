@@ -14,7 +14,9 @@ import Testing
         #expect(MemoryLayout<fxdp_node_value>.size == 4)
         #expect(MemoryLayout<fxdp_config>.size == 64)
         #expect(MemoryLayout<fxdp_stranger>.size == 16)
-        #expect(MemoryLayout<fxdp_xdp_meta>.size == 4)
+        #expect(MemoryLayout<fxdp_xdp_meta>.size == 8)
+        #expect(MemoryLayout<fxdp_local_key>.size == 8)
+        #expect(MemoryLayout<fxdp_local_value>.size == 16)
         #expect(MemoryLayout<fxdp_config>.offset(of: \fxdp_config.outer_ttl) == 34)
         #expect(MemoryLayout<fxdp_config>.offset(of: \fxdp_config.network) == 36)
         #expect(MemoryLayout<fxdp_config>.offset(of: \fxdp_config.public_ip) == 40)
@@ -44,6 +46,11 @@ import Testing
             (.decapFragmentOK, FXDP_C_DECAP_FRAGMENT_OK), (.decapSteerOK, FXDP_C_DECAP_STEER_OK),
             (.doorOK, FXDP_C_DOOR_OK), (.doorDropNotPeer, FXDP_C_DOOR_DROP_NOT_PEER),
             (.doorDropWrongDoor, FXDP_C_DOOR_DROP_WRONG_DOOR), (.guardDropPodVXLAN, FXDP_C_GUARD_DROP_POD_VXLAN),
+            (.fastEncapOK, FXDP_C_FAST_ENCAP_OK), (.fastEncapPassOff, FXDP_C_FAST_ENCAP_PASS_OFF),
+            (.fastEncapPassNotPod, FXDP_C_FAST_ENCAP_PASS_NOT_POD), (.fastEncapPassNotPeer, FXDP_C_FAST_ENCAP_PASS_NOT_PEER),
+            (.fastEncapPassConntrack, FXDP_C_FAST_ENCAP_PASS_CONNTRACK), (.fastEncapPassLimits, FXDP_C_FAST_ENCAP_PASS_LIMITS),
+            (.fastDecapOK, FXDP_C_FAST_DECAP_OK), (.fastDecapPassNotPod, FXDP_C_FAST_DECAP_PASS_NOT_POD),
+            (.fastDecapPassConntrack, FXDP_C_FAST_DECAP_PASS_CONNTRACK), (.fastDecapPassLimits, FXDP_C_FAST_DECAP_PASS_LIMITS),
         ]
         #expect(c.count == FXDPCounter.allCases.count, "every Swift case is paired with its C constant")
         for (swift, cValue) in c {
@@ -55,7 +62,8 @@ import Testing
     }
 
     @Test func mapNamesCarryTheABIVersion() {
-        for name in [FXDP_MAP_PEERS, FXDP_MAP_NODES, FXDP_MAP_CONFIG, FXDP_MAP_COUNTERS, FXDP_MAP_PEER_STATS, FXDP_MAP_STRANGERS] {
+        for name in [FXDP_MAP_PEERS, FXDP_MAP_NODES, FXDP_MAP_CONFIG, FXDP_MAP_COUNTERS, FXDP_MAP_PEER_STATS, FXDP_MAP_STRANGERS,
+                     FXDP_MAP_LOCAL] {
             #expect(name.hasSuffix("_v\(FXDP_ABI_VERSION)"))
         }
     }

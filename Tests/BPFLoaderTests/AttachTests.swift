@@ -289,3 +289,50 @@ func sendUDP(to address: (UInt8, UInt8, UInt8, UInt8), port: UInt16, count: Int)
     }
     return accepted
 }
+
+@Suite("TCX attach", .enabled(if: Privileges.isRoot, Privileges.skipReason))
+struct TCXAttachTests {
+    @Test("tcx: no qdisc, programs in order, one program once per hook, an atomic swap, a pin that outlives the fd, detach", arguments: [TCDirection.egress, .ingress])
+    func attachUpdateDetach(direction: TCDirection) throws {
+        let object = try loadFixture("loader_fixture")
+        let mark = try object.program(named: "tc_mark"), drop = try object.program(named: "tc_drop")
+        let markID = try mark.info().id, dropID = try drop.info().id
+        // A hook takes a program once: the swap needs another load of one.
+        let again = try loadFixture("loader_fixture")
+        let mark2 = try again.program(named: "tc_mark")
+        let mark2ID = try mark2.info().id
+        let bpffs = "/run/\(getpid())-tcx-\(direction)-bpffs"
+        try BPFFS.ensureMounted(at: bpffs)
+        defer { BPFFS.unmount(bpffs); rmdir(bpffs) }
+        try VethLab.with { lab in
+            let va = try lab.ifindex("va")
+            try lab.run { () throws -> Void in
+                #expect(try TCX.attached(ifindex: va, direction: direction).isEmpty)
+                let first = try BPFLink.attachTCX(mark, ifindex: va, direction: direction)
+                #expect(throws: BPFError.self) { try BPFLink.attachTCX(mark, ifindex: va, direction: direction) }
+                let second = try BPFLink.attachTCX(drop, ifindex: va, direction: direction)
+                let firstInfo = try first.info(), secondInfo = try second.info()
+                #expect(firstInfo.tcxIfindex == va && firstInfo.tcxDirection == direction && firstInfo.programID == markID)
+                #expect(try TCX.attached(ifindex: va, direction: direction)
+                        == [TCXAttachment(programID: markID, linkID: firstInfo.id), TCXAttachment(programID: dropID, linkID: secondInfo.id)])
+                // Swapped in place: same link, same position, the other program.
+                try first.update(to: mark2)
+                #expect(try TCX.attached(ifindex: va, direction: direction)
+                        == [TCXAttachment(programID: mark2ID, linkID: firstInfo.id), TCXAttachment(programID: dropID, linkID: secondInfo.id)])
+                // Pinned, the link outlives its fd; detached, it stays pinned but runs nothing.
+                try first.pin(at: bpffs + "/first")
+                try second.detach()
+                #expect(try second.info().tcxIfindex == 0)
+            }
+            try lab.run { () throws -> Void in
+                let pinned = try BPFLink.openPinned(path: bpffs + "/first")
+                #expect(try TCX.attached(ifindex: va, direction: direction).map(\.linkID) == [try pinned.info().id])
+                unlink(bpffs + "/first")
+            }
+            // No qdisc was ever made.
+            #expect(!(try sh(["/usr/sbin/tc", "-n", lab.name, "qdisc", "show", "dev", "va"]).stdout.contains("clsact")))
+            // The last holder gone, the hook is empty.
+            #expect(try lab.run { try TCX.attached(ifindex: va, direction: direction) }.isEmpty)
+        }
+    }
+}

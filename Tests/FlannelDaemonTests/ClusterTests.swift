@@ -64,7 +64,7 @@ struct ClusterTests {
             let others = cluster.nodes.filter { $0.name != node.name }.map(\.podSubnet).sorted()
             let took = try waitFor(5) { try cluster.pinnedPeerSubnets(node) == others }
             let have = (try? cluster.pinnedPeerSubnets(node)) ?? []
-            #expect(took != nil, "\(node.name) peers: \(have), want \(others)")
+            #expect(took != nil, "\(node.name) peers: \(have), want \(others); log:\n\(cluster.daemonLog(node).suffix(3000))")
         }
         for a in cluster.nodes {
             for b in cluster.nodes where a.name != b.name {

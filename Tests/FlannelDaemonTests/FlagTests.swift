@@ -267,6 +267,16 @@ struct FlagTests {
         #expect(try parseRun(["-iptables-forward-rules"], env: ["FLANNELD_IPTABLES_FORWARD_RULES": "false"]).hostRules.iptablesForwardRules)
     }
 
+    @Test("--fast-path: on by default; =false, the environment and Go's single dash turn it off")
+    func fastPathFlag() throws {
+        #expect(try parseRun([]).dataplane.fastPath)
+        #expect(try parseRun(["--fast-path=false"]).dataplane.fastPath == false)
+        #expect(try parseRun(["-fast-path=false"]).dataplane.fastPath == false)
+        #expect(try parseRun([], env: ["FLANNELD_FAST_PATH": "false"]).dataplane.fastPath == false)
+        #expect(try parseRun(["-fast-path"], env: ["FLANNELD_FAST_PATH": "false"]).dataplane.fastPath)
+        #expect(throws: (any Error).self) { try parseRun(["--fast-path=maybe"]) }
+    }
+
     @Test("subcommands and their flags")
     func subcommands() throws {
         let cleanup = try FlanneldXDP.parseGoStyle(["cleanup", "-keep-kernel-path", "-bpffs", "/run/b"], environment: [:])

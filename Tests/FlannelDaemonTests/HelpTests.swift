@@ -105,6 +105,13 @@ struct HelpAndBinaryTests {
                                   where nodes forward traffic from outside their own
                                   subnet without masquerade (docs/SECURITY.md).
                                   (default: true)
+          --fast-path <fast-path> BPF data path: let established pod-to-pod flows skip
+                                  both nodes' network stacks (encapsulated where the
+                                  pod's packet enters the host, handed straight to the
+                                  receiving pod). Sets
+                                  net.netfilter.nf_conntrack_tcp_be_liberal=1. =false
+                                  keeps every packet on the kernel's forwarding path
+                                  (docs/BPF-DATAPATH.md). (default: true)
 
         HOST RULES:
           --iptables-resync <iptables-resync>

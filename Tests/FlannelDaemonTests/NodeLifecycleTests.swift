@@ -1,4 +1,6 @@
+import BPFLoader
 import FlannelDaemon
+import Foundation
 import Glibc
 import NetTypes
 import TestSupport
@@ -293,29 +295,39 @@ struct NodeLifecycleTests {
         try await node.stopDaemon(SIGTERM)
     }
 
-    @Test("BPF loads but cannot attach (a foreign program holds our TC slot): auto runs the userspace path, says why")
+    @Test("BPF loads but cannot attach (another flanneld-xdp's link, from another pin folder, holds our hook): auto runs the userspace path, says why")
     func bpfAttachFails() async throws {
         let node = try await NetnsNode(hint: "a")
         defer { node.close() }
         try await node.server.put("/coreos.com/network/config", #"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#)
-        // Someone else's filter in the slot our TC source check uses on the underlay (handle 0xfd01, prio 0xfd).
-        // (This kernel has no matchall/u32 classifiers: the foreign filter is a tiny BPF program.)
-        let source = node.subnetFile + ".foreign.bpf.c", object = node.subnetFile + ".foreign.o"
-        try writeFile(source, "#include <linux/bpf.h>\n__attribute__((section(\"tc\"), used)) int foreign(struct __sk_buff *s) { return 0; }\n"
+        // A program named as ours on the underlay's tcx ingress, held by a link pinned outside our
+        // folder: what another flanneld-xdp with another --bpffs leaves. Two sets of our programs
+        // would both judge every datagram, against different maps: refused.
+        let source = node.subnetFile + ".stray.bpf.c", object = node.subnetFile + ".stray.o"
+        try writeFile(source, "#include <linux/bpf.h>\n__attribute__((section(\"tc\"), used)) int fxdp_decap_check(struct __sk_buff *s) { return 0; }\n"
                               + "char _license[] __attribute__((section(\"license\"), used)) = \"GPL\";\n")
         let clang = getenv("BPF_CLANG").map { String(cString: $0) } ?? "/opt/swift/usr/bin/clang"
         _ = try runTool(access(clang, X_OK) == 0 ? clang : "/usr/bin/clang",
                         ["-target", "bpf", "-O2", "-I/usr/include/x86_64-linux-gnu", "-c", source, "-o", object])
-        _ = try runTool("/usr/sbin/tc", ["-n", node.ns, "qdisc", "add", "dev", "fxdu0", "clsact"])
-        _ = try runTool("/usr/sbin/tc", ["-n", node.ns, "filter", "add", "dev", "fxdu0", "ingress", "prio", "253", "handle",
-                                         "0xfd01", "bpf", "da", "obj", object, "sec", "tc"])
+        let strayPin = node.bpffs + "/another-folder-link"
+        let elf = try [UInt8](Data(contentsOf: URL(fileURLWithPath: object)))
+        var stray = try BPFObject(elf: elf, name: "stray")
+        try stray.load()
+        let program = try stray.program(named: "fxdp_decap_check")
+        try NetnsThread.run(namespace: node.ns) {
+            try BPFFS.ensureMounted(at: node.bpffs)
+            let link = try BPFLink.attachTCX(program, ifindex: Int32(if_nametoindex("fxdu0")), direction: .ingress)
+            try link.pin(at: strayPin)
+        }
+        defer { unlink(strayPin) }
         let ready = try await node.startDaemon(["-dataplane=auto"])
         #expect(ready.contains("userspace TUN flannel-u.1 (BPF unavailable: attaching the BPF programs failed"), "\(ready)")
         let log = readText(node.daemonLog) ?? ""
         #expect(log.split(separator: "\n").filter { $0.contains("using the userspace path") }.count == 1, "\(log)")
+        #expect(log.contains("another --bpffs"), "the reason names the likely cause: \(log.suffix(1500))")
         #expect(try node.linkMAC("flannel.1") == nil, "flannel.1 must go: its socket would hold the VXLAN port")
-        #expect(try runTool("/usr/sbin/tc", ["-n", node.ns, "filter", "show", "dev", "fxdu0", "ingress"]).contains("foreign"),
-                "the foreign filter is left alone")
+        let attached = try NetnsThread.run(namespace: node.ns) { try TCX.attached(ifindex: Int32(if_nametoindex("fxdu0")), direction: .ingress) }
+        #expect(attached.count == 1, "the other link is left alone: \(attached)")
         try await node.stopDaemon(SIGTERM)
     }
 
@@ -342,12 +354,17 @@ struct NodeLifecycleTests {
         try await node.putLease("10.5.9.0-24", ip: "192.0.2.19", mac: "0a:00:00:00:00:09")
         try await node.startDaemon(["-dataplane=tc"])
         try await node.stopDaemon(SIGTERM)
-        #expect(try runTool("/usr/sbin/tc", ["-n", node.ns, "filter", "show", "dev", "flannel.1", "egress"]).contains("fxdp_encap"))
+        func encapPrograms() throws -> [String] {
+            try NetnsThread.run(namespace: node.ns) {
+                try TCX.attached(ifindex: Int32(if_nametoindex("flannel.1")), direction: .egress).map { try BPFProgramInfo.forID($0.programID).name }
+            }
+        }
+        #expect(try encapPrograms() == ["fxdp_encap"])
         let cleanup = try node.inNS([node.binary, "cleanup", "-keep-kernel-path", "-bpffs=\(node.bpffs)"])
         #expect(cleanup.status == 0, "\(cleanup.output)")
         #expect(try node.linkMAC("flannel.1") != nil)
         #expect(try node.route("10.5.9.0/24").contains("via 10.5.9.0 dev flannel.1 onlink"))
-        #expect(!(try runTool("/usr/sbin/tc", ["-n", node.ns, "filter", "show", "dev", "flannel.1", "egress"]).contains("fxdp")))
+        #expect(try encapPrograms().isEmpty)
         #expect(try runProgram("/bin/ls", [node.bpffs + "/flanneld-xdp"]).status != 0)
     }
 

@@ -11,6 +11,7 @@
 // the partition for 10 s (60 s under `make fuzz`'s long mode). FXDP_ETCD_OUTAGE_SECONDS sets both.
 // (Lease expiry while cut off from etcd: LeaseExpiryTests.)
 
+import BPFDataplane
 import BPFLoader
 import CBPF
 import Foundation
@@ -44,7 +45,8 @@ func pinnedPeers(_ cluster: FlannelCluster, _ node: LabNode) throws -> [IPv4Subn
     }.sorted()
 }
 
-/// Program ids attached in the node's namespace (bpftool net show) and ids of the pinned maps.
+/// Program ids attached in the node's namespace (XDP and every tcx hook, by interface; bpftool 7.1
+/// predates tcx) and ids of the pinned maps.
 struct DataplaneIDs: Equatable, CustomStringConvertible {
     var programs: [String: Int]
     var maps: [String: Int]
@@ -53,16 +55,21 @@ struct DataplaneIDs: Equatable, CustomStringConvertible {
 
 func dataplaneIDs(_ cluster: FlannelCluster, _ node: LabNode) throws -> DataplaneIDs {
     var programs: [String: Int] = [:]
-    let net = try cluster.lab.run(node.name, ["/usr/sbin/bpftool", "-j", "net", "show"])
-    if let top = try JSONSerialization.jsonObject(with: Data(net.stdout.utf8)) as? [[String: Any]] {
-        for section in top {
-            for (_, entries) in section {
-                for entry in entries as? [[String: Any]] ?? [] {
-                    // xdp entries: {"devname","ifindex","mode","id"}; tc: {"devname","kind","name","id"}.
-                    let dev = entry["devname"] as? String ?? "?"
-                    let kind = entry["kind"] as? String ?? (entry["mode"] as? String ?? "xdp")
-                    if let id = entry["id"] as? Int { programs["\(dev)/\(kind)/\(entry["name"] as? String ?? "")"] = id }
+    let lines = try cluster.lab.sh(node.name, ["-o", "link", "show"]).split(separator: "\n")
+    let devices = lines.compactMap { line -> (Int32, String)? in
+        let parts = line.split(separator: ":", maxSplits: 2)
+        guard parts.count >= 2, let index = Int32(parts[0].trimmingCharacters(in: .whitespaces)) else { return nil }
+        return (index, String(parts[1].trimmingCharacters(in: .whitespaces).split(separator: "@")[0]))
+    }
+    try NetnsThread.run(namespace: node.name) {
+        for (index, name) in devices {
+            for direction in [TCDirection.ingress, .egress] {
+                for (i, a) in try TCX.attached(ifindex: index, direction: direction).enumerated() {
+                    programs["\(name)/tcx \(direction)/\(i)"] = Int(a.programID)
                 }
+            }
+            for mode in [XDPMode.native, .generic] {
+                if let id = try XDP.attachedProgramID(ifindex: index, mode: mode) { programs["\(name)/xdp \(mode)"] = Int(id) }
             }
         }
     }
@@ -355,9 +362,12 @@ struct ClusterFaultTests {
         #expect(try waitUntil(5) { try pinnedPeers(cluster, a) == [b.podSubnet] } != nil)
         let before = try dataplaneIDs(cluster, a)
         #expect(before.programs.count >= 2, "\(before)")
-        // Everyone's filters on both hooks go (in the lab, only ours are there).
-        _ = try cluster.lab.run(a.name, ["/usr/sbin/tc", "filter", "del", "dev", "flannel.1", "egress"])
-        _ = try cluster.lab.run(a.name, ["/usr/sbin/tc", "filter", "del", "dev", a.underlayIfname, "ingress"])
+        // Someone detaches our links (bpftool link detach), the fast path's on the pod's veth too
+        // (put back by its own pass, every second).
+        let port = try cluster.lab.linkIndex(a.name, "vp")
+        for pin in [FXDPSlots.overlayEgressPin, FXDPSlots.underlayIngressPin, FXDPSlots.podPin(port)] {
+            _ = try cluster.lab.run(a.name, ["/usr/sbin/bpftool", "link", "detach", "pinned", cluster.pinFolder(a) + "/" + pin])
+        }
         _ = try cluster.lab.run(a.name, [LabTools.ip, "link", "set", "dev", a.underlayIfname, "xdp", "off"])
         #expect(try dataplaneIDs(cluster, a).programs.isEmpty, "nothing detached?")
         let back = try waitUntil(10) { try dataplaneIDs(cluster, a).programs.count == before.programs.count }

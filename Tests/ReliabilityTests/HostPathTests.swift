@@ -11,6 +11,9 @@
 //   DF clear, as flannel's device sends them): large pod packets are delivered both ways, through
 //   the kernel's reassembly. The same router sets Congestion Experienced on ECN-capable VXLAN: the
 //   receiving pod sees CE on its TCP segments (IP_ECN_decapsulate), in every mode.
+// - All of it with the fast path engaged too (modes fastTC and fastXDP: --ip-masq turns connection
+//   tracking on, so established flows skip both stacks, rp_filter included): the counters show the
+//   fast path carried the traffic, and the fast decap copies CE itself.
 
 import BPFDataplane
 import CBPF
@@ -24,7 +27,7 @@ import Testing
        .enabled(if: Privileges.isRoot, Privileges.skipReason))
 struct HostPathTests {
     enum Mode: String, CaseIterable, CustomStringConvertible, Sendable {
-        case xdp, tc, userspace, directRouting, hostGW
+        case xdp, tc, userspace, directRouting, hostGW, fastTC, fastXDP
         var description: String { rawValue }
 
         var backend: String {
@@ -39,13 +42,17 @@ struct HostPathTests {
             switch self {
             case .xdp: ["--dataplane", "xdp"]
             case .tc: ["--dataplane", "tc"]
+            case .fastTC: ["--dataplane", "tc", "--ip-masq"]
+            case .fastXDP: ["--dataplane", "xdp", "--ip-masq"]
             case .userspace: ["--dataplane", "userspace"]
             case .directRouting, .hostGW: []
             }
         }
 
         /// Our own encapsulation carries the traffic (so the outer TTL is ours to check).
-        var encapsulates: Bool { self == .xdp || self == .tc || self == .userspace }
+        var encapsulates: Bool { self == .xdp || self == .tc || self == .userspace || isFast }
+        /// Connection tracking is on, so established flows take the fast path.
+        var isFast: Bool { self == .fastTC || self == .fastXDP }
     }
 
     /// Sets rp_filter to `value` on all, default and every device of `namespace`.
@@ -95,7 +102,13 @@ struct HostPathTests {
         }
         if mode == .xdp {
             // XDP decapsulated it, and the steer moved it to flannel.1: the path the rp_filter needs.
-            #expect(try cluster.pinnedCounter(a, FXDP_C_DECAP_OK) > 0 && cluster.pinnedCounter(a, FXDP_C_DECAP_STEER_OK) > 0)
+            // (The fast path is on by default; with no connection tracking here it declined every
+            // packet, which the steer counts under that reason.)
+            #expect(try cluster.pinnedCounter(a, FXDP_C_DECAP_OK) > 0 && cluster.pinnedCounter(a, FXDP_C_FAST_DECAP_PASS_CONNTRACK) > 0)
+        }
+        if mode.isFast {
+            // The TCP runs skipped both stacks (rp_filter among what they skipped) and still flowed.
+            #expect(try cluster.pinnedCounter(a, FXDP_C_FAST_DECAP_OK) > 100 && cluster.pinnedCounter(b, FXDP_C_FAST_ENCAP_OK) > 100)
         }
         if mode.encapsulates {
             #expect(ttlCapture.wait(label: "ttl77", count: 1) >= 1, "\(mode): no VXLAN from A with TTL 77 (ip_default_ttl)")
@@ -116,7 +129,7 @@ struct HostPathTests {
         return frame[f + 15] & 0x3 == 0x3 ? ["ce"] : ["not-ce"]
     }
 
-    @Test(arguments: [Mode.xdp, .tc, .userspace])
+    @Test(arguments: [Mode.xdp, .tc, .userspace, .fastTC, .fastXDP])
     func fragmentsAndECNThroughARouter(_ mode: Mode) throws {
         let cluster = try FlannelCluster(tag: "hop", api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 1)
         defer { cluster.cleanup() }
@@ -163,6 +176,11 @@ struct HostPathTests {
         }
         if mode == .xdp {
             #expect(try cluster.pinnedCounter(b, FXDP_C_DECAP_OK) > 0, "XDP decapsulated nothing itself")
+        }
+        if mode.isFast {
+            for node in [a, b] {
+                #expect(try cluster.pinnedCounter(node, FXDP_C_FAST_DECAP_OK) > 0, "\(mode): \(node.name): nothing took the fast path")
+            }
         }
     }
 }

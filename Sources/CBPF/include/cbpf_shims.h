@@ -73,6 +73,21 @@ char *cbpf_libbpf_capture_end(void);
  * link fd or -errno. */
 int cbpf_link_create_netfilter(int prog_fd, unsigned pf, unsigned hooknum, int priority);
 
+/* tcx (Linux 6.6+): BPF programs on an interface's ingress or egress without a qdisc, as links.
+ * The numbers are absent from Debian's uapi headers (6.1). */
+#define CBPF_BPF_TCX_INGRESS 46
+#define CBPF_BPF_TCX_EGRESS 47
+#define CBPF_BPF_LINK_TYPE_TCX 11
+/* bpf(BPF_LINK_CREATE) attaching SCHED_CLS program `prog_fd` to `attach_type` (TCX_INGRESS or
+ * TCX_EGRESS) of interface `ifindex` of the calling thread's namespace, after the programs already
+ * there. Returns the link fd or -errno. */
+int cbpf_link_create_tcx(int prog_fd, int ifindex, unsigned attach_type);
+/* bpf(BPF_PROG_QUERY) on a tcx hook: up to `capacity` program ids and their link ids (0 for a
+ * program attached without a link) in the order they run, their number in *count. Returns 0 or
+ * -errno. */
+int cbpf_tcx_query(int ifindex, unsigned attach_type, uint32_t *prog_ids, uint32_t *link_ids, uint32_t capacity,
+		   uint32_t *count);
+
 /* statfs(2) f_type of path into *magic; returns 0 or -errno. */
 int cbpf_fs_magic(const char *path, int64_t *magic);
 

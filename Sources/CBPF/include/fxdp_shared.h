@@ -22,6 +22,7 @@
 #define FXDP_MAP_COUNTERS "fxdp_counters_v2"
 #define FXDP_MAP_PEER_STATS "fxdp_peer_stats_v2"
 #define FXDP_MAP_STRANGERS "fxdp_strangers_v2"
+#define FXDP_MAP_LOCAL    "fxdp_local_v2"
 
 #define FXDP_MAX_PEERS 65536
 #define FXDP_VXLAN_OVERHEAD 50 /* outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8 */
@@ -33,7 +34,8 @@ struct fxdp_peer_key {
 };
 
 /* Peer flags. */
-#define FXDP_PEER_F_DIRECT 0x1 /* DirectRouting: peer on our L2, route sends unencapsulated (informational) */
+#define FXDP_PEER_F_DIRECT 0x1 /* DirectRouting: peer on our L2, the route sends unencapsulated (the
+                                * fast path leaves its pods' packets to that route) */
 
 struct fxdp_peer_value {
 	__u8 node_ip[4];   /* the peer's PublicIP (outer destination), network order */
@@ -65,13 +67,34 @@ struct fxdp_stranger {
 };
 #define FXDP_MAX_STRANGERS 256
 
+/* fxdp_local: hash, the MAC of a pod behind one of this node's pod bridges (cni0, docker0) → the
+ * bridge port it sits behind (the host side of its veth), that bridge and its MAC. Written by the
+ * daemon from the bridges' learned fdb entries of veth ports whose peer is in another network
+ * namespace. The fast path finds a pod's MAC through the kernel's own neighbour table
+ * (bpf_fib_lookup), so an entry left over for a MAC no one uses any more is never looked up; a pod
+ * missing here takes the kernel path. */
+struct fxdp_local_key {
+	__u8 mac[6];
+	__u8 _pad[2];
+};
+
+struct fxdp_local_value {
+	__u32 port_ifindex;   /* host side of the pod's veth: bpf_redirect_peer hands the pod its packet */
+	__u32 bridge_ifindex; /* the bridge that port belongs to */
+	__u8 bridge_mac[6];   /* its MAC: what the pod sends routed traffic to */
+	__u8 _pad[2];
+};
+#define FXDP_MAX_LOCAL 4096
+
 /* What fxdp_decap_xdp leaves in the XDP metadata area in front of a frame it decapsulated, for
  * fxdp_decap_steer at TC ingress of the same interface. Only an XDP program can write metadata, so
  * the mark cannot come from the wire. */
 struct fxdp_xdp_meta {
 	__u32 magic; /* FXDP_XDP_META_MAGIC */
+	__u32 flags; /* FXDP_META_F_* */
 };
 #define FXDP_XDP_META_MAGIC 0xf1a77e11u
+#define FXDP_META_F_SOURCE_IN_SUBNET 0x1 /* the inner source lies in a subnet of the sending peer */
 
 /* fxdp_config: array of one, the node's own settings. Written by the daemon at start-up. */
 struct fxdp_config {
@@ -97,6 +120,11 @@ struct fxdp_config {
 #define FXDP_CFG_F_ENABLED 0x1            /* config filled: until set, programs pass everything to the kernel */
 #define FXDP_CFG_F_INNER_SOURCE_CHECK 0x2 /* decap: the inner source must lie in a subnet of the sending
                                            * peer (or be that peer's own address) */
+#define FXDP_CFG_F_FAST_PATH 0x4          /* established flows skip the stacks: encap at the pod bridge,
+                                           * delivery straight into the pod (docs/BPF-DATAPATH.md) */
+#define FXDP_CFG_F_CT_TCP_LIBERAL 0x8     /* net.netfilter.nf_conntrack_tcp_be_liberal is 1 here: conntrack
+                                           * accepts TCP packets whose sequence numbers it did not follow,
+                                           * so TCP may skip it (the fast path takes TCP only then) */
 
 /* fxdp_counters: per-CPU array indexed by enum fxdp_counter, value fxdp_count. Codes are stable:
  * never renumber, only append (a dashboard keyed by number must keep meaning the same thing).
@@ -149,7 +177,6 @@ enum fxdp_counter {
 	                                   * the kernel's reassembly, fxdp_vxlan_door and kernel decap */
 	FXDP_C_DECAP_STEER_OK = 38,       /* TC steer: a frame fxdp_decap_xdp decapsulated, redirected into
 	                                   * flannel.<VNI>'s ingress (routing and rp_filter see the overlay) */
-
 	/* fxdp_vxlan_door (netfilter LOCAL_IN): every datagram to our VXLAN port that is about to be
 	 * delivered locally — to any local address, from any interface, unicast or broadcast, after
 	 * reassembly — which is everything that can reach the kernel's vxlan socket. It counts only
@@ -161,6 +188,31 @@ enum fxdp_counter {
 	/* fxdp_pod_guard (netfilter FORWARD): forwarded datagrams to our VXLAN port. */
 	FXDP_C_GUARD_DROP_POD_VXLAN = 51, /* from the pod network to a VXLAN port outside it: pods are never
 	                                   * peers, even when masquerade gives them a node's address */
+
+	/* The fast path (FXDP_CFG_F_FAST_PATH): packets of established flows skip both nodes' stacks.
+	 * fxdp_fast_encap (TC ingress of a pod bridge) counts every packet it sees; the decap programs
+	 * count a valid VXLAN packet under FAST_DECAP_* instead of DECAP_CHECK_OK / DECAP_STEER_OK
+	 * while the fast path is on. A *_PASS_* packet takes the kernel path, unchanged. */
+	FXDP_C_FAST_ENCAP_OK = 52,           /* encapsulated at the bridge, straight to the underlay */
+	FXDP_C_FAST_ENCAP_PASS_OFF = 53,     /* fast path off (or config not filled) */
+	FXDP_C_FAST_ENCAP_PASS_NOT_POD = 54, /* not IPv4 to the bridge's MAC from a pod in fxdp_local, on its
+	                                      * port or its bridge */
+	FXDP_C_FAST_ENCAP_PASS_NOT_PEER = 55,/* destination in no peer's subnet (the host, a local pod, the
+	                                      * world: routing, masquerade and the rest are the kernel's), or
+	                                      * a DirectRouting peer's (routed unencapsulated) */
+	FXDP_C_FAST_ENCAP_PASS_CONNTRACK = 56, /* not (yet) a flow conntrack vouches for: not TCP/UDP, a SYN,
+	                                        * no confirmed and answered entry, NAT, TCP not established
+	                                        * or not liberal (docs/BPF-DATAPATH.md "The fast path") */
+	FXDP_C_FAST_ENCAP_PASS_LIMITS = 57,  /* IP options, a fragment, TTL <= 1, over the overlay MTU, the
+	                                      * peer node not routable or its MAC unresolved, adjust_room
+	                                      * refused: the kernel answers (ICMP, fragments, ARP) */
+	FXDP_C_FAST_DECAP_OK = 58,           /* inner packet handed straight to the pod (bpf_redirect_peer) */
+	FXDP_C_FAST_DECAP_PASS_NOT_POD = 59, /* inner destination not a pod behind one of our bridges (by the
+	                                      * kernel's route and neighbour, and fxdp_local) */
+	FXDP_C_FAST_DECAP_PASS_CONNTRACK = 60, /* as FAST_ENCAP_PASS_CONNTRACK, for the inner packet */
+	FXDP_C_FAST_DECAP_PASS_LIMITS = 61,  /* inner options, fragment, TTL <= 1, over the bridge MTU, UDP
+	                                      * GSO, pod MAC unresolved, inner source not in the sender's
+	                                      * subnets, adjust_room refused */
 
 	FXDP_C_MAX = 64
 };
@@ -195,6 +247,8 @@ FXDP_STATIC_ASSERT(sizeof(struct fxdp_config) == 64, "fxdp_config layout");
 FXDP_STATIC_ASSERT(sizeof(struct fxdp_count) == 16, "fxdp_count layout");
 FXDP_STATIC_ASSERT(sizeof(struct fxdp_peer_stats) == 32, "fxdp_peer_stats layout");
 FXDP_STATIC_ASSERT(sizeof(struct fxdp_stranger) == 16, "fxdp_stranger layout");
-FXDP_STATIC_ASSERT(sizeof(struct fxdp_xdp_meta) == 4, "fxdp_xdp_meta layout");
+FXDP_STATIC_ASSERT(sizeof(struct fxdp_xdp_meta) == 8, "fxdp_xdp_meta layout");
+FXDP_STATIC_ASSERT(sizeof(struct fxdp_local_key) == 8, "fxdp_local_key layout");
+FXDP_STATIC_ASSERT(sizeof(struct fxdp_local_value) == 16, "fxdp_local_value layout");
 
 #endif /* FXDP_SHARED_H */

@@ -133,11 +133,11 @@ public final class DaemonMetrics: Sendable {
                 registry.counter("flanneld_xdp_drops_total", labels: [("reason", counter.name)],
                                      help: "Packets the BPF programs dropped, by reason.").increment(by: Int64(clamping: dp))
             }
-            if counter == .encapOK || counter == .encapOKNeigh {
+            if counter.isEncapsulated {
                 registry.counter("flanneld_xdp_encap_packets_total", help: "Packets encapsulated by BPF.")
                     .increment(by: Int64(clamping: dp))
             }
-            if counter == .decapOK || counter == .decapCheckOK {
+            if counter.isDecapAccepted {
                 registry.counter("flanneld_xdp_decap_packets_total",
                                      help: "VXLAN packets from peers decapsulated by XDP or accepted for kernel decap.")
                     .increment(by: Int64(clamping: dp))

@@ -269,8 +269,8 @@ public enum StatsReport {
             lines.append(line)
             if counter.isDrop { totalDrops &+= count.packets }
         }
-        let encap = values.filter { $0.0 == .encapOK || $0.0 == .encapOKNeigh }.reduce(UInt64(0)) { $0 &+ $1.1.packets }
-        let decap = values.filter { $0.0 == .decapOK || $0.0 == .decapCheckOK }.reduce(UInt64(0)) { $0 &+ $1.1.packets }
+        let encap = values.filter { $0.0.isEncapsulated }.reduce(UInt64(0)) { $0 &+ $1.1.packets }
+        let decap = values.filter { $0.0.isDecapAccepted }.reduce(UInt64(0)) { $0 &+ $1.1.packets }
         lines.append("encapsulated \(encap), decapsulated/accepted \(decap), dropped \(totalDrops) packet(s)")
         return lines.joined(separator: "\n") + "\n"
     }
