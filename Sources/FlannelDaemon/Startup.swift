@@ -67,10 +67,19 @@ func retrying<T: Sendable>(
             if error is CancellationError || isFatal(error) { throw error }
             log.log(logger, level: .error, key: String(describing: type(of: error)),
                     "\(what) failed: \(error); retrying (every \(delay) at most)")
+            StartupWait.report?("\(what) failed (attempt \(attempt)): \(error)", delay)
             try await Task.sleep(for: delay)
             delay = min(delay * 2, maximum)
         }
     }
+}
+
+/// Who hears that start-up is waiting: the daemon tells systemd (STATUS= and EXTEND_TIMEOUT_USEC,
+/// so a start that waits for etcd is not killed at TimeoutStartSec while it keeps trying). A task
+/// local, so the retry loops need no parameter threaded through every stage; nil outside the daemon.
+enum StartupWait {
+    /// (what failed and why, the delay before the next attempt).
+    @TaskLocal static var report: (@Sendable (String, Duration) -> Void)?
 }
 
 public enum Startup {
