@@ -124,12 +124,12 @@ public struct DaemonLogHandler: LogHandler {
         set { metadata[key] = newValue }
     }
 
-    public func log(level: Logger.Level, message: Logger.Message, metadata explicit: Logger.Metadata?,
-                    source: String, file: String, function: String, line: UInt) {
+    public func log(event: LogEvent) {
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
-        let merged = explicit.map { metadata.merging($0) { _, new in new } } ?? metadata
-        sink(LogLine.render(style: style, time: now, level: level, label: label, message: "\(message)", metadata: merged) + "\n")
+        var merged = event.metadata.map { metadata.merging($0) { _, new in new } } ?? metadata
+        if let error = event.error { merged["error"] = "\(error)" }
+        sink(LogLine.render(style: style, time: now, level: event.level, label: label, message: "\(event.message)", metadata: merged) + "\n")
     }
 
     /// One write(2) per line, so lines of concurrent tasks never interleave.

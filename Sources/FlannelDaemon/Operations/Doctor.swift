@@ -103,9 +103,10 @@ public enum Doctor {
         let wantsBPF = choice != .userspace
         findings += kernel(release: unameRelease(), dataplane: choice)
         findings.append(btf(path: "/sys/kernel/btf/vmlinux"))
-        if wantsBPF { findings += programTypes(dataplane: choice) }
+        let effective = effectiveCapabilities()
+        if wantsBPF { findings += programTypes(dataplane: choice, canProbe: effective & (1 << UInt64(Capability.bpf.rawValue)) != 0) }
         let bpffsMounted = BPFFS.isMounted(at: options.dataplane.bpffs)
-        findings += capabilities(effective: effectiveCapabilities(), dataplane: choice, bpffsMounted: bpffsMounted)
+        findings += capabilities(effective: effective, dataplane: choice, bpffsMounted: bpffsMounted)
         if wantsBPF {
             findings.append(bpffs(path: options.dataplane.bpffs, mounted: bpffsMounted))
             findings.append(otherABIPins(bpffs: options.dataplane.bpffs))
@@ -173,10 +174,17 @@ public enum Doctor {
     }
 
     /// Asks the kernel (BPF_PROG_LOAD of a trivial program) whether it takes XDP and TC programs.
-    static func programTypes(dataplane: DataplaneChoice) -> [DoctorFinding] {
+    /// Without CAP_BPF every load is refused and the probe cannot tell "unsupported" from "not
+    /// allowed": then it is not asked (the capabilities finding says what is missing).
+    static func programTypes(dataplane: DataplaneChoice, canProbe: Bool) -> [DoctorFinding] {
         var findings: [DoctorFinding] = []
         for (check, type, what) in [("xdp", BPF_PROG_TYPE_XDP, "XDP (decap mode xdp)"),
                                     ("tc", BPF_PROG_TYPE_SCHED_CLS, "TC classifier programs (encap, decap check)")] {
+            guard canProbe else {
+                findings.append(DoctorFinding(check, .info, "\(what): not probed, this process lacks CAP_BPF",
+                                              fix: "run doctor as root to ask the kernel"))
+                continue
+            }
             let result = libbpf_probe_bpf_prog_type(type, nil)
             if result == 1 {
                 findings.append(DoctorFinding(check, .ok, "the kernel loads \(what)"))

@@ -40,7 +40,8 @@ public struct ProcessMetrics: Sendable, Equatable {
             if let utime = Double(fields[11]), let stime = Double(fields[12]) { m.cpuSeconds = (utime + stime) / ticks }
             if let start = Double(fields[19]), let boot = bootTime() { m.startTimeSeconds = Double(boot) + start / ticks }
         }
-        m.openFDs = countEntries("/proc/self/fd")
+        // The directory handle itself is one of the entries while we read it.
+        m.openFDs = countEntries("/proc/self/fd").map { max(0, $0 - 1) }
         var limit = rlimit()
         if getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 { m.maxFDs = UInt64(limit.rlim_cur) }
         return m
@@ -90,8 +91,7 @@ public struct ProcessMetrics: Sendable, Equatable {
             }
             if !isDot { count += 1 }
         }
-        // The directory handle itself is one of the entries while we read it.
-        return max(0, count - 1)
+        return count
     }
 
     /// A /proc file (they report size 0: read until EOF), at most 64 KiB.
