@@ -23,7 +23,14 @@ enum BenchReportText {
         return String(document[..<b.lowerBound]) + block + String(document[e.upperBound...])
     }
 
-    static func markdown(_ r: BenchReport) -> String {
+    /// `chartPrefix`: where the Markdown finds the charts (BenchCharts) relative to itself; nil
+    /// leaves them out.
+    static func markdown(_ r: BenchReport, chartPrefix: String? = nil) -> String {
+        let charts = chartPrefix == nil ? [] : BenchCharts.all(r)
+        func image(_ fileName: String) -> String? {
+            guard let prefix = chartPrefix, let chart = charts.first(where: { $0.fileName == fileName }) else { return nil }
+            return "\n![\(chart.title)](\(prefix)\(chart.fileName))"
+        }
         var out: [String] = []
         out.append("### Run")
         out.append("`fxdp-lab bench\(r.quick ? " --quick" : "")` on \(r.machine.date): Linux \(r.machine.kernel), "
@@ -32,6 +39,7 @@ enum BenchReportText {
         if !r.datapath.isEmpty {
             out.append("\n### Data paths (pod on node 1 → pod on node 2)\n")
             out.append(BenchFormat.dataPathTables(r.datapath))
+            if let chart = image("bench-ratios.svg") { out.append(chart) }
             let failing = r.datapath.filter { !$0.failures.isEmpty }
             for s in failing { out.append("\n- \(s.path): \(s.failures.count) failed measurement(s), first: \(s.failures[0].prefix(200))") }
             out.append("\n" + offloadText(r))
@@ -88,6 +96,7 @@ enum BenchReportText {
                 + "outside through the bpffs, holds all N; \"ready\": /readyz answers 200, after the kernel routes too. \"watch\": "
                 + "one lease's VtepMAC rewritten in etcd until the pinned entry holds it. Memory from /proc/<pid>/status afterwards.")
         }
+        for chart in ["bench-convergence.svg", "bench-memory.svg"].compactMap(image) { out.append(chart) }
         out.append("\n### What the ratios mean\n")
         out.append("- **ratio to (2)**: this path's median divided by the median of the Linux vxlan device configured as stock "
             + "flanneld does, measured in the same rounds: above 1 is better for throughput, below 1 is better for latency and CPU/Gbit.")
