@@ -232,8 +232,8 @@ public actor Reconciler {
     private let passRequested = Atomic<Bool>(false)
     /// The heartbeat timer fired: the loop's next wake-up beats with `watchdog` true.
     private let beatDue = Atomic<Bool>(false)
-    /// Told about every pass (the metrics' duration histogram and failure counter).
-    private var passObserver: (@Sendable (ReconcileReport) -> Void)?
+    /// Told about every pass (the metrics' duration histogram and failure counter, the state file).
+    private var passObservers: [@Sendable (ReconcileReport) -> Void] = []
 
     public init(tables: [PeerTableBinding], readiness: Readiness? = nil, logger: Logger) {
         self.bindings = tables
@@ -299,7 +299,7 @@ public actor Reconciler {
     /// Calls `observer` with every pass from now on, and at once with the latest pass (the
     /// start-up fill, which runs before the metrics exist).
     public func observePasses(_ observer: @escaping @Sendable (ReconcileReport) -> Void) {
-        passObserver = observer
+        passObservers.append(observer)
         if let lastReport { observer(lastReport) }
     }
 
@@ -411,7 +411,7 @@ public actor Reconciler {
 
     private func record(_ report: ReconcileReport) {
         passCount += 1
-        passObserver?(report)
+        for observer in passObservers { observer(report) }
         if report.readBack { readBackPassCount += 1 }
         lastReport = report
         if report.succeeded {

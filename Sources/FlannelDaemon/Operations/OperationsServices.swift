@@ -94,6 +94,10 @@ public enum OperationsServices {
                 state.notReadyReason = reason ?? ""
             }
         }
+        // The peer count as soon as a pass changes it (not only at the 5 s refresh).
+        await context.reconciler.observePasses { report in
+            if writer.state.peerCount != report.desiredCount { writer.update { $0.peerCount = report.desiredCount } }
+        }
 
         var services: [any Service] = []
         let plan = HostRulesPlan(network: context.config.network, subnet: context.lease.subnet, options: options)
