@@ -29,7 +29,7 @@ public struct DataplaneSetup: Sendable {
 public enum Daemon {
     /// Installs the stderr log handler once per process, at `level`, in `format` (LogOutput.swift).
     public static func bootstrapLogging(level: Logger.Level, format: LogFormat = .text) {
-        LoggingBootstrap.once(level: level, style: .forProcess(format: format))
+        LoggingBootstrap.once(level: level, style: .forStandardError(format: format))
     }
 
     static func makeLogger(_ level: Logger.Level) -> Logger {

@@ -34,7 +34,7 @@ public struct LogOutputStyle: Sendable, Equatable {
     }
 
     /// The style for this process: `format` as asked, the prefix when standard error is the journal.
-    public static func forProcess(format: LogFormat) -> LogOutputStyle {
+    public static func forStandardError(format: LogFormat) -> LogOutputStyle {
         LogOutputStyle(format: format, journaldPrefix: standardErrorIsJournal(getenv("JOURNAL_STREAM").map { String(cString: $0) }))
     }
 
