@@ -212,9 +212,11 @@ public enum Daemon {
         try env.write(to: options.subnet.subnetFile)
         readiness.set(.subnetFileWritten, ok: true)
         logger.info("wrote \(options.subnet.subnetFile): FLANNEL_SUBNET=\(lease.subnet.host(1))/\(lease.subnet.prefixLength) FLANNEL_MTU=\(mtu)")
+        // The data path's kind; for the userspace path the whole summary, which says why BPF is not used.
+        let kind = NodeState.dataplaneKind(summary: setup.summary)
         let serviceManager = ServiceManagerLink(
             notifier: notifier, readiness: readiness,
-            identity: "subnet \(lease.subnet), data path \(NodeState.dataplaneKind(summary: setup.summary))", logger: logger)
+            identity: "subnet \(lease.subnet), data path \(kind)" + (kind == "userspace" ? " (\(setup.summary))" : ""), logger: logger)
         do {
             try serviceManager.ready(peers: peers.count)
         } catch {

@@ -1,8 +1,8 @@
 // How log lines leave the process: one line per event on standard error, in one of two formats,
 // with journald's priority prefix when standard error is the journal.
 //
-// - text (default): "2026-12-03T10:00:00.123Z info flanneld-xdp: message key=value", the shape
-//   swift-log's StreamLogHandler prints, so existing greps keep working.
+// - text (default): "2026-12-03T10:00:00.123Z info flanneld-xdp: key=value [FlannelDaemon] message",
+//   the shape swift-log's StreamLogHandler prints (with a UTC timestamp), so existing greps keep working.
 // - json (--log-format=json): one object per line, {"time","level","logger","msg", metadata…},
 //   for log shippers. Written without Foundation (FlatJSON.quote).
 //
@@ -64,14 +64,15 @@ public enum LogLine {
     }
 
     public static func render(style: LogOutputStyle, time: timespec, level: Logger.Level, label: String,
-                              message: String, metadata: Logger.Metadata) -> String {
+                              message: String, metadata: Logger.Metadata, source: String = "") -> String {
         let prefix = style.journaldPrefix ? "<\(syslogPriority(level))>" : ""
         let sortedMetadata = metadata.sorted { $0.key < $1.key }
         switch style.format {
         case .text:
             let fields = sortedMetadata.map { " \($0.key)=\($0.value)" }.joined()
+            let origin = source.isEmpty ? "" : " [\(source)]"
             // Multi-line messages (an error with its hint) stay one journal entry: newlines become "\n".
-            return prefix + "\(timestamp(time)) \(level) \(label): " + oneLine(message) + oneLine(fields)
+            return prefix + "\(timestamp(time)) \(level) \(label):" + oneLine(fields) + origin + " " + oneLine(message)
         case .json:
             var members: [(String, FlatJSON.Value)] = [
                 ("time", .string(timestamp(time))), ("level", .string(level.rawValue)),
@@ -129,7 +130,8 @@ public struct DaemonLogHandler: LogHandler {
         clock_gettime(CLOCK_REALTIME, &now)
         var merged = event.metadata.map { metadata.merging($0) { _, new in new } } ?? metadata
         if let error = event.error { merged["error"] = "\(error)" }
-        sink(LogLine.render(style: style, time: now, level: event.level, label: label, message: "\(event.message)", metadata: merged) + "\n")
+        sink(LogLine.render(style: style, time: now, level: event.level, label: label, message: "\(event.message)", metadata: merged,
+                            source: event.source) + "\n")
     }
 
     /// One write(2) per line, so lines of concurrent tasks never interleave.

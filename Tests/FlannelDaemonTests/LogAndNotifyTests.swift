@@ -14,11 +14,12 @@ extension DaemonSuite {
 struct LogAndNotifyTests {
     static let time = timespec(tv_sec: 1_790_000_000, tv_nsec: 123_456_789)
 
-    @Test("text lines: time, level, label, message, metadata; newlines kept inside one line")
+    @Test("text lines: time, level, label, metadata, source, message; newlines kept inside one line")
     func textLine() {
         let line = LogLine.render(style: LogOutputStyle(format: .text, journaldPrefix: false), time: Self.time, level: .warning,
-                                  label: "flanneld-xdp", message: "first\nsecond", metadata: ["peers": "3", "a": "b"])
-        #expect(line == #"2026-09-21T14:13:20.123Z warning flanneld-xdp: first\nsecond a=b peers=3"#)
+                                  label: "flanneld-xdp", message: "first\nsecond", metadata: ["peers": "3", "a": "b"], source: "FlannelDaemon")
+        // swift-log's StreamLogHandler shape: metadata, then [source], then the message.
+        #expect(line == #"2026-09-21T14:13:20.123Z warning flanneld-xdp: a=b peers=3 [FlannelDaemon] first\nsecond"#)
     }
 
     @Test("journald prefix: syslog priority per level")

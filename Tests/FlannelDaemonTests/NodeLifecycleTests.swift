@@ -459,7 +459,7 @@ struct SystemdProtocolTests {
 
     @Test("READY=1 with STATUS=ready, WATCHDOG=1 at half WATCHDOG_USEC, STATUS follows the peers, STOPPING=1 on SIGTERM")
     func readyWatchdogStatusStopping() async throws {
-        let node = try await NetnsNode(hint: "w")
+        let node = try await NetnsNode(hint: "s")
         defer { node.close() }
         try await node.server.put("/coreos.com/network/config", #"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#)
         let listener = try NotifyListener(name: node.notifyPath)
@@ -484,12 +484,12 @@ struct SystemdProtocolTests {
         // A peer arrives: STATUS says so (sent once, when it changes).
         try await node.putLease("10.5.9.0-24", ip: "192.0.2.19", mac: "0a:00:00:00:00:09")
         let onePeer = Self.receive(listener) { $0.contains("STATUS=ready: ") && $0.hasSuffix(", 1 peer(s)") }
-        #expect(onePeer.found != nil, "\(onePeer.seen)")
+        #expect(onePeer.found != nil, "\(onePeer.seen); log:\n\(log())")
         #expect(onePeer.seen.filter { $0.contains("0 peer(s)") }.isEmpty, "STATUS is sent when it changes, not with every ping: \(onePeer.seen)")
 
         kill(node.daemonPID, SIGTERM)
         let stopping = Self.receive(listener) { $0.hasPrefix("STOPPING=1") }
-        #expect(stopping.found?.contains("STATUS=stopping") == true, "\(stopping.seen)")
+        #expect(stopping.found?.contains("STATUS=stopping") == true, "\(stopping.seen); log:\n\(log())")
         let code = try await waitExit(node.daemonPID, seconds: 10)
         #expect(code == 0, "\(log())")
         if code != nil { node.daemonPID = 0 }

@@ -123,6 +123,12 @@ struct PackageTests {
         let capBnd = readFile("/proc/\(daemon.pid)/status").split(separator: "\n").first { $0.hasPrefix("CapBnd:") }
         #expect(capBnd?.hasSuffix("000000c000003000") == true, "\(capBnd ?? "none")")
         #expect(cluster.daemonLog(n1).contains("data path: BPF"), "\(cluster.daemonLog(n1).suffix(2000))")
+        // The sockets it holds are of the families the unit allows (RestrictAddressFamilies=AF_UNIX
+        // AF_INET AF_INET6 AF_NETLINK): every socket inode is in one of those tables, none in packet's.
+        // (Sockets this test process holds too were inherited through the spawn, not opened by it.)
+        let families = SocketFamilies.ofProcess(daemon.pid, excluding: SocketFamilies.inodes(of: getpid()))
+        #expect(!families.isEmpty && families.allSatisfy { ["unix", "netlink", "tcp", "tcp6", "udp", "udp6", "raw"].contains($0.value) },
+                "\(families)")
         let status = try cluster.lab.run(n1.name, sandboxCommand(writable: [], [packaged, "status", "--bpffs", cluster.bpffs(n1),
                                                                               "--subnet-file", cluster.subnetFile(n1)]))
         #expect(status.status == 0 && status.stdout.contains("ready:      yes"), "\(status.stdout)\(status.stderr)")
@@ -280,6 +286,49 @@ enum MetricNames {
         }
         flush()
         return names
+    }
+}
+
+/// The address family of each socket a process holds: its fds' socket inodes, looked up in the
+/// per-family tables of its network namespace (/proc/<pid>/net/*).
+enum SocketFamilies {
+    static func ofProcess(_ pid: pid_t, excluding inherited: Set<UInt64>) -> [UInt64: String] {
+        let inodes = inodes(of: pid).subtracting(inherited)
+        var result: [UInt64: String] = [:]
+        for inode in inodes { result[inode] = "unknown" }
+        // Column of the inode in each table (header names differ: "Inode" / "inode").
+        for table in ["unix", "netlink", "tcp", "tcp6", "udp", "udp6", "raw", "raw6", "packet"] {
+            let lines = readFile("/proc/\(pid)/net/\(table)").split(separator: "\n")
+            guard let header = lines.first?.split(separator: " "),
+                  let column = header.firstIndex(where: { $0.lowercased() == "inode" }) else { continue }
+            for line in lines.dropFirst() {
+                let fields = line.split(separator: " ")
+                // In the tcp/udp/raw tables the header's "tx_queue rx_queue" and "tr tm->when" are
+                // one field each in the rows ("00000000:00000000"), so the row's inode is 2 earlier.
+                let index = ["tcp", "tcp6", "udp", "udp6", "raw", "raw6"].contains(table) ? column - 2 : column
+                guard index < fields.count, let inode = UInt64(fields[index]), inodes.contains(inode) else { continue }
+                result[inode] = table
+            }
+        }
+        return result
+    }
+
+    /// The inodes of the sockets among `pid`'s file descriptors.
+    static func inodes(of pid: pid_t) -> Set<UInt64> {
+        var inodes: Set<UInt64> = []
+        let fdDir = "/proc/\(pid)/fd"
+        if let handle = opendir(fdDir) {
+            while let entry = readdir(handle) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                var buffer = [CChar](repeating: 0, count: 256)
+                let n = readlink(fdDir + "/" + name, &buffer, buffer.count - 1)
+                guard n > 0 else { continue }
+                let target = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                if target.hasPrefix("socket:["), let inode = UInt64(target.dropFirst(8).dropLast()) { inodes.insert(inode) }
+            }
+            closedir(handle)
+        }
+        return inodes
     }
 }
 
