@@ -25,7 +25,7 @@ public struct ProcessMetrics: Sendable, Equatable {
     /// This process, now.
     public static func read() -> ProcessMetrics {
         var m = ProcessMetrics()
-        let pageSize = UInt64(sysconf(Int32(_SC_PAGESIZE)))
+        let pageSize = UInt64(getpagesize())
         let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
         if let statm = readSmallFile("/proc/self/statm") {
             let fields = statm.split(separator: " ")
