@@ -50,8 +50,9 @@ enum BenchCharts {
         guard !panels.isEmpty else { return nil }
         let maxRatio = max(1.2, panels.flatMap(\.rows).map(\.high).max() ?? 1)
         let scaleMax = (maxRatio * 2).rounded(.up) / 2
-        let width = 780.0, labelWidth = 220.0, plotLeft = labelWidth + 10, plotRight = width - 30
-        let rowHeight = 20.0, panelGap = 34.0, top = 56.0
+        // The right margin holds the value printed past each whisker's end.
+        let width = 820.0, labelWidth = 220.0, plotLeft = labelWidth + 10, plotRight = width - 60
+        let rowHeight = 20.0, panelGap = 34.0, top = 76.0
         func x(_ ratio: Double) -> Double { plotLeft + (plotRight - plotLeft) * ratio / scaleMax }
         var body: [String] = []
         var y = top
@@ -76,7 +77,7 @@ enum BenchCharts {
                 body.append(SVG.line(x(row.low), mid, x(row.high), mid, stroke: "#000000"))
                 body.append(SVG.line(x(row.low), mid - 4, x(row.low), mid + 4, stroke: "#000000"))
                 body.append(SVG.line(x(row.high), mid - 4, x(row.high), mid + 4, stroke: "#000000"))
-                body.append(SVG.text(min(x(row.high) + 4, plotRight - 24), rowY + 14, BenchFormat.number(row.ratio, 2), size: 10))
+                body.append(SVG.text(x(row.high) + 4, rowY + 14, BenchFormat.number(row.ratio, 2), size: 10))
             }
             y += height + panelGap
         }
@@ -125,7 +126,9 @@ enum BenchCharts {
     static func lineChart(title: String, yLabel: String, series: [Series], yFromZero: Bool = true) -> String? {
         let all = series.flatMap(\.points).filter { $0.x > 0 && $0.y.isFinite }
         guard !all.isEmpty else { return nil }
-        let width = 780.0, height = 420.0, left = 70.0, right = width - 250, top = 50.0, bottom = height - 50
+        // The legend goes under the plot, one line per series, so long names are never cut.
+        let width = 780.0, left = 70.0, right = width - 30, top = 50.0, bottom = 370.0
+        let height = bottom + 60 + 18 * Double(series.count)
         let xs = all.map(\.x), ys = all.map(\.y)
         let xMin = log10(xs.min()!), xMax = max(log10(xs.max()!), xMin + 1)
         let yMax = niceCeiling(ys.max()! * 1.1)
@@ -144,15 +147,15 @@ enum BenchCharts {
         }
         body.append(SVG.line(left, bottom, right, bottom, stroke: "#333333"))
         body.append(SVG.line(left, top, left, bottom, stroke: "#333333"))
-        body.append(SVG.text((left + right) / 2, height - 12, "peers (log scale)", size: 11, anchor: "middle"))
+        body.append(SVG.text((left + right) / 2, bottom + 34, "peers (log scale)", size: 11, anchor: "middle"))
         body.append(SVG.text(14, (top + bottom) / 2, yLabel, size: 11, anchor: "middle", rotate: true))
         for (i, s) in series.enumerated() {
             let points = s.points.filter { $0.x > 0 }.sorted { $0.x < $1.x }
             body.append(SVG.polyline(points.map { (px($0.x), py($0.y)) }, stroke: s.color))
             for p in points { body.append(SVG.circle(px(p.x), py(p.y), 3, fill: s.color)) }
-            let ly = top + 10 + Double(i) * 20
-            body.append(SVG.rect(right + 16, ly - 8, 14, 4, fill: s.color))
-            body.append(SVG.text(right + 36, ly - 2, s.name, size: 11))
+            let ly = bottom + 58 + Double(i) * 18
+            body.append(SVG.rect(left, ly - 6, 14, 4, fill: s.color))
+            body.append(SVG.text(left + 20, ly, s.name, size: 11))
         }
         return SVG.document(width: width, height: height, title: title, body: body)
     }
