@@ -504,7 +504,7 @@ struct NodeAgentService: Service {
             do { try notifier.extendTimeout(delay + .seconds(60), status: "waiting: \(what)") } catch { logger.error("\(error)") }
         }
         do {
-            services = try await StartupWait.$report.withValue(report) {
+            services = try await StartupWait.reporting(report) {
                 try await cancelWhenGracefulShutdown { [options, notifier, readiness, logger] in
                     try await Daemon.start(options, notifier: notifier, readiness: readiness, logger: logger)
                 }

@@ -13,6 +13,7 @@ import Glibc
 import Leases
 import Logging
 import NetTypes
+import Synchronization
 import UserspaceDataplane
 
 public enum StartupError: Error, CustomStringConvertible {
@@ -75,11 +76,22 @@ func retrying<T: Sendable>(
 }
 
 /// Who hears that start-up is waiting: the daemon tells systemd (STATUS= and EXTEND_TIMEOUT_USEC,
-/// so a start that waits for etcd is not killed at TimeoutStartSec while it keeps trying). A task
-/// local, so the retry loops need no parameter threaded through every stage; nil outside the daemon.
+/// so a start that waits for etcd is not killed at TimeoutStartSec while it keeps trying). One
+/// hook for the process (one daemon per process), so the retry loops need no parameter threaded
+/// through every stage; nil outside the daemon's start-up. Not a task local: `withValue` around
+/// the start-up crashed release builds (Swift 6.3, swift_task_localValuePush on a bad pointer).
 enum StartupWait {
+    private static let hook = Mutex<(@Sendable (String, Duration) -> Void)?>(nil)
+
     /// (what failed and why, the delay before the next attempt).
-    @TaskLocal static var report: (@Sendable (String, Duration) -> Void)?
+    static var report: (@Sendable (String, Duration) -> Void)? { hook.withLock { $0 } }
+
+    /// Runs `body` with `report` installed, and removes it afterwards.
+    static func reporting<T>(_ report: @escaping @Sendable (String, Duration) -> Void, _ body: () async throws -> T) async rethrows -> T {
+        hook.withLock { $0 = report }
+        defer { hook.withLock { $0 = nil } }
+        return try await body()
+    }
 }
 
 public enum Startup {
