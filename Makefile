@@ -1,5 +1,6 @@
 # flanneld-xdp — the project's verbs. Run as root: tests and the demo create network namespaces and
-# load BPF programs. `make deps` installs Debian packages the first time (apt-get), nothing after.
+# load BPF programs. `make deps` installs Debian packages the first time (apt-get), nothing after;
+# only the verbs that need the test tools call it (`make install` and `make dist` never do).
 
 SWIFT      ?= swift
 PREFIX     ?= /usr/local
@@ -12,11 +13,24 @@ BPF_SRCS   := $(wildcard bpf/*.bpf.c)
 BPF_OBJS   := $(patsubst bpf/%.bpf.c,build/bpf/%.bpf.o,$(BPF_SRCS))
 BPF_HDRS   := $(wildcard bpf/*.h) Sources/CBPF/include/fxdp_shared.h
 
-# Debian packages the build, the tests, the demo and the bench use.
+# Debian packages the build, the tests, the demo and the bench use (lintian: the packaging test
+# checks the .deb with it).
 DEB_PACKAGES := libbpf-dev libelf-dev libmnl-dev zlib1g-dev clang llvm bpftool iproute2 etcd-server \
-                etcd-client iperf3 tcpdump openssl libcap2-bin procps kmod iputils-ping nftables iptables
+                etcd-client iperf3 tcpdump openssl libcap2-bin procps kmod iputils-ping nftables iptables \
+                lintian
 
-.PHONY: all deps build bpf test demo bench fuzz install install-files clean cleanup-lab
+# The daemon links the Swift runtime statically, so it runs on nodes without the toolchain.
+# FoundationEssentials (pulled in by dependencies) needs its C shims and collections, which
+# SwiftPM does not add to a static link by itself.
+STATIC_SWIFT := --static-swift-stdlib -Xlinker -l_FoundationCShims -Xlinker -l_FoundationCollections
+
+# Where `make dist` and `make package` write the .deb and the tarball; the man page and the shell
+# completions are generated from the binary's own help into build/doc.
+DIST_DIR   ?= build/dist
+GEN_DIR    := build/doc
+GEN_MANUAL := .build/tools/argument-parser/debug/generate-manual
+
+.PHONY: all deps build bpf test demo bench fuzz install install-files dist package generated-docs clean cleanup-lab
 
 all: build
 
@@ -35,9 +49,13 @@ build/bpf/%.bpf.o: bpf/%.bpf.c $(BPF_HDRS)
 
 build: deps bpf
 	BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c $(CONFIG)
+	BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c $(CONFIG) --product flanneld-xdp $(STATIC_SWIFT)
 
+# The tests run the daemon binary as it ships: relinked with the Swift runtime inside (a link
+# step only; the test bundle itself keeps the toolchain's shared runtime, as XCTest needs).
 test: deps bpf
 	BPF_CLANG=$(BPF_CLANG) $(SWIFT) build --build-tests
+	BPF_CLANG=$(BPF_CLANG) $(SWIFT) build --product flanneld-xdp $(STATIC_SWIFT)
 	BPF_CLANG=$(BPF_CLANG) $(SWIFT) test --skip-build $(if $(FILTER),--filter $(FILTER),)
 
 demo: deps bpf
@@ -60,16 +78,19 @@ fuzz: deps bpf
 	FXDP_FUZZ_LONG=1 BPF_CLANG=$(BPF_CLANG) $(SWIFT) test --skip-build --filter 'Fuzz|ClusterFaultTests'
 
 # `make install [PREFIX=/usr/local] [DESTDIR=/tmp/stage]`: a release build, then install-files.
-install: deps bpf
-	BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release --product flanneld-xdp
+# Installs nothing with apt: building needs the build packages (`make deps` once on a build host);
+# nodes take the .deb or the tarball of `make dist` instead.
+install: bpf
+	BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release --product flanneld-xdp $(STATIC_SWIFT)
 	$(MAKE) install-files BIN_DIR="$$(BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release --show-bin-path)"
 
 # Puts an already built binary (BIN_DIR) and everything around it in place: the binary, the BPF
 # objects (the binary embeds its own copy; these are for bpftool and inspection), the systemd unit
-# with PREFIX's paths, mk-docker-opts.sh, the sysconfig example and the docs. /etc is not written:
-# copy the sysconfig example to /etc/sysconfig/flanneld-xdp yourself (it holds your etcd address).
+# with PREFIX's paths, mk-docker-opts.sh, the man page, the shell completions, the sysconfig
+# example and the docs. /etc is not written: copy the sysconfig example to /etc/default/flanneld-xdp
+# (or /etc/sysconfig/flanneld-xdp) yourself (it holds your etcd address).
 BIN_DIR ?= .build/release
-install-files: bpf
+install-files: bpf generated-docs
 	@test -x "$(BIN_DIR)/flanneld-xdp" || { echo "no $(BIN_DIR)/flanneld-xdp: run make install, or give BIN_DIR=" >&2; exit 1; }
 	install -D -m 0755 $(BIN_DIR)/flanneld-xdp $(DESTDIR)$(PREFIX)/bin/flanneld-xdp
 	install -d $(DESTDIR)$(PREFIX)/lib/flanneld-xdp
@@ -78,9 +99,37 @@ install-files: bpf
 	sed 's|/usr/local|$(PREFIX)|g' contrib/systemd/flanneld-xdp.service > $(DESTDIR)$(PREFIX)/lib/systemd/system/flanneld-xdp.service
 	chmod 0644 $(DESTDIR)$(PREFIX)/lib/systemd/system/flanneld-xdp.service
 	install -D -m 0755 contrib/mk-docker-opts.sh $(DESTDIR)$(PREFIX)/libexec/flanneld-xdp/mk-docker-opts.sh
+	install -D -m 0644 $(GEN_DIR)/flanneld-xdp.8 $(DESTDIR)$(PREFIX)/share/man/man8/flanneld-xdp.8
+	install -D -m 0644 $(GEN_DIR)/flanneld-xdp.bash $(DESTDIR)$(PREFIX)/share/bash-completion/completions/flanneld-xdp
+	install -D -m 0644 $(GEN_DIR)/flanneld-xdp.zsh $(DESTDIR)$(PREFIX)/share/zsh/vendor-completions/_flanneld-xdp
+	install -D -m 0644 $(GEN_DIR)/flanneld-xdp.fish $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/flanneld-xdp.fish
 	install -D -m 0644 contrib/sysconfig/flanneld-xdp $(DESTDIR)$(PREFIX)/share/doc/flanneld-xdp/examples/sysconfig-flanneld-xdp
 	install -D -m 0644 contrib/cni/10-flannel.conflist $(DESTDIR)$(PREFIX)/share/doc/flanneld-xdp/examples/10-flannel.conflist
-	install -m 0644 docs/OPERATIONS.md docs/DESIGN.md $(DESTDIR)$(PREFIX)/share/doc/flanneld-xdp/
+	install -D -m 0644 contrib/grafana/flanneld-xdp.json $(DESTDIR)$(PREFIX)/share/doc/flanneld-xdp/examples/grafana-flanneld-xdp.json
+	install -D -m 0644 contrib/prometheus/flanneld-xdp.rules.yml $(DESTDIR)$(PREFIX)/share/doc/flanneld-xdp/examples/prometheus-flanneld-xdp.rules.yml
+	install -m 0644 docs/OPERATIONS.md docs/DESIGN.md docs/SECURITY.md $(DESTDIR)$(PREFIX)/share/doc/flanneld-xdp/
+
+# The man page (argument-parser's generate-manual, built from the resolved checkout: no network)
+# and the bash/zsh/fish completions, from BIN_DIR's binary: they always match its flags.
+generated-docs:
+	@test -x "$(BIN_DIR)/flanneld-xdp" || { echo "no $(BIN_DIR)/flanneld-xdp: build it first, or give BIN_DIR=" >&2; exit 1; }
+	@mkdir -p $(GEN_DIR)
+	@test -x $(GEN_MANUAL) || $(SWIFT) build --package-path .build/checkouts/swift-argument-parser \
+	  --scratch-path .build/tools/argument-parser --product generate-manual >/dev/null
+	$(GEN_MANUAL) $(BIN_DIR)/flanneld-xdp --section 8 --date 2026-12-03 --output-directory $(GEN_DIR)
+	for shell in bash zsh fish; do \
+	  $(BIN_DIR)/flanneld-xdp --generate-completion-script $$shell > $(GEN_DIR)/flanneld-xdp.$$shell || exit 1; \
+	done
+
+# `make dist`: the release binary (Swift runtime linked in), then `make package`: a .deb (dpkg-deb)
+# and a tarball of the same tree in DIST_DIR. `make package BIN_DIR=…` packages a binary built
+# elsewhere (the packaging test packages the test build's).
+dist: bpf
+	BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release --product flanneld-xdp $(STATIC_SWIFT)
+	$(MAKE) package BIN_DIR="$$(BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release --show-bin-path)"
+
+package: bpf
+	scripts/make-package.sh "$(BIN_DIR)" "$(DIST_DIR)"
 
 clean:
 	rm -rf build .build

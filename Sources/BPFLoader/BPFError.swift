@@ -68,7 +68,9 @@ public struct BPFError: Error, CustomStringConvertible, Sendable, Equatable {
     static func defaultHint(errno: Int32, operation: String) -> String {
         switch errno {
         case EPERM:
-            return "run as root (needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN for pinning/mounts)"
+            // CAP_PERFMON: the verifier refuses variable-offset packet access without it (SECURITY.md).
+            // CAP_SYS_ADMIN is only for mounting bpffs, which systemd and the kubelet already do.
+            return "run as root, or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (mounting bpffs also needs CAP_SYS_ADMIN)"
         case EACCES:
             if operation.hasPrefix("bpf_object__load") {
                 return "the kernel verifier refused a program: read the verifier log above, the last lines say why"

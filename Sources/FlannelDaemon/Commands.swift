@@ -23,7 +23,7 @@ public struct FlanneldXDP: AsyncParsableCommand {
             FLANNELD_ETCD_ENDPOINTS); a flag on the command line beats its variable.
             """,
         version: FlannelDaemonVersion.string,
-        subcommands: [Cleanup.self, Status.self, Peers.self, Stats.self]
+        subcommands: [Cleanup.self, Status.self, Peers.self, Stats.self, DoctorCommand.self]
     )
 
     @OptionGroup public var options: FlannelOptions
@@ -35,8 +35,9 @@ public struct FlanneldXDP: AsyncParsableCommand {
     }
 
     /// What the Go-style normaliser must know: every long flag of each command and whether it takes a value.
-    public static let flagNormalizer = GoFlagNormalizer(
-        rootFlags: [
+    public static let flagNormalizer = GoFlagNormalizer(rootFlags: rootFlags, subcommandFlags: subcommandFlags)
+
+    static let rootFlags: [GoFlagSpec] = [
             GoFlagSpec("iface"), GoFlagSpec("iface-regex"), GoFlagSpec("iface-can-reach"), GoFlagSpec("public-ip"),
             GoFlagSpec("public-ipv6"),
             GoFlagSpec("etcd-endpoints"), GoFlagSpec("etcd-prefix"), GoFlagSpec("etcd-keyfile"),
@@ -49,16 +50,18 @@ public struct FlanneldXDP: AsyncParsableCommand {
             GoFlagSpec("iptables-resync", .integer), GoFlagSpec("iptables-forward-rules", .booleanDefaultTrue),
             GoFlagSpec("ip-masq-fully-random-disable", .boolean), GoFlagSpec("ip-blackhole-route", .boolean),
             GoFlagSpec("healthz-ip"), GoFlagSpec("healthz-port", .integer), GoFlagSpec("metrics-port", .integer),
-            GoFlagSpec("log-level"),
+            GoFlagSpec("metrics-per-peer", .boolean),
+            GoFlagSpec("log-level"), GoFlagSpec("log-format"),
             GoFlagSpec("v", .klogLevel), GoFlagSpec("vmodule", .klogModules), GoFlagSpec("log_backtrace_at", .klogTraceLocation),
             GoFlagSpec("kube-subnet-mgr", .boolean), GoFlagSpec("kube-api-url"), GoFlagSpec("kube-annotation-prefix"),
             GoFlagSpec("kubeconfig-file"), GoFlagSpec("net-config-path"),
             GoFlagSpec("set-node-network-unavailable", .booleanDefaultTrue),
             GoFlagSpec("version", .boolean, fromEnvironment: false), GoFlagSpec("help", .boolean, fromEnvironment: false),
-        ],
-        subcommandFlags: [
+        ]
+
+    static let subcommandFlags: [String: [GoFlagSpec]] = [
             "cleanup": [
-                GoFlagSpec("keep-kernel-path", .boolean), GoFlagSpec("bpffs"), GoFlagSpec("log-level"),
+                GoFlagSpec("keep-kernel-path", .boolean), GoFlagSpec("bpffs"), GoFlagSpec("log-level"), GoFlagSpec("log-format"),
                 GoFlagSpec("help", .boolean, fromEnvironment: false), GoFlagSpec("version", .boolean, fromEnvironment: false),
             ],
             "status": [
@@ -70,6 +73,8 @@ public struct FlanneldXDP: AsyncParsableCommand {
                 GoFlagSpec("bpffs"), GoFlagSpec("json", .boolean, fromEnvironment: false),
                 GoFlagSpec("help", .boolean, fromEnvironment: false), GoFlagSpec("version", .boolean, fromEnvironment: false),
             ],
+            // The daemon's own flags (and FLANNELD_* variables): doctor checks what the daemon will use.
+            "doctor": rootFlags + [GoFlagSpec("json", .boolean, fromEnvironment: false)],
             "stats": [
                 GoFlagSpec("bpffs"), GoFlagSpec("watch", .boolean, fromEnvironment: false),
                 GoFlagSpec("interval", fromEnvironment: false), GoFlagSpec("count", fromEnvironment: false),
@@ -77,7 +82,6 @@ public struct FlanneldXDP: AsyncParsableCommand {
                 GoFlagSpec("help", .boolean, fromEnvironment: false), GoFlagSpec("version", .boolean, fromEnvironment: false),
             ],
         ]
-    )
 
     /// The verbs besides the daemon itself. They are parsed on their own, not through the root: the
     /// root carries the daemon's flags, and argument-parser lets a parent's flags appear after a
@@ -85,6 +89,7 @@ public struct FlanneldXDP: AsyncParsableCommand {
     /// would pass silently.
     public static let verbs: [String: any AsyncParsableCommand.Type] = [
         "cleanup": Cleanup.self, "status": Status.self, "peers": Peers.self, "stats": Stats.self,
+        "doctor": DoctorCommand.self,
     ]
 
     /// Parses Go-style arguments plus `FLANNELD_*` variables into a command (throws argument-parser errors).
@@ -105,6 +110,12 @@ public struct FlanneldXDP: AsyncParsableCommand {
     /// The program's entry: normalise, parse, run, and exit non-zero with a message on any error.
     public static func entry() async {
         let arguments = Array(CommandLine.arguments.dropFirst())
+        // argument-parser's own tooling requests (shell completion scripts, the help dump the man
+        // page is made from) are not flags of flanneld's: they go to argument-parser as they are.
+        if let first = arguments.first, toolingRequests.contains(where: { first == $0 || first.hasPrefix($0 + "=") }) {
+            await main(arguments)
+            return
+        }
         let normalized: [String]
         do {
             let result = try flagNormalizer.normalizeWithNotes(arguments, environment: processEnvironment())
@@ -142,6 +153,10 @@ public struct FlanneldXDP: AsyncParsableCommand {
             } else {
                 try command.run()
             }
+        } catch let code as ExitCode {
+            // A verb's answer, not a failure (`status` of a stopped daemon, `doctor` with findings):
+            // it has printed what it has to say.
+            Glibc.exit(code.rawValue)
         } catch {
             let code = exitCode(for: error)
             if code == .success {
@@ -154,6 +169,9 @@ public struct FlanneldXDP: AsyncParsableCommand {
             Glibc.exit(code.rawValue)
         }
     }
+
+    /// argument-parser's built-in requests that `entry` passes through unnormalised.
+    static let toolingRequests = ["--generate-completion-script", "--experimental-dump-help"]
 
     /// `FLANNELD_<NAME>="value"` when `message` is about a root flag that the command line did not give
     /// and the environment filled, else nil.
@@ -239,7 +257,8 @@ public struct Cleanup: AsyncParsableCommand {
         if !keepKernelPath {
             do { try ForwardRules.remove() } catch { failures.append(error) }
         }
-        try await Daemon.cleanup(bpffs: inspection.bpffs, keepKernelPath: keepKernelPath, logLevel: logging.logLevel)
+        try await Daemon.cleanup(bpffs: inspection.bpffs, keepKernelPath: keepKernelPath, logLevel: logging.logLevel,
+                                 logFormat: logging.logFormat)
         if let first = failures.first { throw first }
     }
 }
@@ -249,7 +268,8 @@ public struct Status: AsyncParsableCommand {
         abstract: "Show the data path in use and why, interface, subnet, lease, etcd, attached programs and maps.",
         discussion: """
             Reads the daemon's state file (next to --subnet-file) and the kernel: the pins under --bpffs and the \
-            programs attached in flanneld-xdp's slots. Works while the daemon runs and after it stopped.
+            programs attached in flanneld-xdp's slots. Works while the daemon runs and after it stopped. Exit \
+            status: 0 the daemon runs and is ready, 1 it runs but is not ready (degraded), 3 it does not run.
             """,
         version: FlannelDaemonVersion.string
     )
@@ -262,7 +282,10 @@ public struct Status: AsyncParsableCommand {
     @OptionGroup public var inspection: CommonInspectionOptions
     public init() {}
     public func run() async throws {
-        print(InspectionCommands.status(bpffs: inspection.bpffs, subnetFile: subnetFile, stateFile: stateFile, json: json), terminator: "")
+        let (text, status) = InspectionCommands.statusWithExitStatus(bpffs: inspection.bpffs, subnetFile: subnetFile,
+                                                                      stateFile: stateFile, json: json)
+        print(text, terminator: "")
+        if status != 0 { throw ExitCode(status) }
     }
 }
 
@@ -312,5 +335,29 @@ public struct Stats: AsyncParsableCommand {
         } else {
             print(try InspectionCommands.stats(bpffs: inspection.bpffs, json: json), terminator: "")
         }
+    }
+}
+
+public struct DoctorCommand: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "doctor",
+        abstract: "Check that this host can run flanneld-xdp as configured, and say how to fix what is not.",
+        discussion: """
+            Takes the daemon's flags and FLANNELD_* variables (e.g. `flanneld-xdp doctor -etcd-endpoints=… \
+            $FLANNEL_OPTIONS`) and checks, changing nothing: the kernel (version, BTF, BPF netfilter links, XDP and \
+            TC program types), this process's capabilities, the bpffs mount, pins of another map layout, rp_filter, \
+            the MTUs, nft and iptables, and each etcd endpoint (reachable, TLS, the network config). Exit status: \
+            0 nothing to fix, 1 warnings, 2 errors.
+            """,
+        version: FlannelDaemonVersion.string
+    )
+    @OptionGroup public var options: FlannelOptions
+    @Flag(name: .customLong("json"), help: "Print JSON for scripts.")
+    public var json: Bool = false
+    public init() {}
+    public func run() async throws {
+        let report = await Doctor.run(options)
+        print(json ? report.json.text + "\n" : report.text, terminator: "")
+        if report.exitStatus != 0 { throw ExitCode(report.exitStatus) }
     }
 }

@@ -29,9 +29,9 @@ public struct DataplaneSetup: Sendable {
 }
 
 public enum Daemon {
-    /// Installs the stderr log handler once per process, at `level`.
-    public static func bootstrapLogging(level: Logger.Level) {
-        LoggingBootstrap.once(level: level)
+    /// Installs the stderr log handler once per process, at `level`, in `format` (LogOutput.swift).
+    public static func bootstrapLogging(level: Logger.Level, format: LogFormat = .text) {
+        LoggingBootstrap.once(level: level, style: .forStandardError(format: format))
     }
 
     static func makeLogger(_ level: Logger.Level) -> Logger {
@@ -41,7 +41,7 @@ public enum Daemon {
     }
 
     public static func run(_ options: FlannelOptions, notifier: SystemdNotifier = .fromEnvironment()) async throws {
-        bootstrapLogging(level: options.effectiveLogLevel)
+        bootstrapLogging(level: options.effectiveLogLevel, format: options.logging.logFormat)
         let logger = makeLogger(options.effectiveLogLevel)
         logger.info("flanneld-xdp \(FlannelDaemonVersion.string) starting")
         logFlagNotes(options, logger: logger)
@@ -60,6 +60,8 @@ public enum Daemon {
         // stop while waiting for etcd ends start-up cleanly; one right after READY=1 is not lost).
         var services: [any Service] = [NodeAgentService(options: options, notifier: notifier, readiness: readiness, logger: logger)]
         if let health { services.insert(HealthServerRunning(server: health), at: 0) }
+        // Last in the group, so the first to hear the signal: STOPPING=1 before anything stops.
+        services.append(StoppingNotice(notifier: notifier, logger: logger))
         let group = ServiceGroup(configuration: ServiceGroupConfiguration(
             services: services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0, successTerminationBehavior: .gracefullyShutdownGroup) },
             gracefulShutdownSignals: [.sigterm, .sigint],
@@ -114,6 +116,7 @@ public enum Daemon {
             logger.notice("subnet lease TTL \(options.subnet.subnetLeaseTTL) s (--subnet-lease-ttl; flannel's is 24 h), renewed \(margin) before it ends")
         }
         let lastKnownPath = options.subnet.lastKnownState
+        notifyStatus(notifier, "waiting for etcd at \(options.etcd.endpointList.joined(separator: ",")) (network config under \(options.etcd.prefix))", logger: logger)
         let source = try await Startup.bootSource(
             options.etcd, managerOptions: managerOptions,
             lastKnown: Startup.lastKnownForBoot(path: lastKnownPath, publicIP: external.publicIP, logger: logger),
@@ -211,15 +214,22 @@ public enum Daemon {
         try env.write(to: options.subnet.subnetFile)
         readiness.set(.subnetFileWritten, ok: true)
         logger.info("wrote \(options.subnet.subnetFile): FLANNEL_SUBNET=\(lease.subnet.host(1))/\(lease.subnet.prefixLength) FLANNEL_MTU=\(mtu)")
+        // The data path's kind; for the userspace path the whole summary, which says why BPF is not used.
+        let kind = NodeState.dataplaneKind(summary: setup.summary)
+        let serviceManager = ServiceManagerLink(
+            notifier: notifier, readiness: readiness,
+            identity: "subnet \(lease.subnet), data path \(kind)" + (kind == "userspace" ? " (\(setup.summary))" : ""), logger: logger)
         do {
-            let degraded = readiness.unmet(.leaseConfirmed) == nil ? "" : "degraded (etcd unreachable, last known state), "
-            try notifier.ready(status: "\(degraded)subnet \(lease.subnet), \(peers.count) peer(s), \(setup.summary)")
+            try serviceManager.ready(peers: peers.count)
         } catch {
             logger.error("\(error)")
         }
 
         // The watch continues where the snapshot left it (or, degraded, once etcd confirms our lease).
-        var services: [any Service] = [ReconcileService(reconciler: reconciler, interval: .seconds(options.dataplane.reconcileInterval))]
+        // The reconciler's loop also pings systemd's watchdog and keeps STATUS= current.
+        var services: [any Service] = [ReconcileService(reconciler: reconciler, interval: .seconds(options.dataplane.reconcileInterval),
+                                                        heartbeat: Reconciler.Heartbeat(every: serviceManager.beatInterval,
+                                                                                        beat: serviceManager.beat))]
         switch source {
         case .etcd:
             if let events {
@@ -239,6 +249,11 @@ public enum Daemon {
         if let guardian = setup.attachmentGuard { services.append(guardian) }
         if let fastPath = setup.fastPath { services.append(fastPath) }
         return services + operations
+    }
+
+    /// STATUS= during start-up; a failure to notify is logged, never fatal.
+    static func notifyStatus(_ notifier: SystemdNotifier, _ text: String, logger: Logger) {
+        do { try notifier.status(text) } catch { logger.error("\(error)") }
     }
 
     /// Reads the userspace path's counters (nil when it does not run).
@@ -426,8 +441,8 @@ public enum Daemon {
     /// Removes our BPF programs from every interface of this namespace (only programs named fxdp_*),
     /// our pins, and — unless `keepKernelPath` — the flannel.<VNI> vxlan devices (their addresses,
     /// routes, neighbours and fdb entries go with them).
-    public static func cleanup(bpffs: String, keepKernelPath: Bool, logLevel: LogLevelChoice) async throws {
-        bootstrapLogging(level: logLevel.level)
+    public static func cleanup(bpffs: String, keepKernelPath: Bool, logLevel: LogLevelChoice, logFormat: LogFormat = .text) async throws {
+        bootstrapLogging(level: logLevel.level, format: logFormat)
         let logger = makeLogger(logLevel.level)
         var failures: [String] = []
         var nl = try NetlinkSocket()
@@ -494,9 +509,17 @@ struct NodeAgentService: Service {
 
     func run() async throws {
         let services: [any Service]
+        // While start-up waits for etcd, each failed attempt tells systemd why and that it is still
+        // trying (EXTEND_TIMEOUT_USEC: the next attempt plus a minute), so TimeoutStartSec does not
+        // kill a node that is only waiting for its etcd to come back.
+        let report: @Sendable (String, Duration) -> Void = { [notifier, logger] what, delay in
+            do { try notifier.extendTimeout(delay + .seconds(60), status: "waiting: \(what)") } catch { logger.error("\(error)") }
+        }
         do {
-            services = try await cancelWhenGracefulShutdown { [options, notifier, readiness, logger] in
-                try await Daemon.start(options, notifier: notifier, readiness: readiness, logger: logger)
+            services = try await StartupWait.reporting(report) {
+                try await cancelWhenGracefulShutdown { [options, notifier, readiness, logger] in
+                    try await Daemon.start(options, notifier: notifier, readiness: readiness, logger: logger)
+                }
             }
         } catch is CancellationError {
             logger.info("stop requested during start-up")
@@ -511,6 +534,17 @@ struct NodeAgentService: Service {
             services: services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0, successTerminationBehavior: .gracefullyShutdownGroup) },
             logger: logger))
         try await group.run()
+    }
+}
+
+/// Sends STOPPING=1 when the graceful shutdown begins (SIGTERM/SIGINT), so `systemctl status`
+/// shows "deactivating" with the reason while the services stop.
+struct StoppingNotice: Service {
+    let notifier: SystemdNotifier
+    let logger: Logger
+    func run() async throws {
+        try? await gracefulShutdown()
+        do { try notifier.send("STOPPING=1\nSTATUS=stopping: the data path, the routes and the lease stay in place") } catch { logger.error("\(error)") }
     }
 }
 
@@ -538,12 +572,10 @@ struct UserspaceDataplaneService: Service {
 enum LoggingBootstrap {
     private static let done = Atomic<Bool>(false)
 
-    static func once(level: Logger.Level) {
+    static func once(level: Logger.Level, style: LogOutputStyle) {
         guard done.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
         LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
+            DaemonLogHandler(label: label, level: level, style: style)
         }
     }
 }

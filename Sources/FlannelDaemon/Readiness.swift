@@ -33,19 +33,40 @@ public final class Readiness: Sendable {
         entries = Mutex(initial)
     }
 
+    /// Told (under the lock, so in order) whenever the answer of `notReadyReason` changes: the state
+    /// file for `status` records readiness through it, before /readyz can see the change.
+    private let observer = Mutex<(@Sendable (_ notReadyReason: String?) -> Void)?>(nil)
+
     public func set(_ condition: Condition, ok: Bool, detail: String = "") {
-        entries.withLock { $0[condition] = Entry(ok: ok, detail: detail) }
+        entries.withLock { entries in
+            let before = Self.reason(entries)
+            var next = entries
+            next[condition] = Entry(ok: ok, detail: detail)
+            let after = Self.reason(next)
+            if after != before { observer.withLock { $0 }?(after) }
+            entries = next
+        }
+    }
+
+    /// Calls `body` with the current answer now and after every change.
+    public func observe(_ body: @escaping @Sendable (_ notReadyReason: String?) -> Void) {
+        entries.withLock { entries in
+            observer.withLock { $0 = body }
+            body(Self.reason(entries))
+        }
     }
 
     /// nil when ready; otherwise one line naming every unmet condition and why.
     public var notReadyReason: String? {
-        entries.withLock { entries in
-            let unmet = Condition.allCases.compactMap { condition -> String? in
-                guard let entry = entries[condition], !entry.ok else { return nil }
-                return entry.detail.isEmpty ? "\(condition.rawValue): no" : "\(condition.rawValue): \(entry.detail)"
-            }
-            return unmet.isEmpty ? nil : unmet.joined(separator: "; ")
+        entries.withLock { Self.reason($0) }
+    }
+
+    private static func reason(_ entries: [Condition: Entry]) -> String? {
+        let unmet = Condition.allCases.compactMap { condition -> String? in
+            guard let entry = entries[condition], !entry.ok else { return nil }
+            return entry.detail.isEmpty ? "\(condition.rawValue): no" : "\(condition.rawValue): \(entry.detail)"
         }
+        return unmet.isEmpty ? nil : unmet.joined(separator: "; ")
     }
 
     public var isReady: Bool { notReadyReason == nil }

@@ -23,6 +23,7 @@
 import Logging
 import NetTypes
 import ServiceLifecycle
+import Synchronization
 
 /// The kind of backend the network config names, as far as peers are concerned.
 public enum BackendKind: Sendable, Equatable, CustomStringConvertible {
@@ -226,6 +227,13 @@ public actor Reconciler {
 
     private let kicks: AsyncStream<Void>
     private let kickContinuation: AsyncStream<Void>.Continuation
+    /// A kick asked for a pass. The loop also wakes for heartbeats, which run no pass: the flag
+    /// tells the two apart (a heartbeat may replace a kick in the one-slot buffer; the flag stays).
+    private let passRequested = Atomic<Bool>(false)
+    /// The heartbeat timer fired: the loop's next wake-up beats with `watchdog` true.
+    private let beatDue = Atomic<Bool>(false)
+    /// Told about every pass (the metrics' duration histogram and failure counter, the state file).
+    private var passObservers: [@Sendable (ReconcileReport) -> Void] = []
 
     public init(tables: [PeerTableBinding], readiness: Readiness? = nil, logger: Logger) {
         self.bindings = tables
@@ -279,7 +287,20 @@ public actor Reconciler {
 
     /// Asks the running loop for a pass soon; kicks that arrive during a pass coalesce into one.
     public nonisolated func kick() {
+        passRequested.store(true, ordering: .releasing)
         kickContinuation.yield()
+    }
+
+    private nonisolated func heartbeatDue() {
+        beatDue.store(true, ordering: .releasing)
+        kickContinuation.yield()
+    }
+
+    /// Calls `observer` with every pass from now on, and at once with the latest pass (the
+    /// start-up fill, which runs before the metrics exist).
+    public func observePasses(_ observer: @escaping @Sendable (ReconcileReport) -> Void) {
+        passObservers.append(observer)
+        if let lastReport { observer(lastReport) }
     }
 
     /// Makes the next pass of the running loop a full one, and asks for it.
@@ -390,6 +411,7 @@ public actor Reconciler {
 
     private func record(_ report: ReconcileReport) {
         passCount += 1
+        for observer in passObservers { observer(report) }
         if report.readBack { readBackPassCount += 1 }
         lastReport = report
         if report.succeeded {
@@ -418,10 +440,24 @@ public actor Reconciler {
         return min(delay, interval)
     }
 
+    /// What the loop does besides passes: every `every`, and after every pass, it calls `beat`
+    /// with the desired peer count; `watchdog` is true for the timed beats. The daemon pings
+    /// systemd's watchdog from it (ServiceManagerLink): the pings stop when this loop stops moving.
+    public struct Heartbeat: Sendable {
+        public var every: Duration
+        public var beat: @Sendable (_ peers: Int, _ watchdog: Bool) -> Void
+
+        public init(every: Duration, beat: @escaping @Sendable (_ peers: Int, _ watchdog: Bool) -> Void) {
+            self.every = every
+            self.beat = beat
+        }
+    }
+
     /// Runs a change pass on every kick, a full pass every `interval` (drift repair), and after a
     /// failure a retry with backoff (which reads the failed tables back), until graceful shutdown or
-    /// cancellation. Leaves every table as it is when it stops.
-    public func run(interval: Duration, retryBase: Duration = .seconds(1)) async {
+    /// cancellation. With a `heartbeat`, beats from this loop between and after passes. Leaves
+    /// every table as it is when it stops.
+    public func run(interval: Duration, retryBase: Duration = .seconds(1), heartbeat: Heartbeat? = nil) async {
         let kicks = self.kicks
         await withDiscardingTaskGroup { group in
             group.addTask {
@@ -430,18 +466,29 @@ public actor Reconciler {
                     await self.requestFullPass()
                 }
             }
-            kick()
-            for await _ in kicks.cancelOnGracefulShutdown() {
-                let kind: PassKind = fullPassDue ? .full : .changes
-                fullPassDue = false
-                let report = reconcile(kind)
-                if !report.succeeded {
-                    let delay = Self.retryDelay(afterFailures: failedPasses, interval: interval, base: retryBase)
-                    group.addTask { [kickContinuation] in
-                        do { try await Task.sleep(for: delay) } catch { return }
-                        kickContinuation.yield()
+            if let heartbeat {
+                group.addTask {
+                    while !Task.isCancelled {
+                        do { try await Task.sleep(for: heartbeat.every) } catch { return }
+                        self.heartbeatDue()
                     }
                 }
+            }
+            kick()
+            for await _ in kicks.cancelOnGracefulShutdown() {
+                if passRequested.exchange(false, ordering: .acquiringAndReleasing) {
+                    let kind: PassKind = fullPassDue ? .full : .changes
+                    fullPassDue = false
+                    let report = reconcile(kind)
+                    if !report.succeeded {
+                        let delay = Self.retryDelay(afterFailures: failedPasses, interval: interval, base: retryBase)
+                        group.addTask {
+                            do { try await Task.sleep(for: delay) } catch { return }
+                            self.kick()
+                        }
+                    }
+                }
+                heartbeat?.beat(desiredBySubnet.count, beatDue.exchange(false, ordering: .acquiringAndReleasing))
             }
             group.cancelAll()
         }
@@ -452,13 +499,15 @@ public actor Reconciler {
 public struct ReconcileService: Service {
     public let reconciler: Reconciler
     public let interval: Duration
+    public let heartbeat: Reconciler.Heartbeat?
 
-    public init(reconciler: Reconciler, interval: Duration) {
+    public init(reconciler: Reconciler, interval: Duration, heartbeat: Reconciler.Heartbeat? = nil) {
         self.reconciler = reconciler
         self.interval = interval
+        self.heartbeat = heartbeat
     }
 
     public func run() async throws {
-        await reconciler.run(interval: interval)
+        await reconciler.run(interval: interval, heartbeat: heartbeat)
     }
 }

@@ -13,6 +13,7 @@ import Glibc
 import Leases
 import Logging
 import NetTypes
+import Synchronization
 import UserspaceDataplane
 
 public enum StartupError: Error, CustomStringConvertible {
@@ -67,9 +68,29 @@ func retrying<T: Sendable>(
             if error is CancellationError || isFatal(error) { throw error }
             log.log(logger, level: .error, key: String(describing: type(of: error)),
                     "\(what) failed: \(error); retrying (every \(delay) at most)")
+            StartupWait.report?("\(what) failed (attempt \(attempt)): \(error)", delay)
             try await Task.sleep(for: delay)
             delay = min(delay * 2, maximum)
         }
+    }
+}
+
+/// Who hears that start-up is waiting: the daemon tells systemd (STATUS= and EXTEND_TIMEOUT_USEC,
+/// so a start that waits for etcd is not killed at TimeoutStartSec while it keeps trying). One
+/// hook for the process (one daemon per process), so the retry loops need no parameter threaded
+/// through every stage; nil outside the daemon's start-up. Not a task local: `withValue` around
+/// the start-up crashed release builds (Swift 6.3, swift_task_localValuePush on a bad pointer).
+enum StartupWait {
+    private static let hook = Mutex<(@Sendable (String, Duration) -> Void)?>(nil)
+
+    /// (what failed and why, the delay before the next attempt).
+    static var report: (@Sendable (String, Duration) -> Void)? { hook.withLock { $0 } }
+
+    /// Runs `body` with `report` installed, and removes it afterwards.
+    static func reporting<T>(_ report: @escaping @Sendable (String, Duration) -> Void, _ body: () async throws -> T) async rethrows -> T {
+        hook.withLock { $0 = report }
+        defer { hook.withLock { $0 = nil } }
+        return try await body()
     }
 }
 

@@ -2,6 +2,11 @@
 // $NOTIFY_SOCKET. A leading '@' names a socket in the abstract namespace (first byte NUL, and the
 // address length counts only the name, no terminating NUL). No socket set means not under systemd:
 // notifying is then a no-op, as with libsystemd.
+//
+// The watchdog (WatchdogSec= in the unit): systemd passes WATCHDOG_USEC (and WATCHDOG_PID, the pid
+// it expects the pings from) and restarts the service when no WATCHDOG=1 arrives within that time.
+// The pings come from the reconciler's loop (ServiceManagerLink), the loop whose progress proves
+// the node agent is alive; STATUS= follows the node's state from there too.
 
 import Glibc
 
@@ -19,17 +24,42 @@ public struct SystemdNotifyError: Error, CustomStringConvertible {
 public struct SystemdNotifier: Sendable {
     /// The socket path as given in NOTIFY_SOCKET; nil when not running under systemd.
     public var socketPath: String?
+    /// WATCHDOG_USEC: systemd restarts the service when no WATCHDOG=1 comes within this time; nil: no watchdog.
+    public var watchdogTimeout: Duration?
 
-    public init(socketPath: String?) {
+    public init(socketPath: String?, watchdogTimeout: Duration? = nil) {
         self.socketPath = (socketPath?.isEmpty ?? true) ? nil : socketPath
+        self.watchdogTimeout = self.socketPath == nil ? nil : watchdogTimeout
     }
 
-    /// From the process environment's NOTIFY_SOCKET.
+    /// From the process environment's NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID.
     public static func fromEnvironment() -> SystemdNotifier {
-        SystemdNotifier(socketPath: getenv("NOTIFY_SOCKET").map { String(cString: $0) })
+        func variable(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
+        return SystemdNotifier(socketPath: variable("NOTIFY_SOCKET"),
+                               watchdogTimeout: watchdogTimeout(usec: variable("WATCHDOG_USEC"), pid: variable("WATCHDOG_PID"), ownPID: getpid()))
+    }
+
+    /// sd_watchdog_enabled(3)'s rule: WATCHDOG_USEC a positive number, and WATCHDOG_PID (when set)
+    /// our own pid — a child that inherited the variables must not ping for its parent.
+    public static func watchdogTimeout(usec: String?, pid: String?, ownPID: Int32) -> Duration? {
+        guard let usec, let micros = Int64(usec), micros > 0 else { return nil }
+        if let pid, !pid.isEmpty, Int32(pid) != ownPID { return nil }
+        return .microseconds(micros)
     }
 
     public var isEnabled: Bool { socketPath != nil }
+
+    /// WATCHDOG=1: the service is alive (systemd's watchdog timer restarts).
+    public func watchdog() throws(SystemdNotifyError) {
+        try send("WATCHDOG=1")
+    }
+
+    /// EXTEND_TIMEOUT_USEC: start-up is still making progress (waiting for etcd); systemd waits
+    /// `duration` more for the next message instead of failing the start at TimeoutStartSec.
+    public func extendTimeout(_ duration: Duration, status: String) throws(SystemdNotifyError) {
+        let micros = duration.components.seconds * 1_000_000 + duration.components.attoseconds / 1_000_000_000_000
+        try send("EXTEND_TIMEOUT_USEC=\(micros)\nSTATUS=\(status)")
+    }
 
     /// Sends READY=1 with a STATUS line.
     public func ready(status: String) throws(SystemdNotifyError) {

@@ -1,5 +1,5 @@
 // `fxdp-lab bench` — side-by-side performance of every data path and of the control plane, in one
-// run on this machine (issue 6). `make bench` runs it in full, `make bench QUICK=1` with --quick.
+// run on this machine. `make bench` runs it in full, `make bench QUICK=1` with --quick.
 // Output: tables on stdout, bench-results/latest.json, bench-results/latest.md, and with
 // --update-doc the figures section of BENCHMARKS.md (between its bench markers) rewritten.
 
@@ -70,7 +70,7 @@ struct Bench: AsyncParsableCommand {
         if let fromJSON {
             let data = try Data(contentsOf: URL(fileURLWithPath: fromJSON))
             let report = try JSONDecoder().decode(BenchReport.self, from: data)
-            try publish(BenchReportText.markdown(report), json: nil)
+            try publish(report, json: nil)
             return
         }
         guard Privileges.isRoot else {
@@ -96,22 +96,33 @@ struct Bench: AsyncParsableCommand {
             throw error
         }
 
-        try publish(BenchReportText.markdown(report), json: try BenchReportText.json(report))
+        try publish(report, json: try BenchReportText.json(report))
     }
 
-    /// Prints the report, writes the JSON (when given) and the Markdown beside it, and the document.
-    private func publish(_ markdown: String, json: String?) throws {
-        print("\n" + markdown)
+    /// Where `--update-doc` puts the charts, relative to the document's folder.
+    static let docChartFolder = "docs/bench/"
+
+    /// Prints the report, writes the JSON (when given) with the Markdown and the SVG charts beside
+    /// it, and the document with its charts in docs/bench/ next to it.
+    private func publish(_ report: BenchReport, json: String?) throws {
+        let charts = BenchCharts.all(report)
+        let markdown = BenchReportText.markdown(report, chartPrefix: "")
+        print("\n" + BenchReportText.markdown(report))
         if let json {
             try writeText(output, json)
+            let folder = (output as NSString).deletingLastPathComponent
             let mdPath = (output as NSString).deletingPathExtension + ".md"
             try writeText(mdPath, markdown)
-            print("wrote \(output) and \(mdPath)")
+            for chart in charts { try writeText((folder as NSString).appendingPathComponent(chart.fileName), chart.svg) }
+            print("wrote \(output), \(mdPath) and \(charts.map(\.fileName).joined(separator: ", "))")
         }
         if let updateDoc {
+            let folder = ((updateDoc as NSString).deletingLastPathComponent as NSString).appendingPathComponent(Self.docChartFolder)
+            for chart in charts { try writeText((folder as NSString).appendingPathComponent(chart.fileName), chart.svg) }
             let existing = (try? String(contentsOfFile: updateDoc, encoding: .utf8)) ?? ""
-            try writeText(updateDoc, BenchReportText.replacingFigures(in: existing, with: markdown))
-            print("updated the figures in \(updateDoc)")
+            let figures = BenchReportText.markdown(report, chartPrefix: Self.docChartFolder)
+            try writeText(updateDoc, BenchReportText.replacingFigures(in: existing, with: figures))
+            print("updated the figures in \(updateDoc) and the charts in \(folder)")
         }
     }
 

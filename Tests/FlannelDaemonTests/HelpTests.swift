@@ -138,11 +138,18 @@ struct HelpAndBinaryTests {
           --metrics-port <metrics-port>
                                   Port for Prometheus metrics on --healthz-ip (0 to
                                   disable). (default: 0)
+          --metrics-per-peer      Also export packets and bytes per peer node on
+                                  /metrics: 4 series per peer (20 000 per node in a
+                                  5000-node cluster).
 
         LOGGING:
           --log-level <log-level> Log level: trace, debug, info, notice, warning, error
                                   or critical. (values: trace, debug, info, notice,
                                   warning, error, critical; default: info)
+          --log-format <log-format>
+                                  Log line format: text, or json (one object per line).
+                                  Under systemd each line also gets journald's priority
+                                  prefix. (values: text, json; default: text)
 
         FLANNELD'S KLOG FLAGS:
           --v <v>                 flanneld's klog verbosity: 0 leaves --log-level as it
@@ -190,6 +197,8 @@ struct HelpAndBinaryTests {
           peers                   List the peers in the pinned BPF maps: subnet, node
                                   IP, VTEP MAC, decap acceptance, packets and bytes.
           stats                   Show the BPF data path counters, drop reasons by name.
+          doctor                  Check that this host can run flanneld-xdp as
+                                  configured, and say how to fix what is not.
 
           See 'flanneld-xdp help <subcommand>' for detailed help.
         """
@@ -207,12 +216,16 @@ struct HelpAndBinaryTests {
         node comes back. With --keep-kernel-path the FORWARD accepts and the blackhole
         route stay too: they are flanneld's own rules, spelled as it spells them.
 
-        USAGE: flanneld-xdp cleanup [--keep-kernel-path] [--bpffs <bpffs>] [--log-level <log-level>]
+        USAGE: flanneld-xdp cleanup [--keep-kernel-path] [--bpffs <bpffs>] [--log-level <log-level>] [--log-format <log-format>]
 
         LOGGING:
           --log-level <log-level> Log level: trace, debug, info, notice, warning, error
                                   or critical. (values: trace, debug, info, notice,
                                   warning, error, critical; default: info)
+          --log-format <log-format>
+                                  Log line format: text, or json (one object per line).
+                                  Under systemd each line also gets journald's priority
+                                  prefix. (values: text, json; default: text)
 
         OPTIONS:
           --keep-kernel-path      Detach the BPF programs and remove the pins, but keep

@@ -171,7 +171,7 @@ struct NodeLifecycleTests {
 
         // Start: READY=1 after subnet.env, /readyz 200, the snapshot's peer in the kernel and the map.
         let ready = try await node.startDaemon()
-        #expect(ready.contains("STATUS=subnet 10.5."))
+        #expect(ready.contains("STATUS=ready: subnet 10.5."), "\(ready)")
         let env = try #require(readText(node.subnetFile))
         #expect(env.hasPrefix("FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5."))
         #expect(env.contains("FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"))
@@ -445,4 +445,98 @@ extension Substring {
         if text.hasSuffix(target) { text = String(text.dropLast(target.count)) + replacement }
         return text
     }
+}
+
+/// What systemd hears from the daemon binary, over a real notify socket (the protocol: datagrams
+/// of KEY=value lines): STATUS while start-up waits for etcd with EXTEND_TIMEOUT_USEC, READY=1 with
+/// a STATUS that names the data path and the peers, WATCHDOG=1 from the reconciler's loop at half
+/// WATCHDOG_USEC, STATUS following the peer count, STOPPING=1 on SIGTERM.
+extension DaemonSuite {
+@Suite("systemd's notify protocol from the daemon binary", .serialized, .enabled(if: Privileges.isRoot, Privileges.skipReason))
+struct SystemdProtocolTests {
+    /// Starts the daemon with NOTIFY_SOCKET (and WATCHDOG_USEC when given) on a listener of our own.
+    static func spawn(_ node: NetnsNode, listener: NotifyListener, etcd: String, watchdogUSec: Int?) throws -> pid_t {
+        let arguments = ["netns", "exec", node.ns, node.binary, "-iface=fxdu0", "--etcd-endpoints", etcd, "-bpffs", node.bpffs,
+                         "--subnet-file=\(node.subnetFile)", "--last-known-state=\(node.work)/last-known.json", "-healthz-ip=127.0.0.1",
+                         "-healthz-port=\(node.healthzPort)"]
+        var environment = ["NOTIFY_SOCKET=\(listener.name)", "PATH=/usr/sbin:/usr/bin:/bin"]
+        if let watchdogUSec { environment.append("WATCHDOG_USEC=\(watchdogUSec)") }
+        return try spawnBackground("/usr/sbin/ip", arguments, environment: environment, logPath: node.daemonLog)
+    }
+
+    /// Receives messages until one satisfies `match` (each receive waits at most 5 s; at most `limit`
+    /// messages); every message seen, in order.
+    static func receive(_ listener: NotifyListener, until match: (String) -> Bool, limit: Int = 200) -> (found: String?, seen: [String]) {
+        var seen: [String] = []
+        for _ in 0..<limit {
+            guard let message = listener.receive() else { break }
+            seen.append(message)
+            if match(message) { return (message, seen) }
+        }
+        return (nil, seen)
+    }
+
+    @Test("READY=1 with STATUS=ready, WATCHDOG=1 at half WATCHDOG_USEC, STATUS follows the peers, STOPPING=1 on SIGTERM")
+    func readyWatchdogStatusStopping() async throws {
+        let node = try await NetnsNode(hint: "s")
+        defer { node.close() }
+        try await node.server.put("/coreos.com/network/config", #"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#)
+        let listener = try NotifyListener(name: node.notifyPath)
+        node.daemonPID = try Self.spawn(node, listener: listener, etcd: node.server.clientURL, watchdogUSec: 1_000_000)
+        let log = { (readText(node.daemonLog) ?? "").suffix(3000) }
+
+        let ready = Self.receive(listener) { $0.hasPrefix("READY=1") }
+        let readyMessage = try #require(ready.found, "no READY=1; messages \(ready.seen); log:\n\(log())")
+        #expect(ready.seen.first?.hasPrefix("STATUS=waiting for etcd at \(node.server.clientURL)") == true, "\(ready.seen)")
+        #expect(readyMessage.contains("\nSTATUS=ready: subnet 10.5."), "\(readyMessage)")
+        #expect(readyMessage.contains(", data path bpf-") && readyMessage.hasSuffix(", 0 peer(s)"), "\(readyMessage)")
+
+        // WATCHDOG_USEC=1 s: the reconciler's loop pings at least every 0.5 s. Three pings in a row
+        // (each receive waits at most 5 s, so a loop that stopped pinging fails here).
+        var pings = 0
+        for _ in 0..<3 {
+            let ping = Self.receive(listener, until: { $0.hasPrefix("WATCHDOG=1") }, limit: 10)
+            if ping.found != nil { pings += 1 }
+        }
+        #expect(pings == 3, "log:\n\(log())")
+
+        // A peer arrives: STATUS says so (sent once, when it changes).
+        try await node.putLease("10.5.9.0-24", ip: "192.0.2.19", mac: "0a:00:00:00:00:09")
+        let onePeer = Self.receive(listener) { $0.contains("STATUS=ready: ") && $0.hasSuffix(", 1 peer(s)") }
+        #expect(onePeer.found != nil, "\(onePeer.seen); log:\n\(log())")
+        #expect(onePeer.seen.filter { $0.contains("0 peer(s)") }.isEmpty, "STATUS is sent when it changes, not with every ping: \(onePeer.seen)")
+
+        kill(node.daemonPID, SIGTERM)
+        let stopping = Self.receive(listener) { $0.hasPrefix("STOPPING=1") }
+        #expect(stopping.found?.contains("STATUS=stopping") == true, "\(stopping.seen); log:\n\(log())")
+        let code = try await waitExit(node.daemonPID, seconds: 10)
+        #expect(code == 0, "\(log())")
+        if code != nil { node.daemonPID = 0 }
+    }
+
+    @Test("while etcd does not answer: STATUS=waiting for etcd, then EXTEND_TIMEOUT_USEC with the reason on each attempt; SIGTERM still STOPPING=1")
+    func waitingForEtcd() async throws {
+        let node = try await NetnsNode(hint: "e")
+        defer { node.close() }
+        let listener = try NotifyListener(name: node.notifyPath)
+        // Nothing listens on port 1 of the node's own address: every attempt fails at once.
+        node.daemonPID = try Self.spawn(node, listener: listener, etcd: "http://192.0.2.10:1", watchdogUSec: nil)
+        let first = Self.receive(listener) { $0.hasPrefix("STATUS=waiting for etcd at http://192.0.2.10:1") }
+        #expect(first.found != nil, "\(first.seen)")
+        // Two failed attempts, each extending the start timeout past the next retry.
+        for _ in 0..<2 {
+            let extend = Self.receive(listener, until: { $0.hasPrefix("EXTEND_TIMEOUT_USEC=") }, limit: 20)
+            let message = try #require(extend.found, "\(extend.seen)")
+            let micros = Int(message.split(separator: "\n")[0].dropFirst("EXTEND_TIMEOUT_USEC=".count)) ?? 0
+            #expect(micros >= 60_000_000, "\(message)")
+            #expect(message.contains("\nSTATUS=waiting: ") && message.contains("192.0.2.10:1"), "\(message)")
+        }
+        kill(node.daemonPID, SIGTERM)
+        let stopping = Self.receive(listener) { $0.hasPrefix("STOPPING=1") }
+        #expect(stopping.found != nil, "\(stopping.seen)")
+        let code = try await waitExit(node.daemonPID, seconds: 10)
+        #expect(code == 0, "\(readText(node.daemonLog) ?? "")")
+        if code != nil { node.daemonPID = 0 }
+    }
+}
 }

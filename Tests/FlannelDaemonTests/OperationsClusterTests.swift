@@ -26,7 +26,7 @@ struct OperationsClusterTests {
         try lab.sh(outside, ["link", "set", "eth0", "up"])
 
         let metricsPort = 9472
-        try cluster.startDaemon(n1, extra: ["--ip-masq", "--metrics-port=\(metricsPort)"])
+        try cluster.startDaemon(n1, extra: ["--ip-masq", "--metrics-port=\(metricsPort)", "--metrics-per-peer"])
         try cluster.startDaemon(n2)
         let converged = try waitFor(5) { try cluster.pinnedPeerSubnets(n1) == [n2.podSubnet] }
         #expect(converged != nil)
@@ -38,6 +38,7 @@ struct OperationsClusterTests {
         let status = try cluster.runTool(n1, ["status", "--bpffs", bpffs, "--subnet-file", cluster.subnetFile(n1)])
         #expect(status.status == 0)
         #expect(status.stdout.contains("daemon:     running, pid "), "\(status.stdout)")
+        #expect(status.stdout.contains("ready:      yes\n"), "\(status.stdout)")
         #expect(status.stdout.contains("subnet:     \(n1.podSubnet)"))
         #expect(status.stdout.contains("interface:  eth0 "))
         #expect(status.stdout.contains("etcd:       connected (API v3"))
@@ -71,7 +72,12 @@ struct OperationsClusterTests {
         let metrics = try lab.sh(n1.name, ["/bin/bash", "-c", script])
         #expect(metrics.hasPrefix("HTTP/1.0 200") || metrics.hasPrefix("HTTP/1.1 200"), "\(metrics.prefix(200))")
         #expect(metrics.contains("flanneld_xdp_info{"))
-        #expect(metrics.contains(#"flanneld_xdp_bpf_packets_total{counter="encap_ok",verdict="ok"}"#))
+        #expect(metrics.contains(#"flanneld_xdp_bpf_packets_total{reason="encap_ok",verdict="ok"}"#))
+        #expect(metrics.contains("\nprocess_resident_memory_bytes ") && metrics.contains("\nprocess_start_time_seconds "))
+        // Every pass counted: the start-up fill and the pass of node 2's arrival at least.
+        let passes = metrics.split(separator: "\n").first { $0.hasPrefix("flanneld_xdp_reconcile_passes_total ") }
+            .flatMap { Int($0.split(separator: " ")[1]) } ?? 0
+        #expect(passes >= 2 && metrics.contains("flanneld_xdp_reconcile_duration_seconds_count \(passes)\n"), "\(metrics)")
         #expect(metrics.contains("flanneld_xdp_encap_packets_total"))
         #expect(metrics.contains(#"flanneld_xdp_drops_total{reason="decap_drop_not_peer"}"#))
         #expect(metrics.contains(#"flanneld_xdp_peer_packets_total{peer="\#(n2.nodeIP)",direction="tx"}"#))
@@ -97,6 +103,7 @@ struct OperationsClusterTests {
         cluster.stopDaemon(n1)
         let after = try cluster.runTool(n1, ["status", "--bpffs", bpffs, "--subnet-file", cluster.subnetFile(n1)])
         #expect(after.stdout.contains("NOT running"), "\(after.stdout)")
+        #expect(after.status == 3, "status of a stopped daemon exits 3")
         #expect(after.stdout.contains("fxdp_encap id "))
         let peersAfter = try cluster.runTool(n1, ["peers", "--bpffs", bpffs])
         #expect(peersAfter.stdout.contains("\(n2.podSubnet)"))

@@ -15,7 +15,8 @@ struct OperationsHelpTests {
 
         Reads the daemon's state file (next to --subnet-file) and the kernel: the pins
         under --bpffs and the programs attached in flanneld-xdp's slots. Works while
-        the daemon runs and after it stopped.
+        the daemon runs and after it stopped. Exit status: 0 the daemon runs and is
+        ready, 1 it runs but is not ready (degraded), 3 it does not run.
 
         USAGE: flanneld-xdp status [--subnet-file <subnet-file>] [--state-file <state-file>] [--json] [--bpffs <bpffs>]
 

@@ -95,8 +95,12 @@ struct OperationsInspectionTests {
         #expect(watched.split(separator: "\u{1B}[H\u{1B}[2J", omittingEmptySubsequences: true).count == 2)
         #expect(watched.contains("PKT/S"))
 
-        let status = try runTool("/sbin/ip", ["netns", "exec", ns, binary, "status", "--bpffs", bpffs,
-                                              "--subnet-file", "/run/\(tag)-none/subnet.env"])
+        // No daemon has run here (no state file): the report still shows the kernel side, and the
+        // exit status is 3, "not running".
+        let statusRun = try runProgram("/sbin/ip", ["netns", "exec", ns, binary, "status", "--bpffs", bpffs,
+                                                    "--subnet-file", "/run/\(tag)-none/subnet.env"])
+        #expect(statusRun.status == 3, "\(statusRun.output)")
+        let status = statusRun.output
         #expect(status.contains("no state file at /run/\(tag)-none/flanneld-xdp.state.json"))
         #expect(status.contains("fxdp_encap id \(encapID) on fxa"))
         #expect(status.contains("tc egress"))
@@ -105,8 +109,10 @@ struct OperationsInspectionTests {
         #expect(status.contains(", 2 of 65536 entries"))
         #expect(status.contains("fxdp_peer_stats_v2 id "))
         #expect(status.contains("node 192.168.77.1 vtep 0e:00:00:00:00:01 vni 1 port 8472"))
-        let statusJSON = try runTool("/sbin/ip", ["netns", "exec", ns, binary, "status", "--bpffs", bpffs, "--json",
-                                                  "--state-file", "/run/\(tag)-none.json"])
+        let statusJSONRun = try runProgram("/sbin/ip", ["netns", "exec", ns, binary, "status", "--bpffs", bpffs, "--json",
+                                                        "--state-file", "/run/\(tag)-none.json"])
+        #expect(statusJSONRun.status == 3)
+        let statusJSON = statusJSONRun.output
         #expect(statusJSON.contains(#""programs":[{"name":"fxdp_encap","id":\#(encapID),"hook":"tc egress""#))
         #expect(statusJSON.contains(#""state":null"#))
     }
@@ -149,6 +155,8 @@ struct OperationsInspectionTests {
         #expect(text.contains("forward:    off (--iptables-forward-rules=false)"))
         #expect(!text.contains("WARNING:") && !text.contains("etcd API:"))
         #expect(text.contains("pins:       none under \(dir)/no-bpffs/flanneld-xdp"))
+        #expect(report.exitStatus == 3)
+        #expect(!text.contains("ready:"), "readiness is not shown for a daemon that is gone")
 
         // A dual-stack config's warning, the etcd API's reason and the blackhole route get their lines.
         state.warnings = NetworkConfigWarningSample.dualStack
@@ -160,6 +168,34 @@ struct OperationsInspectionTests {
         #expect(warned.contains("WARNING:    the network config sets EnableIPv6"), "\(warned)")
         #expect(warned.contains("etcd API:   auto: /coreos.com/network/config found in v2"))
         #expect(warned.contains("blackhole:  on: a blackhole route for 10.5.1.0/24"))
+    }
+
+    @Test("status exit status: 0 running and ready, 1 running and not ready (the reason shown), 3 not running")
+    func statusExitStatus() throws {
+        let dir = "/run/fxops-\(getpid())-ex\(UInt16.random(in: 0...UInt16.max))"
+        defer { _ = try? runProgram("/bin/rm", ["-rf", dir]) }
+        let path = NodeState.path(forSubnetFile: dir + "/subnet.env")
+        func report(_ state: NodeState) throws -> StatusReport {
+            try state.write(to: path)
+            return StatusReport.gather(bpffs: dir + "/no-bpffs", stateFile: path)
+        }
+        #expect(StatusReport.gather(bpffs: dir, stateFile: path).exitStatus == 3, "no state file: never ran")
+        var state = NodeState()  // pid: this process, which runs
+        state.ready = true
+        var r = try report(state)
+        #expect(r.exitStatus == 0)
+        #expect(r.text().contains("ready:      yes\n"))
+        state.ready = false
+        state.notReadyReason = "lease confirmed by etcd: degraded: started from the last known state"
+        r = try report(state)
+        #expect(r.exitStatus == 1)
+        #expect(r.text().contains("ready:      NO: lease confirmed by etcd: degraded"), "\(r.text())")
+        // A state file from a daemon that did not record readiness: running is all it can tell.
+        state.ready = nil
+        #expect(try report(state).exitStatus == 0)
+        state.ready = true
+        state.pid = 0x3FFF_FFF0
+        #expect(try report(state).exitStatus == 3)
     }
 }
 

@@ -20,7 +20,9 @@ struct OperationsPackagingTests {
         let unit = try #require(readText(repositoryRoot() + "/contrib/systemd/flanneld-xdp.service"))
         let lines = unit.split(separator: "\n").map(String.init)
         #expect(lines.contains("Type=notify"))
-        #expect(lines.contains("EnvironmentFile=/etc/sysconfig/flanneld-xdp"))
+        // The Debian package's conffile, then the install guide's place; either may be missing.
+        #expect(lines.contains("EnvironmentFile=-/etc/default/flanneld-xdp"))
+        #expect(lines.contains("EnvironmentFile=-/etc/sysconfig/flanneld-xdp"))
         #expect(lines.contains("ExecStart=/usr/local/bin/flanneld-xdp -etcd-endpoints=${FLANNEL_ETCD_ENDPOINTS} -etcd-prefix=${FLANNEL_ETCD_PREFIX} $FLANNEL_OPTIONS"))
         #expect(lines.contains("WantedBy=multi-user.target"))
         let sysconfig = try #require(readText(repositoryRoot() + "/contrib/sysconfig/flanneld-xdp"))
@@ -105,25 +107,6 @@ struct OperationsPackagingTests {
         #expect(readText(dir + "/bad") == nil)
     }
 
-    @Test("systemd-analyze verify accepts the unit (where systemd is installed)",
-          .enabled(if: access("/usr/bin/systemd-analyze", X_OK) == 0, "systemd-analyze is not installed"))
-    func systemdAnalyzeVerify() throws {
-        let binary = try #require(builtBinaryPath(), "flanneld-xdp must be built beside the tests")
-        let dir = "/tmp/fxops-unit-\(getpid())-\(UInt16.random(in: 0...UInt16.max))"
-        defer { _ = try? runProgram("/bin/rm", ["-rf", dir]) }
-        _ = try runTool("/bin/mkdir", ["-p", dir])
-        // The unit as `make install-files` lays it out, pointed at this build's binary and script
-        // (verify checks that every command exists and is executable).
-        let unit = try #require(readText(repositoryRoot() + "/contrib/systemd/flanneld-xdp.service"))
-            .replacingOccurrences("/usr/local/bin/flanneld-xdp", with: binary)
-            .replacingOccurrences("/usr/local/libexec/flanneld-xdp/mk-docker-opts.sh", with: repositoryRoot() + "/contrib/mk-docker-opts.sh")
-        try writeFile(dir + "/flanneld-xdp.service", unit)
-        let verify = try runProgram("/usr/bin/systemd-analyze", ["verify", dir + "/flanneld-xdp.service"])
-        #expect(verify.status == 0, "\(verify.output)")
-        // Unknown keys and bad values are only warnings for verify: there must be none.
-        #expect(!verify.output.contains("flanneld-xdp.service:"), "\(verify.output)")
-    }
-
     @Test("make install-files DESTDIR=… PREFIX=/usr puts binary, BPF objects, unit, script and docs in place")
     func installIntoDestdir() throws {
         let binary = try #require(builtBinaryPath(), "flanneld-xdp must be built beside the tests")
@@ -139,23 +122,14 @@ struct OperationsPackagingTests {
         #expect(access(root + "/lib/flanneld-xdp/flanneld_xdp.bpf.o", R_OK) == 0)
         #expect(access(root + "/share/doc/flanneld-xdp/OPERATIONS.md", R_OK) == 0)
         #expect(access(root + "/share/doc/flanneld-xdp/examples/sysconfig-flanneld-xdp", R_OK) == 0)
+        #expect(access(root + "/share/man/man8/flanneld-xdp.8", R_OK) == 0)
+        #expect(access(root + "/share/bash-completion/completions/flanneld-xdp", R_OK) == 0)
+        #expect(access(root + "/share/doc/flanneld-xdp/examples/grafana-flanneld-xdp.json", R_OK) == 0)
         let unit = try #require(readText(root + "/lib/systemd/system/flanneld-xdp.service"))
         #expect(unit.contains("ExecStart=/usr/bin/flanneld-xdp -etcd-endpoints=${FLANNEL_ETCD_ENDPOINTS}"))
         #expect(unit.contains("ExecStartPost=-/usr/libexec/flanneld-xdp/mk-docker-opts.sh"))
         #expect(!unit.contains("/usr/local"))
         let version = try runProgram(root + "/bin/flanneld-xdp", ["--version"])
         #expect(version.status == 0)
-    }
-}
-
-private extension String {
-    func replacingOccurrences(_ target: String, with replacement: String) -> String {
-        var result = ""
-        var rest = Substring(self)
-        while let range = rest.firstRange(of: target) {
-            result += rest[..<range.lowerBound] + replacement
-            rest = rest[range.upperBound...]
-        }
-        return result + rest
     }
 }

@@ -163,11 +163,16 @@ struct OperationsUnitTests {
         #expect(json.contains(#"{"code":20,"name":"decap_drop_not_peer","drop":true,"packets":7,"bytes":700}"#))
     }
 
-    @Test("metrics: Prometheus text with reconcile, lease, etcd and info series")
+    @Test("metrics: every reconcile pass in the histogram, lease, etcd, info and process_* series")
     func metricsExposition() {
         let metrics = DaemonMetrics(bpffs: nil, dataplane: "bpf-tc", backend: "vxlan")
-        metrics.observeReconciler(passCount: 3, lastDuration: .milliseconds(2), lastSucceeded: true, desiredPeers: 4)
-        metrics.observeReconciler(passCount: 5, lastDuration: .milliseconds(3), lastSucceeded: false, desiredPeers: 5)
+        // Five passes in a row, one failed: each is counted and lands in the histogram (before, one
+        // pass per 5 s refresh was sampled).
+        for (i, ms) in [2, 3, 1, 40, 600].enumerated() {
+            var outcome = TableOutcome(table: "bpf-maps")
+            if i == 3 { outcome.failures = ["upsert: EPERM"] }
+            metrics.observePass(ReconcileReport(outcomes: [outcome], desiredCount: 4 + i, duration: .milliseconds(ms)))
+        }
         metrics.observeLease(expiryUnixSeconds: 1_790_086_400, etcdReachable: true)
         var counters = LeaseCounters().snapshot()
         counters.watchReconnects = 2
@@ -178,12 +183,54 @@ struct OperationsUnitTests {
         #expect(text.contains(#"flanneld_xdp_info{version="\#(FlannelDaemonVersion.string)",dataplane="bpf-tc",backend="vxlan"} 1"#))
         #expect(text.contains("flanneld_xdp_reconcile_passes_total 5"))
         #expect(text.contains("flanneld_xdp_reconcile_failed_passes_total 1"))
-        #expect(text.contains("flanneld_xdp_reconcile_duration_seconds_count 2"))
-        #expect(text.contains("flanneld_xdp_peers 5"))
+        #expect(text.contains("flanneld_xdp_reconcile_duration_seconds_count 5"))
+        // 2, 3 and 1 ms are under the 5 ms bucket; 40 ms under 100 ms; 600 ms under 2 s.
+        #expect(text.contains(#"flanneld_xdp_reconcile_duration_seconds_bucket{le="0.005"} 3"#), "\(text)")
+        #expect(text.contains(#"flanneld_xdp_reconcile_duration_seconds_bucket{le="0.1"} 4"#))
+        #expect(text.contains(#"flanneld_xdp_reconcile_duration_seconds_bucket{le="2.0"} 5"#))
+        #expect(text.contains("flanneld_xdp_peers 8"))
         #expect(text.contains("flanneld_xdp_lease_expiry_timestamp_seconds 1790086400"))
         #expect(text.contains("flanneld_xdp_etcd_up 1"))
         #expect(text.contains("flanneld_xdp_etcd_watch_reconnects_total 5"))
         #expect(text.contains("# TYPE flanneld_xdp_reconcile_duration_seconds histogram"))
+        for name in ["process_resident_memory_bytes", "process_virtual_memory_bytes", "process_cpu_seconds_total",
+                     "process_open_fds", "process_max_fds", "process_start_time_seconds"] {
+            #expect(text.contains("\n\(name) "), "no \(name) in\n\(text)")
+        }
+        // Without --metrics-per-peer no per-peer series exist (and nothing else names a peer).
+        #expect(!text.contains("flanneld_xdp_peer_"))
+    }
+
+    @Test("process_* series: the values of this process, as /proc and getrusage tell them")
+    func processMetrics() throws {
+        let m = ProcessMetrics.read()
+        var usage = rusage()
+        getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
+        let rusageCPU = Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
+        let cpu = try #require(m.cpuSeconds)
+        // Clock ticks (10 ms) against microseconds: equal within a few ticks.
+        #expect(abs(cpu - rusageCPU) < 0.5, "\(cpu) vs \(rusageCPU)")
+        // VmRSS in /proc/self/status is the same number statm gives.
+        let status = ProcessMetrics.readSmallFile("/proc/self/status") ?? ""
+        let vmRSS = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") }
+            .flatMap { UInt64($0.split(separator: " ")[1]) }.map { $0 * 1024 }
+        let rss = try #require(m.residentMemoryBytes)
+        #expect(rss > 1 << 20)
+        if let vmRSS { #expect(Double(rss) > Double(vmRSS) * 0.5 && Double(rss) < Double(vmRSS) * 2, "\(rss) vs VmRSS \(vmRSS)") }
+        // Open fds: this process holds at least stdin/out/err and the test runner's; the counting
+        // itself is checked on a folder of known entries (other tests open and close fds meanwhile).
+        #expect((m.openFDs ?? 0) >= 3)
+        let dir = "/tmp/\(uniqueTag("fds"))"
+        mkdir(dir, 0o700)
+        defer { for name in ["a", "b", "c"] { unlink(dir + "/" + name) }; rmdir(dir) }
+        for name in ["a", "b", "c"] { close(open(dir + "/" + name, O_CREAT | O_WRONLY, 0o600)) }
+        #expect(ProcessMetrics.countEntries(dir) == 3)
+        // Started in the past, after boot, not in the future.
+        let start = try #require(m.startTimeSeconds)
+        #expect(start <= Double(time(nil)) + 1 && start > Double(time(nil)) - 86_400 * 365)
+        #expect((m.maxFDs ?? 0) > 0)
+        // A command name with spaces and parentheses does not shift the fields.
+        #expect(ProcessMetrics.statFields("12 (a b) c) S 1 2")?.first == "S")
     }
 
     @Test("time helpers")

@@ -7,7 +7,7 @@
 //   after it is reconnected its maps hold exactly the new peer set within 10 s;
 // - peers that left (and joined) while a daemon was down are right in its maps when it is ready;
 // - a pinned map entry deleted by hand is put back by the periodic reconcile pass.
-// Outages: etcd killed and restarted for 60 s, as issue 7 asks, in every run; the SIGSTOP freeze and
+// Outages: etcd killed and restarted for 60 s in every run; the SIGSTOP freeze and
 // the partition for 10 s (60 s under `make fuzz`'s long mode). FXDP_ETCD_OUTAGE_SECONDS sets both.
 // (Lease expiry while cut off from etcd: LeaseExpiryTests.)
 

@@ -1,4 +1,4 @@
-// "Nothing from a lease ever reaches a shell or a command line" (issue 7), checked two ways:
+// "Nothing from a lease ever reaches a shell or a command line", checked two ways:
 // 1. statically: no production module (everything the flanneld-xdp binary links) contains a way to
 //    start a program — no Foundation (Process), no posix_spawn/fork/exec*/system/popen, no shell
 //    path — so lease values can only ever reach the kernel through netlink messages and BPF maps.

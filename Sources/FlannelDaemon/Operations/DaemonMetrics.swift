@@ -8,7 +8,13 @@
 // counters only go up from zero in this process. Each scrape reads the map and adds the difference
 // since the previous read (a map that went backwards — recreated by `cleanup` and a restart, or
 // reset — counts on from its new value, which Prometheus' rate() treats as a counter reset).
-// Per-peer series (fxdp_peer_stats_v2) follow the peers: a node that left has its series removed.
+// Per-peer series (fxdp_peer_stats_v2, --metrics-per-peer only) follow the peers: a node that left
+// has its series removed. They are off by default: 4 series per peer node (packets and bytes, tx and
+// rx), so 20 000 series on every node of a 5000-node cluster.
+//
+// Every reconcile pass is observed (Reconciler.observePasses): the duration histogram, the pass and
+// failure counters count each pass, not a sample per refresh. The process_* series (ProcessMetrics)
+// and the userspace path's counters are appended to the exposition as text.
 
 import BPFDataplane
 import CoreMetrics
@@ -20,6 +26,8 @@ public final class DaemonMetrics: Sendable {
     public let registry: PrometheusCollectorRegistry
     let factory: PrometheusMetricsFactory
     let bpffs: String?
+    /// --metrics-per-peer: export the per-peer series.
+    let perPeer: Bool
     /// More exposition text, appended as is (the userspace path's own counters).
     let appended: (@Sendable () -> String)?
 
@@ -39,12 +47,13 @@ public final class DaemonMetrics: Sendable {
         var peers: [String: PeerTraffic] = [:]
         var peerSeries: [String: [Prometheus.Counter]] = [:]
         var lease: [Int] = []
-        var passCount = 0
     }
     private let seen = Mutex(Seen())
 
-    public init(bpffs: String?, dataplane: String, backend: String, appended: (@Sendable () -> String)? = nil) {
+    public init(bpffs: String?, dataplane: String, backend: String, perPeer: Bool = false,
+                appended: (@Sendable () -> String)? = nil) {
         self.appended = appended
+        self.perPeer = perPeer
         let registry = PrometheusCollectorRegistry()
         var factory = PrometheusMetricsFactory(registry: registry)
         factory.durationHistogramBuckets["flanneld_xdp_reconcile_duration_seconds"] =
@@ -72,18 +81,18 @@ public final class DaemonMetrics: Sendable {
                            help: "Constant 1; the labels say which data path and backend this daemon runs.").set(Int64(1))
     }
 
-    /// Records a reconcile pass the daemon observed (`passCount` is the reconciler's running total).
-    public func observeReconciler(passCount: Int, lastDuration: Duration?, lastSucceeded: Bool, desiredPeers: Int) {
-        let newPasses = seen.withLock { s -> Int in
-            defer { s.passCount = max(s.passCount, passCount) }
-            return max(0, passCount - s.passCount)
-        }
-        if newPasses > 0 {
-            reconcilePasses.increment(by: newPasses)
-            if !lastSucceeded { reconcileFailures.increment() }
-            if let lastDuration { reconcileDuration.recordNanoseconds(Int64(lastDuration.components.seconds) * 1_000_000_000 + lastDuration.components.attoseconds / 1_000_000_000) }
-        }
-        peers.record(desiredPeers)
+    /// Records one reconcile pass (every pass: Reconciler.observePasses calls this).
+    public func observePass(_ report: ReconcileReport) {
+        reconcilePasses.increment()
+        if !report.succeeded { reconcileFailures.increment() }
+        let d = report.duration.components
+        reconcileDuration.recordNanoseconds(d.seconds * 1_000_000_000 + d.attoseconds / 1_000_000_000)
+        peers.record(report.desiredCount)
+    }
+
+    /// The peers the leases want now (between passes, from the state refresh).
+    public func observeDesiredPeers(_ count: Int) {
+        peers.record(count)
     }
 
     public func observeLease(expiryUnixSeconds: Int64, etcdReachable: Bool) {
@@ -122,11 +131,11 @@ public final class DaemonMetrics: Sendable {
         }
         for (counter, dp, db) in deltas {
             let verdict = counter.isDrop ? "drop" : counter.name.contains("_pass_") ? "pass" : "ok"
-            let labels = [("counter", counter.name), ("verdict", verdict)]
+            let labels = [("reason", counter.name), ("verdict", verdict)]
             let packets = registry.counter("flanneld_xdp_bpf_packets_total", labels: labels,
-                                               help: "Packets the BPF programs saw, by counter (fxdp_counter code name) and verdict.")
+                                               help: "Packets the BPF programs saw, by verdict (ok, pass, drop) and its reason (the fxdp_counter code name).")
             let bytes = registry.counter("flanneld_xdp_bpf_bytes_total", labels: labels,
-                                             help: "Bytes the BPF programs saw, by counter and verdict.")
+                                             help: "Bytes the BPF programs saw, by verdict and reason.")
             packets.increment(by: Int64(clamping: dp))
             bytes.increment(by: Int64(clamping: db))
             if counter.isDrop {
@@ -145,9 +154,12 @@ public final class DaemonMetrics: Sendable {
         }
     }
 
-    /// Per-peer series from fxdp_peer_stats_v2; a departed peer's series are removed.
+    /// The help of the per-peer series: says what they cost.
+    static let perPeerHelp = "(--metrics-per-peer; with the bytes series that is 4 series per peer node: 20 000 on each node of a 5000-node cluster)"
+
+    /// Per-peer series from fxdp_peer_stats_v2 (--metrics-per-peer); a departed peer's series are removed.
     func refreshPeerCounters() {
-        guard let bpffs, let pinned = try? PinnedDataplane.open(bpffs: bpffs),
+        guard perPeer, let bpffs, let pinned = try? PinnedDataplane.open(bpffs: bpffs),
               let traffic = (try? pinned.peerTraffic()) ?? nil else { return }
         let current = Dictionary(uniqueKeysWithValues: traffic.map { ("\($0.key)", $0.value) })
         let (increments, departed) = seen.withLock { s -> ([(String, PeerTraffic)], [Prometheus.Counter]) in
@@ -171,13 +183,13 @@ public final class DaemonMetrics: Sendable {
         for counter in departed { registry.unregisterCounter(counter) }
         for (peer, d) in increments {
             let txP = registry.counter("flanneld_xdp_peer_packets_total", labels: [("peer", peer), ("direction", "tx")],
-                                           help: "Packets BPF carried to (tx, encapsulated) and from (rx, decapsulated or accepted) each peer node.")
+                                           help: "Packets BPF carried to (tx, encapsulated) and from (rx, decapsulated or accepted) each peer node \(Self.perPeerHelp).")
             let rxP = registry.counter("flanneld_xdp_peer_packets_total", labels: [("peer", peer), ("direction", "rx")],
-                                           help: "Packets BPF carried to (tx, encapsulated) and from (rx, decapsulated or accepted) each peer node.")
+                                           help: "Packets BPF carried to (tx, encapsulated) and from (rx, decapsulated or accepted) each peer node \(Self.perPeerHelp).")
             let txB = registry.counter("flanneld_xdp_peer_bytes_total", labels: [("peer", peer), ("direction", "tx")],
-                                           help: "Bytes BPF carried to (tx, inner) and from (rx, outer) each peer node.")
+                                           help: "Bytes BPF carried to (tx, inner) and from (rx, outer) each peer node \(Self.perPeerHelp).")
             let rxB = registry.counter("flanneld_xdp_peer_bytes_total", labels: [("peer", peer), ("direction", "rx")],
-                                           help: "Bytes BPF carried to (tx, inner) and from (rx, outer) each peer node.")
+                                           help: "Bytes BPF carried to (tx, inner) and from (rx, outer) each peer node \(Self.perPeerHelp).")
             txP.increment(by: Int64(clamping: d.txPackets))
             rxP.increment(by: Int64(clamping: d.rxPackets))
             txB.increment(by: Int64(clamping: d.txBytes))
@@ -190,7 +202,7 @@ public final class DaemonMetrics: Sendable {
     public func render() -> String {
         refreshBPFCounters()
         refreshPeerCounters()
-        return registry.emitToString() + (appended?() ?? "")
+        return registry.emitToString() + ProcessMetrics.read().prometheusText() + (appended?() ?? "")
     }
 }
 

@@ -104,6 +104,14 @@ public struct StatusReport: Sendable {
         return report
     }
 
+    /// `status`'s exit status, as LSB init scripts' `status` (so monitoring that knows those reads it):
+    /// 0 the daemon runs and its last state write said ready; 1 it runs but is not ready (degraded
+    /// boot, failing reconcile: `ready:` says why); 3 it does not run (or never ran with this file).
+    public var exitStatus: Int32 {
+        guard let state, daemonRunning else { return 3 }
+        return state.ready == false ? 1 : 0
+    }
+
     public func text(now: Int64 = TimeText.now()) -> String {
         var lines: [String] = []
         func row(_ label: String, _ value: String) {
@@ -114,6 +122,9 @@ public struct StatusReport: Sendable {
             row("daemon:", daemonRunning
                 ? "running, pid \(state.pid), flanneld-xdp \(state.version) \(since); state written \(TimeText.span(now - state.updatedAt)) ago"
                 : "NOT running (pid \(state.pid) is gone); last state written \(TimeText.utc(state.updatedAt)); the data path below stays in place")
+            if daemonRunning, let ready = state.ready {
+                row("ready:", ready ? "yes" : "NO: \(state.notReadyReason)")
+            }
             row("data path:", "\(state.dataplane): \(state.dataplaneDetail)")
             row("interface:", "\(state.interface) (#\(state.interfaceIndex)), public IP \(state.publicIP)")
             row("network:", "\(state.network), backend \(state.backend), VNI \(state.vni), port \(state.port), MTU \(state.mtu)")
@@ -311,8 +322,13 @@ extension String {
 /// The verbs' bodies, called from the argument-parser commands.
 public enum InspectionCommands {
     public static func status(bpffs: String, subnetFile: String, stateFile: String?, json: Bool) -> String {
+        statusWithExitStatus(bpffs: bpffs, subnetFile: subnetFile, stateFile: stateFile, json: json).text
+    }
+
+    /// The report and `status`'s exit status (StatusReport.exitStatus).
+    public static func statusWithExitStatus(bpffs: String, subnetFile: String, stateFile: String?, json: Bool) -> (text: String, exitStatus: Int32) {
         let report = StatusReport.gather(bpffs: bpffs, stateFile: stateFile ?? NodeState.path(forSubnetFile: subnetFile))
-        return json ? report.json.text + "\n" : report.text()
+        return (json ? report.json.text + "\n" : report.text(), report.exitStatus)
     }
 
     public static func peers(bpffs: String, json: Bool) throws(OperationsError) -> String {

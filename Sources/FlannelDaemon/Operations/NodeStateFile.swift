@@ -59,6 +59,10 @@ public struct NodeState: Sendable, Equatable {
     public var peerCount: Int = 0
     /// The underlay network of --iface ("192.168.77.0/24"): strangers on it are worth a warning.
     public var underlaySubnet: String = ""
+    /// /readyz's answer at the last write; nil in a file from a daemon that did not record it.
+    public var ready: Bool? = nil
+    /// Why not ready (/readyz's reasons), empty when ready.
+    public var notReadyReason: String = ""
 
     public init() {}
 
@@ -85,6 +89,7 @@ public struct NodeState: Sendable, Equatable {
             ("etcdState", .string(etcdState)), ("etcdLastContact", .int(etcdLastContact)),
             ("leaseExpiry", .int(leaseExpiry)), ("peerCount", .int(Int64(peerCount))),
             ("underlaySubnet", .string(underlaySubnet)),
+            ("ready", ready.map(FlatJSON.Value.bool) ?? .null), ("notReadyReason", .string(notReadyReason)),
         ]
     }
 
@@ -123,6 +128,8 @@ public struct NodeState: Sendable, Equatable {
         leaseExpiry = int("leaseExpiry")
         peerCount = Int(int("peerCount"))
         underlaySubnet = string("underlaySubnet")
+        if case .bool(let b)? = object["ready"] { ready = b }
+        notReadyReason = string("notReadyReason")
     }
 
     /// True while the process that wrote the file still runs (signal 0 probes without touching it).

@@ -10,6 +10,7 @@ import Leases
 import Logging
 import NetTypes
 import ServiceLifecycle
+import Synchronization
 import UserspaceDataplane
 
 /// The daemon's values the operations services read; gathered by Daemon.start.
@@ -84,11 +85,18 @@ public enum OperationsServices {
         state.leaseExpiry = context.lease.isReservation ? 0 : now + context.manager.options.leaseTTL.components.seconds
         state.peerCount = await context.reconciler.desiredCount
         state.underlaySubnet = "\(context.external.underlaySubnet)"
-        do {
-            try state.write(to: statePath)
-        } catch {
-            // `status` loses its daemon half; traffic does not depend on it.
-            logger.warning("cannot write the state file for `flanneld-xdp status`: \(error)")
+        let writer = NodeStateWriter(state: state, path: statePath, logger: logger)
+        // Written now (not ready yet: subnet.env comes after) and again whenever readiness changes,
+        // before /readyz answers differently: `status` says "ready" as soon as /readyz does.
+        context.readiness.observe { reason in
+            writer.update { state in
+                state.ready = reason == nil
+                state.notReadyReason = reason ?? ""
+            }
+        }
+        // The peer count as soon as a pass changes it (not only at the 5 s refresh).
+        await context.reconciler.observePasses { report in
+            if writer.state.peerCount != report.desiredCount { writer.update { $0.peerCount = report.desiredCount } }
         }
 
         var services: [any Service] = []
@@ -104,14 +112,51 @@ public enum OperationsServices {
                 var appended: (@Sendable () -> String)? = nil
                 if let counters = context.userspaceCounters { appended = { counters().prometheusText() } }
                 let m = DaemonMetrics(bpffs: state.dataplane.hasPrefix("bpf") ? options.dataplane.bpffs : nil,
-                                      dataplane: state.dataplane, backend: state.backend, appended: appended)
+                                      dataplane: state.dataplane, backend: state.backend,
+                                      perPeer: options.serving.metricsPerPeer, appended: appended)
                 metrics = m
+                await context.reconciler.observePasses { m.observePass($0) }
                 services.append(HealthServer(host: options.serving.healthzIP.description, port: port,
                                              readiness: context.readiness, metrics: { m.render() }, logger: logger))
             }
         }
-        services.append(NodeStateService(state: state, path: statePath, context: context, metrics: metrics, logger: logger))
+        services.append(NodeStateService(writer: writer, context: context, metrics: metrics, logger: logger))
         return services
+    }
+}
+
+/// The state file and the one copy of what it holds; every change is written at once (atomically).
+final class NodeStateWriter: Sendable {
+    let path: String
+    let logger: Logger
+    private struct Held {
+        var state: NodeState
+        var writeFailed = false
+    }
+    private let held: Mutex<Held>
+
+    init(state: NodeState, path: String, logger: Logger) {
+        self.path = path
+        self.logger = logger
+        held = Mutex(Held(state: state))
+    }
+
+    var state: NodeState { held.withLock { $0.state } }
+
+    /// Changes the state and writes the file; a failed write is logged once until one succeeds
+    /// (`status` loses its daemon half; traffic does not depend on it).
+    func update(_ change: (inout NodeState) -> Void) {
+        held.withLock { held in
+            change(&held.state)
+            held.state.updatedAt = TimeText.now()
+            do {
+                try held.state.write(to: path)
+                held.writeFailed = false
+            } catch {
+                if !held.writeFailed { logger.warning("cannot write the state file for `flanneld-xdp status`: \(error)") }
+                held.writeFailed = true
+            }
+        }
     }
 }
 
@@ -119,8 +164,7 @@ public enum OperationsServices {
 /// `etcdCheckEvery` refreshes (30 s) with one read of our own lease key (cheap, and it proves both that
 /// etcd answers and that the lease is still ours).
 struct NodeStateService: Service {
-    var state: NodeState
-    let path: String
+    let writer: NodeStateWriter
     let context: OperationsContext
     let metrics: DaemonMetrics?
     let logger: Logger
@@ -128,10 +172,10 @@ struct NodeStateService: Service {
     var etcdCheckEvery = 6
 
     func run() async throws {
-        var state = self.state
+        // A local copy of the fields this loop owns; readiness is the observer's (see make).
+        var state = writer.state
         var round = 0
         var lastRevision = context.lease.revision
-        var writeFailed = false
         var loggedStrangers: Set<IPv4Address> = []
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
@@ -166,20 +210,17 @@ struct NodeStateService: Service {
             }
             let reconciler = context.reconciler
             state.peerCount = await reconciler.desiredCount
-            state.updatedAt = now
             if let metrics {
-                let report = await reconciler.lastReport
-                metrics.observeReconciler(passCount: await reconciler.passCount, lastDuration: report?.duration,
-                                          lastSucceeded: report?.succeeded ?? true, desiredPeers: state.peerCount)
+                metrics.observeDesiredPeers(state.peerCount)
                 metrics.observeLease(expiryUnixSeconds: state.leaseExpiry, etcdReachable: state.etcdState == "connected")
                 metrics.observeLeaseCounters(context.manager.counters.snapshot())
             }
-            do {
-                try state.write(to: path)
-                writeFailed = false
-            } catch {
-                if !writeFailed { logger.warning("cannot refresh the state file: \(error)") }
-                writeFailed = true
+            let owned = state
+            writer.update { file in
+                file.leaseExpiry = owned.leaseExpiry
+                file.etcdState = owned.etcdState
+                file.etcdLastContact = owned.etcdLastContact
+                file.peerCount = owned.peerCount
             }
         }
     }
