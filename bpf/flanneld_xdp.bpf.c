@@ -100,13 +100,16 @@
  *
  * Why these verdicts: anything that is not VXLAN to our port passes untouched (the underlay carries
  * other traffic); a VXLAN datagram is accepted only when every header the kernel vxlan device would
- * check is right AND it comes from a peer node (stock flannel accepts VXLAN from anyone: #1757)
+ * check is right AND it comes from a peer node (stock flannel accepts VXLAN from anyone)
  * AND its inner source belongs to that peer (a compromised node cannot speak for another node's
  * pods). Outer fragments are delivered as stock flannel delivers them, through the kernel's
  * reassembly, because their first fragment is checked here like a whole datagram (overlapping
  * fragments are discarded by the kernel, so the checked headers are the ones reassembled) and the
  * reassembled datagram meets fxdp_vxlan_door. Non-first fragments pass: they never reassemble
  * without a first fragment that passed. Malformed IPv4 is dropped where ip_rcv would drop it anyway.
+ *
+ * Every drop is also sampled for `flanneld-xdp monitor` while one listens (fxdp_monitor.h): the drop
+ * paths call fxdp_drop_skb / fxdp_report_drop_* next to their counter.
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -124,6 +127,7 @@
 #include "fxdp_csum.h"
 #include "fxdp_netfilter.h"
 #include "fxdp_conntrack.h"
+#include "fxdp_monitor.h"
 
 /* FXDP_PROGRAM_VARIANT: a build-time number compiled into the code (not the data) of every program,
  * so a build with another variant has other program tags over exactly the same maps. Normal builds
@@ -267,7 +271,7 @@ int fxdp_encap(struct __sk_buff *skb)
 	struct fxdp_cursor cur = { .pos = (void *)(long)skb->data, .end = (void *)(long)skb->data_end };
 	struct iphdr *inner_ip = NULL;
 	if (!fxdp_parse_eth(&cur) || fxdp_parse_ipv4(&cur, &inner_ip) != FXDP_IPV4_OK || !inner_ip)
-		return fxdp_count_verdict(FXDP_C_ENCAP_DROP_MALFORMED, len, TC_ACT_SHOT);
+		return fxdp_drop_skb(skb, FXDP_C_ENCAP_DROP_MALFORMED, len, TC_ACT_SHOT);
 
 	struct fxdp_peer_key key = { .prefixlen = 32 };
 	__builtin_memcpy(key.subnet, &inner_ip->daddr, 4);
@@ -296,7 +300,7 @@ int fxdp_encap(struct __sk_buff *skb)
 	if (done == FXDP_ENCAP_REFUSED)
 		return fxdp_count_verdict(FXDP_C_ENCAP_PASS_ADJUST, len, TC_ACT_OK);
 	if (done == FXDP_ENCAP_BROKEN)
-		return fxdp_count_verdict(FXDP_C_ENCAP_DROP_ADJUST, len, TC_ACT_SHOT);
+		return fxdp_drop_skb(skb, FXDP_C_ENCAP_DROP_ADJUST, len, TC_ACT_SHOT);
 	fxdp_count_peer(&peer_node, len, 0);
 	return fxdp_count_verdict(FXDP_C_ENCAP_OK, len, bpf_redirect(fib.ifindex, 0));
 }
@@ -575,7 +579,7 @@ int fxdp_fast_encap(struct __sk_buff *skb)
 	fxdp_fast_forward_ip(&p.ip);
 	if (done == FXDP_ENCAP_BROKEN ||
 	    bpf_skb_store_bytes(skb, ETH_HLEN + FXDP_VXLAN_OVERHEAD, &p.ip, sizeof(p.ip), 0))
-		return fxdp_count_verdict(FXDP_C_ENCAP_DROP_ADJUST, len, TC_ACT_SHOT);
+		return fxdp_drop_skb(skb, FXDP_C_ENCAP_DROP_ADJUST, len, TC_ACT_SHOT);
 	struct fxdp_node_key peer_node = {};
 	__builtin_memcpy(peer_node.node_ip, peer->node_ip, 4);
 	fxdp_count_peer(&peer_node, len, 0);
@@ -646,7 +650,7 @@ static __always_inline int fxdp_fast_deliver(struct __sk_buff *skb, struct fxdp_
 	fxdp_fast_forward_ip(&p->ip);
 	out.ip = p->ip;
 	if (bpf_skb_store_bytes(skb, 0, &out, sizeof(out), 0))
-		return fxdp_count_verdict(FXDP_C_DECAP_DROP_ADJUST, len, TC_ACT_SHOT);
+		return fxdp_drop_skb(skb, FXDP_C_DECAP_DROP_ADJUST, len, TC_ACT_SHOT);
 	return fxdp_count_verdict(FXDP_C_FAST_DECAP_OK, len, bpf_redirect_peer(t->port_ifindex, 0));
 }
 
@@ -690,8 +694,12 @@ int fxdp_decap_xdp(struct xdp_md *ctx)
 
 	struct fxdp_decap_facts facts = {};
 	__u32 code = fxdp_classify_decap(data, data_end, len, cfg, &facts);
-	if (code != FXDP_C_DECAP_OK)
-		return fxdp_count_verdict(code, len, fxdp_decap_is_drop(code) ? XDP_DROP : XDP_PASS);
+	if (code != FXDP_C_DECAP_OK) {
+		if (!fxdp_decap_is_drop(code))
+			return fxdp_count_verdict(code, len, XDP_PASS);
+		fxdp_report_drop_xdp(ctx, len, code);
+		return fxdp_count_verdict(code, len, XDP_DROP);
+	}
 
 	/* The mark for fxdp_decap_steer goes in first: a driver without XDP metadata refuses it, and
 	 * the datagram then goes up whole to the kernel vxlan device (after fxdp_vxlan_door), which
@@ -700,16 +708,20 @@ int fxdp_decap_xdp(struct xdp_md *ctx)
 		fxdp_count_peer(&facts.node, len, 1);
 		return fxdp_count_verdict(FXDP_C_DECAP_CHECK_OK, len, XDP_PASS);
 	}
-	if (bpf_xdp_adjust_head(ctx, FXDP_VXLAN_OVERHEAD))
+	if (bpf_xdp_adjust_head(ctx, FXDP_VXLAN_OVERHEAD)) {
+		fxdp_report_drop_xdp(ctx, len, FXDP_C_DECAP_DROP_ADJUST);
 		return fxdp_count_verdict(FXDP_C_DECAP_DROP_ADJUST, len, XDP_DROP);
+	}
 	/* Re-derive: both helpers invalidated every packet pointer. */
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
 	struct fxdp_xdp_meta *meta = (void *)(long)ctx->data_meta;
 	struct ethhdr *eth = data;
 	struct iphdr *inner_ip = data + ETH_HLEN;
-	if ((void *)(meta + 1) > data || (void *)(inner_ip + 1) > data_end)
+	if ((void *)(meta + 1) > data || (void *)(inner_ip + 1) > data_end) {
+		fxdp_report_drop_xdp(ctx, len, FXDP_C_DECAP_DROP_ADJUST);
 		return fxdp_count_verdict(FXDP_C_DECAP_DROP_ADJUST, len, XDP_DROP);
+	}
 	meta->magic = FXDP_XDP_META_MAGIC;
 	meta->flags = facts.source_in_subnet ? FXDP_META_F_SOURCE_IN_SUBNET : 0;
 	/* The stack drops frames not addressed to the interface they arrive on: until the steer moves
@@ -776,7 +788,9 @@ int fxdp_decap_check(struct __sk_buff *skb)
 			return fxdp_fast_decap_tc(skb, cfg, &facts, len);
 		return fxdp_count_verdict(FXDP_C_DECAP_CHECK_OK, len, TC_ACT_OK);
 	}
-	return fxdp_count_verdict(code, len, fxdp_decap_is_drop(code) ? TC_ACT_SHOT : TC_ACT_OK);
+	if (fxdp_decap_is_drop(code))
+		return fxdp_drop_skb(skb, code, len, TC_ACT_SHOT);
+	return fxdp_count_verdict(code, len, TC_ACT_OK);
 }
 
 /* ------------------------------------------------- the socket's door and the pods (netfilter) -- */
@@ -785,18 +799,17 @@ int fxdp_decap_check(struct __sk_buff *skb)
  * its IPv4 header there), or 0 when it is something else: not IPv4/UDP, a non-first fragment,
  * another port, too short. */
 static __always_inline int fxdp_nf_vxlan_datagram(struct bpf_nf_ctx *ctx, const struct fxdp_config *cfg,
-						   struct iphdr *ip_out)
+						   struct bpf_dynptr *packet, struct iphdr *ip_out)
 {
-	struct bpf_dynptr ptr;
-	if (bpf_dynptr_from_skb((struct __sk_buff *)ctx->skb, 0, &ptr))
+	if (bpf_dynptr_from_skb((struct __sk_buff *)ctx->skb, 0, packet))
 		return 0;
 	struct iphdr ip_buf;
-	const struct iphdr *ip = bpf_dynptr_slice(&ptr, 0, &ip_buf, sizeof(ip_buf));
+	const struct iphdr *ip = bpf_dynptr_slice(packet, 0, &ip_buf, sizeof(ip_buf));
 	if (!ip || ip->version != 4 || ip->ihl < 5 || ip->protocol != IPPROTO_UDP ||
 	    (ip->frag_off & bpf_htons(FXDP_IP_OFFSET)))
 		return 0;
 	struct udphdr udp_buf;
-	const struct udphdr *udp = bpf_dynptr_slice(&ptr, ip->ihl * 4, &udp_buf, sizeof(udp_buf));
+	const struct udphdr *udp = bpf_dynptr_slice(packet, ip->ihl * 4, &udp_buf, sizeof(udp_buf));
 	if (!udp || udp->dest != bpf_htons(cfg->udp_port))
 		return 0;
 	*ip_out = *ip;
@@ -807,20 +820,24 @@ SEC("netfilter")
 int fxdp_vxlan_door(struct bpf_nf_ctx *ctx)
 {
 	const struct fxdp_config *cfg = fxdp_config_get();
+	struct bpf_dynptr packet;
 	struct iphdr ip;
-	if (!cfg || !fxdp_nf_vxlan_datagram(ctx, cfg, &ip))
+	if (!cfg || !fxdp_nf_vxlan_datagram(ctx, cfg, &packet, &ip))
 		return FXDP_NF_ACCEPT;
 	__u64 len = ctx->skb->len;
+	const struct net_device *in = ctx->state->in;
+	int ifindex = in ? in->ifindex : 0;
 	struct fxdp_node_key source = {};
 	__builtin_memcpy(source.node_ip, &ip.saddr, 4);
 	if (!bpf_map_lookup_elem(&fxdp_nodes_v2, &source)) {
 		fxdp_note_stranger(&source);
+		fxdp_report_drop_nf(&packet, len, ifindex, FXDP_C_DOOR_DROP_NOT_PEER);
 		return fxdp_count_verdict(FXDP_C_DOOR_DROP_NOT_PEER, len, FXDP_NF_DROP);
 	}
-	const struct net_device *in = ctx->state->in;
-	int ifindex = in ? in->ifindex : 0;
-	if (ifindex != (int)cfg->underlay_ifindex || !fxdp_is_vxlan_address(cfg, &ip.daddr))
+	if (ifindex != (int)cfg->underlay_ifindex || !fxdp_is_vxlan_address(cfg, &ip.daddr)) {
+		fxdp_report_drop_nf(&packet, len, ifindex, FXDP_C_DOOR_DROP_WRONG_DOOR);
 		return fxdp_count_verdict(FXDP_C_DOOR_DROP_WRONG_DOOR, len, FXDP_NF_DROP);
+	}
 	return fxdp_count_verdict(FXDP_C_DOOR_OK, len, FXDP_NF_ACCEPT);
 }
 
@@ -839,11 +856,15 @@ SEC("netfilter")
 int fxdp_pod_guard(struct bpf_nf_ctx *ctx)
 {
 	const struct fxdp_config *cfg = fxdp_config_get();
+	struct bpf_dynptr packet;
 	struct iphdr ip;
-	if (!cfg || !fxdp_nf_vxlan_datagram(ctx, cfg, &ip))
+	if (!cfg || !fxdp_nf_vxlan_datagram(ctx, cfg, &packet, &ip))
 		return FXDP_NF_ACCEPT;
-	if (fxdp_in_network(cfg, ip.saddr) && !fxdp_in_network(cfg, ip.daddr))
+	if (fxdp_in_network(cfg, ip.saddr) && !fxdp_in_network(cfg, ip.daddr)) {
+		const struct net_device *in = ctx->state->in;
+		fxdp_report_drop_nf(&packet, ctx->skb->len, in ? in->ifindex : 0, FXDP_C_GUARD_DROP_POD_VXLAN);
 		return fxdp_count_verdict(FXDP_C_GUARD_DROP_POD_VXLAN, ctx->skb->len, FXDP_NF_DROP);
+	}
 	return FXDP_NF_ACCEPT;
 }
 

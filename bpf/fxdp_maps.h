@@ -78,4 +78,30 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } fxdp_local_v2 SEC(".maps");
 
+/* Dropped packets for `flanneld-xdp monitor` (fxdp_shared.h). Writer: the programs; reader: monitor. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, FXDP_DROPS_RING_BYTES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fxdp_drops_v2 SEC(".maps");
+
+/* Whether a monitor listens, and how many events per second and CPU it takes. Writer: monitor. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fxdp_monitor);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fxdp_monitor_v2 SEC(".maps");
+
+/* Each CPU's events this second, and drops past the budget. Writer: the programs; `monitor` reports
+ * the suppressed ones. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fxdp_monitor_budget);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fxdp_monitor_budget_v2 SEC(".maps");
+
 #endif

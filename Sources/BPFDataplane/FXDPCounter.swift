@@ -116,7 +116,7 @@ public enum FXDPCounter: UInt32, CaseIterable, Sendable, CustomStringConvertible
 
     public var description: String { name }
 
-    /// Packets BPF encapsulated: at flannel.<VNI> or, on the fast path, at a pod bridge.
+    /// Packets BPF encapsulated: at flannel.<VNI> or, on the fast path, where the pod's packet entered the host.
     public var isEncapsulated: Bool { self == .encapOK || self == .encapOKNeigh || self == .fastEncapOK }
 
     /// Valid VXLAN from a peer that a decap program accepted: stripped by XDP, left to the kernel

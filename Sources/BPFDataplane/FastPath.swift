@@ -1,5 +1,6 @@
-// FastPath — keeps the fast path's kernel side in step with the node: which pod bridges carry its
-// encap program, which pods it may deliver to, and whether conntrack lets TCP skip it.
+// FastPath — keeps the fast path's kernel side in step with the node: which interfaces carry its
+// encap program (each pod's veth by default, or each pod bridge), which pods it may deliver to, and
+// whether conntrack lets TCP skip the stack.
 //
 // Design: the node's pod bridges are the bridges holding an address in the node's lease subnet
 // (cni0 as flannel's CNI plugin creates it, docker0 started with subnet.env's --bip); bridges come

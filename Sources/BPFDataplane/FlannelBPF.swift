@@ -160,7 +160,8 @@ public final class FlannelBPF: @unchecked Sendable {
 
     /// The maps the object pins in our folder (LIBBPF_PIN_BY_NAME), by name.
     public static let pinnedMapNames = [FXDP_MAP_PEERS, FXDP_MAP_NODES, FXDP_MAP_CONFIG, FXDP_MAP_COUNTERS,
-                                        FXDP_MAP_PEER_STATS, FXDP_MAP_STRANGERS, FXDP_MAP_LOCAL]
+                                        FXDP_MAP_PEER_STATS, FXDP_MAP_STRANGERS, FXDP_MAP_LOCAL,
+                                        FXDP_MAP_DROPS, FXDP_MAP_MONITOR, FXDP_MAP_MONITOR_BUDGET]
 
     /// Every program and pinned map of ours is in the object, by name.
     private static func checkNames(_ object: borrowing BPFObject) throws(DataplaneError) {

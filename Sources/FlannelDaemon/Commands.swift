@@ -23,7 +23,7 @@ public struct FlanneldXDP: AsyncParsableCommand {
             FLANNELD_ETCD_ENDPOINTS); a flag on the command line beats its variable.
             """,
         version: FlannelDaemonVersion.string,
-        subcommands: [Cleanup.self, Status.self, Peers.self, Stats.self, DoctorCommand.self]
+        subcommands: [Cleanup.self, Status.self, Peers.self, Stats.self, Monitor.self, DoctorCommand.self]
     )
 
     @OptionGroup public var options: FlannelOptions
@@ -89,7 +89,7 @@ public struct FlanneldXDP: AsyncParsableCommand {
     /// would pass silently.
     public static let verbs: [String: any AsyncParsableCommand.Type] = [
         "cleanup": Cleanup.self, "status": Status.self, "peers": Peers.self, "stats": Stats.self,
-        "doctor": DoctorCommand.self,
+        "doctor": DoctorCommand.self, "monitor": Monitor.self,
     ]
 
     /// Parses Go-style arguments plus `FLANNELD_*` variables into a command (throws argument-parser errors).
@@ -359,5 +359,47 @@ public struct DoctorCommand: AsyncParsableCommand {
         let report = await Doctor.run(options)
         print(json ? report.json.text + "\n" : report.text, terminator: "")
         if report.exitStatus != 0 { throw ExitCode(report.exitStatus) }
+    }
+}
+
+public struct Monitor: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        abstract: "Print packets the BPF data path drops, as they happen: time, reason, interface, addresses, VNI, inner addresses.",
+        discussion: """
+            The programs sample a dropped packet into a ring buffer only while a monitor runs (it renews their \
+            deadline every second; a monitor that dies stops the sampling within 3 s) and at most --rate events \
+            per second and CPU, so a flood costs little and nothing is sampled when nobody listens. Every drop is \
+            counted either way (`flanneld-xdp stats`). One monitor at a time sees every event: two running \
+            monitors split them. Ctrl-C stops.
+            """,
+        version: FlannelDaemonVersion.string
+    )
+    @Flag(name: .customLong("json"), help: "One JSON object per line.")
+    public var json: Bool = false
+    @Option(name: .customLong("rate"), help: "Events per second and CPU the programs write at most; the rest are only counted.")
+    public var rate: Int = 100
+    @Option(name: .customLong("count"), help: "Stop after this many events (0: until interrupted).")
+    public var count: Int = 0
+    @Option(name: .customLong("duration"), help: "Stop after this many seconds (0: until interrupted).")
+    public var duration: Double = 0
+    @OptionGroup public var inspection: CommonInspectionOptions
+    public init() {}
+    public func validate() throws {
+        guard rate >= 1 && rate <= 100_000 else { throw ValidationError("--rate=\(rate): give 1 to 100000 events per second") }
+        guard count >= 0 else { throw ValidationError("--count=\(count): give 0 (no limit) or more") }
+        guard duration >= 0 else { throw ValidationError("--duration=\(duration): give 0 (no limit) or more seconds") }
+    }
+    public func run() async throws {
+        // Straight to fd 1: each event is seen as it happens, also through a pipe (print buffers).
+        try DropMonitor.run(bpffs: inspection.bpffs, json: json, eventsPerSecond: UInt32(rate), count: count,
+                            duration: duration > 0 ? duration : nil) { text in
+            var bytes = Array(text.utf8)[...]
+            while !bytes.isEmpty {
+                let n = bytes.withUnsafeBytes { Glibc.write(STDOUT_FILENO, $0.baseAddress, $0.count) }
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { return }
+                bytes = bytes.dropFirst(n)
+            }
+        }
     }
 }

@@ -228,6 +228,15 @@ public final class FlannelCluster: @unchecked Sendable {
         }.sorted()
     }
 
+    /// Whether a `flanneld-xdp monitor` on `node` has switched the programs' drop sampling on (the
+    /// deadline its heartbeat writes lies ahead).
+    public func monitorListens(_ node: LabNode) throws -> Bool {
+        let control = try BPFMap.openPinned(path: pinFolder(node) + "/" + FXDP_MAP_MONITOR, key: UInt32.self, value: fxdp_monitor.self)
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return (try control.lookup(0)?.listen_until_ns ?? 0) > UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
+    }
+
     /// Packets counted under `counter` in a node's pinned counters map, summed over CPUs.
     public func pinnedCounter(_ node: LabNode, _ counter: fxdp_counter) throws -> UInt64 {
         let map = try PerCPUMap.openPinned(path: pinFolder(node) + "/" + FXDP_MAP_COUNTERS,

@@ -103,7 +103,7 @@ struct Demo: ParsableCommand {
         try check()
 
         step(7, "A stranger on the wire (192.168.77.50, no lease) sends VXLAN to node 1 aimed at its pod:",
-             "stock flannel's vxlan socket would take it; flanneld-xdp drops it before the kernel and counts it (decap_drop_not_peer).")
+             "stock flannel's vxlan socket would take it; flanneld-xdp drops it before the kernel, counts it (decap_drop_not_peer) and shows it in `monitor`.")
         let stranger = cluster.lab.name("st")
         try cluster.lab.addNamespace(stranger)
         try cluster.lab.sh(cluster.lab.wireNamespace, ["link", "add", "vst", "type", "veth", "peer", "name", "eth0", "netns", stranger])
@@ -117,7 +117,14 @@ struct Demo: ParsableCommand {
                                      type: EtherType.ipv4)
             + PacketBuilder.ipv4(src: IPv4Address(10, 5, 3, 7), dst: first.podIP, proto: IPProto.icmp,
                                  payload: PacketBuilder.icmpEcho(id: 77, sequence: 1, payload: Array(repeating: 0x42, count: 32)))
+        // `flanneld-xdp monitor` on node 1 shows each drop as it happens.
+        let monitor = try cluster.lab.spawn(first.name, [cluster.daemonPath, "monitor", "--count", "5", "--bpffs", cluster.bpffs(first)])
+        defer { monitor.terminate() }
+        for _ in 0..<100 where !((try? cluster.monitorListens(first)) ?? false) { usleep(50_000) }
         try UDPSender.send(namespace: stranger, to: first.nodeIP, port: 8472, payload: frame, count: 5)
+        _ = monitor.waitExit(timeout: 10)
+        print("\n   $ flanneld-xdp monitor --count 5")
+        for line in monitor.output().split(separator: "\n") { say(String(line)) }
         var after = try dropCount(cluster, first)
         for _ in 0..<40 where after < before + 5 {
             usleep(50_000)

@@ -58,7 +58,8 @@ final class KernelPair: @unchecked Sendable {
     /// Opens an AF_PACKET socket in B (all interfaces there), 2 s receive timeout.
     func openCapture() throws -> Int32 {
         try b.run {
-            let fd = socket(AF_PACKET, Int32(SOCK_RAW.rawValue), Int32(UInt16(0x0003 /* ETH_P_ALL */).bigEndian))
+            // SOCK_RAW (3) by number: this file sometimes failed to see Glibc's enum in incremental builds.
+            let fd = socket(AF_PACKET, 3 /* SOCK_RAW */, Int32(UInt16(0x0003 /* ETH_P_ALL */).bigEndian))
             guard fd >= 0 else { throw CommandFailed(command: ["socket(AF_PACKET)"], status: errno, output: "") }
             var tv = timeval(tv_sec: 2, tv_usec: 0)
             setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))

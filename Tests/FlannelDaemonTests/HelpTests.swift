@@ -197,6 +197,9 @@ struct HelpAndBinaryTests {
           peers                   List the peers in the pinned BPF maps: subnet, node
                                   IP, VTEP MAC, decap acceptance, packets and bytes.
           stats                   Show the BPF data path counters, drop reasons by name.
+          monitor                 Print packets the BPF data path drops, as they
+                                  happen: time, reason, interface, addresses, VNI,
+                                  inner addresses.
           doctor                  Check that this host can run flanneld-xdp as
                                   configured, and say how to fix what is not.
 

@@ -169,6 +169,16 @@ struct VXLANDoorTests {
                 }
             }
         } else {
+            // `flanneld-xdp monitor` on A: every drop the BPF programs count there, it shows.
+            var monitor: LabProcess?
+            if kind != .userspace {
+                let started = try lab.spawn(a.name, [TestBinaries.flanneldXDP(), "monitor", "--json", "--rate", "1000",
+                                                     "--bpffs", cluster.bpffs(a)])
+                monitor = started
+                #expect(try waitUntil(10) { try cluster.monitorListens(a) } != nil,
+                        "monitor never switched the programs' sampling on: \(started.output())")
+            }
+            defer { monitor?.terminate() }
             for door in doors {
                 let accounting = kind == .userspace ? door.userspace : door.bpf
                 let before = try read(accounting)
@@ -177,6 +187,23 @@ struct VXLANDoorTests {
                 let counted = try read(accounting) - before
                 table.append("\(door.name): \(counted) counted as \(accounting)")
                 #expect(settled != nil, "\(kind): \(door.name): \(counted) of \(VXLANDoorTests.perDoor) accounted as \(accounting)")
+            }
+            if let monitor {
+                // Doors that share a reason and an outer destination are told apart by count.
+                var expected: [String: (reason: String, count: Int)] = [:]
+                for door in doors {
+                    guard case .bpf(let counter, false) = door.bpf, let reason = FXDPCounter(rawValue: counter.rawValue) else { continue }
+                    let key = #""reason":"\#(reason.name)""# + "|" + #""destination":"\#(door.to)""#
+                    expected[key, default: (reason.name, 0)].count += VXLANDoorTests.perDoor
+                }
+                for (key, want) in expected.sorted(by: { $0.key < $1.key }) {
+                    let parts = key.split(separator: "|").map(String.init)
+                    let shown = waitUntilTrue(10) {
+                        monitor.output().split(separator: "\n").filter { $0.contains(parts[0]) && $0.contains(parts[1]) }.count >= want.count
+                    }
+                    table.append("monitor: \(want.count) × \(parts[0]) \(parts[1]): \(shown ? "shown" : "NOT shown")")
+                    #expect(shown, "\(kind): monitor did not show \(want.count) events \(key): \(monitor.output().suffix(3000))")
+                }
             }
             // Every hostile datagram is accounted for: none may have reached the pod.
             for door in doors {
@@ -190,6 +217,15 @@ struct VXLANDoorTests {
         }
         print("VXLANDoorTests.\(kind):\n  " + table.joined(separator: "\n  "))
     }
+}
+
+func waitUntilTrue(_ timeout: Double, _ condition: () -> Bool) -> Bool {
+    let deadline = monotonicSeconds() + timeout
+    while monotonicSeconds() < deadline {
+        if condition() { return true }
+        usleep(20_000)
+    }
+    return condition()
 }
 
 /// The VtepMAC in the lease of `subnet`, as etcd holds it.

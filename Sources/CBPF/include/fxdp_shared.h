@@ -23,6 +23,9 @@
 #define FXDP_MAP_PEER_STATS "fxdp_peer_stats_v2"
 #define FXDP_MAP_STRANGERS "fxdp_strangers_v2"
 #define FXDP_MAP_LOCAL    "fxdp_local_v2"
+#define FXDP_MAP_DROPS    "fxdp_drops_v2"
+#define FXDP_MAP_MONITOR  "fxdp_monitor_v2"
+#define FXDP_MAP_MONITOR_BUDGET "fxdp_monitor_budget_v2"
 
 #define FXDP_MAX_PEERS 65536
 #define FXDP_VXLAN_OVERHEAD 50 /* outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8 */
@@ -234,6 +237,39 @@ struct fxdp_peer_stats {
 	__u64 rx_bytes;
 };
 
+/* fxdp_drops: ring buffer of dropped packets for `flanneld-xdp monitor`. A program writes one event
+ * per drop only while a monitor listens (fxdp_monitor's deadline lies ahead) and the CPU's budget
+ * for the current second is not spent: with nobody listening a drop costs one array lookup more. The
+ * sample is the packet's first bytes, from the Ethernet header (TC, XDP) or the IPv4 header
+ * (netfilter hooks); userspace parses it. */
+#define FXDP_DROPS_RING_BYTES (256 * 1024)
+#define FXDP_DROP_SAMPLE 128
+#define FXDP_DROP_F_SAMPLE_L3 0x1 /* the sample starts at the IPv4 header (no Ethernet) */
+struct fxdp_drop_event {
+	__u64 time_ns;    /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) */
+	__u32 reason;     /* enum fxdp_counter: the counter the drop was counted under */
+	__u32 ifindex;    /* the interface it arrived on (0: unknown) */
+	__u32 packet_len; /* the whole packet's length */
+	__u16 sample_len; /* bytes of sample[] filled */
+	__u8 flags;       /* FXDP_DROP_F_* */
+	__u8 _pad;
+	__u8 sample[FXDP_DROP_SAMPLE];
+};
+
+/* fxdp_monitor: array[1], written by `flanneld-xdp monitor` (a heartbeat each second). */
+struct fxdp_monitor {
+	__u64 listen_until_ns;  /* bpf_ktime_get_ns() deadline: events are written until then */
+	__u32 events_per_second; /* per CPU; the rest of a second's drops are only counted */
+	__u32 _pad;
+};
+
+/* fxdp_monitor_budget: per-CPU array[1], the programs' own bookkeeping of that rate. */
+struct fxdp_monitor_budget {
+	__u64 second;     /* bpf_ktime_get_ns() / 1e9 of the current window */
+	__u32 written;    /* events written in that second */
+	__u32 suppressed; /* drops past the budget, since the map was created (never reset) */
+};
+
 #ifdef __cplusplus
 #define FXDP_STATIC_ASSERT static_assert
 #else
@@ -250,5 +286,8 @@ FXDP_STATIC_ASSERT(sizeof(struct fxdp_stranger) == 16, "fxdp_stranger layout");
 FXDP_STATIC_ASSERT(sizeof(struct fxdp_xdp_meta) == 8, "fxdp_xdp_meta layout");
 FXDP_STATIC_ASSERT(sizeof(struct fxdp_local_key) == 8, "fxdp_local_key layout");
 FXDP_STATIC_ASSERT(sizeof(struct fxdp_local_value) == 16, "fxdp_local_value layout");
+FXDP_STATIC_ASSERT(sizeof(struct fxdp_drop_event) == 152, "fxdp_drop_event layout");
+FXDP_STATIC_ASSERT(sizeof(struct fxdp_monitor) == 16, "fxdp_monitor layout");
+FXDP_STATIC_ASSERT(sizeof(struct fxdp_monitor_budget) == 16, "fxdp_monitor_budget layout");
 
 #endif /* FXDP_SHARED_H */
