@@ -421,25 +421,6 @@ static __always_inline __u32 fxdp_classify_decap(void *data, void *data_end, __u
 	return first_fragment ? FXDP_C_DECAP_FRAGMENT_OK : FXDP_C_DECAP_OK;
 }
 
-/* Which decap codes are drops, as a bit mask over codes 16..47 (a switch here would compile to a
- * jump table in .rodata: an extra map per load, which would defeat the "same program" check on
- * restart). */
-#define FXDP_DECAP_BIT(code) (1u << ((code) - FXDP_C_DECAP_OK))
-#define FXDP_DECAP_DROP_MASK                                                                             \
-	(FXDP_DECAP_BIT(FXDP_C_DECAP_DROP_NOT_PEER) | FXDP_DECAP_BIT(FXDP_C_DECAP_DROP_BAD_VNI) |         \
-	 FXDP_DECAP_BIT(FXDP_C_DECAP_DROP_MALFORMED) | FXDP_DECAP_BIT(FXDP_C_DECAP_DROP_FRAGMENT) |       \
-	 FXDP_DECAP_BIT(FXDP_C_DECAP_DROP_IP_OPTIONS) | FXDP_DECAP_BIT(FXDP_C_DECAP_DROP_INNER_NOT_OURS) | \
-	 FXDP_DECAP_BIT(FXDP_C_DECAP_DROP_ADJUST) | FXDP_DECAP_BIT(FXDP_C_DECAP_DROP_INNER_NOT_IPV4) |    \
-	 FXDP_DECAP_BIT(FXDP_C_DECAP_DROP_INNER_SOURCE) | FXDP_DECAP_BIT(FXDP_C_DECAP_DROP_LOOP) |         \
-	 FXDP_DECAP_BIT(FXDP_C_DECAP_DROP_OUTER_CSUM) | FXDP_DECAP_BIT(FXDP_C_DECAP_DROP_ECN))
-
-static __always_inline int fxdp_decap_is_drop(__u32 code)
-{
-	if (code < FXDP_C_DECAP_OK || code >= FXDP_C_DECAP_OK + 32)
-		return 0;
-	return (FXDP_DECAP_DROP_MASK >> (code - FXDP_C_DECAP_OK)) & 1;
-}
-
 /* ----------------------------------------------------------------------------- the fast path -- */
 
 /* Established flows between a pod of this node and a pod of a peer skip both stacks: fxdp_fast_encap
@@ -695,7 +676,7 @@ int fxdp_decap_xdp(struct xdp_md *ctx)
 	struct fxdp_decap_facts facts = {};
 	__u32 code = fxdp_classify_decap(data, data_end, len, cfg, &facts);
 	if (code != FXDP_C_DECAP_OK) {
-		if (!fxdp_decap_is_drop(code))
+		if (!fxdp_counter_is_drop(code))
 			return fxdp_count_verdict(code, len, XDP_PASS);
 		fxdp_report_drop_xdp(ctx, len, code);
 		return fxdp_count_verdict(code, len, XDP_DROP);
@@ -788,7 +769,7 @@ int fxdp_decap_check(struct __sk_buff *skb)
 			return fxdp_fast_decap_tc(skb, cfg, &facts, len);
 		return fxdp_count_verdict(FXDP_C_DECAP_CHECK_OK, len, TC_ACT_OK);
 	}
-	if (fxdp_decap_is_drop(code))
+	if (fxdp_counter_is_drop(code))
 		return fxdp_drop_skb(skb, code, len, TC_ACT_SHOT);
 	return fxdp_count_verdict(code, len, TC_ACT_OK);
 }

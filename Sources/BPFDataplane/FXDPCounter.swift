@@ -128,8 +128,8 @@ public enum FXDPCounter: UInt32, CaseIterable, Sendable, CustomStringConvertible
         }
     }
 
-    /// True for the codes whose packets the program dropped.
-    public var isDrop: Bool { name.contains("_drop_") }
+    /// True for the codes whose packets the program dropped: the programs' own mask.
+    public var isDrop: Bool { fxdp_counter_is_drop(rawValue) != 0 }
 
     /// Size of the C counter array (FXDP_C_MAX).
     public static var arraySize: UInt32 { UInt32(FXDP_C_MAX.rawValue) }

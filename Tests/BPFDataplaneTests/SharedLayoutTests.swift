@@ -12,6 +12,10 @@ import Testing
         #expect(MemoryLayout<fxdp_peer_value>.offset(of: \fxdp_peer_value.source_ip) == 12)
         #expect(MemoryLayout<fxdp_node_key>.size == 4)
         #expect(MemoryLayout<fxdp_node_value>.size == 4)
+        #expect(MemoryLayout<fxdp_drop_event>.size == 152)
+        #expect(MemoryLayout<fxdp_drop_event>.offset(of: \fxdp_drop_event.sample) == 24)
+        #expect(MemoryLayout<fxdp_monitor>.size == 16)
+        #expect(MemoryLayout<fxdp_monitor_budget>.size == 16)
         #expect(MemoryLayout<fxdp_config>.size == 64)
         #expect(MemoryLayout<fxdp_stranger>.size == 16)
         #expect(MemoryLayout<fxdp_xdp_meta>.size == 8)
@@ -59,11 +63,15 @@ import Testing
         }
         #expect(Set(FXDPCounter.allCases.map(\.name)).count == FXDPCounter.allCases.count)
         #expect(FXDPCounter.allCases.allSatisfy { $0.rawValue < FXDPCounter.arraySize })
+        // The programs' drop mask and the names agree: a counter is a drop exactly when its name says so.
+        for counter in FXDPCounter.allCases {
+            #expect(counter.isDrop == counter.name.contains("_drop_"), "\(counter.name)")
+        }
+        #expect(fxdp_counter_is_drop(64) == 0 && fxdp_counter_is_drop(UInt32.max) == 0)
     }
 
     @Test func mapNamesCarryTheABIVersion() {
-        for name in [FXDP_MAP_PEERS, FXDP_MAP_NODES, FXDP_MAP_CONFIG, FXDP_MAP_COUNTERS, FXDP_MAP_PEER_STATS, FXDP_MAP_STRANGERS,
-                     FXDP_MAP_LOCAL] {
+        for name in FlannelBPF.pinnedMapNames {
             #expect(name.hasSuffix("_v\(FXDP_ABI_VERSION)"))
         }
     }

@@ -6,6 +6,7 @@
 import BPFDataplane
 import BPFLoader
 import Foundation
+import Glibc
 import NetTypes
 import Synchronization
 import TestSupport
@@ -15,7 +16,27 @@ enum Names {
     /// "fxb12345n3": short enough to suffix interface names (≤ 15 bytes).
     static func unique() -> String {
         let n = counter.add(1, ordering: .relaxed).newValue
+        if n == 1 { sweepLeftoversOfDeadRuns() }
         return "fxb\(getpid() % 100_000)n\(n)"
+    }
+
+    /// A test process that crashed (a trap, SIGKILL) could not close its namespaces and bpffs
+    /// mounts: remove those whose creator no longer runs. A live process's, this one's or another
+    /// run's in parallel, are left alone (a pid that matches a live process keeps them, too).
+    private static func sweepLeftoversOfDeadRuns() {
+        func creatorIsDead(_ name: String) -> Bool {
+            guard name.hasPrefix("fxb"), let n = name.dropFirst(3).split(separator: "n").first, let pid = Int32(n),
+                  pid > 0, pid != getpid() % 100_000 else { return false }
+            return kill(pid, 0) != 0 && errno == ESRCH
+        }
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: "/run/netns")) ?? [] where creatorIsDead(name) {
+            _ = try? sh(["ip", "netns", "del", name], allowFailure: true)
+        }
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/run")) ?? []
+        where entry.hasSuffix("-bpffs") && creatorIsDead(String(entry.dropLast("-bpffs".count))) {
+            BPFFS.unmount("/run/" + entry)
+            rmdir("/run/" + entry)
+        }
     }
 }
 

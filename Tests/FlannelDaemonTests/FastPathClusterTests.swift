@@ -63,12 +63,20 @@ struct FastPathClusterTests {
                 guard try waitFor(5, { try podsKnown(cluster, node) >= 1 }) != nil else {
                     throw FlowProbeError("\(node.name): no pod in \(FXDP_MAP_LOCAL) after 5 s\n\(cluster.daemonLog(node).suffix(2000))")
                 }
+                // And its veth hooked: a pass that could not attach there retries a second later.
+                guard try waitFor(5, { try podsHooked(cluster, node) >= 1 }) != nil else {
+                    throw FlowProbeError("\(node.name): no pod veth carries fxdp_fast_encap after 5 s\n\(cluster.daemonLog(node).suffix(2000))")
+                }
             }
         } catch {
             cluster.cleanup()
             throw error
         }
         return cluster
+    }
+
+    static func podsHooked(_ cluster: FlannelCluster, _ node: LabNode) throws -> Int {
+        try NetnsThread.run(namespace: node.name) { try FlannelBPF.fastEncapInterfaces() }.count
     }
 
     static func podsKnown(_ cluster: FlannelCluster, _ node: LabNode) throws -> Int {
@@ -196,6 +204,7 @@ struct FastPathClusterTests {
         }
         #expect(try cluster.lab.waitForPing(from: a.podNamespace, to: b.podIP, timeout: 5))
         #expect(try waitFor(5) { try Self.podsKnown(cluster, a) >= 1 && Self.podsKnown(cluster, b) >= 1 } != nil)
+        #expect(try waitFor(5) { try Self.podsHooked(cluster, a) >= 1 && Self.podsHooked(cluster, b) >= 1 } != nil)
         let before = try FastCounters.read(cluster, a)
         _ = try TCPConversation.run(from: a.podNamespace, to: b.podNamespace, connectTo: (b.podIP, 7401), exchanges: 100)
         #expect(try FastCounters.read(cluster, a).since(before)[.fastEncapOK] >= 90)
@@ -243,7 +252,7 @@ struct FastPathClusterTests {
             cluster.stopDaemon(node)
             try cluster.startDaemon(node, extra: ["--ip-masq"])
         }
-        #expect(try waitFor(5) { try Self.podsKnown(cluster, a) >= 1 } != nil)
+        #expect(try waitFor(5) { try Self.podsKnown(cluster, a) >= 1 && Self.podsHooked(cluster, a) >= 1 } != nil)
         try phase("on again", fast: true)
         // Hand-back: the daemons stop, cleanup removes every program; flannel.1 and its routes stay,
         // which is a stock flannel node.
@@ -276,7 +285,7 @@ struct FastPathClusterTests {
         try cluster.lab.addFlannelPeerRoutes(on: stock, peer: Peer(subnet: ours.podSubnet, publicIP: ours.nodeIP, vtepMAC: vtep))
         #expect(try waitFor(5) { try cluster.pinnedPeerSubnets(ours) == [stock.podSubnet] } != nil)
         #expect(try cluster.lab.waitForPing(from: ours.podNamespace, to: stock.podIP, timeout: 5))
-        #expect(try waitFor(5) { try Self.podsKnown(cluster, ours) >= 1 } != nil)
+        #expect(try waitFor(5) { try Self.podsKnown(cluster, ours) >= 1 && Self.podsHooked(cluster, ours) >= 1 } != nil)
         for (from, to, port) in [(ours, stock, UInt16(7601)), (stock, ours, 7602)] {
             let before = try FastCounters.read(cluster, ours)
             let ends = try TCPConversation.run(from: from.podNamespace, to: to.podNamespace, connectTo: (to.podIP, port), exchanges: 200)

@@ -103,7 +103,7 @@ struct OperationsInspectionTests {
         let status = statusRun.output
         #expect(status.contains("no state file at /run/\(tag)-none/flanneld-xdp.state.json"))
         #expect(status.contains("fxdp_encap id \(encapID) on fxa"))
-        #expect(status.contains("tc egress"))
+        #expect(status.contains("tcx egress"))
         #expect(status.contains("fxdp_decap_check id \(checkID) on fxb"))
         #expect(status.contains("fxdp_peers_v2 id "))
         #expect(status.contains(", 2 of 65536 entries"))
@@ -113,7 +113,7 @@ struct OperationsInspectionTests {
                                                         "--state-file", "/run/\(tag)-none.json"])
         #expect(statusJSONRun.status == 3)
         let statusJSON = statusJSONRun.output
-        #expect(statusJSON.contains(#""programs":[{"name":"fxdp_encap","id":\#(encapID),"hook":"tc egress""#))
+        #expect(statusJSON.contains(#""programs":[{"name":"fxdp_encap","id":\#(encapID),"hook":"tcx egress""#))
         #expect(statusJSON.contains(#""state":null"#))
     }
 

@@ -220,6 +220,27 @@ enum fxdp_counter {
 	FXDP_C_MAX = 64
 };
 
+/* The counters whose packets were dropped, one bit per code (FXDP_C_MAX is 64): the programs pick
+ * their verdict from it and userspace labels drops by it, so the two cannot disagree. A constant
+ * shift, not a switch: a switch may compile to a jump table in .rodata, an extra map per load that
+ * would defeat the "same program" check on restart. */
+#define FXDP_COUNTER_BIT(code) (1ull << (code))
+#define FXDP_DROP_COUNTERS                                                                                   \
+	(FXDP_COUNTER_BIT(FXDP_C_ENCAP_DROP_MALFORMED) | FXDP_COUNTER_BIT(FXDP_C_ENCAP_DROP_ADJUST) |             \
+	 FXDP_COUNTER_BIT(FXDP_C_DECAP_DROP_NOT_PEER) | FXDP_COUNTER_BIT(FXDP_C_DECAP_DROP_BAD_VNI) |             \
+	 FXDP_COUNTER_BIT(FXDP_C_DECAP_DROP_MALFORMED) | FXDP_COUNTER_BIT(FXDP_C_DECAP_DROP_FRAGMENT) |           \
+	 FXDP_COUNTER_BIT(FXDP_C_DECAP_DROP_IP_OPTIONS) | FXDP_COUNTER_BIT(FXDP_C_DECAP_DROP_INNER_NOT_OURS) |    \
+	 FXDP_COUNTER_BIT(FXDP_C_DECAP_DROP_ADJUST) | FXDP_COUNTER_BIT(FXDP_C_DECAP_DROP_INNER_NOT_IPV4) |        \
+	 FXDP_COUNTER_BIT(FXDP_C_DECAP_DROP_INNER_SOURCE) | FXDP_COUNTER_BIT(FXDP_C_DECAP_DROP_LOOP) |            \
+	 FXDP_COUNTER_BIT(FXDP_C_DECAP_DROP_OUTER_CSUM) | FXDP_COUNTER_BIT(FXDP_C_DECAP_DROP_ECN) |               \
+	 FXDP_COUNTER_BIT(FXDP_C_DOOR_DROP_NOT_PEER) | FXDP_COUNTER_BIT(FXDP_C_DOOR_DROP_WRONG_DOOR) |            \
+	 FXDP_COUNTER_BIT(FXDP_C_GUARD_DROP_POD_VXLAN))
+
+static inline int fxdp_counter_is_drop(__u32 code)
+{
+	return code < FXDP_C_MAX && ((FXDP_DROP_COUNTERS >> code) & 1);
+}
+
 struct fxdp_count {
 	__u64 packets;
 	__u64 bytes;

@@ -79,9 +79,7 @@ public enum DropMonitor {
 
     static func interfaceName(_ index: UInt32) -> String {
         guard index != 0 else { return "-" }
-        var buffer = [CChar](repeating: 0, count: Int(IF_NAMESIZE) + 1)
-        guard if_indextoname(index, &buffer) != nil else { return "#\(index)" }
-        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return InterfaceNames.bare(Int32(bitPattern: index)) ?? "#\(index)"
     }
 
     /// Wall-clock time of a monotonic timestamp, "2026-12-03T13:20:01.123456Z".

@@ -261,9 +261,17 @@ public struct PinnedDataplane {
             let name = FXDPProgram.allCases.first { $0.rawValue.hasPrefix(kernelName) }?.rawValue ?? kernelName
             result.append(AttachedProgram(name: name, id: id, hook: hook, interface: InterfaceNames.name(ifindex)))
         }
-        add(state.encapProgramID, hook: "tc egress", ifindex: node.overlayIfindex)
-        add(state.decapCheckProgramID, hook: "tc ingress", ifindex: node.underlayIfindex)
+        add(state.encapProgramID, hook: "tcx egress", ifindex: node.overlayIfindex)
+        add(state.decapCheckProgramID, hook: "tcx ingress", ifindex: node.underlayIfindex)
         add(state.xdpProgramID, hook: "xdp \(state.xdpMode.map { "\($0)" } ?? "")", ifindex: node.underlayIfindex)
+        // The fast path's encap sits on every pod's veth: one line for all of them.
+        if let pods = try? FlannelBPF.fastEncapInterfaces(pinDirectory: folder), !pods.isEmpty,
+           let id = (try? TCX.attached(ifindex: pods[0].index, direction: .ingress))?
+               .first(where: { (try? BPFProgramInfo.forID($0.programID).name).map { FXDPProgram.fastEncap.rawValue.hasPrefix($0) } == true })?.programID {
+            let names = pods.prefix(4).map(\.name).joined(separator: ", ") + (pods.count > 4 ? ", …" : "")
+            result.append(AttachedProgram(name: FXDPProgram.fastEncap.rawValue, id: id, hook: "tcx ingress",
+                                          interface: "\(pods.count) pod interface(s): \(names)"))
+        }
         for (id, hook) in [(state.doorProgramID, NetfilterHook.localIn), (state.podGuardProgramID, .forward)] {
             guard let id else { continue }
             let kernelName = (try? BPFProgramInfo.forID(id).name) ?? "?"
@@ -277,9 +285,13 @@ public struct PinnedDataplane {
 enum InterfaceNames {
     /// "eth0 (#2)", or "#2 (gone)" when no interface has that index in this namespace.
     static func name(_ ifindex: Int32) -> String {
+        bare(ifindex).map { "\($0) (#\(ifindex))" } ?? "#\(ifindex) (gone)"
+    }
+
+    /// "eth0", or nil when no interface has that index in this namespace.
+    static func bare(_ ifindex: Int32) -> String? {
         var buffer = [CChar](repeating: 0, count: Int(IF_NAMESIZE) + 1)
-        guard ifindex > 0, if_indextoname(UInt32(bitPattern: ifindex), &buffer) != nil else { return "#\(ifindex) (gone)" }
-        let bytes = buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
-        return "\(String(decoding: bytes, as: UTF8.self)) (#\(ifindex))"
+        guard ifindex > 0, if_indextoname(UInt32(bitPattern: ifindex), &buffer) != nil else { return nil }
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }
