@@ -2,7 +2,7 @@
 //
 // Design: encap runs in TC egress on flannel.<VNI>. Decap runs either as XDP on the underlay with
 // a TC-ingress steer that moves what XDP stripped into flannel.<VNI> (DecapMode.xdp), or as a
-// TC-ingress source check in front of the kernel vxlan device's own decap (DecapMode.kernel). The
+// TC-ingress source check in front of the kernel vxlan device's own decap (DecapMode.tc). The
 // default is chosen per interface by driver: on virtual devices (veth and friends, the
 // container-in-VM case) native XDP copies frames and disables the peer's TSO, and the kernel's decap
 // measured faster (docs/BPF-DATAPATH.md, `make bench`); physical NICs whose drivers have native XDP
@@ -34,8 +34,9 @@ import Logging
 public enum DecapMode: String, Sendable, CaseIterable, CustomStringConvertible {
     /// XDP on the underlay strips VXLAN from peers before the stack.
     case xdp
-    /// The kernel vxlan device decapsulates; a TC-ingress program checks source and VNI first.
-    case kernel
+    /// The kernel vxlan device decapsulates; a TC-ingress program checks source and VNI first
+    /// (`--dataplane=tc`, "bpf-tc"; in prose "TC-checked kernel decap").
+    case tc
 
     public var description: String { rawValue }
 
@@ -49,7 +50,7 @@ public enum DecapMode: String, Sendable, CaseIterable, CustomStringConvertible {
     /// The default for a driver name (as ethtool -i reports it): xdp for native-XDP NICs, kernel for
     /// everything else (veth, bridge, bond, unknown).
     public static func defaultMode(driver: String?) -> DecapMode {
-        guard let driver, nativeXDPDrivers.contains(driver) else { return .kernel }
+        guard let driver, nativeXDPDrivers.contains(driver) else { return .tc }
         return .xdp
     }
 
@@ -94,7 +95,7 @@ public enum InterfaceDriver {
 /// Which of our programs sit where, as read from the kernel.
 public struct AttachmentState: Sendable, Equatable, CustomStringConvertible {
     public var encapProgramID: UInt32?
-    /// Our TC-ingress slot on the underlay: fxdp_decap_check (decap mode kernel) or fxdp_decap_steer (xdp).
+    /// Our TC-ingress slot on the underlay: fxdp_decap_check (decap mode tc) or fxdp_decap_steer (xdp).
     public var decapCheckProgramID: UInt32?
     public var xdpProgramID: UInt32?
     public var xdpMode: XDPMode?
@@ -119,7 +120,7 @@ public struct AttachmentState: Sendable, Equatable, CustomStringConvertible {
 
     public var decapMode: DecapMode? {
         if xdpProgramID != nil { return .xdp }
-        if decapCheckProgramID != nil { return .kernel }
+        if decapCheckProgramID != nil { return .tc }
         return nil
     }
 
@@ -169,7 +170,7 @@ extension FlannelBPF {
             // The steer before XDP: a frame XDP strips must never find the hook without it.
             try ensureTCX(try program(.decapSteer), ifindex: underlayIfindex, direction: .ingress, pin: FXDPSlots.underlayIngressPin)
             try ensureXDP(try program(.decapXDP), ifindex: underlayIfindex)
-        case .kernel:
+        case .tc:
             try ensureTCX(try program(.decapCheck), ifindex: underlayIfindex, direction: .ingress, pin: FXDPSlots.underlayIngressPin)
             try FlannelBPF.detachOurXDP(ifindex: underlayIfindex)
         }
@@ -457,7 +458,7 @@ extension FlannelBPF {
         } catch {
             // No native XDP in this driver: generic still works (slower; the default avoids it).
             guard error.errno == EOPNOTSUPP || error.errno == EINVAL else { throw error }
-            logger.warning("no native XDP on this interface: using generic XDP (slower; consider decap mode kernel)",
+            logger.warning("no native XDP on this interface: using generic XDP (slower; consider --dataplane=tc)",
                            metadata: ["ifindex": "\(ifindex)"])
             try XDP.attach(program, ifindex: ifindex, mode: .generic, replacing: nil)
         }

@@ -42,7 +42,7 @@ public struct AttachmentGuard: Service, @unchecked Sendable {
         case .xdp:
             if state.xdpProgramID == nil { gone.append("decap (XDP, ifindex \(underlayIfindex))") }
             if state.decapCheckProgramID == nil { gone.append("decap steer (TC ingress, ifindex \(underlayIfindex))") }
-        case .kernel where state.decapCheckProgramID == nil: gone.append("decap check (TC ingress, ifindex \(underlayIfindex))")
+        case .tc where state.decapCheckProgramID == nil: gone.append("decap check (TC ingress, ifindex \(underlayIfindex))")
         default: break
         }
         if state.doorProgramID == nil { gone.append("vxlan door (netfilter input)") }

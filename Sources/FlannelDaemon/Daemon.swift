@@ -15,7 +15,30 @@ import Synchronization
 import UserspaceDataplane
 
 /// The data path that start-up settled on, and the tables the reconciler drives, in order.
+/// Which data path carries the node's traffic: what `status`, the state file, metrics and pruning
+/// switch over. `summary` (in DataplaneSetup) is its prose for people.
+public enum ActiveDataPath: Sendable, Equatable {
+    case bpf(decap: DecapMode, fastPath: Bool)
+    /// TUN + UDP in this process; `fallbackReason` when BPF was wanted (auto) and could not run.
+    case userspace(fallbackReason: String?)
+    case hostGW
+
+    /// The name the state file, `status` and the metrics' label use: bpf-xdp, bpf-tc, userspace, host-gw.
+    public var kind: String {
+        switch self {
+        case .bpf(let decap, _): "bpf-\(decap)"
+        case .userspace: "userspace"
+        case .hostGW: "host-gw"
+        }
+    }
+
+    /// Whether our BPF programs and pinned maps carry the traffic.
+    public var usesBPF: Bool { if case .bpf = self { true } else { false } }
+}
+
 public struct DataplaneSetup: Sendable {
+    public var path: ActiveDataPath
+    /// For people: the path, its programs or device, and why (logs, `status`).
     public var summary: String
     public var tables: [PeerTableBinding]
     /// Kept alive while the daemon runs: its threads carry the traffic.
@@ -205,7 +228,7 @@ public enum Daemon {
         // State file for `status`, masquerade (--ip-masq), /metrics (--metrics-port): Operations/.
         let operations = try await OperationsServices.make(OperationsContext(
             options: options, external: external, config: config, backend: backend, lease: lease, manager: manager,
-            dataplaneSummary: setup.summary, mtu: mtu, reconciler: reconciler, readiness: readiness,
+            dataplane: setup.path, dataplaneSummary: setup.summary, mtu: mtu, reconciler: reconciler, readiness: readiness,
             etcdAPIDetail: etcdAPIDetail, userspaceCounters: Daemon.countersReader(setup.userspace)), logger: logger)
 
         // 7. subnet.env, then tell systemd (a degraded node is up: its pods can start and reach the
@@ -215,10 +238,9 @@ public enum Daemon {
         readiness.set(.subnetFileWritten, ok: true)
         logger.info("wrote \(options.subnet.subnetFile): FLANNEL_SUBNET=\(lease.subnet.host(1))/\(lease.subnet.prefixLength) FLANNEL_MTU=\(mtu)")
         // The data path's kind; for the userspace path the whole summary, which says why BPF is not used.
-        let kind = NodeState.dataplaneKind(summary: setup.summary)
-        let serviceManager = ServiceManagerLink(
-            notifier: notifier, readiness: readiness,
-            identity: "subnet \(lease.subnet), data path \(kind)" + (kind == "userspace" ? " (\(setup.summary))" : ""), logger: logger)
+        var identity = "subnet \(lease.subnet), data path \(setup.path.kind)"
+        if case .userspace = setup.path { identity += " (\(setup.summary))" }
+        let serviceManager = ServiceManagerLink(notifier: notifier, readiness: readiness, identity: identity, logger: logger)
         do {
             try serviceManager.ready(peers: peers.count)
         } catch {
@@ -332,7 +354,7 @@ public enum Daemon {
         }
         let mode: DecapMode = switch choice {
         case .xdp: .xdp
-        case .tc: .kernel
+        case .tc: .tc
         default: DecapMode.defaultMode(ifindex: external.interface.index)
         }
         return PreparedDataplane(vtepMAC: mac ?? MACAddress.randomLocal(), bpf: bpf, decapMode: mode, userspace: false)
@@ -347,7 +369,7 @@ public enum Daemon {
         guard let bpf = prepared.bpf, let mode = prepared.decapMode, let vtepMAC = prepared.vtepMAC else {
             // host-gw: plain routes via the peers' node IPs.
             let table = try HostGWPeerTable(underlayIndex: external.interface.index, network: config.network, ownSubnet: lease.subnet)
-            return DataplaneSetup(summary: "host-gw routes on \(external.interface.name)", tables: [PeerTableBinding(table, view: Peer.kernelView)])
+            return DataplaneSetup(path: .hostGW, summary: "host-gw routes on \(external.interface.name)", tables: [PeerTableBinding(table, view: Peer.kernelView)])
         }
         var nl = try NetlinkSocket()
         let device = try FlannelVXLANDevice.ensure(
@@ -394,7 +416,8 @@ public enum Daemon {
             // `status` shows the summary: say when the programs are a staged object, not the built-in one.
             let staged = bpf.source == .embedded ? "" : ", programs from \(bpf.source)"
             let fast = options.dataplane.fastPath ? "fast path on; " : ""
-            return DataplaneSetup(summary: "BPF (\(mode == .xdp ? "XDP" : "TC-checked kernel") decap; \(fast)\(state)) over \(device.name)\(staged)",
+            return DataplaneSetup(path: .bpf(decap: mode, fastPath: options.dataplane.fastPath),
+                                  summary: "BPF (\(mode == .xdp ? "XDP" : "TC-checked kernel") decap; \(fast)\(state)) over \(device.name)\(staged)",
                                   tables: [PeerTableBinding(maps), kernelBinding], attachmentGuard: guardian,
                                   enableAfterFirstFill: { try bpf.setEnabled(true) }, fastPath: fastPath)
         } catch {
@@ -433,7 +456,7 @@ public enum Daemon {
         try Overlay.configureTUN(name: tunName, subnet: lease.subnet, network: config.network, mtu: mtu, netlink: &nl, logger: logger)
         try dataplane.start()
         let why = prepared.fallbackReason.map { " (BPF unavailable: \($0))" } ?? ""
-        return DataplaneSetup(summary: "userspace TUN \(tunName)\(why)", tables: [PeerTableBinding(dataplane)], userspace: dataplane)
+        return DataplaneSetup(path: .userspace(fallbackReason: prepared.fallbackReason), summary: "userspace TUN \(tunName)\(why)", tables: [PeerTableBinding(dataplane)], userspace: dataplane)
     }
 
     // MARK: cleanup

@@ -89,7 +89,7 @@ final class PathLab: @unchecked Sendable {
             try lab.addFlannelPeerRoutes(on: a, peer: sb.asPeer)
             try lab.addFlannelPeerRoutes(on: b, peer: sa.asPeer)
             if path != .kernelVXLAN {
-                let mode: DecapMode = path == .bpfXDP ? .xdp : .kernel
+                let mode: DecapMode = path == .bpfXDP ? .xdp : .tc
                 for (me, other) in [(sa, sb), (sb, sa)] {
                     try attachBPF(me, peer: other, mode: mode, fastPath: path.isFast, registry: registry)
                 }

@@ -85,7 +85,7 @@ struct AttachTests {
         try first.peerTable().upsert(peer)
         let s1 = try lab.attach(first, nil) // by driver: veth → kernel decap behind the TC check
         #expect(s1.encapProgramID != nil && s1.decapCheckProgramID != nil && s1.xdpProgramID == nil)
-        #expect(s1.decapMode == .kernel)
+        #expect(s1.decapMode == .tc)
         // The netfilter programs, linked to their hooks by pinned links.
         #expect(s1.doorProgramID == (try first.program(.vxlanDoor).info().id))
         #expect(s1.podGuardProgramID == (try first.program(.podGuard).info().id))
@@ -99,7 +99,7 @@ struct AttachTests {
         #expect(try second.readConfig() == lab.config)
         #expect(try second.peerTable().currentPeers() == [peer])
         #expect(try second.peerTable().acceptedNodes() == [peer.publicIP: 1])
-        let s2 = try lab.attach(second, .kernel)
+        let s2 = try lab.attach(second, .tc)
         #expect(s2 == s1, "same tag and maps: ids unchanged")
 
         #expect(try lab.link(.vxlanDoor) == door1, "the same netfilter link, untouched")
@@ -144,10 +144,10 @@ struct AttachTests {
             try TC.attach(try changed.program(.decapCheck), ifindex: lab.underlay, direction: .ingress,
                           handle: FXDPSlots.tcHandle, priority: FXDPSlots.tcPriority)
         }
-        let s5 = try lab.attach(changed, .kernel)
+        let s5 = try lab.attach(changed, .tc)
         #expect(s5.encapProgramID == (try changed.program(.encap).info().id))
         #expect(try encapLink.info().id == encapLinkID && encapLink.info().programID == s5.encapProgramID)
-        #expect(s5.decapMode == .kernel && s5.xdpProgramID == nil)
+        #expect(s5.decapMode == .tc && s5.xdpProgramID == nil)
         #expect(try lab.ns.run { try TC.attachedProgramID(ifindex: lab.underlay, direction: .ingress, handle: FXDPSlots.tcHandle,
                                                           priority: FXDPSlots.tcPriority) } == nil,
                 "the old cls_bpf filter of ours goes once the link runs")
@@ -155,7 +155,7 @@ struct AttachTests {
         // Back on the original build: the maps still hold the peer and config; its programs
         // replace the changed ones, the netfilter links back at the first priority.
         #expect(try first.peerTable().currentPeers() == [peer])
-        let s6 = try lab.attach(first, .kernel)
+        let s6 = try lab.attach(first, .tc)
         #expect(s6.doorProgramID == (try first.program(.vxlanDoor).info().id))
         #expect(try lab.link(.vxlanDoor).netfilterPriority == FXDPSlots.netfilterPriority)
     }
@@ -168,12 +168,12 @@ struct AttachTests {
         defer { lab.close() }
         let first = try FlannelBPF(bpffs: lab.bpffs.path)
         try first.writeConfig(lab.config)
-        _ = try lab.attach(first, .kernel)
+        _ = try lab.attach(first, .tc)
         let otherFS = try PrivateBPFFS(Names.unique())
         defer { otherFS.close() }
         let second = try FlannelBPF(bpffs: otherFS.path)
         #expect {
-            try lab.attach(second, .kernel)
+            try lab.attach(second, .tc)
         } throws: { error in
             let text = "\(error)"
             return text.contains("netfilter ipv4 input") && text.contains("--bpffs") && text.contains("cleanup")
@@ -203,7 +203,7 @@ struct AttachTests {
         defer { lab.close() }
         let bpf = try FlannelBPF(bpffs: lab.bpffs.path)
         try bpf.writeConfig(lab.config)
-        let s = try lab.attach(bpf, .kernel)
+        let s = try lab.attach(bpf, .tc)
         #expect(s.doorProgramID != nil && s.podGuardProgramID != nil)
         // Only the link pins go (what the userspace fallback does when BPF cannot load any more).
         try FlannelBPF.detachNetfilterLinks(bpffs: lab.bpffs.path)
@@ -211,7 +211,7 @@ struct AttachTests {
         #expect(after.doorProgramID == nil && after.podGuardProgramID == nil)
         #expect(after.encapProgramID == s.encapProgramID, "the TC programs stay")
         // Attach puts them back; detachAll takes them with the rest.
-        #expect(try lab.attach(bpf, .kernel).doorProgramID != nil)
+        #expect(try lab.attach(bpf, .tc).doorProgramID != nil)
         try lab.ns.run { try FlannelBPF.detachAll(overlayIfindex: lab.overlay, underlayIfindex: lab.underlay, bpffs: lab.bpffs.path) }
         #expect(try lab.state() == AttachmentState())
     }
@@ -221,7 +221,7 @@ struct AttachTests {
         defer { lab.close() }
         let bpf = try FlannelBPF(bpffs: lab.bpffs.path)
         try bpf.writeConfig(lab.config)
-        _ = try lab.attach(bpf, .kernel)
+        _ = try lab.attach(bpf, .tc)
 
         let (foreignTC, tcFD) = try loadForeignProgram(type: BPF_PROG_TYPE_SCHED_CLS, verdict: 0)
         defer { close(tcFD) }
@@ -257,14 +257,14 @@ struct AttachTests {
             try link.pin(at: lab.bpffs.path + "/foreign_link")
             return try link.info().id
         }
-        let s7 = try lab.attach(bpf, .kernel)
+        let s7 = try lab.attach(bpf, .tc)
         let order = try lab.ns.run { try TCX.attached(ifindex: lab.underlay, direction: .ingress) }
         #expect(order.map(\.programID) == [foreignID, s7.decapCheckProgramID!], "\(order)")
         // A foreign program in the cls_bpf slot earlier versions used: not ours, never touched.
         try lab.ns.run {
             try TC.attach(foreignTC, ifindex: lab.underlay, direction: .ingress, handle: FXDPSlots.tcHandle, priority: FXDPSlots.tcPriority)
         }
-        _ = try lab.attach(bpf, .kernel)
+        _ = try lab.attach(bpf, .tc)
         try lab.ns.run { try FlannelBPF.detachAll(overlayIfindex: lab.overlay, underlayIfindex: lab.underlay, bpffs: lab.bpffs.path) }
         #expect(try lab.state().decapCheckProgramID == nil)
         #expect(try lab.ns.run { try TCX.attached(ifindex: lab.underlay, direction: .ingress) }
@@ -280,7 +280,7 @@ struct AttachTests {
             try link.pin(at: lab.bpffs.path + "/stray_link")
             return try link.info().id
         }
-        let refused = #expect(throws: DataplaneError.self) { try lab.attach(bpf, .kernel) }
+        let refused = #expect(throws: DataplaneError.self) { try lab.attach(bpf, .tc) }
         #expect("\(refused.map { "\($0)" } ?? "")".contains("link \(strayID)"), "\(String(describing: refused))")
     }
 

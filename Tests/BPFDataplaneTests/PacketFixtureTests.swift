@@ -427,7 +427,7 @@ struct PacketFixtureTests {
         let (veth, lo) = try lab.ns.run { (InterfaceDriver.name(ifindex: lab.config.underlayIfindex), InterfaceDriver.name(ifindex: 1)) }
         #expect(veth == "veth")
         #expect(lo == nil || lo == "")
-        #expect(try lab.ns.run { DecapMode.defaultMode(ifindex: lab.config.underlayIfindex) } == .kernel)
+        #expect(try lab.ns.run { DecapMode.defaultMode(ifindex: lab.config.underlayIfindex) } == .tc)
         #expect(InterfaceDriver.name(interface: "no-such-if0") == nil)
     }
 

@@ -77,8 +77,8 @@ import Testing
     }
 
     @Test func driverDefaults() {
-        #expect(DecapMode.defaultMode(driver: "veth") == .kernel)
-        #expect(DecapMode.defaultMode(driver: nil) == .kernel)
+        #expect(DecapMode.defaultMode(driver: "veth") == .tc)
+        #expect(DecapMode.defaultMode(driver: nil) == .tc)
         #expect(DecapMode.defaultMode(driver: "mlx5_core") == .xdp)
         #expect(DecapMode.defaultMode(driver: "virtio_net") == .xdp)
     }

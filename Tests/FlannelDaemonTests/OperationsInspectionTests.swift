@@ -67,7 +67,7 @@ struct OperationsInspectionTests {
             var gone = fxdp_node_key()
             gone.node_ip = IPv4Address(192, 168, 77, 99).tuple
             try stats.update(gone, perCPU: perPeer)
-            return try bpf.attach(overlayIfindex: overlay, underlayIfindex: underlay, mode: .kernel)
+            return try bpf.attach(overlayIfindex: overlay, underlayIfindex: underlay, mode: .tc)
         }
         let encapID = try #require(attached.encapProgramID)
         let checkID = try #require(attached.decapCheckProgramID)

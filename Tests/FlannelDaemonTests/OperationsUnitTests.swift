@@ -70,13 +70,16 @@ struct OperationsUnitTests {
         #expect(!state.writerIsRunning)
     }
 
-    @Test("data path kind from start-up's summary")
+    @Test("the active data path's kind: one name per mode, as the state file, status and metrics write it")
     func dataplaneKind() {
-        #expect(NodeState.dataplaneKind(summary: "BPF (XDP decap; encap 1) over flannel.1") == "bpf-xdp")
-        #expect(NodeState.dataplaneKind(summary: "BPF (TC-checked kernel decap; x) over flannel.1") == "bpf-tc")
-        #expect(NodeState.dataplaneKind(summary: "userspace TUN flannel-u.1 (BPF unavailable: attaching the BPF programs failed: x)") == "userspace")
-        #expect(NodeState.dataplaneKind(summary: "userspace TUN flannel-u.1 (BPF unavailable: x)") == "userspace")
-        #expect(NodeState.dataplaneKind(summary: "host-gw routes on eth0") == "host-gw")
+        #expect(ActiveDataPath.bpf(decap: .xdp, fastPath: true).kind == "bpf-xdp")
+        #expect(ActiveDataPath.bpf(decap: .tc, fastPath: false).kind == "bpf-tc")
+        #expect(ActiveDataPath.userspace(fallbackReason: "attaching the BPF programs failed: x").kind == "userspace")
+        #expect(ActiveDataPath.userspace(fallbackReason: nil).kind == "userspace")
+        #expect(ActiveDataPath.hostGW.kind == "host-gw")
+        #expect(ActiveDataPath.bpf(decap: .tc, fastPath: true).usesBPF && !ActiveDataPath.hostGW.usesBPF)
+        // The decap mode is named as --dataplane names it.
+        for mode in DecapMode.allCases { #expect(DataplaneChoice(rawValue: mode.rawValue) != nil, "\(mode)") }
     }
 
     @Test("the masquerade table is current flannel's six rules, in its order, from validated subnets only")

@@ -137,14 +137,6 @@ public struct NodeState: Sendable, Equatable {
         pid > 0 && (kill(pid, 0) == 0 || errno == EPERM)
     }
 
-    /// The data path kind from start-up's summary (see Daemon.attachDataplane).
-    public static func dataplaneKind(summary: String) -> String {
-        if summary.hasPrefix("BPF") { return summary.contains("XDP decap") ? "bpf-xdp" : "bpf-tc" }
-        if summary.hasPrefix("userspace") { return "userspace" }
-        if summary.hasPrefix("host-gw") { return "host-gw" }
-        return "unknown"
-    }
-
     public func write(to path: String) throws(OperationsError) {
         try FileIO.writeAtomically(path: path, contents: json + "\n", mode: 0o644)
     }

@@ -21,6 +21,7 @@ public struct OperationsContext: Sendable {
     public var backend: BackendKind
     public var lease: Lease
     public var manager: SubnetManager
+    public var dataplane: ActiveDataPath
     public var dataplaneSummary: String
     public var mtu: Int
     public var reconciler: Reconciler
@@ -31,7 +32,7 @@ public struct OperationsContext: Sendable {
     public var userspaceCounters: (@Sendable () -> UserspaceCounters)?
 
     public init(options: FlannelOptions, external: ExternalInterface, config: NetworkConfig, backend: BackendKind,
-                lease: Lease, manager: SubnetManager, dataplaneSummary: String, mtu: Int, reconciler: Reconciler,
+                lease: Lease, manager: SubnetManager, dataplane: ActiveDataPath, dataplaneSummary: String, mtu: Int, reconciler: Reconciler,
                 readiness: Readiness, etcdAPIDetail: String = "", userspaceCounters: (@Sendable () -> UserspaceCounters)? = nil) {
         self.etcdAPIDetail = etcdAPIDetail
         self.userspaceCounters = userspaceCounters
@@ -41,6 +42,7 @@ public struct OperationsContext: Sendable {
         self.backend = backend
         self.lease = lease
         self.manager = manager
+        self.dataplane = dataplane
         self.dataplaneSummary = dataplaneSummary
         self.mtu = mtu
         self.reconciler = reconciler
@@ -58,7 +60,7 @@ public enum OperationsServices {
         var state = NodeState()
         state.startedAt = now
         state.updatedAt = now
-        state.dataplane = NodeState.dataplaneKind(summary: context.dataplaneSummary)
+        state.dataplane = context.dataplane.kind
         state.dataplaneDetail = context.dataplaneSummary
         state.interface = context.external.interface.name
         state.interfaceIndex = Int(context.external.interface.index)
@@ -111,7 +113,7 @@ public enum OperationsServices {
             } else {
                 var appended: (@Sendable () -> String)? = nil
                 if let counters = context.userspaceCounters { appended = { counters().prometheusText() } }
-                let m = DaemonMetrics(bpffs: state.dataplane.hasPrefix("bpf") ? options.dataplane.bpffs : nil,
+                let m = DaemonMetrics(bpffs: context.dataplane.usesBPF ? options.dataplane.bpffs : nil,
                                       dataplane: state.dataplane, backend: state.backend,
                                       perPeer: options.serving.metricsPerPeer, appended: appended)
                 metrics = m
@@ -198,7 +200,7 @@ struct NodeStateService: Service {
             }
             if let degraded = context.readiness.unmet(.leaseConfirmed) { state.etcdState = degraded }
             // The programs only add per-peer entries; departed nodes' go here.
-            if state.dataplane.hasPrefix("bpf"), let pinned = try? PinnedDataplane.open(bpffs: state.bpffs) {
+            if context.dataplane.usesBPF, let pinned = try? PinnedDataplane.open(bpffs: state.bpffs) {
                 _ = try? pinned.pruneDepartedPeerStats()
                 let strangers = (try? pinned.strangerList()) ?? []
                 let warning = Stranger.underlayWarning(strangers, underlay: context.external.underlaySubnet)
