@@ -264,10 +264,7 @@ public final class FlannelBPF: @unchecked Sendable {
     }
 
     /// The settings in the map, nil while none were written (all zero).
-    public func readConfig() throws -> NodeConfig? {
-        guard let c = try config.lookup(0), c.underlay_ifindex != 0 else { return nil } // VNI 0 is a valid VNI: the interface says it was written
-        return NodeConfig(c: c)
-    }
+    public func readConfig() throws -> NodeConfig? { try NodeConfig.read(from: config) }
 
     /// Every named counter, summed over CPUs.
     public func counters() throws -> [FXDPCounter: FXDPCount] {

@@ -1,6 +1,7 @@
 // NodeConfig — this node's settings as the programs read them (struct fxdp_config, map
 // fxdp_config_v2 index 0). Swift-side it uses NetTypes values; `cValue` / `init(c:)` convert.
 
+import BPFLoader
 import CBPF
 import NetTypes
 
@@ -117,5 +118,14 @@ public struct NodeConfig: Sendable, Equatable, CustomStringConvertible {
             + (network.map { " network \($0)" } ?? "") + (innerSourceCheck ? "" : " (inner source check off)")
             + (fastPath ? " fast path" + (conntrackTCPLiberal ? "" : " (UDP only: conntrack TCP not liberal)") : "")
             + (enabled ? "" : " (disabled)")
+    }
+}
+
+extension NodeConfig {
+    /// The settings in fxdp_config, nil while none were written: the underlay's index says it was
+    /// (VNI 0 is a valid VNI, so an all-zero value cannot).
+    public static func read(from map: BPFMap<UInt32, fxdp_config>) throws(BPFError) -> NodeConfig? {
+        guard let c = try map.lookup(0), c.underlay_ifindex != 0 else { return nil }
+        return NodeConfig(c: c)
     }
 }

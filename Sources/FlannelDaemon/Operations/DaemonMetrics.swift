@@ -114,7 +114,7 @@ public final class DaemonMetrics: Sendable {
 
     /// Reads the pinned counters and adds what changed since the last read.
     func refreshBPFCounters() {
-        guard let bpffs, let pinned = try? PinnedDataplane.open(bpffs: bpffs),
+        guard let bpffs, let pinned = PinnedDataplane.shared(bpffs: bpffs),
               let values = try? pinned.counterValues() else { return }
         let deltas = seen.withLock { s -> [(FXDPCounter, UInt64, UInt64)] in
             var result: [(FXDPCounter, UInt64, UInt64)] = []
@@ -159,7 +159,7 @@ public final class DaemonMetrics: Sendable {
 
     /// Per-peer series from fxdp_peer_stats_v2 (--metrics-per-peer); a departed peer's series are removed.
     func refreshPeerCounters() {
-        guard perPeer, let bpffs, let pinned = try? PinnedDataplane.open(bpffs: bpffs),
+        guard perPeer, let bpffs, let pinned = PinnedDataplane.shared(bpffs: bpffs),
               let traffic = (try? pinned.peerTraffic()) ?? nil else { return }
         let current = Dictionary(uniqueKeysWithValues: traffic.map { ("\($0.key)", $0.value) })
         let (increments, departed) = seen.withLock { s -> ([(String, PeerTraffic)], [Prometheus.Counter]) in

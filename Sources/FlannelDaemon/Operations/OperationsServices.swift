@@ -200,7 +200,7 @@ struct NodeStateService: Service {
             }
             if let degraded = context.readiness.unmet(.leaseConfirmed) { state.etcdState = degraded }
             // The programs only add per-peer entries; departed nodes' go here.
-            if context.dataplane.usesBPF, let pinned = try? PinnedDataplane.open(bpffs: state.bpffs) {
+            if context.dataplane.usesBPF, let pinned = PinnedDataplane.shared(bpffs: state.bpffs) {
                 _ = try? pinned.pruneDepartedPeerStats()
                 let strangers = (try? pinned.strangerList()) ?? []
                 let warning = Stranger.underlayWarning(strangers, underlay: context.external.underlaySubnet)

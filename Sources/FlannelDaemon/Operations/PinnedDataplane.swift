@@ -8,6 +8,7 @@ import BPFLoader
 import CBPF
 import Glibc
 import NetTypes
+import Synchronization
 
 /// What BPF carried to and from one peer node (fxdp_peer_stats_v2, summed over CPUs).
 public struct PeerTraffic: Sendable, Equatable {
@@ -98,7 +99,7 @@ public struct Stranger: Sendable, Equatable {
     }
 }
 
-public struct PinnedDataplane {
+public struct PinnedDataplane: Sendable {
     public let folder: String
     let peers: BPFMap<fxdp_peer_key, fxdp_peer_value>
     let nodes: BPFMap<fxdp_node_key, fxdp_node_value>
@@ -107,6 +108,17 @@ public struct PinnedDataplane {
     /// Absent in pins made by a version before per-peer counters.
     let peerStats: PerCPUMap<fxdp_node_key, fxdp_peer_stats>?
     let strangers: BPFMap<fxdp_node_key, fxdp_stranger>
+
+    /// The daemon's view: opened once per process and bpffs, on first use (the maps behind the pins
+    /// are the ones the daemon's programs use for as long as it runs). Nil while there are no pins.
+    static func shared(bpffs: String) -> PinnedDataplane? {
+        if let opened = sharedViews.withLock({ $0[bpffs] }) { return opened }
+        guard let opened = try? open(bpffs: bpffs) else { return nil }
+        sharedViews.withLock { $0[bpffs] = opened }
+        return opened
+    }
+
+    private static let sharedViews = Mutex<[String: PinnedDataplane]>([:])
 
     /// Opens the pins under `<bpffs>/flanneld-xdp`; nil when that folder does not exist (the node
     /// does not run the BPF path, or `cleanup` removed it).
@@ -139,8 +151,7 @@ public struct PinnedDataplane {
     /// The node's settings in fxdp_config, nil while never written.
     public func nodeConfig() throws(OperationsError) -> NodeConfig? {
         do {
-            guard let c = try config.lookup(0), c.underlay_ifindex != 0 else { return nil } // VNI 0 is a valid VNI: the interface says it was written
-            return NodeConfig(c: c)
+            return try NodeConfig.read(from: config)
         } catch {
             throw OperationsError(operation: "read \(FXDP_MAP_CONFIG)", detail: "\(error)", hint: "run as root")
         }
