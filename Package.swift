@@ -2,6 +2,7 @@
 //
 // Module seams (see docs/DESIGN.md):
 //   NetTypes            value types shared by every layer (IPv4 address/subnet, MAC, Peer)
+//   RuntimeSupport      the few tools every layer uses: rate-limited logging, EINTR-safe system calls
 //   Leases              etcd → config, subnet leases, subnet.env (knows nothing of the kernel)
 //   CBPF                C bridge: libbpf, libmnl, the kernel/user shared header, shims
 //   BPFLoader           general safe Swift over libbpf (knows nothing of flannel)
@@ -35,6 +36,7 @@ let package = Package(
             ]
         ),
         .target(name: "NetTypes"),
+        .target(name: "RuntimeSupport", dependencies: [.product(name: "Logging", package: "swift-log")]),
         .target(
             name: "BPFLoader",
             dependencies: ["CBPF", .product(name: "Logging", package: "swift-log")]
@@ -52,7 +54,7 @@ let package = Package(
         .target(
             name: "Leases",
             dependencies: [
-                "NetTypes",
+                "NetTypes", "RuntimeSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -80,7 +82,7 @@ let package = Package(
         .target(
             name: "FlannelDaemon",
             dependencies: [
-                "NetTypes", "Leases", "BPFLoader", "BPFDataplane", "UserspaceDataplane", "Netlink", "Overlay", "CBPF",
+                "NetTypes", "RuntimeSupport", "Leases", "BPFLoader", "BPFDataplane", "UserspaceDataplane", "Netlink", "Overlay", "CBPF",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),

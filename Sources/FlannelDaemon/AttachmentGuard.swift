@@ -12,6 +12,7 @@
 
 import BPFDataplane
 import Logging
+import RuntimeSupport
 import ServiceLifecycle
 
 public struct AttachmentGuard: Service, @unchecked Sendable {

@@ -3,6 +3,7 @@
 
 import ArgumentParser
 import Glibc
+import RuntimeSupport
 import Synchronization
 
 public enum FlannelDaemonVersion {
@@ -213,14 +214,7 @@ enum StartupNotes {
 
 struct StandardError: TextOutputStream {
     mutating func write(_ text: String) {
-        var bytes = Array(text.utf8)
-        var offset = 0
-        while offset < bytes.count {
-            let n = bytes.withUnsafeMutableBytes { Glibc.write(2, $0.baseAddress! + offset, $0.count - offset) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { return }
-            offset += n
-        }
+        _ = SystemCall.writeAll(STDERR_FILENO, Array(text.utf8))
     }
 }
 
@@ -392,14 +386,6 @@ public struct Monitor: AsyncParsableCommand {
     public func run() async throws {
         // Straight to fd 1: each event is seen as it happens, also through a pipe (print buffers).
         try DropMonitor.run(bpffs: inspection.bpffs, json: json, eventsPerSecond: UInt32(rate), count: count,
-                            duration: duration > 0 ? duration : nil) { text in
-            var bytes = Array(text.utf8)[...]
-            while !bytes.isEmpty {
-                let n = bytes.withUnsafeBytes { Glibc.write(STDOUT_FILENO, $0.baseAddress, $0.count) }
-                if n < 0 && errno == EINTR { continue }
-                if n <= 0 { return }
-                bytes = bytes.dropFirst(n)
-            }
-        }
+                            duration: duration > 0 ? duration : nil) { _ = SystemCall.writeAll(STDOUT_FILENO, Array($0.utf8)) }
     }
 }

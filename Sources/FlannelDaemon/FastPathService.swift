@@ -9,6 +9,7 @@
 import BPFDataplane
 import Logging
 import NetTypes
+import RuntimeSupport
 import ServiceLifecycle
 
 struct FastPathService: Service, @unchecked Sendable {

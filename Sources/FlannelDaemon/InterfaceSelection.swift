@@ -9,8 +9,9 @@
 // read-only views of the calling thread's network namespace.
 
 import Glibc
-import Netlink
 import NetTypes
+import Netlink
+import RuntimeSupport
 
 /// One interface with what the daemon needs from it.
 public struct NetworkInterface: Sendable, Equatable, CustomStringConvertible {
@@ -252,16 +253,5 @@ public enum InterfaceSelection {
 
 /// Reads a small text file (procfs/sysfs) with plain syscalls; nil if it cannot be read.
 func readSmallFile(_ path: String, limit: Int = 1 << 20) -> String? {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { return nil }
-    defer { close(fd) }
-    var data: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 16384)
-    while data.count < limit {
-        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        if n < 0 && errno == EINTR { continue }
-        guard n > 0 else { break }
-        data.append(contentsOf: buffer[0..<n])
-    }
-    return String(decoding: data, as: UTF8.self)
+    SystemCall.readSmallFile(path, limit: limit)
 }

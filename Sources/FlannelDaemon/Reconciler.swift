@@ -22,6 +22,7 @@
 
 import Logging
 import NetTypes
+import RuntimeSupport
 import ServiceLifecycle
 import Synchronization
 

@@ -13,6 +13,7 @@ import Glibc
 import Leases
 import Logging
 import NetTypes
+import RuntimeSupport
 import Synchronization
 import UserspaceDataplane
 

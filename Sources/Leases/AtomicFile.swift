@@ -6,6 +6,7 @@
 // hostile file cannot make us allocate without bound.
 
 import Glibc
+import RuntimeSupport
 
 public enum AtomicFile {
     public struct Failure: Error, Sendable, Equatable {
@@ -32,16 +33,9 @@ public enum AtomicFile {
         defer {
             if !ok { unlink(temp) }
         }
-        var written = 0
-        while written < bytes.count {
-            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + written, bytes.count - written) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                let e = errno
-                close(fd)
-                throw Failure(operation: "write", path: temp, errno: e)
-            }
-            written += n
+        if let e = SystemCall.writeAll(fd, Array(bytes)) {
+            close(fd)
+            throw Failure(operation: "write", path: temp, errno: e == 0 ? EIO : e)
         }
         // umask may have narrowed the mode.
         fchmod(fd, mode)
@@ -68,18 +62,9 @@ public enum AtomicFile {
             throw Failure(operation: "open", path: path, errno: errno)
         }
         defer { close(fd) }
-        var data: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
-        while true {
-            let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw Failure(operation: "read", path: path, errno: errno)
-            }
-            if n == 0 { return (data, false) }
-            data += buffer[0..<n]
-            if data.count > limit { return (Array(data.prefix(limit)), true) }
-        }
+        let (data, failure) = SystemCall.readAll(fd, limit: limit == .max ? .max : limit + 1)
+        if let failure { throw Failure(operation: "read", path: path, errno: failure) }
+        return data.count > limit ? (Array(data.prefix(limit)), true) : (data, false)
     }
 
     static func parentDirectory(of path: String) -> String {

@@ -39,20 +39,3 @@ public final class LeaseCounters: Sendable {
     }
 }
 
-/// One log line per error class per interval: an etcd outage must not flood the journal.
-final class RateLimitedLog: Sendable {
-    private let interval: Duration
-    private let last = Mutex<[String: ContinuousClock.Instant]>([:])
-
-    init(interval: Duration) { self.interval = interval }
-
-    /// True if a line for `errorClass` may be logged now (and records that it was).
-    func allow(_ errorClass: String) -> Bool {
-        let now = ContinuousClock.now
-        return last.withLock { seen in
-            if let t = seen[errorClass], now - t < interval { return false }
-            seen[errorClass] = now
-            return true
-        }
-    }
-}

@@ -18,6 +18,7 @@
 
 import Logging
 import NetTypes
+import RuntimeSupport
 
 public struct SubnetManagerOptions: Sendable {
     /// flannel: 24 h; `--subnet-lease-ttl` (ours) for tests and small labs.
@@ -104,7 +105,7 @@ public actor SubnetManager {
         self.counters = counters
         self.options = options
         self.logger = logger
-        errorLog = RateLimitedLog(interval: options.errorLogInterval)
+        errorLog = RateLimitedLog(window: options.errorLogInterval)
         (ownLeaseLost, lostContinuation) = AsyncStream<LeaseLost>.makeStream()
     }
 
@@ -375,7 +376,7 @@ private final class PeerWatcher: Sendable {
         let options = manager.options
         let counters = manager.counters
         let logger = manager.logger
-        let errorLog = RateLimitedLog(interval: options.errorLogInterval)
+        let errorLog = RateLimitedLog(window: options.errorLogInterval)
         var backoff = options.backoffInitial
         var listReason: ListReason? = .initial
         var revision: Int64 = 0

@@ -12,6 +12,7 @@
 // very chain that carries the DROP policy, whichever backend that is — as flanneld does.
 
 import Glibc
+import RuntimeSupport
 
 /// The programs flanneld-xdp may run.
 enum HostProgram: String, CaseIterable, Sendable {
@@ -68,28 +69,13 @@ enum Subprocess {
             close(outPipe[0])
             throw OperationsError(operation: "posix_spawn \(argv[0])", detail: "cannot start it", errno: rc, hint: "is it installed?")
         }
-        if let stdin {
-            let bytes = Array(stdin.utf8)
-            var written = 0
-            while written < bytes.count {
-                let n = bytes.withUnsafeBytes { Glibc.write(inPipe[1], $0.baseAddress! + written, bytes.count - written) }
-                if n < 0 && errno == EINTR { continue }
-                if n <= 0 { break }
-                written += n
-            }
-        }
+        if let stdin { _ = SystemCall.writeAll(inPipe[1], Array(stdin.utf8)) }
         close(inPipe[1])
-        var output: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = buffer.withUnsafeMutableBytes { Glibc.read(outPipe[0], $0.baseAddress, 4096) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { break }
-            if output.count < 1 << 20 { output += buffer[0..<n] }
-        }
+        // All of it: a child blocked on a full pipe would never exit. (nft and iptables say little.)
+        let output = SystemCall.readAll(outPipe[0], limit: .max).bytes.prefix(1 << 20)
         close(outPipe[0])
         var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        _ = SystemCall.retrying { waitpid(pid, &status, 0) }
         let exit: Int32 = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
         return (exit, String(decoding: output, as: UTF8.self))
     }

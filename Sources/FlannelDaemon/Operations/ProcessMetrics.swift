@@ -11,6 +11,7 @@
 // A value that cannot be read is left out of the exposition rather than reported as 0.
 
 import Glibc
+import RuntimeSupport
 
 public struct ProcessMetrics: Sendable, Equatable {
     public var residentMemoryBytes: UInt64?
@@ -96,17 +97,6 @@ public struct ProcessMetrics: Sendable, Equatable {
 
     /// A /proc file (they report size 0: read until EOF), at most 64 KiB.
     static func readSmallFile(_ path: String) -> String? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var bytes: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while bytes.count < 65_536 {
-            let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { break }
-            bytes += buffer[0..<n]
-        }
-        return String(decoding: bytes, as: UTF8.self)
+        SystemCall.readSmallFile(path, limit: 65_536)
     }
 }

@@ -1,6 +1,7 @@
-// Repeated failures (etcd down, a table refusing writes) must not flood the journal: the first
-// occurrence of a message key is logged, repeats within `window` are counted and folded into the
-// next line that is let through ("… (47 similar lines suppressed)").
+// RateLimitedLog — the one rate limiter for log lines. Repeated failures (etcd down, a table
+// refusing writes) must not flood the journal: the first occurrence of a message key (an error
+// class) is logged, repeats within `window` are counted and folded into the next line that is let
+// through (metadata `suppressed`).
 
 import Logging
 import Synchronization
@@ -27,6 +28,9 @@ public final class RateLimitedLog: Sendable {
             return (true, suppressed)
         }
     }
+
+    /// True if a line for `key` may be logged now (repeats within the window are counted).
+    public func allow(_ key: String) -> Bool { admit(key).log }
 
     /// Forgets `key`, so that the next failure after a recovery is logged at once.
     public func reset(_ key: String) {
