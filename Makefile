@@ -7,11 +7,11 @@ PREFIX     ?= /usr/local
 CONFIG     ?= debug
 BPF_CLANG  ?= $(shell command -v /opt/swift/usr/bin/clang 2>/dev/null || command -v clang)
 MULTIARCH  := $(shell gcc -print-multiarch 2>/dev/null || echo $$(uname -m)-linux-gnu)
-BPF_CFLAGS := -target bpf -O2 -g -Wall -Wextra -Werror -Wno-unused-parameter \
-              -ISources/CBPF/include -Ibpf -I/usr/include/$(MULTIARCH)
+# The compile flags live in bpf/cflags, read by this file, the build plugin's script and the tests.
+BPF_CFLAGS := $(shell cat bpf/cflags) -ISources/CBPF/include -Ibpf -I/usr/include/$(MULTIARCH)
 BPF_SRCS   := $(wildcard bpf/*.bpf.c)
 BPF_OBJS   := $(patsubst bpf/%.bpf.c,build/bpf/%.bpf.o,$(BPF_SRCS))
-BPF_HDRS   := $(wildcard bpf/*.h) Sources/CBPF/include/fxdp_shared.h
+BPF_HDRS   := $(wildcard bpf/*.h) Sources/CBPF/include/fxdp_shared.h bpf/cflags
 
 # Debian packages the build, the tests, the demo and the bench use (lintian: the packaging test
 # checks the .deb with it).

@@ -1,13 +1,14 @@
 #!/bin/sh
 # embed-bpf.sh CLANG SRC.bpf.c OUT.swift SHARED_INCLUDE_DIR
-# Compiles one BPF program (the same flags as `make bpf`) and writes a Swift file holding the object
+# Compiles one BPF program (the flags in bpf/cflags, as `make bpf`) and writes a Swift file holding the object
 # as base64. Used by the BPFObjectEmbedder build plugin.
 set -eu
 clang=$1; src=$2; out=$3; inc=$4
 base=$(basename "$src" .bpf.c)
 obj="${out%.swift}.o"
 multiarch=$(gcc -print-multiarch 2>/dev/null || echo "$(uname -m)-linux-gnu")
-"$clang" -target bpf -O2 -g -Wall -Wextra -Werror -Wno-unused-parameter \
+# shellcheck disable=SC2046 # the flags are words
+"$clang" $(cat "$(dirname "$src")/cflags") \
   -I"$inc" -I"$(dirname "$src")" -I"/usr/include/$multiarch" \
   -c "$src" -o "$obj"
 ident=$(echo "$base" | tr -c 'A-Za-z0-9_\n' '_')

@@ -29,7 +29,7 @@ struct BPFObjectEmbedder: BuildToolPlugin {
                 executable: URL(fileURLWithPath: "/bin/sh"),
                 arguments: [script.path(), clang.path(), bpfDir.appending(path: name).path(), output.path(),
                             root.appending(path: "Sources/CBPF/include").path()],
-                inputFiles: [bpfDir.appending(path: name), sharedHeader, script] + headers,
+                inputFiles: [bpfDir.appending(path: name), sharedHeader, script, bpfDir.appending(path: "cflags")] + headers,
                 outputFiles: [output]
             )
         }

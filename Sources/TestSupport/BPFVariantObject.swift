@@ -20,15 +20,22 @@ public enum BPFVariantObject {
         return access("/opt/swift/usr/bin/clang", X_OK) == 0 ? "/opt/swift/usr/bin/clang" : "/usr/bin/clang"
     }
 
-    /// Compiles the data path object with `variant` (0: the same code as the embedded object) into
-    /// `output`. Throws LabError with clang's stderr when the compile fails.
-    public static func compile(variant: Int, to output: String) throws {
+    /// The compile flags of every BPF object the project builds (bpf/cflags), then the include
+    /// folders of the shared header, bpf/ and the multiarch system headers.
+    public static func compileFlags() -> [String] {
         let root = repositoryRoot()
         let multiarch = (try? CommandRunner.run(["/usr/bin/gcc", "-print-multiarch"]))?.stdout
             .split(separator: "\n").first.map(String.init) ?? "x86_64-linux-gnu"
-        let argv = [clang(), "-target", "bpf", "-O2", "-g", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter",
-                    "-I\(root)/Sources/CBPF/include", "-I\(root)/bpf", "-I/usr/include/\(multiarch)",
-                    "-DFXDP_PROGRAM_VARIANT=\(variant)", "-c", "\(root)/bpf/flanneld_xdp.bpf.c", "-o", output]
+        let flags = readFile(root + "/bpf/cflags")
+        return flags.split(whereSeparator: \.isWhitespace).map(String.init)
+            + ["-I\(root)/Sources/CBPF/include", "-I\(root)/bpf", "-I/usr/include/\(multiarch)"]
+    }
+
+    /// Compiles the data path object with `variant` (0: the same code as the embedded object) into
+    /// `output`. Throws LabError with clang's stderr when the compile fails.
+    public static func compile(variant: Int, to output: String) throws {
+        let argv = [clang()] + compileFlags()
+            + ["-DFXDP_PROGRAM_VARIANT=\(variant)", "-c", "\(repositoryRoot())/bpf/flanneld_xdp.bpf.c", "-o", output]
         let r = try CommandRunner.run(argv)
         guard r.status == 0 else { throw LabError(command: argv, status: r.status, stderr: r.stderr) }
     }

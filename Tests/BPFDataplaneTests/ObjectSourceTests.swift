@@ -46,12 +46,9 @@ struct ObjectSourceTests {
     }
 
     private func compileLookalike(_ defines: [String], in dir: String) throws -> String {
-        let root = BPFVariantObject.repositoryRoot()
         let source = dir + "/lookalike.bpf.c", output = dir + "/lookalike\(defines.joined()).o"
         try lookalikeSource.write(toFile: source, atomically: true, encoding: .utf8)
-        let multiarch = try sh(["gcc", "-print-multiarch"]).trimmingCharacters(in: .whitespacesAndNewlines)
-        try sh([BPFVariantObject.clang(), "-target", "bpf", "-O2", "-g", "-I\(root)/Sources/CBPF/include", "-I\(root)/bpf",
-                "-I/usr/include/\(multiarch)"] + defines.map { "-D\($0)" } + ["-c", source, "-o", output])
+        try sh([BPFVariantObject.clang()] + BPFVariantObject.compileFlags() + defines.map { "-D\($0)" } + ["-c", source, "-o", output])
         return output
     }
 
@@ -113,9 +110,7 @@ struct ObjectSourceTests {
             path = dir + "/foreign.o"
             try "#include <linux/bpf.h>\n__attribute__((section(\"tc\"), used)) int other(struct __sk_buff *s) { return 0; }\nchar _l[] __attribute__((section(\"license\"), used)) = \"GPL\";\n"
                 .write(toFile: dir + "/foreign.bpf.c", atomically: true, encoding: .utf8)
-            let multiarch = try sh(["gcc", "-print-multiarch"]).trimmingCharacters(in: .whitespacesAndNewlines)
-            try sh([BPFVariantObject.clang(), "-target", "bpf", "-O2", "-g", "-I/usr/include/\(multiarch)",
-                    "-c", dir + "/foreign.bpf.c", "-o", path])
+            try sh([BPFVariantObject.clang()] + BPFVariantObject.compileFlags() + ["-c", dir + "/foreign.bpf.c", "-o", path])
             mentions = ["lacks program(s) fxdp_encap, fxdp_decap_xdp, fxdp_decap_steer, fxdp_decap_check", FXDP_MAP_PEERS]
         case "lacksAProgram":
             path = try compileLookalike(["NO_CHECK"], in: dir)

@@ -88,7 +88,7 @@ enum Fixtures {
             for source in sources {
                 let name = String(source.dropLast(".bpf.c".count))
                 let output = "\(dir)/\(name).o"
-                try sh([clang(), "-target", "bpf", "-O2", "-g", "-Wall", "-I", include,
+                try sh([clang()] + BPFVariantObject.compileFlags() + ["-I", include,
                         "-c", sourceDir.appendingPathComponent(source).path, "-o", output])
                 objects[name] = Array(try Data(contentsOf: URL(fileURLWithPath: output)))
             }

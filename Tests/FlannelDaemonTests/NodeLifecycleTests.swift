@@ -306,9 +306,7 @@ struct NodeLifecycleTests {
         let source = node.subnetFile + ".stray.bpf.c", object = node.subnetFile + ".stray.o"
         try writeFile(source, "#include <linux/bpf.h>\n__attribute__((section(\"tc\"), used)) int fxdp_decap_check(struct __sk_buff *s) { return 0; }\n"
                               + "char _license[] __attribute__((section(\"license\"), used)) = \"GPL\";\n")
-        let clang = getenv("BPF_CLANG").map { String(cString: $0) } ?? "/opt/swift/usr/bin/clang"
-        _ = try runTool(access(clang, X_OK) == 0 ? clang : "/usr/bin/clang",
-                        ["-target", "bpf", "-O2", "-I/usr/include/x86_64-linux-gnu", "-c", source, "-o", object])
+        _ = try runTool(BPFVariantObject.clang(), BPFVariantObject.compileFlags() + ["-c", source, "-o", object])
         let strayPin = node.bpffs + "/another-folder-link"
         let elf = try [UInt8](Data(contentsOf: URL(fileURLWithPath: object)))
         var stray = try BPFObject(elf: elf, name: "stray")
