@@ -2,7 +2,7 @@
 //
 // Module seams (see docs/DESIGN.md):
 //   NetTypes            value types shared by every layer (IPv4 address/subnet, MAC, Peer)
-//   RuntimeSupport      the few tools every layer uses: rate-limited logging, EINTR-safe system calls
+//   RuntimeSupport      the few tools every layer uses: JSON, rate-limited logging, EINTR-safe system calls
 //   Leases              etcd → config, subnet leases, subnet.env (knows nothing of the kernel)
 //   CBPF                C bridge: libbpf, libmnl, the kernel/user shared header, shims
 //   BPFLoader           general safe Swift over libbpf (knows nothing of flannel)
@@ -120,9 +120,9 @@ let package = Package(
             name: "OverlayTests",
             dependencies: ["Overlay", "Netlink", "NetTypes", "TestSupport", .product(name: "Logging", package: "swift-log")]
         ),
-        .testTarget(name: "LeasesTests", dependencies: ["Leases", "NetTypes", "TestSupport", "TestTraits"]),
+        .testTarget(name: "LeasesTests", dependencies: ["Leases", "NetTypes", "RuntimeSupport", "TestSupport", "TestTraits"]),
         .testTarget(name: "UserspaceDataplaneTests", dependencies: ["UserspaceDataplane", "NetTypes", "CBPF", "TestSupport", "BPFDataplane", "BPFLoader"]),
         .testTarget(name: "ReliabilityTests", dependencies: ["Leases", "NetTypes", "TestSupport", "BPFLoader", "BPFDataplane", "CBPF"]),
-        .testTarget(name: "FlannelDaemonTests", dependencies: ["FlannelDaemon", "Leases", "NetTypes", "TestSupport", "TestTraits", "BPFLoader", "BPFDataplane", "CBPF", "fxdp-lab"]),
+        .testTarget(name: "FlannelDaemonTests", dependencies: ["FlannelDaemon", "Leases", "NetTypes", "RuntimeSupport", "TestSupport", "TestTraits", "BPFLoader", "BPFDataplane", "CBPF", "fxdp-lab"]),
     ]
 )

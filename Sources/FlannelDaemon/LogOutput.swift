@@ -4,7 +4,7 @@
 // - text (default): "2026-12-03T10:00:00.123Z info flanneld-xdp: key=value [FlannelDaemon] message",
 //   the shape swift-log's StreamLogHandler prints (with a UTC timestamp), so existing greps keep working.
 // - json (--log-format=json): one object per line, {"time","level","logger","msg", metadata…},
-//   for log shippers. Written without Foundation (FlatJSON.quote).
+//   for log shippers. Written without Foundation (RuntimeSupport's JSON).
 //
 // journald: systemd sets JOURNAL_STREAM="<device>:<inode>" for a unit whose output goes to the
 // journal. When that names our standard error (checked with fstat, as sd_journal_stream_fd(3)

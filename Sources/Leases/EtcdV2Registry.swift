@@ -8,8 +8,9 @@
 //         errorCode 401 (index outside the 1000-event window) → historyUnavailable → re-list.
 // Auth: HTTP basic (--etcd-username/--etcd-password).
 
-import NetTypes
 import NIOHTTP1
+import NetTypes
+import RuntimeSupport
 
 public final class EtcdV2Registry: SubnetRegistry {
     public var apiVersion: EtcdAPIVersion { .v2 }

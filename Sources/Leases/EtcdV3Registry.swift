@@ -16,8 +16,9 @@
 //         results; compact_revision → historyUnavailable → re-list.
 // Auth:   /v3/auth/authenticate → token in the Authorization header, renewed when etcd rejects it.
 
-import NetTypes
 import NIOHTTP1
+import NetTypes
+import RuntimeSupport
 import Synchronization
 
 public final class EtcdV3Registry: SubnetRegistry {

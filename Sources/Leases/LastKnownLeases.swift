@@ -14,6 +14,7 @@
 
 import Glibc
 import NetTypes
+import RuntimeSupport
 
 public struct LastKnownLeases: Sendable, Equatable {
     public static let format: Int64 = 1

@@ -7,6 +7,7 @@
 // with a `LeaseRejection` reason that the watcher logs once and counts; it never stops the watch.
 
 import NetTypes
+import RuntimeSupport
 
 /// The attributes flannel stores in a lease value.
 public struct LeaseAttributes: Sendable, Equatable, CustomStringConvertible {

@@ -16,6 +16,7 @@
 //   expect marked packets that our data path neither writes nor accepts.
 
 import NetTypes
+import RuntimeSupport
 
 /// Backend options from the config's `Backend` object.
 public struct BackendConfig: Sendable, Equatable {

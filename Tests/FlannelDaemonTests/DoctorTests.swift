@@ -8,6 +8,7 @@ import CBPF
 import Glibc
 @testable import Leases
 import NetTypes
+import RuntimeSupport
 import TestSupport
 import Testing
 

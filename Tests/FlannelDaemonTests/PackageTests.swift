@@ -12,6 +12,7 @@
 import Glibc
 @testable import Leases
 import NetTypes
+import RuntimeSupport
 import TestSupport
 import Testing
 import UserspaceDataplane

@@ -1,6 +1,7 @@
 import Glibc
 @testable import Leases
 import NetTypes
+import RuntimeSupport
 import TestSupport
 import Testing
 

@@ -16,8 +16,9 @@ import BPFLoader
 import CBPF
 import Glibc
 import Leases
-import Netlink
 import NetTypes
+import Netlink
+import RuntimeSupport
 
 public struct DoctorFinding: Sendable, Equatable {
     public enum Severity: String, Sendable, Comparable, CaseIterable {
@@ -66,10 +67,10 @@ public struct DoctorReport: Sendable {
         return lines.joined(separator: "\n") + "\n"
     }
 
-    public var json: JSONOut {
-        .object([
+    public var json: JSONValue {
+        .members([
             ("findings", .array(findings.map {
-                .object([("check", .string($0.check)), ("severity", .string($0.severity.rawValue)),
+                .members([("check", .string($0.check)), ("severity", .string($0.severity.rawValue)),
                          ("summary", .string($0.summary)), ("fix", .string($0.fix))])
             })),
             ("exitStatus", .int(Int64(exitStatus))),

@@ -6,31 +6,9 @@
 import BPFDataplane
 import Glibc
 import NetTypes
+import RuntimeSupport
 
 /// JSON output for scripts: nested, written without Foundation.
-public indirect enum JSONOut: Sendable, Equatable {
-    case string(String)
-    case int(Int64)
-    case uint(UInt64)
-    case bool(Bool)
-    case null
-    case array([JSONOut])
-    case object([(String, JSONOut)])
-
-    public static func == (a: JSONOut, b: JSONOut) -> Bool { a.text == b.text }
-
-    public var text: String {
-        switch self {
-        case .string(let s): FlatJSON.quote(s)
-        case .int(let i): String(i)
-        case .uint(let u): String(u)
-        case .bool(let b): b ? "true" : "false"
-        case .null: "null"
-        case .array(let items): "[" + items.map(\.text).joined(separator: ",") + "]"
-        case .object(let members): "{" + members.map { FlatJSON.quote($0.0) + ":" + $0.1.text }.joined(separator: ",") + "}"
-        }
-    }
-}
 
 public enum TimeText {
     public static func now() -> Int64 { Int64(time(nil)) }
@@ -180,38 +158,31 @@ public struct StatusReport: Sendable {
         return lines.joined(separator: "\n") + "\n"
     }
 
-    public var json: JSONOut {
-        var members: [(String, JSONOut)] = [("stateFile", .string(statePath)), ("daemonRunning", .bool(daemonRunning))]
+    public var json: JSONValue {
+        var members: [(String, JSONValue)] = [("stateFile", .string(statePath)), ("daemonRunning", .bool(daemonRunning))]
         if let state {
-            members.append(("state", .object(state.fields.map { key, value in
-                switch value {
-                case .string(let s): (key, .string(s))
-                case .int(let i): (key, .int(i))
-                case .bool(let b): (key, .bool(b))
-                case .null: (key, .null)
-                }
-            })))
+            members.append(("state", .members(state.fields.map { ($0.0, $0.1.json) })))
         } else {
             members.append(("state", .null))
         }
-        members.append(("pinFolder", pinFolder.map(JSONOut.string) ?? .null))
+        members.append(("pinFolder", pinFolder.map(JSONValue.string) ?? .null))
         members.append(("bpfConfig", nodeConfig.map { c in
-            .object([("nodeIP", .string("\(c.nodeIP)")), ("vtepMAC", .string("\(c.vtepMAC)")), ("vni", .int(Int64(c.vni))),
+            .members([("nodeIP", .string("\(c.nodeIP)")), ("vtepMAC", .string("\(c.vtepMAC)")), ("vni", .int(Int64(c.vni))),
                      ("udpPort", .int(Int64(c.udpPort))), ("underlayIfindex", .int(Int64(c.underlayIfindex))),
                      ("overlayIfindex", .int(Int64(c.overlayIfindex))), ("overlayMTU", .int(Int64(c.overlayMTU))),
                      ("enabled", .bool(c.enabled))])
         } ?? .null))
         members.append(("programs", .array(programs.map {
-            .object([("name", .string($0.name)), ("id", .int(Int64($0.id))), ("hook", .string($0.hook)), ("interface", .string($0.interface))])
+            .members([("name", .string($0.name)), ("id", .int(Int64($0.id))), ("hook", .string($0.hook)), ("interface", .string($0.interface))])
         })))
         members.append(("maps", .array(maps.map {
-            .object([("name", .string($0.name)), ("id", .int(Int64($0.id))), ("path", .string($0.path)),
+            .members([("name", .string($0.name)), ("id", .int(Int64($0.id))), ("path", .string($0.path)),
                      ("entries", $0.entries.map { .int(Int64($0)) } ?? .null), ("maxEntries", .int(Int64($0.maxEntries)))])
         })))
         members.append(("masquerade", masquerade.map { .string($0.description) } ?? .null))
         members.append(("forwardRules", forwardRules.map { .string($0.description) } ?? .null))
-        members.append(("problems", .array(problems.map(JSONOut.string))))
-        return .object(members)
+        members.append(("problems", .array(problems.map(JSONValue.string))))
+        return .members(members)
     }
 }
 
@@ -245,16 +216,16 @@ public enum PeersReport {
         return lines.joined(separator: "\n") + "\n"
     }
 
-    public static func json(_ peers: [PinnedPeer]) -> JSONOut {
-        .object([
+    public static func json(_ peers: [PinnedPeer]) -> JSONValue {
+        .members([
             ("peers", .array(peers.map { p in
-                .object([("subnet", .string("\(p.subnet)")), ("nodeIP", .string("\(p.nodeIP)")),
+                .members([("subnet", .string("\(p.subnet)")), ("nodeIP", .string("\(p.nodeIP)")),
                          ("vtepMAC", .string("\(p.vtepMAC)")), ("direct", .bool(p.direct)),
                          ("decapAccepted", .bool(p.decapAccepted)),
-                         ("txPackets", p.traffic.map { .uint($0.txPackets) } ?? .null),
-                         ("txBytes", p.traffic.map { .uint($0.txBytes) } ?? .null),
-                         ("rxPackets", p.traffic.map { .uint($0.rxPackets) } ?? .null),
-                         ("rxBytes", p.traffic.map { .uint($0.rxBytes) } ?? .null)])
+                         ("txPackets", p.traffic.map { .int($0.txPackets) } ?? .null),
+                         ("txBytes", p.traffic.map { .int($0.txBytes) } ?? .null),
+                         ("rxPackets", p.traffic.map { .int($0.rxPackets) } ?? .null),
+                         ("rxBytes", p.traffic.map { .int($0.rxBytes) } ?? .null)])
             })),
             ("perPeerCounters", .bool(peers.contains { $0.traffic != nil })),
         ])
@@ -301,10 +272,10 @@ public enum StatsReport {
         }
     }
 
-    public static func json(_ values: [(FXDPCounter, FXDPCount)]) -> JSONOut {
-        .object([("counters", .array(values.map { counter, count in
-            .object([("code", .int(Int64(counter.rawValue))), ("name", .string(counter.name)),
-                     ("drop", .bool(counter.isDrop)), ("packets", .uint(count.packets)), ("bytes", .uint(count.bytes))])
+    public static func json(_ values: [(FXDPCounter, FXDPCount)]) -> JSONValue {
+        .members([("counters", .array(values.map { counter, count in
+            .members([("code", .int(Int64(counter.rawValue))), ("name", .string(counter.name)),
+                     ("drop", .bool(counter.isDrop)), ("packets", .int(count.packets)), ("bytes", .int(count.bytes))])
         }))])
     }
 }

@@ -10,6 +10,7 @@ import BPFLoader
 import CBPF
 import Glibc
 import NetTypes
+import RuntimeSupport
 
 public enum DropMonitor {
     /// How long one heartbeat keeps the programs writing: a few missed beats, not more.
@@ -135,25 +136,25 @@ public enum DropMonitor {
     }
 
     public static func jsonLine(_ event: DropEvent, interface: String) -> String {
-        var members: [(String, JSONOut)] = [
+        var members: [(String, JSONValue)] = [
             ("time", .string(wallClock(event.monotonicNanoseconds))),
             ("reason", .string(event.reasonName)),
             ("interface", .string(interface)),
-            ("ifindex", .uint(UInt64(event.ifindex))),
-            ("length", .uint(UInt64(event.packetLength))),
+            ("ifindex", .int(UInt64(event.ifindex))),
+            ("length", .int(UInt64(event.packetLength))),
         ]
-        func add(_ key: String, _ value: JSONOut?) { if let value { members.append((key, value)) } }
+        func add(_ key: String, _ value: JSONValue?) { if let value { members.append((key, value)) } }
         add("source", event.source.map { .string("\($0)") })
         add("destination", event.destination.map { .string("\($0)") })
-        add("protocol", event.ipProtocol.map { .uint(UInt64($0)) })
-        add("sourcePort", event.sourcePort.map { .uint(UInt64($0)) })
-        add("destinationPort", event.destinationPort.map { .uint(UInt64($0)) })
-        add("vni", event.vni.map { .uint(UInt64($0)) })
+        add("protocol", event.ipProtocol.map { .int(UInt64($0)) })
+        add("sourcePort", event.sourcePort.map { .int(UInt64($0)) })
+        add("destinationPort", event.destinationPort.map { .int(UInt64($0)) })
+        add("vni", event.vni.map { .int(UInt64($0)) })
         add("innerSourceMAC", event.innerSourceMAC.map { .string("\($0)") })
         add("innerDestinationMAC", event.innerDestinationMAC.map { .string("\($0)") })
         add("innerSource", event.innerSource.map { .string("\($0)") })
         add("innerDestination", event.innerDestination.map { .string("\($0)") })
-        add("innerProtocol", event.innerProtocol.map { .uint(UInt64($0)) })
-        return JSONOut.object(members).text
+        add("innerProtocol", event.innerProtocol.map { .int(UInt64($0)) })
+        return JSONValue.members(members).text
     }
 }

@@ -15,6 +15,7 @@
 
 import Glibc
 import Leases
+import RuntimeSupport
 
 /// What the daemon knows about itself, as written to the state file.
 public struct NodeState: Sendable, Equatable {
@@ -169,136 +170,51 @@ public struct OperationsError: Error, CustomStringConvertible, Sendable, Equatab
     }
 }
 
-/// A flat JSON object: string, integer and boolean values only (what the state file needs).
+/// A flat JSON object: string, integer and boolean values only (what the state file and the JSON
+/// log lines hold), read and written through RuntimeSupport's JSON.
 enum FlatJSON {
     enum Value: Equatable, Sendable {
         case string(String)
         case int(Int64)
         case bool(Bool)
         case null
+
+        var json: JSONValue {
+            switch self {
+            case .string(let s): .string(s)
+            case .int(let i): .int(i)
+            case .bool(let b): .bool(b)
+            case .null: .null
+            }
+        }
     }
 
     static func write(_ fields: [(String, Value)], indent: Bool = true) -> String {
-        let members = fields.map { key, value -> String in
-            let text: String = switch value {
-            case .string(let s): quote(s)
-            case .int(let i): String(i)
-            case .bool(let b): b ? "true" : "false"
-            case .null: "null"
-            }
-            return (indent ? "  " : "") + quote(key) + (indent ? ": " : ":") + text
-        }
-        return indent ? "{\n" + members.joined(separator: ",\n") + "\n}" : "{" + members.joined(separator: ",") + "}"
-    }
-
-    static func quote(_ s: String) -> String {
-        var out = "\""
-        for scalar in s.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if scalar.value < 0x20 {
-                    let hex = String(scalar.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    out.unicodeScalars.append(scalar)
-                }
-            }
-        }
-        return out + "\""
+        guard indent else { return JSONValue.members(fields.map { ($0.0, $0.1.json) }).text }
+        let lines = fields.map { key, value in "  " + JSONValue.string(key).text + ": " + value.json.text }
+        return "{\n" + lines.joined(separator: ",\n") + "\n}"
     }
 
     static func parse(_ text: String) throws(OperationsError) -> [String: Value] {
-        var parser = Parser(scalars: Array(text.unicodeScalars))
-        return try parser.object()
-    }
-
-    struct Parser {
-        var scalars: [Unicode.Scalar]
-        var i = 0
-
         func fail(_ what: String) -> OperationsError {
-            OperationsError(operation: "parse state file", detail: "\(what) at character \(i)",
-                            hint: "the file is damaged: restart flanneld-xdp to rewrite it")
+            OperationsError(operation: "parse state file", detail: what, hint: "the file is damaged: restart flanneld-xdp to rewrite it")
         }
-
-        mutating func skipSpace() {
-            while i < scalars.count, [" ", "\n", "\r", "\t"].contains(scalars[i]) { i += 1 }
-        }
-
-        mutating func expect(_ c: Unicode.Scalar) throws(OperationsError) {
-            skipSpace()
-            guard i < scalars.count, scalars[i] == c else { throw fail("expected '\(c)'") }
-            i += 1
-        }
-
-        mutating func object() throws(OperationsError) -> [String: Value] {
-            try expect("{")
-            var result: [String: Value] = [:]
-            skipSpace()
-            if i < scalars.count, scalars[i] == "}" { i += 1; return result }
-            while true {
-                skipSpace()
-                let key = try string()
-                try expect(":")
-                skipSpace()
-                result[key] = try value()
-                skipSpace()
-                guard i < scalars.count else { throw fail("unterminated object") }
-                if scalars[i] == "," { i += 1; continue }
-                if scalars[i] == "}" { i += 1; return result }
-                throw fail("expected ',' or '}'")
+        let document: JSONValue
+        do { document = try JSONValue.parse(text) } catch { throw fail("\(error)") }
+        guard let members = document.objectMembers else { throw fail("not a JSON object") }
+        var result: [String: Value] = [:]
+        for member in members {
+            switch member.value {
+            case .string(let s): result[member.key] = .string(s)
+            case .bool(let b): result[member.key] = .bool(b)
+            case .null: result[member.key] = .null
+            case .number:
+                guard let i = member.value.int64Value else { throw fail("\(member.key): not an integer") }
+                result[member.key] = .int(i)
+            default: throw fail("\(member.key): a \(member.value.typeName), not a string, integer, boolean or null")
             }
         }
-
-        mutating func value() throws(OperationsError) -> Value {
-            guard i < scalars.count else { throw fail("missing value") }
-            let c = scalars[i]
-            if c == "\"" { return .string(try string()) }
-            for (word, v) in [("true", Value.bool(true)), ("false", .bool(false)), ("null", .null)] {
-                let w = Array(word.unicodeScalars)
-                if i + w.count <= scalars.count, Array(scalars[i..<i + w.count]) == w { i += w.count; return v }
-            }
-            var digits = ""
-            while i < scalars.count, scalars[i] == "-" || ("0"..."9").contains(scalars[i]) {
-                digits.unicodeScalars.append(scalars[i])
-                i += 1
-            }
-            guard let n = Int64(digits) else { throw fail("expected a string, an integer, true, false or null") }
-            return .int(n)
-        }
-
-        mutating func string() throws(OperationsError) -> String {
-            guard i < scalars.count, scalars[i] == "\"" else { throw fail("expected a string") }
-            i += 1
-            var out = ""
-            while i < scalars.count {
-                let c = scalars[i]
-                i += 1
-                if c == "\"" { return out }
-                if c != "\\" { out.unicodeScalars.append(c); continue }
-                guard i < scalars.count else { break }
-                let e = scalars[i]
-                i += 1
-                switch e {
-                case "n": out += "\n"
-                case "r": out += "\r"
-                case "t": out += "\t"
-                case "u":
-                    guard i + 4 <= scalars.count,
-                          let v = UInt32(String(String.UnicodeScalarView(scalars[i..<i + 4])), radix: 16),
-                          let s = Unicode.Scalar(v) else { throw fail("bad \\u escape") }
-                    out.unicodeScalars.append(s)
-                    i += 4
-                default: out.unicodeScalars.append(e)
-                }
-            }
-            throw fail("unterminated string")
-        }
+        return result
     }
 }
 

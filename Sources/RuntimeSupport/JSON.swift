@@ -1,4 +1,5 @@
-// A small JSON reader/writer for etcd payloads and flannel's documents.
+// JSON — the project's one JSON reader/writer: etcd payloads, flannel's documents, the state file,
+// and the inspection verbs' and logs' output.
 //
 // Why not JSONDecoder (FoundationEssentials has one without ICU): everything read here is untrusted
 // (lease values written by any node, responses from any endpoint), flannel's Go decoder matches keys
@@ -9,7 +10,7 @@
 // size before parsing.
 
 /// A parsed JSON value. Numbers keep their source text so integers of any size are checked exactly.
-enum JSONValue: Equatable, Sendable {
+public enum JSONValue: Equatable, Sendable {
     case null
     case bool(Bool)
     case number(String)
@@ -18,7 +19,7 @@ enum JSONValue: Equatable, Sendable {
     /// Members in document order; duplicates are kept (lookups take the last, as Go does).
     case object([JSONMember])
 
-    var typeName: String {
+    public var typeName: String {
         switch self {
         case .null: "null"
         case .bool: "boolean"
@@ -29,26 +30,26 @@ enum JSONValue: Equatable, Sendable {
         }
     }
 
-    var objectMembers: [JSONMember]? { if case .object(let m) = self { m } else { nil } }
-    var stringValue: String? { if case .string(let s) = self { s } else { nil } }
-    var boolValue: Bool? { if case .bool(let b) = self { b } else { nil } }
-    var arrayValue: [JSONValue]? { if case .array(let a) = self { a } else { nil } }
-    var isNull: Bool { self == .null }
+    public var objectMembers: [JSONMember]? { if case .object(let m) = self { m } else { nil } }
+    public var stringValue: String? { if case .string(let s) = self { s } else { nil } }
+    public var boolValue: Bool? { if case .bool(let b) = self { b } else { nil } }
+    public var arrayValue: [JSONValue]? { if case .array(let a) = self { a } else { nil } }
+    public var isNull: Bool { self == .null }
 
     /// An integer number (no fraction, no exponent) that fits Int64.
-    var int64Value: Int64? {
+    public var int64Value: Int64? {
         guard case .number(let text) = self else { return nil }
         return Int64(text)
     }
 
     /// Exact-name member lookup (etcd's responses), last duplicate wins.
-    subscript(key: String) -> JSONValue? {
+    public subscript(key: String) -> JSONValue? {
         objectMembers?.last(where: { $0.key == key })?.value
     }
 
     /// Go's encoding/json rule: an exact name match wins, else a case-insensitive one; with several
     /// matches the last in the document wins.
-    func member(caseInsensitive key: String) -> JSONValue? {
+    public func member(caseInsensitive key: String) -> JSONValue? {
         guard let members = objectMembers else { return nil }
         if let exact = members.last(where: { $0.key == key }) { return exact.value }
         let folded = key.lowercased()
@@ -56,27 +57,27 @@ enum JSONValue: Equatable, Sendable {
     }
 }
 
-struct JSONMember: Equatable, Sendable {
-    var key: String
-    var value: JSONValue
-    init(_ key: String, _ value: JSONValue) {
+public struct JSONMember: Equatable, Sendable {
+    public var key: String
+    public var value: JSONValue
+    public init(_ key: String, _ value: JSONValue) {
         self.key = key
         self.value = value
     }
 }
 
-struct JSONParseError: Error, Equatable, CustomStringConvertible {
-    var offset: Int
-    var reason: String
-    var description: String { "invalid JSON at byte \(offset): \(reason)" }
+public struct JSONParseError: Error, Equatable, CustomStringConvertible {
+    public var offset: Int
+    public var reason: String
+    public var description: String { "invalid JSON at byte \(offset): \(reason)" }
 }
 
 extension JSONValue {
-    static func parse(_ text: String) throws(JSONParseError) -> JSONValue {
+    public static func parse(_ text: String) throws(JSONParseError) -> JSONValue {
         try parse(bytes: Array(text.utf8))
     }
 
-    static func parse(bytes: some Collection<UInt8>) throws(JSONParseError) -> JSONValue {
+    public static func parse(bytes: some Collection<UInt8>) throws(JSONParseError) -> JSONValue {
         var parser = JSONParser(bytes: Array(bytes))
         return try parser.parseDocument()
     }
@@ -258,40 +259,53 @@ private struct JSONParser {
 // MARK: - Writing
 
 extension JSONValue {
-    /// Compact JSON in member order (Go's encoding/json output for structs).
-    var serialized: String {
+    /// Compact JSON in member order, escaped as Go's encoding/json escapes (flannel's documents).
+    public var serialized: String {
         var out = ""
-        write(into: &out)
+        write(into: &out, goEscaping: true)
         return out
     }
 
-    func write(into out: inout String) {
+    /// Compact JSON in member order with only the escapes JSON requires (our own output).
+    public var text: String {
+        var out = ""
+        write(into: &out, goEscaping: false)
+        return out
+    }
+
+    /// An object from key–value pairs, in their order.
+    public static func members(_ pairs: [(String, JSONValue)]) -> JSONValue {
+        .object(pairs.map { JSONMember($0.0, $0.1) })
+    }
+
+    public func write(into out: inout String, goEscaping: Bool = true) {
         switch self {
         case .null: out += "null"
         case .bool(let b): out += b ? "true" : "false"
         case .number(let n): out += n
-        case .string(let s): JSONValue.writeString(s, into: &out)
+        case .string(let s): JSONValue.writeString(s, into: &out, goEscaping: goEscaping)
         case .array(let items):
             out += "["
             for (i, v) in items.enumerated() {
                 if i > 0 { out += "," }
-                v.write(into: &out)
+                v.write(into: &out, goEscaping: goEscaping)
             }
             out += "]"
         case .object(let members):
             out += "{"
             for (i, m) in members.enumerated() {
                 if i > 0 { out += "," }
-                JSONValue.writeString(m.key, into: &out)
+                JSONValue.writeString(m.key, into: &out, goEscaping: goEscaping)
                 out += ":"
-                m.value.write(into: &out)
+                m.value.write(into: &out, goEscaping: goEscaping)
             }
             out += "}"
         }
     }
 
-    /// Escapes like Go's encoder: quotes, backslash, control characters, and <, >, & as \u00XX.
-    static func writeString(_ s: String, into out: inout String) {
+    /// Escapes quotes, backslash and control characters; with `goEscaping` also <, >, &, U+2028 and
+    /// U+2029 as \uXXXX, as Go's encoder does.
+    public static func writeString(_ s: String, into out: inout String, goEscaping: Bool = true) {
         out += "\""
         for u in s.unicodeScalars {
             switch u {
@@ -300,7 +314,7 @@ extension JSONValue {
             case "\n": out += "\\n"
             case "\r": out += "\\r"
             case "\t": out += "\\t"
-            case "<", ">", "&", "\u{2028}", "\u{2029}":
+            case "<", ">", "&", "\u{2028}", "\u{2029}" where goEscaping:
                 out += "\\u" + hex4(u.value)
             default:
                 if u.value < 0x20 { out += "\\u" + hex4(u.value) } else { out.unicodeScalars.append(u) }
@@ -314,5 +328,5 @@ extension JSONValue {
         return String(repeating: "0", count: max(0, 4 - s.count)) + s
     }
 
-    static func int(_ v: some BinaryInteger) -> JSONValue { .number(String(v)) }
+    public static func int(_ v: some BinaryInteger) -> JSONValue { .number(String(v)) }
 }
