@@ -39,7 +39,7 @@ let package = Package(
         .target(name: "RuntimeSupport", dependencies: [.product(name: "Logging", package: "swift-log")]),
         .target(
             name: "BPFLoader",
-            dependencies: ["CBPF", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["CBPF", "RuntimeSupport", .product(name: "Logging", package: "swift-log")]
         ),
         .target(
             name: "Netlink",
@@ -66,7 +66,7 @@ let package = Package(
         .target(
             name: "BPFDataplane",
             dependencies: [
-                "CBPF", "BPFLoader", "NetTypes", "Netlink",
+                "CBPF", "BPFLoader", "NetTypes", "Netlink", "RuntimeSupport",
                 .product(name: "Logging", package: "swift-log"),
             ],
             plugins: ["BPFObjectEmbedder"]

@@ -2,10 +2,11 @@
 // a program that is not ours, a map that holds something we did not write). Failures of the BPF
 // calls underneath come through as BPFLoader's BPFError, unchanged.
 
-import Glibc
 import BPFLoader
+import Glibc
+import RuntimeSupport
 
-public struct DataplaneError: Error, CustomStringConvertible, Sendable, Equatable {
+public struct DataplaneError: ExplainedError, Sendable, Equatable {
     /// What was attempted, e.g. `attach(fxdp_encap, ifindex 7 egress)`.
     public var operation: String
     /// errno when a system call failed, else 0.
@@ -22,8 +23,6 @@ public struct DataplaneError: Error, CustomStringConvertible, Sendable, Equatabl
         self.hint = hint
     }
 
-    public var description: String {
-        let sys = errno != 0 ? ": \(String(cString: strerror(errno))) (errno \(errno))" : ""
-        return "\(operation) failed\(sys): \(detail)\nhint: \(hint)"
-    }
+    public var errorNumber: Int32 { errno }
+    public var remedy: String { hint }
 }

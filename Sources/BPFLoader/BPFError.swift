@@ -8,8 +8,9 @@
 
 import CBPF
 import Glibc
+import RuntimeSupport
 
-public struct BPFError: Error, CustomStringConvertible, Sendable, Equatable {
+public struct BPFError: ExplainedError, Sendable, Equatable {
     /// What was attempted, e.g. `bpf_object__load(flanneld_xdp)` or `bpf_map_update_elem(fxdp_peers_v2)`.
     public var operation: String
     /// The errno reported (positive), or 0 when the failure is not a system error (bad input).
@@ -56,14 +57,10 @@ public struct BPFError: Error, CustomStringConvertible, Sendable, Equatable {
         return BPFError.defaultHint(errno: errno, operation: operation)
     }
 
-    public var description: String {
-        var text = "\(operation) failed: \(strerror) (errno \(errno))"
-        if !detail.isEmpty {
-            text += "\n" + detail.trimmingTrailingNewlines()
-        }
-        text += "\nhint: " + effectiveHint
-        return text
-    }
+    // ExplainedError: the project's one error text.
+    public var errorNumber: Int32 { errno }
+    public var remedy: String { effectiveHint }
+    public var errorNumberText: String { strerror }
 
     static func defaultHint(errno: Int32, operation: String) -> String {
         switch errno {

@@ -150,7 +150,7 @@ public struct NodeState: Sendable, Equatable {
 }
 
 /// Typed errors of the operations code: the operation, the input, errno where one applies, and what to do.
-public struct OperationsError: Error, CustomStringConvertible, Sendable, Equatable {
+public struct OperationsError: ExplainedError, Sendable, Equatable {
     public var operation: String
     public var detail: String
     public var errno: Int32?
@@ -163,11 +163,8 @@ public struct OperationsError: Error, CustomStringConvertible, Sendable, Equatab
         self.hint = hint
     }
 
-    public var description: String {
-        var text = "\(operation): \(detail)"
-        if let errno { text += " (\(String(cString: strerror(errno))), errno \(errno))" }
-        return text + "; " + hint
-    }
+    public var errorNumber: Int32 { errno ?? 0 }
+    public var remedy: String { hint }
 }
 
 /// A flat JSON object: string, integer and boolean values only (what the state file and the JSON
