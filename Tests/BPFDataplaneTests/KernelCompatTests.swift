@@ -1,6 +1,6 @@
 // Wire compatibility with stock flannel: the frame our encap builds is compared byte for byte with
 // the frame the Linux vxlan device builds when configured exactly as flanneld configures
-// flannel.<VNI> (FLANNEL-COMPAT.md), captured with an AF_PACKET socket on the receiving side of a
+// flannel.<VNI> (docs/FLANNEL-COMPAT.md), captured with an AF_PACKET socket on the receiving side of a
 // veth. Fields that legitimately differ (outer IP id and checksum, UDP source port and checksum) are
 // checked for validity instead. Then encap → decap (and kernel encap → our decap) must give back
 // the original inner packet.

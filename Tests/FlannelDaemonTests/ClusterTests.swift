@@ -1,5 +1,5 @@
 // End-to-end: flanneld-xdp processes in network-namespace nodes, a real etcd on the lab's wire,
-// real pods pinging and streaming through the BPF path. Issue 4's cluster tests.
+// real pods pinging and streaming through the BPF path.
 
 import BPFLoader
 import CBPF
