@@ -43,7 +43,8 @@ let package = Package(
             name: "Netlink",
             dependencies: ["CBPF", "NetTypes", .product(name: "Logging", package: "swift-log")]
         ),
-        // The `.ownThreads` test trait (imports Testing, so kept out of TestSupport).
+        // Swift Testing traits: `.ownThreads`, `.needsRoot` (they import Testing, so kept out of TestSupport,
+        // which fxdp-lab links).
         .target(name: "TestTraits", dependencies: ["TestSupport"]),
         .target(
             name: "Overlay",
@@ -109,18 +110,19 @@ let package = Package(
         .testTarget(name: "NetTypesTests", dependencies: ["NetTypes"]),
         .testTarget(
             name: "BPFLoaderTests",
-            dependencies: ["BPFLoader", "CBPF", "TestSupport", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["BPFLoader", "CBPF", "TestSupport", "TestTraits", .product(name: "Logging", package: "swift-log")],
             exclude: ["Fixtures"]  // test-only BPF C, compiled by the tests themselves
         ),
-        .testTarget(name: "BPFDataplaneTests", dependencies: ["BPFDataplane", "BPFLoader", "CBPF", "NetTypes", "Netlink", "TestSupport"]),
-        .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "NetTypes", "CBPF", "TestSupport"]),
+        .testTarget(name: "BPFDataplaneTests", dependencies: ["BPFDataplane", "BPFLoader", "CBPF", "NetTypes", "Netlink", "TestSupport", "TestTraits"]),
+        .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "NetTypes", "CBPF", "TestSupport", "TestTraits"]),
         .testTarget(
             name: "OverlayTests",
-            dependencies: ["Overlay", "Netlink", "NetTypes", "TestSupport", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["Overlay", "Netlink", "NetTypes", "TestSupport", "TestTraits", .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(name: "LeasesTests", dependencies: ["Leases", "NetTypes", "TestSupport", "TestTraits"]),
-        .testTarget(name: "UserspaceDataplaneTests", dependencies: ["UserspaceDataplane", "NetTypes", "CBPF", "TestSupport", "BPFDataplane", "BPFLoader"]),
-        .testTarget(name: "ReliabilityTests", dependencies: ["Leases", "NetTypes", "TestSupport", "BPFLoader", "BPFDataplane", "CBPF"]),
+        .testTarget(name: "UserspaceDataplaneTests", dependencies: ["UserspaceDataplane", "NetTypes", "CBPF", "TestSupport", "TestTraits", "BPFDataplane", "BPFLoader"]),
+        .testTarget(name: "ReliabilityTests", dependencies: ["Leases", "NetTypes", "TestSupport", "TestTraits", "BPFLoader", "BPFDataplane", "CBPF"]),
+        .testTarget(name: "TestTraitsTests", dependencies: ["TestTraits", "TestSupport"]),
         .testTarget(name: "FlannelDaemonTests", dependencies: ["FlannelDaemon", "Leases", "NetTypes", "TestSupport", "TestTraits", "BPFLoader", "BPFDataplane", "CBPF", "fxdp-lab"]),
     ]
 )

@@ -10,6 +10,7 @@ import Foundation
 import Glibc
 import NetTypes
 import TestSupport
+import TestTraits
 import Testing
 
 /// Two namespaces A and B on a veth; A has flannel.1 as flanneld would make it, pointing at B.
@@ -86,7 +87,7 @@ final class KernelPair: @unchecked Sendable {
     }
 }
 
-@Suite(.enabled(if: Privileges.isRoot, Privileges.skipReason))
+@Suite(.needsRoot)
 struct KernelCompatTests {
     @Test func encapMatchesTheKernelVXLANDeviceAndRoundTrips() throws {
         let pair = try KernelPair()

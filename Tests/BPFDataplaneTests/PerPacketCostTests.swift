@@ -6,9 +6,10 @@
 
 import BPFDataplane
 import TestSupport
+import TestTraits
 import Testing
 
-@Suite(.enabled(if: Privileges.isRoot, Privileges.skipReason))
+@Suite(.needsRoot)
 struct PerPacketCostTests {
     @Test func programsCostMicrosecondsAtMost() throws {
         let lab = try PacketLab()

@@ -9,6 +9,7 @@ import Glibc
 @testable import Leases
 import NetTypes
 import TestSupport
+import TestTraits
 import Testing
 
 /// One finding of `doctor --json`.
@@ -21,7 +22,7 @@ struct Finding: CustomStringConvertible {
 }
 
 extension DaemonSuite {
-@Suite("doctor (root, netns, real etcd with TLS)", .serialized, .enabled(if: Privileges.isRoot, Privileges.skipReason))
+@Suite("doctor (root, netns, real etcd with TLS)", .serialized, .needsRoot)
 struct DoctorTests {
     /// Runs `doctor --json` in `node`'s namespace, wrapped by `wrapper` (setpriv, unshare); returns
     /// the exit status and the findings.

@@ -13,6 +13,7 @@ import Glibc
 @testable import Leases
 import NetTypes
 import TestSupport
+import TestTraits
 import Testing
 import UserspaceDataplane
 
@@ -40,7 +41,7 @@ private func sandboxCommand(writable: [String], _ command: [String]) -> [String]
 }
 
 extension DaemonSuite {
-@Suite("The package (root, netns, real etcd)", .serialized, .enabled(if: Privileges.isRoot, Privileges.skipReason))
+@Suite("The package (root, netns, real etcd)", .serialized, .needsRoot)
 struct PackageTests {
     @Test("make package: .deb and tarball; lintian clean; unpacked, it runs without the toolchain and carries a node under the unit's sandbox")
     func packageRunsWithoutToolchain() async throws {

@@ -18,6 +18,7 @@ import Foundation
 import Glibc
 import NetTypes
 import TestSupport
+import TestTraits
 import Testing
 
 // MARK: - helpers
@@ -145,7 +146,7 @@ func subnetLine(_ cluster: FlannelCluster, _ node: LabNode) -> String {
 // (log lines per class: see etcdOutageAndPartition)
 
 @Suite("ClusterFaultTests: restarts, etcd outages, partitions and drift with traffic flowing", .serialized,
-       .enabled(if: Privileges.isRoot, Privileges.skipReason))
+       .needsRoot)
 struct ClusterFaultTests {
     static var restarts: Int { Int(ProcessInfo.processInfo.environment["FXDP_RESTARTS"] ?? "") ?? 20 }
     static var outageSeconds: Double {

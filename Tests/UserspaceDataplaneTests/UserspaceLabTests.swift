@@ -5,10 +5,11 @@ import Glibc
 import NetTypes
 import Synchronization
 import TestSupport
+import TestTraits
 import Testing
 @testable import UserspaceDataplane
 
-@Suite(.serialized, .enabled(if: Privileges.isRoot, Privileges.skipReason))
+@Suite(.serialized, .needsRoot)
 struct UserspaceLabTests {
     func expectPing(_ lab: NetnsLab, from: LabNode, to: LabNode, count: Int = 3, sourceLocation: SourceLocation = #_sourceLocation) throws {
         #expect(try lab.waitForPing(from: from.podNamespace, to: to.podIP, timeout: 5), "first ping \(from) → \(to)", sourceLocation: sourceLocation)
