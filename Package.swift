@@ -1,16 +1,29 @@
 // swift-tools-version:6.1
 //
-// Module seams (see docs/DESIGN.md):
-//   NetTypes            value types shared by every layer (IPv4 address/subnet, MAC, Peer)
-//   RuntimeSupport      the few tools every layer uses: JSON, rate-limited logging, EINTR-safe system calls
-//   Leases              etcd → config, subnet leases, subnet.env (knows nothing of the kernel)
-//   CBPF                C bridge: libbpf, libmnl, the kernel/user shared header, shims
-//   BPFLoader           general safe Swift over libbpf (knows nothing of flannel)
-//   Netlink             small safe Swift over libmnl: links, addresses, routes, neighbours, fdb
-//   BPFDataplane        flannel's BPF data path: embedded objects, typed maps, attach policy
+// Module seams (see docs/DESIGN.md, "Modules"):
+//   NetTypes            value types shared by every layer (IPv4/IPv6 address and subnet, MAC, Peer,
+//                       base64) and the PeerTable protocol every data path implements
+//   RuntimeSupport      the few tools every layer uses: JSON, rate-limited logging, EINTR-safe system
+//                       calls, the one error shape (ExplainedError)
+//   Leases              etcd v2/v3 clients, network config, subnet leases, subnet.env, the last known
+//                       leases (knows nothing of the kernel)
+//   CBPF                C bridge: libbpf, libmnl, fxdp_shared.h (the kernel/user shared header) and
+//                       cbpf_ shims (setns, TUN, UDP mmsg, tcx/netfilter links, malloc trim)
+//   BPFLoader           general safe Swift over libbpf: objects, maps, ring buffers, links, TC,
+//                       tcx, XDP, bpffs (knows nothing of flannel)
+//   Netlink             small safe Swift over libmnl: links, addresses, routes, neighbours, fdb, tc
+//   Overlay             the kernel's side of flannel: flannel.<VNI> as flanneld makes it, the kernel
+//                       peer tables (neighbour/fdb/route, DirectRouting, host-gw), cleanup
+//   BPFDataplane        flannel's BPF data path: embedded objects (BPFObjectEmbedder plugin), typed
+//                       maps and pins, attach policy, the fast path's sync, drop events for monitor
 //   UserspaceDataplane  TUN + UDP fallback speaking the same VXLAN (and legacy udp) framing
-//   FlannelDaemon       the daemon as a library: flags, reconciler, services, healthz, sd_notify
+//   FlannelDaemon       the daemon as a library: flags, start-up, reconciler, services, healthz,
+//                       sd_notify, Operations/ (status, peers, stats, monitor, doctor, metrics, host rules)
 //   flanneld-xdp        the executable (thin main)
+//   fxdp-lab            the demo and the bench (`make demo`, `make bench`), over TestSupport's lab
+//   TestSupport         test and lab helpers without Testing: netns lab, cluster, etcd launcher,
+//                       packets, reference data path model, privilege checks
+//   TestTraits          Swift Testing traits (`.needsRoot`, `.ownThreads`) for the test targets
 import PackageDescription
 
 let package = Package(
@@ -45,7 +58,8 @@ let package = Package(
             name: "Netlink",
             dependencies: ["CBPF", "NetTypes", .product(name: "Logging", package: "swift-log")]
         ),
-        // The `.ownThreads` test trait (imports Testing, so kept out of TestSupport).
+        // Swift Testing traits: `.ownThreads`, `.needsRoot` (they import Testing, so kept out of TestSupport,
+        // which fxdp-lab links).
         .target(name: "TestTraits", dependencies: ["TestSupport"]),
         .target(
             name: "Overlay",
@@ -103,7 +117,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        // Test-only helpers: real etcd launcher, netns lab, packet builder, privilege checks.
+        // Helpers for the tests and fxdp-lab (no Testing): real etcd launcher, netns lab, packet builder,
+        // privilege checks.
         .target(
             name: "TestSupport",
             dependencies: ["CBPF", "BPFLoader", "NetTypes", .product(name: "Logging", package: "swift-log")]
@@ -111,18 +126,19 @@ let package = Package(
         .testTarget(name: "NetTypesTests", dependencies: ["NetTypes"]),
         .testTarget(
             name: "BPFLoaderTests",
-            dependencies: ["BPFLoader", "CBPF", "TestSupport", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["BPFLoader", "CBPF", "TestSupport", "TestTraits", .product(name: "Logging", package: "swift-log")],
             exclude: ["Fixtures"]  // test-only BPF C, compiled by the tests themselves
         ),
-        .testTarget(name: "BPFDataplaneTests", dependencies: ["BPFDataplane", "BPFLoader", "CBPF", "NetTypes", "Netlink", "TestSupport"]),
-        .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "NetTypes", "CBPF", "TestSupport"]),
+        .testTarget(name: "BPFDataplaneTests", dependencies: ["BPFDataplane", "BPFLoader", "CBPF", "NetTypes", "Netlink", "TestSupport", "TestTraits"]),
+        .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "NetTypes", "CBPF", "TestSupport", "TestTraits"]),
         .testTarget(
             name: "OverlayTests",
-            dependencies: ["Overlay", "Netlink", "NetTypes", "TestSupport", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["Overlay", "Netlink", "NetTypes", "TestSupport", "TestTraits", .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(name: "LeasesTests", dependencies: ["Leases", "NetTypes", "RuntimeSupport", "TestSupport", "TestTraits"]),
-        .testTarget(name: "UserspaceDataplaneTests", dependencies: ["UserspaceDataplane", "NetTypes", "CBPF", "TestSupport", "BPFDataplane", "BPFLoader"]),
-        .testTarget(name: "ReliabilityTests", dependencies: ["Leases", "NetTypes", "TestSupport", "BPFLoader", "BPFDataplane", "CBPF"]),
+        .testTarget(name: "UserspaceDataplaneTests", dependencies: ["UserspaceDataplane", "NetTypes", "CBPF", "TestSupport", "TestTraits", "BPFDataplane", "BPFLoader"]),
+        .testTarget(name: "ReliabilityTests", dependencies: ["Leases", "NetTypes", "TestSupport", "TestTraits", "BPFLoader", "BPFDataplane", "CBPF"]),
+        .testTarget(name: "TestTraitsTests", dependencies: ["TestTraits", "TestSupport"]),
         .testTarget(name: "FlannelDaemonTests", dependencies: ["FlannelDaemon", "Leases", "NetTypes", "RuntimeSupport", "TestSupport", "TestTraits", "BPFLoader", "BPFDataplane", "CBPF", "fxdp-lab"]),
     ]
 )

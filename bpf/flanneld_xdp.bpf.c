@@ -177,7 +177,7 @@ static __always_inline __u16 fxdp_src_port(struct __sk_buff *skb)
 /* Routes the outer packet to `peer`'s node (bpf_fib_lookup in OUTPUT mode, from the node IP out of
  * the underlay) before anything is changed, so that on failure the untouched packet can still take
  * the kernel path. The helper also refuses when forwarding is off on the underlay (FWD_DISABLED).
- * tot_len 0: with skb->len every GSO packet would come back FRAG_NEEDED (PITFALLS). */
+ * tot_len 0: with skb->len every GSO packet would come back FRAG_NEEDED (docs/PITFALLS.md). */
 static __always_inline long fxdp_route_to_peer(struct __sk_buff *skb, const struct fxdp_config *cfg,
 					       const struct fxdp_peer_value *peer, struct bpf_fib_lookup *fib)
 {

@@ -1,7 +1,7 @@
 /* fxdp_consts.h — wire constants and the on-wire header layouts the programs write.
  *
  * The values are the ones a stock flannel node's kernel vxlan device uses (checked against a capture
- * from a `flannel.1` configured as flanneld configures it; see FLANNEL-COMPAT.md): no DF bit, TTL 64
+ * from a `flannel.1` configured as flanneld configures it; see docs/FLANNEL-COMPAT.md): no DF bit, TTL 64
  * (the kernel's ip_default_ttl, because flannel leaves the device TTL at "auto"), TOS 0 with the inner
  * ECN bits copied, UDP source port from the flow hash in the local port range 32768..60999.
  */

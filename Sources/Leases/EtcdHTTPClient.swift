@@ -3,7 +3,8 @@
 // streaming responses for watches.
 //
 // Why not AsyncHTTPClient: it adds ~6 minutes of clean build and ~50 MB to the binary for features
-// etcd does not need (PITFALLS.md). Why not gRPC for v3: see EtcdV3Registry.swift.
+// etcd does not need (docs/PITFALLS.md, "Talking to etcd from Swift"). Why not gRPC for v3: see
+// EtcdV3Registry.swift.
 //
 // Robustness: connect timeout; a read-idle timeout per connection (request timeout for
 // request/response, a longer one for watches, which v3 keeps alive with progress notifications);

@@ -1,7 +1,7 @@
 // etcd v3 through its JSON gateway (`/v3/...` on the client port), the store flannel ≥ 0.18 uses.
 //
-// Why the gateway and not gRPC: measured on this machine (PITFALLS.md), grpc-swift + protobuf costs
-// ~8.5 min of clean build and a ~125 MB debug binary (Foundation, ICU, generated code to commit and
+// Why the gateway and not gRPC (measured, docs/PITFALLS.md): grpc-swift + protobuf costs ~8.5 min
+// of clean build and a ~125 MB debug binary (Foundation, ICU, generated code to commit and
 // re-strip of gogoproto options), against ~1 min and ~29 MB for the gateway over plain SwiftNIO,
 // which the v2 client needs anyway. The gateway carries the same KV/lease/watch/auth RPCs; what gRPC
 // would add is HTTP/2 pings to notice a dead server, which TCP keepalive, `progress_notify` and an

@@ -6,7 +6,7 @@
 //
 // Pods exist before their node's daemon runs, so each node's subnet is chosen up front and handed
 // to the daemon the way flanneld learns its previous subnet: FLANNEL_SUBNET in the subnet.env it
-// finds at start (FLANNEL-COMPAT.md, "Choosing a subnet", step 2).
+// finds at start (docs/FLANNEL-COMPAT.md, "Choosing a subnet", step 2).
 //
 // Everything (daemons, etcd, namespaces, the bpffs mount, temp files) is removed by `cleanup()`,
 // which deinit also runs; daemons are stopped by pid.

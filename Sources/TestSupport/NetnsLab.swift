@@ -228,7 +228,7 @@ public final class NetnsLab: @unchecked Sendable {
 
     // MARK: - Flannel reference (CLI)
 
-    /// Configures `flannel.<vni>` in `node` exactly as stock flanneld does (FLANNEL-COMPAT.md):
+    /// Configures `flannel.<vni>` in `node` exactly as stock flanneld does (docs/FLANNEL-COMPAT.md):
     /// vxlan id VNI, local node IP, dev eth0, dstport `port`, nolearning; address <subnet>.0/32;
     /// MTU eth0−50; up. `vtepMAC` nil lets the kernel pick a random MAC, as flanneld does.
     @discardableResult

@@ -3,7 +3,7 @@
 // proved it lies inside the bytes received, so a truncated or hostile datagram yields a drop
 // reason, never an out-of-bounds read, a trap or a stalled loop.
 //
-// Wire facts (FLANNEL-COMPAT.md): VXLAN header = flags (0x08, the I bit), 3 reserved bytes, VNI in
+// Wire facts (docs/FLANNEL-COMPAT.md): VXLAN header = flags (0x08, the I bit), 3 reserved bytes, VNI in
 // the next 3 bytes, 1 reserved byte; inner Ethernet dst = receiver's VtepMAC, src = sender's
 // VtepMAC, type 0x0800; then the IPv4 packet. The udp backend puts the IPv4 packet alone in UDP.
 import NetTypes

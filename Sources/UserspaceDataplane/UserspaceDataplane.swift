@@ -187,6 +187,19 @@ public final class UserspaceDataplane: PeerTable, Sendable {
 
     public var counters: UserspaceCounters { cells.snapshot }
 
+    /// CPU time (user + system, seconds) the running workers have used so far; 0 before start()
+    /// and after stop(). Lets a test check that a broken or idle path does not spin.
+    var workerCPUSeconds: Double {
+        lifecycle.withLock { (state: inout Lifecycle) -> Double in
+            state.threads.reduce(0) { sum, thread in
+                var clock = clockid_t()
+                var time = timespec()
+                guard pthread_getcpuclockid(thread, &clock) == 0, clock_gettime(clock, &time) == 0 else { return sum }
+                return sum + Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
+            }
+        }
+    }
+
     // MARK: PeerTable
 
     public func currentPeers() throws -> Set<Peer> {

@@ -4,7 +4,8 @@
 // built before the first round and kept until the end, so a round only switches which lab carries
 // the traffic and no path is measured on a lab another path left half-configured. Every lab has the
 // same addresses, MTU (1500 on the wire) and offloads; the offloads are read back per path after
-// set-up and printed, because attaching native XDP to a veth changes its peer's (PITFALLS).
+// set-up and printed, because attaching native XDP to a veth changes its peer's
+// (docs/PITFALLS.md, "XDP on veth").
 //
 // The paths, set up through the production APIs where there is one:
 //   1  no overlay: host-gw routes (`<peer pods> via <peer node IP> dev eth0`), the machine's bound;

@@ -7,6 +7,7 @@ import BPFLoader
 import CBPF
 import NetTypes
 import TestSupport
+import TestTraits
 import Testing
 
 /// A namespace with an underlay veth and flannel.1 as flanneld would create it.
@@ -72,7 +73,7 @@ func loadForeignProgram(type: bpf_prog_type, verdict: UInt32) throws -> (BPFProg
     return (BPFProgram(fd: fd, name: "foreign"), fd)
 }
 
-@Suite(.enabled(if: Privileges.isRoot, Privileges.skipReason))
+@Suite(.needsRoot)
 struct AttachTests {
     @Test func restartKeepsProgramsAndMapsAndReplacesChangedOnes() throws {
         let lab = try AttachLab()

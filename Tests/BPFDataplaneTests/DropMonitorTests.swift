@@ -7,9 +7,10 @@ import CBPF
 import Glibc
 import NetTypes
 import TestSupport
+import TestTraits
 import Testing
 
-@Suite("Drop samples for monitor (root)", .serialized, .enabled(if: Privileges.isRoot, Privileges.skipReason))
+@Suite("Drop samples for monitor (root)", .serialized, .needsRoot)
 struct DropMonitorTests {
     static func drain(_ ring: borrowing BPFRingBuffer) throws -> [DropEvent] {
         var events: [DropEvent] = []

@@ -11,6 +11,7 @@ import BPFLoader
 import CBPF
 import Glibc
 import NetTypes
+import TestTraits
 import Testing
 import TestSupport
 
@@ -241,7 +242,7 @@ final class FastPathLab: @unchecked Sendable {
 }
 
 @Suite("FastPathFixtureTests: every verdict of the fast path's programs", .serialized,
-       .enabled(if: Privileges.isRoot, Privileges.skipReason))
+       .needsRoot)
 struct FastPathFixtureTests {
     typealias L = FastPathLab
 
@@ -374,7 +375,7 @@ struct FastPathFixtureTests {
 }
 
 @Suite("FastPathSyncTests: which pods and interfaces the fast path takes", .serialized,
-       .enabled(if: Privileges.isRoot, Privileges.skipReason))
+       .needsRoot)
 struct FastPathSyncTests {
     func sync(_ lab: FastPathLab) throws -> FastPathPass {
         try lab.node.run { try FastPathSync(bpf: lab.bpf, podSubnet: FastPathLab.ourPods, logger: .init(label: "test")).syncOnce() }

@@ -13,9 +13,10 @@ import BPFLoader
 import Foundation
 import NetTypes
 import TestSupport
+import TestTraits
 import Testing
 
-@Suite(.enabled(if: Privileges.isRoot, Privileges.skipReason))
+@Suite(.needsRoot)
 struct FuzzTests {
     static func reference(_ lab: PacketLab) -> ReferenceDatapath {
         ReferenceDatapath(

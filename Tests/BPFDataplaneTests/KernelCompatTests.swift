@@ -1,6 +1,6 @@
 // Wire compatibility with stock flannel: the frame our encap builds is compared byte for byte with
 // the frame the Linux vxlan device builds when configured exactly as flanneld configures
-// flannel.<VNI> (FLANNEL-COMPAT.md), captured with an AF_PACKET socket on the receiving side of a
+// flannel.<VNI> (docs/FLANNEL-COMPAT.md), captured with an AF_PACKET socket on the receiving side of a
 // veth. Fields that legitimately differ (outer IP id and checksum, UDP source port and checksum) are
 // checked for validity instead. Then encap → decap (and kernel encap → our decap) must give back
 // the original inner packet.
@@ -10,6 +10,7 @@ import Foundation
 import Glibc
 import NetTypes
 import TestSupport
+import TestTraits
 import Testing
 
 /// Two namespaces A and B on a veth; A has flannel.1 as flanneld would make it, pointing at B.
@@ -86,7 +87,7 @@ final class KernelPair: @unchecked Sendable {
     }
 }
 
-@Suite(.enabled(if: Privileges.isRoot, Privileges.skipReason))
+@Suite(.needsRoot)
 struct KernelCompatTests {
     @Test func encapMatchesTheKernelVXLANDeviceAndRoundTrips() throws {
         let pair = try KernelPair()

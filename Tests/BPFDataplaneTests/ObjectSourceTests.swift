@@ -8,6 +8,7 @@ import BPFLoader
 import CBPF
 import Foundation
 import TestSupport
+import TestTraits
 import Testing
 
 /// Test-only objects that look like ours in some ways and not in others (see `ObjectSourceTests`).
@@ -36,7 +37,7 @@ SEC("tc") int fxdp_fast_encap(struct __sk_buff *skb) { return 0; }
 char LICENSE[] SEC("license") = "GPL";
 """
 
-@Suite(.enabled(if: Privileges.isRoot, Privileges.skipReason))
+@Suite(.needsRoot)
 struct ObjectSourceTests {
     /// A temp folder removed by the caller.
     private func tempDir() throws -> String {

@@ -8,6 +8,7 @@
 import BPFDataplane
 import NetTypes
 import TestSupport
+import TestTraits
 import Testing
 
 struct DecapFixture: Sendable, CustomStringConvertible {
@@ -46,7 +47,7 @@ struct EncapFixture: Sendable, CustomStringConvertible {
     var counter: FXDPCounter
 }
 
-@Suite(.enabled(if: Privileges.isRoot, Privileges.skipReason))
+@Suite(.needsRoot)
 struct PacketFixtureTests {
     static func decapFixtures(_ lab: PacketLab) -> [DecapFixture] {
         let valid = lab.vxlanFromPeer()

@@ -1,14 +1,15 @@
 // What one packet costs each program, from BPF_PROG_TEST_RUN's own timer (the figures behind the
-// decap default: the programs are cheap; on veth the loss comes from XDP itself, see PITFALLS).
+// decap default: the programs are cheap; on veth the loss comes from XDP itself, see docs/PITFALLS.md "XDP on veth").
 // Repeat > 1 reruns on the packet the previous run left, so only idempotent paths use it (the TC
 // check, XDP pass); the encap and the XDP strip are timed one run at a time (median). Bounds are
 // loose: they catch a pathology (a loop, a helper storm), not a regression of a few percent.
 
 import BPFDataplane
 import TestSupport
+import TestTraits
 import Testing
 
-@Suite(.enabled(if: Privileges.isRoot, Privileges.skipReason))
+@Suite(.needsRoot)
 struct PerPacketCostTests {
     @Test func programsCostMicrosecondsAtMost() throws {
         let lab = try PacketLab()

@@ -10,6 +10,7 @@ import BPFLoader
 import Glibc
 import NetTypes
 import TestSupport
+import TestTraits
 import Testing
 
 final class FlannelNodeUnderTest: @unchecked Sendable {
@@ -68,7 +69,7 @@ func throughputRetrying(_ lab: NetnsLab, from: String, to: String, serverIP: IPv
     }
 }
 
-@Suite(.enabled(if: Privileges.isRoot, Privileges.skipReason))
+@Suite(.needsRoot)
 struct TwoNodeTests {
     @Test(arguments: DecapMode.allCases)
     func podsTalkThroughTheBPFPathAndWithAStockFlannelNode(mode: DecapMode) throws {

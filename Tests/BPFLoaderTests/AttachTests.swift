@@ -8,6 +8,7 @@ import Dispatch
 import Foundation
 import Synchronization
 import TestSupport
+import TestTraits
 import Testing
 
 /// Watches an XDP slot from another thread in the namespace while the test changes it.
@@ -52,7 +53,7 @@ final class SlotWatcher: Sendable {
     }
 }
 
-@Suite("XDP attach", .enabled(if: Privileges.isRoot, Privileges.skipReason))
+@Suite("XDP attach", .needsRoot)
 struct XDPAttachTests {
     @Test(arguments: [XDPMode.generic, XDPMode.native])
     func attachReplaceDetach(mode: XDPMode) throws {
@@ -149,7 +150,7 @@ struct XDPAttachTests {
     }
 }
 
-@Suite("TC attach", .enabled(if: Privileges.isRoot, Privileges.skipReason))
+@Suite("TC attach", .needsRoot)
 struct TCAttachTests {
     @Test(arguments: [TCDirection.egress, TCDirection.ingress])
     func attachReplaceDetach(direction: TCDirection) throws {
@@ -290,7 +291,7 @@ func sendUDP(to address: (UInt8, UInt8, UInt8, UInt8), port: UInt16, count: Int)
     return accepted
 }
 
-@Suite("TCX attach", .enabled(if: Privileges.isRoot, Privileges.skipReason))
+@Suite("TCX attach", .needsRoot)
 struct TCXAttachTests {
     @Test("tcx: no qdisc, programs in order, one program once per hook, an atomic swap, a pin that outlives the fd, detach", arguments: [TCDirection.egress, .ingress])
     func attachUpdateDetach(direction: TCDirection) throws {

@@ -4,9 +4,10 @@ import BPFLoader
 import CBPF
 import Glibc
 import TestSupport
+import TestTraits
 import Testing
 
-@Suite("BPF maps", .enabled(if: Privileges.isRoot, Privileges.skipReason))
+@Suite("BPF maps", .needsRoot)
 struct MapTests {
     @Test func hashCRUDKeysEntries() throws {
         let object = try loadFixture("loader_fixture")

@@ -2,9 +2,10 @@
 
 import Glibc
 import TestSupport
+import TestTraits
 import Testing
 
-@Suite("NetnsThread", .enabled(if: Privileges.isRoot, Privileges.skipReason))
+@Suite("NetnsThread", .needsRoot)
 struct NetnsThreadTests {
     struct Marker: Error, Equatable { var value: Int }
 

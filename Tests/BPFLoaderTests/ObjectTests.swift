@@ -7,9 +7,10 @@ import Foundation
 import Logging
 import Synchronization
 import TestSupport
+import TestTraits
 import Testing
 
-@Suite("BPFObject and programs", .enabled(if: Privileges.isRoot, Privileges.skipReason))
+@Suite("BPFObject and programs", .needsRoot)
 struct ObjectTests {
     @Test func opensAndLoadsFixture() throws {
         var object = try BPFObject(elf: Fixtures.bytes("loader_fixture"), name: "loader_fixture")

@@ -5,9 +5,10 @@ import CBPF
 import Glibc
 import Foundation
 import TestSupport
+import TestTraits
 import Testing
 
-@Suite("bpffs and pinning", .enabled(if: Privileges.isRoot, Privileges.skipReason))
+@Suite("bpffs and pinning", .needsRoot)
 struct PinTests {
     @Test func mountsAndUnmountsAPrivateBPFFS() throws {
         let path = "/run/\(UniqueName.make("-mnt"))/nested"

@@ -1,10 +1,11 @@
 // End-to-end: flanneld-xdp processes in network-namespace nodes, a real etcd on the lab's wire,
-// real pods pinging and streaming through the BPF path. Issue 4's cluster tests.
+// real pods pinging and streaming through the BPF path.
 
 import BPFLoader
 import CBPF
 import Glibc
 import NetTypes
+import TestTraits
 import Testing
 import TestSupport
 
@@ -52,7 +53,7 @@ struct BackgroundPing {
 }
 
 @Suite("Cluster: flanneld-xdp nodes in network namespaces with a real etcd", .serialized,
-       .enabled(if: Privileges.isRoot, Privileges.skipReason))
+       .needsRoot)
 struct ClusterTests {
     @Test("three nodes: every pod reaches every pod through the BPF path", arguments: [ClusterEtcdAPI.v2, .v3])
     func allPodsReachAllPods(api: ClusterEtcdAPI) async throws {

@@ -10,6 +10,7 @@ import Glibc
 import NetTypes
 import RuntimeSupport
 import TestSupport
+import TestTraits
 import Testing
 
 /// One finding of `doctor --json`.
@@ -22,7 +23,7 @@ struct Finding: CustomStringConvertible {
 }
 
 extension DaemonSuite {
-@Suite("doctor (root, netns, real etcd with TLS)", .serialized, .enabled(if: Privileges.isRoot, Privileges.skipReason))
+@Suite("doctor (root, netns, real etcd with TLS)", .serialized, .needsRoot)
 struct DoctorTests {
     /// Runs `doctor --json` in `node`'s namespace, wrapped by `wrapper` (setpriv, unshare); returns
     /// the exit status and the findings.

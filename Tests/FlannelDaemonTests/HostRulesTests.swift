@@ -6,10 +6,11 @@
 @testable import FlannelDaemon
 import Glibc
 import NetTypes
+import TestTraits
 import Testing
 import TestSupport
 
-@Suite("Host rules: FORWARD accepts and blackhole route (root, netns)", .enabled(if: Privileges.isRoot, Privileges.skipReason))
+@Suite("Host rules: FORWARD accepts and blackhole route (root, netns)", .needsRoot)
 struct HostRulesTests {
     @Test("FORWARD accepts: created in iptables' filter FORWARD as flannel spells them, re-added when removed or edited, removed cleanly")
     func forwardRules() throws {

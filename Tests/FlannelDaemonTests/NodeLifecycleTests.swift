@@ -4,6 +4,7 @@ import Foundation
 import Glibc
 import NetTypes
 import TestSupport
+import TestTraits
 import Testing
 
 /// Starts `path` in the background with stdout/stderr to `logPath`; returns its pid.
@@ -160,7 +161,7 @@ final class NetnsNode: @unchecked Sendable {
 /// leaving, SIGTERM leaving everything in place, a restart that keeps subnet and VtepMAC, and
 /// `cleanup` — plus the other backends' and data paths' start-up.
 extension DaemonSuite {
-@Suite("The daemon binary on one netns node", .serialized, .enabled(if: Privileges.isRoot, Privileges.skipReason))
+@Suite("The daemon binary on one netns node", .serialized, .needsRoot)
 struct NodeLifecycleTests {
     @Test("start → READY → peers → SIGTERM keeps all → restart keeps subnet and MAC → cleanup removes ours")
     func lifecycle() async throws {
@@ -450,7 +451,7 @@ extension Substring {
 /// a STATUS that names the data path and the peers, WATCHDOG=1 from the reconciler's loop at half
 /// WATCHDOG_USEC, STATUS following the peer count, STOPPING=1 on SIGTERM.
 extension DaemonSuite {
-@Suite("systemd's notify protocol from the daemon binary", .serialized, .enabled(if: Privileges.isRoot, Privileges.skipReason))
+@Suite("systemd's notify protocol from the daemon binary", .serialized, .needsRoot)
 struct SystemdProtocolTests {
     /// Starts the daemon with NOTIFY_SOCKET (and WATCHDOG_USEC when given) on a listener of our own.
     static func spawn(_ node: NetnsNode, listener: NotifyListener, etcd: String, watchdogUSec: Int?) throws -> pid_t {

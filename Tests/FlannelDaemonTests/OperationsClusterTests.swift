@@ -4,11 +4,12 @@
 
 import Glibc
 import NetTypes
+import TestTraits
 import Testing
 import TestSupport
 
 @Suite("Operations: through real daemons (root, netns, etcd)", .serialized,
-       .enabled(if: Privileges.isRoot, Privileges.skipReason))
+       .needsRoot)
 struct OperationsClusterTests {
     @Test("status/peers/stats/metrics on a running and a stopped daemon; --ip-masq kept and cleaned up")
     func operateACluster() async throws {

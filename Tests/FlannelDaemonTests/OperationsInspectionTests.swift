@@ -10,10 +10,11 @@ import CBPF
 import Glibc
 import Leases
 import NetTypes
+import TestTraits
 import Testing
 import TestSupport
 
-@Suite("Operations: inspection of pinned maps (root)", .enabled(if: Privileges.isRoot, Privileges.skipReason))
+@Suite("Operations: inspection of pinned maps (root)", .needsRoot)
 struct OperationsInspectionTests {
     @Test("peers, stats and status read what a stopped daemon left: pins, counters, program ids")
     func inspectLeftBehind() throws {

@@ -6,6 +6,7 @@
 @testable import FlannelDaemon
 import Glibc
 import NetTypes
+import TestTraits
 import Testing
 import TestSupport
 
@@ -57,7 +58,7 @@ func opsSourceSeen(sender: Int32, receiver: Int32, to: IPv4Address, port: UInt16
     return nil
 }
 
-@Suite("Operations: --ip-masq in nftables (root, netns)", .enabled(if: Privileges.isRoot, Privileges.skipReason))
+@Suite("Operations: --ip-masq in nftables (root, netns)", .needsRoot)
 struct OperationsMasqueradeTests {
     @Test("pod → outside leaves with the node's address, pod → pod keeps the pod's; recreated when removed; removed cleanly")
     func masquerade() throws {

@@ -14,6 +14,7 @@ import Glibc
 import NetTypes
 import RuntimeSupport
 import TestSupport
+import TestTraits
 import Testing
 import UserspaceDataplane
 
@@ -41,7 +42,7 @@ private func sandboxCommand(writable: [String], _ command: [String]) -> [String]
 }
 
 extension DaemonSuite {
-@Suite("The package (root, netns, real etcd)", .serialized, .enabled(if: Privileges.isRoot, Privileges.skipReason))
+@Suite("The package (root, netns, real etcd)", .serialized, .needsRoot)
 struct PackageTests {
     @Test("make package: .deb and tarball; lintian clean; unpacked, it runs without the toolchain and carries a node under the unit's sandbox")
     func packageRunsWithoutToolchain() async throws {

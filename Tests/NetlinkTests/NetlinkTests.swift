@@ -2,12 +2,12 @@ import Glibc
 import NetTypes
 import Netlink
 import TestSupport
+import TestTraits
 import Testing
 
 /// Each test builds its own one-node lab, opens a netlink socket inside the node namespace, and
 /// checks every Swift change with the `ip`/`bridge` CLIs (and every CLI change with Swift).
 @Suite("Netlink") struct NetlinkTests {
-    static let root = Privileges.isRoot
 
     func lab(_ tag: String) throws -> (NetnsLab, LabNode) {
         let lab = try NetnsLab(tag: tag)
@@ -15,7 +15,7 @@ import Testing
         return (lab, node)
     }
 
-    @Test("links: look-up by name and index, dump, agree with ip link", .enabled(if: root, Privileges.skipReason))
+    @Test("links: look-up by name and index, dump, agree with ip link", .needsRoot)
     func linkLookup() throws {
         let (lab, node) = try lab("nll")
         defer { lab.cleanup() }
@@ -37,7 +37,7 @@ import Testing
     }
 
     @Test("vxlan: create like flanneld, read back; CLI-made vxlan parsed; MTU/MAC/up/down/delete",
-          .enabled(if: root, Privileges.skipReason))
+          .needsRoot)
     func vxlanLifecycle() throws {
         let (lab, node) = try lab("nlv")
         defer { lab.cleanup() }
@@ -87,7 +87,7 @@ import Testing
         }
     }
 
-    @Test("addresses: add/replace/delete/dump both ways", .enabled(if: root, Privileges.skipReason))
+    @Test("addresses: add/replace/delete/dump both ways", .needsRoot)
     func addresses() throws {
         let (lab, node) = try lab("nla")
         defer { lab.cleanup() }
@@ -106,7 +106,7 @@ import Testing
         #expect(try nl.addresses().contains { $0.address == node.nodeIP && $0.prefixLength == 24 })
     }
 
-    @Test("routes: onlink via, replace, delete, dump; errors name the object", .enabled(if: root, Privileges.skipReason))
+    @Test("routes: onlink via, replace, delete, dump; errors name the object", .needsRoot)
     func routes() throws {
         let (lab, node) = try lab("nlr")
         defer { lab.cleanup() }
@@ -160,7 +160,7 @@ import Testing
         }
     }
 
-    @Test("neighbours and vxlan fdb: add/replace/delete/dump both ways", .enabled(if: root, Privileges.skipReason))
+    @Test("neighbours and vxlan fdb: add/replace/delete/dump both ways", .needsRoot)
     func neighboursAndFDB() throws {
         let (lab, node) = try lab("nln")
         defer { lab.cleanup() }
@@ -201,7 +201,7 @@ import Testing
         }
     }
 
-    @Test("a socket opened for a namespace acts there, not in the caller's", .enabled(if: root, Privileges.skipReason))
+    @Test("a socket opened for a namespace acts there, not in the caller's", .needsRoot)
     func namespaceBinding() throws {
         let (lab, node) = try lab("nlb")
         defer { lab.cleanup() }

@@ -1,11 +1,12 @@
 import NetTypes
 import TestSupport
 import Glibc
+import TestTraits
 import Testing
 
 @Suite("NetnsLab") struct NetnsLabTests {
     @Test("two nodes: host-gw routes and the CLI flannel stand-in both carry pod traffic; cleanup removes everything",
-          .enabled(if: Privileges.isRoot, Privileges.skipReason))
+          .needsRoot)
     func labCarriesTraffic() throws {
         let lab = try NetnsLab(tag: "nllab")
         defer { lab.cleanup() }
@@ -52,7 +53,7 @@ import Testing
         #expect(!left.contains(lab.prefix + "-"))
     }
 
-    @Test("namespaces of dead test processes are swept; live ones are not", .enabled(if: Privileges.isRoot, Privileges.skipReason))
+    @Test("namespaces of dead test processes are swept; live ones are not", .needsRoot)
     func staleSweep() throws {
         // A pid that surely does not exist now: a child that has exited and been reaped.
         let lab = try NetnsLab(tag: "nlsw")

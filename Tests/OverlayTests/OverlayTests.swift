@@ -4,12 +4,12 @@ import NetTypes
 import Netlink
 import Overlay
 import TestSupport
+import TestTraits
 import Testing
 
 /// The reference for every check here is the CLI (`NetnsLab.makeFlannelStandIn` /
 /// `addFlannelPeerRoutes`), configured exactly as stock flanneld configures the kernel.
 @Suite("Overlay") struct OverlayTests {
-    static let root = Privileges.isRoot
     static let network = IPv4Subnet(cidr: "10.5.0.0/16")!
 
     /// What a node shows of the overlay, with the ifindex prefixes removed.
@@ -42,7 +42,7 @@ import Testing
     }
 
     @Test("the Swift-built device and peers are identical to flanneld's CLI-built reference",
-          .enabled(if: root, Privileges.skipReason))
+          .needsRoot)
     func identicalToReference() throws {
         let mac = MACAddress("0e:aa:00:00:00:01")!
         // Two separate labs so both nodes have the same IPs and the outputs compare 1:1.
@@ -97,7 +97,7 @@ import Testing
     }
 
     @Test("pods ping both ways between a CLI-reference node and a Swift-Overlay node",
-          .enabled(if: root, Privileges.skipReason))
+          .needsRoot)
     func trafficWithReferenceNode() throws {
         let lab = try NetnsLab(tag: "ovt")
         defer { lab.cleanup() }
@@ -159,7 +159,7 @@ import Testing
     }
 
     @Test("an existing CLI-made flannel.1 is adopted: same MAC, same ifindex, no link flap; stale address replaced",
-          .enabled(if: root, Privileges.skipReason))
+          .needsRoot)
     func adoption() throws {
         let lab = try NetnsLab(tag: "ova")
         defer { lab.cleanup() }
@@ -189,7 +189,7 @@ import Testing
     }
 
     @Test("an incompatible flannel.1 is replaced (with the reason), keeping its MAC; non-vxlan too",
-          .enabled(if: root, Privileges.skipReason))
+          .needsRoot)
     func incompatibleReplaced() throws {
         let lab = try NetnsLab(tag: "ovi")
         defer { lab.cleanup() }
@@ -223,7 +223,7 @@ import Testing
     }
 
     @Test("host-gw table and DirectRouting peers: routes via PublicIP, traffic, read-back, removal",
-          .enabled(if: root, Privileges.skipReason))
+          .needsRoot)
     func hostGWAndDirect() throws {
         let lab = try NetnsLab(tag: "ovh")
         defer { lab.cleanup() }
@@ -275,7 +275,7 @@ import Testing
     }
 
     @Test("removeAll deletes our device (and with it its entries) and our underlay routes only",
-          .enabled(if: root, Privileges.skipReason))
+          .needsRoot)
     func removeAll() throws {
         let lab = try NetnsLab(tag: "ovc")
         defer { lab.cleanup() }
@@ -305,7 +305,7 @@ import Testing
         #expect(try Overlay.removeAll(netlink: &nl).deletedDevices == ["flannel.2"])
         #expect(try nl.link(named: "flannel.9") != nil)
     }
-    @Test("1000 peers: upsert, read back through multi-part dumps, remove", .enabled(if: root, Privileges.skipReason))
+    @Test("1000 peers: upsert, read back through multi-part dumps, remove", .needsRoot)
     func manyPeers() throws {
         let lab = try NetnsLab(tag: "ovm")
         defer { lab.cleanup() }
@@ -332,7 +332,7 @@ import Testing
     }
 
     @Test("flanneld's two phases: the device (and its MAC) before the lease, the address after; a new lease moves it; GBP",
-          .enabled(if: root, Privileges.skipReason))
+          .needsRoot)
     func twoPhases() throws {
         let lab = try NetnsLab(tag: "ovp")
         defer { lab.cleanup() }
@@ -372,7 +372,7 @@ import Testing
     }
 
     @Test("KernelOverlay: the daemon's sequence end to end against a CLI reference node; TUN; cleanup",
-          .enabled(if: root, Privileges.skipReason))
+          .needsRoot)
     func kernelOverlayFacade() throws {
         let lab = try NetnsLab(tag: "ovk")
         defer { lab.cleanup() }

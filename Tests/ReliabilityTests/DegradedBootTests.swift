@@ -10,10 +10,11 @@ import Foundation
 import Glibc
 import NetTypes
 import TestSupport
+import TestTraits
 import Testing
 
 @Suite("DegradedBootTests: booting from the last known state while etcd is unreachable", .serialized,
-       .enabled(if: Privileges.isRoot, Privileges.skipReason))
+       .needsRoot)
 struct DegradedBootTests {
     /// Kills the node's daemon and wipes what a reboot wipes; the last known state stays.
     func reboot(_ cluster: FlannelCluster, _ node: LabNode) throws {

@@ -10,10 +10,11 @@ import Foundation
 import Glibc
 import NetTypes
 import TestSupport
+import TestTraits
 import Testing
 
 @Suite("EtcdRBACTests: etcd v3 RBAC limited to the prefix, as docs/SECURITY.md sets it up", .serialized,
-       .enabled(if: Privileges.isRoot, Privileges.skipReason))
+       .needsRoot)
 struct EtcdRBACTests {
     static let rootPassword = "fx-root-pw"
     static let nodePasswords = ["node1": "fx-node1-pw", "node2": "fx-node2-pw"]

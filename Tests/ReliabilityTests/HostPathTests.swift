@@ -21,10 +21,11 @@ import Foundation
 import Glibc
 import NetTypes
 import TestSupport
+import TestTraits
 import Testing
 
 @Suite("HostPathTests: rp_filter 0/1/2, TTL, fragments and ECN in every mode", .serialized,
-       .enabled(if: Privileges.isRoot, Privileges.skipReason))
+       .needsRoot)
 struct HostPathTests {
     enum Mode: String, CaseIterable, CustomStringConvertible, Sendable {
         case xdp, tc, userspace, directRouting, hostGW, fastTC, fastXDP

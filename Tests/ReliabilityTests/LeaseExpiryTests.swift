@@ -15,6 +15,7 @@ import Foundation
 import Glibc
 import NetTypes
 import TestSupport
+import TestTraits
 import Testing
 
 /// Blackhole routes both ways between a node and etcd (one side alone still lets etcd's pushes in).
@@ -37,7 +38,7 @@ func occurrences(of needle: String, in text: String) -> Int {
 let plainHTTPWarning = "is reached over plain http from another host"
 
 @Suite("LeaseExpiryTests: a short lease TTL that really expires while the node is cut off", .serialized,
-       .enabled(if: Privileges.isRoot, Privileges.skipReason))
+       .needsRoot)
 struct LeaseExpiryTests {
     static let ttl = 4
 

@@ -9,9 +9,10 @@ import Foundation
 import Glibc
 import NetTypes
 import TestSupport
+import TestTraits
 import Testing
 
-@Suite("SecurityPostureTests: least privilege and file modes", .serialized, .enabled(if: Privileges.isRoot, Privileges.skipReason))
+@Suite("SecurityPostureTests: least privilege and file modes", .serialized, .needsRoot)
 struct SecurityPostureTests {
     /// The capabilities docs/SECURITY.md documents (the bpffs is mounted beforehand, as on a node
     /// where systemd or the kubelet mounted /sys/fs/bpf).

@@ -6,9 +6,10 @@
 import Glibc
 import NetTypes
 import TestSupport
+import TestTraits
 import Testing
 
-@Suite(.serialized, .enabled(if: Privileges.isRoot, Privileges.skipReason))
+@Suite(.serialized, .needsRoot)
 struct DaemonUserspaceTests {
     @Test("vxlan: two daemons on the userspace path and one on BPF reach each other")
     func vxlanUserspaceAndBPFDaemons() async throws {

@@ -7,10 +7,11 @@ import BPFLoader
 import Glibc
 import NetTypes
 import TestSupport
+import TestTraits
 import Testing
 import UserspaceDataplane
 
-@Suite(.serialized, .enabled(if: Privileges.isRoot, Privileges.skipReason))
+@Suite(.serialized, .needsRoot)
 struct MixedBPFTests {
     @Test(arguments: DecapMode.allCases)
     func userspaceNodeAndBPFNode(mode: DecapMode) throws {
