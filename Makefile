@@ -60,14 +60,14 @@ test: deps bpf
 
 demo: deps bpf
 	BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release --product flanneld-xdp
-	BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release --product fxdp-lab
-	$$(BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release --show-bin-path)/fxdp-lab demo
+	BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release --product fxdp-demo
+	$$(BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release --show-bin-path)/fxdp-demo
 
 # Full run: rewrites the figures in BENCHMARKS.md. QUICK=1: the everyday run (< 3 min), results in
-# bench-results/ only. BENCH_ARGS passes more options (see `fxdp-lab bench --help`).
+# bench-results/ only. BENCH_ARGS passes more options (see `fxdp-bench --help`).
 bench: deps bpf
 	BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release
-	$$(BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release --show-bin-path)/fxdp-lab bench \
+	$$(BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release --show-bin-path)/fxdp-bench \
 	  $(if $(QUICK),--quick,--update-doc BENCHMARKS.md) $(BENCH_ARGS)
 
 # Long hostile-input runs (1 000 000 packets through the BPF programs against the reference model,

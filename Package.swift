@@ -20,7 +20,8 @@
 //   FlannelDaemon       the daemon as a library: flags, start-up, reconciler, services, healthz,
 //                       sd_notify, Operations/ (status, peers, stats, monitor, doctor, metrics, host rules)
 //   flanneld-xdp        the executable (thin main)
-//   fxdp-lab            the demo and the bench (`make demo`, `make bench`), over TestSupport's lab
+//   fxdp-demo           the demo (`make demo`), over TestSupport's lab
+//   BenchKit, fxdp-bench the bench (`make bench`): a library the tests import, and its executable
 //   TestSupport         test and lab helpers without Testing: netns lab, cluster, etcd launcher,
 //                       packets, reference data path model, privilege checks
 //   TestTraits          Swift Testing traits (`.needsRoot`, `.ownThreads`) for the test targets
@@ -59,7 +60,7 @@ let package = Package(
             dependencies: ["CBPF", "NetTypes", .product(name: "Logging", package: "swift-log")]
         ),
         // Swift Testing traits: `.ownThreads`, `.needsRoot` (they import Testing, so kept out of TestSupport,
-        // which fxdp-lab links).
+        // which the demo and the bench link).
         .target(name: "TestTraits", dependencies: ["TestSupport"]),
         .target(
             name: "Overlay",
@@ -108,8 +109,9 @@ let package = Package(
             ]
         ),
         .executableTarget(name: "flanneld-xdp", dependencies: ["FlannelDaemon"]),
-        .executableTarget(
-            name: "fxdp-lab",
+        // The bench as a library (the tests check its statistics and charts) and its thin executable.
+        .target(
+            name: "BenchKit",
             dependencies: [
                 "TestSupport", "NetTypes", "Leases", "BPFLoader", "BPFDataplane", "UserspaceDataplane", "Overlay",
                 "Netlink", "CBPF", "FlannelDaemon",
@@ -117,7 +119,15 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        // Helpers for the tests and fxdp-lab (no Testing): real etcd launcher, netns lab, packet builder,
+        .executableTarget(name: "fxdp-bench", dependencies: ["BenchKit", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        .executableTarget(
+            name: "fxdp-demo",
+            dependencies: [
+                "TestSupport", "NetTypes", "BPFLoader", "BPFDataplane", "CBPF",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        // Helpers for the tests, the demo and the bench (no Testing): real etcd launcher, netns lab, packet builder,
         // privilege checks.
         .target(
             name: "TestSupport",
@@ -139,6 +149,6 @@ let package = Package(
         .testTarget(name: "UserspaceDataplaneTests", dependencies: ["UserspaceDataplane", "NetTypes", "CBPF", "TestSupport", "TestTraits", "BPFDataplane", "BPFLoader"]),
         .testTarget(name: "ReliabilityTests", dependencies: ["Leases", "NetTypes", "TestSupport", "TestTraits", "BPFLoader", "BPFDataplane", "CBPF"]),
         .testTarget(name: "TestTraitsTests", dependencies: ["TestTraits", "TestSupport"]),
-        .testTarget(name: "FlannelDaemonTests", dependencies: ["FlannelDaemon", "Leases", "NetTypes", "RuntimeSupport", "TestSupport", "TestTraits", "BPFLoader", "BPFDataplane", "CBPF", "fxdp-lab"]),
+        .testTarget(name: "FlannelDaemonTests", dependencies: ["FlannelDaemon", "Leases", "NetTypes", "RuntimeSupport", "TestSupport", "TestTraits", "BPFLoader", "BPFDataplane", "CBPF", "BenchKit"]),
     ]
 )

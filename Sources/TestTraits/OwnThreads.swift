@@ -1,6 +1,6 @@
 // `.ownThreads`: a Swift Testing trait that runs each test case on an `OwnThreadsExecutor` (see
 // TestSupport/OwnThreadsExecutor.swift for why). On a suite it applies to every test inside.
-// Its own target because TestSupport is also linked into executables (fxdp-lab), which must not
+// Its own target because TestSupport is also linked into executables (fxdp-demo, fxdp-bench), which must not
 // link the Testing library.
 
 import TestSupport

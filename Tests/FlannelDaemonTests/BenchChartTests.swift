@@ -5,7 +5,7 @@
 import Foundation
 import FoundationXML
 import Testing
-@testable import fxdp_lab
+@testable import BenchKit
 
 /// Counts elements by name; fails on anything that is not well-formed XML.
 final class ElementCounter: NSObject, XMLParserDelegate {

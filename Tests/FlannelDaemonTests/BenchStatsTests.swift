@@ -1,8 +1,8 @@
-// The pure half of `fxdp-lab bench`: parsing tool output and aggregating rounds. Nothing timed runs
+// The pure half of `fxdp-bench`: parsing tool output and aggregating rounds. Nothing timed runs
 // here; the inputs are fixed texts shaped like what iperf3 3.12 and Linux print.
 
 import Testing
-@testable import fxdp_lab
+@testable import BenchKit
 
 @Suite struct BenchStatsTests {
     @Test func medianPercentileAndRatio() {

@@ -21,11 +21,13 @@ struct Interrupted: Error, CustomStringConvertible {
     var description: String { "interrupted" }
 }
 
+@main
 struct Demo: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "fxdp-demo",
         abstract: "Run a 3-node flanneld-xdp cluster in network namespaces and show what happens.")
 
-    @Option(help: "The flanneld-xdp binary (default: the one next to fxdp-lab).")
+    @Option(help: "The flanneld-xdp binary (default: the one next to fxdp-demo).")
     var daemon: String = siblingBinary("flanneld-xdp")
 
     @Option(help: "etcd API generation for the cluster: 2 (flannel <= 0.17) or 3.")

@@ -1,4 +1,4 @@
-// BenchStats — the pure half of `fxdp-lab bench`: parsing what the tools print (iperf3 -J,
+// BenchStats — the pure half of `fxdp-bench`: parsing what the tools print (iperf3 -J,
 // /proc/stat, /proc/PID/status) and turning rounds of samples into min/median/max, percentiles and
 // ratios. No I/O here, so the test suite (Tests/FlannelDaemonTests/BenchStatsTests.swift) checks it
 // without running anything timed.

@@ -1,4 +1,4 @@
-// `fxdp-lab bench` — side-by-side performance of every data path and of the control plane, in one
+// `fxdp-bench` — side-by-side performance of every data path and of the control plane, in one
 // run on this machine. `make bench` runs it in full, `make bench QUICK=1` with --quick.
 // Output: tables on stdout, bench-results/latest.json, bench-results/latest.md, and with
 // --update-doc the figures section of BENCHMARKS.md (between its bench markers) rewritten.
@@ -8,9 +8,9 @@ import Foundation
 import Glibc
 import TestSupport
 
-struct Bench: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "bench",
+public struct Bench: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "fxdp-bench",
         abstract: "Benchmark the data paths (throughput, RR latency, CPU/Gbit), the BPF programs and peer convergence.",
         discussion: "Run as root: it builds network namespaces (named fxbench-<pid>-*) and loads BPF programs; "
             + "everything is removed on exit, on error and on Ctrl-C.")
@@ -45,7 +45,7 @@ struct Bench: AsyncParsableCommand {
     @Flag(name: .customLong("skip-daemon"), help: "Skip the runs of the flanneld-xdp binary at N peers.")
     var skipDaemon = false
 
-    @Option(help: "The flanneld-xdp binary for the daemon runs (default: next to fxdp-lab).")
+    @Option(help: "The flanneld-xdp binary for the daemon runs (default: next to fxdp-bench).")
     var daemon: String?
 
     @Option(help: "Where to write the JSON results.")
@@ -57,7 +57,7 @@ struct Bench: AsyncParsableCommand {
     @Option(name: .customLong("from-json"), help: "Measure nothing: render the report of an earlier run's JSON (with --update-doc to refresh a document).")
     var fromJSON: String?
 
-    func validate() throws {
+    public func validate() throws {
         if let rounds, rounds < 1 { throw ValidationError("--rounds must be at least 1") }
         if let seconds, seconds < 1 { throw ValidationError("--seconds must be at least 1") }
         if let p = peers, BenchOptions.parsePeers(p) == nil { throw ValidationError("--peers: comma-separated positive numbers, e.g. 100,1000") }
@@ -66,7 +66,9 @@ struct Bench: AsyncParsableCommand {
         }
     }
 
-    func run() async throws {
+    public init() {}
+
+    public func run() async throws {
         if let fromJSON {
             let data = try Data(contentsOf: URL(fileURLWithPath: fromJSON))
             let report = try JSONDecoder().decode(BenchReport.self, from: data)
@@ -74,7 +76,7 @@ struct Bench: AsyncParsableCommand {
             return
         }
         guard Privileges.isRoot else {
-            throw ValidationError("fxdp-lab bench needs root (network namespaces, BPF); run it through `sudo make bench`")
+            throw ValidationError("fxdp-bench needs root (network namespaces, BPF); run it through `sudo make bench`")
         }
         let options = BenchOptions(
             quick: quick, rounds: rounds ?? (quick ? 2 : 5), seconds: seconds ?? (quick ? 2 : 5),
@@ -214,7 +216,7 @@ struct BenchRunner {
 
     func run(datapath: Bool, controlPlane: Bool) async throws -> BenchReport {
         let machine = MachineInfo.current()
-        log("fxdp-lab bench\(options.quick ? " --quick" : ""): kernel \(machine.kernel), \(machine.cpuModel), \(machine.cpus) CPUs")
+        log("fxdp-bench\(options.quick ? " --quick" : ""): kernel \(machine.kernel), \(machine.cpuModel), \(machine.cpus) CPUs")
         var report = BenchReport(machine: machine, quick: options.quick, rounds: options.rounds, secondsPerRun: options.seconds,
                                  rrTransactions: options.rrTransactions, offloads: [:], attachments: [:], datapath: [],
                                  packetCosts: [], controlPlane: [], notes: [])

@@ -76,7 +76,7 @@ final class BenchCleanup: @unchecked Sendable {
                 }
                 // A second signal: the user insists; what is registered is already being removed.
                 if again { exit(128 + sig) }
-                print("\nfxdp-lab bench: signal \(sig), cleaning up the lab (the bench stops at its next step) …")
+                print("\nfxdp-bench: signal \(sig), cleaning up the lab (the bench stops at its next step) …")
                 self.run()
             }
             source.resume()
