@@ -131,7 +131,7 @@ let package = Package(
         // privilege checks.
         .target(
             name: "TestSupport",
-            dependencies: ["CBPF", "BPFLoader", "NetTypes", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["CBPF", "BPFLoader", "NetTypes", "RuntimeSupport", .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(name: "NetTypesTests", dependencies: ["NetTypes"]),
         .testTarget(

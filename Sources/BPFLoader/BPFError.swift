@@ -103,12 +103,6 @@ public struct BPFError: ExplainedError, Sendable, Equatable {
 }
 
 extension String {
-    func trimmingTrailingNewlines() -> String {
-        var text = Substring(self)
-        while let last = text.last, last == "\n" || last == "\r" || last == " " { text.removeLast() }
-        return String(text)
-    }
-
     /// The last `maxLines` lines, so an error stays readable when a verifier log is long.
     func tailLines(_ maxLines: Int) -> String {
         let lines = self.trimmingTrailingNewlines().split(separator: "\n", omittingEmptySubsequences: false)

@@ -6,6 +6,7 @@
 
 import CBPF
 import Logging
+import RuntimeSupport
 import Synchronization
 
 public enum LibbpfLogging {

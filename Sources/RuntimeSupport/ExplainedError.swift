@@ -37,9 +37,10 @@ public enum ExplainedErrorText {
 }
 
 extension String {
-    fileprivate func trimmingTrailingNewlines() -> String {
-        var s = Substring(self)
-        while s.last == "\n" || s.last == "\r" { s = s.dropLast() }
-        return String(s)
+    /// The text without the line breaks and spaces at its end (tool output, verifier logs).
+    public func trimmingTrailingNewlines() -> String {
+        var text = Substring(self)
+        while let last = text.last, last == "\n" || last == "\r" || last == " " { text.removeLast() }
+        return String(text)
     }
 }

@@ -6,6 +6,7 @@
 // hold is the command's own pid.
 
 import Glibc
+import RuntimeSupport
 import Synchronization
 
 /// A failed lab command: the full command line, its exit status and what it printed on stderr.
@@ -32,13 +33,6 @@ public struct LabError: Error, CustomStringConvertible, Sendable {
     }
 }
 
-extension String {
-    func trimmingTrailingNewlines() -> String {
-        var s = Substring(self)
-        while let last = s.last, last == "\n" || last == " " || last == "\r" { s = s.dropLast() }
-        return String(s)
-    }
-}
 
 /// Absolute paths of the tools the lab drives (`ip netns exec` refuses relative paths).
 public enum LabTools {
