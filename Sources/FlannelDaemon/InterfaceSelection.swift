@@ -9,59 +9,9 @@
 // read-only views of the calling thread's network namespace.
 
 import Glibc
+import Dataplane
 import NetTypes
-import Netlink
 import RuntimeSupport
-
-/// One interface with what the daemon needs from it.
-public struct NetworkInterface: Sendable, Equatable, CustomStringConvertible {
-    public var name: String
-    public var index: Int32
-    public var mtu: Int
-    /// IPv4 addresses with their prefix, in the kernel's order (the primary first).
-    public var ipv4: [(address: IPv4Address, prefixLength: Int)]
-
-    public init(name: String, index: Int32, mtu: Int, ipv4: [(address: IPv4Address, prefixLength: Int)]) {
-        self.name = name
-        self.index = index
-        self.mtu = mtu
-        self.ipv4 = ipv4
-    }
-
-    public static func == (a: Self, b: Self) -> Bool {
-        a.name == b.name && a.index == b.index && a.mtu == b.mtu
-            && a.ipv4.map(\.address) == b.ipv4.map(\.address) && a.ipv4.map(\.prefixLength) == b.ipv4.map(\.prefixLength)
-    }
-
-    public var description: String {
-        let addresses = ipv4.map { "\($0.address)/\($0.prefixLength)" }.joined(separator: ",")
-        return "\(name) (\(addresses.isEmpty ? "no IPv4" : addresses))"
-    }
-}
-
-/// The interface the overlay runs over, and the addresses the node uses on it.
-public struct ExternalInterface: Sendable, Equatable {
-    public var interface: NetworkInterface
-    /// The interface's own address: the VXLAN device's local address.
-    public var interfaceAddress: IPv4Address
-    /// The address other nodes reach us at (--public-ip, else `interfaceAddress`); goes in the lease.
-    public var publicIP: IPv4Address
-    /// The L2 network the interface sits on; peers inside it qualify for DirectRouting.
-    public var underlaySubnet: IPv4Subnet
-    /// Which flag chose it ("--iface-regex=^eth"), or "the default route".
-    public var chosenBy: String = ""
-}
-
-/// The route `ip route get <address>` shows: the interface it leaves by and its source address.
-public struct RouteToAddress: Sendable, Equatable {
-    public var interfaceIndex: Int32
-    public var source: IPv4Address?
-
-    public init(interfaceIndex: Int32, source: IPv4Address?) {
-        self.interfaceIndex = interfaceIndex
-        self.source = source
-    }
-}
 
 public enum InterfaceSelectionError: Error, CustomStringConvertible, Equatable {
     case noMatch(flag: String, value: String, available: [String])
@@ -223,14 +173,12 @@ public enum InterfaceSelection {
                           routeTo: routeFromKernel)
     }
 
-    /// `ip route get <address>` through netlink.
+    /// `ip route get <address>`.
     static func routeFromKernel(_ address: IPv4Address) throws(InterfaceSelectionError) -> RouteToAddress? {
         do {
-            var nl = try NetlinkSocket()
-            guard let route = try nl.routeGet(to: address), let index = route.outputIndex else { return nil }
-            return RouteToAddress(interfaceIndex: index, source: route.preferredSource)
+            return try Interfaces.route(to: address)
         } catch {
-            throw .systemCall(operation: "route lookup for --iface-can-reach=\(address) (\(error.operation))", errno: error.errno)
+            throw .systemCall(operation: "route lookup for --iface-can-reach=\(address) (\(error.operation))", errno: error.errorNumber)
         }
     }
 

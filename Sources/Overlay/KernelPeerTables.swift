@@ -28,7 +28,7 @@ import NetTypes
 import Netlink
 import Synchronization
 
-public final class KernelVXLANPeerTable: PeerTable {
+public final class KernelVXLANPeerTable: Sendable {
     public let tableName = "kernel-vxlan"
     public let device: FlannelVXLANDevice
     /// The flannel network: DirectRouting routes inside it on the underlay are ours.
@@ -175,7 +175,7 @@ public final class KernelVXLANPeerTable: PeerTable {
 }
 
 /// host-gw: one route per peer, `<subnet> via <PublicIP> dev <underlay>`, as flanneld's host-gw backend.
-public final class HostGWPeerTable: PeerTable {
+public final class HostGWPeerTable: Sendable {
     public let tableName = "kernel-host-gw"
     public let underlayIndex: Int32
     /// The flannel network: only routes inside it are read back or removed.

@@ -1,5 +1,5 @@
-// Node-level overlay helpers: the DirectRouting test, the userspace path's TUN, and removing the
-// overlay for `flanneld-xdp cleanup` — only what flanneld/flanneld-xdp made.
+// Node-level overlay helpers: the userspace path's TUN, and removing the overlay for
+// `flanneld-xdp cleanup` — only what flanneld/flanneld-xdp made.
 //
 // Deleting `flannel.<VNI>` takes its address, its onlink routes, its neighbours and its fdb with it
 // (the kernel flushes everything bound to a device it deletes). What survives a device deletion are
@@ -13,17 +13,6 @@ import NetTypes
 import Netlink
 
 public enum Overlay {
-    /// flanneld's DirectRouting test: `address` is reached without a gateway (it is on one of our
-    /// links' subnets), so a peer there can get a plain route instead of the vxlan triple.
-    public static func isDirectlyReachable(_ address: IPv4Address, netlink nl: inout NetlinkSocket) throws(OverlayError) -> Bool {
-        do {
-            guard let route = try nl.routeGet(to: address) else { return false }
-            return route.gateway == nil
-        } catch {
-            throw .netlink(error, while: "checking whether \(address) is directly reachable")
-        }
-    }
-
     /// What `removeAll` did.
     public struct Removal: Hashable, Sendable {
         public var deletedDevices: [String]

@@ -13,6 +13,7 @@
 // accepts is flushed and refilled, the jump is appended when missing and extra copies are deleted.
 // Every --iptables-resync seconds (HostRules.swift). `cleanup` removes the jump and the chain.
 
+import Dataplane
 import NetTypes
 
 public enum ForwardRules {
