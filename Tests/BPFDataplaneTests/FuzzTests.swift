@@ -31,7 +31,19 @@ struct FuzzTests {
                       vtepMAC: MACAddress("02:00:00:00:00:09")!, route: .unroutable),
                 .init(subnet: PacketLab.multihomedPods, nodeIP: PacketLab.multihomedPeer,
                       vtepMAC: MACAddress("02:00:00:00:00:05")!, route: .unroutable, sourceIP: PacketLab.multihomedSource),
-            ])
+            ],
+            ipv6: lab.config6.map { config6 in
+                ReferenceDatapath.IPv6Half(
+                    nodeIP: config6.nodeIP, vtepMAC: config6.vtepMAC, overlayMTU: Int(config6.overlayMTU), hopLimit: config6.outerHopLimit,
+                    peers: PacketLab.peers6.map { peer in
+                        let route: ReferenceDatapath.Route = switch peer.publicIP {
+                        case PacketLab.peer6: .resolved(PacketLab.peerUnderlayMAC)
+                        case PacketLab.unresolvedPeer6: .unresolved
+                        default: .unroutable
+                        }
+                        return .init(subnet: peer.subnet, nodeIP: peer.publicIP, vtepMAC: peer.vtepMAC, route: route, sourceIP: peer.sourceIP)
+                    })
+            })
     }
 
     static func seeds(_ lab: PacketLab) -> [[UInt8]] {
