@@ -8,7 +8,6 @@
 // the kernel's frame passes our decap.
 
 import BPFDataplane
-import CBPF
 import Foundation
 import Glibc
 import NetTypes
@@ -92,26 +91,9 @@ final class KernelPair6: @unchecked Sendable {
         }
     }
 
-    /// Sends `frame` as is out of A's underlay (an AF_PACKET socket in A).
+    /// Sends `frame` as is out of A's underlay.
     func sendFromA(_ frame: [UInt8]) throws {
-        let index = try a.ifindex(aIf)
-        try a.run {
-            let fd = socket(AF_PACKET, 3 /* SOCK_RAW */, 0)
-            guard fd >= 0 else { throw CommandFailed(command: ["socket(AF_PACKET)"], status: errno, output: "") }
-            defer { Glibc.close(fd) }
-            var address = sockaddr_ll()
-            address.sll_family = UInt16(AF_PACKET)
-            address.sll_ifindex = index
-            address.sll_halen = 6
-            let sent = frame.withUnsafeBytes { bytes in
-                withUnsafePointer(to: &address) { pointer in
-                    pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                        sendto(fd, bytes.baseAddress, bytes.count, 0, $0, socklen_t(MemoryLayout<sockaddr_ll>.size))
-                    }
-                }
-            }
-            guard sent == frame.count else { throw CommandFailed(command: ["sendto(AF_PACKET)"], status: errno, output: "") }
-        }
+        try FrameSender.send(namespace: a.name, ifname: aIf, frames: [frame])
     }
 
     /// flannel-v6.1's received packets in B.

@@ -42,7 +42,7 @@ final class PacketLab: @unchecked Sendable {
     static let multihomedSource6 = IPv6Address("fd00:60::5")!
     static let ourVTEP6 = MACAddress("02:00:00:00:06:02")!
     static let peerVTEP6 = MACAddress("02:00:00:00:06:01")!
-    static let podNetwork6 = IPv6Subnet(address: IPv6Address("fd10:5::")!, prefixLength: 48)!
+    static let podNetwork6 = IPv6Subnet(address: IPv6Address("fd10:5::")!, prefixLength: 32)!
     static let ourPods6 = IPv6Subnet(address: IPv6Address("fd10:5:2::")!, prefixLength: 64)!
     static let peerPods6 = IPv6Subnet(address: IPv6Address("fd10:5:1::")!, prefixLength: 64)!
     static let unresolvedPods6 = IPv6Subnet(address: IPv6Address("fd10:5:3::")!, prefixLength: 64)!

@@ -60,7 +60,7 @@ struct DualStackSide: Sendable {
 
     func config(lab: NetnsLab) throws -> NodeConfig6 {
         NodeConfig6(nodeIP: nodeIP, vtepMAC: vtepMAC, overlayIfindex: overlay, overlayMTU: UInt16(node.underlayMTU - 70),
-                    network: IPv6Subnet(address: IPv6Address("fd10:5::")!, prefixLength: 48))
+                    network: IPv6Subnet(address: IPv6Address("fd10:5::")!, prefixLength: 32))
     }
 }
 
