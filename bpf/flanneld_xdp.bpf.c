@@ -1,4 +1,4 @@
-/* flanneld_xdp.bpf.c — flannel's VXLAN data path in eBPF: seven entry points, one object.
+/* flanneld_xdp.bpf.c — flannel's VXLAN data path in eBPF: ten entry points, one object.
  *
  * fxdp_encap       TC egress on flannel.<VNI> (a real kernel vxlan device configured as flanneld
  *                  configures it). IPv4 to a peer's pod subnet is wrapped in outer Ethernet/IPv4/UDP/
@@ -24,6 +24,11 @@
  *                  datagrams from a peer node, through the underlay, to the node IP get in.
  * fxdp_pod_guard   netfilter FORWARD: pods are never peers, so a pod's datagram to a VXLAN port outside
  *                  the pod network is dropped before masquerade could give it a node's address.
+ * fxdp_encap6      TC egress on flannel-v6.<VNI>, flannel's second device for IPv6 pods over the IPv6
+ *                  underlay: fxdp_encap for IPv6 (fxdp_ipv6.h says what IPv6 changes). The decap
+ *                  programs serve both families: an IPv6 frame takes their IPv6 branch.
+ * fxdp_vxlan_door6 netfilter LOCAL_IN of IPv6: flannel-v6.<VNI>'s socket's one door.
+ * fxdp_pod_guard6  netfilter FORWARD of IPv6: fxdp_pod_guard for the IPv6 pod network.
  *
  * Verdicts (every packet a program decides on bumps exactly one counter, named after FXDP_C_; the
  * netfilter programs count only datagrams to our VXLAN port, fxdp_decap_steer only what it steers):
@@ -97,6 +102,39 @@
  * |                    | (nor to the lease's PublicIP when that is ours too)      |                  |                         |
  * | vxlan_door         | from a peer, via the underlay, to the node IP            | NF_ACCEPT        | DOOR_OK                 |
  * | pod_guard          | UDP to our port, source in the pod network, dest outside | NF_DROP          | GUARD_DROP_POD_VXLAN    |
+ * | fast_encap         | IPv6 (the fast path is IPv4-only)                        | TC_ACT_OK        | FAST_ENCAP_PASS_IPV6    |
+ *
+ * IPv6 (fxdp_ipv6.h), the rows that differ from IPv4's; the rest share the IPv4 codes above:
+ *
+ * | encap6             | config or config6 not filled / not enabled               | TC_ACT_OK        | ENCAP_PASS_DISABLED     |
+ * | encap6             | skb protocol not IPv6                                    | TC_ACT_OK        | ENCAP6_PASS_NOT_IPV6    |
+ * | encap6             | IPv6 header truncated, version != 6                      | TC_ACT_SHOT      | ENCAP_DROP_MALFORMED    |
+ * | encap6             | no peer / too big (flannel-v6's MTU)                     | TC_ACT_OK        | ENCAP_PASS_NO_PEER / _TOO_BIG |
+ * | encap6             | a GSO super-packet (a checksum per segment: the kernel)  | TC_ACT_OK        | ENCAP6_PASS_GSO         |
+ * | encap6             | outer UDP checksum not derivable from the headers        | TC_ACT_OK        | ENCAP6_PASS_CSUM        |
+ * | encap6             | fib: no neighbour / no route; adjust_room refused        | TC_ACT_OK        | as for IPv4             |
+ * | encap6             | encapsulated                                             | TC_ACT_REDIRECT  | ENCAP6_OK               |
+ * | decap (both)       | IPv6 while config6 is not filled                         | PASS / OK        | DECAP_PASS_NOT_IPV4     |
+ * | decap (both)       | IPv6 truncated, version != 6                             | DROP / SHOT      | DECAP_DROP_MALFORMED    |
+ * | decap (both)       | fragment header with an offset                           | PASS / OK        | DECAP_PASS_FRAGMENT     |
+ * | decap (both)       | other extension headers before the transport header      | PASS / OK        | DECAP6_PASS_EXT_HEADERS |
+ * | decap (both)       | not UDP, another port / not to our IPv6 address          | PASS / OK        | _PASS_NOT_VXLAN / _PASS_OTHER_HOST |
+ * | decap (both)       | payload length 0 or beyond the packet                    | DROP / SHOT      | DECAP_DROP_MALFORMED    |
+ * | decap (both)       | UDP checksum 0                                           | DROP / SHOT      | DECAP6_DROP_UDP_ZERO_CSUM |
+ * | decap (both)       | source not in fxdp_nodes6; VXLAN, inner Ethernet, ECN,   | DROP / SHOT      | as for IPv4             |
+ * |                    | inner source as for IPv4                                 |                  |                         |
+ * | decap (both)       | inner Ethernet type not IPv6                             | DROP / SHOT      | DECAP6_DROP_INNER_NOT_IPV6 |
+ * | decap (both)       | first (or atomic) fragment, every check above passed     | PASS / OK        | DECAP_FRAGMENT_OK       |
+ * | decap_xdp          | valid: stripped, CE copied in, marked IPv6 for the steer | XDP_PASS         | DECAP6_OK               |
+ * | decap_xdp / check  | valid, no XDP metadata / valid (TC)                      | XDP_PASS / OK    | DECAP6_CHECK_OK         |
+ * | decap_steer        | marked IPv6: into flannel-v6.<VNI>'s ingress             | TC_ACT_REDIRECT  | DECAP6_STEER_OK         |
+ * | vxlan_door6        | UDP to our port from an address not in fxdp_nodes6       | NF_DROP          | DOOR6_DROP_NOT_PEER     |
+ * | vxlan_door6        | from a peer, not via the underlay, not to our IPv6       | NF_DROP          | DOOR6_DROP_WRONG_DOOR   |
+ * |                    | address, or behind extension headers; or a chain longer  |                  |                         |
+ * |                    | than FXDP_IPV6_MAX_EXT                                   |                  |                         |
+ * | vxlan_door6        | from a peer, via the underlay, to our IPv6 address       | NF_ACCEPT        | DOOR6_OK                |
+ * | pod_guard6         | UDP to our port, source in the IPv6 pod network, dest    | NF_DROP          | GUARD6_DROP_POD_VXLAN   |
+ * |                    | outside                                                  |                  |                         |
  *
  * Why these verdicts: anything that is not VXLAN to our port passes untouched (the underlay carries
  * other traffic); a VXLAN datagram is accepted only when every header the kernel vxlan device would
