@@ -459,21 +459,10 @@ static __always_inline __u32 fxdp_classify_decap(void *data, void *data_end, __u
 		return FXDP_C_DECAP_DROP_NOT_PEER;
 	}
 
-	struct fxdp_vxlanhdr *vx = fxdp_parse_vxlan(&cur);
-	if (!vx)
-		return truncated;
-	if (vx->flags != bpf_htonl(FXDP_VXLAN_FLAGS_I) || vx->vni != bpf_htonl(cfg->vni << 8))
-		return FXDP_C_DECAP_DROP_BAD_VNI;
-
-	struct ethhdr *inner_eth = fxdp_parse_eth(&cur);
-	if (!inner_eth)
-		return truncated;
-	if (!fxdp_mac_equal(inner_eth->h_dest, cfg->vtep_mac))
-		return FXDP_C_DECAP_DROP_INNER_NOT_OURS;
-	if (fxdp_mac_equal(inner_eth->h_source, cfg->vtep_mac))
-		return FXDP_C_DECAP_DROP_LOOP;
-	if (inner_eth->h_proto != bpf_htons(ETH_P_IP))
-		return FXDP_C_DECAP_DROP_INNER_NOT_IPV4;
+	__u32 headers = fxdp_check_vxlan_inner_eth(&cur, cfg->vni, cfg->vtep_mac, bpf_htons(ETH_P_IP), truncated,
+						  FXDP_C_DECAP_DROP_INNER_NOT_IPV4);
+	if (headers != FXDP_C_DECAP_OK)
+		return headers;
 	struct iphdr *inner_ip = cur.pos;
 	if ((void *)(inner_ip + 1) > cur.end)
 		return truncated;
@@ -734,6 +723,37 @@ static __always_inline int fxdp_fast_decap_tc(struct __sk_buff *skb, const struc
 	return fxdp_fast_deliver(skb, &p, &t, len);
 }
 
+enum fxdp_strip {
+	FXDP_STRIP_DONE = 0,    /* stripped, marked, re-addressed: the inner frame starts at ctx->data */
+	FXDP_STRIP_NO_META = 1, /* the driver keeps no XDP metadata: nothing changed */
+	FXDP_STRIP_FAILED = 2,  /* the head could not be moved, or the frame is not what it was */
+};
+
+/* What fxdp_decap_xdp does to a valid datagram of either family: the mark for fxdp_decap_steer goes
+ * in first (a driver without XDP metadata refuses it, and the datagram then goes up whole to the
+ * kernel vxlan device, after the netfilter door, which delivers it on the overlay as stock flannel
+ * does); then `overhead` bytes go, and the inner frame is addressed to the underlay, whose receive
+ * path drops frames for other MACs until the steer moves it to the overlay device (were the steer
+ * detached, the packet would still be delivered, as before it existed). */
+static __always_inline enum fxdp_strip fxdp_xdp_strip(struct xdp_md *ctx, int overhead, __u32 meta_flags, const __u8 *underlay_mac)
+{
+	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct fxdp_xdp_meta)))
+		return FXDP_STRIP_NO_META;
+	if (bpf_xdp_adjust_head(ctx, overhead))
+		return FXDP_STRIP_FAILED;
+	/* Re-derive: both helpers invalidated every packet pointer. */
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct fxdp_xdp_meta *meta = (void *)(long)ctx->data_meta;
+	struct ethhdr *eth = data;
+	if ((void *)(meta + 1) > data || (void *)(eth + 1) > data_end)
+		return FXDP_STRIP_FAILED;
+	meta->magic = FXDP_XDP_META_MAGIC;
+	meta->flags = meta_flags;
+	__builtin_memcpy(eth->h_dest, underlay_mac, ETH_ALEN);
+	return FXDP_STRIP_DONE;
+}
+
 /* fxdp_decap_xdp for a frame that is not IPv4: IPv6 VXLAN is classified and stripped as IPv4 VXLAN
  * is, and marked for the steer to hand it to flannel-v6.<VNI>; anything else passes. */
 static __always_inline int fxdp_decap_xdp6(struct xdp_md *ctx, const struct fxdp_config *cfg, __u64 len)
@@ -753,27 +773,19 @@ static __always_inline int fxdp_decap_xdp6(struct xdp_md *ctx, const struct fxdp
 		fxdp_report_drop_xdp(ctx, len, code);
 		return fxdp_count_verdict(code, len, XDP_DROP);
 	}
-	/* As for IPv4: the mark first; without metadata the datagram goes up whole to the kernel. */
-	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct fxdp_xdp_meta))) {
+	enum fxdp_strip strip = fxdp_xdp_strip(ctx, FXDP_VXLAN6_OVERHEAD,
+						FXDP_META_F_IPV6 | (facts.source_in_subnet ? FXDP_META_F_SOURCE_IN_SUBNET : 0),
+						cfg->underlay_mac);
+	if (strip == FXDP_STRIP_NO_META) {
 		fxdp_count_peer6(&facts.node, len, 1);
 		return fxdp_count_verdict(FXDP_C_DECAP6_CHECK_OK, len, XDP_PASS);
 	}
-	if (bpf_xdp_adjust_head(ctx, FXDP_VXLAN6_OVERHEAD)) {
-		fxdp_report_drop_xdp(ctx, len, FXDP_C_DECAP_DROP_ADJUST);
-		return fxdp_count_verdict(FXDP_C_DECAP_DROP_ADJUST, len, XDP_DROP);
-	}
 	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
-	struct fxdp_xdp_meta *meta = (void *)(long)ctx->data_meta;
-	eth = data;
 	struct ipv6hdr *inner_ip = data + ETH_HLEN;
-	if ((void *)(meta + 1) > data || (void *)(inner_ip + 1) > data_end) {
+	if (strip != FXDP_STRIP_DONE || (void *)(inner_ip + 1) > (void *)(long)ctx->data_end) {
 		fxdp_report_drop_xdp(ctx, len, FXDP_C_DECAP_DROP_ADJUST);
 		return fxdp_count_verdict(FXDP_C_DECAP_DROP_ADJUST, len, XDP_DROP);
 	}
-	meta->magic = FXDP_XDP_META_MAGIC;
-	meta->flags = FXDP_META_F_IPV6 | (facts.source_in_subnet ? FXDP_META_F_SOURCE_IN_SUBNET : 0);
-	__builtin_memcpy(eth->h_dest, cfg->underlay_mac, ETH_ALEN);
 	/* IP6_ECN_decapsulate: an outer CE mark is copied into an ECT inner header (no checksum). */
 	if (facts.outer_ecn == 0x3)
 		((__u8 *)inner_ip)[1] |= 0x3 << 4;
@@ -802,33 +814,18 @@ int fxdp_decap_xdp(struct xdp_md *ctx)
 		return fxdp_count_verdict(code, len, XDP_DROP);
 	}
 
-	/* The mark for fxdp_decap_steer goes in first: a driver without XDP metadata refuses it, and
-	 * the datagram then goes up whole to the kernel vxlan device (after fxdp_vxlan_door), which
-	 * delivers it on the overlay as stock flannel does. */
-	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct fxdp_xdp_meta))) {
+	enum fxdp_strip strip = fxdp_xdp_strip(ctx, FXDP_VXLAN_OVERHEAD, facts.source_in_subnet ? FXDP_META_F_SOURCE_IN_SUBNET : 0,
+						cfg->underlay_mac);
+	if (strip == FXDP_STRIP_NO_META) {
 		fxdp_count_peer(&facts.node, len, 1);
 		return fxdp_count_verdict(FXDP_C_DECAP_CHECK_OK, len, XDP_PASS);
 	}
-	if (bpf_xdp_adjust_head(ctx, FXDP_VXLAN_OVERHEAD)) {
-		fxdp_report_drop_xdp(ctx, len, FXDP_C_DECAP_DROP_ADJUST);
-		return fxdp_count_verdict(FXDP_C_DECAP_DROP_ADJUST, len, XDP_DROP);
-	}
-	/* Re-derive: both helpers invalidated every packet pointer. */
 	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
-	struct fxdp_xdp_meta *meta = (void *)(long)ctx->data_meta;
-	struct ethhdr *eth = data;
 	struct iphdr *inner_ip = data + ETH_HLEN;
-	if ((void *)(meta + 1) > data || (void *)(inner_ip + 1) > data_end) {
+	if (strip != FXDP_STRIP_DONE || (void *)(inner_ip + 1) > (void *)(long)ctx->data_end) {
 		fxdp_report_drop_xdp(ctx, len, FXDP_C_DECAP_DROP_ADJUST);
 		return fxdp_count_verdict(FXDP_C_DECAP_DROP_ADJUST, len, XDP_DROP);
 	}
-	meta->magic = FXDP_XDP_META_MAGIC;
-	meta->flags = facts.source_in_subnet ? FXDP_META_F_SOURCE_IN_SUBNET : 0;
-	/* The stack drops frames not addressed to the interface they arrive on: until the steer moves
-	 * the frame to flannel.<VNI>, address it to the underlay (were the steer detached, the packet
-	 * would still be delivered, as before it existed). */
-	__builtin_memcpy(eth->h_dest, cfg->underlay_mac, ETH_ALEN);
 	/* IP_ECN_decapsulate: an outer CE mark is copied into an ECT inner header. */
 	if ((facts.outer_tos & 0x3) == 0x3 && (inner_ip->tos & 0x3) != 0x3) {
 		__u16 old = *(__u16 *)inner_ip;

@@ -258,21 +258,10 @@ static __always_inline __u32 fxdp_classify_decap6(void *data, void *data_end, __
 	if (!bpf_map_lookup_elem(&fxdp_nodes6_v2, &facts->node))
 		return FXDP_C_DECAP_DROP_NOT_PEER;
 
-	struct fxdp_vxlanhdr *vx = fxdp_parse_vxlan(&cur);
-	if (!vx)
-		return truncated;
-	if (vx->flags != bpf_htonl(FXDP_VXLAN_FLAGS_I) || vx->vni != bpf_htonl(cfg->vni << 8))
-		return FXDP_C_DECAP_DROP_BAD_VNI;
-
-	struct ethhdr *inner_eth = fxdp_parse_eth(&cur);
-	if (!inner_eth)
-		return truncated;
-	if (!fxdp_mac_equal(inner_eth->h_dest, cfg6->vtep_mac))
-		return FXDP_C_DECAP_DROP_INNER_NOT_OURS;
-	if (fxdp_mac_equal(inner_eth->h_source, cfg6->vtep_mac))
-		return FXDP_C_DECAP_DROP_LOOP;
-	if (inner_eth->h_proto != bpf_htons(ETH_P_IPV6))
-		return FXDP_C_DECAP6_DROP_INNER_NOT_IPV6;
+	__u32 headers = fxdp_check_vxlan_inner_eth(&cur, cfg->vni, cfg6->vtep_mac, bpf_htons(ETH_P_IPV6), truncated,
+						  FXDP_C_DECAP6_DROP_INNER_NOT_IPV6);
+	if (headers != FXDP_C_DECAP_OK)
+		return headers;
 	struct ipv6hdr *inner = cur.pos;
 	if ((void *)(inner + 1) > cur.end)
 		return truncated;

@@ -17,6 +17,7 @@
 #include <linux/udp.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include "fxdp_shared.h"
 #include "fxdp_consts.h"
 
 struct fxdp_cursor {
@@ -84,6 +85,31 @@ static __always_inline int fxdp_ip_equal(const void *a, const __u8 *b)
 static __always_inline int fxdp_mac_equal(const __u8 *a, const __u8 *b)
 {
 	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] && a[5] == b[5];
+}
+
+/* The VXLAN header and the inner Ethernet header, which both families' decap classifications check
+ * alike: the I flag alone and our VNI; an inner destination that is our VtepMAC (`vtep_mac`, the
+ * device's of that family), an inner source that is not (a loop), the family's inner type. Returns
+ * FXDP_C_DECAP_OK with the cursor at the inner network header, else the verdict: `truncated` for a
+ * header cut short, `wrong_type` for another inner type. */
+static __always_inline __u32 fxdp_check_vxlan_inner_eth(struct fxdp_cursor *c, __u32 vni, const __u8 *vtep_mac,
+							 __be16 inner_type, __u32 truncated, __u32 wrong_type)
+{
+	struct fxdp_vxlanhdr *vx = fxdp_parse_vxlan(c);
+	if (!vx)
+		return truncated;
+	if (vx->flags != bpf_htonl(FXDP_VXLAN_FLAGS_I) || vx->vni != bpf_htonl(vni << 8))
+		return FXDP_C_DECAP_DROP_BAD_VNI;
+	struct ethhdr *inner_eth = fxdp_parse_eth(c);
+	if (!inner_eth)
+		return truncated;
+	if (!fxdp_mac_equal(inner_eth->h_dest, vtep_mac))
+		return FXDP_C_DECAP_DROP_INNER_NOT_OURS;
+	if (fxdp_mac_equal(inner_eth->h_source, vtep_mac))
+		return FXDP_C_DECAP_DROP_LOOP;
+	if (inner_eth->h_proto != inner_type)
+		return wrong_type;
+	return FXDP_C_DECAP_OK;
 }
 
 /* Makes the first `want` bytes of the packet (at most all of it) linear, when they are not yet. */

@@ -43,12 +43,12 @@ public struct BPFPeer6: Hashable, Sendable, CustomStringConvertible {
 public final class BPFIPv6PeerTable: Sendable {
     public let tableName = "bpf-maps-ipv6"
     private let peers: BPFMap<fxdp_peer6_key, fxdp_peer6_value>
-    private let nodes: BPFMap<fxdp_node6_key, fxdp_node_value>
+    private let nodes: PeerNodeCounts<fxdp_node6_key, IPv6Address>
     private let lock = Mutex(())
 
     public init(peers: BPFMap<fxdp_peer6_key, fxdp_peer6_value>, nodes: BPFMap<fxdp_node6_key, fxdp_node_value>) throws {
         self.peers = peers
-        self.nodes = nodes
+        self.nodes = PeerNodeCounts(nodes: nodes, key: BPFIPv6PeerTable.nodeKey, address: { IPv6Address(mapBytes: $0.node_ip) })
         try repairNodes()
     }
 
@@ -95,14 +95,14 @@ public final class BPFIPv6PeerTable: Sendable {
             let key = BPFIPv6PeerTable.key(peer.subnet)
             let before = try peers.lookup(key).map { BPFIPv6PeerTable.addresses(of: $0) } ?? []
             let after = peer.sourceAddresses
-            for address in after where !before.contains(address) { try adjustNode(address, by: 1) }
+            for address in after where !before.contains(address) { try nodes.adjust(address, by: 1) }
             var value = fxdp_peer6_value()
             value.node_ip = peer.publicIP.mapBytes
             value.vtep_mac = peer.vtepMAC.tuple
             value.flags = peer.direct ? UInt16(FXDP_PEER_F_DIRECT) : 0
             if let source = peer.sourceIP { value.source_ip = source.mapBytes }
             try peers.update(key, value)
-            for address in before where !after.contains(address) { try adjustNode(address, by: -1) }
+            for address in before where !after.contains(address) { try nodes.adjust(address, by: -1) }
         }
     }
 
@@ -111,7 +111,7 @@ public final class BPFIPv6PeerTable: Sendable {
             let key = BPFIPv6PeerTable.key(peer.subnet)
             guard let old = try peers.lookup(key) else { return }
             _ = try peers.delete(key)
-            for address in BPFIPv6PeerTable.addresses(of: old) { try adjustNode(address, by: -1) }
+            for address in BPFIPv6PeerTable.addresses(of: old) { try nodes.adjust(address, by: -1) }
         }
     }
 
@@ -122,11 +122,7 @@ public final class BPFIPv6PeerTable: Sendable {
     }
 
     /// Addresses the IPv6 source checks accept VXLAN from, with how many subnets name each.
-    public func acceptedNodes() throws -> [IPv6Address: UInt32] {
-        var result: [IPv6Address: UInt32] = [:]
-        for (k, v) in try nodes.entries() { result[IPv6Address(mapBytes: k.node_ip)] = v.subnets }
-        return result
-    }
+    public func acceptedNodes() throws -> [IPv6Address: UInt32] { try nodes.entries() }
 
     /// Rewrites fxdp_nodes6 from fxdp_peers6; returns how many entries it changed.
     @discardableResult
@@ -136,36 +132,7 @@ public final class BPFIPv6PeerTable: Sendable {
             for (_, v) in try peers.entries() {
                 for address in BPFIPv6PeerTable.addresses(of: v) { want[address, default: 0] += 1 }
             }
-            var changed = 0
-            for (k, v) in try nodes.entries() {
-                let ip = IPv6Address(mapBytes: k.node_ip)
-                if want[ip] == nil { _ = try nodes.delete(k); changed += 1 } else if want[ip] != v.subnets {
-                    var fixed = v
-                    fixed.subnets = want[ip]!
-                    try nodes.update(k, fixed)
-                    changed += 1
-                }
-                want[ip] = nil
-            }
-            for (ip, count) in want {
-                var v = fxdp_node_value()
-                v.subnets = count
-                try nodes.update(BPFIPv6PeerTable.nodeKey(ip), v)
-                changed += 1
-            }
-            return changed
-        }
-    }
-
-    private func adjustNode(_ ip: IPv6Address, by delta: Int) throws {
-        let key = BPFIPv6PeerTable.nodeKey(ip)
-        let next = max(0, Int(try nodes.lookup(key)?.subnets ?? 0) + delta)
-        if next == 0 {
-            _ = try nodes.delete(key)
-        } else {
-            var v = fxdp_node_value()
-            v.subnets = UInt32(next)
-            try nodes.update(key, v)
+            return try nodes.rewrite(to: want)
         }
     }
 }

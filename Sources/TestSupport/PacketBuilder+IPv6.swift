@@ -88,18 +88,9 @@ extension PacketBuilder {
     /// A UDP datagram over IPv6 with its (mandatory) checksum, or 0 when `checksum` is false.
     public static func udp6(src: IPv6Address, dst: IPv6Address, srcPort: UInt16, dstPort: UInt16, payload: [UInt8],
                             checksum: Bool = true) -> [UInt8] {
-        var u: [UInt8] = []
-        u.appendBE16(srcPort)
-        u.appendBE16(dstPort)
-        u.appendBE16(UInt16(8 + payload.count))
-        u.appendBE16(0)
-        u += payload
-        if checksum {
-            var c = Checksum.internet(u, initial: Checksum.pseudoHeader6(src: src, dst: dst, nextHeader: IPProto.udp, length: u.count))
-            if c == 0 { c = 0xffff }
-            u.setBE16(c, at: 6)
+        udpDatagram(srcPort: srcPort, dstPort: dstPort, payload: payload) { length in
+            checksum ? Checksum.pseudoHeader6(src: src, dst: dst, nextHeader: IPProto.udp, length: length) : nil
         }
-        return u
     }
 
     /// A TCP segment (no options) over IPv6 with a correct checksum.

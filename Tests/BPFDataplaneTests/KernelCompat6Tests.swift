@@ -71,23 +71,11 @@ final class KernelPair6: @unchecked Sendable {
 
     /// The first IPv6 VXLAN frame (UDP to 8472) an AF_PACKET socket in B sees, or nil after 2 s.
     func captureVXLAN(while send: () throws -> Void) throws -> [UInt8]? {
-        let fd = try b.run { () throws -> Int32 in
-            let fd = socket(AF_PACKET, 3 /* SOCK_RAW */, Int32(UInt16(0x0003 /* ETH_P_ALL */).bigEndian))
-            guard fd >= 0 else { throw CommandFailed(command: ["socket(AF_PACKET)"], status: errno, output: "") }
-            var tv = timeval(tv_sec: 2, tv_usec: 0)
-            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-            return fd
-        }
+        let fd = try openFrameCapture(in: b)
         defer { Glibc.close(fd) }
         try send()
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n <= 0 { return nil }
-            let frame = Array(buffer[0..<n])
-            if frame.count >= 62, frame.be16(at: 12) == EtherType.ipv6Ethernet, frame[20] == IPProto.udp, frame.be16(at: 56) == 8472 {
-                return frame
-            }
+        return nextFrame(fd) { frame in
+            frame.count >= 62 && frame.be16(at: 12) == EtherType.ipv6Ethernet && frame[20] == IPProto.udp && frame.be16(at: 56) == 8472
         }
     }
 
