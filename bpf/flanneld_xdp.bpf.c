@@ -767,12 +767,8 @@ static __always_inline int fxdp_decap_xdp6(struct xdp_md *ctx, const struct fxdp
 
 	struct fxdp_decap6_facts facts = {};
 	__u32 code = fxdp_classify_decap6(data, data_end, len, cfg, cfg6, &facts);
-	if (code != FXDP_C_DECAP6_OK) {
-		if (!fxdp_counter_is_drop(code))
-			return fxdp_count_verdict(code, len, XDP_PASS);
-		fxdp_report_drop_xdp(ctx, len, code);
-		return fxdp_count_verdict(code, len, XDP_DROP);
-	}
+	if (code != FXDP_C_DECAP6_OK)
+		return fxdp_xdp_verdict(ctx, code, len);
 	enum fxdp_strip strip = fxdp_xdp_strip(ctx, FXDP_VXLAN6_OVERHEAD,
 						FXDP_META_F_IPV6 | (facts.source_in_subnet ? FXDP_META_F_SOURCE_IN_SUBNET : 0),
 						cfg->underlay_mac);
@@ -782,10 +778,8 @@ static __always_inline int fxdp_decap_xdp6(struct xdp_md *ctx, const struct fxdp
 	}
 	data = (void *)(long)ctx->data;
 	struct ipv6hdr *inner_ip = data + ETH_HLEN;
-	if (strip != FXDP_STRIP_DONE || (void *)(inner_ip + 1) > (void *)(long)ctx->data_end) {
-		fxdp_report_drop_xdp(ctx, len, FXDP_C_DECAP_DROP_ADJUST);
-		return fxdp_count_verdict(FXDP_C_DECAP_DROP_ADJUST, len, XDP_DROP);
-	}
+	if (strip != FXDP_STRIP_DONE || (void *)(inner_ip + 1) > (void *)(long)ctx->data_end)
+		return fxdp_xdp_verdict(ctx, FXDP_C_DECAP_DROP_ADJUST, len);
 	/* IP6_ECN_decapsulate: an outer CE mark is copied into an ECT inner header (no checksum). */
 	if (facts.outer_ecn == 0x3)
 		((__u8 *)inner_ip)[1] |= 0x3 << 4;
@@ -805,14 +799,8 @@ int fxdp_decap_xdp(struct xdp_md *ctx)
 
 	struct fxdp_decap_facts facts = {};
 	__u32 code = fxdp_classify_decap(data, data_end, len, cfg, &facts);
-	if (code != FXDP_C_DECAP_OK) {
-		if (code == FXDP_C_DECAP_PASS_NOT_IPV4)
-			return fxdp_decap_xdp6(ctx, cfg, len);
-		if (!fxdp_counter_is_drop(code))
-			return fxdp_count_verdict(code, len, XDP_PASS);
-		fxdp_report_drop_xdp(ctx, len, code);
-		return fxdp_count_verdict(code, len, XDP_DROP);
-	}
+	if (code != FXDP_C_DECAP_OK)
+		return code == FXDP_C_DECAP_PASS_NOT_IPV4 ? fxdp_decap_xdp6(ctx, cfg, len) : fxdp_xdp_verdict(ctx, code, len);
 
 	enum fxdp_strip strip = fxdp_xdp_strip(ctx, FXDP_VXLAN_OVERHEAD, facts.source_in_subnet ? FXDP_META_F_SOURCE_IN_SUBNET : 0,
 						cfg->underlay_mac);
@@ -822,10 +810,8 @@ int fxdp_decap_xdp(struct xdp_md *ctx)
 	}
 	data = (void *)(long)ctx->data;
 	struct iphdr *inner_ip = data + ETH_HLEN;
-	if (strip != FXDP_STRIP_DONE || (void *)(inner_ip + 1) > (void *)(long)ctx->data_end) {
-		fxdp_report_drop_xdp(ctx, len, FXDP_C_DECAP_DROP_ADJUST);
-		return fxdp_count_verdict(FXDP_C_DECAP_DROP_ADJUST, len, XDP_DROP);
-	}
+	if (strip != FXDP_STRIP_DONE || (void *)(inner_ip + 1) > (void *)(long)ctx->data_end)
+		return fxdp_xdp_verdict(ctx, FXDP_C_DECAP_DROP_ADJUST, len);
 	/* IP_ECN_decapsulate: an outer CE mark is copied into an ECT inner header. */
 	if ((facts.outer_tos & 0x3) == 0x3 && (inner_ip->tos & 0x3) != 0x3) {
 		__u16 old = *(__u16 *)inner_ip;
@@ -892,9 +878,7 @@ static __always_inline int fxdp_decap_check6(struct __sk_buff *skb, const struct
 		fxdp_count_peer6(&facts.node, len, 1);
 		return fxdp_count_verdict(FXDP_C_DECAP6_CHECK_OK, len, TC_ACT_OK);
 	}
-	if (fxdp_counter_is_drop(code))
-		return fxdp_drop_skb(skb, code, len, TC_ACT_SHOT);
-	return fxdp_count_verdict(code, len, TC_ACT_OK);
+	return fxdp_tc_verdict(skb, code, len);
 }
 
 SEC("tc")
@@ -917,11 +901,7 @@ int fxdp_decap_check(struct __sk_buff *skb)
 			return fxdp_fast_decap_tc(skb, cfg, &facts, len);
 		return fxdp_count_verdict(FXDP_C_DECAP_CHECK_OK, len, TC_ACT_OK);
 	}
-	if (code == FXDP_C_DECAP_PASS_NOT_IPV4)
-		return fxdp_decap_check6(skb, cfg, len);
-	if (fxdp_counter_is_drop(code))
-		return fxdp_drop_skb(skb, code, len, TC_ACT_SHOT);
-	return fxdp_count_verdict(code, len, TC_ACT_OK);
+	return code == FXDP_C_DECAP_PASS_NOT_IPV4 ? fxdp_decap_check6(skb, cfg, len) : fxdp_tc_verdict(skb, code, len);
 }
 
 /* ------------------------------------------------- the socket's door and the pods (netfilter) -- */
@@ -1010,34 +990,22 @@ int fxdp_vxlan_door6(struct bpf_nf_ctx *ctx)
 	const struct fxdp_config *cfg = fxdp_config_get();
 	const struct fxdp_config6 *cfg6 = cfg ? fxdp_config6_get() : NULL;
 	struct bpf_dynptr packet;
-	if (!cfg6 || bpf_dynptr_from_skb((struct __sk_buff *)ctx->skb, 0, &packet))
-		return FXDP_NF_ACCEPT;
 	struct ipv6hdr ip;
 	struct fxdp_l4_6 l4 = {};
-	enum fxdp_walk6 walked = fxdp_nf_ipv6_transport(&packet, &ip, &l4);
-	if (walked == FXDP_WALK6_OPAQUE)
+	enum fxdp_nf6 seen = cfg6 ? fxdp_nf_vxlan_datagram6(ctx, cfg, &packet, &ip, &l4) : FXDP_NF6_OTHER;
+	if (seen == FXDP_NF6_OTHER)
 		return FXDP_NF_ACCEPT;
 	__u64 len = ctx->skb->len;
 	const struct net_device *in = ctx->state->in;
 	int ifindex = in ? in->ifindex : 0;
-	if (walked == FXDP_WALK6_TOO_LONG) {
-		fxdp_report_drop_nf(&packet, len, ifindex, FXDP_C_DOOR6_DROP_WRONG_DOOR);
-		return fxdp_count_verdict(FXDP_C_DOOR6_DROP_WRONG_DOOR, len, FXDP_NF_DROP);
-	}
-	struct udphdr udp_buf;
-	const struct udphdr *udp = l4.protocol == IPPROTO_UDP ? bpf_dynptr_slice(&packet, l4.offset, &udp_buf, sizeof(udp_buf)) : NULL;
-	if (!udp || udp->dest != bpf_htons(cfg->udp_port))
-		return FXDP_NF_ACCEPT;
+	if (seen == FXDP_NF6_TOO_LONG)
+		return fxdp_nf_drop(&packet, len, ifindex, FXDP_C_DOOR6_DROP_WRONG_DOOR);
 	struct fxdp_node6_key source = {};
 	__builtin_memcpy(source.node_ip, &ip.saddr, 16);
-	if (!bpf_map_lookup_elem(&fxdp_nodes6_v2, &source)) {
-		fxdp_report_drop_nf(&packet, len, ifindex, FXDP_C_DOOR6_DROP_NOT_PEER);
-		return fxdp_count_verdict(FXDP_C_DOOR6_DROP_NOT_PEER, len, FXDP_NF_DROP);
-	}
-	if (ifindex != (int)cfg->underlay_ifindex || !fxdp_is_vxlan_address6(cfg6, &ip.daddr) || l4.extended) {
-		fxdp_report_drop_nf(&packet, len, ifindex, FXDP_C_DOOR6_DROP_WRONG_DOOR);
-		return fxdp_count_verdict(FXDP_C_DOOR6_DROP_WRONG_DOOR, len, FXDP_NF_DROP);
-	}
+	if (!bpf_map_lookup_elem(&fxdp_nodes6_v2, &source))
+		return fxdp_nf_drop(&packet, len, ifindex, FXDP_C_DOOR6_DROP_NOT_PEER);
+	if (ifindex != (int)cfg->underlay_ifindex || !fxdp_is_vxlan_address6(cfg6, &ip.daddr) || l4.extended)
+		return fxdp_nf_drop(&packet, len, ifindex, FXDP_C_DOOR6_DROP_WRONG_DOOR);
 	return fxdp_count_verdict(FXDP_C_DOOR6_OK, len, FXDP_NF_ACCEPT);
 }
 
@@ -1047,20 +1015,13 @@ int fxdp_pod_guard6(struct bpf_nf_ctx *ctx)
 	const struct fxdp_config *cfg = fxdp_config_get();
 	const struct fxdp_config6 *cfg6 = cfg ? fxdp_config6_get() : NULL;
 	struct bpf_dynptr packet;
-	if (!cfg6 || bpf_dynptr_from_skb((struct __sk_buff *)ctx->skb, 0, &packet))
-		return FXDP_NF_ACCEPT;
 	struct ipv6hdr ip;
 	struct fxdp_l4_6 l4 = {};
-	if (fxdp_nf_ipv6_transport(&packet, &ip, &l4) != FXDP_WALK6_FOUND || l4.protocol != IPPROTO_UDP)
-		return FXDP_NF_ACCEPT;
-	struct udphdr udp_buf;
-	const struct udphdr *udp = bpf_dynptr_slice(&packet, l4.offset, &udp_buf, sizeof(udp_buf));
-	if (!udp || udp->dest != bpf_htons(cfg->udp_port))
+	if (!cfg6 || fxdp_nf_vxlan_datagram6(ctx, cfg, &packet, &ip, &l4) != FXDP_NF6_VXLAN)
 		return FXDP_NF_ACCEPT;
 	if (fxdp_in_network6(cfg6, &ip.saddr) && !fxdp_in_network6(cfg6, &ip.daddr)) {
 		const struct net_device *in = ctx->state->in;
-		fxdp_report_drop_nf(&packet, ctx->skb->len, in ? in->ifindex : 0, FXDP_C_GUARD6_DROP_POD_VXLAN);
-		return fxdp_count_verdict(FXDP_C_GUARD6_DROP_POD_VXLAN, ctx->skb->len, FXDP_NF_DROP);
+		return fxdp_nf_drop(&packet, ctx->skb->len, in ? in->ifindex : 0, FXDP_C_GUARD6_DROP_POD_VXLAN);
 	}
 	return FXDP_NF_ACCEPT;
 }

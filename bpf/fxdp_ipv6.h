@@ -342,6 +342,28 @@ static __always_inline enum fxdp_walk6 fxdp_nf_ipv6_transport(struct bpf_dynptr 
 	return FXDP_WALK6_TOO_LONG;
 }
 
+enum fxdp_nf6 {
+	FXDP_NF6_OTHER = 0,    /* not a datagram to our VXLAN port (or nothing to judge) */
+	FXDP_NF6_VXLAN = 1,    /* UDP to our VXLAN port: `ip` and `l4` filled */
+	FXDP_NF6_TOO_LONG = 2, /* a chain of extension headers the doors do not read to its end */
+};
+
+/* What an IPv6 netfilter program sees in `ctx`'s packet (its IPv6 header at offset 0). */
+static __always_inline enum fxdp_nf6 fxdp_nf_vxlan_datagram6(struct bpf_nf_ctx *ctx, const struct fxdp_config *cfg,
+							     struct bpf_dynptr *packet, struct ipv6hdr *ip, struct fxdp_l4_6 *l4)
+{
+	if (bpf_dynptr_from_skb((struct __sk_buff *)ctx->skb, 0, packet))
+		return FXDP_NF6_OTHER;
+	enum fxdp_walk6 walked = fxdp_nf_ipv6_transport(packet, ip, l4);
+	if (walked == FXDP_WALK6_TOO_LONG)
+		return FXDP_NF6_TOO_LONG;
+	if (walked != FXDP_WALK6_FOUND || l4->protocol != IPPROTO_UDP)
+		return FXDP_NF6_OTHER;
+	struct udphdr udp_buf;
+	const struct udphdr *udp = bpf_dynptr_slice(packet, l4->offset, &udp_buf, sizeof(udp_buf));
+	return udp && udp->dest == bpf_htons(cfg->udp_port) ? FXDP_NF6_VXLAN : FXDP_NF6_OTHER;
+}
+
 /* Whether `address` lies in the IPv6 pod network. */
 static __always_inline int fxdp_in_network6(const struct fxdp_config6 *cfg6, const struct in6_addr *address)
 {
