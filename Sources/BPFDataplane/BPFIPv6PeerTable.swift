@@ -59,7 +59,8 @@ public final class BPFIPv6PeerTable: Sendable {
         return k
     }
 
-    static func nodeKey(_ ip: IPv6Address) -> fxdp_node6_key {
+    /// The fxdp_nodes6 key of `ip`.
+    public static func nodeKey(_ ip: IPv6Address) -> fxdp_node6_key {
         var k = fxdp_node6_key()
         k.node_ip = ip.mapBytes
         return k

@@ -4,6 +4,7 @@
 // the encap derives from the headers must also be the ordinary checksum of the whole datagram.
 
 import BPFDataplane
+import CBPF
 import NetTypes
 import TestSupport
 import TestTraits
@@ -295,6 +296,48 @@ struct PacketFixture6Tests {
         #expect(try lab.bpf.readConfig6() == nil)
         #expect(try lab.run(.decapCheck, frame).moved[.decapPassNotIPv4]?.packets == 1)
         #expect(try lab.run(.encap6, PacketLab.overlayFrame6(PacketLab.podPacket6())).moved[.encapPassDisabled]?.packets == 1)
+    }
+
+    @Test func ipv6PeerTableKeepsNodeCountsConsistentAndMapsReadWithNames() throws {
+        let fs = try PrivateBPFFS(Names.unique())
+        defer { fs.close() }
+        let bpf = try FlannelBPF(bpffs: fs.path)
+        let table = try bpf.ipv6PeerTable()
+        let nodeA = IPv6Address("fd00:1::1")!, nodeB = IPv6Address("fd00:1::2")!, source = IPv6Address("fd00:2::1")!
+        let mac = MACAddress("02:00:00:00:06:0a")!
+        let p1 = BPFPeer6(subnet: IPv6Subnet(address: IPv6Address("fd10:5:1::")!, prefixLength: 64)!, publicIP: nodeA, vtepMAC: mac)
+        let p2 = BPFPeer6(subnet: IPv6Subnet(address: IPv6Address("fd10:5:2::")!, prefixLength: 64)!, publicIP: nodeA, vtepMAC: mac,
+                          sourceIP: source)
+        try table.upsert(p1)
+        try table.upsert(p2)
+        try table.upsert(p2) // idempotent
+        #expect(try table.acceptedNodes() == [nodeA: 2, source: 1])
+        var moved = p2
+        moved.publicIP = nodeB
+        moved.sourceIP = nil
+        try table.upsert(moved) // the subnet moves to another node, which sends from its PublicIPv6
+        #expect(try table.acceptedNodes() == [nodeA: 1, nodeB: 1])
+        #expect(try table.currentPeers() == [p1, moved])
+        #expect(throws: DataplaneError.self) { try table.upsert(BPFPeer6(subnet: p1.subnet, publicIP: nodeA, vtepMAC: .zero)) }
+        #expect(throws: DataplaneError.self) { try table.upsert(BPFPeer6(subnet: p1.subnet, publicIP: IPv6Address("::")!, vtepMAC: mac)) }
+        // Drift: a node entry deleted, a stray one added; repair restores the counts from the peers.
+        _ = try bpf.nodes6.delete(BPFIPv6PeerTable.nodeKey(nodeB))
+        try bpf.nodes6.update(BPFIPv6PeerTable.nodeKey(IPv6Address("fd00:1::99")!), fxdp_node_value(subnets: 5))
+        #expect(try table.repairNodes() == 2)
+        #expect(try table.acceptedNodes() == [nodeA: 1, nodeB: 1])
+
+        // An operator reads the pinned IPv6 maps with BTF field names.
+        try bpf.writeConfig6(NodeConfig6(nodeIP: nodeA, vtepMAC: mac, overlayIfindex: 7, overlayMTU: 1430))
+        let pins = fs.path + "/" + FlannelBPF.pinFolderName
+        let peers = try sh(["bpftool", "map", "dump", "pinned", pins + "/" + FXDP_MAP_PEERS6])
+        #expect(peers.contains("\"node_ip\"") && peers.contains("\"vtep_mac\"") && peers.contains("\"prefixlen\": 64"), "\(peers)")
+        let config = try sh(["bpftool", "map", "dump", "pinned", pins + "/" + FXDP_MAP_CONFIG6])
+        #expect(config.contains("\"overlay_ifindex\": 7") && config.contains("\"overlay_mtu\": 1430"), "\(config)")
+        #expect(try sh(["bpftool", "map", "dump", "pinned", pins + "/" + FXDP_MAP_NODES6]).contains("\"subnets\": 1"))
+
+        try table.remove(p1)
+        try table.remove(moved)
+        #expect(try table.currentPeers().isEmpty && table.acceptedNodes().isEmpty)
     }
 
     @Test func ipv6OnlyNodeHasNoIPv4Address() throws {
