@@ -166,6 +166,24 @@ struct TwoNodeIPv6Tests {
         let link = try BPFLink.openPinned(path: n.bpf.pinDirectory + "/link_fxdp_vxlan_door6").info()
         #expect(link.netfilterFamily == NetfilterFamily.ipv6.rawValue && link.netfilterHook == NetfilterHook.localIn.rawValue)
         #expect(both2.door6ProgramID == link.programID)
+
+        // A changed build over the same maps (an upgrade staged with --bpf-object): fxdp_encap6 is
+        // swapped in place on the same tcx link, the IPv6 doors get new links first.
+        let objects = "/tmp/\(lab.prefix)-objects"
+        try sh(["mkdir", "-p", objects])
+        defer { _ = try? sh(["rm", "-rf", objects]) }
+        try BPFVariantObject.compile(variant: 6, to: objects + "/v6.o")
+        let changed = try FlannelBPF(bpffs: n.bpffs.path, object: .file(objects + "/v6.o"))
+        let encapLink = try BPFLink.openPinned(path: n.bpf.pinDirectory + "/" + FXDPSlots.overlay6EgressPin).info()
+        let upgraded = try NetnsThread.run(namespace: node.name) {
+            try changed.attach(overlayIfindex: n.overlay, underlayIfindex: n.underlay, mode: .tc, overlay6Ifindex: n.overlay6)
+        }
+        let changedEncap6 = try changed.program(.encap6).info().id, changedDoor6 = try changed.program(.vxlanDoor6).info().id
+        #expect(upgraded.encap6ProgramID == changedEncap6 && upgraded.encap6ProgramID != both2.encap6ProgramID)
+        #expect(try BPFLink.openPinned(path: n.bpf.pinDirectory + "/" + FXDPSlots.overlay6EgressPin).info().id == encapLink.id,
+                "the same tcx link")
+        let door6 = try BPFLink.openPinned(path: n.bpf.pinDirectory + "/link_fxdp_vxlan_door6").info()
+        #expect(door6.id != link.id && door6.programID == changedDoor6 && door6.netfilterPriority == FXDPSlots.netfilterPriority - 1)
         try n.detach()
         #expect(try NetnsThread.run(namespace: node.name) {
             try FlannelBPF.attachmentState(overlayIfindex: n.overlay, underlayIfindex: n.underlay, pinDirectory: n.bpf.pinDirectory,
