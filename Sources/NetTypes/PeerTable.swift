@@ -13,3 +13,12 @@ public protocol PeerTable: AnyObject, Sendable {
     /// Removes the entry for `peer.subnet`; removing an absent entry is not an error.
     func remove(_ peer: Peer) throws
 }
+
+/// `PeerTable` for the IPv6 half of the peers (the kernel's `flannel-v6.<VNI>` device and IPv6
+/// host-gw routes, the userspace path's IPv6 table): the same contract, keyed by `subnet`.
+public protocol IPv6PeerTable: AnyObject, Sendable {
+    var tableName: String { get }
+    func currentPeers() throws -> Set<IPv6Peer>
+    func upsert(_ peer: IPv6Peer) throws
+    func remove(_ peer: IPv6Peer) throws
+}
