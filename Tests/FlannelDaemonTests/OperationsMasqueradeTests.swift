@@ -134,6 +134,28 @@ struct OperationsMasqueradeTests {
     }
 }
 
+extension OperationsMasqueradeTests {
+    @Test("IPv6: the ip6 table is what nft lists back, kept current, and removed with the IPv4 one")
+    func ipv6Table() throws {
+        let lab = try NetnsLab(tag: "ops6")
+        defer { lab.cleanup() }
+        let ns = lab.name("n")
+        try lab.addNamespace(ns)
+        let rules = Masquerade.Rules.ipv6(network: IPv6Subnet(cidr: "fd00:5::/48")!, subnet: IPv6Subnet(cidr: "fd00:5:0:7::/64")!)
+        let v4 = Masquerade.Rules.ipv4(network: IPv4Subnet(cidr: "10.5.0.0/16")!, subnet: IPv4Subnet(cidr: "10.5.7.0/24")!)
+        #expect(try NetnsThread.run(namespace: ns) { try Masquerade.ensure(rules) })
+        #expect(try NetnsThread.run(namespace: ns) { try Masquerade.ensure(v4) })
+        let listed = try lab.sh(ns, ["/usr/sbin/nft", "list", "table", "ip6", "flanneld-xdp"])
+        #expect(Masquerade.normalized(listed) == Masquerade.normalized(rules.ruleset), "\(listed)")
+        #expect(try NetnsThread.run(namespace: ns) { try Masquerade.ensure(rules) } == false)
+        #expect(try NetnsThread.run(namespace: ns) { Masquerade.status(family: "ip6") } == .present(rules: 6))
+        try lab.sh(ns, ["/usr/sbin/nft", "delete", "table", "ip6", "flanneld-xdp"])
+        #expect(try NetnsThread.run(namespace: ns) { try Masquerade.ensure(rules) })
+        #expect(try NetnsThread.run(namespace: ns) { try Masquerade.remove() })
+        #expect(!(try lab.sh(ns, ["/usr/sbin/nft", "list", "tables"])).contains("flanneld-xdp"))
+    }
+}
+
 /// The handle of the first rule in `nft -a list` output ("... # handle 3").
 private func firstRuleHandle(_ listing: String) -> String {
     for line in listing.split(separator: "\n") where line.contains("saddr") {
