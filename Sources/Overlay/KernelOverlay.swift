@@ -32,6 +32,18 @@ public final class KernelOverlay: Sendable {
         }
     }
 
+    /// `flannel-v6.<VNI>` over the IPv6 underlay, without an address (its MAC goes in the lease as
+    /// BackendV6Data.VtepMAC).
+    public func ensureVXLANv6Device(
+        vni: UInt32, port: UInt16 = 8472, localIP: IPv6Address, underlayIndex: Int32, mtu: Int? = nil,
+        learning: Bool = false, gbp: Bool = false, preferredMAC: MACAddress? = nil
+    ) throws(OverlayError) -> FlannelVXLANv6Device {
+        try netlink.withLock { nl throws(OverlayError) in
+            try FlannelVXLANv6Device.ensure(vni: vni, port: port, localIP: localIP, underlayIndex: underlayIndex, mtu: mtu,
+                                            preferredMAC: preferredMAC, learning: learning, gbp: gbp, netlink: &nl, logger: logger)
+        }
+    }
+
     /// The vxlan device at `index`, read back from the kernel (for callers that kept only the
     /// ifindex). Its `subnet` is nil: the lease's prefix length is not in the kernel.
     public func vxlanDevice(index: Int32) throws(OverlayError) -> FlannelVXLANDevice {
@@ -51,9 +63,9 @@ public final class KernelOverlay: Sendable {
         }
     }
 
-    /// flanneld's second phase: <subnet>.0/32 on the device, up.
+    /// flanneld's second phase: <subnet>.0/32 (flannel-v6: <subnet>/128) on the device, up.
     @discardableResult
-    public func configureVXLANDevice(_ device: FlannelVXLANDevice, subnet: IPv4Subnet, network: IPv4Subnet) throws(OverlayError) -> FlannelVXLANDevice {
+    public func configureVXLANDevice<S: IPSubnetType>(_ device: FlannelVXLANLink<S>, subnet: S, network: S) throws(OverlayError) -> FlannelVXLANLink<S> {
         try netlink.withLock { nl throws(OverlayError) in
             try device.configure(subnet: subnet, network: network, netlink: &nl, logger: logger)
         }
@@ -63,6 +75,16 @@ public final class KernelOverlay: Sendable {
     /// `device.subnet` (this node's lease) is never taken for a peer.
     public func kernelVXLANPeerTable(device: FlannelVXLANDevice, network: IPv4Subnet) throws(OverlayError) -> KernelVXLANPeerTable {
         try KernelVXLANPeerTable(device: device, network: network, networkNamespace: networkNamespace, logger: logger)
+    }
+
+    /// The neighbour/fdb/route table for IPv6 peers (and IPv6 DirectRouting routes) on flannel-v6.<VNI>.
+    public func kernelVXLANv6PeerTable(device: FlannelVXLANv6Device, network: IPv6Subnet) throws(OverlayError) -> KernelVXLANv6PeerTable {
+        try KernelVXLANv6PeerTable(device: device, network: network, networkNamespace: networkNamespace, logger: logger)
+    }
+
+    /// host-gw's IPv6 routes `<peer IPv6 subnet> via <PublicIPv6> dev <underlay>`.
+    public func hostGWv6PeerTable(underlayIndex: Int32, network: IPv6Subnet, ownSubnet: IPv6Subnet?) throws(OverlayError) -> HostGWv6PeerTable {
+        try HostGWv6PeerTable(underlayIndex: underlayIndex, network: network, ownSubnet: ownSubnet, networkNamespace: networkNamespace)
     }
 
     /// host-gw routes `<peer subnet> via <PublicIP> dev <underlay>`; only routes inside `network`
@@ -79,15 +101,17 @@ public final class KernelOverlay: Sendable {
     }
 
     /// See `Overlay.removeAll`; returns the deleted devices and routes in words, for the log.
-    public func removeFlannelDevices(vni: UInt32? = nil, network: IPv4Subnet? = nil, underlayIndex: Int32? = nil) throws(OverlayError) -> [String] {
+    public func removeFlannelDevices(vni: UInt32? = nil, network: IPv4Subnet? = nil, ipv6Network: IPv6Subnet? = nil,
+                                     underlayIndex: Int32? = nil) throws(OverlayError) -> [String] {
         try netlink.withLock { nl throws(OverlayError) in
-            let r = try Overlay.removeAll(vni: vni, network: network, underlayIndex: underlayIndex, netlink: &nl, logger: logger)
+            let r = try Overlay.removeAll(vni: vni, network: network, ipv6Network: ipv6Network, underlayIndex: underlayIndex,
+                                          netlink: &nl, logger: logger)
             return r.deletedDevices + r.deletedRoutes.map { "route \($0)" }
         }
     }
 
     /// See `Overlay.isDirectlyReachable`.
-    public func isDirectlyReachable(_ address: IPv4Address) throws(OverlayError) -> Bool {
+    public func isDirectlyReachable<A: IPAddressType>(_ address: A) throws(OverlayError) -> Bool {
         try netlink.withLock { nl throws(OverlayError) in try Overlay.isDirectlyReachable(address, netlink: &nl) }
     }
 }

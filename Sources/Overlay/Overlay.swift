@@ -15,7 +15,7 @@ import Netlink
 public enum Overlay {
     /// flanneld's DirectRouting test: `address` is reached without a gateway (it is on one of our
     /// links' subnets), so a peer there can get a plain route instead of the vxlan triple.
-    public static func isDirectlyReachable(_ address: IPv4Address, netlink nl: inout NetlinkSocket) throws(OverlayError) -> Bool {
+    public static func isDirectlyReachable<A: IPAddressType>(_ address: A, netlink nl: inout NetlinkSocket) throws(OverlayError) -> Bool {
         do {
             guard let route = try nl.routeGet(to: address) else { return false }
             return route.gateway == nil
@@ -27,21 +27,24 @@ public enum Overlay {
     /// What `removeAll` did.
     public struct Removal: Hashable, Sendable {
         public var deletedDevices: [String]
-        public var deletedRoutes: [IPv4Subnet]
+        /// The destinations of the routes deleted ("10.5.3.0/24", "fd00:5:0:3::/64").
+        public var deletedRoutes: [String]
     }
 
-    /// Deletes `flannel.<vni>` (every `flannel.<N>` whose vxlan id is N when `vni` is nil) — only
-    /// vxlan devices whose VNI matches their name — and, when `network` and `underlayIndex` are
-    /// given, our host-gw / DirectRouting routes on the underlay.
+    /// Deletes `flannel.<vni>` and `flannel-v6.<vni>` (every `flannel.<N>` / `flannel-v6.<N>` whose
+    /// vxlan id is N when `vni` is nil) — only vxlan devices whose VNI matches their name — and, when
+    /// `network` (`ipv6Network`) and `underlayIndex` are given, our host-gw / DirectRouting routes on
+    /// the underlay.
     @discardableResult
     public static func removeAll(
-        vni: UInt32? = nil, network: IPv4Subnet? = nil, underlayIndex: Int32? = nil,
+        vni: UInt32? = nil, network: IPv4Subnet? = nil, ipv6Network: IPv6Subnet? = nil, underlayIndex: Int32? = nil,
         netlink nl: inout NetlinkSocket, logger: Logger = Logger(label: "flanneld-xdp.overlay")
     ) throws(OverlayError) -> Removal {
         var removal = Removal(deletedDevices: [], deletedRoutes: [])
         do {
             for link in try nl.links() {
-                guard link.name.hasPrefix("flannel."), let n = UInt32(link.name.dropFirst("flannel.".count)) else { continue }
+                let prefix = link.name.hasPrefix("flannel-v6.") ? "flannel-v6." : "flannel."
+                guard link.name.hasPrefix(prefix), let n = UInt32(link.name.dropFirst(prefix.count)) else { continue }
                 if let vni, n != vni { continue }
                 guard link.kind == "vxlan", link.vxlan?.vni == n else {
                     logger.warning("\(link.name) exists but is not our vxlan device (kind \(link.kind ?? "none"), vni \(link.vxlan.map { "\($0.vni)" } ?? "none")); left in place")
@@ -51,20 +54,28 @@ public enum Overlay {
                 removal.deletedDevices.append(link.name)
                 logger.info("deleted \(link.name)")
             }
-            if let network, let underlayIndex {
-                for r in try nl.routes() where r.type == 1 && r.gateway != nil && r.outputIndex == underlayIndex
-                    && network.contains(r.destination) && r.destination != network {
-                    try ignoringMissing { () throws(NetlinkError) in
-                        try nl.deleteRoute(Route(destination: r.destination, gateway: r.gateway, outputIndex: r.outputIndex))
-                    }
-                    removal.deletedRoutes.append(r.destination)
-                    logger.info("deleted route \(r.destination) via \(r.gateway!)")
-                }
+            if let underlayIndex {
+                if let network { try removeRoutes(in: network, underlayIndex: underlayIndex, into: &removal, nl: &nl, logger: logger) }
+                if let ipv6Network { try removeRoutes(in: ipv6Network, underlayIndex: underlayIndex, into: &removal, nl: &nl, logger: logger) }
             }
         } catch {
             throw .netlink(error, while: "removing the overlay" + (vni.map { " for vni \($0)" } ?? ""))
         }
         return removal
+    }
+
+    /// Our host-gw / DirectRouting routes: main table, unicast, with a gateway, out of the underlay,
+    /// inside `network` but not the network itself.
+    private static func removeRoutes<S: IPSubnetType>(in network: S, underlayIndex: Int32, into removal: inout Removal,
+                                                      nl: inout NetlinkSocket, logger: Logger) throws(NetlinkError) {
+        for r in try nl.routeDump(S.self) where r.type == 1 && r.gateway != nil && r.outputIndex == underlayIndex
+            && network.contains(r.destination) && r.destination != network {
+            try ignoringMissing { () throws(NetlinkError) in
+                try nl.deleteRoute(IPRoute(destination: r.destination, gateway: r.gateway, outputIndex: r.outputIndex))
+            }
+            removal.deletedRoutes.append(r.destination.description)
+            logger.info("deleted route \(r.destination) via \(r.gateway!)")
+        }
     }
 
     /// The userspace path's TUN as flanneld's udp backend sets it: <subnet>.0/32 (a source address
