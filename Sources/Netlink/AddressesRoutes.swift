@@ -53,18 +53,20 @@ public struct IPRoute<Subnet: IPSubnetType>: Hashable, Sendable, CustomStringCon
     public var type: UInt8
     public var priority: UInt32?
     public var preferredSource: Subnet.Address?
+    /// RTAX_MTU (`ip route … mtu N`): the path MTU of packets sent by this route.
+    public var mtu: Int?
 
     public init(destination: Subnet, gateway: Subnet.Address? = nil, outputIndex: Int32? = nil, onlink: Bool = false,
                 scope: RouteScope = .universe, table: UInt32 = 254, protocolID: UInt8 = 3, type: UInt8 = 1,
-                priority: UInt32? = nil, preferredSource: Subnet.Address? = nil) {
+                priority: UInt32? = nil, preferredSource: Subnet.Address? = nil, mtu: Int? = nil) {
         self.destination = destination; self.gateway = gateway; self.outputIndex = outputIndex; self.onlink = onlink
         self.scope = scope; self.table = table; self.protocolID = protocolID; self.type = type
-        self.priority = priority; self.preferredSource = preferredSource
+        self.priority = priority; self.preferredSource = preferredSource; self.mtu = mtu
     }
 
     public var description: String {
         "\(destination)" + (gateway.map { " via \($0)" } ?? "") + (outputIndex.map { " dev #\($0)" } ?? "")
-            + (onlink ? " onlink" : "") + (table == 254 ? "" : " table \(table)")
+            + (onlink ? " onlink" : "") + (table == 254 ? "" : " table \(table)") + (mtu.map { " mtu \($0)" } ?? "")
     }
 }
 
@@ -169,7 +171,8 @@ extension NetlinkSocket {
                        outputIndex: a.u32(RT.rtaOIF).map { Int32(bitPattern: $0) },
                        onlink: m.u32(at: 24) & RT.rtnhOnlink != 0, scope: RouteScope(rawValue: m.u8(at: 22)),
                        table: a.u32(RT.rtaTable) ?? UInt32(m.u8(at: 20)), protocolID: m.u8(at: 21), type: m.u8(at: 23),
-                       priority: a.u32(RT.rtaPriority), preferredSource: a.address(RT.rtaPrefSrc))
+                       priority: a.u32(RT.rtaPriority), preferredSource: a.address(RT.rtaPrefSrc),
+                       mtu: a.nested(RT.rtaMetrics)?.u32(RT.rtaxMTU).map { Int($0) })
     }
 
     private mutating func changeRoute<S: IPSubnetType>(_ type: UInt16, flags: UInt16, _ r: IPRoute<S>) throws(NetlinkError) {
@@ -180,6 +183,7 @@ extension NetlinkSocket {
         if let o = r.outputIndex { req.putU32(RT.rtaOIF, UInt32(bitPattern: o)) }
         if let p = r.priority { req.putU32(RT.rtaPriority, p) }
         if let s = r.preferredSource { req.put(RT.rtaPrefSrc, s.bytes) }
+        if let mtu = r.mtu { req.nest(RT.rtaMetrics) { req.putU32(RT.rtaxMTU, UInt32(clamping: mtu)) } }
         if r.table >= 256 { req.putU32(RT.rtaTable, r.table) }
         try execute(req, index: r.outputIndex, describe: { r.description })
     }

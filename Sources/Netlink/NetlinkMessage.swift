@@ -35,7 +35,9 @@ enum RT {
     static let ifaAddress: UInt16 = 1, ifaLocal: UInt16 = 2, ifaLabel: UInt16 = 3, ifaBroadcast: UInt16 = 4, ifaFlags: UInt16 = 8
     // RTA_*
     static let rtaDst: UInt16 = 1, rtaOIF: UInt16 = 4, rtaGateway: UInt16 = 5, rtaPriority: UInt16 = 6
-    static let rtaPrefSrc: UInt16 = 7, rtaTable: UInt16 = 15
+    static let rtaPrefSrc: UInt16 = 7, rtaMetrics: UInt16 = 8, rtaTable: UInt16 = 15
+    // RTAX_* (inside RTA_METRICS)
+    static let rtaxMTU: UInt16 = 2
     // NDA_*
     static let ndaDst: UInt16 = 1, ndaLLAddr: UInt16 = 2, ndaVNI: UInt16 = 7, ndaMaster: UInt16 = 9, ndaPort: UInt16 = 6
 

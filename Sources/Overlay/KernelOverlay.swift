@@ -100,6 +100,13 @@ public final class KernelOverlay: Sendable {
         }
     }
 
+    /// See `Overlay.configureTUNIPv6`.
+    public func configureTUNIPv6(name: String, subnet: IPv6Subnet, network: IPv6Subnet, mtu: Int) throws(OverlayError) {
+        try netlink.withLock { nl throws(OverlayError) in
+            try Overlay.configureTUNIPv6(name: name, subnet: subnet, network: network, mtu: mtu, netlink: &nl, logger: logger)
+        }
+    }
+
     /// See `Overlay.removeAll`; returns the deleted devices and routes in words, for the log.
     public func removeFlannelDevices(vni: UInt32? = nil, network: IPv4Subnet? = nil, ipv6Network: IPv6Subnet? = nil,
                                      underlayIndex: Int32? = nil) throws(OverlayError) -> [String] {

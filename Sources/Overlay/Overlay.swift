@@ -64,6 +64,39 @@ public enum Overlay {
         return removal
     }
 
+    /// The userspace path's IPv6 side of its TUN (dual-stack and IPv6-only networks): <IPv6
+    /// subnet>/128 (the source for host-to-pod IPv6, as flannel-v6's address) and a route for the
+    /// whole IPv6 network into the TUN with `mtu` (underlay − 70: the TUN's own MTU is IPv4's,
+    /// underlay − 50, and IPv6 needs 20 bytes more of outer header), so that the kernel answers
+    /// larger pod packets with Packet Too Big as flannel-v6's MTU makes it do. Idempotent; another
+    /// address of `network` on the TUN (an older lease) is removed.
+    public static func configureTUNIPv6(
+        name: String, subnet: IPv6Subnet, network: IPv6Subnet, mtu: Int,
+        netlink nl: inout NetlinkSocket, logger: Logger = Logger(label: "flanneld-xdp.overlay")
+    ) throws(OverlayError) {
+        do {
+            guard let link = try nl.link(named: name) else { throw OverlayError.deviceMissing(name: name, index: 0) }
+            var hasAddress = false
+            for a in try nl.ipv6Addresses(index: link.index) {
+                if a.address == subnet.address && a.prefixLength == 128 {
+                    hasAddress = true
+                } else if network.contains(a.address) {
+                    try nl.deleteAddress(a.address, prefixLength: a.prefixLength, index: link.index)
+                    logger.info("removed stale address \(a.address)/\(a.prefixLength) from \(name)")
+                }
+            }
+            if !hasAddress { try nl.addAddress(subnet.address, prefixLength: 128, index: link.index) }
+            if !link.isUp { try nl.setLink(index: link.index, up: true) }
+            try nl.replaceRoute(IPv6Route(destination: network, outputIndex: link.index, mtu: mtu))
+        } catch let e as OverlayError {
+            throw e
+        } catch let e as NetlinkError {
+            throw .netlink(e, while: "configuring \(name) with \(subnet.address)/128 and a route to \(network)")
+        } catch {
+            throw .netlink(NetlinkError(operation: "configureTUNIPv6", object: name, errno: EIO), while: "\(error)")
+        }
+    }
+
     /// Our host-gw / DirectRouting routes: main table, unicast, with a gateway, out of the underlay,
     /// inside `network` but not the network itself.
     private static func removeRoutes<S: IPSubnetType>(in network: S, underlayIndex: Int32, into removal: inout Removal,

@@ -49,6 +49,8 @@ struct WorkerContext: Sendable {
     /// UserspaceConfig.innerSourceCheck.
     let innerSourceCheck: Bool
     let logger: Logger
+    /// The IPv6 side, when the path carries IPv6 (IPv6Path.swift).
+    var ipv6: IPv6Context? = nil
 
     /// Largest packet a TUN read or a UDP datagram can hold (64 KB).
     static let maxPacket = 65_536
@@ -159,6 +161,16 @@ final class TunToUDPWorker: @unchecked Sendable {
                 var gso = VirtioNetHeader.none
                 if vnet > 0 {
                     gso = VirtioNetHeader(packet - vnet)
+                }
+                if let ipv6 = context.ipv6, packet.load(as: UInt8.self) >> 4 == 6 {
+                    // Sent at once (one sendto): the slot is free again for the next read.
+                    if gso.isSegmented {
+                        tally.drop(.tooBig)
+                        continue
+                    }
+                    if vnet > 0 && gso.needsChecksum { VirtioNetHeader.completeChecksum(packet, length: length, header: gso) }
+                    ipv6.send(packet, length: length, tally: &tally, errors: &errors, context: context)
+                    continue
                 }
                 let check = Wire.checkIPv4(ByteCursor(packet, end: length), notIPv4: .notIPv4)
                 guard case .ok(let headerLength, let totalLength) = check else {

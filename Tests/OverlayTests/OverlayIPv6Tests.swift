@@ -186,5 +186,16 @@ import Testing
         #expect(removal.deletedRoutes == ["\(b.podSubnet)"])
         let routes = try lab.sh(a.node.name, ["-6", "route", "show"])
         #expect(!routes.contains("\(b.podSubnet)") && routes.contains("fd99::/64"))
+
+        // The userspace path's TUN gets its IPv6 side: <subnet>/128 and the network with the IPv6 MTU
+        // (a veth stands in for the TUN: configuring is the same). Idempotent; a stale address goes.
+        try lab.sh(a.node.name, ["link", "add", "tu6", "type", "veth", "peer", "name", "tu6p"])
+        try lab.sh(a.node.name, ["-6", "addr", "add", "fd00:5:0:77::/128", "dev", "tu6", "nodad"])
+        for _ in 0..<2 { try Overlay.configureTUNIPv6(name: "tu6", subnet: a.podSubnet, network: Self.network, mtu: 1430, netlink: &nlA) }
+        let tunRoutes = try lab.sh(a.node.name, ["-6", "route", "show", "\(Self.network)"])
+        #expect(tunRoutes.contains("\(Self.network) dev tu6") && tunRoutes.contains("mtu 1430"), "\(tunRoutes)")
+        let tunAddresses = try lab.sh(a.node.name, ["-6", "addr", "show", "dev", "tu6"])
+        #expect(tunAddresses.contains("\(a.podSubnet.address)/128") && !tunAddresses.contains("fd00:5:0:77::"))
+        #expect(try nlA.ipv6Routes().contains { $0.destination == Self.network && $0.mtu == 1430 })
     }
 }
