@@ -167,38 +167,13 @@ public struct NetworkConfig: Sendable, Equatable {
             guard n >= 0, n <= 32 else { throw ConfigError(field: "SubnetLen", reason: "\(n) is not a prefix length") }
             subnetLen = Int(n)
         }
-        if subnetLen > 0 {
-            guard subnetLen <= 30 else {
-                throw ConfigError(field: "SubnetLen", reason: "\(subnetLen) is longer than /30: each host needs room for a gateway and a bridge")
-            }
-            guard subnetLen >= network.prefixLength + 2 else {
-                throw ConfigError(field: "SubnetLen", reason: "/\(subnetLen) leaves Network \(network) fewer than four subnets "
-                    + "(the first is never handed out): give at least /\(network.prefixLength + 2), as flannel requires")
-            }
-        } else {
-            guard network.prefixLength <= 28 else {
-                throw ConfigError(field: "Network", reason: "/\(network.prefixLength) is too small: the smallest useful network is /28")
-            }
-            subnetLen = network.prefixLength <= 22 ? 24 : network.prefixLength + 2
-        }
+        subnetLen = try subnetLength(subnetLen, network: network, networkField: "Network", lengthField: "SubnetLen",
+                                     defaultLength: 24, defaultUpTo: 22)
         let subnetSize = UInt32(1) << UInt32(32 - subnetLen)
-        let mask = IPv4Subnet.mask(subnetLen)
-
-        var subnetMin = IPv4Address(network.address.value &+ subnetSize)
-        if let v = try optionalAddress(doc, "SubnetMin") {
-            guard network.contains(v) else { throw ConfigError(field: "SubnetMin", reason: "\(v) is not inside Network \(network)") }
-            guard v.value & mask == v.value else { throw ConfigError(field: "SubnetMin", reason: "\(v) is not on a /\(subnetLen) boundary") }
-            subnetMin = v
-        }
-        var subnetMax = IPv4Address(network.last.value &- subnetSize &+ 1)
-        if let v = try optionalAddress(doc, "SubnetMax") {
-            guard network.contains(v) else { throw ConfigError(field: "SubnetMax", reason: "\(v) is not inside Network \(network)") }
-            guard v.value & mask == v.value else { throw ConfigError(field: "SubnetMax", reason: "\(v) is not on a /\(subnetLen) boundary") }
-            subnetMax = v
-        }
-        guard subnetMin <= subnetMax else {
-            throw ConfigError(field: "SubnetMin", reason: "\(subnetMin) is above SubnetMax \(subnetMax): no subnet can be handed out")
-        }
+        let (subnetMin, subnetMax) = try bounds(
+            min: try optionalAddress(doc, "SubnetMin"), max: try optionalAddress(doc, "SubnetMax"), network: network, subnetLen: subnetLen,
+            defaultMin: IPv4Address(network.address.value &+ subnetSize), defaultMax: IPv4Address(network.last.value &- subnetSize &+ 1),
+            fields: ("Network", "SubnetMin", "SubnetMax"), what: "subnet")
 
         return NetworkConfig(network: network, subnetLen: subnetLen, subnetMin: subnetMin, subnetMax: subnetMax,
                              backend: backend, enableIPv4: true, ipv6: ipv6, rawJSON: json)
@@ -289,40 +264,59 @@ public struct NetworkConfig: Sendable, Equatable {
                 throw ConfigError(field: "IPv6Network", reason: "missing while EnableIPv6 is true: name the IPv6 pod network, "
                     + "e.g. \"IPv6Network\": \"fd00:10::/48\"")
             }
-            var length = subnetLen ?? 0
-            if length > 0 {
-                guard length <= 126 else {
-                    throw ConfigError(field: "IPv6SubnetLen", reason: "\(length) is longer than /126: each host needs room for a gateway and a bridge")
-                }
-                guard length >= network.prefixLength + 2 else {
-                    throw ConfigError(field: "IPv6SubnetLen", reason: "/\(length) leaves IPv6Network \(network) fewer than four subnets "
-                        + "(the first is never handed out): give at least /\(network.prefixLength + 2), as flannel requires")
-                }
-            } else {
-                guard network.prefixLength <= 124 else {
-                    throw ConfigError(field: "IPv6Network", reason: "/\(network.prefixLength) is too small: the smallest useful IPv6 network is /124")
-                }
-                length = network.prefixLength <= 62 ? 64 : network.prefixLength + 2
-            }
+            let length = try NetworkConfig.subnetLength(subnetLen ?? 0, network: network, networkField: "IPv6Network",
+                                                        lengthField: "IPv6SubnetLen", defaultLength: 64, defaultUpTo: 62)
             let size = UInt128(1) << UInt128(128 - length)
-            let mask = IPv6Subnet.mask(length)
-            var first = IPv6Address(network.address.value &+ size)
-            if let v = subnetMin {
-                guard network.contains(v) else { throw ConfigError(field: "IPv6SubnetMin", reason: "\(v) is not inside IPv6Network \(network)") }
-                guard v.value & mask == v.value else { throw ConfigError(field: "IPv6SubnetMin", reason: "\(v) is not on a /\(length) boundary") }
-                first = v
-            }
-            var last = IPv6Address(network.last.value &- size &+ 1)
-            if let v = subnetMax {
-                guard network.contains(v) else { throw ConfigError(field: "IPv6SubnetMax", reason: "\(v) is not inside IPv6Network \(network)") }
-                guard v.value & mask == v.value else { throw ConfigError(field: "IPv6SubnetMax", reason: "\(v) is not on a /\(length) boundary") }
-                last = v
-            }
-            guard first <= last else {
-                throw ConfigError(field: "IPv6SubnetMin", reason: "\(first) is above IPv6SubnetMax \(last): no IPv6 subnet can be handed out")
-            }
+            let (first, last) = try NetworkConfig.bounds(
+                min: subnetMin, max: subnetMax, network: network, subnetLen: length,
+                defaultMin: IPv6Address(network.address.value &+ size), defaultMax: IPv6Address(network.last.value &- size &+ 1),
+                fields: ("IPv6Network", "IPv6SubnetMin", "IPv6SubnetMax"), what: "IPv6 subnet")
             return IPv6NetworkConfig(network: network, subnetLen: length, subnetMin: first, subnetMax: last)
         }
+    }
+
+    /// flannel's SubnetLen rule for either family: given (> 0), at most the address width − 2 (room
+    /// for a gateway and a bridge) and at least prefix + 2 (four subnets, the first never handed
+    /// out); else `defaultLength` for networks up to /`defaultUpTo`, prefix + 2 for smaller ones, and
+    /// a network needs at least four subnets of four addresses.
+    static func subnetLength<S: IPSubnetType>(_ given: Int, network: S, networkField: String, lengthField: String,
+                                              defaultLength: Int, defaultUpTo: Int) throws(ConfigError) -> Int {
+        let bits = S.Address.family.addressLength * 8
+        if given > 0 {
+            guard given <= bits - 2 else {
+                throw ConfigError(field: lengthField, reason: "\(given) is longer than /\(bits - 2): each host needs room for a gateway and a bridge")
+            }
+            guard given >= network.prefixLength + 2 else {
+                throw ConfigError(field: lengthField, reason: "/\(given) leaves \(networkField) \(network) fewer than four subnets "
+                    + "(the first is never handed out): give at least /\(network.prefixLength + 2), as flannel requires")
+            }
+            return given
+        }
+        guard network.prefixLength <= bits - 4 else {
+            throw ConfigError(field: networkField, reason: "/\(network.prefixLength) is too small: the smallest useful "
+                + (S.Address.family == .ipv4 ? "" : "IPv6 ") + "network is /\(bits - 4)")
+        }
+        return network.prefixLength <= defaultUpTo ? defaultLength : network.prefixLength + 2
+    }
+
+    /// SubnetMin/SubnetMax (or the IPv6 ones) for either family: the defaults when not given, else
+    /// inside the network and on a subnet boundary; the first not above the last.
+    static func bounds<S: IPSubnetType>(min: S.Address?, max: S.Address?, network: S, subnetLen: Int,
+                                        defaultMin: S.Address, defaultMax: S.Address, fields: (network: String, min: String, max: String),
+                                        what: String) throws(ConfigError) -> (S.Address, S.Address) {
+        func checked(_ value: S.Address?, _ field: String, _ fallback: S.Address) throws(ConfigError) -> S.Address {
+            guard let v = value else { return fallback }
+            guard network.contains(v) else { throw ConfigError(field: field, reason: "\(v) is not inside \(fields.network) \(network)") }
+            guard S(address: v, prefixLength: subnetLen) != nil else {
+                throw ConfigError(field: field, reason: "\(v) is not on a /\(subnetLen) boundary")
+            }
+            return v
+        }
+        let first = try checked(min, fields.min, defaultMin), last = try checked(max, fields.max, defaultMax)
+        guard first <= last else {
+            throw ConfigError(field: fields.min, reason: "\(first) is above \(fields.max) \(last): no \(what) can be handed out")
+        }
+        return (first, last)
     }
 
     /// Go's net.ParseCIDR for IPv6 text: host bits are masked off, as flannel keeps the network.

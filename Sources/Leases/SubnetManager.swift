@@ -248,34 +248,19 @@ public actor SubnetManager {
             let choice: IPv4Subnet
             if !config.enableIPv4 {
                 choice = config.network
-            } else if let prev = previousSubnet, config.allows(prev), taken.isFree(prev) {
-                choice = prev
-            } else {
-                var firstFree: [IPv4Subnet] = []
-                for s in config.candidateSubnets where taken.isFree(s) {
-                    firstFree.append(s)
-                    if firstFree.count == 100 { break }
-                }
-                guard let pick = firstFree.randomElement() else {
-                    throw AcquireError.noFreeSubnet(network: config.network, subnetLen: config.subnetLen, taken: taken.ipv4.count)
-                }
+            } else if let pick = pick(previous: previousSubnet.flatMap { config.allows($0) ? $0 : nil }, from: config.candidateSubnets,
+                                      free: taken.isFree) {
                 choice = pick
+            } else {
+                throw AcquireError.noFreeSubnet(network: config.network, subnetLen: config.subnetLen, taken: taken.ipv4.count)
             }
             var ipv6Choice: IPv6Subnet?
             if let v6 = config.ipv6 {
-                if let prev = previousIPv6Subnet, v6.allows(prev), taken.isFree(prev) {
-                    ipv6Choice = prev
-                } else {
-                    var firstFree: [IPv6Subnet] = []
-                    for s in v6.candidateSubnets where taken.isFree(s) {
-                        firstFree.append(s)
-                        if firstFree.count == 100 { break }
-                    }
-                    guard let pick = firstFree.randomElement() else {
-                        throw AcquireError.noFreeIPv6Subnet(network: v6.network, subnetLen: v6.subnetLen, taken: taken.ipv6.count)
-                    }
-                    ipv6Choice = pick
+                guard let pick = pick(previous: previousIPv6Subnet.flatMap { v6.allows($0) ? $0 : nil }, from: v6.candidateSubnets,
+                                      free: taken.isFree) else {
+                    throw AcquireError.noFreeIPv6Subnet(network: v6.network, subnetLen: v6.subnetLen, taken: taken.ipv6.count)
                 }
+                ipv6Choice = pick
             }
             let key = LeaseKey(subnet: choice, ipv6Subnet: ipv6Choice)
             let rev: Int64
@@ -297,6 +282,18 @@ public actor SubnetManager {
             return adopt(Lease(subnet: choice, ipv6Subnet: ipv6Choice, attributes: attributes, ttl: options.leaseTTL, revision: rev))
         }
         throw AcquireError.tooManyConflicts(attempts: options.acquireAttempts)
+    }
+
+    /// flannel's pick: the previous subnet when it is free, else a random one among the first 100
+    /// free candidates; nil when none is free.
+    private func pick<S: IPSubnetType>(previous: S?, from candidates: some Sequence<S>, free: (S) -> Bool) -> S? {
+        if let previous, free(previous) { return previous }
+        var firstFree: [S] = []
+        for s in candidates where free(s) {
+            firstFree.append(s)
+            if firstFree.count == 100 { break }
+        }
+        return firstFree.randomElement()
     }
 
     /// The name of a key other than `key` whose subnet overlaps one of `key`'s (in a family the

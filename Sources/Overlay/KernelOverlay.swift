@@ -21,26 +21,16 @@ public final class KernelOverlay: Sendable {
         self.logger = logger
     }
 
-    /// `FlannelVXLANDevice.ensure` without an address (flanneld's first phase: the MAC for the lease).
-    public func ensureVXLANDevice(
-        vni: UInt32, port: UInt16 = 8472, localIP: IPv4Address, underlayIndex: Int32, mtu: Int? = nil,
+    /// `FlannelVXLANLink.ensure` without an address (flanneld's first phase: the MAC for the lease):
+    /// `flannel.<VNI>` for an IPv4 `localIP`, `flannel-v6.<VNI>` (over the IPv6 underlay, its MAC
+    /// published as BackendV6Data.VtepMAC) for an IPv6 one.
+    public func ensureVXLANDevice<A: IPAddressType>(
+        vni: UInt32, port: UInt16 = 8472, localIP: A, underlayIndex: Int32, mtu: Int? = nil,
         learning: Bool = false, gbp: Bool = false, preferredMAC: MACAddress? = nil
-    ) throws(OverlayError) -> FlannelVXLANDevice {
+    ) throws(OverlayError) -> FlannelVXLANLink<A.Subnet> {
         try netlink.withLock { nl throws(OverlayError) in
-            try FlannelVXLANDevice.ensure(vni: vni, port: port, localIP: localIP, underlayIndex: underlayIndex, mtu: mtu,
-                                          preferredMAC: preferredMAC, learning: learning, gbp: gbp, netlink: &nl, logger: logger)
-        }
-    }
-
-    /// `flannel-v6.<VNI>` over the IPv6 underlay, without an address (its MAC goes in the lease as
-    /// BackendV6Data.VtepMAC).
-    public func ensureVXLANv6Device(
-        vni: UInt32, port: UInt16 = 8472, localIP: IPv6Address, underlayIndex: Int32, mtu: Int? = nil,
-        learning: Bool = false, gbp: Bool = false, preferredMAC: MACAddress? = nil
-    ) throws(OverlayError) -> FlannelVXLANv6Device {
-        try netlink.withLock { nl throws(OverlayError) in
-            try FlannelVXLANv6Device.ensure(vni: vni, port: port, localIP: localIP, underlayIndex: underlayIndex, mtu: mtu,
-                                            preferredMAC: preferredMAC, learning: learning, gbp: gbp, netlink: &nl, logger: logger)
+            try FlannelVXLANLink<A.Subnet>.ensure(vni: vni, port: port, localIP: localIP, underlayIndex: underlayIndex, mtu: mtu,
+                                                  preferredMAC: preferredMAC, learning: learning, gbp: gbp, netlink: &nl, logger: logger)
         }
     }
 

@@ -76,16 +76,7 @@ public enum Overlay {
     ) throws(OverlayError) {
         do {
             guard let link = try nl.link(named: name) else { throw OverlayError.deviceMissing(name: name, index: 0) }
-            var hasAddress = false
-            for a in try nl.ipv6Addresses(index: link.index) {
-                if a.address == subnet.address && a.prefixLength == 128 {
-                    hasAddress = true
-                } else if network.contains(a.address) {
-                    try nl.deleteAddress(a.address, prefixLength: a.prefixLength, index: link.index)
-                    logger.info("removed stale address \(a.address)/\(a.prefixLength) from \(name)")
-                }
-            }
-            if !hasAddress { try nl.addAddress(subnet.address, prefixLength: 128, index: link.index) }
+            try ensureOnlyHostAddress(subnet.address, within: network, link: link, nl: &nl, logger: logger)
             if !link.isUp { try nl.setLink(index: link.index, up: true) }
             try nl.replaceRoute(IPv6Route(destination: network, outputIndex: link.index, mtu: mtu))
         } catch let e as OverlayError {
@@ -95,6 +86,23 @@ public enum Overlay {
         } catch {
             throw .netlink(NetlinkError(operation: "configureTUNIPv6", object: name, errno: EIO), while: "\(error)")
         }
+    }
+
+    /// `address` as a host address (/32, /128) on `link`, and no other address of `network` there
+    /// (an older lease's); addresses outside the network are left alone.
+    private static func ensureOnlyHostAddress<S: IPSubnetType>(_ address: S.Address, within network: S, link: LinkInfo,
+                                                              nl: inout NetlinkSocket, logger: Logger) throws(NetlinkError) {
+        let prefix = S.Address.family.addressLength * 8
+        var hasAddress = false
+        for a in try nl.addressDump(S.Address.self, index: link.index) {
+            if a.address == address && a.prefixLength == prefix {
+                hasAddress = true
+            } else if network.contains(a.address) {
+                try nl.deleteAddress(a.address, prefixLength: a.prefixLength, index: link.index)
+                logger.info("removed stale address \(a.address)/\(a.prefixLength) from \(link.name)")
+            }
+        }
+        if !hasAddress { try nl.addAddress(address, prefixLength: prefix, index: link.index) }
     }
 
     /// Our host-gw / DirectRouting routes: main table, unicast, with a gateway, out of the underlay,
@@ -121,16 +129,7 @@ public enum Overlay {
     ) throws(OverlayError) {
         do {
             guard let link = try nl.link(named: name) else { throw OverlayError.deviceMissing(name: name, index: 0) }
-            var hasAddress = false
-            for a in try nl.addresses(index: link.index) {
-                if a.address == subnet.address && a.prefixLength == 32 {
-                    hasAddress = true
-                } else if network.contains(a.address) {
-                    try nl.deleteAddress(a.address, prefixLength: a.prefixLength, index: link.index)
-                    logger.info("removed stale address \(a.address)/\(a.prefixLength) from \(name)")
-                }
-            }
-            if !hasAddress { try nl.addAddress(subnet.address, prefixLength: 32, index: link.index) }
+            try ensureOnlyHostAddress(subnet.address, within: network, link: link, nl: &nl, logger: logger)
             if link.mtu != mtu { try nl.setMTU(index: link.index, mtu: mtu) }
             if !link.isUp { try nl.setLink(index: link.index, up: true) }
             try nl.replaceRoute(Route(destination: network, outputIndex: link.index))

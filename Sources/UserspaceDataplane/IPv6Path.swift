@@ -293,14 +293,8 @@ final class UDP6ToTunWorker: @unchecked Sendable {
             }
             let start = inner - vnet
             if vnet > 0 { start.initializeMemory(as: UInt8.self, repeating: 0, count: vnet) }
-            let written = write(tunFD, start, vnet + total)
-            if written == vnet + total {
-                tally.bump(Counter.rxPackets)
-                tally.bump(Counter.rxBytes, by: UInt64(total))
-            } else {
-                if written < 0 { errors.log(context.logger, "write of an IPv6 packet into the TUN", errno: errno) }
-                tally.drop(.tunWriteError)
-            }
+            context.deliver(tunFD, start, vnet: vnet, length: total, tally: &tally, errors: &errors,
+                            what: "write of an IPv6 packet into the TUN")
         }
         tally.flush(into: context.counters)
     }

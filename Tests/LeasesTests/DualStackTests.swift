@@ -53,12 +53,7 @@ struct DualStackParsingTests {
         #expect(c.networksDescription.contains("IPv6 only"))
     }
 
-    struct Bad: Sendable, CustomTestStringConvertible {
-        var json: String
-        var field: String
-        var reasonContains: String
-        var testDescription: String { json }
-    }
+    typealias Bad = ConfigParsingTests.Bad
 
     static let bad: [Bad] = [
         Bad(json: #"{"EnableIPv4":false}"#, field: "EnableIPv4", reasonContains: "none defined stack"),
@@ -82,14 +77,7 @@ struct DualStackParsingTests {
     ]
 
     @Test(arguments: bad)
-    func refusesWithFieldAndReason(_ c: Bad) {
-        #expect {
-            _ = try NetworkConfig.parse(c.json)
-        } throws: { error in
-            guard let e = error as? ConfigError else { return false }
-            return e.field == c.field && e.reason.contains(c.reasonContains)
-        }
-    }
+    func refusesWithFieldAndReason(_ c: Bad) { ConfigParsingTests().refusesWithFieldAndReason(c) }
 
     /// Go's net.IP text: lowercase, no leading zeros, the longest zero run (first on a tie, at
     /// least two groups) as "::".
