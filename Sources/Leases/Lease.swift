@@ -154,10 +154,7 @@ public struct Lease: Sendable, Equatable, CustomStringConvertible {
     }
 
     /// The subnets, e.g. "10.5.52.0/24", "10.5.52.0/24 + fd00:0:0:34::/64", "fd00:0:0:34::/64".
-    public var subnetsDescription: String {
-        guard let ipv6Subnet else { return subnet.description }
-        return subnet.prefixLength == 0 ? ipv6Subnet.description : "\(subnet) + \(ipv6Subnet)"
-    }
+    public var subnetsDescription: String { LeaseKey(subnet: subnet, ipv6Subnet: ipv6Subnet).subnetsDescription }
 
     public var description: String { "\(subnetsDescription) → \(attributes)" + (isReservation ? " (reservation)" : "") }
 }
@@ -458,4 +455,11 @@ public struct LeaseKey: Hashable, Sendable, CustomStringConvertible {
     }
 
     public var description: String { subnet.leaseKey + (ipv6Subnet.map { "&" + $0.leaseKey } ?? "") }
+
+    /// The subnets for people: "10.5.52.0/24", "10.5.52.0/24 + fd00:0:0:34::/64", and in an
+    /// IPv6-only network (IPv4 half 0.0.0.0/0) "fd00:0:0:34::/64".
+    public var subnetsDescription: String {
+        guard let ipv6Subnet else { return subnet.description }
+        return subnet.prefixLength == 0 ? ipv6Subnet.description : "\(subnet) + \(ipv6Subnet)"
+    }
 }

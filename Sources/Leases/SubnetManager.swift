@@ -43,6 +43,10 @@ public struct SubnetManagerOptions: Sendable {
     public var errorLogInterval: Duration = .seconds(60)
     /// flannel retries a lost compare-and-swap race up to 10 times.
     public var acquireAttempts = 10
+    /// Whether the caller runs networks with IPv6 (dual-stack, IPv6-only): until it says so,
+    /// `getConfig` refuses such a config by name instead of handing it to a daemon that would serve
+    /// only its IPv4 half.
+    public var servesIPv6Networks = false
 
     public init() {}
 }
@@ -177,9 +181,15 @@ public actor SubnetManager {
         (ownLeaseLost, lostContinuation) = AsyncStream<LeaseLost>.makeStream()
     }
 
-    /// Reads and validates `<prefix>/config`.
+    /// Reads and validates `<prefix>/config` (see `SubnetManagerOptions.servesIPv6Networks`).
     public func getConfig() async throws -> NetworkConfig {
-        try await registry.getConfig()
+        let config = try await registry.getConfig()
+        if let v6 = config.ipv6, !options.servesIPv6Networks {
+            throw ConfigError(field: "EnableIPv6", reason: "the network is \(config.enableIPv4 ? "dual-stack" : "IPv6-only") (IPv6Network "
+                + "\(v6.network)), and this daemon does not program IPv6 yet: it would take no IPv6 subnet and carry no IPv6 "
+                + "traffic. Keep stock flanneld on these nodes, or remove EnableIPv6 from the config")
+        }
+        return config
     }
 
     // MARK: acquire
@@ -231,12 +241,12 @@ public actor SubnetManager {
                 let ttl = rec.isReservation ? nil : options.leaseTTL
                 do {
                     let rev = try await registry.updateLease(name: rec.name, value: value, ttl: ttl, expectedRevision: rec.revision)
-                    logger.info("reusing our lease \(rec.name)\(rec.isReservation ? " (reservation, kept without TTL)" : "")")
+                    logger.info("reusing our lease \(key.subnetsDescription)\(rec.isReservation ? " (reservation, kept without TTL)" : "")")
                     return adopt(Lease(subnet: key.subnet, ipv6Subnet: key.ipv6Subnet, attributes: attributes,
                                        isReservation: rec.isReservation, ttl: ttl, revision: rev))
                 } catch RegistryError.conflict {
                     counters.update { $0.acquireConflicts += 1 }
-                    logger.debug("our lease \(rec.name) changed while reusing it (attempt \(attempt)); re-listing")
+                    logger.debug("our lease \(key.subnetsDescription) changed while reusing it (attempt \(attempt)); re-listing")
                     continue
                 }
             }
@@ -268,7 +278,7 @@ public actor SubnetManager {
                 rev = try await registry.createLease(name: key.description, value: value, ttl: options.leaseTTL)
             } catch RegistryError.conflict {
                 counters.update { $0.acquireConflicts += 1 }
-                logger.debug("lost the race for \(key) (attempt \(attempt)); trying another subnet")
+                logger.debug("lost the race for \(key.subnetsDescription) (attempt \(attempt)); trying another subnet")
                 continue
             }
             // Another key for an overlapping subnet, created before ours, holds it (see the file's note).
@@ -278,7 +288,7 @@ public actor SubnetManager {
                 try? await registry.deleteLease(name: key.description, expectedRevision: rev)
                 continue
             }
-            logger.info("acquired lease \(key)")
+            logger.info("acquired lease \(key.subnetsDescription)")
             return adopt(Lease(subnet: choice, ipv6Subnet: ipv6Choice, attributes: attributes, ttl: options.leaseTTL, revision: rev))
         }
         throw AcquireError.tooManyConflicts(attempts: options.acquireAttempts)
@@ -337,7 +347,7 @@ public actor SubnetManager {
                     // Gone (expired while etcd was unreachable): take it back if no one else did.
                     do {
                         let rev = try await registry.createLease(name: own.key, value: value, ttl: ttl)
-                        logger.warning("our lease \(own.key) had expired; re-created it")
+                        logger.warning("our lease \(own.subnetsDescription) had expired; re-created it")
                         own.revision = rev
                         counters.update { $0.renewals += 1 }
                         return adopt(own)
@@ -390,7 +400,7 @@ public actor SubnetManager {
             }
             do {
                 try await renewLease()
-                logger.debug("renewed lease \(own.key)")
+                logger.debug("renewed lease \(own.subnetsDescription)")
             } catch let e as LeaseLost {
                 throw e
             } catch is CancellationError {
@@ -398,7 +408,7 @@ public actor SubnetManager {
             } catch {
                 counters.update { $0.renewalFailures += 1 }
                 if errorLog.allow("renew") {
-                    logger.warning("renewing lease \(own.key) failed: \(error); retrying every \(retryInterval)")
+                    logger.warning("renewing lease \(own.subnetsDescription) failed: \(error); retrying every \(retryInterval)")
                 }
                 try await Task.sleep(for: retryInterval)
             }
@@ -415,7 +425,7 @@ public actor SubnetManager {
         try await registry.deleteLease(name: own.key, expectedRevision: own.revision)
         ownLease = nil
         ownExpiry = nil
-        logger.info("released lease \(own.key)")
+        logger.info("released lease \(own.subnetsDescription)")
     }
 
     // MARK: watch
@@ -435,9 +445,9 @@ public actor SubnetManager {
             guard rev > own.revision else { return }
             let pastExpiry = ownExpiry.map { ContinuousClock.now >= $0 - .seconds(1) } ?? false
             if expired || pastExpiry {
-                logger.warning("our lease \(own.key) expired; re-creating it unless another node took the subnet")
+                logger.warning("our lease \(own.subnetsDescription) expired; re-creating it unless another node took the subnet")
                 do { try await renewLease() } catch {
-                    if errorLog.allow("recreate") { logger.warning("re-creating lease \(own.key) failed: \(error)") }
+                    if errorLog.allow("recreate") { logger.warning("re-creating lease \(own.subnetsDescription) failed: \(error)") }
                 }
             } else {
                 _ = declareLost(own, holder: nil, reason: "the key was deleted by someone else")

@@ -105,6 +105,28 @@ public enum Overlay {
         if !hasAddress { try nl.addAddress(address, prefixLength: prefix, index: link.index) }
     }
 
+    /// net.ipv6.conf.<device>.accept_ra = 0, as flanneld sets it on flannel.<VNI> and
+    /// flannel-v6.<VNI> (no router advertisement may configure an overlay device). /proc/sys/net
+    /// belongs to the network namespace of the calling thread: call it on a thread in the device's
+    /// namespace. A kernel without IPv6 has no such file: nothing to do.
+    public static func disableRouterAdvertisements(on device: String) throws(OverlayError) {
+        guard !device.isEmpty, !device.contains("/"), device.utf8.count <= 15 else {
+            throw .netlink(NetlinkError(operation: "sysctl accept_ra", object: "\"\(device)\"", errno: EINVAL), while: "naming the device")
+        }
+        let path = "/proc/sys/net/ipv6/conf/\(device)/accept_ra"
+        let fd = open(path, O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            if errno == ENOENT && access("/proc/sys/net/ipv6", F_OK) != 0 { return }
+            throw .netlink(NetlinkError(operation: "open", object: path, errno: errno), while: "turning off router advertisements on \(device)")
+        }
+        defer { close(fd) }
+        var written: Int
+        repeat { written = write(fd, "0\n", 2) } while written < 0 && errno == EINTR
+        guard written == 2 else {
+            throw .netlink(NetlinkError(operation: "write", object: path, errno: errno), while: "turning off router advertisements on \(device)")
+        }
+    }
+
     /// Our host-gw / DirectRouting routes: main table, unicast, with a gateway, out of the underlay,
     /// inside `network` but not the network itself.
     private static func removeRoutes<S: IPSubnetType>(in network: S, underlayIndex: Int32, into removal: inout Removal,

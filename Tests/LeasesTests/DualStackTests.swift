@@ -424,3 +424,47 @@ struct DualStackLeaseTests {
         }
     }
 }
+
+@Suite("LeasesTests: the last known state file in dual-stack and IPv6-only networks")
+struct DualStackLastKnownTests {
+    @Test("both halves of our lease and of the peers' are kept; a saved lease that lost its IPv6 half is refused")
+    func roundTrip() throws {
+        for (json, ownV4, peerV4) in [(dualConfigJSON, "10.5.3.0/24", "10.5.7.0/24"), (ipv6OnlyConfigJSON, "0.0.0.0/0", "0.0.0.0/0")] {
+            let config = try NetworkConfig.parse(json)
+            let v6 = try #require(config.ipv6)
+            let ipv4 = config.enableIPv4
+            let own = Lease(subnet: subnet(ownV4), ipv6Subnet: IPv6Subnet(containing: v6.subnetMin, prefixLength: v6.subnetLen),
+                            attributes: dualAttributes(ipv4 ? "192.168.1.3" : nil, "fd01::3"))
+            let peer = Lease(subnet: subnet(peerV4), ipv6Subnet: IPv6Subnet(containing: v6.subnetMax, prefixLength: v6.subnetLen),
+                             attributes: dualAttributes(ipv4 ? "192.168.1.7" : nil, "fd01::7", mac: "0a:00:00:00:00:07", mac6: "0a:00:00:00:06:07"))
+            let state = LastKnownLeases(savedAt: 1_800_000_000, etcdAPI: .v2, config: config, own: own, ownExpiresAt: 1_800_086_400, peers: [peer])
+            let (read, skipped) = try LastKnownLeases.parse(state.json, path: "mem")
+            #expect(skipped.isEmpty, "\(skipped)")
+            #expect(read.own == own && read.peers == [peer])
+            #expect(read.own.key == own.key && read.peers.first?.ipv6Peer?.publicIP == IPv6Address("fd01::7"))
+            // Our lease saved without its IPv6 half (an older file) does not fit the config.
+            let stale = LastKnownLeases(savedAt: 1_800_000_000, etcdAPI: .v2, config: config,
+                                        own: Lease(subnet: own.subnet, attributes: own.attributes), ownExpiresAt: 1_800_086_400, peers: [])
+            #expect(throws: LastKnownLeasesError.self) { try LastKnownLeases.parse(stale.json, path: "mem") }
+        }
+    }
+}
+
+@Suite("LeasesTests: a daemon that does not run IPv6 networks is told so by name")
+struct DualStackRefusalTests {
+    @Test func getConfigRefusesIPv6NetworksUntilTheCallerServesThem() async throws {
+        try await withEtcd { server in
+            let prefix = uniquePrefix("refuse6")
+            try await writeConfig(server, .v3, prefix: prefix, dualConfigJSON)
+            let registry = try makeRegistry(server, .v3, prefix: prefix)
+            let plain = SubnetManager(registry: registry, options: fastOptions(), logger: quietLogger)
+            await #expect { _ = try await plain.getConfig() } throws: { e in
+                guard let e = e as? ConfigError else { return false }
+                return e.field == "EnableIPv6" && e.reason.contains("dual-stack") && e.reason.contains("fd00:5::/48")
+            }
+            var options = fastOptions()
+            options.servesIPv6Networks = true
+            #expect(try await SubnetManager(registry: registry, options: options, logger: quietLogger).getConfig().enableIPv6)
+        }
+    }
+}

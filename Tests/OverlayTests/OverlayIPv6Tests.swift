@@ -61,6 +61,10 @@ import Testing
                                                   subnet: mine.podSubnet, network: Self.network, netlink: &nl)
         #expect(dev.origin == .created && dev.mac == mac && dev.name == "flannel-v6.1")
         #expect(dev.mtu == 1430, "the kernel's cap for vxlan over IPv6: underlay − 70")
+        // flanneld's accept_ra=0 (the reference's is set by makeFlannelV6StandIn).
+        try NetnsThread.run(namespace: mine.node.name) { try Overlay.disableRouterAdvertisements(on: "flannel-v6.1") }
+        #expect(try swiftLab.sh(mine.node.name, [LabTools.sysctl, "-n", "net/ipv6/conf/flannel-v6.1/accept_ra"]).hasPrefix("0"))
+        #expect(try refLab.sh(ref.node.name, [LabTools.sysctl, "-n", "net/ipv6/conf/flannel-v6.1/accept_ra"]).hasPrefix("0"))
         let table = try KernelVXLANv6PeerTable(device: dev, network: Self.network, networkNamespace: "/run/netns/\(mine.node.name)")
         for p in peers(3) { try table.upsert(p) }
 

@@ -26,7 +26,7 @@ public enum ForwardRules {
     /// FORWARD's jump into our chain.
     static var jump: [String] { commentMatch + ["-j", chain] }
     /// FLANNEL-FWD's two accepts, in order.
-    static func accepts(network: some CustomStringConvertible) -> [[String]] {
+    static func accepts<S: IPSubnetType>(network: S) -> [[String]] {
         [["-s", "\(network)"] + commentMatch + ["-j", "ACCEPT"], ["-d", "\(network)"] + commentMatch + ["-j", "ACCEPT"]]
     }
 
@@ -73,16 +73,16 @@ public enum ForwardRules {
     /// had to change (empty when everything was in place).
     @discardableResult
     public static func ensure(network: IPv4Subnet) throws(OperationsError) -> [String] {
-        try ensure(network: network.description, program: .iptables)
+        try ensure(network: network, program: .iptables)
     }
 
     /// The same for the IPv6 network, with ip6tables.
     @discardableResult
     public static func ensure(ipv6Network: IPv6Subnet) throws(OperationsError) -> [String] {
-        try ensure(network: ipv6Network.description, program: .ip6tables)
+        try ensure(network: ipv6Network, program: .ip6tables)
     }
 
-    private static func ensure(network: String, program: HostProgram) throws(OperationsError) -> [String] {
+    private static func ensure<S: IPSubnetType>(network: S, program: HostProgram) throws(OperationsError) -> [String] {
         func iptables(_ arguments: [String]) throws(OperationsError) -> String { try ForwardRules.iptables(arguments, program: program) }
         var changes: [String] = []
         let table = try read(program: program)
@@ -130,15 +130,15 @@ public enum ForwardRules {
 
     /// For `status`.
     public static func status(network: IPv4Subnet?) -> ForwardRulesStatus {
-        status(network: network?.description, program: .iptables)
+        status(network: network, program: .iptables)
     }
 
     /// For `status`: the IPv6 accepts (ip6tables).
     public static func status(ipv6Network: IPv6Subnet?) -> ForwardRulesStatus {
-        status(network: ipv6Network?.description, program: .ip6tables)
+        status(network: ipv6Network, program: .ip6tables)
     }
 
-    private static func status(network: String?, program: HostProgram) -> ForwardRulesStatus {
+    private static func status<S: IPSubnetType>(network: S?, program: HostProgram) -> ForwardRulesStatus {
         guard program.path != nil else {
             return .unknown("\(program.rawValue) is not installed (apt-get install iptables), so the accepts cannot be in place")
         }
