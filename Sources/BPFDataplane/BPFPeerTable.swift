@@ -14,7 +14,7 @@ import CBPF
 import NetTypes
 import Synchronization
 
-public final class BPFPeerTable: PeerTable {
+public final class BPFPeerTable: Sendable {
     public let tableName = "bpf-maps"
     private let peers: BPFMap<fxdp_peer_key, fxdp_peer_value>
     private let nodes: BPFMap<fxdp_node_key, fxdp_node_value>

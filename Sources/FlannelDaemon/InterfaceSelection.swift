@@ -16,73 +16,9 @@
 // default route (/proc/net/ipv6_route). --public-ipv6 defaults to the chosen address.
 
 import Glibc
+import Dataplane
 import NetTypes
-import Netlink
 import RuntimeSupport
-
-/// One interface with what the daemon needs from it.
-public struct NetworkInterface: Sendable, Equatable, CustomStringConvertible {
-    public var name: String
-    public var index: Int32
-    public var mtu: Int
-    /// IPv4 addresses with their prefix, in the kernel's order (the primary first).
-    public var ipv4: [(address: IPv4Address, prefixLength: Int)]
-    /// IPv6 addresses with their prefix, in the kernel's order (link-local ones included).
-    public var ipv6: [(address: IPv6Address, prefixLength: Int)]
-
-    public init(name: String, index: Int32, mtu: Int, ipv4: [(address: IPv4Address, prefixLength: Int)],
-                ipv6: [(address: IPv6Address, prefixLength: Int)] = []) {
-        self.name = name
-        self.index = index
-        self.mtu = mtu
-        self.ipv4 = ipv4
-        self.ipv6 = ipv6
-    }
-
-    /// The address flannel takes for IPv6: the first global one, else the first link-local one.
-    public var preferredIPv6: IPv6Address? {
-        ipv6.first { !$0.address.isLinkLocal && !$0.address.isLoopback }?.address ?? ipv6.first { $0.address.isLinkLocal }?.address
-    }
-
-    public static func == (a: Self, b: Self) -> Bool {
-        a.name == b.name && a.index == b.index && a.mtu == b.mtu
-            && a.ipv4.map(\.address) == b.ipv4.map(\.address) && a.ipv4.map(\.prefixLength) == b.ipv4.map(\.prefixLength)
-            && a.ipv6.map(\.address) == b.ipv6.map(\.address) && a.ipv6.map(\.prefixLength) == b.ipv6.map(\.prefixLength)
-    }
-
-    public var description: String {
-        let addresses = ipv4.map { "\($0.address)/\($0.prefixLength)" }.joined(separator: ",")
-        return "\(name) (\(addresses.isEmpty ? "no IPv4" : addresses))"
-    }
-}
-
-/// The interface the overlay runs over, and the addresses the node uses on it.
-public struct ExternalInterface: Sendable, Equatable {
-    public var interface: NetworkInterface
-    /// The interface's own address: the VXLAN device's local address.
-    public var interfaceAddress: IPv4Address
-    /// The address other nodes reach us at (--public-ip, else `interfaceAddress`); goes in the lease.
-    public var publicIP: IPv4Address
-    /// The L2 network the interface sits on; peers inside it qualify for DirectRouting.
-    public var underlaySubnet: IPv4Subnet
-    /// Which flag chose it ("--iface-regex=^eth"), or "the default route".
-    public var chosenBy: String = ""
-    /// The interface's IPv6 address (flannel-v6's local address) in a dual-stack or IPv6-only network.
-    public var interfaceIPv6Address: IPv6Address?
-    /// The IPv6 address other nodes reach us at (--public-ipv6, else `interfaceIPv6Address`).
-    public var publicIPv6: IPv6Address?
-}
-
-/// The route `ip route get <address>` shows: the interface it leaves by and its source address.
-public struct RouteToAddress: Sendable, Equatable {
-    public var interfaceIndex: Int32
-    public var source: IPv4Address?
-
-    public init(interfaceIndex: Int32, source: IPv4Address?) {
-        self.interfaceIndex = interfaceIndex
-        self.source = source
-    }
-}
 
 public enum InterfaceSelectionError: Error, CustomStringConvertible, Equatable {
     case noMatch(flag: String, value: String, available: [String])
@@ -355,14 +291,12 @@ public enum InterfaceSelection {
                           routeTo: routeFromKernel)
     }
 
-    /// `ip route get <address>` through netlink.
+    /// `ip route get <address>`.
     static func routeFromKernel(_ address: IPv4Address) throws(InterfaceSelectionError) -> RouteToAddress? {
         do {
-            var nl = try NetlinkSocket()
-            guard let route = try nl.routeGet(to: address), let index = route.outputIndex else { return nil }
-            return RouteToAddress(interfaceIndex: index, source: route.preferredSource)
+            return try Interfaces.route(to: address)
         } catch {
-            throw .systemCall(operation: "route lookup for --iface-can-reach=\(address) (\(error.operation))", errno: error.errno)
+            throw .systemCall(operation: "route lookup for --iface-can-reach=\(address) (\(error.operation))", errno: error.errorNumber)
         }
     }
 

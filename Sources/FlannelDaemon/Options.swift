@@ -4,6 +4,7 @@
 // only describe the flags and check their values (`validate()`), they never see Go syntax.
 
 import ArgumentParser
+import Dataplane
 import Logging
 import NetTypes
 
@@ -26,17 +27,8 @@ extension IPv4Subnet: ExpressibleByArgument {
     public var defaultValueDescription: String { description }
 }
 
-/// Which data path carries the VXLAN traffic.
-public enum DataplaneChoice: String, CaseIterable, Sendable, ExpressibleByArgument {
-    /// BPF (XDP decap where the NIC allows it, else TC) and the userspace path if BPF cannot load.
-    case auto
-    /// BPF with XDP decap; failing to load or attach is a hard error.
-    case xdp
-    /// BPF with TC decap; failing to load or attach is a hard error.
-    case tc
-    /// TUN + UDP in this process; no BPF at all.
-    case userspace
-}
+/// --dataplane (the choice is the Dataplane module's).
+extension DataplaneChoice: ExpressibleByArgument {}
 
 /// Which etcd API generation holds the leases (flannel ≤ 0.17 used v2, ≥ 0.18 uses v3).
 public enum EtcdAPIChoice: String, CaseIterable, Sendable, ExpressibleByArgument {

@@ -1,7 +1,6 @@
-// KernelOverlay: everything the daemon asks of the kernel for the overlay, behind one object that
-// owns a netlink socket in one network namespace. It mirrors the daemon's overlay seam operation by
-// operation (ensure the device, configure it, the peer tables, the TUN, cleanup), so an adapter in
-// the daemon is a few lines of type conversion.
+// KernelOverlay: everything the data path asks of the kernel for the overlay, behind one object
+// that owns a netlink socket in one network namespace: the device (ensure, configure, find, delete),
+// the peer tables, the TUN, cleanup. The Dataplane module's composition and `cleanup` use it.
 
 import Glibc
 import Logging
@@ -31,25 +30,6 @@ public final class KernelOverlay: Sendable {
         try netlink.withLock { nl throws(OverlayError) in
             try FlannelVXLANLink<A.Subnet>.ensure(vni: vni, port: port, localIP: localIP, underlayIndex: underlayIndex, mtu: mtu,
                                                   preferredMAC: preferredMAC, learning: learning, gbp: gbp, netlink: &nl, logger: logger)
-        }
-    }
-
-    /// The vxlan device at `index`, read back from the kernel (for callers that kept only the
-    /// ifindex). Its `subnet` is nil: the lease's prefix length is not in the kernel.
-    public func vxlanDevice(index: Int32) throws(OverlayError) -> FlannelVXLANDevice {
-        try netlink.withLock { nl throws(OverlayError) in
-            do throws(NetlinkError) {
-                guard let link = try nl.link(index: index), let v = link.vxlan, let mac = link.mac else {
-                    throw NetlinkError(operation: "RTM_GETLINK", object: "vxlan device ifindex \(index)", errno: ENODEV)
-                }
-                return FlannelVXLANDevice(
-                    name: link.name, index: index, mac: mac, vni: v.vni, port: v.port, localIP: v.local ?? IPv4Address(0),
-                    underlayIndex: v.underlayIndex ?? 0, mtu: link.mtu,
-                    subnet: nil, origin: .adopted)
-            } catch {
-                if error.errno == ENODEV { throw .deviceMissing(name: "vxlan device", index: index) }
-                throw .netlink(error, while: "reading the vxlan device at ifindex \(index)")
-            }
         }
     }
 
@@ -107,8 +87,38 @@ public final class KernelOverlay: Sendable {
         }
     }
 
-    /// See `Overlay.isDirectlyReachable`.
-    public func isDirectlyReachable<A: IPAddressType>(_ address: A) throws(OverlayError) -> Bool {
-        try netlink.withLock { nl throws(OverlayError) in try Overlay.isDirectlyReachable(address, netlink: &nl) }
+    /// Every link of the namespace (cleanup looks for our programs on each).
+    public func links() throws(OverlayError) -> [LinkInfo] {
+        try netlink.withLock { nl throws(OverlayError) in
+            do throws(NetlinkError) {
+                return try nl.links()
+            } catch {
+                throw .netlink(error, while: "listing the links")
+            }
+        }
+    }
+
+    /// The link named flannel.<vni>, whatever kind it is (its MAC is the VtepMAC an earlier run
+    /// published); nil when there is none.
+    public func existingDevice(vni: UInt32) throws(OverlayError) -> LinkInfo? {
+        let name = FlannelVXLANDevice.name(vni: vni)
+        return try netlink.withLock { nl throws(OverlayError) -> LinkInfo? in
+            do throws(NetlinkError) {
+                return try nl.link(named: name)
+            } catch {
+                throw .netlink(error, while: "looking for \(name)")
+            }
+        }
+    }
+
+    /// Deletes the device at `index` (flannel.<VNI>, when the userspace path needs its UDP port).
+    public func deleteDevice(index: Int32) throws(OverlayError) {
+        try netlink.withLock { nl throws(OverlayError) in
+            do throws(NetlinkError) {
+                try nl.deleteLink(index: index)
+            } catch {
+                throw .netlink(error, while: "deleting the device at ifindex \(index)")
+            }
+        }
     }
 }

@@ -183,8 +183,6 @@ public final class KernelVXLANTable<P: OverlayPeer>: Sendable {
 public typealias KernelVXLANPeerTable = KernelVXLANTable<Peer>
 /// flannel-v6.<VNI>'s peers.
 public typealias KernelVXLANv6PeerTable = KernelVXLANTable<IPv6Peer>
-extension KernelVXLANTable: PeerTable where P == Peer {}
-extension KernelVXLANTable: IPv6PeerTable where P == IPv6Peer {}
 
 /// host-gw: one route per peer, `<subnet> via <PublicIP> dev <underlay>`, as flanneld's host-gw
 /// backend (IPv4 and, in a dual-stack network, IPv6: `<IPv6 subnet> via <PublicIPv6>`).
@@ -255,8 +253,6 @@ public final class HostGWTable<P: OverlayPeer>: Sendable {
 
 public typealias HostGWPeerTable = HostGWTable<Peer>
 public typealias HostGWv6PeerTable = HostGWTable<IPv6Peer>
-extension HostGWTable: PeerTable where P == Peer {}
-extension HostGWTable: IPv6PeerTable where P == IPv6Peer {}
 
 func openSocket(_ networkNamespace: String?) throws(OverlayError) -> NetlinkSocket {
     do {

@@ -1,5 +1,5 @@
-// Node-level overlay helpers: the DirectRouting test, the userspace path's TUN, and removing the
-// overlay for `flanneld-xdp cleanup` — only what flanneld/flanneld-xdp made.
+// Node-level overlay helpers: the userspace path's TUN, and removing the overlay for
+// `flanneld-xdp cleanup` — only what flanneld/flanneld-xdp made.
 //
 // Deleting `flannel.<VNI>` takes its address, its onlink routes, its neighbours and its fdb with it
 // (the kernel flushes everything bound to a device it deletes). What survives a device deletion are

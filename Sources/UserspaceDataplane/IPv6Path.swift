@@ -92,9 +92,9 @@ final class IPv6PeerSnapshot: AtomicReference, Sendable {
     func isPeerNode(_ address: UInt128) -> Bool { PeerSnapshot.search(nodeIPs, address) != nil }
 }
 
-/// The userspace path's IPv6 peers (the reconciler's IPv6PeerTable). Upserts rebuild the snapshot
+/// The userspace path's IPv6 peers (an IPv6PeerTable of the Dataplane module). Upserts rebuild the snapshot
 /// and publish it with one atomic store, as for IPv4.
-public final class UserspaceIPv6PeerTable: IPv6PeerTable, Sendable {
+public final class UserspaceIPv6PeerTable: Sendable {
     public var tableName: String { "userspace6" }
     let snapshot = ManagedAtomic(IPv6PeerSnapshot(peers: [:]))
     private let peers = Mutex<[IPv6Subnet: IPv6Peer]>([:])

@@ -18,7 +18,7 @@ import Logging
 import NetTypes
 import Synchronization
 
-public final class UserspaceDataplane: PeerTable, Sendable {
+public final class UserspaceDataplane: Sendable {
     public let config: UserspaceConfig
     public var tableName: String { "userspace" }
 

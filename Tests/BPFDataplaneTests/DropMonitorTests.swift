@@ -10,7 +10,7 @@ import TestSupport
 import TestTraits
 import Testing
 
-@Suite("Drop samples for monitor (root)", .serialized, .needsRoot)
+@Suite("Drop samples for monitor (root)", .serialized, .needsRoot, .ownThreads)
 struct DropMonitorTests {
     static func drain(_ ring: borrowing BPFRingBuffer) throws -> [DropEvent] {
         var events: [DropEvent] = []

@@ -16,7 +16,7 @@ import TestSupport
 import TestTraits
 import Testing
 
-@Suite(.needsRoot)
+@Suite(.needsRoot, .ownThreads)
 struct FuzzTests {
     static func reference(_ lab: PacketLab) -> ReferenceDatapath {
         ReferenceDatapath(

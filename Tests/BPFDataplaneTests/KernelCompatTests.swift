@@ -87,7 +87,7 @@ final class KernelPair: @unchecked Sendable {
     }
 }
 
-@Suite(.needsRoot)
+@Suite(.needsRoot, .ownThreads)
 struct KernelCompatTests {
     @Test func encapMatchesTheKernelVXLANDeviceAndRoundTrips() throws {
         let pair = try KernelPair()

@@ -37,7 +37,7 @@ SEC("tc") int fxdp_fast_encap(struct __sk_buff *skb) { return 0; }
 char LICENSE[] SEC("license") = "GPL";
 """
 
-@Suite(.needsRoot)
+@Suite(.needsRoot, .ownThreads)
 struct ObjectSourceTests {
     /// A temp folder removed by the caller.
     private func tempDir() throws -> String {

@@ -47,7 +47,7 @@ struct EncapFixture: Sendable, CustomStringConvertible {
     var counter: FXDPCounter
 }
 
-@Suite(.needsRoot)
+@Suite(.needsRoot, .ownThreads)
 struct PacketFixtureTests {
     static func decapFixtures(_ lab: PacketLab) -> [DecapFixture] {
         let valid = lab.vxlanFromPeer()

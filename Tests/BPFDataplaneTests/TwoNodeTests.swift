@@ -69,7 +69,7 @@ func throughputRetrying(_ lab: NetnsLab, from: String, to: String, serverIP: IPv
     }
 }
 
-@Suite(.needsRoot)
+@Suite(.needsRoot, .ownThreads)
 struct TwoNodeTests {
     @Test(arguments: DecapMode.allCases)
     func podsTalkThroughTheBPFPathAndWithAStockFlannelNode(mode: DecapMode) throws {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Dataplane
 import FlannelDaemon
 import Glibc
 import NetTypes

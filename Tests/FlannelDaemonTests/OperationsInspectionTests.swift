@@ -6,6 +6,7 @@
 import BPFDataplane
 import BPFLoader
 import CBPF
+import Dataplane
 @testable import FlannelDaemon
 import Glibc
 import Leases
@@ -14,7 +15,7 @@ import TestTraits
 import Testing
 import TestSupport
 
-@Suite("Operations: inspection of pinned maps (root)", .needsRoot)
+@Suite("Operations: inspection of pinned maps (root)", .needsRoot, .ownThreads)
 struct OperationsInspectionTests {
     @Test("peers, stats and status read what a stopped daemon left: pins, counters, program ids")
     func inspectLeftBehind() throws {

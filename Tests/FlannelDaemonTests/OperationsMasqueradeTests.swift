@@ -58,7 +58,7 @@ func opsSourceSeen(sender: Int32, receiver: Int32, to: IPv4Address, port: UInt16
     return nil
 }
 
-@Suite("Operations: --ip-masq in nftables (root, netns)", .needsRoot)
+@Suite("Operations: --ip-masq in nftables (root, netns)", .needsRoot, .ownThreads)
 struct OperationsMasqueradeTests {
     @Test("pod → outside leaves with the node's address, pod → pod keeps the pod's; recreated when removed; removed cleanly")
     func masquerade() throws {

@@ -6,6 +6,7 @@ import Glibc
 import Leases
 import NetTypes
 import TestSupport
+import TestTraits
 import Testing
 
 /// The repository's root (this file is Tests/FlannelDaemonTests/<name>.swift).
@@ -13,7 +14,7 @@ private func repositoryRoot(_ file: String = #filePath) -> String {
     file.split(separator: "/", omittingEmptySubsequences: false).dropLast(3).joined(separator: "/")
 }
 
-@Suite("Operations: packaging")
+@Suite("Operations: packaging", .ownThreads)
 struct OperationsPackagingTests {
     @Test("the unit: Type=notify, the install guide's EnvironmentFile variables, flanneld's ExecStart shape")
     func systemdUnit() throws {

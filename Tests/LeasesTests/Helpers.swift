@@ -15,7 +15,6 @@ let bothAPIs: [EtcdAPIVersion] = [.v2, .v3]
 func withEtcd<T>(tls: EtcdServerTLS? = nil, etcdctlTLS: (ca: String, cert: String, key: String)? = nil,
                  exclusive: Bool = false, extraArguments: [String] = [],
                  _ body: (EtcdServer) async throws -> T) async throws -> T {
-    OwnThreadsExecutor.widenSharedPool()
     await TestGate.shared.enter(exclusive: exclusive)
     defer { Task { await TestGate.shared.leave(exclusive: exclusive) } }
     let server = try await EtcdServer.start(tag: "lease", tls: tls, etcdctlTLS: etcdctlTLS, extraArguments: extraArguments)

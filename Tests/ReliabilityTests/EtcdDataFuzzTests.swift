@@ -9,9 +9,10 @@
 import Leases
 import NetTypes
 import TestSupport
+import TestTraits
 import Testing
 
-@Suite("EtcdDataFuzzTests: config, lease JSON, lease keys and subnet.env under random and mutated input")
+@Suite("EtcdDataFuzzTests: config, lease JSON, lease keys and subnet.env under random and mutated input", .ownThreads)
 struct EtcdDataFuzzTests {
     static let count = FuzzBudget.iterations(short: 4_000, long: 120_000)
     /// No single parse may take longer: 250 ms plus 3 µs per byte (a debug build on a shared machine

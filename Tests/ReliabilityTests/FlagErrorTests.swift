@@ -5,6 +5,7 @@
 
 import Glibc
 import TestSupport
+import TestTraits
 import Testing
 
 struct BadInvocation: Sendable, CustomStringConvertible {
@@ -17,7 +18,7 @@ struct BadInvocation: Sendable, CustomStringConvertible {
     }
 }
 
-@Suite("FlagErrorTests: the binary names every malformed flag, variable and file")
+@Suite("FlagErrorTests: the binary names every malformed flag, variable and file", .ownThreads)
 struct FlagErrorTests {
     static let cases: [BadInvocation] = [
         .init(arguments: ["--healthz-port=abc"], mentions: ["healthz-port", "abc"]),

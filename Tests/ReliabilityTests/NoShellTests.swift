@@ -15,9 +15,10 @@ import Glibc
 import Leases
 import NetTypes
 import TestSupport
+import TestTraits
 import Testing
 
-@Suite("NoShellTests: lease data never reaches a shell or a command line")
+@Suite("NoShellTests: lease data never reaches a shell or a command line", .ownThreads)
 struct NoShellTests {
     /// The modules the daemon binary is built from (Package.swift: flanneld-xdp → FlannelDaemon → …).
     static let productionModules = [

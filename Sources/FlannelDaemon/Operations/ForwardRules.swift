@@ -16,6 +16,7 @@
 // IPv6 (dual-stack and IPv6-only networks): the same chain, jump and accepts for the IPv6 network
 // with `ip6tables`, as flannel does for its IPv6 network.
 
+import Dataplane
 import NetTypes
 
 public enum ForwardRules {

@@ -11,6 +11,7 @@
 // any of them wins). Running the `iptables` the system (and Docker) uses puts the accepts in the
 // very chain that carries the DROP policy, whichever backend that is — as flanneld does.
 
+import Dataplane
 import Glibc
 import RuntimeSupport
 

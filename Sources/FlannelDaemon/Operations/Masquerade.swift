@@ -23,6 +23,7 @@
 // (HostRules.swift, every --iptables-resync seconds) compares `nft list table` with the wanted text
 // and replaces the table if it was removed or edited.
 
+import Dataplane
 import Glibc
 import NetTypes
 
