@@ -15,17 +15,27 @@ public struct NetworkInterface: Sendable, Equatable, CustomStringConvertible {
     public var mtu: Int
     /// IPv4 addresses with their prefix, in the kernel's order (the primary first).
     public var ipv4: [(address: IPv4Address, prefixLength: Int)]
+    /// IPv6 addresses with their prefix, in the kernel's order (link-local ones included).
+    public var ipv6: [(address: IPv6Address, prefixLength: Int)]
 
-    public init(name: String, index: Int32, mtu: Int, ipv4: [(address: IPv4Address, prefixLength: Int)]) {
+    public init(name: String, index: Int32, mtu: Int, ipv4: [(address: IPv4Address, prefixLength: Int)],
+                ipv6: [(address: IPv6Address, prefixLength: Int)] = []) {
         self.name = name
         self.index = index
         self.mtu = mtu
         self.ipv4 = ipv4
+        self.ipv6 = ipv6
+    }
+
+    /// The address flannel takes for IPv6: the first global one, else the first link-local one.
+    public var preferredIPv6: IPv6Address? {
+        ipv6.first { !$0.address.isLinkLocal && !$0.address.isLoopback }?.address ?? ipv6.first { $0.address.isLinkLocal }?.address
     }
 
     public static func == (a: Self, b: Self) -> Bool {
         a.name == b.name && a.index == b.index && a.mtu == b.mtu
             && a.ipv4.map(\.address) == b.ipv4.map(\.address) && a.ipv4.map(\.prefixLength) == b.ipv4.map(\.prefixLength)
+            && a.ipv6.map(\.address) == b.ipv6.map(\.address) && a.ipv6.map(\.prefixLength) == b.ipv6.map(\.prefixLength)
     }
 
     public var description: String {
@@ -45,14 +55,21 @@ public struct ExternalInterface: Sendable, Equatable {
     public var underlaySubnet: IPv4Subnet
     /// Which flag chose it ("--iface-regex=^eth"), or "the default route".
     public var chosenBy: String = ""
+    /// The interface's IPv6 address (flannel-v6's local address) in a dual-stack or IPv6-only network.
+    public var interfaceIPv6Address: IPv6Address?
+    /// The IPv6 address other nodes reach us at (--public-ipv6, else `interfaceIPv6Address`).
+    public var publicIPv6: IPv6Address?
 
     public init(interface: NetworkInterface, interfaceAddress: IPv4Address, publicIP: IPv4Address,
-                underlaySubnet: IPv4Subnet, chosenBy: String = "") {
+                underlaySubnet: IPv4Subnet, chosenBy: String = "", interfaceIPv6Address: IPv6Address? = nil,
+                publicIPv6: IPv6Address? = nil) {
         self.interface = interface
         self.interfaceAddress = interfaceAddress
         self.publicIP = publicIP
         self.underlaySubnet = underlaySubnet
         self.chosenBy = chosenBy
+        self.interfaceIPv6Address = interfaceIPv6Address
+        self.publicIPv6 = publicIPv6
     }
 }
 

@@ -34,3 +34,19 @@ extension KernelVXLANPeerTable: PeerTable {}
 extension HostGWPeerTable: PeerTable {}
 /// The userspace path's in-process table.
 extension UserspaceDataplane: PeerTable {}
+
+/// `PeerTable` for the IPv6 halves of the peers: the kernel's `flannel-v6.<VNI>` and IPv6 host-gw
+/// routes, the userspace path's IPv6 table. The same contract, keyed by `subnet`.
+public protocol IPv6PeerTable: AnyObject, Sendable {
+    var tableName: String { get }
+    func currentPeers() throws -> Set<IPv6Peer>
+    func upsert(_ peer: IPv6Peer) throws
+    func remove(_ peer: IPv6Peer) throws
+}
+
+/// Neighbour, fdb and onlink route per IPv6 peer on flannel-v6.<VNI>; plain routes for DirectRouting (Overlay).
+extension KernelVXLANv6PeerTable: IPv6PeerTable {}
+/// host-gw's IPv6 routes via the peers' PublicIPv6 (Overlay).
+extension HostGWv6PeerTable: IPv6PeerTable {}
+/// The userspace path's IPv6 table.
+extension UserspaceIPv6PeerTable: IPv6PeerTable {}

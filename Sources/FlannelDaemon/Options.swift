@@ -13,6 +13,15 @@ extension IPv4Address: ExpressibleByArgument {
     public var defaultValueDescription: String { description }
 }
 
+extension IPv6Address: ExpressibleByArgument {
+    /// An IPv6 address in text form; an IPv4-mapped one (::ffff:a.b.c.d) is no IPv6 underlay address.
+    public init?(argument: String) {
+        guard let address = IPv6Address(argument), !address.isIPv4Mapped else { return nil }
+        self = address
+    }
+    public var defaultValueDescription: String { description }
+}
+
 extension IPv4Subnet: ExpressibleByArgument {
     public init?(argument: String) { self.init(cidr: argument) }
     public var defaultValueDescription: String { description }
@@ -111,8 +120,8 @@ public struct InterfaceOptions: ParsableArguments, Sendable {
     public var publicIP: IPv4Address?
 
     @Option(name: .customLong("public-ipv6"),
-            help: "IPv6 accessible by other nodes (flanneld's dual-stack flag; not supported yet: any value is refused).")
-    public var publicIPv6: String = ""
+            help: "IPv6 accessible by other nodes for inter-host communication (dual-stack and IPv6-only networks).")
+    public var publicIPv6: IPv6Address?
 
     public init() {}
 
@@ -120,10 +129,6 @@ public struct InterfaceOptions: ParsableArguments, Sendable {
     public var canReach: IPv4Address? { ifaceCanReach.isEmpty ? nil : IPv4Address(ifaceCanReach) }
 
     public func validate() throws {
-        if !publicIPv6.isEmpty {
-            throw ValidationError("--public-ipv6=\(publicIPv6): flanneld-xdp does not run dual-stack (IPv6) networks yet; "
-                + "leave the flag out and keep stock flanneld on nodes that need IPv6")
-        }
         if !ifaceCanReach.isEmpty && IPv4Address(ifaceCanReach) == nil {
             throw ValidationError("--iface-can-reach=\(ifaceCanReach) is not an IPv4 address: give the address of a host the "
                 + "interface must reach, e.g. --iface-can-reach=192.168.1.1")
@@ -134,7 +139,7 @@ public struct InterfaceOptions: ParsableArguments, Sendable {
             }
         }
         for name in iface where name.isEmpty {
-            throw ValidationError("--iface is empty: give an interface name (eth0) or one of its IPv4 addresses")
+            throw ValidationError("--iface is empty: give an interface name (eth0) or one of its IPv4 or IPv6 addresses")
         }
     }
 }

@@ -20,20 +20,22 @@ public final class KernelOverlay: Sendable {
         self.logger = logger
     }
 
-    /// `FlannelVXLANDevice.ensure` without an address (flanneld's first phase: the MAC for the lease).
-    public func ensureVXLANDevice(
-        vni: UInt32, port: UInt16 = 8472, localIP: IPv4Address, underlayIndex: Int32, mtu: Int? = nil,
+    /// `FlannelVXLANLink.ensure` without an address (flanneld's first phase: the MAC for the lease):
+    /// `flannel.<VNI>` for an IPv4 `localIP`, `flannel-v6.<VNI>` (over the IPv6 underlay, its MAC
+    /// published as BackendV6Data.VtepMAC) for an IPv6 one.
+    public func ensureVXLANDevice<A: IPAddressType>(
+        vni: UInt32, port: UInt16 = 8472, localIP: A, underlayIndex: Int32, mtu: Int? = nil,
         learning: Bool = false, gbp: Bool = false, preferredMAC: MACAddress? = nil
-    ) throws(OverlayError) -> FlannelVXLANDevice {
+    ) throws(OverlayError) -> FlannelVXLANLink<A.Subnet> {
         try netlink.withLock { nl throws(OverlayError) in
-            try FlannelVXLANDevice.ensure(vni: vni, port: port, localIP: localIP, underlayIndex: underlayIndex, mtu: mtu,
-                                          preferredMAC: preferredMAC, learning: learning, gbp: gbp, netlink: &nl, logger: logger)
+            try FlannelVXLANLink<A.Subnet>.ensure(vni: vni, port: port, localIP: localIP, underlayIndex: underlayIndex, mtu: mtu,
+                                                  preferredMAC: preferredMAC, learning: learning, gbp: gbp, netlink: &nl, logger: logger)
         }
     }
 
-    /// flanneld's second phase: <subnet>.0/32 on the device, up.
+    /// flanneld's second phase: <subnet>.0/32 (flannel-v6: <subnet>/128) on the device, up.
     @discardableResult
-    public func configureVXLANDevice(_ device: FlannelVXLANDevice, subnet: IPv4Subnet, network: IPv4Subnet) throws(OverlayError) -> FlannelVXLANDevice {
+    public func configureVXLANDevice<S: IPSubnetType>(_ device: FlannelVXLANLink<S>, subnet: S, network: S) throws(OverlayError) -> FlannelVXLANLink<S> {
         try netlink.withLock { nl throws(OverlayError) in
             try device.configure(subnet: subnet, network: network, netlink: &nl, logger: logger)
         }
@@ -43,6 +45,16 @@ public final class KernelOverlay: Sendable {
     /// `device.subnet` (this node's lease) is never taken for a peer.
     public func kernelVXLANPeerTable(device: FlannelVXLANDevice, network: IPv4Subnet) throws(OverlayError) -> KernelVXLANPeerTable {
         try KernelVXLANPeerTable(device: device, network: network, networkNamespace: networkNamespace, logger: logger)
+    }
+
+    /// The neighbour/fdb/route table for IPv6 peers (and IPv6 DirectRouting routes) on flannel-v6.<VNI>.
+    public func kernelVXLANv6PeerTable(device: FlannelVXLANv6Device, network: IPv6Subnet) throws(OverlayError) -> KernelVXLANv6PeerTable {
+        try KernelVXLANv6PeerTable(device: device, network: network, networkNamespace: networkNamespace, logger: logger)
+    }
+
+    /// host-gw's IPv6 routes `<peer IPv6 subnet> via <PublicIPv6> dev <underlay>`.
+    public func hostGWv6PeerTable(underlayIndex: Int32, network: IPv6Subnet, ownSubnet: IPv6Subnet?) throws(OverlayError) -> HostGWv6PeerTable {
+        try HostGWv6PeerTable(underlayIndex: underlayIndex, network: network, ownSubnet: ownSubnet, networkNamespace: networkNamespace)
     }
 
     /// host-gw routes `<peer subnet> via <PublicIP> dev <underlay>`; only routes inside `network`
@@ -58,10 +70,19 @@ public final class KernelOverlay: Sendable {
         }
     }
 
-    /// See `Overlay.removeAll`; returns the deleted devices and routes in words, for the log.
-    public func removeFlannelDevices(vni: UInt32? = nil, network: IPv4Subnet? = nil, underlayIndex: Int32? = nil) throws(OverlayError) -> [String] {
+    /// See `Overlay.configureTUNIPv6`.
+    public func configureTUNIPv6(name: String, subnet: IPv6Subnet, network: IPv6Subnet, mtu: Int) throws(OverlayError) {
         try netlink.withLock { nl throws(OverlayError) in
-            let r = try Overlay.removeAll(vni: vni, network: network, underlayIndex: underlayIndex, netlink: &nl, logger: logger)
+            try Overlay.configureTUNIPv6(name: name, subnet: subnet, network: network, mtu: mtu, netlink: &nl, logger: logger)
+        }
+    }
+
+    /// See `Overlay.removeAll`; returns the deleted devices and routes in words, for the log.
+    public func removeFlannelDevices(vni: UInt32? = nil, network: IPv4Subnet? = nil, ipv6Network: IPv6Subnet? = nil,
+                                     underlayIndex: Int32? = nil) throws(OverlayError) -> [String] {
+        try netlink.withLock { nl throws(OverlayError) in
+            let r = try Overlay.removeAll(vni: vni, network: network, ipv6Network: ipv6Network, underlayIndex: underlayIndex,
+                                          netlink: &nl, logger: logger)
             return r.deletedDevices + r.deletedRoutes.map { "route \($0)" }
         }
     }

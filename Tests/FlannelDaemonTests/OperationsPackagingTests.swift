@@ -70,6 +70,19 @@ struct OperationsPackagingTests {
         _ = try runTool("/bin/sh", [script, "-f", dir + "/partial.env", "-d", dir + "/p.env", "-c"])
         #expect(readText(dir + "/p.env") == "DOCKER_OPTS=\" --bip=10.5.72.1/24\"\n")
 
+        // Dual-stack: flannel's script has no IPv6 options; the IPv6 lines change nothing, and an
+        // IPv6-only subnet.env gives no --bip.
+        let dual = SubnetEnv(network: IPv4Subnet(cidr: "10.5.0.0/16")!, subnet: IPv4Subnet(cidr: "10.5.72.0/24")!, mtu: 1450, ipMasq: false,
+                             ipv6Network: IPv6Subnet(cidr: "fd00:5::/48")!, ipv6Subnet: IPv6Subnet(cidr: "fd00:5:0:48::/64")!)
+        try dual.write(to: dir + "/dual.env")
+        _ = try runTool("/bin/sh", [script, "-f", dir + "/dual.env", "-d", dir + "/dual.opts", "-c"])
+        #expect(readText(dir + "/dual.opts") == "DOCKER_OPTS=\" --bip=10.5.72.1/24 --ip-masq=true --mtu=1450\"\n")
+        var ipv6Only = dual
+        ipv6Only.enableIPv4 = false
+        try ipv6Only.write(to: dir + "/v6.env")
+        _ = try runTool("/bin/sh", [script, "-f", dir + "/v6.env", "-d", dir + "/v6.opts", "-c"])
+        #expect(readText(dir + "/v6.opts") == "DOCKER_OPTS=\" --ip-masq=true --mtu=1450\"\n")
+
         // Bad input: a missing file, a bad key, an unknown flag — non-zero, nothing written.
         #expect(try runProgram("/bin/sh", [script, "-f", dir + "/absent.env", "-d", dir + "/x.env"]).status != 0)
         #expect(try runProgram("/bin/sh", [script, "-f", dir + "/subnet.env", "-d", dir + "/x.env", "-k", "A B"]).status != 0)

@@ -107,8 +107,26 @@ struct OperationsUnitTests {
         let plain = Masquerade.ruleset(network: network, subnet: subnet, fullyRandom: false)
         #expect(!plain.contains("fully-random"))
         #expect(plain.split(separator: "\n").filter { $0.hasSuffix(" masquerade") }.count == 2)
-        let script = Masquerade.replaceScript(network: network, subnet: subnet)
+        let script = Masquerade.Rules.ipv4(network: network, subnet: subnet).replaceScript
         #expect(script.hasPrefix("add table ip flanneld-xdp\ndelete table ip flanneld-xdp\ntable ip flanneld-xdp {"))
+        // IPv6 (flannel's MasqIP6Rules): the same rules in an ip6 table, ff00::/8 as multicast.
+        let v6 = Masquerade.Rules.ipv6(network: try #require(IPv6Subnet(cidr: "fd00:5::/48")),
+                                       subnet: try #require(IPv6Subnet(cidr: "fd00:5:0:7::/64")))
+        #expect(v6.ruleset == """
+            table ip6 flanneld-xdp {
+            \tchain postrouting {
+            \t\ttype nat hook postrouting priority srcnat; policy accept;
+            \t\tmeta mark & 0x00004000 == 0x00004000 return
+            \t\tip6 saddr fd00:5:0:7::/64 ip6 daddr fd00:5::/48 return
+            \t\tip6 saddr fd00:5::/48 ip6 daddr fd00:5:0:7::/64 return
+            \t\tip6 saddr != fd00:5::/48 ip6 daddr fd00:5:0:7::/64 return
+            \t\tip6 saddr fd00:5::/48 ip6 daddr != ff00::/8 masquerade fully-random
+            \t\tip6 saddr != fd00:5::/48 ip6 daddr fd00:5::/48 masquerade fully-random
+            \t}
+            }
+
+            """)
+        #expect(v6.replaceScript.hasPrefix("add table ip6 flanneld-xdp\ndelete table ip6 flanneld-xdp\n"))
         // The drift check ignores indentation only.
         #expect(Masquerade.normalized("table ip x {\n    chain y {\n\t\tip  saddr 1\n}") == ["table ip x {", "chain y {", "ip saddr 1", "}"])
     }

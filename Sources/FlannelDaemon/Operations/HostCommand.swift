@@ -17,7 +17,7 @@ import RuntimeSupport
 
 /// The programs flanneld-xdp may run.
 enum HostProgram: String, CaseIterable, Sendable {
-    case nft, iptables
+    case nft, iptables, ip6tables
 
     var candidates: [String] { ["/usr/sbin/", "/sbin/", "/usr/bin/"].map { $0 + rawValue } }
 
@@ -27,7 +27,7 @@ enum HostProgram: String, CaseIterable, Sendable {
     var package: String {
         switch self {
         case .nft: "nftables"
-        case .iptables: "iptables"
+        case .iptables, .ip6tables: "iptables"
         }
     }
 
