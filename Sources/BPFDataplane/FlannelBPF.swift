@@ -18,6 +18,7 @@ import CBPF
 import Glibc
 import Logging
 import NetTypes
+import RuntimeSupport
 
 /// The programs of bpf/flanneld_xdp.bpf.c.
 public enum FXDPProgram: String, CaseIterable, Sendable {
@@ -367,18 +368,10 @@ public final class FlannelBPF: @unchecked Sendable {
     }
 
     static func pinNames(in dir: String) throws -> [String] {
-        guard let handle = opendir(dir) else {
+        guard let names = Directory.entryNames(at: dir) else {
             if errno == ENOENT { return [] }
             throw DataplaneError(operation: "opendir(\(dir))", errno: errno, detail: "cannot list the pins",
                                  hint: "run as root; is bpffs mounted there?")
-        }
-        defer { closedir(handle) }
-        var names: [String] = []
-        while let entry = readdir(handle) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-            }
-            if name != "." && name != ".." { names.append(name) }
         }
         return names
     }

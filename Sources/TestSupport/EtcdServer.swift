@@ -10,6 +10,7 @@
 // through `ip netns exec` (same pid: it execs), for tests whose daemons reach etcd from there.
 
 import Glibc
+import RuntimeSupport
 import Synchronization
 
 public struct EtcdServerError: Error, CustomStringConvertible {
@@ -106,10 +107,9 @@ public final class EtcdServer: Sendable {
     /// command line, so only our own servers) and its directory. Only for test pids that are gone.
     private static func sweepLeftovers() {
         for base in ["/dev/shm", "/tmp"] {
-            guard let dir = opendir(base) else { continue }
+            guard let names = Directory.entryNames(at: base) else { continue }
             var stale: [String] = []
-            while let entry = readdir(dir) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+            for name in names {
                 guard name.hasPrefix("fxetcd-") else { continue }
                 // fxetcd-<tag>-<pid>-<n>-XXXXXX
                 let parts = name.split(separator: "-")
@@ -117,7 +117,6 @@ public final class EtcdServer: Sendable {
                       Glibc.kill(owner, 0) != 0, errno == ESRCH else { continue }
                 stale.append(base + "/" + name)
             }
-            closedir(dir)
             for path in stale {
                 for etcdPID in processes(withArgument: path + "/data") { Glibc.kill(etcdPID, SIGKILL) }
                 _ = try? runCommand(["/bin/rm", "-rf", path])
@@ -127,11 +126,8 @@ public final class EtcdServer: Sendable {
 
     /// Pids whose command line contains exactly `argument`.
     private static func processes(withArgument argument: String) -> [pid_t] {
-        guard let proc = opendir("/proc") else { return [] }
-        defer { closedir(proc) }
         var found: [pid_t] = []
-        while let entry = readdir(proc) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+        for name in Directory.entryNames(at: "/proc") ?? [] {
             guard let pid = pid_t(name) else { continue }
             let args = readFile("/proc/\(name)/cmdline").split(separator: "\0").map(String.init)
             if args.first == "/usr/bin/etcd", args.contains(argument) { found.append(pid) }
@@ -341,11 +337,9 @@ func process(_ pid: pid_t, listensOn port: Int) -> Bool {
             inodes.insert(String(f[9]))
         }
     }
-    guard !inodes.isEmpty, let dir = opendir("/proc/\(pid)/fd") else { return false }
-    defer { closedir(dir) }
+    guard !inodes.isEmpty, let names = Directory.entryNames(at: "/proc/\(pid)/fd") else { return false }
     var target = [CChar](repeating: 0, count: 256)
-    while let entry = readdir(dir) {
-        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+    for name in names {
         guard name.first?.isNumber == true else { continue }
         let n = readlink("/proc/\(pid)/fd/\(name)", &target, target.count - 1)
         guard n > 0 else { continue }

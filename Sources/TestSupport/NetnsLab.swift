@@ -19,6 +19,7 @@
 import CBPF
 import Glibc
 import NetTypes
+import RuntimeSupport
 import Synchronization
 
 /// One node of a lab cluster.
@@ -382,13 +383,8 @@ public final class NetnsLab: @unchecked Sendable {
             }
         }
         // Work folders under /run named exactly like a lab prefix.
-        if let dir = opendir("/run") {
-            var folders: [String] = []
-            while let entry = readdir(dir) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-                if isStaleLabName(name, minParts: 3), name.split(separator: "-").count == 3 { folders.append(name) }
-            }
-            closedir(dir)
+        if let names = Directory.entryNames(at: "/run") {
+            let folders = names.filter { isStaleLabName($0, minParts: 3) && $0.split(separator: "-").count == 3 }
             if !folders.isEmpty {
                 let mounts = CommandRunner.readFile("/proc/self/mounts").split(separator: "\n").compactMap { line in
                     line.split(separator: " ").dropFirst().first.map(String.init)

@@ -320,16 +320,12 @@ enum SocketFamilies {
     static func inodes(of pid: pid_t) -> Set<UInt64> {
         var inodes: Set<UInt64> = []
         let fdDir = "/proc/\(pid)/fd"
-        if let handle = opendir(fdDir) {
-            while let entry = readdir(handle) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-                var buffer = [CChar](repeating: 0, count: 256)
-                let n = readlink(fdDir + "/" + name, &buffer, buffer.count - 1)
-                guard n > 0 else { continue }
-                let target = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-                if target.hasPrefix("socket:["), let inode = UInt64(target.dropFirst(8).dropLast()) { inodes.insert(inode) }
-            }
-            closedir(handle)
+        for name in Directory.entryNames(at: fdDir) ?? [] {
+            var buffer = [CChar](repeating: 0, count: 256)
+            let n = readlink(fdDir + "/" + name, &buffer, buffer.count - 1)
+            guard n > 0 else { continue }
+            let target = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            if target.hasPrefix("socket:["), let inode = UInt64(target.dropFirst(8).dropLast()) { inodes.insert(inode) }
         }
         return inodes
     }

@@ -280,14 +280,7 @@ public enum Doctor {
     }
 
     static func listDirectory(_ path: String) -> [String]? {
-        guard let handle = opendir(path) else { return nil }
-        defer { closedir(handle) }
-        var names: [String] = []
-        while let entry = readdir(handle) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            if name != "." && name != ".." { names.append(name) }
-        }
-        return names
+        Directory.entryNames(at: path)
     }
 
     // MARK: network

@@ -83,16 +83,7 @@ public struct ProcessMetrics: Sendable, Equatable {
     }
 
     static func countEntries(_ dir: String) -> Int? {
-        guard let handle = opendir(dir) else { return nil }
-        defer { closedir(handle) }
-        var count = 0
-        while let entry = readdir(handle) {
-            let isDot = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                raw[0] == UInt8(ascii: ".") && (raw[1] == 0 || (raw[1] == UInt8(ascii: ".") && raw[2] == 0))
-            }
-            if !isDot { count += 1 }
-        }
-        return count
+        Directory.entryNames(at: dir)?.count
     }
 
     /// A /proc file (they report size 0: read until EOF), at most 64 KiB.
