@@ -385,9 +385,7 @@ private final class PeerWatcher: Sendable {
         while !Task.isCancelled {
             do {
                 if let reason = listReason {
-                    let listing = try await manager.registry.listLeases()
-                    await reconcile(listing, state: &state, counting: reason != .initial)
-                    revision = listing.revision
+                    revision = try await reconcile(state: &state, counting: reason != .initial)
                     listReason = nil
                 }
                 if failures > 0 { counters.update { $0.watchReconnects += 1 } }
@@ -521,22 +519,25 @@ private final class PeerWatcher: Sendable {
         }
     }
 
-    private func reconcile(_ listing: LeaseListing, state: inout State, counting: Bool) async {
+    /// Lists every lease, decoding each as it arrives (the listing is never held whole), and tells
+    /// the consumer what changed; returns the listing's revision.
+    private func reconcile(state: inout State, counting: Bool) async throws -> Int64 {
         let (ownSubnet, ownIP) = await manager.ownIdentity()
         state.byKey = [:]
         state.keysBySubnet = [:]
-        for rec in listing.records {
-            guard let lease = decode(rec, state: &state) else { continue }
-            if lease.subnet == ownSubnet || lease.attributes.publicIP == ownIP { continue }
+        let (listed, revision) = try await manager.registry.reduceLeases(into: state) { state, rec in
+            guard let lease = decode(rec, state: &state) else { return }
+            if lease.subnet == ownSubnet || lease.attributes.publicIP == ownIP { return }
             state.set(rec.name, lease, created: rec.createRevision)
         }
+        state = listed
         var desired: [IPv4Subnet: Lease] = [:]
         for subnet in state.keysBySubnet.keys { desired[subnet] = state.winner(subnet) }
         if !state.snapshotSent {
             state.snapshotSent = true
             state.known = desired
             continuation.yield(.snapshot(desired.values.sorted { $0.subnet < $1.subnet }))
-            return
+            return revision
         }
         var repaired = 0
         for (subnet, old) in state.known where desired[subnet] == nil {
@@ -559,6 +560,7 @@ private final class PeerWatcher: Sendable {
             manager.counters.update { $0.repairedByRelist += repaired }
             manager.logger.notice("lease re-list repaired \(repaired) peer change(s) the watch had not delivered")
         }
+        return revision
     }
 
     private func apply(_ event: LeaseWatchEvent, state: inout State) async {
