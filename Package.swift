@@ -113,7 +113,7 @@ let package = Package(
         .target(
             name: "BenchKit",
             dependencies: [
-                "TestSupport", "NetTypes", "Leases", "BPFLoader", "BPFDataplane", "UserspaceDataplane", "Overlay",
+                "TestSupport", "NetTypes", "RuntimeSupport", "Leases", "BPFLoader", "BPFDataplane", "UserspaceDataplane", "Overlay",
                 "Netlink", "CBPF", "FlannelDaemon",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
