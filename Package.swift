@@ -2,9 +2,9 @@
 //
 // Module seams (see docs/DESIGN.md, "Modules"):
 //   NetTypes            value types shared by every layer (IPv4/IPv6 address and subnet, MAC, Peer,
-//                       base64) and the PeerTable protocol every data path implements
+//                       base64)
 //   RuntimeSupport      the few tools every layer uses: JSON, rate-limited logging, EINTR-safe system
-//                       calls, the one error shape (ExplainedError)
+//                       calls, the one error shape (ExplainedError), dedicated threads for blocking work
 //   Leases              etcd v2/v3 clients, network config, subnet leases, subnet.env, the last known
 //                       leases (knows nothing of the kernel)
 //   CBPF                C bridge: libbpf, libmnl, fxdp_shared.h (the kernel/user shared header) and
@@ -17,8 +17,14 @@
 //   BPFDataplane        flannel's BPF data path: embedded objects (BPFObjectEmbedder plugin), typed
 //                       maps and pins, attach policy, the fast path's sync, drop events for monitor
 //   UserspaceDataplane  TUN + UDP fallback speaking the same VXLAN (and legacy udp) framing
-//   FlannelDaemon       the daemon as a library: flags, start-up, reconciler, services, healthz,
-//                       sd_notify, Operations/ (status, peers, stats, monitor, doctor, metrics, host rules)
+//   Dataplane           the one layer between the daemon and the kernel: the PeerTable protocol and the
+//                       reconciler (leases → desired peers → each table, maps before kernel state, on a
+//                       thread of its own), the composition (choose, prepare, attach, fall back → a typed
+//                       ActiveDataPath), the upkeep services, the read-only view of the pins, monitor's
+//                       drop samples, doctor's probes, cleanup, heap trimming
+//   FlannelDaemon       the daemon as a library: flags, interface choice, start-up, lease services,
+//                       healthz, sd_notify, Operations/ (status, peers, stats, doctor, metrics, host rules);
+//                       imports Leases and Dataplane, no kernel module
 //   flanneld-xdp        the executable (thin main)
 //   fxdp-demo           the demo (`make demo`), over TestSupport's lab
 //   BenchKit, fxdp-bench the bench (`make bench`): a library the tests import, and its executable
@@ -94,10 +100,20 @@ let package = Package(
                 .product(name: "Atomics", package: "swift-atomics"),
             ]
         ),
+        // The one layer between the daemon and the kernel: the reconciler, the data paths' composition, the
+        // kernel-touching services and read-only views. The daemon imports it and no kernel module.
+        .target(
+            name: "Dataplane",
+            dependencies: [
+                "NetTypes", "RuntimeSupport", "CBPF", "BPFLoader", "Netlink", "Overlay", "BPFDataplane", "UserspaceDataplane",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         .target(
             name: "FlannelDaemon",
             dependencies: [
-                "NetTypes", "RuntimeSupport", "Leases", "BPFLoader", "BPFDataplane", "UserspaceDataplane", "Netlink", "Overlay", "CBPF",
+                "NetTypes", "RuntimeSupport", "Leases", "Dataplane",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -114,7 +130,7 @@ let package = Package(
             name: "BenchKit",
             dependencies: [
                 "TestSupport", "NetTypes", "RuntimeSupport", "Leases", "BPFLoader", "BPFDataplane", "UserspaceDataplane", "Overlay",
-                "Netlink", "CBPF", "FlannelDaemon",
+                "Netlink", "CBPF", "Dataplane", "FlannelDaemon",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -149,6 +165,6 @@ let package = Package(
         .testTarget(name: "UserspaceDataplaneTests", dependencies: ["UserspaceDataplane", "NetTypes", "CBPF", "TestSupport", "TestTraits", "BPFDataplane", "BPFLoader"]),
         .testTarget(name: "ReliabilityTests", dependencies: ["Leases", "NetTypes", "TestSupport", "TestTraits", "BPFLoader", "BPFDataplane", "CBPF"]),
         .testTarget(name: "TestTraitsTests", dependencies: ["TestTraits", "TestSupport"]),
-        .testTarget(name: "FlannelDaemonTests", dependencies: ["FlannelDaemon", "Leases", "NetTypes", "RuntimeSupport", "TestSupport", "TestTraits", "BPFLoader", "BPFDataplane", "CBPF", "BenchKit"]),
+        .testTarget(name: "FlannelDaemonTests", dependencies: ["FlannelDaemon", "Dataplane", "Leases", "NetTypes", "RuntimeSupport", "TestSupport", "TestTraits", "BPFLoader", "BPFDataplane", "CBPF", "BenchKit"]),
     ]
 )

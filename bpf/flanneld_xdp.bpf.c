@@ -1,4 +1,4 @@
-/* flanneld_xdp.bpf.c — flannel's VXLAN data path in eBPF: seven entry points, one object.
+/* flanneld_xdp.bpf.c — flannel's VXLAN data path in eBPF: ten entry points, one object.
  *
  * fxdp_encap       TC egress on flannel.<VNI> (a real kernel vxlan device configured as flanneld
  *                  configures it). IPv4 to a peer's pod subnet is wrapped in outer Ethernet/IPv4/UDP/
@@ -24,6 +24,11 @@
  *                  datagrams from a peer node, through the underlay, to the node IP get in.
  * fxdp_pod_guard   netfilter FORWARD: pods are never peers, so a pod's datagram to a VXLAN port outside
  *                  the pod network is dropped before masquerade could give it a node's address.
+ * fxdp_encap6      TC egress on flannel-v6.<VNI>, flannel's second device for IPv6 pods over the IPv6
+ *                  underlay: fxdp_encap for IPv6 (fxdp_ipv6.h says what IPv6 changes). The decap
+ *                  programs serve both families: an IPv6 frame takes their IPv6 branch.
+ * fxdp_vxlan_door6 netfilter LOCAL_IN of IPv6: flannel-v6.<VNI>'s socket's one door.
+ * fxdp_pod_guard6  netfilter FORWARD of IPv6: fxdp_pod_guard for the IPv6 pod network.
  *
  * Verdicts (every packet a program decides on bumps exactly one counter, named after FXDP_C_; the
  * netfilter programs count only datagrams to our VXLAN port, fxdp_decap_steer only what it steers):
@@ -97,6 +102,39 @@
  * |                    | (nor to the lease's PublicIP when that is ours too)      |                  |                         |
  * | vxlan_door         | from a peer, via the underlay, to the node IP            | NF_ACCEPT        | DOOR_OK                 |
  * | pod_guard          | UDP to our port, source in the pod network, dest outside | NF_DROP          | GUARD_DROP_POD_VXLAN    |
+ * | fast_encap         | IPv6 (the fast path is IPv4-only)                        | TC_ACT_OK        | FAST_ENCAP_PASS_IPV6    |
+ *
+ * IPv6 (fxdp_ipv6.h), the rows that differ from IPv4's; the rest share the IPv4 codes above:
+ *
+ * | encap6             | config or config6 not filled / not enabled               | TC_ACT_OK        | ENCAP_PASS_DISABLED     |
+ * | encap6             | skb protocol not IPv6                                    | TC_ACT_OK        | ENCAP6_PASS_NOT_IPV6    |
+ * | encap6             | IPv6 header truncated, version != 6                      | TC_ACT_SHOT      | ENCAP_DROP_MALFORMED    |
+ * | encap6             | no peer / too big (flannel-v6's MTU)                     | TC_ACT_OK        | ENCAP_PASS_NO_PEER / _TOO_BIG |
+ * | encap6             | a GSO super-packet (a checksum per segment: the kernel)  | TC_ACT_OK        | ENCAP6_PASS_GSO         |
+ * | encap6             | outer UDP checksum not derivable from the headers        | TC_ACT_OK        | ENCAP6_PASS_CSUM        |
+ * | encap6             | fib: no neighbour / no route; adjust_room refused        | TC_ACT_OK        | as for IPv4             |
+ * | encap6             | encapsulated                                             | TC_ACT_REDIRECT  | ENCAP6_OK               |
+ * | decap (both)       | IPv6 while config6 is not filled                         | PASS / OK        | DECAP_PASS_NOT_IPV4     |
+ * | decap (both)       | IPv6 truncated, version != 6                             | DROP / SHOT      | DECAP_DROP_MALFORMED    |
+ * | decap (both)       | fragment header with an offset                           | PASS / OK        | DECAP_PASS_FRAGMENT     |
+ * | decap (both)       | other extension headers before the transport header      | PASS / OK        | DECAP6_PASS_EXT_HEADERS |
+ * | decap (both)       | not UDP, another port / not to our IPv6 address          | PASS / OK        | _PASS_NOT_VXLAN / _PASS_OTHER_HOST |
+ * | decap (both)       | payload length 0 or beyond the packet                    | DROP / SHOT      | DECAP_DROP_MALFORMED    |
+ * | decap (both)       | UDP checksum 0                                           | DROP / SHOT      | DECAP6_DROP_UDP_ZERO_CSUM |
+ * | decap (both)       | source not in fxdp_nodes6; VXLAN, inner Ethernet, ECN,   | DROP / SHOT      | as for IPv4             |
+ * |                    | inner source as for IPv4                                 |                  |                         |
+ * | decap (both)       | inner Ethernet type not IPv6                             | DROP / SHOT      | DECAP6_DROP_INNER_NOT_IPV6 |
+ * | decap (both)       | first (or atomic) fragment, every check above passed     | PASS / OK        | DECAP_FRAGMENT_OK       |
+ * | decap_xdp          | valid: stripped, CE copied in, marked IPv6 for the steer | XDP_PASS         | DECAP6_OK               |
+ * | decap_xdp / check  | valid, no XDP metadata / valid (TC)                      | XDP_PASS / OK    | DECAP6_CHECK_OK         |
+ * | decap_steer        | marked IPv6: into flannel-v6.<VNI>'s ingress             | TC_ACT_REDIRECT  | DECAP6_STEER_OK         |
+ * | vxlan_door6        | UDP to our port from an address not in fxdp_nodes6       | NF_DROP          | DOOR6_DROP_NOT_PEER     |
+ * | vxlan_door6        | from a peer, not via the underlay, not to our IPv6       | NF_DROP          | DOOR6_DROP_WRONG_DOOR   |
+ * |                    | address, or behind extension headers; or a chain longer  |                  |                         |
+ * |                    | than FXDP_IPV6_MAX_EXT                                   |                  |                         |
+ * | vxlan_door6        | from a peer, via the underlay, to our IPv6 address       | NF_ACCEPT        | DOOR6_OK                |
+ * | pod_guard6         | UDP to our port, source in the IPv6 pod network, dest    | NF_DROP          | GUARD6_DROP_POD_VXLAN   |
+ * |                    | outside                                                  |                  |                         |
  *
  * Why these verdicts: anything that is not VXLAN to our port passes untouched (the underlay carries
  * other traffic); a VXLAN datagram is accepted only when every header the kernel vxlan device would
@@ -116,6 +154,7 @@
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/udp.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
@@ -128,6 +167,8 @@
 #include "fxdp_netfilter.h"
 #include "fxdp_conntrack.h"
 #include "fxdp_monitor.h"
+#include "fxdp_encap.h"
+#include "fxdp_ipv6.h"
 
 /* FXDP_PROGRAM_VARIANT: a build-time number compiled into the code (not the data) of every program,
  * so a build with another variant has other program tags over exactly the same maps. Normal builds
@@ -156,24 +197,6 @@ static __always_inline const struct fxdp_config *fxdp_config_get(void)
 
 /* ---------------------------------------------------------------- encap (TC egress, overlay) -- */
 
-/* The kernel's ip_tunnel_ecn_encap with the device TOS at 0 (flannel never sets one): the outer
- * header carries the inner ECN bits, except that CE becomes ECT(0). */
-static __always_inline __u8 fxdp_outer_tos(__u8 inner_tos)
-{
-	__u8 ecn = inner_tos & 0x3;
-	return ecn == 0x3 ? 0x2 : ecn;
-}
-
-/* vxlan's udp_flow_src_port: the flow hash, upper bits folded in, scaled into the port range. */
-static __always_inline __u16 fxdp_src_port(struct __sk_buff *skb)
-{
-	__u32 hash = bpf_get_hash_recalc(skb);
-	if (!hash)
-		return FXDP_SRC_PORT_MIN;
-	hash ^= hash << 16;
-	return (__u16)((((__u64)hash * (FXDP_SRC_PORT_MAX - FXDP_SRC_PORT_MIN)) >> 32) + FXDP_SRC_PORT_MIN);
-}
-
 /* Routes the outer packet to `peer`'s node (bpf_fib_lookup in OUTPUT mode, from the node IP out of
  * the underlay) before anything is changed, so that on failure the untouched packet can still take
  * the kernel path. The helper also refuses when forwarding is off on the underlay (FWD_DISABLED).
@@ -199,12 +222,6 @@ static __always_inline __u32 fxdp_outer_ip_len(struct __sk_buff *skb, const stru
 		return 0;
 	return outer_ip_len;
 }
-
-enum fxdp_encap_result {
-	FXDP_ENCAP_DONE = 0,    /* encapsulated: redirect to fib->ifindex */
-	FXDP_ENCAP_REFUSED = 1, /* bpf_skb_adjust_room refused: the packet is unchanged */
-	FXDP_ENCAP_BROKEN = 2,  /* the room was made but the headers could not be written: drop */
-};
 
 /* Wraps the Ethernet frame in `skb` (an IPv4 packet whose TOS is `inner_tos`) for `peer`, exactly as
  * flannel's kernel vxlan device frames it, with the next hop `fib` found. */
@@ -305,6 +322,58 @@ int fxdp_encap(struct __sk_buff *skb)
 	return fxdp_count_verdict(FXDP_C_ENCAP_OK, len, bpf_redirect(fib.ifindex, 0));
 }
 
+/* ----------------------------------------------------- IPv6 encap (TC egress, flannel-v6.<VNI>) -- */
+
+SEC("tc")
+int fxdp_encap6(struct __sk_buff *skb)
+{
+	__u64 len = skb->len;
+	const struct fxdp_config *cfg = fxdp_config_get();
+	const struct fxdp_config6 *cfg6 = cfg ? fxdp_config6_get() : NULL;
+	if (!cfg6)
+		return fxdp_count_verdict(FXDP_C_ENCAP_PASS_DISABLED, len, TC_ACT_OK);
+	if (skb->protocol != bpf_htons(ETH_P_IPV6))
+		return fxdp_count_verdict(FXDP_C_ENCAP6_PASS_NOT_IPV6, len, TC_ACT_OK);
+
+	fxdp_linearize_ipv6_headers(skb, 0);
+	struct fxdp_cursor cur = { .pos = (void *)(long)skb->data, .end = (void *)(long)skb->data_end };
+	struct ipv6hdr *ip6 = NULL;
+	if (!fxdp_parse_eth(&cur) || !(ip6 = fxdp_parse_ipv6(&cur)))
+		return fxdp_drop_skb(skb, FXDP_C_ENCAP_DROP_MALFORMED, len, TC_ACT_SHOT);
+	/* A copy: the packet pointers are stale once the room is made. */
+	struct ipv6hdr inner = *ip6;
+
+	struct fxdp_peer6_key key = { .prefixlen = 128 };
+	__builtin_memcpy(key.subnet, &inner.daddr, 16);
+	const struct fxdp_peer6_value *peer = bpf_map_lookup_elem(&fxdp_peers6_v2, &key);
+	if (!peer)
+		return fxdp_count_verdict(FXDP_C_ENCAP_PASS_NO_PEER, len, TC_ACT_OK);
+	/* UDP length: UDP and VXLAN headers and the whole inner Ethernet frame. */
+	__u32 udp_len = len + sizeof(struct udphdr) + sizeof(struct fxdp_vxlanhdr);
+	if (udp_len > 0xffff || (skb->gso_size == 0 && cfg6->overlay_mtu != 0 && len - ETH_HLEN > cfg6->overlay_mtu))
+		return fxdp_count_verdict(FXDP_C_ENCAP_PASS_TOO_BIG, len, TC_ACT_OK);
+	if (skb->gso_size)
+		return fxdp_count_verdict(FXDP_C_ENCAP6_PASS_GSO, len, TC_ACT_OK);
+	if (!fxdp_inner6_checksum_derivable(skb, &inner, len))
+		return fxdp_count_verdict(FXDP_C_ENCAP6_PASS_CSUM, len, TC_ACT_OK);
+
+	struct bpf_fib_lookup fib = {};
+	long fib_rc = fxdp_route_to_peer6(skb, cfg, cfg6, peer, &fib);
+	if (fib_rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		return fxdp_count_verdict(FXDP_C_ENCAP_PASS_NO_NEIGH, len, TC_ACT_OK);
+	if (fib_rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return fxdp_count_verdict(FXDP_C_ENCAP_PASS_FIB, len, TC_ACT_OK);
+
+	enum fxdp_encap_result done = fxdp_encapsulate6(skb, cfg, cfg6, peer, &inner, udp_len, &fib);
+	if (done == FXDP_ENCAP_REFUSED)
+		return fxdp_count_verdict(FXDP_C_ENCAP_PASS_ADJUST, len, TC_ACT_OK);
+	if (done == FXDP_ENCAP_BROKEN)
+		return fxdp_drop_skb(skb, FXDP_C_ENCAP_DROP_ADJUST, len, TC_ACT_SHOT);
+	/* The peer's address is the first member of its map value: it serves as the key. */
+	fxdp_count_peer6((const struct fxdp_node6_key *)peer->node_ip, len, 0);
+	return fxdp_count_verdict(FXDP_C_ENCAP6_OK, len, bpf_redirect(fib.ifindex, 0));
+}
+
 /* ------------------------------------------------------------ decap (underlay, XDP or TC check) -- */
 
 /* The local addresses VXLAN is accepted at: the --iface address, and the lease's PublicIP when
@@ -390,21 +459,10 @@ static __always_inline __u32 fxdp_classify_decap(void *data, void *data_end, __u
 		return FXDP_C_DECAP_DROP_NOT_PEER;
 	}
 
-	struct fxdp_vxlanhdr *vx = fxdp_parse_vxlan(&cur);
-	if (!vx)
-		return truncated;
-	if (vx->flags != bpf_htonl(FXDP_VXLAN_FLAGS_I) || vx->vni != bpf_htonl(cfg->vni << 8))
-		return FXDP_C_DECAP_DROP_BAD_VNI;
-
-	struct ethhdr *inner_eth = fxdp_parse_eth(&cur);
-	if (!inner_eth)
-		return truncated;
-	if (!fxdp_mac_equal(inner_eth->h_dest, cfg->vtep_mac))
-		return FXDP_C_DECAP_DROP_INNER_NOT_OURS;
-	if (fxdp_mac_equal(inner_eth->h_source, cfg->vtep_mac))
-		return FXDP_C_DECAP_DROP_LOOP;
-	if (inner_eth->h_proto != bpf_htons(ETH_P_IP))
-		return FXDP_C_DECAP_DROP_INNER_NOT_IPV4;
+	__u32 headers = fxdp_check_vxlan_inner_eth(&cur, cfg->vni, cfg->vtep_mac, bpf_htons(ETH_P_IP), truncated,
+						  FXDP_C_DECAP_DROP_INNER_NOT_IPV4);
+	if (headers != FXDP_C_DECAP_OK)
+		return headers;
 	struct iphdr *inner_ip = cur.pos;
 	if ((void *)(inner_ip + 1) > cur.end)
 		return truncated;
@@ -521,6 +579,8 @@ int fxdp_fast_encap(struct __sk_buff *skb)
 	/* Only what a pod sends its gateway to be routed: from a pod in fxdp_local, to its bridge's MAC,
 	 * seen on the pod's own port (before the bridge) or on its bridge (what the bridge passes up). */
 	struct ethhdr eth;
+	if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		return fxdp_count_verdict(FXDP_C_FAST_ENCAP_PASS_IPV6, len, TC_ACT_OK);
 	if (skb->protocol != bpf_htons(ETH_P_IP) || bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)))
 		return fxdp_count_verdict(FXDP_C_FAST_ENCAP_PASS_NOT_POD, len, TC_ACT_OK);
 	struct fxdp_local_key source = {};
@@ -663,6 +723,70 @@ static __always_inline int fxdp_fast_decap_tc(struct __sk_buff *skb, const struc
 	return fxdp_fast_deliver(skb, &p, &t, len);
 }
 
+enum fxdp_strip {
+	FXDP_STRIP_DONE = 0,    /* stripped, marked, re-addressed: the inner frame starts at ctx->data */
+	FXDP_STRIP_NO_META = 1, /* the driver keeps no XDP metadata: nothing changed */
+	FXDP_STRIP_FAILED = 2,  /* the head could not be moved, or the frame is not what it was */
+};
+
+/* What fxdp_decap_xdp does to a valid datagram of either family: the mark for fxdp_decap_steer goes
+ * in first (a driver without XDP metadata refuses it, and the datagram then goes up whole to the
+ * kernel vxlan device, after the netfilter door, which delivers it on the overlay as stock flannel
+ * does); then `overhead` bytes go, and the inner frame is addressed to the underlay, whose receive
+ * path drops frames for other MACs until the steer moves it to the overlay device (were the steer
+ * detached, the packet would still be delivered, as before it existed). */
+static __always_inline enum fxdp_strip fxdp_xdp_strip(struct xdp_md *ctx, int overhead, __u32 meta_flags, const __u8 *underlay_mac)
+{
+	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct fxdp_xdp_meta)))
+		return FXDP_STRIP_NO_META;
+	if (bpf_xdp_adjust_head(ctx, overhead))
+		return FXDP_STRIP_FAILED;
+	/* Re-derive: both helpers invalidated every packet pointer. */
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct fxdp_xdp_meta *meta = (void *)(long)ctx->data_meta;
+	struct ethhdr *eth = data;
+	if ((void *)(meta + 1) > data || (void *)(eth + 1) > data_end)
+		return FXDP_STRIP_FAILED;
+	meta->magic = FXDP_XDP_META_MAGIC;
+	meta->flags = meta_flags;
+	__builtin_memcpy(eth->h_dest, underlay_mac, ETH_ALEN);
+	return FXDP_STRIP_DONE;
+}
+
+/* fxdp_decap_xdp for a frame that is not IPv4: IPv6 VXLAN is classified and stripped as IPv4 VXLAN
+ * is, and marked for the steer to hand it to flannel-v6.<VNI>; anything else passes. */
+static __always_inline int fxdp_decap_xdp6(struct xdp_md *ctx, const struct fxdp_config *cfg, __u64 len)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	const struct fxdp_config6 *cfg6 = fxdp_config6_get();
+	struct ethhdr *eth = data;
+	if (!cfg6 || (void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IPV6))
+		return fxdp_count_verdict(FXDP_C_DECAP_PASS_NOT_IPV4, len, XDP_PASS);
+
+	struct fxdp_decap6_facts facts = {};
+	__u32 code = fxdp_classify_decap6(data, data_end, len, cfg, cfg6, &facts);
+	if (code != FXDP_C_DECAP6_OK)
+		return fxdp_xdp_verdict(ctx, code, len);
+	enum fxdp_strip strip = fxdp_xdp_strip(ctx, FXDP_VXLAN6_OVERHEAD,
+						FXDP_META_F_IPV6 | (facts.source_in_subnet ? FXDP_META_F_SOURCE_IN_SUBNET : 0),
+						cfg->underlay_mac);
+	if (strip == FXDP_STRIP_NO_META) {
+		fxdp_count_peer6(&facts.node, len, 1);
+		return fxdp_count_verdict(FXDP_C_DECAP6_CHECK_OK, len, XDP_PASS);
+	}
+	data = (void *)(long)ctx->data;
+	struct ipv6hdr *inner_ip = data + ETH_HLEN;
+	if (strip != FXDP_STRIP_DONE || (void *)(inner_ip + 1) > (void *)(long)ctx->data_end)
+		return fxdp_xdp_verdict(ctx, FXDP_C_DECAP_DROP_ADJUST, len);
+	/* IP6_ECN_decapsulate: an outer CE mark is copied into an ECT inner header (no checksum). */
+	if (facts.outer_ecn == 0x3)
+		((__u8 *)inner_ip)[1] |= 0x3 << 4;
+	fxdp_count_peer6(&facts.node, len, 1);
+	return fxdp_count_verdict(FXDP_C_DECAP6_OK, len, XDP_PASS);
+}
+
 SEC("xdp")
 int fxdp_decap_xdp(struct xdp_md *ctx)
 {
@@ -675,40 +799,19 @@ int fxdp_decap_xdp(struct xdp_md *ctx)
 
 	struct fxdp_decap_facts facts = {};
 	__u32 code = fxdp_classify_decap(data, data_end, len, cfg, &facts);
-	if (code != FXDP_C_DECAP_OK) {
-		if (!fxdp_counter_is_drop(code))
-			return fxdp_count_verdict(code, len, XDP_PASS);
-		fxdp_report_drop_xdp(ctx, len, code);
-		return fxdp_count_verdict(code, len, XDP_DROP);
-	}
+	if (code != FXDP_C_DECAP_OK)
+		return code == FXDP_C_DECAP_PASS_NOT_IPV4 ? fxdp_decap_xdp6(ctx, cfg, len) : fxdp_xdp_verdict(ctx, code, len);
 
-	/* The mark for fxdp_decap_steer goes in first: a driver without XDP metadata refuses it, and
-	 * the datagram then goes up whole to the kernel vxlan device (after fxdp_vxlan_door), which
-	 * delivers it on the overlay as stock flannel does. */
-	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct fxdp_xdp_meta))) {
+	enum fxdp_strip strip = fxdp_xdp_strip(ctx, FXDP_VXLAN_OVERHEAD, facts.source_in_subnet ? FXDP_META_F_SOURCE_IN_SUBNET : 0,
+						cfg->underlay_mac);
+	if (strip == FXDP_STRIP_NO_META) {
 		fxdp_count_peer(&facts.node, len, 1);
 		return fxdp_count_verdict(FXDP_C_DECAP_CHECK_OK, len, XDP_PASS);
 	}
-	if (bpf_xdp_adjust_head(ctx, FXDP_VXLAN_OVERHEAD)) {
-		fxdp_report_drop_xdp(ctx, len, FXDP_C_DECAP_DROP_ADJUST);
-		return fxdp_count_verdict(FXDP_C_DECAP_DROP_ADJUST, len, XDP_DROP);
-	}
-	/* Re-derive: both helpers invalidated every packet pointer. */
 	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
-	struct fxdp_xdp_meta *meta = (void *)(long)ctx->data_meta;
-	struct ethhdr *eth = data;
 	struct iphdr *inner_ip = data + ETH_HLEN;
-	if ((void *)(meta + 1) > data || (void *)(inner_ip + 1) > data_end) {
-		fxdp_report_drop_xdp(ctx, len, FXDP_C_DECAP_DROP_ADJUST);
-		return fxdp_count_verdict(FXDP_C_DECAP_DROP_ADJUST, len, XDP_DROP);
-	}
-	meta->magic = FXDP_XDP_META_MAGIC;
-	meta->flags = facts.source_in_subnet ? FXDP_META_F_SOURCE_IN_SUBNET : 0;
-	/* The stack drops frames not addressed to the interface they arrive on: until the steer moves
-	 * the frame to flannel.<VNI>, address it to the underlay (were the steer detached, the packet
-	 * would still be delivered, as before it existed). */
-	__builtin_memcpy(eth->h_dest, cfg->underlay_mac, ETH_ALEN);
+	if (strip != FXDP_STRIP_DONE || (void *)(inner_ip + 1) > (void *)(long)ctx->data_end)
+		return fxdp_xdp_verdict(ctx, FXDP_C_DECAP_DROP_ADJUST, len);
 	/* IP_ECN_decapsulate: an outer CE mark is copied into an ECT inner header. */
 	if ((facts.outer_tos & 0x3) == 0x3 && (inner_ip->tos & 0x3) != 0x3) {
 		__u16 old = *(__u16 *)inner_ip;
@@ -731,6 +834,13 @@ int fxdp_decap_steer(struct __sk_buff *skb)
 	 * the same either way). */
 	FXDP_VARIANT_MARK();
 	__u32 zero = 0;
+	if (meta_flags & FXDP_META_F_IPV6) {
+		/* IPv6 takes the kernel path from flannel-v6.<VNI> on (the fast path is IPv4's). */
+		const struct fxdp_config6 *cfg6 = bpf_map_lookup_elem(&fxdp_config6_v2, &zero);
+		if (!cfg6 || !cfg6->overlay_ifindex || bpf_skb_store_bytes(skb, 0, cfg6->vtep_mac, ETH_ALEN, 0))
+			return TC_ACT_OK;
+		return fxdp_count_verdict(FXDP_C_DECAP6_STEER_OK, len, bpf_redirect(cfg6->overlay_ifindex, BPF_F_INGRESS));
+	}
 	const struct fxdp_config *cfg = bpf_map_lookup_elem(&fxdp_config_v2, &zero);
 	if (!cfg || !cfg->overlay_ifindex)
 		return TC_ACT_OK;
@@ -747,6 +857,28 @@ int fxdp_decap_steer(struct __sk_buff *skb)
 	if (bpf_skb_store_bytes(skb, 0, cfg->vtep_mac, ETH_ALEN, 0))
 		return TC_ACT_OK;
 	return fxdp_count_verdict(code, len, bpf_redirect(cfg->overlay_ifindex, BPF_F_INGRESS));
+}
+
+/* fxdp_decap_check for a frame that is not IPv4: IPv6 VXLAN is checked as IPv4 VXLAN is, and a
+ * valid datagram left to flannel-v6.<VNI>; anything else passes. */
+static __always_inline int fxdp_decap_check6(struct __sk_buff *skb, const struct fxdp_config *cfg, __u64 len)
+{
+	const struct fxdp_config6 *cfg6 = fxdp_config6_get();
+	if (!cfg6)
+		return fxdp_count_verdict(FXDP_C_DECAP_PASS_NOT_IPV4, len, TC_ACT_OK);
+	fxdp_linearize_ipv6_headers(skb, FXDP_DECAP6_AFTER_OUTER_IP);
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IPV6))
+		return fxdp_count_verdict(FXDP_C_DECAP_PASS_NOT_IPV4, len, TC_ACT_OK);
+	struct fxdp_decap6_facts facts = {};
+	__u32 code = fxdp_classify_decap6(data, data_end, len, cfg, cfg6, &facts);
+	if (code == FXDP_C_DECAP6_OK) {
+		fxdp_count_peer6(&facts.node, len, 1);
+		return fxdp_count_verdict(FXDP_C_DECAP6_CHECK_OK, len, TC_ACT_OK);
+	}
+	return fxdp_tc_verdict(skb, code, len);
 }
 
 SEC("tc")
@@ -769,9 +901,7 @@ int fxdp_decap_check(struct __sk_buff *skb)
 			return fxdp_fast_decap_tc(skb, cfg, &facts, len);
 		return fxdp_count_verdict(FXDP_C_DECAP_CHECK_OK, len, TC_ACT_OK);
 	}
-	if (fxdp_counter_is_drop(code))
-		return fxdp_drop_skb(skb, code, len, TC_ACT_SHOT);
-	return fxdp_count_verdict(code, len, TC_ACT_OK);
+	return code == FXDP_C_DECAP_PASS_NOT_IPV4 ? fxdp_decap_check6(skb, cfg, len) : fxdp_tc_verdict(skb, code, len);
 }
 
 /* ------------------------------------------------- the socket's door and the pods (netfilter) -- */
@@ -845,6 +975,53 @@ int fxdp_pod_guard(struct bpf_nf_ctx *ctx)
 		const struct net_device *in = ctx->state->in;
 		fxdp_report_drop_nf(&packet, ctx->skb->len, in ? in->ifindex : 0, FXDP_C_GUARD_DROP_POD_VXLAN);
 		return fxdp_count_verdict(FXDP_C_GUARD_DROP_POD_VXLAN, ctx->skb->len, FXDP_NF_DROP);
+	}
+	return FXDP_NF_ACCEPT;
+}
+
+/* The IPv6 doors: fxdp_vxlan_door and fxdp_pod_guard for IPv6, on the same hooks of IPv6. The
+ * kernel's vxlan socket of flannel-v6.<VNI> listens on every local IPv6 address, as the IPv4 one
+ * does on every IPv4 address. The packet's extension headers are walked as the kernel's input
+ * walks them (fxdp_nf_ipv6_transport). */
+
+SEC("netfilter")
+int fxdp_vxlan_door6(struct bpf_nf_ctx *ctx)
+{
+	const struct fxdp_config *cfg = fxdp_config_get();
+	const struct fxdp_config6 *cfg6 = cfg ? fxdp_config6_get() : NULL;
+	struct bpf_dynptr packet;
+	struct ipv6hdr ip;
+	struct fxdp_l4_6 l4 = {};
+	enum fxdp_nf6 seen = cfg6 ? fxdp_nf_vxlan_datagram6(ctx, cfg, &packet, &ip, &l4) : FXDP_NF6_OTHER;
+	if (seen == FXDP_NF6_OTHER)
+		return FXDP_NF_ACCEPT;
+	__u64 len = ctx->skb->len;
+	const struct net_device *in = ctx->state->in;
+	int ifindex = in ? in->ifindex : 0;
+	if (seen == FXDP_NF6_TOO_LONG)
+		return fxdp_nf_drop(&packet, len, ifindex, FXDP_C_DOOR6_DROP_WRONG_DOOR);
+	struct fxdp_node6_key source = {};
+	__builtin_memcpy(source.node_ip, &ip.saddr, 16);
+	if (!bpf_map_lookup_elem(&fxdp_nodes6_v2, &source))
+		return fxdp_nf_drop(&packet, len, ifindex, FXDP_C_DOOR6_DROP_NOT_PEER);
+	if (ifindex != (int)cfg->underlay_ifindex || !fxdp_is_vxlan_address6(cfg6, &ip.daddr) || l4.extended)
+		return fxdp_nf_drop(&packet, len, ifindex, FXDP_C_DOOR6_DROP_WRONG_DOOR);
+	return fxdp_count_verdict(FXDP_C_DOOR6_OK, len, FXDP_NF_ACCEPT);
+}
+
+SEC("netfilter")
+int fxdp_pod_guard6(struct bpf_nf_ctx *ctx)
+{
+	const struct fxdp_config *cfg = fxdp_config_get();
+	const struct fxdp_config6 *cfg6 = cfg ? fxdp_config6_get() : NULL;
+	struct bpf_dynptr packet;
+	struct ipv6hdr ip;
+	struct fxdp_l4_6 l4 = {};
+	if (!cfg6 || fxdp_nf_vxlan_datagram6(ctx, cfg, &packet, &ip, &l4) != FXDP_NF6_VXLAN)
+		return FXDP_NF_ACCEPT;
+	if (fxdp_in_network6(cfg6, &ip.saddr) && !fxdp_in_network6(cfg6, &ip.daddr)) {
+		const struct net_device *in = ctx->state->in;
+		return fxdp_nf_drop(&packet, ctx->skb->len, in ? in->ifindex : 0, FXDP_C_GUARD6_DROP_POD_VXLAN);
 	}
 	return FXDP_NF_ACCEPT;
 }

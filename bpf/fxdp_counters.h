@@ -17,15 +17,16 @@ static __always_inline void fxdp_count(__u32 code, __u64 bytes)
 	}
 }
 
-/* Per peer node, for what BPF itself carried (encap OK, decap OK/check OK). A node's first packet
+/* Per peer node, for what BPF itself carried (encap OK, decap OK/check OK), in `map`
+ * (fxdp_peer_stats_v2 or fxdp_peer_stats6_v2, keyed by the node's address). A node's first packet
  * creates its entry; if the map is full the packet is still carried, only not counted per peer. */
-static __always_inline void fxdp_count_peer(const struct fxdp_node_key *node, __u64 bytes, int received)
+static __always_inline void fxdp_count_peer_in(void *map, const void *node, __u64 bytes, int received)
 {
-	struct fxdp_peer_stats *s = bpf_map_lookup_elem(&fxdp_peer_stats_v2, node);
+	struct fxdp_peer_stats *s = bpf_map_lookup_elem(map, node);
 	if (!s) {
 		struct fxdp_peer_stats zero = {};
-		bpf_map_update_elem(&fxdp_peer_stats_v2, node, &zero, BPF_NOEXIST);
-		s = bpf_map_lookup_elem(&fxdp_peer_stats_v2, node);
+		bpf_map_update_elem(map, node, &zero, BPF_NOEXIST);
+		s = bpf_map_lookup_elem(map, node);
 		if (!s)
 			return;
 	}
@@ -36,6 +37,16 @@ static __always_inline void fxdp_count_peer(const struct fxdp_node_key *node, __
 		s->tx_packets += 1;
 		s->tx_bytes += bytes;
 	}
+}
+
+static __always_inline void fxdp_count_peer(const struct fxdp_node_key *node, __u64 bytes, int received)
+{
+	fxdp_count_peer_in(&fxdp_peer_stats_v2, node, bytes, received);
+}
+
+static __always_inline void fxdp_count_peer6(const struct fxdp_node6_key *node, __u64 bytes, int received)
+{
+	fxdp_count_peer_in(&fxdp_peer_stats6_v2, node, bytes, received);
 }
 
 /* Remembers the outer source of a datagram dropped as not from a peer (fxdp_strangers): `status`

@@ -1,7 +1,8 @@
-/* fxdp_csum.h — IPv4 header checksums. The encap writes a fresh 20-byte outer header, so a full
+/* fxdp_csum.h — IPv4 header checksums, and the sums the IPv6 encap builds its UDP checksum from. The encap writes a fresh 20-byte outer header, so a full
  * sum over ten 16-bit words is cheaper and clearer than an incremental update; the decap verifies
  * the outer header the same way (ip_rcv's check) and updates the inner one incrementally when it
  * copies a CE mark in (RFC 1624). The outer UDP checksum is left 0, legal for IPv4: see the encap.
+ * Over IPv6 it is mandatory; fxdp_ipv6.h derives it from the headers.
  */
 #ifndef FXDP_CSUM_H
 #define FXDP_CSUM_H
@@ -38,6 +39,18 @@ static __always_inline int fxdp_ipv4_header_csum_ok(const struct iphdr *ip)
 	for (int i = 0; i < 10; i++)
 		sum += w[i];
 	return fxdp_csum_fold(sum) == 0;
+}
+
+/* The unfolded one's complement sum of `words` 16-bit words at `p` (2-byte aligned), in memory
+ * order like the rest of this file. `words` is a constant: the loop unrolls. */
+static __always_inline __u32 fxdp_csum_words(const void *p, int words)
+{
+	const __u16 *w = p;
+	__u32 sum = 0;
+#pragma unroll
+	for (int i = 0; i < words; i++)
+		sum += w[i];
+	return sum;
 }
 
 /* RFC 1624 eqn. 3: the checksum after one 16-bit word changed from `old` to `new` (memory order). */

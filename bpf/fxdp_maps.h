@@ -104,4 +104,44 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } fxdp_monitor_budget_v2 SEC(".maps");
 
+/* The IPv6 counterparts (flannel-v6.<VNI>), same writers as above. */
+
+/* Remote IPv6 pod subnet (LPM) → peer PublicIPv6 + VtepMAC of its flannel-v6.<VNI>. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, FXDP_MAX_PEERS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct fxdp_peer6_key);
+	__type(value, struct fxdp_peer6_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fxdp_peers6_v2 SEC(".maps");
+
+/* Peer IPv6 address → how many IPv6 subnets name it: the IPv6 source checks. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FXDP_MAX_PEERS);
+	__type(key, struct fxdp_node6_key);
+	__type(value, struct fxdp_node_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fxdp_nodes6_v2 SEC(".maps");
+
+/* Index 0 → this node's IPv6 settings. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fxdp_config6);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fxdp_config6_v2 SEC(".maps");
+
+/* Peer IPv6 address → packets/bytes BPF carried to and from it, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, FXDP_MAX_PEERS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct fxdp_node6_key);
+	__type(value, struct fxdp_peer_stats);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fxdp_peer_stats6_v2 SEC(".maps");
+
 #endif

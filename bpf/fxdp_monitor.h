@@ -7,7 +7,9 @@
 #ifndef FXDP_MONITOR_H
 #define FXDP_MONITOR_H
 
+#include <linux/pkt_cls.h>
 #include "fxdp_maps.h"
+#include "fxdp_netfilter.h"
 
 /* Room in the ring for one event, or NULL when nobody listens or this CPU's budget is spent. */
 static __always_inline struct fxdp_drop_event *fxdp_drop_event_reserve(__u32 reason, __u32 ifindex, __u32 packet_len)
@@ -93,11 +95,35 @@ static __always_inline void fxdp_report_drop_nf(struct bpf_dynptr *packet, __u64
 	bpf_ringbuf_submit(e, 0);
 }
 
+/* A drop at a netfilter hook, counted and reported. */
+static __always_inline int fxdp_nf_drop(struct bpf_dynptr *packet, __u64 len, __u32 ifindex, __u32 reason)
+{
+	fxdp_report_drop_nf(packet, len, ifindex, reason);
+	return fxdp_count_verdict(reason, len, FXDP_NF_DROP);
+}
+
 /* Counts a drop and reports it: the drop paths' form of fxdp_count_verdict. */
 static __always_inline int fxdp_drop_skb(struct __sk_buff *skb, __u32 reason, __u64 len, int verdict)
 {
 	fxdp_report_drop_skb(skb, reason);
 	return fxdp_count_verdict(reason, len, verdict);
+}
+
+/* The verdict of a decap program for `code`, a classification that is not "valid VXLAN for us":
+ * a drop code drops (counted and reported), any other passes (counted). */
+static __always_inline int fxdp_xdp_verdict(struct xdp_md *ctx, __u32 code, __u64 len)
+{
+	if (!fxdp_counter_is_drop(code))
+		return fxdp_count_verdict(code, len, XDP_PASS);
+	fxdp_report_drop_xdp(ctx, len, code);
+	return fxdp_count_verdict(code, len, XDP_DROP);
+}
+
+static __always_inline int fxdp_tc_verdict(struct __sk_buff *skb, __u32 code, __u64 len)
+{
+	if (fxdp_counter_is_drop(code))
+		return fxdp_drop_skb(skb, code, len, TC_ACT_SHOT);
+	return fxdp_count_verdict(code, len, TC_ACT_OK);
 }
 
 #endif

@@ -102,21 +102,33 @@ public struct AttachmentState: Sendable, Equatable, CustomStringConvertible {
     /// The programs our pinned netfilter links run (nil: no link pinned).
     public var doorProgramID: UInt32?
     public var podGuardProgramID: UInt32?
+    /// The IPv6 half: fxdp_encap6 on flannel-v6.<VNI>'s egress, the IPv6 netfilter links.
+    public var encap6ProgramID: UInt32?
+    public var door6ProgramID: UInt32?
+    public var podGuard6ProgramID: UInt32?
 
     public init(encapProgramID: UInt32? = nil, decapCheckProgramID: UInt32? = nil, xdpProgramID: UInt32? = nil, xdpMode: XDPMode? = nil,
-                doorProgramID: UInt32? = nil, podGuardProgramID: UInt32? = nil) {
+                doorProgramID: UInt32? = nil, podGuardProgramID: UInt32? = nil, encap6ProgramID: UInt32? = nil,
+                door6ProgramID: UInt32? = nil, podGuard6ProgramID: UInt32? = nil) {
         self.encapProgramID = encapProgramID
         self.decapCheckProgramID = decapCheckProgramID
         self.xdpProgramID = xdpProgramID
         self.xdpMode = xdpMode
         self.doorProgramID = doorProgramID
         self.podGuardProgramID = podGuardProgramID
+        self.encap6ProgramID = encap6ProgramID
+        self.door6ProgramID = door6ProgramID
+        self.podGuard6ProgramID = podGuard6ProgramID
     }
 
     /// True when nothing is attached in our slots.
     public var isEmpty: Bool {
         encapProgramID == nil && decapCheckProgramID == nil && xdpProgramID == nil && doorProgramID == nil && podGuardProgramID == nil
+            && !hasIPv6
     }
+
+    /// True when any of the IPv6 half is attached.
+    public var hasIPv6: Bool { encap6ProgramID != nil || door6ProgramID != nil || podGuard6ProgramID != nil }
 
     public var decapMode: DecapMode? {
         if xdpProgramID != nil { return .xdp }
@@ -128,6 +140,8 @@ public struct AttachmentState: Sendable, Equatable, CustomStringConvertible {
         "encap \(encapProgramID.map(String.init) ?? "-"), \(xdpProgramID == nil ? "decap check" : "decap steer") \(decapCheckProgramID.map(String.init) ?? "-"), "
             + "xdp \(xdpProgramID.map { "\($0) (\(xdpMode!))" } ?? "-"), "
             + "vxlan door \(doorProgramID.map(String.init) ?? "-"), pod guard \(podGuardProgramID.map(String.init) ?? "-")"
+            + (hasIPv6 ? ", encap6 \(encap6ProgramID.map(String.init) ?? "-"), vxlan door6 \(door6ProgramID.map(String.init) ?? "-"), "
+                + "pod guard6 \(podGuard6ProgramID.map(String.init) ?? "-")" : "")
     }
 }
 
@@ -138,6 +152,8 @@ public enum FXDPSlots {
     public static let tcPriority: UInt32 = 0xFD
     /// The pins of our tcx links, in the pin folder.
     public static let overlayEgressPin = "tcx_overlay_egress"
+    /// flannel-v6.<VNI>'s egress (fxdp_encap6).
+    public static let overlay6EgressPin = "tcx_overlay6_egress"
     public static let underlayIngressPin = "tcx_underlay_ingress"
     public static let podPinPrefix = "tcx_pod_"
     public static func podPin(_ ifindex: Int32) -> String { podPinPrefix + "\(ifindex)" }
@@ -152,19 +168,28 @@ extension FlannelBPF {
     /// already attached when it is the same program (see the file's design note). Acts in the
     /// calling thread's network namespace. Returns the resulting state.
     /// - Parameter mode: nil chooses by the underlay's driver (`DecapMode.defaultMode(ifindex:)`).
+    /// - Parameter overlay6Ifindex: flannel-v6.<VNI> on a dual-stack or IPv6-only node: its encap and
+    ///   the IPv6 doors are attached too (the underlay's decap programs serve both families). nil
+    ///   removes the IPv6 half where an earlier run attached it.
     @discardableResult
-    public func attach(overlayIfindex: Int32, underlayIfindex: Int32, mode requested: DecapMode? = nil) throws -> AttachmentState {
+    public func attach(overlayIfindex: Int32, underlayIfindex: Int32, mode requested: DecapMode? = nil,
+                       overlay6Ifindex: Int32? = nil) throws -> AttachmentState {
         let mode = requested ?? DecapMode.defaultMode(ifindex: underlayIfindex)
         logger.info("attaching BPF data path", metadata: [
             "overlay": "\(overlayIfindex)", "underlay": "\(underlayIfindex)", "decap": "\(mode)",
-            "chosen": "\(requested == nil ? "by driver" : "by flag")",
+            "chosen": "\(requested == nil ? "by driver" : "by flag")", "overlay6": "\(overlay6Ifindex.map(String.init) ?? "-")",
         ])
-        // The door first: from the moment a program of ours carries VXLAN, strangers meet it.
-        for program in FXDPProgram.allCases where program.netfilterHook != nil {
+        // The doors first: from the moment a program of ours carries VXLAN, strangers meet them.
+        for program in FXDPProgram.allCases where program.netfilterHook != nil && (!program.isIPv6 || overlay6Ifindex != nil) {
             try ensureNetfilter(try self.program(program))
         }
         let encap = try program(.encap)
         try ensureTCX(encap, ifindex: overlayIfindex, direction: .egress, pin: FXDPSlots.overlayEgressPin)
+        if let overlay6Ifindex {
+            try ensureTCX(try program(.encap6), ifindex: overlay6Ifindex, direction: .egress, pin: FXDPSlots.overlay6EgressPin)
+        } else {
+            try FlannelBPF.detachIPv6(pinDirectory: pinDirectory)
+        }
         switch mode {
         case .xdp:
             // The steer before XDP: a frame XDP strips must never find the hook without it.
@@ -175,7 +200,21 @@ extension FlannelBPF {
             try FlannelBPF.detachOurXDP(ifindex: underlayIfindex)
         }
         return try FlannelBPF.attachmentState(overlayIfindex: overlayIfindex, underlayIfindex: underlayIfindex,
-                                              pinDirectory: pinDirectory)
+                                              pinDirectory: pinDirectory, overlay6Ifindex: overlay6Ifindex)
+    }
+
+    /// Removes the IPv6 half our pins in `pinDirectory` hold: the encap on flannel-v6.<VNI> and the
+    /// IPv6 netfilter links (a node that no longer runs IPv6, or the cleanup).
+    static func detachIPv6(pinDirectory: String) throws {
+        let path = pinDirectory + "/" + FXDPSlots.overlay6EgressPin
+        if let link = try? BPFLink.openPinned(path: path) { try link.detach() }
+        if unlink(path) != 0 && errno != ENOENT {
+            throw DataplaneError(operation: "unlink(\(path))", errno: errno, detail: "cannot remove our flannel-v6 link's pin",
+                                 hint: "run as root")
+        }
+        for program in FXDPProgram.allCases where program.isIPv6 && program.netfilterHook != nil {
+            try unpinNetfilterLink(program, pinDirectory: pinDirectory)
+        }
     }
 
     /// Where the link of netfilter program `program` is pinned.
@@ -186,9 +225,13 @@ extension FlannelBPF {
 
     /// What of ours is attached (the XDP hook: whatever is there; check the id's name if it
     /// matters). With `pinDirectory`, also which programs our pinned netfilter links run.
-    public static func attachmentState(overlayIfindex: Int32, underlayIfindex: Int32, pinDirectory: String? = nil) throws -> AttachmentState {
+    public static func attachmentState(overlayIfindex: Int32, underlayIfindex: Int32, pinDirectory: String? = nil,
+                                       overlay6Ifindex: Int32? = nil) throws -> AttachmentState {
         var state = AttachmentState()
         state.encapProgramID = try ourTCXPrograms(ifindex: overlayIfindex, direction: .egress, pinDirectory: pinDirectory).first?.programID
+        if let overlay6Ifindex {
+            state.encap6ProgramID = try ourTCXPrograms(ifindex: overlay6Ifindex, direction: .egress, pinDirectory: pinDirectory).first?.programID
+        }
         state.decapCheckProgramID = try ourTCXPrograms(ifindex: underlayIfindex, direction: .ingress,
                                                        pinDirectory: pinDirectory).first?.programID
         if let id = try XDP.attachedProgramID(ifindex: underlayIfindex, mode: .native) {
@@ -201,6 +244,8 @@ extension FlannelBPF {
         if let pinDirectory {
             state.doorProgramID = try? BPFLink.openPinned(path: linkPinPath(.vxlanDoor, pinDirectory: pinDirectory)).info().programID
             state.podGuardProgramID = try? BPFLink.openPinned(path: linkPinPath(.podGuard, pinDirectory: pinDirectory)).info().programID
+            state.door6ProgramID = try? BPFLink.openPinned(path: linkPinPath(.vxlanDoor6, pinDirectory: pinDirectory)).info().programID
+            state.podGuard6ProgramID = try? BPFLink.openPinned(path: linkPinPath(.podGuard6, pinDirectory: pinDirectory)).info().programID
         }
         return state
     }
@@ -209,12 +254,14 @@ extension FlannelBPF {
     /// in <bpffs>/flanneld-xdp); others' stay. With `removePins` also deletes <bpffs>/flanneld-xdp
     /// (the maps go once nothing holds them).
     public static func detachAll(overlayIfindex: Int32?, underlayIfindex: Int32?, removePins: Bool = false,
-                                 bpffs: String) throws {
+                                 bpffs: String, overlay6Ifindex: Int32? = nil) throws {
         let folder = bpffs + "/" + pinFolderName
         if let overlayIfindex {
             try detachOurTCX(ifindex: overlayIfindex, direction: .egress, pinDirectory: folder)
             try detachOurTC(ifindex: overlayIfindex, direction: .egress)
         }
+        if let overlay6Ifindex { try detachOurTCX(ifindex: overlay6Ifindex, direction: .egress, pinDirectory: folder) }
+        try detachIPv6(pinDirectory: folder)
         if let underlayIfindex {
             try detachOurTCX(ifindex: underlayIfindex, direction: .ingress, pinDirectory: folder)
             try detachOurTC(ifindex: underlayIfindex, direction: .ingress)
@@ -230,11 +277,16 @@ extension FlannelBPF {
     public static func detachNetfilterLinks(bpffs: String) throws {
         let folder = bpffs + "/" + pinFolderName
         for program in FXDPProgram.allCases where program.netfilterHook != nil {
-            let path = linkPinPath(program, pinDirectory: folder)
-            if unlink(path) != 0 && errno != ENOENT {
-                throw DataplaneError(operation: "unlink(\(path))", errno: errno, detail: "cannot remove our netfilter link",
-                                     hint: "run as root")
-            }
+            try unpinNetfilterLink(program, pinDirectory: folder)
+        }
+    }
+
+    /// Unpins the link of netfilter program `program` (releasing it: nothing else holds it).
+    static func unpinNetfilterLink(_ program: FXDPProgram, pinDirectory: String) throws {
+        let path = linkPinPath(program, pinDirectory: pinDirectory)
+        if unlink(path) != 0 && errno != ENOENT {
+            throw DataplaneError(operation: "unlink(\(path))", errno: errno, detail: "cannot remove our netfilter link",
+                                 hint: "run as root")
         }
     }
 
@@ -281,7 +333,8 @@ extension FlannelBPF {
 
     /// Ids of this object's maps (the pinned ones).
     var ourMapIDs: Set<UInt32> {
-        [peers.info().id, nodes.info().id, config.info().id, counterMap.info().id, strangers.info().id, local.info().id]
+        [peers.info().id, nodes.info().id, config.info().id, counterMap.info().id, strangers.info().id, local.info().id,
+         peers6.info().id, nodes6.info().id, config6.info().id]
     }
 
     /// Pins `program` as the one now attached (replacing an older pin of the same name).
@@ -419,10 +472,10 @@ extension FlannelBPF {
             ? FXDPSlots.netfilterPriority - 1 : FXDPSlots.netfilterPriority
         let link: BPFLink
         do {
-            link = try BPFLink.attachNetfilter(program, hook: hook, priority: priority)
+            link = try BPFLink.attachNetfilter(program, family: which.netfilterFamily, hook: hook, priority: priority)
         } catch {
             guard error.errno == EBUSY else { throw error }
-            throw DataplaneError(operation: "attach(\(program.name), netfilter ipv4 \(hook) priority \(priority))", errno: EBUSY,
+            throw DataplaneError(operation: "attach(\(program.name), netfilter \(which.netfilterFamily) \(hook) priority \(priority))", errno: EBUSY,
                                  detail: "another BPF netfilter program holds that priority in this network namespace, and no link of ours is pinned in \(pinDirectory)",
                                  hint: "is a flanneld-xdp with another --bpffs (or another agent) running here? Stop it, or remove what it left with `flanneld-xdp cleanup --bpffs <its folder>`")
         }
@@ -433,7 +486,7 @@ extension FlannelBPF {
         try link.pin(at: path)
         pinAttached(program)
         logger.info(existing == nil ? "attached" : "replaced",
-                    metadata: ["program": "\(program.name)", "hook": "netfilter ipv4 \(hook)"])
+                    metadata: ["program": "\(program.name)", "hook": "netfilter \(which.netfilterFamily) \(hook)"])
     }
 
     private func ensureXDP(_ program: BPFProgram, ifindex: Int32) throws {

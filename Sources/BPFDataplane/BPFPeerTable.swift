@@ -14,15 +14,15 @@ import CBPF
 import NetTypes
 import Synchronization
 
-public final class BPFPeerTable: PeerTable {
+public final class BPFPeerTable: Sendable {
     public let tableName = "bpf-maps"
     private let peers: BPFMap<fxdp_peer_key, fxdp_peer_value>
-    private let nodes: BPFMap<fxdp_node_key, fxdp_node_value>
+    private let nodes: PeerNodeCounts<fxdp_node_key, IPv4Address>
     private let lock = Mutex(())
 
     public init(peers: BPFMap<fxdp_peer_key, fxdp_peer_value>, nodes: BPFMap<fxdp_node_key, fxdp_node_value>) throws {
         self.peers = peers
-        self.nodes = nodes
+        self.nodes = PeerNodeCounts(nodes: nodes, key: BPFPeerTable.nodeKey, address: { IPv4Address(tuple: $0.node_ip) })
         try repairNodes()
     }
 
@@ -69,14 +69,14 @@ public final class BPFPeerTable: PeerTable {
             let before = old.map { BPFPeerTable.addresses(of: $0) } ?? []
             let after = peer.sourceAddresses
             // New addresses before the subnet that uses them, departed ones after it.
-            for address in after where !before.contains(address) { try adjustNode(address, by: 1) }
+            for address in after where !before.contains(address) { try nodes.adjust(address, by: 1) }
             var value = fxdp_peer_value()
             value.node_ip = peer.publicIP.tuple
             value.vtep_mac = mac.tuple
             value.flags = peer.direct ? UInt16(FXDP_PEER_F_DIRECT) : 0
             value.source_ip = (peer.sourceIP ?? IPv4Address(0)).tuple
             try peers.update(key, value)
-            for address in before where !after.contains(address) { try adjustNode(address, by: -1) }
+            for address in before where !after.contains(address) { try nodes.adjust(address, by: -1) }
         }
     }
 
@@ -85,7 +85,7 @@ public final class BPFPeerTable: PeerTable {
             let key = BPFPeerTable.key(peer.subnet)
             guard let old = try peers.lookup(key) else { return }
             _ = try peers.delete(key)
-            for address in BPFPeerTable.addresses(of: old) { try adjustNode(address, by: -1) }
+            for address in BPFPeerTable.addresses(of: old) { try nodes.adjust(address, by: -1) }
         }
     }
 
@@ -96,11 +96,7 @@ public final class BPFPeerTable: PeerTable {
     }
 
     /// Addresses the source checks accept VXLAN from, with how many subnets name each.
-    public func acceptedNodes() throws -> [IPv4Address: UInt32] {
-        var result: [IPv4Address: UInt32] = [:]
-        for (k, v) in try nodes.entries() { result[IPv4Address(tuple: k.node_ip)] = v.subnets }
-        return result
-    }
+    public func acceptedNodes() throws -> [IPv4Address: UInt32] { try nodes.entries() }
 
     /// Rewrites fxdp_nodes from fxdp_peers: adds missing nodes, fixes counts, deletes nodes no peer
     /// points at. Returns how many entries it changed.
@@ -111,37 +107,7 @@ public final class BPFPeerTable: PeerTable {
             for (_, v) in try peers.entries() {
                 for address in BPFPeerTable.addresses(of: v) { want[address, default: 0] += 1 }
             }
-            var changed = 0
-            for (k, v) in try nodes.entries() {
-                let ip = IPv4Address(tuple: k.node_ip)
-                if want[ip] == nil { _ = try nodes.delete(k); changed += 1 } else if want[ip] != v.subnets {
-                    var fixed = v
-                    fixed.subnets = want[ip]!
-                    try nodes.update(k, fixed)
-                    changed += 1
-                }
-                want[ip] = nil
-            }
-            for (ip, count) in want {
-                var v = fxdp_node_value()
-                v.subnets = count
-                try nodes.update(BPFPeerTable.nodeKey(ip), v)
-                changed += 1
-            }
-            return changed
-        }
-    }
-
-    private func adjustNode(_ ip: IPv4Address, by delta: Int) throws {
-        let key = BPFPeerTable.nodeKey(ip)
-        let current = Int(try nodes.lookup(key)?.subnets ?? 0)
-        let next = max(0, current + delta)
-        if next == 0 {
-            _ = try nodes.delete(key)
-        } else {
-            var v = fxdp_node_value()
-            v.subnets = UInt32(next)
-            try nodes.update(key, v)
+            return try nodes.rewrite(to: want)
         }
     }
 }

@@ -3,8 +3,8 @@
 //
 // Design: the programs copy a packet's first bytes and leave every interpretation to this side, so
 // a sample is parsed here with a bounds-checked cursor, layer by layer, as far as it goes: outer
-// IPv4 and UDP, VXLAN, inner Ethernet and IPv4. A truncated or odd sample gives fewer fields, never
-// an error: it is a drop, and odd packets are what gets dropped.
+// IPv4 or IPv6 and UDP, VXLAN, inner Ethernet and IPv4 or IPv6. A truncated or odd sample gives
+// fewer fields, never an error: it is a drop, and odd packets are what gets dropped.
 
 import BPFLoader
 import CBPF
@@ -34,6 +34,12 @@ public struct DropEvent: Sendable, Equatable {
     public var innerSource: IPv4Address?
     public var innerDestination: IPv4Address?
     public var innerProtocol: UInt8?
+    /// The same for IPv6 (the other family's fields stay nil): outer addresses, inner addresses;
+    /// `ipProtocol` and `innerProtocol` hold the next header after any fragment header.
+    public var source6: IPv6Address?
+    public var destination6: IPv6Address?
+    public var innerSource6: IPv6Address?
+    public var innerDestination6: IPv6Address?
 
     /// Decodes one ring buffer record (a `struct fxdp_drop_event`); nil when it is too short.
     public init?(record: [UInt8]) {
@@ -61,17 +67,32 @@ public struct DropEvent: Sendable, Equatable {
         decodeSample(sample, startsAtIPv4: startsAtIPv4)
     }
 
+    /// `startsAtIPv4`: the sample starts at the IP header (FXDP_DROP_F_SAMPLE_L3), IPv4 or IPv6 as
+    /// its version says; else at the Ethernet header.
     private mutating func decodeSample(_ sample: [UInt8], startsAtIPv4: Bool) {
         var cursor = DropCursor(sample)
-        if !startsAtIPv4 {
-            guard cursor.skip(12), let type = cursor.u16be(), type == 0x0800 else { return }
+        var version: UInt8 = 4
+        if startsAtIPv4 {
+            version = (sample.first ?? 0) >> 4
+        } else {
+            guard cursor.skip(12), let type = cursor.u16be(), type == 0x0800 || type == 0x86DD else { return }
+            version = type == 0x86DD ? 6 : 4
         }
-        guard let outer = cursor.ipv4() else { return }
-        source = outer.source
-        destination = outer.destination
-        ipProtocol = outer.protocol
+        let proto: UInt8, firstFragment: Bool
+        if version == 6 {
+            guard let outer = cursor.ipv6() else { return }
+            source6 = outer.source
+            destination6 = outer.destination
+            (proto, firstFragment) = (outer.protocol, outer.isFirstFragment)
+        } else {
+            guard let outer = cursor.ipv4() else { return }
+            source = outer.source
+            destination = outer.destination
+            (proto, firstFragment) = (outer.protocol, outer.isFirstFragment)
+        }
+        ipProtocol = proto
         // Only a first fragment (or no fragment) carries the UDP header.
-        guard outer.protocol == 17, outer.isFirstFragment, let sport = cursor.u16be(), let dport = cursor.u16be(),
+        guard proto == 17, firstFragment, let sport = cursor.u16be(), let dport = cursor.u16be(),
               cursor.skip(4) else { return }
         sourcePort = sport
         destinationPort = dport
@@ -81,6 +102,11 @@ public struct DropEvent: Sendable, Equatable {
         guard let dmac = cursor.bytes(6), let smac = cursor.bytes(6), let type = cursor.u16be() else { return }
         innerDestinationMAC = MACAddress(bytes: dmac)
         innerSourceMAC = MACAddress(bytes: smac)
+        if type == 0x86DD, let inner = cursor.ipv6() {
+            innerSource6 = inner.source
+            innerDestination6 = inner.destination
+            innerProtocol = inner.protocol
+        }
         guard type == 0x0800, let inner = cursor.ipv4() else { return }
         innerSource = inner.source
         innerDestination = inner.destination
@@ -124,6 +150,27 @@ struct DropCursor {
             return nil
         }
         return (IPv4Address(bytes: source), IPv4Address(bytes: destination), proto, fragment & 0x1fff == 0)
+    }
+
+    /// An IPv6 header and a fragment header right after it, if any; the cursor ends at what follows.
+    mutating func ipv6() -> (source: IPv6Address, destination: IPv6Address, protocol: UInt8, isFirstFragment: Bool)? {
+        let start = offset
+        guard let version = u8(), version >> 4 == 6, skip(5), var next = u8(), skip(1),
+              let source = bytes(16).flatMap({ IPv6Address(bytes: Array($0)) }),
+              let destination = bytes(16).flatMap({ IPv6Address(bytes: Array($0)) }) else {
+            offset = start
+            return nil
+        }
+        var first = true
+        if next == 44 {
+            guard let fragmentNext = u8(), skip(1), let fragment = u16be(), skip(4) else {
+                offset = start
+                return nil
+            }
+            next = fragmentNext
+            first = fragment & 0xfff8 == 0
+        }
+        return (source, destination, next, first)
     }
 }
 

@@ -16,6 +16,11 @@ public enum FXDPCounter: UInt32, CaseIterable, Sendable, CustomStringConvertible
     case encapOKNeigh = 8 // retired: never counted since NO_NEIGH packets go to the kernel
     case encapPassAdjust = 9
     case encapPassNoNeigh = 10
+    case encap6OK = 11
+    case encap6PassGSO = 12
+    case encap6PassCsum = 13
+    case encap6PassNotIPv6 = 14
+    case decap6OK = 15
 
     case decapOK = 16
     case decapCheckOK = 17
@@ -40,6 +45,15 @@ public enum FXDPCounter: UInt32, CaseIterable, Sendable, CustomStringConvertible
     case decapDropECN = 36
     case decapFragmentOK = 37
     case decapSteerOK = 38
+    case decap6CheckOK = 39
+    case decap6SteerOK = 40
+    case decap6DropInnerNotIPv6 = 41
+    case decap6DropUDPZeroCsum = 42
+    case decap6PassExtHeaders = 43
+    case door6OK = 44
+    case door6DropNotPeer = 45
+    case door6DropWrongDoor = 46
+    case guard6DropPodVXLAN = 47
 
     case doorOK = 48
     case doorDropNotPeer = 49
@@ -56,6 +70,7 @@ public enum FXDPCounter: UInt32, CaseIterable, Sendable, CustomStringConvertible
     case fastDecapPassNotPod = 59
     case fastDecapPassConntrack = 60
     case fastDecapPassLimits = 61
+    case fastEncapPassIPv6 = 62
 
     /// The C constant this case mirrors.
     public var cValue: fxdp_counter { fxdp_counter(rawValue: rawValue) }
@@ -74,6 +89,11 @@ public enum FXDPCounter: UInt32, CaseIterable, Sendable, CustomStringConvertible
         case .encapOKNeigh: "encap_ok_neigh"
         case .encapPassAdjust: "encap_pass_adjust"
         case .encapPassNoNeigh: "encap_pass_no_neigh"
+        case .encap6OK: "encap6_ok"
+        case .encap6PassGSO: "encap6_pass_gso"
+        case .encap6PassCsum: "encap6_pass_csum"
+        case .encap6PassNotIPv6: "encap6_pass_not_ipv6"
+        case .decap6OK: "decap6_ok"
         case .decapOK: "decap_ok"
         case .decapCheckOK: "decap_check_ok"
         case .decapPassNotVXLAN: "decap_pass_not_vxlan"
@@ -97,6 +117,15 @@ public enum FXDPCounter: UInt32, CaseIterable, Sendable, CustomStringConvertible
         case .decapDropECN: "decap_drop_ecn"
         case .decapFragmentOK: "decap_fragment_ok"
         case .decapSteerOK: "decap_steer_ok"
+        case .decap6CheckOK: "decap6_check_ok"
+        case .decap6SteerOK: "decap6_steer_ok"
+        case .decap6DropInnerNotIPv6: "decap6_drop_inner_not_ipv6"
+        case .decap6DropUDPZeroCsum: "decap6_drop_udp_zero_csum"
+        case .decap6PassExtHeaders: "decap6_pass_ext_headers"
+        case .door6OK: "door6_ok"
+        case .door6DropNotPeer: "door6_drop_not_peer"
+        case .door6DropWrongDoor: "door6_drop_wrong_door"
+        case .guard6DropPodVXLAN: "guard6_drop_pod_vxlan"
         case .doorOK: "door_ok"
         case .doorDropNotPeer: "door_drop_not_peer"
         case .doorDropWrongDoor: "door_drop_wrong_door"
@@ -111,19 +140,21 @@ public enum FXDPCounter: UInt32, CaseIterable, Sendable, CustomStringConvertible
         case .fastDecapPassNotPod: "fast_decap_pass_not_pod"
         case .fastDecapPassConntrack: "fast_decap_pass_conntrack"
         case .fastDecapPassLimits: "fast_decap_pass_limits"
+        case .fastEncapPassIPv6: "fast_encap_pass_ipv6"
         }
     }
 
     public var description: String { name }
 
     /// Packets BPF encapsulated: at flannel.<VNI> or, on the fast path, where the pod's packet entered the host.
-    public var isEncapsulated: Bool { self == .encapOK || self == .encapOKNeigh || self == .fastEncapOK }
+    public var isEncapsulated: Bool { self == .encapOK || self == .encapOKNeigh || self == .fastEncapOK || self == .encap6OK }
 
     /// Valid VXLAN from a peer that a decap program accepted: stripped by XDP, left to the kernel
     /// device, or (fast path on) handed to the pod or declined to the kernel path.
     public var isDecapAccepted: Bool {
         switch self {
-        case .decapOK, .decapCheckOK, .fastDecapOK, .fastDecapPassNotPod, .fastDecapPassConntrack, .fastDecapPassLimits: true
+        case .decapOK, .decapCheckOK, .fastDecapOK, .fastDecapPassNotPod, .fastDecapPassConntrack, .fastDecapPassLimits,
+             .decap6OK, .decap6CheckOK: true
         default: false
         }
     }

@@ -9,7 +9,7 @@
 //
 // Which object: the one embedded at build time, or a compiled file (`--bpf-object`, how an upgrade
 // of the programs is staged without a new binary). A file is checked before it touches anything
-// (it has our three programs and our maps, by name) and after load (program types, map key/value
+// (it has our programs and our maps, by name) and after load (program types, map key/value
 // sizes; libbpf itself refuses to reuse a pinned map whose definition differs): every failure names
 // the file, and nothing ever falls back to the embedded object in its place.
 
@@ -35,6 +35,12 @@ public enum FXDPProgram: String, CaseIterable, Sendable {
     case podGuard = "fxdp_pod_guard"
     /// TC ingress on each pod bridge (the fast path's way out).
     case fastEncap = "fxdp_fast_encap"
+    /// TC egress on flannel-v6.<VNI>: IPv6 pods over the IPv6 underlay.
+    case encap6 = "fxdp_encap6"
+    /// netfilter IPv6 LOCAL_IN: the door of flannel-v6.<VNI>'s socket.
+    case vxlanDoor6 = "fxdp_vxlan_door6"
+    /// netfilter IPv6 FORWARD: IPv6 pods' datagrams to VXLAN ports outside the IPv6 pod network.
+    case podGuard6 = "fxdp_pod_guard6"
 }
 
 extension FXDPProgram {
@@ -42,19 +48,30 @@ extension FXDPProgram {
     var expectedType: UInt32 {
         switch self {
         case .decapXDP: BPF_PROG_TYPE_XDP.rawValue
-        case .encap, .decapSteer, .decapCheck, .fastEncap: BPF_PROG_TYPE_SCHED_CLS.rawValue
-        case .vxlanDoor, .podGuard: BPFLink.netfilterProgramType
+        case .encap, .decapSteer, .decapCheck, .fastEncap, .encap6: BPF_PROG_TYPE_SCHED_CLS.rawValue
+        case .vxlanDoor, .podGuard, .vxlanDoor6, .podGuard6: BPFLink.netfilterProgramType
         }
     }
 
     /// The netfilter hook a netfilter program is linked to, nil for the others.
     public var netfilterHook: NetfilterHook? {
         switch self {
-        case .vxlanDoor: .localIn
-        case .podGuard: .forward
+        case .vxlanDoor, .vxlanDoor6: .localIn
+        case .podGuard, .podGuard6: .forward
         default: nil
         }
     }
+
+    /// The protocol family of a netfilter program's hook.
+    public var netfilterFamily: NetfilterFamily {
+        switch self {
+        case .vxlanDoor6, .podGuard6: .ipv6
+        default: .ipv4
+        }
+    }
+
+    /// The programs that serve IPv6 (attached only where flannel-v6.<VNI> exists).
+    public var isIPv6: Bool { self == .encap6 || self == .vxlanDoor6 || self == .podGuard6 }
 }
 
 /// Where the compiled BPF object FlannelBPF loads comes from.
@@ -90,6 +107,10 @@ public final class FlannelBPF: @unchecked Sendable {
     public let strangers: BPFMap<fxdp_node_key, fxdp_stranger>
     /// Pods behind our bridges, by MAC (the fast path's delivery table).
     public let local: BPFMap<fxdp_local_key, fxdp_local_value>
+    /// The IPv6 peers, source checks and settings (flannel-v6.<VNI>).
+    public let peers6: BPFMap<fxdp_peer6_key, fxdp_peer6_value>
+    public let nodes6: BPFMap<fxdp_node6_key, fxdp_node_value>
+    public let config6: BPFMap<UInt32, fxdp_config6>
     let logger: Logger
 
     /// The embedded object's bytes (compiled from bpf/flanneld_xdp.bpf.c at build time).
@@ -132,6 +153,9 @@ public final class FlannelBPF: @unchecked Sendable {
             counterMap = try object.perCPUMap(named: FXDP_MAP_COUNTERS, key: UInt32.self, value: fxdp_count.self)
             strangers = try object.map(named: FXDP_MAP_STRANGERS, key: fxdp_node_key.self, value: fxdp_stranger.self)
             local = try object.map(named: FXDP_MAP_LOCAL, key: fxdp_local_key.self, value: fxdp_local_value.self)
+            peers6 = try object.map(named: FXDP_MAP_PEERS6, key: fxdp_peer6_key.self, value: fxdp_peer6_value.self)
+            nodes6 = try object.map(named: FXDP_MAP_NODES6, key: fxdp_node6_key.self, value: fxdp_node_value.self)
+            config6 = try object.map(named: FXDP_MAP_CONFIG6, key: UInt32.self, value: fxdp_config6.self)
             self.object = object
         } catch {
             guard case .file(let path) = source else { throw error }
@@ -161,7 +185,8 @@ public final class FlannelBPF: @unchecked Sendable {
     /// The maps the object pins in our folder (LIBBPF_PIN_BY_NAME), by name.
     public static let pinnedMapNames = [FXDP_MAP_PEERS, FXDP_MAP_NODES, FXDP_MAP_CONFIG, FXDP_MAP_COUNTERS,
                                         FXDP_MAP_PEER_STATS, FXDP_MAP_STRANGERS, FXDP_MAP_LOCAL,
-                                        FXDP_MAP_DROPS, FXDP_MAP_MONITOR, FXDP_MAP_MONITOR_BUDGET]
+                                        FXDP_MAP_DROPS, FXDP_MAP_MONITOR, FXDP_MAP_MONITOR_BUDGET,
+                                        FXDP_MAP_PEERS6, FXDP_MAP_NODES6, FXDP_MAP_CONFIG6, FXDP_MAP_PEER_STATS6]
 
     /// Every program and pinned map of ours is in the object, by name.
     private static func checkNames(_ object: borrowing BPFObject) throws(DataplaneError) {
@@ -266,6 +291,33 @@ public final class FlannelBPF: @unchecked Sendable {
     /// The settings in the map, nil while none were written (all zero).
     public func readConfig() throws -> NodeConfig? { try NodeConfig.read(from: config) }
 
+    /// Writes this node's IPv6 settings (flannel-v6.<VNI>); nil clears them, and IPv6 then passes
+    /// every program untouched. The shared settings stay NodeConfig's (`writeConfig`).
+    public func writeConfig6(_ node: NodeConfig6?) throws {
+        guard let node else {
+            try config6.update(0, fxdp_config6())
+            return
+        }
+        if let problem = node.problem {
+            throw DataplaneError(operation: "writeConfig6", detail: problem,
+                                 hint: "fill NodeConfig6 from the lease's IPv6 half, flannel-v6.<VNI> and the --iface interface's IPv6 address")
+        }
+        try config6.update(0, node.cValue)
+    }
+
+    /// The IPv6 settings in the map, nil while none were written.
+    public func readConfig6() throws -> NodeConfig6? { try NodeConfig6.read(from: config6) }
+
+    /// Sets only the outer IPv6 hop limit; returns true when it changed.
+    @discardableResult
+    public func setOuterHopLimit(_ hopLimit: UInt8) throws -> Bool {
+        var c = try config6.lookup(0) ?? fxdp_config6()
+        guard c.outer_hop_limit != hopLimit else { return false }
+        c.outer_hop_limit = hopLimit
+        try config6.update(0, c)
+        return true
+    }
+
     /// Every named counter, summed over CPUs.
     public func counters() throws -> [FXDPCounter: FXDPCount] {
         var result: [FXDPCounter: FXDPCount] = [:]
@@ -291,6 +343,11 @@ public final class FlannelBPF: @unchecked Sendable {
     /// A PeerTable over this object's maps.
     public func peerTable() throws -> BPFPeerTable {
         try BPFPeerTable(peers: peers, nodes: nodes)
+    }
+
+    /// The IPv6 peer table over this object's maps.
+    public func ipv6PeerTable() throws -> BPFIPv6PeerTable {
+        try BPFIPv6PeerTable(peers: peers6, nodes: nodes6)
     }
 
     /// Removes the pins of maps of another ABI version (`fxdp_<name>_v<N>`, N ≠ FXDP_ABI_VERSION)

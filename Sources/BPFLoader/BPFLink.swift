@@ -10,7 +10,15 @@
 import CBPF
 import Glibc
 
-/// A netfilter hook of IPv4 (include/uapi/linux/netfilter.h `enum nf_inet_hooks`).
+/// The protocol family of a netfilter hook (include/uapi/linux/netfilter.h NFPROTO_*).
+public enum NetfilterFamily: UInt32, Sendable, CaseIterable, CustomStringConvertible {
+    case ipv4 = 2
+    case ipv6 = 10
+
+    public var description: String { self == .ipv4 ? "ipv4" : "ipv6" }
+}
+
+/// A netfilter hook of IPv4 or IPv6 (include/uapi/linux/netfilter.h `enum nf_inet_hooks`).
 public enum NetfilterHook: UInt32, Sendable, CaseIterable, CustomStringConvertible {
     case preRouting = 0
     case localIn = 1
@@ -35,7 +43,8 @@ public struct BPFLinkInfo: Sendable, Equatable {
     /// enum bpf_link_type (BPF_LINK_TYPE_NETFILTER = 10).
     public var type: UInt32
     public var programID: UInt32
-    /// For a netfilter link: its hook and priority (nil for other links).
+    /// For a netfilter link: its family, hook and priority (nil for other links).
+    public var netfilterFamily: UInt32?
     public var netfilterHook: UInt32?
     public var netfilterPriority: Int32?
     /// For a tcx link: the interface and the hook (0 and nil once the interface is gone or the link
@@ -66,11 +75,12 @@ public struct BPFLink: ~Copyable {
     public static let netfilterAttachType = UInt32(CBPF_BPF_NETFILTER)
     public static let netfilterLinkType = UInt32(CBPF_BPF_LINK_TYPE_NETFILTER)
 
-    /// Attaches `program` (a loaded netfilter program) to IPv4's `hook` at `priority` in the calling
-    /// thread's network namespace.
-    public static func attachNetfilter(_ program: BPFProgram, hook: NetfilterHook, priority: Int32) throws(BPFError) -> BPFLink {
-        let operation = "bpf_link_create(\(program.name), netfilter ipv4 \(hook) priority \(priority))"
-        let fd = cbpf_link_create_netfilter(program.fd, 2 /* NFPROTO_IPV4 */, hook.rawValue, priority)
+    /// Attaches `program` (a loaded netfilter program) to `hook` of `family` at `priority` in the
+    /// calling thread's network namespace.
+    public static func attachNetfilter(_ program: BPFProgram, family: NetfilterFamily = .ipv4, hook: NetfilterHook,
+                                       priority: Int32) throws(BPFError) -> BPFLink {
+        let operation = "bpf_link_create(\(program.name), netfilter \(family) \(hook) priority \(priority))"
+        let fd = cbpf_link_create_netfilter(program.fd, family.rawValue, hook.rawValue, priority)
         guard fd >= 0 else {
             throw BPFError.libbpf(operation, returned: Int(fd),
                                   hint: -fd == EINVAL
@@ -125,6 +135,7 @@ public struct BPFLink: ~Copyable {
             // The union after prog_id (8-byte aligned, offset 16) holds { pf, hooknum, priority,
             // flags } for netfilter links; Debian's uapi header (6.1) predates that member.
             withUnsafeBytes(of: info) { raw in
+                result.netfilterFamily = raw.loadUnaligned(fromByteOffset: 16, as: UInt32.self)
                 result.netfilterHook = raw.loadUnaligned(fromByteOffset: 20, as: UInt32.self)
                 result.netfilterPriority = raw.loadUnaligned(fromByteOffset: 24, as: Int32.self)
             }

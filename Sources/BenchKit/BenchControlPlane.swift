@@ -19,6 +19,7 @@
 import BPFDataplane
 import BPFLoader
 import CBPF
+import Dataplane
 import FlannelDaemon
 import Glibc
 import Leases

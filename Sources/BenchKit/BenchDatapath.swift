@@ -156,7 +156,7 @@ final class PathLab: @unchecked Sendable {
         bpf.append(object)
     }
 
-    /// The userspace path on `node`, as the daemon starts it (Daemon.startUserspace).
+    /// The userspace path on `node`, as the daemon starts it (DataplaneComposer in the Dataplane module).
     private func startUserspace(_ node: LabNode, vxlan: Bool) throws -> (UserspaceDataplane, Peer) {
         let mac = MACAddress.randomLocal()
         let encapsulation: UserspaceConfig.Encapsulation = vxlan ? .vxlan(vni: 1, port: 8472, localVTEPMAC: mac) : .udp(port: 8285)

@@ -2,6 +2,7 @@
 // file says `flanneld-xdp --iface eth0`); the inspection and cleanup verbs are subcommands.
 
 import ArgumentParser
+import Dataplane
 import Glibc
 import RuntimeSupport
 import Synchronization

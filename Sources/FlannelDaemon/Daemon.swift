@@ -3,53 +3,13 @@
 // stay, so a restart or upgrade does not disturb traffic and gets the same subnet back. Only
 // `cleanup` removes what is ours.
 
-import BPFDataplane
+import Dataplane
 import Glibc
 import Leases
 import Logging
 import NetTypes
-import Netlink
-import Overlay
 import ServiceLifecycle
 import Synchronization
-import UserspaceDataplane
-
-/// The data path that start-up settled on, and the tables the reconciler drives, in order.
-/// Which data path carries the node's traffic: what `status`, the state file, metrics and pruning
-/// switch over. `summary` (in DataplaneSetup) is its prose for people.
-public enum ActiveDataPath: Sendable, Equatable {
-    case bpf(decap: DecapMode, fastPath: Bool)
-    /// TUN + UDP in this process; `fallbackReason` when BPF was wanted (auto) and could not run.
-    case userspace(fallbackReason: String?)
-    case hostGW
-
-    /// The name the state file, `status` and the metrics' label use: bpf-xdp, bpf-tc, userspace, host-gw.
-    public var kind: String {
-        switch self {
-        case .bpf(let decap, _): "bpf-\(decap)"
-        case .userspace: "userspace"
-        case .hostGW: "host-gw"
-        }
-    }
-
-    /// Whether our BPF programs and pinned maps carry the traffic.
-    public var usesBPF: Bool { if case .bpf = self { true } else { false } }
-}
-
-public struct DataplaneSetup: Sendable {
-    public var path: ActiveDataPath
-    /// For people: the path, its programs or device, and why (logs, `status`).
-    public var summary: String
-    public var tables: [PeerTableBinding]
-    /// Kept alive while the daemon runs: its threads carry the traffic.
-    public var userspace: UserspaceDataplane?
-    /// Re-attaches our BPF programs when someone detaches them (BPF data path only).
-    public var attachmentGuard: AttachmentGuard? = nil
-    /// Turns the BPF programs on once the first reconcile has filled their maps (see attachDataplane).
-    public var enableAfterFirstFill: (@Sendable () throws -> Void)? = nil
-    /// Keeps the fast path's bridges and pods current (BPF data path with --fast-path).
-    var fastPath: FastPathService? = nil
-}
 
 public enum Daemon {
     /// Installs the stderr log handler once per process, at `level`, in `format` (LogOutput.swift).
@@ -166,8 +126,9 @@ public enum Daemon {
         case .etcd: { try? await Startup.previousVTEPMAC(registry: manager.registry, publicIP: external.publicIP) }
         case .lastKnown(let saved): { saved.own.attributes.vtepMAC }
         }
-        let prepared = try await prepareDataplane(options, backend: backend, config: config, external: external,
-                                                  previousVTEPMAC: previousVTEPMAC, logger: logger)
+        let composer = DataplaneComposer(Startup.dataplaneRequest(options, backend: backend, config: config, external: external),
+                                         logger: logger)
+        let prepared = try await composer.prepare(previousVTEPMAC: previousVTEPMAC)
 
         // 4. The lease; a previous subnet.env's subnet is preferred when it is free.
         // VXLAN leaves from the interface address; when the lease names another PublicIP (without
@@ -193,14 +154,13 @@ public enum Daemon {
         }
 
         // 5. Attach the data path for this subnet.
-        let setup = try attachDataplane(prepared, options: options, lease: lease, config: config, external: external,
-                                        mtu: mtu, logger: logger)
+        let setup = try await composer.attach(prepared, subnet: lease.subnet, mtu: mtu)
         readiness.set(.dataplaneAttached, ok: true)
         logger.info("data path: \(setup.summary)")
 
         // 6. Fill the tables from the lease snapshot (or the saved peers).
         let policy = DesiredPeerPolicy(ownSubnet: lease.subnet, backend: backend, underlaySubnet: external.underlaySubnet)
-        let reconciler = Reconciler(tables: setup.tables, readiness: readiness, logger: logger)
+        let reconciler = Reconciler(tables: setup.tables, logger: logger, onPass: readiness.follow)
         var events: PeerEventCursor?
         let snapshot: [Lease]
         switch source {
@@ -219,7 +179,7 @@ public enum Daemon {
             logger.error("filling the peer tables failed; not ready until a retry succeeds: \(firstPass)")
         }
         if let enable = setup.enableAfterFirstFill {
-            do { try enable() } catch { logger.error("enabling the BPF programs failed; the kernel vxlan path carries traffic: \(error)") }
+            do { try await enable() } catch { logger.error("enabling the BPF programs failed; the kernel vxlan path carries traffic: \(error)") }
         }
         let recorder = lastKnownPath.isEmpty ? nil
             : LastKnownRecorder(path: lastKnownPath, manager: manager, config: config, peers: snapshot, logger: logger)
@@ -229,7 +189,7 @@ public enum Daemon {
         let operations = try await OperationsServices.make(OperationsContext(
             options: options, external: external, config: config, backend: backend, lease: lease, manager: manager,
             dataplane: setup.path, dataplaneSummary: setup.summary, mtu: mtu, reconciler: reconciler, readiness: readiness,
-            etcdAPIDetail: etcdAPIDetail, userspaceCounters: Daemon.countersReader(setup.userspace)), logger: logger)
+            etcdAPIDetail: etcdAPIDetail, dataplaneMetrics: setup.metricsText), logger: logger)
 
         // 7. subnet.env, then tell systemd (a degraded node is up: its pods can start and reach the
         //    peers it knew; /readyz and STATUS say degraded).
@@ -265,198 +225,12 @@ public enum Daemon {
         }
         if let recorder { services.append(LastKnownRecorderService(recorder: recorder)) }
         services.append(HeapTrimService(logger: logger))
-        if let userspace = setup.userspace {
-            services.append(UserspaceDataplaneService(dataplane: userspace, logger: logger))
-        }
-        if let guardian = setup.attachmentGuard { services.append(guardian) }
-        if let fastPath = setup.fastPath { services.append(fastPath) }
-        return services + operations
+        return services + setup.services + operations
     }
 
     /// STATUS= during start-up; a failure to notify is logged, never fatal.
     static func notifyStatus(_ notifier: SystemdNotifier, _ text: String, logger: Logger) {
         do { try notifier.status(text) } catch { logger.error("\(error)") }
-    }
-
-    /// Reads the userspace path's counters (nil when it does not run).
-    static func countersReader(_ dataplane: UserspaceDataplane?) -> (@Sendable () -> UserspaceCounters)? {
-        guard let dataplane else { return nil }
-        return { dataplane.counters }
-    }
-
-    /// What the data path needs before the lease exists.
-    struct PreparedDataplane: Sendable {
-        var vtepMAC: MACAddress?
-        var bpf: FlannelBPF?
-        var decapMode: DecapMode?
-        /// Why BPF is not used (auto fell back), for the summary.
-        var fallbackReason: String?
-        var userspace: Bool
-    }
-
-    /// Loads BPF (for vxlan) and settles the VtepMAC before the lease is taken: an existing
-    /// flannel.<VNI> keeps its MAC (adoption from stock flanneld, restarts), else our previous
-    /// lease's VtepMAC is reused (no MAC churn for peers after a reboot), else a random one.
-    static func prepareDataplane(_ options: FlannelOptions, backend: BackendKind, config: NetworkConfig,
-                                 external: ExternalInterface, previousVTEPMAC: @Sendable () async -> MACAddress?,
-                                 logger: Logger) async throws -> PreparedDataplane {
-        let choice = options.dataplane.dataplane
-        switch backend {
-        case .hostGW, .udp:
-            if let path = options.dataplane.bpfObject {
-                logger.warning("--bpf-object \(path) is not used: backend \(backend) has no BPF data path")
-            }
-            return PreparedDataplane(userspace: backend == .udp)
-        case .vxlan:
-            break
-        }
-        if choice == .userspace {
-            return PreparedDataplane(vtepMAC: Startup.stableUserspaceVTEPMAC(publicIP: external.publicIP), userspace: true)
-        }
-        // Load BPF first: when it cannot load, auto goes to the userspace path without ever creating
-        // a kernel vxlan device (which would hold the VXLAN port the userspace path needs).
-        let bpf: FlannelBPF
-        do {
-            bpf = try FlannelBPF(bpffs: options.dataplane.bpffs, object: options.dataplane.bpfObject.map { .file($0) } ?? .embedded,
-                                 logger: logger)
-        } catch {
-            // A staged object that cannot run is an operator's mistake to fix, not a reason to change
-            // the node's data path: falling back on a running node would take a lease with another
-            // VtepMAC (peers re-point at it) and a VXLAN port flannel.<VNI> still holds.
-            if let path = options.dataplane.bpfObject { throw StartupError.bpfObjectUnusable(path: path, reason: "\(error)") }
-            guard choice == .auto else { throw StartupError.dataplaneRequired(choice: choice, reason: "\(error)") }
-            // A node that ran the BPF path before (restarted after a kernel or capability change)
-            // still has flannel.<VNI>: its socket holds the VXLAN port the userspace path binds, and
-            // its MAC is the VtepMAC every peer knows. Keep the MAC (the lease stays as it is) and
-            // remove the device (its routes go with it; the userspace path sets up its own).
-            // Its netfilter door, too: left in place, it would judge the userspace path's datagrams
-            // by the previous run's peers.
-            try FlannelBPF.detachNetfilterLinks(bpffs: options.dataplane.bpffs)
-            var nl = try NetlinkSocket()
-            let deviceName = FlannelVXLANDevice.name(vni: config.backend.vni)
-            if let device = try nl.link(named: deviceName), let mac = device.mac {
-                logger.warning("BPF data path unavailable (\(error)); using the userspace path. \(deviceName) from an earlier run is removed (it holds UDP port \(config.backend.port)); its MAC \(mac) stays our VtepMAC")
-                try nl.deleteLink(index: device.index)
-                return PreparedDataplane(vtepMAC: mac, fallbackReason: "\(error)", userspace: true)
-            }
-            logger.warning("BPF data path unavailable (\(error)); using the userspace path")
-            return PreparedDataplane(vtepMAC: Startup.stableUserspaceVTEPMAC(publicIP: external.publicIP),
-                                     fallbackReason: "\(error)", userspace: true)
-        }
-        let deviceName = FlannelVXLANDevice.name(vni: config.backend.vni)
-        var nl = try NetlinkSocket()
-        var mac = try nl.link(named: deviceName)?.mac
-        if let mac {
-            logger.info("\(deviceName) exists with MAC \(mac): keeping it as VtepMAC")
-        } else {
-            mac = await previousVTEPMAC()
-            if let mac { logger.info("reusing VtepMAC \(mac) of our previous lease") }
-        }
-        let mode: DecapMode = switch choice {
-        case .xdp: .xdp
-        case .tc: .tc
-        default: DecapMode.defaultMode(ifindex: external.interface.index)
-        }
-        return PreparedDataplane(vtepMAC: mac ?? MACAddress.randomLocal(), bpf: bpf, decapMode: mode, userspace: false)
-    }
-
-    static func attachDataplane(_ prepared: PreparedDataplane, options: FlannelOptions, lease: Lease, config: NetworkConfig,
-                                external: ExternalInterface, mtu: Int, logger: Logger) throws -> DataplaneSetup {
-        let choice = options.dataplane.dataplane
-        if prepared.userspace {
-            return try startUserspace(prepared, options: options, lease: lease, config: config, external: external, mtu: mtu, logger: logger)
-        }
-        guard let bpf = prepared.bpf, let mode = prepared.decapMode, let vtepMAC = prepared.vtepMAC else {
-            // host-gw: plain routes via the peers' node IPs.
-            let table = try HostGWPeerTable(underlayIndex: external.interface.index, network: config.network, ownSubnet: lease.subnet)
-            return DataplaneSetup(path: .hostGW, summary: "host-gw routes on \(external.interface.name)", tables: [PeerTableBinding(table, view: Peer.kernelView)])
-        }
-        var nl = try NetlinkSocket()
-        let device = try FlannelVXLANDevice.ensure(
-            vni: config.backend.vni, port: config.backend.port, localIP: external.interfaceAddress,
-            underlayIndex: external.interface.index, mtu: mtu, preferredMAC: vtepMAC, learning: config.backend.learning,
-            gbp: config.backend.gbp, subnet: lease.subnet, network: config.network, netlink: &nl, logger: logger)
-        logger.info("\(device.origin == .adopted ? "adopted" : "set up") \(device)")
-        guard device.mac == vtepMAC else {
-            throw StartupError.vtepMACMismatch(deviceName: device.name, deviceMAC: device.mac, leaseMAC: vtepMAC)
-        }
-        let kernel = try KernelVXLANPeerTable(device: device, network: config.network, logger: logger)
-        let kernelBinding = PeerTableBinding(kernel, view: Peer.kernelView)
-        do {
-            let node = NodeConfig(nodeIP: external.interfaceAddress, vtepMAC: device.mac, vni: config.backend.vni,
-                                  udpPort: config.backend.port, underlayIfindex: external.interface.index,
-                                  underlayMAC: try Startup.interfaceMAC(name: external.interface.name),
-                                  overlayIfindex: device.index, overlayMTU: UInt16(clamping: device.mtu), enabled: false,
-                                  outerTTL: Startup.defaultTTL(logger: logger), innerSourceCheck: options.dataplane.innerSourceCheck,
-                                  network: config.network, publicIP: external.publicIP, fastPath: options.dataplane.fastPath,
-                                  conntrackTCPLiberal: options.dataplane.fastPath && FastPathSettings.tcpLiberal(logger: logger))
-            // Attached disabled (every program hands every packet to the kernel, which carries the
-            // traffic as flanneld did), enabled once the first reconcile filled the maps: enabled
-            // with empty maps, decap dropped a peer's VXLAN as "not a peer" until its node entry
-            // was written — one lost ping in half the takeovers of a running stock node.
-            try bpf.writeConfig(node)
-            let state = try bpf.attach(overlayIfindex: device.index, underlayIfindex: external.interface.index, mode: mode)
-            // Maps of an earlier layout: their programs were just replaced, nothing reads them.
-            if let stale = try? bpf.removeOtherABIPins(), !stale.isEmpty {
-                logger.notice("removed the pins of an earlier version's maps: \(stale.joined(separator: ", "))")
-            }
-            // BPF maps first (encap takes the packet before the kernel would), then the kernel's
-            // routes/neighbours/fdb: the routes steer pod traffic into flannel.<VNI> and stay as the
-            // fallback path. DirectRouting peers get plain routes, and stay in the maps (flagged
-            // direct): a peer that judges the underlay otherwise may still send us VXLAN.
-            let maps = try bpf.peerTable()
-            let guardian = AttachmentGuard(bpf: bpf, overlayIfindex: device.index, underlayIfindex: external.interface.index,
-                                           mode: state.decapMode ?? mode, logger: logger)
-            var fastPath: FastPathService?
-            if options.dataplane.fastPath {
-                fastPath = FastPathService(sync: FastPathSync(bpf: bpf, podSubnet: lease.subnet, logger: logger), logger: logger)
-            } else {
-                FastPathSettings.removeLeftovers(bpf, logger: logger)
-            }
-            // `status` shows the summary: say when the programs are a staged object, not the built-in one.
-            let staged = bpf.source == .embedded ? "" : ", programs from \(bpf.source)"
-            let fast = options.dataplane.fastPath ? "fast path on; " : ""
-            return DataplaneSetup(path: .bpf(decap: mode, fastPath: options.dataplane.fastPath),
-                                  summary: "BPF (\(mode == .xdp ? "XDP" : "TC-checked kernel") decap; \(fast)\(state)) over \(device.name)\(staged)",
-                                  tables: [PeerTableBinding(maps), kernelBinding], attachmentGuard: guardian,
-                                  enableAfterFirstFill: { try bpf.setEnabled(true) }, fastPath: fastPath)
-        } catch {
-            if let path = options.dataplane.bpfObject { throw StartupError.bpfObjectUnusable(path: path, reason: "\(error)") }
-            guard choice == .auto else { throw StartupError.dataplaneRequired(choice: choice, reason: "\(error)") }
-            // --dataplane=auto: the userspace path, as when loading fails. Our partial attachments
-            // go, and so does flannel.<VNI>: its kernel socket holds the VXLAN port the userspace
-            // path binds. The VtepMAC (already in the lease) stays the same.
-            logger.warning("attaching the BPF programs failed (\(error)); using the userspace path")
-            try? FlannelBPF.detachAll(overlayIfindex: device.index, underlayIfindex: external.interface.index,
-                                      bpffs: options.dataplane.bpffs)
-            try nl.deleteLink(index: device.index)
-            var fallback = prepared
-            fallback.bpf = nil
-            fallback.fallbackReason = "attaching the BPF programs failed: \(error)"
-            return try startUserspace(fallback, options: options, lease: lease, config: config, external: external, mtu: mtu, logger: logger)
-        }
-    }
-
-    static func startUserspace(_ prepared: PreparedDataplane, options: FlannelOptions, lease: Lease, config: NetworkConfig,
-                               external: ExternalInterface, mtu: Int, logger: Logger) throws -> DataplaneSetup {
-        let encapsulation: UserspaceConfig.Encapsulation
-        let tunName: String
-        if let mac = prepared.vtepMAC {
-            encapsulation = .vxlan(vni: config.backend.vni, port: config.backend.port, localVTEPMAC: mac)
-            tunName = String("flannel-u.\(config.backend.vni)".prefix(15))
-        } else {
-            encapsulation = .udp(port: config.backend.port)
-            tunName = "flannel0"
-        }
-        let userspaceConfig = UserspaceConfig(encapsulation: encapsulation, localIP: external.interfaceAddress,
-                                              tunName: tunName, mtu: mtu, icmpSourceIP: lease.subnet.address,
-                                              innerSourceCheck: options.dataplane.innerSourceCheck)
-        let dataplane = try UserspaceDataplane(config: userspaceConfig, logger: logger)
-        var nl = try NetlinkSocket()
-        try Overlay.configureTUN(name: tunName, subnet: lease.subnet, network: config.network, mtu: mtu, netlink: &nl, logger: logger)
-        try dataplane.start()
-        let why = prepared.fallbackReason.map { " (BPF unavailable: \($0))" } ?? ""
-        return DataplaneSetup(path: .userspace(fallbackReason: prepared.fallbackReason), summary: "userspace TUN \(tunName)\(why)", tables: [PeerTableBinding(dataplane)], userspace: dataplane)
     }
 
     // MARK: cleanup
@@ -467,52 +241,18 @@ public enum Daemon {
     public static func cleanup(bpffs: String, keepKernelPath: Bool, logLevel: LogLevelChoice, logFormat: LogFormat = .text) async throws {
         bootstrapLogging(level: logLevel.level, format: logFormat)
         let logger = makeLogger(logLevel.level)
-        var failures: [String] = []
-        var nl = try NetlinkSocket()
-        let links = try nl.links()
-        for link in links {
-            do {
-                try FlannelBPF.detachAll(overlayIfindex: link.index, underlayIfindex: link.index, bpffs: bpffs)
-            } catch {
-                failures.append("detaching from \(link.name): \(error)")
-            }
-        }
-        do {
-            try FlannelBPF.removePins(bpffs: bpffs)
-            logger.info("removed our BPF programs (fxdp_*) and the pins under \(bpffs)/\(FlannelBPF.pinFolderName)")
-        } catch {
-            failures.append("removing pins: \(error)")
-        }
-        if keepKernelPath {
-            logger.info("kept flannel.<VNI> and its kernel routes (--keep-kernel-path): stock flanneld can take over")
-        } else {
-            // Deleting flannel.<VNI> takes its address, routes, neighbours and fdb with it. host-gw
-            // and DirectRouting routes live on the underlay and survive it: those inside the flannel
-            // network named by subnet.env are removed too (the daemon's --subnet-file, taken here
-            // from FLANNELD_SUBNET_FILE or flanneld's default path).
+        // host-gw and DirectRouting routes live on the underlay and survive flannel.<VNI>: those
+        // inside the flannel network named by subnet.env are removed too (the daemon's
+        // --subnet-file, taken here from FLANNELD_SUBNET_FILE or flanneld's default path).
+        var network: IPv4Subnet?
+        if !keepKernelPath {
             let subnetFile = getenv("FLANNELD_SUBNET_FILE").map { String(cString: $0) } ?? "/run/flannel/subnet.env"
-            let network = (try? SubnetEnv.read(from: subnetFile))??.network
+            network = (try? SubnetEnv.read(from: subnetFile))??.network
             if network == nil {
                 logger.info("no readable \(subnetFile): host-gw/DirectRouting routes on the underlay (if any) were not looked for")
             }
-            if let network {
-                do {
-                    let removed = try BlackholeRoute.remove(inside: network)
-                    if !removed.isEmpty { logger.info("removed the blackhole route(s) \(removed.map(\.description).joined(separator: ", "))") }
-                } catch {
-                    failures.append("removing blackhole routes in \(network): \(error)")
-                }
-            }
-            let underlays: [Int32?] = network == nil ? [nil]
-                : links.filter { !($0.kind == "vxlan" && $0.name.hasPrefix("flannel.")) }.map { Optional($0.index) }
-            for underlay in underlays {
-                do {
-                    try Overlay.removeAll(vni: nil, network: network, underlayIndex: underlay, netlink: &nl, logger: logger)
-                } catch {
-                    failures.append("\(error)")
-                }
-            }
         }
+        let failures = DataplaneCleanup.run(bpffs: bpffs, keepKernelPath: keepKernelPath, network: network, logger: logger)
         if !failures.isEmpty { throw CleanupError(failures: failures) }
     }
 }
@@ -549,7 +289,7 @@ struct NodeAgentService: Service {
             return
         }
         // Start-up's O(peers) transients (list response, first full pass, saved state, the
-        // snapshot) are all freed now: give their pages back (HeapTrim.swift) instead of carrying the peak.
+        // snapshot) are all freed now: give their pages back (Dataplane/HeapTrim.swift) instead of carrying the peak.
         if let (before, after) = HeapTrim.trimIfWorthIt() {
             logger.debug("heap trimmed after start-up: \(before) → resident anonymous \(after.residentAnonymous >> 10) KiB")
         }
@@ -577,17 +317,6 @@ struct HealthServerRunning: Service {
     func run() async throws {
         try? await gracefulShutdown()
         await server.stop()
-    }
-}
-
-/// Keeps the userspace path's threads running; stops them on shutdown (they cannot outlive us).
-struct UserspaceDataplaneService: Service {
-    let dataplane: UserspaceDataplane
-    let logger: Logger
-    func run() async throws {
-        try? await gracefulShutdown()
-        dataplane.stop()
-        logger.info("userspace data path stopped (it cannot outlive the process)")
     }
 }
 

@@ -15,6 +15,7 @@
 // normal watch and renewal take over. Only confirmed state is ever saved: until etcd confirmed our
 // lease the recorder writes nothing, so a degraded boot never overwrites the file it booted from.
 
+import Dataplane
 import Glibc
 import Leases
 import Logging

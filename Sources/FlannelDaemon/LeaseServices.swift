@@ -3,6 +3,7 @@
 // reconciler alone writes tables. On graceful shutdown they simply stop; the lease is not released
 // (a restart re-takes the same subnet) and the tables are not cleared.
 
+import Dataplane
 import Leases
 import Logging
 import NetTypes

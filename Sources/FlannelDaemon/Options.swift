@@ -4,6 +4,7 @@
 // only describe the flags and check their values (`validate()`), they never see Go syntax.
 
 import ArgumentParser
+import Dataplane
 import Logging
 import NetTypes
 
@@ -12,22 +13,22 @@ extension IPv4Address: ExpressibleByArgument {
     public var defaultValueDescription: String { description }
 }
 
+extension IPv6Address: ExpressibleByArgument {
+    /// An IPv6 address in text form; an IPv4-mapped one (::ffff:a.b.c.d) is no IPv6 underlay address.
+    public init?(argument: String) {
+        guard let address = IPv6Address(argument), !address.isIPv4Mapped else { return nil }
+        self = address
+    }
+    public var defaultValueDescription: String { description }
+}
+
 extension IPv4Subnet: ExpressibleByArgument {
     public init?(argument: String) { self.init(cidr: argument) }
     public var defaultValueDescription: String { description }
 }
 
-/// Which data path carries the VXLAN traffic.
-public enum DataplaneChoice: String, CaseIterable, Sendable, ExpressibleByArgument {
-    /// BPF (XDP decap where the NIC allows it, else TC) and the userspace path if BPF cannot load.
-    case auto
-    /// BPF with XDP decap; failing to load or attach is a hard error.
-    case xdp
-    /// BPF with TC decap; failing to load or attach is a hard error.
-    case tc
-    /// TUN + UDP in this process; no BPF at all.
-    case userspace
-}
+/// --dataplane (the choice is the Dataplane module's).
+extension DataplaneChoice: ExpressibleByArgument {}
 
 /// Which etcd API generation holds the leases (flannel ≤ 0.17 used v2, ≥ 0.18 uses v3).
 public enum EtcdAPIChoice: String, CaseIterable, Sendable, ExpressibleByArgument {
@@ -119,8 +120,8 @@ public struct InterfaceOptions: ParsableArguments, Sendable {
     public var publicIP: IPv4Address?
 
     @Option(name: .customLong("public-ipv6"),
-            help: "IPv6 accessible by other nodes (flanneld's dual-stack flag; not supported yet: any value is refused).")
-    public var publicIPv6: String = ""
+            help: "IPv6 accessible by other nodes for inter-host communication (dual-stack and IPv6-only networks).")
+    public var publicIPv6: IPv6Address?
 
     public init() {}
 
@@ -128,10 +129,6 @@ public struct InterfaceOptions: ParsableArguments, Sendable {
     public var canReach: IPv4Address? { ifaceCanReach.isEmpty ? nil : IPv4Address(ifaceCanReach) }
 
     public func validate() throws {
-        if !publicIPv6.isEmpty {
-            throw ValidationError("--public-ipv6=\(publicIPv6): flanneld-xdp does not run dual-stack (IPv6) networks yet; "
-                + "leave the flag out and keep stock flanneld on nodes that need IPv6")
-        }
         if !ifaceCanReach.isEmpty && IPv4Address(ifaceCanReach) == nil {
             throw ValidationError("--iface-can-reach=\(ifaceCanReach) is not an IPv4 address: give the address of a host the "
                 + "interface must reach, e.g. --iface-can-reach=192.168.1.1")
@@ -142,7 +139,7 @@ public struct InterfaceOptions: ParsableArguments, Sendable {
             }
         }
         for name in iface where name.isEmpty {
-            throw ValidationError("--iface is empty: give an interface name (eth0) or one of its IPv4 addresses")
+            throw ValidationError("--iface is empty: give an interface name (eth0) or one of its IPv4 or IPv6 addresses")
         }
     }
 }

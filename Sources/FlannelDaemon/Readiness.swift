@@ -4,6 +4,7 @@
 // A node that booted from its last known state while etcd was unreachable carries traffic but is
 // "degraded" until etcd confirms its lease: /readyz says so (503) and names the saved state's age.
 
+import Dataplane
 import Synchronization
 
 public final class Readiness: Sendable {
@@ -86,6 +87,19 @@ public final class Readiness: Sendable {
         entries.withLock { entries in
             guard let entry = entries[condition], !entry.ok else { return nil }
             return entry.detail.isEmpty ? "no" : entry.detail
+        }
+    }
+}
+
+extension Readiness {
+    /// What a reconcile pass means for readiness (the reconciler's pass observer): a pass that
+    /// succeeded filled every table; one that failed makes the node unready until one succeeds.
+    @Sendable public func follow(_ report: ReconcileReport) {
+        if report.succeeded {
+            set(.tablesFilled, ok: true)
+            set(.reconcileHealthy, ok: true)
+        } else {
+            set(.reconcileHealthy, ok: false, detail: report.failureSummary)
         }
     }
 }

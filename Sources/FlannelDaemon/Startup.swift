@@ -8,42 +8,24 @@
 //   and its VtepMAC) → lease (previous subnet.env considered) → data path attached → peer tables
 //   filled from the lease snapshot → subnet.env → READY=1 → services
 
-import BPFDataplane
+import Dataplane
 import Glibc
 import Leases
 import Logging
 import NetTypes
 import RuntimeSupport
 import Synchronization
-import UserspaceDataplane
 
 public enum StartupError: Error, CustomStringConvertible {
     case unsupportedBackend(String)
-    case vtepMACMismatch(deviceName: String, deviceMAC: MACAddress, leaseMAC: MACAddress)
-    case dataplaneRequired(choice: DataplaneChoice, reason: String)
-    /// `--bpf-object` was given and that object cannot run: never a fallback (see DataplaneOptions).
-    case bpfObjectUnusable(path: String, reason: String)
     case watchEnded
-    case interfaceMAC(name: String, errno: Int32)
 
     public var description: String {
         switch self {
         case .unsupportedBackend(let type):
             "network config: Backend.Type \"\(type)\" is not supported by flanneld-xdp: use vxlan, host-gw or udp"
-        case let .vtepMACMismatch(name, device, lease):
-            "\(name) has MAC \(device) but the lease was taken with VtepMAC \(lease) (the device changed during start-up); restart flanneld-xdp"
-        case let .dataplaneRequired(choice, reason):
-            "--dataplane=\(choice) was asked for but the BPF data path cannot run here: \(reason). "
-                + "Use --dataplane=auto to fall back to the userspace path, or fix the cause"
-        case let .bpfObjectUnusable(path, reason):
-            "--bpf-object=\(path) was given but the BPF data path cannot run with it: \(reason). "
-                + "With --bpf-object there is no fallback (neither the built-in object nor the userspace path): flanneld-xdp "
-                + "stops, and traffic keeps flowing on what a previous run attached (or, had attaching begun, on the kernel "
-                + "vxlan device). Fix the object or leave the flag out"
         case .watchEnded:
             "the lease watch ended unexpectedly; exiting so that a restart opens a new one"
-        case let .interfaceMAC(name, errno):
-            "reading the MAC of \(name) (SIOCGIFHWADDR) failed: \(String(cString: strerror(errno))) (errno \(errno))"
         }
     }
 }
@@ -194,38 +176,13 @@ public enum Startup {
         }
     }
 
-    /// A VtepMAC for the userspace path that stays the same across restarts without any state: the
-    /// locally administered prefix 0e:fd plus the PublicIP (unique in the cluster by construction).
-    public static func stableUserspaceVTEPMAC(publicIP: IPv4Address) -> MACAddress {
-        MACAddress(bytes: [0x0e, 0xfd] + publicIP.bytes)
-    }
-
-    /// The MAC of an interface of the calling thread's network namespace (SIOCGIFHWADDR).
-    public static func interfaceMAC(name: String) throws(StartupError) -> MACAddress {
-        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw .interfaceMAC(name: name, errno: errno) }
-        defer { close(fd) }
-        var request = ifreq()
-        withUnsafeMutableBytes(of: &request.ifr_ifrn.ifrn_name) { raw in
-            let bytes = Array(name.utf8.prefix(Int(IFNAMSIZ) - 1))
-            raw.copyBytes(from: bytes)
-        }
-        let rc = withUnsafeMutablePointer(to: &request) { ioctl(fd, UInt(SIOCGIFHWADDR), UnsafeMutableRawPointer($0)) }
-        guard rc == 0 else { throw .interfaceMAC(name: name, errno: errno) }
-        let data = request.ifr_ifru.ifru_hwaddr.sa_data
-        return MACAddress(bytes: [data.0, data.1, data.2, data.3, data.4, data.5].map { UInt8(bitPattern: $0) })
-    }
-
-    /// The outer TTL the kernel vxlan device sends with flannel's TTL "auto": the network
-    /// namespace's net.ipv4.ip_default_ttl (a hop-limit metric on the route to a peer, which the
-    /// kernel would prefer, is not followed: docs/BPF-DATAPATH.md). 0 (64) when unreadable.
-    public static func defaultTTL(path: String = "/proc/sys/net/ipv4/ip_default_ttl", logger: Logger) -> UInt8 {
-        guard let text = readSmallFile(path, limit: 64),
-              let ttl = UInt8(text.filter { !$0.isWhitespace }), ttl > 0 else {
-            logger.warning("cannot read \(path): the BPF encap sends with TTL 64")
-            return 0
-        }
-        return ttl
+    /// What the data path is asked for: the flags' part and the network config's.
+    public static func dataplaneRequest(_ options: FlannelOptions, backend: BackendKind, config: NetworkConfig,
+                                        external: ExternalInterface) -> DataplaneRequest {
+        DataplaneRequest(choice: options.dataplane.dataplane, bpffs: options.dataplane.bpffs, bpfObject: options.dataplane.bpfObject,
+                         innerSourceCheck: options.dataplane.innerSourceCheck, fastPath: options.dataplane.fastPath,
+                         backend: backend, vni: config.backend.vni, port: config.backend.port, learning: config.backend.learning,
+                         gbp: config.backend.gbp, network: config.network, underlay: external)
     }
 
     /// The VtepMAC of the vxlan lease that carries our PublicIP, if there is one.

@@ -45,11 +45,11 @@ public struct LastKnownLeases: Sendable, Equatable {
     }
 
     public var json: String {
-        var lease = [JSONMember("key", .string(own.subnet.leaseKey)), JSONMember("value", .string(own.attributes.json)),
+        var lease = [JSONMember("key", .string(own.key)), JSONMember("value", .string(own.attributes.json)),
                      JSONMember("reservation", .bool(own.isReservation))]
         if let ownExpiresAt { lease.append(JSONMember("expiresAt", .int(ownExpiresAt))) }
         let peerValues = peers.map { peer in
-            JSONValue.object([JSONMember("key", .string(peer.subnet.leaseKey)), JSONMember("value", .string(peer.attributes.json))])
+            JSONValue.object([JSONMember("key", .string(peer.key)), JSONMember("value", .string(peer.attributes.json))])
         }
         return JSONValue.object([
             JSONMember("format", .int(Self.format)),
@@ -81,10 +81,16 @@ public struct LastKnownLeases: Sendable, Equatable {
         do { config = try NetworkConfig.parse(configText) } catch { throw bad("config", error.description) }
 
         guard let leaseDoc = doc["lease"], leaseDoc.objectMembers != nil else { throw bad("lease", "missing or not an object") }
-        guard let key = leaseDoc["key"]?.stringValue, let subnet = LeaseDecoder.subnet(fromKey: key) else {
+        guard let key = leaseDoc["key"]?.stringValue, let ownKey = LeaseKey(key) else {
             throw bad("lease.key", "missing or not a subnet key")
         }
+        let subnet = ownKey.subnet
         guard config.allows(subnet) else { throw bad("lease.key", "\(subnet) is not a subnet of the saved config") }
+        if let v6 = config.ipv6 {
+            guard let ipv6 = ownKey.ipv6Subnet, v6.allows(ipv6) else {
+                throw bad("lease.key", "\(key) holds no IPv6 subnet of the saved config's \(v6.network)")
+            }
+        }
         guard let value = leaseDoc["value"]?.stringValue else { throw bad("lease.value", "missing or not a string") }
         let attributes: LeaseAttributes
         switch LeaseDecoder.parseAttributes(Array(value.utf8)) {
@@ -104,13 +110,14 @@ public struct LastKnownLeases: Sendable, Equatable {
                 continue
             }
             switch LeaseDecoder.decode(key: key, value: Array(value.utf8), isReservation: false, ttl: nil, revision: 0, config: config) {
-            case .success(let lease) where lease.subnet == subnet || lease.attributes.publicIP == attributes.publicIP:
+            case .success(let lease) where OwnIdentity(key: key, subnet: subnet, publicIP: attributes.publicIP, ipv6Subnet: ownKey.ipv6Subnet,
+                                                       publicIPv6: attributes.publicIPv6).isOwn(lease, config: config):
                 skipped.append(LeaseRejected(key: key, reason: .keyNotASubnet, detail: "our own subnet or PublicIP among the peers"))
             case .success(let lease): peers.append(lease)
             case .failure(let rejected): skipped.append(rejected)
             }
         }
-        let own = Lease(subnet: subnet, attributes: attributes, isReservation: reservation)
+        let own = Lease(subnet: subnet, ipv6Subnet: ownKey.ipv6Subnet, attributes: attributes, isReservation: reservation)
         return (LastKnownLeases(savedAt: savedAt, etcdAPI: api, config: config, own: own,
                                 ownExpiresAt: reservation ? nil : expiresAt, peers: peers), skipped)
     }

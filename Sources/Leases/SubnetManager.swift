@@ -1,9 +1,16 @@
 // The node's side of flannel's subnet protocol, over either registry.
 //
-// acquire   flannel's tryAcquireLease: reuse our own lease (same PublicIP) if it fits the config,
-//           else the previous subnet.env's subnet if free, else a random pick among the first 100
-//           free subnets; create with compare-and-swap; a lost race re-lists and tries again (10x).
-//           A TTL-less key (an administrator's reservation) is reused and kept TTL-less.
+// acquire   flannel's tryAcquireLease: reuse our own lease (same PublicIP; PublicIPv6 in an IPv6-only
+//           network) if it fits the config, else the previous subnet.env's subnet if free, else a
+//           random pick among the first 100 free subnets, per family (flannel ≥ 0.18 picks the IPv6
+//           subnet independently); create with compare-and-swap; a lost race re-lists and tries
+//           again (10x). A TTL-less key (an administrator's reservation) is reused and kept TTL-less.
+//           Keys differ per family set ("10.5.3.0-24" vs "10.5.3.0-24&fd00::-64"), so etcd's
+//           compare-and-swap cannot stop an IPv4-only and a dual-stack node creating keys for the same
+//           subnet at the same moment: after creating, the listing is read again and a key for an
+//           overlapping subnet created before ours wins; ours is deleted and the pick repeated. The
+//           watcher uses the same rule (the key created first speaks for a subnet), so every
+//           flanneld-xdp node agrees on the owner even when a stock flannel node keeps its key.
 // renew     margin before expiry, retry every `renewRetryInterval` on error. Conditional: it only
 //           rewrites the key at the revision we wrote; if the key changed and is not ours any more,
 //           `ownLeaseLost` fires and renewing stops (flannel exits then; so should the daemon, and a
@@ -36,6 +43,10 @@ public struct SubnetManagerOptions: Sendable {
     public var errorLogInterval: Duration = .seconds(60)
     /// flannel retries a lost compare-and-swap race up to 10 times.
     public var acquireAttempts = 10
+    /// Whether the caller runs networks with IPv6 (dual-stack, IPv6-only): until it says so,
+    /// `getConfig` refuses such a config by name instead of handing it to a daemon that would serve
+    /// only its IPv4 half.
+    public var servesIPv6Networks = false
 
     public init() {}
 }
@@ -64,6 +75,9 @@ public struct LeaseLost: Error, Sendable, Equatable, CustomStringConvertible {
 
 public enum AcquireError: Error, Sendable, CustomStringConvertible {
     case noFreeSubnet(network: IPv4Subnet, subnetLen: Int, taken: Int)
+    case noFreeIPv6Subnet(network: IPv6Subnet, subnetLen: Int, taken: Int)
+    /// The config enables IPv6 but the node's attributes carry no PublicIPv6.
+    case missingPublicIPv6(network: IPv6Subnet)
     case tooManyConflicts(attempts: Int)
     case notAcquired
 
@@ -71,9 +85,67 @@ public enum AcquireError: Error, Sendable, CustomStringConvertible {
         switch self {
         case .noFreeSubnet(let n, let len, let taken):
             "no free /\(len) subnet left in \(n) (\(taken) keys taken): enlarge Network or remove stale leases"
+        case .noFreeIPv6Subnet(let n, let len, let taken):
+            "no free /\(len) IPv6 subnet left in \(n) (\(taken) keys taken): enlarge IPv6Network or remove stale leases"
+        case .missingPublicIPv6(let n):
+            "the network config enables IPv6 (IPv6Network \(n)) but this node has no IPv6 address to publish as PublicIPv6: "
+                + "give the interface an IPv6 address, or --public-ipv6"
         case .tooManyConflicts(let attempts):
             "lost the race for a subnet \(attempts) times in a row: other nodes are acquiring at the same moment; retry"
         case .notAcquired: "no lease acquired yet: call acquireLease first"
+        }
+    }
+}
+
+/// What this node holds, for telling its own lease from peers'.
+struct OwnIdentity: Sendable {
+    var key: String?
+    var subnet: IPv4Subnet?
+    var publicIP: IPv4Address?
+    var ipv6Subnet: IPv6Subnet?
+    var publicIPv6: IPv6Address?
+
+    /// Whether `lease` is this node's, by the family that identifies nodes in `config`: the IPv4
+    /// subnet or PublicIP, or in an IPv6-only network the IPv6 subnet or PublicIPv6.
+    func isOwn(_ lease: Lease, config: NetworkConfig) -> Bool {
+        if config.enableIPv4 { return lease.subnet == subnet || lease.attributes.publicIP == publicIP }
+        return lease.ipv6Subnet == ipv6Subnet || lease.attributes.publicIPv6 == publicIPv6
+    }
+}
+
+/// The subnets of every key in a listing as flannel reads them (alias keys included), per family.
+struct TakenSubnets {
+    var ipv4: SubnetSet<IPv4Subnet>
+    var ipv6: SubnetSet<IPv6Subnet>
+
+    init(names: some Sequence<String>) {
+        var v4: [IPv4Subnet] = [], v6: [IPv6Subnet] = []
+        for name in names {
+            guard let (a, b) = LeaseDecoder.flannelSubnets(fromKey: name) else { continue }
+            v4.append(a)
+            if let b { v6.append(b) }
+        }
+        ipv4 = SubnetSet(v4)
+        ipv6 = SubnetSet(v6)
+    }
+
+    func isFree(_ s: IPv4Subnet) -> Bool { !ipv4.overlaps(s) }
+    func isFree(_ s: IPv6Subnet) -> Bool { !ipv6.overlaps(s) }
+}
+
+/// Subnets grouped by prefix length: overlap with a subnet of the common length is one look-up;
+/// other lengths (rare: leases of an older config) are scanned.
+struct SubnetSet<Subnet: IPSubnetType> {
+    private var byLength: [Int: Set<Subnet>] = [:]
+    var count: Int { byLength.values.reduce(0) { $0 + $1.count } }
+
+    init(_ subnets: [Subnet]) {
+        for s in subnets { byLength[s.prefixLength, default: []].insert(s) }
+    }
+
+    func overlaps(_ s: Subnet) -> Bool {
+        byLength.contains { length, set in
+            length == s.prefixLength ? set.contains(s) : set.contains { $0.contains(s.address) || s.contains($0.address) }
         }
     }
 }
@@ -109,86 +181,139 @@ public actor SubnetManager {
         (ownLeaseLost, lostContinuation) = AsyncStream<LeaseLost>.makeStream()
     }
 
-    /// Reads and validates `<prefix>/config`.
+    /// Reads and validates `<prefix>/config` (see `SubnetManagerOptions.servesIPv6Networks`).
     public func getConfig() async throws -> NetworkConfig {
-        try await registry.getConfig()
+        let config = try await registry.getConfig()
+        if let v6 = config.ipv6, !options.servesIPv6Networks {
+            throw ConfigError(field: "EnableIPv6", reason: "the network is \(config.enableIPv4 ? "dual-stack" : "IPv6-only") (IPv6Network "
+                + "\(v6.network)), and this daemon does not program IPv6 yet: it would take no IPv6 subnet and carry no IPv6 "
+                + "traffic. Keep stock flanneld on these nodes, or remove EnableIPv6 from the config")
+        }
+        return config
     }
 
     // MARK: acquire
 
-    /// Acquires a subnet for a node with `attributes` (its PublicIP identifies it).
+    /// Acquires a subnet for a node with `attributes` (its PublicIP identifies it; its PublicIPv6 in
+    /// an IPv6-only network). With IPv6 enabled the lease also holds an IPv6 subnet, and
+    /// `attributes` must carry the PublicIPv6.
     public func acquireLease(config: NetworkConfig, attributes: LeaseAttributes,
-                             previousSubnet: IPv4Subnet? = nil) async throws -> Lease {
+                             previousSubnet: IPv4Subnet? = nil, previousIPv6Subnet: IPv6Subnet? = nil) async throws -> Lease {
+        if let v6 = config.ipv6, attributes.publicIPv6 == nil { throw AcquireError.missingPublicIPv6(network: v6.network) }
         acquiredConfig = config
         let value = attributes.json
+        func isOurs(_ a: LeaseAttributes) -> Bool {
+            config.enableIPv4 ? a.publicIP == attributes.publicIP : a.publicIPv6 == attributes.publicIPv6
+        }
+        // flannel's isSubnetConfigCompat and isIPv6SubnetConfigCompat: the key has exactly the
+        // families the config runs, each inside its network.
+        func fits(_ key: LeaseKey) -> Bool {
+            guard config.allows(key.subnet) else { return false }
+            guard let v6 = config.ipv6 else { return key.ipv6Subnet == nil }
+            return key.ipv6Subnet.map(v6.allows) ?? false
+        }
         for attempt in 1...max(1, options.acquireAttempts) {
-            let listing = try await registry.listLeases()
-            var taken = Set<IPv4Subnet>()
-            var odd: [IPv4Subnet] = []
-            for rec in listing.records {
-                // What any flannel node reads as taken (alias keys included) is never handed out.
-                guard let s = LeaseDecoder.flannelSubnet(fromKey: rec.name) else { continue }
-                taken.insert(s)
-                if s.prefixLength != config.subnetLen { odd.append(s) }
-            }
-            func free(_ s: IPv4Subnet) -> Bool {
-                !taken.contains(s) && !odd.contains(where: { $0.overlaps(s) })
+            // The listing folded as it arrives: every key's name (for the subnets taken) and the
+            // keys whose value names this node.
+            let (listing, _) = try await registry.reduceLeases(into: (names: [String](), ours: [LeaseRecord]())) { view, rec in
+                view.names.append(rec.name)
+                if case .success(let a) = LeaseDecoder.parseAttributes(rec.value), isOurs(a) { view.ours.append(rec) }
             }
 
-            // Our leases from an older config (another Network or SubnetLen) are deleted, as flannel
-            // does; reservations are an administrator's and stay.
-            for rec in listing.records where !rec.isReservation {
-                guard let s = LeaseDecoder.subnet(fromKey: rec.name), !config.allows(s),
-                      case .success(let a) = LeaseDecoder.parseAttributes(rec.value), a.publicIP == attributes.publicIP else { continue }
-                logger.info("deleting our lease \(s): it does not fit the current config (\(config.network), /\(config.subnetLen))")
+            // Our leases from an older config (another Network, SubnetLen or family set) are deleted,
+            // as flannel does; reservations are an administrator's and stay.
+            var deleted = Set<String>()
+            for rec in listing.ours {
+                guard let key = LeaseKey(rec.name), !fits(key) else { continue }
+                if rec.isReservation {
+                    logger.warning("reservation \(rec.name) names this node but does not fit the current config (\(config.networksDescription)): left in place, not used")
+                    continue
+                }
+                logger.info("deleting our lease \(rec.name): it does not fit the current config (\(config.networksDescription))")
                 try? await registry.deleteLease(name: rec.name, expectedRevision: rec.revision)
+                deleted.insert(rec.name)
             }
 
-            // 1. Our own lease (or a reservation made for our PublicIP).
-            // (An IPv4-only key: renewals write `subnet.leaseKey`, so that is the key we hold.)
-            let mine = listing.records.first { rec in
-                guard let s = LeaseDecoder.subnet(fromKey: rec.name), rec.name == s.leaseKey, config.allows(s),
-                      case .success(let a) = LeaseDecoder.parseAttributes(rec.value) else { return false }
-                return a.publicIP == attributes.publicIP
-            }
-            if let rec = mine, let subnet = LeaseDecoder.subnet(fromKey: rec.name) {
+            // 1. Our own lease (or a reservation made for us).
+            let mine = listing.ours.first { rec in LeaseKey(rec.name).map(fits) ?? false }
+            if let rec = mine, let key = LeaseKey(rec.name) {
                 let ttl = rec.isReservation ? nil : options.leaseTTL
                 do {
                     let rev = try await registry.updateLease(name: rec.name, value: value, ttl: ttl, expectedRevision: rec.revision)
-                    logger.info("reusing our lease \(subnet)\(rec.isReservation ? " (reservation, kept without TTL)" : "")")
-                    return adopt(Lease(subnet: subnet, attributes: attributes, isReservation: rec.isReservation, ttl: ttl, revision: rev))
+                    logger.info("reusing our lease \(key.subnetsDescription)\(rec.isReservation ? " (reservation, kept without TTL)" : "")")
+                    return adopt(Lease(subnet: key.subnet, ipv6Subnet: key.ipv6Subnet, attributes: attributes,
+                                       isReservation: rec.isReservation, ttl: ttl, revision: rev))
                 } catch RegistryError.conflict {
                     counters.update { $0.acquireConflicts += 1 }
-                    logger.debug("our lease \(subnet) changed while reusing it (attempt \(attempt)); re-listing")
+                    logger.debug("our lease \(key.subnetsDescription) changed while reusing it (attempt \(attempt)); re-listing")
                     continue
                 }
             }
 
-            // 2. The previous subnet.env's subnet, 3. a random one among the first 100 free.
+            // What any flannel node reads as taken (alias keys included) is never handed out.
+            let taken = TakenSubnets(names: listing.names.lazy.filter { !deleted.contains($0) })
+
+            // 2. The previous subnet.env's subnets, 3. a random one among the first 100 free, per family.
             let choice: IPv4Subnet
-            if let prev = previousSubnet, config.allows(prev), free(prev) {
-                choice = prev
-            } else {
-                var firstFree: [IPv4Subnet] = []
-                for s in config.candidateSubnets where free(s) {
-                    firstFree.append(s)
-                    if firstFree.count == 100 { break }
-                }
-                guard let pick = firstFree.randomElement() else {
-                    throw AcquireError.noFreeSubnet(network: config.network, subnetLen: config.subnetLen, taken: taken.count)
-                }
+            if !config.enableIPv4 {
+                choice = config.network
+            } else if let pick = pick(previous: previousSubnet.flatMap { config.allows($0) ? $0 : nil }, from: config.candidateSubnets,
+                                      free: taken.isFree) {
                 choice = pick
+            } else {
+                throw AcquireError.noFreeSubnet(network: config.network, subnetLen: config.subnetLen, taken: taken.ipv4.count)
             }
+            var ipv6Choice: IPv6Subnet?
+            if let v6 = config.ipv6 {
+                guard let pick = pick(previous: previousIPv6Subnet.flatMap { v6.allows($0) ? $0 : nil }, from: v6.candidateSubnets,
+                                      free: taken.isFree) else {
+                    throw AcquireError.noFreeIPv6Subnet(network: v6.network, subnetLen: v6.subnetLen, taken: taken.ipv6.count)
+                }
+                ipv6Choice = pick
+            }
+            let key = LeaseKey(subnet: choice, ipv6Subnet: ipv6Choice)
+            let rev: Int64
             do {
-                let rev = try await registry.createLease(name: choice.leaseKey, value: value, ttl: options.leaseTTL)
-                logger.info("acquired lease \(choice)")
-                return adopt(Lease(subnet: choice, attributes: attributes, ttl: options.leaseTTL, revision: rev))
+                rev = try await registry.createLease(name: key.description, value: value, ttl: options.leaseTTL)
             } catch RegistryError.conflict {
                 counters.update { $0.acquireConflicts += 1 }
-                logger.debug("lost the race for \(choice) (attempt \(attempt)); trying another subnet")
+                logger.debug("lost the race for \(key.subnetsDescription) (attempt \(attempt)); trying another subnet")
+                continue
             }
+            // Another key for an overlapping subnet, created before ours, holds it (see the file's note).
+            if let earlier = try await earlierClaim(on: key, createdBefore: rev, config: config) {
+                counters.update { $0.acquireConflicts += 1 }
+                logger.info("\(earlier) was created just before our \(key) for an overlapping subnet; giving it up and trying another")
+                try? await registry.deleteLease(name: key.description, expectedRevision: rev)
+                continue
+            }
+            logger.info("acquired lease \(key.subnetsDescription)")
+            return adopt(Lease(subnet: choice, ipv6Subnet: ipv6Choice, attributes: attributes, ttl: options.leaseTTL, revision: rev))
         }
         throw AcquireError.tooManyConflicts(attempts: options.acquireAttempts)
+    }
+
+    /// flannel's pick: the previous subnet when it is free, else a random one among the first 100
+    /// free candidates; nil when none is free.
+    private func pick<S: IPSubnetType>(previous: S?, from candidates: some Sequence<S>, free: (S) -> Bool) -> S? {
+        if let previous, free(previous) { return previous }
+        var firstFree: [S] = []
+        for s in candidates where free(s) {
+            firstFree.append(s)
+            if firstFree.count == 100 { break }
+        }
+        return firstFree.randomElement()
+    }
+
+    /// The name of a key other than `key` whose subnet overlaps one of `key`'s (in a family the
+    /// config runs) and that was created before `revision`, if any.
+    private func earlierClaim(on key: LeaseKey, createdBefore revision: Int64, config: NetworkConfig) async throws -> String? {
+        try await registry.reduceLeases(into: nil as String?) { found, rec in
+            guard found == nil, rec.name != key.description, rec.createRevision < revision,
+                  let theirs = LeaseDecoder.flannelSubnets(fromKey: rec.name) else { return }
+            if config.enableIPv4, theirs.ipv4.overlaps(key.subnet) { found = rec.name }
+            if config.ipv6 != nil, let mine = key.ipv6Subnet, let other = theirs.ipv6, other.overlaps(mine) { found = rec.name }
+        }.result
     }
 
     private func adopt(_ lease: Lease) -> Lease {
@@ -210,17 +335,17 @@ public actor SubnetManager {
         let value = own.attributes.json
         for _ in 0..<3 {
             do {
-                let rev = try await registry.updateLease(name: own.subnet.leaseKey, value: value, ttl: ttl, expectedRevision: own.revision)
+                let rev = try await registry.updateLease(name: own.key, value: value, ttl: ttl, expectedRevision: own.revision)
                 own.revision = rev
                 counters.update { $0.renewals += 1 }
                 return adopt(own)
             } catch RegistryError.conflict {
                 // Changed since we wrote it: find out by whom.
-                guard let rec = try await registry.getLease(name: own.subnet.leaseKey) else {
+                guard let rec = try await registry.getLease(name: own.key) else {
                     // Gone (expired while etcd was unreachable): take it back if no one else did.
                     do {
-                        let rev = try await registry.createLease(name: own.subnet.leaseKey, value: value, ttl: ttl)
-                        logger.warning("our lease \(own.subnet) had expired; re-created it")
+                        let rev = try await registry.createLease(name: own.key, value: value, ttl: ttl)
+                        logger.warning("our lease \(own.subnetsDescription) had expired; re-created it")
                         own.revision = rev
                         counters.update { $0.renewals += 1 }
                         return adopt(own)
@@ -229,14 +354,14 @@ public actor SubnetManager {
                     }
                 }
                 let holder = try? LeaseDecoder.parseAttributes(rec.value).get()
-                if let holder, holder.publicIP == own.attributes.publicIP {
+                if let holder, own.attributes.sameNode(as: holder) {
                     own.revision = rec.revision
                     continue
                 }
                 throw declareLost(own, holder: holder, reason: "the key was rewritten by another node")
             }
         }
-        throw RegistryError.conflict(key: own.subnet.leaseKey)
+        throw RegistryError.conflict(key: own.key)
     }
 
     private func declareLost(_ lease: Lease, holder: LeaseAttributes?, reason: String) -> LeaseLost {
@@ -273,7 +398,7 @@ public actor SubnetManager {
             }
             do {
                 try await renewLease()
-                logger.debug("renewed lease \(own.subnet)")
+                logger.debug("renewed lease \(own.subnetsDescription)")
             } catch let e as LeaseLost {
                 throw e
             } catch is CancellationError {
@@ -281,7 +406,7 @@ public actor SubnetManager {
             } catch {
                 counters.update { $0.renewalFailures += 1 }
                 if errorLog.allow("renew") {
-                    logger.warning("renewing lease \(own.subnet) failed: \(error); retrying every \(retryInterval)")
+                    logger.warning("renewing lease \(own.subnetsDescription) failed: \(error); retrying every \(retryInterval)")
                 }
                 try await Task.sleep(for: retryInterval)
             }
@@ -295,10 +420,10 @@ public actor SubnetManager {
         guard let own = ownLease else { return }
         releasing = true
         defer { releasing = false }
-        try await registry.deleteLease(name: own.subnet.leaseKey, expectedRevision: own.revision)
+        try await registry.deleteLease(name: own.key, expectedRevision: own.revision)
         ownLease = nil
         ownExpiry = nil
-        logger.info("released lease \(own.subnet)")
+        logger.info("released lease \(own.subnetsDescription)")
     }
 
     // MARK: watch
@@ -309,7 +434,7 @@ public actor SubnetManager {
         switch event {
         case .put(let rec):
             guard rec.revision > own.revision else { return }
-            if let holder, holder.publicIP == own.attributes.publicIP {
+            if let holder, own.attributes.sameNode(as: holder) {
                 ownLease?.revision = rec.revision
             } else {
                 _ = declareLost(own, holder: holder, reason: "the key was overwritten")
@@ -318,9 +443,9 @@ public actor SubnetManager {
             guard rev > own.revision else { return }
             let pastExpiry = ownExpiry.map { ContinuousClock.now >= $0 - .seconds(1) } ?? false
             if expired || pastExpiry {
-                logger.warning("our lease \(own.subnet) expired; re-creating it unless another node took the subnet")
+                logger.warning("our lease \(own.subnetsDescription) expired; re-creating it unless another node took the subnet")
                 do { try await renewLease() } catch {
-                    if errorLog.allow("recreate") { logger.warning("re-creating lease \(own.subnet) failed: \(error)") }
+                    if errorLog.allow("recreate") { logger.warning("re-creating lease \(own.subnetsDescription) failed: \(error)") }
                 }
             } else {
                 _ = declareLost(own, holder: nil, reason: "the key was deleted by someone else")
@@ -330,8 +455,9 @@ public actor SubnetManager {
         }
     }
 
-    func ownIdentity() -> (subnet: IPv4Subnet?, publicIP: IPv4Address?) {
-        (ownLease?.subnet, ownLease?.attributes.publicIP)
+    func ownIdentity() -> OwnIdentity {
+        OwnIdentity(key: ownLease?.key, subnet: ownLease?.subnet, publicIP: ownLease?.attributes.publicIP,
+                    ipv6Subnet: ownLease?.ipv6Subnet, publicIPv6: ownLease?.attributes.publicIPv6)
     }
 
     /// `watchPeers(config:)` with the config the lease was acquired under.
@@ -469,38 +595,108 @@ private final class PeerWatcher: Sendable {
         return String(describing: type(of: error))
     }
 
+    /// What one peer lease stands for: its IPv4 subnet, or in an IPv6-only network its IPv6 subnet.
+    enum Slot: Hashable, Comparable, CustomStringConvertible {
+        case ipv4(IPv4Subnet)
+        case ipv6(IPv6Subnet)
+
+        var description: String {
+            switch self {
+            case .ipv4(let s): s.description
+            case .ipv6(let s): s.description
+            }
+        }
+    }
+
+    func slot(_ lease: Lease) -> Slot {
+        config.enableIPv4 ? .ipv4(lease.subnet) : .ipv6(lease.ipv6Subnet ?? IPv6Subnet(containing: .unspecified, prefixLength: 0))
+    }
+
     struct State {
-        /// The peers as last told to the consumer: one lease per subnet.
-        var known: [IPv4Subnet: Lease] = [:]
-        /// Every valid peer lease by key. Two keys can name one IPv4 subnet (an IPv4-only and a
+        /// The peers as last told to the consumer: one lease per slot.
+        var known: [Slot: Lease] = [:]
+        /// Every valid peer lease by key. Two keys can name one subnet (an IPv4-only and a
         /// dual-stack node that raced for it): the one created first speaks for the subnet, and
-        /// removing the other changes nothing.
-        var byKey: [String: (lease: Lease, created: Int64)] = [:]
-        var keysBySubnet: [IPv4Subnet: Set<String>] = [:]
+        /// removing the other changes nothing. In a dual-stack network the same holds for the IPv6
+        /// halves: a later key's IPv6 half is left out (its IPv4 half still counts).
+        var byKey: [String: (lease: Lease, slot: Slot, created: Int64)] = [:]
+        var keysBySlot: [Slot: Set<String>] = [:]
+        /// Keys by their IPv6 half, in a dual-stack network.
+        var keysByIPv6: [IPv6Subnet: Set<String>] = [:]
         var snapshotSent = false
         /// "key@revision" of rejections already logged, so a periodic re-list does not repeat them.
         var loggedRejections: Set<String> = []
 
-        /// The lease that speaks for `subnet`: of its keys, the one created first (then by name).
-        func winner(_ subnet: IPv4Subnet) -> Lease? {
-            keysBySubnet[subnet]?.compactMap { key in byKey[key].map { (key, $0) } }
-                .min { ($0.1.created, $0.0) < ($1.1.created, $1.0) }?.1.lease
+        /// The key that speaks for `slot`: of its keys, the one created first (then by name).
+        func winnerKey(_ slot: Slot) -> String? {
+            keysBySlot[slot]?.compactMap { key in byKey[key].map { (key, $0.created) } }.min { ($0.1, $0.0) < ($1.1, $1.0) }?.0
         }
 
-        mutating func set(_ key: String, _ lease: Lease, created: Int64) {
-            if let old = byKey[key], old.lease.subnet != lease.subnet { drop(key) }
-            byKey[key] = (lease, created)
-            keysBySubnet[lease.subnet, default: []].insert(key)
+        /// The key whose IPv6 half holds `subnet`: of the slot winners naming it, the one created first.
+        func ipv6Owner(_ subnet: IPv6Subnet) -> String? {
+            keysByIPv6[subnet]?.compactMap { key -> (String, Int64)? in
+                guard let entry = byKey[key], winnerKey(entry.slot) == key else { return nil }
+                return (key, entry.created)
+            }.min { ($0.1, $0.0) < ($1.1, $1.0) }?.0
         }
 
-        /// Forgets `key`; returns the subnet it named.
+        /// The slots whose published lease may change when keys of `slot` (or a key with IPv6 half
+        /// `ipv6`) change: the slot itself and every slot sharing an IPv6 half with its keys.
+        func affectedSlots(_ slot: Slot, ipv6: IPv6Subnet?) -> Set<Slot> {
+            var slots: Set<Slot> = [slot]
+            var halves = Set(keysBySlot[slot, default: []].compactMap { byKey[$0]?.lease.ipv6Subnet })
+            if let ipv6 { halves.insert(ipv6) }
+            for half in halves {
+                for key in keysByIPv6[half, default: []] { if let other = byKey[key]?.slot { slots.insert(other) } }
+            }
+            return slots
+        }
+
+        mutating func set(_ key: String, _ lease: Lease, slot: Slot, created: Int64, indexIPv6: Bool) {
+            drop(key)
+            byKey[key] = (lease, slot, created)
+            keysBySlot[slot, default: []].insert(key)
+            if indexIPv6, let v6 = lease.ipv6Subnet { keysByIPv6[v6, default: []].insert(key) }
+        }
+
+        /// Forgets `key`; returns the slot and IPv6 half it named.
         @discardableResult
-        mutating func drop(_ key: String) -> IPv4Subnet? {
+        mutating func drop(_ key: String) -> (slot: Slot, ipv6: IPv6Subnet?)? {
             guard let old = byKey.removeValue(forKey: key) else { return nil }
-            keysBySubnet[old.lease.subnet]?.remove(key)
-            if keysBySubnet[old.lease.subnet]?.isEmpty == true { keysBySubnet[old.lease.subnet] = nil }
-            return old.lease.subnet
+            keysBySlot[old.slot]?.remove(key)
+            if keysBySlot[old.slot]?.isEmpty == true { keysBySlot[old.slot] = nil }
+            if let v6 = old.lease.ipv6Subnet {
+                keysByIPv6[v6]?.remove(key)
+                if keysByIPv6[v6]?.isEmpty == true { keysByIPv6[v6] = nil }
+            }
+            return (old.slot, old.lease.ipv6Subnet)
         }
+    }
+
+    /// Whether IPv6 halves of peers count next to IPv4 ones (a dual-stack network), so that two
+    /// keys naming one IPv6 subnet must be told apart.
+    private var dualStack: Bool { config.enableIPv4 && config.enableIPv6 }
+
+    /// The lease told to the consumer for `slot`: the winner's, without its IPv6 half when that half
+    /// is ours or an earlier key's (counted and logged once as `ipv6SubnetTaken`).
+    private func published(_ slot: Slot, state: inout State, own: OwnIdentity) -> Lease? {
+        guard let key = state.winnerKey(slot), var lease = state.byKey[key]?.lease else { return nil }
+        guard dualStack, let v6 = lease.ipv6Subnet else { return lease }
+        var holder: String?
+        if v6 == own.ipv6Subnet || (own.publicIPv6 != nil && lease.attributes.publicIPv6 == own.publicIPv6) {
+            holder = "this node"
+        } else if let owner = state.ipv6Owner(v6), owner != key {
+            holder = owner
+        }
+        guard let holder else { return lease }
+        lease.ipv6Subnet = nil
+        let tag = "\(key.prefix(128))@\(lease.revision)/ipv6"
+        if !state.loggedRejections.contains(tag) {
+            state.loggedRejections.insert(tag)
+            manager.counters.reject(.ipv6SubnetTaken)
+            manager.logger.warning("\(LeaseRejected(key: String(key.prefix(64)), reason: .ipv6SubnetTaken, detail: "its IPv6 subnet \(v6) is held by \(holder.prefix(64)); only its IPv4 half is used"))")
+        }
+        return lease
     }
 
     private func decode(_ rec: LeaseRecord, state: inout State) -> Lease? {
@@ -522,30 +718,31 @@ private final class PeerWatcher: Sendable {
     /// Lists every lease, decoding each as it arrives (the listing is never held whole), and tells
     /// the consumer what changed; returns the listing's revision.
     private func reconcile(state: inout State, counting: Bool) async throws -> Int64 {
-        let (ownSubnet, ownIP) = await manager.ownIdentity()
+        let own = await manager.ownIdentity()
         state.byKey = [:]
-        state.keysBySubnet = [:]
+        state.keysBySlot = [:]
+        state.keysByIPv6 = [:]
         let (listed, revision) = try await manager.registry.reduceLeases(into: state) { state, rec in
             guard let lease = decode(rec, state: &state) else { return }
-            if lease.subnet == ownSubnet || lease.attributes.publicIP == ownIP { return }
-            state.set(rec.name, lease, created: rec.createRevision)
+            if own.isOwn(lease, config: config) { return }
+            state.set(rec.name, lease, slot: slot(lease), created: rec.createRevision, indexIPv6: dualStack)
         }
         state = listed
-        var desired: [IPv4Subnet: Lease] = [:]
-        for subnet in state.keysBySubnet.keys { desired[subnet] = state.winner(subnet) }
+        var desired: [Slot: Lease] = [:]
+        for slot in state.keysBySlot.keys { desired[slot] = published(slot, state: &state, own: own) }
         if !state.snapshotSent {
             state.snapshotSent = true
             state.known = desired
-            continuation.yield(.snapshot(desired.values.sorted { $0.subnet < $1.subnet }))
+            continuation.yield(.snapshot(desired.sorted { $0.key < $1.key }.map(\.value)))
             return revision
         }
         var repaired = 0
-        for (subnet, old) in state.known where desired[subnet] == nil {
+        for (slot, old) in state.known where desired[slot] == nil {
             continuation.yield(.removed(old))
             repaired += 1
         }
-        for (subnet, lease) in desired.sorted(by: { $0.key < $1.key }) {
-            if let old = state.known[subnet] {
+        for (slot, lease) in desired.sorted(by: { $0.key < $1.key }) {
+            if let old = state.known[slot] {
                 if !old.sameContent(as: lease) {
                     continuation.yield(.changed(lease))
                     repaired += 1
@@ -564,38 +761,41 @@ private final class PeerWatcher: Sendable {
     }
 
     private func apply(_ event: LeaseWatchEvent, state: inout State) async {
-        let (ownSubnet, ownIP) = await manager.ownIdentity()
+        let own = await manager.ownIdentity()
         switch event {
         case .put(let rec):
             // Our own key, by name: another key naming our subnet is someone else's lease.
-            if let ownSubnet, rec.name == ownSubnet.leaseKey {
+            if let ownKey = own.key, rec.name == ownKey {
                 let holder = try? LeaseDecoder.parseAttributes(rec.value).get()
                 await manager.ownKeyEvent(event, holder: holder)
                 return
             }
-            let previous = state.drop(rec.name)
-            if let lease = decode(rec, state: &state), lease.subnet != ownSubnet, lease.attributes.publicIP != ownIP {
-                state.set(rec.name, lease, created: rec.createRevision)
-                publish(lease.subnet, state: &state)
+            // What the key named before and names now are re-decided, with the slots sharing an IPv6 half.
+            var affected = Set<Slot>()
+            if let previous = state.drop(rec.name) { affected.formUnion(state.affectedSlots(previous.slot, ipv6: previous.ipv6)) }
+            if let lease = decode(rec, state: &state), !own.isOwn(lease, config: config) {
+                let slot = slot(lease)
+                state.set(rec.name, lease, slot: slot, created: rec.createRevision, indexIPv6: dualStack)
+                affected.formUnion(state.affectedSlots(slot, ipv6: lease.ipv6Subnet))
             }
-            // Now invalid, ours, or naming another subnet: what it named before is re-decided.
-            if let previous { publish(previous, state: &state) }
+            for slot in affected.sorted() { publish(slot, state: &state, own: own) }
         case .delete(let name, _, _):
-            if let ownSubnet, name == ownSubnet.leaseKey {
+            if let ownKey = own.key, name == ownKey {
                 await manager.ownKeyEvent(event, holder: nil)
                 return
             }
-            if let subnet = state.drop(name) { publish(subnet, state: &state) }
+            guard let previous = state.drop(name) else { return }
+            for slot in state.affectedSlots(previous.slot, ipv6: previous.ipv6).sorted() { publish(slot, state: &state, own: own) }
         case .progress:
             break
         }
     }
 
-    /// Tells the consumer what changed for `subnet` now that its keys changed.
-    private func publish(_ subnet: IPv4Subnet, state: inout State) {
-        let now = state.winner(subnet)
-        let before = state.known[subnet]
-        state.known[subnet] = now
+    /// Tells the consumer what changed for `slot` now that its keys changed.
+    private func publish(_ slot: Slot, state: inout State, own: OwnIdentity) {
+        let now = published(slot, state: &state, own: own)
+        let before = state.known[slot]
+        state.known[slot] = now
         switch (before, now) {
         case (nil, let lease?): continuation.yield(.added(lease))
         case (let old?, nil): continuation.yield(.removed(old))

@@ -1,24 +1,24 @@
-/// An IPv6 address: 16 bytes in network order.
+/// An IPv6 address, held as one 128-bit number (network order: the first byte is the most
+/// significant), so that subnet arithmetic is plain integer arithmetic.
 ///
-/// Text in and out as Go's `net.IP` reads and writes it, because flannel's lease keys carry the
-/// IPv6 half of a dual-stack subnet in that form (`10.12.13.0-24&fd00:12:13::-56`): lowercase hex
+/// Text in and out as Go's `net.IP` reads and writes it, because flannel's lease keys, lease values
+/// and subnet.env carry IPv6 subnets in that form (`10.12.13.0-24&fd00:12:13::-56`): lowercase hex
 /// without leading zeros, the longest run of two or more zero groups (the first of equal runs)
 /// written `::`, and an IPv4-mapped address (::ffff:a.b.c.d) written as its dotted IPv4 form.
-public struct IPv6Address: Hashable, Sendable, CustomStringConvertible {
-    public var bytes: [UInt8]
+public struct IPv6Address: Hashable, Comparable, Sendable, CustomStringConvertible {
+    public var value: UInt128
+
+    public init(_ value: UInt128) { self.value = value }
 
     public init?(bytes: [UInt8]) {
         guard bytes.count == 16 else { return nil }
-        self.bytes = bytes
+        value = bytes.reduce(UInt128(0)) { $0 << 8 | UInt128($1) }
     }
 
     /// Parses "fd00:12:13::", "::1", "::ffff:10.0.0.1" (RFC 4291 text forms; no zone, no brackets).
     public init?(_ text: some StringProtocol) {
         let text = String(text)
         guard !text.isEmpty, text.utf8.count <= 45 else { return nil }
-        var groups: [UInt16] = []
-        var tail: [UInt16] = []
-        var sawGap = false
         let halves = text.split(separator: "::", omittingEmptySubsequences: false).map(String.init)
         guard halves.count <= 2 else { return nil }
         func parseGroups(_ part: String, allowIPv4: Bool) -> [UInt16]? {
@@ -39,30 +39,35 @@ public struct IPv6Address: Hashable, Sendable, CustomStringConvertible {
             }
             return result
         }
+        var all: [UInt16]
         if halves.count == 2 {
-            sawGap = true
-            guard let head = parseGroups(halves[0], allowIPv4: false), let rest = parseGroups(halves[1], allowIPv4: true) else {
-                return nil
-            }
-            groups = head
-            tail = rest
-            guard groups.count + tail.count <= 7 else { return nil }
+            guard let head = parseGroups(halves[0], allowIPv4: false), let tail = parseGroups(halves[1], allowIPv4: true),
+                  head.count + tail.count <= 7 else { return nil }
+            all = head + [UInt16](repeating: 0, count: 8 - head.count - tail.count) + tail
         } else {
-            guard let all = parseGroups(text, allowIPv4: true), all.count == 8 else { return nil }
-            groups = all
+            guard let groups = parseGroups(text, allowIPv4: true), groups.count == 8 else { return nil }
+            all = groups
         }
-        let zeros = sawGap ? 8 - groups.count - tail.count : 0
-        let all = groups + [UInt16](repeating: 0, count: zeros) + tail
-        guard all.count == 8 else { return nil }
-        bytes = all.flatMap { [UInt8($0 >> 8), UInt8($0 & 0xff)] }
+        value = all.reduce(UInt128(0)) { $0 << 16 | UInt128($1) }
     }
 
-    var groups: [UInt16] { (0..<8).map { UInt16(bytes[2 * $0]) << 8 | UInt16(bytes[2 * $0 + 1]) } }
+    /// Network-order bytes.
+    public var bytes: [UInt8] { (0..<16).map { UInt8(truncatingIfNeeded: value >> UInt128(8 * (15 - $0))) } }
+
+    var groups: [UInt16] { (0..<8).map { UInt16(truncatingIfNeeded: value >> UInt128(16 * (7 - $0))) } }
+
+    public static let unspecified = IPv6Address(0)
+
+    /// ::ffff:a.b.c.d, an IPv4 address in IPv6 clothing.
+    public var isIPv4Mapped: Bool { value >> 32 == 0xffff }
+    public var isLoopback: Bool { value == 1 }
+    /// ff00::/8
+    public var isMulticast: Bool { value >> 120 == 0xff }
+    /// fe80::/10
+    public var isLinkLocal: Bool { value >> 118 == 0x3fa }
 
     public var description: String {
-        if bytes[0..<10].allSatisfy({ $0 == 0 }) && bytes[10] == 0xff && bytes[11] == 0xff {
-            return bytes[12..<16].map { String($0) }.joined(separator: ".")
-        }
+        if isIPv4Mapped { return IPv4Address(UInt32(truncatingIfNeeded: value)).description }
         let g = groups
         // The longest run of at least two zero groups; the first one on a tie.
         var bestStart = -1, bestLength = 0, i = 0
@@ -77,23 +82,58 @@ public struct IPv6Address: Hashable, Sendable, CustomStringConvertible {
         guard bestStart >= 0 else { return hex(0..<8) }
         return hex(0..<bestStart) + "::" + hex((bestStart + bestLength)..<8)
     }
+
+    public static func < (a: Self, b: Self) -> Bool { a.value < b.value }
 }
 
 /// An IPv6 prefix, e.g. fd00:12:13::/56 (host bits zero).
-public struct IPv6Subnet: Hashable, Sendable, CustomStringConvertible {
-    public var address: IPv6Address
-    public var prefixLength: Int
+public struct IPv6Subnet: Hashable, Comparable, Sendable, CustomStringConvertible {
+    public let address: IPv6Address
+    public let prefixLength: Int
 
     /// nil unless `prefixLength` is 0...128 and the address has no bits set past the prefix.
     public init?(address: IPv6Address, prefixLength: Int) {
-        guard (0...128).contains(prefixLength) else { return nil }
-        for bit in prefixLength..<128 where address.bytes[bit / 8] & (0x80 >> UInt8(bit % 8)) != 0 { return nil }
+        guard (0...128).contains(prefixLength), address.value & ~IPv6Subnet.mask(prefixLength) == 0 else { return nil }
         self.address = address
         self.prefixLength = prefixLength
     }
+
+    /// The subnet containing `address`, host bits cleared.
+    public init(containing address: IPv6Address, prefixLength: Int) {
+        precondition((0...128).contains(prefixLength), "prefix length out of range")
+        self.address = IPv6Address(address.value & IPv6Subnet.mask(prefixLength))
+        self.prefixLength = prefixLength
+    }
+
+    /// Parses CIDR "fd00:10::/48" (host bits must be zero).
+    public init?(cidr text: some StringProtocol) {
+        let parts = text.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count == 2, let a = IPv6Address(parts[0]), (1...3).contains(parts[1].count),
+              parts[1].allSatisfy({ $0.isASCII && $0.isNumber }), let p = Int(parts[1]) else { return nil }
+        self.init(address: a, prefixLength: p)
+    }
+
+    public static func mask(_ prefixLength: Int) -> UInt128 {
+        prefixLength == 0 ? 0 : UInt128.max << UInt128(128 - prefixLength)
+    }
+
+    public var mask: UInt128 { IPv6Subnet.mask(prefixLength) }
+    /// The last address of the subnet.
+    public var last: IPv6Address { IPv6Address(address.value | ~mask) }
+
+    public func contains(_ a: IPv6Address) -> Bool { a.value & mask == address.value }
+    public func contains(_ s: IPv6Subnet) -> Bool { s.prefixLength >= prefixLength && contains(s.address) }
+    public func overlaps(_ s: IPv6Subnet) -> Bool { contains(s.address) || s.contains(address) }
+
+    /// The address `n` after the network address (flannel's "::1" of a pod subnet is `host(1)`).
+    public func host(_ n: UInt128) -> IPv6Address { IPv6Address(address.value &+ n) }
 
     /// "fd00:12:13::/56"
     public var description: String { "\(address)/\(prefixLength)" }
     /// "fd00:12:13::-56", flannel's key form.
     public var leaseKey: String { "\(address)-\(prefixLength)" }
+
+    public static func < (a: Self, b: Self) -> Bool {
+        (a.address, a.prefixLength) < (b.address, b.prefixLength)
+    }
 }

@@ -29,3 +29,50 @@ public struct Peer: Hashable, Sendable, CustomStringConvertible {
             + (sourceIP.map { " from \($0)" } ?? "")
     }
 }
+
+/// The IPv6 half of a dual-stack (or IPv6-only) peer: its IPv6 pod subnet behind its PublicIPv6 and
+/// the VtepMAC of its `flannel-v6.<VNI>` device (the lease's BackendV6Data), which is not the MAC of
+/// its IPv4 device. flannel programs the two halves independently, each on its own device.
+public struct IPv6Peer: Hashable, Sendable, CustomStringConvertible {
+    public var subnet: IPv6Subnet
+    public var publicIP: IPv6Address
+    /// BackendV6Data.VtepMAC; nil for backends without one (host-gw).
+    public var vtepMAC: MACAddress?
+    /// DirectRouting: the peer's PublicIPv6 is on one of our links; a plain route, no VXLAN.
+    public var direct: Bool
+
+    public init(subnet: IPv6Subnet, publicIP: IPv6Address, vtepMAC: MACAddress?, direct: Bool = false) {
+        self.subnet = subnet
+        self.publicIP = publicIP
+        self.vtepMAC = vtepMAC
+        self.direct = direct
+    }
+
+    public var description: String {
+        "\(subnet) via \(publicIP)" + (vtepMAC.map { " vtep \($0)" } ?? "") + (direct ? " direct" : "")
+    }
+}
+
+/// What the kernel's peer tables need of a peer of either family (`Peer`, `IPv6Peer`), so that one
+/// implementation programs both devices.
+public protocol OverlayPeer: Hashable, Sendable, CustomStringConvertible {
+    associatedtype Subnet: IPSubnetType
+    var subnet: Subnet { get }
+    var publicIP: Subnet.Address { get }
+    var vtepMAC: MACAddress? { get }
+    var direct: Bool { get }
+    /// A peer as a kernel table reads it back (it keeps no source address).
+    static func kernelPeer(subnet: Subnet, publicIP: Subnet.Address, vtepMAC: MACAddress?, direct: Bool) -> Self
+}
+
+extension Peer: OverlayPeer {
+    public static func kernelPeer(subnet: IPv4Subnet, publicIP: IPv4Address, vtepMAC: MACAddress?, direct: Bool) -> Peer {
+        Peer(subnet: subnet, publicIP: publicIP, vtepMAC: vtepMAC, direct: direct)
+    }
+}
+
+extension IPv6Peer: OverlayPeer {
+    public static func kernelPeer(subnet: IPv6Subnet, publicIP: IPv6Address, vtepMAC: MACAddress?, direct: Bool) -> IPv6Peer {
+        IPv6Peer(subnet: subnet, publicIP: publicIP, vtepMAC: vtepMAC, direct: direct)
+    }
+}

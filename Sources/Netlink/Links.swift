@@ -30,15 +30,21 @@ public struct VXLANInfo: Hashable, Sendable, CustomStringConvertible {
     public var l2miss: Bool
     public var l3miss: Bool
     public var group: IPv4Address?
+    /// IFLA_VXLAN_LOCAL6: the source address of outer packets over an IPv6 underlay.
+    public var local6: IPv6Address?
+    /// IFLA_VXLAN_GROUP6: an IPv6 multicast group or default remote.
+    public var group6: IPv6Address?
 
     public init(vni: UInt32, local: IPv4Address?, port: UInt16, learning: Bool, underlayIndex: Int32?,
-                gbp: Bool = false, l2miss: Bool = false, l3miss: Bool = false, group: IPv4Address? = nil) {
+                gbp: Bool = false, l2miss: Bool = false, l3miss: Bool = false, group: IPv4Address? = nil,
+                local6: IPv6Address? = nil, group6: IPv6Address? = nil) {
         self.vni = vni; self.local = local; self.port = port; self.learning = learning
         self.underlayIndex = underlayIndex; self.gbp = gbp; self.l2miss = l2miss; self.l3miss = l3miss; self.group = group
+        self.local6 = local6; self.group6 = group6
     }
 
     public var description: String {
-        "vxlan id \(vni)" + (local.map { " local \($0)" } ?? "") + (underlayIndex.map { " dev #\($0)" } ?? "")
+        "vxlan id \(vni)" + (local.map { " local \($0)" } ?? "") + (local6.map { " local \($0)" } ?? "") + (underlayIndex.map { " dev #\($0)" } ?? "")
             + " dstport \(port)" + (learning ? "" : " nolearning") + (gbp ? " gbp" : "")
     }
 }
@@ -78,6 +84,8 @@ public struct VXLANLinkSpec: Hashable, Sendable {
     public var name: String
     public var vni: UInt32
     public var local: IPv4Address?
+    /// The local address over an IPv6 underlay (IFLA_VXLAN_LOCAL6); set instead of `local`.
+    public var local6: IPv6Address?
     public var underlayIndex: Int32?
     public var port: UInt16
     public var learning: Bool
@@ -89,13 +97,13 @@ public struct VXLANLinkSpec: Hashable, Sendable {
     public var mtu: Int?
 
     public init(name: String, vni: UInt32, local: IPv4Address?, underlayIndex: Int32?, port: UInt16 = 8472,
-                learning: Bool = false, gbp: Bool = false, mac: MACAddress? = nil, mtu: Int? = nil) {
+                learning: Bool = false, gbp: Bool = false, mac: MACAddress? = nil, mtu: Int? = nil, local6: IPv6Address? = nil) {
         self.name = name; self.vni = vni; self.local = local; self.underlayIndex = underlayIndex
-        self.port = port; self.learning = learning; self.gbp = gbp; self.mac = mac; self.mtu = mtu
+        self.port = port; self.learning = learning; self.gbp = gbp; self.mac = mac; self.mtu = mtu; self.local6 = local6
     }
 
     public var description: String {
-        "\(name) type vxlan id \(vni)" + (local.map { " local \($0)" } ?? "") + (underlayIndex.map { " dev #\($0)" } ?? "")
+        "\(name) type vxlan id \(vni)" + (local.map { " local \($0)" } ?? "") + (local6.map { " local \($0)" } ?? "") + (underlayIndex.map { " dev #\($0)" } ?? "")
             + " dstport \(port)" + (learning ? "" : " nolearning") + (gbp ? " gbp" : "") + (mac.map { " address \($0)" } ?? "")
             + (mtu.map { " mtu \($0)" } ?? "")
     }
@@ -136,7 +144,9 @@ extension NetlinkSocket {
                     gbp: d[RT.vxlanGBP] != nil,
                     l2miss: (d.u8(RT.vxlanL2Miss) ?? 0) != 0,
                     l3miss: (d.u8(RT.vxlanL3Miss) ?? 0) != 0,
-                    group: d.ipv4(RT.vxlanGroup).flatMap { $0 == IPv4Address(0) ? nil : $0 })
+                    group: d.ipv4(RT.vxlanGroup).flatMap { $0 == IPv4Address(0) ? nil : $0 },
+                    local6: d.address(RT.vxlanLocal6, as: IPv6Address.self).flatMap { $0 == .unspecified ? nil : $0 },
+                    group6: d.address(RT.vxlanGroup6, as: IPv6Address.self).flatMap { $0 == .unspecified ? nil : $0 })
             }
         }
         return link
@@ -192,6 +202,7 @@ extension NetlinkSocket {
                 req.putU32(RT.vxlanID, spec.vni)
                 if let u = spec.underlayIndex { req.putU32(RT.vxlanLink, UInt32(bitPattern: u)) }
                 if let l = spec.local { req.put(RT.vxlanLocal, l.bytes) }
+                if let l = spec.local6 { req.put(RT.vxlanLocal6, l.bytes) }
                 req.putU8(RT.vxlanLearning, spec.learning ? 1 : 0)
                 req.putBE16(RT.vxlanPort, spec.port)
                 if spec.gbp { req.put(RT.vxlanGBP, []) } // a flag: present means on

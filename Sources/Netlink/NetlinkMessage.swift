@@ -30,16 +30,18 @@ enum RT {
     static let vxlanID: UInt16 = 1, vxlanLink: UInt16 = 3, vxlanLocal: UInt16 = 4, vxlanTTL: UInt16 = 5
     static let vxlanLearning: UInt16 = 7, vxlanAgeing: UInt16 = 8, vxlanL2Miss: UInt16 = 13, vxlanL3Miss: UInt16 = 14
     static let vxlanPort: UInt16 = 15, vxlanUDPCsum: UInt16 = 18, vxlanGBP: UInt16 = 23
-    static let vxlanGroup: UInt16 = 2
+    static let vxlanGroup: UInt16 = 2, vxlanGroup6: UInt16 = 16, vxlanLocal6: UInt16 = 17
     // IFA_*
-    static let ifaAddress: UInt16 = 1, ifaLocal: UInt16 = 2, ifaLabel: UInt16 = 3, ifaBroadcast: UInt16 = 4
+    static let ifaAddress: UInt16 = 1, ifaLocal: UInt16 = 2, ifaLabel: UInt16 = 3, ifaBroadcast: UInt16 = 4, ifaFlags: UInt16 = 8
     // RTA_*
     static let rtaDst: UInt16 = 1, rtaOIF: UInt16 = 4, rtaGateway: UInt16 = 5, rtaPriority: UInt16 = 6
-    static let rtaPrefSrc: UInt16 = 7, rtaTable: UInt16 = 15
+    static let rtaPrefSrc: UInt16 = 7, rtaMetrics: UInt16 = 8, rtaTable: UInt16 = 15
+    // RTAX_* (inside RTA_METRICS)
+    static let rtaxMTU: UInt16 = 2
     // NDA_*
     static let ndaDst: UInt16 = 1, ndaLLAddr: UInt16 = 2, ndaVNI: UInt16 = 7, ndaMaster: UInt16 = 9, ndaPort: UInt16 = 6
 
-    static let afInet: UInt8 = 2, afBridge: UInt8 = 7, afUnspec: UInt8 = 0
+    static let afInet: UInt8 = 2, afInet6: UInt8 = 10, afBridge: UInt8 = 7, afUnspec: UInt8 = 0
     static let tableMain: UInt8 = 254
     static let rtnUnicast: UInt8 = 1
     static let rtprotBoot: UInt8 = 3

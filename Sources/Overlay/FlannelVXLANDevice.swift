@@ -13,14 +13,22 @@
 //   line saying which setting differed; the old MAC is reused so that the VtepMAC stays stable.
 // - Addresses: exactly one address of the flannel network on the device, <subnet>.0/32; others in
 //   the network (a previous lease) are removed, addresses outside it are left alone, as flanneld does.
+// - IPv6 (dual-stack and IPv6-only networks): flanneld's second device `flannel-v6.<VNI>`, made the
+//   same way over the IPv6 underlay (IFLA_VXLAN_LOCAL6 = the node's IPv6 address, the same VNI,
+//   port and learning setting, its own random MAC published as BackendV6Data.VtepMAC). Its MTU is
+//   the underlay's − 70, what the kernel allows a vxlan device over IPv6 (flannel ≥ 0.21 asks for
+//   − 50 and the kernel caps it; v0.17.0 leaves the kernel's default, the same). Its address is
+//   <IPv6 subnet>/128, and every other non-link-local IPv6 address on it is removed, as flanneld's
+//   EnsureV6AddressOnLink does (it does not look at the network).
 
 import Glibc
 import Logging
 import NetTypes
 import Netlink
 
-/// The vxlan device as `ensure` (and then `configure`) left it.
-public struct FlannelVXLANDevice: Hashable, Sendable, CustomStringConvertible {
+/// A vxlan device as `ensure` (and then `configure`) left it: `flannel.<VNI>` (IPv4) or
+/// `flannel-v6.<VNI>` (IPv6).
+public struct FlannelVXLANLink<Subnet: IPSubnetType>: Hashable, Sendable, CustomStringConvertible {
     /// How `ensure` came by the device.
     public enum Origin: Hashable, Sendable {
         /// There was none; it was created.
@@ -37,20 +45,32 @@ public struct FlannelVXLANDevice: Hashable, Sendable, CustomStringConvertible {
     public var mac: MACAddress
     public var vni: UInt32
     public var port: UInt16
-    public var localIP: IPv4Address
+    public var localIP: Subnet.Address
     public var underlayIndex: Int32
     public var mtu: Int
-    /// This node's lease subnet once `configure` gave the device <subnet>.0/32; nil before.
-    public var subnet: IPv4Subnet?
+    /// This node's lease subnet once `configure` gave the device <subnet>.0/32 (/128); nil before.
+    public var subnet: Subnet?
     public var origin: Origin
+
+    public init(name: String, index: Int32, mac: MACAddress, vni: UInt32, port: UInt16, localIP: Subnet.Address,
+                underlayIndex: Int32, mtu: Int, subnet: Subnet?, origin: Origin) {
+        self.name = name; self.index = index; self.mac = mac; self.vni = vni; self.port = port; self.localIP = localIP
+        self.underlayIndex = underlayIndex; self.mtu = mtu; self.subnet = subnet; self.origin = origin
+    }
+
+    static var family: IPFamily { Subnet.Address.family }
+    /// The host prefix the device's own address gets (no broadcast routes).
+    static var hostPrefix: Int { family.addressLength * 8 }
+    /// Bytes VXLAN adds on this family's underlay (outer IP + UDP + VXLAN + inner Ethernet).
+    public static var encapsulationOverhead: Int { family == .ipv4 ? 50 : 70 }
 
     public var description: String {
         "\(name) (ifindex \(index), vxlan id \(vni) local \(localIP) dstport \(port), mac \(mac), mtu \(mtu)"
-            + (subnet.map { ", \($0.address)/32" } ?? "") + ")"
+            + (subnet.map { ", \($0.address)/\(Self.hostPrefix)" } ?? "") + ")"
     }
 
-    /// "flannel.<vni>", the name flanneld gives the device.
-    public static func name(vni: UInt32) -> String { "flannel.\(vni)" }
+    /// "flannel.<vni>" / "flannel-v6.<vni>", the names flanneld gives the devices.
+    public static func name(vni: UInt32) -> String { family == .ipv4 ? "flannel.\(vni)" : "flannel-v6.\(vni)" }
 
     /// Creates or adopts `flannel.<vni>` as flanneld does (see the file's note) and sets its MTU.
     /// flanneld does this before it has a lease — the lease publishes the device's MAC — and
@@ -58,17 +78,18 @@ public struct FlannelVXLANDevice: Hashable, Sendable, CustomStringConvertible {
     /// or pass `subnet` here to do both.
     ///
     /// - Parameters:
-    ///   - mtu: the device MTU; nil means the underlay's MTU − 50 (VXLAN's overhead), as flanneld.
+    ///   - mtu: the device MTU; nil means the underlay's MTU − 50 (VXLAN's overhead over IPv4), − 70
+    ///     over IPv6, as flanneld's devices end up. The kernel caps an IPv6 device at − 70.
     ///   - preferredMAC: the MAC for a device that has to be created (e.g. the VtepMAC of our
     ///     previous lease); nil lets the kernel pick a random one. An adopted device keeps its own.
     ///   - learning, gbp: flannel's `Learning` and `GBP` options (off by default).
     ///   - subnet, network: as for `configure`; nil leaves the device unaddressed (and as it was, up or down).
     public static func ensure(
-        vni: UInt32, port: UInt16 = 8472, localIP: IPv4Address, underlayIndex: Int32, mtu: Int? = nil,
+        vni: UInt32, port: UInt16 = 8472, localIP: Subnet.Address, underlayIndex: Int32, mtu: Int? = nil,
         preferredMAC: MACAddress? = nil, learning: Bool = false, gbp: Bool = false,
-        subnet: IPv4Subnet? = nil, network: IPv4Subnet? = nil,
+        subnet: Subnet? = nil, network: Subnet? = nil,
         netlink nl: inout NetlinkSocket, logger: Logger = Logger(label: "flanneld-xdp.overlay")
-    ) throws(OverlayError) -> FlannelVXLANDevice {
+    ) throws(OverlayError) -> FlannelVXLANLink {
         let name = name(vni: vni)
         let underlay: LinkInfo?
         do {
@@ -77,16 +98,17 @@ public struct FlannelVXLANDevice: Hashable, Sendable, CustomStringConvertible {
             throw .netlink(error, while: "looking up the underlay for \(name)")
         }
         guard let underlay else { throw .underlayMissing(index: underlayIndex) }
-        let spec = VXLANLinkSpec(name: name, vni: vni, local: localIP, underlayIndex: underlayIndex, port: port,
-                                 learning: learning, gbp: gbp, mac: preferredMAC, mtu: mtu ?? (underlay.mtu - 50))
-        let device: FlannelVXLANDevice
+        let spec = VXLANLinkSpec(name: name, vni: vni, local: localIP as? IPv4Address, underlayIndex: underlayIndex, port: port,
+                                 learning: learning, gbp: gbp, mac: preferredMAC, mtu: mtu ?? (underlay.mtu - encapsulationOverhead),
+                                 local6: localIP as? IPv6Address)
+        let device: FlannelVXLANLink
         do throws(NetlinkError) {
             let (link, origin) = try createOrAdopt(spec, nl: &nl, logger: logger)
             if let mtu = spec.mtu, link.mtu != mtu { try nl.setMTU(index: link.index, mtu: mtu) }
             guard let final = try nl.link(index: link.index), let mac = final.mac else {
                 throw NetlinkError(operation: "RTM_GETLINK", object: "dev \(name) after creating it", errno: ENODEV)
             }
-            device = FlannelVXLANDevice(name: final.name, index: final.index, mac: mac, vni: vni, port: final.vxlan?.port ?? port,
+            device = FlannelVXLANLink(name: final.name, index: final.index, mac: mac, vni: vni, port: final.vxlan?.port ?? port,
                                         localIP: localIP, underlayIndex: underlayIndex, mtu: final.mtu, subnet: nil, origin: origin)
         } catch {
             throw .netlink(error, while: "ensuring \(name)")
@@ -97,31 +119,39 @@ public struct FlannelVXLANDevice: Hashable, Sendable, CustomStringConvertible {
 
     /// Gives the device exactly one address of the flannel network, <subnet>.0/32, and brings it up
     /// (idempotent, as flanneld's Configure). Other addresses inside `network` (an older lease) are
-    /// removed; addresses outside it are left alone.
+    /// removed; addresses outside it are left alone. On `flannel-v6.<VNI>`: <subnet>/128, and every
+    /// other address but link-local ones is removed (flanneld's ConfigureIPv6).
     public func configure(
-        subnet: IPv4Subnet, network: IPv4Subnet?, netlink nl: inout NetlinkSocket,
+        subnet: Subnet, network: Subnet?, netlink nl: inout NetlinkSocket,
         logger: Logger = Logger(label: "flanneld-xdp.overlay")
-    ) throws(OverlayError) -> FlannelVXLANDevice {
+    ) throws(OverlayError) -> FlannelVXLANLink {
         let want = subnet.address
+        let prefix = Self.hostPrefix
         do {
             guard let link = try nl.link(index: index), link.name == name else {
                 throw OverlayError.deviceMissing(name: name, index: index)
             }
             var hasAddress = false
-            for a in try nl.addresses(index: index) {
-                if a.address == want && a.prefixLength == 32 {
+            for a in try nl.addressDump(Subnet.Address.self, index: index) {
+                let stale: Bool
+                if let v6 = a.address as? IPv6Address {
+                    stale = !v6.isLinkLocal
+                } else {
+                    stale = network?.contains(a.address) ?? false
+                }
+                if a.address == want && a.prefixLength == prefix {
                     hasAddress = true
-                } else if let network, network.contains(a.address) {
+                } else if stale {
                     try nl.deleteAddress(a.address, prefixLength: a.prefixLength, index: index)
                     logger.info("removed stale address \(a.address)/\(a.prefixLength) from \(name)")
                 }
             }
-            if !hasAddress { try nl.addAddress(want, prefixLength: 32, index: index) }
+            if !hasAddress { try nl.addAddress(want, prefixLength: prefix, index: index) }
             if !link.isUp { try nl.setLink(index: index, up: true) }
         } catch let e as OverlayError {
             throw e
         } catch let e as NetlinkError {
-            throw .netlink(e, while: "configuring \(name) with \(want)/32")
+            throw .netlink(e, while: "configuring \(name) with \(want)/\(prefix)")
         } catch {
             throw .netlink(NetlinkError(operation: "configure", object: name, errno: EIO), while: "\(error)")
         }
@@ -169,7 +199,12 @@ public struct FlannelVXLANDevice: Hashable, Sendable, CustomStringConvertible {
             return "vtep (underlay) interface: ifindex \(have) vs \(want)"
         }
         if let have = v.local, let want = wanted.local, have != want { return "vtep (local) IP: \(have) vs \(want)" }
+        if let have = v.local6, let want = wanted.local6, have != want { return "vtep (local) IP: \(have) vs \(want)" }
+        if v.local6 != nil && wanted.local != nil || v.local != nil && wanted.local6 != nil {
+            return "vtep (local) family: \(v.local6 != nil ? "IPv6" : "IPv4") vs \(wanted.local6 != nil ? "IPv6" : "IPv4")"
+        }
         if let group = v.group { return "group address: \(group) vs none" }
+        if let group = v.group6 { return "group address: \(group) vs none" }
         if v.l2miss { return "l2miss: true vs false" }
         if v.port != 0 && wanted.port != 0 && v.port != wanted.port { return "port: \(v.port) vs \(wanted.port)" }
         if v.gbp != wanted.gbp { return "gbp: \(v.gbp) vs \(wanted.gbp)" }
@@ -177,11 +212,16 @@ public struct FlannelVXLANDevice: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
+public typealias FlannelVXLANDevice = FlannelVXLANLink<IPv4Subnet>
+/// `flannel-v6.<VNI>`, the device flanneld adds for IPv6 over the IPv6 underlay.
+public typealias FlannelVXLANv6Device = FlannelVXLANLink<IPv6Subnet>
+
 /// What went wrong in the overlay layer; always says what to do about it.
 public enum OverlayError: Error, CustomStringConvertible, Sendable {
     case underlayMissing(index: Int32)
     case netlink(NetlinkError, while: String)
-    case peerWithoutVtepMAC(Peer)
+    /// A vxlan peer (of either family, described) without a VtepMAC.
+    case peerWithoutVtepMAC(String)
     /// The device a peer table was made for is gone or was recreated (another ifindex).
     case deviceMissing(name: String, index: Int32)
 

@@ -1,7 +1,6 @@
-// KernelOverlay: everything the daemon asks of the kernel for the overlay, behind one object that
-// owns a netlink socket in one network namespace. It mirrors the daemon's overlay seam operation by
-// operation (ensure the device, configure it, the peer tables, the TUN, cleanup), so an adapter in
-// the daemon is a few lines of type conversion.
+// KernelOverlay: everything the data path asks of the kernel for the overlay, behind one object
+// that owns a netlink socket in one network namespace: the device (ensure, configure, find, delete),
+// the peer tables, the TUN, cleanup. The Dataplane module's composition and `cleanup` use it.
 
 import Glibc
 import Logging
@@ -21,39 +20,22 @@ public final class KernelOverlay: Sendable {
         self.logger = logger
     }
 
-    /// `FlannelVXLANDevice.ensure` without an address (flanneld's first phase: the MAC for the lease).
-    public func ensureVXLANDevice(
-        vni: UInt32, port: UInt16 = 8472, localIP: IPv4Address, underlayIndex: Int32, mtu: Int? = nil,
+    /// `FlannelVXLANLink.ensure` without an address (flanneld's first phase: the MAC for the lease):
+    /// `flannel.<VNI>` for an IPv4 `localIP`, `flannel-v6.<VNI>` (over the IPv6 underlay, its MAC
+    /// published as BackendV6Data.VtepMAC) for an IPv6 one.
+    public func ensureVXLANDevice<A: IPAddressType>(
+        vni: UInt32, port: UInt16 = 8472, localIP: A, underlayIndex: Int32, mtu: Int? = nil,
         learning: Bool = false, gbp: Bool = false, preferredMAC: MACAddress? = nil
-    ) throws(OverlayError) -> FlannelVXLANDevice {
+    ) throws(OverlayError) -> FlannelVXLANLink<A.Subnet> {
         try netlink.withLock { nl throws(OverlayError) in
-            try FlannelVXLANDevice.ensure(vni: vni, port: port, localIP: localIP, underlayIndex: underlayIndex, mtu: mtu,
-                                          preferredMAC: preferredMAC, learning: learning, gbp: gbp, netlink: &nl, logger: logger)
+            try FlannelVXLANLink<A.Subnet>.ensure(vni: vni, port: port, localIP: localIP, underlayIndex: underlayIndex, mtu: mtu,
+                                                  preferredMAC: preferredMAC, learning: learning, gbp: gbp, netlink: &nl, logger: logger)
         }
     }
 
-    /// The vxlan device at `index`, read back from the kernel (for callers that kept only the
-    /// ifindex). Its `subnet` is nil: the lease's prefix length is not in the kernel.
-    public func vxlanDevice(index: Int32) throws(OverlayError) -> FlannelVXLANDevice {
-        try netlink.withLock { nl throws(OverlayError) in
-            do throws(NetlinkError) {
-                guard let link = try nl.link(index: index), let v = link.vxlan, let mac = link.mac else {
-                    throw NetlinkError(operation: "RTM_GETLINK", object: "vxlan device ifindex \(index)", errno: ENODEV)
-                }
-                return FlannelVXLANDevice(
-                    name: link.name, index: index, mac: mac, vni: v.vni, port: v.port, localIP: v.local ?? IPv4Address(0),
-                    underlayIndex: v.underlayIndex ?? 0, mtu: link.mtu,
-                    subnet: nil, origin: .adopted)
-            } catch {
-                if error.errno == ENODEV { throw .deviceMissing(name: "vxlan device", index: index) }
-                throw .netlink(error, while: "reading the vxlan device at ifindex \(index)")
-            }
-        }
-    }
-
-    /// flanneld's second phase: <subnet>.0/32 on the device, up.
+    /// flanneld's second phase: <subnet>.0/32 (flannel-v6: <subnet>/128) on the device, up.
     @discardableResult
-    public func configureVXLANDevice(_ device: FlannelVXLANDevice, subnet: IPv4Subnet, network: IPv4Subnet) throws(OverlayError) -> FlannelVXLANDevice {
+    public func configureVXLANDevice<S: IPSubnetType>(_ device: FlannelVXLANLink<S>, subnet: S, network: S) throws(OverlayError) -> FlannelVXLANLink<S> {
         try netlink.withLock { nl throws(OverlayError) in
             try device.configure(subnet: subnet, network: network, netlink: &nl, logger: logger)
         }
@@ -63,6 +45,16 @@ public final class KernelOverlay: Sendable {
     /// `device.subnet` (this node's lease) is never taken for a peer.
     public func kernelVXLANPeerTable(device: FlannelVXLANDevice, network: IPv4Subnet) throws(OverlayError) -> KernelVXLANPeerTable {
         try KernelVXLANPeerTable(device: device, network: network, networkNamespace: networkNamespace, logger: logger)
+    }
+
+    /// The neighbour/fdb/route table for IPv6 peers (and IPv6 DirectRouting routes) on flannel-v6.<VNI>.
+    public func kernelVXLANv6PeerTable(device: FlannelVXLANv6Device, network: IPv6Subnet) throws(OverlayError) -> KernelVXLANv6PeerTable {
+        try KernelVXLANv6PeerTable(device: device, network: network, networkNamespace: networkNamespace, logger: logger)
+    }
+
+    /// host-gw's IPv6 routes `<peer IPv6 subnet> via <PublicIPv6> dev <underlay>`.
+    public func hostGWv6PeerTable(underlayIndex: Int32, network: IPv6Subnet, ownSubnet: IPv6Subnet?) throws(OverlayError) -> HostGWv6PeerTable {
+        try HostGWv6PeerTable(underlayIndex: underlayIndex, network: network, ownSubnet: ownSubnet, networkNamespace: networkNamespace)
     }
 
     /// host-gw routes `<peer subnet> via <PublicIP> dev <underlay>`; only routes inside `network`
@@ -78,16 +70,55 @@ public final class KernelOverlay: Sendable {
         }
     }
 
-    /// See `Overlay.removeAll`; returns the deleted devices and routes in words, for the log.
-    public func removeFlannelDevices(vni: UInt32? = nil, network: IPv4Subnet? = nil, underlayIndex: Int32? = nil) throws(OverlayError) -> [String] {
+    /// See `Overlay.configureTUNIPv6`.
+    public func configureTUNIPv6(name: String, subnet: IPv6Subnet, network: IPv6Subnet, mtu: Int) throws(OverlayError) {
         try netlink.withLock { nl throws(OverlayError) in
-            let r = try Overlay.removeAll(vni: vni, network: network, underlayIndex: underlayIndex, netlink: &nl, logger: logger)
+            try Overlay.configureTUNIPv6(name: name, subnet: subnet, network: network, mtu: mtu, netlink: &nl, logger: logger)
+        }
+    }
+
+    /// See `Overlay.removeAll`; returns the deleted devices and routes in words, for the log.
+    public func removeFlannelDevices(vni: UInt32? = nil, network: IPv4Subnet? = nil, ipv6Network: IPv6Subnet? = nil,
+                                     underlayIndex: Int32? = nil) throws(OverlayError) -> [String] {
+        try netlink.withLock { nl throws(OverlayError) in
+            let r = try Overlay.removeAll(vni: vni, network: network, ipv6Network: ipv6Network, underlayIndex: underlayIndex,
+                                          netlink: &nl, logger: logger)
             return r.deletedDevices + r.deletedRoutes.map { "route \($0)" }
         }
     }
 
-    /// See `Overlay.isDirectlyReachable`.
-    public func isDirectlyReachable(_ address: IPv4Address) throws(OverlayError) -> Bool {
-        try netlink.withLock { nl throws(OverlayError) in try Overlay.isDirectlyReachable(address, netlink: &nl) }
+    /// Every link of the namespace (cleanup looks for our programs on each).
+    public func links() throws(OverlayError) -> [LinkInfo] {
+        try netlink.withLock { nl throws(OverlayError) in
+            do throws(NetlinkError) {
+                return try nl.links()
+            } catch {
+                throw .netlink(error, while: "listing the links")
+            }
+        }
+    }
+
+    /// The link named flannel.<vni>, whatever kind it is (its MAC is the VtepMAC an earlier run
+    /// published); nil when there is none.
+    public func existingDevice(vni: UInt32) throws(OverlayError) -> LinkInfo? {
+        let name = FlannelVXLANDevice.name(vni: vni)
+        return try netlink.withLock { nl throws(OverlayError) -> LinkInfo? in
+            do throws(NetlinkError) {
+                return try nl.link(named: name)
+            } catch {
+                throw .netlink(error, while: "looking for \(name)")
+            }
+        }
+    }
+
+    /// Deletes the device at `index` (flannel.<VNI>, when the userspace path needs its UDP port).
+    public func deleteDevice(index: Int32) throws(OverlayError) {
+        try netlink.withLock { nl throws(OverlayError) in
+            do throws(NetlinkError) {
+                try nl.deleteLink(index: index)
+            } catch {
+                throw .netlink(error, while: "deleting the device at ifindex \(index)")
+            }
+        }
     }
 }

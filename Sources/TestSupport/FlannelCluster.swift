@@ -294,7 +294,7 @@ public final class FlannelCluster: @unchecked Sendable {
                                                "--endpoints=\(etcdEndpoint)"] + certificates + args)
     }
 
-    private func etcdctlChecked(_ mode: Int, _ args: [String]) throws -> String {
+    func etcdctlChecked(_ mode: Int, _ args: [String]) throws -> String {
         let r = try etcdctl(mode, args)
         guard r.status == 0 else { throw LabError(command: ["etcdctl"] + args, status: r.status, stderr: r.stderr + r.stdout) }
         return r.stdout

@@ -300,8 +300,9 @@ public final class NetnsLab: @unchecked Sendable {
 
     // MARK: - Traffic
 
-    /// Pings `to` from namespace `from`; returns packets sent and received (never throws on loss).
-    public func ping(from ns: String, to: IPv4Address, count: Int = 3, interval: Double = 0.2, timeoutPerReply: Int = 1) throws -> (sent: Int, received: Int) {
+    /// Pings `to` (an IPv4 or IPv6 address) from namespace `from`; returns packets sent and received
+    /// (never throws on loss).
+    public func ping(from ns: String, to: some CustomStringConvertible, count: Int = 3, interval: Double = 0.2, timeoutPerReply: Int = 1) throws -> (sent: Int, received: Int) {
         guard access(LabTools.ping, X_OK) == 0 else {
             throw LabError(command: [LabTools.ping], message: "ping is not installed: apt-get install iputils-ping (listed in the Makefile's DEB_PACKAGES)")
         }
@@ -317,7 +318,7 @@ public final class NetnsLab: @unchecked Sendable {
     }
 
     /// Pings until one reply comes back or `timeout` seconds pass; true if a reply came.
-    public func waitForPing(from ns: String, to: IPv4Address, timeout: Double = 5) throws -> Bool {
+    public func waitForPing(from ns: String, to: some CustomStringConvertible, timeout: Double = 5) throws -> Bool {
         let deadline = monotonicSeconds() + timeout
         repeat {
             if try ping(from: ns, to: to, count: 1, interval: 0.2).received == 1 { return true }
@@ -326,8 +327,8 @@ public final class NetnsLab: @unchecked Sendable {
     }
 
     /// A TCP stream with iperf3 from `clientNS` to a server started in `serverNS` listening on
-    /// `serverIP`; returns the receiver's bits per second.
-    public func tcpThroughput(from clientNS: String, to serverNS: String, serverIP: IPv4Address,
+    /// `serverIP` (IPv4 or IPv6); returns the receiver's bits per second.
+    public func tcpThroughput(from clientNS: String, to serverNS: String, serverIP: some CustomStringConvertible,
                               seconds: Int = 2, port: UInt16 = 5201) throws -> Double {
         let server = try spawn(serverNS, [LabTools.iperf3, "-s", "-1", "-B", "\(serverIP)", "-p", "\(port)"])
         defer { server.terminate(grace: 1) }

@@ -111,14 +111,21 @@ public enum PacketBuilder {
     /// A UDP datagram; checksum over the pseudo-header unless `checksum` is false (then 0).
     public static func udp(src: IPv4Address, dst: IPv4Address, srcPort: UInt16, dstPort: UInt16, payload: [UInt8],
                            checksum: Bool = true) -> [UInt8] {
+        udpDatagram(srcPort: srcPort, dstPort: dstPort, payload: payload) { length in
+            checksum ? Checksum.pseudoHeader(src: src, dst: dst, proto: IPProto.udp, length: length) : nil
+        }
+    }
+
+    /// A UDP datagram whose checksum starts from `pseudoHeader(length)` (nil: checksum 0).
+    static func udpDatagram(srcPort: UInt16, dstPort: UInt16, payload: [UInt8], pseudoHeader: (Int) -> UInt32?) -> [UInt8] {
         var u: [UInt8] = []
         u.appendBE16(srcPort)
         u.appendBE16(dstPort)
         u.appendBE16(UInt16(8 + payload.count))
         u.appendBE16(0)
         u += payload
-        if checksum {
-            var c = Checksum.internet(u, initial: Checksum.pseudoHeader(src: src, dst: dst, proto: IPProto.udp, length: u.count))
+        if let initial = pseudoHeader(u.count) {
+            var c = Checksum.internet(u, initial: initial)
             if c == 0 { c = 0xffff }
             u.setBE16(c, at: 6)
         }

@@ -50,11 +50,14 @@ public struct ReferenceDatapath: Sendable {
     public var innerSourceCheck: Bool
     /// The lease's PublicIP when it is another local address than `nodeIP`.
     public var publicIP: IPv4Address?
+    /// The IPv6 half (flannel-v6.<VNI>) of a dual-stack node; nil: IPv6 passes as any non-IPv4 frame.
+    public var ipv6: IPv6Half?
 
     public init(nodeIP: IPv4Address, vtepMAC: MACAddress, vni: UInt32, udpPort: UInt16, underlayMAC: MACAddress,
                 overlayMTU: Int, peers: [PeerEntry], outerTTL: UInt8 = 0, innerSourceCheck: Bool = true,
-                publicIP: IPv4Address? = nil) {
+                publicIP: IPv4Address? = nil, ipv6: IPv6Half? = nil) {
         self.publicIP = publicIP
+        self.ipv6 = ipv6
         self.nodeIP = nodeIP
         self.vtepMAC = vtepMAC
         self.vni = vni
@@ -78,13 +81,18 @@ public struct ReferenceDatapath: Sendable {
         public static let decapPassShort: UInt32 = 30, decapDropInnerNotIPv4: UInt32 = 31, decapPassOtherHost: UInt32 = 32
         public static let decapDropInnerSource: UInt32 = 33, decapDropLoop: UInt32 = 34, decapDropOuterCsum: UInt32 = 35
         public static let decapDropECN: UInt32 = 36, decapFragmentOK: UInt32 = 37
+        public static let encapPassDisabled: UInt32 = 3
+        public static let encap6OK: UInt32 = 11, encap6PassGSO: UInt32 = 12, encap6PassCsum: UInt32 = 13
+        public static let encap6PassNotIPv6: UInt32 = 14, decap6OK: UInt32 = 15, decap6CheckOK: UInt32 = 39
+        public static let decap6DropInnerNotIPv6: UInt32 = 41, decap6DropUDPZeroCsum: UInt32 = 42, decap6PassExtHeaders: UInt32 = 43
     }
 
     /// The 8 metadata bytes fxdp_decap_xdp leaves in front of a frame it decapsulated: the magic
     /// 0xf1a77e11 and the flags, little-endian u32s as the program stores them. Flag 1: the inner
     /// source lies in a subnet of the sending peer (looked up when the inner source check is on).
-    public static func xdpMetaBytes(sourceInSubnet: Bool) -> [UInt8] {
-        [0x11, 0x7e, 0xa7, 0xf1, sourceInSubnet ? 1 : 0, 0, 0, 0]
+    /// Flag 2: the frame is IPv6 VXLAN, for flannel-v6.<VNI>.
+    public static func xdpMetaBytes(sourceInSubnet: Bool, ipv6: Bool = false) -> [UInt8] {
+        [0x11, 0x7e, 0xa7, 0xf1, (sourceInSubnet ? 1 : 0) | (ipv6 ? 2 : 0), 0, 0, 0]
     }
 
     /// Whether the inner source of a valid VXLAN frame lies in a subnet of the peer that sent it,
@@ -106,6 +114,9 @@ public struct ReferenceDatapath: Sendable {
         /// which must be a valid header checksum, and the UDP source port (34..<36), which must lie
         /// in 32768...60999.
         case encapsulated([UInt8])
+        /// VXLAN over IPv6: `bytes` except the UDP source port (54..<56, in 32768...60999) and the
+        /// UDP checksum (60..<62), which must be `Checksum.vxlan6UDP` of the frame.
+        case encapsulated6([UInt8])
     }
 
     public struct Expectation: Sendable, CustomStringConvertible {
@@ -123,6 +134,7 @@ public struct ReferenceDatapath: Sendable {
         guard f.count >= 14 else { return Code.decapPassShort }
         let type = f.be16(at: 12)
         if type == 0x8100 || type == 0x88A8 { return Code.decapPassVLAN }
+        if type == 0x86DD, let ipv6 { return classifyDecap6(f, ipv6) }
         guard type == 0x0800 else { return Code.decapPassNotIPv4 }
         let ip = 14
         guard f.count >= ip + 20 else { return Code.decapDropMalformed }
@@ -170,12 +182,13 @@ public struct ReferenceDatapath: Sendable {
     static let decapDrops: Set<UInt32> = [
         Code.decapDropNotPeer, Code.decapDropBadVNI, Code.decapDropMalformed, Code.decapDropFragment,
         Code.decapDropIPOptions, Code.decapDropInnerNotOurs, Code.decapDropInnerNotIPv4, Code.decapDropInnerSource,
-        Code.decapDropLoop, Code.decapDropOuterCsum, Code.decapDropECN,
+        Code.decapDropLoop, Code.decapDropOuterCsum, Code.decapDropECN, Code.decap6DropInnerNotIPv6, Code.decap6DropUDPZeroCsum,
     ]
 
     /// fxdp_decap_xdp on the underlay (a driver with XDP metadata, as BPF_PROG_TEST_RUN and veth).
     public func decapXDP(_ f: [UInt8]) -> Expectation {
         let code = classifyDecap(f)
+        if code == Code.decap6OK, let ipv6 { return stripped6(f, ipv6) }
         guard code == Code.decapOK else {
             return Expectation(code: code, verdict: ReferenceDatapath.decapDrops.contains(code) ? "XDP_DROP" : "XDP_PASS",
                                output: .unchanged)
@@ -203,6 +216,7 @@ public struct ReferenceDatapath: Sendable {
     public func decapCheck(_ f: [UInt8]) -> Expectation {
         let code = classifyDecap(f)
         if code == Code.decapOK { return Expectation(code: Code.decapCheckOK, verdict: "TC_ACT_OK", output: .unchanged) }
+        if code == Code.decap6OK { return Expectation(code: Code.decap6CheckOK, verdict: "TC_ACT_OK", output: .unchanged) }
         return Expectation(code: code, verdict: ReferenceDatapath.decapDrops.contains(code) ? "TC_ACT_SHOT" : "TC_ACT_OK",
                            output: .unchanged)
     }
@@ -268,6 +282,16 @@ public struct ReferenceDatapath: Sendable {
             if Checksum.internet(actual[14..<34]) != 0 { return "outer IPv4 checksum invalid" }
             let sport = actual.be16(at: 34)
             if !(32768...60999).contains(sport) { return "UDP source port \(sport) outside 32768...60999" }
+            return nil
+        case .encapsulated6(let bytes):
+            guard actual.count == bytes.count else { return "encap6 length \(actual.count), want \(bytes.count)" }
+            for i in 0..<bytes.count where !(54..<56).contains(i) && !(60..<62).contains(i) {
+                if actual[i] != bytes[i] { return "encap6 byte \(i): got \(actual[i]) want \(bytes[i]): \(Array(actual.prefix(100)).hex)" }
+            }
+            let sport = actual.be16(at: 54)
+            if !(32768...60999).contains(sport) { return "UDP source port \(sport) outside 32768...60999" }
+            let check = actual.be16(at: 60), want = Checksum.vxlan6UDP(actual)
+            if check != want { return "UDP checksum \(check), the rule gives \(want)" }
             return nil
         }
     }

@@ -37,6 +37,9 @@ public enum UserspaceDropReason: Int, CaseIterable, Sendable, CustomStringConver
     case loop
     /// UDP → TUN: outer CE on a not-ECT inner packet (the kernel's decap drops it too).
     case ecn
+    /// UDP → TUN: an inner packet of the other family than the underlay's (flannel pairs IPv4 with
+    /// flannel.<VNI> over IPv4 and IPv6 with flannel-v6.<VNI> over IPv6).
+    case innerWrongFamily
 
     public var name: String {
         switch self {
@@ -54,6 +57,7 @@ public enum UserspaceDropReason: Int, CaseIterable, Sendable, CustomStringConver
         case .innerSource: "inner_source"
         case .loop: "loop"
         case .ecn: "ecn"
+        case .innerWrongFamily: "inner_wrong_family"
         }
     }
 

@@ -84,7 +84,7 @@ final class PeerSnapshot: AtomicReference, Sendable {
     }
 
     @inline(__always)
-    static func search(_ sorted: [UInt32], _ key: UInt32) -> Int? {
+    static func search<T: Comparable>(_ sorted: [T], _ key: T) -> Int? {
         var low = 0
         var high = sorted.count
         while low < high {

@@ -56,12 +56,17 @@ public struct UserspaceConfig: Sendable, Hashable {
     /// Deliver a decapsulated packet only when its source lies in a subnet of the peer that sent
     /// it, or is that peer's own address (the BPF path's check, `--inner-source-check`).
     public var innerSourceCheck: Bool
+    /// IPv6 pods over the IPv6 underlay (dual-stack and IPv6-only networks; vxlan framing only,
+    /// as flannel's udp backend carries IPv4 alone). nil: IPv4 only.
+    public var ipv6: UserspaceIPv6Config?
 
     public init(
         encapsulation: Encapsulation, localIP: IPv4Address, tunName: String, mtu: Int,
         queues: Int = 1, icmpSourceIP: IPv4Address, batchSize: Int = 32, icmpRateLimit: Int = 100,
-        offloads: Bool = true, socketBufferBytes: Int = 16 << 20, innerSourceCheck: Bool = true
+        offloads: Bool = true, socketBufferBytes: Int = 16 << 20, innerSourceCheck: Bool = true,
+        ipv6: UserspaceIPv6Config? = nil
     ) {
+        self.ipv6 = ipv6
         self.encapsulation = encapsulation
         self.localIP = localIP
         self.tunName = tunName
@@ -90,6 +95,10 @@ public struct UserspaceConfig: Sendable, Hashable {
             if vni >= 1 << 24 { problems.append("VNI \(vni) must fit in 24 bits") }
             if mac.isMulticast || mac.isZero { problems.append("local VTEP MAC \(mac) must be unicast and non-zero") }
         }
+        if let ipv6 {
+            if case .udp = encapsulation { problems.append("IPv6 needs the vxlan framing: flannel's udp backend carries IPv4 only") }
+            problems += ipv6.problems
+        }
         return problems
     }
 }
@@ -102,9 +111,11 @@ public enum UserspaceError: Error, Sendable, Equatable, CustomStringConvertible 
     case setMTU(name: String, mtu: Int, errno: Int32)
     case setOffload(name: String, errno: Int32)
     case udpSocket(address: IPv4Address, port: UInt16, errno: Int32)
+    case udp6Socket(address: IPv6Address, port: UInt16, errno: Int32)
     case pipe(errno: Int32)
     case threadStart(name: String, errno: Int32)
     case peerWithoutVTEPMAC(Peer)
+    case ipv6PeerWithoutVTEPMAC(IPv6Peer)
     case alreadyStopped
 
     public var description: String {
@@ -126,6 +137,11 @@ public enum UserspaceError: Error, Sendable, Equatable, CustomStringConvertible 
             "creating the stop pipe failed: \(errnoText(e))"
         case .threadStart(let name, let e):
             "starting worker thread \(name) failed: \(errnoText(e))"
+        case .udp6Socket(let address, let port, let e):
+            "binding UDP [\(address)]:\(port) failed: \(errnoText(e)); is a kernel flannel-v6 device or another flanneld "
+                + "using the port, and is \(address) an address of this network namespace?"
+        case .ipv6PeerWithoutVTEPMAC(let peer):
+            "IPv6 peer \(peer) has no VtepMAC: the vxlan framing needs its lease's BackendV6Data.VtepMAC"
         case .peerWithoutVTEPMAC(let peer):
             "peer \(peer) has no VtepMAC: the vxlan framing needs one (a lease of another backend type?)"
         case .alreadyStopped:

@@ -9,7 +9,8 @@
 //
 // Peers: upsert/remove (the reconciler's PeerTable calls) rebuild an immutable PeerSnapshot under a
 // mutex and publish it with one atomic store; workers read it once per batch, so updates and packet
-// forwarding never wait on each other.
+// forwarding never wait on each other. With `config.ipv6` the path also carries IPv6 pods over the
+// IPv6 underlay (IPv6Path.swift); its peers are `ipv6Peers`, an IPv6PeerTable of their own.
 import Atomics
 import CBPF
 import Glibc
@@ -17,7 +18,7 @@ import Logging
 import NetTypes
 import Synchronization
 
-public final class UserspaceDataplane: PeerTable, Sendable {
+public final class UserspaceDataplane: Sendable {
     public let config: UserspaceConfig
     public var tableName: String { "userspace" }
 
@@ -34,6 +35,10 @@ public final class UserspaceDataplane: PeerTable, Sendable {
     /// Whether TSO/GSO/GRO offloads are in use (config.offloads, unless the kernel refused them).
     public let offloadsActive: Bool
     private let icmpFD: Int32
+    /// The IPv6 peers (empty and unused without `config.ipv6`).
+    public let ipv6Peers = UserspaceIPv6PeerTable()
+    /// The IPv6 UDP socket, -1 without `config.ipv6`.
+    private let ipv6FD: Int32
 
     struct QueueDescriptors: Sendable {
         let tun: Int32
@@ -80,6 +85,13 @@ public final class UserspaceDataplane: PeerTable, Sendable {
             logger.warning("userspace data path: no raw socket for ICMP errors (\(errnoText(errno))); senders to unknown destinations get no net-unreachable")
         }
         icmpFD = raw
+        if let v6 = config.ipv6 {
+            let fd = try openIPv6Socket(address: v6.localIP, port: config.encapsulation.port, bufferBytes: config.socketBufferBytes)
+            owned.adopt(fd)
+            ipv6FD = fd
+        } else {
+            ipv6FD = -1
+        }
         let mtuResult = cbpf_if_set_mtu(config.tunName, Int32(config.mtu))
         guard mtuResult == 0 else { throw .setMTU(name: config.tunName, mtu: config.mtu, errno: -mtuResult) }
 
@@ -133,11 +145,15 @@ public final class UserspaceDataplane: PeerTable, Sendable {
 
     /// Launches the worker threads. Calling it again while running does nothing.
     public func start() throws(UserspaceError) {
-        let context = WorkerContext(
+        var context = WorkerContext(
             table: table, counters: cells, stopping: stopping, stopFD: stopPipe.read,
             framing: Framing(config.encapsulation), mtu: config.mtu, batch: config.batchSize,
             icmpSource: config.icmpSourceIP.value, icmpRate: config.icmpRateLimit, icmpFD: icmpFD,
             vnetHeaderLength: vnetHeaderLength, innerSourceCheck: config.innerSourceCheck, logger: logger, tunBroken: tunBroken)
+        if let v6 = config.ipv6, case .vxlan(let vni, let port, _) = config.encapsulation {
+            context.ipv6 = IPv6Context(table: ipv6Peers.snapshot, socket: ipv6FD, localMAC: PeerSnapshot.pack(v6.localVTEPMAC),
+                                       mtu: v6.mtu, port: port, vni: vni)
+        }
         let queues = queueFDs
         try lifecycle.withLock { (state: inout Lifecycle) throws(UserspaceError) in
             switch state.phase {
@@ -153,6 +169,15 @@ public final class UserspaceDataplane: PeerTable, Sendable {
                     state.threads.append(try spawnThread(name: "fxus-rx\(index)") { rx.run() })
                 } catch {
                     state.phase = .running  // so stop() joins what did start
+                    throw error
+                }
+            }
+            if let v6 = context.ipv6, let queue = queues.first {
+                let rx6 = UDP6ToTunWorker(context: context, ipv6: v6, tunFD: queue.tun)
+                do throws(UserspaceError) {
+                    state.threads.append(try spawnThread(name: "fxus-rx6") { rx6.run() })
+                } catch {
+                    state.phase = .running
                     throw error
                 }
             }

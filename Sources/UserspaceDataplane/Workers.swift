@@ -49,6 +49,8 @@ struct WorkerContext: Sendable {
     /// UserspaceConfig.innerSourceCheck.
     let innerSourceCheck: Bool
     let logger: Logger
+    /// The IPv6 side, when the path carries IPv6 (IPv6Path.swift).
+    var ipv6: IPv6Context? = nil
 
     /// Largest packet a TUN read or a UDP datagram can hold (64 KB).
     static let maxPacket = 65_536
@@ -61,6 +63,21 @@ struct WorkerContext: Sendable {
     func backOff(milliseconds: Int32 = 100) {
         var fd = pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0)
         _ = poll(&fd, 1, milliseconds)
+    }
+
+    /// Writes one packet (`vnet` header included) into the TUN and counts it as received, or as a
+    /// `tunWriteError` (the errno logged once per worker).
+    @inline(__always)
+    func deliver(_ tunFD: Int32, _ start: UnsafeRawPointer, vnet: Int, length: Int, tally: inout Tally, errors: inout ErrorOnce,
+                 what: String = "write into the TUN") {
+        let written = write(tunFD, start, vnet + length)
+        if written == vnet + length {
+            tally.bump(Counter.rxPackets)
+            tally.bump(Counter.rxBytes, by: UInt64(length))
+        } else {
+            if written < 0 { errors.log(logger, what, errno: errno) }
+            tally.drop(.tunWriteError)
+        }
     }
 
     /// Sleeps until `fd` is readable or stop() was called. Returns false when stopping.
@@ -159,6 +176,16 @@ final class TunToUDPWorker: @unchecked Sendable {
                 var gso = VirtioNetHeader.none
                 if vnet > 0 {
                     gso = VirtioNetHeader(packet - vnet)
+                }
+                if let ipv6 = context.ipv6, packet.load(as: UInt8.self) >> 4 == 6 {
+                    // Sent at once (one sendto): the slot is free again for the next read.
+                    if gso.isSegmented {
+                        tally.drop(.tooBig)
+                        continue
+                    }
+                    if vnet > 0 && gso.needsChecksum { VirtioNetHeader.completeChecksum(packet, length: length, header: gso) }
+                    ipv6.send(packet, length: length, tally: &tally, errors: &errors, context: context)
+                    continue
                 }
                 let check = Wire.checkIPv4(ByteCursor(packet, end: length), notIPv4: .notIPv4)
                 guard case .ok(let headerLength, let totalLength) = check else {
@@ -327,14 +354,8 @@ final class UDPToTunWorker: @unchecked Sendable {
             header.storeBytes(of: UInt16(context.mtu - ipHeaderLength - tcpHeaderLength).littleEndian, toByteOffset: 4, as: UInt16.self)
             header.storeBytes(of: UInt16(ipHeaderLength).littleEndian, toByteOffset: 6, as: UInt16.self)
             header.storeBytes(of: UInt16(16).littleEndian, toByteOffset: 8, as: UInt16.self)
-            let written = write(tunFD, header, vnet + length)
-            if written == vnet + length {
-                tally.bump(Counter.rxPackets)
-                tally.bump(Counter.rxBytes, by: UInt64(length))
-            } else {
-                if written < 0 { errors.log(context.logger, "write of a GSO packet into the TUN", errno: errno) }
-                tally.drop(.tunWriteError)
-            }
+            context.deliver(tunFD, header, vnet: vnet, length: length, tally: &tally, errors: &errors,
+                            what: "write of a GSO packet into the TUN")
             return
         }
         let gso = VirtioNetHeader(flags: 1, gsoType: VirtioNetHeader.gsoTCPv4, headerLength: 0, gsoSize: UInt16.max, checksumStart: 0, checksumOffset: 0)
@@ -442,14 +463,7 @@ final class UDPToTunWorker: @unchecked Sendable {
                             // overwrite the inner Ethernet header (already checked) or the headroom.
                             start.initializeMemory(as: UInt8.self, repeating: 0, count: vnet)
                         }
-                        let written = write(tunFD, start, vnet + innerLength)
-                        if written == vnet + innerLength {
-                            tally.bump(Counter.rxPackets)
-                            tally.bump(Counter.rxBytes, by: UInt64(innerLength))
-                        } else {
-                            if written < 0 { errors.log(context.logger, "write into the TUN", errno: errno) }
-                            tally.drop(.tunWriteError)
-                        }
+                        context.deliver(tunFD, start, vnet: vnet, length: innerLength, tally: &tally, errors: &errors)
                     }
                 }
             }

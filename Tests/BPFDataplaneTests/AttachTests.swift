@@ -73,7 +73,7 @@ func loadForeignProgram(type: bpf_prog_type, verdict: UInt32) throws -> (BPFProg
     return (BPFProgram(fd: fd, name: "foreign"), fd)
 }
 
-@Suite(.needsRoot)
+@Suite(.needsRoot, .ownThreads)
 struct AttachTests {
     @Test func restartKeepsProgramsAndMapsAndReplacesChangedOnes() throws {
         let lab = try AttachLab()

@@ -10,7 +10,7 @@ import TestSupport
 import TestTraits
 import Testing
 
-@Suite("Drop samples for monitor (root)", .serialized, .needsRoot)
+@Suite("Drop samples for monitor (root)", .serialized, .needsRoot, .ownThreads)
 struct DropMonitorTests {
     static func drain(_ ring: borrowing BPFRingBuffer) throws -> [DropEvent] {
         var events: [DropEvent] = []
@@ -118,5 +118,38 @@ struct DropMonitorTests {
             if e.innerSource != nil { #expect(e.vni == 7 && e.source != nil) }
         }
         #expect(DropEvent(record: [1, 2, 3]) == nil)
+    }
+
+    @Test("IPv6 drops are sampled and decoded: XDP and TC from the Ethernet header, the IPv6 door from the IPv6 header")
+    func ipv6Samples() throws {
+        let lab = try PacketLab(ipv6: true)
+        defer { lab.close() }
+        let folder = lab.bpffs.path + "/" + FlannelBPF.pinFolderName
+        let ring = try BPFRingBuffer.openPinned(path: folder + "/" + FXDP_MAP_DROPS)
+        let monitorSwitch = try DropMonitorSwitch(pinDirectory: folder)
+        try monitorSwitch.listen(forSeconds: 30, eventsPerSecond: 100)
+        defer { try? monitorSwitch.listen(forSeconds: -1, eventsPerSecond: 100) }
+        let stranger = lab.vxlan6FromPeer(src: PacketLab.stranger6)
+        for program in [FXDPProgram.decapCheck, .decapXDP] {
+            #expect(try lab.run(program, stranger).moved[.decapDropNotPeer]?.packets == 1)
+        }
+        let events = try Self.drain(ring)
+        #expect(events.count == 2, "\(events)")
+        for event in events {
+            #expect(event.source == nil && event.source6 == PacketLab.stranger6 && event.destination6 == PacketLab.us6)
+            #expect(event.ipProtocol == 17 && event.destinationPort == PacketLab.port && event.vni == PacketLab.vni)
+            #expect(event.innerDestinationMAC == PacketLab.ourVTEP6)
+            #expect(event.innerSource6 == PacketLab.peerPod6 && event.innerDestination6 == PacketLab.ourPod6 && event.innerProtocol == 58)
+        }
+        // The door's sample starts at the IPv6 header; a fragment header is read through.
+        let l3 = Array(lab.vxlan6FromPeer(src: PacketLab.stranger6, moreFragments: true)[14...])
+        let door = DropEvent(monotonicNanoseconds: 1, reason: .door6DropNotPeer, ifindex: 2, packetLength: UInt32(l3.count),
+                             sample: Array(l3.prefix(Int(FXDP_DROP_SAMPLE))), startsAtIPv4: true)
+        #expect(door.source6 == PacketLab.stranger6 && door.destinationPort == PacketLab.port && door.innerSource6 == PacketLab.peerPod6)
+        for n in 0...l3.count {
+            let e = DropEvent(monotonicNanoseconds: 1, reason: .door6DropNotPeer, ifindex: 1, packetLength: UInt32(l3.count),
+                              sample: Array(l3.prefix(n)), startsAtIPv4: true)
+            if e.innerSource6 != nil { #expect(e.vni == 1 && e.source6 != nil) }
+        }
     }
 }

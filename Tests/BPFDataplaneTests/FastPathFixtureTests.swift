@@ -242,7 +242,7 @@ final class FastPathLab: @unchecked Sendable {
 }
 
 @Suite("FastPathFixtureTests: every verdict of the fast path's programs", .serialized,
-       .needsRoot)
+       .needsRoot, .ownThreads)
 struct FastPathFixtureTests {
     typealias L = FastPathLab
 
@@ -375,7 +375,7 @@ struct FastPathFixtureTests {
 }
 
 @Suite("FastPathSyncTests: which pods and interfaces the fast path takes", .serialized,
-       .needsRoot)
+       .needsRoot, .ownThreads)
 struct FastPathSyncTests {
     func sync(_ lab: FastPathLab) throws -> FastPathPass {
         try lab.node.run { try FastPathSync(bpf: lab.bpf, podSubnet: FastPathLab.ourPods, logger: .init(label: "test")).syncOnce() }

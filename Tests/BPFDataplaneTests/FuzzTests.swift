@@ -1,7 +1,8 @@
-// Differential fuzz of the three BPF programs against ReferenceDatapath (TestSupport), a small Swift
+// Differential fuzz of the BPF programs against ReferenceDatapath (TestSupport), a small Swift
 // model written from the verdict table, not from the C. Every input goes through BPF_PROG_TEST_RUN
 // on fxdp_decap_xdp, fxdp_decap_check and fxdp_encap (loaded and configured by the production code,
-// PacketLab); for each run the verdict, the output bytes and the counters (exactly one moved, by one
+// PacketLab) — and, on a dual-stack node, fxdp_encap6 too, with IPv6 seeds beside the IPv4 ones;
+// for each run the verdict, the output bytes and the counters (exactly one moved, by one
 // packet and the input's length) must be what the model says. Inputs: every truncation of every
 // valid fixture, mutations of the fixtures (byte/bit edits, cuts, inserts, duplicated slices),
 // valid header prefixes followed by random bytes, and plain random frames of 15...3500 bytes.
@@ -16,7 +17,7 @@ import TestSupport
 import TestTraits
 import Testing
 
-@Suite(.needsRoot)
+@Suite(.needsRoot, .ownThreads)
 struct FuzzTests {
     static func reference(_ lab: PacketLab) -> ReferenceDatapath {
         ReferenceDatapath(
@@ -31,7 +32,19 @@ struct FuzzTests {
                       vtepMAC: MACAddress("02:00:00:00:00:09")!, route: .unroutable),
                 .init(subnet: PacketLab.multihomedPods, nodeIP: PacketLab.multihomedPeer,
                       vtepMAC: MACAddress("02:00:00:00:00:05")!, route: .unroutable, sourceIP: PacketLab.multihomedSource),
-            ])
+            ],
+            ipv6: lab.config6.map { config6 in
+                ReferenceDatapath.IPv6Half(
+                    nodeIP: config6.nodeIP, vtepMAC: config6.vtepMAC, overlayMTU: Int(config6.overlayMTU), hopLimit: config6.outerHopLimit,
+                    peers: PacketLab.peers6.map { peer in
+                        let route: ReferenceDatapath.Route = switch peer.publicIP {
+                        case PacketLab.peer6: .resolved(PacketLab.peerUnderlayMAC)
+                        case PacketLab.unresolvedPeer6: .unresolved
+                        default: .unroutable
+                        }
+                        return .init(subnet: peer.subnet, nodeIP: peer.publicIP, vtepMAC: peer.vtepMAC, route: route, sourceIP: peer.sourceIP)
+                    })
+            })
     }
 
     static func seeds(_ lab: PacketLab) -> [[UInt8]] {
@@ -65,6 +78,51 @@ struct FuzzTests {
             PacketLab.overlayFrame(PacketLab.podPacket(size: 1450 - 27)),
             PacketLab.overlayFrame(PacketBuilder.ipv4(src: IPv4Address(10, 5, 2, 9), dst: IPv4Address(10, 5, 1, 7), proto: IPProto.udp,
                                                       payload: Array(repeating: 7, count: 30), options: [7, 7, 7, 7, 7, 7, 7, 7])),
+        ]
+    }
+
+    /// IPv6 frames to mutate (a dual-stack lab): VXLAN from the IPv6 peers and strangers, and what
+    /// flannel-v6.<VNI> hands the encap.
+    static func seeds6(_ lab: PacketLab) -> [[UInt8]] {
+        let fromPod = { (source: IPv6Address, trafficClass: UInt8) in
+            PacketLab.innerFrame6(PacketLab.podPacket6(dst: PacketLab.ourPod6, src: source, trafficClass: trafficClass))
+        }
+        let tcpInner = PacketLab.innerFrame6(PacketBuilder.ipv6(
+            src: PacketLab.peerPod6, dst: PacketLab.ourPod6, nextHeader: IPProto.tcp,
+            payload: PacketBuilder.tcp6(src: PacketLab.peerPod6, dst: PacketLab.ourPod6, srcPort: 5201, dstPort: 40000,
+                                        payload: Array(repeating: 0x61, count: 100))))
+        let udpPod = { (checksum: Bool) in
+            PacketBuilder.ipv6(src: PacketLab.ourPod6, dst: PacketLab.peerPod6, nextHeader: IPProto.udp,
+                               payload: PacketBuilder.udp6(src: PacketLab.ourPod6, dst: PacketLab.peerPod6, srcPort: 53, dstPort: 53,
+                                                           payload: Array(repeating: 7, count: 30), checksum: checksum))
+        }
+        let mtu = Int(PacketLab.overlayMTU6)
+        return [
+            lab.vxlan6FromPeer(),
+            lab.vxlan6FromPeer(inner: tcpInner),
+            lab.vxlan6FromPeer(udpChecksum: false),
+            lab.vxlan6FromPeer(src: PacketLab.unresolvedPeer6),
+            lab.vxlan6FromPeer(src: PacketLab.stranger6),
+            lab.vxlan6FromPeer(moreFragments: true),
+            lab.vxlan6FromPeer(moreFragments: false),
+            lab.vxlan6FromPeer(extensionHeaders: [IPProto.udp, 0, 1, 4, 0, 0, 0, 0], extensionNextHeader: IPProto.hopByHop),
+            lab.vxlan6FromPeer(trafficClass: 0x03),
+            lab.vxlan6FromPeer(inner: fromPod(PacketLab.peerPod6, 0x01), trafficClass: 0x03),
+            lab.vxlan6FromPeer(inner: fromPod(IPv6Address("fd10:5:3::4")!, 0)),
+            lab.vxlan6FromPeer(inner: fromPod(IPv6Address("fd10:5:5::4")!, 0), src: PacketLab.multihomedSource6),
+            lab.vxlan6FromPeer(inner: fromPod(PacketLab.peer6, 0)),
+            lab.vxlan6FromPeer(inner: PacketLab.innerFrame6(PacketLab.podPacket6(dst: PacketLab.ourPod6, src: PacketLab.peerPod6),
+                                                            from: PacketLab.ourVTEP6)),
+            lab.vxlan6FromPeer(dst: IPv6Address("fd00:60::50")!),
+            PacketLab.overlayFrame6(PacketLab.podPacket6()),
+            PacketLab.overlayFrame6(PacketLab.podPacket6(trafficClass: 0x03)),
+            PacketLab.overlayFrame6(PacketLab.podPacket6(dst: IPv6Address("fd10:5:3::1")!, trafficClass: 0x01)),
+            PacketLab.overlayFrame6(PacketLab.podPacket6(dst: IPv6Address("fd10:5:9::1")!)),
+            PacketLab.overlayFrame6(PacketLab.podPacket6(dst: IPv6Address("fd10:6::1")!)),
+            PacketLab.overlayFrame6(PacketLab.podPacket6(size: mtu - 48)),
+            PacketLab.overlayFrame6(PacketLab.podPacket6(size: mtu - 47)),
+            PacketLab.overlayFrame6(udpPod(true)),
+            PacketLab.overlayFrame6(udpPod(false)),
         ]
     }
 
@@ -122,17 +180,26 @@ struct FuzzTests {
     }
 
     @Test func differentialAgainstReferenceModel() throws {
-        let lab = try PacketLab()
+        try FuzzTests.differential(ipv6: false)
+    }
+
+    @Test func differentialAgainstReferenceModelDualStack() throws {
+        try FuzzTests.differential(ipv6: true)
+    }
+
+    static func differential(ipv6: Bool) throws {
+        let lab = try PacketLab(ipv6: ipv6)
         defer { lab.close() }
         let model = FuzzTests.reference(lab)
         let seed = FuzzBudget.seed()
         var rng = SplitMix64(state: seed)
-        let seeds = FuzzTests.seeds(lab)
-        let total = FuzzBudget.iterations(short: 20_000, long: 1_000_000)
+        let seeds = FuzzTests.seeds(lab) + (ipv6 ? FuzzTests.seeds6(lab) : [])
+        let total = FuzzBudget.iterations(short: ipv6 ? 10_000 : 20_000, long: 1_000_000)
         let dmesgBefore = ((try? sh(["dmesg"], allowFailure: true)) ?? "").split(separator: "\n").count
         let started = ContinuousClock.now
 
-        let programs = (try lab.bpf.program(.decapXDP), try lab.bpf.program(.decapCheck), try lab.bpf.program(.encap))
+        let programs = (try lab.bpf.program(.decapXDP), try lab.bpf.program(.decapCheck), try lab.bpf.program(.encap),
+                        try lab.bpf.program(.encap6))
         // Runs go in batches on one thread inside the lab's namespace (the encap's fib lookup reads
         // that namespace); the verdict per input comes back as text, checked here.
         var disagreements: [String] = []
@@ -166,6 +233,10 @@ struct FuzzTests {
                             found.append("\(tag) \(p)")
                         }
                         ran += 2
+                        if ipv6, let p = try FuzzTests.check(lab, programs.3, .encap6, model.encap6(f), f, counters: &counters) {
+                            found.append("\(tag) \(p)")
+                        }
+                        ran += ipv6 ? 1 : 0
                     }
                 }
                 return (found, ran)
@@ -175,7 +246,9 @@ struct FuzzTests {
             inputs += batch.count
         }
         let elapsed = ContinuousClock.now - started
-        print("FuzzTests: \(inputs) inputs, \(runs) program runs, \(disagreements.count) disagreements, seed \(seed), \(elapsed)")
+        let reached = try lab.bpf.counters().filter { $0.value.packets > 0 }.map { "\($0.key.name) \($0.value.packets)" }.sorted()
+        print("FuzzTests\(ipv6 ? " (dual-stack)" : ""): verdicts reached: \(reached.joined(separator: ", "))")
+        print("FuzzTests\(ipv6 ? " (dual-stack)" : ""): \(inputs) inputs, \(runs) program runs, \(disagreements.count) disagreements, seed \(seed), \(elapsed)")
         #expect(disagreements.isEmpty, "\(disagreements.prefix(20).joined(separator: "\n"))")
         #expect(inputs >= total, "stopped early after \(inputs) inputs")
         let warnings = FuzzTests.newKernelWarnings(since: dmesgBefore)

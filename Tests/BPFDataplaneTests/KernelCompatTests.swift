@@ -57,26 +57,11 @@ final class KernelPair: @unchecked Sendable {
     }
 
     /// Opens an AF_PACKET socket in B (all interfaces there), 2 s receive timeout.
-    func openCapture() throws -> Int32 {
-        try b.run {
-            // SOCK_RAW (3) by number: this file sometimes failed to see Glibc's enum in incremental builds.
-            let fd = socket(AF_PACKET, 3 /* SOCK_RAW */, Int32(UInt16(0x0003 /* ETH_P_ALL */).bigEndian))
-            guard fd >= 0 else { throw CommandFailed(command: ["socket(AF_PACKET)"], status: errno, output: "") }
-            var tv = timeval(tv_sec: 2, tv_usec: 0)
-            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-            return fd
-        }
-    }
+    func openCapture() throws -> Int32 { try openFrameCapture(in: b) }
 
     /// The next VXLAN frame (UDP to 8472) the socket sees, or nil after the timeout.
     func nextVXLAN(_ fd: Int32) -> [UInt8]? {
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n <= 0 { return nil }
-            let frame = Array(buffer[0..<n])
-            if let f = ParsedFrame(frame), f.udp?.dstPort == 8472 { return frame }
-        }
+        nextFrame(fd) { ParsedFrame($0)?.udp?.dstPort == 8472 }
     }
 
     func nodeConfig(forA: Bool) throws -> NodeConfig {
@@ -87,7 +72,30 @@ final class KernelPair: @unchecked Sendable {
     }
 }
 
-@Suite(.needsRoot)
+/// An AF_PACKET socket in `ns` (all its interfaces), 2 s receive timeout.
+func openFrameCapture(in ns: TestNamespace) throws -> Int32 {
+    try ns.run {
+        // SOCK_RAW (3) by number: this file sometimes failed to see Glibc's enum in incremental builds.
+        let fd = socket(AF_PACKET, 3 /* SOCK_RAW */, Int32(UInt16(0x0003 /* ETH_P_ALL */).bigEndian))
+        guard fd >= 0 else { throw CommandFailed(command: ["socket(AF_PACKET)"], status: errno, output: "") }
+        var tv = timeval(tv_sec: 2, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        return fd
+    }
+}
+
+/// The next frame socket `fd` sees that `wanted` accepts, or nil after its timeout.
+func nextFrame(_ fd: Int32, where wanted: ([UInt8]) -> Bool) -> [UInt8]? {
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        if n <= 0 { return nil }
+        let frame = Array(buffer[0..<n])
+        if wanted(frame) { return frame }
+    }
+}
+
+@Suite(.needsRoot, .ownThreads)
 struct KernelCompatTests {
     @Test func encapMatchesTheKernelVXLANDeviceAndRoundTrips() throws {
         let pair = try KernelPair()

@@ -34,10 +34,13 @@ SEC("tc") int fxdp_decap_steer(struct __sk_buff *skb) { return 0; }
 SEC("netfilter") int fxdp_vxlan_door(void *ctx) { return 1; }
 SEC("netfilter") int fxdp_pod_guard(void *ctx) { return 1; }
 SEC("tc") int fxdp_fast_encap(struct __sk_buff *skb) { return 0; }
+SEC("tc") int fxdp_encap6(struct __sk_buff *skb) { return 0; }
+SEC("netfilter") int fxdp_vxlan_door6(void *ctx) { return 1; }
+SEC("netfilter") int fxdp_pod_guard6(void *ctx) { return 1; }
 char LICENSE[] SEC("license") = "GPL";
 """
 
-@Suite(.needsRoot)
+@Suite(.needsRoot, .ownThreads)
 struct ObjectSourceTests {
     /// A temp folder removed by the caller.
     private func tempDir() throws -> String {

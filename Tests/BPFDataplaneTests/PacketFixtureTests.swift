@@ -13,7 +13,8 @@ import Testing
 
 struct DecapFixture: Sendable, CustomStringConvertible {
     /// `strippedCE`: stripped, and the outer CE mark copied into the inner IPv4 header.
-    enum Output: Sendable { case unchanged, stripped, strippedCE }
+    /// `stripped6`: an IPv6 frame stripped (PacketFixture6Tests).
+    enum Output: Sendable { case unchanged, stripped, strippedCE, stripped6(sourceInSubnet: Bool, copiesCE: Bool) }
     var description: String
     var input: [UInt8]
     var xdpVerdict: String
@@ -47,7 +48,7 @@ struct EncapFixture: Sendable, CustomStringConvertible {
     var counter: FXDPCounter
 }
 
-@Suite(.needsRoot)
+@Suite(.needsRoot, .ownThreads)
 struct PacketFixtureTests {
     static func decapFixtures(_ lab: PacketLab) -> [DecapFixture] {
         let valid = lab.vxlanFromPeer()
@@ -230,6 +231,7 @@ struct PacketFixtureTests {
                 want[ip + 10] = UInt8(check >> 8)
                 want[ip + 11] = UInt8(check & 0xff)
                 #expect(xdp.output == want, "xdp output: \(row)")
+            case .stripped6: Issue.record("an IPv6 expectation in the IPv4 table: \(row)")
             }
             #expect(xdp.moved == [row.counter: FXDPCount(packets: 1, bytes: UInt64(row.input.count))], "xdp counter: \(row)")
 

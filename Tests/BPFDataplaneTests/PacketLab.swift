@@ -2,7 +2,9 @@
 // programs with BPF_PROG_TEST_RUN: a veth pair for the underlay (192.168.60.2/24), the peer node
 // 192.168.60.1 with a permanent neighbour entry, the maps filled through the production code
 // (FlannelBPF.writeConfig, BPFPeerTable). Test runs happen inside the namespace because the encap's
-// bpf_fib_lookup reads that namespace's routes and neighbours.
+// bpf_fib_lookup reads that namespace's routes and neighbours. With `ipv6`, the node is dual-stack:
+// fd00:60::2/64 on the same underlay, the IPv6 peer fd00:60::1 with a permanent neighbour entry, and
+// the IPv6 half of the peers (NodeConfig6, BPFIPv6PeerTable) mirroring the IPv4 one.
 
 import BPFDataplane
 import BPFLoader
@@ -30,14 +32,36 @@ final class PacketLab: @unchecked Sendable {
     static let vni: UInt32 = 1
     static let port: UInt16 = 8472
 
+    // The IPv6 half (with `ipv6: true`), address for address the IPv4 one's counterpart.
+    static let us6 = IPv6Address("fd00:60::2")!
+    static let peer6 = IPv6Address("fd00:60::1")!
+    static let unresolvedPeer6 = IPv6Address("fd00:60::3")!
+    static let unroutablePeer6 = IPv6Address("2001:db8:99::9")!
+    static let stranger6 = IPv6Address("fd00:60::99")!
+    static let multihomedPeer6 = IPv6Address("2001:db8:51::5")!
+    static let multihomedSource6 = IPv6Address("fd00:60::5")!
+    static let ourVTEP6 = MACAddress("02:00:00:00:06:02")!
+    static let peerVTEP6 = MACAddress("02:00:00:00:06:01")!
+    static let podNetwork6 = IPv6Subnet(address: IPv6Address("fd10:5::")!, prefixLength: 32)!
+    static let ourPods6 = IPv6Subnet(address: IPv6Address("fd10:5:2::")!, prefixLength: 64)!
+    static let peerPods6 = IPv6Subnet(address: IPv6Address("fd10:5:1::")!, prefixLength: 64)!
+    static let unresolvedPods6 = IPv6Subnet(address: IPv6Address("fd10:5:3::")!, prefixLength: 64)!
+    static let unroutablePods6 = IPv6Subnet(address: IPv6Address("fd10:5:9::")!, prefixLength: 64)!
+    static let multihomedPods6 = IPv6Subnet(address: IPv6Address("fd10:5:5::")!, prefixLength: 64)!
+    static let peerPod6 = IPv6Address("fd10:5:1::7")!
+    static let ourPod6 = IPv6Address("fd10:5:2::9")!
+    static let overlayMTU6: UInt16 = 1430
+
     let tag: String
     let ns: TestNamespace
     let bpffs: PrivateBPFFS
     let bpf: FlannelBPF
     let config: NodeConfig
     let underlayMAC: MACAddress
+    /// The IPv6 settings, when the lab is dual-stack.
+    let config6: NodeConfig6?
 
-    init() throws {
+    init(ipv6: Bool = false) throws {
         tag = Names.unique()
         ns = try TestNamespace(tag)
         do {
@@ -69,6 +93,20 @@ final class PacketLab: @unchecked Sendable {
                                   vtepMAC: MACAddress("02:00:00:00:00:09")!))
             try table.upsert(Peer(subnet: PacketLab.multihomedPods, publicIP: PacketLab.multihomedPeer,
                                   vtepMAC: MACAddress("02:00:00:00:00:05")!, sourceIP: PacketLab.multihomedSource))
+            if ipv6 {
+                try ns.sh(["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])
+                try ns.sh(["ip", "-6", "addr", "add", "\(PacketLab.us6)/64", "dev", x, "nodad"])
+                try ns.sh(["ip", "-6", "neigh", "replace", "\(PacketLab.peer6)", "lladdr", "\(PacketLab.peerUnderlayMAC)",
+                           "dev", x, "nud", "permanent"])
+                let c6 = NodeConfig6(nodeIP: PacketLab.us6, vtepMAC: PacketLab.ourVTEP6, overlayIfindex: 1,
+                                     overlayMTU: PacketLab.overlayMTU6, network: PacketLab.podNetwork6)
+                try bpf.writeConfig6(c6)
+                config6 = c6
+                let table6 = try bpf.ipv6PeerTable()
+                for peer in PacketLab.peers6 { try table6.upsert(peer) }
+            } else {
+                config6 = nil
+            }
         } catch {
             bpffs.close()
             ns.close()
@@ -80,6 +118,15 @@ final class PacketLab: @unchecked Sendable {
         bpffs.close()
         ns.close()
     }
+
+    /// The IPv6 peers a dual-stack lab holds.
+    static let peers6: [BPFPeer6] = [
+        BPFPeer6(subnet: peerPods6, publicIP: peer6, vtepMAC: peerVTEP6),
+        BPFPeer6(subnet: unresolvedPods6, publicIP: unresolvedPeer6, vtepMAC: MACAddress("02:00:00:00:06:03")!),
+        BPFPeer6(subnet: unroutablePods6, publicIP: unroutablePeer6, vtepMAC: MACAddress("02:00:00:00:06:09")!),
+        BPFPeer6(subnet: multihomedPods6, publicIP: multihomedPeer6, vtepMAC: MACAddress("02:00:00:00:06:05")!,
+                 sourceIP: multihomedSource6),
+    ]
 
     /// Runs `program` once on `packet` inside the lab's namespace; returns the verdict name, the
     /// output and the counters that moved.
@@ -132,5 +179,46 @@ final class PacketLab: @unchecked Sendable {
         let inSubnet = (outerSource == PacketLab.peer && PacketLab.peerPods.contains(innerSource))
             || ([PacketLab.multihomedSource, PacketLab.multihomedPeer].contains(outerSource) && PacketLab.multihomedPods.contains(innerSource))
         return ReferenceDatapath.xdpMetaBytes(sourceInSubnet: inSubnet) + underlayMAC.bytes + Array(frame[56...])
+    }
+}
+
+// MARK: - IPv6 frames
+
+extension PacketLab {
+    /// An inner IPv6 packet from a pod of ours to a pod behind the IPv6 peer (ICMPv6 echo by default).
+    static func podPacket6(dst: IPv6Address = PacketLab.peerPod6, src: IPv6Address = PacketLab.ourPod6,
+                           trafficClass: UInt8 = 0, size: Int = 56) -> [UInt8] {
+        PacketBuilder.ipv6(src: src, dst: dst, nextHeader: IPProto.icmpv6,
+                           payload: PacketBuilder.icmpv6Echo(src: src, dst: dst, id: 77, sequence: 1, payload: (0..<size).map { UInt8($0 & 0xff) }),
+                           trafficClass: trafficClass)
+    }
+
+    /// What fxdp_encap6 sees on flannel-v6.<VNI> egress: the kernel's Ethernet header (the peer's
+    /// VtepMAC from flannel's permanent neighbour, ours) + the pod packet.
+    static func overlayFrame6(_ ip: [UInt8], type: UInt16 = EtherType.ipv6Ethernet) -> [UInt8] {
+        PacketBuilder.ethernet(dst: peerVTEP6, src: ourVTEP6, type: type) + ip
+    }
+
+    /// An inner Ethernet frame as a peer's flannel-v6 VTEP sends it to ours.
+    static func innerFrame6(_ ip: [UInt8], from vtep: MACAddress = PacketLab.peerVTEP6) -> [UInt8] {
+        PacketBuilder.ethernet(dst: PacketLab.ourVTEP6, src: vtep, type: EtherType.ipv6Ethernet) + ip
+    }
+
+    /// An IPv6 VXLAN frame as the IPv6 peer sends it to us.
+    func vxlan6FromPeer(inner: [UInt8]? = nil, src: IPv6Address = PacketLab.peer6, dst: IPv6Address = PacketLab.us6,
+                        vni: UInt32 = PacketLab.vni, dstPort: UInt16 = PacketLab.port, udpChecksum: Bool = true,
+                        moreFragments: Bool? = nil, extensionHeaders: [UInt8] = [], extensionNextHeader: UInt8? = nil,
+                        vxlanFlags: UInt8 = 0x08, trafficClass: UInt8 = 0) -> [UInt8] {
+        let innerFrame = inner ?? PacketLab.innerFrame6(PacketLab.podPacket6(dst: PacketLab.ourPod6, src: PacketLab.peerPod6))
+        return PacketBuilder.vxlan6Frame(outerDst: underlayMAC, outerSrc: PacketLab.peerUnderlayMAC, src: src, dst: dst,
+                                         dstPort: dstPort, vni: vni, inner: innerFrame, udpChecksum: udpChecksum,
+                                         moreFragments: moreFragments, extensionHeaders: extensionHeaders,
+                                         extensionNextHeader: extensionNextHeader, vxlanFlags: vxlanFlags, trafficClass: trafficClass)
+    }
+
+    /// What XDP decap must leave of a valid IPv6 VXLAN frame: the steer's mark (IPv6, and whether the
+    /// inner source lies in the sending peer's subnet), the inner frame re-addressed to the underlay.
+    func stripped6(_ frame: [UInt8], sourceInSubnet: Bool) -> [UInt8] {
+        ReferenceDatapath.xdpMetaBytes(sourceInSubnet: sourceInSubnet, ipv6: true) + underlayMAC.bytes + Array(frame[76...])
     }
 }

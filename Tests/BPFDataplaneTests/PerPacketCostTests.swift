@@ -9,7 +9,7 @@ import TestSupport
 import TestTraits
 import Testing
 
-@Suite(.needsRoot)
+@Suite(.needsRoot, .ownThreads)
 struct PerPacketCostTests {
     @Test func programsCostMicrosecondsAtMost() throws {
         let lab = try PacketLab()

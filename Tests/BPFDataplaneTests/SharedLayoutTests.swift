@@ -27,6 +27,14 @@ import Testing
         #expect(MemoryLayout<fxdp_count>.size == 16)
         #expect(MemoryLayout<fxdp_config>.offset(of: \fxdp_config.vni) == 12)
         #expect(MemoryLayout<fxdp_config>.offset(of: \fxdp_config.underlay_mac) == 28)
+        #expect(MemoryLayout<fxdp_peer6_key>.size == 20)
+        #expect(MemoryLayout<fxdp_peer6_value>.size == 40)
+        #expect(MemoryLayout<fxdp_peer6_value>.offset(of: \fxdp_peer6_value.vtep_mac) == 32)
+        #expect(MemoryLayout<fxdp_node6_key>.size == 16)
+        #expect(MemoryLayout<fxdp_config6>.size == 96)
+        #expect(MemoryLayout<fxdp_config6>.offset(of: \fxdp_config6.vtep_mac) == 48)
+        #expect(MemoryLayout<fxdp_config6>.offset(of: \fxdp_config6.overlay_ifindex) == 56)
+        #expect(MemoryLayout<fxdp_config6>.offset(of: \fxdp_config6.flags) == 62)
     }
 
     @Test func counterEnumMirrorsTheCEnum() {
@@ -55,6 +63,13 @@ import Testing
             (.fastEncapPassConntrack, FXDP_C_FAST_ENCAP_PASS_CONNTRACK), (.fastEncapPassLimits, FXDP_C_FAST_ENCAP_PASS_LIMITS),
             (.fastDecapOK, FXDP_C_FAST_DECAP_OK), (.fastDecapPassNotPod, FXDP_C_FAST_DECAP_PASS_NOT_POD),
             (.fastDecapPassConntrack, FXDP_C_FAST_DECAP_PASS_CONNTRACK), (.fastDecapPassLimits, FXDP_C_FAST_DECAP_PASS_LIMITS),
+            (.encap6OK, FXDP_C_ENCAP6_OK), (.encap6PassGSO, FXDP_C_ENCAP6_PASS_GSO), (.encap6PassCsum, FXDP_C_ENCAP6_PASS_CSUM),
+            (.encap6PassNotIPv6, FXDP_C_ENCAP6_PASS_NOT_IPV6), (.decap6OK, FXDP_C_DECAP6_OK),
+            (.decap6CheckOK, FXDP_C_DECAP6_CHECK_OK), (.decap6SteerOK, FXDP_C_DECAP6_STEER_OK),
+            (.decap6DropInnerNotIPv6, FXDP_C_DECAP6_DROP_INNER_NOT_IPV6), (.decap6DropUDPZeroCsum, FXDP_C_DECAP6_DROP_UDP_ZERO_CSUM),
+            (.decap6PassExtHeaders, FXDP_C_DECAP6_PASS_EXT_HEADERS), (.door6OK, FXDP_C_DOOR6_OK),
+            (.door6DropNotPeer, FXDP_C_DOOR6_DROP_NOT_PEER), (.door6DropWrongDoor, FXDP_C_DOOR6_DROP_WRONG_DOOR),
+            (.guard6DropPodVXLAN, FXDP_C_GUARD6_DROP_POD_VXLAN), (.fastEncapPassIPv6, FXDP_C_FAST_ENCAP_PASS_IPV6),
         ]
         #expect(c.count == FXDPCounter.allCases.count, "every Swift case is paired with its C constant")
         for (swift, cValue) in c {

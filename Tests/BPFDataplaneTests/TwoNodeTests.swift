@@ -19,8 +19,10 @@ final class FlannelNodeUnderTest: @unchecked Sendable {
     let bpffs: PrivateBPFFS
     let bpf: FlannelBPF
     let underlay: Int32, overlay: Int32
+    /// flannel-v6.<VNI> on a dual-stack node.
+    let overlay6: Int32?
 
-    init(lab: NetnsLab, node: LabNode, standIn: FlannelStandIn, peers: [Peer]) throws {
+    init(lab: NetnsLab, node: LabNode, standIn: FlannelStandIn, peers: [Peer], ipv6: (config: NodeConfig6, peers: [BPFPeer6])? = nil) throws {
         self.node = node
         self.standIn = standIn
         bpffs = try PrivateBPFFS(lab.name("bpf\(node.index)"))
@@ -33,6 +35,12 @@ final class FlannelNodeUnderTest: @unchecked Sendable {
                                            overlayIfindex: overlay, overlayMTU: UInt16(standIn.mtu)))
             let table = try bpf.peerTable()
             for peer in peers { try table.upsert(peer) }
+            overlay6 = ipv6?.config.overlayIfindex
+            if let ipv6 {
+                try bpf.writeConfig6(ipv6.config)
+                let table6 = try bpf.ipv6PeerTable()
+                for peer in ipv6.peers { try table6.upsert(peer) }
+            }
         } catch {
             bpffs.close()
             throw error
@@ -42,13 +50,13 @@ final class FlannelNodeUnderTest: @unchecked Sendable {
     @discardableResult
     func attach(_ mode: DecapMode) throws -> AttachmentState {
         try NetnsThread.run(namespace: node.name) {
-            try bpf.attach(overlayIfindex: overlay, underlayIfindex: underlay, mode: mode)
+            try bpf.attach(overlayIfindex: overlay, underlayIfindex: underlay, mode: mode, overlay6Ifindex: overlay6)
         }
     }
 
     func detach() throws {
         try NetnsThread.run(namespace: node.name) {
-            try FlannelBPF.detachAll(overlayIfindex: overlay, underlayIfindex: underlay, bpffs: bpffs.path)
+            try FlannelBPF.detachAll(overlayIfindex: overlay, underlayIfindex: underlay, bpffs: bpffs.path, overlay6Ifindex: overlay6)
         }
     }
 
@@ -57,7 +65,7 @@ final class FlannelNodeUnderTest: @unchecked Sendable {
 
 /// NetnsLab.tcpThroughput races its iperf3 server's start: iperf3 -J reports "Connection refused"
 /// with exit status 0, which it does not retry. Retry that case here.
-func throughputRetrying(_ lab: NetnsLab, from: String, to: String, serverIP: IPv4Address, seconds: Int) throws -> Double {
+func throughputRetrying(_ lab: NetnsLab, from: String, to: String, serverIP: some CustomStringConvertible, seconds: Int) throws -> Double {
     var attempt = 0
     while true {
         do {
@@ -69,7 +77,7 @@ func throughputRetrying(_ lab: NetnsLab, from: String, to: String, serverIP: IPv
     }
 }
 
-@Suite(.needsRoot)
+@Suite(.needsRoot, .ownThreads)
 struct TwoNodeTests {
     @Test(arguments: DecapMode.allCases)
     func podsTalkThroughTheBPFPathAndWithAStockFlannelNode(mode: DecapMode) throws {

@@ -53,7 +53,7 @@ final class SlotWatcher: Sendable {
     }
 }
 
-@Suite("XDP attach", .needsRoot)
+@Suite("XDP attach", .needsRoot, .ownThreads)
 struct XDPAttachTests {
     @Test(arguments: [XDPMode.generic, XDPMode.native])
     func attachReplaceDetach(mode: XDPMode) throws {
@@ -150,7 +150,7 @@ struct XDPAttachTests {
     }
 }
 
-@Suite("TC attach", .needsRoot)
+@Suite("TC attach", .needsRoot, .ownThreads)
 struct TCAttachTests {
     @Test(arguments: [TCDirection.egress, TCDirection.ingress])
     func attachReplaceDetach(direction: TCDirection) throws {
@@ -291,7 +291,7 @@ func sendUDP(to address: (UInt8, UInt8, UInt8, UInt8), port: UInt16, count: Int)
     return accepted
 }
 
-@Suite("TCX attach", .needsRoot)
+@Suite("TCX attach", .needsRoot, .ownThreads)
 struct TCXAttachTests {
     @Test("tcx: no qdisc, programs in order, one program once per hook, an atomic swap, a pin that outlives the fd, detach", arguments: [TCDirection.egress, .ingress])
     func attachUpdateDetach(direction: TCDirection) throws {

@@ -7,7 +7,7 @@ import TestSupport
 import TestTraits
 import Testing
 
-@Suite("BPF maps", .needsRoot)
+@Suite("BPF maps", .needsRoot, .ownThreads)
 struct MapTests {
     @Test func hashCRUDKeysEntries() throws {
         let object = try loadFixture("loader_fixture")

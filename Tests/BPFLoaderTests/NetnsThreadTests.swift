@@ -5,7 +5,7 @@ import TestSupport
 import TestTraits
 import Testing
 
-@Suite("NetnsThread", .needsRoot)
+@Suite("NetnsThread", .needsRoot, .ownThreads)
 struct NetnsThreadTests {
     struct Marker: Error, Equatable { var value: Int }
 

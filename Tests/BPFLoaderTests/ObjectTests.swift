@@ -10,7 +10,7 @@ import TestSupport
 import TestTraits
 import Testing
 
-@Suite("BPFObject and programs", .needsRoot)
+@Suite("BPFObject and programs", .needsRoot, .ownThreads)
 struct ObjectTests {
     @Test func opensAndLoadsFixture() throws {
         var object = try BPFObject(elf: Fixtures.bytes("loader_fixture"), name: "loader_fixture")

@@ -8,7 +8,7 @@ import TestSupport
 import TestTraits
 import Testing
 
-@Suite("bpffs and pinning", .needsRoot)
+@Suite("bpffs and pinning", .needsRoot, .ownThreads)
 struct PinTests {
     @Test func mountsAndUnmountsAPrivateBPFFS() throws {
         let path = "/run/\(UniqueName.make("-mnt"))/nested"

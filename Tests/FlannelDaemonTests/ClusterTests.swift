@@ -53,7 +53,7 @@ struct BackgroundPing {
 }
 
 @Suite("Cluster: flanneld-xdp nodes in network namespaces with a real etcd", .serialized,
-       .needsRoot)
+       .needsRoot, .ownThreads)
 struct ClusterTests {
     @Test("three nodes: every pod reaches every pod through the BPF path", arguments: [ClusterEtcdAPI.v2, .v3])
     func allPodsReachAllPods(api: ClusterEtcdAPI) async throws {

@@ -4,6 +4,7 @@
 // versions, MTU arithmetic, exit statuses) without a node.
 
 import CBPF
+import Dataplane
 @testable import FlannelDaemon
 import Glibc
 @testable import Leases

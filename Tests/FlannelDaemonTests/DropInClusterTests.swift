@@ -100,7 +100,7 @@ private func repositoryRoot(_ file: String = #filePath) -> String {
 }
 
 @Suite("Drop-in: flanneld-xdp where flanneld ran (root, netns, real etcd)", .serialized,
-       .needsRoot)
+       .needsRoot, .ownThreads)
 struct DropInClusterTests {
     @Test("the install guide's unit: environment file, TLS etcd with client certificates, /kube-centos/network; containers on two nodes reach each other")
     func installGuideUnit() async throws {

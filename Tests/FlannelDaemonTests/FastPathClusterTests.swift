@@ -40,7 +40,7 @@ struct FastCounters: CustomStringConvertible {
 }
 
 @Suite("Fast path: established flows skip both stacks; what needs the stack gets it (root, netns, real etcd)", .serialized,
-       .needsRoot)
+       .needsRoot, .ownThreads)
 struct FastPathClusterTests {
     /// A two-node cluster with daemons up and each knowing the other.
     static func cluster(_ tag: String, nodes: Int = 2, extra: [String] = ["--ip-masq"]) throws -> FlannelCluster {

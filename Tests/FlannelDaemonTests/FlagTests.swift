@@ -1,4 +1,5 @@
 import ArgumentParser
+import Dataplane
 import FlannelDaemon
 import Glibc
 import NetTypes
@@ -30,6 +31,7 @@ struct FlagTests {
         #expect(o.interface.iface.isEmpty)
         #expect(o.interface.ifaceRegex.isEmpty)
         #expect(o.interface.publicIP == nil)
+        #expect(o.interface.publicIPv6 == nil)
         #expect(o.etcd.endpoints == "http://127.0.0.1:4001,http://127.0.0.1:2379")
         #expect(o.etcd.endpointList == ["http://127.0.0.1:4001", "http://127.0.0.1:2379"])
         #expect(o.etcd.prefix == "/coreos.com/network")
@@ -71,12 +73,13 @@ struct FlagTests {
     @Test("every flag, typed values")
     func everyFlag() throws {
         let o = try parseRun([
-            "-public-ip=192.0.2.7", "-etcd-endpoints=https://10.0.0.1:2379", "-etcd-prefix", "/kube-centos/network",
+            "-public-ip=192.0.2.7", "-public-ipv6=FD00:0:0:0::7", "-etcd-endpoints=https://10.0.0.1:2379", "-etcd-prefix", "/kube-centos/network",
             "-etcd-cafile=/ca.pem", "-etcd-certfile=/c.pem", "-etcd-keyfile=/k.pem", "-etcd-username=u", "-etcd-password=p",
             "-etcd-api=v2", "-subnet-file=/tmp/s.env", "-subnet-lease-renew-margin=30", "-healthz-ip=127.0.0.1",
             "-healthz-port=8471", "-metrics-port", "9101", "-dataplane=userspace", "-bpffs=/run/x/bpf", "-log-level=debug",
         ])
         #expect(o.interface.publicIP == IPv4Address(192, 0, 2, 7))
+        #expect(o.interface.publicIPv6 == IPv6Address("fd00::7"))
         #expect(o.etcd.endpointList == ["https://10.0.0.1:2379"])
         #expect(o.etcd.prefix == "/kube-centos/network")
         #expect(o.etcd.caFile == "/ca.pem" && o.etcd.certFile == "/c.pem" && o.etcd.keyFile == "/k.pem")
@@ -359,7 +362,7 @@ struct FlanneldFlag: Sendable, CustomStringConvertible {
         .init(name: "iface-regex", value: "^eth[0-9]"),
         .init(name: "subnet-file", value: "/run/flannel/subnet.env"),
         .init(name: "public-ip", value: "192.0.2.10"),
-        .init(name: "public-ipv6", value: "fd00::10", outcome: .refused(mentions: "--public-ipv6=fd00::10")),
+        .init(name: "public-ipv6", value: "fd00::10"),
         .init(name: "subnet-lease-renew-margin", value: "30"),
         .init(name: "ip-masq"),
         .init(name: "kube-subnet-mgr", outcome: .refused(mentions: "runs the etcd subnet manager")),

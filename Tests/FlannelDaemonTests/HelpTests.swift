@@ -35,8 +35,8 @@ struct HelpAndBinaryTests {
           --public-ip <public-ip> IP accessible by other nodes for inter-host
                                   communication.
           --public-ipv6 <public-ipv6>
-                                  IPv6 accessible by other nodes (flanneld's dual-stack
-                                  flag; not supported yet: any value is refused).
+                                  IPv6 accessible by other nodes for inter-host
+                                  communication (dual-stack and IPv6-only networks).
 
         ETCD:
           --etcd-endpoints <etcd-endpoints>

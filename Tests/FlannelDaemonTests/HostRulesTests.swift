@@ -3,6 +3,7 @@
 // cleanup's functions without touching anything else. iptables and netlink run on a NetnsThread,
 // so only the test's namespace is touched.
 
+import Dataplane
 @testable import FlannelDaemon
 import Glibc
 import NetTypes
@@ -10,7 +11,7 @@ import TestTraits
 import Testing
 import TestSupport
 
-@Suite("Host rules: FORWARD accepts and blackhole route (root, netns)", .needsRoot)
+@Suite("Host rules: FORWARD accepts and blackhole route (root, netns)", .needsRoot, .ownThreads)
 struct HostRulesTests {
     @Test("FORWARD accepts: created in iptables' filter FORWARD as flannel spells them, re-added when removed or edited, removed cleanly")
     func forwardRules() throws {

@@ -1,3 +1,4 @@
+import Dataplane
 import FlannelDaemon
 import Glibc
 import NetTypes

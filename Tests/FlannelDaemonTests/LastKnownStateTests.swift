@@ -6,9 +6,10 @@ import Logging
 import NetTypes
 import TestSupport
 import Synchronization
+import TestTraits
 import Testing
 
-@Suite("FlannelDaemonTests: which last known state may stand in for etcd at boot")
+@Suite("FlannelDaemonTests: which last known state may stand in for etcd at boot", .ownThreads)
 struct LastKnownForBootTests {
     func write(_ state: LastKnownLeases, _ name: String) throws -> String {
         let path = "/tmp/fxdp-lkb-\(getpid())-\(name).json"
@@ -47,22 +48,24 @@ struct LastKnownForBootTests {
     @Test("firstWithin: the body's value when it is quick, nil at the deadline without waiting for a slow body")
     func firstWithin() async throws {
         #expect(try await Startup.firstWithin(.seconds(5)) { 7 } == 7)
-        // A body that ignores cancellation for a long time, like a connect in progress (on its own
-        // thread: a blocked pool thread would only measure the pool). Judged by order, not by the
-        // wall clock (other tests may starve the shared pool for seconds): the deadline's nil must
-        // come back while the body is still running.
+        // A body that ignores cancellation, like a connect in progress (on its own thread: a
+        // blocked pool thread would only measure the pool). Judged by order, not by the wall clock:
+        // the body runs until the test has seen firstWithin's answer (or, should firstWithin wait
+        // for the body, for two minutes), so the deadline's nil must come back while it still runs.
         let bodyFinished = Atomic<Bool>(false)
+        let answered = Atomic<Bool>(false)
         let late: Int? = try await Startup.firstWithin(.milliseconds(200)) {
             await withCheckedContinuation { (done: CheckedContinuation<Int, Never>) in
                 Thread.detachNewThread {
-                    usleep(20_000_000)
+                    for _ in 0..<12_000 where !answered.load(ordering: .sequentiallyConsistent) { usleep(10_000) }
                     bodyFinished.store(true, ordering: .sequentiallyConsistent)
                     done.resume(returning: 1)
                 }
             }
         }
-        #expect(late == nil)
         let finished = bodyFinished.load(ordering: .sequentiallyConsistent)
+        answered.store(true, ordering: .sequentiallyConsistent)
+        #expect(late == nil)
         #expect(!finished, "firstWithin waited for the body")
         await #expect(throws: DegradedBootError.self) {
             _ = try await Startup.firstWithin(.seconds(5)) { () async throws -> Int in

@@ -9,7 +9,7 @@ import Testing
 import TestSupport
 
 @Suite("Operations: through real daemons (root, netns, etcd)", .serialized,
-       .needsRoot)
+       .needsRoot, .ownThreads)
 struct OperationsClusterTests {
     @Test("status/peers/stats/metrics on a running and a stopped daemon; --ip-masq kept and cleaned up")
     func operateACluster() async throws {

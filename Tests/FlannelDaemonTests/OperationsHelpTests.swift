@@ -3,9 +3,10 @@
 
 import ArgumentParser
 import FlannelDaemon
+import TestTraits
 import Testing
 
-@Suite("Operations: inspection verbs' --help")
+@Suite("Operations: inspection verbs' --help", .ownThreads)
 struct OperationsHelpTests {
     @Test("status --help is pinned")
     func statusHelp() {

@@ -6,6 +6,7 @@
 import BPFDataplane
 import BPFLoader
 import CBPF
+import Dataplane
 @testable import FlannelDaemon
 import Glibc
 import Leases
@@ -14,7 +15,7 @@ import TestTraits
 import Testing
 import TestSupport
 
-@Suite("Operations: inspection of pinned maps (root)", .needsRoot)
+@Suite("Operations: inspection of pinned maps (root)", .needsRoot, .ownThreads)
 struct OperationsInspectionTests {
     @Test("peers, stats and status read what a stopped daemon left: pins, counters, program ids")
     func inspectLeftBehind() throws {
@@ -201,9 +202,9 @@ struct OperationsInspectionTests {
 }
 
 enum NetworkConfigWarningSample {
-    /// The warning a dual-stack config gives, as the daemon stores it.
+    /// A warning as the daemon stores one in the state file (no config gives one today: the text
+    /// only has to reach `status`).
     static var dualStack: String {
-        (try? NetworkConfig.parse(#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"vxlan"}}"#))?
-            .warnings.joined(separator: "\n") ?? ""
+        "the network config sets EnableIPv6 (a sample warning line)"
     }
 }

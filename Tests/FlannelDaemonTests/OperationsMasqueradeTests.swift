@@ -58,7 +58,7 @@ func opsSourceSeen(sender: Int32, receiver: Int32, to: IPv4Address, port: UInt16
     return nil
 }
 
-@Suite("Operations: --ip-masq in nftables (root, netns)", .needsRoot)
+@Suite("Operations: --ip-masq in nftables (root, netns)", .needsRoot, .ownThreads)
 struct OperationsMasqueradeTests {
     @Test("pod → outside leaves with the node's address, pod → pod keeps the pod's; recreated when removed; removed cleanly")
     func masquerade() throws {
@@ -134,10 +134,66 @@ struct OperationsMasqueradeTests {
     }
 }
 
+extension OperationsMasqueradeTests {
+    @Test("IPv6: the ip6 table is what nft lists back, kept current, and removed with the IPv4 one")
+    func ipv6Table() throws {
+        let lab = try NetnsLab(tag: "ops6")
+        defer { lab.cleanup() }
+        let ns = lab.name("n")
+        try lab.addNamespace(ns)
+        let rules = Masquerade.Rules.ipv6(network: IPv6Subnet(cidr: "fd00:5::/48")!, subnet: IPv6Subnet(cidr: "fd00:5:0:7::/64")!)
+        let v4 = Masquerade.Rules.ipv4(network: IPv4Subnet(cidr: "10.5.0.0/16")!, subnet: IPv4Subnet(cidr: "10.5.7.0/24")!)
+        #expect(try NetnsThread.run(namespace: ns) { try Masquerade.ensure(rules) })
+        #expect(try NetnsThread.run(namespace: ns) { try Masquerade.ensure(v4) })
+        let listed = try lab.sh(ns, ["/usr/sbin/nft", "list", "table", "ip6", "flanneld-xdp"])
+        #expect(Masquerade.normalized(listed) == Masquerade.normalized(rules.ruleset), "\(listed)")
+        #expect(try NetnsThread.run(namespace: ns) { try Masquerade.ensure(rules) } == false)
+        #expect(try NetnsThread.run(namespace: ns) { Masquerade.status(family: "ip6") } == .present(rules: 6))
+        try lab.sh(ns, ["/usr/sbin/nft", "delete", "table", "ip6", "flanneld-xdp"])
+        #expect(try NetnsThread.run(namespace: ns) { try Masquerade.ensure(rules) })
+        #expect(try NetnsThread.run(namespace: ns) { try Masquerade.remove() })
+        #expect(!(try lab.sh(ns, ["/usr/sbin/nft", "list", "tables"])).contains("flanneld-xdp"))
+    }
+}
+
 /// The handle of the first rule in `nft -a list` output ("... # handle 3").
 private func firstRuleHandle(_ listing: String) -> String {
     for line in listing.split(separator: "\n") where line.contains("saddr") {
         if let range = line.firstRange(of: "# handle ") { return String(line[range.upperBound...]).trimmed }
     }
     return "0"
+}
+
+@Suite("Host rules: IPv6 FORWARD accepts with ip6tables (root, netns)", .needsRoot)
+struct IPv6ForwardRulesTests {
+    @Test("IPv6 FORWARD accepts: created with ip6tables as flannel spells them, re-added when removed, removed with the IPv4 ones")
+    func ipv6ForwardRules() throws {
+        let lab = try NetnsLab(tag: "hrf6")
+        defer { lab.cleanup() }
+        let ns = lab.name("x")
+        try lab.addNamespace(ns)
+        let network = IPv6Subnet(cidr: "fd00:5::/48")!
+        func ip6tablesS() throws -> [String] {
+            try lab.sh(ns, ["/usr/sbin/ip6tables", "-w", "5", "-t", "filter", "-S"]).split(separator: "\n").map(String.init)
+        }
+        func ensure() throws -> [String] { try NetnsThread.run(namespace: ns) { try ForwardRules.ensure(ipv6Network: network) } }
+        try lab.sh(ns, ["/usr/sbin/ip6tables", "-w", "5", "-P", "FORWARD", "DROP"])
+        #expect(try !ensure().isEmpty)
+        let listed = try ip6tablesS()
+        for rule in ["-A FORWARD -m comment --comment \"flanneld forward\" -j FLANNEL-FWD",
+                     "-A FLANNEL-FWD -s fd00:5::/48 -m comment --comment \"flanneld forward\" -j ACCEPT",
+                     "-A FLANNEL-FWD -d fd00:5::/48 -m comment --comment \"flanneld forward\" -j ACCEPT"] {
+            #expect(listed.contains(rule), "\(rule) missing:\n\(listed.joined(separator: "\n"))")
+        }
+        #expect(try ensure().isEmpty)
+        #expect(try NetnsThread.run(namespace: ns) { ForwardRules.status(ipv6Network: network) } == .present(policy: "DROP"))
+        #expect(try NetnsThread.run(namespace: ns) { ForwardRules.status(network: IPv4Subnet(cidr: "10.5.0.0/16")!) } == .missing,
+                "the IPv4 table is another table")
+        try lab.sh(ns, ["/usr/sbin/ip6tables", "-w", "5", "-D", "FORWARD", "-m", "comment", "--comment", "flanneld forward", "-j", "FLANNEL-FWD"])
+        #expect(try ensure() == ["added FORWARD's jump to FLANNEL-FWD"])
+        _ = try NetnsThread.run(namespace: ns) { try ForwardRules.ensure(network: IPv4Subnet(cidr: "10.5.0.0/16")!) }
+        #expect(try NetnsThread.run(namespace: ns) { try ForwardRules.remove() })
+        #expect(!(try ip6tablesS()).contains { $0.contains("FLANNEL-FWD") })
+        #expect(try NetnsThread.run(namespace: ns) { ForwardRules.status(network: IPv4Subnet(cidr: "10.5.0.0/16")!) } == .missing)
+    }
 }

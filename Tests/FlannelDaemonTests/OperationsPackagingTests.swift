@@ -6,6 +6,7 @@ import Glibc
 import Leases
 import NetTypes
 import TestSupport
+import TestTraits
 import Testing
 
 /// The repository's root (this file is Tests/FlannelDaemonTests/<name>.swift).
@@ -13,7 +14,7 @@ private func repositoryRoot(_ file: String = #filePath) -> String {
     file.split(separator: "/", omittingEmptySubsequences: false).dropLast(3).joined(separator: "/")
 }
 
-@Suite("Operations: packaging")
+@Suite("Operations: packaging", .ownThreads)
 struct OperationsPackagingTests {
     @Test("the unit: Type=notify, the install guide's EnvironmentFile variables, flanneld's ExecStart shape")
     func systemdUnit() throws {
@@ -68,6 +69,19 @@ struct OperationsPackagingTests {
         try writeFile(dir + "/partial.env", "FLANNEL_SUBNET=10.5.72.1/24\n")
         _ = try runTool("/bin/sh", [script, "-f", dir + "/partial.env", "-d", dir + "/p.env", "-c"])
         #expect(readText(dir + "/p.env") == "DOCKER_OPTS=\" --bip=10.5.72.1/24\"\n")
+
+        // Dual-stack: flannel's script has no IPv6 options; the IPv6 lines change nothing, and an
+        // IPv6-only subnet.env gives no --bip.
+        let dual = SubnetEnv(network: IPv4Subnet(cidr: "10.5.0.0/16")!, subnet: IPv4Subnet(cidr: "10.5.72.0/24")!, mtu: 1450, ipMasq: false,
+                             ipv6Network: IPv6Subnet(cidr: "fd00:5::/48")!, ipv6Subnet: IPv6Subnet(cidr: "fd00:5:0:48::/64")!)
+        try dual.write(to: dir + "/dual.env")
+        _ = try runTool("/bin/sh", [script, "-f", dir + "/dual.env", "-d", dir + "/dual.opts", "-c"])
+        #expect(readText(dir + "/dual.opts") == "DOCKER_OPTS=\" --bip=10.5.72.1/24 --ip-masq=true --mtu=1450\"\n")
+        var ipv6Only = dual
+        ipv6Only.enableIPv4 = false
+        try ipv6Only.write(to: dir + "/v6.env")
+        _ = try runTool("/bin/sh", [script, "-f", dir + "/v6.env", "-d", dir + "/v6.opts", "-c"])
+        #expect(readText(dir + "/v6.opts") == "DOCKER_OPTS=\" --ip-masq=true --mtu=1450\"\n")
 
         // Bad input: a missing file, a bad key, an unknown flag — non-zero, nothing written.
         #expect(try runProgram("/bin/sh", [script, "-f", dir + "/absent.env", "-d", dir + "/x.env"]).status != 0)

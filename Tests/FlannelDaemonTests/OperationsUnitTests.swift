@@ -3,6 +3,7 @@
 
 import BPFDataplane
 import CBPF
+@testable import Dataplane
 @testable import FlannelDaemon
 import Glibc
 import Leases
@@ -79,7 +80,9 @@ struct OperationsUnitTests {
         #expect(ActiveDataPath.hostGW.kind == "host-gw")
         #expect(ActiveDataPath.bpf(decap: .tc, fastPath: true).usesBPF && !ActiveDataPath.hostGW.usesBPF)
         // The decap mode is named as --dataplane names it.
-        for mode in DecapMode.allCases { #expect(DataplaneChoice(rawValue: mode.rawValue) != nil, "\(mode)") }
+        for mode in Dataplane.DecapMode.allCases { #expect(DataplaneChoice(rawValue: mode.rawValue) != nil, "\(mode)") }
+        // The daemon's names are the BPF data path's, one for one.
+        #expect(Dataplane.DecapMode.allCases.map(\.rawValue) == BPFDataplane.DecapMode.allCases.map(\.rawValue))
     }
 
     @Test("the masquerade table is current flannel's six rules, in its order, from validated subnets only")
@@ -104,8 +107,26 @@ struct OperationsUnitTests {
         let plain = Masquerade.ruleset(network: network, subnet: subnet, fullyRandom: false)
         #expect(!plain.contains("fully-random"))
         #expect(plain.split(separator: "\n").filter { $0.hasSuffix(" masquerade") }.count == 2)
-        let script = Masquerade.replaceScript(network: network, subnet: subnet)
+        let script = Masquerade.Rules.ipv4(network: network, subnet: subnet).replaceScript
         #expect(script.hasPrefix("add table ip flanneld-xdp\ndelete table ip flanneld-xdp\ntable ip flanneld-xdp {"))
+        // IPv6 (flannel's MasqIP6Rules): the same rules in an ip6 table, ff00::/8 as multicast.
+        let v6 = Masquerade.Rules.ipv6(network: try #require(IPv6Subnet(cidr: "fd00:5::/48")),
+                                       subnet: try #require(IPv6Subnet(cidr: "fd00:5:0:7::/64")))
+        #expect(v6.ruleset == """
+            table ip6 flanneld-xdp {
+            \tchain postrouting {
+            \t\ttype nat hook postrouting priority srcnat; policy accept;
+            \t\tmeta mark & 0x00004000 == 0x00004000 return
+            \t\tip6 saddr fd00:5:0:7::/64 ip6 daddr fd00:5::/48 return
+            \t\tip6 saddr fd00:5::/48 ip6 daddr fd00:5:0:7::/64 return
+            \t\tip6 saddr != fd00:5::/48 ip6 daddr fd00:5:0:7::/64 return
+            \t\tip6 saddr fd00:5::/48 ip6 daddr != ff00::/8 masquerade fully-random
+            \t\tip6 saddr != fd00:5::/48 ip6 daddr fd00:5::/48 masquerade fully-random
+            \t}
+            }
+
+            """)
+        #expect(v6.replaceScript.hasPrefix("add table ip6 flanneld-xdp\ndelete table ip6 flanneld-xdp\n"))
         // The drift check ignores indentation only.
         #expect(Masquerade.normalized("table ip x {\n    chain y {\n\t\tip  saddr 1\n}") == ["table ip x {", "chain y {", "ip saddr 1", "}"])
     }
@@ -144,19 +165,31 @@ struct OperationsUnitTests {
         #expect(FXDP_MAP_PEER_STATS == "fxdp_peer_stats_v2")
     }
 
+    @Test("the operations side's counters are the programs' own: codes, names, drop mask, encap and decap sets")
+    func countersMirrorThePrograms() {
+        #expect(BPFCounter.all.map(\.code) == FXDPCounter.allCases.map(\.rawValue))
+        for (mine, theirs) in zip(BPFCounter.all, FXDPCounter.allCases) {
+            #expect(mine.name == theirs.name && mine.isDrop == theirs.isDrop)
+            #expect(mine.isEncapsulated == theirs.isEncapsulated && mine.isDecapAccepted == theirs.isDecapAccepted)
+            #expect(mine.verdict == (theirs.isDrop ? .drop : theirs.name.contains("_pass_") ? .pass : .ok))
+        }
+        #expect(BPFCounter.named("decap_drop_not_peer")?.code == FXDPCounter.decapDropNotPeer.rawValue)
+        #expect(BPFCounter.named("no_such_counter") == nil)
+    }
+
     @Test("stats renderer names every counter, marks drops, totals, and computes rates between readings")
     func statsRenderer() {
-        var values = FXDPCounter.allCases.map { ($0, FXDPCount()) }
-        values[0].1 = FXDPCount(packets: 100, bytes: 150_000)
-        let notPeer = values.firstIndex { $0.0 == .decapDropNotPeer }!
-        values[notPeer].1 = FXDPCount(packets: 7, bytes: 700)
+        var values = BPFCounter.all.map { ($0, PacketCount()) }
+        values[0].1 = PacketCount(packets: 100, bytes: 150_000)
+        let notPeer = values.firstIndex { $0.0.name == "decap_drop_not_peer" }!
+        values[notPeer].1 = PacketCount(packets: 7, bytes: 700)
         let text = StatsReport.text(values)
-        for counter in FXDPCounter.allCases { #expect(text.contains(counter.name)) }
+        for counter in BPFCounter.all { #expect(text.contains(counter.name)) }
         #expect(text.contains("decap_drop_not_peer                        7               700  DROP"))
         #expect(text.contains("encap_pass_no_peer"))
         #expect(text.hasSuffix("encapsulated 100, decapsulated/accepted 0, dropped 7 packet(s)\n"))
 
-        let previous: [FXDPCounter: FXDPCount] = [.encapOK: FXDPCount(packets: 50, bytes: 100_000)]
+        let previous: [BPFCounter: PacketCount] = [BPFCounter.named("encap_ok")!: PacketCount(packets: 50, bytes: 100_000)]
         let watched = StatsReport.text(values, previous: previous, interval: 0.5, showZero: false)
         #expect(!watched.contains("encap_pass_no_peer"))
         // 50 packets and 50 000 bytes in 0.5 s: 100 pkt/s, 800 kbit/s.

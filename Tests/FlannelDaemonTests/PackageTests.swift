@@ -8,6 +8,7 @@
 // (verify, and security with the exposure score SECURITY.md records), and the daemon's log lines
 // (journald prefixes, JSON) from the binary itself.
 
+@testable import Dataplane
 @testable import FlannelDaemon
 import Glibc
 @testable import Leases

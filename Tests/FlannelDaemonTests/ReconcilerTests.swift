@@ -1,6 +1,8 @@
+import Dataplane
 import FlannelDaemon
 import Logging
 import NetTypes
+import RuntimeSupport
 import ServiceLifecycle
 import Synchronization
 import Testing
@@ -54,6 +56,22 @@ final class MemoryPeerTable: PeerTable, Sendable {
     var reads: Int { state.withLock { $0.reads } }
     func clearWrites() { state.withLock { $0.writes = [] } }
     var peers: Set<Peer> { state.withLock { Set($0.entries.values) } }
+}
+
+/// Records the name of every thread a table call runs on.
+final class ThreadRecordingTable: PeerTable, Sendable {
+    let tableName = "bpf-maps"
+    private let state = Mutex((entries: [IPv4Subnet: Peer](), threads: Set<String>()))
+
+    private func note() {
+        let name = SystemCall.readSmallFile("/proc/thread-self/comm")?.trimmingTrailingNewlines() ?? "?"
+        state.withLock { _ = $0.threads.insert(name) }
+    }
+
+    var threads: Set<String> { state.withLock { $0.threads } }
+    func currentPeers() throws -> Set<Peer> { note(); return state.withLock { Set($0.entries.values) } }
+    func upsert(_ peer: Peer) throws { note(); state.withLock { $0.entries[peer.subnet] = peer } }
+    func remove(_ peer: Peer) throws { note(); state.withLock { $0.entries[peer.subnet] = nil } }
 }
 
 private func subnet(_ text: String) -> IPv4Subnet { IPv4Subnet(cidr: text)! }
@@ -144,6 +162,29 @@ struct ReconcilerTests {
         #expect(maps.writes.isEmpty && routes.writes.isEmpty)
     }
 
+    @Test("tables are applied by stage: the data path's tables, then the kernel's state, whatever order they are given in")
+    func stageOrder() async {
+        let routes = MemoryPeerTable("kernel-routes")
+        let maps = MemoryPeerTable("bpf-maps")
+        let userspace = MemoryPeerTable("userspace")
+        let reconciler = Reconciler(tables: [PeerTableBinding(routes, stage: .kernelState), PeerTableBinding(maps, stage: .dataPath),
+                                             PeerTableBinding(userspace, stage: .dataPath)], logger: Logger(label: "test"))
+        #expect(reconciler.tableOrder == ["bpf-maps", "userspace", "kernel-routes"])
+        await reconciler.setDesired([a])
+        #expect(await reconciler.reconcile().outcomes.map(\.table) == ["bpf-maps", "userspace", "kernel-routes"])
+    }
+
+    @Test("every table call runs on the reconciler's own thread, never on Swift's shared pool")
+    func ownThread() async throws {
+        let maps = ThreadRecordingTable()
+        let reconciler = Reconciler(tables: [PeerTableBinding(maps)], logger: Logger(label: "test"))
+        await reconciler.setDesired([a, b])
+        #expect(await reconciler.reconcile().succeeded)
+        await reconciler.removeDesired(b.subnet)
+        #expect(await reconciler.reconcile(.changes).succeeded)
+        #expect(maps.threads == ["fxdp-reconcile"], "\(maps.threads)")
+    }
+
     @Test("applies only the difference: stale removed before new/changed upserted")
     func difference() async {
         let maps = MemoryPeerTable("bpf-maps")
@@ -198,7 +239,7 @@ struct ReconcilerTests {
         let maps = MemoryPeerTable("bpf-maps")
         let routes = MemoryPeerTable("kernel-routes")
         let readiness = Readiness()
-        let reconciler = Reconciler(tables: [PeerTableBinding(maps), PeerTableBinding(routes)], readiness: readiness, logger: Logger(label: "test"))
+        let reconciler = Reconciler(tables: [PeerTableBinding(maps), PeerTableBinding(routes)], logger: Logger(label: "test"), onPass: readiness.follow)
         maps.failUpserts(for: [b.subnet])
         await reconciler.setDesired([a, b])
         let report = await reconciler.reconcile()
@@ -234,7 +275,7 @@ struct ReconcilerTests {
     func runningLoop() async throws {
         let maps = MemoryPeerTable("bpf-maps")
         let readiness = Readiness()
-        let reconciler = Reconciler(tables: [PeerTableBinding(maps)], readiness: readiness, logger: Logger(label: "test"))
+        let reconciler = Reconciler(tables: [PeerTableBinding(maps)], logger: Logger(label: "test"), onPass: readiness.follow)
         let group = ServiceGroup(services: [ReconcileService(reconciler: reconciler, interval: .milliseconds(200))], logger: Logger(label: "test"))
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await group.run() }
@@ -322,8 +363,8 @@ struct IncrementalReconcileTests {
         let maps = MemoryPeerTable("bpf-maps")
         let routes = MemoryPeerTable("kernel-routes")
         let readiness = Readiness()
-        let reconciler = Reconciler(tables: [PeerTableBinding(maps), PeerTableBinding(routes)], readiness: readiness,
-                                    logger: Logger(label: "test"))
+        let reconciler = Reconciler(tables: [PeerTableBinding(maps), PeerTableBinding(routes)], logger: Logger(label: "test"),
+                                    onPass: readiness.follow)
         await reconciler.setDesired([a, b])
         #expect(await reconciler.reconcile().succeeded)
 

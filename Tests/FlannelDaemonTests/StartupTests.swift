@@ -1,3 +1,4 @@
+import Dataplane
 import FlannelDaemon
 import Glibc
 import Leases
@@ -166,15 +167,15 @@ struct StartupTests {
 
     @Test("the userspace path's VtepMAC is stable and locally administered")
     func stableMAC() {
-        let mac = Startup.stableUserspaceVTEPMAC(publicIP: IPv4Address("192.0.2.10")!)
+        let mac = DataplaneComposer.stableUserspaceVTEPMAC(publicIP: IPv4Address("192.0.2.10")!)
         #expect(mac.description == "0e:fd:c0:00:02:0a")
         #expect(!mac.isMulticast && mac.bytes[0] & 0x02 != 0)
     }
 
-    @Test("the loopback's MAC reads as all zero (SIOCGIFHWADDR works)")
+    @Test("the loopback's MAC reads as all zero; a missing interface is an error naming it")
     func interfaceMAC() throws {
-        #expect(try Startup.interfaceMAC(name: "lo").isZero)
-        #expect(throws: StartupError.self) { try Startup.interfaceMAC(name: "nosuchif0") }
+        #expect(try Interfaces.mac(named: "lo").isZero)
+        #expect { try Interfaces.mac(named: "nosuchif0") } throws: { "\($0)".contains("nosuchif0") && ($0 as? OperationsError)?.errno == ENODEV }
     }
 
     @Test("snapshot then watch events reach the reconciler's desired set, filtered as flannel does")

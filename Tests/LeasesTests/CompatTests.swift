@@ -3,6 +3,7 @@ import Glibc
 import NetTypes
 import RuntimeSupport
 import TestSupport
+import TestTraits
 import Testing
 
 /// Hostile lease keys/values: (key, value, expected reason).
@@ -57,7 +58,7 @@ let hostileLeases: [(String, String, LeaseRejection)] = {
     ]
 }()
 
-@Suite("LeasesTests: hostile leases, flannel compatibility, API selection, TLS, auth")
+@Suite("LeasesTests: hostile leases, flannel compatibility, API selection, TLS, auth", .ownThreads)
 struct CompatTests {
     @Test func hostileTableDecodesToExpectedReasons() throws {
         #expect(hostileLeases.count >= 20)

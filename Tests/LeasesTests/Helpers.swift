@@ -15,7 +15,6 @@ let bothAPIs: [EtcdAPIVersion] = [.v2, .v3]
 func withEtcd<T>(tls: EtcdServerTLS? = nil, etcdctlTLS: (ca: String, cert: String, key: String)? = nil,
                  exclusive: Bool = false, extraArguments: [String] = [],
                  _ body: (EtcdServer) async throws -> T) async throws -> T {
-    OwnThreadsExecutor.widenSharedPool()
     await TestGate.shared.enter(exclusive: exclusive)
     defer { Task { await TestGate.shared.leave(exclusive: exclusive) } }
     let server = try await EtcdServer.start(tag: "lease", tls: tls, etcdctlTLS: etcdctlTLS, extraArguments: extraArguments)
@@ -130,7 +129,7 @@ func subnet(_ cidr: String) -> IPv4Subnet { IPv4Subnet(cidr: cidr)! }
 /// Collects a peer stream and keeps the resulting peer set.
 final class PeerCollector: Sendable {
     final class Box: Sendable {
-        let mutex = Mutex<(events: [PeerEvent], peers: [IPv4Subnet: Lease])>(([], [:]))
+        let mutex = Mutex<(events: [PeerEvent], peers: [IPv4Subnet: Lease], bySlot: [String: Lease])>(([], [:], [:]))
     }
     private let box = Box()
     private let task: Task<Void, Never>
@@ -143,19 +142,29 @@ final class PeerCollector: Sendable {
                     s.events.append(event)
                     switch event {
                     case .snapshot(let leases):
-                        s.peers = Dictionary(uniqueKeysWithValues: leases.map { ($0.subnet, $0) })
+                        s.peers = Dictionary(leases.map { ($0.subnet, $0) }, uniquingKeysWith: { a, _ in a })
+                        s.bySlot = Dictionary(uniqueKeysWithValues: leases.map { (PeerCollector.slot($0), $0) })
                     case .added(let l), .changed(let l):
                         s.peers[l.subnet] = l
+                        s.bySlot[PeerCollector.slot(l)] = l
                     case .removed(let l):
                         s.peers[l.subnet] = nil
+                        s.bySlot[PeerCollector.slot(l)] = nil
                     }
                 }
             }
         }
     }
 
+    /// What a peer stands for: its IPv4 subnet, or its IPv6 subnet in an IPv6-only network (where
+    /// every IPv4 half is 0.0.0.0/0).
+    static func slot(_ lease: Lease) -> String {
+        lease.subnet.prefixLength == 0 ? lease.ipv6Subnet?.description ?? "" : lease.subnet.description
+    }
+
     var events: [PeerEvent] { box.mutex.withLock { $0.events } }
     var peers: [IPv4Subnet: Lease] { box.mutex.withLock { $0.peers } }
+    var bySlot: [String: Lease] { box.mutex.withLock { $0.bySlot } }
     var gotSnapshot: Bool { events.contains { if case .snapshot = $0 { true } else { false } } }
 
     func stop() { task.cancel() }

@@ -2,9 +2,10 @@ import Glibc
 @testable import Leases
 import NetTypes
 import TestSupport
+import TestTraits
 import Testing
 
-@Suite("LeasesTests: subnet manager against a real etcd")
+@Suite("LeasesTests: subnet manager against a real etcd", .ownThreads)
 struct LeaseManagerTests {
     @Test(arguments: bothAPIs)
     func acquireRenewRelease(_ api: EtcdAPIVersion) async throws {

@@ -52,8 +52,8 @@ struct ConfigParsingTests {
         // the largest VNI a v0.17 node can read from a lease
         Good(json: #"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":65535}}"#, network: "10.5.0.0/16", subnetLen: 24,
              min: "10.5.1.0", max: "10.5.255.0", backend: "vxlan", vni: 65535, port: 8472),
-        // host bits in Network are masked (Go's ParseCIDR), unknown keys ignored, IPv6 flag kept
-        Good(json: #"{"Network":"10.5.3.4/16","Unknown":1,"EnableIPv6":true,"Backend":{"Type":"vxlan"}}"#,
+        // host bits in Network are masked (Go's ParseCIDR), unknown keys ignored, dual-stack
+        Good(json: #"{"Network":"10.5.3.4/16","Unknown":1,"EnableIPv6":true,"IPv6Network":"fd00:10::/48","Backend":{"Type":"vxlan"}}"#,
              network: "10.5.0.0/16", subnetLen: 24, min: "10.5.1.0", max: "10.5.255.0", backend: "vxlan", port: 8472),
         // unknown backend types are kept for the daemon to decide
         Good(json: #"{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard"}}"#, network: "10.5.0.0/16", subnetLen: 24,
@@ -81,12 +81,12 @@ struct ConfigParsingTests {
         #expect(try NetworkConfig.parse(#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#).backend.mtu == 0)
     }
 
-    @Test("a dual-stack config parses with a warning that names EnableIPv6 and the subnet clash")
-    func dualStackWarning() throws {
+    @Test("a dual-stack config parses without warnings: IPv6 is served")
+    func dualStackParses() throws {
         let c = try NetworkConfig.parse(#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10::/48","Backend":{"Type":"vxlan"}}"#)
-        #expect(c.enableIPv6)
-        #expect(c.warnings.count == 1)
-        #expect(c.warnings.first?.contains("EnableIPv6") == true && c.warnings.first?.contains("same IPv4 subnet") == true)
+        #expect(c.enableIPv4 && c.enableIPv6)
+        #expect(c.ipv6?.network == IPv6Subnet(cidr: "fd00:10::/48"))
+        #expect(c.warnings.isEmpty)
     }
 
     struct Bad: Sendable, CustomTestStringConvertible {
@@ -132,7 +132,7 @@ struct ConfigParsingTests {
         Bad(json: #"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","MTU":"1500"}}"#, field: "Backend.MTU", reasonContains: "integer"),
         Bad(json: #"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","Port":70000}}"#, field: "Backend.Port", reasonContains: "outside"),
         Bad(json: #"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","DirectRouting":"yes"}}"#, field: "Backend.DirectRouting", reasonContains: "boolean"),
-        Bad(json: #"{"Network":"10.5.0.0/16","EnableIPv4":false}"#, field: "EnableIPv4", reasonContains: "not supported"),
+        Bad(json: #"{"Network":"10.5.0.0/16","EnableIPv4":false}"#, field: "EnableIPv4", reasonContains: "enable at least one"),
     ]
 
     @Test(arguments: bad)
@@ -170,7 +170,9 @@ struct LeaseJSONTests {
         #expect(try LeaseDecoder.parseAttributes(Array(a.json.utf8)).get() == a)
         // Go's decoder is case-insensitive; flannel also writes PublicIPv6 as a string when dual-stack.
         let variant = #"{"publicip":"192.168.64.3","PublicIPv6":"fd00::1","backendtype":"vxlan","backenddata":{"vni":1,"vtepmac":"C6:D2:32:6F:8F:44"}}"#
-        #expect(try LeaseDecoder.parseAttributes(Array(variant.utf8)).get() == a)
+        var withIPv6 = a
+        withIPv6.publicIPv6 = IPv6Address("fd00::1")
+        #expect(try LeaseDecoder.parseAttributes(Array(variant.utf8)).get() == withIPv6)
     }
 
     @Test func keysIncludingDualStack() {

@@ -1,4 +1,5 @@
 import Glibc
+import RuntimeSupport
 import Synchronization
 import TestSupport
 import Testing
@@ -21,6 +22,18 @@ struct TestSupportTests {
         #expect(Set(try TestPorts.reserve(count: 20)).isDisjoint(with: ports))
     }
 
+    /// A blocking call made through a DedicatedThreadExecutor runs on that thread, named as given;
+    /// an actor that names it as its executor runs there too.
+    @Test func dedicatedThreadRunsTheBlockingCall() async throws {
+        let executor = DedicatedThreadExecutor(name: "fxdp-probe")
+        defer { executor.shutdown() }
+        let name = await executor.run { SystemCall.readSmallFile("/proc/thread-self/comm")?.trimmingTrailingNewlines() }
+        #expect(name == "fxdp-probe")
+        #expect(try await executor.run { () throws -> Int in 42 } == 42)
+        let probe = ThreadProbe(executor)
+        #expect(await probe.threadName() == "fxdp-probe")
+    }
+
     /// The body and its child tasks run on the executor's own threads, so a blocking call there
     /// holds none of the shared pool's threads (whatever else the process is doing meanwhile).
     @Test func bodyAndChildTasksRunOnOwnThreads() async throws {
@@ -38,4 +51,12 @@ struct TestSupportTests {
         }
         #expect(seen == [true, true, true, true], "\(seen)")
     }
+}
+
+/// An actor on a dedicated thread (as the reconciler is).
+private actor ThreadProbe {
+    let executor: DedicatedThreadExecutor
+    nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
+    init(_ executor: DedicatedThreadExecutor) { self.executor = executor }
+    func threadName() -> String? { SystemCall.readSmallFile("/proc/thread-self/comm")?.trimmingTrailingNewlines() }
 }

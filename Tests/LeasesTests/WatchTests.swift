@@ -3,6 +3,7 @@ import Glibc
 import Logging
 import NetTypes
 import TestSupport
+import TestTraits
 import Testing
 
 /// Set in the child process that runs `outageWorker`.
@@ -14,7 +15,7 @@ let quietLogger: Logger = {
     return l
 }()
 
-@Suite("LeasesTests: watching peers against a real etcd")
+@Suite("LeasesTests: watching peers against a real etcd", .ownThreads)
 struct WatchTests {
     @Test(arguments: bothAPIs)
     func seesAddsChangesDeletesAndExpiry(_ api: EtcdAPIVersion) async throws {

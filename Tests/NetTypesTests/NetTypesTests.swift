@@ -29,3 +29,21 @@ import Testing
         #expect(!r.isMulticast && r.bytes[0] & 2 == 2)
     }
 }
+
+@Suite struct IPv6NetTypesTests {
+    @Test func subnetArithmetic() throws {
+        let s = try #require(IPv6Subnet(cidr: "fd00:5:0:3::/64"))
+        #expect(s.host(1).description == "fd00:5:0:3::1")
+        #expect(s.last.description == "fd00:5:0:3:ffff:ffff:ffff:ffff")
+        #expect(s.contains(IPv6Address("fd00:5:0:3:1::1")!) && !s.contains(IPv6Address("fd00:5:0:4::")!))
+        #expect(IPv6Subnet(cidr: "fd00:5:0:3::1/64") == nil, "host bits set")
+        #expect(IPv6Subnet(cidr: "fd00::/129") == nil)
+        #expect(IPv6Subnet(containing: IPv6Address("fd00:5:0:3:1::1")!, prefixLength: 64) == s)
+        #expect(try #require(IPv6Subnet(cidr: "fd00:5::/48")).overlaps(s))
+        #expect(IPv6Subnet(cidr: "::/0")!.contains(IPv6Address("2001:db8::1")!))
+        #expect(IPv6Address("fe80::1")!.isLinkLocal && IPv6Address("ff02::1")!.isMulticast && IPv6Address("::1")!.isLoopback)
+        #expect(IPv6Address(bytes: IPv6Address("fd00::1")!.bytes) == IPv6Address("fd00::1"))
+        #expect(IPv6Address("fd00::1")! < IPv6Address("fd00::2")!)
+        #expect(IPv6Address.unspecifiedAddress == IPv6Address("::") && IPv4Address.unspecifiedAddress == IPv4Address(0))
+    }
+}

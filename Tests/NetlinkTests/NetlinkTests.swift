@@ -7,7 +7,7 @@ import Testing
 
 /// Each test builds its own one-node lab, opens a netlink socket inside the node namespace, and
 /// checks every Swift change with the `ip`/`bridge` CLIs (and every CLI change with Swift).
-@Suite("Netlink") struct NetlinkTests {
+@Suite("Netlink", .ownThreads) struct NetlinkTests {
 
     func lab(_ tag: String) throws -> (NetnsLab, LabNode) {
         let lab = try NetnsLab(tag: tag)

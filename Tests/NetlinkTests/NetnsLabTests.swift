@@ -4,7 +4,7 @@ import Glibc
 import TestTraits
 import Testing
 
-@Suite("NetnsLab") struct NetnsLabTests {
+@Suite("NetnsLab", .ownThreads) struct NetnsLabTests {
     @Test("two nodes: host-gw routes and the CLI flannel stand-in both carry pod traffic; cleanup removes everything",
           .needsRoot)
     func labCarriesTraffic() throws {

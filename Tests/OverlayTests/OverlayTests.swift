@@ -9,7 +9,7 @@ import Testing
 
 /// The reference for every check here is the CLI (`NetnsLab.makeFlannelStandIn` /
 /// `addFlannelPeerRoutes`), configured exactly as stock flanneld configures the kernel.
-@Suite("Overlay") struct OverlayTests {
+@Suite("Overlay", .ownThreads) struct OverlayTests {
     static let network = IPv4Subnet(cidr: "10.5.0.0/16")!
 
     /// What a node shows of the overlay, with the ifindex prefixes removed.
@@ -246,8 +246,6 @@ import Testing
         try hostGW.remove(peerB)
 
         // DirectRouting in the vxlan table: the direct peer gets the host-gw style route.
-        #expect(try Overlay.isDirectlyReachable(b.nodeIP, netlink: &nlA))
-        #expect(try !Overlay.isDirectlyReachable(IPv4Address("10.77.0.1")!, netlink: &nlA))
         let dev = try FlannelVXLANDevice.ensure(vni: 1, localIP: a.nodeIP, underlayIndex: eth0A.index,
                                                 subnet: a.podSubnet, network: Self.network, netlink: &nlA)
         let table = try KernelVXLANPeerTable(device: dev, network: Self.network, networkNamespace: "/run/netns/\(a.name)")
@@ -292,7 +290,7 @@ import Testing
         try lab.sh(node.name, ["link", "add", "flannel.2", "type", "vxlan", "id", "2", "dev", "eth0", "dstport", "8472"])
 
         let removal = try Overlay.removeAll(vni: 1, network: Self.network, underlayIndex: eth0.index, netlink: &nl)
-        #expect(removal.deletedDevices == ["flannel.1"] && removal.deletedRoutes == [IPv4Subnet(cidr: "10.5.40.0/24")!])
+        #expect(removal.deletedDevices == ["flannel.1"] && removal.deletedRoutes == ["10.5.40.0/24"])
         let routes = try lab.sh(node.name, ["route", "show"])
         #expect(!routes.contains("10.5.40.0") && !routes.contains("flannel.1") && routes.contains("172.16.0.0/24"))
         #expect(routes.contains("\(node.podSubnet) dev cni0"))
@@ -371,7 +369,7 @@ import Testing
         }
     }
 
-    @Test("KernelOverlay: the daemon's sequence end to end against a CLI reference node; TUN; cleanup",
+    @Test("KernelOverlay: the data path's sequence end to end against a CLI reference node; TUN; cleanup",
           .needsRoot)
     func kernelOverlayFacade() throws {
         let lab = try NetnsLab(tag: "ovk")
@@ -385,15 +383,14 @@ import Testing
 
         // Phase 1 (before the lease): the device and its MAC. Phase 2: address, tables.
         let dev = try overlay.ensureVXLANDevice(vni: 1, localIP: mine.nodeIP, underlayIndex: eth0.index, mtu: 1450)
-        let readBack = try overlay.vxlanDevice(index: dev.index)
-        #expect(readBack.mac == dev.mac && readBack.vni == 1 && readBack.port == 8472 && readBack.localIP == mine.nodeIP
-                && readBack.underlayIndex == eth0.index)
-        let configured = try overlay.configureVXLANDevice(readBack, subnet: mine.podSubnet, network: Self.network)
+        let readBack = try #require(try overlay.existingDevice(vni: 1))
+        #expect(readBack.index == dev.index && readBack.mac == dev.mac && readBack.vxlan?.vni == 1 && readBack.vxlan?.port == 8472
+                && readBack.vxlan?.local == mine.nodeIP && readBack.vxlan?.underlayIndex == eth0.index)
+        let configured = try overlay.configureVXLANDevice(dev, subnet: mine.podSubnet, network: Self.network)
         let table = try overlay.kernelVXLANPeerTable(device: configured, network: Self.network)
         try table.upsert(standIn.asPeer)
         try lab.addFlannelPeerRoutes(on: ref, peer: Peer(subnet: mine.podSubnet, publicIP: mine.nodeIP, vtepMAC: dev.mac))
         #expect(try lab.ping(from: mine.podNamespace, to: ref.podIP, count: 2).received == 2)
-        #expect(try overlay.isDirectlyReachable(ref.nodeIP))
 
         // host-gw table from the same object.
         let hostGW = try overlay.hostGWPeerTable(underlayIndex: eth0.index, network: Self.network, ownSubnet: mine.podSubnet)
@@ -418,6 +415,10 @@ import Testing
         // cleanup without a VNI or network: our vxlan devices go, nothing else.
         #expect(try overlay.removeFlannelDevices() == ["flannel.1"])
         #expect(try nl.link(named: "flannel0") != nil && nl.link(named: "flannel.1") == nil)
+        #expect(try overlay.existingDevice(vni: 1) == nil)
+        // What the userspace path does to a flannel.<VNI> that holds its port: any device, by index.
+        try overlay.deleteDevice(index: try #require(try nl.link(named: "flannel0")).index)
+        #expect(try nl.link(named: "flannel0") == nil)
     }
 }
 

@@ -147,7 +147,7 @@ func subnetLine(_ cluster: FlannelCluster, _ node: LabNode) -> String {
 // (log lines per class: see etcdOutageAndPartition)
 
 @Suite("ClusterFaultTests: restarts, etcd outages, partitions and drift with traffic flowing", .serialized,
-       .needsRoot)
+       .needsRoot, .ownThreads)
 struct ClusterFaultTests {
     static var restarts: Int { Int(ProcessInfo.processInfo.environment["FXDP_RESTARTS"] ?? "") ?? 20 }
     static var outageSeconds: Double {

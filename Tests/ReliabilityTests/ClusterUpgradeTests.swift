@@ -150,7 +150,7 @@ func pinnedMapIDs(_ cluster: FlannelCluster, _ node: LabNode) -> [String: UInt32
 func hexTag(_ tag: [UInt8]) -> String { tag.map { String(format: "%02x", $0) }.joined() }
 
 @Suite("ClusterUpgradeTests: a changed program replaces the running one atomically, traffic flowing", .serialized,
-       .needsRoot)
+       .needsRoot, .ownThreads)
 struct ClusterUpgradeTests {
     @Test("upgrade to a changed program (SIGKILL) and back (SIGTERM): never nothing attached, same maps, no ping lost",
           arguments: UpgradeDecap.allCases)

@@ -14,7 +14,7 @@ import TestTraits
 import Testing
 
 @Suite("DegradedBootTests: booting from the last known state while etcd is unreachable", .serialized,
-       .needsRoot)
+       .needsRoot, .ownThreads)
 struct DegradedBootTests {
     /// Kills the node's daemon and wipes what a reboot wipes; the last known state stays.
     func reboot(_ cluster: FlannelCluster, _ node: LabNode) throws {

@@ -9,9 +9,10 @@
 import Leases
 import NetTypes
 import TestSupport
+import TestTraits
 import Testing
 
-@Suite("EtcdDataFuzzTests: config, lease JSON, lease keys and subnet.env under random and mutated input")
+@Suite("EtcdDataFuzzTests: config, lease JSON, lease keys and subnet.env under random and mutated input", .ownThreads)
 struct EtcdDataFuzzTests {
     static let count = FuzzBudget.iterations(short: 4_000, long: 120_000)
     /// No single parse may take longer: 250 ms plus 3 µs per byte (a debug build on a shared machine
@@ -28,7 +29,7 @@ struct EtcdDataFuzzTests {
     static let configFields: Set<String> = [
         "config", "Network", "SubnetLen", "SubnetMin", "SubnetMax", "EnableIPv4", "EnableIPv6", "Backend",
         "Backend.Type", "Backend.VNI", "Backend.Port", "Backend.MTU", "Backend.DirectRouting", "Backend.GBP",
-        "Backend.Learning",
+        "Backend.Learning", "IPv6Network", "IPv6SubnetLen", "IPv6SubnetMin", "IPv6SubnetMax",
     ]
 
     static let leaseSeeds = [
@@ -85,8 +86,13 @@ struct EtcdDataFuzzTests {
             case .success(let c):
                 accepted += 1
                 // What the daemon relies on when it accepts a config.
-                if !(c.subnetLen > c.network.prefixLength && c.subnetLen <= 30 && c.network.contains(c.subnetMin)
-                     && c.network.contains(c.subnetMax) && c.subnetMin <= c.subnetMax && c.backend.vni <= 0xFF_FFFF) {
+                let v4 = !c.enableIPv4 || c.subnetLen > c.network.prefixLength && c.subnetLen <= 30 && c.network.contains(c.subnetMin)
+                    && c.network.contains(c.subnetMax) && c.subnetMin <= c.subnetMax
+                let v6 = c.ipv6.map { v6 in
+                    v6.subnetLen > v6.network.prefixLength && v6.subnetLen <= 126 && v6.network.contains(v6.subnetMin)
+                        && v6.network.contains(v6.subnetMax) && v6.subnetMin <= v6.subnetMax
+                } ?? c.enableIPv4
+                if !(v4 && v6 && c.backend.vni <= 0xFF_FFFF) {
                     problems.append("seed \(seed) #\(n): accepted an unusable config \(c) from \(text.prefix(200))")
                 }
             case .failure(let e):

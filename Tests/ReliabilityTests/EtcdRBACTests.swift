@@ -14,7 +14,7 @@ import TestTraits
 import Testing
 
 @Suite("EtcdRBACTests: etcd v3 RBAC limited to the prefix, as docs/SECURITY.md sets it up", .serialized,
-       .needsRoot)
+       .needsRoot, .ownThreads)
 struct EtcdRBACTests {
     static let rootPassword = "fx-root-pw"
     static let nodePasswords = ["node1": "fx-node1-pw", "node2": "fx-node2-pw"]

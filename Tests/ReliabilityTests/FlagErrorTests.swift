@@ -5,6 +5,7 @@
 
 import Glibc
 import TestSupport
+import TestTraits
 import Testing
 
 struct BadInvocation: Sendable, CustomStringConvertible {
@@ -17,7 +18,7 @@ struct BadInvocation: Sendable, CustomStringConvertible {
     }
 }
 
-@Suite("FlagErrorTests: the binary names every malformed flag, variable and file")
+@Suite("FlagErrorTests: the binary names every malformed flag, variable and file", .ownThreads)
 struct FlagErrorTests {
     static let cases: [BadInvocation] = [
         .init(arguments: ["--healthz-port=abc"], mentions: ["healthz-port", "abc"]),
@@ -52,7 +53,8 @@ struct FlagErrorTests {
         .init(arguments: [], environment: ["FLANNELD_HEALTHZ_PORT": "70000"], mentions: ["FLANNELD_HEALTHZ_PORT", "70000"]),
         .init(arguments: ["-kube-subnet-mgr"], mentions: ["--kube-subnet-mgr", "etcd subnet manager"]),
         .init(arguments: [], environment: ["FLANNELD_KUBE_SUBNET_MGR": "true"], mentions: ["--kube-subnet-mgr", "etcd subnet manager"]),
-        .init(arguments: ["-public-ipv6=fd00::1"], mentions: ["--public-ipv6=fd00::1", "dual-stack"]),
+        .init(arguments: ["-public-ipv6=10.0.0.1"], mentions: ["public-ipv6", "10.0.0.1"]),
+        .init(arguments: [], environment: ["FLANNELD_PUBLIC_IPV6": "fd00::zz"], mentions: ["FLANNELD_PUBLIC_IPV6", "fd00::zz"]),
         .init(arguments: ["-iface-can-reach=gateway"], mentions: ["--iface-can-reach=gateway"]),
         .init(arguments: ["-iptables-resync=0"], mentions: ["--iptables-resync=0"]),
         .init(arguments: ["-vmodule=main"], mentions: ["--vmodule=main"]),

@@ -25,7 +25,7 @@ import TestTraits
 import Testing
 
 @Suite("HostPathTests: rp_filter 0/1/2, TTL, fragments and ECN in every mode", .serialized,
-       .needsRoot)
+       .needsRoot, .ownThreads)
 struct HostPathTests {
     enum Mode: String, CaseIterable, CustomStringConvertible, Sendable {
         case xdp, tc, userspace, directRouting, hostGW, fastTC, fastXDP

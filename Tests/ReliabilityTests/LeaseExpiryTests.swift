@@ -38,7 +38,7 @@ func occurrences(of needle: String, in text: String) -> Int {
 let plainHTTPWarning = "is reached over plain http from another host"
 
 @Suite("LeaseExpiryTests: a short lease TTL that really expires while the node is cut off", .serialized,
-       .needsRoot)
+       .needsRoot, .ownThreads)
 struct LeaseExpiryTests {
     static let ttl = 4
 

@@ -15,9 +15,10 @@ import Glibc
 import Leases
 import NetTypes
 import TestSupport
+import TestTraits
 import Testing
 
-@Suite("NoShellTests: lease data never reaches a shell or a command line")
+@Suite("NoShellTests: lease data never reaches a shell or a command line", .ownThreads)
 struct NoShellTests {
     /// The modules the daemon binary is built from (Package.swift: flanneld-xdp → FlannelDaemon → …).
     static let productionModules = [
@@ -52,7 +53,7 @@ struct NoShellTests {
                 let reviewed = path.hasSuffix(NoShellTests.reviewedSpawnSite)
                 if reviewed {
                     // The one spawn site knows two programs and finds them by absolute path only.
-                    #expect(text.contains("case nft, iptables\n"), "\(path): the programs must stay nft and iptables")
+                    #expect(text.contains("case nft, iptables, ip6tables\n"), "\(path): the programs must stay nft, iptables and ip6tables")
                     #expect(text.contains(#"["/usr/sbin/", "/sbin/", "/usr/bin/"].map { $0 + rawValue }"#), "\(path): absolute paths only")
                 }
                 if path.hasSuffix("Sources/FlannelDaemon/Operations/Masquerade.swift") {
@@ -60,8 +61,8 @@ struct NoShellTests {
                     #expect(text.contains(#"NFT.run(["-f", "-"]"#), "\(path): the nft call must stay `nft -f -`")
                 }
                 if path.hasSuffix("Sources/FlannelDaemon/Operations/ForwardRules.swift") {
-                    // iptables arguments: fixed words and "\(network)" of an IPv4Subnet.
-                    #expect(text.contains("static func accepts(network: IPv4Subnet) -> [[String]]"), "\(path)")
+                    // iptables arguments: fixed words and "\(network)" of an IPv4Subnet or IPv6Subnet.
+                    #expect(text.contains("static func accepts<S: IPSubnetType>(network: S) -> [[String]]"), "\(path)")
                     #expect(!text.contains("String(describing"), "\(path)")
                 }
                 for (lineNumber, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {

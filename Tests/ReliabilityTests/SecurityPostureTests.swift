@@ -12,7 +12,7 @@ import TestSupport
 import TestTraits
 import Testing
 
-@Suite("SecurityPostureTests: least privilege and file modes", .serialized, .needsRoot)
+@Suite("SecurityPostureTests: least privilege and file modes", .serialized, .needsRoot, .ownThreads)
 struct SecurityPostureTests {
     /// The capabilities docs/SECURITY.md documents (the bpffs is mounted beforehand, as on a node
     /// where systemd or the kubelet mounted /sys/fs/bpf).

@@ -23,7 +23,7 @@ import TestTraits
 import Testing
 
 @Suite("VXLANDoorTests: no VXLAN from a stranger reaches a pod, whatever the door", .serialized,
-       .needsRoot)
+       .needsRoot, .ownThreads)
 struct VXLANDoorTests {
     enum NodeKind: String, CaseIterable, CustomStringConvertible, Sendable {
         /// The BPF modes, the userspace path, vxlan with DirectRouting (B is a direct peer of A:
@@ -251,7 +251,7 @@ func userspaceDrops(_ cluster: FlannelCluster, _ node: LabNode, reason: String) 
 /// second address of a multi-homed host, no NAT in between). Ours publish that source address in
 /// the lease (BackendData.SourceIP, ignored by flannel) and are accepted; a stock flannel node in the
 /// same situation is not, but never silently: status and /readyz name its address on the underlay.
-@Suite("Nodes that send from another address than their PublicIP", .serialized, .needsRoot)
+@Suite("Nodes that send from another address than their PublicIP", .serialized, .needsRoot, .ownThreads)
 struct SourceAddressTests {
     @Test(arguments: [false, true])
     func aNodeSendingFromAnotherAddress(stock: Bool) throws {

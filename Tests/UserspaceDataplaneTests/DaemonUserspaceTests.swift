@@ -9,7 +9,7 @@ import TestSupport
 import TestTraits
 import Testing
 
-@Suite(.serialized, .needsRoot)
+@Suite(.serialized, .needsRoot, .ownThreads)
 struct DaemonUserspaceTests {
     @Test("vxlan: two daemons on the userspace path and one on BPF reach each other")
     func vxlanUserspaceAndBPFDaemons() async throws {

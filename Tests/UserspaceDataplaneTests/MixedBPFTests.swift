@@ -11,7 +11,7 @@ import TestTraits
 import Testing
 import UserspaceDataplane
 
-@Suite(.serialized, .needsRoot)
+@Suite(.serialized, .needsRoot, .ownThreads)
 struct MixedBPFTests {
     @Test(arguments: DecapMode.allCases)
     func userspaceNodeAndBPFNode(mode: DecapMode) throws {

@@ -9,7 +9,7 @@ import TestTraits
 import Testing
 @testable import UserspaceDataplane
 
-@Suite(.serialized, .needsRoot)
+@Suite(.serialized, .needsRoot, .ownThreads)
 struct UserspaceLabTests {
     func expectPing(_ lab: NetnsLab, from: LabNode, to: LabNode, count: Int = 3, sourceLocation: SourceLocation = #_sourceLocation) throws {
         #expect(try lab.waitForPing(from: from.podNamespace, to: to.podIP, timeout: 5), "first ping \(from) → \(to)", sourceLocation: sourceLocation)

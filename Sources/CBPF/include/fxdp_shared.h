@@ -26,9 +26,16 @@
 #define FXDP_MAP_DROPS    "fxdp_drops_v2"
 #define FXDP_MAP_MONITOR  "fxdp_monitor_v2"
 #define FXDP_MAP_MONITOR_BUDGET "fxdp_monitor_budget_v2"
+/* IPv6 (dual-stack and IPv6-only networks): maps of their own beside the IPv4 ones, whose layouts
+ * stay as they are, so they carry the same ABI version. */
+#define FXDP_MAP_PEERS6   "fxdp_peers6_v2"
+#define FXDP_MAP_NODES6   "fxdp_nodes6_v2"
+#define FXDP_MAP_CONFIG6  "fxdp_config6_v2"
+#define FXDP_MAP_PEER_STATS6 "fxdp_peer_stats6_v2"
 
 #define FXDP_MAX_PEERS 65536
 #define FXDP_VXLAN_OVERHEAD 50 /* outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8 */
+#define FXDP_VXLAN6_OVERHEAD 70 /* outer Ethernet 14 + IPv6 40 + UDP 8 + VXLAN 8 */
 
 /* fxdp_peers: LPM trie, remote pod subnet → where to send it. Written by the daemon's reconciler. */
 struct fxdp_peer_key {
@@ -59,6 +66,52 @@ struct fxdp_node_key {
 struct fxdp_node_value {
 	__u32 subnets; /* how many peer subnets name this address (as node_ip or source_ip) */
 };
+
+/* IPv6 over the IPv6 underlay: flannel runs a second vxlan device, flannel-v6.<VNI>, with the same VNI
+ * and port, its own VtepMAC (the lease's BackendV6Data) and the node's IPv6 address (PublicIPv6) as
+ * its local address. These are the IPv6 counterparts of fxdp_peers, fxdp_nodes and fxdp_config. */
+
+/* fxdp_peers6: LPM trie, remote IPv6 pod subnet → where to send it. */
+struct fxdp_peer6_key {
+	__u32 prefixlen;  /* LPM prefix length in bits (0..128) */
+	__u8 subnet[16];  /* remote IPv6 pod subnet, network order */
+};
+
+struct fxdp_peer6_value {
+	__u8 node_ip[16];   /* the peer's PublicIPv6 (outer destination) */
+	__u8 source_ip[16]; /* another IPv6 address the peer's VXLAN comes from (as fxdp_peer_value's);
+	                     * :: when it sends from node_ip */
+	__u8 vtep_mac[6];   /* the VtepMAC of the peer's flannel-v6.<VNI> (inner destination) */
+	__u16 flags;        /* FXDP_PEER_F_* */
+};
+
+/* fxdp_nodes6: hash, peer IPv6 address → how many IPv6 peer subnets name it (value: struct
+ * fxdp_node_value). The IPv6 source checks. */
+struct fxdp_node6_key {
+	__u8 node_ip[16];
+};
+
+/* fxdp_config6: array of one, this node's IPv6 settings. The settings both families share (underlay
+ * interface and MAC, VNI, UDP port, the inner source check, enabled) are fxdp_config's: the IPv6
+ * path runs only while both are enabled. An IPv6-only node fills fxdp_config without an IPv4
+ * address (node_ip 0.0.0.0, no IPv4 peers). */
+struct fxdp_config6 {
+	__u8 node_ip[16];       /* our IPv6 underlay address (flannel-v6.<VNI>'s local address): outer
+	                         * source, and where IPv6 VXLAN is accepted */
+	__u8 public_ip[16];     /* the lease's PublicIPv6 when it is another local address than node_ip:
+	                         * IPv6 VXLAN is accepted there too. ::: none */
+	__u8 network[16];       /* the flannel IPv6Network (the IPv6 pod network), for fxdp_pod_guard6 */
+	__u8 vtep_mac[6];       /* flannel-v6.<VNI>'s MAC: inner source, and the inner destination accepted */
+	__u8 network_prefixlen; /* 0: no IPv6Network known */
+	__u8 outer_hop_limit;   /* outer IPv6 hop limit: the underlay's net.ipv6.conf.<dev>.hop_limit, what
+	                         * the kernel device with flannel's TTL "auto" sends; 0 → 64 */
+	__u32 overlay_ifindex;  /* flannel-v6.<VNI> */
+	__u16 overlay_mtu;      /* flannel-v6.<VNI>'s MTU (underlay MTU - 70); 0: no size check */
+	__u16 flags;            /* FXDP_CFG6_F_* */
+	__u8 _reserved[32];     /* zero: room for settings whose zero value keeps today's behaviour */
+};
+
+#define FXDP_CFG6_F_ENABLED 0x1 /* filled: until set, IPv6 is passed to the kernel as before */
 
 /* fxdp_strangers: LRU hash, outer source address of VXLAN dropped as not from a peer → how much
  * and when. Written by the programs on every not-a-peer drop; read by `status` and /readyz, which
@@ -98,6 +151,7 @@ struct fxdp_xdp_meta {
 };
 #define FXDP_XDP_META_MAGIC 0xf1a77e11u
 #define FXDP_META_F_SOURCE_IN_SUBNET 0x1 /* the inner source lies in a subnet of the sending peer */
+#define FXDP_META_F_IPV6 0x2             /* IPv6 VXLAN over the IPv6 underlay: for flannel-v6.<VNI> */
 
 /* fxdp_config: array of one, the node's own settings. Written by the daemon at start-up. */
 struct fxdp_config {
@@ -151,6 +205,23 @@ enum fxdp_counter {
 	                                  * memory), packet unchanged: left to the kernel */
 	FXDP_C_ENCAP_PASS_NO_NEIGH = 10, /* the peer node's MAC is not resolved yet: left to the kernel
 	                                  * device, whose send resolves it for the next packets */
+	/* IPv6 encap (TC egress on flannel-v6.<VNI>). Its other verdicts mean what they mean for IPv4 and
+	 * share the codes above: ENCAP_PASS_DISABLED (fxdp_config or fxdp_config6 not enabled),
+	 * ENCAP_DROP_MALFORMED (IPv6 header truncated, version != 6), ENCAP_PASS_NO_PEER,
+	 * ENCAP_PASS_TOO_BIG, ENCAP_PASS_FIB, ENCAP_PASS_NO_NEIGH, ENCAP_PASS_ADJUST, ENCAP_DROP_ADJUST. */
+	FXDP_C_ENCAP6_OK = 11,           /* encapsulated in IPv6/UDP/VXLAN, bpf_redirect to the underlay */
+	FXDP_C_ENCAP6_PASS_GSO = 12,     /* a GSO super-packet: each IPv6 segment needs its own UDP checksum,
+	                                  * which only the kernel device's segmentation writes
+	                                  * (bpf_skb_adjust_room marks a tunnel without checksum): left to
+	                                  * flannel-v6.<VNI> */
+	FXDP_C_ENCAP6_PASS_CSUM = 13,    /* the outer UDP checksum cannot be derived from the headers (inner
+	                                  * not TCP, UDP or ICMPv6 right after its IPv6 header, UDP without
+	                                  * checksum, a payload length that is not the packet's): left to
+	                                  * the kernel device */
+	FXDP_C_ENCAP6_PASS_NOT_IPV6 = 14,/* on flannel-v6.<VNI>, not IPv6: left to the kernel device */
+	/* IPv6 decap. Its other verdicts share the IPv4 decap's codes (the verdict table in
+	 * bpf/flanneld_xdp.bpf.c lists which). */
+	FXDP_C_DECAP6_OK = 15,           /* XDP: IPv6 VXLAN stripped, marked for the steer */
 
 	/* decap (XDP on the underlay, or the TC-ingress source check in front of kernel decap) */
 	FXDP_C_DECAP_OK = 16,             /* XDP: outer headers stripped, inner packet passed up */
@@ -180,6 +251,22 @@ enum fxdp_counter {
 	                                   * the kernel's reassembly, fxdp_vxlan_door and kernel decap */
 	FXDP_C_DECAP_STEER_OK = 38,       /* TC steer: a frame fxdp_decap_xdp decapsulated, redirected into
 	                                   * flannel.<VNI>'s ingress (routing and rp_filter see the overlay) */
+	FXDP_C_DECAP6_CHECK_OK = 39,      /* IPv6 VXLAN from a peer, left to flannel-v6.<VNI>'s decap (TC
+	                                   * check; XDP on a driver without metadata) */
+	FXDP_C_DECAP6_STEER_OK = 40,      /* TC steer: IPv6 VXLAN fxdp_decap_xdp decapsulated, redirected
+	                                   * into flannel-v6.<VNI>'s ingress */
+	FXDP_C_DECAP6_DROP_INNER_NOT_IPV6 = 41, /* IPv6 VXLAN whose inner Ethernet type is not IPv6 */
+	FXDP_C_DECAP6_DROP_UDP_ZERO_CSUM = 42,  /* IPv6 VXLAN with UDP checksum 0: flannel-v6.<VNI> (no
+	                                         * udp6zerocsumrx) drops every one */
+	FXDP_C_DECAP6_PASS_EXT_HEADERS = 43,    /* IPv6 with extension headers other than one fragment header
+	                                         * before its payload: untouched (flannel never sends them; if
+	                                         * it is VXLAN for us, fxdp_vxlan_door6 drops it) */
+	/* fxdp_vxlan_door6 and fxdp_pod_guard6: the IPv6 netfilter doors, as 48-51 for IPv4. */
+	FXDP_C_DOOR6_OK = 44,             /* through the underlay, to the node's IPv6 address, from a peer */
+	FXDP_C_DOOR6_DROP_NOT_PEER = 45,  /* from an address that is not an IPv6 peer node */
+	FXDP_C_DOOR6_DROP_WRONG_DOOR = 46,/* from a peer, but on another interface, to another local address,
+	                                   * or behind extension headers (or a chain longer than the door reads) */
+	FXDP_C_GUARD6_DROP_POD_VXLAN = 47,/* forwarded from the IPv6 pod network to a VXLAN port outside it */
 	/* fxdp_vxlan_door (netfilter LOCAL_IN): every datagram to our VXLAN port that is about to be
 	 * delivered locally — to any local address, from any interface, unicast or broadcast, after
 	 * reassembly — which is everything that can reach the kernel's vxlan socket. It counts only
@@ -216,6 +303,7 @@ enum fxdp_counter {
 	FXDP_C_FAST_DECAP_PASS_LIMITS = 61,  /* inner options, fragment, TTL <= 1, over the bridge MTU, UDP
 	                                      * GSO, pod MAC unresolved, inner source not in the sender's
 	                                      * subnets, adjust_room refused */
+	FXDP_C_FAST_ENCAP_PASS_IPV6 = 62,    /* IPv6: the fast path is IPv4-only, IPv6 takes the kernel path */
 
 	FXDP_C_MAX = 64
 };
@@ -234,7 +322,9 @@ enum fxdp_counter {
 	 FXDP_COUNTER_BIT(FXDP_C_DECAP_DROP_INNER_SOURCE) | FXDP_COUNTER_BIT(FXDP_C_DECAP_DROP_LOOP) |            \
 	 FXDP_COUNTER_BIT(FXDP_C_DECAP_DROP_OUTER_CSUM) | FXDP_COUNTER_BIT(FXDP_C_DECAP_DROP_ECN) |               \
 	 FXDP_COUNTER_BIT(FXDP_C_DOOR_DROP_NOT_PEER) | FXDP_COUNTER_BIT(FXDP_C_DOOR_DROP_WRONG_DOOR) |            \
-	 FXDP_COUNTER_BIT(FXDP_C_GUARD_DROP_POD_VXLAN))
+	 FXDP_COUNTER_BIT(FXDP_C_GUARD_DROP_POD_VXLAN) | FXDP_COUNTER_BIT(FXDP_C_DECAP6_DROP_INNER_NOT_IPV6) |      \
+	 FXDP_COUNTER_BIT(FXDP_C_DECAP6_DROP_UDP_ZERO_CSUM) | FXDP_COUNTER_BIT(FXDP_C_DOOR6_DROP_NOT_PEER) |       \
+	 FXDP_COUNTER_BIT(FXDP_C_DOOR6_DROP_WRONG_DOOR) | FXDP_COUNTER_BIT(FXDP_C_GUARD6_DROP_POD_VXLAN))
 
 static inline int fxdp_counter_is_drop(__u32 code)
 {
@@ -250,7 +340,8 @@ struct fxdp_count {
  * from that node. Written by the programs (an entry appears with a node's first packet); entries
  * of nodes no longer in fxdp_nodes are deleted by the daemon. Packets left to the kernel path
  * (the *_pass_* counters) are not in it. `tx_*`: encapsulated to the node (inner length);
- * `rx_*`: accepted from the node by decap (outer length, as the program received it). */
+ * `rx_*`: accepted from the node by decap (outer length, as the program received it).
+ * fxdp_peer_stats6 is the same for IPv6 peer addresses (key struct fxdp_node6_key). */
 struct fxdp_peer_stats {
 	__u64 tx_packets;
 	__u64 tx_bytes;
@@ -265,7 +356,8 @@ struct fxdp_peer_stats {
  * (netfilter hooks); userspace parses it. */
 #define FXDP_DROPS_RING_BYTES (256 * 1024)
 #define FXDP_DROP_SAMPLE 128
-#define FXDP_DROP_F_SAMPLE_L3 0x1 /* the sample starts at the IPv4 header (no Ethernet) */
+#define FXDP_DROP_F_SAMPLE_L3 0x1 /* the sample starts at the IP header (no Ethernet): IPv4 or IPv6, as
+                                   * its version says */
 struct fxdp_drop_event {
 	__u64 time_ns;    /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) */
 	__u32 reason;     /* enum fxdp_counter: the counter the drop was counted under */
@@ -310,5 +402,9 @@ FXDP_STATIC_ASSERT(sizeof(struct fxdp_local_value) == 16, "fxdp_local_value layo
 FXDP_STATIC_ASSERT(sizeof(struct fxdp_drop_event) == 152, "fxdp_drop_event layout");
 FXDP_STATIC_ASSERT(sizeof(struct fxdp_monitor) == 16, "fxdp_monitor layout");
 FXDP_STATIC_ASSERT(sizeof(struct fxdp_monitor_budget) == 16, "fxdp_monitor_budget layout");
+FXDP_STATIC_ASSERT(sizeof(struct fxdp_peer6_key) == 20, "fxdp_peer6_key layout");
+FXDP_STATIC_ASSERT(sizeof(struct fxdp_peer6_value) == 40, "fxdp_peer6_value layout");
+FXDP_STATIC_ASSERT(sizeof(struct fxdp_node6_key) == 16, "fxdp_node6_key layout");
+FXDP_STATIC_ASSERT(sizeof(struct fxdp_config6) == 96, "fxdp_config6 layout");
 
 #endif /* FXDP_SHARED_H */

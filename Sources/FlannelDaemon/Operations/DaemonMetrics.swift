@@ -16,7 +16,7 @@
 // failure counters count each pass, not a sample per refresh. The process_* series (ProcessMetrics)
 // and the userspace path's counters are appended to the exposition as text.
 
-import BPFDataplane
+import Dataplane
 import CoreMetrics
 import Leases
 import Prometheus
@@ -43,7 +43,7 @@ public final class DaemonMetrics: Sendable {
     let leaseCounterSeries: [(LeaseCounterField, CoreMetrics.Counter)]
 
     private struct Seen {
-        var bpf: [FXDPCounter: FXDPCount] = [:]
+        var bpf: [BPFCounter: PacketCount] = [:]
         var peers: [String: PeerTraffic] = [:]
         var peerSeries: [String: [Prometheus.Counter]] = [:]
         var lease: [Int] = []
@@ -116,10 +116,10 @@ public final class DaemonMetrics: Sendable {
     func refreshBPFCounters() {
         guard let bpffs, let pinned = PinnedDataplane.shared(bpffs: bpffs),
               let values = try? pinned.counterValues() else { return }
-        let deltas = seen.withLock { s -> [(FXDPCounter, UInt64, UInt64)] in
-            var result: [(FXDPCounter, UInt64, UInt64)] = []
+        let deltas = seen.withLock { s -> [(BPFCounter, UInt64, UInt64)] in
+            var result: [(BPFCounter, UInt64, UInt64)] = []
             for (counter, count) in values {
-                let before = s.bpf[counter] ?? FXDPCount()
+                let before = s.bpf[counter] ?? PacketCount()
                 // A map that went backwards was recreated or reset: count from its new value.
                 let reset = count.packets < before.packets || count.bytes < before.bytes
                 let dp = reset ? count.packets : count.packets - before.packets
@@ -130,8 +130,7 @@ public final class DaemonMetrics: Sendable {
             return result
         }
         for (counter, dp, db) in deltas {
-            let verdict = counter.isDrop ? "drop" : counter.name.contains("_pass_") ? "pass" : "ok"
-            let labels = [("reason", counter.name), ("verdict", verdict)]
+            let labels = [("reason", counter.name), ("verdict", counter.verdict.rawValue)]
             let packets = registry.counter("flanneld_xdp_bpf_packets_total", labels: labels,
                                                help: "Packets the BPF programs saw, by verdict (ok, pass, drop) and its reason (the fxdp_counter code name).")
             let bytes = registry.counter("flanneld_xdp_bpf_bytes_total", labels: labels,

@@ -11,13 +11,10 @@
 // reduced feature or a risk), 2 errors (the daemon cannot start as configured, or the BPF data
 // path cannot run where --dataplane asks for it).
 
-import BPFDataplane
-import BPFLoader
-import CBPF
+import Dataplane
 import Glibc
 import Leases
 import NetTypes
-import Netlink
 import RuntimeSupport
 
 public struct DoctorFinding: Sendable, Equatable {
@@ -114,7 +111,7 @@ public enum Doctor {
         findings.append(btf(path: "/sys/kernel/btf/vmlinux"))
         let effective = effectiveCapabilities()
         if wantsBPF { findings += programTypes(dataplane: choice, canProbe: effective & (1 << UInt64(Capability.bpf.rawValue)) != 0) }
-        let bpffsMounted = BPFFS.isMounted(at: options.dataplane.bpffs)
+        let bpffsMounted = KernelProbe.isBPFFSMounted(at: options.dataplane.bpffs)
         findings += capabilities(effective: effective, dataplane: choice, bpffsMounted: bpffsMounted)
         if wantsBPF {
             findings.append(bpffs(path: options.dataplane.bpffs, mounted: bpffsMounted))
@@ -135,7 +132,7 @@ public enum Doctor {
         if let external {
             findings += mtu(external: external, config: etcd.config,
                             subnetEnv: try? SubnetEnv.read(from: options.subnet.subnetFile), subnetFile: options.subnet.subnetFile,
-                            devices: flannelDevices())
+                            devices: KernelProbe.flannelDevices())
         }
         return DoctorReport(findings: findings)
     }
@@ -189,14 +186,14 @@ public enum Doctor {
     /// allowed": then it is not asked (the capabilities finding says what is missing).
     static func programTypes(dataplane: DataplaneChoice, canProbe: Bool) -> [DoctorFinding] {
         var findings: [DoctorFinding] = []
-        for (check, type, what) in [("xdp", BPF_PROG_TYPE_XDP, "XDP (decap mode xdp)"),
-                                    ("tc", BPF_PROG_TYPE_SCHED_CLS, "TC classifier programs (encap, decap check)")] {
+        for (check, type, what) in [("xdp", KernelProbe.ProgramType.xdp, "XDP (decap mode xdp)"),
+                                    ("tc", .tc, "TC classifier programs (encap, decap check)")] {
             guard canProbe else {
                 findings.append(DoctorFinding(check, .info, "\(what): not probed, this process lacks CAP_BPF",
                                               fix: "run doctor as root to ask the kernel"))
                 continue
             }
-            let result = libbpf_probe_bpf_prog_type(type, nil)
+            let result = KernelProbe.loads(type)
             if result == 1 {
                 findings.append(DoctorFinding(check, .ok, "the kernel loads \(what)"))
             } else if result == -Int32(EPERM) {
@@ -265,20 +262,20 @@ public enum Doctor {
 
     /// Map pins named fxdp_<name>_v<N> with N other than this build's FXDP_ABI_VERSION.
     static func otherABIPins(bpffs: String) -> DoctorFinding {
-        let folder = bpffs + "/" + FlannelBPF.pinFolderName
+        let folder = PinnedDataplane.folder(bpffs: bpffs)
         let names = listDirectory(folder) ?? []
         let stale = names.filter { name in
-            guard name.hasPrefix(FlannelBPF.programPrefix), let v = name.lastIndex(of: "_"),
+            guard name.hasPrefix(KernelProbe.namePrefix), let v = name.lastIndex(of: "_"),
                   name[name.index(after: v)...].hasPrefix("v"),
                   let version = Int(name[name.index(v, offsetBy: 2)...]) else { return false }
-            return version != Int(FXDP_ABI_VERSION)
+            return version != KernelProbe.abiVersion
         }.sorted()
         if stale.isEmpty {
             return DoctorFinding("abi-pins", .ok, names.isEmpty ? "no pins under \(folder) yet"
-                                 : "the pins under \(folder) are this build's map layout (v\(FXDP_ABI_VERSION))")
+                                 : "the pins under \(folder) are this build's map layout (v\(KernelProbe.abiVersion))")
         }
         return DoctorFinding("abi-pins", .info,
-                             "pins of another map layout under \(folder): \(stale.joined(separator: ", ")) (this build uses v\(FXDP_ABI_VERSION)); the daemon removes them when it attaches",
+                             "pins of another map layout under \(folder): \(stale.joined(separator: ", ")) (this build uses v\(KernelProbe.abiVersion)); the daemon removes them when it attaches",
                              fix: "nothing if the daemon is about to start; to remove them now: rm \(stale.map { folder + "/" + $0 }.joined(separator: " "))")
     }
 
@@ -311,14 +308,8 @@ public enum Doctor {
                              "rp_filter all=\(all.map(String.init) ?? "?") \(interface)=\(own.map(String.init) ?? "?") (in effect: \(effective), \(meaning)); the data path works with 0, 1 and 2")
     }
 
-    /// Our flannel.<VNI> devices in this namespace.
-    static func flannelDevices() -> [LinkInfo] {
-        guard var nl = try? NetlinkSocket(), let links = try? nl.links() else { return [] }
-        return links.filter { $0.kind == "vxlan" && $0.name.hasPrefix("flannel.") }
-    }
-
     static func mtu(external: ExternalInterface, config: NetworkConfig?, subnetEnv: SubnetEnv?, subnetFile: String,
-                    devices: [LinkInfo]) -> [DoctorFinding] {
+                    devices: [(name: String, mtu: Int)]) -> [DoctorFinding] {
         let interface = external.interface
         let backendMTU = config?.backend.mtu ?? 0
         let vxlan = config.map { $0.backend.type == "vxlan" } ?? true

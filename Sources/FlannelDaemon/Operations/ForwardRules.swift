@@ -12,7 +12,11 @@
 // filter table and reconciled: a missing chain is created, a FLANNEL-FWD that differs from the two
 // accepts is flushed and refilled, the jump is appended when missing and extra copies are deleted.
 // Every --iptables-resync seconds (HostRules.swift). `cleanup` removes the jump and the chain.
+//
+// IPv6 (dual-stack and IPv6-only networks): the same chain, jump and accepts for the IPv6 network
+// with `ip6tables`, as flannel does for its IPv6 network.
 
+import Dataplane
 import NetTypes
 
 public enum ForwardRules {
@@ -23,7 +27,7 @@ public enum ForwardRules {
     /// FORWARD's jump into our chain.
     static var jump: [String] { commentMatch + ["-j", chain] }
     /// FLANNEL-FWD's two accepts, in order.
-    static func accepts(network: IPv4Subnet) -> [[String]] {
+    static func accepts<S: IPSubnetType>(network: S) -> [[String]] {
         [["-s", "\(network)"] + commentMatch + ["-j", "ACCEPT"], ["-d", "\(network)"] + commentMatch + ["-j", "ACCEPT"]]
     }
 
@@ -50,28 +54,39 @@ public enum ForwardRules {
         func rules(of chainName: String) -> [String] { rules.filter { $0.hasPrefix("-A \(chainName) ") } }
     }
 
-    static func iptables(_ arguments: [String]) throws(OperationsError) -> String {
+    static func iptables(_ arguments: [String], program: HostProgram = .iptables) throws(OperationsError) -> String {
         // -w: wait for the xtables lock (iptables-legacy) instead of failing while Docker or
         // kube-proxy holds it; bounded, so a stuck lock shows as an error, not a hang.
         let full = ["-w", "5", "-t", "filter"] + arguments
-        let result = try HostProgram.iptables.run(full, neededFor: "--iptables-forward-rules (or pass --iptables-forward-rules=false)")
+        let result = try program.run(full, neededFor: "--iptables-forward-rules (or pass --iptables-forward-rules=false)")
         guard result.status == 0 else {
-            throw OperationsError(operation: "iptables \(full.joined(separator: " "))", detail: "exit \(result.status): \(result.output.trimmed)",
+            throw OperationsError(operation: "\(program.rawValue) \(full.joined(separator: " "))", detail: "exit \(result.status): \(result.output.trimmed)",
                                   hint: "run as root; is the kernel's netfilter (ip_tables or nf_tables) available?")
         }
         return result.output
     }
 
-    static func read() throws(OperationsError) -> FilterTable {
-        FilterTable(listing: try iptables(["-S"]))
+    static func read(program: HostProgram = .iptables) throws(OperationsError) -> FilterTable {
+        FilterTable(listing: try iptables(["-S"], program: program))
     }
 
     /// Brings the rules to the wanted state in the calling thread's network namespace; returns what
     /// had to change (empty when everything was in place).
     @discardableResult
     public static func ensure(network: IPv4Subnet) throws(OperationsError) -> [String] {
+        try ensure(network: network, program: .iptables)
+    }
+
+    /// The same for the IPv6 network, with ip6tables.
+    @discardableResult
+    public static func ensure(ipv6Network: IPv6Subnet) throws(OperationsError) -> [String] {
+        try ensure(network: ipv6Network, program: .ip6tables)
+    }
+
+    private static func ensure<S: IPSubnetType>(network: S, program: HostProgram) throws(OperationsError) -> [String] {
+        func iptables(_ arguments: [String]) throws(OperationsError) -> String { try ForwardRules.iptables(arguments, program: program) }
         var changes: [String] = []
-        let table = try read()
+        let table = try read(program: program)
         if !table.chains.contains(chain) {
             _ = try iptables(["-N", chain])
             changes.append("created chain \(chain)")
@@ -94,32 +109,42 @@ public enum ForwardRules {
         return changes
     }
 
-    /// Removes the jump and the chain; true when there was something to remove. Without iptables on
-    /// the node there can be nothing of ours.
+    /// Removes the jump and the chain, of iptables and ip6tables; true when there was something to
+    /// remove. Without the program on the node there can be nothing of ours.
     @discardableResult
     public static func remove() throws(OperationsError) -> Bool {
-        guard HostProgram.iptables.path != nil else { return false }
-        let table = try read()
         var removed = false
-        for _ in table.rules(of: "FORWARD").filter({ $0 == listed("FORWARD", jump) }) {
-            _ = try iptables(["-D", "FORWARD"] + jump)
-            removed = true
-        }
-        if table.chains.contains(chain) {
-            _ = try iptables(["-F", chain])
-            _ = try iptables(["-X", chain])
-            removed = true
+        for program in [HostProgram.iptables, .ip6tables] where program.path != nil {
+            let table = try read(program: program)
+            for _ in table.rules(of: "FORWARD").filter({ $0 == listed("FORWARD", jump) }) {
+                _ = try iptables(["-D", "FORWARD"] + jump, program: program)
+                removed = true
+            }
+            if table.chains.contains(chain) {
+                _ = try iptables(["-F", chain], program: program)
+                _ = try iptables(["-X", chain], program: program)
+                removed = true
+            }
         }
         return removed
     }
 
     /// For `status`.
     public static func status(network: IPv4Subnet?) -> ForwardRulesStatus {
-        guard HostProgram.iptables.path != nil else {
-            return .unknown("iptables is not installed (apt-get install iptables), so the accepts cannot be in place")
+        status(network: network, program: .iptables)
+    }
+
+    /// For `status`: the IPv6 accepts (ip6tables).
+    public static func status(ipv6Network: IPv6Subnet?) -> ForwardRulesStatus {
+        status(network: ipv6Network, program: .ip6tables)
+    }
+
+    private static func status<S: IPSubnetType>(network: S?, program: HostProgram) -> ForwardRulesStatus {
+        guard program.path != nil else {
+            return .unknown("\(program.rawValue) is not installed (apt-get install iptables), so the accepts cannot be in place")
         }
         do {
-            let table = try read()
+            let table = try read(program: program)
             let jumps = table.rules(of: "FORWARD").filter { $0 == listed("FORWARD", jump) }.count
             let chainRules = table.rules(of: chain)
             guard jumps > 0, table.chains.contains(chain) else { return .missing }

@@ -11,12 +11,13 @@
 // any of them wins). Running the `iptables` the system (and Docker) uses puts the accepts in the
 // very chain that carries the DROP policy, whichever backend that is — as flanneld does.
 
+import Dataplane
 import Glibc
 import RuntimeSupport
 
 /// The programs flanneld-xdp may run.
 enum HostProgram: String, CaseIterable, Sendable {
-    case nft, iptables
+    case nft, iptables, ip6tables
 
     var candidates: [String] { ["/usr/sbin/", "/sbin/", "/usr/bin/"].map { $0 + rawValue } }
 
@@ -26,7 +27,7 @@ enum HostProgram: String, CaseIterable, Sendable {
     var package: String {
         switch self {
         case .nft: "nftables"
-        case .iptables: "iptables"
+        case .iptables, .ip6tables: "iptables"
         }
     }
 

@@ -5,10 +5,11 @@
 //   daemon, as in flannel (pods would leak their addresses to the outside);
 // - the FORWARD accepts (--iptables-forward-rules, on by default; ForwardRules.swift): a failure is
 //   logged and retried, as flannel does, and `status` shows them missing;
-// - the blackhole route for our subnet (--ip-blackhole-route, BlackholeRoute.swift).
+// - the blackhole route for our subnet (--ip-blackhole-route, Dataplane/BlackholeRoute.swift).
 // On shutdown all of them stay, like the data path (pods keep working across a restart); `cleanup`
 // removes them.
 
+import Dataplane
 import Logging
 import NetTypes
 import ServiceLifecycle

@@ -3,7 +3,7 @@
 // reading and the rendering are separate so tests check the rendering of real kernel state without
 // parsing a terminal, and the argument-parser commands in Commands.swift stay one line each.
 
-import BPFDataplane
+import Dataplane
 import Glibc
 import NetTypes
 import RuntimeSupport
@@ -41,7 +41,7 @@ public struct StatusReport: Sendable {
     public var daemonRunning: Bool
     public var bpffs: String
     public var pinFolder: String?
-    public var nodeConfig: NodeConfig?
+    public var nodeConfig: BPFNodeSettings?
     public var maps: [PinnedMapSummary] = []
     public var programs: [AttachedProgram] = []
     public var peerCount: Int?
@@ -152,7 +152,7 @@ public struct StatusReport: Sendable {
                 row(i == 0 ? "maps:" : "", "\(m.name) id \(m.id)" + (m.entries.map { ", \($0) of \(m.maxEntries) entries" } ?? ""))
             }
         } else {
-            row("pins:", "none under \(bpffs)/\(FlannelBPF.pinFolderName) (no BPF data path on this node, or `cleanup` removed it)")
+            row("pins:", "none under \(PinnedDataplane.folder(bpffs: bpffs)) (no BPF data path on this node, or `cleanup` removed it)")
         }
         for problem in problems { row("problem:", problem) }
         return lines.joined(separator: "\n") + "\n"
@@ -234,7 +234,7 @@ public enum PeersReport {
 
 /// `stats`: the counters with names, drops marked, and rates between two readings.
 public enum StatsReport {
-    public static func text(_ values: [(FXDPCounter, FXDPCount)], previous: [FXDPCounter: FXDPCount]? = nil,
+    public static func text(_ values: [(BPFCounter, PacketCount)], previous: [BPFCounter: PacketCount]? = nil,
                             interval: Double = 1, showZero: Bool = true) -> String {
         var lines = ["COUNTER".padding(28) + "PACKETS".leftPadding(16) + "BYTES".leftPadding(18)
                      + (previous == nil ? "" : "PKT/S".leftPadding(12) + "BIT/S".leftPadding(14)) + "  VERDICT"]
@@ -242,7 +242,7 @@ public enum StatsReport {
         for (counter, count) in values where showZero || count.packets > 0 {
             var line = counter.name.padding(28) + "\(count.packets)".leftPadding(16) + "\(count.bytes)".leftPadding(18)
             if let previous {
-                let before = previous[counter] ?? FXDPCount()
+                let before = previous[counter] ?? PacketCount()
                 let pps = Double(count.packets &- before.packets) / max(interval, 0.001)
                 let bps = Double(count.bytes &- before.bytes) * 8 / max(interval, 0.001)
                 line += rate(pps).leftPadding(12) + rate(bps).leftPadding(14)
@@ -257,10 +257,12 @@ public enum StatsReport {
         return lines.joined(separator: "\n") + "\n"
     }
 
-    static func verdict(_ counter: FXDPCounter) -> String {
-        if counter.isDrop { return "DROP" }
-        if counter.name.contains("_pass_") { return "pass to kernel" }
-        return "ok"
+    static func verdict(_ counter: BPFCounter) -> String {
+        switch counter.verdict {
+        case .drop: "DROP"
+        case .pass: "pass to kernel"
+        case .ok: "ok"
+        }
     }
 
     static func rate(_ value: Double) -> String {
@@ -272,9 +274,9 @@ public enum StatsReport {
         }
     }
 
-    public static func json(_ values: [(FXDPCounter, FXDPCount)]) -> JSONValue {
+    public static func json(_ values: [(BPFCounter, PacketCount)]) -> JSONValue {
         .members([("counters", .array(values.map { counter, count in
-            .members([("code", .int(Int64(counter.rawValue))), ("name", .string(counter.name)),
+            .members([("code", .int(Int64(counter.code))), ("name", .string(counter.name)),
                      ("drop", .bool(counter.isDrop)), ("packets", .int(count.packets)), ("bytes", .int(count.bytes))])
         }))])
     }
@@ -303,21 +305,21 @@ public enum InspectionCommands {
     }
 
     public static func peers(bpffs: String, json: Bool) throws(OperationsError) -> String {
-        guard let pinned = try PinnedDataplane.open(bpffs: bpffs) else { throw noPins(bpffs) }
+        guard let pinned = try PinnedDataplane.open(bpffs: bpffs) else { throw PinnedDataplane.noPins(bpffs) }
         let peers = try pinned.peerList()
         return json ? PeersReport.json(peers).text + "\n" : PeersReport.text(peers)
     }
 
     public static func stats(bpffs: String, json: Bool) throws(OperationsError) -> String {
-        guard let pinned = try PinnedDataplane.open(bpffs: bpffs) else { throw noPins(bpffs) }
+        guard let pinned = try PinnedDataplane.open(bpffs: bpffs) else { throw PinnedDataplane.noPins(bpffs) }
         let values = try pinned.counterValues()
         return json ? StatsReport.json(values).text + "\n" : StatsReport.text(values)
     }
 
     /// `stats --watch`: redraws every `interval` seconds like top, with rates; `count` 0 runs until interrupted.
     public static func watchStats(bpffs: String, interval: Double, count: Int, write: (String) -> Void) throws(OperationsError) {
-        guard let pinned = try PinnedDataplane.open(bpffs: bpffs) else { throw noPins(bpffs) }
-        var previous: [FXDPCounter: FXDPCount]?
+        guard let pinned = try PinnedDataplane.open(bpffs: bpffs) else { throw PinnedDataplane.noPins(bpffs) }
+        var previous: [BPFCounter: PacketCount]?
         var round = 0
         while count == 0 || round < count {
             let values = try pinned.counterValues()
@@ -331,10 +333,5 @@ public enum InspectionCommands {
             var remaining = timespec()
             while nanosleep(&ts, &remaining) != 0 && errno == EINTR { ts = remaining }
         }
-    }
-
-    static func noPins(_ bpffs: String) -> OperationsError {
-        OperationsError(operation: "open \(bpffs)/\(FlannelBPF.pinFolderName)", detail: "no pinned maps",
-                        hint: "this node does not run the BPF data path (see `flanneld-xdp status`), or give the daemon's --bpffs")
     }
 }

@@ -13,6 +13,7 @@
 // Foundation (the daemon does not link it). Unknown keys are ignored when reading, so a newer
 // daemon's file still reads with an older `status`.
 
+import Dataplane
 import Glibc
 import Leases
 import RuntimeSupport
@@ -147,24 +148,6 @@ public struct NodeState: Sendable, Equatable {
         guard let text = try FileIO.read(path: path, limit: 64 * 1024) else { return nil }
         return try NodeState(json: text)
     }
-}
-
-/// Typed errors of the operations code: the operation, the input, errno where one applies, and what to do.
-public struct OperationsError: ExplainedError, Sendable, Equatable {
-    public var operation: String
-    public var detail: String
-    public var errno: Int32?
-    public var hint: String
-
-    public init(operation: String, detail: String, errno: Int32? = nil, hint: String) {
-        self.operation = operation
-        self.detail = detail
-        self.errno = errno
-        self.hint = hint
-    }
-
-    public var errorNumber: Int32 { errno ?? 0 }
-    public var remedy: String { hint }
 }
 
 /// A flat JSON object: string, integer and boolean values only (what the state file and the JSON

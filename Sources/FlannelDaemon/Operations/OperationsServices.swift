@@ -5,13 +5,13 @@
 // subnet.env and READY=1: a pod that starts right after READY already has its traffic forwarded
 // and masqueraded, and `status` works from the first moment.
 
+import Dataplane
 import Glibc
 import Leases
 import Logging
 import NetTypes
 import ServiceLifecycle
 import Synchronization
-import UserspaceDataplane
 
 /// The daemon's values the operations services read; gathered by Daemon.start.
 public struct OperationsContext: Sendable {
@@ -28,14 +28,14 @@ public struct OperationsContext: Sendable {
     public var readiness: Readiness
     /// How the etcd API was chosen (--etcd-api, what auto found, or the last known state's).
     public var etcdAPIDetail: String
-    /// The userspace path's counters, when it runs (exported on /metrics).
-    public var userspaceCounters: (@Sendable () -> UserspaceCounters)?
+    /// The data path's own metrics text, appended to /metrics (the userspace path's counters).
+    public var dataplaneMetrics: (@Sendable () -> String)?
 
     public init(options: FlannelOptions, external: ExternalInterface, config: NetworkConfig, backend: BackendKind,
                 lease: Lease, manager: SubnetManager, dataplane: ActiveDataPath, dataplaneSummary: String, mtu: Int, reconciler: Reconciler,
-                readiness: Readiness, etcdAPIDetail: String = "", userspaceCounters: (@Sendable () -> UserspaceCounters)? = nil) {
+                readiness: Readiness, etcdAPIDetail: String = "", dataplaneMetrics: (@Sendable () -> String)? = nil) {
         self.etcdAPIDetail = etcdAPIDetail
-        self.userspaceCounters = userspaceCounters
+        self.dataplaneMetrics = dataplaneMetrics
         self.options = options
         self.external = external
         self.config = config
@@ -111,11 +111,9 @@ public enum OperationsServices {
             if port == options.serving.healthzPort {
                 logger.error("--metrics-port \(port) is the --healthz-port: give the metrics their own port; /metrics is off")
             } else {
-                var appended: (@Sendable () -> String)? = nil
-                if let counters = context.userspaceCounters { appended = { counters().prometheusText() } }
                 let m = DaemonMetrics(bpffs: context.dataplane.usesBPF ? options.dataplane.bpffs : nil,
                                       dataplane: state.dataplane, backend: state.backend,
-                                      perPeer: options.serving.metricsPerPeer, appended: appended)
+                                      perPeer: options.serving.metricsPerPeer, appended: context.dataplaneMetrics)
                 metrics = m
                 await context.reconciler.observePasses { m.observePass($0) }
                 services.append(HealthServer(host: options.serving.healthzIP.description, port: port,
@@ -201,8 +199,7 @@ struct NodeStateService: Service {
             if let degraded = context.readiness.unmet(.leaseConfirmed) { state.etcdState = degraded }
             // The programs only add per-peer entries; departed nodes' go here.
             if context.dataplane.usesBPF, let pinned = PinnedDataplane.shared(bpffs: state.bpffs) {
-                _ = try? pinned.pruneDepartedPeerStats()
-                let strangers = (try? pinned.strangerList()) ?? []
+                let strangers = await pinned.housekeeping()
                 let warning = Stranger.underlayWarning(strangers, underlay: context.external.underlaySubnet)
                 // Logged when an address joins the list, not on every refresh.
                 let named = Set(Stranger.onUnderlay(strangers, underlay: context.external.underlaySubnet).map(\.address))

@@ -21,11 +21,14 @@
 // Measured (bench, 5000 peers, right after 50 lease changes): VmRSS 36.9 MiB with neither, 33.4 MiB
 // with the trim alone, 26.1 MiB with both. M_ARENA_MAX=2 saved another 0.3 MiB only and would make
 // the userspace data path's threads share arenas, so it is not set.
+//
+// It lives here, below the daemon, because glibc's malloc.h is not in Swift's Glibc module: the
+// calls go through the C bridge, which the daemon does not import. The daemon's HeapTrimService
+// runs the periodic check.
 
 import CBPF
 import Glibc
-import Logging
-import ServiceLifecycle
+import RuntimeSupport
 
 public enum HeapTrim {
     public struct Stats: Sendable, CustomStringConvertible {
@@ -71,31 +74,10 @@ public enum HeapTrim {
 
     /// Resident pages minus file-backed/shared ones, from /proc/self/statm; nil if unreadable.
     static func residentAnonymousBytes() -> UInt64? {
-        let fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var buffer = [UInt8](repeating: 0, count: 128)
-        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        guard n > 0 else { return nil }
+        guard let text = SystemCall.readSmallFile("/proc/self/statm", limit: 128) else { return nil }
         // "size resident shared text lib data dt", in pages.
-        let fields = buffer[0..<n].split(separator: UInt8(ascii: " ")).prefix(3).map { UInt64(String(decoding: $0, as: UTF8.self)) }
+        let fields = text.split(separator: " ").prefix(3).map { UInt64($0) }
         guard fields.count == 3, let resident = fields[1], let shared = fields[2], resident >= shared else { return nil }
         return (resident - shared) * UInt64(sysconf(Int32(_SC_PAGESIZE)))
-    }
-}
-
-/// Runs `HeapTrim.trimIfWorthIt` every `interval` until shutdown.
-struct HeapTrimService: Service {
-    var interval: Duration = .seconds(2)
-    let logger: Logger
-
-    func run() async throws {
-        while !Task.isCancelled && !Task.isShuttingDownGracefully {
-            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
-            if Task.isShuttingDownGracefully { return }
-            if let (before, after) = HeapTrim.trimIfWorthIt() {
-                logger.debug("heap trimmed: \(before) → resident anonymous \(after.residentAnonymous >> 10) KiB")
-            }
-        }
     }
 }

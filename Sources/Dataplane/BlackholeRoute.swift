@@ -26,7 +26,11 @@ public enum BlackholeRoute {
     }
 
     /// Adds the blackhole route for `subnet` in the calling thread's network namespace when missing.
-    public static func ensure(subnet: IPv4Subnet) throws(NetlinkError) -> Outcome {
+    public static func ensure(subnet: IPv4Subnet) throws(OperationsError) -> Outcome {
+        try OperationsError.netlink("ensure the blackhole route for \(subnet)") { () throws(NetlinkError) in try ensureRoute(subnet) }
+    }
+
+    private static func ensureRoute(_ subnet: IPv4Subnet) throws(NetlinkError) -> Outcome {
         var nl = try NetlinkSocket()
         let routes = try nl.routes()
         if routes.contains(where: { $0.destination == subnet && $0.type == blackholeType }) { return .present }
@@ -41,7 +45,11 @@ public enum BlackholeRoute {
 
     /// Deletes the blackhole routes whose destination lies inside `network`; returns them.
     @discardableResult
-    public static func remove(inside network: IPv4Subnet) throws(NetlinkError) -> [IPv4Subnet] {
+    public static func remove(inside network: IPv4Subnet) throws(OperationsError) -> [IPv4Subnet] {
+        try OperationsError.netlink("remove the blackhole routes inside \(network)") { () throws(NetlinkError) in try removeRoutes(inside: network) }
+    }
+
+    private static func removeRoutes(inside network: IPv4Subnet) throws(NetlinkError) -> [IPv4Subnet] {
         var nl = try NetlinkSocket()
         var removed: [IPv4Subnet] = []
         for r in try nl.routes() where r.type == blackholeType && network.contains(r.destination) {

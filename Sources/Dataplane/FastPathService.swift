@@ -4,7 +4,8 @@
 // take the kernel path), and the conntrack setting the fast path relies on for TCP is
 // followed into the programs' config (an administrator may turn it off; TCP then stays on the
 // kernel path, UDP keeps the fast path). Failures are logged per class, at most once a minute, and
-// the next pass starts over.
+// the next pass starts over. Each pass calls into the kernel (netlink dumps, attachments, map
+// writes): it runs on the data path's own thread.
 
 import BPFDataplane
 import Logging
@@ -13,19 +14,26 @@ import RuntimeSupport
 import ServiceLifecycle
 
 struct FastPathService: Service, @unchecked Sendable {
-    // @unchecked: FastPathSync is used by this service's task only.
+    // @unchecked: FastPathSync is used by this service's passes only, one at a time.
     let sync: FastPathSync
     let interval: Duration
+    let thread: DedicatedThreadExecutor
     let logger: Logger
     private let errorLog = RateLimitedLog(window: .seconds(60))
 
-    init(sync: FastPathSync, interval: Duration = .seconds(1), logger: Logger) {
+    init(sync: FastPathSync, interval: Duration = .seconds(1), thread: DedicatedThreadExecutor, logger: Logger) {
         self.sync = sync
         self.interval = interval
+        self.thread = thread
         self.logger = logger
     }
 
     func run() async throws {
+        // The whole loop prefers the data path's thread: every pass runs there, never on the shared pool.
+        await withTaskExecutorPreference(thread) { await passes() }
+    }
+
+    private func passes() async {
         var tcpLiberal = FastPathSettings.tcpLiberal(logger: logger)
         var bridges: [Int32: String] = [:]
         while !Task.isCancelled && !Task.isShuttingDownGracefully {

@@ -8,30 +8,33 @@
 // in the programs, but tools and the next start find them only by their pins. A removed netfilter
 // link pin detaches that program at once (the pin is what holds the link): it is linked again.
 // And it keeps the encap's outer TTL equal to net.ipv4.ip_default_ttl, which an administrator may
-// change at any time, as the kernel vxlan device follows it.
+// change at any time, as the kernel vxlan device follows it. The checks call into the kernel: they
+// run on the data path's own thread.
 
 import BPFDataplane
 import Logging
 import RuntimeSupport
 import ServiceLifecycle
 
-public struct AttachmentGuard: Service, @unchecked Sendable {
+struct AttachmentGuard: Service, @unchecked Sendable {
     // @unchecked: FlannelBPF is itself @unchecked Sendable (read-only after init).
-    public let bpf: FlannelBPF
-    public let overlayIfindex: Int32
-    public let underlayIfindex: Int32
-    public let mode: DecapMode
-    public let interval: Duration
-    public let logger: Logger
+    let bpf: FlannelBPF
+    let overlayIfindex: Int32
+    let underlayIfindex: Int32
+    let mode: BPFDataplane.DecapMode
+    let interval: Duration
+    let thread: DedicatedThreadExecutor
+    let logger: Logger
     private let errorLog = RateLimitedLog(window: .seconds(60))
 
-    public init(bpf: FlannelBPF, overlayIfindex: Int32, underlayIfindex: Int32, mode: DecapMode,
-                interval: Duration = .seconds(5), logger: Logger) {
+    init(bpf: FlannelBPF, overlayIfindex: Int32, underlayIfindex: Int32, mode: BPFDataplane.DecapMode,
+         interval: Duration = .seconds(5), thread: DedicatedThreadExecutor, logger: Logger) {
         self.bpf = bpf
         self.overlayIfindex = overlayIfindex
         self.underlayIfindex = underlayIfindex
         self.mode = mode
         self.interval = interval
+        self.thread = thread
         self.logger = logger
     }
 
@@ -54,7 +57,7 @@ public struct AttachmentGuard: Service, @unchecked Sendable {
     /// One check; re-attaches what is missing and re-pins removed map pins. Returns true when it
     /// repaired something.
     @discardableResult
-    public func checkOnce() -> Bool {
+    func checkOnce() -> Bool {
         let repinned = checkPins()
         checkTTL()
         do {
@@ -78,7 +81,7 @@ public struct AttachmentGuard: Service, @unchecked Sendable {
 
     /// Follows net.ipv4.ip_default_ttl into the encap's outer TTL.
     func checkTTL() {
-        let ttl = Startup.defaultTTL(logger: logger)
+        let ttl = DataplaneComposer.defaultTTL(logger: logger)
         do {
             if try bpf.setOuterTTL(ttl) { logger.info("outer TTL of the BPF encap now \(ttl == 0 ? 64 : Int(ttl)) (net.ipv4.ip_default_ttl)") }
         } catch {
@@ -102,12 +105,12 @@ public struct AttachmentGuard: Service, @unchecked Sendable {
         }
     }
 
-    public func run() async throws {
+    func run() async throws {
         // Ends on graceful shutdown (the sleep is cancelled) without touching the attachments.
         try? await cancelWhenGracefulShutdown {
             while true {
                 try await Task.sleep(for: interval)
-                checkOnce()
+                await thread.run { checkOnce() }
             }
         }
     }

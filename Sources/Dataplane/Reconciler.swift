@@ -12,13 +12,20 @@
 //   O(changes), whatever N is. The reconciler remembers no copy of any table: per table only "the
 //   previous pass succeeded", and per changed subnet the peer it had at the previous pass.
 //
-// A failure is never log-and-continue: the pass reports it per table, readiness turns false, the
-// table loses its "in sync" mark (its next pass reads it back in full), and the pass is retried with
-// backoff until it succeeds. Drift made behind the reconciler's back is repaired by the next full
-// pass, as when every pass read back; a change pass only writes subnets the leases changed.
+// A failure is never log-and-continue: the pass reports it per table (to every pass observer: the
+// daemon's readiness turns false), the table loses its "in sync" mark (its next pass reads it back
+// in full), and the pass is retried with backoff until it succeeds. Drift made behind the
+// reconciler's back is repaired by the next full pass, as when every pass read back; a change pass
+// only writes subnets the leases changed.
 //
-// Lease filtering mirrors flannel: our own lease is skipped, and only leases written by the same
-// backend type count (a vxlan node ignores host-gw leases and vice versa).
+// The order of the tables is part of the contract (`TableStage`): every pass applies the data path's
+// own tables (the BPF maps, the userspace table) before the kernel's state (routes, neighbours,
+// fdb), so a packet the new routes steer somewhere already finds its peer in the maps. A new kind of
+// table takes the stage that says where it sits on the packet's way.
+//
+// Every table call may block in the kernel (a dump of every peer's map entry or route): the actor
+// runs on a thread of its own (`DedicatedThreadExecutor`), never on Swift's shared pool, whose two
+// threads the rest of the daemon (etcd, timers, HTTP) needs.
 
 import Logging
 import NetTypes
@@ -26,132 +33,32 @@ import RuntimeSupport
 import ServiceLifecycle
 import Synchronization
 
-/// The kind of backend the network config names, as far as peers are concerned.
-public enum BackendKind: Sendable, Equatable, CustomStringConvertible {
-    case vxlan(directRouting: Bool)
-    case hostGW
-    case udp
+/// Where a table sits on the packet's way, which fixes the order every pass applies the tables in
+/// (the design note): first what takes the packet first, then what it falls back to.
+public enum TableStage: Int, Sendable, Comparable, CaseIterable {
+    /// The data path's own tables: the BPF maps (encap takes the packet before the kernel would),
+    /// the userspace path's table.
+    case dataPath
+    /// The kernel's state: routes, neighbours, fdb entries. The routes steer pod traffic into
+    /// flannel.<VNI>; with the programs detached they are the stock flannel path.
+    case kernelState
 
-    /// The `BackendType` a lease written by this backend carries.
-    public var leaseBackendType: String {
-        switch self {
-        case .vxlan: "vxlan"
-        case .hostGW: "host-gw"
-        case .udp: "udp"
-        }
-    }
-
-    public var description: String {
-        switch self {
-        case .vxlan(let direct): direct ? "vxlan (DirectRouting)" : "vxlan"
-        case .hostGW: "host-gw"
-        case .udp: "udp"
-        }
-    }
+    public static func < (a: TableStage, b: TableStage) -> Bool { a.rawValue < b.rawValue }
 }
 
-/// What the reconciler needs of one lease; the Leases module's lease maps onto it.
-public struct RemoteLease: Sendable, Hashable, CustomStringConvertible {
-    public var subnet: IPv4Subnet
-    public var publicIP: IPv4Address
-    /// `BackendType` from the lease JSON; nil when absent (the udp backend writes none).
-    public var backendType: String?
-    /// `BackendData.VtepMAC`, parsed; nil when absent or unparsable.
-    public var vtepMAC: MACAddress?
-    /// `BackendData.SourceIP`: where the node's VXLAN comes from when not from its PublicIP.
-    public var sourceIP: IPv4Address?
-
-    public init(subnet: IPv4Subnet, publicIP: IPv4Address, backendType: String?, vtepMAC: MACAddress?,
-                sourceIP: IPv4Address? = nil) {
-        self.subnet = subnet
-        self.publicIP = publicIP
-        self.backendType = backendType
-        self.vtepMAC = vtepMAC
-        self.sourceIP = sourceIP
-    }
-
-    public var description: String { "\(subnet) at \(publicIP) (\(backendType ?? "no BackendType"))" }
-}
-
-/// Turns the current lease set into the peers every table should hold.
-public struct DesiredPeerPolicy: Sendable {
-    public var ownSubnet: IPv4Subnet
-    public var backend: BackendKind
-    /// The underlay L2 network; with DirectRouting, peers whose PublicIP is inside it get `direct`.
-    public var underlaySubnet: IPv4Subnet?
-
-    public init(ownSubnet: IPv4Subnet, backend: BackendKind, underlaySubnet: IPv4Subnet?) {
-        self.ownSubnet = ownSubnet
-        self.backend = backend
-        self.underlaySubnet = underlaySubnet
-    }
-
-    public struct Skipped: Sendable, Hashable {
-        public var lease: RemoteLease
-        public var reason: String
-    }
-
-    /// What one lease means for the tables.
-    public enum Verdict: Sendable, Equatable {
-        case peer(Peer)
-        /// Our own lease: never a peer.
-        case own
-        case skipped(reason: String)
-    }
-
-    /// One lease on its own: the desired peer at a subnet depends on that subnet's lease only, so a
-    /// lease event changes exactly one entry of the desired set.
-    public func verdict(for lease: RemoteLease) -> Verdict {
-        if lease.subnet == ownSubnet { return .own }
-        let type = lease.backendType ?? "udp"
-        guard type == backend.leaseBackendType else {
-            return .skipped(reason: "BackendType \(type) is not this network's \(backend.leaseBackendType)")
-        }
-        switch backend {
-        case .vxlan(let directRouting):
-            guard let mac = lease.vtepMAC else { return .skipped(reason: "vxlan lease without a valid BackendData.VtepMAC") }
-            let direct = directRouting && (underlaySubnet?.contains(lease.publicIP) ?? false)
-            return .peer(Peer(subnet: lease.subnet, publicIP: lease.publicIP, vtepMAC: mac, direct: direct, sourceIP: lease.sourceIP))
-        case .hostGW, .udp:
-            return .peer(Peer(subnet: lease.subnet, publicIP: lease.publicIP, vtepMAC: nil))
-        }
-    }
-
-    public func peers(from leases: some Sequence<RemoteLease>) -> (peers: Set<Peer>, skipped: [Skipped]) {
-        var peers: Set<Peer> = []
-        var skipped: [Skipped] = []
-        for lease in leases {
-            switch verdict(for: lease) {
-            case .peer(let peer): peers.insert(peer)
-            case .own: continue
-            case .skipped(let reason): skipped.append(Skipped(lease: lease, reason: reason))
-            }
-        }
-        return (peers, skipped)
-    }
-}
-
-extension Peer {
-    /// A peer as the kernel's tables hold it: they keep no source address (the kernel vxlan device
-    /// accepts VXLAN from anyone; our source checks live in BPF).
-    public static let kernelView: @Sendable (Peer) -> Peer = { peer in
-        var view = peer
-        view.sourceIP = nil
-        return view
-    }
-}
-
-/// One table as the reconciler drives it: which of the desired peers belong in it, and how the
-/// table reports a peer it holds (e.g. the kernel keeps no MAC for a DirectRouting peer), so that
-/// a correctly applied peer never looks like drift.
+/// One table as the reconciler drives it: its stage, which of the desired peers belong in it, and
+/// how the table reports a peer it holds (e.g. the kernel keeps no MAC for a DirectRouting peer),
+/// so that a correctly applied peer never looks like drift.
 public struct PeerTableBinding: Sendable {
     public var table: any PeerTable
+    public var stage: TableStage
     public var selects: @Sendable (Peer) -> Bool
     public var view: @Sendable (Peer) -> Peer
 
-    public init(_ table: any PeerTable, selects: @escaping @Sendable (Peer) -> Bool = { _ in true },
+    public init(_ table: any PeerTable, stage: TableStage = .dataPath, selects: @escaping @Sendable (Peer) -> Bool = { _ in true },
                 view: @escaping @Sendable (Peer) -> Peer = { $0 }) {
         self.table = table
+        self.stage = stage
         self.selects = selects
         self.view = view
     }
@@ -196,15 +103,20 @@ public struct ReconcileReport: Sendable, CustomStringConvertible {
 
     public var succeeded: Bool { outcomes.allSatisfy(\.succeeded) }
     public var changed: Bool { outcomes.contains(where: \.changed) }
+    /// The failed tables' outcomes, one line (what readiness shows); empty when the pass succeeded.
+    public var failureSummary: String { outcomes.filter { !$0.succeeded }.map(\.description).joined(separator: "; ") }
     /// Some table was read back in this pass.
     public var readBack: Bool { outcomes.contains(where: \.readBack) }
     public var description: String { outcomes.map(\.description).joined(separator: " | ") }
 }
 
 public actor Reconciler {
+    /// The tables in the order every pass applies them: by stage, and in the given order within one.
     private let bindings: [PeerTableBinding]
-    private let readiness: Readiness?
     private let logger: Logger
+    /// The thread the actor runs on (see the design note).
+    private let thread: DedicatedThreadExecutor
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { thread.asUnownedSerialExecutor() }
     private let errorLog = RateLimitedLog(window: .seconds(60))
     /// The desired peers, one per subnet.
     private var desiredBySubnet: [IPv4Subnet: Peer] = [:]
@@ -236,14 +148,23 @@ public actor Reconciler {
     /// Told about every pass (the metrics' duration histogram and failure counter, the state file).
     private var passObservers: [@Sendable (ReconcileReport) -> Void] = []
 
-    public init(tables: [PeerTableBinding], readiness: Readiness? = nil, logger: Logger) {
-        self.bindings = tables
-        self.readiness = readiness
+    /// `onPass` is told about every pass from the first one on (see `observePasses`).
+    public init(tables: [PeerTableBinding], logger: Logger, onPass: (@Sendable (ReconcileReport) -> Void)? = nil) {
+        bindings = tables.enumerated().sorted { ($0.element.stage, $0.offset) < ($1.element.stage, $1.offset) }.map(\.element)
         self.logger = logger
+        thread = DedicatedThreadExecutor(name: "fxdp-reconcile")
+        if let onPass { passObservers = [onPass] }
         inSync = Array(repeating: false, count: tables.count)
         wantedCounts = Array(repeating: 0, count: tables.count)
         (kicks, kickContinuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
     }
+
+    deinit {
+        thread.shutdown()
+    }
+
+    /// The table names in the order every pass applies them.
+    public nonisolated var tableOrder: [String] { bindings.map(\.table.tableName) }
 
     /// The desired peers as a set (O(N): for tests and inspection; `desiredCount` is O(1)).
     public var desired: Set<Peer> { Set(desiredBySubnet.values) }
@@ -425,12 +346,9 @@ public actor Reconciler {
                 logger.debug("reconcile pass: no drift", metadata: ["peers": "\(report.desiredCount)", "kind": "\(report.kind)"])
             }
             failedPasses = 0
-            readiness?.set(.tablesFilled, ok: true)
-            readiness?.set(.reconcileHealthy, ok: true)
         } else {
             failedPasses += 1
             errorLog.log(logger, level: .error, key: "reconcile", "reconcile pass failed (attempt \(failedPasses), will retry reading the failed table(s) back): \(report)")
-            readiness?.set(.reconcileHealthy, ok: false, detail: report.outcomes.filter { !$0.succeeded }.map(\.description).joined(separator: "; "))
         }
     }
 

@@ -1,4 +1,6 @@
-// `flanneld-xdp monitor` — dropped packets as they happen, one line (or JSON object) each.
+// `flanneld-xdp monitor` — dropped packets as they happen, one line (or JSON object) each. The
+// samples are BPFDataplane's, so reading and rendering them both live here; the daemon's command
+// only passes the flags and a writer.
 //
 // Design: the programs write drop samples to a ring buffer only while someone listens; this verb is
 // that someone. It renews the programs' deadline every second (so a monitor killed with SIGKILL
@@ -21,9 +23,9 @@ public enum DropMonitor {
     @discardableResult
     public static func run(bpffs: String, json: Bool, eventsPerSecond: UInt32, count: Int, duration: Double?,
                            write: @escaping (String) -> Void) throws(OperationsError) -> Int {
-        let folder = bpffs + "/" + FlannelBPF.pinFolderName
+        let folder = PinnedDataplane.folder(bpffs: bpffs)
         let ringPath = folder + "/" + FXDP_MAP_DROPS
-        guard access(folder, F_OK) == 0 else { throw InspectionCommands.noPins(bpffs) }
+        guard access(folder, F_OK) == 0 else { throw PinnedDataplane.noPins(bpffs) }
         guard access(ringPath, F_OK) == 0 else {
             throw OperationsError(operation: "open \(ringPath)", detail: "no drop ring buffer pinned",
                                   hint: "the programs attached here come from a version without `monitor`: restart the daemon with this version")
@@ -80,7 +82,7 @@ public enum DropMonitor {
 
     static func interfaceName(_ index: UInt32) -> String {
         guard index != 0 else { return "-" }
-        return InterfaceNames.bare(Int32(bitPattern: index)) ?? "#\(index)"
+        return Interfaces.name(Int32(bitPattern: index)) ?? "#\(index)"
     }
 
     /// Wall-clock time of a monotonic timestamp, "2026-12-03T13:20:01.123456Z".

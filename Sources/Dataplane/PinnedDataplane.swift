@@ -1,14 +1,95 @@
 // Read-only view of the BPF data path as the kernel holds it: the maps pinned under
 // <bpffs>/flanneld-xdp and the programs attached in our slots. Opened by pin path, never by loading
 // the object, so the inspection verbs work while the daemon runs, after it stopped (the pins and
-// attachments outlive it) and from a process that never loaded anything — and they change nothing.
+// attachments outlive it) and from a process that never loaded anything — and they change nothing
+// (but `pruneDepartedPeerStats`, the daemon's housekeeping). The values it returns are this module's
+// own (`BPFCounter`, `PacketCount`, `BPFNodeSettings`): the verbs and the metrics need no kernel module.
 
 import BPFDataplane
 import BPFLoader
 import CBPF
 import Glibc
 import NetTypes
+import RuntimeSupport
 import Synchronization
+
+/// One of the programs' counters as the operations side names and classifies it (BPFDataplane's
+/// FXDPCounter, whose codes and names it carries unchanged).
+public struct BPFCounter: Hashable, Sendable, CustomStringConvertible {
+    /// What the program did with the packets it counts here.
+    public enum Verdict: String, Sendable {
+        /// Handled by BPF (encapsulated, accepted, steered).
+        case ok
+        /// Handed to the kernel unchanged (the kernel path carries it).
+        case pass
+        case drop
+    }
+
+    /// The stable code (enum fxdp_counter): dashboards key on it.
+    public let code: UInt32
+    /// "encap_ok", "decap_drop_not_peer".
+    public let name: String
+    public let verdict: Verdict
+    /// Packets BPF encapsulated.
+    public let isEncapsulated: Bool
+    /// Valid VXLAN from a peer that a decap program accepted.
+    public let isDecapAccepted: Bool
+
+    public var isDrop: Bool { verdict == .drop }
+    public var description: String { name }
+
+    init(_ counter: FXDPCounter) {
+        code = counter.rawValue
+        name = counter.name
+        verdict = counter.isDrop ? .drop : counter.name.contains("_pass_") ? .pass : .ok
+        isEncapsulated = counter.isEncapsulated
+        isDecapAccepted = counter.isDecapAccepted
+    }
+
+    /// Every counter this build knows, in code order.
+    public static let all: [BPFCounter] = FXDPCounter.allCases.map(BPFCounter.init)
+
+    /// The counter with `name`, nil when this build has none of that name.
+    public static func named(_ name: String) -> BPFCounter? { all.first { $0.name == name } }
+}
+
+/// Packets and bytes of one counter, summed over CPUs.
+public struct PacketCount: Sendable, Equatable, CustomStringConvertible {
+    public var packets: UInt64
+    public var bytes: UInt64
+    public init(packets: UInt64 = 0, bytes: UInt64 = 0) {
+        self.packets = packets
+        self.bytes = bytes
+    }
+    public var description: String { "\(packets) packets, \(bytes) bytes" }
+}
+
+/// The node's settings as the programs read them (fxdp_config), for `status`.
+public struct BPFNodeSettings: Sendable, Equatable, CustomStringConvertible {
+    public var nodeIP: IPv4Address
+    public var vtepMAC: MACAddress
+    public var vni: UInt32
+    public var udpPort: UInt16
+    public var underlayIfindex: Int32
+    public var overlayIfindex: Int32
+    public var overlayMTU: UInt16
+    /// False: every program passes every packet to the kernel.
+    public var enabled: Bool
+    /// Every setting in one line (NodeConfig's).
+    public var description: String
+
+    init(_ config: NodeConfig) {
+        nodeIP = config.nodeIP
+        vtepMAC = config.vtepMAC
+        vni = config.vni
+        udpPort = config.udpPort
+        underlayIfindex = config.underlayIfindex
+        overlayIfindex = config.overlayIfindex
+        overlayMTU = config.overlayMTU
+        enabled = config.enabled
+        description = config.description
+    }
+}
 
 /// What BPF carried to and from one peer node (fxdp_peer_stats_v2, summed over CPUs).
 public struct PeerTraffic: Sendable, Equatable {
@@ -109,9 +190,18 @@ public struct PinnedDataplane: Sendable {
     let peerStats: PerCPUMap<fxdp_node_key, fxdp_peer_stats>?
     let strangers: BPFMap<fxdp_node_key, fxdp_stranger>
 
+    /// What the verbs say when there are no pins under `bpffs`.
+    public static func noPins(_ bpffs: String) -> OperationsError {
+        OperationsError(operation: "open \(folder(bpffs: bpffs))", detail: "no pinned maps",
+                        hint: "this node does not run the BPF data path (see `flanneld-xdp status`), or give the daemon's --bpffs")
+    }
+
+    /// The pin folder under `bpffs`.
+    public static func folder(bpffs: String) -> String { bpffs + "/" + FlannelBPF.pinFolderName }
+
     /// The daemon's view: opened once per process and bpffs, on first use (the maps behind the pins
     /// are the ones the daemon's programs use for as long as it runs). Nil while there are no pins.
-    static func shared(bpffs: String) -> PinnedDataplane? {
+    public static func shared(bpffs: String) -> PinnedDataplane? {
         if let opened = sharedViews.withLock({ $0[bpffs] }) { return opened }
         guard let opened = try? open(bpffs: bpffs) else { return nil }
         sharedViews.withLock { $0[bpffs] = opened }
@@ -123,7 +213,7 @@ public struct PinnedDataplane: Sendable {
     /// Opens the pins under `<bpffs>/flanneld-xdp`; nil when that folder does not exist (the node
     /// does not run the BPF path, or `cleanup` removed it).
     public static func open(bpffs: String) throws(OperationsError) -> PinnedDataplane? {
-        let folder = bpffs + "/" + FlannelBPF.pinFolderName
+        let folder = folder(bpffs: bpffs)
         var st = stat()
         guard stat(folder, &st) == 0 else {
             if errno == ENOENT { return nil }
@@ -149,9 +239,9 @@ public struct PinnedDataplane: Sendable {
     }
 
     /// The node's settings in fxdp_config, nil while never written.
-    public func nodeConfig() throws(OperationsError) -> NodeConfig? {
+    public func nodeConfig() throws(OperationsError) -> BPFNodeSettings? {
         do {
-            return try NodeConfig.read(from: config)
+            return try NodeConfig.read(from: config).map(BPFNodeSettings.init)
         } catch {
             throw OperationsError(operation: "read \(FXDP_MAP_CONFIG)", detail: "\(error)", hint: "run as root")
         }
@@ -212,6 +302,20 @@ public struct PinnedDataplane: Sendable {
         }
     }
 
+    /// The daemon's periodic housekeeping, on a thread of its own (map dumps of every peer must not
+    /// hold a thread of the shared pool): prunes departed nodes' traffic entries, then reads the
+    /// strangers (empty when unreadable).
+    public func housekeeping() async -> [Stranger] {
+        await Self.mapThread.run {
+            _ = try? pruneDepartedPeerStats()
+            return (try? strangerList()) ?? []
+        }
+    }
+
+    /// Map calls only (no netlink, nothing that depends on the calling thread's network namespace):
+    /// one thread serves the whole process.
+    private static let mapThread = DedicatedThreadExecutor(name: "fxdp-maps")
+
     /// Deletes per-peer entries of nodes that are no longer peers (not in fxdp_nodes); returns how
     /// many. The programs only ever add entries, so the daemon prunes them.
     @discardableResult
@@ -230,11 +334,11 @@ public struct PinnedDataplane: Sendable {
     }
 
     /// Every named counter summed over CPUs, in code order.
-    public func counterValues() throws(OperationsError) -> [(FXDPCounter, FXDPCount)] {
+    public func counterValues() throws(OperationsError) -> [(BPFCounter, PacketCount)] {
         do {
-            return try FXDPCounter.allCases.map { counter in
-                var total = FXDPCount()
-                for v in try counters.lookup(counter.rawValue) {
+            return try BPFCounter.all.map { counter in
+                var total = PacketCount()
+                for v in try counters.lookup(counter.code) {
                     total.packets &+= v.packets
                     total.bytes &+= v.bytes
                 }
@@ -260,7 +364,7 @@ public struct PinnedDataplane: Sendable {
     }
 
     /// Our programs in the slots of the interfaces fxdp_config names (in this process's network namespace).
-    public func attachedPrograms(config node: NodeConfig?) -> [AttachedProgram] {
+    public func attachedPrograms(config node: BPFNodeSettings?) -> [AttachedProgram] {
         guard let node, node.underlayIfindex > 0 else { return [] }
         guard let state = try? FlannelBPF.attachmentState(overlayIfindex: node.overlayIfindex,
                                                           underlayIfindex: node.underlayIfindex, pinDirectory: folder) else { return [] }
@@ -270,7 +374,7 @@ public struct PinnedDataplane: Sendable {
             // The kernel keeps 15 characters of a program name; ours are known in full.
             let kernelName = (try? BPFProgramInfo.forID(id).name) ?? "?"
             let name = FXDPProgram.allCases.first { $0.rawValue.hasPrefix(kernelName) }?.rawValue ?? kernelName
-            result.append(AttachedProgram(name: name, id: id, hook: hook, interface: InterfaceNames.name(ifindex)))
+            result.append(AttachedProgram(name: name, id: id, hook: hook, interface: Interfaces.describe(ifindex)))
         }
         add(state.encapProgramID, hook: "tcx egress", ifindex: node.overlayIfindex)
         add(state.decapCheckProgramID, hook: "tcx ingress", ifindex: node.underlayIfindex)
@@ -290,19 +394,5 @@ public struct PinnedDataplane: Sendable {
             result.append(AttachedProgram(name: name, id: id, hook: "netfilter ipv4 \(hook)", interface: "every interface"))
         }
         return result
-    }
-}
-
-enum InterfaceNames {
-    /// "eth0 (#2)", or "#2 (gone)" when no interface has that index in this namespace.
-    static func name(_ ifindex: Int32) -> String {
-        bare(ifindex).map { "\($0) (#\(ifindex))" } ?? "#\(ifindex) (gone)"
-    }
-
-    /// "eth0", or nil when no interface has that index in this namespace.
-    static func bare(_ ifindex: Int32) -> String? {
-        var buffer = [CChar](repeating: 0, count: Int(IF_NAMESIZE) + 1)
-        guard ifindex > 0, if_indextoname(UInt32(bitPattern: ifindex), &buffer) != nil else { return nil }
-        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }
