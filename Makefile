@@ -30,7 +30,7 @@ DIST_DIR   ?= build/dist
 GEN_DIR    := build/doc
 GEN_MANUAL := .build/tools/argument-parser/debug/generate-manual
 
-.PHONY: all deps build bpf test demo bench fuzz install install-files dist package generated-docs clean cleanup-lab
+.PHONY: all deps build bpf test demo bench soak fuzz install install-files dist package generated-docs clean cleanup-lab
 
 all: build
 
@@ -64,11 +64,26 @@ demo: deps bpf
 	$$(BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release --show-bin-path)/fxdp-demo
 
 # Full run: rewrites the figures in BENCHMARKS.md. QUICK=1: the everyday run (< 3 min), results in
-# bench-results/ only. BENCH_ARGS passes more options (see `fxdp-bench --help`).
+# bench-results/ only. PARTS= runs only some parts (datapath, control-plane, daemon, etcd-load),
+# PEERS= other peer counts, both into bench-results/ only: `make bench PARTS=daemon PEERS=100,50000`
+# measures the daemon's memory alone. BENCH_ARGS passes more options (see `fxdp-bench --help`).
+# The daemon measured is the one that ships: relinked with the Swift runtime inside (`make dist`).
 bench: deps bpf
 	BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release
+	BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release --product flanneld-xdp $(STATIC_SWIFT)
 	$$(BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release --show-bin-path)/fxdp-bench \
-	  $(if $(QUICK),--quick,--update-doc BENCHMARKS.md) $(BENCH_ARGS)
+	  $(if $(QUICK),--quick,$(if $(PARTS)$(PEERS),,--update-doc BENCHMARKS.md)) \
+	  $(if $(PARTS),--parts $(PARTS),) $(if $(PEERS),--peers $(PEERS),) $(BENCH_ARGS)
+
+# The churn soak (not part of `make test` or `make bench`): SOAK_MINUTES of lease adds, changes and
+# removals at 20/s against the shipped daemon; RSS, open fds and the map must stay flat and the
+# tables equal etcd at the end. Results in bench-results/soak.{json,md}; exits non-zero on failure.
+SOAK_MINUTES ?= 30
+soak: deps bpf
+	BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release
+	BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release --product flanneld-xdp $(STATIC_SWIFT)
+	$$(BPF_CLANG=$(BPF_CLANG) $(SWIFT) build -c release --show-bin-path)/fxdp-bench \
+	  --parts soak --soak-minutes $(SOAK_MINUTES) --output bench-results/soak.json $(BENCH_ARGS)
 
 # Long hostile-input runs (1 000 000 packets through the BPF programs against the reference model,
 # 120 000 inputs per etcd-data parser) and the cluster fault tests with a 60 s etcd outage.

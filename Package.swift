@@ -129,7 +129,7 @@ let package = Package(
         .target(
             name: "BenchKit",
             dependencies: [
-                "TestSupport", "NetTypes", "Leases", "BPFLoader", "BPFDataplane", "UserspaceDataplane", "Overlay",
+                "TestSupport", "NetTypes", "RuntimeSupport", "Leases", "BPFLoader", "BPFDataplane", "UserspaceDataplane", "Overlay",
                 "Netlink", "CBPF", "Dataplane", "FlannelDaemon",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

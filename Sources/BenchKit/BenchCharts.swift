@@ -7,6 +7,8 @@
 //                          netlink pass over the same peers, the daemon binary from start to a full
 //                          map and to ready
 //   bench-memory.svg       resident memory against peer count: the bench process, the daemon
+//   bench-memory-per-peer.svg  the daemon's memory on a linear peer axis, where the slope is the
+//                          cost of one more peer: each series' least-squares bytes per peer
 //
 // Pure functions of a BenchReport (tested without a run), plain SVG 1.1 text with no scripts,
 // fonts or external references, so GitHub and any browser show it as an image.
@@ -22,7 +24,8 @@ enum BenchCharts {
 
     /// Every chart the report has data for.
     static func all(_ r: BenchReport) -> [Chart] {
-        [ratioChart(r.datapath), convergenceChart(r.controlPlane, daemon: r.daemon), memoryChart(r.controlPlane, daemon: r.daemon)]
+        [ratioChart(r.datapath), convergenceChart(r.controlPlane, daemon: r.daemon), memoryChart(r.controlPlane, daemon: r.daemon),
+         perPeerMemoryChart(r.daemon)]
             .compactMap { $0 }
     }
 
@@ -122,18 +125,35 @@ enum BenchCharts {
         return Chart(fileName: "bench-memory.svg", title: "Memory against peer count", svg: svg)
     }
 
-    /// Lines over a log-scale peer axis; nil without points.
-    static func lineChart(title: String, yLabel: String, series: [Series], yFromZero: Bool = true) -> String? {
+    static func perPeerMemoryChart(_ daemon: [DaemonResult]) -> Chart? {
+        func series(_ name: String, _ color: String, _ kib: (DaemonResult) -> Int?) -> Series {
+            let points = daemon.compactMap { d in kib(d).map { (Double(d.peers), Double($0) / 1024) } }
+            let slope = BenchMath.slope(points).map { " ≈ \(BenchFormat.number($0 * 1024 * 1024, 0)) B per peer" } ?? ""
+            return Series(name: name + slope, color: color, points: points)
+        }
+        let all = [
+            series("daemon VmRSS", "#2a7ab9", \.rssKiB),
+            series("of which anonymous (heap, stacks)", "#3a9a4a", \.rssAnonKiB),
+            series("daemon VmHWM (peak)", "#8fb8de", \.hwmKiB),
+        ].filter { $0.points.count >= 2 }
+        let title = "Daemon memory against peer count (linear: the slope is the cost per peer)"
+        guard let svg = lineChart(title: title, yLabel: "MiB", series: all, logX: false) else { return nil }
+        return Chart(fileName: "bench-memory-per-peer.svg", title: "Daemon memory per peer", svg: svg)
+    }
+
+    /// Lines over a peer axis (log scale unless `logX` is false); nil without points.
+    static func lineChart(title: String, yLabel: String, series: [Series], yFromZero: Bool = true, logX: Bool = true) -> String? {
         let all = series.flatMap(\.points).filter { $0.x > 0 && $0.y.isFinite }
         guard !all.isEmpty else { return nil }
         // The legend goes under the plot, one line per series, so long names are never cut.
         let width = 780.0, left = 70.0, right = width - 30, top = 50.0, bottom = 370.0
         let height = bottom + 60 + 18 * Double(series.count)
         let xs = all.map(\.x), ys = all.map(\.y)
-        let xMin = log10(xs.min()!), xMax = max(log10(xs.max()!), xMin + 1)
+        func scaleX(_ v: Double) -> Double { logX ? log10(v) : v }
+        let xMin = logX ? scaleX(xs.min()!) : 0, xMax = max(scaleX(xs.max()!), xMin + 1)
         let yMax = niceCeiling(ys.max()! * 1.1)
         let yMin = yFromZero ? 0 : niceFloor(ys.min()!)
-        func px(_ v: Double) -> Double { left + (right - left) * (log10(v) - xMin) / (xMax - xMin) }
+        func px(_ v: Double) -> Double { left + (right - left) * (scaleX(v) - xMin) / (xMax - xMin) }
         func py(_ v: Double) -> Double { bottom - (bottom - top) * (v - yMin) / max(yMax - yMin, 1e-9) }
         var body: [String] = [SVG.text(10, 24, title, size: 14, weight: "bold")]
         for i in 0...5 {
@@ -147,7 +167,7 @@ enum BenchCharts {
         }
         body.append(SVG.line(left, bottom, right, bottom, stroke: "#333333"))
         body.append(SVG.line(left, top, left, bottom, stroke: "#333333"))
-        body.append(SVG.text((left + right) / 2, bottom + 34, "peers (log scale)", size: 11, anchor: "middle"))
+        body.append(SVG.text((left + right) / 2, bottom + 34, logX ? "peers (log scale)" : "peers", size: 11, anchor: "middle"))
         body.append(SVG.text(14, (top + bottom) / 2, yLabel, size: 11, anchor: "middle", rotate: true))
         for (i, s) in series.enumerated() {
             let points = s.points.filter { $0.x > 0 }.sorted { $0.x < $1.x }

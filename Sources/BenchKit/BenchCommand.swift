@@ -18,6 +18,10 @@ public struct Bench: AsyncParsableCommand {
     @Flag(help: "Everyday mode: fewer rounds, shorter runs, 100 and 1000 peers (< 3 minutes).")
     var quick = false
 
+    @Option(help: ArgumentHelp("Parts to run, comma-separated: \(BenchPart.allCases.map(\.rawValue).joined(separator: ",")) "
+            + "(default: all but soak; e.g. --parts daemon --peers 100,50000 for the daemon's memory alone)."))
+    var parts: String?
+
     @Option(help: "Interleaved rounds per data path (default 5, quick 2).")
     var rounds: Int?
 
@@ -27,8 +31,20 @@ public struct Bench: AsyncParsableCommand {
     @Option(name: .customLong("rr-transactions"), help: "Request/response transactions per round (default 10000, quick 2000).")
     var rrTransactions: Int?
 
-    @Option(help: "Peer counts for the control-plane part, comma-separated (default 100,1000,5000,10000; quick 100,1000).")
+    @Option(help: "Peer counts for the control-plane and daemon parts, comma-separated (default 100,1000,5000,10000,50000; quick 100,1000).")
     var peers: String?
+
+    @Option(name: .customLong("etcd-load-leases"), help: "Leases in etcd for the etcd-load part (default 5000, quick 1000).")
+    var etcdLoadLeases: Int?
+
+    @Option(name: .customLong("etcd-load-nodes"), help: "Nodes started at once in the etcd-load part (default 20, quick 8).")
+    var etcdLoadNodes: Int?
+
+    @Option(name: .customLong("soak-minutes"), help: "Length of the churn soak (--parts soak) in minutes (default 30).")
+    var soakMinutes: Double = 30
+
+    @Option(name: .customLong("soak-rate"), help: "Lease adds, changes and removals per second in the soak (default 20).")
+    var soakRate: Double = 20
 
     @Option(name: .customLong("watch-changes"), help: "Lease changes timed per peer count (default 50, quick 20).")
     var watchChanges: Int?
@@ -36,10 +52,10 @@ public struct Bench: AsyncParsableCommand {
     @Option(help: "Data paths to run, comma-separated ids: hgw,kvx,bxd,btc,bfp,bfb,uvx,uud (default all).")
     var paths: String?
 
-    @Flag(name: .customLong("skip-datapath"), help: "Skip the traffic part.")
+    @Flag(name: .customLong("skip-datapath"), help: "Skip the traffic part (as --parts without datapath).")
     var skipDatapath = false
 
-    @Flag(name: .customLong("skip-control-plane"), help: "Skip the etcd/convergence part.")
+    @Flag(name: .customLong("skip-control-plane"), help: "Skip the in-process etcd/convergence, daemon and etcd-load parts.")
     var skipControlPlane = false
 
     @Flag(name: .customLong("skip-daemon"), help: "Skip the runs of the flanneld-xdp binary at N peers.")
@@ -47,6 +63,10 @@ public struct Bench: AsyncParsableCommand {
 
     @Option(help: "The flanneld-xdp binary for the daemon runs (default: next to fxdp-bench).")
     var daemon: String?
+
+    @Option(name: .customLong("daemon-wrapper"),
+            help: "Run the daemon under this command, e.g. \"heaptrack -o /tmp/fxdp\" to see where its memory goes (timings then include the wrapper's cost).")
+    var daemonWrapper: String?
 
     @Option(help: "Where to write the JSON results.")
     var output = "bench-results/latest.json"
@@ -61,6 +81,12 @@ public struct Bench: AsyncParsableCommand {
         if let rounds, rounds < 1 { throw ValidationError("--rounds must be at least 1") }
         if let seconds, seconds < 1 { throw ValidationError("--seconds must be at least 1") }
         if let p = peers, BenchOptions.parsePeers(p) == nil { throw ValidationError("--peers: comma-separated positive numbers, e.g. 100,1000") }
+        if let p = parts, BenchPart.parse(p) == nil {
+            throw ValidationError("--parts: names among \(BenchPart.allCases.map(\.rawValue).joined(separator: ","))")
+        }
+        if soakMinutes <= 0 || soakRate <= 0 { throw ValidationError("--soak-minutes and --soak-rate must be positive") }
+        if let n = etcdLoadNodes, n < 1 { throw ValidationError("--etcd-load-nodes must be at least 1") }
+        if let n = etcdLoadLeases, n < 1 { throw ValidationError("--etcd-load-leases must be at least 1") }
         if let p = paths, BenchOptions.parsePaths(p) == nil {
             throw ValidationError("--paths: ids among \(BenchPath.allCases.map(\.shortID).joined(separator: ","))")
         }
@@ -78,19 +104,26 @@ public struct Bench: AsyncParsableCommand {
         guard Privileges.isRoot else {
             throw ValidationError("fxdp-bench needs root (network namespaces, BPF); run it through `sudo make bench`")
         }
+        var selected = parts.flatMap(BenchPart.parse) ?? BenchPart.defaultSet
+        if skipDatapath { selected.remove(.datapath) }
+        if skipControlPlane { selected.subtract([.controlPlane, .daemon, .etcdLoad]) }
+        if skipDaemon { selected.remove(.daemon) }
         let options = BenchOptions(
             quick: quick, rounds: rounds ?? (quick ? 2 : 5), seconds: seconds ?? (quick ? 2 : 5),
             rrTransactions: rrTransactions ?? (quick ? 2000 : 10000),
-            peers: peers.flatMap(BenchOptions.parsePeers) ?? (quick ? [100, 1000] : [100, 1000, 5000, 10000]),
+            peers: peers.flatMap(BenchOptions.parsePeers) ?? (quick ? [100, 1000] : [100, 1000, 5000, 10000, 50000]),
             watchChanges: watchChanges ?? (quick ? 20 : 50),
             paths: paths.flatMap(BenchOptions.parsePaths) ?? BenchPath.allCases,
-            daemonPath: skipDaemon ? nil : (daemon ?? DaemonBench.defaultDaemonPath()))
+            daemonPath: daemon ?? DaemonBench.defaultDaemonPath(),
+            daemonWrapper: daemonWrapper.map { $0.split(separator: " ").map(String.init) } ?? [], parts: selected,
+            etcdLoadLeases: etcdLoadLeases ?? (quick ? 1000 : 5000), etcdLoadNodes: etcdLoadNodes ?? (quick ? 8 : 20),
+            soakMinutes: soakMinutes, soakRate: soakRate)
         let cleanup = BenchCleanup()
         cleanup.installSignalHandlers()
         defer { cleanup.run() }
         let report: BenchReport
         do {
-            report = try await BenchRunner(options: options, cleanup: cleanup).run(datapath: !skipDatapath, controlPlane: !skipControlPlane)
+            report = try await BenchRunner(options: options, cleanup: cleanup).run()
             try cleanup.checkInterrupted()
         } catch {
             // After a signal the handler owns the exit (130/143); wait for its cleanup, report nothing.
@@ -99,6 +132,7 @@ public struct Bench: AsyncParsableCommand {
         }
 
         try publish(report, json: try BenchReportText.json(report))
+        if let soak = report.soak, !soak.passed { throw ExitCode(1) }
     }
 
     /// Where `--update-doc` puts the charts, relative to the document's folder.
@@ -135,6 +169,27 @@ public struct Bench: AsyncParsableCommand {
     }
 }
 
+/// The parts of a run; `--parts` picks some.
+enum BenchPart: String, CaseIterable, Codable, Sendable {
+    case datapath
+    case controlPlane = "control-plane"
+    case daemon
+    case etcdLoad = "etcd-load"
+    /// Not in a default run: `make soak`.
+    case soak
+
+    static let defaultSet: Set<BenchPart> = Set(allCases).subtracting([.soak])
+
+    static func parse(_ text: String) -> Set<BenchPart>? {
+        var result: Set<BenchPart> = []
+        for name in text.split(separator: ",") {
+            guard let part = BenchPart(rawValue: name.trimmingCharacters(in: .whitespaces)) else { return nil }
+            result.insert(part)
+        }
+        return result.isEmpty ? nil : result
+    }
+}
+
 struct BenchOptions: Sendable {
     var quick: Bool
     var rounds: Int
@@ -143,8 +198,15 @@ struct BenchOptions: Sendable {
     var peers: [Int]
     var watchChanges: Int
     var paths: [BenchPath]
-    /// nil: no daemon runs.
+    /// The flanneld-xdp binary of the daemon and soak parts.
     var daemonPath: String? = nil
+    /// A command the daemon runs under (a profiler), empty for none.
+    var daemonWrapper: [String] = []
+    var parts: Set<BenchPart> = BenchPart.defaultSet
+    var etcdLoadLeases = 5000
+    var etcdLoadNodes = 20
+    var soakMinutes = 30.0
+    var soakRate = 20.0
 
     static func parsePeers(_ text: String) -> [Int]? {
         let values = text.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
@@ -202,6 +264,10 @@ struct BenchReport: Codable, Sendable {
     var packetCosts: [PacketCost]
     var controlPlane: [ConvergenceResult]
     var daemon: [DaemonResult] = []
+    /// Size of the daemon binary measured, in bytes.
+    var daemonBinaryBytes: Int?
+    var etcdLoad: EtcdLoadReport?
+    var soak: SoakReport?
     var notes: [String]
 }
 
@@ -214,13 +280,14 @@ struct BenchRunner {
         fflush(nil)
     }
 
-    func run(datapath: Bool, controlPlane: Bool) async throws -> BenchReport {
+    func run() async throws -> BenchReport {
+        let parts = options.parts
         let machine = MachineInfo.current()
         log("fxdp-bench\(options.quick ? " --quick" : ""): kernel \(machine.kernel), \(machine.cpuModel), \(machine.cpus) CPUs")
         var report = BenchReport(machine: machine, quick: options.quick, rounds: options.rounds, secondsPerRun: options.seconds,
                                  rrTransactions: options.rrTransactions, offloads: [:], attachments: [:], datapath: [],
                                  packetCosts: [], controlPlane: [], notes: [])
-        if datapath {
+        if parts.contains(.datapath) {
             var labs: [PathLab] = []
             var samples: [BenchPath: PathSamples] = [:]
             for path in options.paths {
@@ -284,7 +351,7 @@ struct BenchRunner {
             }
             for pl in labs { pl.close() }
         }
-        if controlPlane {
+        if parts.contains(.controlPlane) {
             try cleanup.checkInterrupted()
             log("control plane: etcd + \(options.peers.map(String.init).joined(separator: ", ")) leases …")
             do {
@@ -295,14 +362,42 @@ struct BenchRunner {
                 log("control plane failed: \(error)")
             }
         }
-        if controlPlane, let path = options.daemonPath {
+        let daemonPath = options.daemonPath ?? DaemonBench.defaultDaemonPath()
+        let daemonUsable = access(daemonPath, X_OK) == 0
+        if daemonUsable, parts.contains(.daemon) || parts.contains(.soak) {
+            var st = stat()
+            if stat(daemonPath, &st) == 0 { report.daemonBinaryBytes = Int(st.st_size) }
+        }
+        if parts.contains(.daemon) {
             try cleanup.checkInterrupted()
-            if access(path, X_OK) == 0 {
-                log("daemon: \(path) at \(options.peers.map(String.init).joined(separator: ", ")) peers …")
-                report.daemon = DaemonBench.run(daemonPath: path, sizes: options.peers, watchChanges: options.quick ? 10 : 30,
-                                                cleanup: cleanup, log: log)
+            if daemonUsable {
+                log("daemon: \(daemonPath) at \(options.peers.map(String.init).joined(separator: ", ")) peers …")
+                report.daemon = DaemonBench.run(daemonPath: daemonPath, wrapper: options.daemonWrapper, sizes: options.peers,
+                                                watchChanges: options.quick ? 10 : 30, cleanup: cleanup, log: log)
             } else {
-                report.notes.append("daemon runs skipped: no executable at \(path)")
+                report.notes.append("daemon runs skipped: no executable at \(daemonPath)")
+            }
+        }
+        if parts.contains(.etcdLoad) {
+            try cleanup.checkInterrupted()
+            log("etcd load: \(options.etcdLoadNodes) nodes, \(options.etcdLoadLeases) leases, through counting proxies …")
+            do {
+                report.etcdLoad = try await EtcdLoadBench.run(leases: options.etcdLoadLeases, nodes: options.etcdLoadNodes,
+                                                              cleanup: cleanup, log: log)
+            } catch {
+                try cleanup.checkInterrupted()
+                report.notes.append("etcd-load bench failed: \(error)")
+                log("etcd load failed: \(error)")
+            }
+        }
+        if parts.contains(.soak) {
+            try cleanup.checkInterrupted()
+            if daemonUsable {
+                log("soak: \(BenchFormat.number(options.soakMinutes, 1)) min of lease churn at \(BenchFormat.number(options.soakRate, 0))/s …")
+                report.soak = SoakBench.run(daemonPath: daemonPath, minutes: options.soakMinutes, rate: options.soakRate,
+                                            cleanup: cleanup, log: log)
+            } else {
+                report.notes.append("soak skipped: no executable at \(daemonPath)")
             }
         }
         report.notes.append("CPU-s/Gbit: busy time of the whole machine (/proc/stat: user+nice+system+irq+softirq+steal) over the "

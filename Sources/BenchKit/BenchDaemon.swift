@@ -25,11 +25,19 @@ struct DaemonResult: Codable, Sendable {
     var startToFullMapSeconds: Double?
     /// Daemon spawned → /readyz 200 (after the kernel routes too).
     var startToReadySeconds: Double?
+    /// Daemon spawned → subnet.env written (what CNI waits for).
+    var startToSubnetEnvSeconds: Double?
     var watchP50Milliseconds: Double?
     var watchP99Milliseconds: Double?
     var watchSamples: Int
     var rssKiB: Int?
     var hwmKiB: Int?
+    var rssAnonKiB: Int?
+    var rssFileKiB: Int?
+    /// VmRSS the moment the map held all N.
+    var rssAtFullMapKiB: Int?
+    /// Open file descriptors of the daemon at the end.
+    var openFDs: Int?
     var failures: [String]
 }
 
@@ -126,11 +134,12 @@ enum DaemonBench {
         return (exe as NSString).deletingLastPathComponent + "/flanneld-xdp"
     }
 
-    static func run(daemonPath: String, sizes: [Int], watchChanges: Int, cleanup: BenchCleanup, log: (String) -> Void) -> [DaemonResult] {
+    static func run(daemonPath: String, wrapper: [String] = [], sizes: [Int], watchChanges: Int, cleanup: BenchCleanup,
+                    log: (String) -> Void) -> [DaemonResult] {
         sizes.sorted().map { n in
             if cleanup.interrupted { return DaemonResult(peers: n, watchSamples: 0, failures: ["interrupted"]) }
             do {
-                return try measure(daemonPath: daemonPath, peers: n, watchChanges: watchChanges, cleanup: cleanup, log: log)
+                return try measure(daemonPath: daemonPath, wrapper: wrapper, peers: n, watchChanges: watchChanges, cleanup: cleanup, log: log)
             } catch {
                 log("daemon at \(n) peers failed: \(error)")
                 return DaemonResult(peers: n, watchSamples: 0, failures: ["\(error)".prefix(500).description])
@@ -138,7 +147,8 @@ enum DaemonBench {
         }
     }
 
-    static func measure(daemonPath: String, peers n: Int, watchChanges: Int, cleanup: BenchCleanup, log: (String) -> Void) throws -> DaemonResult {
+    static func measure(daemonPath: String, wrapper: [String] = [], peers n: Int, watchChanges: Int, cleanup: BenchCleanup,
+                        log: (String) -> Void) throws -> DaemonResult {
         let cluster = try FlannelCluster(tag: "bench", api: .v3, daemonPath: daemonPath, nodes: 1,
                                          network: ControlPlaneBench.network)
         cleanup.add(folder: cluster.workDir)
@@ -156,11 +166,23 @@ enum DaemonBench {
         }, lease: lease)
 
         let pin = cluster.pinFolder(node) + "/" + FXDP_MAP_PEERS
+        var previous = stat()
+        let previousSubnetFile = stat(cluster.subnetFile(node), &previous) == 0 ? previous.st_ino : 0
         let t0 = ControlPlaneBench.now()
-        let process = try cluster.lab.spawn(node.name, cluster.daemonArguments(node), stdout: cluster.logFile(node))
+        let process = try cluster.lab.spawn(node.name, wrapper + cluster.daemonArguments(node), stdout: cluster.logFile(node))
         var map: BPFMap<fxdp_peer_key, fxdp_peer_value>?
-        let deadline = t0 + 120
+        let deadline = t0 + max(120, Double(n) / 200)
+        let subnetFile = cluster.subnetFile(node)
+        // The lab leaves a previous subnet.env (how the node learns its subnet); the daemon's write
+        // replaces it (a rename: a new inode).
+        func subnetFileWritten() -> Bool {
+            var st = stat()
+            return stat(subnetFile, &st) == 0 && st.st_ino != previousSubnetFile
+        }
         while ControlPlaneBench.now() < deadline, process.isRunning {
+            if result.startToSubnetEnvSeconds == nil, subnetFileWritten() {
+                result.startToSubnetEnvSeconds = ControlPlaneBench.now() - t0
+            }
             if map == nil { map = try? BPFMap.openPinned(path: pin, key: fxdp_peer_key.self, value: fxdp_peer_value.self) }
             if let map, let count = try? map.keys().count, count >= n {
                 result.startToFullMapSeconds = ControlPlaneBench.now() - t0
@@ -171,8 +193,20 @@ enum DaemonBench {
         guard let map, result.startToFullMapSeconds != nil else {
             throw LabError(command: process.command, message: "the daemon's peer map did not reach \(n) entries; log:\n\(cluster.daemonLog(node).suffix(1500))")
         }
-        try cluster.waitReady(node, process: process, timeout: 120)
-        result.startToReadySeconds = ControlPlaneBench.now() - t0
+        // Memory once the map is full, and again at the end.
+        let atFullMap = ProcessMemory.parse(status: readFile("/proc/\(process.pid)/status"))
+        // The kernel's tables come after the map; at tens of thousands of peers that takes minutes.
+        let readyTimeout = max(120, Double(n) / 100)
+        do {
+            try cluster.waitReady(node, process: process, timeout: readyTimeout)
+            result.startToReadySeconds = ControlPlaneBench.now() - t0
+        } catch {
+            result.failures.append("not ready within \(Int(readyTimeout)) s (the kernel's tables): "
+                + String(cluster.daemonLog(node).split(separator: "\n").suffix(3).joined(separator: " | ").suffix(600)))
+        }
+        if result.startToSubnetEnvSeconds == nil, subnetFileWritten() {
+            result.startToSubnetEnvSeconds = ControlPlaneBench.now() - t0
+        }
 
         var latencies: [Double] = []
         for c in 0..<watchChanges {
@@ -202,10 +236,16 @@ enum DaemonBench {
         if let m = ProcessMemory.parse(status: readFile("/proc/\(process.pid)/status")) {
             result.rssKiB = m.rssKiB
             result.hwmKiB = m.hwmKiB
+            result.rssAnonKiB = m.anonKiB
+            result.rssFileKiB = m.fileKiB
         }
+        result.openFDs = ProcessFDs.count(pid: process.pid)
+        result.rssAtFullMapKiB = atFullMap?.rssKiB
         log("daemon at \(n) peers: start → full map \(BenchFormat.number(result.startToFullMapSeconds.map { $0 * 1000 }, 0)) ms, "
             + "ready \(BenchFormat.number(result.startToReadySeconds.map { $0 * 1000 }, 0)) ms, watch p50 \(BenchFormat.number(result.watchP50Milliseconds)) ms, "
-            + "RSS \(BenchFormat.number(result.rssKiB.map { Double($0) / 1024 }, 1)) MiB")
+            + "RSS \(BenchFormat.number(result.rssKiB.map { Double($0) / 1024 }, 1)) MiB "
+            + "(anon \(BenchFormat.number(result.rssAnonKiB.map { Double($0) / 1024 }, 1)), file \(BenchFormat.number(result.rssFileKiB.map { Double($0) / 1024 }, 1))), "
+            + "HWM \(BenchFormat.number(result.hwmKiB.map { Double($0) / 1024 }, 1)) MiB")
         return result
     }
 }

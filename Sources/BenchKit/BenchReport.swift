@@ -82,21 +82,35 @@ enum BenchReportText {
         }
         if !r.daemon.isEmpty {
             out.append("\n### The flanneld-xdp binary at N peers (one node, real etcd on the lab's wire)\n")
+            let smallest = r.daemon.filter { $0.rssKiB != nil }.min { $0.peers < $1.peers }
+            func perPeer(_ d: DaemonResult, _ kib: (DaemonResult) -> Int?) -> String {
+                guard let base = smallest, d.peers > base.peers, let a = kib(d), let b = kib(base) else { return "-" }
+                return BenchFormat.number(Double(a - b) * 1024 / Double(d.peers - base.peers), 0)
+            }
             out.append(BenchFormat.table(
-                header: ["peers", "start → full BPF map ms", "start → ready ms", "watch p50 ms", "watch p99 ms", "VmRSS MiB", "VmHWM MiB"],
+                header: ["peers", "start → full BPF map ms", "start → subnet.env ms", "start → ready ms", "watch p50 ms", "watch p99 ms",
+                         "VmRSS MiB", "(anon MiB)", "VmHWM MiB", "RSS B/peer", "HWM B/peer", "fds"],
                 rows: r.daemon.map { d in
                     ["\(d.peers)", BenchFormat.number(d.startToFullMapSeconds.map { $0 * 1000 }, 0),
+                     BenchFormat.number(d.startToSubnetEnvSeconds.map { $0 * 1000 }, 0),
                      BenchFormat.number(d.startToReadySeconds.map { $0 * 1000 }, 0), BenchFormat.number(d.watchP50Milliseconds),
                      BenchFormat.number(d.watchP99Milliseconds), BenchFormat.number(d.rssKiB.map { Double($0) / 1024 }, 1),
-                     BenchFormat.number(d.hwmKiB.map { Double($0) / 1024 }, 1)]
+                     BenchFormat.number(d.rssAnonKiB.map { Double($0) / 1024 }, 1),
+                     BenchFormat.number(d.hwmKiB.map { Double($0) / 1024 }, 1), perPeer(d, \.rssKiB), perPeer(d, \.hwmKiB),
+                     d.openFDs.map(String.init) ?? "-"]
                 }))
             for d in r.daemon where !d.failures.isEmpty { out.append("\n- \(d.peers) peers: " + d.failures.joined(separator: "; ").prefix(400)) }
             out.append("\n\"start\": the daemon is spawned with all N leases already in etcd (cold start: process start, etcd, "
                 + "flannel.1, BPF load, own lease, first snapshot, reconcile); \"full BPF map\": its pinned peer map, read from "
-                + "outside through the bpffs, holds all N; \"ready\": /readyz answers 200, after the kernel routes too. \"watch\": "
-                + "one lease's VtepMAC rewritten in etcd until the pinned entry holds it. Memory from /proc/<pid>/status afterwards.")
+                + "outside through the bpffs, holds all N; \"subnet.env\": the file CNI waits for exists; \"ready\": /readyz "
+                + "answers 200, after the kernel routes too. \"watch\": one lease's VtepMAC rewritten in etcd until the pinned "
+                + "entry holds it. Memory from /proc/<pid>/status afterwards (anon: RssAnon, the heap and stacks; the rest is "
+                + "the binary's pages in use); \"B/peer\": the growth over the smallest run divided by the peers added."
+                + (r.daemonBinaryBytes.map { " The binary measured: \(BenchFormat.number(Double($0) / 1e6, 1)) MB." } ?? ""))
         }
-        for chart in ["bench-convergence.svg", "bench-memory.svg"].compactMap(image) { out.append(chart) }
+        if let load = r.etcdLoad { out.append("\n" + etcdLoadText(load)) }
+        if let soak = r.soak { out.append("\n" + soakText(soak)) }
+        for chart in ["bench-convergence.svg", "bench-memory.svg", "bench-memory-per-peer.svg"].compactMap(image) { out.append(chart) }
         out.append("\n### What the ratios mean\n")
         out.append("- **ratio to (2)**: this path's median divided by the median of the Linux vxlan device configured as stock "
             + "flanneld does, measured in the same rounds: above 1 is better for throughput, below 1 is better for latency and CPU/Gbit.")
@@ -110,6 +124,58 @@ enum BenchReportText {
             out.append("\n### Notes\n")
             out.append(r.notes.map { "- " + $0 }.joined(separator: "\n"))
         }
+        return out.joined(separator: "\n")
+    }
+
+    static func etcdLoadText(_ load: EtcdLoadReport) -> String {
+        func mb(_ bytes: Double) -> String { BenchFormat.number(bytes / 1e6, 2) }
+        var out = ["### etcd load per node, and at \(load.clusterNodes) nodes\n"]
+        out.append("Measured per node (mean over the nodes started together) through a counting proxy per node:\n")
+        out.append(BenchFormat.table(
+            header: ["API", "leases", "nodes", "start: requests", "start: MB", "start → snapshot s", "listing: requests", "listing: MB",
+                     "renewal: requests", "renewal: B", "per event: requests", "per event: B", "idle B/s", "watches", "re-lists"],
+            rows: load.apis.map { a in
+                [a.api, "\(a.leases)", "\(a.nodes)", BenchFormat.number(a.start.requests, 1), mb(a.start.bytes),
+                 BenchFormat.number(a.startSeconds, 2), BenchFormat.number(a.perListing.requests, 1), mb(a.perListing.bytes),
+                 BenchFormat.number(a.perRenewal.requests, 1), BenchFormat.number(a.perRenewal.bytes, 0),
+                 BenchFormat.number(a.perEvent.requests, 2), BenchFormat.number(a.perEvent.bytes, 0),
+                 BenchFormat.number(a.idlePerSecond.bytes, 0), "\(a.watchesPerNode)", "\(a.historyRelists)"]
+            }))
+        for a in load.apis where !a.failures.isEmpty { out.append("\n- \(a.api): " + a.failures.joined(separator: "; ")) }
+        let n = Double(load.clusterNodes)
+        out.append("\nComputed for \(load.clusterNodes) nodes and as many leases (a listing scaled by leases; every node renews "
+            + "once every \(BenchFormat.number(load.renewIntervalSeconds / 3600, 0)) h and each renewal reaches every watch):\n")
+        out.append(BenchFormat.table(
+            header: ["client", "steady: requests/s per node", "steady: B/s per node", "steady: requests/s in all", "steady: MB/s in all",
+                     "watches in all", "restart: requests per node", "restart: MB per node", "restart: requests in all", "restart: GB in all"],
+            rows: EtcdLoadModel.rows(load).map { row in
+                [row.who, BenchFormat.number(row.steady.requests, 4), BenchFormat.number(row.steady.bytes, 0),
+                 BenchFormat.number(row.steady.requests * n, 1), mb(row.steady.bytes * n), "\(row.watches * load.clusterNodes)",
+                 BenchFormat.number(row.restart.requests, 0), mb(row.restart.bytes), BenchFormat.number(row.restart.requests * n, 0),
+                 BenchFormat.number(row.restart.bytes * n / 1e9, 2)]
+            }))
+        out.append("")
+        for row in EtcdLoadModel.rows(load) { out.append("- \(row.who): \(row.note).") }
+        out.append("\n\"restart\": every node restarts at once; per node its own start (config, listings, lease update, watch) "
+            + "and the delivery of every other node's lease update to its watch. flannel 0.17's row follows its v2 client "
+            + "(subnet/etcdv2, subnet/watch.go) with this client's measured v2 costs for the same requests.")
+        return out.joined(separator: "\n")
+    }
+
+    static func soakText(_ soak: SoakReport) -> String {
+        var out = ["### Churn soak\n"]
+        out.append("\(BenchFormat.number(soak.minutes, 1)) minutes at \(BenchFormat.number(soak.rate, 0)) lease operations/s over "
+            + "\(soak.basePeers) leases, the daemon with --subnet-lease-ttl \(soak.leaseTTLSeconds): "
+            + soak.operations.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ") + ".\n")
+        out.append(BenchFormat.table(
+            header: ["s", "VmRSS MiB", "VmHWM MiB", "fds", "map entries"],
+            rows: soak.samples.map { s in
+                [BenchFormat.number(s.seconds, 0), BenchFormat.number(Double(s.rssKiB) / 1024, 1), BenchFormat.number(Double(s.hwmKiB) / 1024, 1),
+                 "\(s.fds)", "\(s.mapEntries)"]
+            }))
+        out.append("")
+        out.append(soak.verdicts.map { "- " + $0 }.joined(separator: "\n"))
+        out.append(soak.passed ? "- **passed**" : soak.failures.map { "- **FAILED**: " + $0 }.joined(separator: "\n"))
         return out.joined(separator: "\n")
     }
 
@@ -179,6 +245,14 @@ enum BenchReportText {
             }
         } else if !r.controlPlane.isEmpty {
             lines.append("5000-peer targets: not measured in this run (peer counts \(r.controlPlane.map { "\($0.peers)" }.joined(separator: ", "))).")
+        }
+        if let d = r.daemon.max(by: { $0.peers < $1.peers }), d.peers >= 50000, let rss = d.rssKiB, let hwm = d.hwmKiB {
+            let rssMB = Double(rss) * 1024 / 1e6, hwmMB = Double(hwm) * 1024 / 1e6
+            let start = d.startToFullMapSeconds
+            lines.append("flanneld-xdp at \(d.peers) peers (target VmRSS < 30 MB, VmHWM < 40 MB, start-up ≤ 2 s): "
+                + "VmRSS \(BenchFormat.number(rssMB, 1)) MB (\(verdict(rssMB < 30))), VmHWM \(BenchFormat.number(hwmMB, 1)) MB "
+                + "(\(verdict(hwmMB < 40))), start → full BPF map \(BenchFormat.number(start.map { $0 * 1000 }, 0)) ms "
+                + "(\(verdict(start.map { $0 <= 2 }))), → ready \(BenchFormat.number(d.startToReadySeconds.map { $0 * 1000 }, 0)) ms.")
         }
         return lines
     }

@@ -27,6 +27,16 @@ struct Spread: Codable, Equatable, Sendable {
 }
 
 enum BenchMath {
+    /// The least-squares slope of y over x; nil with fewer than two distinct x.
+    static func slope(_ points: [(x: Double, y: Double)]) -> Double? {
+        guard points.count >= 2 else { return nil }
+        let n = Double(points.count)
+        let mx = points.map(\.x).reduce(0, +) / n, my = points.map(\.y).reduce(0, +) / n
+        let sxx = points.map { ($0.x - mx) * ($0.x - mx) }.reduce(0, +)
+        guard sxx > 0 else { return nil }
+        return points.map { ($0.x - mx) * ($0.y - my) }.reduce(0, +) / sxx
+    }
+
     static func median(sorted: [Double]) -> Double {
         guard !sorted.isEmpty else { return .nan }
         let mid = sorted.count / 2
@@ -154,17 +164,26 @@ struct CPUTimes: Equatable, Sendable {
 struct ProcessMemory: Codable, Equatable, Sendable {
     var rssKiB: Int
     var hwmKiB: Int
+    /// The anonymous part of VmRSS (heap, stacks): what grows with peers.
+    var anonKiB: Int? = nil
+    /// The file-backed part of VmRSS (the binary's and libraries' pages in use).
+    var fileKiB: Int? = nil
 
     static func parse(status text: String) -> ProcessMemory? {
-        var rss: Int?, hwm: Int?
+        var rss: Int?, hwm: Int?, anon: Int?, file: Int?
         for line in text.split(separator: "\n") {
             let parts = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
             guard parts.count >= 2 else { continue }
-            if parts[0] == "VmRSS:" { rss = Int(parts[1]) }
-            if parts[0] == "VmHWM:" { hwm = Int(parts[1]) }
+            switch parts[0] {
+            case "VmRSS:": rss = Int(parts[1])
+            case "VmHWM:": hwm = Int(parts[1])
+            case "RssAnon:": anon = Int(parts[1])
+            case "RssFile:": file = Int(parts[1])
+            default: break
+            }
         }
         guard let rss, let hwm else { return nil }
-        return ProcessMemory(rssKiB: rss, hwmKiB: hwm)
+        return ProcessMemory(rssKiB: rss, hwmKiB: hwm, anonKiB: anon, fileKiB: file)
     }
 }
 
@@ -285,5 +304,19 @@ enum BenchFormat {
         return "min/median/max over the rounds\n" + absolute
             + "\n\nratio of medians to (2) kernel vxlan as flanneld sets it up\n" + table(header: header, rows: ratios { $0.ratioToKernelVXLAN })
             + "\n\nratio of medians to (1) no overlay (host-gw routes)\n" + table(header: header, rows: ratios { $0.ratioToNoOverlay })
+    }
+}
+
+/// Open file descriptors of a process: the entries of /proc/PID/fd.
+enum ProcessFDs {
+    static func count(pid: Int32) -> Int? {
+        guard let dir = opendir("/proc/\(pid)/fd") else { return nil }
+        defer { closedir(dir) }
+        var n = 0
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name != "." && name != ".." { n += 1 }
+        }
+        return n
     }
 }

@@ -187,12 +187,11 @@ public enum Startup {
 
     /// The VtepMAC of the vxlan lease that carries our PublicIP, if there is one.
     public static func previousVTEPMAC(registry: any SubnetRegistry, publicIP: IPv4Address) async throws -> MACAddress? {
-        for record in try await registry.listLeases().records {
-            guard case .success(let attributes) = LeaseDecoder.parseAttributes(record.value),
-                  attributes.publicIP == publicIP, attributes.backendType == "vxlan" else { continue }
-            return attributes.vtepMAC
-        }
-        return nil
+        try await registry.reduceLeases(into: nil as MACAddress?) { found, record in
+            guard found == nil, case .success(let attributes) = LeaseDecoder.parseAttributes(record.value),
+                  attributes.publicIP == publicIP, attributes.backendType == "vxlan" else { return }
+            found = attributes.vtepMAC
+        }.result
     }
 
     /// Waits for the watch's first event, the snapshot of every peer lease.

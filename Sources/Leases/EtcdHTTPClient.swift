@@ -18,6 +18,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import NIOSSL
+import RuntimeSupport
 import Synchronization
 
 /// One etcd client URL.
@@ -178,6 +179,9 @@ public struct EtcdClientOptions: Sendable {
     /// v3 watches hear a progress notification every 10 minutes (etcd's default interval), so this
     /// is set just above that.
     public var watchIdleTimeout: Duration = .seconds(11 * 60)
+    /// Keys per page of a v3 listing. A flannel lease is ~400 bytes on the gateway: 1000 make a
+    /// page of ~400 KB that etcd answers from one consistent revision, and 50 000 leases 50 pages.
+    public var listPageSize = 1000
     /// TCP keepalive: first probe after this idle time, then every `keepAliveInterval`, 3 probes.
     public var keepAliveIdle: Duration = .seconds(30)
     public var keepAliveInterval: Duration = .seconds(10)
@@ -205,6 +209,21 @@ struct HTTPStreamingResponse: Sendable {
     var chunks: AsyncThrowingStream<ByteBuffer, any Error>
     var close: @Sendable () -> Void
 
+    /// The body as JSON read piece by piece as it arrives: memory holds the token or value being
+    /// read, never the body. At most `EtcdHTTPClient.maxResponseBytes` are read in all.
+    func json(maxValueBytes: Int = EtcdHTTPClient.maxValueBytes) -> JSONStreamReader {
+        let pieces = ChunkIterator(chunks.makeAsyncIterator())
+        let endpoint = endpoint.description
+        return JSONStreamReader(maxValueBytes: maxValueBytes) {
+            guard var chunk = try await pieces.iterator.next() else { return nil }
+            pieces.total += chunk.readableBytes
+            guard pieces.total <= EtcdHTTPClient.maxResponseBytes else {
+                throw EtcdClientError.responseTooLarge(endpoint: endpoint, limit: EtcdHTTPClient.maxResponseBytes)
+            }
+            return chunk.readBytes(length: chunk.readableBytes) ?? []
+        }
+    }
+
     /// An error answer's body, at most `limit` bytes: what the message needs. Reading stops there,
     /// so a server (or anything in its place) that streams without end costs nothing more.
     func errorBody(limit: Int = 64 * 1024) async throws -> [UInt8] {
@@ -224,8 +243,11 @@ final class EtcdHTTPClient: Sendable {
     let group: any EventLoopGroup
     let counters: LeaseCounters
     private let preferred = Mutex(0)
-    /// Caps a single response (a listing of hostile 1 MiB values must not exhaust memory).
+    /// Caps a single response: what a request/response call holds, what a listing may stream.
     static let maxResponseBytes = 64 << 20
+    /// Caps one token or value read from a streamed listing: etcd refuses requests above 1.5 MiB
+    /// unless --max-request-bytes is raised, so no lease value it holds comes near.
+    static let maxValueBytes = 4 << 20
 
     init(options: EtcdClientOptions, group: any EventLoopGroup, counters: LeaseCounters) throws(EtcdClientError) {
         var eps: [EtcdEndpoint] = []
@@ -313,16 +335,17 @@ final class EtcdHTTPClient: Sendable {
 
     // MARK: streaming
 
-    /// Opens a streaming request on the first endpoint that answers.
-    func openStream(_ method: HTTPMethod, _ uri: String, body: [UInt8]? = nil,
-                    headers: [(String, String)] = []) async throws -> HTTPStreamingResponse {
+    /// Opens a streaming request on the first endpoint that answers. `idleTimeout` nil: the watch
+    /// idle timeout (a watch); a listing read as it streams passes the request timeout.
+    func openStream(_ method: HTTPMethod, _ uri: String, body: [UInt8]? = nil, headers: [(String, String)] = [],
+                    idleTimeout: Duration? = nil) async throws -> HTTPStreamingResponse {
         var errors: [EtcdClientError] = []
         let start = preferred.withLock { $0 }
         for i in 0..<endpoints.count {
             let index = (start + i) % endpoints.count
             do {
                 let s = try await open(endpoints[index], method, uri, body: body, headers: headers,
-                                       contentType: "application/json", idleTimeout: options.watchIdleTimeout)
+                                       contentType: "application/json", idleTimeout: idleTimeout ?? options.watchIdleTimeout)
                 if index != start { preferred.withLock { $0 = index } }
                 return s
             } catch let error as EtcdClientError where error.isTransport {
@@ -344,6 +367,7 @@ final class EtcdHTTPClient: Sendable {
         let keepIdle = Int(options.keepAliveIdle.components.seconds)
         let keepInterval = Int(options.keepAliveInterval.components.seconds)
 
+        let pacer = ReadPacer()
         let bootstrap = ClientBootstrap(group: group)
             .connectTimeout(options.connectTimeout.timeAmount)
             .channelOption(.socketOption(.so_keepalive), value: 1)
@@ -359,7 +383,8 @@ final class EtcdHTTPClient: Sendable {
                     }
                     try sync.addHTTPClientHandlers()
                     try sync.addHandler(IdleStateHandler(readTimeout: idle))
-                    try sync.addHandler(ResponseForwarder(continuation: continuation))
+                    pacer.eventLoop = channel.eventLoop
+                    try sync.addHandler(ResponseForwarder(continuation: continuation, pacer: pacer))
                 }
             }
         var head = HTTPRequestHead(version: .http1_1, method: method, uri: uri)
@@ -410,7 +435,9 @@ final class EtcdHTTPClient: Sendable {
                 while let part = try await iterator.it.next() {
                     switch part {
                     case .head: continue
-                    case .body(let buffer): return buffer
+                    case .body(let buffer):
+                        pacer.consumed(buffer.readableBytes)
+                        return buffer
                     case .end: return nil
                     }
                 }
@@ -465,19 +492,72 @@ private final class IteratorBox: @unchecked Sendable {
     init(_ it: AsyncThrowingStream<HTTPClientResponsePart, any Error>.AsyncIterator) { self.it = it }
 }
 
+/// A body chunk iterator with its running total, moved into `json()`'s closure (one task reads it).
+private final class ChunkIterator: @unchecked Sendable {
+    var iterator: AsyncThrowingStream<ByteBuffer, any Error>.AsyncIterator
+    var total = 0
+    init(_ iterator: AsyncThrowingStream<ByteBuffer, any Error>.AsyncIterator) { self.iterator = iterator }
+}
+
+/// Backpressure for a response: the socket is read only while the body bytes received and not yet
+/// taken by the consumer stay under `highWater`. Without it a listing arrives faster than it is
+/// parsed and piles up whole in the stream's buffer. State lives on the channel's event loop.
+final class ReadPacer: @unchecked Sendable {
+    static let highWater = 256 << 10
+    static let lowWater = 64 << 10
+    var eventLoop: (any EventLoop)?
+    var context: ChannelHandlerContext?
+    /// Body bytes handed to the stream and not yet taken.
+    var pending = 0
+    /// A read was held back.
+    var paused = false
+
+    /// The consumer took `bytes` (any thread).
+    func consumed(_ bytes: Int) {
+        eventLoop?.execute { [self] in
+            pending -= bytes
+            if paused, pending < Self.lowWater {
+                paused = false
+                context?.read()
+            }
+        }
+    }
+}
+
 /// Forwards response parts to an AsyncThrowingStream; ends it on error, idle timeout or close.
-private final class ResponseForwarder: ChannelInboundHandler {
+/// Holds back reads while the consumer is behind (ReadPacer).
+private final class ResponseForwarder: ChannelDuplexHandler {
     typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundIn = Never
     let continuation: AsyncThrowingStream<HTTPClientResponsePart, any Error>.Continuation
+    let pacer: ReadPacer
     var finished = false
 
-    init(continuation: AsyncThrowingStream<HTTPClientResponsePart, any Error>.Continuation) {
+    init(continuation: AsyncThrowingStream<HTTPClientResponsePart, any Error>.Continuation, pacer: ReadPacer) {
         self.continuation = continuation
+        self.pacer = pacer
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        pacer.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        pacer.context = nil
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if pacer.pending >= ReadPacer.highWater {
+            pacer.paused = true
+        } else {
+            context.read()
+        }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let part = unwrapInboundIn(data)
         guard !finished else { return }
+        if case .body(let buffer) = part { pacer.pending += buffer.readableBytes }
         continuation.yield(part)
         if case .end = part {
             finished = true

@@ -88,18 +88,56 @@ public final class EtcdV2Registry: SubnetRegistry {
         return value
     }
 
-    public func listLeases() async throws -> LeaseListing {
-        let r = try await client.request(.GET, keyURI(String(subnetsKey.dropLast())) + "?recursive=true", headers: authHeader)
-        let index = r.headers.first(name: "X-Etcd-Index").flatMap { Int64($0) }
-        if r.status == 404, let e = v2Error(r), e.code == 100 {
-            return LeaseListing(records: [], revision: index ?? e.index ?? 0)
+    /// v2 has no paging: the one answer, `{"action":"get","node":{…,"nodes":[{…},…]}}`, is read as it
+    /// arrives and each node handed to `body` when it has been read.
+    public func listLeases(_ body: (LeaseRecord) throws -> Void) async throws -> Int64 {
+        let s = try await client.openStream(.GET, keyURI(String(subnetsKey.dropLast())) + "?recursive=true", headers: authHeader,
+                                            idleTimeout: client.options.requestTimeout)
+        defer { s.close() }
+        let index = s.headers.first(name: "X-Etcd-Index").flatMap { Int64($0) }
+        guard s.status == 200 else {
+            let r = HTTPResponse(status: s.status, headers: s.headers, body: try await s.errorBody())
+            if r.status == 404, let e = v2Error(r), e.code == 100 { return index ?? e.index ?? 0 }
+            throw fail("list leases", r)
         }
-        guard r.status == 200 else { throw fail("list leases", r) }
         guard let index else {
             throw RegistryError.malformedResponse(operation: "list leases", detail: "no X-Etcd-Index header")
         }
-        let nodes = try parse("list leases", r)["node"]?["nodes"]?.arrayValue ?? []
-        return LeaseListing(records: nodes.compactMap(record), revision: index)
+        let json = s.json()
+        do {
+            try await json.enterObject()
+            while let name = try await json.nextName() {
+                guard name == "node" else { try await json.skipValue(); continue }
+                try await json.enterObject()
+                while let field = try await json.nextName() {
+                    guard field == "nodes" else { try await json.skipValue(); continue }
+                    try await json.enterArray()
+                    while try await json.hasElement() {
+                        if let rec = record(try await Self.nodeWithoutChildren(json)) { try body(rec) }
+                    }
+                }
+            }
+            try await json.end()
+        } catch let error as JSONParseError {
+            throw RegistryError.malformedResponse(operation: "list leases", detail: "\(error)")
+        }
+        return index
+    }
+
+    /// A listed node's own members; the children of a folder under subnets/ (no lease, skipped by
+    /// `record`) are read past, not held.
+    private static func nodeWithoutChildren(_ json: JSONStreamReader) async throws -> JSONValue {
+        guard try await json.peek() == .objectStart else { return try await json.value() }
+        try await json.enterObject()
+        var members: [JSONMember] = []
+        while let name = try await json.nextName() {
+            if name == "nodes" {
+                try await json.skipValue()
+            } else {
+                members.append(JSONMember(name, try await json.value()))
+            }
+        }
+        return .object(members)
     }
 
     private func put(_ op: String, _ name: String, _ value: String, query: String) async throws -> Int64 {

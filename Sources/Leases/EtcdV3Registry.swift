@@ -83,24 +83,51 @@ public final class EtcdV3Registry: SubnetRegistry {
         if credentials != nil, Self.isAuthFailure(r) {
             r = try await client.request(.POST, path, body: bytes, headers: try await authHeaders(refresh: true))
         }
-        guard r.status == 200 else {
-            let message = Self.errorMessage(r)
-            if Self.isPermissionDenied(message) {
-                throw RegistryError.permissionDenied(operation: op, key: key, user: credentials?.user)
-            }
-            if credentials == nil, message.contains("user name is empty") {
-                throw RegistryError.permissionDenied(operation: op, key: key, user: nil)
-            }
-            // The gateway maps gRPC NotFound to 404 too ("requested lease not found", with a JSON
-            // body carrying its gRPC code): only a 404 without one means there is no gateway.
-            if r.status == 404, (try? JSONValue.parse(bytes: r.body))?["code"] == nil {
-                throw RegistryError.server(operation: op, status: 404, message: "no v3 JSON gateway at \(path) (etcd older than 3.4?)")
-            }
-            throw RegistryError.server(operation: op, status: r.status, message: message)
-        }
+        guard r.status == 200 else { throw failure(op, path, r, key: key) }
         do { return try JSONValue.parse(bytes: r.body) } catch {
             throw RegistryError.malformedResponse(operation: op, detail: "\(error)")
         }
+    }
+
+    /// A gateway call whose answer `read` walks as it arrives (a listing page), instead of holding
+    /// it whole; re-authenticates once if the token expired.
+    private func streamingCall<T>(_ op: String, _ path: String, _ body: JSONValue, key: String,
+                                  _ read: (JSONStreamReader) async throws -> T) async throws -> T {
+        let bytes = Array(body.serialized.utf8)
+        var refresh = false
+        while true {
+            let s = try await client.openStream(.POST, path, body: bytes, headers: try await authHeaders(refresh: refresh),
+                                                idleTimeout: client.options.requestTimeout)
+            defer { s.close() }
+            guard s.status == 200 else {
+                let r = HTTPResponse(status: s.status, headers: s.headers, body: try await s.errorBody())
+                if credentials != nil, !refresh, Self.isAuthFailure(r) {
+                    refresh = true
+                    continue
+                }
+                throw failure(op, path, r, key: key)
+            }
+            do { return try await read(s.json()) } catch let error as JSONParseError {
+                throw RegistryError.malformedResponse(operation: op, detail: "\(error)")
+            }
+        }
+    }
+
+    /// The error a non-200 gateway answer means.
+    private func failure(_ op: String, _ path: String, _ r: HTTPResponse, key: String) -> RegistryError {
+        let message = Self.errorMessage(r)
+        if Self.isPermissionDenied(message) {
+            return .permissionDenied(operation: op, key: key, user: credentials?.user)
+        }
+        if credentials == nil, message.contains("user name is empty") {
+            return .permissionDenied(operation: op, key: key, user: nil)
+        }
+        // The gateway maps gRPC NotFound to 404 too ("requested lease not found", with a JSON
+        // body carrying its gRPC code): only a 404 without one means there is no gateway.
+        if r.status == 404, (try? JSONValue.parse(bytes: r.body))?["code"] == nil {
+            return .server(operation: op, status: 404, message: "no v3 JSON gateway at \(path) (etcd older than 3.4?)")
+        }
+        return .server(operation: op, status: r.status, message: message)
     }
 
     private static func b64(_ s: String) -> JSONValue { .string(Base64.encode(s)) }
@@ -126,6 +153,10 @@ public final class EtcdV3Registry: SubnetRegistry {
 
     private func record(_ kv: JSONValue) -> LeaseRecord? {
         guard let keyB64 = kv["key"]?.stringValue, let keyBytes = Base64.decode(keyB64) else { return nil }
+        return record(kv, key: keyBytes)
+    }
+
+    private func record(_ kv: JSONValue, key keyBytes: [UInt8]) -> LeaseRecord {
         let key = String(decoding: keyBytes, as: UTF8.self)
         let name = key.hasPrefix(subnetsKey) ? String(key.dropFirst(subnetsKey.count)) : key
         let value = kv["value"]?.stringValue.flatMap(Base64.decode) ?? []
@@ -149,12 +180,76 @@ public final class EtcdV3Registry: SubnetRegistry {
         return String(decoding: kv["value"]?.stringValue.flatMap(Base64.decode) ?? [], as: UTF8.self)
     }
 
-    public func listLeases() async throws -> LeaseListing {
-        let doc = try await call("list leases", "/v3/kv/range", .object([
-            JSONMember("key", Self.b64(subnetsKey)), JSONMember("range_end", Self.prefixEnd(subnetsKey)),
-        ]), key: subnetsKey)
-        let records = (doc["kvs"]?.arrayValue ?? []).compactMap(record)
-        return LeaseListing(records: records, revision: try revision(doc, "list leases"))
+    /// The listing in pages (`EtcdClientOptions.listPageSize` keys): the first page fixes the
+    /// revision, the others read at that revision (one consistent view, and the watch resumes after
+    /// it), each from the successor of the last key seen (key + "\0") to the prefix's range end.
+    public func listLeases(_ body: (LeaseRecord) throws -> Void) async throws -> Int64 {
+        var revision: Int64?
+        var from = Array(subnetsKey.utf8)
+        while true {
+            var request = [
+                JSONMember("key", .string(Base64.encode(from))), JSONMember("range_end", Self.prefixEnd(subnetsKey)),
+                JSONMember("limit", .string(String(max(1, client.options.listPageSize)))),
+            ]
+            if let revision { request.append(JSONMember("revision", .string(String(revision)))) }
+            let page: ListPage
+            do {
+                page = try await streamingCall("list leases", "/v3/kv/range", .object(request), key: subnetsKey) { json in
+                    try await readPage(json, body)
+                }
+            } catch RegistryError.server(_, _, let message) where revision != nil && message.contains("compacted") {
+                throw RegistryError.historyUnavailable(requested: revision ?? 0, detail: "compacted while listing: \(message)")
+            }
+            let listed = revision ?? page.revision
+            revision = listed
+            guard page.more else { return listed }
+            guard let last = page.lastKey else {
+                throw RegistryError.malformedResponse(operation: "list leases", detail: "\"more\" without any key")
+            }
+            let next = last + [0]
+            guard from.lexicographicallyPrecedes(next) else {
+                throw RegistryError.malformedResponse(operation: "list leases", detail: "a page did not move past its first key")
+            }
+            from = next
+        }
+    }
+
+    private struct ListPage {
+        var revision: Int64
+        var more = false
+        var lastKey: [UInt8]?
+    }
+
+    /// One range answer, `{"header":{…,"revision":"N"},"kvs":[…],"more":true,"count":"N"}`, read as
+    /// it arrives: each key handed to `body` when its object has been read.
+    private func readPage(_ json: JSONStreamReader, _ body: (LeaseRecord) throws -> Void) async throws -> ListPage {
+        var revision: Int64?
+        var page = ListPage(revision: 0)
+        try await json.enterObject()
+        while let name = try await json.nextName() {
+            switch name {
+            case "header":
+                revision = Self.int64(try await json.value()["revision"])
+            case "kvs":
+                try await json.enterArray()
+                while try await json.hasElement() {
+                    let kv = try await json.value()
+                    guard let keyText = kv["key"]?.stringValue, let key = Base64.decode(keyText) else {
+                        throw RegistryError.malformedResponse(operation: "list leases", detail: "a key-value without a base64 key")
+                    }
+                    page.lastKey = key
+                    try body(record(kv, key: key))
+                }
+            case "more":
+                page.more = try await json.value().boolValue ?? false
+            default:
+                try await json.skipValue()
+            }
+        }
+        try await json.end()
+        guard let revision else { throw RegistryError.malformedResponse(operation: "list leases", detail: "no header.revision") }
+        page.revision = revision
+        return page
     }
 
     private func grant(_ ttl: Duration) async throws -> Int64 {

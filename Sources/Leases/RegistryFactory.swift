@@ -66,8 +66,8 @@ public enum EtcdRegistryFactory {
         let inV2 = try await configPresence(v2)
         switch (inV3, inV2) {
         case (.present, .present):
-            let v3Leases = try await v3.listLeases().records.count
-            let v2Leases = try await v2.listLeases().records.count
+            let v3Leases = try await v3.reduceLeases(into: 0) { count, _ in count += 1 }.result
+            let v2Leases = try await v2.reduceLeases(into: 0) { count, _ in count += 1 }.result
             if v2Leases > 0 && v3Leases == 0 {
                 let detection = EtcdAPIDetection(api: .v2, reason: "auto: \(v2.configKey) is in both keyspaces; following v2, "
                     + "which holds \(v2Leases) lease(s) while v3 holds none (--etcd-api=v2 says so explicitly)")

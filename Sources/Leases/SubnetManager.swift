@@ -118,10 +118,10 @@ struct TakenSubnets {
     var ipv4: SubnetSet<IPv4Subnet>
     var ipv6: SubnetSet<IPv6Subnet>
 
-    init(_ records: [LeaseRecord]) {
+    init(names: some Sequence<String>) {
         var v4: [IPv4Subnet] = [], v6: [IPv6Subnet] = []
-        for rec in records {
-            guard let (a, b) = LeaseDecoder.flannelSubnets(fromKey: rec.name) else { continue }
+        for name in names {
+            guard let (a, b) = LeaseDecoder.flannelSubnets(fromKey: name) else { continue }
             v4.append(a)
             if let b { v6.append(b) }
         }
@@ -213,14 +213,18 @@ public actor SubnetManager {
             return key.ipv6Subnet.map(v6.allows) ?? false
         }
         for attempt in 1...max(1, options.acquireAttempts) {
-            let listing = try await registry.listLeases()
+            // The listing folded as it arrives: every key's name (for the subnets taken) and the
+            // keys whose value names this node.
+            let (listing, _) = try await registry.reduceLeases(into: (names: [String](), ours: [LeaseRecord]())) { view, rec in
+                view.names.append(rec.name)
+                if case .success(let a) = LeaseDecoder.parseAttributes(rec.value), isOurs(a) { view.ours.append(rec) }
+            }
 
             // Our leases from an older config (another Network, SubnetLen or family set) are deleted,
             // as flannel does; reservations are an administrator's and stay.
             var deleted = Set<String>()
-            for rec in listing.records {
-                guard let key = LeaseKey(rec.name), !fits(key), case .success(let a) = LeaseDecoder.parseAttributes(rec.value),
-                      isOurs(a) else { continue }
+            for rec in listing.ours {
+                guard let key = LeaseKey(rec.name), !fits(key) else { continue }
                 if rec.isReservation {
                     logger.warning("reservation \(rec.name) names this node but does not fit the current config (\(config.networksDescription)): left in place, not used")
                     continue
@@ -231,12 +235,7 @@ public actor SubnetManager {
             }
 
             // 1. Our own lease (or a reservation made for us).
-            let mine = listing.records.first { rec in
-                guard let key = LeaseKey(rec.name), fits(key), case .success(let a) = LeaseDecoder.parseAttributes(rec.value) else {
-                    return false
-                }
-                return isOurs(a)
-            }
+            let mine = listing.ours.first { rec in LeaseKey(rec.name).map(fits) ?? false }
             if let rec = mine, let key = LeaseKey(rec.name) {
                 let ttl = rec.isReservation ? nil : options.leaseTTL
                 do {
@@ -252,7 +251,7 @@ public actor SubnetManager {
             }
 
             // What any flannel node reads as taken (alias keys included) is never handed out.
-            let taken = TakenSubnets(listing.records.filter { !deleted.contains($0.name) })
+            let taken = TakenSubnets(names: listing.names.lazy.filter { !deleted.contains($0) })
 
             // 2. The previous subnet.env's subnets, 3. a random one among the first 100 free, per family.
             let choice: IPv4Subnet
@@ -309,13 +308,12 @@ public actor SubnetManager {
     /// The name of a key other than `key` whose subnet overlaps one of `key`'s (in a family the
     /// config runs) and that was created before `revision`, if any.
     private func earlierClaim(on key: LeaseKey, createdBefore revision: Int64, config: NetworkConfig) async throws -> String? {
-        let listing = try await registry.listLeases()
-        for rec in listing.records where rec.name != key.description && rec.createRevision < revision {
-            guard let theirs = LeaseDecoder.flannelSubnets(fromKey: rec.name) else { continue }
-            if config.enableIPv4, theirs.ipv4.overlaps(key.subnet) { return rec.name }
-            if config.ipv6 != nil, let mine = key.ipv6Subnet, let other = theirs.ipv6, other.overlaps(mine) { return rec.name }
-        }
-        return nil
+        try await registry.reduceLeases(into: nil as String?) { found, rec in
+            guard found == nil, rec.name != key.description, rec.createRevision < revision,
+                  let theirs = LeaseDecoder.flannelSubnets(fromKey: rec.name) else { return }
+            if config.enableIPv4, theirs.ipv4.overlaps(key.subnet) { found = rec.name }
+            if config.ipv6 != nil, let mine = key.ipv6Subnet, let other = theirs.ipv6, other.overlaps(mine) { found = rec.name }
+        }.result
     }
 
     private func adopt(_ lease: Lease) -> Lease {
@@ -513,9 +511,7 @@ private final class PeerWatcher: Sendable {
         while !Task.isCancelled {
             do {
                 if let reason = listReason {
-                    let listing = try await manager.registry.listLeases()
-                    await reconcile(listing, state: &state, counting: reason != .initial)
-                    revision = listing.revision
+                    revision = try await reconcile(state: &state, counting: reason != .initial)
                     listReason = nil
                 }
                 if failures > 0 { counters.update { $0.watchReconnects += 1 } }
@@ -719,23 +715,26 @@ private final class PeerWatcher: Sendable {
         }
     }
 
-    private func reconcile(_ listing: LeaseListing, state: inout State, counting: Bool) async {
+    /// Lists every lease, decoding each as it arrives (the listing is never held whole), and tells
+    /// the consumer what changed; returns the listing's revision.
+    private func reconcile(state: inout State, counting: Bool) async throws -> Int64 {
         let own = await manager.ownIdentity()
         state.byKey = [:]
         state.keysBySlot = [:]
         state.keysByIPv6 = [:]
-        for rec in listing.records {
-            guard let lease = decode(rec, state: &state) else { continue }
-            if own.isOwn(lease, config: config) { continue }
+        let (listed, revision) = try await manager.registry.reduceLeases(into: state) { state, rec in
+            guard let lease = decode(rec, state: &state) else { return }
+            if own.isOwn(lease, config: config) { return }
             state.set(rec.name, lease, slot: slot(lease), created: rec.createRevision, indexIPv6: dualStack)
         }
+        state = listed
         var desired: [Slot: Lease] = [:]
         for slot in state.keysBySlot.keys { desired[slot] = published(slot, state: &state, own: own) }
         if !state.snapshotSent {
             state.snapshotSent = true
             state.known = desired
             continuation.yield(.snapshot(desired.sorted { $0.key < $1.key }.map(\.value)))
-            return
+            return revision
         }
         var repaired = 0
         for (slot, old) in state.known where desired[slot] == nil {
@@ -758,6 +757,7 @@ private final class PeerWatcher: Sendable {
             manager.counters.update { $0.repairedByRelist += repaired }
             manager.logger.notice("lease re-list repaired \(repaired) peer change(s) the watch had not delivered")
         }
+        return revision
     }
 
     private func apply(_ event: LeaseWatchEvent, state: inout State) async {

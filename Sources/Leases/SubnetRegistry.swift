@@ -57,8 +57,8 @@ public enum LeaseWatchEvent: Sendable, Equatable {
     }
 }
 
-/// Result of listing all leases: the records and the store revision they reflect; a watch from
-/// `revision + 1` misses nothing.
+/// Every lease at once and the store revision they reflect; a watch from `revision + 1` misses
+/// nothing. For small listings and tests: the daemon folds a listing as it arrives (`reduceLeases`).
 public struct LeaseListing: Sendable {
     public var records: [LeaseRecord]
     public var revision: Int64
@@ -106,8 +106,12 @@ public protocol SubnetRegistry: Sendable {
     /// The raw `<prefix>/config` document; throws `RegistryError.configNotFound` when absent.
     func getConfigText() async throws -> String
 
-    /// Every key under `<prefix>/subnets/`, and the revision the listing reflects.
-    func listLeases() async throws -> LeaseListing
+    /// Every key under `<prefix>/subnets/`, handed to `body` one at a time as etcd's answer arrives
+    /// (read piece by piece, in pages on v3: memory does not grow with the number of leases), and
+    /// the revision the listing reflects: a watch from `revision + 1` misses nothing. Throws
+    /// `RegistryError.historyUnavailable` when that revision was compacted between two pages;
+    /// `body` has then seen part of the keys, and the listing must start over (`reduceLeases` does).
+    func listLeases(_ body: (LeaseRecord) throws -> Void) async throws -> Int64
 
     /// Creates the key only if it does not exist. `ttl` nil: no TTL (reservation).
     /// Throws `RegistryError.conflict` if the key exists. Returns the new revision.
@@ -131,6 +135,30 @@ public protocol SubnetRegistry: Sendable {
 }
 
 extension SubnetRegistry {
+    /// Folds every lease into `initial` as the listing arrives, and returns the result with the
+    /// revision it reflects. A listing whose revision was compacted between pages starts over from
+    /// `initial` (three times at most).
+    public func reduceLeases<Result>(into initial: Result, _ body: (inout Result, LeaseRecord) throws -> Void)
+        async throws -> (result: Result, revision: Int64) {
+        var attempt = 0
+        while true {
+            attempt += 1
+            var result = initial
+            do {
+                let revision = try await listLeases { try body(&result, $0) }
+                return (result, revision)
+            } catch RegistryError.historyUnavailable where attempt < 3 {
+                continue
+            }
+        }
+    }
+
+    /// Every lease in memory at once (tests, small listings).
+    public func listLeases() async throws -> LeaseListing {
+        let (records, revision) = try await reduceLeases(into: [LeaseRecord]()) { $0.append($1) }
+        return LeaseListing(records: records, revision: revision)
+    }
+
     /// Reads and validates the network config.
     public func getConfig() async throws -> NetworkConfig {
         try NetworkConfig.parse(try await getConfigText())

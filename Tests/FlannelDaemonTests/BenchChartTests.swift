@@ -72,7 +72,7 @@ final class ElementCounter: NSObject, XMLParserDelegate {
 
     @Test func everyChartIsWellFormedXML() throws {
         let charts = BenchCharts.all(Self.report)
-        #expect(charts.map(\.fileName) == ["bench-ratios.svg", "bench-convergence.svg", "bench-memory.svg"])
+        #expect(charts.map(\.fileName) == ["bench-ratios.svg", "bench-convergence.svg", "bench-memory.svg", "bench-memory-per-peer.svg"])
         for chart in charts {
             let (counter, error) = ElementCounter.parse(chart.svg)
             #expect(error == nil, "\(chart.fileName): \(error ?? "")")
@@ -109,6 +109,12 @@ final class ElementCounter: NSObject, XMLParserDelegate {
         #expect(me == nil)
         #expect(m.counts["circle"] == 3 * 3 && m.texts.contains("peers (log scale)") && m.texts.contains("MiB"))
         #expect(BenchCharts.convergenceChart([], daemon: []) == nil)
+        // The per-peer chart: a linear axis and each series' bytes per peer in its legend
+        // (22000 KiB + n/2 KiB → 512 B per peer).
+        let perPeer = try #require(BenchCharts.perPeerMemoryChart(Self.report.daemon))
+        let (p, pe) = ElementCounter.parse(perPeer.svg)
+        #expect(pe == nil)
+        #expect(p.texts.contains("peers") && p.texts.contains { $0.hasPrefix("daemon VmRSS ≈ 512 B per peer") }, "\(p.texts)")
     }
 
     @Test func markdownEmbedsTheChartsThatWereDrawn() {

@@ -122,6 +122,53 @@ import Testing
         #expect(Set(BenchOptions.order(all, round: 3)) == Set(all))
     }
 
+    @Test func partsAndSlope() {
+        #expect(BenchPart.parse("daemon, etcd-load") == [.daemon, .etcdLoad])
+        #expect(BenchPart.parse("daemon,nope") == nil)
+        #expect(!BenchPart.defaultSet.contains(.soak) && BenchPart.defaultSet.contains(.datapath))
+        #expect(BenchMath.slope([(100, 20), (5100, 25), (50100, 70)]).map { ($0 * 1e6).rounded() } == 1000)
+        #expect(BenchMath.slope([(100, 20)]) == nil)
+    }
+
+    /// The proxy tells requests apart by their first bytes, as the client sends them.
+    @Test func etcdRequestsAreClassified() {
+        func kind(_ text: String) -> CountingProxy.Kind { CountingProxy.classify(Array(text.utf8)) }
+        #expect(kind("POST /v3/watch HTTP/1.1\r\nHost: x\r\n\r\n{}") == .watch)
+        #expect(kind("GET /v2/keys/coreos.com/network/subnets?wait=true&recursive=true&waitIndex=9 HTTP/1.1\r\n") == .watch)
+        #expect(kind("POST /v3/kv/range HTTP/1.1\r\n\r\n{\"key\":\"a\",\"range_end\":\"b\"}") == .list)
+        #expect(kind("POST /v3/kv/range HTTP/1.1\r\n\r\n{\"key\":\"a\"}") == .get)
+        #expect(kind("GET /v2/keys/coreos.com/network/subnets?recursive=true HTTP/1.1\r\n") == .list)
+        #expect(kind("GET /v2/keys/coreos.com/network/config HTTP/1.1\r\n") == .get)
+        #expect(kind("POST /v3/kv/txn HTTP/1.1\r\n") == .write && kind("PUT /v2/keys/x?prevIndex=3 HTTP/1.1\r\n") == .write)
+        #expect(kind("POST /v3/lease/grant HTTP/1.1\r\n") == .lease && kind("garbage") == .other)
+    }
+
+    /// The steady state and restart at 5000 nodes follow from the per-node costs and the schedule.
+    @Test func etcdLoadModel() {
+        func cost(_ r: Double, _ b: Double) -> EtcdLoadCost { EtcdLoadCost(requests: r, bytesToEtcd: 0, bytesFromEtcd: b) }
+        let v3 = EtcdLoadAPI(api: "v3", leases: 1000, nodes: 4, start: cost(7, 1_300_000), startByKind: ["list": cost(3, 1_200_000)],
+                             startSeconds: 1, perEvent: cost(0, 500), perRenewal: cost(3, 2000), perListing: cost(1, 400_000),
+                             idlePerSecond: cost(0, 0), watchesPerNode: 1, historyRelists: 0, failures: [])
+        var v2 = v3
+        v2.api = "v2"
+        v2.perEvent = cost(1, 700)
+        v2.perRenewal = cost(1, 900)
+        v2.startByKind["get"] = cost(1, 500)
+        let report = EtcdLoadReport(apis: [v3, v2], clusterNodes: 5000, renewIntervalSeconds: 82800, relistIntervalSeconds: 300)
+        let rows = EtcdLoadModel.rows(report)
+        #expect(rows.map(\.who) == ["flanneld-xdp, etcd v3", "flanneld-xdp, etcd v2", "flannel 0.17 (v2)"])
+        // v3 steady: 3 requests per 23 h, a 5-page listing (1000 → 5000 leases) per 300 s, 5000/82800 events/s.
+        #expect(abs(rows[0].steady.requests - (3.0 / 82800 + 5.0 / 300)) < 1e-9)
+        #expect(abs(rows[0].steady.bytesFromEtcd - (2000.0 / 82800 + 2_000_000.0 / 300 + 500 * 5000 / 82800)) < 1e-6)
+        // Restart: the start without its 3 listings, 3 listings at 5000 leases, 4999 events.
+        #expect(abs(rows[0].restart.bytesFromEtcd - (100_000 + 3 * 2_000_000 + 500 * 4999)) < 1e-3)
+        // flannel: 2 listings, a config GET and a PUT, then an event per request; no periodic re-list.
+        #expect(abs(rows[2].restart.requests - (1 + 2 * 5 + 1 + 4999)) < 1e-9)
+        #expect(abs(rows[2].steady.requests - (1.0 / 82800 + 5000.0 / 82800)) < 1e-9)
+        let md = BenchReportText.etcdLoadText(report)
+        #expect(md.contains("flannel 0.17 (v2)") && md.contains("| v3 "))
+    }
+
     @Test func figuresSectionIsReplacedBetweenMarkers() {
         let doc = "# Benchmarks\n\nintro\n\n" + BenchReportText.beginMarker + "\nold figures\n" + BenchReportText.endMarker + "\n\ntail\n"
         let updated = BenchReportText.replacingFigures(in: doc, with: "new figures")

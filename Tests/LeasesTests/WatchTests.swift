@@ -342,7 +342,7 @@ struct WatchDroppingRegistry: SubnetRegistry {
     var apiVersion: EtcdAPIVersion { inner.apiVersion }
     var prefix: String { inner.prefix }
     func getConfigText() async throws -> String { try await inner.getConfigText() }
-    func listLeases() async throws -> LeaseListing { try await inner.listLeases() }
+    func listLeases(_ body: (LeaseRecord) throws -> Void) async throws -> Int64 { try await inner.listLeases(body) }
     func createLease(name: String, value: String, ttl: Duration?) async throws -> Int64 {
         try await inner.createLease(name: name, value: value, ttl: ttl)
     }
