@@ -453,8 +453,10 @@ public func readFile(_ path: String) -> String {
     return String(decoding: out, as: UTF8.self)
 }
 
+/// Writes `text` to `path` through a close-on-exec descriptor: a child spawned meanwhile by another
+/// test never holds the file open for writing (exec of such a file fails with ETXTBSY).
 public func writeFile(_ path: String, _ text: String) throws {
-    guard let f = fopen(path, "w") else { throw EtcdServerError("cannot write \(path): errno \(errno)") }
+    guard let f = fopen(path, "we") else { throw EtcdServerError("cannot write \(path): errno \(errno)") }
     defer { fclose(f) }
     let bytes = Array(text.utf8)
     guard fwrite(bytes, 1, bytes.count, f) == bytes.count else { throw EtcdServerError("short write to \(path)") }

@@ -25,7 +25,9 @@ struct SecurityPostureTests {
         let path = "/run/fxrel-caps-\(getpid())-\(caps.joined(separator: "-")).sh"
         let script = "#!/bin/sh\nexec /usr/bin/setpriv --bounding-set=-all,\(caps.map { "+" + $0 }.joined(separator: ",")) "
             + "--inh-caps=-all -- \(TestBinaries.flanneldXDP()) \"$@\"\n"
-        try script.write(toFile: path, atomically: true, encoding: .utf8)
+        // Not Foundation's atomic write: its descriptor is not close-on-exec, and a daemon another
+        // suite spawns meanwhile would keep the script open for writing (exec fails: ETXTBSY).
+        try writeFile(path, script)
         chmod(path, 0o755)
         return path
     }
