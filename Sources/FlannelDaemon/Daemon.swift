@@ -293,6 +293,8 @@ struct NodeAgentService: Service {
         if let (before, after) = HeapTrim.trimIfWorthIt() {
             logger.debug("heap trimmed after start-up: \(before) → resident anonymous \(after.residentAnonymous >> 10) KiB")
         }
+        // And the code only start-up ran.
+        HeapTrim.releaseExecutablePages()
         let group = ServiceGroup(configuration: ServiceGroupConfiguration(
             services: services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0, successTerminationBehavior: .gracefullyShutdownGroup) },
             logger: logger))
