@@ -300,9 +300,12 @@ enum EtcdLoadBench {
                         api: api, options: EtcdClientOptions(endpoints: ["http://127.0.0.1:\(proxy.ports[i])"], prefix: prefix))
                     let manager = SubnetManager(registry: registry, options: options, logger: logger)
                     let config = try await manager.getConfig()
-                    let (_, own) = ControlPlaneBench.syntheticLease(i)
-                    let mac = try await Startup.previousVTEPMAC(registry: registry, publicIP: own.publicIP) ?? own.vtepMAC!
-                    _ = try await manager.acquireLease(config: config, attributes: .vxlan(publicIP: own.publicIP, vni: 1, vtepMAC: mac))
+                    // As the daemon after a reboot: its previous subnet.env names its lease.
+                    let (previous, own) = ControlPlaneBench.syntheticLease(i)
+                    let mac = try await Startup.previousVTEPMAC(registry: registry, publicIP: own.publicIP, previousSubnet: previous)
+                        ?? own.vtepMAC!
+                    _ = try await manager.acquireLease(config: config, attributes: .vxlan(publicIP: own.publicIP, vni: 1, vtepMAC: mac),
+                                                       previousSubnet: previous)
                     let tally = tallies[i]
                     let snapshot = AsyncStream<Void>.makeStream()
                     let task = Task {
