@@ -65,8 +65,13 @@ public struct Bench: AsyncParsableCommand {
     var daemon: String?
 
     @Option(name: .customLong("daemon-wrapper"),
-            help: "Run the daemon under this command, e.g. \"heaptrack -o /tmp/fxdp\" to see where its memory goes (timings then include the wrapper's cost).")
+            help: ArgumentHelp("Run the daemon under this command, which must exec it in place (the bench stops that pid): e.g. "
+                + "\"/usr/bin/env LD_PRELOAD=/usr/lib/heaptrack/libheaptrack_preload.so DUMP_HEAPTRACK_OUTPUT=/tmp/fxdp.raw\" "
+                + "to see where its memory goes (timings then include the profiler's cost)."))
     var daemonWrapper: String?
+
+    @Option(name: .customLong("keep-daemon-logs"), help: "Copy each daemon run's log into this folder (daemon-<peers>.log).")
+    var keepDaemonLogs: String?
 
     @Option(help: "Where to write the JSON results.")
     var output = "bench-results/latest.json"
@@ -115,7 +120,8 @@ public struct Bench: AsyncParsableCommand {
             watchChanges: watchChanges ?? (quick ? 20 : 50),
             paths: paths.flatMap(BenchOptions.parsePaths) ?? BenchPath.allCases,
             daemonPath: daemon ?? DaemonBench.defaultDaemonPath(),
-            daemonWrapper: daemonWrapper.map { $0.split(separator: " ").map(String.init) } ?? [], parts: selected,
+            daemonWrapper: daemonWrapper.map { $0.split(separator: " ").map(String.init) } ?? [], keepDaemonLogs: keepDaemonLogs,
+            parts: selected,
             etcdLoadLeases: etcdLoadLeases ?? (quick ? 1000 : 5000), etcdLoadNodes: etcdLoadNodes ?? (quick ? 8 : 20),
             soakMinutes: soakMinutes, soakRate: soakRate)
         let cleanup = BenchCleanup()
@@ -202,6 +208,8 @@ struct BenchOptions: Sendable {
     var daemonPath: String? = nil
     /// A command the daemon runs under (a profiler), empty for none.
     var daemonWrapper: [String] = []
+    /// A folder the daemon runs' logs are copied into, nil to keep none.
+    var keepDaemonLogs: String? = nil
     var parts: Set<BenchPart> = BenchPart.defaultSet
     var etcdLoadLeases = 5000
     var etcdLoadNodes = 20
@@ -372,8 +380,8 @@ struct BenchRunner {
             try cleanup.checkInterrupted()
             if daemonUsable {
                 log("daemon: \(daemonPath) at \(options.peers.map(String.init).joined(separator: ", ")) peers …")
-                report.daemon = DaemonBench.run(daemonPath: daemonPath, wrapper: options.daemonWrapper, sizes: options.peers,
-                                                watchChanges: options.quick ? 10 : 30, cleanup: cleanup, log: log)
+                report.daemon = DaemonBench.run(daemonPath: daemonPath, wrapper: options.daemonWrapper, keepLogs: options.keepDaemonLogs,
+                                                sizes: options.peers, watchChanges: options.quick ? 10 : 30, cleanup: cleanup, log: log)
             } else {
                 report.notes.append("daemon runs skipped: no executable at \(daemonPath)")
             }

@@ -134,12 +134,13 @@ enum DaemonBench {
         return (exe as NSString).deletingLastPathComponent + "/flanneld-xdp"
     }
 
-    static func run(daemonPath: String, wrapper: [String] = [], sizes: [Int], watchChanges: Int, cleanup: BenchCleanup,
-                    log: (String) -> Void) -> [DaemonResult] {
+    static func run(daemonPath: String, wrapper: [String] = [], keepLogs: String? = nil, sizes: [Int], watchChanges: Int,
+                    cleanup: BenchCleanup, log: (String) -> Void) -> [DaemonResult] {
         sizes.sorted().map { n in
             if cleanup.interrupted { return DaemonResult(peers: n, watchSamples: 0, failures: ["interrupted"]) }
             do {
-                return try measure(daemonPath: daemonPath, wrapper: wrapper, peers: n, watchChanges: watchChanges, cleanup: cleanup, log: log)
+                return try measure(daemonPath: daemonPath, wrapper: wrapper, keepLogs: keepLogs, peers: n, watchChanges: watchChanges,
+                                   cleanup: cleanup, log: log)
             } catch {
                 log("daemon at \(n) peers failed: \(error)")
                 return DaemonResult(peers: n, watchSamples: 0, failures: ["\(error)".prefix(500).description])
@@ -147,15 +148,21 @@ enum DaemonBench {
         }
     }
 
-    static func measure(daemonPath: String, wrapper: [String] = [], peers n: Int, watchChanges: Int, cleanup: BenchCleanup,
-                        log: (String) -> Void) throws -> DaemonResult {
+    static func measure(daemonPath: String, wrapper: [String] = [], keepLogs: String? = nil, peers n: Int, watchChanges: Int,
+                        cleanup: BenchCleanup, log: (String) -> Void) throws -> DaemonResult {
         let cluster = try FlannelCluster(tag: "bench", api: .v3, daemonPath: daemonPath, nodes: 1,
                                          network: ControlPlaneBench.network)
         cleanup.add(folder: cluster.workDir)
         cleanup.add(lab: cluster.lab)
         cleanup.add(bpffs: cluster.bpffsRoot)
-        defer { cluster.cleanup() }
         let node = cluster.nodes[0]
+        defer {
+            if let keepLogs {
+                try? FileManager.default.createDirectory(atPath: keepLogs, withIntermediateDirectories: true)
+                try? cluster.daemonLog(node).write(toFile: "\(keepLogs)/daemon-\(n).log", atomically: true, encoding: .utf8)
+            }
+            cluster.cleanup()
+        }
         var result = DaemonResult(peers: n, watchSamples: 0, failures: [])
 
         let etcd = GatewayConnection(namespace: cluster.lab.wireNamespace, host: cluster.etcdIP, port: 2379)

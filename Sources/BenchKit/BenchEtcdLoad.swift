@@ -23,13 +23,14 @@
 // the watch index fell out of v2's 1000-event window). Its byte costs are this client's v2 costs
 // for the same requests.
 
+import CBPF
+import FlannelDaemon
 import Foundation
 import Glibc
 import Leases
 import Logging
 import NetTypes
 import Synchronization
-import FlannelDaemon
 import TestSupport
 
 struct EtcdLoadCost: Codable, Sendable, Equatable {
@@ -115,7 +116,7 @@ final class CountingProxy: @unchecked Sendable {
         self.upstreamPort = UInt16(upstreamPort)
         var ports: [Int] = []
         for _ in 0..<nodes {
-            let fd = socket(AF_INET, Int32(Glibc.SOCK_STREAM.rawValue) | Int32(Glibc.SOCK_CLOEXEC.rawValue), 0)
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             guard fd >= 0 else { throw RRError("proxy socket") }
             var one: Int32 = 1
             setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
@@ -155,7 +156,7 @@ final class CountingProxy: @unchecked Sendable {
     }
 
     private func serve(_ client: Int32, node: Int) {
-        let upstream = socket(AF_INET, Int32(Glibc.SOCK_STREAM.rawValue) | Int32(Glibc.SOCK_CLOEXEC.rawValue), 0)
+        let upstream = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         var sa = RRSocket.address(IPv4Address(127, 0, 0, 1), upstreamPort)
         let rc = upstream < 0 ? -1 : withUnsafePointer(to: &sa) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(upstream, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
@@ -300,9 +301,12 @@ enum EtcdLoadBench {
                         api: api, options: EtcdClientOptions(endpoints: ["http://127.0.0.1:\(proxy.ports[i])"], prefix: prefix))
                     let manager = SubnetManager(registry: registry, options: options, logger: logger)
                     let config = try await manager.getConfig()
-                    let (_, own) = ControlPlaneBench.syntheticLease(i)
-                    let mac = try await Startup.previousVTEPMAC(registry: registry, publicIP: own.publicIP) ?? own.vtepMAC!
-                    _ = try await manager.acquireLease(config: config, attributes: .vxlan(publicIP: own.publicIP, vni: 1, vtepMAC: mac))
+                    // As the daemon after a reboot: its previous subnet.env names its lease.
+                    let (previous, own) = ControlPlaneBench.syntheticLease(i)
+                    let mac = try await Startup.previousVTEPMAC(registry: registry, publicIP: own.publicIP, previousSubnet: previous)
+                        ?? own.vtepMAC!
+                    _ = try await manager.acquireLease(config: config, attributes: .vxlan(publicIP: own.publicIP, vni: 1, vtepMAC: mac),
+                                                       previousSubnet: previous)
                     let tally = tallies[i]
                     let snapshot = AsyncStream<Void>.makeStream()
                     let task = Task {

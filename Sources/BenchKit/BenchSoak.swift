@@ -4,9 +4,10 @@
 // A one-node FlannelCluster (real etcd on the lab's wire, v3) with `basePeers` leases; the daemon
 // runs with flanneld's flags plus `--subnet-lease-ttl 60` (its own lease renewed every 30 s: 60
 // renewal cycles in 30 minutes where flannel's defaults make one a day) and `--reconcile-interval
-// 30` (a full pass every 30 s). Then `rate` lease operations a second, in turn: an add (every
-// fifth under a 20 s etcd lease that is not kept alive, so its key expires on its own), a change
-// of a VtepMAC, a removal. Every `sampleEvery` seconds: the daemon's VmRSS/VmHWM, its open file
+// 30` (a full pass every 30 s). Then `rate` lease operations a second, in a cycle of five: an add,
+// an add under a 20 s etcd lease that is not kept alive (its key expires on its own), a change of
+// a VtepMAC, a removal, another change; so the live leases stay near `basePeers` while keys come,
+// change, go and expire. Every `sampleEvery` seconds: the daemon's VmRSS/VmHWM, its open file
 // descriptors, the entries of its pinned peer map. At the end, once the churn has stopped: the
 // pinned map and the kernel's routes on flannel.1 must name exactly the subnets etcd holds.
 //
@@ -104,17 +105,17 @@ enum SoakBench {
                 shortLease = try etcd.grant(ttl: 20)
                 shortLeaseAt = now
             }
-            switch op % 3 {
-            case 0:
+            switch op % 5 {
+            case 0, 1:
                 let i = nextIndex
                 nextIndex += 1
                 if nextIndex >= 60000 { nextIndex = basePeers }
                 let (subnet, attributes) = ControlPlaneBench.syntheticLease(i)
-                let expiring = (op / 3) % 5 == 0
+                let expiring = op % 5 == 1
                 try etcd.putAll([(cluster.leaseKey(subnet), attributes.json)], lease: expiring ? shortLease : longLease)
                 if !expiring { live.insert(i) }
                 operations[expiring ? "add (expires in 20 s)" : "add", default: 0] += 1
-            case 1:
+            case 2, 4:
                 if let i = live.randomElement() {
                     let (subnet, attributes) = ControlPlaneBench.syntheticLease(i)
                     var changed = attributes
@@ -209,7 +210,7 @@ enum SoakBench {
 
     /// The subnets routed to flannel.1 in the node's namespace.
     static func routeSubnets(_ cluster: FlannelCluster, _ node: LabNode) throws -> Set<IPv4Subnet> {
-        let r = try cluster.lab.run(node.name, ["ip", "-4", "route", "show", "dev", "flannel.1"])
+        let r = try cluster.lab.run(node.name, [LabTools.ip, "-4", "route", "show", "dev", "flannel.1"])
         var out: Set<IPv4Subnet> = []
         for line in r.stdout.split(separator: "\n") {
             if let first = line.split(separator: " ").first, let subnet = IPv4Subnet(cidr: String(first)),

@@ -122,8 +122,11 @@ public enum Daemon {
 
         // 3. Data path preparation that the lease depends on (the VtepMAC).
         let mtu = Startup.overlayMTU(underlayMTU: external.interface.mtu, config: config, backend: backend)
+        let previous = Startup.previousSubnet(subnetFile: options.subnet.subnetFile, network: config.network, logger: logger)
         let previousVTEPMAC: @Sendable () async -> MACAddress? = switch source {
-        case .etcd: { try? await Startup.previousVTEPMAC(registry: manager.registry, publicIP: external.publicIP) }
+        case .etcd: {
+            try? await Startup.previousVTEPMAC(registry: manager.registry, publicIP: external.publicIP, previousSubnet: previous)
+        }
         case .lastKnown(let saved): { saved.own.attributes.vtepMAC }
         }
         let composer = DataplaneComposer(Startup.dataplaneRequest(options, backend: backend, config: config, external: external),
@@ -138,7 +141,6 @@ public enum Daemon {
         let lease: Lease
         switch source {
         case .etcd:
-            let previous = Startup.previousSubnet(subnetFile: options.subnet.subnetFile, network: config.network, logger: logger)
             lease = try await Startup.acquireLease(manager, config: config, attributes: attributes,
                                                    previousSubnet: previous, logger: logger)
             readiness.set(.leaseConfirmed, ok: true)
@@ -293,6 +295,8 @@ struct NodeAgentService: Service {
         if let (before, after) = HeapTrim.trimIfWorthIt() {
             logger.debug("heap trimmed after start-up: \(before) → resident anonymous \(after.residentAnonymous >> 10) KiB")
         }
+        // And the code only start-up ran.
+        HeapTrim.releaseExecutablePages()
         let group = ServiceGroup(configuration: ServiceGroupConfiguration(
             services: services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0, successTerminationBehavior: .gracefullyShutdownGroup) },
             logger: logger))

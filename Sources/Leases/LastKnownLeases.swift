@@ -44,21 +44,37 @@ public struct LastKnownLeases: Sendable, Equatable {
         own.isReservation || (ownExpiresAt ?? 0) > now
     }
 
-    public var json: String {
+    public var json: String { String(decoding: encoded, as: UTF8.self) }
+
+    /// The file's bytes, written peer by peer: at 50 000 peers a value tree of the whole document
+    /// would hold several times the file's ~12 MB while it is written (every second under churn).
+    public var encoded: [UInt8] {
         var lease = [JSONMember("key", .string(own.key)), JSONMember("value", .string(own.attributes.json)),
                      JSONMember("reservation", .bool(own.isReservation))]
         if let ownExpiresAt { lease.append(JSONMember("expiresAt", .int(ownExpiresAt))) }
-        let peerValues = peers.map { peer in
-            JSONValue.object([JSONMember("key", .string(peer.key)), JSONMember("value", .string(peer.attributes.json))])
-        }
-        return JSONValue.object([
+        var head = JSONValue.object([
             JSONMember("format", .int(Self.format)),
             JSONMember("savedAt", .int(savedAt)),
             JSONMember("etcdAPI", .string(etcdAPI.rawValue)),
             JSONMember("config", .string(config.rawJSON)),
             JSONMember("lease", .object(lease)),
-            JSONMember("peers", .array(peerValues)),
-        ]).serialized + "\n"
+            JSONMember("peers", .array([])),
+        ]).serialized
+        head.removeLast(2)  // "]}": the peers follow
+        var out = Array(head.utf8)
+        out.reserveCapacity(out.count + 256 * peers.count + 3)
+        var entry = ""
+        for (i, peer) in peers.enumerated() {
+            entry.removeAll(keepingCapacity: true)
+            entry += i == 0 ? "{\"key\":" : ",{\"key\":"
+            JSONValue.writeString(peer.key, into: &entry)
+            entry += ",\"value\":"
+            JSONValue.writeString(peer.attributes.json, into: &entry)
+            entry += "}"
+            out += entry.utf8
+        }
+        out += "]}\n".utf8
+        return out
     }
 
     /// Parses the file's text. Peer leases that fail validation are left out and returned in
@@ -134,7 +150,7 @@ public struct LastKnownLeases: Sendable, Equatable {
     }
 
     public func write(to path: String) throws(LastKnownLeasesError) {
-        do { try AtomicFile.write(Array(json.utf8), to: path, mode: 0o644) } catch {
+        do { try AtomicFile.write(encoded, to: path, mode: 0o644) } catch {
             throw .io(operation: error.operation, path: error.path, errno: error.errno)
         }
     }

@@ -52,4 +52,12 @@ public enum SystemCall {
         guard failure == nil else { return nil }
         return String(decoding: bytes, as: UTF8.self)
     }
+
+    /// Where a symbolic link points (e.g. /proc/self/exe); nil when it is not a readable link.
+    public static func readLink(_ path: String) -> String? {
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let n = readlink(path, &buffer, buffer.count - 1)
+        guard n > 0 else { return nil }
+        return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
 }

@@ -29,5 +29,13 @@ struct HeapTrimTests {
         // Nothing left worth trimming right after a trim (unless others allocated and freed a lot).
         #expect(HeapTrim.stats().residentAnonymous < trimmed.before.residentAnonymous)
     }
+
+    @Test("the executable's read-only pages can be handed back, and its code runs on afterwards")
+    func executablePagesGoBack() {
+        // This test binary's code and constants: tens of megabytes.
+        #expect(HeapTrim.releaseExecutablePages() > 1 << 20)
+        // Code paged out comes back on use.
+        #expect(HeapTrim.stats().inUse > 0)
+    }
 }
 }

@@ -213,3 +213,35 @@ struct StreamingListTests {
         }
     }
 }
+
+@Suite("LeasesTests: the last known state written peer by peer")
+struct LastKnownEncodingTests {
+    /// The file written peer by peer is byte for byte the document a value tree of it gives.
+    @Test func peerByPeerEqualsTheValueTree() throws {
+        var state = try LastKnownLeasesTests.sample()
+        for i in 0..<40 {
+            state.peers.append(Lease(subnet: IPv4Subnet(cidr: "10.5.\(100 + i).0/24")!,
+                                     attributes: .vxlan(publicIP: IPv4Address(192, 168, 2, UInt8(i + 1)), vni: 1,
+                                                        vtepMAC: MACAddress("02:00:00:00:09:\(String(format: "%02x", i))")!)))
+        }
+        for (peers, expiry) in [(state.peers, Optional<Int64>(1_800_086_400)), ([], nil)] {
+            var s = state
+            s.peers = peers
+            s.ownExpiresAt = expiry
+            s.own.isReservation = expiry == nil  // a lease without expiry is a reservation
+            var lease = [JSONMember("key", .string(s.own.key)), JSONMember("value", .string(s.own.attributes.json)),
+                         JSONMember("reservation", .bool(s.own.isReservation))]
+            if let expiry { lease.append(JSONMember("expiresAt", .int(expiry))) }
+            let tree = JSONValue.object([
+                JSONMember("format", .int(LastKnownLeases.format)), JSONMember("savedAt", .int(s.savedAt)),
+                JSONMember("etcdAPI", .string(s.etcdAPI.rawValue)), JSONMember("config", .string(s.config.rawJSON)),
+                JSONMember("lease", .object(lease)),
+                JSONMember("peers", .array(peers.map {
+                    .object([JSONMember("key", .string($0.key)), JSONMember("value", .string($0.attributes.json))])
+                })),
+            ]).serialized + "\n"
+            #expect(s.json == tree)
+            #expect(try LastKnownLeases.parse(s.json, path: "/x").state == s)
+        }
+    }
+}
