@@ -10,6 +10,7 @@
 // through `ip netns exec` (same pid: it execs), for tests whose daemons reach etcd from there.
 
 import Glibc
+import RuntimeSupport
 import Synchronization
 
 public struct EtcdServerError: Error, CustomStringConvertible {
@@ -204,16 +205,12 @@ public final class EtcdServer: Sendable {
     /// SIGTERM and wait (data dir and ports kept for `restart()`). Blocks the calling thread while
     /// etcd shuts down; async code with many parallel servers should use `stopAsync()`.
     public func stop() {
-        let p = pid.withLock { v -> pid_t in let p = v; v = 0; return p }
-        guard p > 0 else { return }
-        Glibc.kill(p, SIGTERM)
-        var status: Int32 = 0
-        while waitpid(p, &status, 0) < 0, errno == EINTR {}
+        signalAndReap(SIGTERM)
     }
 
     /// SIGTERM and wait without blocking a thread (SIGKILL after 10 s).
     public func stopAsync() async {
-        let p = pid.withLock { v -> pid_t in let p = v; v = 0; return p }
+        let p = takePID()
         guard p > 0 else { return }
         Glibc.kill(p, SIGTERM)
         let deadline = ContinuousClock.now + .seconds(10)
@@ -225,11 +222,20 @@ public final class EtcdServer: Sendable {
 
     /// SIGKILL and wait.
     public func kill() {
-        let p = pid.withLock { v -> pid_t in let p = v; v = 0; return p }
+        signalAndReap(SIGKILL)
+    }
+
+    /// The running etcd's pid, which from now on is this caller's to reap (0: none runs).
+    private func takePID() -> pid_t {
+        pid.withLock { v -> pid_t in let p = v; v = 0; return p }
+    }
+
+    private func signalAndReap(_ signal: Int32) {
+        let p = takePID()
         guard p > 0 else { return }
-        Glibc.kill(p, SIGKILL)
+        Glibc.kill(p, signal)
         var status: Int32 = 0
-        while waitpid(p, &status, 0) < 0, errno == EINTR {}
+        _ = SystemCall.retrying { waitpid(p, &status, 0) }
     }
 
     /// Starts etcd again on the same ports with the same data.
@@ -391,7 +397,7 @@ public func runCommand(_ argv: [String], environment: [String] = []) throws -> C
     try withOutputFiles { out, err in
         let pid = try spawn(argv, environment: environment, stdoutPath: out, stderrPath: err)
         var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0, errno == EINTR {}
+        _ = SystemCall.retrying { waitpid(pid, &status, 0) }
         return status
     }
 }
@@ -408,8 +414,8 @@ public func runCommandAsync(_ argv: [String], environment: [String] = []) async 
     var status: Int32 = 0
     var delay = Duration.milliseconds(1)
     while true {
-        let r = waitpid(pid, &status, WNOHANG)
-        if r == pid || (r < 0 && errno != EINTR) { break }
+        let r = SystemCall.retrying { waitpid(pid, &status, WNOHANG) }
+        if r == pid || r < 0 { break }
         try? await Task.sleep(for: delay)
         delay = min(delay * 2, .milliseconds(20))
     }

@@ -60,8 +60,8 @@ enum CommandRunner {
         defer { unlink(outPath); unlink(errPath) }
         let pid = try spawn(argv, env: env, stdoutPath: outPath, stderrPath: errPath)
         var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 {
-            if errno != EINTR { throw LabError(command: argv, message: "waitpid: errno \(errno)") }
+        if SystemCall.retrying({ waitpid(pid, &status, 0) }) < 0 {
+            throw LabError(command: argv, message: "waitpid: errno \(errno)")
         }
         let code: Int32 = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
         return LabCommandResult(status: code, stdout: readFile(outPath), stderr: readFile(errPath))
