@@ -280,20 +280,18 @@ public actor Reconciler {
     /// Stale entries first (a subnet that moved never has two owners), then new or changed ones;
     /// each in subnet order. Every failure is recorded, and the rest still applied.
     private func apply(removing stale: [Peer], upserting fresh: [Peer], to table: any PeerTable, _ outcome: inout TableOutcome) {
-        for peer in stale.sorted(by: { $0.subnet < $1.subnet }) {
-            do {
-                try table.remove(peer)
-                outcome.removed.append(peer)
-            } catch {
-                outcome.failures.append("remove \(peer): \(error)")
-            }
-        }
-        for peer in fresh.sorted(by: { $0.subnet < $1.subnet }) {
-            do {
-                try table.upsert(peer)
-                outcome.upserted.append(peer)
-            } catch {
-                outcome.failures.append("upsert \(peer): \(error)")
+        let steps: [(verb: String, peers: [Peer], write: (Peer) throws -> Void, done: WritableKeyPath<TableOutcome, [Peer]>)] = [
+            ("remove", stale, table.remove, \.removed),
+            ("upsert", fresh, table.upsert, \.upserted),
+        ]
+        for step in steps {
+            for peer in step.peers.sorted(by: { $0.subnet < $1.subnet }) {
+                do {
+                    try step.write(peer)
+                    outcome[keyPath: step.done].append(peer)
+                } catch {
+                    outcome.failures.append("\(step.verb) \(peer): \(error)")
+                }
             }
         }
     }
