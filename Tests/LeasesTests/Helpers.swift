@@ -171,8 +171,9 @@ final class PeerCollector: Sendable {
     deinit { task.cancel() }
 }
 
-/// Polls `condition` until it holds or `timeout` passes.
-func eventually(timeout: Duration = .seconds(10), _ what: String = "", _ condition: () async throws -> Bool) async throws {
+/// Polls `condition` until it holds or `timeout` passes. The timeout is a hang net, not a deadline:
+/// at load 40 a watch took more than 10 s to deliver its first snapshot.
+func eventually(timeout: Duration = .seconds(60), _ what: String = "", _ condition: () async throws -> Bool) async throws {
     let deadline = ContinuousClock.now + timeout
     while ContinuousClock.now < deadline {
         if try await condition() { return }
