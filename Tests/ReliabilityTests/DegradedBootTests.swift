@@ -135,7 +135,9 @@ struct DegradedBootTests {
         try cutOff(cluster, a, true)
         let daemon = try cluster.spawnDaemon(a, extra: ["--etcd-start-timeout=1"])
         defer { try? cutOff(cluster, a, false) }
-        usleep(3_000_000)
+        // Waits for the daemon's verdict on the saved lease (a fixed 3 s was not always enough for
+        // a daemon spawned on a loaded machine to log anything), then checks what it did.
+        _ = waitUntil(30) { cluster.daemonLog(a).contains("expired") }
         let log = cluster.daemonLog(a)
         #expect(daemon.isRunning)
         #expect(access(cluster.subnetFile(a), F_OK) != 0, "it started from an expired lease")
