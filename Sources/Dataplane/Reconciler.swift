@@ -296,20 +296,18 @@ public actor FamilyReconciler<P: OverlayPeer> {
     /// Stale entries first (a subnet that moved never has two owners), then new or changed ones;
     /// each in subnet order. Every failure is recorded, and the rest still applied.
     private func apply(removing stale: [P], upserting fresh: [P], to table: any FamilyPeerTable<P>, _ outcome: inout FamilyTableOutcome<P>) {
-        for peer in stale.sorted(by: { $0.subnet < $1.subnet }) {
-            do {
-                try table.remove(peer)
-                outcome.removed.append(peer)
-            } catch {
-                outcome.failures.append("remove \(peer): \(error)")
-            }
-        }
-        for peer in fresh.sorted(by: { $0.subnet < $1.subnet }) {
-            do {
-                try table.upsert(peer)
-                outcome.upserted.append(peer)
-            } catch {
-                outcome.failures.append("upsert \(peer): \(error)")
+        let steps: [(verb: String, peers: [P], write: (P) throws -> Void, done: WritableKeyPath<FamilyTableOutcome<P>, [P]>)] = [
+            ("remove", stale, table.remove, \.removed),
+            ("upsert", fresh, table.upsert, \.upserted),
+        ]
+        for step in steps {
+            for peer in step.peers.sorted(by: { $0.subnet < $1.subnet }) {
+                do {
+                    try step.write(peer)
+                    outcome[keyPath: step.done].append(peer)
+                } catch {
+                    outcome.failures.append("\(step.verb) \(peer): \(error)")
+                }
             }
         }
     }

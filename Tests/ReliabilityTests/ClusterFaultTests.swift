@@ -13,7 +13,7 @@
 // (Lease expiry while cut off from etcd: LeaseExpiryTests.)
 
 import BPFDataplane
-import BPFLoader
+@testable import BPFLoader
 import CBPF
 import Foundation
 import Glibc

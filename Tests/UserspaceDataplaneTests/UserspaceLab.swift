@@ -3,6 +3,7 @@
 // then the TUN gets <own subnet>.0/32, link up, and one route for the cluster network (the daemon
 // does this through netlink; the test uses the ip CLI).
 import CBPF
+import CSystemShims
 import Glibc
 import Logging
 import NetTypes
@@ -48,6 +49,40 @@ func makeUserspaceNode(
     try lab.sh(node.name, ["route", "add", "\(clusterNetwork)", "dev", tunName])
     try dataplane.start()
     return UserspaceNode(node: node, dataplane: dataplane, vtepMAC: backend == .vxlan ? mac : nil)
+}
+
+/// A lab of `count` nodes whose first two run the userspace path as each other's peers. `close()`
+/// stops both paths and removes the lab.
+struct UserspacePair {
+    let lab: NetnsLab
+    let nodes: [LabNode]
+    let a: UserspaceNode
+    let b: UserspaceNode
+
+    init(nodes count: Int = 2, offloads: Bool = true) throws {
+        lab = try NetnsLab(tag: "us")
+        do {
+            nodes = try lab.makeCluster(nodes: count)
+            a = try makeUserspaceNode(lab: lab, node: nodes[0], offloads: offloads)
+        } catch {
+            lab.cleanup()
+            throw error
+        }
+        do {
+            b = try makeUserspaceNode(lab: lab, node: nodes[1], offloads: offloads)
+            try meshPeers([a, b])
+        } catch {
+            a.dataplane.stop()
+            lab.cleanup()
+            throw error
+        }
+    }
+
+    func close() {
+        a.dataplane.stop()
+        b.dataplane.stop()
+        lab.cleanup()
+    }
 }
 
 /// Every node learns every other node as a peer.
@@ -183,7 +218,7 @@ func transferAndVerify(_ lab: NetnsLab, from: String, to: String, address: IPv4A
     let receiverNS = to
     let receiver = try spawnThread(name: "fxus-recv") {
         let nsfd = open("/run/netns/\(receiverNS)", O_RDONLY | O_CLOEXEC)
-        guard nsfd >= 0, cbpf_setns_net(nsfd) == 0 else { state.failure = "setns \(receiverNS)"; state.listening.set(); return }
+        guard nsfd >= 0, shim_setns_net(nsfd) == 0 else { state.failure = "setns \(receiverNS)"; state.listening.set(); return }
         close(nsfd)
         let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(listener) }

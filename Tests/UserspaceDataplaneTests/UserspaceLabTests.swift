@@ -19,13 +19,9 @@ struct UserspaceLabTests {
 
     /// The plain path: no offloads, one packet per read/write on the TUN, batched sendmmsg/recvmmsg.
     @Test func twoVXLANNodesPingAndStream() throws {
-        let lab = try NetnsLab(tag: "us")
-        defer { lab.cleanup() }
-        let nodes = try lab.makeCluster(nodes: 2)
-        let a = try makeUserspaceNode(lab: lab, node: nodes[0], offloads: false)
-        let b = try makeUserspaceNode(lab: lab, node: nodes[1], offloads: false)
-        defer { a.dataplane.stop(); b.dataplane.stop() }
-        try meshPeers([a, b])
+        let pair = try UserspacePair(nodes: 2, offloads: false)
+        defer { pair.close() }
+        let (lab, nodes, a, b) = (pair.lab, pair.nodes, pair.a, pair.b)
         #expect(try a.dataplane.currentPeers() == [b.asPeer])
 
         // On the wire: UDP from node 1 to node 2 port 8472, outer DF clear (as kernel vxlan sends).
@@ -67,13 +63,9 @@ struct UserspaceLabTests {
     }
 
     @Test func mtuSizePassesOversizeLearnsPMTUAndUnknownGetsNetUnreachable() throws {
-        let lab = try NetnsLab(tag: "us")
-        defer { lab.cleanup() }
-        let nodes = try lab.makeCluster(nodes: 2)
-        let a = try makeUserspaceNode(lab: lab, node: nodes[0])
-        let b = try makeUserspaceNode(lab: lab, node: nodes[1])
-        defer { a.dataplane.stop(); b.dataplane.stop() }
-        try meshPeers([a, b])
+        let pair = try UserspacePair(nodes: 2)
+        defer { pair.close() }
+        let (lab, nodes, a) = (pair.lab, pair.nodes, pair.a)
         try expectPing(lab, from: nodes[0], to: nodes[1])
         let mtu = a.dataplane.config.mtu
         #expect(mtu == 1450)
@@ -166,13 +158,9 @@ struct UserspaceLabTests {
     }
 
     @Test func garbageIsDroppedAndCountedWhileTrafficFlows() throws {
-        let lab = try NetnsLab(tag: "us")
-        defer { lab.cleanup() }
-        let nodes = try lab.makeCluster(nodes: 3)
-        let a = try makeUserspaceNode(lab: lab, node: nodes[0])
-        let b = try makeUserspaceNode(lab: lab, node: nodes[1])
-        defer { a.dataplane.stop(); b.dataplane.stop() }
-        try meshPeers([a, b])  // node 3 is on the wire but not a peer
+        let pair = try UserspacePair(nodes: 3)
+        defer { pair.close() }
+        let (lab, nodes, a, b) = (pair.lab, pair.nodes, pair.a, pair.b)  // node 3 is on the wire but not a peer
         try expectPing(lab, from: nodes[1], to: nodes[0])
 
         let pinger = try lab.spawn(nodes[1].podNamespace, [LabTools.ping, "-n", "-q", "-c", "60", "-i", "0.05", "-W", "1", "\(nodes[0].podIP)"])
@@ -211,13 +199,9 @@ struct UserspaceLabTests {
     }
 
     @Test func peerTableChurnUnderTraffic() throws {
-        let lab = try NetnsLab(tag: "us")
-        defer { lab.cleanup() }
-        let nodes = try lab.makeCluster(nodes: 2)
-        let a = try makeUserspaceNode(lab: lab, node: nodes[0])
-        let b = try makeUserspaceNode(lab: lab, node: nodes[1])
-        defer { a.dataplane.stop(); b.dataplane.stop() }
-        try meshPeers([a, b])
+        let pair = try UserspacePair(nodes: 2)
+        defer { pair.close() }
+        let (lab, nodes, a, b) = (pair.lab, pair.nodes, pair.a, pair.b)
         try expectPing(lab, from: nodes[0], to: nodes[1])
 
         let pinger = try lab.spawn(nodes[0].podNamespace, [LabTools.ping, "-n", "-q", "-c", "150", "-i", "0.01", "-W", "1", "\(nodes[1].podIP)"])
@@ -344,13 +328,9 @@ struct UserspaceLabTests {
     }
 
     @Test func offloadsTSOAndGRO() throws {
-        let lab = try NetnsLab(tag: "us")
-        defer { lab.cleanup() }
-        let nodes = try lab.makeCluster(nodes: 2)
-        let a = try makeUserspaceNode(lab: lab, node: nodes[0], offloads: true)
-        let b = try makeUserspaceNode(lab: lab, node: nodes[1], offloads: true)
-        defer { a.dataplane.stop(); b.dataplane.stop() }
-        try meshPeers([a, b])
+        let pair = try UserspacePair(nodes: 2, offloads: true)
+        defer { pair.close() }
+        let (lab, nodes, a, b) = (pair.lab, pair.nodes, pair.a, pair.b)
         try expectPing(lab, from: nodes[0], to: nodes[1])
         try expectPing(lab, from: nodes[1], to: nodes[0])
         let full = try lab.run(nodes[0].podNamespace, [LabTools.ping, "-n", "-M", "do", "-s", "1422", "-c", "2", "-i", "0.1", "-W", "1", "\(nodes[1].podIP)"])

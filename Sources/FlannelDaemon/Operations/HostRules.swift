@@ -108,11 +108,6 @@ public struct HostRulesService: Service {
     public let plan: HostRulesPlan
     public let logger: Logger
 
-    public init(plan: HostRulesPlan, logger: Logger) {
-        self.plan = plan
-        self.logger = logger
-    }
-
     public func run() async throws {
         var masqueradeFailing = false
         var forwardFailing = false
@@ -122,33 +117,33 @@ public struct HostRulesService: Service {
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: plan.interval) }
             if Task.isCancelled || Task.isShuttingDownGracefully { break }
             if plan.masquerade {
-                do {
-                    for rules in plan.masqueradeRules where try Masquerade.ensure(rules) {
-                        logger.warning("masquerade \(rules.tableDescription) was missing or changed: recreated")
-                    }
-                    if masqueradeFailing { logger.info("masquerade check recovered") }
-                    masqueradeFailing = false
-                } catch {
-                    if !masqueradeFailing { logger.error("masquerade check failed (will retry every \(plan.interval)): \(error)") }
-                    masqueradeFailing = true
+                check("masquerade", failing: &masqueradeFailing) {
+                    let repaired = try plan.masqueradeRules.filter { try Masquerade.ensure($0) }
+                    return repaired.isEmpty ? nil : repaired.map { "masquerade \($0.tableDescription) was missing or changed: recreated" }.joined(separator: "; ")
                 }
             }
             if plan.forwardRules {
-                do {
+                check("FORWARD accepts", failing: &forwardFailing) {
                     let changes = try plan.forwardAccepts.flatMap { try $0.ensure() }
-                    if !changes.isEmpty {
-                        logger.warning("FORWARD accepts were missing or changed: \(changes.joined(separator: "; "))")
-                    }
-                    if forwardFailing { logger.info("FORWARD accepts check recovered") }
-                    forwardFailing = false
-                } catch {
-                    if !forwardFailing { logger.error("FORWARD accepts check failed (will retry every \(plan.interval)): \(error)") }
-                    forwardFailing = true
+                    return changes.isEmpty ? nil : "FORWARD accepts were missing or changed: \(changes.joined(separator: "; "))"
                 }
             }
             if plan.blackholeRoute, plan.ipv4 {
                 blackholeHeld = HostRules.logBlackhole(plan, logger: logger, wasHeld: blackholeHeld)
             }
+        }
+    }
+
+    /// One check: `body` returns what it repaired (logged as a warning) or nil. A failure is logged
+    /// once until the check recovers, and the recovery once.
+    private func check(_ what: String, failing: inout Bool, _ body: () throws -> String?) {
+        do {
+            if let repaired = try body() { logger.warning("\(repaired)") }
+            if failing { logger.info("\(what) check recovered") }
+            failing = false
+        } catch {
+            if !failing { logger.error("\(what) check failed (will retry every \(plan.interval)): \(error)") }
+            failing = true
         }
     }
 }
