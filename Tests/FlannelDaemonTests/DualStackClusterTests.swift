@@ -44,7 +44,8 @@ struct DualStackClusterTests {
                                          nodes: 3, config: dualStackConfig)
         defer { cluster.cleanup() }
         let nodes = try cluster.nodes.map { try cluster.addIPv6(to: $0, ipv6Network: ipv6Network) }
-        for node in cluster.nodes { try cluster.startDaemon(node, extra: ["--dataplane", dataplane]) }
+        let metricsPort = 9472
+        for node in cluster.nodes { try cluster.startDaemon(node, extra: ["--dataplane", dataplane, "--ip-masq", "--metrics-port=\(metricsPort)"]) }
 
         // The leases as flannel writes them: both halves in the key, PublicIPv6 and BackendV6Data.
         #expect(try cluster.leaseNames() == nodes.map { "\($0.node.podSubnet.leaseKey)&\($0.podSubnet.leaseKey)" }.sorted())
@@ -57,7 +58,7 @@ struct DualStackClusterTests {
         // subnet.env with the IPv6 lines, in flannel's order.
         let env = readFile(cluster.subnetFile(nodes[0].node))
         #expect(env == "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.1.1/24\nFLANNEL_IPV6_NETWORK=\(ipv6Network)\n"
-            + "FLANNEL_IPV6_SUBNET=\(nodes[0].podSubnet.host(1))/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n")
+            + "FLANNEL_IPV6_SUBNET=\(nodes[0].podSubnet.host(1))/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n")
 
         let failures = try Self.unreachable(cluster, nodes)
         #expect(failures.isEmpty, "unreachable: \(failures); logs:\n\(Self.logs(cluster))")
@@ -71,6 +72,17 @@ struct DualStackClusterTests {
         let peers = try cluster.runTool(cluster.nodes[0], ["peers", "--bpffs", cluster.bpffs(cluster.nodes[0])])
         if dataplane != "userspace" {
             #expect(peers.stdout.contains("\(nodes[1].podSubnet)") && peers.stdout.contains("\(nodes[1].nodeIP)"), "peers: \(peers.stdout)")
+        }
+        // The host rules for IPv6: the ip6 masquerade table and the ip6tables FORWARD accepts.
+        let masq6 = try cluster.lab.run(nodes[0].node.name, ["/usr/sbin/nft", "list", "table", "ip6", "flanneld-xdp"])
+        #expect(masq6.status == 0 && masq6.stdout.contains("ip6 saddr \(ipv6Network)"), "\(masq6.stdout) \(masq6.stderr)")
+        let forward6 = try cluster.lab.run(nodes[0].node.name, ["/usr/sbin/ip6tables", "-S"])
+        #expect(forward6.stdout.contains("\(ipv6Network)"), "ip6tables: \(forward6.stdout)")
+        // /metrics: the IPv6 peers, and the IPv6 counters of the BPF path.
+        let metrics = try cluster.httpGet(cluster.nodes[0], path: "/metrics", port: metricsPort)?.body ?? ""
+        #expect(metrics.contains("flanneld_xdp_ipv6_peers 2"), "\(metrics.prefix(3000))")
+        if dataplane != "userspace" {
+            #expect(metrics.contains(#"reason="encap6_ok""#))
         }
         let status = try cluster.runTool(cluster.nodes[0], ["status", "--bpffs", cluster.bpffs(cluster.nodes[0]),
                                                             "--subnet-file", cluster.subnetFile(cluster.nodes[0])])
