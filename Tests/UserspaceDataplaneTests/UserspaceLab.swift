@@ -158,6 +158,11 @@ func eventually(timeout: Double = 3, _ condition: () throws -> Bool) rethrows ->
 
 /// iperf3 single stream from `client` to a one-off server on `server`; returns the receiver's bits
 /// per second, or throws with everything iperf3 printed.
+/// What an iperf3 run through a path that works carries at the least (bits/s): a stream that moves
+/// at all, not a speed. Speed is `make bench`'s to measure; a CI machine at load 25 carried a
+/// healthy path's three-node mesh at 8.6 Mbit/s.
+let bulkTCPFloor = 1e6
+
 func iperf(_ lab: NetnsLab, from client: LabNode, to server: LabNode, seconds: Int = 2, port: UInt16 = 5201) throws -> Double {
     let daemon = try lab.spawn(server.podNamespace, [LabTools.iperf3, "-s", "-1", "-B", "\(server.podIP)", "-p", "\(port)"])
     defer { daemon.terminate(grace: 1) }
