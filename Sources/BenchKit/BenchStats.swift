@@ -239,9 +239,12 @@ enum BenchSummary {
         let byName = Dictionary(all.map { ($0.path, medians($0)) }, uniquingKeysWith: { a, _ in a })
         return all.map { s in
             let mine = byName[s.path] ?? [:]
+            // An IPv6 path is compared with the kernel's flannel-v6 when that ran.
+            let kernel6 = BenchPath.kernelVXLAN6.rawValue
+            let reference = BenchPath(rawValue: s.path)?.isIPv6 == true && byName[kernel6] != nil ? kernel6 : kernel
             var toKernel: [String: Double] = [:], toPlain: [String: Double] = [:]
             for k in metricKeys {
-                if let r = BenchMath.ratio(mine[k], byName[kernel]?[k]) { toKernel[k] = r }
+                if let r = BenchMath.ratio(mine[k], byName[reference]?[k]) { toKernel[k] = r }
                 if let r = BenchMath.ratio(mine[k], byName[plain]?[k]) { toPlain[k] = r }
             }
             return PathSummary(path: s.path, singleStreamGbps: Spread(s.single), fourStreamGbps: Spread(s.multi),

@@ -13,6 +13,7 @@ public final class Readiness: Sendable {
         case tablesFilled = "peer tables filled"
         case subnetFileWritten = "subnet.env written"
         case reconcileHealthy = "last reconcile pass succeeded"
+        case ipv6ReconcileHealthy = "last IPv6 reconcile pass succeeded"
         case leaseConfirmed = "lease confirmed by etcd"
     }
 
@@ -29,7 +30,7 @@ public final class Readiness: Sendable {
     public init() {
         var initial: [Condition: Entry] = [:]
         for condition in Condition.allCases {
-            initial[condition] = Entry(ok: condition == .reconcileHealthy, detail: "not yet")
+            initial[condition] = Entry(ok: condition == .reconcileHealthy || condition == .ipv6ReconcileHealthy, detail: "not yet")
         }
         entries = Mutex(initial)
     }
@@ -100,6 +101,18 @@ extension Readiness {
             set(.reconcileHealthy, ok: true)
         } else {
             set(.reconcileHealthy, ok: false, detail: report.failureSummary)
+        }
+    }
+}
+
+extension Readiness {
+    /// The IPv6 reconciler's passes (dual-stack and IPv6-only networks): one that failed makes the
+    /// node unready as an IPv4 one does.
+    @Sendable public func followIPv6(_ report: IPv6ReconcileReport) {
+        if report.succeeded {
+            set(.ipv6ReconcileHealthy, ok: true)
+        } else {
+            set(.ipv6ReconcileHealthy, ok: false, detail: report.failureSummary)
         }
     }
 }
