@@ -72,9 +72,11 @@ public enum TC {
         // qdisc ("Parent Qdisc doesn't exists") or no filter at that priority yet ("Cannot find
         // specified filter chain"). The slot was validated above, so a kernel EINVAL means empty;
         // an EINVAL libbpf raises itself (it says so, without a kernel message) is a real error.
-        let libbpfComplained = messages.split(separator: "\n").contains {
-            $0.hasPrefix("libbpf:") && !$0.contains("Kernel error message")
-        }
+        // libbpf may also warn while parsing the kernel's answer ("Attribute of type 0x1 found
+        // multiple times"): the "Kernel error message" line still says the kernel answered.
+        let lines = messages.split(separator: "\n")
+        let kernelAnswered = lines.contains { $0.contains("Kernel error message") }
+        let libbpfComplained = !kernelAnswered && lines.contains { $0.hasPrefix("libbpf:") }
         if -ret == ENOENT || (-ret == EINVAL && !libbpfComplained) { return nil }
         throw BPFError.libbpf(operation, returned: Int(ret), detail: messages)
     }
