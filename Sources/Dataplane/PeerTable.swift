@@ -24,6 +24,26 @@ public protocol PeerTable: AnyObject, Sendable {
     func upsert(_ peer: Peer) throws
     /// Removes the entry for `peer.subnet`; removing an absent entry is not an error.
     func remove(_ peer: Peer) throws
+    /// `upsert` for many peers (the kernel tables send their netlink messages in batches); returns
+    /// the peers that failed with their errors, the others are in place.
+    func upsert(batch peers: [Peer]) -> [(Peer, any Error)]
+    /// `remove` for many peers; returns the peers that failed with their errors.
+    func remove(batch peers: [Peer]) -> [(Peer, any Error)]
+}
+
+extension PeerTable {
+    /// One call per peer: for tables whose every write is already cheap (a map update).
+    public func upsert(batch peers: [Peer]) -> [(Peer, any Error)] {
+        peers.compactMap { peer in
+            do { try upsert(peer); return nil } catch { return (peer, error) }
+        }
+    }
+
+    public func remove(batch peers: [Peer]) -> [(Peer, any Error)] {
+        peers.compactMap { peer in
+            do { try remove(peer); return nil } catch { return (peer, error) }
+        }
+    }
 }
 
 /// fxdp_peers and fxdp_nodes (BPFDataplane).
