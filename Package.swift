@@ -2,13 +2,16 @@
 //
 // Module seams (see docs/DESIGN.md, "Modules"):
 //   NetTypes            value types shared by every layer (IPv4/IPv6 address and subnet, MAC, Peer,
-//                       base64)
+//                       packet counts, base64)
 //   RuntimeSupport      the few tools every layer uses: JSON, rate-limited logging, EINTR-safe system
 //                       calls, the one error shape (ExplainedError), dedicated threads for blocking work
 //   Leases              etcd v2/v3 clients, network config, subnet leases, subnet.env, the last known
 //                       leases (knows nothing of the kernel)
-//   CBPF                C bridge: libbpf, libmnl, fxdp_shared.h (the kernel/user shared header) and
-//                       cbpf_ shims (setns, TUN, UDP mmsg, tcx/netfilter links, malloc trim)
+//   CBPF                C bridge for BPF: libbpf, fxdp_shared.h (the kernel/user shared header), cbpf_
+//                       shims (libbpf's log, tcx and netfilter links Debian's headers lack)
+//   CMnl                C bridge for rtnetlink: libmnl and the kernel's netlink headers
+//   CSystemShims        C bridge for system calls Swift cannot make: setns, TUN, UDP mmsg, SIOCSIFMTU,
+//                       statfs, glibc's heap (shim_)
 //   BPFLoader           general safe Swift over libbpf: objects, maps, ring buffers, links, TC,
 //                       tcx, XDP, bpffs (knows nothing of flannel)
 //   Netlink             small safe Swift over libmnl: links, addresses, routes, neighbours, fdb, tc
@@ -49,28 +52,26 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
     ],
     targets: [
-        .target(
-            name: "CBPF",
-            linkerSettings: [
-                .linkedLibrary("bpf"), .linkedLibrary("elf"), .linkedLibrary("z"), .linkedLibrary("mnl"),
-            ]
-        ),
+        // The C bridges, one per concern: libbpf and the kernel/user shared header; libmnl; system calls.
+        .target(name: "CBPF", linkerSettings: [.linkedLibrary("bpf"), .linkedLibrary("elf"), .linkedLibrary("z")]),
+        .target(name: "CMnl", linkerSettings: [.linkedLibrary("mnl")]),
+        .target(name: "CSystemShims"),
         .target(name: "NetTypes"),
         .target(name: "RuntimeSupport", dependencies: [.product(name: "Logging", package: "swift-log")]),
         .target(
             name: "BPFLoader",
-            dependencies: ["CBPF", "RuntimeSupport", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["CBPF", "CSystemShims", "RuntimeSupport", .product(name: "Logging", package: "swift-log")]
         ),
         .target(
             name: "Netlink",
-            dependencies: ["CBPF", "NetTypes", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["CMnl", "CSystemShims", "NetTypes", "RuntimeSupport", .product(name: "Logging", package: "swift-log")]
         ),
         // Swift Testing traits: `.ownThreads`, `.needsRoot` (they import Testing, so kept out of TestSupport,
         // which the demo and the bench link).
         .target(name: "TestTraits", dependencies: ["TestSupport"]),
         .target(
             name: "Overlay",
-            dependencies: ["Netlink", "NetTypes", "CBPF", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["Netlink", "NetTypes", .product(name: "Logging", package: "swift-log")]
         ),
         .target(
             name: "Leases",
@@ -95,7 +96,7 @@ let package = Package(
         .target(
             name: "UserspaceDataplane",
             dependencies: [
-                "CBPF", "NetTypes",
+                "CSystemShims", "NetTypes", "RuntimeSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Atomics", package: "swift-atomics"),
             ]
@@ -105,7 +106,7 @@ let package = Package(
         .target(
             name: "Dataplane",
             dependencies: [
-                "NetTypes", "RuntimeSupport", "CBPF", "BPFLoader", "Netlink", "Overlay", "BPFDataplane", "UserspaceDataplane",
+                "NetTypes", "RuntimeSupport", "CBPF", "CSystemShims", "BPFLoader", "Netlink", "Overlay", "BPFDataplane", "UserspaceDataplane",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
@@ -147,7 +148,7 @@ let package = Package(
         // privilege checks.
         .target(
             name: "TestSupport",
-            dependencies: ["CBPF", "BPFLoader", "NetTypes", "RuntimeSupport", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["CBPF", "CSystemShims", "BPFLoader", "NetTypes", "RuntimeSupport", .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(name: "NetTypesTests", dependencies: ["NetTypes"]),
         .testTarget(
@@ -156,13 +157,13 @@ let package = Package(
             exclude: ["Fixtures"]  // test-only BPF C, compiled by the tests themselves
         ),
         .testTarget(name: "BPFDataplaneTests", dependencies: ["BPFDataplane", "BPFLoader", "CBPF", "NetTypes", "Netlink", "TestSupport", "TestTraits"]),
-        .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "NetTypes", "CBPF", "TestSupport", "TestTraits"]),
+        .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "NetTypes", "RuntimeSupport", "CBPF", "TestSupport", "TestTraits"]),
         .testTarget(
             name: "OverlayTests",
-            dependencies: ["Overlay", "Netlink", "NetTypes", "TestSupport", "TestTraits", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["Overlay", "Netlink", "NetTypes", "RuntimeSupport", "TestSupport", "TestTraits", .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(name: "LeasesTests", dependencies: ["Leases", "NetTypes", "RuntimeSupport", "TestSupport", "TestTraits"]),
-        .testTarget(name: "UserspaceDataplaneTests", dependencies: ["UserspaceDataplane", "NetTypes", "CBPF", "TestSupport", "TestTraits", "BPFDataplane", "BPFLoader"]),
+        .testTarget(name: "UserspaceDataplaneTests", dependencies: ["UserspaceDataplane", "NetTypes", "CBPF", "CSystemShims", "TestSupport", "TestTraits", "BPFDataplane", "BPFLoader"]),
         .testTarget(name: "ReliabilityTests", dependencies: ["Leases", "NetTypes", "TestSupport", "TestTraits", "BPFLoader", "BPFDataplane", "CBPF"]),
         .testTarget(name: "TestTraitsTests", dependencies: ["TestTraits", "TestSupport"]),
         .testTarget(name: "FlannelDaemonTests", dependencies: ["FlannelDaemon", "Dataplane", "Leases", "NetTypes", "RuntimeSupport", "TestSupport", "TestTraits", "BPFLoader", "BPFDataplane", "CBPF", "BenchKit"]),

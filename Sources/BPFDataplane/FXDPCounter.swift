@@ -3,6 +3,7 @@
 // like them they are never renumbered: dashboards key on them.
 
 import CBPF
+import NetTypes
 
 public enum FXDPCounter: UInt32, CaseIterable, Sendable, CustomStringConvertible {
     case encapOK = 0
@@ -168,13 +169,6 @@ public enum FXDPCounter: UInt32, CaseIterable, Sendable, CustomStringConvertible
     public static var arraySize: UInt32 { UInt32(FXDP_C_MAX.rawValue) }
 }
 
-/// Packets and bytes of one counter, summed over CPUs.
-public struct FXDPCount: Sendable, Equatable, CustomStringConvertible {
-    public var packets: UInt64
-    public var bytes: UInt64
-    public init(packets: UInt64 = 0, bytes: UInt64 = 0) {
-        self.packets = packets
-        self.bytes = bytes
-    }
-    public var description: String { "\(packets) packets, \(bytes) bytes" }
-}
+/// Packets and bytes of one counter, summed over CPUs (NetTypes' PacketCount, which the layers
+/// above share).
+public typealias FXDPCount = PacketCount

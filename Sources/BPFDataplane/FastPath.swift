@@ -165,23 +165,32 @@ public final class FastPathSync: @unchecked Sendable {
             if let master = link.masterIndex, bridgeIndexes.contains(master) { candidates[link.index] = link.name }
         }
         var trafficControl: [Int32: PortTrafficControl] = [:]
+        // Ports this pass could not decide about (a program whose owner could not be looked up, an
+        // attach that failed) keep what they have, hook and pin alike: a pass that failed on one
+        // pod must not detach an encap that works there (the next pass tries again).
+        var undecided: Set<Int32> = []
+        var pass = FastPathPass()
         let ingressQdiscs = Set(try nl.qdiscs().filter { $0.kind == "ingress" }.map(\.index))
-        for index in candidates.keys {
+        for (index, name) in candidates {
             // Others': any cls_bpf (or other) filter, any tcx program but ours (this load's or an
             // earlier run's: a restart leaves the previous load's attached when it is the same code).
             func othersTCX(_ direction: TCDirection) throws -> Bool {
-                try TCX.attached(ifindex: index, direction: direction).contains { !isOurs($0.programID) }
+                try TCX.attached(ifindex: index, direction: direction).contains { try !isOurs($0.programID) }
             }
-            trafficControl[index] = PortTrafficControl(
-                ingressQdisc: ingressQdiscs.contains(index),
-                foreignIngressFilters: try !nl.filters(index: index, hook: .ingress).isEmpty || othersTCX(.ingress),
-                foreignEgressFilters: try !nl.filters(index: index, hook: .egress).isEmpty || othersTCX(.egress))
+            do {
+                trafficControl[index] = PortTrafficControl(
+                    ingressQdisc: ingressQdiscs.contains(index),
+                    foreignIngressFilters: try !nl.filters(index: index, hook: .ingress).isEmpty || othersTCX(.ingress),
+                    foreignEgressFilters: try !nl.filters(index: index, hook: .egress).isEmpty || othersTCX(.egress))
+            } catch {
+                undecided.insert(index)
+                pass.failed[name] = "\(error)"
+            }
         }
         let wanted = FastPathSync.desired(links: links, addresses: addresses, fdb: try nl.fdbEntries(), podSubnet: podSubnet,
                                           trafficControl: trafficControl)
         let wantedPods = wanted.pods
-        let wantedHooks = hook == .bridges ? wanted.bridges : wanted.ports
-        var pass = FastPathPass()
+        let wantedHooks = (hook == .bridges ? wanted.bridges : wanted.ports).filter { !undecided.contains($0.key) }
         var nowHooked: [Int32: String] = [:]
         // One query per interface when nothing changed: a program known to be ours (the same code
         // over the same maps) already runs there.
@@ -190,29 +199,32 @@ public final class FastPathSync: @unchecked Sendable {
                 let before = try TCX.attached(ifindex: index, direction: .ingress).map(\.programID)
                 if !before.contains(where: verifiedEncaps.contains) {
                     if try hookPort(index) { pass.attached.append(name) }
-                    for id in try TCX.attached(ifindex: index, direction: .ingress).map(\.programID) where isOurs(id) {
+                    for id in try TCX.attached(ifindex: index, direction: .ingress).map(\.programID) where try isOurs(id) {
                         verifiedEncaps.insert(id)
                     }
                 }
                 nowHooked[index] = name
             } catch {
+                undecided.insert(index)
                 pass.failed[name] = "\(error)"
             }
         }
-        for (index, name) in hooked where wantedHooks[index] == nil {
+        for index in undecided { if let name = hooked[index] { nowHooked[index] = name } }
+        for (index, name) in hooked where wantedHooks[index] == nil && !undecided.contains(index) {
             if links.contains(where: { $0.index == index }) { try unhookPort(index) }
             pass.detached.append(name)
         }
         // A pod's veth that no longer qualifies (another tool acts on it now), hooked by an earlier run.
-        for (index, name) in candidates where wantedHooks[index] == nil && hooked[index] == nil {
-            if try TCX.attached(ifindex: index, direction: .ingress).contains(where: { isOurs($0.programID) }) {
+        for (index, name) in candidates where wantedHooks[index] == nil && hooked[index] == nil && !undecided.contains(index) {
+            if try TCX.attached(ifindex: index, direction: .ingress).contains(where: { try isOurs($0.programID) }) {
                 try unhookPort(index)
                 pass.detached.append(name)
             }
         }
         // Pins of links whose veth is gone (the pod was deleted): the link died with it.
         for name in try FlannelBPF.pinNames(in: bpf.pinDirectory) where name.hasPrefix(FXDPSlots.podPinPrefix) {
-            guard let index = Int32(name.dropFirst(FXDPSlots.podPinPrefix.count)), nowHooked[index] == nil else { continue }
+            guard let index = Int32(name.dropFirst(FXDPSlots.podPinPrefix.count)), nowHooked[index] == nil,
+                  !undecided.contains(index) else { continue }
             let path = bpf.pinDirectory + "/" + name
             try? BPFLink.openPinned(path: path).detach()
             unlink(path)
@@ -244,10 +256,11 @@ public final class FastPathSync: @unchecked Sendable {
         for key in try bpf.local.keys() { _ = try bpf.local.delete(key) }
     }
 
-    /// Whether program `id` is one of ours (cached: a program's name never changes).
-    private func isOurs(_ id: UInt32) -> Bool {
+    /// Whether program `id` is one of ours (cached: a program's name never changes). Throws when
+    /// it cannot be looked up: "not ours" would make our own encap look like another tool's.
+    private func isOurs(_ id: UInt32) throws -> Bool {
         if let known = ownership[id] { return known }
-        let ours = FlannelBPF.isOurs(id, pinDirectory: bpf.pinDirectory)
+        let ours = try FlannelBPF.programInfo(id, pinDirectory: bpf.pinDirectory).name.hasPrefix(FlannelBPF.programPrefix)
         if ownership.count > 4096 { ownership.removeAll() }
         ownership[id] = ours
         return ours

@@ -226,21 +226,14 @@ public final class FlannelBPF: @unchecked Sendable {
                                  hint: "give the path of a compiled object (make bpf writes build/bpf/flanneld_xdp.bpf.o), readable by root")
         }
         defer { close(fd) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw DataplaneError(operation: operation, errno: errno, detail: "read failed after \(bytes.count) bytes",
-                                     hint: "is it a regular file?")
-            }
-            if n == 0 { break }
-            bytes.append(contentsOf: chunk[0..<n])
-            guard bytes.count <= 64 << 20 else {
-                throw DataplaneError(operation: operation, errno: EFBIG, detail: "larger than 64 MiB",
-                                     hint: "a flanneld-xdp object is about 100 KB: is this the right file?")
-            }
+        let (bytes, failure) = SystemCall.readAll(fd, limit: (64 << 20) + 1)
+        if let failure {
+            throw DataplaneError(operation: operation, errno: failure, detail: "read failed after \(bytes.count) bytes",
+                                 hint: "is it a regular file?")
+        }
+        guard bytes.count <= 64 << 20 else {
+            throw DataplaneError(operation: operation, errno: EFBIG, detail: "larger than 64 MiB",
+                                 hint: "a flanneld-xdp object is about 100 KB: is this the right file?")
         }
         return bytes
     }

@@ -169,3 +169,10 @@ func libbpfOptsSize<T, Field>(_ lastField: KeyPath<T, Field>) -> Int {
     guard let offset = MemoryLayout<T>.offset(of: lastField) else { return MemoryLayout<T>.size }
     return offset + MemoryLayout<Field>.size
 }
+
+/// bpf_obj_pin of `fd` (the map, program or link `name`) at `path` on a bpffs.
+func pinObject(fd: Int32, name: String, at path: String,
+               hint: String = "the folder must be on a bpffs (BPFFS.ensureMounted) and the name free") throws(BPFError) {
+    let ret = bpf_obj_pin(fd, path)
+    if ret != 0 { throw BPFError.libbpf("bpf_obj_pin(\(name) at \(path))", returned: Int(ret), hint: hint) }
+}

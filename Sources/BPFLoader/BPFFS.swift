@@ -5,6 +5,7 @@
 // (statfs magic) and mounts its own bpffs when missing, and tests mount private ones under /run.
 
 import CBPF
+import CSystemShims
 import Glibc
 
 public enum BPFFS {
@@ -14,7 +15,7 @@ public enum BPFFS {
     /// True when `path` is on a bpffs.
     public static func isMounted(at path: String) -> Bool {
         var fsType: Int64 = 0
-        return cbpf_fs_magic(path, &fsType) == 0 && fsType == magic
+        return shim_fs_magic(path, &fsType) == 0 && fsType == magic
     }
 
     /// Creates `path` (like mkdir -p) and mounts a bpffs there unless it already is one.

@@ -110,11 +110,7 @@ public struct BPFLink: ~Copyable {
 
     /// Pins the link at `path` on a bpffs: it then stays attached after every fd is closed.
     public func pin(at path: String) throws(BPFError) {
-        let ret = bpf_obj_pin(fd, path)
-        if ret != 0 {
-            throw BPFError.libbpf("bpf_obj_pin(link \(name) at \(path))", returned: Int(ret),
-                                  hint: "the folder must be on a bpffs (BPFFS.ensureMounted) and the name free")
-        }
+        try pinObject(fd: fd, name: "link \(name)", at: path)
     }
 
     public func info() throws(BPFError) -> BPFLinkInfo {

@@ -139,11 +139,7 @@ public final class BPFMap<K: BitwiseCopyable, V: BitwiseCopyable>: @unchecked Se
 
     /// Pins the map at `path` (on a bpffs); fails with EEXIST when something is pinned there.
     public func pin(at path: String) throws(BPFError) {
-        let ret = bpf_obj_pin(fd, path)
-        if ret != 0 {
-            throw BPFError.libbpf("bpf_obj_pin(\(cachedInfo.name) at \(path))", returned: Int(ret),
-                                  hint: "the folder must be on a bpffs (BPFFS.ensureMounted) and the name free")
-        }
+        try pinObject(fd: fd, name: cachedInfo.name, at: path)
     }
 
     private var keySize: Int { Int(cachedInfo.keySize) }
@@ -234,11 +230,7 @@ public final class PerCPUMap<K: BitwiseCopyable, V: BitwiseCopyable>: @unchecked
     public func info() -> BPFMapInfo { cachedInfo }
 
     public func pin(at path: String) throws(BPFError) {
-        let ret = bpf_obj_pin(fd, path)
-        if ret != 0 {
-            throw BPFError.libbpf("bpf_obj_pin(\(cachedInfo.name) at \(path))", returned: Int(ret),
-                                  hint: "the folder must be on a bpffs (BPFFS.ensureMounted) and the name free")
-        }
+        try pinObject(fd: fd, name: cachedInfo.name, at: path)
     }
 
     private var slotSize: Int { roundUp8(Int(cachedInfo.valueSize)) }

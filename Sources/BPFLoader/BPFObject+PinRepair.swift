@@ -20,12 +20,6 @@ public struct PinRepair: Sendable, Equatable, CustomStringConvertible {
     public var path: String
     public var kind: Kind
 
-    public init(mapName: String, path: String, kind: Kind) {
-        self.mapName = mapName
-        self.path = path
-        self.kind = kind
-    }
-
     public var description: String {
         kind == .missing ? "\(mapName) (pin \(path) was removed)" : "\(mapName) (pin \(path) named another map)"
     }
@@ -69,10 +63,6 @@ extension BPFObject {
         if let slash = path.lastIndex(of: "/"), slash != path.startIndex {
             try BPFFS.makeDirectories(String(path[..<slash]))
         }
-        let ret = bpf_obj_pin(fd, path)
-        if ret != 0 {
-            throw BPFError.libbpf("bpf_obj_pin(\(name).\(mapName) at \(path))", returned: Int(ret),
-                                  hint: "is the bpffs still mounted and the folder still there?")
-        }
+        try pinObject(fd: fd, name: "\(name).\(mapName)", at: path, hint: "is the bpffs still mounted and the folder still there?")
     }
 }

@@ -105,23 +105,18 @@ public struct BPFObject: ~Copyable {
     }
 
     /// Names of the programs in the object (function names in the C source).
-    public var programNames: [String] {
-        var names: [String] = []
-        var program = bpf_object__next_program(object, nil)
-        while let current = program {
-            names.append(String(cString: bpf_program__name(current)))
-            program = bpf_object__next_program(object, current)
-        }
-        return names
-    }
+    public var programNames: [String] { names(next: bpf_object__next_program, name: bpf_program__name) }
 
     /// Names of the maps in the object, including libbpf's internal ones (".rodata", ".bss").
-    public var mapNames: [String] {
+    public var mapNames: [String] { names(next: bpf_object__next_map, name: bpf_map__name) }
+
+    /// Every element libbpf's `next` iterator yields from this object, by `name`.
+    private func names(next: (OpaquePointer?, OpaquePointer?) -> OpaquePointer?, name: (OpaquePointer?) -> UnsafePointer<CChar>?) -> [String] {
         var names: [String] = []
-        var map = bpf_object__next_map(object, nil)
-        while let current = map {
-            names.append(String(cString: bpf_map__name(current)))
-            map = bpf_object__next_map(object, current)
+        var element = next(object, nil)
+        while let current = element {
+            names.append(String(cString: name(current)!))
+            element = next(object, current)
         }
         return names
     }
@@ -253,18 +248,9 @@ public struct BPFProgram: Sendable, Hashable {
     public let fd: Int32
     public let name: String
 
-    public init(fd: Int32, name: String) {
-        self.fd = fd
-        self.name = name
-    }
-
     /// Pins the program at `path` on a bpffs (keeps it loaded after the process exits).
     public func pin(at path: String) throws(BPFError) {
-        let ret = bpf_obj_pin(fd, path)
-        if ret != 0 {
-            throw BPFError.libbpf("bpf_obj_pin(\(name) at \(path))", returned: Int(ret),
-                                  hint: "the folder must be on a bpffs (BPFFS.ensureMounted) and the name free")
-        }
+        try pinObject(fd: fd, name: name, at: path)
     }
 
     /// What the kernel knows about this program (id, tag, type, maps).

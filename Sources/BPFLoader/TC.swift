@@ -26,6 +26,15 @@ public enum TC {
         return hook
     }
 
+    /// The options naming the filter slot (handle, priority).
+    private static func slot(handle: UInt32, priority: UInt32) -> bpf_tc_opts {
+        var opts = bpf_tc_opts()
+        opts.sz = libbpfOptsSize(\bpf_tc_opts.priority)
+        opts.handle = handle
+        opts.priority = priority
+        return opts
+    }
+
     private static func validate(_ operation: String, ifindex: Int32, handle: UInt32, priority: UInt32) throws(BPFError) {
         try requireInterface(ifindex, operation: operation)
         guard handle != 0, priority != 0, priority <= UInt32(UInt16.max) else {
@@ -44,11 +53,8 @@ public enum TC {
         if created != 0 && -created != EEXIST {
             throw BPFError.libbpf("bpf_tc_hook_create(ifindex \(ifindex), clsact)", returned: Int(created), detail: createMessages)
         }
-        var opts = bpf_tc_opts()
-        opts.sz = libbpfOptsSize(\bpf_tc_opts.priority)
+        var opts = slot(handle: handle, priority: priority)
         opts.prog_fd = program.fd
-        opts.handle = handle
-        opts.priority = priority
         opts.flags = UInt32(BPF_TC_F_REPLACE.rawValue)
         let (ret, messages) = withLibbpfMessages { bpf_tc_attach(&hook, &opts) }
         if ret != 0 { throw BPFError.libbpf(operation, returned: Int(ret), detail: messages) }
@@ -59,10 +65,7 @@ public enum TC {
         let operation = "bpf_tc_query(ifindex \(ifindex), \(direction), handle \(handle), priority \(priority))"
         try validate(operation, ifindex: ifindex, handle: handle, priority: priority)
         var hook = hook(ifindex, direction.attachPoint)
-        var opts = bpf_tc_opts()
-        opts.sz = libbpfOptsSize(\bpf_tc_opts.priority)
-        opts.handle = handle
-        opts.priority = priority
+        var opts = slot(handle: handle, priority: priority)
         let (ret, messages) = withLibbpfMessages { bpf_tc_query(&hook, &opts) }
         if ret == 0 { return opts.prog_id }
         // The kernel answers an empty slot with ENOENT, or with EINVAL when there is no clsact
@@ -89,10 +92,7 @@ public enum TC {
                            detail: "program id \(current) is in the slot, not \(expectedProgramID): refusing to remove a filter that is not ours")
         }
         var hook = hook(ifindex, direction.attachPoint)
-        var opts = bpf_tc_opts()
-        opts.sz = libbpfOptsSize(\bpf_tc_opts.priority)
-        opts.handle = handle
-        opts.priority = priority
+        var opts = slot(handle: handle, priority: priority)
         let (ret, messages) = withLibbpfMessages { bpf_tc_detach(&hook, &opts) }
         if ret != 0 && -ret != ENOENT { throw BPFError.libbpf(operation, returned: Int(ret), detail: messages) }
     }

@@ -16,11 +16,6 @@ public struct TCXAttachment: Sendable, Equatable {
     public var programID: UInt32
     /// 0 when the program was attached without a link (BPF_PROG_ATTACH).
     public var linkID: UInt32
-
-    public init(programID: UInt32, linkID: UInt32) {
-        self.programID = programID
-        self.linkID = linkID
-    }
 }
 
 public enum TCX {

@@ -17,6 +17,7 @@ import CBPF
 import Foundation
 import Glibc
 import NetTypes
+import RuntimeSupport
 import TestSupport
 
 struct DaemonResult: Codable, Sendable {
@@ -61,7 +62,7 @@ final class GatewayConnection {
             guard fd >= 0 else { throw RRError("socket") }
             var tv = timeval(tv_sec: 30, tv_usec: 0)
             setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-            var sa = RRSocket.address(host, port)
+            var sa = sockaddr_in(host, port)
             let rc = withUnsafePointer(to: &sa) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
             }
@@ -78,15 +79,8 @@ final class GatewayConnection {
         let head = "POST \(path) HTTP/1.0\r\nHost: \(host):\(port)\r\nContent-Type: application/json\r\nContent-Length: \(bytes.count)\r\n\r\n"
         let request = Array(head.utf8) + bytes
         guard RRSocket.sendAll(fd, request, count: request.count) else { throw RRError("send to etcd") }
-        var buffer: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n < 0 && errno == EINTR { continue }
-            guard n >= 0 else { throw RRError("recv from etcd") }
-            if n == 0 { break }
-            buffer += chunk[0..<n]
-        }
+        let (buffer, failure) = SystemCall.readAll(fd, limit: 1 << 30)
+        guard failure == nil else { throw RRError("recv from etcd") }
         guard let end = Self.headerEnd(buffer) else { throw RRError("etcd: no HTTP header in the answer", errno: EPROTO) }
         let header = String(decoding: buffer[..<end], as: UTF8.self)
         let status = header.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0

@@ -120,7 +120,7 @@ final class CountingProxy: @unchecked Sendable {
             guard fd >= 0 else { throw RRError("proxy socket") }
             var one: Int32 = 1
             setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-            var sa = RRSocket.address(IPv4Address(127, 0, 0, 1), 0)
+            var sa = sockaddr_in(IPv4Address(127, 0, 0, 1), 0)
             let rc = withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
             guard rc == 0, listen(fd, 128) == 0 else { let e = errno; close(fd); throw RRError("proxy bind/listen", errno: e) }
             var bound = sockaddr_in()
@@ -157,7 +157,7 @@ final class CountingProxy: @unchecked Sendable {
 
     private func serve(_ client: Int32, node: Int) {
         let upstream = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        var sa = RRSocket.address(IPv4Address(127, 0, 0, 1), upstreamPort)
+        var sa = sockaddr_in(IPv4Address(127, 0, 0, 1), upstreamPort)
         let rc = upstream < 0 ? -1 : withUnsafePointer(to: &sa) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(upstream, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }

@@ -9,6 +9,7 @@
 import CBPF
 import Glibc
 import NetTypes
+import RuntimeSupport
 import Synchronization
 import TestSupport
 
@@ -31,7 +32,7 @@ final class RRServer: @unchecked Sendable {
             guard fd >= 0 else { throw RRError("socket") }
             var one: Int32 = 1
             setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(4))
-            var sa = RRSocket.address(address, port)
+            var sa = sockaddr_in(address, port)
             let rc = withUnsafePointer(to: &sa) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
             }
@@ -41,8 +42,8 @@ final class RRServer: @unchecked Sendable {
         let fd = listener
         thread = try RRSocket.spawn {
             while true {
-                let conn = accept(fd, nil, nil)
-                if conn < 0 { if errno == EINTR { continue }; return }
+                let conn = SystemCall.retrying { accept(fd, nil, nil) }
+                if conn < 0 { return }
                 _ = fcntl(conn, F_SETFD, FD_CLOEXEC)
                 _ = try? RRSocket.spawnDetached { RRServer.echo(conn) }
             }
@@ -55,8 +56,8 @@ final class RRServer: @unchecked Sendable {
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(4))
         var buffer = [UInt8](repeating: 0, count: 65536)
         while true {
-            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n <= 0 { if n < 0 && errno == EINTR { continue }; return }
+            let n = SystemCall.retrying { buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) } }
+            if n <= 0 { return }
             guard RRSocket.sendAll(fd, buffer, count: n) else { return }
         }
     }
@@ -92,7 +93,7 @@ enum RRClient {
             var tv = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
             setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
             setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-            var sa = RRSocket.address(server, port)
+            var sa = sockaddr_in(server, port)
             var connected = false
             for _ in 0..<50 {
                 let rc = withUnsafePointer(to: &sa) {
@@ -109,8 +110,7 @@ enum RRClient {
                 guard RRSocket.sendAll(fd, request, count: size) else { throw RRError("send") }
                 var got = 0
                 while got < size {
-                    let n = reply.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + got, size - got, 0) }
-                    if n < 0 && errno == EINTR { continue }
+                    let n = SystemCall.retrying { reply.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + got, size - got, 0) } }
                     guard n > 0 else { throw RRError(n == 0 ? "recv: server closed" : "recv (timeout \(timeoutSeconds) s?)") }
                     got += n
                 }
@@ -136,19 +136,11 @@ enum RRSocket {
         return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
 
-    static func address(_ ip: IPv4Address, _ port: UInt16) -> sockaddr_in {
-        var sa = sockaddr_in()
-        sa.sin_family = sa_family_t(AF_INET)
-        sa.sin_port = port.bigEndian
-        sa.sin_addr.s_addr = ip.value.bigEndian
-        return sa
-    }
 
     static func sendAll(_ fd: Int32, _ bytes: [UInt8], count: Int) -> Bool {
         var sent = 0
         while sent < count {
-            let n = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + sent, count - sent, Int32(MSG_NOSIGNAL)) }
-            if n < 0 && errno == EINTR { continue }
+            let n = SystemCall.retrying { bytes.withUnsafeBytes { send(fd, $0.baseAddress! + sent, count - sent, Int32(MSG_NOSIGNAL)) } }
             guard n > 0 else { return false }
             sent += n
         }

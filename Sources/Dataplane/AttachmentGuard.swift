@@ -110,7 +110,7 @@ struct AttachmentGuard: Service, @unchecked Sendable {
         try? await cancelWhenGracefulShutdown {
             while true {
                 try await Task.sleep(for: interval)
-                await thread.run { checkOnce() }
+                _ = await thread.run { checkOnce() }
             }
         }
     }

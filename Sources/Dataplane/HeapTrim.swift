@@ -34,7 +34,7 @@
 // calls go through the C bridge, which the daemon does not import. The daemon's HeapTrimService
 // runs the periodic check.
 
-import CBPF
+import CSystemShims
 import Glibc
 import RuntimeSupport
 
@@ -61,12 +61,12 @@ public enum HeapTrim {
     /// Fixes glibc's trim and mmap thresholds (call once, early). Returns false if glibc refused.
     @discardableResult
     public static func configure() -> Bool {
-        cbpf_heap_set_thresholds(thresholdBytes, thresholdBytes) == 1
+        shim_heap_set_thresholds(thresholdBytes, thresholdBytes) == 1
     }
 
     public static func stats() -> Stats {
-        var heap = cbpf_heap_stats()
-        cbpf_heap_stats(&heap)
+        var heap = shim_heap_stats()
+        shim_heap_stats(&heap)
         return Stats(inUse: heap.in_use, free: heap.free, residentAnonymous: residentAnonymousBytes() ?? 0)
     }
 
@@ -76,7 +76,7 @@ public enum HeapTrim {
     public static func trimIfWorthIt(slack: UInt64 = defaultSlack) -> (before: Stats, after: Stats)? {
         let before = stats()
         guard before.residentAnonymous > before.inUse &+ slack else { return nil }
-        _ = cbpf_heap_trim()
+        _ = shim_heap_trim()
         return (before, stats())
     }
 

@@ -3,7 +3,7 @@
 // the object, so the inspection verbs work while the daemon runs, after it stopped (the pins and
 // attachments outlive it) and from a process that never loaded anything — and they change nothing
 // (but `pruneDepartedPeerStats`, the daemon's housekeeping). The values it returns are this module's
-// own (`BPFCounter`, `PacketCount`, `BPFNodeSettings`): the verbs and the metrics need no kernel module.
+// own (`BPFCounter`, `BPFNodeSettings`) or NetTypes' (`PacketCount`): the verbs and the metrics need no kernel module.
 
 import BPFDataplane
 import BPFLoader
@@ -53,16 +53,6 @@ public struct BPFCounter: Hashable, Sendable, CustomStringConvertible {
     public static func named(_ name: String) -> BPFCounter? { all.first { $0.name == name } }
 }
 
-/// Packets and bytes of one counter, summed over CPUs.
-public struct PacketCount: Sendable, Equatable, CustomStringConvertible {
-    public var packets: UInt64
-    public var bytes: UInt64
-    public init(packets: UInt64 = 0, bytes: UInt64 = 0) {
-        self.packets = packets
-        self.bytes = bytes
-    }
-    public var description: String { "\(packets) packets, \(bytes) bytes" }
-}
 
 /// The node's settings as the programs read them (fxdp_config), for `status`.
 public struct BPFNodeSettings: Sendable, Equatable, CustomStringConvertible {
@@ -98,11 +88,17 @@ public struct PeerTraffic: Sendable, Equatable {
     public var rxPackets: UInt64 = 0
     public var rxBytes: UInt64 = 0
 
-    public init(txPackets: UInt64 = 0, txBytes: UInt64 = 0, rxPackets: UInt64 = 0, rxBytes: UInt64 = 0) {
-        self.txPackets = txPackets
-        self.txBytes = txBytes
-        self.rxPackets = rxPackets
-        self.rxBytes = rxBytes
+    public static let zero = PeerTraffic()
+
+    /// What was carried since `before`, an earlier reading of the same node's entry; the whole of
+    /// this reading when a counter went backwards (the map was recreated, or the entry pruned and
+    /// made again).
+    public func since(_ before: PeerTraffic) -> PeerTraffic {
+        let reset = txPackets < before.txPackets || rxPackets < before.rxPackets
+            || txBytes < before.txBytes || rxBytes < before.rxBytes
+        let base = reset ? .zero : before
+        return PeerTraffic(txPackets: txPackets - base.txPackets, txBytes: txBytes - base.txBytes,
+                           rxPackets: rxPackets - base.rxPackets, rxBytes: rxBytes - base.rxBytes)
     }
 }
 
@@ -116,16 +112,6 @@ public struct PinnedPeer: Sendable, Equatable {
     public var decapAccepted: Bool
     /// Per node (several subnets of one node share it); nil when the pins predate the per-peer map.
     public var traffic: PeerTraffic?
-
-    public init(subnet: IPv4Subnet, nodeIP: IPv4Address, vtepMAC: MACAddress, direct: Bool, decapAccepted: Bool,
-                traffic: PeerTraffic? = nil) {
-        self.subnet = subnet
-        self.nodeIP = nodeIP
-        self.vtepMAC = vtepMAC
-        self.direct = direct
-        self.decapAccepted = decapAccepted
-        self.traffic = traffic
-    }
 }
 
 /// One pinned map, identified as bpftool shows it.
@@ -153,12 +139,6 @@ public struct Stranger: Sendable, Equatable {
     public var packets: UInt64
     /// Seconds since the last one was dropped.
     public var secondsAgo: Int64
-
-    public init(address: IPv4Address, packets: UInt64, secondsAgo: Int64) {
-        self.address = address
-        self.packets = packets
-        self.secondsAgo = secondsAgo
-    }
 
     /// The line `status` and /readyz show when strangers sit on the underlay subnet, where peers
     /// are: most likely a node whose VXLAN leaves from another address than its lease's PublicIP.

@@ -104,11 +104,6 @@ public struct LeaseRenewService: Service {
     public let manager: SubnetManager
     public let logger: Logger
 
-    public init(manager: SubnetManager, logger: Logger) {
-        self.manager = manager
-        self.logger = logger
-    }
-
     public func run() async throws {
         do {
             try await cancelWhenGracefulShutdown {

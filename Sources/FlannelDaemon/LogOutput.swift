@@ -28,11 +28,6 @@ public struct LogOutputStyle: Sendable, Equatable {
     /// Prefix each line with "<N>" (syslog priority) for journald.
     public var journaldPrefix: Bool
 
-    public init(format: LogFormat, journaldPrefix: Bool) {
-        self.format = format
-        self.journaldPrefix = journaldPrefix
-    }
-
     /// The style for this process: `format` as asked, the prefix when standard error is the journal.
     public static func forStandardError(format: LogFormat) -> LogOutputStyle {
         LogOutputStyle(format: format, journaldPrefix: standardErrorIsJournal(getenv("JOURNAL_STREAM").map { String(cString: $0) }))

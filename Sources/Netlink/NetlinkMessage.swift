@@ -5,7 +5,7 @@
 // byte access cannot be fooled by Swift's view of C padding. Constants are spelled out in `RT`
 // with their uapi names, because Swift imports them as a mix of Int and enum types.
 
-import CBPF
+import CMnl
 import Glibc
 import NetTypes
 

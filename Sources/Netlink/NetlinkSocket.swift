@@ -14,8 +14,10 @@
 //   invalid gateway") next to errno; `NetlinkError` names the operation and the object in words.
 // - `~Copyable`: exactly one owner closes the socket. Shared users wrap it in a `Mutex`.
 
-import CBPF
+import CMnl
+import CSystemShims
 import Glibc
+import RuntimeSupport
 
 /// A refused or failed netlink operation, e.g.
 /// "RTM_NEWROUTE 10.5.2.0/24 via 10.5.2.0 dev flannel.1 onlink: File exists (errno 17)".
@@ -218,10 +220,9 @@ public struct NetlinkSocket: ~Copyable, @unchecked Sendable {
 
         var replies: [NetlinkMessage] = []
         while true {
-            let n = mnl_socket_recvfrom(socket, receiveBuffer.baseAddress, receiveBuffer.count)
+            let n = SystemCall.retrying { mnl_socket_recvfrom(socket, receiveBuffer.baseAddress, receiveBuffer.count) }
             if n < 0 {
                 let e = Glibc.errno
-                if e == EINTR { continue }
                 throw NetlinkError(operation: op, object: describe() + " (receiving the reply)", errno: e)
             }
             var offset = 0
@@ -277,7 +278,7 @@ func runOnThreadInNamespace(fd: Int32, _ body: @escaping @Sendable () -> Result<
     var thread = pthread_t()
     let rc = pthread_create(&thread, nil, { arg in
         let box = Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue()
-        let r = cbpf_setns_net(box.fd)
+        let r = shim_setns_net(box.fd)
         box.result = r == 0 ? box.body() : .failure(NetlinkError(operation: "setns", object: "fd \(box.fd)", errno: -r))
         return nil
     }, retained.toOpaque())

@@ -43,4 +43,11 @@ extension String {
         while let last = text.last, last == "\n" || last == "\r" || last == " " { text.removeLast() }
         return String(text)
     }
+
+    /// The text without the spaces and line breaks at either end (a procfs value, a one-line answer).
+    public func trimmingSpacesAndNewlines() -> String {
+        var text = Substring(self)
+        while let first = text.first, first == " " || first == "\n" { text.removeFirst() }
+        return String(text).trimmingTrailingNewlines()
+    }
 }

@@ -15,6 +15,25 @@ public enum SystemCall {
         }
     }
 
+    /// `retrying` for calls that report a failure as -errno instead of -1 and errno (libbpf, the
+    /// C shims): runs `call` again while it returns -EINTR.
+    @inlinable
+    public static func retryingNegativeErrno<T: SignedInteger>(_ call: () -> T) -> T {
+        while true {
+            let result = call()
+            if result == -T(EINTR) { continue }
+            return result
+        }
+    }
+
+    /// Sleeps `seconds` on the calling thread; a signal does not cut the sleep short.
+    public static func sleep(seconds: Double) {
+        let whole = max(0, seconds.rounded(.down))
+        var request = timespec(tv_sec: Int(whole), tv_nsec: Int((max(0, seconds) - whole) * 1e9))
+        var remaining = timespec()
+        while nanosleep(&request, &remaining) != 0 && errno == EINTR { request = remaining }
+    }
+
     /// Writes all of `bytes` to `fd`. Nil when it did; else the errno of the write that failed
     /// (0 when the descriptor took nothing, e.g. a closed pipe's end without SIGPIPE).
     public static func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> Int32? {

@@ -200,16 +200,12 @@ public final class EtcdServer: Sendable {
     /// SIGTERM and wait (data dir and ports kept for `restart()`). Blocks the calling thread while
     /// etcd shuts down; async code with many parallel servers should use `stopAsync()`.
     public func stop() {
-        let p = pid.withLock { v -> pid_t in let p = v; v = 0; return p }
-        guard p > 0 else { return }
-        Glibc.kill(p, SIGTERM)
-        var status: Int32 = 0
-        while waitpid(p, &status, 0) < 0, errno == EINTR {}
+        signalAndReap(SIGTERM)
     }
 
     /// SIGTERM and wait without blocking a thread (SIGKILL after 10 s).
     public func stopAsync() async {
-        let p = pid.withLock { v -> pid_t in let p = v; v = 0; return p }
+        let p = takePID()
         guard p > 0 else { return }
         Glibc.kill(p, SIGTERM)
         let deadline = ContinuousClock.now + .seconds(10)
@@ -221,11 +217,20 @@ public final class EtcdServer: Sendable {
 
     /// SIGKILL and wait.
     public func kill() {
-        let p = pid.withLock { v -> pid_t in let p = v; v = 0; return p }
+        signalAndReap(SIGKILL)
+    }
+
+    /// The running etcd's pid, which from now on is this caller's to reap (0: none runs).
+    private func takePID() -> pid_t {
+        pid.withLock { v -> pid_t in let p = v; v = 0; return p }
+    }
+
+    private func signalAndReap(_ signal: Int32) {
+        let p = takePID()
         guard p > 0 else { return }
-        Glibc.kill(p, SIGKILL)
+        Glibc.kill(p, signal)
         var status: Int32 = 0
-        while waitpid(p, &status, 0) < 0, errno == EINTR {}
+        _ = SystemCall.retrying { waitpid(p, &status, 0) }
     }
 
     /// Starts etcd again on the same ports with the same data.
@@ -363,6 +368,7 @@ func spawn(_ argv: [String], environment: [String] = [], stdoutPath: String? = n
     } else {
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
     }
+    closeInheritedDescriptors(&actions)
     var env = environment
     for name in ["PATH", "HOME"] {
         if let v = getenv(name) { env.append("\(name)=\(String(cString: v))") }
@@ -385,7 +391,7 @@ public func runCommand(_ argv: [String], environment: [String] = []) throws -> C
     try withOutputFiles { out, err in
         let pid = try spawn(argv, environment: environment, stdoutPath: out, stderrPath: err)
         var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0, errno == EINTR {}
+        _ = SystemCall.retrying { waitpid(pid, &status, 0) }
         return status
     }
 }
@@ -402,8 +408,8 @@ public func runCommandAsync(_ argv: [String], environment: [String] = []) async 
     var status: Int32 = 0
     var delay = Duration.milliseconds(1)
     while true {
-        let r = waitpid(pid, &status, WNOHANG)
-        if r == pid || (r < 0 && errno != EINTR) { break }
+        let r = SystemCall.retrying { waitpid(pid, &status, WNOHANG) }
+        if r == pid || r < 0 { break }
         try? await Task.sleep(for: delay)
         delay = min(delay * 2, .milliseconds(20))
     }

@@ -344,6 +344,15 @@ public final class FlannelCluster: @unchecked Sendable {
         try put(leaseKey(subnet), value, ttl: ttl)
     }
 
+    /// `node` runs stock flanneld: flannel.1 as flanneld configures it (a CLI stand-in) and its
+    /// lease, as flannel's vxlan backend writes it.
+    @discardableResult
+    public func runStockFlannel(on node: LabNode) throws -> FlannelStandIn {
+        let standIn = try lab.makeFlannelStandIn(node: node, subnet: node.podSubnet)
+        try putFlannelLease(subnet: node.podSubnet, publicIP: node.nodeIP, vtepMAC: standIn.vtepMAC)
+        return standIn
+    }
+
     /// Lease keys present in etcd (subnets).
     public func leasedSubnets() throws -> [IPv4Subnet] {
         let out: String

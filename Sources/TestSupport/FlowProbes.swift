@@ -35,15 +35,17 @@ public struct FlowProbeError: Error, CustomStringConvertible {
     public init(_ description: String) { self.description = description }
 }
 
-enum ProbeSocket {
-    static func address(_ ip: IPv4Address, _ port: UInt16) -> sockaddr_in {
-        var sa = sockaddr_in()
-        sa.sin_family = sa_family_t(AF_INET)
-        sa.sin_port = port.bigEndian
-        sa.sin_addr.s_addr = ip.value.bigEndian
-        return sa
+extension sockaddr_in {
+    /// The IPv4 socket address `ip`:`port`.
+    public init(_ ip: IPv4Address, _ port: UInt16) {
+        self.init()
+        sin_family = sa_family_t(AF_INET)
+        sin_port = port.bigEndian
+        sin_addr.s_addr = ip.value.bigEndian
     }
+}
 
+enum ProbeSocket {
     static func endpoint(_ sa: sockaddr_in) -> (IPv4Address, UInt16) {
         (IPv4Address(UInt32(bigEndian: sa.sin_addr.s_addr)), UInt16(bigEndian: sa.sin_port))
     }
@@ -57,7 +59,7 @@ enum ProbeSocket {
             var one: Int32 = 1
             setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
             if let (ip, port) = bindTo {
-                var sa = address(ip, port)
+                var sa = sockaddr_in(ip, port)
                 let rc = withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
                     bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
                 guard rc == 0 else { close(fd); throw FlowProbeError("bind \(ip):\(port) in \(namespace): errno \(errno)") }
@@ -76,7 +78,7 @@ enum ProbeSocket {
     }
 
     static func connect(_ fd: Int32, to ip: IPv4Address, _ port: UInt16, seconds: Double) throws {
-        var sa = address(ip, port)
+        var sa = sockaddr_in(ip, port)
         var timeout = timeval(tv_sec: Int(seconds), tv_usec: Int((seconds - Double(Int(seconds))) * 1e6))
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         let rc = withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
@@ -318,7 +320,7 @@ public enum UDPProbe {
             guard ProbeSocket.waitReadable(receiver, seconds: 1) else { continue }
             let (from, _, _) = receive(receiver)
             clientSeen = from
-            var to = ProbeSocket.address(from.0, from.1)
+            var to = sockaddr_in(from.0, from.1)
             let reply = Array("reply".utf8)
             _ = withUnsafePointer(to: &to) { p in
                 p.withMemoryRebound(to: sockaddr.self, capacity: 1) { address in

@@ -5,6 +5,7 @@
 // lab kills by pid at cleanup. `ip netns exec` execs the command in place (no fork), so the pid we
 // hold is the command's own pid.
 
+import CSystemShims
 import Glibc
 import RuntimeSupport
 import Synchronization
@@ -60,8 +61,8 @@ enum CommandRunner {
         defer { unlink(outPath); unlink(errPath) }
         let pid = try spawn(argv, env: env, stdoutPath: outPath, stderrPath: errPath)
         var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 {
-            if errno != EINTR { throw LabError(command: argv, message: "waitpid: errno \(errno)") }
+        if SystemCall.retrying({ waitpid(pid, &status, 0) }) < 0 {
+            throw LabError(command: argv, message: "waitpid: errno \(errno)")
         }
         let code: Int32 = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
         return LabCommandResult(status: code, stdout: readFile(outPath), stderr: readFile(errPath))
@@ -78,6 +79,7 @@ enum CommandRunner {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, stdoutPath ?? "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         posix_spawn_file_actions_addopen(&actions, 2, stderrPath ?? "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        closeInheritedDescriptors(&actions)
 
         var environment: [String: String] = [:]
         var e = environ
@@ -177,4 +179,11 @@ public func monotonicSeconds() -> Double {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}
+
+/// Only stdin, stdout and stderr reach a spawned child. A long-lived child (a daemon, etcd) must not
+/// keep another test's descriptors: exec of a script some process still holds open for writing
+/// fails with ETXTBSY, and a held pipe end never reports EOF.
+public func closeInheritedDescriptors(_ actions: inout posix_spawn_file_actions_t) {
+    _ = shim_spawn_close_from(&actions, 3)
 }

@@ -17,6 +17,7 @@
 // processes the lab started (by pid) and deletes its namespaces; it is idempotent.
 
 import CBPF
+import CSystemShims
 import Glibc
 import NetTypes
 import RuntimeSupport
@@ -469,7 +470,7 @@ private func runInLabNamespace(_ namespace: String, _ body: @escaping @Sendable 
     let unmanaged = Unmanaged.passRetained(box)
     let rc = pthread_create(&thread, nil, { arg in
         let box = Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue()
-        let r = cbpf_setns_net(box.fd)
+        let r = shim_setns_net(box.fd)
         if r != 0 { box.failure = "setns: errno \(-r)" } else { box.failure = box.body() }
         return nil
     }, unmanaged.toOpaque())

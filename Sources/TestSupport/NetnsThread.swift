@@ -7,6 +7,7 @@
 // visible (unlike `ip netns exec`, which remounts /sys).
 
 import CBPF
+import CSystemShims
 import Glibc
 
 public struct NetnsError: Error, CustomStringConvertible {
@@ -55,7 +56,7 @@ public enum NetnsThread {
                 outcome = .failure(NetnsError(namespace: namespace, operation: "open(\(path))", errno: errno))
                 return
             }
-            let ret = cbpf_setns_net(fd)
+            let ret = shim_setns_net(fd)
             close(fd)
             guard ret == 0 else {
                 outcome = .failure(NetnsError(namespace: namespace, operation: "setns", errno: -ret))

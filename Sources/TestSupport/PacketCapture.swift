@@ -11,6 +11,7 @@
 import CBPF
 import Glibc
 import NetTypes
+import RuntimeSupport
 import Synchronization
 
 public final class PacketCapture: @unchecked Sendable {
@@ -69,15 +70,14 @@ public final class PacketCapture: @unchecked Sendable {
         while true {
             var from = sockaddr_ll()
             var length = socklen_t(MemoryLayout<sockaddr_ll>.size)
-            let n = buffer.withUnsafeMutableBytes { raw in
-                withUnsafeMutablePointer(to: &from) {
-                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(fd, raw.baseAddress, raw.count, 0, $0, &length) }
+            let n = SystemCall.retrying {
+                buffer.withUnsafeMutableBytes { raw in
+                    withUnsafeMutablePointer(to: &from) {
+                        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(fd, raw.baseAddress, raw.count, 0, $0, &length) }
+                    }
                 }
             }
-            if n < 0 {
-                if errno == EINTR { continue }
-                return
-            }
+            if n < 0 { return }
             if from.sll_pkttype == UInt8(PACKET_OUTGOING) { continue }
             let labels = classify(buffer[0..<n])
             if !labels.isEmpty { counts.withLock { for label in labels { $0[label, default: 0] += 1 } } }

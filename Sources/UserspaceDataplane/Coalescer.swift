@@ -127,15 +127,29 @@ final class Coalescer {
     }
 
     private func writeSingle(_ packet: UnsafeMutableRawPointer, _ length: Int, tally: inout Tally, errors: inout ErrorOnce, logger: Logger) {
-        let start = packet - vnet
-        start.initializeMemory(as: UInt8.self, repeating: 0, count: vnet)
-        let written = write(tunFD, start, vnet + length)
-        if written == vnet + length {
-            tally.bump(Counter.rxPackets)
-            tally.bump(Counter.rxBytes, by: UInt64(length))
-        } else {
-            if written < 0 { errors.log(logger, "write into the TUN", errno: errno) }
-            tally.drop(.tunWriteError)
-        }
+        writeIntoTUN(tunFD, packet: packet, length: length, vnet: vnet, tally: &tally, errors: &errors, logger: logger)
+    }
+}
+
+/// Writes one inner packet into the TUN and counts it. With a vnet header (`vnet` bytes) a zeroed
+/// virtio_net_hdr goes in front — no offload, checksum already complete — overwriting what lies
+/// before the packet (headroom, or an inner Ethernet header already checked).
+func writeIntoTUN(_ fd: Int32, packet: UnsafeMutableRawPointer, length: Int, vnet: Int,
+                  tally: inout Tally, errors: inout ErrorOnce, logger: Logger) {
+    let start = packet - vnet
+    start.initializeMemory(as: UInt8.self, repeating: 0, count: vnet)
+    writeToTUN(fd, start, vnet: vnet, length: length, tally: &tally, errors: &errors, logger: logger, what: "write into the TUN")
+}
+
+/// Writes `vnet + length` bytes at `start` (header already in place) into the TUN and counts the packet.
+func writeToTUN(_ fd: Int32, _ start: UnsafeRawPointer, vnet: Int, length: Int, tally: inout Tally, errors: inout ErrorOnce,
+                logger: Logger, what: String) {
+    let written = write(fd, start, vnet + length)
+    if written == vnet + length {
+        tally.bump(Counter.rxPackets)
+        tally.bump(Counter.rxBytes, by: UInt64(length))
+    } else {
+        if written < 0 { errors.log(logger, what, errno: errno) }
+        tally.drop(.tunWriteError)
     }
 }

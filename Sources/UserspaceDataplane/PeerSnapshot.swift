@@ -12,7 +12,7 @@ import NetTypes
 
 /// Where packets for one peer subnet go, in the form the hot path writes into headers.
 struct PeerTarget: Sendable {
-    /// The peer's node IP as `in_addr.s_addr` (network-order bytes in memory), for cbpf_dgram.addr.
+    /// The peer's node IP as `in_addr.s_addr` (network-order bytes in memory), for shim_dgram.addr.
     var nodeAddressRaw: UInt32
     /// The peer's VtepMAC in the low 48 bits, first byte most significant (0 for udp framing).
     var vtepMAC: UInt64

@@ -10,7 +10,7 @@
 //    the segments are laid out back to back and sent with UDP GSO (UDP_SEGMENT), at most 64
 //    segments and 65 000 bytes per send, so the kernel cuts one sendmmsg entry into many datagrams.
 // The ideas are those of the Linux GSO code and of userspace WireGuard's TUN offload support.
-import CBPF
+import CSystemShims
 
 /// The 10-byte struct virtio_net_hdr (native endian, as TUN uses by default).
 struct VirtioNetHeader {
@@ -94,7 +94,7 @@ final class Segmenter {
     /// returns how many entries it filled (0 when the packet was dropped and counted).
     func segment(
         packet: UnsafeMutableRawPointer, length: Int, header: VirtioNetHeader, target: PeerTarget,
-        into out: UnsafeMutablePointer<cbpf_dgram>, tally: inout Tally
+        into out: UnsafeMutablePointer<shim_dgram>, tally: inout Tally
     ) -> Int {
         var cursor = ByteCursor(packet, end: length)
         guard let ip = cursor.take(20) else { tally.drop(.malformed); return 0 }
@@ -158,7 +158,7 @@ final class Segmenter {
             index += 1
             segmentsInSend += 1
             if segmentsInSend == perSend || isLast {
-                out[sends] = cbpf_dgram(
+                out[sends] = shim_dgram(
                     data: sendStart.assumingMemoryBound(to: UInt8.self),
                     len: UInt32(buffer + used - sendStart), addr: target.nodeAddressRaw, port: framing.port,
                     segment: segmentsInSend > 1 ? UInt16(fullSegment) : 0, truncated: 0, tos: Wire.outerTOS(packet), _pad: 0)

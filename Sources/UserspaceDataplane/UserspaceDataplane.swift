@@ -12,7 +12,7 @@
 // forwarding never wait on each other. With `config.ipv6` the path also carries IPv6 pods over the
 // IPv6 underlay (IPv6Path.swift); its peers are `ipv6Peers`, an IPv6PeerTable of their own.
 import Atomics
-import CBPF
+import CSystemShims
 import Glibc
 import Logging
 import NetTypes
@@ -92,7 +92,7 @@ public final class UserspaceDataplane: Sendable {
         } else {
             ipv6FD = -1
         }
-        let mtuResult = cbpf_if_set_mtu(config.tunName, Int32(config.mtu))
+        let mtuResult = shim_if_set_mtu(config.tunName, Int32(config.mtu))
         guard mtuResult == 0 else { throw .setMTU(name: config.tunName, mtu: config.mtu, errno: -mtuResult) }
 
         var pipeFDs: (Int32, Int32) = (-1, -1)
@@ -125,15 +125,15 @@ public final class UserspaceDataplane: Sendable {
         if offloads { flags |= Int32(IFF_VNET_HDR) }
         var queues: [QueueDescriptors] = []
         for queue in 0..<config.queues {
-            let tun = cbpf_tun_open(config.tunName, flags)
+            let tun = shim_tun_open(config.tunName, flags)
             guard tun >= 0 else { throw .openTUN(name: config.tunName, queue: queue, errno: -tun) }
             owned.adopt(tun)
             if offloads {
-                let rc = cbpf_tun_set_offload(tun, UInt32(TUN_F_CSUM) | UInt32(TUN_F_TSO4))
+                let rc = shim_tun_set_offload(tun, UInt32(TUN_F_CSUM) | UInt32(TUN_F_TSO4))
                 guard rc == 0 else { throw .setOffload(name: config.tunName, errno: -rc) }
             }
             let port = config.encapsulation.port
-            let udp = cbpf_udp_socket(
+            let udp = shim_udp_socket(
                 UInt32(bigEndian: config.localIP.value), port, config.queues > 1 ? 1 : 0,
                 offloads ? 1 : 0, Int32(clamping: config.socketBufferBytes))
             guard udp >= 0 else { throw .udpSocket(address: config.localIP, port: port, errno: -udp) }

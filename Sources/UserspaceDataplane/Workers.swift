@@ -27,9 +27,10 @@
 // fragmentation otherwise), so `tooBig` only catches packets that slipped past it (an MTU changed
 // behind our back); DF ones get an ICMP frag-needed with the configured MTU.
 import Atomics
-import CBPF
+import CSystemShims
 import Glibc
 import Logging
+import RuntimeSupport
 
 /// What every worker shares (all Sendable, read-only or atomic).
 struct WorkerContext: Sendable {
@@ -70,25 +71,18 @@ struct WorkerContext: Sendable {
     @inline(__always)
     func deliver(_ tunFD: Int32, _ start: UnsafeRawPointer, vnet: Int, length: Int, tally: inout Tally, errors: inout ErrorOnce,
                  what: String = "write into the TUN") {
-        let written = write(tunFD, start, vnet + length)
-        if written == vnet + length {
-            tally.bump(Counter.rxPackets)
-            tally.bump(Counter.rxBytes, by: UInt64(length))
-        } else {
-            if written < 0 { errors.log(logger, what, errno: errno) }
-            tally.drop(.tunWriteError)
-        }
+        writeToTUN(tunFD, start, vnet: vnet, length: length, tally: &tally, errors: &errors, logger: logger, what: what)
     }
 
     /// Sleeps until `fd` is readable or stop() was called. Returns false when stopping.
     func waitReadable(_ fd: Int32) -> Bool {
         var fds = (pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0))
         while !stopping.load(ordering: .relaxed) {
-            let rc = withUnsafeMutableBytes(of: &fds) { raw in
-                poll(raw.baseAddress!.assumingMemoryBound(to: pollfd.self), 2, -1)
+            let rc = SystemCall.retrying {
+                withUnsafeMutableBytes(of: &fds) { raw in poll(raw.baseAddress!.assumingMemoryBound(to: pollfd.self), 2, -1) }
             }
             if rc > 0 { return fds.1.revents == 0 }
-            if rc < 0 && errno != EINTR { return false }
+            if rc < 0 { return false }
         }
         return false
     }
@@ -115,7 +109,7 @@ final class TunToUDPWorker: @unchecked Sendable {
     private let headroom: Int
     private let slotSize: Int
     private let buffers: UnsafeMutableRawPointer
-    private let dgrams: UnsafeMutablePointer<cbpf_dgram>
+    private let dgrams: UnsafeMutablePointer<shim_dgram>
     private let segmenter: Segmenter?
     private let dgramCapacity: Int
 
@@ -130,7 +124,7 @@ final class TunToUDPWorker: @unchecked Sendable {
         let dgramCapacity = context.vnetHeaderLength > 0 ? context.batch * Segmenter.maxSendsPerPacket : context.batch
         self.dgramCapacity = dgramCapacity
         dgrams = .allocate(capacity: dgramCapacity)
-        dgrams.initialize(repeating: cbpf_dgram(), count: dgramCapacity)
+        dgrams.initialize(repeating: shim_dgram(), count: dgramCapacity)
         segmenter = context.vnetHeaderLength > 0 ? Segmenter(framing: context.framing, mtu: context.mtu, batch: context.batch) : nil
     }
 
@@ -157,10 +151,9 @@ final class TunToUDPWorker: @unchecked Sendable {
             while slot < batch && reads < 2 * batch {
                 let slotBase = buffers + slot * slotSize
                 let packet = slotBase + headroom
-                let n = read(tunFD, packet - vnet, vnet + WorkerContext.maxPacket)
+                let n = SystemCall.retrying { read(tunFD, packet - vnet, vnet + WorkerContext.maxPacket) }
                 if n < 0 {
                     let e = errno
-                    if e == EINTR { continue }
                     tunEmpty = true
                     if e != EAGAIN && e != EWOULDBLOCK {
                         errors.log(context.logger, "read from the TUN", errno: e)
@@ -233,7 +226,7 @@ final class TunToUDPWorker: @unchecked Sendable {
                 }
                 let start = packet - framing.encapLength
                 framing.writeEncap(start, peerMAC: target.vtepMAC)
-                dgrams[ready] = cbpf_dgram(
+                dgrams[ready] = shim_dgram(
                     data: start.assumingMemoryBound(to: UInt8.self),
                     len: UInt32(framing.encapLength + totalLength), addr: target.nodeAddressRaw,
                     port: framing.port, segment: 0, truncated: 0, tos: Wire.outerTOS(packet), _pad: 0)
@@ -258,7 +251,7 @@ final class TunToUDPWorker: @unchecked Sendable {
         var offset = 0
         let encap = context.framing.encapLength
         while offset < count {
-            let sent = Int(cbpf_udp_send_batch(udpFD, dgrams + offset, UInt32(count - offset)))
+            let sent = Int(SystemCall.retryingNegativeErrno { shim_udp_send_batch(udpFD, dgrams + offset, UInt32(count - offset)) })
             if sent > 0 {
                 for i in offset..<(offset + sent) {
                     let d = dgrams[i]
@@ -272,8 +265,6 @@ final class TunToUDPWorker: @unchecked Sendable {
                     }
                 }
                 offset += sent
-            } else if sent == -Int(EINTR) {
-                continue
             } else {
                 errors.log(context.logger, "sendmmsg to a peer", errno: Int32(-sent))
                 tally.drop(.sendError)
@@ -292,11 +283,11 @@ final class UDPToTunWorker: @unchecked Sendable {
     private let headroom: Int
     private let slotSize: Int
     private let buffers: UnsafeMutableRawPointer
-    private let dgrams: UnsafeMutablePointer<cbpf_dgram>
+    private let dgrams: UnsafeMutablePointer<shim_dgram>
 
     /// Cuts inner TCP super-packets into MTU-size packets when the TUN takes no GSO (see below).
     private let segmenter: Segmenter
-    private let segments: UnsafeMutablePointer<cbpf_dgram>
+    private let segments: UnsafeMutablePointer<shim_dgram>
     /// Glues TCP segments of a batch into GSO packets (only with IFF_VNET_HDR).
     private let coalescer: Coalescer?
 
@@ -306,14 +297,14 @@ final class UDPToTunWorker: @unchecked Sendable {
         self.udpFD = udpFD
         segmenter = Segmenter(framing: Framing(.udp(port: 0)), mtu: context.mtu, batch: 1)
         segments = .allocate(capacity: Segmenter.maxSendsPerPacket)
-        segments.initialize(repeating: cbpf_dgram(), count: Segmenter.maxSendsPerPacket)
+        segments.initialize(repeating: shim_dgram(), count: Segmenter.maxSendsPerPacket)
         coalescer = context.vnetHeaderLength > 0 ? Coalescer(tunFD: tunFD, vnetHeaderLength: context.vnetHeaderLength) : nil
         // Room to put a zeroed virtio_net_hdr in front of a udp-framed packet (vxlan has 22 bytes).
         headroom = (context.vnetHeaderLength + 15) & ~15
         slotSize = (headroom + WorkerContext.maxPacket + 63) & ~63
         buffers = .allocate(byteCount: slotSize * context.batch, alignment: 64)
         dgrams = .allocate(capacity: context.batch)
-        dgrams.initialize(repeating: cbpf_dgram(), count: context.batch)
+        dgrams.initialize(repeating: shim_dgram(), count: context.batch)
     }
 
     deinit {
@@ -395,12 +386,12 @@ final class UDPToTunWorker: @unchecked Sendable {
                 dgrams[i].data = (buffers + i * slotSize + headroom).assumingMemoryBound(to: UInt8.self)
                 dgrams[i].len = UInt32(WorkerContext.maxPacket)
             }
-            let got = Int(cbpf_udp_recv_batch(udpFD, dgrams, UInt32(batch)))
+            let got = Int(SystemCall.retryingNegativeErrno { shim_udp_recv_batch(udpFD, dgrams, UInt32(batch)) })
             if got <= 0 {
                 let e = Int32(-got)
                 if got == 0 || e == EAGAIN || e == EWOULDBLOCK {
                     if !context.waitReadable(udpFD) { break }
-                } else if e != EINTR {
+                } else {
                     errors.log(context.logger, "recvmmsg", errno: e)
                     context.backOff()
                 }

@@ -3,8 +3,9 @@
 // reopen, and detaching only what is ours while a foreign program's filter stays.
 
 import BPFDataplane
-import BPFLoader
+@testable import BPFLoader
 import CBPF
+import Glibc
 import NetTypes
 import TestSupport
 import TestTraits
@@ -19,10 +20,8 @@ final class AttachLab: @unchecked Sendable {
     let config: NodeConfig
 
     init() throws {
-        tag = Names.unique()
-        ns = try TestNamespace(tag)
-        do { bpffs = try PrivateBPFFS(tag) } catch { ns.close(); throw error }
-        do {
+        let tag = Names.unique()
+        let lab = try makeNamespaceAndBPFFS(tag) { ns, _ in
             try ns.sh(["ip", "link", "add", "\(tag)x", "type", "veth", "peer", "name", "\(tag)y"])
             try ns.sh(["ip", "addr", "add", "192.168.62.2/24", "dev", "\(tag)x"])
             try ns.sh(["ip", "link", "set", "\(tag)x", "up"])
@@ -30,15 +29,14 @@ final class AttachLab: @unchecked Sendable {
             try ns.sh(["ip", "link", "add", "flannel.1", "mtu", "1450", "type", "vxlan", "id", "1", "local", "192.168.62.2",
                        "dev", "\(tag)x", "dstport", "8472", "nolearning"])
             try ns.sh(["ip", "link", "set", "flannel.1", "up"])
-            underlay = try ns.ifindex("\(tag)x")
-            overlay = try ns.ifindex("flannel.1")
-            config = NodeConfig(nodeIP: IPv4Address(192, 168, 62, 2), vtepMAC: try ns.mac("flannel.1"), underlayIfindex: underlay,
-                                underlayMAC: try ns.mac("\(tag)x"), overlayIfindex: overlay, overlayMTU: 1450)
-        } catch {
-            bpffs.close()
-            ns.close()
-            throw error
+            let underlay = try ns.ifindex("\(tag)x")
+            let overlay = try ns.ifindex("flannel.1")
+            return (underlay, overlay, NodeConfig(nodeIP: IPv4Address(192, 168, 62, 2), vtepMAC: try ns.mac("flannel.1"), underlayIfindex: underlay,
+                                                  underlayMAC: try ns.mac("\(tag)x"), overlayIfindex: overlay, overlayMTU: 1450))
         }
+        self.tag = tag
+        (ns, bpffs) = (lab.ns, lab.bpffs)
+        (underlay, overlay, config) = lab.made
     }
 
     func close() {

@@ -18,28 +18,40 @@ struct DropMonitorTests {
         return events
     }
 
+    /// The lab's drop ring buffer and the switch that makes the programs write to it.
+    struct Monitor: ~Copyable {
+        let ring: BPFRingBuffer
+        let monitorSwitch: DropMonitorSwitch
+
+        init(_ lab: PacketLab) throws {
+            let folder = lab.bpffs.path + "/" + FlannelBPF.pinFolderName
+            let ring = try BPFRingBuffer.openPinned(path: folder + "/" + FXDP_MAP_DROPS)
+            let monitorSwitch = try DropMonitorSwitch(pinDirectory: folder)
+            self.ring = ring
+            self.monitorSwitch = monitorSwitch
+        }
+    }
+
     @Test("nobody listening: drops are counted, nothing is sampled; listening: each drop of the TC check and of XDP is sampled with its addresses, VNI and inner addresses")
     func samplesOnlyWhileListening() throws {
         let lab = try PacketLab()
         defer { lab.close() }
-        let folder = lab.bpffs.path + "/" + FlannelBPF.pinFolderName
-        let ring = try BPFRingBuffer.openPinned(path: folder + "/" + FXDP_MAP_DROPS)
-        let monitorSwitch = try DropMonitorSwitch(pinDirectory: folder)
+        let monitor = try Monitor(lab)
         let inner = PacketBuilder.ipv4(src: IPv4Address(10, 5, 1, 9), dst: IPv4Address(10, 5, 2, 7), proto: IPProto.icmp,
                                        payload: PacketBuilder.icmpEcho(id: 1, sequence: 1, payload: []))
         let stranger = lab.vxlanFromPeer(inner: PacketLab.innerFrame(inner), src: PacketLab.stranger)
 
         #expect(try lab.run(.decapCheck, stranger).moved[.decapDropNotPeer]?.packets == 1)
-        #expect(try Self.drain(ring).isEmpty, "sampled while nobody listens")
+        #expect(try Self.drain(monitor.ring).isEmpty, "sampled while nobody listens")
 
-        try monitorSwitch.listen(forSeconds: 30, eventsPerSecond: 100)
+        try monitor.monitorSwitch.listen(forSeconds: 30, eventsPerSecond: 100)
         let before = DropMonitorSwitch.monotonicNanoseconds()
         for program in [FXDPProgram.decapCheck, .decapXDP] {
             #expect(try lab.run(program, stranger).moved[.decapDropNotPeer]?.packets == 1)
         }
         // A pass is not a drop: not sampled.
         #expect(try lab.run(.decapCheck, PacketLab.overlayFrame(inner)).moved[.decapPassNotVXLAN]?.packets == 1)
-        let events = try Self.drain(ring)
+        let events = try Self.drain(monitor.ring)
         #expect(events.count == 2, "\(events)")
         for event in events {
             #expect(event.reason == .decapDropNotPeer)
@@ -54,31 +66,29 @@ struct DropMonitorTests {
         }
 
         // A deadline in the past switches sampling off again.
-        try monitorSwitch.listen(forSeconds: -1, eventsPerSecond: 100)
+        try monitor.monitorSwitch.listen(forSeconds: -1, eventsPerSecond: 100)
         _ = try lab.run(.decapCheck, stranger)
-        #expect(try Self.drain(ring).isEmpty)
+        #expect(try Self.drain(monitor.ring).isEmpty)
     }
 
     @Test("the per-CPU budget: past --rate events in a second, drops are counted as suppressed, not sampled")
     func budget() throws {
         let lab = try PacketLab()
         defer { lab.close() }
-        let folder = lab.bpffs.path + "/" + FlannelBPF.pinFolderName
-        let ring = try BPFRingBuffer.openPinned(path: folder + "/" + FXDP_MAP_DROPS)
-        let monitorSwitch = try DropMonitorSwitch(pinDirectory: folder)
+        let monitor = try Monitor(lab)
         let stranger = lab.vxlanFromPeer(src: PacketLab.stranger)
-        try monitorSwitch.listen(forSeconds: 30, eventsPerSecond: 3)
-        let suppressedBefore = try monitorSwitch.suppressed()
+        try monitor.monitorSwitch.listen(forSeconds: 30, eventsPerSecond: 3)
+        let suppressedBefore = try monitor.monitorSwitch.suppressed()
         // Test runs of one program stay on one CPU only while the second lasts: run until 10 drops
         // fell in a single second of the program's clock, whatever the scheduler does.
         var sampled = 0, suppressed: UInt64 = 0
         for _ in 0..<5 {
             let second = DropMonitorSwitch.monotonicNanoseconds() / 1_000_000_000
-            let suppressedStart = try monitorSwitch.suppressed()
+            let suppressedStart = try monitor.monitorSwitch.suppressed()
             for _ in 0..<10 { _ = try lab.run(.decapCheck, stranger) }
-            let events = try Self.drain(ring)
+            let events = try Self.drain(monitor.ring)
             sampled = events.count
-            suppressed = try monitorSwitch.suppressed() - suppressedStart
+            suppressed = try monitor.monitorSwitch.suppressed() - suppressedStart
             if DropMonitorSwitch.monotonicNanoseconds() / 1_000_000_000 == second && events.allSatisfy({ $0.monotonicNanoseconds / 1_000_000_000 == second }) {
                 break
             }
@@ -86,7 +96,7 @@ struct DropMonitorTests {
         // Within one second, each CPU writes at most 3; what it did not write is counted.
         #expect(sampled >= 3 && sampled <= 3 * Int(libbpf_num_possible_cpus()), "\(sampled) sampled")
         #expect(UInt64(sampled) + suppressed == 10, "\(sampled) sampled + \(suppressed) suppressed")
-        #expect(try monitorSwitch.suppressed() > suppressedBefore)
+        #expect(try monitor.monitorSwitch.suppressed() > suppressedBefore)
     }
 
     @Test("netfilter drops are sampled from the IPv4 header; encap drops from the pod's frame")

@@ -62,15 +62,8 @@ final class PacketLab: @unchecked Sendable {
     let config6: NodeConfig6?
 
     init(ipv6: Bool = false) throws {
-        tag = Names.unique()
-        ns = try TestNamespace(tag)
-        do {
-            bpffs = try PrivateBPFFS(tag)
-        } catch {
-            ns.close()
-            throw error
-        }
-        do {
+        let tag = Names.unique()
+        let lab = try makeNamespaceAndBPFFS(tag) { ns, bpffs in
             let x = "\(tag)x", y = "\(tag)y"
             try ns.sh(["ip", "link", "add", x, "type", "veth", "peer", "name", y])
             try ns.sh(["ip", "addr", "add", "\(PacketLab.us)/24", "dev", x])
@@ -79,11 +72,11 @@ final class PacketLab: @unchecked Sendable {
             try ns.sh(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
             try ns.sh(["ip", "neigh", "replace", "\(PacketLab.peer)", "lladdr", "\(PacketLab.peerUnderlayMAC)",
                        "dev", x, "nud", "permanent"])
-            underlayMAC = try ns.mac(x)
-            config = NodeConfig(nodeIP: PacketLab.us, vtepMAC: PacketLab.ourVTEP, vni: PacketLab.vni, udpPort: PacketLab.port,
-                                underlayIfindex: try ns.ifindex(x), underlayMAC: underlayMAC, overlayIfindex: 1,
-                                overlayMTU: 1450)
-            bpf = try FlannelBPF(bpffs: bpffs.path)
+            let underlayMAC = try ns.mac(x)
+            let config = NodeConfig(nodeIP: PacketLab.us, vtepMAC: PacketLab.ourVTEP, vni: PacketLab.vni, udpPort: PacketLab.port,
+                                    underlayIfindex: try ns.ifindex(x), underlayMAC: underlayMAC, overlayIfindex: 1,
+                                    overlayMTU: 1450)
+            let bpf = try FlannelBPF(bpffs: bpffs.path)
             try bpf.writeConfig(config)
             let table = try bpf.peerTable()
             try table.upsert(Peer(subnet: PacketLab.peerPods, publicIP: PacketLab.peer, vtepMAC: PacketLab.peerVTEP))
@@ -93,6 +86,7 @@ final class PacketLab: @unchecked Sendable {
                                   vtepMAC: MACAddress("02:00:00:00:00:09")!))
             try table.upsert(Peer(subnet: PacketLab.multihomedPods, publicIP: PacketLab.multihomedPeer,
                                   vtepMAC: MACAddress("02:00:00:00:00:05")!, sourceIP: PacketLab.multihomedSource))
+            var config6: NodeConfig6?
             if ipv6 {
                 try ns.sh(["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])
                 try ns.sh(["ip", "-6", "addr", "add", "\(PacketLab.us6)/64", "dev", x, "nodad"])
@@ -104,14 +98,12 @@ final class PacketLab: @unchecked Sendable {
                 config6 = c6
                 let table6 = try bpf.ipv6PeerTable()
                 for peer in PacketLab.peers6 { try table6.upsert(peer) }
-            } else {
-                config6 = nil
             }
-        } catch {
-            bpffs.close()
-            ns.close()
-            throw error
+            return (underlayMAC, config, bpf, config6)
         }
+        self.tag = tag
+        (ns, bpffs) = (lab.ns, lab.bpffs)
+        (underlayMAC, config, bpf, config6) = lab.made
     }
 
     func close() {

@@ -141,3 +141,19 @@ func counterDelta(_ before: [FXDPCounter: FXDPCount], _ after: [FXDPCounter: FXD
     }
     return moved
 }
+
+/// Makes a namespace and a private bpffs named `tag`, then runs `setUp` in them; when any step
+/// fails, both are removed before the error goes on.
+func makeNamespaceAndBPFFS<T>(_ tag: String, setUp: (TestNamespace, PrivateBPFFS) throws -> T) throws
+    -> (ns: TestNamespace, bpffs: PrivateBPFFS, made: T) {
+    let ns = try TestNamespace(tag)
+    let bpffs: PrivateBPFFS
+    do { bpffs = try PrivateBPFFS(tag) } catch { ns.close(); throw error }
+    do {
+        return (ns, bpffs, try setUp(ns, bpffs))
+    } catch {
+        bpffs.close()
+        ns.close()
+        throw error
+    }
+}

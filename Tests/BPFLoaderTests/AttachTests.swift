@@ -1,7 +1,7 @@
 // XDP and TC attachment inside a private network namespace with a veth pair, including the
 // "only touch what is ours" rules against programs attached with the ip/tc command line.
 
-import BPFLoader
+@testable import BPFLoader
 import CBPF
 import Glibc
 import Dispatch

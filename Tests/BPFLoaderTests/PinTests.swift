@@ -1,6 +1,6 @@
 // bpffs, pinning, reopening pinned maps from other processes, and pin_root_path reuse.
 
-import BPFLoader
+@testable import BPFLoader
 import CBPF
 import Glibc
 import Foundation

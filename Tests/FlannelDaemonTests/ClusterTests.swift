@@ -113,8 +113,7 @@ struct ClusterTests {
         // The stand-in: flannel.1 exactly as flanneld makes it, its lease exactly as flanneld writes it.
         // It joins after the flanneld-xdp nodes are up, so they learn it from the watch.
         for node in cluster.nodes.prefix(2) { try cluster.startDaemon(node) }
-        let standIn = try cluster.lab.makeFlannelStandIn(node: stock, vni: 1, port: 8472, vtepMAC: nil, subnet: stock.podSubnet)
-        try cluster.putFlannelLease(subnet: stock.podSubnet, publicIP: stock.nodeIP, vtepMAC: standIn.vtepMAC)
+        try cluster.runStockFlannel(on: stock)
         for node in cluster.nodes.prefix(2) {
             let joined = try waitFor(5) { try cluster.pinnedPeerSubnets(node).contains(stock.podSubnet) }
             #expect(joined != nil, "\(node.name) never learned the stock node's lease")
@@ -168,8 +167,7 @@ struct ClusterTests {
         defer { cluster.cleanup() }
         let (stockNode, other) = (cluster.nodes[0], cluster.nodes[1])
         // Node 1 runs "stock flanneld": device, lease, and the routes for node 2 once it is up.
-        let standIn = try cluster.lab.makeFlannelStandIn(node: stockNode, vni: 1, port: 8472, vtepMAC: nil, subnet: stockNode.podSubnet)
-        try cluster.putFlannelLease(subnet: stockNode.podSubnet, publicIP: stockNode.nodeIP, vtepMAC: standIn.vtepMAC)
+        let standIn = try cluster.runStockFlannel(on: stockNode)
         try cluster.startDaemon(other)
         let otherVTEP = try cluster.lab.linkMAC(other.name, "flannel.1")
         try cluster.lab.addFlannelPeerRoutes(on: stockNode, peer: Peer(subnet: other.podSubnet, publicIP: other.nodeIP, vtepMAC: otherVTEP))

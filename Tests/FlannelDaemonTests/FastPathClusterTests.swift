@@ -279,8 +279,7 @@ struct FastPathClusterTests {
         let cluster = try FlannelCluster(tag: "fps", api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 2)
         defer { cluster.cleanup() }
         let (ours, stock) = (cluster.nodes[0], cluster.nodes[1])
-        let standIn = try cluster.lab.makeFlannelStandIn(node: stock, vni: 1, port: 8472, vtepMAC: nil, subnet: stock.podSubnet)
-        try cluster.putFlannelLease(subnet: stock.podSubnet, publicIP: stock.nodeIP, vtepMAC: standIn.vtepMAC)
+        try cluster.runStockFlannel(on: stock)
         try cluster.startDaemon(ours, extra: ["--ip-masq"])
         let vtep = try cluster.lab.linkMAC(ours.name, "flannel.1")
         try cluster.lab.addFlannelPeerRoutes(on: stock, peer: Peer(subnet: ours.podSubnet, publicIP: ours.nodeIP, vtepMAC: vtep))

@@ -142,14 +142,7 @@ struct HelpAndBinaryTests {
                                   /metrics: 4 series per peer (20 000 per node in a
                                   5000-node cluster).
 
-        LOGGING:
-          --log-level <log-level> Log level: trace, debug, info, notice, warning, error
-                                  or critical. (values: trace, debug, info, notice,
-                                  warning, error, critical; default: info)
-          --log-format <log-format>
-                                  Log line format: text, or json (one object per line).
-                                  Under systemd each line also gets journald's priority
-                                  prefix. (values: text, json; default: text)
+        \(loggingHelp)
 
         FLANNELD'S KLOG FLAGS:
           --v <v>                 flanneld's klog verbosity: 0 leaves --log-level as it
@@ -221,14 +214,7 @@ struct HelpAndBinaryTests {
 
         USAGE: flanneld-xdp cleanup [--keep-kernel-path] [--bpffs <bpffs>] [--log-level <log-level>] [--log-format <log-format>]
 
-        LOGGING:
-          --log-level <log-level> Log level: trace, debug, info, notice, warning, error
-                                  or critical. (values: trace, debug, info, notice,
-                                  warning, error, critical; default: info)
-          --log-format <log-format>
-                                  Log line format: text, or json (one object per line).
-                                  Under systemd each line also gets journald's priority
-                                  prefix. (values: text, json; default: text)
+        \(loggingHelp)
 
         OPTIONS:
           --keep-kernel-path      Detach the BPF programs and remove the pins, but keep
@@ -273,6 +259,18 @@ struct HelpAndBinaryTests {
     }
 }
 }
+
+/// The LOGGING group every verb that logs shows, as the pinned help texts interpolate it.
+private let loggingHelp = """
+    LOGGING:
+      --log-level <log-level> Log level: trace, debug, info, notice, warning, error
+                              or critical. (values: trace, debug, info, notice,
+                              warning, error, critical; default: info)
+      --log-format <log-format>
+                              Log line format: text, or json (one object per line).
+                              Under systemd each line also gets journald's priority
+                              prefix. (values: text, json; default: text)
+    """
 
 private func trimmed(_ text: String) -> String {
     var t = Substring(text)

@@ -13,12 +13,18 @@ import TestSupport
 
 @Suite("Host rules: FORWARD accepts and blackhole route (root, netns)", .needsRoot, .ownThreads)
 struct HostRulesTests {
+    /// A lab with one namespace of its own, where the rules are set.
+    static func labNamespace(_ tag: String) throws -> (NetnsLab, String) {
+        let lab = try NetnsLab(tag: tag)
+        let ns = lab.name("x")
+        do { try lab.addNamespace(ns) } catch { lab.cleanup(); throw error }
+        return (lab, ns)
+    }
+
     @Test("FORWARD accepts: created in iptables' filter FORWARD as flannel spells them, re-added when removed or edited, removed cleanly")
     func forwardRules() throws {
-        let lab = try NetnsLab(tag: "hrf")
+        let (lab, ns) = try Self.labNamespace("hrf")
         defer { lab.cleanup() }
-        let ns = lab.name("x")
-        try lab.addNamespace(ns)
         let network = IPv4Subnet(cidr: "10.5.0.0/16")!
         func iptablesS() throws -> [String] {
             try lab.sh(ns, ["/usr/sbin/iptables", "-w", "5", "-t", "filter", "-S"]).split(separator: "\n").map(String.init)
@@ -62,10 +68,8 @@ struct HostRulesTests {
 
     @Test("blackhole route: added for the subnet, left to a bridge's route of the same prefix, and only it removed")
     func blackholeRoute() throws {
-        let lab = try NetnsLab(tag: "hrb")
+        let (lab, ns) = try Self.labNamespace("hrb")
         defer { lab.cleanup() }
-        let ns = lab.name("x")
-        try lab.addNamespace(ns)
         let own = IPv4Subnet(cidr: "10.5.1.0/24")!
         let bridged = IPv4Subnet(cidr: "10.5.2.0/24")!
         // A bridge-like route for 10.5.2.0/24: an address on a veth in the namespace.

@@ -123,27 +123,8 @@ struct OperationsInspectionTests {
     func statusAfterStop() throws {
         let dir = "/run/fxops-\(getpid())-st\(UInt16.random(in: 0...UInt16.max))"
         defer { _ = try? runProgram("/bin/rm", ["-rf", dir]) }
-        var state = NodeState()
+        var state = NodeState.sample()
         state.pid = 0x3FFF_FFF0
-        state.startedAt = 1_790_000_000
-        state.updatedAt = 1_790_000_100
-        state.dataplane = "bpf-xdp"
-        state.dataplaneDetail = "BPF (XDP decap; …) over flannel.1"
-        state.interface = "eth0"
-        state.interfaceIndex = 2
-        state.publicIP = "192.168.77.1"
-        state.network = "10.5.0.0/16"
-        state.subnet = "10.5.1.0/24"
-        state.backend = "vxlan"
-        state.vni = 1
-        state.port = 8472
-        state.mtu = 1450
-        state.etcdAPI = "v3"
-        state.etcdEndpoints = "http://127.0.0.1:2379"
-        state.etcdState = "connected"
-        state.etcdLastContact = 1_790_000_090
-        state.leaseExpiry = 1_790_086_400
-        state.peerCount = 2
         try state.write(to: NodeState.path(forSubnetFile: dir + "/subnet.env"))
         let report = StatusReport.gather(bpffs: dir + "/no-bpffs", stateFile: NodeState.path(forSubnetFile: dir + "/subnet.env"))
         let text = report.text(now: 1_790_000_100)

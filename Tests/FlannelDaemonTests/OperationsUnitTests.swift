@@ -14,27 +14,15 @@ import Testing
 struct OperationsUnitTests {
     @Test("state file round-trips every field, including characters JSON must escape")
     func stateRoundTrip() throws {
-        var state = NodeState()
-        state.startedAt = 1_790_000_000
+        // The strings carry what JSON must escape.
+        var state = NodeState.sample()
         state.updatedAt = 1_790_000_010
         state.dataplane = "bpf-tc"
         state.dataplaneDetail = "BPF (TC-checked kernel decap; encap 12) over flannel.1 \"quoted\" \\ tab\t"
-        state.interface = "eth0"
-        state.interfaceIndex = 2
-        state.publicIP = "192.168.77.1"
-        state.network = "10.5.0.0/16"
-        state.subnet = "10.5.1.0/24"
-        state.backend = "vxlan"
-        state.vni = 1
-        state.port = 8472
-        state.mtu = 1450
         state.bpffs = "/sys/fs/bpf"
         state.ipMasq = true
-        state.etcdEndpoints = "http://127.0.0.1:2379"
-        state.etcdAPI = "v3"
         state.etcdState = "unreachable: connection refused\n(retrying)"
         state.etcdLastContact = 1_790_000_005
-        state.leaseExpiry = 1_790_086_400
         state.peerCount = 3
         state.etcdAPIDetail = "auto: /coreos.com/network/config is in both keyspaces; following v2"
         state.forwardRules = true

@@ -78,6 +78,24 @@ private func subnet(_ text: String) -> IPv4Subnet { IPv4Subnet(cidr: text)! }
 private func ip(_ text: String) -> IPv4Address { IPv4Address(text)! }
 private func mac(_ text: String) -> MACAddress { MACAddress(text)! }
 
+/// Maps that leave DirectRouting peers out and routes that take every peer, driven by one
+/// reconciler; and `peer` made a DirectRouting peer.
+private func mapsAndRoutes(direct peer: Peer) -> (MemoryPeerTable, MemoryPeerTable, Peer, Reconciler) {
+    let maps = MemoryPeerTable("bpf-maps")
+    let routes = MemoryPeerTable("kernel-routes")
+    var direct = peer
+    direct.direct = true
+    let reconciler = Reconciler(tables: [PeerTableBinding(maps, selects: { !$0.direct }), PeerTableBinding(routes)],
+                                logger: Logger(label: "test"))
+    return (maps, routes, direct, reconciler)
+}
+
+/// The peers the reconciler suites drive their tables with.
+private let a = Peer(subnet: subnet("10.5.2.0/24"), publicIP: ip("192.168.1.11"), vtepMAC: mac("aa:aa:aa:aa:aa:02"))
+private let b = Peer(subnet: subnet("10.5.3.0/24"), publicIP: ip("192.168.1.12"), vtepMAC: mac("aa:aa:aa:aa:aa:03"))
+private let c = Peer(subnet: subnet("10.5.4.0/24"), publicIP: ip("192.168.1.13"), vtepMAC: mac("aa:aa:aa:aa:aa:04"))
+private let d = Peer(subnet: subnet("10.5.5.0/24"), publicIP: ip("192.168.1.14"), vtepMAC: mac("aa:aa:aa:aa:aa:05"))
+
 extension DaemonSuite {
 @Suite("Desired peers from leases, as flannel filters them")
 struct DesiredPeerPolicyTests {
@@ -141,9 +159,15 @@ struct DesiredPeerPolicyTests {
 extension DaemonSuite {
 @Suite("Reconciler: desired vs what each table holds")
 struct ReconcilerTests {
-    let a = Peer(subnet: IPv4Subnet(cidr: "10.5.2.0/24")!, publicIP: IPv4Address("192.168.1.11")!, vtepMAC: MACAddress("aa:aa:aa:aa:aa:02"))
-    let b = Peer(subnet: IPv4Subnet(cidr: "10.5.3.0/24")!, publicIP: IPv4Address("192.168.1.12")!, vtepMAC: MACAddress("aa:aa:aa:aa:aa:03"))
-    let c = Peer(subnet: IPv4Subnet(cidr: "10.5.4.0/24")!, publicIP: IPv4Address("192.168.1.13")!, vtepMAC: MACAddress("aa:aa:aa:aa:aa:04"))
+    /// A reconciler over one memory table, after a pass that filled it with `a` and `b`.
+    static func filled() async -> (MemoryPeerTable, Reconciler) {
+        let maps = MemoryPeerTable("bpf-maps")
+        let reconciler = Reconciler(tables: [PeerTableBinding(maps)], logger: Logger(label: "test"))
+        await reconciler.setDesired([a, b])
+        await reconciler.reconcile()
+        return (maps, reconciler)
+    }
+
 
     @Test("fills every table in order, then touches nothing while nothing changes")
     func fillAndIdle() async {
@@ -187,10 +211,7 @@ struct ReconcilerTests {
 
     @Test("applies only the difference: stale removed before new/changed upserted")
     func difference() async {
-        let maps = MemoryPeerTable("bpf-maps")
-        let reconciler = Reconciler(tables: [PeerTableBinding(maps)], logger: Logger(label: "test"))
-        await reconciler.setDesired([a, b])
-        await reconciler.reconcile()
+        let (maps, reconciler) = await Self.filled()
         maps.clearWrites()
         var movedB = b
         movedB.publicIP = IPv4Address("192.168.1.99")!
@@ -205,10 +226,7 @@ struct ReconcilerTests {
 
     @Test("a periodic pass repairs drift: deleted, altered and foreign-stale entries")
     func driftRepair() async {
-        let maps = MemoryPeerTable("bpf-maps")
-        let reconciler = Reconciler(tables: [PeerTableBinding(maps)], logger: Logger(label: "test"))
-        await reconciler.setDesired([a, b])
-        await reconciler.reconcile()
+        let (maps, reconciler) = await Self.filled()
         maps.tamper { entries in
             entries[a.subnet] = nil // someone deleted a map entry
             var wrong = b
@@ -223,11 +241,7 @@ struct ReconcilerTests {
 
     @Test("a table's selection filters what it is given")
     func selection() async {
-        let maps = MemoryPeerTable("bpf-maps")
-        let routes = MemoryPeerTable("kernel-routes")
-        var direct = c
-        direct.direct = true
-        let reconciler = Reconciler(tables: [PeerTableBinding(maps, selects: { !$0.direct }), PeerTableBinding(routes)], logger: Logger(label: "test"))
+        let (maps, routes, direct, reconciler) = mapsAndRoutes(direct: c)
         await reconciler.setDesired([a, direct])
         await reconciler.reconcile()
         #expect(maps.peers == [a])
@@ -306,19 +320,21 @@ struct ReconcilerTests {
 extension DaemonSuite {
 @Suite("Reconciler: change passes between full read-back passes")
 struct IncrementalReconcileTests {
-    let a = Peer(subnet: IPv4Subnet(cidr: "10.5.2.0/24")!, publicIP: IPv4Address("192.168.1.11")!, vtepMAC: MACAddress("aa:aa:aa:aa:aa:02"))
-    let b = Peer(subnet: IPv4Subnet(cidr: "10.5.3.0/24")!, publicIP: IPv4Address("192.168.1.12")!, vtepMAC: MACAddress("aa:aa:aa:aa:aa:03"))
-    let c = Peer(subnet: IPv4Subnet(cidr: "10.5.4.0/24")!, publicIP: IPv4Address("192.168.1.13")!, vtepMAC: MACAddress("aa:aa:aa:aa:aa:04"))
-    let d = Peer(subnet: IPv4Subnet(cidr: "10.5.5.0/24")!, publicIP: IPv4Address("192.168.1.14")!, vtepMAC: MACAddress("aa:aa:aa:aa:aa:05"))
+    /// A reconciler over one memory table, its loop running (`interval` between full passes),
+    /// once it has filled the table with `a` and `b`.
+    static func runningLoop(interval: Duration) async throws -> (MemoryPeerTable, Reconciler, Task<Void, Never>) {
+        let maps = MemoryPeerTable("bpf-maps")
+        let reconciler = Reconciler(tables: [PeerTableBinding(maps)], logger: Logger(label: "test"))
+        let loop = Task { await reconciler.run(interval: interval) }
+        await reconciler.setDesired([a, b])
+        do { try await waitUntil { maps.peers == [a, b] } } catch { loop.cancel(); throw error }
+        return (maps, reconciler, loop)
+    }
+
 
     @Test("a change pass applies only what changed, stale first, without reading any table back")
     func deltaWithoutReadBack() async {
-        let maps = MemoryPeerTable("bpf-maps")
-        let routes = MemoryPeerTable("kernel-routes")
-        var direct = d
-        direct.direct = true
-        let reconciler = Reconciler(tables: [PeerTableBinding(maps, selects: { !$0.direct }), PeerTableBinding(routes)],
-                                    logger: Logger(label: "test"))
+        let (maps, routes, direct, reconciler) = mapsAndRoutes(direct: d)
         await reconciler.setDesired([a, b])
         #expect(await reconciler.reconcile().readBack)
         #expect(maps.reads == 1 && routes.reads == 1)
@@ -402,13 +418,8 @@ struct IncrementalReconcileTests {
 
     @Test("the running loop: events make change passes; drift waits for the periodic full pass, which repairs it")
     func periodicFullPassRepairs() async throws {
-        let maps = MemoryPeerTable("bpf-maps")
-        let reconciler = Reconciler(tables: [PeerTableBinding(maps)], logger: Logger(label: "test"))
-        let loop = Task { await reconciler.run(interval: .seconds(3600)) }
+        let (maps, reconciler, loop) = try await Self.runningLoop(interval: .seconds(3600))
         defer { loop.cancel() }
-
-        await reconciler.setDesired([a, b])
-        try await waitUntil { maps.peers == [a, b] }
         #expect(maps.reads == 1)
 
         // Behind the reconciler's back: an entry deleted, one altered, a foreign one added.
@@ -435,12 +446,8 @@ struct IncrementalReconcileTests {
 
     @Test("the running loop's timer alone repairs drift")
     func timerRepairs() async throws {
-        let maps = MemoryPeerTable("bpf-maps")
-        let reconciler = Reconciler(tables: [PeerTableBinding(maps)], logger: Logger(label: "test"))
-        let loop = Task { await reconciler.run(interval: .milliseconds(100)) }
+        let (maps, _, loop) = try await Self.runningLoop(interval: .milliseconds(100))
         defer { loop.cancel() }
-        await reconciler.setDesired([a, b])
-        try await waitUntil { maps.peers == [a, b] }
         maps.tamper { $0[a.subnet] = nil; $0[d.subnet] = d }
         try await waitUntil { maps.peers == [a, b] }
         #expect(maps.reads >= 2)

@@ -1,3 +1,4 @@
+import FlannelDaemon
 import Glibc
 import TestSupport
 import Testing
@@ -19,6 +20,7 @@ func runProgram(_ path: String, _ arguments: [String], environment: [String]? = 
     posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 1)
     posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 2)
     posix_spawn_file_actions_addclose(&actions, pipeFDs[0])
+    closeInheritedDescriptors(&actions)
     let argv = ([path] + arguments).map { strdup($0) } + [nil]
     defer { argv.forEach { free($0) } }
     let envStrings: [String] = environment ?? {
@@ -88,5 +90,21 @@ extension EtcdServer {
     /// The value at `key` (v3), or "" when there is none.
     func get(_ key: String) async throws -> String {
         try await etcdctlCheckedAsync(api: 3, ["get", "--print-value-only", key])
+    }
+}
+
+extension NodeState {
+    /// What a vxlan node's daemon writes while it runs (the BPF path with XDP decap, etcd v3
+    /// connected, two peers); each test changes what it is about.
+    static func sample() -> NodeState {
+        var state = NodeState()
+        (state.startedAt, state.updatedAt) = (1_790_000_000, 1_790_000_100)
+        (state.dataplane, state.dataplaneDetail) = ("bpf-xdp", "BPF (XDP decap; …) over flannel.1")
+        (state.interface, state.interfaceIndex, state.publicIP) = ("eth0", 2, "192.168.77.1")
+        (state.network, state.subnet, state.backend) = ("10.5.0.0/16", "10.5.1.0/24", "vxlan")
+        (state.vni, state.port, state.mtu) = (1, 8472, 1450)
+        (state.etcdAPI, state.etcdEndpoints, state.etcdState, state.etcdLastContact) = ("v3", "http://127.0.0.1:2379", "connected", 1_790_000_090)
+        (state.leaseExpiry, state.peerCount) = (1_790_086_400, 2)
+        return state
     }
 }

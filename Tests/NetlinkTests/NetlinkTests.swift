@@ -1,6 +1,7 @@
 import Glibc
 import NetTypes
 import Netlink
+import RuntimeSupport
 import TestSupport
 import TestTraits
 import Testing
@@ -118,7 +119,7 @@ import Testing
         let peer = IPv4Subnet(cidr: "10.5.2.0/24")!
         let r = Route(destination: peer, gateway: peer.address, outputIndex: vx.index, onlink: true)
         try nl.addRoute(r)
-        #expect(try lab.sh(node.name, ["route", "show", "10.5.2.0/24"]).trimmingCharacters() == "10.5.2.0/24 via 10.5.2.0 dev flannel.1 onlink")
+        #expect(try lab.sh(node.name, ["route", "show", "10.5.2.0/24"]).trimmingSpacesAndNewlines() == "10.5.2.0/24 via 10.5.2.0 dev flannel.1 onlink")
         do {
             try nl.addRoute(r)
             Issue.record("duplicate route should fail")
@@ -132,9 +133,9 @@ import Testing
         // host-gw style via eth0, then replace the same destination with it.
         let hostGW = Route(destination: peer, gateway: IPv4Address("192.168.77.9")!, outputIndex: eth0.index)
         try nl.replaceRoute(hostGW)
-        #expect(try lab.sh(node.name, ["route", "show", "10.5.2.0/24"]).trimmingCharacters() == "10.5.2.0/24 via 192.168.77.9 dev eth0")
+        #expect(try lab.sh(node.name, ["route", "show", "10.5.2.0/24"]).trimmingSpacesAndNewlines() == "10.5.2.0/24 via 192.168.77.9 dev eth0")
         try nl.deleteRoute(Route(destination: peer))
-        #expect(try lab.sh(node.name, ["route", "show", "10.5.2.0/24"]).trimmingCharacters() == "")
+        #expect(try lab.sh(node.name, ["route", "show", "10.5.2.0/24"]).trimmingSpacesAndNewlines() == "")
         #expect(throws: NetlinkError.self) { try nl.deleteRoute(Route(destination: peer)) }
 
         // CLI-made route read by Swift, including a non-main table.
@@ -172,7 +173,7 @@ import Testing
         let peerIP = IPv4Address("192.168.77.2")!
 
         try nl.addNeighbour(Neighbour(index: vx.index, address: IPv4Address("10.5.2.0")!, mac: mac))
-        #expect(try lab.sh(node.name, ["neigh", "show", "dev", "flannel.1"]).trimmingCharacters() == "10.5.2.0 lladdr \(mac) PERMANENT")
+        #expect(try lab.sh(node.name, ["neigh", "show", "dev", "flannel.1"]).trimmingSpacesAndNewlines() == "10.5.2.0 lladdr \(mac) PERMANENT")
         #expect(throws: NetlinkError.self) { try nl.addNeighbour(Neighbour(index: vx.index, address: IPv4Address("10.5.2.0")!, mac: mac)) }
         let mac2 = MACAddress("0e:11:22:33:44:66")!
         try nl.replaceNeighbour(Neighbour(index: vx.index, address: IPv4Address("10.5.2.0")!, mac: mac2))
@@ -216,14 +217,5 @@ import Testing
         } catch {
             #expect(error.errno == ENOENT)
         }
-    }
-}
-
-extension String {
-    func trimmingCharacters() -> String {
-        var s = Substring(self)
-        while let f = s.first, f == " " || f == "\n" { s = s.dropFirst() }
-        while let l = s.last, l == " " || l == "\n" { s = s.dropLast() }
-        return String(s)
     }
 }

@@ -3,6 +3,7 @@ import Logging
 import NetTypes
 import Netlink
 import Overlay
+import RuntimeSupport
 import TestSupport
 import TestTraits
 import Testing
@@ -256,7 +257,7 @@ import Testing
         var direct = vxPeer
         direct.direct = true
         try table.upsert(direct)
-        #expect(try lab.sh(a.name, ["route", "show", "\(b.podSubnet)"]).trimmingCharacters() == "\(b.podSubnet) via \(b.nodeIP) dev eth0")
+        #expect(try lab.sh(a.name, ["route", "show", "\(b.podSubnet)"]).trimmingSpacesAndNewlines() == "\(b.podSubnet) via \(b.nodeIP) dev eth0")
         #expect(try lab.sh(a.name, ["neigh", "show", "dev", "flannel.1"]).isEmpty)
         #expect(try lab.sh(a.name, [LabTools.bridge, "fdb", "show", "dev", "flannel.1"]).contains("0e:00:00:00:00:bb dst \(b.nodeIP) self permanent"))
         #expect(try table.currentPeers() == [direct])
@@ -472,14 +473,5 @@ import Testing
         // What the userspace path does to a flannel.<VNI> that holds its port: any device, by index.
         try overlay.deleteDevice(index: try #require(try nl.link(named: "flannel0")).index)
         #expect(try nl.link(named: "flannel0") == nil)
-    }
-}
-
-extension String {
-    func trimmingCharacters() -> String {
-        var s = Substring(self)
-        while let f = s.first, f == " " || f == "\n" { s = s.dropFirst() }
-        while let l = s.last, l == " " || l == "\n" { s = s.dropLast() }
-        return String(s)
     }
 }

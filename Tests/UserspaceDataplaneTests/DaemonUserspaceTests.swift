@@ -27,7 +27,7 @@ struct DaemonUserspaceTests {
         let userspaceToUserspace = try iperf(cluster.lab, from: nodes[0], to: nodes[1], seconds: 1)
         let bpfToUserspace = try iperf(cluster.lab, from: nodes[2], to: nodes[0], seconds: 1)
         print("daemons: userspace → userspace \(gbps(userspaceToUserspace)) Gbit/s, BPF → userspace \(gbps(bpfToUserspace)) Gbit/s")
-        #expect(userspaceToUserspace > 10e6 && bpfToUserspace > 10e6)
+        #expect(userspaceToUserspace > bulkTCPFloor && bpfToUserspace > bulkTCPFloor)
         let log = cluster.daemonLog(nodes[0])
         #expect(log.contains("userspace"), "\(log.suffix(2000))")
     }

@@ -1,5 +1,6 @@
 // Pure tests of the parsing, lookup, ICMP and segmentation code (no root needed).
 import CBPF
+import CSystemShims
 import Glibc
 import Logging
 import NetTypes
@@ -142,7 +143,7 @@ import Testing
         let f = Framing(.vxlan(vni: 1, port: 8472, localVTEPMAC: ourMAC))
         let segmenter = Segmenter(framing: f, mtu: mtu, batch: 4)
         var tally = Tally()
-        let dgrams = UnsafeMutablePointer<cbpf_dgram>.allocate(capacity: Segmenter.maxSendsPerPacket)
+        let dgrams = UnsafeMutablePointer<shim_dgram>.allocate(capacity: Segmenter.maxSendsPerPacket)
         defer { dgrams.deallocate() }
         let header = VirtioNetHeader(flags: 1, gsoType: 1, headerLength: 52, gsoSize: UInt16(mss), checksumStart: 20, checksumOffset: 16)
         let target = PeerTarget(nodeAddressRaw: 0x0100_a8c0, vtepMAC: PeerSnapshot.pack(peerMAC), nodeAddress: 0xc0a8_0001, sourceAddress: 0)

@@ -16,9 +16,10 @@
 // failure counters count each pass, not a sample per refresh. The process_* series (ProcessMetrics)
 // and the userspace path's counters are appended to the exposition as text.
 
-import Dataplane
 import CoreMetrics
+import Dataplane
 import Leases
+import NetTypes
 import Prometheus
 import Synchronization
 
@@ -164,12 +165,7 @@ public final class DaemonMetrics: Sendable {
         let (increments, departed) = seen.withLock { s -> ([(String, PeerTraffic)], [Prometheus.Counter]) in
             var increments: [(String, PeerTraffic)] = []
             for (peer, now) in current {
-                let before = s.peers[peer] ?? PeerTraffic()
-                let reset = now.txPackets < before.txPackets || now.rxPackets < before.rxPackets
-                    || now.txBytes < before.txBytes || now.rxBytes < before.rxBytes
-                let base = reset ? PeerTraffic() : before
-                increments.append((peer, PeerTraffic(txPackets: now.txPackets - base.txPackets, txBytes: now.txBytes - base.txBytes,
-                                                     rxPackets: now.rxPackets - base.rxPackets, rxBytes: now.rxBytes - base.rxBytes)))
+                increments.append((peer, now.since(s.peers[peer] ?? .zero)))
                 s.peers[peer] = now
             }
             var departed: [Prometheus.Counter] = []

@@ -289,7 +289,7 @@ public enum Doctor {
     /// data path works with 0, 1 and 2.
     static func rpFilter(interface: String, root: String = "/proc/sys/net/ipv4/conf") -> DoctorFinding {
         func value(_ name: String) -> Int? {
-            ProcessMetrics.readSmallFile("\(root)/\(name)/rp_filter").flatMap { Int($0.trimmingCharacters(in: "\n ")) }
+            ProcessMetrics.readSmallFile("\(root)/\(name)/rp_filter").flatMap { Int($0.trimmingSpacesAndNewlines()) }
         }
         let all = value("all")
         let own = value(interface)
@@ -412,14 +412,5 @@ public enum Doctor {
         default:
             return DoctorFinding("etcd", .error, "\(endpoint): \(error)", fix: "see the message; the daemon would retry this at start")
         }
-    }
-}
-
-private extension String {
-    func trimmingCharacters(in set: String) -> String {
-        var s = Substring(self)
-        while let f = s.first, set.contains(f) { s.removeFirst() }
-        while let l = s.last, set.contains(l) { s.removeLast() }
-        return String(s)
     }
 }

@@ -82,11 +82,6 @@ public struct HostRulesService: Service {
     public let plan: HostRulesPlan
     public let logger: Logger
 
-    public init(plan: HostRulesPlan, logger: Logger) {
-        self.plan = plan
-        self.logger = logger
-    }
-
     public func run() async throws {
         var masqueradeFailing = false
         var forwardFailing = false
@@ -96,33 +91,33 @@ public struct HostRulesService: Service {
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: plan.interval) }
             if Task.isCancelled || Task.isShuttingDownGracefully { break }
             if plan.masquerade {
-                do {
-                    if try Masquerade.ensure(network: plan.network, subnet: plan.subnet, fullyRandom: plan.fullyRandom) {
-                        logger.warning("masquerade table ip \(Masquerade.tableName) was missing or changed: recreated")
-                    }
-                    if masqueradeFailing { logger.info("masquerade check recovered") }
-                    masqueradeFailing = false
-                } catch {
-                    if !masqueradeFailing { logger.error("masquerade check failed (will retry every \(plan.interval)): \(error)") }
-                    masqueradeFailing = true
+                check("masquerade", failing: &masqueradeFailing) {
+                    try Masquerade.ensure(network: plan.network, subnet: plan.subnet, fullyRandom: plan.fullyRandom)
+                        ? "masquerade table ip \(Masquerade.tableName) was missing or changed: recreated" : nil
                 }
             }
             if plan.forwardRules {
-                do {
+                check("FORWARD accepts", failing: &forwardFailing) {
                     let changes = try ForwardRules.ensure(network: plan.network)
-                    if !changes.isEmpty {
-                        logger.warning("FORWARD accepts were missing or changed: \(changes.joined(separator: "; "))")
-                    }
-                    if forwardFailing { logger.info("FORWARD accepts check recovered") }
-                    forwardFailing = false
-                } catch {
-                    if !forwardFailing { logger.error("FORWARD accepts check failed (will retry every \(plan.interval)): \(error)") }
-                    forwardFailing = true
+                    return changes.isEmpty ? nil : "FORWARD accepts were missing or changed: \(changes.joined(separator: "; "))"
                 }
             }
             if plan.blackholeRoute {
                 blackholeHeld = HostRules.logBlackhole(plan, logger: logger, wasHeld: blackholeHeld)
             }
+        }
+    }
+
+    /// One check: `body` returns what it repaired (logged as a warning) or nil. A failure is logged
+    /// once until the check recovers, and the recovery once.
+    private func check(_ what: String, failing: inout Bool, _ body: () throws -> String?) {
+        do {
+            if let repaired = try body() { logger.warning("\(repaired)") }
+            if failing { logger.info("\(what) check recovered") }
+            failing = false
+        } catch {
+            if !failing { logger.error("\(what) check failed (will retry every \(plan.interval)): \(error)") }
+            failing = true
         }
     }
 }

@@ -329,9 +329,7 @@ public enum InspectionCommands {
             previous = Dictionary(uniqueKeysWithValues: values.map { ($0.0, $0.1) })
             round += 1
             if count != 0 && round >= count { break }
-            var ts = timespec(tv_sec: Int(interval), tv_nsec: Int((interval - Double(Int(interval))) * 1e9))
-            var remaining = timespec()
-            while nanosleep(&ts, &remaining) != 0 && errno == EINTR { ts = remaining }
+            SystemCall.sleep(seconds: interval)
         }
     }
 }

@@ -1,0 +1,1 @@
+/* Swift imports CMnl through include/CMnl.h; SwiftPM wants a source file in every C target. */
