@@ -10,6 +10,8 @@
 # - Docker masquerades only when flannel does not (FLANNEL_IPMASQ=true means the node agent already
 #   masquerades pod traffic leaving the cluster network); any other value than true/false is an error.
 # - A variable missing from subnet.env leaves its option out.
+# - FLANNEL_IPV6_NETWORK/FLANNEL_IPV6_SUBNET (dual-stack and IPv6-only nodes) give no option, as in
+#   flannel's script: Docker's IPv6 (--ipv6, --fixed-cidr-v6) is left to the unit.
 # - Like current flannel's, it refuses to run when the routing table already sends the node's own
 #   subnet through a gateway (Docker's bridge could not take it).
 # Differences, on purpose: subnet.env is read as data (never sourced), a missing subnet.env is an

@@ -107,19 +107,8 @@ public struct AttachmentState: Sendable, Equatable, CustomStringConvertible {
     public var door6ProgramID: UInt32?
     public var podGuard6ProgramID: UInt32?
 
-    public init(encapProgramID: UInt32? = nil, decapCheckProgramID: UInt32? = nil, xdpProgramID: UInt32? = nil, xdpMode: XDPMode? = nil,
-                doorProgramID: UInt32? = nil, podGuardProgramID: UInt32? = nil, encap6ProgramID: UInt32? = nil,
-                door6ProgramID: UInt32? = nil, podGuard6ProgramID: UInt32? = nil) {
-        self.encapProgramID = encapProgramID
-        self.decapCheckProgramID = decapCheckProgramID
-        self.xdpProgramID = xdpProgramID
-        self.xdpMode = xdpMode
-        self.doorProgramID = doorProgramID
-        self.podGuardProgramID = podGuardProgramID
-        self.encap6ProgramID = encap6ProgramID
-        self.door6ProgramID = door6ProgramID
-        self.podGuard6ProgramID = podGuard6ProgramID
-    }
+    /// Nothing attached; `AttachmentState.read` fills in what it finds.
+    public init() {}
 
     /// True when nothing is attached in our slots.
     public var isEmpty: Bool {

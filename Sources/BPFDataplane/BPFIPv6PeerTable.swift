@@ -67,21 +67,27 @@ public final class BPFIPv6PeerTable: Sendable {
     }
 
     public func currentPeers() throws -> Set<BPFPeer6> {
-        try lock.withLock { _ in
-            var result = Set<BPFPeer6>()
-            for (k, v) in try peers.entries() {
-                guard k.prefixlen <= 128,
-                      let subnet = IPv6Subnet(address: IPv6Address(mapBytes: k.subnet), prefixLength: Int(k.prefixlen)) else {
-                    continue // host bits set: not written by us; repairNodes ignores it too
-                }
-                let source = IPv6Address(mapBytes: v.source_ip)
-                result.insert(BPFPeer6(subnet: subnet, publicIP: IPv6Address(mapBytes: v.node_ip), vtepMAC: MACAddress(tuple: v.vtep_mac),
-                                       direct: v.flags & UInt16(FXDP_PEER_F_DIRECT) != 0,
-                                       sourceIP: source.isUnspecifiedAddress ? nil : source))
-            }
-            return result
-        }
+        try lock.withLock { _ in Set(try BPFIPv6PeerTable.entries(peers)) }
     }
+
+    /// The entries of an fxdp_peers6 map (also a pinned one `status` and `peers` open).
+    public static func entries(_ peers: BPFMap<fxdp_peer6_key, fxdp_peer6_value>) throws -> [BPFPeer6] {
+        var result: [BPFPeer6] = []
+        for (k, v) in try peers.entries() {
+            guard k.prefixlen <= 128,
+                  let subnet = IPv6Subnet(address: IPv6Address(mapBytes: k.subnet), prefixLength: Int(k.prefixlen)) else {
+                continue // host bits set: not written by us; repairNodes ignores it too
+            }
+            let source = IPv6Address(mapBytes: v.source_ip)
+            result.append(BPFPeer6(subnet: subnet, publicIP: IPv6Address(mapBytes: v.node_ip), vtepMAC: MACAddress(tuple: v.vtep_mac),
+                                   direct: v.flags & UInt16(FXDP_PEER_F_DIRECT) != 0,
+                                   sourceIP: source.isUnspecifiedAddress ? nil : source))
+        }
+        return result
+    }
+
+    /// The address an fxdp_nodes6 (or fxdp_peer_stats6) key names.
+    public static func address(of key: fxdp_node6_key) -> IPv6Address { IPv6Address(mapBytes: key.node_ip) }
 
     public func upsert(_ peer: BPFPeer6) throws {
         guard !peer.vtepMAC.isZero, !peer.vtepMAC.isMulticast else {

@@ -19,20 +19,14 @@ import Logging
 import NetTypes
 import Netlink
 
-/// A pod as the fast path knows it.
+/// A pod as the fast path knows it. Only read from the kernel's bridge tables (here, with the
+/// memberwise init), never made up by a caller.
 public struct FastPathPod: Hashable, Sendable, CustomStringConvertible {
     public var mac: MACAddress
     /// The host side of the pod's veth.
     public var portIndex: Int32
     public var bridgeIndex: Int32
     public var bridgeMAC: MACAddress
-
-    public init(mac: MACAddress, portIndex: Int32, bridgeIndex: Int32, bridgeMAC: MACAddress) {
-        self.mac = mac
-        self.portIndex = portIndex
-        self.bridgeIndex = bridgeIndex
-        self.bridgeMAC = bridgeMAC
-    }
 
     var cValue: fxdp_local_value {
         fxdp_local_value(port_ifindex: UInt32(bitPattern: portIndex), bridge_ifindex: UInt32(bitPattern: bridgeIndex),

@@ -262,11 +262,7 @@ public final class FlannelBPF: @unchecked Sendable {
     /// Sets only the outer TTL; returns true when it changed.
     @discardableResult
     public func setOuterTTL(_ ttl: UInt8) throws -> Bool {
-        var c = try config.lookup(0) ?? fxdp_config()
-        guard c.outer_ttl != ttl else { return false }
-        c.outer_ttl = ttl
-        try config.update(0, c)
-        return true
+        try Self.setField(\.outer_ttl, to: ttl, in: config, empty: fxdp_config())
     }
 
     /// Sets the fast path's two switches (the programs read them per packet); returns true when they
@@ -305,10 +301,19 @@ public final class FlannelBPF: @unchecked Sendable {
     /// Sets only the outer IPv6 hop limit; returns true when it changed.
     @discardableResult
     public func setOuterHopLimit(_ hopLimit: UInt8) throws -> Bool {
-        var c = try config6.lookup(0) ?? fxdp_config6()
-        guard c.outer_hop_limit != hopLimit else { return false }
-        c.outer_hop_limit = hopLimit
-        try config6.update(0, c)
+        try Self.setField(\.outer_hop_limit, to: hopLimit, in: config6, empty: fxdp_config6())
+    }
+
+    /// Read-modify-write of one field of a single-entry config map, leaving the others as they are
+    /// (a map never written reads as `empty`); true when the value changed. The programs read the
+    /// entry per packet, so an unchanged value is not rewritten.
+    private static func setField<Config, Value: Equatable>(
+        _ field: WritableKeyPath<Config, Value>, to value: Value, in map: BPFMap<UInt32, Config>, empty: Config
+    ) throws -> Bool {
+        var c = try map.lookup(0) ?? empty
+        guard c[keyPath: field] != value else { return false }
+        c[keyPath: field] = value
+        try map.update(0, c)
         return true
     }
 

@@ -76,7 +76,9 @@ private func openPinnedFD(_ path: String, operation: String) throws(BPFError) ->
     return fd
 }
 
-private func dupFD(_ fd: Int32, operation: String) throws(BPFError) -> Int32 {
+/// A close-on-exec copy of `fd`: a map class owns its descriptor, and libbpf keeps the one of a
+/// loaded object's map for itself.
+func dupFD(_ fd: Int32, operation: String) throws(BPFError) -> Int32 {
     let copy = fcntl(fd, F_DUPFD_CLOEXEC, 0)
     guard copy >= 0 else { throw BPFError(operation: operation + " dup", errno: Glibc.errno) }
     return copy
@@ -94,6 +96,27 @@ private func checkSize<T>(_ type: T.Type, kernelSize: UInt32, role: String, info
     }
 }
 
+/// The info of the map at `fd`, checked against what a map class was asked to open: its kind (each
+/// class serves either per-CPU maps or the others) and the sizes of K and V.
+private func checkedMapInfo<K, V>(fd: Int32, key: K.Type, value: V.Type, perCPU: Bool, operation: String) throws(BPFError) -> BPFMapInfo {
+    let info = try BPFMapInfo(fd: fd, operation: operation)
+    guard info.isPerCPU == perCPU else {
+        throw BPFError.invalid(operation, "map '\(info.name)' is \(perCPU ? "not " : "")per-CPU (type \(info.type))",
+                               hint: perCPU ? "open it with map(named:) / BPFMap.openPinned" : "open it with perCPUMap(named:) / PerCPUMap.openPinned")
+    }
+    try checkSize(K.self, kernelSize: info.keySize, role: "key", info: info, operation: operation)
+    try checkSize(V.self, kernelSize: info.valueSize, role: "value", info: info, operation: operation)
+    return info
+}
+
+/// The map classes' common way in: they take a descriptor over and check it is the map they serve.
+protocol AdoptingMapFD {
+    init(adopting fd: Int32, operation: String) throws(BPFError)
+}
+
+extension BPFMap: AdoptingMapFD {}
+extension PerCPUMap: AdoptingMapFD {}
+
 private func roundUp8(_ n: Int) -> Int { (n + 7) & ~7 }
 
 /// A typed BPF map. Owns its fd (closed on deinit); safe to share between threads.
@@ -104,20 +127,10 @@ public final class BPFMap<K: BitwiseCopyable, V: BitwiseCopyable>: @unchecked Se
     public var fd: Int32 { owned.raw }
     private let cachedInfo: BPFMapInfo
 
-    convenience init(borrowing fd: Int32, operation: String) throws(BPFError) {
-        let copy = try dupFD(fd, operation: operation)
-        try self.init(adopting: copy, operation: operation)
-    }
-
-    private init(adopting fd: Int32, operation: String) throws(BPFError) {
+    /// Takes ownership of `fd`, closed if it is not a map for K and V.
+    init(adopting fd: Int32, operation: String) throws(BPFError) {
         owned = OwnedFD(fd)
-        cachedInfo = try BPFMapInfo(fd: fd, operation: operation)
-        if cachedInfo.isPerCPU {
-            throw BPFError.invalid(operation, "map '\(cachedInfo.name)' is per-CPU (type \(cachedInfo.type))",
-                                   hint: "open it with perCPUMap(named:) / PerCPUMap.openPinned")
-        }
-        try checkSize(K.self, kernelSize: cachedInfo.keySize, role: "key", info: cachedInfo, operation: operation)
-        try checkSize(V.self, kernelSize: cachedInfo.valueSize, role: "value", info: cachedInfo, operation: operation)
+        cachedInfo = try checkedMapInfo(fd: fd, key: K.self, value: V.self, perCPU: false, operation: operation)
     }
 
     /// Opens a map pinned on a bpffs (by this or another process).
@@ -204,20 +217,10 @@ public final class PerCPUMap<K: BitwiseCopyable, V: BitwiseCopyable>: @unchecked
     /// Number of possible CPUs: the number of values per key.
     public let cpuCount: Int
 
-    convenience init(borrowing fd: Int32, operation: String) throws(BPFError) {
-        let copy = try dupFD(fd, operation: operation)
-        try self.init(adopting: copy, operation: operation)
-    }
-
-    private init(adopting fd: Int32, operation: String) throws(BPFError) {
+    /// Takes ownership of `fd`, closed if it is not a per-CPU map for K and V.
+    init(adopting fd: Int32, operation: String) throws(BPFError) {
         owned = OwnedFD(fd)
-        cachedInfo = try BPFMapInfo(fd: fd, operation: operation)
-        guard cachedInfo.isPerCPU else {
-            throw BPFError.invalid(operation, "map '\(cachedInfo.name)' is not per-CPU (type \(cachedInfo.type))",
-                                   hint: "open it with map(named:) / BPFMap.openPinned")
-        }
-        try checkSize(K.self, kernelSize: cachedInfo.keySize, role: "key", info: cachedInfo, operation: operation)
-        try checkSize(V.self, kernelSize: cachedInfo.valueSize, role: "value", info: cachedInfo, operation: operation)
+        cachedInfo = try checkedMapInfo(fd: fd, key: K.self, value: V.self, perCPU: true, operation: operation)
         cpuCount = try possibleCPUCount()
     }
 

@@ -141,16 +141,22 @@ public struct BPFObject: ~Copyable {
     public func map<K: BitwiseCopyable, V: BitwiseCopyable>(
         named mapName: String, key: K.Type, value: V.Type
     ) throws(BPFError) -> BPFMap<K, V> {
-        let fd = try loadedMapFD(mapName)
-        return try BPFMap<K, V>(borrowing: fd, operation: "map(\(name).\(mapName))")
+        try adoptLoadedMap(mapName, as: "map")
     }
 
     /// A typed handle on a loaded per-CPU map (PERCPU_ARRAY, PERCPU_HASH, LRU_PERCPU_HASH).
     public func perCPUMap<K: BitwiseCopyable, V: BitwiseCopyable>(
         named mapName: String, key: K.Type, value: V.Type
     ) throws(BPFError) -> PerCPUMap<K, V> {
+        try adoptLoadedMap(mapName, as: "perCPUMap")
+    }
+
+    /// A map class over a copy of the loaded map's descriptor (libbpf keeps the original);
+    /// `accessor` names the call in errors.
+    private func adoptLoadedMap<M: AdoptingMapFD>(_ mapName: String, as accessor: String) throws(BPFError) -> M {
         let fd = try loadedMapFD(mapName)
-        return try PerCPUMap<K, V>(borrowing: fd, operation: "perCPUMap(\(name).\(mapName))")
+        let operation = "\(accessor)(\(name).\(mapName))"
+        return try M(adopting: dupFD(fd, operation: operation), operation: operation)
     }
 
     private func findMap(_ mapName: String, operation: String) throws(BPFError) -> OpaquePointer {

@@ -49,7 +49,7 @@ public struct Bench: AsyncParsableCommand {
     @Option(name: .customLong("watch-changes"), help: "Lease changes timed per peer count (default 50, quick 20).")
     var watchChanges: Int?
 
-    @Option(help: "Data paths to run, comma-separated ids: hgw,kvx,bxd,btc,bfp,bfb,uvx,uud (default all).")
+    @Option(help: ArgumentHelp("Data paths to run, comma-separated ids: \(BenchPath.allCases.map(\.shortID).joined(separator: ",")) (default all)."))
     var paths: String?
 
     @Flag(name: .customLong("skip-datapath"), help: "Skip the traffic part (as --parts without datapath).")

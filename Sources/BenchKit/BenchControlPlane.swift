@@ -223,3 +223,14 @@ enum ControlPlaneBench {
         return latencies
     }
 }
+
+extension GatewayConnection {
+    /// Writes the synthetic peers `indices` (`ControlPlaneBench.syntheticLease`) as flannel leases
+    /// of `cluster` in one batch: the benches that run the daemon binary start it against these.
+    func putSyntheticLeases(_ indices: Range<Int>, of cluster: FlannelCluster, lease: String) throws {
+        try putAll(indices.map { i in
+            let (subnet, attributes) = ControlPlaneBench.syntheticLease(i)
+            return (cluster.leaseKey(subnet), attributes.json)
+        }, lease: lease)
+    }
+}

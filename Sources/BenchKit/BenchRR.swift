@@ -20,22 +20,50 @@ struct RRError: Error, CustomStringConvertible {
     }
 }
 
+/// An IPv4 or IPv6 address with a port, as bind and connect take it.
+struct RRSocketAddress {
+    private var storage = sockaddr_storage()
+    let family: Int32
+    let length: socklen_t
+
+    init<A: IPAddressType>(_ address: A, port: UInt16) {
+        let bytes = address.bytes
+        if bytes.count == 4 {
+            family = AF_INET
+            length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            withUnsafeMutableBytes(of: &storage) { raw in
+                raw.storeBytes(of: sockaddr_in(IPv4Address(bytes: bytes), port), as: sockaddr_in.self)
+            }
+        } else {
+            family = AF_INET6
+            length = socklen_t(MemoryLayout<sockaddr_in6>.size)
+            var sa = sockaddr_in6()
+            sa.sin6_family = sa_family_t(AF_INET6)
+            sa.sin6_port = port.bigEndian
+            withUnsafeMutableBytes(of: &sa.sin6_addr) { $0.copyBytes(from: bytes) }
+            withUnsafeMutableBytes(of: &storage) { raw in raw.storeBytes(of: sa, as: sockaddr_in6.self) }
+        }
+    }
+
+    func with<T>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> T) -> T {
+        withUnsafeBytes(of: storage) { raw in body(raw.baseAddress!.assumingMemoryBound(to: sockaddr.self), length) }
+    }
+}
+
 /// An echo server: every connection gets back exactly what it sends.
 final class RRServer: @unchecked Sendable {
     // @unchecked: `listener` is immutable; the accept thread is joined in stop().
     private let listener: Int32
     private var thread = pthread_t()
 
-    init(namespace: String, address: IPv4Address, port: UInt16) throws {
+    init<A: IPAddressType>(namespace: String, address: A, port: UInt16) throws {
+        let sa = RRSocketAddress(address, port: port)
         listener = try NetnsThread.run(namespace: namespace) { () throws -> Int32 in
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            let fd = socket(sa.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             guard fd >= 0 else { throw RRError("socket") }
             var one: Int32 = 1
             setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(4))
-            var sa = sockaddr_in(address, port)
-            let rc = withUnsafePointer(to: &sa) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-            }
+            let rc = sa.with { bind(fd, $0, $1) }
             guard rc == 0, listen(fd, 16) == 0 else { let e = errno; close(fd); throw RRError("bind/listen \(address):\(port)", errno: e) }
             return fd
         }
@@ -82,10 +110,11 @@ struct RRResult: Sendable {
 enum RRClient {
     /// `transactions` request/response exchanges of `size` bytes over one connection, after `warmup`
     /// untimed ones (the first packets pay for ARP/neighbour resolution and slow start).
-    static func run(namespace: String, server: IPv4Address, port: UInt16, transactions: Int, size: Int = 64,
-                    warmup: Int = 200, timeoutSeconds: Int = 5) throws -> RRResult {
-        try NetnsThread.run(namespace: namespace) { () throws -> RRResult in
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    static func run<A: IPAddressType>(namespace: String, server: A, port: UInt16, transactions: Int, size: Int = 64,
+                                      warmup: Int = 200, timeoutSeconds: Int = 5) throws -> RRResult {
+        let sa = RRSocketAddress(server, port: port)
+        return try NetnsThread.run(namespace: namespace) { () throws -> RRResult in
+            let fd = socket(sa.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             guard fd >= 0 else { throw RRError("socket") }
             defer { close(fd) }
             var one: Int32 = 1
@@ -93,12 +122,9 @@ enum RRClient {
             var tv = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
             setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
             setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-            var sa = sockaddr_in(server, port)
             var connected = false
             for _ in 0..<50 {
-                let rc = withUnsafePointer(to: &sa) {
-                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-                }
+                let rc = sa.with { connect(fd, $0, $1) }
                 if rc == 0 { connected = true; break }
                 if errno != ECONNREFUSED { throw RRError("connect \(server):\(port)") }
                 usleep(100_000)

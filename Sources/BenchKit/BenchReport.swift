@@ -206,29 +206,36 @@ enum BenchReportText {
         if overlaps(s.fourStreamGbps, kernel.fourStreamGbps) { names.append("4-stream") }
         if overlaps(s.rrP50Microseconds, kernel.rrP50Microseconds) { names.append("RR p50") }
         if overlaps(s.cpuSecondsPerGbit, kernel.cpuSecondsPerGbit) { names.append("CPU/Gbit") }
-        return names.isEmpty ? "" : " Within noise (min–max over the rounds overlaps with (2)): \(names.joined(separator: ", "))."
+        let id = kernel.path.split(separator: " ").first.map(String.init) ?? "2"
+        return names.isEmpty ? "" : " Within noise (min–max over the rounds overlaps with (\(id))): \(names.joined(separator: ", "))."
     }
 
     /// One line per target, with the measured value and whether its median meets it.
     static func targets(_ r: BenchReport) -> [String] {
         var lines: [String] = []
         func verdict(_ ok: Bool?) -> String { ok.map { $0 ? "met" : "NOT met" } ?? "not measured" }
-        let kernel = r.datapath.first { $0.path.hasPrefix("2") }
+        let kernel4 = r.datapath.first { $0.path.hasPrefix("2") }
+        let kernel6 = r.datapath.first { $0.path == BenchPath.kernelVXLAN6.rawValue }
+        // IPv6 paths are held to the kernel's flannel-v6 (the ratios say so too: BenchSummary).
+        func reference(_ s: PathSummary) -> (PathSummary?, String) {
+            BenchPath(rawValue: s.path)?.isIPv6 == true && kernel6 != nil ? (kernel6, "kernel vxlan IPv6") : (kernel4, "kernel vxlan")
+        }
         for s in r.datapath where s.path.hasPrefix("3") {
+            let (kernel, name) = reference(s)
             let t1 = s.ratioToKernelVXLAN["single"], t4 = s.ratioToKernelVXLAN["multi4"]
             let lat = s.ratioToKernelVXLAN["rrP50"], cpu = s.ratioToKernelVXLAN["cpuPerGbit"]
             // The fast path (3c, 3d) exists to beat the kernel device; the others to match it.
             let fast = s.path.hasPrefix("3c") || s.path.hasPrefix("3d")
             let minThroughput = fast ? 1.15 : 1, maxLatency = fast ? 0.90 : 1, maxCPU = fast ? 0.80 : 0.999
             let goal = fast ? "throughput ≥ 1.15×, RR p50 ≤ 0.90×, CPU/Gbit ≤ 0.80×" : "throughput ≥ 1×, latency ≤ 1×, CPU/Gbit < 1×"
-            lines.append("\(s.path) vs kernel vxlan (target: \(goal)): "
+            lines.append("\(s.path) vs \(name) (target: \(goal)): "
                 + "1-stream \(BenchFormat.number(t1))× (\(verdict(t1.map { $0 >= minThroughput }))), 4-stream \(BenchFormat.number(t4))× (\(verdict(t4.map { $0 >= minThroughput }))), "
                 + "RR p50 \(BenchFormat.number(lat))× (\(verdict(lat.map { $0 <= maxLatency }))), CPU/Gbit \(BenchFormat.number(cpu))× (\(verdict(cpu.map { $0 <= maxCPU })))."
                 + overlapNote(s, kernel))
         }
         for s in r.datapath where s.path.hasPrefix("4") {
             let t1 = s.ratioToKernelVXLAN["single"], t4 = s.ratioToKernelVXLAN["multi4"]
-            lines.append("\(s.path) vs kernel vxlan (target: throughput ≥ 0.5×): 1-stream \(BenchFormat.number(t1))× "
+            lines.append("\(s.path) vs \(reference(s).1) (target: throughput ≥ 0.5×): 1-stream \(BenchFormat.number(t1))× "
                 + "(\(verdict(t1.map { $0 >= 0.5 }))), 4-stream \(BenchFormat.number(t4))× (\(verdict(t4.map { $0 >= 0.5 }))).")
         }
         if let c = r.controlPlane.first(where: { $0.peers == 5000 }) {

@@ -73,10 +73,7 @@ enum SoakBench {
         let node = cluster.nodes[0]
         let etcd = GatewayConnection(namespace: cluster.lab.wireNamespace, host: cluster.etcdIP, port: 2379)
         let longLease = try etcd.grant(ttl: 86400)
-        try etcd.putAll((0..<basePeers).map { i in
-            let (subnet, attributes) = ControlPlaneBench.syntheticLease(i)
-            return (cluster.leaseKey(subnet), attributes.json)
-        }, lease: longLease)
+        try etcd.putSyntheticLeases(0..<basePeers, of: cluster, lease: longLease)
         let process = try cluster.startDaemon(node, extra: ["--subnet-lease-ttl", "\(ownLeaseTTL)", "--reconcile-interval", "30"],
                                               timeout: 60)
         let pin = cluster.pinFolder(node) + "/" + FXDP_MAP_PEERS

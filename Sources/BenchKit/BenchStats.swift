@@ -7,6 +7,7 @@
 // interleaved rounds of the same run drift together, so their ratio is the figure to trust.
 
 import Foundation
+import RuntimeSupport
 
 /// min / median / max of one metric over the rounds.
 struct Spread: Codable, Equatable, Sendable {
@@ -96,42 +97,31 @@ enum IperfParseError: Error, CustomStringConvertible, Equatable {
 }
 
 enum IperfJSON {
-    private struct Root: Decodable {
-        struct Start: Decodable {
-            struct TestStart: Decodable { var num_streams: Int? }
-            var test_start: TestStart?
-        }
-        struct End: Decodable {
-            struct Sum: Decodable {
-                var bits_per_second: Double?
-                var bytes: Double?
-                var seconds: Double?
-                var retransmits: Int?
-            }
-            var sum_received: Sum?
-            var sum_sent: Sum?
-        }
-        var start: Start?
-        var end: End?
-        var error: String?
-    }
-
-    /// Parses `iperf3 -J` client output.
+    /// Parses `iperf3 -J` client output: the receiver's sums under end.sum_received, the sender's
+    /// retransmits under end.sum_sent, the stream count under start.test_start.
     static func parse(_ text: String) throws(IperfParseError) -> IperfReport {
-        let root: Root
+        let root: JSONValue
         do {
-            root = try JSONDecoder().decode(Root.self, from: Data(text.utf8))
+            root = try JSONValue.parse(text)
         } catch {
             throw .notJSON(String(text.prefix(200)))
         }
-        if let e = root.error, root.end?.sum_received?.bits_per_second == nil { throw .iperfError(e) }
-        guard let received = root.end?.sum_received, let bps = received.bits_per_second else {
-            throw .missing("end.sum_received.bits_per_second")
-        }
-        return IperfReport(receivedBitsPerSecond: bps, receivedBytes: received.bytes ?? 0, seconds: received.seconds ?? 0,
-                           retransmits: root.end?.sum_sent?.retransmits, streams: root.start?.test_start?.num_streams ?? 1,
-                           error: root.error)
+        let received = root["end"]?["sum_received"]
+        let error = root["error"]?.stringValue
+        let bitsPerSecond = received?["bits_per_second"]?.doubleValue
+        if let error, bitsPerSecond == nil { throw .iperfError(error) }
+        guard let bitsPerSecond else { throw .missing("end.sum_received.bits_per_second") }
+        return IperfReport(receivedBitsPerSecond: bitsPerSecond, receivedBytes: received?["bytes"]?.doubleValue ?? 0,
+                           seconds: received?["seconds"]?.doubleValue ?? 0,
+                           retransmits: (root["end"]?["sum_sent"]?["retransmits"]?.int64Value).map { Int($0) },
+                           streams: (root["start"]?["test_start"]?["num_streams"]?.int64Value).map { Int($0) } ?? 1,
+                           error: error)
     }
+}
+
+private extension JSONValue {
+    /// iperf3 writes rates and byte counts as JSON numbers with fractions and exponents.
+    var doubleValue: Double? { if case .number(let text) = self { Double(text) } else { nil } }
 }
 
 // MARK: - /proc
@@ -249,9 +239,12 @@ enum BenchSummary {
         let byName = Dictionary(all.map { ($0.path, medians($0)) }, uniquingKeysWith: { a, _ in a })
         return all.map { s in
             let mine = byName[s.path] ?? [:]
+            // An IPv6 path is compared with the kernel's flannel-v6 when that ran.
+            let kernel6 = BenchPath.kernelVXLAN6.rawValue
+            let reference = BenchPath(rawValue: s.path)?.isIPv6 == true && byName[kernel6] != nil ? kernel6 : kernel
             var toKernel: [String: Double] = [:], toPlain: [String: Double] = [:]
             for k in metricKeys {
-                if let r = BenchMath.ratio(mine[k], byName[kernel]?[k]) { toKernel[k] = r }
+                if let r = BenchMath.ratio(mine[k], byName[reference]?[k]) { toKernel[k] = r }
                 if let r = BenchMath.ratio(mine[k], byName[plain]?[k]) { toPlain[k] = r }
             }
             return PathSummary(path: s.path, singleStreamGbps: Spread(s.single), fourStreamGbps: Spread(s.multi),

@@ -136,6 +136,18 @@ int shim_udp_recv_batch(int fd, struct shim_dgram *d, unsigned n)
 	return got;
 }
 
+/* Fills one control message and returns the room it takes in msg_control. The kernel reads
+ * each option at the size it expects (UDP_SEGMENT a uint16_t, IP_TOS an int), so the caller
+ * passes a value of exactly that type. */
+static size_t shim_put_cmsg(struct cmsghdr *c, int level, int type, const void *value, size_t size)
+{
+	c->cmsg_level = level;
+	c->cmsg_type = type;
+	c->cmsg_len = CMSG_LEN(size);
+	memcpy(CMSG_DATA(c), value, size);
+	return CMSG_SPACE(size);
+}
+
 int shim_udp_send_batch(int fd, const struct shim_dgram *d, unsigned n)
 {
 	struct shim_batch b;
@@ -155,22 +167,14 @@ int shim_udp_send_batch(int fd, const struct shim_dgram *d, unsigned n)
 		struct cmsghdr *c = CMSG_FIRSTHDR(h);
 		size_t used = 0;
 		if (d[i].segment) {
-			c->cmsg_level = IPPROTO_UDP;
-			c->cmsg_type = UDP_SEGMENT;
-			c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
 			uint16_t seg = d[i].segment;
-			memcpy(CMSG_DATA(c), &seg, sizeof(seg));
-			used += CMSG_SPACE(sizeof(uint16_t));
+			used += shim_put_cmsg(c, IPPROTO_UDP, UDP_SEGMENT, &seg, sizeof(seg));
 			c = CMSG_NXTHDR(h, c);
 		}
 		if (d[i].tos) {
 			/* The outer TOS (the inner packet's ECN bits, as a kernel vxlan device copies them). */
-			c->cmsg_level = IPPROTO_IP;
-			c->cmsg_type = IP_TOS;
-			c->cmsg_len = CMSG_LEN(sizeof(int));
 			int tos = d[i].tos;
-			memcpy(CMSG_DATA(c), &tos, sizeof(tos));
-			used += CMSG_SPACE(sizeof(int));
+			used += shim_put_cmsg(c, IPPROTO_IP, IP_TOS, &tos, sizeof(tos));
 		}
 		h->msg_controllen = used;
 	}

@@ -47,13 +47,18 @@ public enum ActiveDataPath: Sendable, Equatable {
     /// TUN + UDP in this process; `fallbackReason` when BPF was wanted (auto) and could not run.
     case userspace(fallbackReason: String?)
     case hostGW
+    /// The kernel's vxlan devices alone, without our programs (an IPv6-only network: the BPF and
+    /// userspace paths carry flannel's IPv4 half, which such a network lacks); `reason` says why.
+    case kernelVXLAN(reason: String)
 
-    /// The name the state file, `status` and the metrics' label use: bpf-xdp, bpf-tc, userspace, host-gw.
+    /// The name the state file, `status` and the metrics' label use: bpf-xdp, bpf-tc, userspace, host-gw,
+    /// kernel-vxlan.
     public var kind: String {
         switch self {
         case .bpf(let decap, _): "bpf-\(decap)"
         case .userspace: "userspace"
         case .hostGW: "host-gw"
+        case .kernelVXLAN: "kernel-vxlan"
         }
     }
 

@@ -21,6 +21,8 @@ struct AttachmentGuard: Service, @unchecked Sendable {
     let bpf: FlannelBPF
     let overlayIfindex: Int32
     let underlayIfindex: Int32
+    /// flannel-v6.<VNI> on a dual-stack node: the IPv6 half is watched and re-attached too.
+    var overlay6Ifindex: Int32? = nil
     let mode: BPFDataplane.DecapMode
     let interval: Duration
     let thread: DedicatedThreadExecutor
@@ -28,8 +30,9 @@ struct AttachmentGuard: Service, @unchecked Sendable {
     private let errorLog = RateLimitedLog(window: .seconds(60))
 
     init(bpf: FlannelBPF, overlayIfindex: Int32, underlayIfindex: Int32, mode: BPFDataplane.DecapMode,
-         interval: Duration = .seconds(5), thread: DedicatedThreadExecutor, logger: Logger) {
+         overlay6Ifindex: Int32? = nil, interval: Duration = .seconds(5), thread: DedicatedThreadExecutor, logger: Logger) {
         self.bpf = bpf
+        self.overlay6Ifindex = overlay6Ifindex
         self.overlayIfindex = overlayIfindex
         self.underlayIfindex = underlayIfindex
         self.mode = mode
@@ -51,6 +54,11 @@ struct AttachmentGuard: Service, @unchecked Sendable {
         }
         if state.doorProgramID == nil { gone.append("vxlan door (netfilter input)") }
         if state.podGuardProgramID == nil { gone.append("pod guard (netfilter forward)") }
+        if let overlay6Ifindex {
+            if state.encap6ProgramID == nil { gone.append("IPv6 encap (TC egress, ifindex \(overlay6Ifindex))") }
+            if state.door6ProgramID == nil { gone.append("IPv6 vxlan door (netfilter input)") }
+            if state.podGuard6ProgramID == nil { gone.append("IPv6 pod guard (netfilter forward)") }
+        }
         return gone
     }
 
@@ -62,14 +70,15 @@ struct AttachmentGuard: Service, @unchecked Sendable {
         checkTTL()
         do {
             let state = try FlannelBPF.attachmentState(overlayIfindex: overlayIfindex, underlayIfindex: underlayIfindex,
-                                                       pinDirectory: bpf.pinDirectory)
+                                                       pinDirectory: bpf.pinDirectory, overlay6Ifindex: overlay6Ifindex)
             let gone = missing(state)
             guard !gone.isEmpty else {
                 errorLog.reset("attachment")
                 return repinned
             }
             logger.warning("BPF program detached by someone else: \(gone.joined(separator: ", ")); re-attaching")
-            let now = try bpf.attach(overlayIfindex: overlayIfindex, underlayIfindex: underlayIfindex, mode: mode)
+            let now = try bpf.attach(overlayIfindex: overlayIfindex, underlayIfindex: underlayIfindex, mode: mode,
+                                     overlay6Ifindex: overlay6Ifindex)
             logger.notice("BPF data path re-attached: \(now)")
             return true
         } catch {

@@ -20,16 +20,18 @@ public enum DataplaneCleanup {
     /// our pins, and — unless `keepKernelPath` — the flannel.<VNI> vxlan devices and, when `network`
     /// (the flannel network, from subnet.env) is known, our blackhole and underlay routes inside it.
     /// Returns what failed, one line each; everything else was still tried.
+    /// `ipv6Network` (subnet.env's FLANNEL_IPV6_NETWORK) likewise for IPv6 host-gw/DirectRouting routes.
     /// With `keepKernelPath`, `ownSubnet` (subnet.env's) lets the handover check tell our subnet
     /// from the peers'.
-    public static func run(bpffs: String, keepKernelPath: Bool, network: IPv4Subnet?, ownSubnet: IPv4Subnet? = nil,
+    public static func run(bpffs: String, keepKernelPath: Bool, network: IPv4Subnet?, ipv6Network: IPv6Subnet? = nil,
+                           ownSubnet: IPv4Subnet? = nil,
                            logger: Logger) -> [String] {
         var failures: [String] = []
         let overlay: KernelOverlay
         let links: [(index: Int32, name: String, isOurDevice: Bool)]
         do {
             overlay = try KernelOverlay(logger: logger)
-            links = try overlay.links().map { ($0.index, $0.name, $0.kind == "vxlan" && $0.name.hasPrefix("flannel.")) }
+            links = try overlay.links().map { ($0.index, $0.name, $0.kind == "vxlan" && ($0.name.hasPrefix("flannel.") || $0.name.hasPrefix("flannel-v6."))) }
         } catch {
             return ["listing the interfaces: \(error)"]
         }
@@ -65,10 +67,10 @@ public enum DataplaneCleanup {
                 failures.append("removing blackhole routes in \(network): \(error)")
             }
         }
-        let underlays: [Int32?] = network == nil ? [nil] : links.filter { !$0.isOurDevice }.map { Optional($0.index) }
+        let underlays: [Int32?] = network == nil && ipv6Network == nil ? [nil] : links.filter { !$0.isOurDevice }.map { Optional($0.index) }
         for underlay in underlays {
             do {
-                _ = try overlay.removeFlannelDevices(vni: nil, network: network, underlayIndex: underlay)
+                _ = try overlay.removeFlannelDevices(vni: nil, network: network, ipv6Network: ipv6Network, underlayIndex: underlay)
             } catch {
                 failures.append("\(error)")
             }

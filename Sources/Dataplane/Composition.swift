@@ -3,13 +3,20 @@
 //
 //   prepare — before the lease exists, because the lease publishes the VtepMAC: chooses (the
 //             backend, --dataplane, what loads), loads the BPF object, and settles the VtepMAC (an
-//             existing flannel.<VNI> keeps its MAC, else our previous lease's, else a random one).
+//             existing flannel.<VNI> keeps its MAC, else our previous lease's, else a random one),
+//             and in a dual-stack or IPv6-only network flannel-v6.<VNI>'s the same way (the lease's
+//             BackendV6Data.VtepMAC).
 //             BPF that cannot load sends --dataplane=auto to the userspace path before any kernel
 //             vxlan device exists (its socket would hold the VXLAN port the userspace path binds).
 //   attach  — with the lease's subnet: makes flannel.<VNI> (or the TUN), attaches the programs
 //             disabled, and returns the tables the reconciler fills, in their order, with the
 //             services that keep the data path up. An attach that fails under auto removes what it
 //             made and falls back to the userspace path with the same VtepMAC.
+//
+// IPv6 rides on the path IPv4 takes: BPF attaches its IPv6 half on flannel-v6.<VNI>, the userspace
+// path carries both families in its TUN, host-gw adds IPv6 routes. An IPv6-only network has no
+// flannel.<VNI>, which the BPF and userspace paths are built around: it runs on the kernel's
+// flannel-v6.<VNI> alone (`ActiveDataPath.kernelVXLAN`), as stock flanneld does.
 //
 // The result (`DataplaneSetup`) carries a typed `ActiveDataPath`; the prose summary is for people.
 // Every kernel call here may block (the object load runs the verifier): they run on this
@@ -41,10 +48,17 @@ public struct DataplaneRequest: Sendable {
     /// The flannel network.
     public var network: IPv4Subnet
     public var underlay: ExternalInterface
+    /// The network config's IPv6Network in a dual-stack or IPv6-only network; nil: IPv4 only. The
+    /// node's IPv6 addresses are `underlay.interfaceIPv6Address` and `underlay.publicIPv6`.
+    public var ipv6Network: IPv6Subnet?
+    /// false in an IPv6-only network (EnableIPv4 false): no flannel.<VNI>, no IPv4 peers.
+    public var enableIPv4: Bool
 
     public init(choice: DataplaneChoice, bpffs: String, bpfObject: String?, innerSourceCheck: Bool, fastPath: Bool,
                 backend: BackendKind, vni: UInt32, port: UInt16, learning: Bool, gbp: Bool, network: IPv4Subnet,
-                underlay: ExternalInterface) {
+                underlay: ExternalInterface, ipv6Network: IPv6Subnet? = nil, enableIPv4: Bool = true) {
+        self.ipv6Network = ipv6Network
+        self.enableIPv4 = enableIPv4
         self.choice = choice
         self.bpffs = bpffs
         self.bpfObject = bpfObject
@@ -82,9 +96,14 @@ public enum DataplaneStartError: Error, CustomStringConvertible {
     }
 }
 
-/// What the data path needs before the lease exists; `vtepMAC` goes into the lease.
+/// What the data path needs before the lease exists; `vtepMAC` goes into the lease's BackendData,
+/// `ipv6VTEPMAC` into its BackendV6Data.
 public struct PreparedDataplane: Sendable {
     public internal(set) var vtepMAC: MACAddress?
+    /// flannel-v6.<VNI>'s MAC (or the userspace path's IPv6 one); nil without IPv6 or without vxlan.
+    public internal(set) var ipv6VTEPMAC: MACAddress?
+    /// An IPv6-only vxlan network: flannel-v6.<VNI> alone, without programs.
+    var kernelOnly = false
     var bpf: FlannelBPF?
     var decapMode: BPFDataplane.DecapMode?
     /// Why BPF is not used (auto fell back), for the summary.
@@ -99,6 +118,8 @@ public struct DataplaneSetup: Sendable {
     public var summary: String
     /// The tables the reconciler fills (it applies them by stage: maps, then kernel state).
     public var tables: [PeerTableBinding]
+    /// The IPv6 tables, which the IPv6 reconciler fills the same way (empty without IPv6).
+    public var ipv6Tables: [IPv6TableBinding] = []
     /// Keep the data path up while the daemon runs: the userspace path's threads, the attachment
     /// guard, the fast path's upkeep. Each leaves the data path in place on shutdown, except the
     /// userspace path, which cannot outlive the process.
@@ -125,7 +146,29 @@ public final class DataplaneComposer: Sendable {
     /// Loads BPF (for vxlan) and settles the VtepMAC before the lease is taken: an existing
     /// flannel.<VNI> keeps its MAC (adoption from stock flanneld, restarts), else our previous
     /// lease's VtepMAC is reused (no MAC churn for peers after a reboot), else a random one.
-    public func prepare(previousVTEPMAC: @Sendable () async -> MACAddress?) async throws -> PreparedDataplane {
+    /// flannel-v6.<VNI>'s MAC is settled the same way, from `previousIPv6VTEPMAC` (BackendV6Data).
+    public func prepare(previousVTEPMAC: @Sendable () async -> MACAddress?,
+                        previousIPv6VTEPMAC: @Sendable () async -> MACAddress? = { nil }) async throws -> PreparedDataplane {
+        var prepared = try await prepareIPv4(previousVTEPMAC: previousVTEPMAC)
+        guard request.ipv6Network != nil, case .vxlan = request.backend else { return prepared }
+        if prepared.userspace {
+            prepared.ipv6VTEPMAC = prepared.ipv6VTEPMAC ?? request.underlay.publicIPv6.map(Self.stableUserspaceIPv6VTEPMAC)
+            return prepared
+        }
+        let name = FlannelVXLANv6Device.name(vni: request.vni)
+        if let mac = try await thread.run({ try KernelOverlay(logger: logger).existingIPv6Device(vni: request.vni)?.mac }) {
+            logger.info("\(name) exists with MAC \(mac): keeping it as BackendV6Data.VtepMAC")
+            prepared.ipv6VTEPMAC = mac
+        } else if let mac = await previousIPv6VTEPMAC() {
+            logger.info("reusing BackendV6Data.VtepMAC \(mac) of our previous lease for \(name)")
+            prepared.ipv6VTEPMAC = mac
+        } else {
+            prepared.ipv6VTEPMAC = MACAddress.randomLocal()
+        }
+        return prepared
+    }
+
+    private func prepareIPv4(previousVTEPMAC: @Sendable () async -> MACAddress?) async throws -> PreparedDataplane {
         switch request.backend {
         case .hostGW, .udp:
             if let path = request.bpfObject {
@@ -134,6 +177,17 @@ public final class DataplaneComposer: Sendable {
             return PreparedDataplane(userspace: request.backend == .udp)
         case .vxlan:
             break
+        }
+        if !request.enableIPv4 {
+            // An IPv6-only network: no flannel.<VNI>, which the BPF and userspace paths need.
+            let reason = "an IPv6-only network (EnableIPv4 false) has no flannel.<VNI>, which the BPF and userspace paths are built on"
+            guard request.choice == .auto, request.bpfObject == nil else {
+                throw DataplaneStartError.dataplaneRequired(choice: request.choice, reason: reason)
+            }
+            logger.notice("\(reason): the kernel's \(FlannelVXLANv6Device.name(vni: request.vni)) carries the traffic, as with stock flanneld")
+            var prepared = PreparedDataplane(fallbackReason: reason, userspace: false)
+            prepared.kernelOnly = true
+            return prepared
         }
         if request.choice == .userspace {
             return PreparedDataplane(vtepMAC: Self.stableUserspaceVTEPMAC(publicIP: request.underlay.publicIP), userspace: true)
@@ -185,35 +239,77 @@ public final class DataplaneComposer: Sendable {
             // by the previous run's peers.
             try FlannelBPF.detachNetfilterLinks(bpffs: request.bpffs)
             let overlay = try KernelOverlay(logger: logger)
+            // flannel-v6.<VNI> likewise holds the port on the IPv6 underlay; its MAC stays BackendV6Data's.
+            var ipv6MAC: MACAddress?
+            if request.ipv6Network != nil, let device6 = try overlay.existingIPv6Device(vni: request.vni) {
+                ipv6MAC = device6.mac
+                try overlay.deleteDevice(index: device6.index)
+            }
             if let device = try overlay.existingDevice(vni: request.vni), let mac = device.mac {
                 logger.warning("BPF data path unavailable (\(error)); using the userspace path. \(deviceName) from an earlier run is removed (it holds UDP port \(request.port)); its MAC \(mac) stays our VtepMAC")
                 try overlay.deleteDevice(index: device.index)
-                return .fellBack(PreparedDataplane(vtepMAC: mac, fallbackReason: "\(error)", userspace: true))
+                return .fellBack(PreparedDataplane(vtepMAC: mac, ipv6VTEPMAC: ipv6MAC, fallbackReason: "\(error)", userspace: true))
             }
             logger.warning("BPF data path unavailable (\(error)); using the userspace path")
             return .fellBack(PreparedDataplane(vtepMAC: Self.stableUserspaceVTEPMAC(publicIP: request.underlay.publicIP),
-                                               fallbackReason: "\(error)", userspace: true))
+                                               ipv6VTEPMAC: ipv6MAC, fallbackReason: "\(error)", userspace: true))
         }
         let overlay = try KernelOverlay(logger: logger)
         return .loaded(bpf, existingMAC: try overlay.existingDevice(vni: request.vni)?.mac)
     }
 
-    /// Puts the prepared data path in place for `subnet` (the lease's) with the overlay `mtu`.
-    public func attach(_ prepared: PreparedDataplane, subnet: IPv4Subnet, mtu: Int) async throws -> DataplaneSetup {
-        try await thread.run { try attachHere(prepared, subnet: subnet, mtu: mtu) }
+    /// Puts the prepared data path in place for `subnet` (the lease's) with the overlay `mtu`, and
+    /// its IPv6 half for `ipv6Subnet` (the lease's IPv6 subnet; nil without IPv6).
+    public func attach(_ prepared: PreparedDataplane, subnet: IPv4Subnet, mtu: Int, ipv6Subnet: IPv6Subnet? = nil) async throws -> DataplaneSetup {
+        try await thread.run { try attachHere(prepared, subnet: subnet, mtu: mtu, ipv6Subnet: ipv6Subnet) }
     }
 
-    private func attachHere(_ prepared: PreparedDataplane, subnet: IPv4Subnet, mtu: Int) throws -> DataplaneSetup {
+    /// What the IPv6 half runs with: the lease's IPv6 subnet, the node's IPv6 addresses, the network.
+    struct IPv6Half {
+        var subnet: IPv6Subnet
+        var network: IPv6Subnet
+        var localIP: IPv6Address
+        var publicIP: IPv6Address
+        /// flannel-v6.<VNI>'s MTU: the IPv4 overlay's less the 20 bytes IPv6's header adds (underlay − 70).
+        var mtu: Int
+    }
+
+    private func ipv6Half(_ ipv6Subnet: IPv6Subnet?, mtu: Int) throws -> IPv6Half? {
+        guard let network = request.ipv6Network else { return nil }
+        guard let subnet = ipv6Subnet, let local = request.underlay.interfaceIPv6Address else {
+            throw DataplaneStartError.dataplaneRequired(choice: request.choice, reason: "the IPv6 half needs the lease's IPv6 subnet and the interface's IPv6 address")
+        }
+        return IPv6Half(subnet: subnet, network: network, localIP: local, publicIP: request.underlay.publicIPv6 ?? local, mtu: mtu - 20)
+    }
+
+    private func attachHere(_ prepared: PreparedDataplane, subnet: IPv4Subnet, mtu: Int, ipv6Subnet: IPv6Subnet?) throws -> DataplaneSetup {
         let underlay = request.underlay
+        let v6 = try ipv6Half(ipv6Subnet, mtu: mtu)
         if prepared.userspace {
-            return try startUserspace(prepared, subnet: subnet, mtu: mtu)
+            return try startUserspace(prepared, subnet: subnet, mtu: mtu, ipv6: v6)
         }
         let overlay = try KernelOverlay(logger: logger)
+        if prepared.kernelOnly {
+            guard let v6, let mac6 = prepared.ipv6VTEPMAC else {
+                throw DataplaneStartError.dataplaneRequired(choice: request.choice, reason: "an IPv6-only network without an IPv6 half")
+            }
+            let device6 = try ensureIPv6Device(overlay, v6, mac: mac6)
+            let table6 = try overlay.kernelVXLANv6PeerTable(device: device6, network: v6.network)
+            return DataplaneSetup(path: .kernelVXLAN(reason: prepared.fallbackReason ?? "IPv6-only"),
+                                  summary: "kernel vxlan \(device6.name) without BPF programs (IPv6-only network)",
+                                  tables: [], ipv6Tables: [IPv6TableBinding(table6, stage: .kernelState)], services: [])
+        }
         guard let bpf = prepared.bpf, let mode = prepared.decapMode, let vtepMAC = prepared.vtepMAC else {
-            // host-gw: plain routes via the peers' node IPs.
+            // host-gw: plain routes via the peers' node IPs (IPv6: via their PublicIPv6).
             let table = try overlay.hostGWPeerTable(underlayIndex: underlay.interface.index, network: request.network, ownSubnet: subnet)
+            var tables6: [IPv6TableBinding] = []
+            if let v6 {
+                let table6 = try overlay.hostGWv6PeerTable(underlayIndex: underlay.interface.index, network: v6.network, ownSubnet: v6.subnet)
+                tables6.append(IPv6TableBinding(table6, stage: .kernelState))
+            }
             return DataplaneSetup(path: .hostGW, summary: "host-gw routes on \(underlay.interface.name)",
-                                  tables: [PeerTableBinding(table, stage: .kernelState, view: Peer.kernelView)], services: [])
+                                  tables: request.enableIPv4 ? [PeerTableBinding(table, stage: .kernelState, view: Peer.kernelView)] : [],
+                                  ipv6Tables: tables6, services: [])
         }
         var device = try overlay.ensureVXLANDevice(
             vni: request.vni, port: request.port, localIP: underlay.interfaceAddress, underlayIndex: underlay.interface.index,
@@ -229,6 +325,9 @@ public final class DataplaneComposer: Sendable {
         // fallback path. DirectRouting peers get plain routes, and stay in the maps (flagged
         // direct): a peer that judges the underlay otherwise may still send us VXLAN.
         let kernelBinding = PeerTableBinding(kernel, stage: .kernelState, view: Peer.kernelView)
+        // flannel-v6.<VNI> before any program: the IPv6 half attaches to it.
+        var device6: FlannelVXLANv6Device?
+        if let v6, let mac6 = prepared.ipv6VTEPMAC { device6 = try ensureIPv6Device(overlay, v6, mac: mac6) }
         do {
             let node = NodeConfig(nodeIP: underlay.interfaceAddress, vtepMAC: device.mac, vni: request.vni,
                                   udpPort: request.port, underlayIfindex: underlay.interface.index,
@@ -242,7 +341,20 @@ public final class DataplaneComposer: Sendable {
             // with empty maps, decap dropped a peer's VXLAN as "not a peer" until its node entry
             // was written — one lost ping in half the takeovers of a running stock node.
             try bpf.writeConfig(node)
-            let state = try bpf.attach(overlayIfindex: device.index, underlayIfindex: underlay.interface.index, mode: mode)
+            var tables6: [IPv6TableBinding] = []
+            if let v6, let device6 {
+                let hopLimit = Self.defaultTTL(path: "/proc/sys/net/ipv6/conf/\(underlay.interface.name)/hop_limit", logger: logger)
+                try bpf.writeConfig6(NodeConfig6(nodeIP: v6.localIP, vtepMAC: device6.mac, overlayIfindex: device6.index,
+                                                 overlayMTU: UInt16(clamping: device6.mtu), outerHopLimit: hopLimit,
+                                                 network: v6.network, publicIP: v6.publicIP))
+                let kernel6 = try overlay.kernelVXLANv6PeerTable(device: device6, network: v6.network)
+                tables6 = [IPv6TableBinding(BPFIPv6Peers(try bpf.ipv6PeerTable()), stage: .dataPath),
+                           IPv6TableBinding(kernel6, stage: .kernelState)]
+            } else {
+                try bpf.writeConfig6(nil)
+            }
+            let state = try bpf.attach(overlayIfindex: device.index, underlayIfindex: underlay.interface.index, mode: mode,
+                                       overlay6Ifindex: device6?.index)
             // Maps of an earlier layout: their programs were just replaced, nothing reads them.
             if let stale = try? bpf.removeOtherABIPins(), !stale.isEmpty {
                 logger.notice("removed the pins of an earlier version's maps: \(stale.joined(separator: ", "))")
@@ -250,7 +362,7 @@ public final class DataplaneComposer: Sendable {
             let maps = try bpf.peerTable()
             var services: [any Service] = [
                 AttachmentGuard(bpf: bpf, overlayIfindex: device.index, underlayIfindex: underlay.interface.index,
-                                mode: state.decapMode ?? mode, thread: thread, logger: logger),
+                                mode: state.decapMode ?? mode, overlay6Ifindex: device6?.index, thread: thread, logger: logger),
             ]
             if request.fastPath {
                 services.append(FastPathService(sync: FastPathSync(bpf: bpf, podSubnet: subnet, logger: logger), thread: thread, logger: logger))
@@ -260,10 +372,11 @@ public final class DataplaneComposer: Sendable {
             // `status` shows the summary: say when the programs are a staged object, not the built-in one.
             let staged = bpf.source == .embedded ? "" : ", programs from \(bpf.source)"
             let fast = request.fastPath ? "fast path on; " : ""
+            let devices = device.name + (device6.map { " and \($0.name)" } ?? "")
             let covering = "covering route \(request.network) via \(KernelVXLANPeerTable.coveringGateway) dev \(device.name) onlink"
             return DataplaneSetup(path: .bpf(decap: DecapMode(mode), fastPath: request.fastPath),
-                                  summary: "BPF (\(mode == .xdp ? "XDP" : "TC-checked kernel") decap; \(fast)\(state)) over \(device.name)\(staged)",
-                                  tables: [PeerTableBinding(maps, stage: .dataPath), kernelBinding], services: services,
+                                  summary: "BPF (\(mode == .xdp ? "XDP" : "TC-checked kernel") decap; \(fast)\(state)) over \(devices)\(staged)",
+                                  tables: [PeerTableBinding(maps, stage: .dataPath), kernelBinding], ipv6Tables: tables6, services: services,
                                   enableAfterFirstFill: { [thread, logger, covering] in
                                       try await thread.run {
                                           try bpf.setEnabled(true)
@@ -280,16 +393,32 @@ public final class DataplaneComposer: Sendable {
             // go, and so does flannel.<VNI>: its kernel socket holds the VXLAN port the userspace
             // path binds. The VtepMAC (already in the lease) stays the same.
             logger.warning("attaching the BPF programs failed (\(error)); using the userspace path")
-            try? FlannelBPF.detachAll(overlayIfindex: device.index, underlayIfindex: underlay.interface.index, bpffs: request.bpffs)
+            try? FlannelBPF.detachAll(overlayIfindex: device.index, underlayIfindex: underlay.interface.index, bpffs: request.bpffs,
+                                      overlay6Ifindex: device6?.index)
             try overlay.deleteDevice(index: device.index)
+            if let device6 { try overlay.deleteDevice(index: device6.index) }
             var fallback = prepared
             fallback.bpf = nil
             fallback.fallbackReason = "attaching the BPF programs failed: \(error)"
-            return try startUserspace(fallback, subnet: subnet, mtu: mtu)
+            return try startUserspace(fallback, subnet: subnet, mtu: mtu, ipv6: v6)
         }
     }
 
-    private func startUserspace(_ prepared: PreparedDataplane, subnet: IPv4Subnet, mtu: Int) throws -> DataplaneSetup {
+    /// flannel-v6.<VNI> as flanneld makes it: over the IPv6 underlay address, the settled MAC,
+    /// <IPv6 subnet>/128, up. An existing device whose MAC is not the lease's is an error, as for IPv4.
+    private func ensureIPv6Device(_ overlay: KernelOverlay, _ v6: IPv6Half, mac: MACAddress) throws -> FlannelVXLANv6Device {
+        var device = try overlay.ensureVXLANDevice(
+            vni: request.vni, port: request.port, localIP: v6.localIP, underlayIndex: request.underlay.interface.index,
+            mtu: v6.mtu, learning: request.learning, gbp: request.gbp, preferredMAC: mac)
+        device = try overlay.configureVXLANDevice(device, subnet: v6.subnet, network: v6.network)
+        logger.info("\(device.origin == .adopted ? "adopted" : "set up") \(device)")
+        guard device.mac == mac else {
+            throw DataplaneStartError.vtepMACMismatch(deviceName: device.name, deviceMAC: device.mac, leaseMAC: mac)
+        }
+        return device
+    }
+
+    private func startUserspace(_ prepared: PreparedDataplane, subnet: IPv4Subnet, mtu: Int, ipv6 v6: IPv6Half?) throws -> DataplaneSetup {
         let encapsulation: UserspaceConfig.Encapsulation
         let tunName: String
         if let mac = prepared.vtepMAC {
@@ -299,15 +428,25 @@ public final class DataplaneComposer: Sendable {
             encapsulation = .udp(port: request.port)
             tunName = "flannel0"
         }
+        var ipv6Config: UserspaceIPv6Config?
+        if let v6 {
+            guard let mac6 = prepared.ipv6VTEPMAC, prepared.vtepMAC != nil else {
+                throw DataplaneStartError.dataplaneRequired(choice: request.choice, reason: "IPv6 on the userspace path needs the vxlan backend")
+            }
+            ipv6Config = UserspaceIPv6Config(localIP: v6.localIP, localVTEPMAC: mac6, mtu: v6.mtu)
+        }
         let config = UserspaceConfig(encapsulation: encapsulation, localIP: request.underlay.interfaceAddress,
                                      tunName: tunName, mtu: mtu, icmpSourceIP: subnet.address,
-                                     innerSourceCheck: request.innerSourceCheck)
+                                     innerSourceCheck: request.innerSourceCheck, ipv6: ipv6Config)
         let dataplane = try UserspaceDataplane(config: config, logger: logger)
-        try KernelOverlay(logger: logger).configureTUN(name: tunName, subnet: subnet, network: request.network, mtu: mtu)
+        let overlay = try KernelOverlay(logger: logger)
+        try overlay.configureTUN(name: tunName, subnet: subnet, network: request.network, mtu: mtu)
+        if let v6 { try overlay.configureTUNIPv6(name: tunName, subnet: v6.subnet, network: v6.network, mtu: v6.mtu) }
         try dataplane.start()
         let why = prepared.fallbackReason.map { " (BPF unavailable: \($0))" } ?? ""
         return DataplaneSetup(path: .userspace(fallbackReason: prepared.fallbackReason), summary: "userspace TUN \(tunName)\(why)",
                               tables: [PeerTableBinding(dataplane, stage: .dataPath)],
+                              ipv6Tables: v6 == nil ? [] : [IPv6TableBinding(dataplane.ipv6Peers, stage: .dataPath)],
                               services: [UserspaceDataplaneService(dataplane: dataplane, logger: logger)],
                               metricsText: { dataplane.counters.prometheusText() })
     }
@@ -316,6 +455,15 @@ public final class DataplaneComposer: Sendable {
     /// locally administered prefix 0e:fd plus the PublicIP (unique in the cluster by construction).
     public static func stableUserspaceVTEPMAC(publicIP: IPv4Address) -> MACAddress {
         MACAddress(bytes: [0x0e, 0xfd] + publicIP.bytes)
+    }
+
+    /// The userspace path's IPv6 VtepMAC, stable across restarts like the IPv4 one: 0e:fe plus four
+    /// bytes folded from the PublicIPv6 (FNV-1a), distinct from the IPv4 MAC's 0e:fd.
+    public static func stableUserspaceIPv6VTEPMAC(publicIPv6: IPv6Address) -> MACAddress {
+        var hash: UInt32 = 2_166_136_261
+        for byte in publicIPv6.bytes { hash = (hash ^ UInt32(byte)) &* 16_777_619 }
+        return MACAddress(bytes: [0x0e, 0xfe, UInt8(hash >> 24), UInt8(truncatingIfNeeded: hash >> 16),
+                                  UInt8(truncatingIfNeeded: hash >> 8), UInt8(truncatingIfNeeded: hash)])
     }
 
     /// The outer TTL the kernel vxlan device sends with flannel's TTL "auto": the network

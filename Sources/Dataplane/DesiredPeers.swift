@@ -39,9 +39,17 @@ public struct RemoteLease: Sendable, Hashable, CustomStringConvertible {
     public var vtepMAC: MACAddress?
     /// `BackendData.SourceIP`: where the node's VXLAN comes from when not from its PublicIP.
     public var sourceIP: IPv4Address?
+    /// The IPv6 half: the key's IPv6 subnet, `PublicIPv6`, `BackendV6Data.VtepMAC` (nil when absent).
+    public var ipv6Subnet: IPv6Subnet?
+    public var publicIPv6: IPv6Address?
+    public var ipv6VtepMAC: MACAddress?
 
     public init(subnet: IPv4Subnet, publicIP: IPv4Address, backendType: String?, vtepMAC: MACAddress?,
-                sourceIP: IPv4Address? = nil) {
+                sourceIP: IPv4Address? = nil, ipv6Subnet: IPv6Subnet? = nil, publicIPv6: IPv6Address? = nil,
+                ipv6VtepMAC: MACAddress? = nil) {
+        self.ipv6Subnet = ipv6Subnet
+        self.publicIPv6 = publicIPv6
+        self.ipv6VtepMAC = ipv6VtepMAC
         self.subnet = subnet
         self.publicIP = publicIP
         self.backendType = backendType
@@ -49,7 +57,10 @@ public struct RemoteLease: Sendable, Hashable, CustomStringConvertible {
         self.sourceIP = sourceIP
     }
 
-    public var description: String { "\(subnet) at \(publicIP) (\(backendType ?? "no BackendType"))" }
+    public var description: String {
+        "\(subnet) at \(publicIP)" + (ipv6Subnet.map { " + \($0) at \(publicIPv6.map(String.init(describing:)) ?? "no PublicIPv6")" } ?? "")
+            + " (\(backendType ?? "no BackendType"))"
+    }
 }
 
 /// Turns the current lease set into the peers every table should hold.
@@ -120,3 +131,62 @@ extension Peer {
     }
 }
 
+
+/// The IPv6 half of `DesiredPeerPolicy`: the peers flannel-v6.<VNI> (and the IPv6 maps, the
+/// userspace path's IPv6 table, host-gw's IPv6 routes) should hold, from the leases' IPv6 halves.
+/// A lease without one (an IPv4-only node of a dual-stack network) is simply no IPv6 peer, as in
+/// flannel's vxlan backend.
+public struct DesiredIPv6PeerPolicy: Sendable {
+    public var ownSubnet: IPv6Subnet
+    public var backend: BackendKind
+    /// The IPv6 network of the underlay; with DirectRouting, peers whose PublicIPv6 is inside it get `direct`.
+    public var underlaySubnet: IPv6Subnet?
+
+    public init(ownSubnet: IPv6Subnet, backend: BackendKind, underlaySubnet: IPv6Subnet?) {
+        self.ownSubnet = ownSubnet
+        self.backend = backend
+        self.underlaySubnet = underlaySubnet
+    }
+
+    public enum Verdict: Sendable, Equatable {
+        case peer(IPv6Peer)
+        /// Our own lease: never a peer.
+        case own
+        /// The lease names no IPv6 subnet: nothing for the IPv6 tables.
+        case noIPv6Half
+        case skipped(reason: String)
+    }
+
+    public func verdict(for lease: RemoteLease) -> Verdict {
+        guard let subnet = lease.ipv6Subnet else { return .noIPv6Half }
+        if subnet == ownSubnet { return .own }
+        guard let publicIP = lease.publicIPv6 else { return .skipped(reason: "an IPv6 subnet without PublicIPv6") }
+        let type = lease.backendType ?? "udp"
+        guard type == backend.leaseBackendType else {
+            return .skipped(reason: "BackendType \(type) is not this network's \(backend.leaseBackendType)")
+        }
+        switch backend {
+        case .vxlan(let directRouting):
+            guard let mac = lease.ipv6VtepMAC else { return .skipped(reason: "vxlan lease without a valid BackendV6Data.VtepMAC") }
+            let direct = directRouting && (underlaySubnet?.contains(publicIP) ?? false)
+            return .peer(IPv6Peer(subnet: subnet, publicIP: publicIP, vtepMAC: mac, direct: direct))
+        case .hostGW:
+            return .peer(IPv6Peer(subnet: subnet, publicIP: publicIP, vtepMAC: nil))
+        case .udp:
+            return .skipped(reason: "the udp backend carries IPv4 only")
+        }
+    }
+
+    public func peers(from leases: some Sequence<RemoteLease>) -> (peers: Set<IPv6Peer>, skipped: [(lease: RemoteLease, reason: String)]) {
+        var peers: Set<IPv6Peer> = []
+        var skipped: [(lease: RemoteLease, reason: String)] = []
+        for lease in leases {
+            switch verdict(for: lease) {
+            case .peer(let peer): peers.insert(peer)
+            case .own, .noIPv6Half: continue
+            case .skipped(let reason): skipped.append((lease, reason))
+            }
+        }
+        return (peers, skipped)
+    }
+}

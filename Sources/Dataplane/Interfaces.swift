@@ -73,6 +73,14 @@ public struct ExternalInterface: Sendable, Equatable {
     }
 }
 
+extension ExternalInterface {
+    /// The IPv6 network the interface's IPv6 address sits on: peers inside it qualify for IPv6 DirectRouting.
+    public var underlayIPv6Subnet: IPv6Subnet? {
+        guard let local = interfaceIPv6Address, let entry = interface.ipv6.first(where: { $0.address == local }) else { return nil }
+        return IPv6Subnet(containing: local, prefixLength: entry.prefixLength)
+    }
+}
+
 /// The route `ip route get <address>` shows: the interface it leaves by and its source address.
 public struct RouteToAddress: Sendable, Equatable {
     public var interfaceIndex: Int32

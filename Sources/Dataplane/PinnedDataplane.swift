@@ -102,16 +102,42 @@ public struct PeerTraffic: Sendable, Equatable {
     }
 }
 
-/// One peer as the BPF maps hold it.
-public struct PinnedPeer: Sendable, Equatable {
-    public var subnet: IPv4Subnet
-    public var nodeIP: IPv4Address
+extension PeerTraffic {
+    /// One node's per-CPU values summed (in an extension: the memberwise initializer stays).
+    init(summing perCPU: [fxdp_peer_stats]) {
+        self.init()
+        for v in perCPU {
+            txPackets &+= v.tx_packets
+            txBytes &+= v.tx_bytes
+            rxPackets &+= v.rx_packets
+            rxBytes &+= v.rx_bytes
+        }
+    }
+}
+
+/// One peer as the BPF maps hold it (fxdp_peers; fxdp_peers6 for `PinnedIPv6Peer`).
+public typealias PinnedPeer = PinnedFamilyPeer<IPv4Subnet>
+public typealias PinnedIPv6Peer = PinnedFamilyPeer<IPv6Subnet>
+
+public struct PinnedFamilyPeer<Subnet: IPSubnetType>: Sendable, Equatable {
+    public var subnet: Subnet
+    public var nodeIP: Subnet.Address
     public var vtepMAC: MACAddress
     public var direct: Bool
     /// Whether fxdp_nodes accepts VXLAN from nodeIP (the decap source check).
     public var decapAccepted: Bool
     /// Per node (several subnets of one node share it); nil when the pins predate the per-peer map.
     public var traffic: PeerTraffic?
+
+    public init(subnet: Subnet, nodeIP: Subnet.Address, vtepMAC: MACAddress, direct: Bool, decapAccepted: Bool,
+                traffic: PeerTraffic? = nil) {
+        self.subnet = subnet
+        self.nodeIP = nodeIP
+        self.vtepMAC = vtepMAC
+        self.direct = direct
+        self.decapAccepted = decapAccepted
+        self.traffic = traffic
+    }
 }
 
 /// One pinned map, identified as bpftool shows it.
@@ -169,6 +195,10 @@ public struct PinnedDataplane: Sendable {
     /// Absent in pins made by a version before per-peer counters.
     let peerStats: PerCPUMap<fxdp_node_key, fxdp_peer_stats>?
     let strangers: BPFMap<fxdp_node_key, fxdp_stranger>
+    /// The IPv6 half's maps; absent in pins made by a version before IPv6.
+    let peers6: BPFMap<fxdp_peer6_key, fxdp_peer6_value>?
+    let nodes6: BPFMap<fxdp_node6_key, fxdp_node_value>?
+    let peerStats6: PerCPUMap<fxdp_node6_key, fxdp_peer_stats>?
 
     /// What the verbs say when there are no pins under `bpffs`.
     public static func noPins(_ bpffs: String) -> OperationsError {
@@ -211,7 +241,14 @@ public struct PinnedDataplane: Sendable {
                 peerStats: access(path(FXDP_MAP_PEER_STATS), F_OK) == 0
                     ? try PerCPUMap.openPinned(path: path(FXDP_MAP_PEER_STATS), key: fxdp_node_key.self, value: fxdp_peer_stats.self)
                     : nil,
-                strangers: try BPFMap.openPinned(path: path(FXDP_MAP_STRANGERS), key: fxdp_node_key.self, value: fxdp_stranger.self))
+                strangers: try BPFMap.openPinned(path: path(FXDP_MAP_STRANGERS), key: fxdp_node_key.self, value: fxdp_stranger.self),
+                peers6: access(path(FXDP_MAP_PEERS6), F_OK) == 0
+                    ? try BPFMap.openPinned(path: path(FXDP_MAP_PEERS6), key: fxdp_peer6_key.self, value: fxdp_peer6_value.self) : nil,
+                nodes6: access(path(FXDP_MAP_NODES6), F_OK) == 0
+                    ? try BPFMap.openPinned(path: path(FXDP_MAP_NODES6), key: fxdp_node6_key.self, value: fxdp_node_value.self) : nil,
+                peerStats6: access(path(FXDP_MAP_PEER_STATS6), F_OK) == 0
+                    ? try PerCPUMap.openPinned(path: path(FXDP_MAP_PEER_STATS6), key: fxdp_node6_key.self, value: fxdp_peer_stats.self)
+                    : nil)
         } catch {
             throw OperationsError(operation: "open the pinned maps in \(folder)", detail: "\(error)",
                                   hint: "run as root; a folder from another flanneld-xdp version holds other map names (FXDP_ABI_VERSION): `flanneld-xdp cleanup` removes it")
@@ -244,6 +281,30 @@ public struct PinnedDataplane: Sendable {
         }
     }
 
+    /// The IPv6 peers in fxdp_peers6 (empty when the pins have no IPv6 maps), with their traffic from
+    /// fxdp_peer_stats6.
+    public func ipv6PeerList() throws(OperationsError) -> [PinnedIPv6Peer] {
+        guard let peers6, let nodes6 else { return [] }
+        do {
+            let accepted = Set(try nodes6.keys().map { BPFIPv6PeerTable.address(of: $0) })
+            var traffic: [IPv6Address: PeerTraffic]?
+            if let peerStats6 {
+                var sums: [IPv6Address: PeerTraffic] = [:]
+                for key in try peerStats6.keys() {
+                    guard let perCPU = try peerStats6.lookupIfPresent(key) else { continue }
+                    sums[BPFIPv6PeerTable.address(of: key)] = PeerTraffic(summing: perCPU)
+                }
+                traffic = sums
+            }
+            return try BPFIPv6PeerTable.entries(peers6).map { peer in
+                PinnedIPv6Peer(subnet: peer.subnet, nodeIP: peer.publicIP, vtepMAC: peer.vtepMAC, direct: peer.direct,
+                               decapAccepted: accepted.contains(peer.publicIP), traffic: traffic.map { $0[peer.publicIP] ?? PeerTraffic() })
+            }.sorted { $0.subnet < $1.subnet }
+        } catch {
+            throw OperationsError(operation: "read \(FXDP_MAP_PEERS6)", detail: "\(error)", hint: "run as root")
+        }
+    }
+
     /// The addresses dropped as not from a peer, most recent first.
     public func strangerList() throws(OperationsError) -> [Stranger] {
         var now = timespec()
@@ -267,14 +328,7 @@ public struct PinnedDataplane: Sendable {
             for key in try peerStats.keys() {
                 // An entry deleted between keys() and lookup (a prune) is simply skipped.
                 guard let perCPU = try peerStats.lookupIfPresent(key) else { continue }
-                var t = PeerTraffic()
-                for v in perCPU {
-                    t.txPackets &+= v.tx_packets
-                    t.txBytes &+= v.tx_bytes
-                    t.rxPackets &+= v.rx_packets
-                    t.rxBytes &+= v.rx_bytes
-                }
-                result[IPv4Address(tuple: key.node_ip)] = t
+                result[IPv4Address(tuple: key.node_ip)] = PeerTraffic(summing: perCPU)
             }
             return result
         } catch {

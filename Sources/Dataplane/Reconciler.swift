@@ -92,14 +92,15 @@ public struct PeerProgress: Sendable, Equatable, CustomStringConvertible {
 /// One table as the reconciler drives it: its stage, which of the desired peers belong in it, and
 /// how the table reports a peer it holds (e.g. the kernel keeps no MAC for a DirectRouting peer),
 /// so that a correctly applied peer never looks like drift.
-public struct PeerTableBinding: Sendable {
-    public var table: any PeerTable
+/// Generic over the family (`Peer`, `IPv6Peer`): each family has its own reconciler and tables.
+public struct FamilyTableBinding<P: OverlayPeer>: Sendable {
+    public var table: any FamilyPeerTable<P>
     public var stage: TableStage
-    public var selects: @Sendable (Peer) -> Bool
-    public var view: @Sendable (Peer) -> Peer
+    public var selects: @Sendable (P) -> Bool
+    public var view: @Sendable (P) -> P
 
-    public init(_ table: any PeerTable, stage: TableStage = .dataPath, selects: @escaping @Sendable (Peer) -> Bool = { _ in true },
-                view: @escaping @Sendable (Peer) -> Peer = { $0 }) {
+    public init(_ table: any FamilyPeerTable<P>, stage: TableStage = .dataPath, selects: @escaping @Sendable (P) -> Bool = { _ in true },
+                view: @escaping @Sendable (P) -> P = { $0 }) {
         self.table = table
         self.stage = stage
         self.selects = selects
@@ -117,10 +118,13 @@ public enum PassKind: String, Sendable {
     case changes
 }
 
-public struct TableOutcome: Sendable, CustomStringConvertible {
+public typealias PeerTableBinding = FamilyTableBinding<Peer>
+public typealias IPv6TableBinding = FamilyTableBinding<IPv6Peer>
+
+public struct FamilyTableOutcome<P: OverlayPeer>: Sendable, CustomStringConvertible {
     public var table: String
-    public var removed: [Peer] = []
-    public var upserted: [Peer] = []
+    public var removed: [P] = []
+    public var upserted: [P] = []
     public var failures: [String] = []
     /// How many peers this table should hold.
     public var wanted: Int = 0
@@ -137,8 +141,10 @@ public struct TableOutcome: Sendable, CustomStringConvertible {
     }
 }
 
-public struct ReconcileReport: Sendable, CustomStringConvertible {
-    public var outcomes: [TableOutcome]
+public typealias TableOutcome = FamilyTableOutcome<Peer>
+
+public struct FamilyReconcileReport<P: OverlayPeer>: Sendable, CustomStringConvertible {
+    public var outcomes: [FamilyTableOutcome<P>]
     public var desiredCount: Int
     public var duration: Duration
     /// The kind of pass asked for (a `.changes` pass may still read some tables back: see `readBack`).
@@ -155,22 +161,31 @@ public struct ReconcileReport: Sendable, CustomStringConvertible {
     public var description: String { outcomes.map(\.description).joined(separator: " | ") }
 }
 
-public actor Reconciler {
+public typealias ReconcileReport = FamilyReconcileReport<Peer>
+public typealias IPv6ReconcileReport = FamilyReconcileReport<IPv6Peer>
+
+/// The IPv4 peers' reconciler (flannel.<VNI>, fxdp_peers); `IPv6Reconciler` drives the IPv6 halves
+/// (flannel-v6.<VNI>, fxdp_peers6) the same way, on a thread of its own.
+public typealias Reconciler = FamilyReconciler<Peer>
+public typealias IPv6Reconciler = FamilyReconciler<IPv6Peer>
+
+public actor FamilyReconciler<P: OverlayPeer> {
+    public typealias Report = FamilyReconcileReport<P>
     /// The tables in the order every pass applies them: by stage, and in the given order within one.
-    private let bindings: [PeerTableBinding]
+    private let bindings: [FamilyTableBinding<P>]
     private let logger: Logger
     /// The thread the actor runs on (see the design note).
     private let thread: DedicatedThreadExecutor
     public nonisolated var unownedExecutor: UnownedSerialExecutor { thread.asUnownedSerialExecutor() }
     private let errorLog = RateLimitedLog(window: .seconds(60))
     /// The desired peers, one per subnet.
-    private var desiredBySubnet: [IPv4Subnet: Peer] = [:]
+    private var desiredBySubnet: [P.Subnet: P] = [:]
     /// What a subnet's desired peer was at the previous pass (nil: none wanted there then).
-    private struct Before { var peer: Peer? }
+    private struct Before { var peer: P? }
     /// Per stage (by raw value): every subnet whose desired peer changed since the stage's previous
     /// pass, with what it was then. The stage's tables in sync hold exactly that earlier state, so
     /// these entries are all a change pass needs.
-    private var changedSince: [[IPv4Subnet: Before]] = Array(repeating: [:], count: TableStage.allCases.count)
+    private var changedSince: [[P.Subnet: Before]] = Array(repeating: [:], count: TableStage.allCases.count)
     /// Per table: its previous pass succeeded, so it holds the desired set of that pass (as the
     /// binding selects and views it). false forces its next pass to read it back.
     private var inSync: [Bool]
@@ -179,7 +194,7 @@ public actor Reconciler {
     /// Per table: writes its running pass still has to make (progress); nil before its first pass.
     private var outstanding: [Int?]
     /// Peers per kernel-stage chunk: between chunks, lease events get in and reach the maps.
-    public static let chunkSize = 1024
+    public static var chunkSize: Int { 1024 }
     private var progressObservers: [@Sendable (PeerProgress) -> Void] = []
     /// `holdKernelStage`: the kernel stage waits before it writes anything; meanwhile lease events
     /// still reach the data path's tables. The continuation wakes the held pass for either.
@@ -191,7 +206,7 @@ public actor Reconciler {
     /// The periodic timer asked for a full pass; the next pass reads every table back.
     private var fullPassDue = false
     private var failedPasses = 0
-    public private(set) var lastReport: ReconcileReport?
+    public private(set) var lastReport: Report?
     public private(set) var passCount = 0
     /// How many passes read at least one table back (start-up fill, periodic, after failures).
     public private(set) var readBackPassCount = 0
@@ -204,14 +219,14 @@ public actor Reconciler {
     /// The heartbeat timer fired: the loop's next wake-up beats with `watchdog` true.
     private let beatDue = Atomic<Bool>(false)
     /// Told about every pass (the metrics' duration histogram and failure counter, the state file).
-    private var passObservers: [@Sendable (ReconcileReport) -> Void] = []
+    private var passObservers: [@Sendable (Report) -> Void] = []
 
     /// `onPass` is told about every pass from the first one on (see `observePasses`).
-    public init(tables: [PeerTableBinding], logger: Logger, onPass: (@Sendable (ReconcileReport) -> Void)? = nil,
+    public init(tables: [FamilyTableBinding<P>], logger: Logger, threadName: String = "fxdp-reconcile", onPass: (@Sendable (Report) -> Void)? = nil,
                 onProgress: (@Sendable (PeerProgress) -> Void)? = nil) {
         bindings = tables.enumerated().sorted { ($0.element.stage, $0.offset) < ($1.element.stage, $1.offset) }.map(\.element)
         self.logger = logger
-        thread = DedicatedThreadExecutor(name: "fxdp-reconcile")
+        thread = DedicatedThreadExecutor(name: threadName)
         if let onPass { passObservers = [onPass] }
         if let onProgress { progressObservers = [onProgress] }
         inSync = Array(repeating: false, count: tables.count)
@@ -228,17 +243,17 @@ public actor Reconciler {
     public nonisolated var tableOrder: [String] { bindings.map(\.table.tableName) }
 
     /// The desired peers as a set (O(N): for tests and inspection; `desiredCount` is O(1)).
-    public var desired: Set<Peer> { Set(desiredBySubnet.values) }
+    public var desired: Set<P> { Set(desiredBySubnet.values) }
     public var desiredCount: Int { desiredBySubnet.count }
-    public func desiredPeer(for subnet: IPv4Subnet) -> Peer? { desiredBySubnet[subnet] }
+    public func desiredPeer(for subnet: P.Subnet) -> P? { desiredBySubnet[subnet] }
 
     /// Replaces the desired set and asks the running loop for a pass. O(N): for snapshots; a
     /// single lease event goes through `updateDesired`/`removeDesired`. One peer per subnet: of two
     /// peers for the same subnet, the one with the higher PublicIP is kept.
-    public func setDesired(_ peers: Set<Peer>) {
-        var next: [IPv4Subnet: Peer] = Dictionary(minimumCapacity: peers.count)
+    public func setDesired(_ peers: Set<P>) {
+        var next: [P.Subnet: P] = Dictionary(minimumCapacity: peers.count)
         for peer in peers {
-            if let other = next[peer.subnet], other.publicIP.value >= peer.publicIP.value { continue }
+            if let other = next[peer.subnet], other.publicIP >= peer.publicIP { continue }
             next[peer.subnet] = peer
         }
         for (subnet, old) in desiredBySubnet where next[subnet] != old { noteChange(subnet, was: old) }
@@ -248,7 +263,7 @@ public actor Reconciler {
     }
 
     /// Sets the desired peer for `peer.subnet` (added or changed); asks for a pass if that changes anything.
-    public func updateDesired(_ peer: Peer) {
+    public func updateDesired(_ peer: P) {
         let old = desiredBySubnet[peer.subnet]
         guard old != peer else { return }
         noteChange(peer.subnet, was: old)
@@ -257,13 +272,13 @@ public actor Reconciler {
     }
 
     /// No peer is wanted at `subnet` any more; asks for a pass if one was.
-    public func removeDesired(_ subnet: IPv4Subnet) {
+    public func removeDesired(_ subnet: P.Subnet) {
         guard let old = desiredBySubnet.removeValue(forKey: subnet) else { return }
         noteChange(subnet, was: old)
         kick()
     }
 
-    private func noteChange(_ subnet: IPv4Subnet, was old: Peer?) {
+    private func noteChange(_ subnet: P.Subnet, was old: P?) {
         // The first change since the stage's pass counts: that is what its tables hold.
         for stage in changedSince.indices where changedSince[stage][subnet] == nil {
             changedSince[stage][subnet] = Before(peer: old)
@@ -289,7 +304,7 @@ public actor Reconciler {
 
     /// Calls `observer` with every pass from now on, and at once with the latest pass (the
     /// start-up fill, which runs before the metrics exist).
-    public func observePasses(_ observer: @escaping @Sendable (ReconcileReport) -> Void) {
+    public func observePasses(_ observer: @escaping @Sendable (Report) -> Void) {
         passObservers.append(observer)
         if let lastReport { observer(lastReport) }
     }
@@ -348,7 +363,7 @@ public actor Reconciler {
     /// the design note). Never throws: failures are in the report. One pass at a time: a pass
     /// asked for while another runs (it lets lease events in between its kernel chunks) waits.
     @discardableResult
-    public func reconcile(_ kind: PassKind = .full, stages: Set<TableStage> = Set(TableStage.allCases)) async -> ReconcileReport {
+    public func reconcile(_ kind: PassKind = .full, stages: Set<TableStage> = Set(TableStage.allCases)) async -> Report {
         while passRunning { await withCheckedContinuation { passWaiters.append($0) } }
         passRunning = true
         defer {
@@ -357,8 +372,8 @@ public actor Reconciler {
         }
         let clock = ContinuousClock()
         let start = clock.now
-        var outcomes: [TableOutcome] = []
-        var interleaved: [TableOutcome] = []
+        var outcomes: [FamilyTableOutcome<P>] = []
+        var interleaved: [FamilyTableOutcome<P>] = []
         outcomes.reserveCapacity(bindings.count)
         for stage in TableStage.allCases where stages.contains(stage) {
             while stage == .kernelState, kernelStageHeld {
@@ -368,7 +383,7 @@ public actor Reconciler {
             outcomes += await applyStage(stage, kind, interleaved: &interleaved)
         }
         outcomes += interleaved
-        let report = ReconcileReport(outcomes: outcomes, desiredCount: desiredBySubnet.count,
+        let report = Report(outcomes: outcomes, desiredCount: desiredBySubnet.count,
                                      duration: clock.now - start, kind: kind, stages: stages)
         record(report)
         return report
@@ -376,10 +391,10 @@ public actor Reconciler {
 
     /// The tables of `stage`: each read back (full pass, or not in sync) or given the stage's
     /// changes. A data path stage run between kernel chunks adds its outcomes to `interleaved`.
-    private func applyStage(_ stage: TableStage, _ kind: PassKind, interleaved: inout [TableOutcome]) async -> [TableOutcome] {
+    private func applyStage(_ stage: TableStage, _ kind: PassKind, interleaved: inout [FamilyTableOutcome<P>]) async -> [FamilyTableOutcome<P>] {
         let changes = changedSince[stage.rawValue]
         changedSince[stage.rawValue] = [:]
-        var outcomes: [TableOutcome] = []
+        var outcomes: [FamilyTableOutcome<P>] = []
         for index in bindings.indices where bindings[index].stage == stage {
             let outcome = kind == .full || !inSync[index]
                 ? await fullPass(index, interleaved: &interleaved) : await changesPass(index, changes, interleaved: &interleaved)
@@ -393,15 +408,15 @@ public actor Reconciler {
     }
 
     /// The table read back and diffed against the whole desired set: O(N), repairs drift.
-    private func fullPass(_ index: Int, interleaved: inout [TableOutcome]) async -> TableOutcome {
+    private func fullPass(_ index: Int, interleaved: inout [FamilyTableOutcome<P>]) async -> FamilyTableOutcome<P> {
         let binding = bindings[index]
         let table = binding.table
-        var outcome = TableOutcome(table: table.tableName)
-        var wanted = Set<Peer>(minimumCapacity: desiredBySubnet.count)
+        var outcome = FamilyTableOutcome<P>(table: table.tableName)
+        var wanted = Set<P>(minimumCapacity: desiredBySubnet.count)
         for peer in desiredBySubnet.values where binding.selects(peer) { wanted.insert(binding.view(peer)) }
         outcome.wanted = wanted.count
         wantedCounts[index] = wanted.count
-        let actual: Set<Peer>
+        let actual: Set<P>
         do {
             actual = try table.currentPeers()
         } catch {
@@ -419,13 +434,13 @@ public actor Reconciler {
     /// each in subnet order, in batches. Every failure is recorded, and the rest still applied. A
     /// kernel-stage table is written in chunks; between two, lease events that came meanwhile are
     /// let in and written to the data path's tables first (the design note).
-    private func apply(removing stale: [Peer], upserting fresh: [Peer], to index: Int, _ outcome: inout TableOutcome,
-                       interleaved: inout [TableOutcome]) async {
+    private func apply(removing stale: [P], upserting fresh: [P], to index: Int, _ outcome: inout FamilyTableOutcome<P>,
+                       interleaved: inout [FamilyTableOutcome<P>]) async {
         let table = bindings[index].table
         let chunked = bindings[index].stage == .kernelState
         let chunk = chunked ? Self.chunkSize : Int.max
         outstanding[index] = stale.count + fresh.count
-        let work: [(remove: Bool, peers: [Peer])] = [(true, stale.sorted { $0.subnet < $1.subnet }), (false, fresh.sorted { $0.subnet < $1.subnet })]
+        let work: [(remove: Bool, peers: [P])] = [(true, stale.sorted { $0.subnet < $1.subnet }), (false, fresh.sorted { $0.subnet < $1.subnet })]
         for (removing, peers) in work {
             var at = 0
             while at < peers.count {
@@ -447,26 +462,26 @@ public actor Reconciler {
     }
 
     /// During a kernel stage: lease events that came meanwhile, to the data path's tables now.
-    private func applyDataPathChanges(_ interleaved: inout [TableOutcome]) async {
+    private func applyDataPathChanges(_ interleaved: inout [FamilyTableOutcome<P>]) async {
         guard !changedSince[TableStage.dataPath.rawValue].isEmpty else { return }
-        var none: [TableOutcome] = []
+        var none: [FamilyTableOutcome<P>] = []
         interleaved += await applyStage(.dataPath, .changes, interleaved: &none)
     }
 
     /// The desired peer at `subnet` as `binding` sees it, nil when the table should hold none there.
-    private func desiredSubnetSelected(_ subnet: IPv4Subnet, _ binding: PeerTableBinding) -> Peer? {
+    private func desiredSubnetSelected(_ subnet: P.Subnet, _ binding: FamilyTableBinding<P>) -> P? {
         guard let peer = desiredBySubnet[subnet], binding.selects(peer) else { return nil }
         return binding.view(peer)
     }
 
     /// Only the subnets in `changes`, on a table that holds the previous pass's desired set:
     /// O(changes), no read-back. Same order as a full pass: stale removals, then upserts.
-    private func changesPass(_ index: Int, _ changes: [IPv4Subnet: Before], interleaved: inout [TableOutcome]) async -> TableOutcome {
+    private func changesPass(_ index: Int, _ changes: [P.Subnet: Before], interleaved: inout [FamilyTableOutcome<P>]) async -> FamilyTableOutcome<P> {
         let binding = bindings[index]
         let table = binding.table
-        var outcome = TableOutcome(table: table.tableName, readBack: false)
-        var stale: [Peer] = []
-        var fresh: [Peer] = []
+        var outcome = FamilyTableOutcome<P>(table: table.tableName, readBack: false)
+        var stale: [P] = []
+        var fresh: [P] = []
         var count = wantedCounts[index]
         for (subnet, before) in changes {
             let was = before.peer.flatMap { binding.selects($0) ? binding.view($0) : nil }
@@ -486,7 +501,7 @@ public actor Reconciler {
         return outcome
     }
 
-    private func record(_ report: ReconcileReport) {
+    private func record(_ report: Report) {
         passCount += 1
         for observer in passObservers { observer(report) }
         if report.readBack { readBackPassCount += 1 }
@@ -570,12 +585,12 @@ public actor Reconciler {
 }
 
 /// The reconcile loop as a service of the daemon's group.
-public struct ReconcileService: Service {
-    public let reconciler: Reconciler
+public struct ReconcileService<P: OverlayPeer>: Service {
+    public let reconciler: FamilyReconciler<P>
     public let interval: Duration
-    public let heartbeat: Reconciler.Heartbeat?
+    public let heartbeat: FamilyReconciler<P>.Heartbeat?
 
-    public init(reconciler: Reconciler, interval: Duration, heartbeat: Reconciler.Heartbeat? = nil) {
+    public init(reconciler: FamilyReconciler<P>, interval: Duration, heartbeat: FamilyReconciler<P>.Heartbeat? = nil) {
         self.reconciler = reconciler
         self.interval = interval
         self.heartbeat = heartbeat

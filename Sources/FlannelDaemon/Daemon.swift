@@ -80,9 +80,17 @@ public enum Daemon {
     /// Everything up to READY=1; returns the services to run.
     static func start(_ options: FlannelOptions, notifier: SystemdNotifier, readiness: Readiness,
                       logger: Logger) async throws -> [any Service] {
-        // 1. Interface and public IP.
-        let external = try InterfaceSelection.selectFromSystem(options.interface)
-        logger.info("using interface \(external.interface.name) (index \(external.interface.index), mtu \(external.interface.mtu)), local IP \(external.interfaceAddress), public IP \(external.publicIP), chosen by \(external.chosenBy)")
+        // 1. Interface and public IP. An IPv6-only network (known once the config is read) chooses
+        //    by IPv6 addresses instead, so a node without IPv4 only fails there if the network needs IPv4.
+        var external: ExternalInterface
+        var ipv4Selection: (any Error)?
+        do {
+            external = try InterfaceSelection.selectFromSystem(options.interface)
+            logger.info("using interface \(external.interface.name) (index \(external.interface.index), mtu \(external.interface.mtu)), local IP \(external.interfaceAddress), public IP \(external.publicIP), chosen by \(external.chosenBy)")
+        } catch {
+            ipv4Selection = error
+            external = try InterfaceSelection.selectIPv6OnlyFromSystem(options.interface)
+        }
 
         // 2. etcd and the network config (waits while etcd is away or the config is missing/bad) —
         //    or, when etcd does not answer within --etcd-start-timeout and the last known state holds
@@ -92,6 +100,7 @@ public enum Daemon {
             logger.warning("\(warning)")
         }
         var managerOptions = SubnetManagerOptions()
+        managerOptions.servesIPv6Networks = true
         managerOptions.leaseTTL = .seconds(options.subnet.subnetLeaseTTL)
         managerOptions.renewMargin = .seconds(options.subnet.subnetLeaseRenewMargin * 60)
         if options.subnet.subnetLeaseTTL != SubnetOptions.defaultLeaseTTLSeconds {
@@ -117,34 +126,62 @@ public enum Daemon {
             etcdAPIDetail = options.etcd.api == .auto ? "the last known state's (\(saved.etcdAPI)), etcd not reached yet" : "given by --etcd-api"
         }
         let backend = try Startup.backendKind(config.backend)
-        logger.info("network \(config.network), subnets /\(config.subnetLen), backend \(backend), etcd API \(manager.registry.apiVersion)")
+        logger.info("network \(config.networksDescription), backend \(backend), etcd API \(manager.registry.apiVersion)")
         for warning in config.warnings { logger.warning("WARNING: \(warning)") }
+        if let v6 = config.ipv6 {
+            if case .udp = backend { throw StartupError.ipv6Unsupported(backend: config.backend.type) }
+            if config.enableIPv4 {
+                if let ipv4Selection { throw ipv4Selection }
+                external = try InterfaceSelection.addingIPv6(to: external, publicIPv6: options.interface.publicIPv6)
+            } else {
+                external = try InterfaceSelection.selectIPv6OnlyFromSystem(options.interface)
+            }
+            logger.info("IPv6 (\(config.enableIPv4 ? "dual-stack" : "IPv6-only") network \(v6.network)): local IPv6 \(external.interfaceIPv6Address.map(String.init(describing:)) ?? "-"), public IPv6 \(external.publicIPv6.map(String.init(describing:)) ?? "-") on \(external.interface.name), chosen by \(external.chosenBy)")
+        } else if let ipv4Selection {
+            throw ipv4Selection
+        }
 
         // 3. Data path preparation that the lease depends on (the VtepMAC).
         let mtu = Startup.overlayMTU(underlayMTU: external.interface.mtu, config: config, backend: backend)
-        let previous = Startup.previousSubnet(subnetFile: options.subnet.subnetFile, network: config.network, logger: logger)
+        let previousBoth = Startup.previousSubnets(subnetFile: options.subnet.subnetFile, network: config.network,
+                                                   ipv6Network: config.ipv6?.network, logger: logger)
+        let previous = previousBoth.ipv4, previousIPv6 = previousBoth.ipv6
+        let chosen = external
         let previousVTEPMAC: @Sendable () async -> MACAddress? = switch source {
         case .etcd: {
-            try? await Startup.previousVTEPMAC(registry: manager.registry, publicIP: external.publicIP, previousSubnet: previous)
+            try? await Startup.previousVTEPMAC(registry: manager.registry, publicIP: chosen.publicIP, previousSubnet: previous,
+                                               previousIPv6Subnet: previousIPv6)
         }
         case .lastKnown(let saved): { saved.own.attributes.vtepMAC }
         }
+        let previousIPv6VTEPMAC: @Sendable () async -> MACAddress? = switch source {
+        case .etcd: {
+            guard let publicIPv6 = chosen.publicIPv6, let previousIPv6 else { return nil }
+            return try? await Startup.previousIPv6VTEPMAC(registry: manager.registry, publicIPv6: publicIPv6,
+                                                          previousKey: LeaseKey(subnet: previous ?? config.network, ipv6Subnet: previousIPv6))
+        }
+        case .lastKnown(let saved): { saved.own.attributes.ipv6VtepMAC }
+        }
         let composer = DataplaneComposer(Startup.dataplaneRequest(options, backend: backend, config: config, external: external),
                                          logger: logger)
-        let prepared = try await composer.prepare(previousVTEPMAC: previousVTEPMAC)
+        let prepared = try await composer.prepare(previousVTEPMAC: previousVTEPMAC, previousIPv6VTEPMAC: previousIPv6VTEPMAC)
 
         // 4. The lease; a previous subnet.env's subnet is preferred when it is free.
         // VXLAN leaves from the interface address; when the lease names another PublicIP (without
         // NAT in between) peers' source checks learn the real source from BackendData.SourceIP.
         let attributes = LeaseAttributes.forBackend(config.backend, publicIP: external.publicIP, vtepMAC: prepared.vtepMAC,
-                                                    sourceIP: external.interfaceAddress)
+                                                    sourceIP: external.interfaceAddress,
+                                                    publicIPv6: config.ipv6 == nil ? nil : external.publicIPv6,
+                                                    ipv6VtepMAC: config.ipv6 == nil ? nil : prepared.ipv6VTEPMAC)
+        let nodeAddress = config.enableIPv4 ? external.publicIP.description : external.publicIPv6.map(String.init(describing:)) ?? "-"
         let lease: Lease
         switch source {
         case .etcd:
             lease = try await Startup.acquireLease(manager, config: config, attributes: attributes,
-                                                   previousSubnet: previous, logger: logger)
+                                                   previousSubnet: previous, previousIPv6Subnet: previousIPv6, logger: logger)
             readiness.set(.leaseConfirmed, ok: true)
-            logger.info("lease \(lease.subnet) for \(external.publicIP)\(previous == lease.subnet ? " (same as before)" : "")")
+            let same = previous == lease.subnet && previousIPv6 == lease.ipv6Subnet
+            logger.info("lease \(lease.subnetsDescription) for \(nodeAddress)\(same ? " (same as before)" : "")")
         case .lastKnown(let saved):
             lease = saved.own
             readiness.set(.leaseConfirmed, ok: false,
@@ -152,11 +189,11 @@ public enum Daemon {
             if saved.own.attributes != attributes {
                 logger.warning("the saved lease says \(saved.own.attributes) but this node now has \(attributes): peers reach us as the saved lease says until etcd is updated")
             }
-            logger.info("lease \(lease.subnet) for \(external.publicIP) (last known state, not yet confirmed by etcd)")
+            logger.info("lease \(lease.subnetsDescription) for \(nodeAddress) (last known state, not yet confirmed by etcd)")
         }
 
         // 5. Attach the data path for this subnet.
-        let setup = try await composer.attach(prepared, subnet: lease.subnet, mtu: mtu)
+        let setup = try await composer.attach(prepared, subnet: lease.subnet, mtu: mtu, ipv6Subnet: config.ipv6 == nil ? nil : lease.ipv6Subnet)
         readiness.set(.dataplaneAttached, ok: true)
         logger.info("data path: \(setup.summary)")
 
@@ -186,6 +223,20 @@ public enum Daemon {
             // Entries written, of how many: after a restart with pinned maps, "+0 -0" unless leases changed.
             logger.info("data path tables filled \(ContinuousClock.now - listed) after the lease list (pass \(firstPass.duration)): \(firstPass)")
         }
+        // The IPv6 halves, into their own tables (flannel-v6.<VNI>, the IPv6 maps), before the programs are enabled.
+        var ipv6: IPv6PeerFollower?
+        if config.ipv6 != nil, let ownIPv6 = lease.ipv6Subnet {
+            let reconciler6 = IPv6Reconciler(tables: setup.ipv6Tables, logger: logger, threadName: "fxdp-reconcile6",
+                                             onPass: readiness.followIPv6)
+            let policy6 = DesiredIPv6PeerPolicy(ownSubnet: ownIPv6, backend: backend, underlaySubnet: external.underlayIPv6Subnet)
+            let follower = IPv6PeerFollower(policy: policy6, reconciler: reconciler6, logger: logger)
+            await follower.replace(snapshot)
+            let firstPass6 = await reconciler6.reconcile()
+            if !firstPass6.succeeded {
+                logger.error("filling the IPv6 peer tables failed; not ready until a retry succeeds: \(firstPass6)")
+            }
+            ipv6 = follower
+        }
         if let enable = setup.enableAfterFirstFill {
             do { try await enable() } catch { logger.error("enabling the BPF programs failed; the kernel vxlan path carries traffic: \(error)") }
         }
@@ -196,17 +247,17 @@ public enum Daemon {
         let operations = try await OperationsServices.make(OperationsContext(
             options: options, external: external, config: config, backend: backend, lease: lease, manager: manager,
             dataplane: setup.path, dataplaneSummary: setup.summary, mtu: mtu, reconciler: reconciler, readiness: readiness,
-            etcdAPIDetail: etcdAPIDetail, dataplaneMetrics: setup.metricsText), logger: logger)
+            etcdAPIDetail: etcdAPIDetail, dataplaneMetrics: setup.metricsText, ipv6Reconciler: ipv6?.reconciler), logger: logger)
 
         // 7. subnet.env, then tell systemd, at flanneld's point: lease held, device and programs in
         //    place, before the kernel's per-peer state (a degraded node is up too: its pods can start
         //    and reach the peers it knew; /readyz and STATUS say degraded, or how far the peers are).
-        let env = SubnetEnv(network: config.network, subnet: lease.subnet, mtu: mtu, ipMasq: options.subnet.ipMasq)
+        let env = SubnetEnv(config: config, lease: lease, mtu: mtu, ipMasq: options.subnet.ipMasq)
         try env.write(to: options.subnet.subnetFile)
         readiness.set(.subnetFileWritten, ok: true)
-        logger.info("wrote \(options.subnet.subnetFile): FLANNEL_SUBNET=\(lease.subnet.host(1))/\(lease.subnet.prefixLength) FLANNEL_MTU=\(mtu)")
+        logger.info("wrote \(options.subnet.subnetFile): \(env.contents.split(separator: "\n").filter { $0.contains("SUBNET") || $0.contains("MTU") }.joined(separator: " "))")
         // The data path's kind; for the userspace path the whole summary, which says why BPF is not used.
-        var identity = "subnet \(lease.subnet), data path \(setup.path.kind)"
+        var identity = "subnet \(lease.subnetsDescription), data path \(setup.path.kind)"
         if case .userspace = setup.path { identity += " (\(setup.summary))" }
         let serviceManager = ServiceManagerLink(notifier: notifier, readiness: readiness, identity: identity, logger: logger)
         do {
@@ -226,13 +277,14 @@ public enum Daemon {
         case .etcd:
             if let events {
                 services.append(LeaseWatchService(events: events, policy: policy, reconciler: reconciler,
-                                                  recorder: recorder, logger: logger))
+                                                  recorder: recorder, ipv6: ipv6, logger: logger))
             }
             services.append(LeaseRenewService(manager: manager, logger: logger))
         case .lastKnown(let saved):
             services.append(LeaseRejoinService(saved: saved, manager: manager, attributes: attributes, policy: policy,
-                                               reconciler: reconciler, readiness: readiness, recorder: recorder, logger: logger))
+                                               reconciler: reconciler, readiness: readiness, recorder: recorder, ipv6: ipv6, logger: logger))
         }
+        if let ipv6 { services.append(ReconcileService(reconciler: ipv6.reconciler, interval: .seconds(options.dataplane.reconcileInterval))) }
         if let recorder { services.append(LastKnownRecorderService(recorder: recorder)) }
         services.append(HeapTrimService(logger: logger))
         return services + setup.services + operations
@@ -260,8 +312,9 @@ public enum Daemon {
         if env == nil, !keepKernelPath {
             logger.info("no readable \(subnetFile): host-gw/DirectRouting routes on the underlay (if any) were not looked for")
         }
-        let failures = DataplaneCleanup.run(bpffs: bpffs, keepKernelPath: keepKernelPath, network: env?.network,
-                                            ownSubnet: env?.subnet, logger: logger)
+        let network = env.flatMap { $0.enableIPv4 ? $0.network : nil }
+        let failures = DataplaneCleanup.run(bpffs: bpffs, keepKernelPath: keepKernelPath, network: network,
+                                            ipv6Network: keepKernelPath ? nil : env?.ipv6Network, ownSubnet: env?.subnet, logger: logger)
         if !failures.isEmpty { throw CleanupError(failures: failures) }
     }
 }

@@ -251,6 +251,7 @@ struct LeaseRejoinService: Service {
     let reconciler: Reconciler
     let readiness: Readiness
     let recorder: LastKnownRecorder?
+    var ipv6: IPv6PeerFollower? = nil
     let logger: Logger
 
     func run() async throws {
@@ -267,6 +268,10 @@ struct LeaseRejoinService: Service {
         for skip in skipped { logger.info("lease \(skip.lease.subnet) ignored: \(skip.reason)") }
         await reconciler.setDesired(peers)
         _ = await reconciler.reconcile()
+        if let ipv6 {
+            await ipv6.replace(snapshot)
+            _ = await ipv6.reconciler.reconcile()
+        }
         await recorder?.replace(snapshot)
         await recorder?.flush()
         readiness.set(.leaseConfirmed, ok: true)
@@ -274,7 +279,7 @@ struct LeaseRejoinService: Service {
         try await withThrowingDiscardingTaskGroup { group in
             group.addTask { [self] in
                 try await LeaseWatchService(events: events, policy: policy, reconciler: reconciler,
-                                            recorder: recorder, logger: logger).run()
+                                            recorder: recorder, ipv6: ipv6, logger: logger).run()
             }
             group.addTask { [self] in try await LeaseRenewService(manager: manager, logger: logger).run() }
         }
@@ -287,8 +292,9 @@ struct LeaseRejoinService: Service {
             throw DegradedBootError.configChanged(saved: saved.config.rawJSON, current: config.rawJSON)
         }
         let lease = try await Startup.acquireLease(manager, config: saved.config, attributes: attributes,
-                                                   previousSubnet: saved.own.subnet, logger: logger)
-        guard lease.subnet == saved.own.subnet else {
+                                                   previousSubnet: saved.own.subnet, previousIPv6Subnet: saved.own.ipv6Subnet,
+                                                   logger: logger)
+        guard lease.subnet == saved.own.subnet, lease.ipv6Subnet == saved.own.ipv6Subnet else {
             throw DegradedBootError.subnetTaken(saved: saved.own.subnet, acquired: lease.subnet)
         }
         let events = PeerEventCursor(manager.watchPeers(config: saved.config))

@@ -37,11 +37,14 @@ public struct LeaseWatchService: Service {
     public let logger: Logger
     /// Keeps the on-disk last known state in step with the leases (nil: not kept).
     public let recorder: LastKnownRecorder?
+    /// The leases' IPv6 halves, in a dual-stack or IPv6-only network.
+    public let ipv6: IPv6PeerFollower?
 
     /// The reconciler (and the recorder) must already hold the start-up snapshot the watch
     /// continues from.
     public init(events: PeerEventCursor, policy: DesiredPeerPolicy, reconciler: Reconciler,
-                recorder: LastKnownRecorder? = nil, logger: Logger) {
+                recorder: LastKnownRecorder? = nil, ipv6: IPv6PeerFollower? = nil, logger: Logger) {
+        self.ipv6 = ipv6
         self.events = events
         self.policy = policy
         self.reconciler = reconciler
@@ -68,6 +71,7 @@ public struct LeaseWatchService: Service {
                     logger.debug("lease \(skip.lease.subnet) ignored: \(skip.reason)")
                 }
                 await reconciler.setDesired(peers)
+                await ipv6?.replace(all)
                 await recorder?.replace(all)
             case .added(let lease):
                 logger.info("peer added: \(lease)")
@@ -78,6 +82,7 @@ public struct LeaseWatchService: Service {
             case .removed(let lease):
                 logger.info("peer removed: \(lease.subnet)")
                 await reconciler.removeDesired(lease.subnet)
+                await ipv6?.remove(lease)
                 await recorder?.remove(lease.subnet)
             }
         }
@@ -94,7 +99,47 @@ public struct LeaseWatchService: Service {
             // A subnet whose lease is no longer usable has no peer any more.
             await reconciler.removeDesired(lease.subnet)
         }
+        await ipv6?.update(lease)
         await recorder?.update(lease)
+    }
+}
+
+/// The leases' IPv6 halves → the IPv6 reconciler, beside the IPv4 one (which the same events
+/// drive): each lease's IPv6 subnet is one entry of the IPv6 desired set.
+public struct IPv6PeerFollower: Sendable {
+    public let policy: DesiredIPv6PeerPolicy
+    public let reconciler: IPv6Reconciler
+    public let logger: Logger
+
+    public init(policy: DesiredIPv6PeerPolicy, reconciler: IPv6Reconciler, logger: Logger) {
+        self.policy = policy
+        self.reconciler = reconciler
+        self.logger = logger
+    }
+
+    /// The whole set from a snapshot; returns how many IPv6 peers it holds.
+    @discardableResult
+    public func replace(_ leases: [Lease]) async -> Int {
+        let (peers, skipped) = policy.peers(from: leases.map(RemoteLease.init))
+        for skip in skipped { logger.info("IPv6 half of lease \(skip.lease.subnet) ignored: \(skip.reason)") }
+        await reconciler.setDesired(peers)
+        return peers.count
+    }
+
+    public func update(_ lease: Lease) async {
+        switch policy.verdict(for: RemoteLease(lease)) {
+        case .peer(let peer):
+            await reconciler.updateDesired(peer)
+        case .own, .noIPv6Half:
+            if let subnet = lease.ipv6Subnet { await reconciler.removeDesired(subnet) }
+        case .skipped(let reason):
+            logger.debug("IPv6 half of lease \(lease.subnetsDescription) ignored: \(reason)")
+            if let subnet = lease.ipv6Subnet { await reconciler.removeDesired(subnet) }
+        }
+    }
+
+    public func remove(_ lease: Lease) async {
+        if let subnet = lease.ipv6Subnet, subnet != policy.ownSubnet { await reconciler.removeDesired(subnet) }
     }
 }
 

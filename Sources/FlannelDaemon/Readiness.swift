@@ -14,6 +14,7 @@ public final class Readiness: Sendable {
         case tablesFilled = "peer tables filled"
         case subnetFileWritten = "subnet.env written"
         case reconcileHealthy = "last reconcile pass succeeded"
+        case ipv6ReconcileHealthy = "last IPv6 reconcile pass succeeded"
         case leaseConfirmed = "lease confirmed by etcd"
     }
 
@@ -30,7 +31,7 @@ public final class Readiness: Sendable {
     public init() {
         var initial: [Condition: Entry] = [:]
         for condition in Condition.allCases {
-            initial[condition] = Entry(ok: condition == .reconcileHealthy, detail: "not yet")
+            initial[condition] = Entry(ok: condition == .reconcileHealthy || condition == .ipv6ReconcileHealthy, detail: "not yet")
         }
         entries = Mutex(initial)
     }
@@ -117,5 +118,17 @@ extension Readiness {
     /// kernel 1200/5000". subnet.env and READY=1 come before, at flanneld's point.
     @Sendable public func followProgress(_ progress: PeerProgress) {
         set(.tablesFilled, ok: progress.complete, detail: progress.description)
+    }
+}
+
+extension Readiness {
+    /// The IPv6 reconciler's passes (dual-stack and IPv6-only networks): one that failed makes the
+    /// node unready as an IPv4 one does.
+    @Sendable public func followIPv6(_ report: IPv6ReconcileReport) {
+        if report.succeeded {
+            set(.ipv6ReconcileHealthy, ok: true)
+        } else {
+            set(.ipv6ReconcileHealthy, ok: false, detail: report.failureSummary)
+        }
     }
 }

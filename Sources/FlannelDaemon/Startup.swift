@@ -18,12 +18,15 @@ import Synchronization
 
 public enum StartupError: Error, CustomStringConvertible {
     case unsupportedBackend(String)
+    case ipv6Unsupported(backend: String)
     case watchEnded
 
     public var description: String {
         switch self {
         case .unsupportedBackend(let type):
             "network config: Backend.Type \"\(type)\" is not supported by flanneld-xdp: use vxlan, host-gw or udp"
+        case .ipv6Unsupported(let type):
+            "network config: EnableIPv6 with Backend.Type \"\(type)\": flannel's \(type) backend carries IPv4 only; use vxlan or host-gw, or remove EnableIPv6"
         case .watchEnded:
             "the lease watch ended unexpectedly; exiting so that a restart opens a new one"
         }
@@ -154,25 +157,45 @@ public enum Startup {
 
     /// The subnet of the previous subnet.env, when it belongs to this network (flannel's step 2).
     public static func previousSubnet(subnetFile: String, network: IPv4Subnet, logger: Logger) -> IPv4Subnet? {
+        previousSubnets(subnetFile: subnetFile, network: network, ipv6Network: nil, logger: logger).ipv4
+    }
+
+    /// Both subnets of the previous subnet.env, each when it belongs to its network (flannel's
+    /// step 2, per family: FLANNEL_SUBNET and FLANNEL_IPV6_SUBNET).
+    public static func previousSubnets(subnetFile: String, network: IPv4Subnet, ipv6Network: IPv6Subnet?,
+                                       logger: Logger) -> (ipv4: IPv4Subnet?, ipv6: IPv6Subnet?) {
+        let previous: SubnetEnv
         do {
-            guard let previous = try SubnetEnv.read(from: subnetFile) else { return nil }
-            guard network.contains(previous.subnet) else {
-                logger.info("previous \(subnetFile) names \(previous.subnet), outside \(network): not reusing it")
-                return nil
-            }
-            return previous.subnet
+            guard let read = try SubnetEnv.read(from: subnetFile) else { return (nil, nil) }
+            previous = read
         } catch {
             logger.warning("ignoring unreadable previous \(subnetFile): \(error)")
-            return nil
+            return (nil, nil)
         }
+        var ipv4: IPv4Subnet?
+        if network.contains(previous.subnet) {
+            ipv4 = previous.subnet
+        } else {
+            logger.info("previous \(subnetFile) names \(previous.subnet), outside \(network): not reusing it")
+        }
+        var ipv6: IPv6Subnet?
+        if let ipv6Network, let subnet = previous.ipv6Subnet {
+            if ipv6Network.contains(subnet) {
+                ipv6 = subnet
+            } else {
+                logger.info("previous \(subnetFile) names \(subnet), outside \(ipv6Network): not reusing it")
+            }
+        }
+        return (ipv4, ipv6)
     }
 
     /// Acquires (or re-takes) the lease, retrying etcd errors and lost races.
     public static func acquireLease(_ manager: SubnetManager, config: NetworkConfig, attributes: LeaseAttributes,
-                                    previousSubnet: IPv4Subnet?, logger: Logger,
+                                    previousSubnet: IPv4Subnet?, previousIPv6Subnet: IPv6Subnet? = nil, logger: Logger,
                                     retryInitial: Duration = .seconds(1)) async throws -> Lease {
         try await retrying("acquiring a subnet lease", logger: logger, initial: retryInitial) {
-            try await manager.acquireLease(config: config, attributes: attributes, previousSubnet: previousSubnet)
+            try await manager.acquireLease(config: config, attributes: attributes, previousSubnet: previousSubnet,
+                                           previousIPv6Subnet: previousIPv6Subnet)
         }
     }
 
@@ -182,20 +205,39 @@ public enum Startup {
         DataplaneRequest(choice: options.dataplane.dataplane, bpffs: options.dataplane.bpffs, bpfObject: options.dataplane.bpfObject,
                          innerSourceCheck: options.dataplane.innerSourceCheck, fastPath: options.dataplane.fastPath,
                          backend: backend, vni: config.backend.vni, port: config.backend.port, learning: config.backend.learning,
-                         gbp: config.backend.gbp, network: config.network, underlay: external)
+                         gbp: config.backend.gbp, network: config.network, underlay: external,
+                         ipv6Network: config.ipv6?.network, enableIPv4: config.enableIPv4)
     }
 
     /// The VtepMAC of the vxlan lease that carries our PublicIP, if there is one: first at the key of
     /// the previous subnet.env's subnet (one read), else among every lease (a listing, ~20 MB from
     /// etcd at 50 000 peers, which acquiring the lease reads again right after).
     public static func previousVTEPMAC(registry: any SubnetRegistry, publicIP: IPv4Address,
-                                       previousSubnet: IPv4Subnet? = nil) async throws -> MACAddress? {
+                                       previousSubnet: IPv4Subnet? = nil, previousIPv6Subnet: IPv6Subnet? = nil) async throws -> MACAddress? {
         func ours(_ value: [UInt8]) -> MACAddress? {
             guard case .success(let attributes) = LeaseDecoder.parseAttributes(value),
                   attributes.publicIP == publicIP, attributes.backendType == "vxlan" else { return nil }
             return attributes.vtepMAC
         }
-        if let previousSubnet, let record = try await registry.getLease(name: previousSubnet.leaseKey), let mac = ours(record.value) {
+        if let previousSubnet, let record = try await registry.getLease(name: LeaseKey(subnet: previousSubnet, ipv6Subnet: previousIPv6Subnet).description),
+           let mac = ours(record.value) {
+            return mac
+        }
+        return try await registry.reduceLeases(into: nil as MACAddress?) { found, record in
+            if found == nil { found = ours(record.value) }
+        }.result
+    }
+
+    /// The BackendV6Data.VtepMAC of the vxlan lease that carries our PublicIPv6, if there is one:
+    /// first at the previous subnet.env's key (one read), else among every lease.
+    public static func previousIPv6VTEPMAC(registry: any SubnetRegistry, publicIPv6: IPv6Address,
+                                           previousKey: LeaseKey? = nil) async throws -> MACAddress? {
+        func ours(_ value: [UInt8]) -> MACAddress? {
+            guard case .success(let attributes) = LeaseDecoder.parseAttributes(value),
+                  attributes.publicIPv6 == publicIPv6, attributes.backendType == "vxlan" else { return nil }
+            return attributes.ipv6VtepMAC
+        }
+        if let previousKey, let record = try await registry.getLease(name: previousKey.description), let mac = ours(record.value) {
             return mac
         }
         return try await registry.reduceLeases(into: nil as MACAddress?) { found, record in
@@ -218,6 +260,7 @@ extension RemoteLease {
     public init(_ lease: Lease) {
         self.init(subnet: lease.subnet, publicIP: lease.attributes.publicIP,
                   backendType: lease.attributes.backendType, vtepMAC: lease.attributes.vtepMAC,
-                  sourceIP: lease.attributes.sourceIP)
+                  sourceIP: lease.attributes.sourceIP, ipv6Subnet: lease.ipv6Subnet, publicIPv6: lease.attributes.publicIPv6,
+                  ipv6VtepMAC: lease.attributes.ipv6VtepMAC)
     }
 }

@@ -43,9 +43,9 @@ public struct SubnetManagerOptions: Sendable {
     public var errorLogInterval: Duration = .seconds(60)
     /// flannel retries a lost compare-and-swap race up to 10 times.
     public var acquireAttempts = 10
-    /// Whether the caller runs networks with IPv6 (dual-stack, IPv6-only): until it says so,
-    /// `getConfig` refuses such a config by name instead of handing it to a daemon that would serve
-    /// only its IPv4 half.
+    /// Whether the caller runs networks with IPv6 (dual-stack, IPv6-only; the daemon does): until
+    /// it says so, `getConfig` refuses such a config by name instead of handing it to a program
+    /// (a bench, a tool) that would serve only its IPv4 half.
     public var servesIPv6Networks = false
 
     public init() {}
@@ -186,8 +186,8 @@ public actor SubnetManager {
         let config = try await registry.getConfig()
         if let v6 = config.ipv6, !options.servesIPv6Networks {
             throw ConfigError(field: "EnableIPv6", reason: "the network is \(config.enableIPv4 ? "dual-stack" : "IPv6-only") (IPv6Network "
-                + "\(v6.network)), and this daemon does not program IPv6 yet: it would take no IPv6 subnet and carry no IPv6 "
-                + "traffic. Keep stock flanneld on these nodes, or remove EnableIPv6 from the config")
+                + "\(v6.network)), and this program does not run IPv6 networks (the flanneld-xdp daemon does): it would take no "
+                + "IPv6 subnet and carry no IPv6 traffic")
         }
         return config
     }

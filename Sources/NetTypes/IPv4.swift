@@ -55,58 +55,23 @@ public struct IPv4Subnet: Hashable, Comparable, Sendable, CustomStringConvertibl
 
     /// Fails (nil) if `prefixLength` is outside 0...32 or host bits are set.
     public init?(address: IPv4Address, prefixLength: Int) {
-        guard (0...32).contains(prefixLength) else { return nil }
-        let mask = IPv4Subnet.mask(prefixLength)
-        guard address.value & ~mask == 0 else { return nil }
+        guard (0...32).contains(prefixLength), address.value & ~IPv4Subnet.mask(prefixLength) == 0 else { return nil }
         self.address = address
-        self.prefixLength = prefixLength
-    }
-
-    /// The subnet containing `address`, host bits cleared.
-    public init(containing address: IPv4Address, prefixLength: Int) {
-        precondition((0...32).contains(prefixLength), "prefix length out of range")
-        self.address = IPv4Address(address.value & IPv4Subnet.mask(prefixLength))
         self.prefixLength = prefixLength
     }
 
     /// Parses CIDR "10.5.0.0/16" (host bits must be zero).
     public init?(cidr text: some StringProtocol) {
-        let parts = text.split(separator: "/", omittingEmptySubsequences: false)
-        guard parts.count == 2, let a = IPv4Address(parts[0]), parts[1].allSatisfy({ $0.isASCII && $0.isNumber }),
-              parts[1].count <= 2, let p = Int(parts[1]) else { return nil }
-        self.init(address: a, prefixLength: p)
+        guard let subnet = Self.parse(text, separator: "/", maxDigits: 2) else { return nil }
+        self = subnet
     }
 
     /// Parses flannel's lease-key form "10.5.52.0-24".
     public init?(leaseKey text: some StringProtocol) {
-        let parts = text.split(separator: "-", omittingEmptySubsequences: false)
-        guard parts.count == 2, let a = IPv4Address(parts[0]), parts[1].allSatisfy({ $0.isASCII && $0.isNumber }),
-              parts[1].count <= 2, let p = Int(parts[1]) else { return nil }
-        self.init(address: a, prefixLength: p)
+        guard let subnet = Self.parse(text, separator: "-", maxDigits: 2) else { return nil }
+        self = subnet
     }
 
-    public static func mask(_ prefixLength: Int) -> UInt32 {
-        prefixLength == 0 ? 0 : UInt32.max << UInt32(32 - prefixLength)
-    }
-
-    public var mask: UInt32 { IPv4Subnet.mask(prefixLength) }
+    /// Addresses in the subnet.
     public var size: UInt64 { UInt64(1) << UInt64(32 - prefixLength) }
-    /// The last address (broadcast) of the subnet.
-    public var last: IPv4Address { IPv4Address(address.value | ~mask) }
-
-    public func contains(_ a: IPv4Address) -> Bool { a.value & mask == address.value }
-    public func contains(_ s: IPv4Subnet) -> Bool { s.prefixLength >= prefixLength && contains(s.address) }
-    public func overlaps(_ s: IPv4Subnet) -> Bool { contains(s.address) || s.contains(address) }
-
-    /// The address `n` after the network address (".1" is `host(1)`).
-    public func host(_ n: UInt32) -> IPv4Address { IPv4Address(address.value &+ n) }
-
-    /// "10.5.0.0/16"
-    public var description: String { "\(address)/\(prefixLength)" }
-    /// "10.5.52.0-24", flannel's key form.
-    public var leaseKey: String { "\(address)-\(prefixLength)" }
-
-    public static func < (a: Self, b: Self) -> Bool {
-        (a.address, a.prefixLength) < (b.address, b.prefixLength)
-    }
 }

@@ -98,42 +98,9 @@ public struct IPv6Subnet: Hashable, Comparable, Sendable, CustomStringConvertibl
         self.prefixLength = prefixLength
     }
 
-    /// The subnet containing `address`, host bits cleared.
-    public init(containing address: IPv6Address, prefixLength: Int) {
-        precondition((0...128).contains(prefixLength), "prefix length out of range")
-        self.address = IPv6Address(address.value & IPv6Subnet.mask(prefixLength))
-        self.prefixLength = prefixLength
-    }
-
     /// Parses CIDR "fd00:10::/48" (host bits must be zero).
     public init?(cidr text: some StringProtocol) {
-        let parts = text.split(separator: "/", omittingEmptySubsequences: false)
-        guard parts.count == 2, let a = IPv6Address(parts[0]), (1...3).contains(parts[1].count),
-              parts[1].allSatisfy({ $0.isASCII && $0.isNumber }), let p = Int(parts[1]) else { return nil }
-        self.init(address: a, prefixLength: p)
-    }
-
-    public static func mask(_ prefixLength: Int) -> UInt128 {
-        prefixLength == 0 ? 0 : UInt128.max << UInt128(128 - prefixLength)
-    }
-
-    public var mask: UInt128 { IPv6Subnet.mask(prefixLength) }
-    /// The last address of the subnet.
-    public var last: IPv6Address { IPv6Address(address.value | ~mask) }
-
-    public func contains(_ a: IPv6Address) -> Bool { a.value & mask == address.value }
-    public func contains(_ s: IPv6Subnet) -> Bool { s.prefixLength >= prefixLength && contains(s.address) }
-    public func overlaps(_ s: IPv6Subnet) -> Bool { contains(s.address) || s.contains(address) }
-
-    /// The address `n` after the network address (flannel's "::1" of a pod subnet is `host(1)`).
-    public func host(_ n: UInt128) -> IPv6Address { IPv6Address(address.value &+ n) }
-
-    /// "fd00:12:13::/56"
-    public var description: String { "\(address)/\(prefixLength)" }
-    /// "fd00:12:13::-56", flannel's key form.
-    public var leaseKey: String { "\(address)-\(prefixLength)" }
-
-    public static func < (a: Self, b: Self) -> Bool {
-        (a.address, a.prefixLength) < (b.address, b.prefixLength)
+        guard let subnet = Self.parse(text, separator: "/", maxDigits: 3) else { return nil }
+        self = subnet
     }
 }

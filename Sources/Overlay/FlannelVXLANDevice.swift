@@ -127,7 +127,7 @@ public struct FlannelVXLANLink<Subnet: IPSubnetType>: Hashable, Sendable, Custom
     ) throws(OverlayError) -> FlannelVXLANLink {
         let want = subnet.address
         let prefix = Self.hostPrefix
-        do {
+        try OverlayError.configuring(name, operation: "configure", while: "configuring \(name) with \(want)/\(prefix)") {
             guard let link = try nl.link(index: index), link.name == name else {
                 throw OverlayError.deviceMissing(name: name, index: index)
             }
@@ -148,12 +148,6 @@ public struct FlannelVXLANLink<Subnet: IPSubnetType>: Hashable, Sendable, Custom
             }
             if !hasAddress { try nl.addAddress(want, prefixLength: prefix, index: index) }
             if !link.isUp { try nl.setLink(index: index, up: true) }
-        } catch let e as OverlayError {
-            throw e
-        } catch let e as NetlinkError {
-            throw .netlink(e, while: "configuring \(name) with \(want)/\(prefix)")
-        } catch {
-            throw .netlink(NetlinkError(operation: "configure", object: name, errno: EIO), while: "\(error)")
         }
         var configured = self
         configured.subnet = subnet
@@ -242,5 +236,21 @@ public enum OverlayError: Error, CustomStringConvertible, Sendable {
     public var netlinkError: NetlinkError? {
         if case .netlink(let e, _) = self { return e }
         return nil
+    }
+
+    /// Runs a configuration step that throws our own errors (as they are) or netlink's (then said
+    /// with `context`, the step in words). Swift cannot type a throw of two error types, so `body`
+    /// throws untyped; anything else would be a programming error, reported as EIO on `object`.
+    static func configuring(_ object: String, operation: String, while context: @autoclosure () -> String,
+                            _ body: () throws -> Void) throws(OverlayError) {
+        do {
+            try body()
+        } catch let e as OverlayError {
+            throw e
+        } catch let e as NetlinkError {
+            throw .netlink(e, while: context())
+        } catch {
+            throw .netlink(NetlinkError(operation: operation, object: object, errno: EIO), while: "\(error)")
+        }
     }
 }

@@ -111,6 +111,19 @@ public final class KernelOverlay: Sendable {
         }
     }
 
+    /// The link named flannel-v6.<vni> (its MAC is the BackendV6Data.VtepMAC an earlier run
+    /// published); nil when there is none.
+    public func existingIPv6Device(vni: UInt32) throws(OverlayError) -> LinkInfo? {
+        let name = FlannelVXLANv6Device.name(vni: vni)
+        return try netlink.withLock { nl throws(OverlayError) -> LinkInfo? in
+            do throws(NetlinkError) {
+                return try nl.link(named: name)
+            } catch {
+                throw .netlink(error, while: "looking for \(name)")
+            }
+        }
+    }
+
     /// Deletes the device at `index` (flannel.<VNI>, when the userspace path needs its UDP port).
     public func deleteDevice(index: Int32) throws(OverlayError) {
         try netlink.withLock { nl throws(OverlayError) in

@@ -74,18 +74,21 @@ public enum Overlay {
         name: String, subnet: IPv6Subnet, network: IPv6Subnet, mtu: Int,
         netlink nl: inout NetlinkSocket, logger: Logger = Logger(label: "flanneld-xdp.overlay")
     ) throws(OverlayError) {
-        do {
-            guard let link = try nl.link(named: name) else { throw OverlayError.deviceMissing(name: name, index: 0) }
-            try ensureOnlyHostAddress(subnet.address, within: network, link: link, nl: &nl, logger: logger)
+        try OverlayError.configuring(name, operation: "configureTUNIPv6",
+                                     while: "configuring \(name) with \(subnet.address)/128 and a route to \(network)") {
+            let link = try tun(named: name, holdingOnly: subnet.address, within: network, nl: &nl, logger: logger)
             if !link.isUp { try nl.setLink(index: link.index, up: true) }
             try nl.replaceRoute(IPv6Route(destination: network, outputIndex: link.index, mtu: mtu))
-        } catch let e as OverlayError {
-            throw e
-        } catch let e as NetlinkError {
-            throw .netlink(e, while: "configuring \(name) with \(subnet.address)/128 and a route to \(network)")
-        } catch {
-            throw .netlink(NetlinkError(operation: "configureTUNIPv6", object: name, errno: EIO), while: "\(error)")
         }
+    }
+
+    /// The TUN `name` (it must exist: the userspace path made it), with `address` as its host
+    /// address of `network`, as both families' configureTUN want it.
+    private static func tun<S: IPSubnetType>(named name: String, holdingOnly address: S.Address, within network: S,
+                                            nl: inout NetlinkSocket, logger: Logger) throws -> LinkInfo {
+        guard let link = try nl.link(named: name) else { throw OverlayError.deviceMissing(name: name, index: 0) }
+        try ensureOnlyHostAddress(address, within: network, link: link, nl: &nl, logger: logger)
+        return link
     }
 
     /// `address` as a host address (/32, /128) on `link`, and no other address of `network` there
@@ -149,18 +152,12 @@ public enum Overlay {
         name: String, subnet: IPv4Subnet, network: IPv4Subnet, mtu: Int,
         netlink nl: inout NetlinkSocket, logger: Logger = Logger(label: "flanneld-xdp.overlay")
     ) throws(OverlayError) {
-        do {
-            guard let link = try nl.link(named: name) else { throw OverlayError.deviceMissing(name: name, index: 0) }
-            try ensureOnlyHostAddress(subnet.address, within: network, link: link, nl: &nl, logger: logger)
+        try OverlayError.configuring(name, operation: "configureTUN",
+                                     while: "configuring \(name) with \(subnet.address)/32 and a route to \(network)") {
+            let link = try tun(named: name, holdingOnly: subnet.address, within: network, nl: &nl, logger: logger)
             if link.mtu != mtu { try nl.setMTU(index: link.index, mtu: mtu) }
             if !link.isUp { try nl.setLink(index: link.index, up: true) }
             try nl.replaceRoute(Route(destination: network, outputIndex: link.index))
-        } catch let e as OverlayError {
-            throw e
-        } catch let e as NetlinkError {
-            throw .netlink(e, while: "configuring \(name) with \(subnet.address)/32 and a route to \(network)")
-        } catch {
-            throw .netlink(NetlinkError(operation: "configureTUN", object: name, errno: EIO), while: "\(error)")
         }
     }
 }

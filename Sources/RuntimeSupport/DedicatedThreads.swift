@@ -31,16 +31,8 @@ public final class DedicatedThreads: @unchecked Sendable {
         defer { pthread_mutex_unlock(mutex) }
         for _ in 0..<max(1, count) {
             // Each thread holds a reference until it returns, so `shutdown` may come from one of them.
-            let context = Unmanaged.passRetained(self).toOpaque()
             var thread = pthread_t()
-            let rc = pthread_create(&thread, nil, { raw in
-                Unmanaged<DedicatedThreads>.fromOpaque(raw!).takeRetainedValue().work()
-                return nil
-            }, context)
-            guard rc == 0 else {
-                Unmanaged<DedicatedThreads>.fromOpaque(context).release()
-                continue
-            }
+            guard PlainThread.create(&thread, { self.work() }) == 0 else { continue }
             pthread_detach(thread)
             threads.append(thread)
         }
@@ -147,5 +139,26 @@ public final class DedicatedThreadExecutor: SerialExecutor, TaskExecutor, @unche
     /// The thread returns once what is queued has run. Call when its owner is done with it.
     public func shutdown() {
         thread.shutdown()
+    }
+}
+
+/// pthread_create for a Swift closure: the one place that passes a closure through the C start
+/// routine's `void *`.
+public enum PlainThread {
+    /// Starts a thread running `body` once. `body`, and all it captures, stays alive until it
+    /// returns. Returns pthread_create's result: 0, or the error number (then `body` never runs).
+    public static func create(_ thread: inout pthread_t, _ body: @escaping () -> Void) -> Int32 {
+        let context = Unmanaged.passRetained(Body(body)).toOpaque()
+        let rc = pthread_create(&thread, nil, { raw in
+            Unmanaged<Body>.fromOpaque(raw!).takeRetainedValue().run()
+            return nil
+        }, context)
+        if rc != 0 { Unmanaged<Body>.fromOpaque(context).release() }
+        return rc
+    }
+
+    private final class Body {
+        let run: () -> Void
+        init(_ run: @escaping () -> Void) { self.run = run }
     }
 }

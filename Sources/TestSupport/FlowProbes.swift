@@ -11,6 +11,7 @@
 // conntrack see the flow answered.
 
 import Glibc
+import RuntimeSupport
 import NetTypes
 import Synchronization
 
@@ -119,20 +120,12 @@ enum ProbeSocket {
 /// A plain thread running `body` once, joined by `join()` (the probes block on sockets: off
 /// Swift's shared pool, as the suites' own threads).
 final class PosixThread: @unchecked Sendable {
-    private final class Body { let run: () -> Void; init(_ run: @escaping () -> Void) { self.run = run } }
     private var thread = pthread_t()
     private var joined = false
 
     init(_ body: @escaping @Sendable () -> Void) throws {
-        let context = Unmanaged.passRetained(Body(body)).toOpaque()
-        let rc = pthread_create(&thread, nil, { raw in
-            Unmanaged<Body>.fromOpaque(raw!).takeRetainedValue().run()
-            return nil
-        }, context)
-        guard rc == 0 else {
-            Unmanaged<Body>.fromOpaque(context).release()
-            throw FlowProbeError("pthread_create: \(rc)")
-        }
+        let rc = PlainThread.create(&thread, body)
+        guard rc == 0 else { throw FlowProbeError("pthread_create: \(rc)") }
     }
 
     func join() {

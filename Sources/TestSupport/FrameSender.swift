@@ -18,18 +18,7 @@ public enum FrameSender {
             address.sll_family = UInt16(AF_PACKET)
             address.sll_ifindex = Int32(index)
             address.sll_halen = 6
-            for frame in frames {
-                let sent = frame.withUnsafeBytes { raw in
-                    withUnsafePointer(to: &address) {
-                        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                            sendto(s, raw.baseAddress, raw.count, 0, $0, socklen_t(MemoryLayout<sockaddr_ll>.size))
-                        }
-                    }
-                }
-                guard sent == frame.count else {
-                    throw LabError(command: [], message: "sendto(AF_PACKET, \(ifname)) in \(namespace): errno \(errno)")
-                }
-            }
+            try sendDatagrams(s, frames, to: address, what: "sendto(AF_PACKET, \(ifname)) in \(namespace)")
         }
     }
 }

@@ -181,6 +181,17 @@ public func monotonicSeconds() -> Double {
     return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }
 
+/// Waits until `condition` holds, polling every 20 ms (a test waits for an event it can observe: a
+/// map entry, a file, a counter); returns the seconds it took, or nil after `timeout` seconds.
+public func waitUntil(_ timeout: Double, _ condition: () throws -> Bool) rethrows -> Double? {
+    let start = monotonicSeconds()
+    while monotonicSeconds() - start < timeout {
+        if try condition() { return monotonicSeconds() - start }
+        usleep(20_000)
+    }
+    return nil
+}
+
 /// Only stdin, stdout and stderr reach a spawned child. A long-lived child (a daemon, etcd) must not
 /// keep another test's descriptors: exec of a script some process still holds open for writing
 /// fails with ETXTBSY, and a held pipe end never reports EOF.

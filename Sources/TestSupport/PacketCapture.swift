@@ -139,22 +139,8 @@ public enum UDPSender {
             defer { close(s) }
             var on: Int32 = 1
             if broadcast { setsockopt(s, SOL_SOCKET, SO_BROADCAST, &on, socklen_t(MemoryLayout<Int32>.size)) }
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_port = port.bigEndian
-            address.sin_addr.s_addr = destination.value.bigEndian
-            for _ in 0..<count {
-                let sent = payload.withUnsafeBytes { raw in
-                    withUnsafePointer(to: &address) {
-                        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                            sendto(s, raw.baseAddress, raw.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-                        }
-                    }
-                }
-                guard sent == payload.count else {
-                    throw LabError(command: [], message: "sendto \(destination):\(port) from \(namespace): errno \(errno)")
-                }
-            }
+            try sendDatagrams(s, Array(repeating: payload, count: count), to: socketAddress(destination, port: port),
+                              what: "sendto \(destination):\(port) from \(namespace)")
         }
     }
 }

@@ -4,20 +4,7 @@
 import NetTypes
 
 extension ReferenceDatapath {
-    public struct PeerEntry6: Sendable {
-        public var subnet: IPv6Subnet
-        public var nodeIP: IPv6Address
-        public var vtepMAC: MACAddress
-        public var route: Route
-        public var sourceIP: IPv6Address?
-        public init(subnet: IPv6Subnet, nodeIP: IPv6Address, vtepMAC: MACAddress, route: Route, sourceIP: IPv6Address? = nil) {
-            self.subnet = subnet
-            self.nodeIP = nodeIP
-            self.vtepMAC = vtepMAC
-            self.route = route
-            self.sourceIP = sourceIP
-        }
-    }
+    public typealias PeerEntry6 = Peer<IPv6Address>
 
     /// A node's IPv6 settings and peers (what fxdp_config6 and fxdp_peers6 hold).
     public struct IPv6Half: Sendable {
@@ -146,12 +133,7 @@ extension ReferenceDatapath {
         default: derivable = false
         }
         guard derivable else { return pass(Code.encap6PassCsum) }
-        let outerDst: MACAddress
-        switch peer.route {
-        case .unroutable: return pass(Code.encapPassFIB)
-        case .unresolved: return pass(Code.encapPassNoNeigh)
-        case .resolved(let mac): outerDst = mac
-        }
+        guard case .resolved(let outerDst) = peer.route else { return pass(peer.route.encapPassCode) }
         var o = outerDst.bytes + underlayMAC.bytes
         o.appendBE16(0x86DD)
         let innerECN = (f[15] >> 4) & 0x3

@@ -19,16 +19,20 @@ public struct ReferenceDatapath: Sendable {
         case unresolved
         /// No route: the packet goes on to the kernel device.
         case unroutable
+
+        /// The counter of the encap's pass when the route gives it no outer destination MAC.
+        var encapPassCode: UInt32 { self == .unroutable ? Code.encapPassFIB : Code.encapPassNoNeigh }
     }
 
-    public struct PeerEntry: Sendable {
-        public var subnet: IPv4Subnet
-        public var nodeIP: IPv4Address
+    /// One peer of the model, of either family: an entry of fxdp_peers (IPv4) or fxdp_peers6.
+    public struct Peer<Address: IPAddressType>: Sendable {
+        public var subnet: Address.Subnet
+        public var nodeIP: Address
         public var vtepMAC: MACAddress
         public var route: Route
         /// The other address the peer sends from (its lease's SourceIP), if any.
-        public var sourceIP: IPv4Address?
-        public init(subnet: IPv4Subnet, nodeIP: IPv4Address, vtepMAC: MACAddress, route: Route, sourceIP: IPv4Address? = nil) {
+        public var sourceIP: Address?
+        public init(subnet: Address.Subnet, nodeIP: Address, vtepMAC: MACAddress, route: Route, sourceIP: Address? = nil) {
             self.subnet = subnet
             self.nodeIP = nodeIP
             self.vtepMAC = vtepMAC
@@ -36,6 +40,8 @@ public struct ReferenceDatapath: Sendable {
             self.sourceIP = sourceIP
         }
     }
+
+    public typealias PeerEntry = Peer<IPv4Address>
 
     public var nodeIP: IPv4Address
     public var vtepMAC: MACAddress

@@ -96,35 +96,25 @@ final class IPv6PeerSnapshot: AtomicReference, Sendable {
 /// and publish it with one atomic store, as for IPv4.
 public final class UserspaceIPv6PeerTable: Sendable {
     public var tableName: String { "userspace6" }
-    let snapshot = ManagedAtomic(IPv6PeerSnapshot(peers: [:]))
-    private let peers = Mutex<[IPv6Subnet: IPv6Peer]>([:])
+    let peers = PublishedPeers<IPv6Subnet, IPv6Peer, IPv6PeerSnapshot> { IPv6PeerSnapshot(peers: $0) }
 
-    public func currentPeers() throws -> Set<IPv6Peer> { Set(peers.withLock { $0.values }) }
+    public func currentPeers() throws -> Set<IPv6Peer> { peers.current }
 
     public func upsert(_ peer: IPv6Peer) throws {
         guard peer.vtepMAC != nil else { throw UserspaceError.ipv6PeerWithoutVTEPMAC(peer) }
-        peers.withLock { map in
-            map[peer.subnet] = peer
-            snapshot.store(IPv6PeerSnapshot(peers: map), ordering: .releasing)
-        }
+        peers.upsert(peer, at: peer.subnet)
     }
 
-    public func remove(_ peer: IPv6Peer) throws {
-        peers.withLock { map in
-            guard map.removeValue(forKey: peer.subnet) != nil else { return }
-            snapshot.store(IPv6PeerSnapshot(peers: map), ordering: .releasing)
-        }
-    }
+    public func remove(_ peer: IPv6Peer) throws { peers.remove(at: peer.subnet) }
 }
 
 /// What the workers need for IPv6 (read-only after start).
 struct IPv6Context: Sendable {
     let table: ManagedAtomic<IPv6PeerSnapshot>
     let socket: Int32
-    let localMAC: UInt64
+    /// The node's vxlan port and VNI with the IPv6 VtepMAC (flannel-v6.<VNI>'s).
+    let framing: Framing
     let mtu: Int
-    let port: UInt16
-    let vni: UInt32
 }
 
 extension Wire {
@@ -171,10 +161,10 @@ extension IPv6Context {
             return
         }
         let start = packet - Wire.vxlanEncapLength
-        Wire.writeVXLAN(start, vni: vni, destinationMAC: target.vtepMAC, sourceMAC: localMAC, etherType: Wire.etherTypeIPv6)
+        Wire.writeVXLAN(start, vni: framing.vni, destinationMAC: target.vtepMAC, sourceMAC: framing.localMAC, etherType: Wire.etherTypeIPv6)
         var to = sockaddr_in6()
         to.sin6_family = sa_family_t(AF_INET6)
-        to.sin6_port = port.bigEndian
+        to.sin6_port = framing.port.bigEndian
         withUnsafeMutableBytes(of: &to.sin6_addr) { raw in
             for i in 0..<16 { raw[i] = UInt8(truncatingIfNeeded: target.nodeAddress >> UInt128(8 * (15 - i))) }
         }
@@ -276,10 +266,10 @@ final class UDP6ToTunWorker: @unchecked Sendable {
             }
             var cursor = ByteCursor(datagram, end: n)
             guard let vx = cursor.take(Wire.vxlanHeaderLength) else { tally.drop(.malformed); continue }
-            guard cursor.u8(vx) & Wire.vxlanFlagI != 0, cursor.u32(vx + 4) >> 8 == ipv6.vni else { tally.drop(.badVNI); continue }
+            guard cursor.u8(vx) & Wire.vxlanFlagI != 0, cursor.u32(vx + 4) >> 8 == ipv6.framing.vni else { tally.drop(.badVNI); continue }
             guard let eth = cursor.take(Wire.ethernetHeaderLength) else { tally.drop(.malformed); continue }
-            guard cursor.mac(eth) == ipv6.localMAC else { tally.drop(.innerNotOurs); continue }
-            guard cursor.mac(eth + 6) != ipv6.localMAC else { tally.drop(.loop); continue }
+            guard cursor.mac(eth) == ipv6.framing.localMAC else { tally.drop(.innerNotOurs); continue }
+            guard cursor.mac(eth + 6) != ipv6.framing.localMAC else { tally.drop(.loop); continue }
             let etherType = cursor.u16(eth + 12)
             guard etherType == Wire.etherTypeIPv6 else {
                 tally.drop(etherType == Wire.etherTypeIPv4 ? .innerWrongFamily : .innerNotIPv4)

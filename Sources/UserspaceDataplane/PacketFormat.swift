@@ -120,7 +120,6 @@ extension Wire {
 
 /// The per-node framing parameters the workers need, precomputed once.
 struct Framing: Sendable {
-    let isVXLAN: Bool
     let port: UInt16
     let vni: UInt32
     /// Our VtepMAC (vxlan), packed.
@@ -128,16 +127,17 @@ struct Framing: Sendable {
     /// Bytes written in front of the inner packet: 22 for vxlan, 0 for udp.
     let encapLength: Int
 
+    /// Derived, not stored: only vxlan writes a header in front of the inner packet.
+    var isVXLAN: Bool { encapLength != 0 }
+
     init(_ encapsulation: UserspaceConfig.Encapsulation) {
         switch encapsulation {
         case .vxlan(let vni, let port, let mac):
-            isVXLAN = true
             self.port = port
             self.vni = vni
             localMAC = PeerSnapshot.pack(mac)
             encapLength = Wire.vxlanEncapLength
         case .udp(let port):
-            isVXLAN = false
             self.port = port
             vni = 0
             localMAC = 0

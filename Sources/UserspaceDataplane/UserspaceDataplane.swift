@@ -23,8 +23,7 @@ public final class UserspaceDataplane: Sendable {
     public var tableName: String { "userspace" }
 
     private let logger: Logger
-    private let table: ManagedAtomic<PeerSnapshot>
-    private let peers = Mutex<[IPv4Subnet: Peer]>([:])
+    private let peers = PublishedPeers<IPv4Subnet, Peer, PeerSnapshot> { PeerSnapshot(peers: $0) }
     private let cells = CounterCells()
     private let stopping = ManagedAtomic(false)
     private let tunBroken = ManagedAtomic(false)
@@ -60,7 +59,6 @@ public final class UserspaceDataplane: Sendable {
         guard problems.isEmpty else { throw .invalidConfig(problems) }
         self.config = config
         self.logger = logger
-        table = ManagedAtomic(PeerSnapshot(peers: [:]))
 
         var owned = OwnedDescriptors()
         var queues: [QueueDescriptors]
@@ -146,13 +144,13 @@ public final class UserspaceDataplane: Sendable {
     /// Launches the worker threads. Calling it again while running does nothing.
     public func start() throws(UserspaceError) {
         var context = WorkerContext(
-            table: table, counters: cells, stopping: stopping, stopFD: stopPipe.read,
+            table: peers.snapshot, counters: cells, stopping: stopping, stopFD: stopPipe.read,
             framing: Framing(config.encapsulation), mtu: config.mtu, batch: config.batchSize,
             icmpSource: config.icmpSourceIP.value, icmpRate: config.icmpRateLimit, icmpFD: icmpFD,
             vnetHeaderLength: vnetHeaderLength, innerSourceCheck: config.innerSourceCheck, logger: logger, tunBroken: tunBroken)
         if let v6 = config.ipv6, case .vxlan(let vni, let port, _) = config.encapsulation {
-            context.ipv6 = IPv6Context(table: ipv6Peers.snapshot, socket: ipv6FD, localMAC: PeerSnapshot.pack(v6.localVTEPMAC),
-                                       mtu: v6.mtu, port: port, vni: vni)
+            context.ipv6 = IPv6Context(table: ipv6Peers.peers.snapshot, socket: ipv6FD,
+                                       framing: Framing(.vxlan(vni: vni, port: port, localVTEPMAC: v6.localVTEPMAC)), mtu: v6.mtu)
         }
         let queues = queueFDs
         try lifecycle.withLock { (state: inout Lifecycle) throws(UserspaceError) in
@@ -227,24 +225,14 @@ public final class UserspaceDataplane: Sendable {
 
     // MARK: PeerTable
 
-    public func currentPeers() throws -> Set<Peer> {
-        Set(peers.withLock { $0.values })
-    }
+    public func currentPeers() throws -> Set<Peer> { peers.current }
 
     public func upsert(_ peer: Peer) throws {
         if case .vxlan = config.encapsulation, peer.vtepMAC == nil { throw UserspaceError.peerWithoutVTEPMAC(peer) }
-        peers.withLock { map in
-            map[peer.subnet] = peer
-            table.store(PeerSnapshot(peers: map), ordering: .releasing)
-        }
+        peers.upsert(peer, at: peer.subnet)
     }
 
-    public func remove(_ peer: Peer) throws {
-        peers.withLock { map in
-            guard map.removeValue(forKey: peer.subnet) != nil else { return }
-            table.store(PeerSnapshot(peers: map), ordering: .releasing)
-        }
-    }
+    public func remove(_ peer: Peer) throws { peers.remove(at: peer.subnet) }
 
     /// Replaces the whole table in one swap (a full reconcile pass).
     public func replaceAll(_ newPeers: some Sequence<Peer>) throws {
@@ -253,10 +241,7 @@ public final class UserspaceDataplane: Sendable {
             if case .vxlan = config.encapsulation, peer.vtepMAC == nil { throw UserspaceError.peerWithoutVTEPMAC(peer) }
             map[peer.subnet] = peer
         }
-        peers.withLock { current in
-            current = map
-            table.store(PeerSnapshot(peers: map), ordering: .releasing)
-        }
+        peers.replaceAll(map)
     }
 }
 

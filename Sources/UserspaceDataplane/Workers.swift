@@ -105,32 +105,18 @@ final class TunToUDPWorker: @unchecked Sendable {
     private let context: WorkerContext
     private let tunFD: Int32
     private let udpFD: Int32
-    /// Bytes before the packet in each slot: room for the encapsulation and the vnet header.
-    private let headroom: Int
-    private let slotSize: Int
-    private let buffers: UnsafeMutableRawPointer
-    private let dgrams: UnsafeMutablePointer<shim_dgram>
+    /// Each slot's headroom holds the encapsulation and the vnet header.
+    private let memory: WorkerBuffers
     private let segmenter: Segmenter?
-    private let dgramCapacity: Int
 
     init(context: WorkerContext, tunFD: Int32, udpFD: Int32) {
         self.context = context
         self.tunFD = tunFD
         self.udpFD = udpFD
-        headroom = max(context.framing.encapLength, context.vnetHeaderLength)
-        slotSize = (headroom + WorkerContext.maxPacket + 63) & ~63
-        buffers = .allocate(byteCount: slotSize * context.batch, alignment: 64)
         // With offloads one TUN read may become several GSO sends.
-        let dgramCapacity = context.vnetHeaderLength > 0 ? context.batch * Segmenter.maxSendsPerPacket : context.batch
-        self.dgramCapacity = dgramCapacity
-        dgrams = .allocate(capacity: dgramCapacity)
-        dgrams.initialize(repeating: shim_dgram(), count: dgramCapacity)
+        memory = WorkerBuffers(headroom: max(context.framing.encapLength, context.vnetHeaderLength), batch: context.batch,
+                               dgramCapacity: context.vnetHeaderLength > 0 ? context.batch * Segmenter.maxSendsPerPacket : context.batch)
         segmenter = context.vnetHeaderLength > 0 ? Segmenter(framing: context.framing, mtu: context.mtu, batch: context.batch) : nil
-    }
-
-    deinit {
-        buffers.deallocate()
-        dgrams.deallocate()
     }
 
     func run() {
@@ -144,13 +130,12 @@ final class TunToUDPWorker: @unchecked Sendable {
 
         while !context.stopping.load(ordering: .relaxed) {
             let snapshot = context.table.load(ordering: .acquiring)
-            var ready = 0  // datagrams prepared in dgrams[0..<ready]
+            var ready = 0  // datagrams prepared in memory.dgrams[0..<ready]
             var slot = 0  // next free read slot
             var reads = 0
             var tunEmpty = false
             while slot < batch && reads < 2 * batch {
-                let slotBase = buffers + slot * slotSize
-                let packet = slotBase + headroom
+                let packet = memory.packet(slot)
                 let n = SystemCall.retrying { read(tunFD, packet - vnet, vnet + WorkerContext.maxPacket) }
                 if n < 0 {
                     let e = errno
@@ -195,14 +180,14 @@ final class TunToUDPWorker: @unchecked Sendable {
                 }
                 if gso.isSegmented, let segmenter {
                     // A TCP super-packet: cut it into MTU-size segments in the segmenter's own buffer.
-                    if ready + Segmenter.maxSendsPerPacket > dgramCapacity || !segmenter.hasRoom(for: totalLength) {
+                    if ready + Segmenter.maxSendsPerPacket > memory.dgramCapacity || !segmenter.hasRoom(for: totalLength) {
                         sendBatch(ready, tally: &tally, errors: &errors)
                         ready = 0
                         segmenter.reset()
                     }
                     let added = segmenter.segment(
                         packet: packet, length: totalLength, header: gso, target: target,
-                        into: dgrams + ready, tally: &tally)
+                        into: memory.dgrams + ready, tally: &tally)
                     ready += added
                     continue
                 }
@@ -219,14 +204,14 @@ final class TunToUDPWorker: @unchecked Sendable {
                     }
                     continue
                 }
-                if ready == dgramCapacity {  // only reachable after many multi-send super-packets
+                if ready == memory.dgramCapacity {  // only reachable after many multi-send super-packets
                     sendBatch(ready, tally: &tally, errors: &errors)
                     ready = 0
                     segmenter?.reset()
                 }
                 let start = packet - framing.encapLength
                 framing.writeEncap(start, peerMAC: target.vtepMAC)
-                dgrams[ready] = shim_dgram(
+                memory.dgrams[ready] = shim_dgram(
                     data: start.assumingMemoryBound(to: UInt8.self),
                     len: UInt32(framing.encapLength + totalLength), addr: target.nodeAddressRaw,
                     port: framing.port, segment: 0, truncated: 0, tos: Wire.outerTOS(packet), _pad: 0)
@@ -251,10 +236,10 @@ final class TunToUDPWorker: @unchecked Sendable {
         var offset = 0
         let encap = context.framing.encapLength
         while offset < count {
-            let sent = Int(SystemCall.retryingNegativeErrno { shim_udp_send_batch(udpFD, dgrams + offset, UInt32(count - offset)) })
+            let sent = Int(SystemCall.retryingNegativeErrno { shim_udp_send_batch(udpFD, memory.dgrams + offset, UInt32(count - offset)) })
             if sent > 0 {
                 for i in offset..<(offset + sent) {
-                    let d = dgrams[i]
+                    let d = memory.dgrams[i]
                     if d.segment > 0 {
                         let segments = (Int(d.len) + Int(d.segment) - 1) / Int(d.segment)
                         tally.bump(Counter.txPackets, by: UInt64(segments))
@@ -280,10 +265,7 @@ final class UDPToTunWorker: @unchecked Sendable {
     private let context: WorkerContext
     private let tunFD: Int32
     private let udpFD: Int32
-    private let headroom: Int
-    private let slotSize: Int
-    private let buffers: UnsafeMutableRawPointer
-    private let dgrams: UnsafeMutablePointer<shim_dgram>
+    private let memory: WorkerBuffers
 
     /// Cuts inner TCP super-packets into MTU-size packets when the TUN takes no GSO (see below).
     private let segmenter: Segmenter
@@ -300,16 +282,10 @@ final class UDPToTunWorker: @unchecked Sendable {
         segments.initialize(repeating: shim_dgram(), count: Segmenter.maxSendsPerPacket)
         coalescer = context.vnetHeaderLength > 0 ? Coalescer(tunFD: tunFD, vnetHeaderLength: context.vnetHeaderLength) : nil
         // Room to put a zeroed virtio_net_hdr in front of a udp-framed packet (vxlan has 22 bytes).
-        headroom = (context.vnetHeaderLength + 15) & ~15
-        slotSize = (headroom + WorkerContext.maxPacket + 63) & ~63
-        buffers = .allocate(byteCount: slotSize * context.batch, alignment: 64)
-        dgrams = .allocate(capacity: context.batch)
-        dgrams.initialize(repeating: shim_dgram(), count: context.batch)
+        memory = WorkerBuffers(headroom: (context.vnetHeaderLength + 15) & ~15, batch: context.batch, dgramCapacity: context.batch)
     }
 
     deinit {
-        buffers.deallocate()
-        dgrams.deallocate()
         segments.deallocate()
     }
 
@@ -383,10 +359,10 @@ final class UDPToTunWorker: @unchecked Sendable {
 
         while !context.stopping.load(ordering: .relaxed) {
             for i in 0..<batch {
-                dgrams[i].data = (buffers + i * slotSize + headroom).assumingMemoryBound(to: UInt8.self)
-                dgrams[i].len = UInt32(WorkerContext.maxPacket)
+                memory.dgrams[i].data = memory.packet(i).assumingMemoryBound(to: UInt8.self)
+                memory.dgrams[i].len = UInt32(WorkerContext.maxPacket)
             }
-            let got = Int(SystemCall.retryingNegativeErrno { shim_udp_recv_batch(udpFD, dgrams, UInt32(batch)) })
+            let got = Int(SystemCall.retryingNegativeErrno { shim_udp_recv_batch(udpFD, memory.dgrams, UInt32(batch)) })
             if got <= 0 {
                 let e = Int32(-got)
                 if got == 0 || e == EAGAIN || e == EWOULDBLOCK {
@@ -399,7 +375,7 @@ final class UDPToTunWorker: @unchecked Sendable {
             }
             let snapshot = context.table.load(ordering: .acquiring)
             for i in 0..<got {
-                let d = dgrams[i]
+                let d = memory.dgrams[i]
                 let base = UnsafeMutableRawPointer(d.data!)
                 let length = Int(d.len)
                 if d.truncated != 0 {
@@ -462,5 +438,33 @@ final class UDPToTunWorker: @unchecked Sendable {
             tally.flush(into: context.counters)
         }
         tally.flush(into: context.counters)
+    }
+}
+
+/// A worker's batch memory, allocated once so that nothing on the per-packet path allocates:
+/// `batch` packet slots (64-byte aligned, `slotSize` apart), each with `headroom` bytes in front of
+/// the packet, and `dgramCapacity` datagram descriptors for the batch syscalls.
+struct WorkerBuffers: ~Copyable {
+    let headroom: Int
+    let slotSize: Int
+    let slots: UnsafeMutableRawPointer
+    let dgrams: UnsafeMutablePointer<shim_dgram>
+    let dgramCapacity: Int
+
+    init(headroom: Int, batch: Int, dgramCapacity: Int) {
+        self.headroom = headroom
+        slotSize = (headroom + WorkerContext.maxPacket + 63) & ~63
+        slots = .allocate(byteCount: slotSize * batch, alignment: 64)
+        self.dgramCapacity = dgramCapacity
+        dgrams = .allocate(capacity: dgramCapacity)
+        dgrams.initialize(repeating: shim_dgram(), count: dgramCapacity)
+    }
+
+    /// Where slot `i`'s packet starts, after its headroom.
+    func packet(_ i: Int) -> UnsafeMutableRawPointer { slots + i * slotSize + headroom }
+
+    deinit {
+        slots.deallocate()
+        dgrams.deallocate()
     }
 }

@@ -132,12 +132,7 @@ final class FastPathLab: @unchecked Sendable {
             sockets.append(client)
             var timeout = timeval(tv_sec: 5, tv_usec: 0)
             setsockopt(client, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-            var sa = sockaddr_in()
-            sa.sin_family = sa_family_t(AF_INET)
-            sa.sin_port = p.bigEndian
-            sa.sin_addr.s_addr = address.value.bigEndian
-            let rc = withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(client, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            let rc = withSockaddr(socketAddress(address, port: p)) { connect(client, $0, $1) }
             guard rc == 0 else { throw CommandFailed(command: ["connect \(address):\(p)"], status: errno, output: "") }
             let accepted = accept(listener, nil, nil)
             guard accepted >= 0 else { throw CommandFailed(command: ["accept"], status: errno, output: "") }
@@ -150,30 +145,21 @@ final class FastPathLab: @unchecked Sendable {
             _ = read(client, &b, 1)
             return port(client)
         }
-        let listener = try remoteNS.run { () throws -> Int32 in
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            var sa = sockaddr_in()
-            sa.sin_family = sa_family_t(AF_INET)
-            sa.sin_port = UInt16(7000).bigEndian
-            var one: Int32 = 1
-            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-            let rc = withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-            guard rc == 0, listen(fd, 4) == 0 else { throw CommandFailed(command: ["listen 7000"], status: errno, output: "") }
-            return fd
+        /// A TCP listener on 0.0.0.0:`port` in the remote namespace.
+        func listening(on port: UInt16, reuseAddress: Bool) throws -> Int32 {
+            try remoteNS.run { () throws -> Int32 in
+                let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+                var one: Int32 = 1
+                if reuseAddress { setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size)) }
+                let rc = withSockaddr(socketAddress(IPv4Address(0), port: port)) { bind(fd, $0, $1) }
+                guard rc == 0, listen(fd, 4) == 0 else { throw CommandFailed(command: ["listen \(port)"], status: errno, output: "") }
+                return fd
+            }
         }
+        let listener = try listening(on: 7000, reuseAddress: true)
         sockets.append(listener)
         tcp = (try connected(to: FastPathLab.remote, 7000, listener: listener), 7000)
-        let natListener = try remoteNS.run { () throws -> Int32 in
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            var sa = sockaddr_in()
-            sa.sin_family = sa_family_t(AF_INET)
-            sa.sin_port = UInt16(7001).bigEndian
-            let rc = withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-            guard rc == 0, listen(fd, 4) == 0 else { throw CommandFailed(command: ["listen 7001"], status: errno, output: "") }
-            return fd
-        }
+        let natListener = try listening(on: 7001, reuseAddress: false)
         sockets.append(natListener)
         natted = (try connected(to: FastPathLab.service, 80, listener: natListener), 7001)
         let probe = try UDPProbe.ttlsSeen(from: podNS.name, to: remoteNS.name, server: (FastPathLab.remote, 6000), ttl: 64, count: 1)

@@ -6,6 +6,7 @@
 // the original inner packet.
 
 import BPFDataplane
+import BPFLoader
 import Foundation
 import Glibc
 import NetTypes
@@ -13,8 +14,77 @@ import TestSupport
 import TestTraits
 import Testing
 
-/// Two namespaces A and B on a veth; A has flannel.1 as flanneld would make it, pointing at B.
-final class KernelPair: @unchecked Sendable {
+/// Two namespaces A and B joined by a veth, the bench of the kernel-compatibility suites.
+/// A's flannel device sends to B's VTEP with its own as the source.
+protocol NamespacePair: AnyObject {
+    var a: TestNamespace { get }
+    var b: TestNamespace { get }
+    var aVTEP: MACAddress { get }
+    var bVTEP: MACAddress { get }
+}
+
+extension NamespacePair {
+    /// Two fresh namespaces and the veth between them (A's end `aIf`, B's `bIf`); a failure on the
+    /// way removes what was made.
+    static func makeVethPair() throws -> (a: TestNamespace, b: TestNamespace, aIf: String, bIf: String) {
+        let tag = Names.unique()
+        let a = try TestNamespace(tag + "a")
+        let b: TestNamespace
+        do { b = try TestNamespace(tag + "b") } catch { a.close(); throw error }
+        let (aIf, bIf) = (tag + "x", tag + "y")
+        do {
+            try a.sh(["ip", "link", "add", aIf, "type", "veth", "peer", "name", bIf, "netns", b.name])
+        } catch {
+            a.close()
+            b.close()
+            throw error
+        }
+        return (a, b, aIf, bIf)
+    }
+
+    /// Runs the pair's set-up; when it fails, both namespaces go before the error is rethrown.
+    func settingUp(_ setUp: () throws -> Void) rethrows {
+        do { try setUp() } catch { close(); throw error }
+    }
+
+    func close() {
+        a.close()
+        b.close()
+    }
+
+    /// Our encap, run in A on the inner packet of the kernel device's `kernelFrame` (from
+    /// `innerOffset`) as the flannel device hands it over, must redirect the kernel's frame but for
+    /// the bytes at `mayDiffer`. Our frame, or nil when even its length differs.
+    func encapsulateLikeTheKernel(_ encap: BPFProgram, kernelFrame: [UInt8], innerOffset: Int, innerType: UInt16,
+                                  mayDiffer: Set<Int>) throws -> [UInt8]? {
+        let overlayFrame = PacketBuilder.ethernet(dst: bVTEP, src: aVTEP, type: innerType) + Array(kernelFrame[innerOffset...])
+        let result = try a.run { try encap.testRun(packet: overlayFrame) }
+        #expect(Verdict.tc(result.retval) == "TC_ACT_REDIRECT")
+        let ours = result.packet
+        #expect(ours.count == kernelFrame.count)
+        guard ours.count == kernelFrame.count else { return nil }
+        let differing = (0..<ours.count).filter { ours[$0] != kernelFrame[$0] && !mayDiffer.contains($0) }
+        #expect(differing.isEmpty, "bytes differ from the kernel's frame at \(differing)\nkernel: \(kernelFrame.hex)\nours:   \(ours.hex)")
+        return ours
+    }
+
+    /// Our encap's frame and the kernel's, each into B's decap (XDP) and check (TC) programs: the
+    /// decap passes `decapsulated(frame)` (the steer's mark in the metadata in front), the check
+    /// passes the frame untouched.
+    func decapsulateBoth(ours: [UInt8], kernel: [UInt8], decap: BPFProgram, check: BPFProgram,
+                         decapsulated: ([UInt8]) -> [UInt8]) throws {
+        for (label, frame) in [("bpf encap", ours), ("kernel encap", kernel)] {
+            let d = try b.run { try decap.testRun(packet: frame) }
+            #expect(Verdict.xdp(d.retval) == "XDP_PASS", "\(label)")
+            #expect(d.packet == decapsulated(frame), "\(label) → decap")
+            let c = try b.run { try check.testRun(packet: frame) }
+            #expect(Verdict.tc(c.retval) == "TC_ACT_OK" && c.packet == frame, "\(label) → check")
+        }
+    }
+}
+
+/// A has flannel.1 as flanneld would make it, pointing at B.
+final class KernelPair: NamespacePair, @unchecked Sendable {
     let a: TestNamespace, b: TestNamespace
     let aIf: String, bIf: String
     let aIP = IPv4Address(192, 168, 61, 1), bIP = IPv4Address(192, 168, 61, 2)
@@ -23,13 +93,8 @@ final class KernelPair: @unchecked Sendable {
     var aVTEP = MACAddress.zero
 
     init() throws {
-        let tag = Names.unique()
-        a = try TestNamespace(tag + "a")
-        do { b = try TestNamespace(tag + "b") } catch { a.close(); throw error }
-        aIf = tag + "x"
-        bIf = tag + "y"
-        do {
-            try a.sh(["ip", "link", "add", aIf, "type", "veth", "peer", "name", bIf, "netns", b.name])
+        (a, b, aIf, bIf) = try Self.makeVethPair()
+        try settingUp {
             try a.sh(["ip", "addr", "add", "\(aIP)/24", "dev", aIf])
             try a.sh(["ip", "link", "set", aIf, "up"])
             try a.sh(["sysctl", "-qw", "net.ipv4.ip_forward=1"]) // as on every flannel node
@@ -45,15 +110,7 @@ final class KernelPair: @unchecked Sendable {
             try a.sh(["bridge", "fdb", "replace", "\(bVTEP)", "dev", "flannel.1", "dst", "\(bIP)", "self", "permanent"])
             try a.sh(["ip", "route", "replace", "\(bPods)", "via", "\(bPods.address)", "dev", "flannel.1", "onlink"])
             aVTEP = try a.mac("flannel.1")
-        } catch {
-            close()
-            throw error
         }
-    }
-
-    func close() {
-        a.close()
-        b.close()
     }
 
     /// Opens an AF_PACKET socket in B (all interfaces there), 2 s receive timeout.
@@ -132,28 +189,17 @@ struct KernelCompatTests {
         let check = try nodeB.program(.decapCheck)
         for kernelFrame in captured {
             let innerIP = Array(kernelFrame[64...])
-            let overlayFrame = PacketBuilder.ethernet(dst: pair.bVTEP, src: pair.aVTEP, type: EtherType.ipv4) + innerIP
-            let result = try pair.a.run { try encap.testRun(packet: overlayFrame) }
-            #expect(Verdict.tc(result.retval) == "TC_ACT_REDIRECT")
-            let ours = result.packet
-            #expect(ours.count == kernelFrame.count)
-            guard ours.count == kernelFrame.count else { continue }
-            let mayDiffer: Set<Int> = [18, 19, 24, 25, 34, 35, 40, 41] // IP id, IP checksum, UDP sport, UDP checksum
-            let differing = (0..<ours.count).filter { ours[$0] != kernelFrame[$0] && !mayDiffer.contains($0) }
-            #expect(differing.isEmpty, "bytes differ from the kernel's frame at \(differing)\nkernel: \(kernelFrame.hex)\nours:   \(ours.hex)")
+            // IP id, IP checksum, UDP sport, UDP checksum may differ.
+            guard let ours = try pair.encapsulateLikeTheKernel(encap, kernelFrame: kernelFrame, innerOffset: 64, innerType: EtherType.ipv4,
+                                                              mayDiffer: [18, 19, 24, 25, 34, 35, 40, 41]) else { continue }
             let parsed = ParsedFrame(ours)
             #expect(parsed?.ipv4?.headerChecksumValid == true)
             #expect(parsed?.udp?.checksumValidOrZero == true)
             #expect((32768..<61000).contains(parsed?.udp?.srcPort ?? 0))
 
             // Our encap → our decap on B, and the kernel's frame → our decap: the original packet back.
-            for (label, frame) in [("bpf encap", ours), ("kernel encap", kernelFrame)] {
-                let d = try pair.b.run { try decap.testRun(packet: frame) }
-                #expect(Verdict.xdp(d.retval) == "XDP_PASS", "\(label)")
-                #expect(d.packet == ReferenceDatapath.xdpMetaBytes(sourceInSubnet: true) + configB.underlayMAC.bytes + pair.aVTEP.bytes + [0x08, 0x00] + innerIP,
-                        "\(label) → decap (the steer's mark in the metadata in front)")
-                let c = try pair.b.run { try check.testRun(packet: frame) }
-                #expect(Verdict.tc(c.retval) == "TC_ACT_OK" && c.packet == frame, "\(label) → check")
+            try pair.decapsulateBoth(ours: ours, kernel: kernelFrame, decap: decap, check: check) { _ in
+                ReferenceDatapath.xdpMetaBytes(sourceInSubnet: true) + configB.underlayMAC.bytes + pair.aVTEP.bytes + [0x08, 0x00] + innerIP
             }
         }
         let countsA = try nodeA.counters(), countsB = try nodeB.counters()

@@ -128,13 +128,7 @@ struct TwoNodeIPv6Tests {
             try FlannelBPF.attachmentState(overlayIfindex: n2.overlay, underlayIfindex: n2.underlay, pinDirectory: n2.bpf.pinDirectory,
                                            overlay6Ifindex: n2.overlay6)
         }.isEmpty)
-        let before1 = try n1.bpf.counters()
-        let mixed12 = try lab.ping(from: nodes[0].podNamespace, to: sides[1].podIP, count: 5, interval: 0.1)
-        let mixed21 = try lab.ping(from: nodes[1].podNamespace, to: sides[0].podIP, count: 5, interval: 0.1)
-        #expect(mixed12.received >= 4 && mixed21.received >= 4, "BPF node ↔ stock flannel-v6 node (\(mode)): \(mixed12) \(mixed21)")
-        let mixedBps = try throughputRetrying(lab, from: nodes[1].podNamespace, to: nodes[0].podNamespace, serverIP: sides[0].podIP, seconds: 1)
-        #expect(mixedBps > 1_000_000, "IPv6 TCP stock → BPF node (\(mode)): \(mixedBps) bit/s")
-        let d1 = counterDelta(before1, try n1.bpf.counters())
+        let d1 = try mixedTraffic(lab, nodes, podIPs: sides.map(\.podIP), bpf: n1.bpf, family: "IPv6 ", mode: mode)
         #expect((d1[.encap6OK]?.packets ?? 0) >= 5, "node 1 still encapsulates IPv6: \(d1)")
         #expect((d1[decap6]?.packets ?? 0) >= 5, "node 1 decapsulates flannel-v6's frames: \(d1)")
     }

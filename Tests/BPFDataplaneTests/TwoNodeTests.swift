@@ -65,6 +65,20 @@ final class FlannelNodeUnderTest: @unchecked Sendable {
 
 /// NetnsLab.tcpThroughput races its iperf3 server's start: iperf3 -J reports "Connection refused"
 /// with exit status 0, which it does not retry. Retry that case here.
+/// Pod traffic between a BPF node (`nodes[0]`, `bpf` its programs) and a node that became a stock
+/// flannel node (`nodes[1]`): a ping each way and TCP into the BPF node, on the pod addresses
+/// `podIPs` of `family` ("IPv6 " or ""). Returns what the BPF node's counters moved meanwhile.
+func mixedTraffic<PodIP: CustomStringConvertible>(_ lab: NetnsLab, _ nodes: [LabNode], podIPs: [PodIP], bpf: FlannelBPF,
+                  family: String, mode: DecapMode) throws -> [FXDPCounter: FXDPCount] {
+    let before = try bpf.counters()
+    let mixed12 = try lab.ping(from: nodes[0].podNamespace, to: podIPs[1], count: 5, interval: 0.1)
+    let mixed21 = try lab.ping(from: nodes[1].podNamespace, to: podIPs[0], count: 5, interval: 0.1)
+    #expect(mixed12.received >= 4 && mixed21.received >= 4, "BPF node ↔ stock \(family)flannel node (\(mode)): \(mixed12) \(mixed21)")
+    let mixedBps = try throughputRetrying(lab, from: nodes[1].podNamespace, to: nodes[0].podNamespace, serverIP: podIPs[0], seconds: 1)
+    #expect(mixedBps > 1_000_000, "\(family)TCP stock → BPF node (\(mode)): \(mixedBps) bit/s")
+    return counterDelta(before, try bpf.counters())
+}
+
 func throughputRetrying(_ lab: NetnsLab, from: String, to: String, serverIP: some CustomStringConvertible, seconds: Int) throws -> Double {
     var attempt = 0
     while true {
@@ -130,14 +144,8 @@ struct TwoNodeTests {
         #expect(try NetnsThread.run(namespace: nodes[1].name) {
             try FlannelBPF.attachmentState(overlayIfindex: n2.overlay, underlayIfindex: n2.underlay)
         }.isEmpty)
-        let before1 = try n1.bpf.counters()
         let before2 = try n2.bpf.counters()
-        let mixed12 = try lab.ping(from: nodes[0].podNamespace, to: nodes[1].podIP, count: 5, interval: 0.1)
-        let mixed21 = try lab.ping(from: nodes[1].podNamespace, to: nodes[0].podIP, count: 5, interval: 0.1)
-        #expect(mixed12.received >= 4 && mixed21.received >= 4, "BPF node ↔ stock flannel node (\(mode)): \(mixed12) \(mixed21)")
-        let mixedBps = try throughputRetrying(lab, from: nodes[1].podNamespace, to: nodes[0].podNamespace, serverIP: nodes[0].podIP, seconds: 1)
-        #expect(mixedBps > 1_000_000, "TCP stock → BPF node (\(mode)): \(mixedBps) bit/s")
-        let d1 = counterDelta(before1, try n1.bpf.counters())
+        let d1 = try mixedTraffic(lab, nodes, podIPs: nodes.map(\.podIP), bpf: n1.bpf, family: "", mode: mode)
         #expect((d1[.encapOK]?.packets ?? 0) >= 5, "node 1 still encapsulates: \(d1)")
         #expect((d1[decapCounter]?.packets ?? 0) >= 5, "node 1 decapsulates the kernel's frames: \(d1)")
         #expect(counterDelta(before2, try n2.bpf.counters()).isEmpty, "node 2's detached programs see nothing")

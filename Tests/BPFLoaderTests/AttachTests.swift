@@ -51,6 +51,23 @@ final class SlotWatcher: Sendable {
         stop.store(true, ordering: .releasing)
         if !joined.exchange(true, ordering: .acquiringAndReleasing) { finished.wait() }
     }
+
+    /// Watches the slot `probe` reads in `namespace` while each of `replacements` runs, 50 samples
+    /// before, between and after them: the program ids seen, and whether the slot was ever empty
+    /// (an atomic replace never shows it empty).
+    static func watch(namespace: String, _ probe: @escaping @Sendable () throws -> UInt32?,
+                      during replacements: [() throws -> Void]) throws -> (seen: Set<UInt32>, sawEmpty: Bool) {
+        let watcher = SlotWatcher()
+        defer { watcher.finish() }
+        watcher.start(namespace: namespace, probe)
+        watcher.waitForSamples(50)
+        for replace in replacements {
+            try replace()
+            watcher.waitForSamples(50)
+        }
+        watcher.finish()
+        return (watcher.seen.withLock { $0 }, watcher.sawEmpty.load(ordering: .acquiring))
+    }
 }
 
 @Suite("XDP attach", .needsRoot, .ownThreads)
@@ -80,18 +97,12 @@ struct XDPAttachTests {
             }
 
             // Atomic replace: a watcher in the namespace never sees the slot empty.
-            let watcher = SlotWatcher()
-            defer { watcher.finish() }
-            watcher.start(namespace: lab.name) { try XDP.attachedProgramID(ifindex: va, mode: mode) }
-            watcher.waitForSamples(50)
-            try lab.run { try XDP.attach(second, ifindex: va, mode: mode, replacing: firstID) }
-            watcher.waitForSamples(50)
-            try lab.run { try XDP.attach(first, ifindex: va, mode: mode, replacing: secondID) }
-            watcher.waitForSamples(50)
-            watcher.finish()
-            let sawEmpty = watcher.sawEmpty.load(ordering: .acquiring)
-            #expect(!sawEmpty)
-            #expect(watcher.seen.withLock { $0 } == [firstID, secondID])
+            let watched = try SlotWatcher.watch(namespace: lab.name, { try XDP.attachedProgramID(ifindex: va, mode: mode) }, during: [
+                { try lab.run { try XDP.attach(second, ifindex: va, mode: mode, replacing: firstID) } },
+                { try lab.run { try XDP.attach(first, ifindex: va, mode: mode, replacing: secondID) } },
+            ])
+            #expect(!watched.sawEmpty)
+            #expect(watched.seen == [firstID, secondID])
 
             try lab.run {
                 #expect(try XDP.attachedProgramID(ifindex: va, mode: mode) == firstID)
@@ -168,16 +179,11 @@ struct TCAttachTests {
                 try TC.attach(mark, ifindex: va, direction: direction, handle: 2, priority: 2)
             }
             // Replace in place: a watcher in the namespace never finds the slot empty.
-            let watcher = SlotWatcher()
-            defer { watcher.finish() }
-            watcher.start(namespace: lab.name) { try TC.attachedProgramID(ifindex: va, direction: direction, handle: 1, priority: 1) }
-            watcher.waitForSamples(50)
-            try lab.run { try TC.attach(drop, ifindex: va, direction: direction, handle: 1, priority: 1) }
-            watcher.waitForSamples(50)
-            watcher.finish()
-            let sawEmpty = watcher.sawEmpty.load(ordering: .acquiring)
-            #expect(!sawEmpty)
-            #expect(watcher.seen.withLock { $0 } == [markID, dropID])
+            let watched = try SlotWatcher.watch(
+                namespace: lab.name, { try TC.attachedProgramID(ifindex: va, direction: direction, handle: 1, priority: 1) },
+                during: [{ try lab.run { try TC.attach(drop, ifindex: va, direction: direction, handle: 1, priority: 1) } }])
+            #expect(!watched.sawEmpty)
+            #expect(watched.seen == [markID, dropID])
             try lab.run {
                 #expect(try TC.attachedProgramID(ifindex: va, direction: direction, handle: 1, priority: 1) == dropID)
                 #expect(try TC.attachedProgramID(ifindex: va, direction: direction, handle: 2, priority: 2) == markID)

@@ -9,16 +9,6 @@ import TestTraits
 import Testing
 import TestSupport
 
-/// Waits until `condition` holds, polling every 20 ms; returns the seconds it took, or nil.
-func waitFor(_ timeout: Double, _ condition: () throws -> Bool) rethrows -> Double? {
-    let start = monotonicSeconds()
-    while monotonicSeconds() - start < timeout {
-        if try condition() { return monotonicSeconds() - start }
-        usleep(20_000)
-    }
-    return nil
-}
-
 
 /// A `ping -i 0.01` running in the background; `finish()` returns (sent, received).
 struct BackgroundPing {
@@ -63,7 +53,7 @@ struct ClusterTests {
         // Each node's peers map converges to the two others.
         for node in cluster.nodes {
             let others = cluster.nodes.filter { $0.name != node.name }.map(\.podSubnet).sorted()
-            let took = try waitFor(5) { try cluster.pinnedPeerSubnets(node) == others }
+            let took = try waitUntil(5) { try cluster.pinnedPeerSubnets(node) == others }
             let have = (try? cluster.pinnedPeerSubnets(node)) ?? []
             #expect(took != nil, "\(node.name) peers: \(have), want \(others); log:\n\(cluster.daemonLog(node).suffix(3000))")
         }
@@ -92,7 +82,7 @@ struct ClusterTests {
         let late = try cluster.addNode(3)
         try cluster.startDaemon(late)
         let first = cluster.nodes[0]
-        let reached = try waitFor(1.0) {
+        let reached = try waitUntil(1.0) {
             try cluster.lab.ping(from: first.podNamespace, to: late.podIP, count: 1, interval: 0.01, timeoutPerReply: 1).received == 1
         }
         #expect(reached != nil, "node 3's pod not reached within 1 s of its daemon being ready")
@@ -100,7 +90,7 @@ struct ClusterTests {
         // flannel: a node whose own lease is deleted stops; its peers drop its entries.
         try cluster.delete(cluster.leaseKey(late.podSubnet))
         for node in cluster.nodes where node.name != late.name {
-            let gone = try waitFor(5) { try !cluster.pinnedPeerSubnets(node).contains(late.podSubnet) }
+            let gone = try waitUntil(5) { try !cluster.pinnedPeerSubnets(node).contains(late.podSubnet) }
             #expect(gone != nil, "\(node.name) still has \(late.podSubnet)")
         }
     }
@@ -115,7 +105,7 @@ struct ClusterTests {
         for node in cluster.nodes.prefix(2) { try cluster.startDaemon(node) }
         try cluster.runStockFlannel(on: stock)
         for node in cluster.nodes.prefix(2) {
-            let joined = try waitFor(5) { try cluster.pinnedPeerSubnets(node).contains(stock.podSubnet) }
+            let joined = try waitUntil(5) { try cluster.pinnedPeerSubnets(node).contains(stock.podSubnet) }
             #expect(joined != nil, "\(node.name) never learned the stock node's lease")
         }
         // What flanneld on the stock node does for each flanneld-xdp lease: neighbour, fdb, route.
@@ -131,7 +121,7 @@ struct ClusterTests {
         // The stock node leaves: its lease goes, the flanneld-xdp nodes drop it.
         try cluster.delete(cluster.leaseKey(stock.podSubnet))
         for node in cluster.nodes.prefix(2) {
-            let gone = try waitFor(5) { try !cluster.pinnedPeerSubnets(node).contains(stock.podSubnet) }
+            let gone = try waitUntil(5) { try !cluster.pinnedPeerSubnets(node).contains(stock.podSubnet) }
             #expect(gone != nil)
         }
     }

@@ -172,9 +172,7 @@ struct DropInClusterTests {
         let cluster = try FlannelCluster(tag: "dfw", api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 3,
                                          backend: #"{"Type":"vxlan","MTU":1400}"#)
         defer { cluster.cleanup() }
-        for node in cluster.nodes {
-            try cluster.lab.sh(node.name, ["/usr/sbin/iptables", "-w", "5", "-P", "FORWARD", "DROP"])
-        }
+        try cluster.dropForwardedTrafficByDefault()
         let (a, b, c) = (cluster.nodes[0], cluster.nodes[1], cluster.nodes[2])
         try cluster.startDaemon(a, extra: ["-iptables-resync=1"])
         try cluster.startDaemon(b, extra: ["-iptables-resync=1"])
@@ -199,7 +197,7 @@ struct DropInClusterTests {
 
         for node in cluster.nodes {
             let others = cluster.nodes.filter { $0.name != node.name }.map(\.podSubnet).sorted()
-            #expect(try waitFor(5) { try cluster.pinnedPeerSubnets(node) == others } != nil, "\(node.name) peers")
+            #expect(try waitUntil(5) { try cluster.pinnedPeerSubnets(node) == others } != nil, "\(node.name) peers")
         }
         // Containers on a and b, both with the accepts: TCP both ways.
         #expect(try tcpExchange(from: a.podNamespace, to: b.podNamespace, address: b.podIP, port: 7011) == nil)
@@ -210,7 +208,7 @@ struct DropInClusterTests {
         // Removed by someone: back within a resync (1 s here).
         try cluster.lab.sh(a.name, ["/usr/sbin/iptables", "-w", "5", "-D", "FORWARD", "-m", "comment", "--comment", "flanneld forward",
                                     "-j", "FLANNEL-FWD"])
-        let readded = try waitFor(10) { try forwardRules(a) == wanted }
+        let readded = try waitUntil(10) { try forwardRules(a) == wanted }
         #expect(readded != nil, "the jump was not re-added: \((try? forwardRules(a)) ?? [])")
         #expect(try tcpExchange(from: b.podNamespace, to: a.podNamespace, address: a.podIP, port: 7014) == nil)
         let status = try cluster.runTool(a, ["status", "--subnet-file", cluster.subnetFile(a), "--bpffs", cluster.bpffs(a)])

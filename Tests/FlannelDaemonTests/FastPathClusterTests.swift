@@ -49,7 +49,7 @@ struct FastPathClusterTests {
             for node in cluster.nodes { try cluster.startDaemon(node, extra: extra) }
             for node in cluster.nodes {
                 let others = cluster.nodes.filter { $0.name != node.name }.map(\.podSubnet).sorted()
-                guard try waitFor(5, { try cluster.pinnedPeerSubnets(node) == others }) != nil else {
+                guard try waitUntil(5, { try cluster.pinnedPeerSubnets(node) == others }) != nil else {
                     throw FlowProbeError("\(node.name) never learned its peers")
                 }
             }
@@ -61,11 +61,11 @@ struct FastPathClusterTests {
                 }
             }
             for node in cluster.nodes {
-                guard try waitFor(5, { try podsKnown(cluster, node) >= 1 }) != nil else {
+                guard try waitUntil(5, { try podsKnown(cluster, node) >= 1 }) != nil else {
                     throw FlowProbeError("\(node.name): no pod in \(FXDP_MAP_LOCAL) after 5 s\n\(cluster.daemonLog(node).suffix(2000))")
                 }
                 // And its veth hooked: a pass that could not attach there retries a second later.
-                guard try waitFor(5, { try podsHooked(cluster, node) >= 1 }) != nil else {
+                guard try waitUntil(5, { try podsHooked(cluster, node) >= 1 }) != nil else {
                     throw FlowProbeError("\(node.name): no pod veth carries fxdp_fast_encap after 5 s\n\(cluster.daemonLog(node).suffix(2000))")
                 }
             }
@@ -192,20 +192,18 @@ struct FastPathClusterTests {
     func forwardPolicyDrop() async throws {
         let cluster = try FlannelCluster(tag: "fpf", api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 3)
         defer { cluster.cleanup() }
-        for node in cluster.nodes {
-            try cluster.lab.sh(node.name, ["/usr/sbin/iptables", "-w", "5", "-P", "FORWARD", "DROP"])
-        }
+        try cluster.dropForwardedTrafficByDefault()
         let (a, b, c) = (cluster.nodes[0], cluster.nodes[1], cluster.nodes[2])
         try cluster.startDaemon(a, extra: ["--ip-masq"])
         try cluster.startDaemon(b, extra: ["--ip-masq"])
         try cluster.startDaemon(c, extra: ["--ip-masq", "-iptables-forward-rules=false"])
         for node in cluster.nodes {
             let others = cluster.nodes.filter { $0.name != node.name }.map(\.podSubnet).sorted()
-            #expect(try waitFor(5) { try cluster.pinnedPeerSubnets(node) == others } != nil, "\(node.name) peers")
+            #expect(try waitUntil(5) { try cluster.pinnedPeerSubnets(node) == others } != nil, "\(node.name) peers")
         }
         #expect(try cluster.lab.waitForPing(from: a.podNamespace, to: b.podIP, timeout: 5))
-        #expect(try waitFor(5) { try Self.podsKnown(cluster, a) >= 1 && Self.podsKnown(cluster, b) >= 1 } != nil)
-        #expect(try waitFor(5) { try Self.podsHooked(cluster, a) >= 1 && Self.podsHooked(cluster, b) >= 1 } != nil)
+        #expect(try waitUntil(5) { try Self.podsKnown(cluster, a) >= 1 && Self.podsKnown(cluster, b) >= 1 } != nil)
+        #expect(try waitUntil(5) { try Self.podsHooked(cluster, a) >= 1 && Self.podsHooked(cluster, b) >= 1 } != nil)
         let before = try FastCounters.read(cluster, a)
         _ = try TCPConversation.run(from: a.podNamespace, to: b.podNamespace, connectTo: (b.podIP, 7401), exchanges: 100)
         #expect(try FastCounters.read(cluster, a).since(before)[.fastEncapOK] >= 90)
@@ -253,7 +251,7 @@ struct FastPathClusterTests {
             cluster.stopDaemon(node)
             try cluster.startDaemon(node, extra: ["--ip-masq"])
         }
-        #expect(try waitFor(5) { try Self.podsKnown(cluster, a) >= 1 && Self.podsHooked(cluster, a) >= 1 } != nil)
+        #expect(try waitUntil(5) { try Self.podsKnown(cluster, a) >= 1 && Self.podsHooked(cluster, a) >= 1 } != nil)
         try phase("on again", fast: true)
         // Hand-back: the daemons stop, cleanup removes every program; flannel.1 and its routes stay,
         // which is a stock flannel node.
@@ -283,9 +281,9 @@ struct FastPathClusterTests {
         try cluster.startDaemon(ours, extra: ["--ip-masq"])
         let vtep = try cluster.lab.linkMAC(ours.name, "flannel.1")
         try cluster.lab.addFlannelPeerRoutes(on: stock, peer: Peer(subnet: ours.podSubnet, publicIP: ours.nodeIP, vtepMAC: vtep))
-        #expect(try waitFor(5) { try cluster.pinnedPeerSubnets(ours) == [stock.podSubnet] } != nil)
+        #expect(try waitUntil(5) { try cluster.pinnedPeerSubnets(ours) == [stock.podSubnet] } != nil)
         #expect(try cluster.lab.waitForPing(from: ours.podNamespace, to: stock.podIP, timeout: 5))
-        #expect(try waitFor(5) { try Self.podsKnown(cluster, ours) >= 1 && Self.podsHooked(cluster, ours) >= 1 } != nil)
+        #expect(try waitUntil(5) { try Self.podsKnown(cluster, ours) >= 1 && Self.podsHooked(cluster, ours) >= 1 } != nil)
         for (from, to, port) in [(ours, stock, UInt16(7601)), (stock, ours, 7602)] {
             let before = try FastCounters.read(cluster, ours)
             let ends = try TCPConversation.run(from: from.podNamespace, to: to.podNamespace, connectTo: (to.podIP, port), exchanges: 200)

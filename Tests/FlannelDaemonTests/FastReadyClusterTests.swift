@@ -112,7 +112,7 @@ struct FastReadyClusterTests {
         #expect(try cluster.pinnedPeerSubnets(node).count == n)
 
         var body = ""
-        let stuck = waitFor(30) {
+        let stuck = waitUntil(30) {
             guard let r = try? cluster.httpGet(node, path: "/readyz") else { return false }
             body = r.body
             return r.status == 503 && r.body.contains("peers: maps \(n)/\(n), kernel \(n - 1)/\(n)")

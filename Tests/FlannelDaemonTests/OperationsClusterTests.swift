@@ -29,7 +29,7 @@ struct OperationsClusterTests {
         let metricsPort = 9472
         try cluster.startDaemon(n1, extra: ["--ip-masq", "--metrics-port=\(metricsPort)", "--metrics-per-peer"])
         try cluster.startDaemon(n2)
-        let converged = try waitFor(5) { try cluster.pinnedPeerSubnets(n1) == [n2.podSubnet] }
+        let converged = try waitUntil(5) { try cluster.pinnedPeerSubnets(n1) == [n2.podSubnet] }
         #expect(converged != nil)
         #expect(try lab.waitForPing(from: n1.podNamespace, to: n2.podIP, timeout: 5))
         let ping = try lab.ping(from: n1.podNamespace, to: n2.podIP, count: 3, interval: 0.05)
@@ -97,7 +97,7 @@ struct OperationsClusterTests {
 
         // Removed by someone: back within the daemon's check interval (10 s).
         try lab.sh(n1.name, ["/usr/sbin/nft", "delete", "table", "ip", "flanneld-xdp"])
-        let back = try waitFor(15) { try lab.run(n1.name, ["/usr/sbin/nft", "list", "table", "ip", "flanneld-xdp"]).status == 0 }
+        let back = try waitUntil(15) { try lab.run(n1.name, ["/usr/sbin/nft", "list", "table", "ip", "flanneld-xdp"]).status == 0 }
         #expect(back != nil, "masquerade table not recreated; log:\n\(cluster.daemonLog(n1).suffix(2000))")
 
         // Stopped: status says so and still shows the kernel side; peers still read the pins.

@@ -115,7 +115,7 @@ struct PackageTests {
         let command = sandboxCommand(writable: [cluster.nodeDir(n1)], cluster.daemonArguments(n1))
         let daemon = try cluster.startDaemon(n1, command: command)
         try cluster.startDaemon(n2, command: [binary] + Array(cluster.daemonArguments(n2).dropFirst()))
-        #expect(try waitFor(10) { try cluster.pinnedPeerSubnets(n1) == [n2.podSubnet] } != nil)
+        #expect(try waitUntil(10) { try cluster.pinnedPeerSubnets(n1) == [n2.podSubnet] } != nil)
         #expect(try cluster.lab.waitForPing(from: n1.podNamespace, to: n2.podIP, timeout: 5))
         #expect(try cluster.lab.waitForPing(from: n2.podNamespace, to: n1.podIP, timeout: 5))
         // The running daemon maps no Swift runtime library, from the toolchain or anywhere.

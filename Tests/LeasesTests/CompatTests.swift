@@ -78,14 +78,8 @@ struct CompatTests {
     /// remove it; and no key but our own can make us believe our lease is gone.
     @Test(arguments: bothAPIs)
     func aliasAndDualStackKeysNeitherShadowNorRemoveALease(_ api: EtcdAPIVersion) async throws {
-        try await withEtcd { server in
-            let prefix = uniquePrefix("alias")
-            try await writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
-            let config = try NetworkConfig.parse(vxlanConfigJSON)
-            let counters = LeaseCounters()
-            let registry = try makeRegistry(server, api, prefix: prefix, counters: counters)
-            let me = SubnetManager(registry: registry, counters: counters, options: fastOptions(), logger: quietLogger)
-            let own = try await me.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.1"), previousSubnet: ownTestSubnet)
+        try await withNetwork(api, "alias") { net in
+            let (config, registry, me, own) = try await net.joinAsOwnNode()
             let first = vxlanAttributes("192.0.2.4", mac: "0a:00:00:00:00:04")
             let dualFirst = vxlanAttributes("192.0.2.6", mac: "0a:00:00:00:00:06")
             try await putRaw(registry, name: "10.5.4.0-24", value: first.json)
@@ -144,14 +138,8 @@ struct CompatTests {
 
     @Test(arguments: bothAPIs)
     func hostileLeasesAreSkippedWhileValidOnesArrive(_ api: EtcdAPIVersion) async throws {
-        try await withEtcd { server in
-            let prefix = uniquePrefix("hostile")
-            try await writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
-            let config = try NetworkConfig.parse(vxlanConfigJSON)
-            let counters = LeaseCounters()
-            let registry = try makeRegistry(server, api, prefix: prefix, counters: counters)
-            let me = SubnetManager(registry: registry, counters: counters, options: fastOptions(), logger: quietLogger)
-            _ = try await me.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.1"), previousSubnet: ownTestSubnet)
+        try await withNetwork(api, "hostile") { net in
+            let (config, registry, me, _) = try await net.joinAsOwnNode()
             let half = hostileLeases.count / 2
             // Half present at the first list, half arriving through the watch.
             for (key, value, _) in hostileLeases[..<half] { try await putRaw(registry, name: key, value: value) }
@@ -169,7 +157,7 @@ struct CompatTests {
             #expect(Set(peers.peers.keys) == [subnet("10.5.2.0/24"), subnet("10.5.3.0/24")])
             #expect(peers.peers[subnet("10.5.2.0/24")]?.attributes == valid1)
             // Every hostile value was counted once, under its reason; no valid peer was removed.
-            let snap = counters.snapshot()
+            let snap = me.counters.snapshot()  // the registry counts into the same cells
             #expect(snap.rejectedTotal == hostileLeases.count, "\(snap.rejected)")
             for reason in Set(hostileLeases.map(\.2)) {
                 #expect(snap.rejected[reason] == hostileLeases.filter { $0.2 == reason }.count, "\(reason)")
@@ -296,22 +284,10 @@ struct CompatTests {
                     $0.certFile = certs.clientCert
                     $0.keyFile = certs.clientKey
                 }
-                do {
-                    _ = try await wrongCA.getConfigText()
-                    Issue.record("wrong CA accepted")
-                } catch let e as EtcdClientError {
-                    guard case .tls = e else { Issue.record("not a TLS error: \(e)"); continue }
-                    #expect(e.description.contains("--etcd-cafile"), "\(e)")
-                }
+                await expectTLSRefusal(wrongCA, naming: "--etcd-cafile", "wrong CA accepted")
                 // No client certificate: the server refuses us.
                 let noCert = try makeRegistry(server, api, prefix: prefix) { $0.caFile = certs.caCert }
-                do {
-                    _ = try await noCert.getConfigText()
-                    Issue.record("connection without a client certificate accepted")
-                } catch let e as EtcdClientError {
-                    guard case .tls = e else { Issue.record("not a TLS error: \(e)"); continue }
-                    #expect(e.description.contains("--etcd-certfile"), "\(e)")
-                }
+                await expectTLSRefusal(noCert, naming: "--etcd-certfile", "connection without a client certificate accepted")
             }
             // Unreadable key file: a setup error naming the file.
             #expect(throws: EtcdClientError.self) {
@@ -412,5 +388,22 @@ struct CompatTests {
                 }
             }
         }
+    }
+}
+
+/// A registry whose TLS handshake the server refuses: reading the config fails with a TLS error
+/// that names `flag`, the option to fix; `accepted` is the issue when it does not fail.
+func expectTLSRefusal(_ registry: any SubnetRegistry, naming flag: String, _ accepted: String) async {
+    do {
+        _ = try await registry.getConfigText()
+        Issue.record(Comment(rawValue: accepted))
+    } catch let e as EtcdClientError {
+        guard case .tls = e else {
+            Issue.record("not a TLS error: \(e)")
+            return
+        }
+        #expect(e.description.contains(flag), "\(e)")
+    } catch {
+        Issue.record("not an etcd client error: \(error)")
     }
 }

@@ -251,12 +251,10 @@ struct DualStackLeaseTests {
 
     @Test(arguments: bothAPIs)
     func acquiresRenewsAndReusesBothFamilies(_ api: EtcdAPIVersion) async throws {
-        try await withEtcd { server in
-            let prefix = uniquePrefix("dual")
-            try await writeConfig(server, api, prefix: prefix, dualConfigJSON)
-            let registry = try makeRegistry(server, api, prefix: prefix)
+        try await withNetwork(api, "dual", config: dualConfigJSON) { net in
+            let registry = try net.registry()
             let config = try await registry.getConfig()
-            let a = SubnetManager(registry: registry, options: fastOptions(), logger: quietLogger)
+            let a = net.manager(registry)
             let attrsA = dualAttributes("192.0.2.1", "fd01::1")
             // No PublicIPv6 in a dual-stack network: refused with what to do.
             await #expect { _ = try await a.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.1")) } throws: { e in
@@ -267,11 +265,11 @@ struct DualStackLeaseTests {
             #expect(own.subnet == ownTestSubnet && own.ipv6Subnet == subnet6("fd00:5:0:c8::/64"))
             #expect(own.key == "10.5.200.0-24&fd00:5:0:c8::-64")
             // etcdctl reads flannel's exact bytes under flannel's key.
-            let stored = try await storedValue(server, api, prefix + "/subnets/" + own.key)
+            let stored = try await storedValue(net.server, api, net.prefix + "/subnets/" + own.key)
             #expect(stored == #"{"PublicIP":"192.0.2.1","PublicIPv6":"fd01::1","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0a:00:00:00:00:01"},"BackendV6Data":{"VNI":1,"VtepMAC":"0a:00:00:00:06:01"}}"#)
 
             // Another node gets other subnets in both families.
-            let b = SubnetManager(registry: registry, options: fastOptions(), logger: quietLogger)
+            let b = net.manager(registry)
             let other = try await b.acquireLease(config: config, attributes: dualAttributes("192.0.2.2", "fd01::2", mac: "0a:00:00:00:00:02", mac6: "0a:00:00:00:06:02"))
             #expect(other.subnet != own.subnet && other.ipv6Subnet != own.ipv6Subnet)
             #expect(config.allows(other.subnet) && config.ipv6!.allows(other.ipv6Subnet!))
@@ -279,7 +277,7 @@ struct DualStackLeaseTests {
             // Renewal rewrites the same key; a restart (same PublicIP) reuses it.
             let renewed = try await a.renewLease()
             #expect(renewed.key == own.key && renewed.revision > own.revision)
-            let restarted = SubnetManager(registry: registry, options: fastOptions(), logger: quietLogger)
+            let restarted = net.manager(registry)
             let again = try await restarted.acquireLease(config: config, attributes: attrsA)
             #expect(again.key == own.key)
             #expect(try await registry.listLeases().records.count == 2)
@@ -290,15 +288,13 @@ struct DualStackLeaseTests {
     /// dual-stack one for the same IPv4 subnet (flannel deletes it too, then takes a random one).
     @Test(arguments: bothAPIs)
     func turningDualStackKeepsTheIPv4Subnet(_ api: EtcdAPIVersion) async throws {
-        try await withEtcd { server in
-            let prefix = uniquePrefix("turn")
-            try await writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
-            let registry = try makeRegistry(server, api, prefix: prefix)
-            let before = try await SubnetManager(registry: registry, options: fastOptions(), logger: quietLogger)
+        try await withNetwork(api, "turn") { net in
+            let registry = try net.registry()
+            let before = try await net.manager(registry)
                 .acquireLease(config: try await registry.getConfig(), attributes: vxlanAttributes("192.0.2.1"), previousSubnet: ownTestSubnet)
             #expect(before.key == "10.5.200.0-24")
-            try await writeConfig(server, api, prefix: prefix, dualConfigJSON)
-            let after = try await SubnetManager(registry: registry, options: fastOptions(), logger: quietLogger)
+            try await writeConfig(net.server, api, prefix: net.prefix, dualConfigJSON)
+            let after = try await net.manager(registry)
                 .acquireLease(config: try await registry.getConfig(), attributes: dualAttributes("192.0.2.1", "fd01::1"),
                               previousSubnet: before.subnet)
             #expect(after.subnet == before.subnet && after.ipv6Subnet != nil)
@@ -310,17 +306,15 @@ struct DualStackLeaseTests {
     /// create `10.5.200.0-24`. The key created first keeps the subnet; ours is given up.
     @Test(arguments: bothAPIs)
     func ourKeyNoLongerRacesADualStackKeyForTheSameSubnet(_ api: EtcdAPIVersion) async throws {
-        try await withEtcd { server in
-            let prefix = uniquePrefix("race")
-            try await writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
-            let real = try makeRegistry(server, api, prefix: prefix)
+        try await withNetwork(api, "race") { net in
+            let real = try net.registry()
             let theirs = dualAttributes("192.0.2.9", "fd01::9")
             let registry = RacingRegistry(real) { name in
                 // A dual-stack flannel node, writing with etcdctl as flannel would.
-                try await etcdctlWriteLease(server, api, prefix: prefix, name: name + "&fd00:5:0:9::-64", value: theirs.json, ttl: 86400)
+                try await etcdctlWriteLease(net.server, api, prefix: net.prefix, name: name + "&fd00:5:0:9::-64", value: theirs.json, ttl: 86400)
             }
             let counters = LeaseCounters()
-            let me = SubnetManager(registry: registry, counters: counters, options: fastOptions(), logger: quietLogger)
+            let me = net.manager(registry, counters: counters)
             let own = try await me.acquireLease(config: try await real.getConfig(), attributes: vxlanAttributes("192.0.2.1"),
                                                 previousSubnet: ownTestSubnet)
             #expect(own.subnet != ownTestSubnet, "the dual-stack key created first holds 10.5.200.0/24")
@@ -329,12 +323,12 @@ struct DualStackLeaseTests {
             #expect(names == ["10.5.200.0-24&fd00:5:0:9::-64", own.key])
 
             // The other way round: a dual-stack node of ours loses to an IPv4-only key created first.
-            try await writeConfig(server, api, prefix: prefix, dualConfigJSON)
+            try await writeConfig(net.server, api, prefix: net.prefix, dualConfigJSON)
             let registry2 = RacingRegistry(real) { name in
                 let v4 = String(name.prefix { $0 != "&" })
-                try await etcdctlWriteLease(server, api, prefix: prefix, name: v4, value: vxlanAttributes("192.0.2.10").json, ttl: 86400)
+                try await etcdctlWriteLease(net.server, api, prefix: net.prefix, name: v4, value: vxlanAttributes("192.0.2.10").json, ttl: 86400)
             }
-            let dual = SubnetManager(registry: registry2, options: fastOptions(), logger: quietLogger)
+            let dual = net.manager(registry2)
             let dualLease = try await dual.acquireLease(config: try await real.getConfig(), attributes: dualAttributes("192.0.2.11", "fd01::11"),
                                                         previousSubnet: subnet("10.5.201.0/24"))
             #expect(dualLease.subnet != subnet("10.5.201.0/24"))
@@ -344,20 +338,17 @@ struct DualStackLeaseTests {
 
     @Test(arguments: bothAPIs)
     func ipv6OnlyNodesTakeIPv6SubnetsUnderFlannelsKeys(_ api: EtcdAPIVersion) async throws {
-        try await withEtcd { server in
-            let prefix = uniquePrefix("v6only")
-            try await writeConfig(server, api, prefix: prefix, ipv6OnlyConfigJSON)
-            let registry = try makeRegistry(server, api, prefix: prefix)
+        try await withNetwork(api, "v6only", config: ipv6OnlyConfigJSON) { net in
+            let registry = try net.registry()
             let config = try await registry.getConfig()
-            let a = SubnetManager(registry: registry, options: fastOptions(), logger: quietLogger)
-            let b = SubnetManager(registry: registry, options: fastOptions(), logger: quietLogger)
+            let (a, b) = (net.manager(registry), net.manager(registry))
             let leaseA = try await a.acquireLease(config: config, attributes: dualAttributes(nil, "fd01::1"))
             // Both publish PublicIP 0.0.0.0: PublicIPv6 tells the nodes apart (flannel's etcd manager
             // matches on PublicIP and would hand b a's lease).
             let leaseB = try await b.acquireLease(config: config, attributes: dualAttributes(nil, "fd01::2", mac6: "0a:00:00:00:06:02"))
             #expect(leaseA.key.hasPrefix("0.0.0.0-0&fd00:6:") && leaseB.key.hasPrefix("0.0.0.0-0&fd00:6:"))
             #expect(leaseA.ipv6Subnet != leaseB.ipv6Subnet)
-            let stored = try await storedValue(server, api, prefix + "/subnets/" + leaseA.key)
+            let stored = try await storedValue(net.server, api, net.prefix + "/subnets/" + leaseA.key)
             #expect(stored == #"{"PublicIP":"0.0.0.0","PublicIPv6":"fd01::1","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"0a:00:00:00:06:01"}}"#)
             #expect(try await a.renewLease().key == leaseA.key)
 
@@ -373,13 +364,11 @@ struct DualStackLeaseTests {
     /// is left out (counted), and comes back when the earlier key goes.
     @Test(arguments: bothAPIs)
     func aLaterKeysIPv6HalfDoesNotShadowAnEarlierOne(_ api: EtcdAPIVersion) async throws {
-        try await withEtcd { server in
-            let prefix = uniquePrefix("v6race")
-            try await writeConfig(server, api, prefix: prefix, dualConfigJSON)
+        try await withNetwork(api, "v6race", config: dualConfigJSON) { net in
             let counters = LeaseCounters()
-            let registry = try makeRegistry(server, api, prefix: prefix, counters: counters)
+            let registry = try net.registry(counters: counters)
             let config = try await registry.getConfig()
-            let me = SubnetManager(registry: registry, counters: counters, options: fastOptions(), logger: quietLogger)
+            let me = net.manager(registry, counters: counters)
             _ = try await me.acquireLease(config: config, attributes: dualAttributes("192.0.2.1", "fd01::1"), previousSubnet: ownTestSubnet,
                                           previousIPv6Subnet: subnet6("fd00:5:0:c8::/64"))
             try await putRaw(registry, name: "10.5.3.0-24&fd00:5:0:3::-64", value: dualAttributes("192.0.2.3", "fd01::3").json)
@@ -405,14 +394,12 @@ struct DualStackLeaseTests {
     /// A dual-stack flannel node's lease written with etcdctl becomes a peer with both halves.
     @Test(arguments: bothAPIs)
     func readsADualStackFlannelNode(_ api: EtcdAPIVersion) async throws {
-        try await withEtcd { server in
-            let prefix = uniquePrefix("flannel6")
-            try await writeConfig(server, api, prefix: prefix, dualConfigJSON)
+        try await withNetwork(api, "flannel6", config: dualConfigJSON) { net in
             let value = #"{"PublicIP":"192.168.64.4","PublicIPv6":"fd01::4","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:45"},"BackendV6Data":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:46"}}"#
-            try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.53.0-24&fd00:5:0:35::-64", value: value, ttl: 86400)
-            let registry = try makeRegistry(server, api, prefix: prefix)
+            try await etcdctlWriteLease(net.server, api, prefix: net.prefix, name: "10.5.53.0-24&fd00:5:0:35::-64", value: value, ttl: 86400)
+            let registry = try net.registry()
             let config = try await registry.getConfig()
-            let me = SubnetManager(registry: registry, options: fastOptions(), logger: quietLogger)
+            let me = net.manager(registry)
             let own = try await me.acquireLease(config: config, attributes: dualAttributes("192.168.64.5", "fd01::5"))
             #expect(own.subnet != subnet("10.5.53.0/24") && own.ipv6Subnet != subnet6("fd00:5:0:35::/64"))
             let peers = PeerCollector(me.watchPeers(config: config))
@@ -453,18 +440,16 @@ struct DualStackLastKnownTests {
 @Suite("LeasesTests: a daemon that does not run IPv6 networks is told so by name")
 struct DualStackRefusalTests {
     @Test func getConfigRefusesIPv6NetworksUntilTheCallerServesThem() async throws {
-        try await withEtcd { server in
-            let prefix = uniquePrefix("refuse6")
-            try await writeConfig(server, .v3, prefix: prefix, dualConfigJSON)
-            let registry = try makeRegistry(server, .v3, prefix: prefix)
-            let plain = SubnetManager(registry: registry, options: fastOptions(), logger: quietLogger)
+        try await withNetwork(.v3, "refuse6", config: dualConfigJSON) { net in
+            let registry = try net.registry()
+            let plain = net.manager(registry)
             await #expect { _ = try await plain.getConfig() } throws: { e in
                 guard let e = e as? ConfigError else { return false }
                 return e.field == "EnableIPv6" && e.reason.contains("dual-stack") && e.reason.contains("fd00:5::/48")
             }
             var options = fastOptions()
             options.servesIPv6Networks = true
-            #expect(try await SubnetManager(registry: registry, options: options, logger: quietLogger).getConfig().enableIPv6)
+            #expect(try await net.manager(registry, options: options).getConfig().enableIPv6)
         }
     }
 }

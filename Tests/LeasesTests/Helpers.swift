@@ -64,6 +64,51 @@ actor TestGate {
 
 func uniquePrefix(_ name: String) -> String { "/fxtest-\(name)-\(getpid())" }
 
+/// One test's flannel network: its own etcd, a fresh prefix holding the network config (written
+/// with etcdctl, the way flannel's documentation does), and the ways the test reaches them.
+struct TestNetwork {
+    let server: EtcdServer
+    let api: EtcdAPIVersion
+    let prefix: String
+    let configJSON: String
+
+    /// The config as the daemon parses it.
+    var config: NetworkConfig { get throws { try NetworkConfig.parse(configJSON) } }
+
+    func registry(counters: LeaseCounters = LeaseCounters(),
+                  configure: (inout EtcdClientOptions) -> Void = { _ in }) throws -> any SubnetRegistry {
+        try makeRegistry(server, api, prefix: prefix, counters: counters, configure: configure)
+    }
+
+    /// A node's subnet manager on `registry`, with the tests' short timers unless `options` says otherwise.
+    func manager(_ registry: any SubnetRegistry, counters: LeaseCounters = LeaseCounters(),
+                 options: SubnetManagerOptions = fastOptions()) -> SubnetManager {
+        SubnetManager(registry: registry, counters: counters, options: options, logger: quietLogger)
+    }
+
+    /// The node under test (192.0.2.1) holding its lease at `ownTestSubnet`, for the tests that
+    /// watch the other nodes' leases from it: the config it took the lease under, its registry and
+    /// manager (both counting into the manager's `counters`), and the lease.
+    func joinAsOwnNode() async throws -> (config: NetworkConfig, registry: any SubnetRegistry, manager: SubnetManager, lease: Lease) {
+        let config = try config
+        let counters = LeaseCounters()
+        let registry = try registry(counters: counters)
+        let manager = manager(registry, counters: counters)
+        let lease = try await manager.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.1"), previousSubnet: ownTestSubnet)
+        return (config, registry, manager, lease)
+    }
+}
+
+/// Runs `body` with a dedicated etcd holding `configJSON` under a fresh prefix named after `name`.
+func withNetwork<T>(_ api: EtcdAPIVersion, _ name: String, config configJSON: String = vxlanConfigJSON,
+                    _ body: (TestNetwork) async throws -> T) async throws -> T {
+    try await withEtcd { server in
+        let prefix = uniquePrefix(name)
+        try await writeConfig(server, api, prefix: prefix, configJSON)
+        return try await body(TestNetwork(server: server, api: api, prefix: prefix, configJSON: configJSON))
+    }
+}
+
 func makeRegistry(_ server: EtcdServer, _ api: EtcdAPIVersion, prefix: String,
                   counters: LeaseCounters = LeaseCounters(), configure: (inout EtcdClientOptions) -> Void = { _ in }) throws -> any SubnetRegistry {
     var options = EtcdClientOptions(endpoints: [server.clientURL], prefix: prefix, apiVersion: api)
@@ -171,8 +216,9 @@ final class PeerCollector: Sendable {
     deinit { task.cancel() }
 }
 
-/// Polls `condition` until it holds or `timeout` passes.
-func eventually(timeout: Duration = .seconds(10), _ what: String = "", _ condition: () async throws -> Bool) async throws {
+/// Polls `condition` until it holds or `timeout` passes. The timeout is a hang net, not a deadline:
+/// at load 40 a watch took more than 10 s to deliver its first snapshot.
+func eventually(timeout: Duration = .seconds(60), _ what: String = "", _ condition: () async throws -> Bool) async throws {
     let deadline = ContinuousClock.now + timeout
     while ContinuousClock.now < deadline {
         if try await condition() { return }

@@ -9,11 +9,9 @@ import Testing
 struct LeaseManagerTests {
     @Test(arguments: bothAPIs)
     func acquireRenewRelease(_ api: EtcdAPIVersion) async throws {
-        try await withEtcd { server in
-            let prefix = uniquePrefix("arr")
-            try await writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
-            let registry = try makeRegistry(server, api, prefix: prefix)
-            let manager = SubnetManager(registry: registry, options: fastOptions(), logger: quietLogger)
+        try await withNetwork(api, "arr") { net in
+            let registry = try net.registry()
+            let manager = net.manager(registry)
             let config = try await manager.getConfig()
             #expect(config.network == subnet("10.5.0.0/16"))
 
@@ -23,13 +21,13 @@ struct LeaseManagerTests {
             #expect(!lease.isReservation)
 
             // Stored exactly as flannel writes it.
-            let key = prefix + "/subnets/" + lease.subnet.leaseKey
+            let key = net.prefix + "/subnets/" + lease.subnet.leaseKey
             let stored = api == .v2
-                ? try await server.etcdctlCheckedAsync(api: 2, ["get", key])
-                : try await server.etcdctlCheckedAsync(api: 3, ["get", "--print-value-only", key])
+                ? try await net.server.etcdctlCheckedAsync(api: 2, ["get", key])
+                : try await net.server.etcdctlCheckedAsync(api: 3, ["get", "--print-value-only", key])
             #expect(stored.trimmingCharacters(in: "\n") == attrs.json)
             if api == .v3 {
-                let out = try await server.etcdctlCheckedAsync(api: 3, ["get", "-w", "fields", key])
+                let out = try await net.server.etcdctlCheckedAsync(api: 3, ["get", "-w", "fields", key])
                 #expect(out.contains("\"Lease\" : ") && !out.contains("\"Lease\" : 0\n"))
             }
 
@@ -47,13 +45,11 @@ struct LeaseManagerTests {
 
     @Test(arguments: bothAPIs)
     func renewLoopKeepsShortLeaseAlive(_ api: EtcdAPIVersion) async throws {
-        try await withEtcd { server in
-            let prefix = uniquePrefix("loop")
-            try await writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
-            let registry = try makeRegistry(server, api, prefix: prefix)
+        try await withNetwork(api, "loop") { net in
+            let registry = try net.registry()
             var options = fastOptions(ttl: .seconds(3))
             options.renewMargin = .seconds(2)
-            let manager = SubnetManager(registry: registry, options: options, logger: quietLogger)
+            let manager = net.manager(registry, options: options)
             let config = try await manager.getConfig()
             let lease = try await manager.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.11"))
             try await withRenewLoop(manager) {
@@ -68,21 +64,19 @@ struct LeaseManagerTests {
     /// etcd away when a renewal is due: retried every `renewRetryInterval`, renewed once etcd is back.
     @Test(arguments: bothAPIs)
     func renewLoopRetriesThroughAnOutage(_ api: EtcdAPIVersion) async throws {
-        try await withEtcd { server in
-            let prefix = uniquePrefix("renewout")
-            try await writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
+        try await withNetwork(api, "renewout") { net in
             // etcd being down is a refused connection, seen at once: no short timeout needed.
-            let registry = try makeRegistry(server, api, prefix: prefix)
+            let registry = try net.registry()
             var options = fastOptions(ttl: .seconds(6))
             options.renewMargin = .seconds(3)  // due 3 s after acquiring (the margin is capped at TTL/2)
             options.renewRetryInterval = .milliseconds(300)
-            let manager = SubnetManager(registry: registry, options: options, logger: quietLogger)
-            let lease = try await manager.acquireLease(config: try NetworkConfig.parse(vxlanConfigJSON),
+            let manager = net.manager(registry, options: options)
+            let lease = try await manager.acquireLease(config: try net.config,
                                                        attributes: vxlanAttributes("192.0.2.12"))
-            await server.stopAsync()
+            await net.server.stopAsync()
             try await withRenewLoop(manager) {
                 try await eventually("failed renewals") { manager.counters.snapshot().renewalFailures >= 2 }
-                try await server.restart()
+                try await net.server.restart()
                 try await eventually(timeout: .seconds(10), "renewal after the outage") { manager.counters.snapshot().renewals >= 1 }
                 let rec = try #require(try await registry.getLease(name: lease.subnet.leaseKey))
                 #expect(rec.revision > lease.revision)
@@ -93,15 +87,13 @@ struct LeaseManagerTests {
 
     @Test(arguments: bothAPIs)
     func racingManagersNeverShareASubnet(_ api: EtcdAPIVersion) async throws {
-        try await withEtcd { server in
-            let prefix = uniquePrefix("race")
+        try await withNetwork(api, "race", config: #"{"Network":"10.9.0.0/28","SubnetLen":30,"Backend":{"Type":"vxlan"}}"#) { net in
             // /28 with /30 subnets: exactly three can be handed out (.4, .8, .12).
-            try await writeConfig(server, api, prefix: prefix, #"{"Network":"10.9.0.0/28","SubnetLen":30,"Backend":{"Type":"vxlan"}}"#)
             let counters = LeaseCounters()
-            let config = try await makeRegistry(server, api, prefix: prefix).getConfig()
+            let config = try await net.registry().getConfig()
             for round in 0..<8 {
                 let managers = try (1...3).map { _ in
-                    SubnetManager(registry: try makeRegistry(server, api, prefix: prefix), counters: counters, options: fastOptions(), logger: quietLogger)
+                    net.manager(try net.registry(), counters: counters)
                 }
                 let leases = try await withThrowingTaskGroup(of: Lease.self) { group in
                     for (i, m) in managers.enumerated() {
@@ -111,7 +103,7 @@ struct LeaseManagerTests {
                 }
                 #expect(Set(leases.map(\.subnet)).count == 3, "round \(round): \(leases.map(\.subnet))")
                 // A fourth node finds nothing free.
-                let fourth = SubnetManager(registry: try makeRegistry(server, api, prefix: prefix), options: fastOptions(), logger: quietLogger)
+                let fourth = net.manager(try net.registry())
                 await #expect(throws: AcquireError.self) {
                     _ = try await fourth.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.99"))
                 }
@@ -124,32 +116,30 @@ struct LeaseManagerTests {
 
     @Test(arguments: bothAPIs)
     func reusesOwnLeaseThenPreviousSubnet(_ api: EtcdAPIVersion) async throws {
-        try await withEtcd { server in
-            let prefix = uniquePrefix("reuse")
-            try await writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
-            let config = try NetworkConfig.parse(vxlanConfigJSON)
-            let first = SubnetManager(registry: try makeRegistry(server, api, prefix: prefix), options: fastOptions(), logger: quietLogger)
+        try await withNetwork(api, "reuse") { net in
+            let config = try net.config
+            let first = net.manager(try net.registry())
             let lease = try await first.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.20"),
                                                     previousSubnet: subnet("10.5.150.0/24"))
             #expect(lease.subnet == subnet("10.5.150.0/24"))
 
             // Restart of the same node (same PublicIP, new VtepMAC): same subnet, value updated.
-            let again = SubnetManager(registry: try makeRegistry(server, api, prefix: prefix), options: fastOptions(), logger: quietLogger)
+            let again = net.manager(try net.registry())
             let newAttrs = vxlanAttributes("192.0.2.20", mac: "0a:00:00:00:00:01")
             let reused = try await again.acquireLease(config: config, attributes: newAttrs, previousSubnet: subnet("10.5.200.0/24"))
             #expect(reused.subnet == lease.subnet)
             #expect(try await again.registry.getLease(name: lease.subnet.leaseKey)?.valueText == newAttrs.json)
 
             // Another node with a previous subnet.env gets that subnet back if free...
-            let other = SubnetManager(registry: try makeRegistry(server, api, prefix: prefix), options: fastOptions(), logger: quietLogger)
+            let other = net.manager(try net.registry())
             #expect(try await other.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.21"),
                                                   previousSubnet: subnet("10.5.77.0/24")).subnet == subnet("10.5.77.0/24"))
             // ...but never when someone holds it, nor when it does not fit the config.
-            let third = SubnetManager(registry: try makeRegistry(server, api, prefix: prefix), options: fastOptions(), logger: quietLogger)
+            let third = net.manager(try net.registry())
             let l3 = try await third.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.22"),
                                                   previousSubnet: subnet("10.5.77.0/24"))
             #expect(l3.subnet != subnet("10.5.77.0/24") && l3.subnet != lease.subnet)
-            let fourth = SubnetManager(registry: try makeRegistry(server, api, prefix: prefix), options: fastOptions(), logger: quietLogger)
+            let fourth = net.manager(try net.registry())
             let l4 = try await fourth.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.23"),
                                                   previousSubnet: subnet("10.6.1.0/24"))
             #expect(config.allows(l4.subnet))
@@ -165,22 +155,20 @@ struct LeaseManagerTests {
 
     @Test(arguments: bothAPIs)
     func reservationsAreRespectedAndKeptWithoutTTL(_ api: EtcdAPIVersion) async throws {
-        try await withEtcd { server in
-            let prefix = uniquePrefix("resv")
-            try await writeConfig(server, api, prefix: prefix, #"{"Network":"10.9.0.0/28","SubnetLen":30,"Backend":{"Type":"vxlan"}}"#)
-            let config = try NetworkConfig.parse(#"{"Network":"10.9.0.0/28","SubnetLen":30,"Backend":{"Type":"vxlan"}}"#)
+        try await withNetwork(api, "resv", config: #"{"Network":"10.9.0.0/28","SubnetLen":30,"Backend":{"Type":"vxlan"}}"#) { net in
+            let config = try net.config
             // An administrator reserves .4 and .8 (no TTL), as flannel's docs describe.
-            try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.9.0.4-30", value: #"{"PublicIP":"192.0.2.40"}"#, ttl: nil)
-            try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.9.0.8-30", value: #"{"PublicIP":"192.0.2.41"}"#, ttl: nil)
+            try await etcdctlWriteLease(net.server, api, prefix: net.prefix, name: "10.9.0.4-30", value: #"{"PublicIP":"192.0.2.40"}"#, ttl: nil)
+            try await etcdctlWriteLease(net.server, api, prefix: net.prefix, name: "10.9.0.8-30", value: #"{"PublicIP":"192.0.2.41"}"#, ttl: nil)
             for _ in 0..<5 {
-                let m = SubnetManager(registry: try makeRegistry(server, api, prefix: prefix), options: fastOptions(), logger: quietLogger)
+                let m = net.manager(try net.registry())
                 let l = try await m.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.50"),
                                                  previousSubnet: subnet("10.9.0.4/30"))
                 #expect(l.subnet == subnet("10.9.0.12/30"))
                 try await m.releaseLease()
             }
             // The node the reservation names gets it, and it stays TTL-less.
-            let owner = SubnetManager(registry: try makeRegistry(server, api, prefix: prefix), options: fastOptions(), logger: quietLogger)
+            let owner = net.manager(try net.registry())
             let attrs = vxlanAttributes("192.0.2.41")
             let l = try await owner.acquireLease(config: config, attributes: attrs)
             #expect(l.subnet == subnet("10.9.0.8/30"))
@@ -191,26 +179,24 @@ struct LeaseManagerTests {
             try await owner.renewLease()
             #expect(try await owner.registry.getLease(name: "10.9.0.8-30")?.isReservation == true)
             if api == .v2 {
-                #expect(!(try await server.etcdctlCheckedAsync(api: 2, ["-o", "extended", "get", prefix + "/subnets/10.9.0.8-30"])).contains("TTL: 1"))
+                #expect(!(try await net.server.etcdctlCheckedAsync(api: 2, ["-o", "extended", "get", net.prefix + "/subnets/10.9.0.8-30"])).contains("TTL: 1"))
             } else {
-                #expect(try await server.etcdctlCheckedAsync(api: 3, ["get", "-w", "fields", prefix + "/subnets/10.9.0.8-30"]).contains("\"Lease\" : 0\n"))
+                #expect(try await net.server.etcdctlCheckedAsync(api: 3, ["get", "-w", "fields", net.prefix + "/subnets/10.9.0.8-30"]).contains("\"Lease\" : 0\n"))
             }
         }
     }
 
     @Test(arguments: bothAPIs)
     func renewalNeverOverwritesAnotherNodesSubnet(_ api: EtcdAPIVersion) async throws {
-        try await withEtcd { server in
-            let prefix = uniquePrefix("steal")
-            try await writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
-            let config = try NetworkConfig.parse(vxlanConfigJSON)
-            let registry = try makeRegistry(server, api, prefix: prefix)
-            let m = SubnetManager(registry: registry, options: fastOptions(), logger: quietLogger)
+        try await withNetwork(api, "steal") { net in
+            let config = try net.config
+            let registry = try net.registry()
+            let m = net.manager(registry)
             let lease = try await m.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.60"))
             // Our lease expires unnoticed and another node takes the subnet.
             try await registry.deleteLease(name: lease.subnet.leaseKey, expectedRevision: nil)
             let thief = vxlanAttributes("192.0.2.61", mac: "0a:00:00:00:00:61")
-            try await etcdctlWriteLease(server, api, prefix: prefix, name: lease.subnet.leaseKey, value: thief.json, ttl: 60)
+            try await etcdctlWriteLease(net.server, api, prefix: net.prefix, name: lease.subnet.leaseKey, value: thief.json, ttl: 60)
             await #expect(throws: LeaseLost.self) { try await m.renewLease() }
             #expect(try await registry.getLease(name: lease.subnet.leaseKey)?.valueText == thief.json)
             var lostEvents = m.ownLeaseLost.makeAsyncIterator()
@@ -221,11 +207,9 @@ struct LeaseManagerTests {
 
     @Test(arguments: bothAPIs)
     func expiredOwnLeaseIsRecreatedOnRenewal(_ api: EtcdAPIVersion) async throws {
-        try await withEtcd { server in
-            let prefix = uniquePrefix("recreate")
-            try await writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
-            let config = try NetworkConfig.parse(vxlanConfigJSON)
-            let registry = try makeRegistry(server, api, prefix: prefix)
+        try await withNetwork(api, "recreate") { net in
+            let config = try net.config
+            let registry = try net.registry()
             let m = SubnetManager(registry: registry, options: fastOptions(ttl: .seconds(2)), logger: quietLogger)
             let lease = try await m.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.62"))
             try await eventually(timeout: .seconds(8), "lease expiry") {

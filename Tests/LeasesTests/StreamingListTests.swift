@@ -137,6 +137,19 @@ struct StreamingListTests {
         }
     }
 
+    /// A dedicated etcd (v3) holding `names(10)` under a fresh prefix, and a registry that lists
+    /// them in pages of three: what the tests of what happens between two pages start from.
+    static func withTenLeasesInPagesOfThree(
+        _ name: String, _ body: (EtcdServer, String, any SubnetRegistry) async throws -> Void
+    ) async throws {
+        try await withEtcd { server in
+            let prefix = uniquePrefix(name)
+            let registry = try makeRegistry(server, .v3, prefix: prefix) { $0.listPageSize = 3 }
+            try await write(registry, names(10))
+            try await body(server, prefix, registry)
+        }
+    }
+
     @Test(arguments: bothAPIs)
     func pagedAndStreamedListingsHoldEveryKeyOnce(_ api: EtcdAPIVersion) async throws {
         try await withEtcd { server in
@@ -164,10 +177,7 @@ struct StreamingListTests {
     /// Pages after the first read the first page's revision: a key written between two pages is not
     /// in the listing, and the watch from the listing's revision delivers it.
     @Test func pagesShareTheFirstPagesRevision() async throws {
-        try await withEtcd { server in
-            let prefix = uniquePrefix("pagerev")
-            let registry = try makeRegistry(server, .v3, prefix: prefix) { $0.listPageSize = 3 }
-            try await Self.write(registry, Self.names(10))
+        try await Self.withTenLeasesInPagesOfThree("pagerev") { server, prefix, registry in
             var written = false
             var seen: [String] = []
             let revision = try await registry.listLeases { record in
@@ -189,10 +199,7 @@ struct StreamingListTests {
     /// History compacted between two pages: that listing fails as history unavailable, and
     /// reduceLeases starts over and returns a whole, newer listing.
     @Test func compactionBetweenPagesStartsTheListingOver() async throws {
-        try await withEtcd { server in
-            let prefix = uniquePrefix("pagecompact")
-            let registry = try makeRegistry(server, .v3, prefix: prefix) { $0.listPageSize = 3 }
-            try await Self.write(registry, Self.names(10))
+        try await Self.withTenLeasesInPagesOfThree("pagecompact") { server, prefix, registry in
             var compacted = false
             var attempts = 0
             let (names, revision) = try await registry.reduceLeases(into: [String]()) { names, record in

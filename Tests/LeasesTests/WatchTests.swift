@@ -19,18 +19,13 @@ let quietLogger: Logger = {
 struct WatchTests {
     @Test(arguments: bothAPIs)
     func seesAddsChangesDeletesAndExpiry(_ api: EtcdAPIVersion) async throws {
-        try await withEtcd { server in
-            let prefix = uniquePrefix("watch")
-            try await writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
-            let config = try NetworkConfig.parse(vxlanConfigJSON)
-            let registry = try makeRegistry(server, api, prefix: prefix)
-            let me = SubnetManager(registry: registry, options: fastOptions(), logger: quietLogger)
-            let own = try await me.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.1"), previousSubnet: ownTestSubnet)
+        try await withNetwork(api, "watch") { net in
+            let (config, _, me, own) = try await net.joinAsOwnNode()
 
             // A peer present before the watch starts, with a short TTL (long enough to be in the
             // first list on a loaded machine).
             let p1 = vxlanAttributes("192.0.2.2", mac: "0a:00:00:00:00:02")
-            try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.2.0-24", value: p1.json, ttl: 8)
+            try await etcdctlWriteLease(net.server, api, prefix: net.prefix, name: "10.5.2.0-24", value: p1.json, ttl: 8)
 
             let peers = PeerCollector(me.watchPeers(config: config))
             defer { peers.stop() }
@@ -42,18 +37,18 @@ struct WatchTests {
 
             // add
             let p2 = vxlanAttributes("192.0.2.3", mac: "0a:00:00:00:00:03")
-            try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.3.0-24", value: p2.json, ttl: 60)
+            try await etcdctlWriteLease(net.server, api, prefix: net.prefix, name: "10.5.3.0-24", value: p2.json, ttl: 60)
             try await eventually("add") { peers.peers[subnet("10.5.3.0/24")]?.attributes == p2 }
             // change (a restarted node with a new VtepMAC)
             let p2b = vxlanAttributes("192.0.2.3", mac: "0a:00:00:00:00:33")
-            try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.3.0-24", value: p2b.json, ttl: 60)
+            try await etcdctlWriteLease(net.server, api, prefix: net.prefix, name: "10.5.3.0-24", value: p2b.json, ttl: 60)
             try await eventually("change") { peers.peers[subnet("10.5.3.0/24")]?.attributes == p2b }
             #expect(peers.events.contains(.changed(peers.peers[subnet("10.5.3.0/24")]!)))
             // delete
             if api == .v2 {
-                try await server.etcdctlCheckedAsync(api: 2, ["rm", prefix + "/subnets/10.5.3.0-24"])
+                try await net.server.etcdctlCheckedAsync(api: 2, ["rm", net.prefix + "/subnets/10.5.3.0-24"])
             } else {
-                try await server.etcdctlCheckedAsync(api: 3, ["del", prefix + "/subnets/10.5.3.0-24"])
+                try await net.server.etcdctlCheckedAsync(api: 3, ["del", net.prefix + "/subnets/10.5.3.0-24"])
             }
             try await eventually("delete") { peers.peers[subnet("10.5.3.0/24")] == nil }
             // TTL expiry of the first peer
@@ -73,11 +68,9 @@ struct WatchTests {
 
     @Test(arguments: bothAPIs)
     func ownLeaseOverwrittenBySomeoneElseIsSignalled(_ api: EtcdAPIVersion) async throws {
-        try await withEtcd { server in
-            let prefix = uniquePrefix("taken")
-            try await writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
-            let config = try NetworkConfig.parse(vxlanConfigJSON)
-            let me = SubnetManager(registry: try makeRegistry(server, api, prefix: prefix), options: fastOptions(), logger: quietLogger)
+        try await withNetwork(api, "taken") { net in
+            let config = try net.config
+            let me = net.manager(try net.registry())
             let own = try await me.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.1"), previousSubnet: ownTestSubnet)
             let peers = PeerCollector(me.watchPeers(config: config))
             defer { peers.stop() }
@@ -85,7 +78,7 @@ struct WatchTests {
             // Our own rewrite (a renewal) is not a loss...
             try await me.renewLease()
             // ...another node's is.
-            try await etcdctlWriteLease(server, api, prefix: prefix, name: own.subnet.leaseKey,
+            try await etcdctlWriteLease(net.server, api, prefix: net.prefix, name: own.subnet.leaseKey,
                                         value: vxlanAttributes("192.0.2.77").json, ttl: 60)
             var lost = me.ownLeaseLost.makeAsyncIterator()
             let event = await lost.next()
@@ -98,20 +91,15 @@ struct WatchTests {
 
     @Test(arguments: bothAPIs)
     func ownLeaseDeletedBySomeoneElseIsSignalled(_ api: EtcdAPIVersion) async throws {
-        try await withEtcd { server in
-            let prefix = uniquePrefix("lost")
-            try await writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
-            let config = try NetworkConfig.parse(vxlanConfigJSON)
-            let registry = try makeRegistry(server, api, prefix: prefix)
-            let me = SubnetManager(registry: registry, options: fastOptions(), logger: quietLogger)
-            let own = try await me.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.1"), previousSubnet: ownTestSubnet)
+        try await withNetwork(api, "lost") { net in
+            let (config, registry, me, own) = try await net.joinAsOwnNode()
             let peers = PeerCollector(me.watchPeers(config: config))
             defer { peers.stop() }
             try await eventually("snapshot") { peers.gotSnapshot }
             if api == .v2 {
-                try await server.etcdctlCheckedAsync(api: 2, ["rm", prefix + "/subnets/" + own.subnet.leaseKey])
+                try await net.server.etcdctlCheckedAsync(api: 2, ["rm", net.prefix + "/subnets/" + own.subnet.leaseKey])
             } else {
-                try await server.etcdctlCheckedAsync(api: 3, ["del", prefix + "/subnets/" + own.subnet.leaseKey])
+                try await net.server.etcdctlCheckedAsync(api: 3, ["del", net.prefix + "/subnets/" + own.subnet.leaseKey])
             }
             var lost = me.ownLeaseLost.makeAsyncIterator()
             let event = await lost.next()
@@ -275,21 +263,19 @@ struct WatchTests {
     /// repaired by the periodic re-list.
     @Test(arguments: bothAPIs)
     func periodicRelistRepairsWhatTheWatchMissed(_ api: EtcdAPIVersion) async throws {
-        try await withEtcd { server in
-            let prefix = uniquePrefix("repair")
-            try await writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
-            let config = try NetworkConfig.parse(vxlanConfigJSON)
+        try await withNetwork(api, "repair") { net in
+            let config = try net.config
             let counters = LeaseCounters()
-            let lossy = WatchDroppingRegistry(try makeRegistry(server, api, prefix: prefix, counters: counters), dropping: "10.5.11.0-24")
+            let lossy = WatchDroppingRegistry(try net.registry(counters: counters), dropping: "10.5.11.0-24")
             var options = fastOptions()
             options.relistInterval = .seconds(3)
-            let me = SubnetManager(registry: lossy, counters: counters, options: options, logger: quietLogger)
+            let me = net.manager(lossy, counters: counters, options: options)
             _ = try await me.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.1"), previousSubnet: ownTestSubnet)
             let peers = PeerCollector(me.watchPeers(config: config))
             defer { peers.stop() }
             try await eventually("snapshot") { peers.gotSnapshot }
-            try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.11.0-24", value: vxlanAttributes("192.0.2.11").json, ttl: 60)
-            try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.12.0-24", value: vxlanAttributes("192.0.2.12").json, ttl: 60)
+            try await etcdctlWriteLease(net.server, api, prefix: net.prefix, name: "10.5.11.0-24", value: vxlanAttributes("192.0.2.11").json, ttl: 60)
+            try await etcdctlWriteLease(net.server, api, prefix: net.prefix, name: "10.5.12.0-24", value: vxlanAttributes("192.0.2.12").json, ttl: 60)
             try await eventually("watched add") { peers.peers[subnet("10.5.12.0/24")] != nil }
             // The watch lost it. (On a slow machine the 3 s re-list may already have brought it
             // back by now: then the re-list, not the watch, must be the one that did.)
@@ -306,17 +292,15 @@ struct WatchTests {
 
     @Test(arguments: bothAPIs)
     func periodicRelistRepairsAndStaysQuiet(_ api: EtcdAPIVersion) async throws {
-        try await withEtcd { server in
-            let prefix = uniquePrefix("relist")
-            try await writeConfig(server, api, prefix: prefix, vxlanConfigJSON)
-            let config = try NetworkConfig.parse(vxlanConfigJSON)
+        try await withNetwork(api, "relist") { net in
+            let config = try net.config
             let counters = LeaseCounters()
             var options = fastOptions()
             options.relistInterval = .milliseconds(500)
-            let me = SubnetManager(registry: try makeRegistry(server, api, prefix: prefix, counters: counters),
+            let me = SubnetManager(registry: try net.registry(counters: counters),
                                    counters: counters, options: options, logger: quietLogger)
             _ = try await me.acquireLease(config: config, attributes: vxlanAttributes("192.0.2.1"), previousSubnet: ownTestSubnet)
-            try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.7.0-24", value: vxlanAttributes("192.0.2.7").json, ttl: 600)
+            try await etcdctlWriteLease(net.server, api, prefix: net.prefix, name: "10.5.7.0-24", value: vxlanAttributes("192.0.2.7").json, ttl: 600)
             let peers = PeerCollector(me.watchPeers(config: config))
             defer { peers.stop() }
             try await eventually("snapshot") { peers.peers.count == 1 }
@@ -324,7 +308,7 @@ struct WatchTests {
             // Nothing was missed, so re-lists report nothing.
             #expect(peers.events.count == 1)
             #expect(counters.snapshot().repairedByRelist == 0)
-            try await etcdctlWriteLease(server, api, prefix: prefix, name: "10.5.8.0-24", value: vxlanAttributes("192.0.2.8").json, ttl: 600)
+            try await etcdctlWriteLease(net.server, api, prefix: net.prefix, name: "10.5.8.0-24", value: vxlanAttributes("192.0.2.8").json, ttl: 600)
             try await eventually("add after re-lists") { peers.peers.count == 2 }
         }
     }

@@ -24,15 +24,6 @@ import Testing
 
 // MARK: - helpers
 
-func waitUntil(_ timeout: Double, _ condition: () throws -> Bool) rethrows -> Double? {
-    let start = monotonicSeconds()
-    while monotonicSeconds() - start < timeout {
-        if try condition() { return monotonicSeconds() - start }
-        usleep(20_000)
-    }
-    return nil
-}
-
 
 func fileText(_ path: String) -> String {
     (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
@@ -45,6 +36,52 @@ func pinnedPeers(_ cluster: FlannelCluster, _ node: LabNode) throws -> [IPv4Subn
     return try map.keys().map {
         IPv4Subnet(containing: IPv4Address(tuple: $0.subnet), prefixLength: Int($0.prefixlen))
     }.sorted()
+}
+
+extension FlannelCluster {
+    /// The suites' usual start: two flanneld-xdp nodes on a v3 etcd, both daemons started with
+    /// `extra` and ready, and a's pinned maps holding b. The caller cleans the cluster up.
+    static func runningPair(tag: String, extra: [String] = []) throws -> (cluster: FlannelCluster, a: LabNode, b: LabNode) {
+        let cluster = try FlannelCluster(tag: tag, api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 2)
+        do {
+            for node in cluster.nodes { try cluster.startDaemon(node, extra: extra) }
+            let (a, b) = (cluster.nodes[0], cluster.nodes[1])
+            #expect(try waitUntil(5) { try pinnedPeers(cluster, a) == [b.podSubnet] } != nil, "a's maps never held b")
+            return (cluster, a, b)
+        } catch {
+            cluster.cleanup()
+            throw error
+        }
+    }
+
+    /// One flanneld-xdp node on a v3 etcd, its daemon started and ready. The caller cleans up.
+    static func runningNode(tag: String) throws -> (cluster: FlannelCluster, node: LabNode) {
+        let cluster = try FlannelCluster(tag: tag, api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 1)
+        do {
+            try cluster.startDaemon(cluster.nodes[0])
+        } catch {
+            cluster.cleanup()
+            throw error
+        }
+        return (cluster, cluster.nodes[0])
+    }
+
+    /// The lease of a node that runs no daemon: 10.5.`n`.0/24 from 192.168.77.`n`, VtepMAC
+    /// 02:00:00:00:`n`:01. Returns its subnet.
+    func putStandInPeer(_ n: UInt8) throws -> IPv4Subnet {
+        let subnet = IPv4Subnet(address: IPv4Address(10, 5, n, 0), prefixLength: 24)!
+        try putFlannelLease(subnet: subnet, publicIP: IPv4Address(192, 168, 77, n), vtepMAC: MACAddress(bytes: [2, 0, 0, 0, n, 1]))
+        return subnet
+    }
+
+    /// `putStandInPeer`, then waits until `node`'s pinned maps hold it beside what they held.
+    func putStandInPeer(_ n: UInt8, awaitedBy node: LabNode) throws -> IPv4Subnet {
+        let before = try pinnedPeers(self, node)
+        let subnet = try putStandInPeer(n)
+        #expect(try waitUntil(5) { try pinnedPeers(self, node) == (before + [subnet]).sorted() } != nil,
+                "\(node.name)'s maps never held \(subnet)")
+        return subnet
+    }
 }
 
 /// Program ids attached in the node's namespace (XDP and every tcx hook, by interface; bpftool 7.1
@@ -87,6 +124,33 @@ func dataplaneIDs(_ cluster: FlannelCluster, _ node: LabNode) throws -> Dataplan
 }
 
 /// utime + stime of a process, in clock ticks.
+/// What the daemons of a cluster did while etcd was away: the figures the outage tests bound.
+enum DaemonsDuringOutage {
+    /// Calls `startOutage`, waits `seconds`, and returns per daemon of `nodes` (all by default) its
+    /// CPU share of that time (in percent) and its log lines meanwhile, and over them all the log
+    /// lines per class: the text after the timestamp, digits stripped, its first `classWidth`
+    /// characters.
+    static func observe(_ cluster: FlannelCluster, nodes: [LabNode]? = nil, seconds: Double, classWidth: Int,
+                        startOutage: () -> Void = {}) -> (cpuPercent: [Double], logs: [[Substring]], classes: [String: Int]) {
+        let nodes = nodes ?? cluster.nodes
+        let pids = nodes.compactMap { cluster.daemons[$0.name]?.pid }
+        let logBefore = nodes.map { cluster.daemonLog($0).split(separator: "\n").count }
+        let ticksBefore = pids.map(cpuTicks)
+        startOutage()
+        usleep(UInt32(seconds * 1_000_000))
+        let ticksAfter = pids.map(cpuTicks)
+        let logs = nodes.enumerated().map { i, n in Array(cluster.daemonLog(n).split(separator: "\n").dropFirst(logBefore[i])) }
+        let hz = Double(sysconf(Int32(_SC_CLK_TCK)))
+        let cpuPercent = zip(ticksBefore, ticksAfter).map { (Double($1 - $0) / hz) / seconds * 100 }
+        var classes: [String: Int] = [:]
+        for line in logs.joined() {
+            let key = String(line.split(separator: " ").dropFirst(2).joined(separator: " ").filter { !$0.isNumber }.prefix(classWidth))
+            classes[key, default: 0] += 1
+        }
+        return (cpuPercent, logs, classes)
+    }
+}
+
 func cpuTicks(_ pid: pid_t) -> Int {
     let stat = fileText("/proc/\(pid)/stat")
     guard let close = stat.lastIndex(of: ")") else { return 0 }
@@ -159,10 +223,8 @@ struct ClusterFaultTests {
 
     @Test("SIGKILL + restart 20 times: at most the in-flight ping unanswered, TCP stream alive, same program/map ids, same subnet")
     func killAndRestart() throws {
-        let cluster = try FlannelCluster(tag: "rlk", api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 2)
+        let (cluster, a, b) = try FlannelCluster.runningPair(tag: "rlk")
         defer { cluster.cleanup() }
-        for node in cluster.nodes { try cluster.startDaemon(node) }
-        let (a, b) = (cluster.nodes[0], cluster.nodes[1])
         #expect(try waitUntil(5) { try pinnedPeers(cluster, a) == [b.podSubnet] && pinnedPeers(cluster, b) == [a.podSubnet] } != nil)
         #expect(try cluster.lab.waitForPing(from: a.podNamespace, to: b.podIP))
 
@@ -199,40 +261,21 @@ struct ClusterFaultTests {
     @Test("etcd stopped, then back: traffic flows, CPU low, logs bounded; a partitioned node catches up within 10 s")
     func etcdOutageAndPartition() throws {
         let outage = ClusterFaultTests.outageSeconds
-        let cluster = try FlannelCluster(tag: "rle", api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 2)
+        let (cluster, a, b) = try FlannelCluster.runningPair(tag: "rle")
         defer { cluster.cleanup() }
-        for node in cluster.nodes { try cluster.startDaemon(node) }
-        let (a, b) = (cluster.nodes[0], cluster.nodes[1])
-        let leaver = IPv4Subnet(cidr: "10.5.200.0/24")!, joiner = IPv4Subnet(cidr: "10.5.201.0/24")!
-        try cluster.putFlannelLease(subnet: leaver, publicIP: IPv4Address(192, 168, 77, 200), vtepMAC: MACAddress("02:00:00:00:c8:01")!)
-        #expect(try waitUntil(5) { try pinnedPeers(cluster, a) == [b.podSubnet, leaver] } != nil)
+        let leaver = try cluster.putStandInPeer(200, awaitedBy: a)
         #expect(try cluster.lab.waitForPing(from: a.podNamespace, to: b.podIP))
 
         let ping = try FastPing(cluster.lab, from: a.podNamespace, to: b.podIP)
         let stream = try TCPStream(cluster.lab, from: a.podNamespace, to: b.podNamespace, ip: b.podIP, port: 5302)
         defer { stream.stop() }
         let etcd = try #require(cluster.etcdProcess)
-        let pids = cluster.nodes.compactMap { cluster.daemons[$0.name]?.pid }
-        let logBefore = cluster.nodes.map { cluster.daemonLog($0).split(separator: "\n").count }
 
         // 1. etcd frozen: connections stay open but nothing answers (worse than a refused connect).
-        let ticksBefore = pids.map(cpuTicks)
-        etcd.kill(SIGSTOP)
-        usleep(UInt32(outage * 1_000_000))
-        let ticksAfter = pids.map(cpuTicks)
-        let logsDuring = cluster.nodes.enumerated().map { i, n in Array(cluster.daemonLog(n).split(separator: "\n").dropFirst(logBefore[i])) }
-        etcd.kill(SIGCONT)
-
-        let hz = Double(sysconf(Int32(_SC_CLK_TCK)))
-        let cpuPercent = zip(ticksBefore, ticksAfter).map { (Double($1 - $0) / hz) / outage * 100 }
-        // Log lines per class: the text with numbers and durations stripped.
-        var classes: [String: Int] = [:]
-        for lines in logsDuring {
-            for line in lines {
-                let key = String(line.split(separator: " ").dropFirst(2).joined(separator: " ").filter { !$0.isNumber }.prefix(60))
-                classes[key, default: 0] += 1
-            }
+        let (cpuPercent, logsDuring, classes) = DaemonsDuringOutage.observe(cluster, seconds: outage, classWidth: 60) {
+            etcd.kill(SIGSTOP)
         }
+        etcd.kill(SIGCONT)
         print("ClusterFaultTests.etcdOutage: \(outage) s; daemon CPU \(cpuPercent.map { String(format: "%.2f%%", $0) }); log lines during the outage \(logsDuring.map(\.count)); classes \(classes)")
         #expect(cpuPercent.allSatisfy { $0 < 5 }, "daemon CPU during the etcd outage: \(cpuPercent)")
         // Rate-limited: one line per class per ~10 s at most (plus the first of each).
@@ -246,21 +289,13 @@ struct ClusterFaultTests {
         //    Both directions: a route on one side alone still lets etcd's pushes in.
         try cluster.lab.sh(a.name, ["route", "add", "blackhole", "\(cluster.etcdIP)/32"])
         try cluster.lab.sh(cluster.lab.wireNamespace, ["route", "add", "blackhole", "\(a.nodeIP)/32"])
-        try cluster.putFlannelLease(subnet: joiner, publicIP: IPv4Address(192, 168, 77, 201), vtepMAC: MACAddress("02:00:00:00:c9:01")!)
+        let joiner = try cluster.putStandInPeer(201)
         try cluster.delete(cluster.leaseKey(leaver))
         // Cut off, a's reconnects fail at once (blackhole: EINVAL), not by timeout: the error path
         // that floods logs and burns CPU in a naive client. Measured like the outage above.
         let partition = max(5, outage / 2)
-        let partLogBefore = cluster.daemonLog(a).split(separator: "\n").count
-        let partTicks = cpuTicks(try #require(cluster.daemons[a.name]?.pid))
-        usleep(UInt32(partition * 1_000_000))
-        let partCPU = Double(cpuTicks(cluster.daemons[a.name]!.pid) - partTicks) / hz / partition * 100
-        let partLines = Array(cluster.daemonLog(a).split(separator: "\n").dropFirst(partLogBefore))
-        var partClasses: [String: Int] = [:]
-        for line in partLines {
-            let key = String(line.split(separator: " ").dropFirst(2).joined(separator: " ").filter { !$0.isNumber }.prefix(60))
-            partClasses[key, default: 0] += 1
-        }
+        let (partCPUs, partLogs, partClasses) = DaemonsDuringOutage.observe(cluster, nodes: [a], seconds: partition, classWidth: 60)
+        let partCPU = try #require(partCPUs.first, "a's daemon is not running"), partLines = partLogs[0]
         print("ClusterFaultTests.partition: \(partition) s cut off; CPU \(String(format: "%.2f%%", partCPU)); \(partLines.count) log lines; classes \(partClasses)")
         #expect(partCPU < 5, "CPU while cut off: \(partCPU) %")
         let partLimit = Int(partition / 10) + 2
@@ -281,16 +316,12 @@ struct ClusterFaultTests {
 
     @Test("peers that left or joined while the daemon was down are right when it is ready again")
     func changesWhileDown() throws {
-        let cluster = try FlannelCluster(tag: "rlp", api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 2)
+        let (cluster, a, b) = try FlannelCluster.runningPair(tag: "rlp")
         defer { cluster.cleanup() }
-        for node in cluster.nodes { try cluster.startDaemon(node) }
-        let (a, b) = (cluster.nodes[0], cluster.nodes[1])
-        let leaver = IPv4Subnet(cidr: "10.5.210.0/24")!, joiner = IPv4Subnet(cidr: "10.5.211.0/24")!
-        try cluster.putFlannelLease(subnet: leaver, publicIP: IPv4Address(192, 168, 77, 210), vtepMAC: MACAddress("02:00:00:00:d2:01")!)
-        #expect(try waitUntil(5) { try pinnedPeers(cluster, a) == [b.podSubnet, leaver] } != nil)
+        let leaver = try cluster.putStandInPeer(210, awaitedBy: a)
         cluster.killDaemon(a)
         try cluster.delete(cluster.leaseKey(leaver))
-        try cluster.putFlannelLease(subnet: joiner, publicIP: IPv4Address(192, 168, 77, 211), vtepMAC: MACAddress("02:00:00:00:d3:01")!)
+        let joiner = try cluster.putStandInPeer(211)
         #expect(try pinnedPeers(cluster, a) == [b.podSubnet, leaver], "the maps outlive the daemon")
         try cluster.startDaemon(a)
         // Ready means the first full pass ran: the maps must already be right.
@@ -299,12 +330,9 @@ struct ClusterFaultTests {
 
     @Test("a pinned peer entry deleted by hand is put back by the periodic reconcile pass")
     func driftRepair() throws {
-        let cluster = try FlannelCluster(tag: "rld", api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 2)
-        defer { cluster.cleanup() }
         // A short full-pass interval for the test (the default is 60 s).
-        for node in cluster.nodes { try cluster.startDaemon(node, extra: ["--reconcile-interval=5"]) }
-        let (a, b) = (cluster.nodes[0], cluster.nodes[1])
-        #expect(try waitUntil(5) { try pinnedPeers(cluster, a) == [b.podSubnet] } != nil)
+        let (cluster, a, b) = try FlannelCluster.runningPair(tag: "rld", extra: ["--reconcile-interval=5"])
+        defer { cluster.cleanup() }
         let map = try BPFMap.openPinned(path: cluster.pinFolder(a) + "/" + FXDP_MAP_PEERS,
                                         key: fxdp_peer_key.self, value: fxdp_peer_value.self)
         for key in try map.keys() { _ = try map.delete(key) }
@@ -317,11 +345,8 @@ struct ClusterFaultTests {
 
     @Test("a corrupted pinned entry and removed map pins are repaired, with log lines, traffic unaffected")
     func corruptionAndPinRepair() throws {
-        let cluster = try FlannelCluster(tag: "rlr", api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 2)
+        let (cluster, a, b) = try FlannelCluster.runningPair(tag: "rlr", extra: ["--reconcile-interval=5"])
         defer { cluster.cleanup() }
-        for node in cluster.nodes { try cluster.startDaemon(node, extra: ["--reconcile-interval=5"]) }
-        let (a, b) = (cluster.nodes[0], cluster.nodes[1])
-        #expect(try waitUntil(5) { try pinnedPeers(cluster, a) == [b.podSubnet] } != nil)
         let peersPath = cluster.pinFolder(a) + "/" + FXDP_MAP_PEERS
         let map = try BPFMap.openPinned(path: peersPath, key: fxdp_peer_key.self, value: fxdp_peer_value.self)
         let mapID = map.info().id
@@ -357,11 +382,8 @@ struct ClusterFaultTests {
 
     @Test("our programs detached by someone else are re-attached within 10 s, with a log line")
     func detachRepair() throws {
-        let cluster = try FlannelCluster(tag: "rla", api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 2)
+        let (cluster, a, b) = try FlannelCluster.runningPair(tag: "rla")
         defer { cluster.cleanup() }
-        for node in cluster.nodes { try cluster.startDaemon(node) }
-        let (a, b) = (cluster.nodes[0], cluster.nodes[1])
-        #expect(try waitUntil(5) { try pinnedPeers(cluster, a) == [b.podSubnet] } != nil)
         let before = try dataplaneIDs(cluster, a)
         #expect(before.programs.count >= 2, "\(before)")
         // Someone detaches our links (bpftool link detach), the fast path's on the pod's veth too
@@ -395,30 +417,14 @@ struct ClusterFaultTests {
     @Test("etcd killed (refused connections) for 60 s, then restarted: traffic flows, CPU low, error logs rate-limited per class, peers right after")
     func etcdKilledAndRestarted() throws {
         let outage = ClusterFaultTests.killedOutageSeconds
-        let cluster = try FlannelCluster(tag: "rlx", api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 2)
+        let (cluster, a, b) = try FlannelCluster.runningPair(tag: "rlx")
         defer { cluster.cleanup() }
-        for node in cluster.nodes { try cluster.startDaemon(node) }
-        let (a, b) = (cluster.nodes[0], cluster.nodes[1])
-        #expect(try waitUntil(5) { try pinnedPeers(cluster, a) == [b.podSubnet] } != nil)
         #expect(try cluster.lab.waitForPing(from: a.podNamespace, to: b.podIP))
         let ping = try FastPing(cluster.lab, from: a.podNamespace, to: b.podIP)
-        let pids = cluster.nodes.compactMap { cluster.daemons[$0.name]?.pid }
-        let logBefore = cluster.nodes.map { cluster.daemonLog($0).split(separator: "\n").count }
-        let ticksBefore = pids.map(cpuTicks)
-        cluster.killEtcd()
-        usleep(UInt32(outage * 1_000_000))
-        let ticksAfter = pids.map(cpuTicks)
-        let logsDuring = cluster.nodes.enumerated().map { i, n in Array(cluster.daemonLog(n).split(separator: "\n").dropFirst(logBefore[i])) }
-        try cluster.restartEtcd()
-        let hz = Double(sysconf(Int32(_SC_CLK_TCK)))
-        let cpuPercent = zip(ticksBefore, ticksAfter).map { (Double($1 - $0) / hz) / outage * 100 }
-        var classes: [String: Int] = [:]
-        for lines in logsDuring {
-            for line in lines {
-                let key = String(line.split(separator: " ").dropFirst(2).joined(separator: " ").filter { !$0.isNumber }.prefix(70))
-                classes[key, default: 0] += 1
-            }
+        let (cpuPercent, logsDuring, classes) = DaemonsDuringOutage.observe(cluster, seconds: outage, classWidth: 70) {
+            cluster.killEtcd()
         }
+        try cluster.restartEtcd()
         print("ClusterFaultTests.etcdKilled: \(outage) s; daemon CPU \(cpuPercent.map { String(format: "%.2f%%", $0) }); log lines \(logsDuring.map(\.count)); classes \(classes)")
         #expect(cpuPercent.allSatisfy { $0 < 5 }, "CPU: \(cpuPercent)")
         let classLimit = Int(outage / 10) + 2
@@ -426,8 +432,7 @@ struct ClusterFaultTests {
         #expect(cluster.nodes.allSatisfy { cluster.daemons[$0.name]?.isRunning == true }, "a daemon exited while etcd was down")
 
         // Back: a peer that joins now is in a's maps within 10 s (the watch is re-established).
-        let joiner = IPv4Subnet(cidr: "10.5.220.0/24")!
-        try cluster.putFlannelLease(subnet: joiner, publicIP: IPv4Address(192, 168, 77, 220), vtepMAC: MACAddress("02:00:00:00:dc:01")!)
+        let joiner = try cluster.putStandInPeer(220)
         let caughtUp = try waitUntil(10) { try pinnedPeers(cluster, a) == [b.podSubnet, joiner] }
         print("ClusterFaultTests.etcdKilled: joiner seen after \(caughtUp.map { String(format: "%.2f s", $0) } ?? "never")")
         #expect(caughtUp != nil, "log:\n\(cluster.daemonLog(a).suffix(1500))")

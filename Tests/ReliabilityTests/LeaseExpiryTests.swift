@@ -42,26 +42,38 @@ let plainHTTPWarning = "is reached over plain http from another host"
 struct LeaseExpiryTests {
     static let ttl = 4
 
+    /// Two nodes on `api`'s etcd, both daemons started; a's holds its lease with a `ttl`-second TTL
+    /// (`daemon` is its process), b's with flannel's default. The caller cleans the cluster up.
+    static func shortLeaseOnA(tag: String, api: ClusterEtcdAPI)
+        throws -> (cluster: FlannelCluster, a: LabNode, b: LabNode, daemon: LabProcess) {
+        let cluster = try FlannelCluster(tag: tag, api: api, daemonPath: TestBinaries.flanneldXDP(), nodes: 2)
+        do {
+            let (a, b) = (cluster.nodes[0], cluster.nodes[1])
+            let daemon = try cluster.startDaemon(a, extra: ["--subnet-lease-ttl=\(ttl)"])
+            try cluster.startDaemon(b)
+            return (cluster, a, b, daemon)
+        } catch {
+            cluster.cleanup()
+            throw error
+        }
+    }
+
     @Test("expired while cut off and taken by another node: never overwritten, said, exit non-zero, a restart gets another subnet",
           arguments: [ClusterEtcdAPI.v3, .v2])
     func expiredAndTaken(_ api: ClusterEtcdAPI) throws {
-        let ttl = LeaseExpiryTests.ttl
-        let cluster = try FlannelCluster(tag: "lxt\(api.rawValue)", api: api, daemonPath: TestBinaries.flanneldXDP(), nodes: 2)
+        let (cluster, a, b, daemon) = try Self.shortLeaseOnA(tag: "lxt\(api.rawValue)", api: api)
         defer { cluster.cleanup() }
-        let (a, b) = (cluster.nodes[0], cluster.nodes[1])
-        let daemon = try cluster.startDaemon(a, extra: ["--subnet-lease-ttl=\(ttl)"])
-        try cluster.startDaemon(b)
         #expect(try waitUntil(10) { try pinnedPeers(cluster, b) == [a.podSubnet] } != nil)
         let key = cluster.leaseKey(a.podSubnet)
 
         // Renewal keeps the short lease: still there after two TTLs.
-        usleep(UInt32(2 * ttl) * 1_000_000)
-        #expect(try cluster.get(key) != nil, "a's \(ttl) s lease was not renewed; log:\n\(cluster.daemonLog(a).suffix(1500))")
+        usleep(UInt32(2 * Self.ttl) * 1_000_000)
+        #expect(try cluster.get(key) != nil, "a's \(Self.ttl) s lease was not renewed; log:\n\(cluster.daemonLog(a).suffix(1500))")
 
         try cutOffFromEtcd(cluster, a)
-        let expired = try waitUntil(Double(ttl) + 15) { try cluster.get(key) == nil }
+        let expired = try waitUntil(Double(Self.ttl) + 15) { try cluster.get(key) == nil }
         print("LeaseExpiryTests.expiredAndTaken(\(api)): etcd expired the lease \(expired.map { String(format: "%.1f s", $0) } ?? "never") after the cut")
-        try #require(expired != nil, "etcd never expired a's lease (TTL \(ttl) s)")
+        try #require(expired != nil, "etcd never expired a's lease (TTL \(Self.ttl) s)")
         let newOwner = IPv4Address(192, 168, 77, 99)
         try cluster.putFlannelLease(subnet: a.podSubnet, publicIP: newOwner, vtepMAC: MACAddress("02:00:00:00:63:01")!)
         usleep(1_000_000)
@@ -78,7 +90,7 @@ struct LeaseExpiryTests {
         #expect(try waitUntil(10) { try pinnedPeers(cluster, b) == [a.podSubnet] } != nil)
 
         // Recovery (docs/ETCD.md): a restart acquires a lease again, another subnet.
-        try cluster.startDaemon(a, extra: ["--subnet-lease-ttl=\(ttl)"])
+        try cluster.startDaemon(a, extra: ["--subnet-lease-ttl=\(Self.ttl)"])
         let subnet = subnetLine(cluster, a)
         print("LeaseExpiryTests.expiredAndTaken(\(api)): after restart \(subnet)")
         #expect(!subnet.isEmpty && !subnet.contains("=\(a.podSubnet.host(1))/"), "restarted on the taken subnet: \(subnet)")
@@ -88,21 +100,17 @@ struct LeaseExpiryTests {
     @Test("expired while cut off, nobody took it: re-created with the same subnet, said, no exit, traffic flows again",
           arguments: [ClusterEtcdAPI.v3, .v2])
     func expiredAndRecreated(_ api: ClusterEtcdAPI) throws {
-        let ttl = LeaseExpiryTests.ttl
-        let cluster = try FlannelCluster(tag: "lxr\(api.rawValue)", api: api, daemonPath: TestBinaries.flanneldXDP(), nodes: 2)
+        let (cluster, a, b, daemon) = try Self.shortLeaseOnA(tag: "lxr\(api.rawValue)", api: api)
         defer { cluster.cleanup() }
-        let (a, b) = (cluster.nodes[0], cluster.nodes[1])
-        let daemon = try cluster.startDaemon(a, extra: ["--subnet-lease-ttl=\(ttl)"])
-        try cluster.startDaemon(b)
         #expect(try waitUntil(10) { try pinnedPeers(cluster, b) == [a.podSubnet] && pinnedPeers(cluster, a) == [b.podSubnet] } != nil)
         #expect(try cluster.lab.waitForPing(from: a.podNamespace, to: b.podIP))
         let key = cluster.leaseKey(a.podSubnet)
         let subnetBefore = subnetLine(cluster, a)
 
         try cutOffFromEtcd(cluster, a)
-        let expired = try waitUntil(Double(ttl) + 15) { try cluster.get(key) == nil }
+        let expired = try waitUntil(Double(Self.ttl) + 15) { try cluster.get(key) == nil }
         print("LeaseExpiryTests.expiredAndRecreated(\(api)): etcd expired the lease \(expired.map { String(format: "%.1f s", $0) } ?? "never") after the cut")
-        try #require(expired != nil, "etcd never expired a's lease (TTL \(ttl) s)")
+        try #require(expired != nil, "etcd never expired a's lease (TTL \(Self.ttl) s)")
         // The peer follows etcd: a's subnet is gone from its maps.
         #expect(try waitUntil(10) { try pinnedPeers(cluster, b).isEmpty } != nil)
         try reconnectToEtcd(cluster, a)
@@ -118,7 +126,7 @@ struct LeaseExpiryTests {
         #expect(try cluster.lab.waitForPing(from: b.podNamespace, to: a.podIP, timeout: 10))
 
         // Renewals resumed: still held two TTLs later, same subnet, daemon alive, warned once.
-        usleep(UInt32(2 * ttl) * 1_000_000)
+        usleep(UInt32(2 * Self.ttl) * 1_000_000)
         #expect(daemon.isRunning, "the daemon exited; log:\n\(cluster.daemonLog(a).suffix(1500))")
         #expect(try cluster.get(key)?.contains("\"PublicIP\":\"\(a.nodeIP)\"") == true, "the re-created lease was not renewed")
         #expect(subnetLine(cluster, a) == subnetBefore)

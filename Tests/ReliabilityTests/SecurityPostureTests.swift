@@ -69,10 +69,8 @@ struct SecurityPostureTests {
 
     @Test("pins, the pin folder and subnet.env are not writable by group or others")
     func fileModes() throws {
-        let cluster = try FlannelCluster(tag: "rlm", api: .v3, daemonPath: TestBinaries.flanneldXDP(), nodes: 1)
+        let (cluster, node) = try FlannelCluster.runningNode(tag: "rlm")
         defer { cluster.cleanup() }
-        let node = cluster.nodes[0]
-        try cluster.startDaemon(node)
         #expect(waitUntil(5) { access(cluster.lastKnownStateFile(node), F_OK) == 0 } != nil)
         var paths = [cluster.pinFolder(node), cluster.subnetFile(node), cluster.lastKnownStateFile(node)]
         paths += ((try? FileManager.default.contentsOfDirectory(atPath: cluster.pinFolder(node))) ?? []).map { cluster.pinFolder(node) + "/" + $0 }

@@ -127,7 +127,7 @@ struct UserspaceIPv6Tests {
         defer { mine.v4.dataplane.stop() }
         let other = try lab.addIPv6(to: nodes[1])
         let otherMAC = MACAddress("0e:00:00:00:06:02")!
-        let send = { (payload: [UInt8]) throws in try sendDatagrams6(namespace: other.node.name, source: other.nodeIP,
+        let send = { (payload: [UInt8]) throws in try sendDatagrams(namespace: other.node.name, source: other.nodeIP,
                                                                          destination: mine.v6.nodeIP, port: 8472, payloads: [payload]) }
         let inner6 = ipv6Packet(source: other.podIP, destination: mine.v6.podIP)
         func vxlan6(_ inner: [UInt8], dst: MACAddress, type: [UInt8] = [0x86, 0xdd], vni: UInt32 = 1) -> [UInt8] {
@@ -154,34 +154,3 @@ func ipv6Packet(source: IPv6Address, destination: IPv6Address) -> [UInt8] {
     return [0x60, 0, 0, 0, 0, UInt8(payload.count), 58, 64] + source.bytes + destination.bytes + payload
 }
 
-/// Sends each payload as one UDP datagram over IPv6 from `source` (an address of `namespace`).
-func sendDatagrams6(namespace: String, source: IPv6Address, destination: IPv6Address, port: UInt16, payloads: [[UInt8]]) throws {
-    try NetnsThread.run(namespace: namespace) {
-        let fd = socket(AF_INET6, Int32(SOCK_DGRAM.rawValue), 0)
-        guard fd >= 0 else { throw LabError(command: [], message: "socket: errno \(errno)") }
-        defer { close(fd) }
-        func address(_ a: IPv6Address, _ port: UInt16) -> sockaddr_in6 {
-            var sa = sockaddr_in6()
-            sa.sin6_family = sa_family_t(AF_INET6)
-            sa.sin6_port = port.bigEndian
-            withUnsafeMutableBytes(of: &sa.sin6_addr) { $0.copyBytes(from: a.bytes) }
-            return sa
-        }
-        var from = address(source, 0)
-        let bound = withUnsafePointer(to: &from) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
-        }
-        guard bound == 0 else { throw LabError(command: [], message: "bind [\(source)]: errno \(errno)") }
-        var to = address(destination, port)
-        for payload in payloads {
-            let sent = payload.withUnsafeBytes { bytes in
-                withUnsafePointer(to: &to) {
-                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                        sendto(fd, bytes.baseAddress, bytes.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in6>.size))
-                    }
-                }
-            }
-            guard sent == payload.count else { throw LabError(command: [], message: "sendto: errno \(errno)") }
-        }
-    }
-}

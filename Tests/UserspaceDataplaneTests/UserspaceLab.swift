@@ -92,38 +92,6 @@ func meshPeers(_ nodes: [UserspaceNode]) throws {
     }
 }
 
-/// Sends each payload as one UDP datagram from `source` (an address of `namespace`) to
-/// `destination:port`, from a socket inside `namespace`.
-func sendDatagrams(
-    namespace: String, source: IPv4Address, destination: IPv4Address, port: UInt16, payloads: [[UInt8]]
-) throws {
-    try NetnsThread.run(namespace: namespace) {
-        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
-        guard fd >= 0 else { throw LabError(command: [], message: "socket: errno \(errno)") }
-        defer { close(fd) }
-        var from = sockaddr_in()
-        from.sin_family = sa_family_t(AF_INET)
-        from.sin_addr.s_addr = UInt32(bigEndian: source.value)
-        let bound = withUnsafePointer(to: &from) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard bound == 0 else { throw LabError(command: [], message: "bind \(source): errno \(errno)") }
-        var to = sockaddr_in()
-        to.sin_family = sa_family_t(AF_INET)
-        to.sin_port = port.bigEndian
-        to.sin_addr.s_addr = UInt32(bigEndian: destination.value)
-        for payload in payloads {
-            let sent = payload.withUnsafeBytes { bytes in
-                withUnsafePointer(to: &to) {
-                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                        sendto(fd, bytes.baseAddress, bytes.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-                    }
-                }
-            }
-            guard sent == payload.count else { throw LabError(command: [], message: "sendto: errno \(errno)") }
-        }
-    }
-}
 
 /// A VXLAN datagram payload as flannel sends it: header, inner Ethernet, then `inner`.
 func vxlanPayload(vni: UInt32, destinationMAC: MACAddress, sourceMAC: MACAddress, inner: [UInt8], flags: UInt8 = 0x08) -> [UInt8] {

@@ -37,6 +37,8 @@ public final class DaemonMetrics: Sendable {
     let reconcileFailures: CoreMetrics.Counter
     let reconcileDuration: CoreMetrics.Timer
     let peers: CoreMetrics.Gauge
+    /// The IPv6 peers the leases want (dual-stack and IPv6-only networks).
+    let ipv6Peers: CoreMetrics.Gauge
     let leaseExpiry: CoreMetrics.Gauge
     let etcdUp: CoreMetrics.Gauge
 
@@ -67,6 +69,7 @@ public final class DaemonMetrics: Sendable {
         reconcileFailures = CoreMetrics.Counter(label: "flanneld_xdp_reconcile_failed_passes_total", factory: factory)
         reconcileDuration = CoreMetrics.Timer(label: "flanneld_xdp_reconcile_duration_seconds", factory: factory)
         peers = CoreMetrics.Gauge(label: "flanneld_xdp_peers", factory: factory)
+        ipv6Peers = CoreMetrics.Gauge(label: "flanneld_xdp_ipv6_peers", factory: factory)
         leaseExpiry = CoreMetrics.Gauge(label: "flanneld_xdp_lease_expiry_timestamp_seconds", factory: factory)
         etcdUp = CoreMetrics.Gauge(label: "flanneld_xdp_etcd_up", factory: factory)
         leaseCounterSeries = [
@@ -89,6 +92,13 @@ public final class DaemonMetrics: Sendable {
         let d = report.duration.components
         reconcileDuration.recordNanoseconds(d.seconds * 1_000_000_000 + d.attoseconds / 1_000_000_000)
         peers.record(report.desiredCount)
+    }
+
+    /// Records one IPv6 reconcile pass: the pass counters count it too (failures make the node unready alike).
+    public func observeIPv6Pass(_ report: IPv6ReconcileReport) {
+        reconcilePasses.increment()
+        if !report.succeeded { reconcileFailures.increment() }
+        ipv6Peers.record(report.desiredCount)
     }
 
     /// The peers the leases want now (between passes, from the state refresh).

@@ -22,6 +22,12 @@ public struct HostRulesPlan: Sendable, Equatable {
     public var forwardRules: Bool
     public var blackholeRoute: Bool
     public var interval: Duration
+    /// false in an IPv6-only network: no IPv4 rules.
+    public var ipv4 = true
+    /// The IPv6 network and our IPv6 subnet in a dual-stack or IPv6-only network: the masquerade
+    /// table `ip6 flanneld-xdp` and the ip6tables FORWARD accepts, as flannel makes them for IPv6.
+    public var ipv6Network: IPv6Subnet?
+    public var ipv6Subnet: IPv6Subnet?
 
     public init(network: IPv4Subnet, subnet: IPv4Subnet, options: FlannelOptions) {
         self.network = network
@@ -34,24 +40,44 @@ public struct HostRulesPlan: Sendable, Equatable {
     }
 
     public var isEmpty: Bool { !masquerade && !forwardRules && !blackholeRoute }
+
+    /// The masquerade tables of the families the network runs.
+    var masqueradeRules: [Masquerade.Rules] {
+        var rules: [Masquerade.Rules] = []
+        if ipv4 { rules.append(.ipv4(network: network, subnet: subnet, fullyRandom: fullyRandom)) }
+        if let ipv6Network, let ipv6Subnet { rules.append(.ipv6(network: ipv6Network, subnet: ipv6Subnet, fullyRandom: fullyRandom)) }
+        return rules
+    }
+
+    /// The FORWARD accepts of the families the network runs: the network, and what puts them in place.
+    var forwardAccepts: [(network: String, ensure: @Sendable () throws -> [String])] {
+        var accepts: [(network: String, ensure: @Sendable () throws -> [String])] = []
+        if ipv4 { accepts.append((network.description, { [network] in try ForwardRules.ensure(network: network) })) }
+        if let ipv6Network { accepts.append((ipv6Network.description, { try ForwardRules.ensure(ipv6Network: ipv6Network) })) }
+        return accepts
+    }
 }
 
 public enum HostRules {
     /// The start-up pass. Throws only for the masquerade table (see the file's note).
     public static func setUp(_ plan: HostRulesPlan, logger: Logger) throws {
         if plan.masquerade {
-            try Masquerade.ensure(network: plan.network, subnet: plan.subnet, fullyRandom: plan.fullyRandom)
-            logger.info("masquerade: nftables table ip \(Masquerade.tableName) installed for \(plan.network) (own subnet \(plan.subnet)\(plan.fullyRandom ? "" : ", without fully-random"))")
-        }
-        if plan.forwardRules {
-            do {
-                try ForwardRules.ensure(network: plan.network)
-                logger.info("FORWARD: iptables filter FORWARD accepts \(plan.network) both ways (chain \(ForwardRules.chain); --iptables-forward-rules=false leaves FORWARD alone)")
-            } catch {
-                logger.error("FORWARD accepts for \(plan.network) could not be set (retried every \(plan.interval)); where FORWARD's policy is DROP (Docker), traffic between this node's pods and the overlay is dropped until they are: \(error)")
+            for rules in plan.masqueradeRules {
+                try Masquerade.ensure(rules)
+                logger.info("masquerade: nftables \(rules.tableDescription) installed for \(rules.network) (own subnet \(rules.subnet)\(plan.fullyRandom ? "" : ", without fully-random"))")
             }
         }
-        if plan.blackholeRoute { logBlackhole(plan, logger: logger, wasHeld: nil) }
+        if plan.forwardRules {
+            for (network, ensure) in plan.forwardAccepts {
+                do {
+                    try ensure()
+                    logger.info("FORWARD: filter FORWARD accepts \(network) both ways (chain \(ForwardRules.chain); --iptables-forward-rules=false leaves FORWARD alone)")
+                } catch {
+                    logger.error("FORWARD accepts for \(network) could not be set (retried every \(plan.interval)); where FORWARD's policy is DROP (Docker), traffic between this node's pods and the overlay is dropped until they are: \(error)")
+                }
+            }
+        }
+        if plan.blackholeRoute, plan.ipv4 { logBlackhole(plan, logger: logger, wasHeld: nil) }
     }
 
     /// Logs the blackhole outcome; returns whether another route holds the subnet (to say it once).
@@ -92,17 +118,17 @@ public struct HostRulesService: Service {
             if Task.isCancelled || Task.isShuttingDownGracefully { break }
             if plan.masquerade {
                 check("masquerade", failing: &masqueradeFailing) {
-                    try Masquerade.ensure(network: plan.network, subnet: plan.subnet, fullyRandom: plan.fullyRandom)
-                        ? "masquerade table ip \(Masquerade.tableName) was missing or changed: recreated" : nil
+                    let repaired = try plan.masqueradeRules.filter { try Masquerade.ensure($0) }
+                    return repaired.isEmpty ? nil : repaired.map { "masquerade \($0.tableDescription) was missing or changed: recreated" }.joined(separator: "; ")
                 }
             }
             if plan.forwardRules {
                 check("FORWARD accepts", failing: &forwardFailing) {
-                    let changes = try ForwardRules.ensure(network: plan.network)
+                    let changes = try plan.forwardAccepts.flatMap { try $0.ensure() }
                     return changes.isEmpty ? nil : "FORWARD accepts were missing or changed: \(changes.joined(separator: "; "))"
                 }
             }
-            if plan.blackholeRoute {
+            if plan.blackholeRoute, plan.ipv4 {
                 blackholeHeld = HostRules.logBlackhole(plan, logger: logger, wasHeld: blackholeHeld)
             }
         }

@@ -45,6 +45,8 @@ public struct StatusReport: Sendable {
     public var maps: [PinnedMapSummary] = []
     public var programs: [AttachedProgram] = []
     public var peerCount: Int?
+    /// IPv6 peers in fxdp_peers6 (nil without an IPv6 half).
+    public var ipv6PeerCount: Int?
     public var masquerade: MasqueradeStatus?
     public var forwardRules: ForwardRulesStatus?
     public var problems: [String] = []
@@ -65,6 +67,8 @@ public struct StatusReport: Sendable {
                 report.maps = pinned.mapSummaries()
                 report.programs = pinned.attachedPrograms(config: report.nodeConfig)
                 report.peerCount = try pinned.peerList().count
+                let ipv6 = try pinned.ipv6PeerList()
+                if !ipv6.isEmpty || report.state?.ipv6Network.isEmpty == false { report.ipv6PeerCount = ipv6.count }
                 if let underlay = report.state.flatMap({ IPv4Subnet(cidr: $0.underlaySubnet) }),
                    let warning = Stranger.underlayWarning(try pinned.strangerList(), underlay: underlay) {
                     report.problems.append(warning)
@@ -107,6 +111,10 @@ public struct StatusReport: Sendable {
             row("interface:", "\(state.interface) (#\(state.interfaceIndex)), public IP \(state.publicIP)")
             row("network:", "\(state.network), backend \(state.backend), VNI \(state.vni), port \(state.port), MTU \(state.mtu)")
             row("subnet:", state.subnet)
+            if !state.ipv6Network.isEmpty {
+                row("IPv6:", "network \(state.ipv6Network), subnet \(state.ipv6Subnet), public IPv6 \(state.publicIPv6); "
+                    + "\(state.ipv6PeerCount) IPv6 peer(s) wanted by the leases" + (ipv6PeerCount.map { ", \($0) in the BPF maps" } ?? ""))
+            }
             if state.leaseExpiry > 0 {
                 let left = state.leaseExpiry - now
                 row("lease:", "expires \(TimeText.utc(state.leaseExpiry)) (\(left >= 0 ? "in \(TimeText.span(left))" : "\(TimeText.span(left)) ago"); renewed before it expires while the daemon runs)")
@@ -192,17 +200,20 @@ public enum PeersReport {
     public static let perPeerNote = "per-peer packet/byte counters are not collected by the programs that made these pins (restart with this version's daemon)"
     public static let trafficNote = "TX: encapsulated to the node by BPF (inner bytes); RX: accepted from it by decap (outer bytes); per node, kernel-path packets not included"
 
-    public static func text(_ peers: [PinnedPeer]) -> String {
-        let withTraffic = peers.contains { $0.traffic != nil } || peers.isEmpty
-        var header = "SUBNET".padding(20) + "NODE IP".padding(17) + "VTEP MAC".padding(19) + "DECAP".padding(7)
+    /// IPv6 peers (fxdp_peers6), when there are any, follow the IPv4 ones with the same columns.
+    public static func text(_ peers: [PinnedPeer], ipv6: [PinnedIPv6Peer] = []) -> String {
+        let rows = peers.map(Row.init) + ipv6.map(Row.init)
+        let withTraffic = rows.contains { $0.traffic != nil } || rows.isEmpty
+        let subnetWidth = ipv6.isEmpty ? 20 : 26, ipWidth = ipv6.isEmpty ? 17 : 26
+        var header = "SUBNET".padding(subnetWidth) + "NODE IP".padding(ipWidth) + "VTEP MAC".padding(19) + "DECAP".padding(7)
         if !withTraffic {
             header += "MODE"
         } else {
             header += "MODE".padding(7) + "TX PKTS".leftPadding(10) + "TX BYTES".leftPadding(14) + "RX PKTS".leftPadding(10) + "RX BYTES".leftPadding(14)
         }
         var lines = [header]
-        for p in peers {
-            var line = "\(p.subnet)".padding(20) + "\(p.nodeIP)".padding(17) + "\(p.vtepMAC)".padding(19)
+        for p in rows {
+            var line = p.subnet.padding(subnetWidth) + p.nodeIP.padding(ipWidth) + "\(p.vtepMAC)".padding(19)
                 + (p.decapAccepted ? "yes" : "NO").padding(7)
             if let t = p.traffic {
                 line += (p.direct ? "direct" : "vxlan").padding(7) + "\(t.txPackets)".leftPadding(10) + "\(t.txBytes)".leftPadding(14)
@@ -212,23 +223,42 @@ public enum PeersReport {
             }
             lines.append(line)
         }
-        lines.append("\(peers.count) peer(s); " + (withTraffic ? trafficNote : perPeerNote))
+        let count = ipv6.isEmpty ? "\(peers.count) peer(s)" : "\(peers.count) IPv4 and \(ipv6.count) IPv6 peer(s)"
+        lines.append("\(count); " + (withTraffic ? trafficNote : perPeerNote))
         return lines.joined(separator: "\n") + "\n"
     }
 
-    public static func json(_ peers: [PinnedPeer]) -> JSONValue {
-        .members([
-            ("peers", .array(peers.map { p in
-                .members([("subnet", .string("\(p.subnet)")), ("nodeIP", .string("\(p.nodeIP)")),
+    /// One line of either family.
+    struct Row {
+        var subnet: String
+        var nodeIP: String
+        var vtepMAC: MACAddress
+        var direct: Bool
+        var decapAccepted: Bool
+        var traffic: PeerTraffic?
+
+        init<S>(_ p: PinnedFamilyPeer<S>) {
+            (subnet, nodeIP, vtepMAC, direct, decapAccepted, traffic) = ("\(p.subnet)", "\(p.nodeIP)", p.vtepMAC, p.direct, p.decapAccepted, p.traffic)
+        }
+    }
+
+    /// `ipv6Peers` is there only when the maps hold IPv6 peers.
+    public static func json(_ peers: [PinnedPeer], ipv6: [PinnedIPv6Peer] = []) -> JSONValue {
+        func rows(_ rows: [Row]) -> JSONValue {
+            .array(rows.map { p in
+                .members([("subnet", .string(p.subnet)), ("nodeIP", .string(p.nodeIP)),
                          ("vtepMAC", .string("\(p.vtepMAC)")), ("direct", .bool(p.direct)),
                          ("decapAccepted", .bool(p.decapAccepted)),
                          ("txPackets", p.traffic.map { .int($0.txPackets) } ?? .null),
                          ("txBytes", p.traffic.map { .int($0.txBytes) } ?? .null),
                          ("rxPackets", p.traffic.map { .int($0.rxPackets) } ?? .null),
                          ("rxBytes", p.traffic.map { .int($0.rxBytes) } ?? .null)])
-            })),
-            ("perPeerCounters", .bool(peers.contains { $0.traffic != nil })),
-        ])
+            })
+        }
+        var members: [(String, JSONValue)] = [("peers", rows(peers.map(Row.init)))]
+        if !ipv6.isEmpty { members.append(("ipv6Peers", rows(ipv6.map(Row.init)))) }
+        members.append(("perPeerCounters", .bool(peers.contains { $0.traffic != nil } || ipv6.contains { $0.traffic != nil })))
+        return .members(members)
     }
 }
 
@@ -306,8 +336,8 @@ public enum InspectionCommands {
 
     public static func peers(bpffs: String, json: Bool) throws(OperationsError) -> String {
         guard let pinned = try PinnedDataplane.open(bpffs: bpffs) else { throw PinnedDataplane.noPins(bpffs) }
-        let peers = try pinned.peerList()
-        return json ? PeersReport.json(peers).text + "\n" : PeersReport.text(peers)
+        let peers = try pinned.peerList(), ipv6 = try pinned.ipv6PeerList()
+        return json ? PeersReport.json(peers, ipv6: ipv6).text + "\n" : PeersReport.text(peers, ipv6: ipv6)
     }
 
     public static func stats(bpffs: String, json: Bool) throws(OperationsError) -> String {

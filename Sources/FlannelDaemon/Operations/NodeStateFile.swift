@@ -59,6 +59,11 @@ public struct NodeState: Sendable, Equatable {
     /// Unix seconds when the lease expires unless renewed; 0 for a reservation (no TTL).
     public var leaseExpiry: Int64 = 0
     public var peerCount: Int = 0
+    /// The IPv6 half in a dual-stack or IPv6-only network (empty/0 without IPv6).
+    public var ipv6Network: String = ""
+    public var ipv6Subnet: String = ""
+    public var publicIPv6: String = ""
+    public var ipv6PeerCount: Int = 0
     /// The underlay network of --iface ("192.168.77.0/24"): strangers on it are worth a warning.
     public var underlaySubnet: String = ""
     /// /readyz's answer at the last write; nil in a file from a daemon that did not record it.
@@ -91,6 +96,8 @@ public struct NodeState: Sendable, Equatable {
             ("etcdState", .string(etcdState)), ("etcdLastContact", .int(etcdLastContact)),
             ("leaseExpiry", .int(leaseExpiry)), ("peerCount", .int(Int64(peerCount))),
             ("underlaySubnet", .string(underlaySubnet)),
+            ("ipv6Network", .string(ipv6Network)), ("ipv6Subnet", .string(ipv6Subnet)), ("publicIPv6", .string(publicIPv6)),
+            ("ipv6PeerCount", .int(Int64(ipv6PeerCount))),
             ("ready", ready.map(FlatJSON.Value.bool) ?? .null), ("notReadyReason", .string(notReadyReason)),
         ]
     }
@@ -130,6 +137,10 @@ public struct NodeState: Sendable, Equatable {
         leaseExpiry = int("leaseExpiry")
         peerCount = Int(int("peerCount"))
         underlaySubnet = string("underlaySubnet")
+        ipv6Network = string("ipv6Network")
+        ipv6Subnet = string("ipv6Subnet")
+        publicIPv6 = string("publicIPv6")
+        ipv6PeerCount = Int(int("ipv6PeerCount"))
         if case .bool(let b)? = object["ready"] { ready = b }
         notReadyReason = string("notReadyReason")
     }

@@ -30,10 +30,14 @@ public struct OperationsContext: Sendable {
     public var etcdAPIDetail: String
     /// The data path's own metrics text, appended to /metrics (the userspace path's counters).
     public var dataplaneMetrics: (@Sendable () -> String)?
+    /// The IPv6 peers' reconciler in a dual-stack or IPv6-only network.
+    public var ipv6Reconciler: IPv6Reconciler?
 
     public init(options: FlannelOptions, external: ExternalInterface, config: NetworkConfig, backend: BackendKind,
                 lease: Lease, manager: SubnetManager, dataplane: ActiveDataPath, dataplaneSummary: String, mtu: Int, reconciler: Reconciler,
-                readiness: Readiness, etcdAPIDetail: String = "", dataplaneMetrics: (@Sendable () -> String)? = nil) {
+                readiness: Readiness, etcdAPIDetail: String = "", dataplaneMetrics: (@Sendable () -> String)? = nil,
+                ipv6Reconciler: IPv6Reconciler? = nil) {
+        self.ipv6Reconciler = ipv6Reconciler
         self.etcdAPIDetail = etcdAPIDetail
         self.dataplaneMetrics = dataplaneMetrics
         self.options = options
@@ -87,6 +91,12 @@ public enum OperationsServices {
         state.leaseExpiry = context.lease.isReservation ? 0 : now + context.manager.options.leaseTTL.components.seconds
         state.peerCount = await context.reconciler.desiredCount
         state.underlaySubnet = "\(context.external.underlaySubnet)"
+        if let v6 = context.config.ipv6 {
+            state.ipv6Network = "\(v6.network)"
+            state.ipv6Subnet = context.lease.ipv6Subnet.map { "\($0)" } ?? ""
+            state.publicIPv6 = context.external.publicIPv6.map { "\($0)" } ?? ""
+            state.ipv6PeerCount = await context.ipv6Reconciler?.desiredCount ?? 0
+        }
         let writer = NodeStateWriter(state: state, path: statePath, logger: logger)
         // Written now (not ready yet: subnet.env comes after) and again whenever readiness changes,
         // before /readyz answers differently: `status` says "ready" as soon as /readyz does.
@@ -100,9 +110,14 @@ public enum OperationsServices {
         await context.reconciler.observePasses { report in
             if writer.state.peerCount != report.desiredCount { writer.update { $0.peerCount = report.desiredCount } }
         }
+        await context.ipv6Reconciler?.observePasses { report in
+            if writer.state.ipv6PeerCount != report.desiredCount { writer.update { $0.ipv6PeerCount = report.desiredCount } }
+        }
 
         var services: [any Service] = []
-        let plan = HostRulesPlan(network: context.config.network, subnet: context.lease.subnet, options: options)
+        var plan = HostRulesPlan(network: context.config.network, subnet: context.lease.subnet, options: options)
+        plan.ipv4 = context.config.enableIPv4
+        if let v6 = context.config.ipv6, let subnet6 = context.lease.ipv6Subnet { (plan.ipv6Network, plan.ipv6Subnet) = (v6.network, subnet6) }
         try HostRules.setUp(plan, logger: logger)
         if !plan.isEmpty { services.append(HostRulesService(plan: plan, logger: logger)) }
         var metrics: DaemonMetrics?
@@ -116,6 +131,7 @@ public enum OperationsServices {
                                       perPeer: options.serving.metricsPerPeer, appended: context.dataplaneMetrics)
                 metrics = m
                 await context.reconciler.observePasses { m.observePass($0) }
+                await context.ipv6Reconciler?.observePasses { m.observeIPv6Pass($0) }
                 services.append(HealthServer(host: options.serving.healthzIP.description, port: port,
                                              readiness: context.readiness, metrics: { m.render() }, logger: logger))
             }
@@ -189,7 +205,7 @@ struct NodeStateService: Service {
             }
             if round % etcdCheckEvery == 0 {
                 do {
-                    _ = try await context.manager.registry.getLease(name: context.lease.subnet.leaseKey)
+                    _ = try await context.manager.registry.getLease(name: context.lease.key)
                     state.etcdState = "connected"
                     state.etcdLastContact = now
                 } catch {
@@ -209,6 +225,7 @@ struct NodeStateService: Service {
             }
             let reconciler = context.reconciler
             state.peerCount = await reconciler.desiredCount
+            if let reconciler6 = context.ipv6Reconciler { state.ipv6PeerCount = await reconciler6.desiredCount }
             if let metrics {
                 metrics.observeDesiredPeers(state.peerCount)
                 metrics.observeLease(expiryUnixSeconds: state.leaseExpiry, etcdReachable: state.etcdState == "connected")
@@ -220,6 +237,7 @@ struct NodeStateService: Service {
                 file.etcdState = owned.etcdState
                 file.etcdLastContact = owned.etcdLastContact
                 file.peerCount = owned.peerCount
+                file.ipv6PeerCount = owned.ipv6PeerCount
             }
         }
     }
