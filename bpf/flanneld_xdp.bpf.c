@@ -303,13 +303,18 @@ int fxdp_encap(struct __sk_buff *skb)
 		return fxdp_count_verdict(FXDP_C_ENCAP_PASS_TOO_BIG, len, TC_ACT_OK);
 
 	struct bpf_fib_lookup fib = {};
+	/* A packet the covering route brought (the peer's kernel state is not programmed yet) carries
+	 * our own VtepMAC, the covering gateway's neighbour: the kernel device has no fdb entry to send
+	 * it by, so it could not resolve the next hop either. */
+	struct ethhdr *eth = (void *)(long)skb->data;
+	int covering = (void *)(eth + 1) <= (void *)(long)skb->data_end && fxdp_mac_equal(eth->h_dest, cfg->vtep_mac);
 	long fib_rc = fxdp_route_to_peer(skb, cfg, peer, &fib);
-	if (fib_rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+	if (fib_rc == BPF_FIB_LKUP_RET_NO_NEIGH && !covering)
 		/* The kernel device resolves the neighbour (queueing the packet meanwhile) and the next
 		 * packets find it. bpf_redirect_neigh from here lost the packet that triggered the
 		 * resolution on veth underlays: a first ping after every ARP expiry went missing. */
 		return fxdp_count_verdict(FXDP_C_ENCAP_PASS_NO_NEIGH, len, TC_ACT_OK);
-	if (fib_rc != BPF_FIB_LKUP_RET_SUCCESS)
+	if (fib_rc != BPF_FIB_LKUP_RET_SUCCESS && fib_rc != BPF_FIB_LKUP_RET_NO_NEIGH)
 		return fxdp_count_verdict(FXDP_C_ENCAP_PASS_FIB, len, TC_ACT_OK);
 
 	/* inner_ip and cur are stale once the room is made: only values read before are used. */
@@ -319,6 +324,12 @@ int fxdp_encap(struct __sk_buff *skb)
 	if (done == FXDP_ENCAP_BROKEN)
 		return fxdp_drop_skb(skb, FXDP_C_ENCAP_DROP_ADJUST, len, TC_ACT_SHOT);
 	fxdp_count_peer(&peer_node, len, 0);
+	if (fib_rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		/* Only for the covering route (above): the kernel resolves the next hop fib named and
+		 * writes the outer Ethernet header. */
+		struct bpf_redir_neigh nh = { .nh_family = AF_INET, .ipv4_nh = fib.ipv4_dst };
+		return fxdp_count_verdict(FXDP_C_ENCAP_OK_NEIGH, len, bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0));
+	}
 	return fxdp_count_verdict(FXDP_C_ENCAP_OK, len, bpf_redirect(fib.ifindex, 0));
 }
 

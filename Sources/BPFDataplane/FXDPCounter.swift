@@ -14,7 +14,9 @@ public enum FXDPCounter: UInt32, CaseIterable, Sendable, CustomStringConvertible
     case encapDropAdjust = 5
     case encapPassFIB = 6
     case encapPassTooBig = 7
-    case encapOKNeigh = 8 // retired: never counted since NO_NEIGH packets go to the kernel
+    /// Encapsulated with the next hop unresolved, for a packet the covering route brought (no
+    /// kernel state to fall back on): bpf_redirect_neigh resolves it.
+    case encapOKNeigh = 8
     case encapPassAdjust = 9
     case encapPassNoNeigh = 10
     case encap6OK = 11

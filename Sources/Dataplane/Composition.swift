@@ -124,7 +124,8 @@ public struct DataplaneSetup: Sendable {
     /// guard, the fast path's upkeep. Each leaves the data path in place on shutdown, except the
     /// userspace path, which cannot outlive the process.
     public var services: [any Service]
-    /// Turns the BPF programs on once the first reconcile has filled their maps (see `attach`).
+    /// Turns the BPF programs on once the first reconcile has filled their maps, and adds the
+    /// covering route that brings every pod packet for the network to them (see `attach`).
     public var enableAfterFirstFill: (@Sendable () async throws -> Void)?
     /// The userspace path's counters in Prometheus' text format (nil on the other paths).
     public var metricsText: (@Sendable () -> String)?
@@ -372,10 +373,19 @@ public final class DataplaneComposer: Sendable {
             let staged = bpf.source == .embedded ? "" : ", programs from \(bpf.source)"
             let fast = request.fastPath ? "fast path on; " : ""
             let devices = device.name + (device6.map { " and \($0.name)" } ?? "")
+            let covering = "covering route \(request.network) via \(KernelVXLANPeerTable.coveringGateway) dev \(device.name) onlink"
             return DataplaneSetup(path: .bpf(decap: DecapMode(mode), fastPath: request.fastPath),
                                   summary: "BPF (\(mode == .xdp ? "XDP" : "TC-checked kernel") decap; \(fast)\(state)) over \(devices)\(staged)",
                                   tables: [PeerTableBinding(maps, stage: .dataPath), kernelBinding], ipv6Tables: tables6, services: services,
-                                  enableAfterFirstFill: { [thread] in try await thread.run { try bpf.setEnabled(true) } })
+                                  enableAfterFirstFill: { [thread, logger, covering] in
+                                      try await thread.run {
+                                          try bpf.setEnabled(true)
+                                          // Only now: with the programs disabled the route would
+                                          // send pod traffic to the kernel device, which drops it.
+                                          try kernel.ensureCoveringRoute()
+                                      }
+                                      logger.info("\(covering): peers are reachable once in the maps")
+                                  })
         } catch {
             if let path = request.bpfObject { throw DataplaneStartError.bpfObjectUnusable(path: path, reason: "\(error)") }
             guard request.choice == .auto else { throw DataplaneStartError.dataplaneRequired(choice: request.choice, reason: "\(error)") }

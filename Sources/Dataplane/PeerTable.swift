@@ -25,6 +25,26 @@ public protocol FamilyPeerTable<Row>: AnyObject, Sendable {
     func upsert(_ peer: Row) throws
     /// Removes the entry for `peer.subnet`; removing an absent entry is not an error.
     func remove(_ peer: Row) throws
+    /// `upsert` for many peers (the kernel tables send their netlink messages in batches); returns
+    /// the peers that failed with their errors, the others are in place.
+    func upsert(batch peers: [Row]) -> [(Row, any Error)]
+    /// `remove` for many peers; returns the peers that failed with their errors.
+    func remove(batch peers: [Row]) -> [(Row, any Error)]
+}
+
+extension FamilyPeerTable {
+    /// One call per peer: for tables whose every write is already cheap (a map update).
+    public func upsert(batch peers: [Row]) -> [(Row, any Error)] {
+        peers.compactMap { peer in
+            do { try upsert(peer); return nil } catch { return (peer, error) }
+        }
+    }
+
+    public func remove(batch peers: [Row]) -> [(Row, any Error)] {
+        peers.compactMap { peer in
+            do { try remove(peer); return nil } catch { return (peer, error) }
+        }
+    }
 }
 
 /// A table of IPv4 peers (flannel.<VNI>'s half).

@@ -23,6 +23,15 @@
 // fdb), so a packet the new routes steer somewhere already finds its peer in the maps. A new kind of
 // table takes the stage that says where it sits on the packet's way.
 //
+// The kernel stage is off the data path's critical path: with the covering route (the whole network
+// into flannel.<VNI>), a peer is reachable once its map entry exists; its neighbour, fdb and route
+// are the fallback path. So a pass may be asked for some stages only (start-up fills the maps, says
+// READY, and leaves the kernel stage to the loop's first pass), each stage keeps its own record of
+// the subnets changed since its previous pass, and a long kernel stage (the first fill of 50 000
+// peers) is written in chunks, batched per netlink send, between which the actor lets lease events
+// in and writes their map entries at once: a new lease never waits for the fallback state of the
+// others. `progress` says how far each stage has got (/readyz, `status`).
+//
 // Every table call may block in the kernel (a dump of every peer's map entry or route): the actor
 // runs on a thread of its own (`DedicatedThreadExecutor`), never on Swift's shared pool, whose two
 // threads the rest of the daemon (etcd, timers, HTTP) needs.
@@ -35,7 +44,7 @@ import Synchronization
 
 /// Where a table sits on the packet's way, which fixes the order every pass applies the tables in
 /// (the design note): first what takes the packet first, then what it falls back to.
-public enum TableStage: Int, Sendable, Comparable, CaseIterable {
+public enum TableStage: Int, Sendable, Hashable, Comparable, CaseIterable {
     /// The data path's own tables: the BPF maps (encap takes the packet before the kernel would),
     /// the userspace path's table.
     case dataPath
@@ -44,6 +53,40 @@ public enum TableStage: Int, Sendable, Comparable, CaseIterable {
     case kernelState
 
     public static func < (a: TableStage, b: TableStage) -> Bool { a.rawValue < b.rawValue }
+
+    /// How /readyz and `status` name the stage.
+    public var label: String {
+        switch self {
+        case .dataPath: "maps"
+        case .kernelState: "kernel"
+        }
+    }
+}
+
+/// How far peer programming has got, per stage: "peers: maps 5000/5000, kernel 1200/5000".
+public struct PeerProgress: Sendable, Equatable, CustomStringConvertible {
+    public struct Count: Sendable, Equatable {
+        /// Peers in place in every table of the stage (a table being filled counts what it wrote).
+        public var programmed: Int
+        public var wanted: Int
+        /// Every table of the stage holds its desired set as of its last pass.
+        public var inSync: Bool
+    }
+
+    /// The stages that have tables, in order.
+    public var stages: [(stage: TableStage, count: Count)]
+    /// Every table of every stage is in sync.
+    public var complete: Bool { stages.allSatisfy(\.count.inSync) }
+
+    public func count(_ stage: TableStage) -> Count? { stages.first { $0.stage == stage }?.count }
+
+    public var description: String {
+        "peers: " + stages.map { "\($0.stage.label) \($0.count.programmed)/\($0.count.wanted)" }.joined(separator: ", ")
+    }
+
+    public static func == (a: PeerProgress, b: PeerProgress) -> Bool {
+        a.stages.count == b.stages.count && zip(a.stages, b.stages).allSatisfy { $0.stage == $1.stage && $0.count == $1.count }
+    }
 }
 
 /// One table as the reconciler drives it: its stage, which of the desired peers belong in it, and
@@ -106,6 +149,8 @@ public struct FamilyReconcileReport<P: OverlayPeer>: Sendable, CustomStringConve
     public var duration: Duration
     /// The kind of pass asked for (a `.changes` pass may still read some tables back: see `readBack`).
     public var kind: PassKind = .full
+    /// The stages this pass applied (start-up's first pass: the data path's only).
+    public var stages: Set<TableStage> = Set(TableStage.allCases)
 
     public var succeeded: Bool { outcomes.allSatisfy(\.succeeded) }
     public var changed: Bool { outcomes.contains(where: \.changed) }
@@ -137,14 +182,27 @@ public actor FamilyReconciler<P: OverlayPeer> {
     private var desiredBySubnet: [P.Subnet: P] = [:]
     /// What a subnet's desired peer was at the previous pass (nil: none wanted there then).
     private struct Before { var peer: P? }
-    /// Every subnet whose desired peer changed since the previous pass, with what it was then. The
-    /// tables in sync hold exactly that earlier state, so these entries are all a change pass needs.
-    private var changedSince: [P.Subnet: Before] = [:]
+    /// Per stage (by raw value): every subnet whose desired peer changed since the stage's previous
+    /// pass, with what it was then. The stage's tables in sync hold exactly that earlier state, so
+    /// these entries are all a change pass needs.
+    private var changedSince: [[P.Subnet: Before]] = Array(repeating: [:], count: TableStage.allCases.count)
     /// Per table: its previous pass succeeded, so it holds the desired set of that pass (as the
     /// binding selects and views it). false forces its next pass to read it back.
     private var inSync: [Bool]
     /// Per table: how many peers it should hold as of its previous pass.
     private var wantedCounts: [Int]
+    /// Per table: writes its running pass still has to make (progress); nil before its first pass.
+    private var outstanding: [Int?]
+    /// Peers per kernel-stage chunk: between chunks, lease events get in and reach the maps.
+    public static var chunkSize: Int { 1024 }
+    private var progressObservers: [@Sendable (PeerProgress) -> Void] = []
+    /// `holdKernelStage`: the kernel stage waits before it writes anything; meanwhile lease events
+    /// still reach the data path's tables. The continuation wakes the held pass for either.
+    private var kernelStageHeld = false
+    /// A pass is running (it may be suspended between kernel chunks); others wait their turn.
+    private var passRunning = false
+    private var passWaiters: [CheckedContinuation<Void, Never>] = []
+    private var heldStageWake: CheckedContinuation<Void, Never>?
     /// The periodic timer asked for a full pass; the next pass reads every table back.
     private var fullPassDue = false
     private var failedPasses = 0
@@ -164,14 +222,16 @@ public actor FamilyReconciler<P: OverlayPeer> {
     private var passObservers: [@Sendable (Report) -> Void] = []
 
     /// `onPass` is told about every pass from the first one on (see `observePasses`).
-    public init(tables: [FamilyTableBinding<P>], logger: Logger, threadName: String = "fxdp-reconcile",
-                onPass: (@Sendable (Report) -> Void)? = nil) {
+    public init(tables: [FamilyTableBinding<P>], logger: Logger, threadName: String = "fxdp-reconcile", onPass: (@Sendable (Report) -> Void)? = nil,
+                onProgress: (@Sendable (PeerProgress) -> Void)? = nil) {
         bindings = tables.enumerated().sorted { ($0.element.stage, $0.offset) < ($1.element.stage, $1.offset) }.map(\.element)
         self.logger = logger
         thread = DedicatedThreadExecutor(name: threadName)
         if let onPass { passObservers = [onPass] }
+        if let onProgress { progressObservers = [onProgress] }
         inSync = Array(repeating: false, count: tables.count)
         wantedCounts = Array(repeating: 0, count: tables.count)
+        outstanding = Array(repeating: nil, count: tables.count)
         (kicks, kickContinuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
     }
 
@@ -219,8 +279,16 @@ public actor FamilyReconciler<P: OverlayPeer> {
     }
 
     private func noteChange(_ subnet: P.Subnet, was old: P?) {
-        // The first change since the pass counts: that is what the tables hold.
-        if changedSince[subnet] == nil { changedSince[subnet] = Before(peer: old) }
+        // The first change since the stage's pass counts: that is what its tables hold.
+        for stage in changedSince.indices where changedSince[stage][subnet] == nil {
+            changedSince[stage][subnet] = Before(peer: old)
+        }
+        wakeHeldStage()
+    }
+
+    private func wakeHeldStage() {
+        heldStageWake?.resume()
+        heldStageWake = nil
     }
 
     /// Asks the running loop for a pass soon; kicks that arrive during a pass coalesce into one.
@@ -241,37 +309,106 @@ public actor FamilyReconciler<P: OverlayPeer> {
         if let lastReport { observer(lastReport) }
     }
 
+    /// Calls `observer` with the progress after every table and every kernel chunk, and at once.
+    public func observeProgress(_ observer: @escaping @Sendable (PeerProgress) -> Void) {
+        progressObservers.append(observer)
+        observer(progress)
+    }
+
+    /// How far each stage has got (see `PeerProgress`).
+    public var progress: PeerProgress {
+        var stages: [(stage: TableStage, count: PeerProgress.Count)] = []
+        for index in bindings.indices {
+            let stage = bindings[index].stage
+            let wanted = outstanding[index] == nil ? desiredBySubnet.count : wantedCounts[index]
+            let programmed = max(0, wanted - (outstanding[index] ?? wanted))
+            if let at = stages.firstIndex(where: { $0.stage == stage }) {
+                stages[at].count.programmed = min(stages[at].count.programmed, programmed)
+                stages[at].count.wanted = max(stages[at].count.wanted, wanted)
+                stages[at].count.inSync = stages[at].count.inSync && inSync[index]
+            } else {
+                stages.append((stage, PeerProgress.Count(programmed: programmed, wanted: wanted, inSync: inSync[index])))
+            }
+        }
+        return PeerProgress(stages: stages)
+    }
+
+    private func reportProgress() {
+        guard !progressObservers.isEmpty else { return }
+        let now = progress
+        for observer in progressObservers { observer(now) }
+    }
+
+    /// Makes the kernel stage wait before it writes anything, until `releaseKernelStage`, while
+    /// lease events still reach the data path's tables (tests: the map-first order, readiness while
+    /// the kernel state is being programmed).
+    public func holdKernelStage() { kernelStageHeld = true }
+
+    public func releaseKernelStage() {
+        kernelStageHeld = false
+        wakeHeldStage()
+    }
+
+    /// The kernel stage is waiting in `holdKernelStage`.
+    public var kernelStageWaiting: Bool { heldStageWake != nil }
+
     /// Makes the next pass of the running loop a full one, and asks for it.
     public func requestFullPass() {
         fullPassDue = true
         kick()
     }
 
-    /// One pass over every table, in order: `.full` (the default) reads every table back,
-    /// `.changes` applies only what changed since the previous pass where that is safe (see the
-    /// design note). Never throws: failures are in the report.
+    /// One pass over every table of `stages`, in order: `.full` (the default) reads every table
+    /// back, `.changes` applies only what changed since the previous pass where that is safe (see
+    /// the design note). Never throws: failures are in the report. One pass at a time: a pass
+    /// asked for while another runs (it lets lease events in between its kernel chunks) waits.
     @discardableResult
-    public func reconcile(_ kind: PassKind = .full) -> Report {
+    public func reconcile(_ kind: PassKind = .full, stages: Set<TableStage> = Set(TableStage.allCases)) async -> Report {
+        while passRunning { await withCheckedContinuation { passWaiters.append($0) } }
+        passRunning = true
+        defer {
+            passRunning = false
+            if !passWaiters.isEmpty { passWaiters.removeFirst().resume() }
+        }
         let clock = ContinuousClock()
         let start = clock.now
-        let changes = changedSince
-        changedSince = [:]
         var outcomes: [FamilyTableOutcome<P>] = []
+        var interleaved: [FamilyTableOutcome<P>] = []
         outcomes.reserveCapacity(bindings.count)
-        for index in bindings.indices {
-            let outcome = kind == .full || !inSync[index] ? fullPass(index) : changesPass(index, changes)
-            // A table that failed (read or write) may hold anything now: its next pass reads it back.
-            inSync[index] = outcome.succeeded
-            outcomes.append(outcome)
+        for stage in TableStage.allCases where stages.contains(stage) {
+            while stage == .kernelState, kernelStageHeld {
+                await withCheckedContinuation { heldStageWake = $0 }
+                await applyDataPathChanges(&interleaved)
+            }
+            outcomes += await applyStage(stage, kind, interleaved: &interleaved)
         }
+        outcomes += interleaved
         let report = Report(outcomes: outcomes, desiredCount: desiredBySubnet.count,
-                                     duration: clock.now - start, kind: kind)
+                                     duration: clock.now - start, kind: kind, stages: stages)
         record(report)
         return report
     }
 
+    /// The tables of `stage`: each read back (full pass, or not in sync) or given the stage's
+    /// changes. A data path stage run between kernel chunks adds its outcomes to `interleaved`.
+    private func applyStage(_ stage: TableStage, _ kind: PassKind, interleaved: inout [FamilyTableOutcome<P>]) async -> [FamilyTableOutcome<P>] {
+        let changes = changedSince[stage.rawValue]
+        changedSince[stage.rawValue] = [:]
+        var outcomes: [FamilyTableOutcome<P>] = []
+        for index in bindings.indices where bindings[index].stage == stage {
+            let outcome = kind == .full || !inSync[index]
+                ? await fullPass(index, interleaved: &interleaved) : await changesPass(index, changes, interleaved: &interleaved)
+            // A table that failed (read or write) may hold anything now: its next pass reads it back.
+            inSync[index] = outcome.succeeded
+            outstanding[index] = outcome.succeeded ? 0 : outcome.failures.count
+            outcomes.append(outcome)
+            reportProgress()
+        }
+        return outcomes
+    }
+
     /// The table read back and diffed against the whole desired set: O(N), repairs drift.
-    private func fullPass(_ index: Int) -> FamilyTableOutcome<P> {
+    private func fullPass(_ index: Int, interleaved: inout [FamilyTableOutcome<P>]) async -> FamilyTableOutcome<P> {
         let binding = bindings[index]
         let table = binding.table
         var outcome = FamilyTableOutcome<P>(table: table.tableName)
@@ -289,27 +426,46 @@ public actor FamilyReconciler<P: OverlayPeer> {
         // Stale: an entry whose subnet no lease wants any more. New or changed: upsert replaces the
         // entry for the subnet.
         let stale = actual.filter { !wanted.contains($0) && desiredSubnetSelected($0.subnet, binding) == nil }
-        apply(removing: Array(stale), upserting: Array(wanted.subtracting(actual)), to: table, &outcome)
+        await apply(removing: Array(stale), upserting: Array(wanted.subtracting(actual)), to: index, &outcome, interleaved: &interleaved)
         return outcome
     }
 
     /// Stale entries first (a subnet that moved never has two owners), then new or changed ones;
-    /// each in subnet order. Every failure is recorded, and the rest still applied.
-    private func apply(removing stale: [P], upserting fresh: [P], to table: any FamilyPeerTable<P>, _ outcome: inout FamilyTableOutcome<P>) {
-        let steps: [(verb: String, peers: [P], write: (P) throws -> Void, done: WritableKeyPath<FamilyTableOutcome<P>, [P]>)] = [
-            ("remove", stale, table.remove, \.removed),
-            ("upsert", fresh, table.upsert, \.upserted),
-        ]
-        for step in steps {
-            for peer in step.peers.sorted(by: { $0.subnet < $1.subnet }) {
-                do {
-                    try step.write(peer)
-                    outcome[keyPath: step.done].append(peer)
-                } catch {
-                    outcome.failures.append("\(step.verb) \(peer): \(error)")
+    /// each in subnet order, in batches. Every failure is recorded, and the rest still applied. A
+    /// kernel-stage table is written in chunks; between two, lease events that came meanwhile are
+    /// let in and written to the data path's tables first (the design note).
+    private func apply(removing stale: [P], upserting fresh: [P], to index: Int, _ outcome: inout FamilyTableOutcome<P>,
+                       interleaved: inout [FamilyTableOutcome<P>]) async {
+        let table = bindings[index].table
+        let chunked = bindings[index].stage == .kernelState
+        let chunk = chunked ? Self.chunkSize : Int.max
+        outstanding[index] = stale.count + fresh.count
+        let work: [(remove: Bool, peers: [P])] = [(true, stale.sorted { $0.subnet < $1.subnet }), (false, fresh.sorted { $0.subnet < $1.subnet })]
+        for (removing, peers) in work {
+            var at = 0
+            while at < peers.count {
+                let part = Array(peers[at..<min(at + chunk, peers.count)])
+                at += part.count
+                let failures = removing ? table.remove(batch: part) : table.upsert(batch: part)
+                let failed = Set(failures.map(\.0.subnet))
+                for peer in part where !failed.contains(peer.subnet) {
+                    if removing { outcome.removed.append(peer) } else { outcome.upserted.append(peer) }
                 }
+                for (peer, error) in failures { outcome.failures.append("\(removing ? "remove" : "upsert") \(peer): \(error)") }
+                outstanding[index] = (outstanding[index] ?? part.count) - part.count
+                guard chunked else { continue }
+                reportProgress()
+                await Task.yield()
+                await applyDataPathChanges(&interleaved)
             }
         }
+    }
+
+    /// During a kernel stage: lease events that came meanwhile, to the data path's tables now.
+    private func applyDataPathChanges(_ interleaved: inout [FamilyTableOutcome<P>]) async {
+        guard !changedSince[TableStage.dataPath.rawValue].isEmpty else { return }
+        var none: [FamilyTableOutcome<P>] = []
+        interleaved += await applyStage(.dataPath, .changes, interleaved: &none)
     }
 
     /// The desired peer at `subnet` as `binding` sees it, nil when the table should hold none there.
@@ -320,7 +476,7 @@ public actor FamilyReconciler<P: OverlayPeer> {
 
     /// Only the subnets in `changes`, on a table that holds the previous pass's desired set:
     /// O(changes), no read-back. Same order as a full pass: stale removals, then upserts.
-    private func changesPass(_ index: Int, _ changes: [P.Subnet: Before]) -> FamilyTableOutcome<P> {
+    private func changesPass(_ index: Int, _ changes: [P.Subnet: Before], interleaved: inout [FamilyTableOutcome<P>]) async -> FamilyTableOutcome<P> {
         let binding = bindings[index]
         let table = binding.table
         var outcome = FamilyTableOutcome<P>(table: table.tableName, readBack: false)
@@ -341,7 +497,7 @@ public actor FamilyReconciler<P: OverlayPeer> {
         }
         outcome.wanted = count
         wantedCounts[index] = count
-        apply(removing: stale, upserting: fresh, to: table, &outcome)
+        await apply(removing: stale, upserting: fresh, to: index, &outcome, interleaved: &interleaved)
         return outcome
     }
 
@@ -412,7 +568,7 @@ public actor FamilyReconciler<P: OverlayPeer> {
                 if passRequested.exchange(false, ordering: .acquiringAndReleasing) {
                     let kind: PassKind = fullPassDue ? .full : .changes
                     fullPassDue = false
-                    let report = reconcile(kind)
+                    let report = await reconcile(kind)
                     if !report.succeeded {
                         let delay = Self.retryDelay(afterFailures: failedPasses, interval: interval, base: retryBase)
                         group.addTask {

@@ -197,9 +197,11 @@ public enum Daemon {
         readiness.set(.dataplaneAttached, ok: true)
         logger.info("data path: \(setup.summary)")
 
-        // 6. Fill the tables from the lease snapshot (or the saved peers).
+        // 6. Fill the data path's tables (the maps) from the lease snapshot (or the saved peers);
+        //    the kernel's per-peer state follows in the background, from the reconciler's loop.
         let policy = DesiredPeerPolicy(ownSubnet: lease.subnet, backend: backend, underlaySubnet: external.underlaySubnet)
-        let reconciler = Reconciler(tables: setup.tables, logger: logger, onPass: readiness.follow)
+        let reconciler = Reconciler(tables: setup.tables, logger: logger, onPass: readiness.follow,
+                                    onProgress: readiness.followProgress)
         var events: PeerEventCursor?
         let snapshot: [Lease]
         switch source {
@@ -210,12 +212,16 @@ public enum Daemon {
         case .lastKnown(let saved):
             snapshot = saved.peers
         }
+        let listed = ContinuousClock.now
         let (peers, skipped) = policy.peers(from: snapshot.map(RemoteLease.init))
         for skip in skipped { logger.info("lease \(skip.lease.subnet) ignored: \(skip.reason)") }
         await reconciler.setDesired(peers)
-        let firstPass = await reconciler.reconcile()
+        let firstPass = await reconciler.reconcile(.full, stages: [.dataPath])
         if !firstPass.succeeded {
-            logger.error("filling the peer tables failed; not ready until a retry succeeds: \(firstPass)")
+            logger.error("filling the data path's peer tables failed; not ready until a retry succeeds: \(firstPass)")
+        } else if !firstPass.outcomes.isEmpty {
+            // Entries written, of how many: after a restart with pinned maps, "+0 -0" unless leases changed.
+            logger.info("data path tables filled \(ContinuousClock.now - listed) after the lease list (pass \(firstPass.duration)): \(firstPass)")
         }
         // The IPv6 halves, into their own tables (flannel-v6.<VNI>, the IPv6 maps), before the programs are enabled.
         var ipv6: IPv6PeerFollower?
@@ -236,7 +242,6 @@ public enum Daemon {
         }
         let recorder = lastKnownPath.isEmpty ? nil
             : LastKnownRecorder(path: lastKnownPath, manager: manager, config: config, peers: snapshot, logger: logger)
-        await recorder?.flush()
 
         // State file for `status`, masquerade (--ip-masq), /metrics (--metrics-port): Operations/.
         let operations = try await OperationsServices.make(OperationsContext(
@@ -244,8 +249,9 @@ public enum Daemon {
             dataplane: setup.path, dataplaneSummary: setup.summary, mtu: mtu, reconciler: reconciler, readiness: readiness,
             etcdAPIDetail: etcdAPIDetail, dataplaneMetrics: setup.metricsText, ipv6Reconciler: ipv6?.reconciler), logger: logger)
 
-        // 7. subnet.env, then tell systemd (a degraded node is up: its pods can start and reach the
-        //    peers it knew; /readyz and STATUS say degraded).
+        // 7. subnet.env, then tell systemd, at flanneld's point: lease held, device and programs in
+        //    place, before the kernel's per-peer state (a degraded node is up too: its pods can start
+        //    and reach the peers it knew; /readyz and STATUS say degraded, or how far the peers are).
         let env = SubnetEnv(config: config, lease: lease, mtu: mtu, ipMasq: options.subnet.ipMasq)
         try env.write(to: options.subnet.subnetFile)
         readiness.set(.subnetFileWritten, ok: true)
@@ -259,6 +265,8 @@ public enum Daemon {
         } catch {
             logger.error("\(error)")
         }
+        // The last known state (O(peers) to write) is for a boot without etcd, not for pods: after READY.
+        await recorder?.flush()
 
         // The watch continues where the snapshot left it (or, degraded, once etcd confirms our lease).
         // The reconciler's loop also pings systemd's watchdog and keeps STATUS= current.
@@ -298,19 +306,15 @@ public enum Daemon {
         // host-gw and DirectRouting routes live on the underlay and survive flannel.<VNI>: those
         // inside the flannel network named by subnet.env are removed too (the daemon's
         // --subnet-file, taken here from FLANNELD_SUBNET_FILE or flanneld's default path).
-        var network: IPv4Subnet?
-        var ipv6Network: IPv6Subnet?
-        if !keepKernelPath {
-            let subnetFile = getenv("FLANNELD_SUBNET_FILE").map { String(cString: $0) } ?? "/run/flannel/subnet.env"
-            let env = (try? SubnetEnv.read(from: subnetFile)) ?? nil
-            network = env.flatMap { $0.enableIPv4 ? $0.network : nil }
-            ipv6Network = env?.ipv6Network
-            if env == nil {
-                logger.info("no readable \(subnetFile): host-gw/DirectRouting routes on the underlay (if any) were not looked for")
-            }
+        // With --keep-kernel-path the same file tells the handover check our subnet from the peers'.
+        let subnetFile = getenv("FLANNELD_SUBNET_FILE").map { String(cString: $0) } ?? "/run/flannel/subnet.env"
+        let env = (try? SubnetEnv.read(from: subnetFile)) ?? nil
+        if env == nil, !keepKernelPath {
+            logger.info("no readable \(subnetFile): host-gw/DirectRouting routes on the underlay (if any) were not looked for")
         }
-        let failures = DataplaneCleanup.run(bpffs: bpffs, keepKernelPath: keepKernelPath, network: network, ipv6Network: ipv6Network,
-                                            logger: logger)
+        let network = env.flatMap { $0.enableIPv4 ? $0.network : nil }
+        let failures = DataplaneCleanup.run(bpffs: bpffs, keepKernelPath: keepKernelPath, network: network,
+                                            ipv6Network: keepKernelPath ? nil : env?.ipv6Network, ownSubnet: env?.subnet, logger: logger)
         if !failures.isEmpty { throw CleanupError(failures: failures) }
     }
 }

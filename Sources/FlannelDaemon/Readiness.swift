@@ -1,6 +1,7 @@
 // What /readyz reports. The node is ready only when traffic can flow as the leases say: the data
-// path is attached, a reconcile pass has filled every table, and subnet.env is written (the CNI
-// plugin reads it). A failing reconcile pass makes the node unready until a pass succeeds again.
+// path is attached, every table is filled (the maps and the kernel's fallback state: until then the
+// reason says how far each has got), and subnet.env is written (the CNI plugin reads it; it and
+// READY=1 come earlier, once the maps are filled). A failing reconcile pass makes the node unready until a pass succeeds again.
 // A node that booted from its last known state while etcd was unreachable carries traffic but is
 // "degraded" until etcd confirms its lease: /readyz says so (503) and names the saved state's age.
 
@@ -73,6 +74,13 @@ public final class Readiness: Sendable {
 
     public var isReady: Bool { notReadyReason == nil }
 
+    /// Every condition holds but the tables' fill (the kernel's state follows the maps).
+    public var onlyFillingTables: Bool {
+        entries.withLock { entries in
+            entries[.tablesFilled]?.ok == false && entries.allSatisfy { $0.key == .tablesFilled || $0.value.ok }
+        }
+    }
+
     /// Sets (or with nil clears) the warning kept under `key`.
     public func setWarning(_ key: String, _ text: String?) {
         warnings.withLock { $0[key] = text }
@@ -93,15 +101,23 @@ public final class Readiness: Sendable {
 }
 
 extension Readiness {
-    /// What a reconcile pass means for readiness (the reconciler's pass observer): a pass that
-    /// succeeded filled every table; one that failed makes the node unready until one succeeds.
+    /// What a reconcile pass means for readiness (the reconciler's pass observer): a pass of every
+    /// stage that succeeded filled every table; one that failed makes the node unready until one
+    /// succeeds.
     @Sendable public func follow(_ report: ReconcileReport) {
         if report.succeeded {
-            set(.tablesFilled, ok: true)
+            if report.stages == Set(TableStage.allCases) { set(.tablesFilled, ok: true) }
             set(.reconcileHealthy, ok: true)
         } else {
             set(.reconcileHealthy, ok: false, detail: report.failureSummary)
         }
+    }
+
+    /// How far peer programming has got (the reconciler's progress observer): the tables are filled
+    /// once every stage is in sync; until then /readyz and `status` say "peers: maps 5000/5000,
+    /// kernel 1200/5000". subnet.env and READY=1 come before, at flanneld's point.
+    @Sendable public func followProgress(_ progress: PeerProgress) {
+        set(.tablesFilled, ok: progress.complete, detail: progress.description)
     }
 }
 

@@ -36,7 +36,11 @@ public final class ServiceManagerLink: Sendable {
     /// The STATUS= text for the node's current state.
     public static func statusText(readiness: Readiness, identity: String, peers: Int) -> String {
         let what = "\(identity), \(peers) peer(s)"
-        if let reason = readiness.notReadyReason { return "degraded: \(reason); \(what)" }
+        if let reason = readiness.notReadyReason {
+            // Up for pods (subnet.env written), the kernel's fallback state still being programmed.
+            if readiness.onlyFillingTables, let progress = readiness.unmet(.tablesFilled) { return "up, programming \(progress); \(what)" }
+            return "degraded: \(reason); \(what)"
+        }
         return "ready: \(what)"
     }
 

@@ -177,7 +177,12 @@ extension NetlinkSocket {
 
     private mutating func changeRoute<S: IPSubnetType>(_ type: UInt16, flags: UInt16, _ r: IPRoute<S>) throws(NetlinkError) {
         let req = NetlinkRequest(type: type, flags: flags)
-        req.putFixedHeader(Self.rtmsg(r, forDelete: type == RT.delRoute))
+        Self.fillRoute(req, r)
+        try execute(req, index: r.outputIndex, describe: { r.description })
+    }
+
+    static func fillRoute<S: IPSubnetType>(_ req: NetlinkRequest, _ r: IPRoute<S>) {
+        req.putFixedHeader(rtmsg(r, forDelete: req.type == RT.delRoute))
         req.put(RT.rtaDst, r.destination.address.bytes)
         if let g = r.gateway { req.put(RT.rtaGateway, g.bytes) }
         if let o = r.outputIndex { req.putU32(RT.rtaOIF, UInt32(bitPattern: o)) }
@@ -185,7 +190,6 @@ extension NetlinkSocket {
         if let s = r.preferredSource { req.put(RT.rtaPrefSrc, s.bytes) }
         if let mtu = r.mtu { req.nest(RT.rtaMetrics) { req.putU32(RT.rtaxMTU, UInt32(clamping: mtu)) } }
         if r.table >= 256 { req.putU32(RT.rtaTable, r.table) }
-        try execute(req, index: r.outputIndex, describe: { r.description })
     }
 
     /// `ip route add`: fails with EEXIST if a route for the destination exists.

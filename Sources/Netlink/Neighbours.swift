@@ -141,10 +141,14 @@ extension NetlinkSocket {
 
     private mutating func changeNeighbour<A: IPAddressType>(_ type: UInt16, flags: UInt16, _ n: IPNeighbour<A>) throws(NetlinkError) {
         let req = NetlinkRequest(type: type, flags: flags)
-        req.putFixedHeader(Self.ndmsg(family: A.family.addressFamily, index: n.index, state: n.state.rawValue, flags: n.flags.rawValue))
+        Self.fillNeighbour(req, n)
+        try execute(req, index: n.index, describe: { n.description })
+    }
+
+    static func fillNeighbour<A: IPAddressType>(_ req: NetlinkRequest, _ n: IPNeighbour<A>) {
+        req.putFixedHeader(ndmsg(family: A.family.addressFamily, index: n.index, state: n.state.rawValue, flags: n.flags.rawValue))
         req.put(RT.ndaDst, n.address.bytes)
         if let mac = n.mac { req.put(RT.ndaLLAddr, mac.bytes) }
-        try execute(req, index: n.index, describe: { n.description })
     }
 
     /// IPv4 neighbours, of one link or of all.
@@ -185,12 +189,16 @@ extension NetlinkSocket {
 
     private mutating func changeFDB<A: IPAddressType>(_ type: UInt16, flags: UInt16, _ e: BridgeFDBEntry<A>) throws(NetlinkError) {
         let req = NetlinkRequest(type: type, flags: flags)
-        req.putFixedHeader(Self.ndmsg(family: RT.afBridge, index: e.index, state: e.state.rawValue, flags: e.flags.rawValue))
+        Self.fillFDB(req, e)
+        try execute(req, index: e.index, describe: { "fdb " + e.description })
+    }
+
+    static func fillFDB<A: IPAddressType>(_ req: NetlinkRequest, _ e: BridgeFDBEntry<A>) {
+        req.putFixedHeader(ndmsg(family: RT.afBridge, index: e.index, state: e.state.rawValue, flags: e.flags.rawValue))
         req.put(RT.ndaLLAddr, e.mac.bytes)
         if let d = e.destination { req.put(RT.ndaDst, d.bytes) }
         if let v = e.vni { req.putU32(RT.ndaVNI, v) }
         if let p = e.port { req.putBE16(RT.ndaPort, p) }
-        try execute(req, index: e.index, describe: { "fdb " + e.description })
     }
 
     /// Bridge-family fdb entries with an IPv4 destination or none, of one device or of all.

@@ -60,18 +60,27 @@ enum RT {
     }
 }
 
-/// One request under construction. Single use, not shared between threads.
+/// One request under construction. Single use, not shared between threads. It owns its buffer,
+/// or is built in place inside a batch's send buffer (`NetlinkSocket.apply`).
 final class NetlinkRequest {
     static let capacity = 8192
     let buffer: UnsafeMutableRawBufferPointer
+    private let ownsBuffer: Bool
     let header: UnsafeMutablePointer<nlmsghdr>
     let type: UInt16
     /// For the error text: "RTM_NEWROUTE", plus "(replace)" etc. when flags say so.
     let operationName: String
 
-    init(type: UInt16, flags: UInt16 = 0) {
-        buffer = .allocate(byteCount: Self.capacity, alignment: 8)
+    convenience init(type: UInt16, flags: UInt16 = 0) {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.capacity, alignment: 8)
+        self.init(type: type, flags: flags, in: buffer, owned: true)
+    }
+
+    /// A request written at the start of `buffer` (zeroed here), which it owns when `owned`.
+    init(type: UInt16, flags: UInt16, in buffer: UnsafeMutableRawBufferPointer, owned: Bool) {
         buffer.initializeMemory(as: UInt8.self, repeating: 0)
+        self.buffer = buffer
+        ownsBuffer = owned
         header = mnl_nlmsg_put_header(buffer.baseAddress)
         header.pointee.nlmsg_type = type
         header.pointee.nlmsg_flags = flags
@@ -81,7 +90,7 @@ final class NetlinkRequest {
         operationName = name
     }
 
-    deinit { buffer.deallocate() }
+    deinit { if ownsBuffer { buffer.deallocate() } }
 
     /// Appends a fixed header of `bytes` (the family header, e.g. ifinfomsg), zero-padded to 4.
     func putFixedHeader(_ bytes: [UInt8]) {
@@ -92,16 +101,16 @@ final class NetlinkRequest {
     // Attribute sizes here are tiny against an 8 KB buffer; the checked variants guard anyway and a
     // request that would not fit simply lacks the attribute, which the kernel then refuses.
     func put(_ type: UInt16, _ bytes: [UInt8]) {
-        _ = bytes.withUnsafeBytes { mnl_attr_put_check(header, Self.capacity, type, bytes.count, $0.baseAddress) }
+        _ = bytes.withUnsafeBytes { mnl_attr_put_check(header, buffer.count, type, bytes.count, $0.baseAddress) }
     }
-    func putU8(_ type: UInt16, _ v: UInt8) { _ = mnl_attr_put_u8_check(header, Self.capacity, type, v) }
-    func putU32(_ type: UInt16, _ v: UInt32) { _ = mnl_attr_put_u32_check(header, Self.capacity, type, v) }
-    func putString(_ type: UInt16, _ s: String) { _ = mnl_attr_put_strz_check(header, Self.capacity, type, s) }
+    func putU8(_ type: UInt16, _ v: UInt8) { _ = mnl_attr_put_u8_check(header, buffer.count, type, v) }
+    func putU32(_ type: UInt16, _ v: UInt32) { _ = mnl_attr_put_u32_check(header, buffer.count, type, v) }
+    func putString(_ type: UInt16, _ s: String) { _ = mnl_attr_put_strz_check(header, buffer.count, type, s) }
     /// A 16-bit value in network byte order (IFLA_VXLAN_PORT).
     func putBE16(_ type: UInt16, _ v: UInt16) { put(type, [UInt8(v >> 8), UInt8(v & 0xff)]) }
 
     func nest(_ type: UInt16, _ body: () -> Void) {
-        guard let start = mnl_attr_nest_start_check(header, Self.capacity, type) else { return }
+        guard let start = mnl_attr_nest_start_check(header, buffer.count, type) else { return }
         body()
         mnl_attr_nest_end(header, start)
     }

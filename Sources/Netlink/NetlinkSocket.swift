@@ -136,6 +136,76 @@ public struct NetlinkSocket: ~Copyable, @unchecked Sendable {
         }
     }
 
+    /// Sends the `count` change requests lying back to back in `messages` with one sendto, each
+    /// with its own sequence number and ACK, and collects the ACKs. Returns the failed ones by
+    /// position. A send or receive that fails as a whole fails every request not yet answered.
+    mutating func sendBatch(_ messages: UnsafeMutableRawBufferPointer, count: Int,
+                            describe: (Int) -> String) -> [(Int, NetlinkError)] {
+        let first = sequence &+ 1
+        var offset = 0
+        for _ in 0..<count {
+            let header = (messages.baseAddress! + offset).assumingMemoryBound(to: nlmsghdr.self)
+            sequence &+= 1
+            header.pointee.nlmsg_seq = sequence
+            header.pointee.nlmsg_flags |= UInt16(NLM_F_REQUEST) | UInt16(NLM_F_ACK)
+            offset += (Int(header.pointee.nlmsg_len) + 3) & ~3
+        }
+        var failures: [(Int, NetlinkError)] = []
+        var answered = [Bool](repeating: false, count: count)
+        var pending = count
+        func failRest(_ step: String, _ e: Int32) {
+            for i in 0..<count where !answered[i] {
+                failures.append((i, NetlinkError(operation: step, object: describe(i), errno: e)))
+            }
+        }
+        let sent = mnl_socket_sendto(socket, messages.baseAddress, offset)
+        guard sent == offset else {
+            failRest("sendto (batch of \(count))", sent < 0 ? Glibc.errno : EIO)
+            return failures
+        }
+        while pending > 0 {
+            let n = mnl_socket_recvfrom(socket, receiveBuffer.baseAddress, receiveBuffer.count)
+            if n < 0 {
+                let e = Glibc.errno
+                if e == EINTR { continue }
+                failRest("recv (batch of \(count))", e)
+                // ENOBUFS: some ACKs were dropped. What is still queued belongs to this batch:
+                // drop it too, so the socket is empty (and no longer congested) for the next.
+                drainReceiveQueue()
+                return failures
+            }
+            var at = 0
+            let total = Int(n)
+            while at + 16 <= total {
+                let base = receiveBuffer.baseAddress! + at
+                let len = Int(base.loadUnaligned(as: UInt32.self))
+                guard len >= 16, at + len <= total else {
+                    failRest("recv (batch of \(count), malformed reply)", EPROTO)
+                    return failures
+                }
+                let type = base.loadUnaligned(fromByteOffset: 4, as: UInt16.self)
+                let mseq = base.loadUnaligned(fromByteOffset: 8, as: UInt32.self)
+                let mport = base.loadUnaligned(fromByteOffset: 12, as: UInt32.self)
+                at += (len + 3) & ~3
+                let i = Int(mseq &- first)
+                guard Int32(type) == NLMSG_ERROR, i >= 0, i < count, !answered[i], mport == 0 || mport == portID else { continue }
+                answered[i] = true
+                pending -= 1
+                let (code, text) = NetlinkMessage(bytes: UnsafeRawBufferPointer(start: base, count: len)).errorPayload()
+                if code != 0 {
+                    let op = RT.name(base.loadUnaligned(fromByteOffset: 16 + 4 + 4, as: UInt16.self))
+                    failures.append((i, NetlinkError(operation: op, object: describe(i), errno: -code, kernelMessage: text)))
+                }
+            }
+        }
+        return failures
+    }
+
+    /// Reads and discards whatever is queued, without waiting.
+    private func drainReceiveQueue() {
+        while recv(mnl_socket_get_fd(socket), receiveBuffer.baseAddress, receiveBuffer.count, Int32(MSG_DONTWAIT)) > 0 {}
+    }
+
     private mutating func transact(_ request: NetlinkRequest, dump: Bool, describe: () -> String) throws(NetlinkError) -> [NetlinkMessage] {
         sequence &+= 1
         let seq = sequence

@@ -73,6 +73,8 @@ public final class KernelVXLANTable<P: OverlayPeer>: Sendable {
                 for r in routes where r.type == 1 {
                     guard let gw = r.gateway else { continue }
                     if r.outputIndex == device.index {
+                        // The covering route (the whole network) is the BPF path's, not a peer's.
+                        if r.destination == network { continue }
                         let mac = macByGateway[gw]
                         let ip = mac.flatMap { ipByMAC[$0] } ?? Address.unspecifiedAddress
                         peers.insert(P.kernelPeer(subnet: r.destination, publicIP: ip, vtepMAC: mac, direct: false))
@@ -157,6 +159,83 @@ public final class KernelVXLANTable<P: OverlayPeer>: Sendable {
         }
     }
 
+    /// `upsert` for many peers in a few netlink sends (NetlinkSocket.apply), in the same order per
+    /// peer. Returns the peers that failed, each with its first error; the others are in place.
+    public func upsert(batch peers: [P]) -> [(P, any Error)] {
+        var changes: [NetlinkChange] = []
+        var owners: [Int] = []
+        var absentIsFine: [Bool] = []
+        var failures: [(P, any Error)] = []
+        changes.reserveCapacity(peers.count * 3)
+        func add(_ change: NetlinkChange, _ owner: Int, absentIsFine fine: Bool = false) {
+            changes.append(change)
+            owners.append(owner)
+            absentIsFine.append(fine)
+        }
+        for (i, peer) in peers.enumerated() {
+            if peer.direct {
+                add(.deleteNeighbour(address: peer.subnet.address, index: device.index), i, absentIsFine: true)
+                if let mac = peer.vtepMAC {
+                    add(.replaceFDB(BridgeFDBEntry(index: device.index, mac: mac, destination: peer.publicIP, state: .permanent, flags: .device)), i)
+                }
+                add(.replaceRoute(IPRoute(destination: peer.subnet, gateway: peer.publicIP)), i)
+                continue
+            }
+            guard let mac = peer.vtepMAC else {
+                failures.append((peer, OverlayError.peerWithoutVtepMAC("\(peer)")))
+                continue
+            }
+            let gateway = peer.subnet.address
+            add(.replaceNeighbour(IPNeighbour(index: device.index, address: gateway, mac: mac, state: .permanent)), i)
+            add(.replaceFDB(BridgeFDBEntry(index: device.index, mac: mac, destination: peer.publicIP, state: .permanent, flags: .device)), i)
+            add(.replaceRoute(IPRoute(destination: peer.subnet, gateway: gateway, outputIndex: device.index, onlink: true)), i)
+        }
+        return failures + applyBatch(changes, owners: owners, absentIsFine: absentIsFine, peers: peers, doing: "adding peer")
+    }
+
+    /// `remove` for many peers in a few netlink sends; what is already gone is fine.
+    public func remove(batch peers: [P]) -> [(P, any Error)] {
+        var changes: [NetlinkChange] = []
+        var owners: [Int] = []
+        changes.reserveCapacity(peers.count * 4)
+        // A peer read back without a VtepMAC: its fdb entry is found through its neighbour (one dump).
+        var macByGateway: [Address: MACAddress] = [:]
+        if peers.contains(where: { $0.vtepMAC == nil }) {
+            let neighbours = netlink.withLock { nl in try? nl.neighbourDump(Address.self, index: device.index) } ?? []
+            for n in neighbours { if let mac = n.mac { macByGateway[n.address] = mac } }
+        }
+        for (i, peer) in peers.enumerated() {
+            changes.append(.deleteRoute(IPRoute(destination: peer.subnet, outputIndex: device.index)))
+            owners.append(i)
+            if isPeerDestination(peer.subnet) {
+                changes.append(.deleteRoute(IPRoute(destination: peer.subnet, outputIndex: device.underlayIndex)))
+                owners.append(i)
+            }
+            if let mac = peer.vtepMAC ?? macByGateway[peer.subnet.address] {
+                changes.append(.deleteFDB(BridgeFDBEntry<Address>(index: device.index, mac: mac, destination: nil, state: [], flags: .device)))
+                owners.append(i)
+            }
+            changes.append(.deleteNeighbour(address: peer.subnet.address, index: device.index))
+            owners.append(i)
+        }
+        return applyBatch(changes, owners: owners, absentIsFine: [Bool](repeating: true, count: changes.count), peers: peers,
+                          doing: "removing peer")
+    }
+
+    private func applyBatch(_ changes: [NetlinkChange], owners: [Int], absentIsFine: [Bool], peers: [P],
+                            doing: String) -> [(P, any Error)] {
+        let results = netlink.withLock { nl in nl.apply(changes) }
+        var failed = Set<Int>()
+        var failures: [(P, any Error)] = []
+        for (j, result) in results.enumerated() {
+            guard let error = result, !(absentIsFine[j] && error.isNotFound), failed.insert(owners[j]).inserted else { continue }
+            let peer = peers[owners[j]]
+            failures.append((peer, error.errno == ENODEV ? OverlayError.deviceMissing(name: device.name, index: device.index)
+                                                         : OverlayError.netlink(error, while: "\(doing) \(peer) on \(device.name)")))
+        }
+        return failures
+    }
+
     /// Throws `deviceMissing` unless our ifindex still names our vxlan device. Reading an empty
     /// table off a deleted device would tell the reconciler "no peers" when the truth is "no device".
     public func verifyDevice() throws(OverlayError) {
@@ -177,6 +256,64 @@ public final class KernelVXLANTable<P: OverlayPeer>: Sendable {
 
     private func isPeerDestination(_ d: Subnet) -> Bool {
         network.contains(d) && d != device.subnet
+    }
+}
+
+extension KernelVXLANTable where P == Peer {
+    /// The covering route's gateway: an IPv4 link-local address from the block RFC 3927 keeps out
+    /// of autoconfiguration (169.254.255.0/24), so no host holds it and no lease or pod can be it,
+    /// unlike any address of the network (a peer's <subnet>.0 is flanneld's gateway for it).
+    public static var coveringGateway: IPv4Address { IPv4Address(169, 254, 255, 254) }
+
+    /// `<network> via 169.254.255.254 dev flannel.<VNI> onlink`, its gateway a permanent neighbour
+    /// with the device's own MAC. It steers every pod packet for the network that no more specific
+    /// route claims (a peer whose kernel state is not programmed yet) into flannel.<VNI>, where
+    /// the encap program takes its peer from the map: with the covering route, a peer is reachable
+    /// once its map entry is written. The kernel resolves a route's next hop before the packet
+    /// reaches the device's egress hook, hence the permanent neighbour; the encap program writes the
+    /// inner MAC from the map, so the neighbour's MAC is never sent. A packet the program hands back
+    /// (no peer, programs disabled) reaches the kernel vxlan driver with that MAC, which no fdb
+    /// entry names: the driver drops it (tx_dropped), as it would with no route at all. Per-peer
+    /// routes are more specific and win wherever they exist. Both are replaced, so this repairs.
+    public func ensureCoveringRoute() throws(OverlayError) {
+        let gateway = Self.coveringGateway
+        let results = netlink.withLock { nl in
+            nl.apply([.replaceNeighbour(IPNeighbour(index: device.index, address: gateway, mac: device.mac, state: .permanent)),
+                      .replaceRoute(IPRoute(destination: network, gateway: gateway, outputIndex: device.index, onlink: true))])
+        }
+        if let error = results.compactMap({ $0 }).first {
+            throw .netlink(error, while: "adding the covering route \(network) via \(gateway) dev \(device.name)")
+        }
+    }
+
+    /// Removes the covering route (every route of the device via its gateway, whatever network it
+    /// was made for) and its neighbour, before the BPF programs go: without them the route only
+    /// drops what stock flanneld would send down the default route.
+    public func removeCoveringRoute() throws(OverlayError) {
+        let gateway = Self.coveringGateway
+        try netlink.withLock { nl throws(OverlayError) in
+            do throws(NetlinkError) {
+                let covering = try nl.routeDump(IPv4Subnet.self).filter { $0.outputIndex == device.index && $0.gateway == gateway }
+                let results = nl.apply(covering.map { NetlinkChange.deleteRoute(IPRoute(destination: $0.destination, gateway: gateway, outputIndex: device.index)) }
+                    + [.deleteNeighbour(address: gateway, index: device.index)])
+                if let error = results.compactMap({ $0 }).first(where: { !$0.isNotFound }) { throw error }
+            } catch {
+                throw .netlink(error, while: "removing the covering route via \(gateway) dev \(device.name)")
+            }
+        }
+    }
+
+    /// Whether the covering route is in place.
+    public func hasCoveringRoute() throws(OverlayError) -> Bool {
+        try netlink.withLock { nl throws(OverlayError) -> Bool in
+            do throws(NetlinkError) {
+                return try nl.routeDump(IPv4Subnet.self).contains {
+                    $0.destination == network && $0.outputIndex == device.index && $0.gateway == Self.coveringGateway
+                }
+            } catch {
+                throw .netlink(error, while: "reading the routes of \(device.name)")
+            }
+        }
     }
 }
 
@@ -243,6 +380,26 @@ public final class HostGWTable<P: OverlayPeer>: Sendable {
             } catch {
                 throw .netlink(error, while: "removing host-gw route for \(peer)")
             }
+        }
+    }
+
+    /// `upsert` for many peers in a few netlink sends. Returns the peers that failed.
+    public func upsert(batch peers: [P]) -> [(P, any Error)] {
+        let changes = peers.map { NetlinkChange.replaceRoute(IPRoute(destination: $0.subnet, gateway: $0.publicIP, outputIndex: underlayIndex)) }
+        let results = netlink.withLock { nl in nl.apply(changes) }
+        return zip(peers, results).compactMap { peer, result in
+            result.map { (peer, OverlayError.netlink($0, while: "adding host-gw route for \(peer)")) }
+        }
+    }
+
+    /// `remove` for many peers in a few netlink sends; routes already gone are fine.
+    public func remove(batch peers: [P]) -> [(P, any Error)] {
+        let mine = peers.filter { isPeerDestination($0.subnet) }
+        let changes = mine.map { NetlinkChange.deleteRoute(IPRoute(destination: $0.subnet, outputIndex: underlayIndex)) }
+        let results = netlink.withLock { nl in nl.apply(changes) }
+        return zip(mine, results).compactMap { peer, result in
+            guard let error = result, !error.isNotFound else { return nil }
+            return (peer, OverlayError.netlink(error, while: "removing host-gw route for \(peer)"))
         }
     }
 

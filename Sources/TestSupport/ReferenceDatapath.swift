@@ -79,7 +79,7 @@ public struct ReferenceDatapath: Sendable {
     public enum Code {
         public static let encapOK: UInt32 = 0, encapPassNotIPv4: UInt32 = 1, encapPassNoPeer: UInt32 = 2
         public static let encapDropMalformed: UInt32 = 4, encapPassFIB: UInt32 = 6, encapPassTooBig: UInt32 = 7
-        public static let encapPassNoNeigh: UInt32 = 10
+        public static let encapPassNoNeigh: UInt32 = 10, encapOKNeigh: UInt32 = 8
         public static let decapOK: UInt32 = 16, decapCheckOK: UInt32 = 17, decapPassNotVXLAN: UInt32 = 18
         public static let decapDropNotPeer: UInt32 = 20, decapDropBadVNI: UInt32 = 21, decapDropMalformed: UInt32 = 22
         public static let decapDropFragment: UInt32 = 23, decapDropIPOptions: UInt32 = 24, decapDropInnerNotOurs: UInt32 = 25
@@ -248,8 +248,22 @@ public struct ReferenceDatapath: Sendable {
         // The decision uses the frame length, not the IPv4 total length.
         let outerIPLength = f.count - 14 + 50
         guard outerIPLength <= 0xffff, overlayMTU == 0 || f.count - 14 <= overlayMTU else { return pass(Code.encapPassTooBig) }
-        guard case .resolved(let outerDst) = peer.route else { return pass(peer.route.encapPassCode) }
-        var o = outerDst.bytes + underlayMAC.bytes
+        let outerDst: MACAddress
+        var outerSrc = underlayMAC
+        var code = Code.encapOK
+        switch peer.route {
+        case .unroutable: return pass(Code.encapPassFIB)
+        case .unresolved:
+            // Only a packet the covering route brought (inner destination = our VtepMAC) is taken:
+            // bpf_redirect_neigh resolves the next hop and writes the outer Ethernet addresses,
+            // left zero by the program.
+            guard f.count >= 6, Array(f[0..<6]) == vtepMAC.bytes else { return pass(Code.encapPassNoNeigh) }
+            outerDst = MACAddress(bytes: [0, 0, 0, 0, 0, 0])
+            outerSrc = outerDst
+            code = Code.encapOKNeigh
+        case .resolved(let mac): outerDst = mac
+        }
+        var o = outerDst.bytes + outerSrc.bytes
         o.appendBE16(0x0800)
         let innerTOS = f[ip + 1] & 0x3
         o += [0x45, innerTOS == 0x3 ? 0x2 : innerTOS]
@@ -265,7 +279,7 @@ public struct ReferenceDatapath: Sendable {
         o += peer.vtepMAC.bytes + vtepMAC.bytes
         o.appendBE16(0x0800)
         o += f[14...]
-        return Expectation(code: Code.encapOK, verdict: "TC_ACT_REDIRECT", output: .encapsulated(o))
+        return Expectation(code: code, verdict: "TC_ACT_REDIRECT", output: .encapsulated(o))
     }
 
     /// nil when `actual` is what `expected` allows, else what differs.

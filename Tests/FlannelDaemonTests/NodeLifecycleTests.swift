@@ -100,7 +100,8 @@ final class NetnsNode: @unchecked Sendable {
                        #"{"PublicIP":"\#(ip)","PublicIPv6":null,"BackendType":"\#(type)"\#(data)}"#)
     }
 
-    /// Starts the daemon and waits for READY=1 on the notify socket; returns that message.
+    /// Starts the daemon and waits for READY=1 on the notify socket, then for /readyz 200; returns
+    /// the READY=1 message.
     @discardableResult
     func startDaemon(_ extra: [String] = []) async throws -> String {
         let listener = try NotifyListener(name: notifyPath)
@@ -110,7 +111,16 @@ final class NetnsNode: @unchecked Sendable {
                                         environment: ["NOTIFY_SOCKET=\(notifyPath)", "PATH=/usr/sbin:/usr/bin:/bin"],
                                         logPath: daemonLog)
         for _ in 0..<6 { // 5 s receive timeout each
-            if let message = listener.receive(), message.hasPrefix("READY=1") { return message }
+            if let message = listener.receive(), message.hasPrefix("READY=1") {
+                // READY=1 comes with subnet.env, before the kernel's per-peer state: /readyz says
+                // when that is in place too.
+                for _ in 0..<600 {
+                    if (try? readyz()) == "200" { return message }
+                    try await Task.sleep(for: .milliseconds(50))
+                }
+                Issue.record("READY=1 but /readyz not 200 within 30 s: \(readText(daemonLog) ?? "")")
+                throw CancellationError()
+            }
             if let code = try await waitExit(daemonPID, seconds: 0) {
                 daemonPID = 0
                 Issue.record("daemon exited \(code) before READY: \(readText(daemonLog) ?? "")")
@@ -173,7 +183,8 @@ struct NodeLifecycleTests {
 
         // Start: READY=1 after subnet.env, /readyz 200, the snapshot's peer in the kernel and the map.
         let ready = try await node.startDaemon()
-        #expect(ready.contains("STATUS=ready: subnet 10.5."), "\(ready)")
+        // READY=1 at flanneld's point: the maps are filled, the kernel's state is not yet.
+        #expect(ready.contains("STATUS=up, programming peers: maps 1/1, kernel 0/1; subnet 10.5."), "\(ready)")
         let env = try #require(readText(node.subnetFile))
         #expect(env.hasPrefix("FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5."))
         #expect(env.contains("FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"))
@@ -476,7 +487,7 @@ struct SystemdProtocolTests {
         return (nil, seen)
     }
 
-    @Test("READY=1 with STATUS=ready, WATCHDOG=1 at half WATCHDOG_USEC, STATUS follows the peers, STOPPING=1 on SIGTERM")
+    @Test("READY=1 with STATUS=up (then ready), WATCHDOG=1 at half WATCHDOG_USEC, STATUS follows the peers, STOPPING=1 on SIGTERM")
     func readyWatchdogStatusStopping() async throws {
         let node = try await NetnsNode(hint: "s")
         defer { node.close() }
@@ -488,8 +499,11 @@ struct SystemdProtocolTests {
         let ready = Self.receive(listener) { $0.hasPrefix("READY=1") }
         let readyMessage = try #require(ready.found, "no READY=1; messages \(ready.seen); log:\n\(log())")
         #expect(ready.seen.first?.hasPrefix("STATUS=waiting for etcd at \(node.server.clientURL)") == true, "\(ready.seen)")
-        #expect(readyMessage.contains("\nSTATUS=ready: subnet 10.5."), "\(readyMessage)")
+        #expect(readyMessage.contains("\nSTATUS=up, programming peers: maps 0/0, kernel 0/0; subnet 10.5."), "\(readyMessage)")
         #expect(readyMessage.contains(", data path bpf-") && readyMessage.hasSuffix(", 0 peer(s)"), "\(readyMessage)")
+        // The kernel's state follows: STATUS says ready.
+        let settled = Self.receive(listener) { $0.contains("STATUS=ready: subnet 10.5.") && $0.hasSuffix(", 0 peer(s)") }
+        #expect(settled.found != nil, "\(settled.seen); log:\n\(log())")
 
         // WATCHDOG_USEC=1 s: the reconciler's loop pings at least every 0.5 s. Three pings in a row
         // (each receive waits at most 5 s, so a loop that stopped pinging fails here).

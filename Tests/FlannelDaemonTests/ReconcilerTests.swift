@@ -467,3 +467,84 @@ func waitUntil(seconds: Double = 30, _ context: @autoclosure () -> String = "", 
     Issue.record("condition not met within \(seconds) s \(context())")
     throw CancellationError()
 }
+
+@Suite("Reconciler: the maps first, the kernel's state after them, in the background")
+struct MapFirstTests {
+    let a = Peer(subnet: IPv4Subnet(cidr: "10.5.2.0/24")!, publicIP: IPv4Address("192.168.1.11")!, vtepMAC: MACAddress("aa:aa:aa:aa:aa:02"))
+    let b = Peer(subnet: IPv4Subnet(cidr: "10.5.3.0/24")!, publicIP: IPv4Address("192.168.1.12")!, vtepMAC: MACAddress("aa:aa:aa:aa:aa:03"))
+    let c = Peer(subnet: IPv4Subnet(cidr: "10.5.4.0/24")!, publicIP: IPv4Address("192.168.1.13")!, vtepMAC: MACAddress("aa:aa:aa:aa:aa:04"))
+
+    @Test("start-up's pass fills the maps only; readiness says how far each stage is until the kernel's state follows")
+    func startUpShape() async {
+        let maps = MemoryPeerTable("bpf-maps")
+        let kernel = MemoryPeerTable("kernel-vxlan")
+        let readiness = Readiness()
+        let reconciler = Reconciler(tables: [PeerTableBinding(maps, stage: .dataPath), PeerTableBinding(kernel, stage: .kernelState)],
+                                    logger: Logger(label: "test"), onPass: readiness.follow, onProgress: readiness.followProgress)
+        await reconciler.setDesired([a, b])
+        let first = await reconciler.reconcile(.full, stages: [.dataPath])
+        #expect(first.succeeded && first.outcomes.map(\.table) == ["bpf-maps"])
+        #expect(maps.peers == [a, b] && kernel.peers.isEmpty)
+        #expect(await reconciler.progress.description == "peers: maps 2/2, kernel 0/2")
+        #expect(readiness.unmet(.tablesFilled) == "peers: maps 2/2, kernel 0/2")
+
+        // The loop's first pass: the maps are in sync (nothing to write), the kernel is filled in full.
+        maps.clearWrites()
+        let second = await reconciler.reconcile(.changes)
+        #expect(second.succeeded && maps.writes.isEmpty && kernel.peers == [a, b])
+        #expect(await reconciler.progress.complete)
+        #expect(await reconciler.progress.description == "peers: maps 2/2, kernel 2/2")
+        #expect(readiness.unmet(.tablesFilled) == nil)
+    }
+
+    @Test("with the kernel stage held, lease events still reach the maps at once; the kernel follows when let go")
+    func heldKernelStage() async throws {
+        let maps = MemoryPeerTable("bpf-maps")
+        let kernel = MemoryPeerTable("kernel-vxlan")
+        let readiness = Readiness()
+        let reconciler = Reconciler(tables: [PeerTableBinding(kernel, stage: .kernelState), PeerTableBinding(maps, stage: .dataPath)],
+                                    logger: Logger(label: "test"), onPass: readiness.follow, onProgress: readiness.followProgress)
+        await reconciler.holdKernelStage()
+        let loop = Task { await reconciler.run(interval: .seconds(3600)) }
+        await reconciler.setDesired([a, b])
+        try await waitUntil { await reconciler.kernelStageWaiting }
+        #expect(maps.peers == [a, b] && kernel.peers.isEmpty)
+        // A new lease while the kernel's state is held: in the maps, not in the kernel.
+        await reconciler.updateDesired(c)
+        try await waitUntil { maps.peers == [a, b, c] }
+        #expect(kernel.peers.isEmpty)
+        #expect(readiness.unmet(.tablesFilled)?.contains("maps 3/3, kernel 0/3") == true)
+
+        await reconciler.releaseKernelStage()
+        try await waitUntil { kernel.peers == [a, b, c] && readiness.unmet(.tablesFilled) == nil }
+        // Each peer written once to the kernel, after its map entry.
+        #expect(kernel.writes.count == 3)
+        loop.cancel()
+        await loop.value
+    }
+
+    @Test("a large kernel fill is written in chunks, reporting progress between them")
+    func chunkedProgress() async {
+        let maps = MemoryPeerTable("bpf-maps")
+        let kernel = MemoryPeerTable("kernel-vxlan")
+        let seen = Mutex<[String]>([])
+        let reconciler = Reconciler(tables: [PeerTableBinding(maps, stage: .dataPath), PeerTableBinding(kernel, stage: .kernelState)],
+                                    logger: Logger(label: "test"), onProgress: { p in seen.withLock { $0.append(p.description) } })
+        var peers = Set<Peer>()
+        for i in 0..<(Reconciler.chunkSize * 2 + 10) {
+            let hi = UInt8(i >> 8), lo = UInt8(i & 0xff)
+            let subnet = IPv4Subnet(address: IPv4Address(10, 1 + hi, lo, 0), prefixLength: 24)!
+            let mac = MACAddress(bytes: [0x0e, 0xfb, 0, 0, hi, lo])
+            peers.insert(Peer(subnet: subnet, publicIP: IPv4Address(172, 16, hi, lo), vtepMAC: mac))
+        }
+        await reconciler.setDesired(peers)
+        await reconciler.reconcile(.full, stages: [.dataPath])
+        #expect(await reconciler.reconcile().succeeded)
+        let n = peers.count
+        let lines = seen.withLock { $0 }
+        #expect(lines.contains("peers: maps \(n)/\(n), kernel \(Reconciler.chunkSize)/\(n)"))
+        #expect(lines.contains("peers: maps \(n)/\(n), kernel \(Reconciler.chunkSize * 2)/\(n)"))
+        #expect(lines.last == "peers: maps \(n)/\(n), kernel \(n)/\(n)")
+        #expect(kernel.peers.count == n)
+    }
+}

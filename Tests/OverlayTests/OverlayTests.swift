@@ -330,6 +330,59 @@ import Testing
         #expect(try lab.sh(node.name, ["neigh", "show", "dev", "flannel.1"]).isEmpty)
     }
 
+    @Test("batched writes: 3000 peers in a few sends give what one call per peer gives; failures are per peer; the covering route is no peer",
+          .needsRoot)
+    func batched() throws {
+        let lab = try NetnsLab(tag: "ovb")
+        defer { lab.cleanup() }
+        let nodes = try lab.makeCluster(nodes: 2)
+        let big = IPv4Subnet(cidr: "10.0.0.0/8")!
+        var tables: [KernelVXLANPeerTable] = []
+        for node in nodes {
+            var nl = try NetlinkSocket(networkNamespace: "/run/netns/\(node.name)")
+            let eth0 = try #require(try nl.link(named: "eth0"))
+            let dev = try FlannelVXLANDevice.ensure(vni: 1, localIP: node.nodeIP, underlayIndex: eth0.index,
+                                                    subnet: node.podSubnet, network: big, netlink: &nl)
+            tables.append(try KernelVXLANPeerTable(device: dev, network: big, networkNamespace: "/run/netns/\(node.name)"))
+        }
+        var many: [Peer] = []
+        for i in 0..<3000 {
+            let hi = UInt8(i / 250), lo = UInt8(i % 250)
+            let subnet = IPv4Subnet(address: IPv4Address(10, 100 + hi, lo, 0), prefixLength: 24)!
+            let mac = MACAddress(bytes: [0x0e, 0, 0, 0, UInt8(i >> 8), UInt8(i & 0xff)])
+            // Every 100th a DirectRouting peer, on the node's own underlay (its gateway must be reachable).
+            let direct = i % 100 == 7
+            many.append(Peer(subnet: subnet, publicIP: direct ? IPv4Address(192, 168, 77, 100 + UInt8(i / 100)) : IPv4Address(172, 20, hi, lo + 1),
+                             vtepMAC: mac, direct: direct))
+        }
+        for p in many { try tables[0].upsert(p) }
+        let noMAC = Peer(subnet: IPv4Subnet(cidr: "10.99.0.0/24")!, publicIP: IPv4Address(172, 21, 0, 1), vtepMAC: nil)
+        let failures = tables[1].upsert(batch: many + [noMAC])
+        #expect(failures.map(\.0) == [noMAC])
+        func state(_ node: LabNode) throws -> [String] {
+            try ["route", "neigh"].map { what in
+                try lab.sh(node.name, [what, "show", "dev", "flannel.1"]).split(separator: "\n").sorted().joined(separator: "\n")
+            } + [try lab.sh(node.name, [LabTools.bridge, "fdb", "show", "dev", "flannel.1"]).split(separator: "\n").sorted().joined(separator: "\n")]
+        }
+        #expect(try state(nodes[0]) == state(nodes[1]))
+        #expect(try tables[1].currentPeers() == Set(many))
+
+        try tables[1].ensureCoveringRoute()
+        #expect(try tables[1].hasCoveringRoute())
+        #expect(try lab.sh(nodes[1].name, ["route", "show", "10.0.0.0/8"]).contains("via 169.254.255.254 dev flannel.1 onlink"))
+        #expect(try tables[1].currentPeers() == Set(many))
+
+        #expect(tables[1].remove(batch: many).isEmpty)
+        #expect(try tables[1].currentPeers().isEmpty)
+        #expect(try lab.sh(nodes[1].name, ["route", "show", "dev", "flannel.1"]).split(separator: "\n").count == 1)
+        try tables[1].removeCoveringRoute()
+        #expect(try !tables[1].hasCoveringRoute())
+        #expect(try lab.sh(nodes[1].name, ["neigh", "show", "dev", "flannel.1"]).isEmpty)
+        // Removing what is gone is fine.
+        #expect(tables[1].remove(batch: Array(many.prefix(5))).isEmpty)
+        try tables[1].removeCoveringRoute()
+    }
+
     @Test("flanneld's two phases: the device (and its MAC) before the lease, the address after; a new lease moves it; GBP",
           .needsRoot)
     func twoPhases() throws {

@@ -200,7 +200,7 @@ enum fxdp_counter {
 	                                  * forwarding off on the underlay): left to the kernel device */
 	FXDP_C_ENCAP_PASS_TOO_BIG = 7,   /* non-GSO longer than the overlay MTU, or > 64 KiB once
 	                                  * encapsulated: left to the kernel, which handles it as flannel */
-	FXDP_C_ENCAP_OK_NEIGH = 8,       /* retired, never counted: was "encapsulated, bpf_redirect_neigh" */
+	FXDP_C_ENCAP_OK_NEIGH = 8,       /* encapsulated, next hop unresolved, came by the covering route: bpf_redirect_neigh */
 	FXDP_C_ENCAP_PASS_ADJUST = 9,    /* bpf_skb_adjust_room refused (skb already encapsulated, no
 	                                  * memory), packet unchanged: left to the kernel */
 	FXDP_C_ENCAP_PASS_NO_NEIGH = 10, /* the peer node's MAC is not resolved yet: left to the kernel
